@@ -1,0 +1,292 @@
+//! The schema of the mesh config file. `configs/mesh.toml` documents every key.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Protocol, TrustDomain};
+use crate::policy::{AuthorizationRule, Decision};
+
+/// The whole mesh config file, after validation.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// `[mesh]`: name and trust domain.
+    pub mesh: MeshSection,
+    /// `[ca]`: the certificate authority.
+    #[serde(default)]
+    pub ca: CaSection,
+    /// `[control]`: where the control plane listens.
+    #[serde(default)]
+    pub control: ControlSection,
+    /// `[policy]`: default inbound policy and authorization rules.
+    #[serde(default)]
+    pub policy: PolicySection,
+    /// `[platforms.*]`: which platform adapters run, with their settings.
+    #[serde(default)]
+    pub platforms: PlatformsSection,
+    /// Authorization rules, parsed and checked from `policy.authorizations`.
+    #[serde(skip)]
+    pub authorization_rules: Vec<AuthorizationRule>,
+    /// The file this configuration was read from.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// `[mesh]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSection {
+    /// A name for the mesh, shown by the CLI and dashboard.
+    pub name: String,
+    /// The trust domain of every identity the mesh issues.
+    pub trust_domain: TrustDomain,
+}
+
+/// `[ca]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaSection {
+    /// Where a generated root and intermediate are kept (mode 0700). Defaults to
+    /// `$XDG_DATA_HOME/weft/<mesh name>` or `~/.local/share/weft/<mesh name>`.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Lifetime of proxy leaf certificates, e.g. `24h`.
+    #[serde(default = "default_leaf_ttl", with = "humantime_serde_compat")]
+    pub leaf_ttl: Duration,
+    /// How far back a leaf's `notBefore` is set, to tolerate clock skew.
+    #[serde(default = "default_skew", with = "humantime_serde_compat")]
+    pub clock_skew: Duration,
+    /// PEM file of an existing root certificate (with `root_key`, `intermediate_cert` and
+    /// `intermediate_key`) instead of a generated one.
+    #[serde(default)]
+    pub root_cert: Option<PathBuf>,
+    /// PEM file of the root's private key. Optional even with `root_cert`: the root key is only
+    /// needed to re-issue the intermediate.
+    #[serde(default)]
+    pub root_key: Option<PathBuf>,
+    /// PEM file of the intermediate certificate that signs leaves.
+    #[serde(default)]
+    pub intermediate_cert: Option<PathBuf>,
+    /// PEM file of the intermediate's private key.
+    #[serde(default)]
+    pub intermediate_key: Option<PathBuf>,
+    /// Extra PEM files of roots to trust besides the signing root, for rotation with overlap.
+    #[serde(default)]
+    pub extra_roots: Vec<PathBuf>,
+}
+
+/// `[control]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// The gRPC API (Identity, Discovery), TLS.
+    #[serde(default = "default_grpc_addr")]
+    pub grpc_addr: SocketAddr,
+    /// The HTTP API: `/ready`, `/metrics`, JSON state.
+    #[serde(default = "default_http_addr")]
+    pub http_addr: SocketAddr,
+    /// Where the bootstrap token for local proxies is written (mode 0600). Defaults to
+    /// `<ca.data_dir>/bootstrap-token`.
+    #[serde(default)]
+    pub bootstrap_token_file: Option<PathBuf>,
+}
+
+/// `[policy]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// What a workload that no authorization names accepts from mesh clients.
+    #[serde(default)]
+    pub default_inbound: Decision,
+    /// `[[policy.authorizations]]`: per-service allow lists.
+    #[serde(default)]
+    pub authorizations: Vec<AuthorizationEntry>,
+}
+
+/// `[[policy.authorizations]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationEntry {
+    /// The service, as `name.namespace` (or `name` in namespace `default`).
+    pub service: String,
+    /// Identity patterns allowed to call it: `*`, `ns/*`, `ns/name`, or a SPIFFE ID.
+    pub allow: Vec<String>,
+}
+
+/// `[platforms]`: one optional table per adapter.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformsSection {
+    /// `[platforms.local]`: workloads declared in this file.
+    #[serde(default)]
+    pub local: Option<LocalPlatformSection>,
+}
+
+/// `[platforms.local]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalPlatformSection {
+    /// Whether the local adapter runs.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `[[platforms.local.workloads]]`.
+    #[serde(default)]
+    pub workloads: Vec<LocalWorkload>,
+}
+
+/// One `[[platforms.local.workloads]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalWorkload {
+    /// The workload's name; also its identity's account name unless `identity` is set.
+    pub name: String,
+    /// Its namespace.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The service it serves (`name` or `name.namespace`), if any.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The identity's account name, when it differs from `name`.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// The address peers dial: the proxy's inbound listener, or the app itself when unmeshed.
+    #[serde(default = "default_address")]
+    pub address: IpAddr,
+    /// The port peers dial.
+    pub port: u16,
+    /// The port's protocol: auto, http1, http2, grpc or opaque.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Whether a Weft proxy fronts this workload.
+    #[serde(default = "yes")]
+    pub meshed: bool,
+    /// For `weft dev`: the port the application listens on behind the proxy.
+    #[serde(default)]
+    pub app_port: Option<u16>,
+    /// For `weft dev`: services this workload calls, with the local port its proxy opens for
+    /// each (`upstreams = { api = 9001 }`).
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, u16>,
+    /// For `weft dev`: a built-in demo application to run on `app_port` (`echo`, `web`, `api`)
+    /// or a traffic generator (`load`).
+    #[serde(default)]
+    pub demo: Option<DemoApp>,
+    /// The port of this workload's proxy admin listener under `weft dev`.
+    #[serde(default)]
+    pub admin_port: Option<u16>,
+}
+
+/// The built-in applications `weft dev` can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DemoApp {
+    /// Echoes requests back.
+    Echo,
+    /// Answers each request by calling its first upstream.
+    Web,
+    /// Answers with a small JSON document.
+    Api,
+    /// Sends a steady stream of requests to its first upstream.
+    Load,
+}
+
+// === defaults ===
+
+fn yes() -> bool {
+    true
+}
+
+fn default_namespace() -> String {
+    "default".to_string()
+}
+
+fn default_address() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+fn default_leaf_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_skew() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_grpc_addr() -> SocketAddr {
+    ([127, 0, 0, 1], 7443).into()
+}
+
+fn default_http_addr() -> SocketAddr {
+    ([127, 0, 0, 1], 7080).into()
+}
+
+impl Default for CaSection {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            leaf_ttl: default_leaf_ttl(),
+            clock_skew: default_skew(),
+            root_cert: None,
+            root_key: None,
+            intermediate_cert: None,
+            intermediate_key: None,
+            extra_roots: Vec::new(),
+        }
+    }
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        Self {
+            grpc_addr: default_grpc_addr(),
+            http_addr: default_http_addr(),
+            bootstrap_token_file: None,
+        }
+    }
+}
+
+impl LocalWorkload {
+    /// The identity account name.
+    pub fn account(&self) -> &str {
+        self.identity.as_deref().unwrap_or(&self.name)
+    }
+}
+
+impl MeshConfig {
+    /// The data directory of the CA and bootstrap token.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.ca.data_dir {
+            return dir.clone();
+        }
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("weft").join(&self.mesh.name)
+    }
+
+    /// The bootstrap token file.
+    pub fn bootstrap_token_file(&self) -> PathBuf {
+        self.control
+            .bootstrap_token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("bootstrap-token"))
+    }
+}
+
+/// Durations written as `24h`, `90s`, `500ms`.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}

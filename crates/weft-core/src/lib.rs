@@ -1,0 +1,17 @@
+//! Weft's platform-agnostic core.
+//!
+//! This crate knows no platform. It holds:
+//! - [`model`]: trust domains, SPIFFE identities, services, workloads and endpoints;
+//! - [`registry`]: the versioned, watchable service registry that platform adapters feed;
+//! - [`platform`]: the seam every platform adapter implements;
+//! - [`policy`]: the policy engine, evaluated as pure functions;
+//! - [`config`]: the shared mesh config file (schema, loading, validation, watching).
+
+pub mod config;
+pub mod model;
+pub mod platform;
+pub mod policy;
+pub mod registry;
+
+pub use model::{Endpoint, Identity, Protocol, ServiceName, TrustDomain, Workload, WorkloadKey};
+pub use registry::{Registry, RegistrySnapshot, RegistryWriter};

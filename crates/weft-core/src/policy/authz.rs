@@ -1,0 +1,189 @@
+//! Inbound authorization: which client identities may call a workload.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Identity, ServiceName, check_name};
+
+/// An authorization outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Let the connection through.
+    #[default]
+    Allow,
+    /// Refuse it.
+    Deny,
+}
+
+/// Matches client identities: `*` (any mesh identity), `<ns>/*`, `<ns>/<name>`, or a full
+/// SPIFFE ID.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum IdentityMatch {
+    /// Any authenticated mesh identity.
+    Any,
+    /// Any identity in a namespace.
+    Namespace(String),
+    /// One account in a namespace, in any trust domain of the mesh.
+    Account {
+        /// Namespace.
+        namespace: String,
+        /// Account name.
+        name: String,
+    },
+    /// Exactly this identity.
+    Exact(Identity),
+}
+
+/// One rule: clients matching `from` are allowed to reach `service`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizationRule {
+    /// The service the rule protects.
+    pub service: ServiceName,
+    /// Who may call it.
+    pub from: Vec<IdentityMatch>,
+}
+
+/// The inbound policy of one workload, as the proxy enforces it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboundPolicy {
+    /// What happens to a client that no rule names.
+    pub default: Decision,
+    /// Identities allowed explicitly. When non-empty, only these are allowed, whatever `default`.
+    pub allow: Vec<IdentityMatch>,
+}
+
+/// The error for an identity pattern that cannot be parsed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "invalid identity pattern {0:?}: expected *, <namespace>/*, <namespace>/<name> or a SPIFFE ID"
+)]
+pub struct PatternError(pub String);
+
+// === impl IdentityMatch ===
+
+impl IdentityMatch {
+    /// Whether `id` matches.
+    pub fn matches(&self, id: &Identity) -> bool {
+        match self {
+            IdentityMatch::Any => true,
+            IdentityMatch::Namespace(ns) => id.namespace() == ns,
+            IdentityMatch::Account { namespace, name } => {
+                id.namespace() == namespace && id.name() == name
+            }
+            IdentityMatch::Exact(exact) => exact == id,
+        }
+    }
+}
+
+impl FromStr for IdentityMatch {
+    type Err = PatternError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || PatternError(s.to_string());
+        if s == "*" {
+            return Ok(IdentityMatch::Any);
+        }
+        if s.starts_with("spiffe://") {
+            return Identity::parse_spiffe(s)
+                .map(IdentityMatch::Exact)
+                .map_err(|_| err());
+        }
+        let (ns, name) = s.split_once('/').ok_or_else(err)?;
+        check_name(ns).map_err(|_| err())?;
+        if name == "*" {
+            return Ok(IdentityMatch::Namespace(ns.to_string()));
+        }
+        check_name(name).map_err(|_| err())?;
+        Ok(IdentityMatch::Account {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for IdentityMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdentityMatch::Any => f.write_str("*"),
+            IdentityMatch::Namespace(ns) => write!(f, "{ns}/*"),
+            IdentityMatch::Account { namespace, name } => write!(f, "{namespace}/{name}"),
+            IdentityMatch::Exact(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+// === impl InboundPolicy ===
+
+impl InboundPolicy {
+    /// Builds the inbound policy of a workload serving `service` from the mesh-wide default and
+    /// the rules. Rules for other services are ignored.
+    pub fn for_service(
+        default: Decision,
+        rules: &[AuthorizationRule],
+        service: Option<&ServiceName>,
+    ) -> Self {
+        let allow = rules
+            .iter()
+            .filter(|r| Some(&r.service) == service)
+            .flat_map(|r| r.from.iter().cloned())
+            .collect();
+        Self { default, allow }
+    }
+
+    /// Decides on a client that proved `client` over mutual TLS.
+    pub fn authorize(&self, client: &Identity) -> Decision {
+        if self.allow.is_empty() {
+            return self.default;
+        }
+        if self.allow.iter().any(|m| m.matches(client)) {
+            Decision::Allow
+        } else {
+            Decision::Deny
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TrustDomain;
+
+    fn id(ns: &str, name: &str) -> Identity {
+        Identity::new(TrustDomain::new("weft.test").unwrap(), ns, name).unwrap()
+    }
+
+    #[test]
+    fn patterns() {
+        let web = id("demo", "web");
+        assert!("*".parse::<IdentityMatch>().unwrap().matches(&web));
+        assert!("demo/*".parse::<IdentityMatch>().unwrap().matches(&web));
+        assert!(!"prod/*".parse::<IdentityMatch>().unwrap().matches(&web));
+        assert!("demo/web".parse::<IdentityMatch>().unwrap().matches(&web));
+        assert!(!"demo/api".parse::<IdentityMatch>().unwrap().matches(&web));
+        let exact: IdentityMatch = "spiffe://weft.test/ns/demo/sa/web".parse().unwrap();
+        assert!(exact.matches(&web));
+        assert!(!exact.matches(&id("demo", "webx")));
+        for bad in ["", "demo", "demo/", "/web", "spiffe://x", "Demo/web"] {
+            assert!(bad.parse::<IdentityMatch>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn rules_narrow_the_default() {
+        let api = ServiceName::new("demo", "api").unwrap();
+        let other = ServiceName::new("demo", "other").unwrap();
+        let rules = vec![AuthorizationRule {
+            service: api.clone(),
+            from: vec!["demo/web".parse().unwrap()],
+        }];
+        let p = InboundPolicy::for_service(Decision::Allow, &rules, Some(&api));
+        assert_eq!(p.authorize(&id("demo", "web")), Decision::Allow);
+        assert_eq!(p.authorize(&id("demo", "load")), Decision::Deny);
+        let p = InboundPolicy::for_service(Decision::Allow, &rules, Some(&other));
+        assert_eq!(p.authorize(&id("demo", "load")), Decision::Allow);
+        let p = InboundPolicy::for_service(Decision::Deny, &rules, Some(&other));
+        assert_eq!(p.authorize(&id("demo", "web")), Decision::Deny);
+    }
+}
