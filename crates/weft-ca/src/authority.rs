@@ -1,0 +1,497 @@
+//! The certificate authority: a long-lived root, an intermediate that signs, and leaves for
+//! proven identities.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
+use time::OffsetDateTime;
+use weft_core::config::CaSection;
+use weft_core::{Identity, TrustDomain};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// Lifetime of a generated root.
+pub const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Lifetime of a generated intermediate.
+pub const INTERMEDIATE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// An intermediate closer than this to expiry is re-issued at start when the root key is at hand.
+const INTERMEDIATE_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// CA failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A PEM file holds no usable certificate or key.
+    #[error("{path}: {reason}")]
+    BadPem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The configured intermediate is not signed by the configured root.
+    #[error("intermediate {0} is not signed by the root certificate")]
+    ChainMismatch(PathBuf),
+    /// The CSR cannot be parsed or its signature is wrong.
+    #[error("certificate signing request rejected: {0}")]
+    BadCsr(String),
+    /// The CSR asks for another identity than the one the credential proved.
+    #[error("CSR asks for {requested}, but the credential proves {proven}")]
+    IdentityMismatch {
+        /// What the CSR asked for.
+        requested: String,
+        /// What attestation proved.
+        proven: String,
+    },
+    /// The identity is of another trust domain.
+    #[error("identity {0} is outside trust domain {1}")]
+    ForeignTrustDomain(String, String),
+    /// Certificate generation failed.
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// The set of roots peers trust. May hold several, so a root can be rotated with overlap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustBundle {
+    roots: Vec<CertificateDer<'static>>,
+}
+
+/// A signed leaf with the chain up to (not including) the root.
+#[derive(Clone, Debug)]
+pub struct IssuedLeaf {
+    /// The leaf, DER.
+    pub leaf: CertificateDer<'static>,
+    /// Intermediates, leaf-side first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The end of the leaf's validity.
+    pub not_after: SystemTime,
+}
+
+/// The mesh's certificate authority.
+pub struct CertificateAuthority {
+    trust_domain: TrustDomain,
+    issuer: Issuer<'static, KeyPair>,
+    intermediate: CertificateDer<'static>,
+    intermediate_not_after: SystemTime,
+    bundle: TrustBundle,
+    leaf_ttl: Duration,
+    clock_skew: Duration,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("trust_domain", &self.trust_domain)
+            .field("roots", &self.bundle.roots.len())
+            .field("leaf_ttl", &self.leaf_ttl)
+            .finish()
+    }
+}
+
+// === impl TrustBundle ===
+
+impl TrustBundle {
+    /// A bundle of DER roots.
+    pub fn new(roots: Vec<CertificateDer<'static>>) -> Self {
+        Self { roots }
+    }
+
+    /// Parses every certificate in a PEM text.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
+        let roots = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("bad PEM: {e}"))?;
+        if roots.is_empty() {
+            return Err("no certificate in PEM".into());
+        }
+        Ok(Self { roots })
+    }
+
+    /// The roots, DER.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
+    /// The roots as one PEM text.
+    pub fn to_pem(&self) -> String {
+        self.roots.iter().map(|r| der_to_pem(r)).collect()
+    }
+
+    /// A rustls root store with every root.
+    pub fn root_store(&self) -> RootCertStore {
+        let mut store = RootCertStore::empty();
+        let (_ok, _bad) = store.add_parsable_certificates(self.roots.iter().cloned());
+        store
+    }
+}
+
+fn der_to_pem(der: &CertificateDer<'_>) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+// === impl CertificateAuthority ===
+
+impl CertificateAuthority {
+    /// Loads the CA named in `[ca]`, or the one generated earlier under `data_dir`, or generates
+    /// and persists a new one there.
+    pub fn load_or_generate(
+        trust_domain: &TrustDomain,
+        ca: &CaSection,
+        data_dir: &Path,
+    ) -> Result<Self, CaError> {
+        let (root_pem, root_key, inter_pem, inter_key) =
+            match (&ca.root_cert, &ca.intermediate_cert, &ca.intermediate_key) {
+                (Some(root), Some(inter), Some(inter_key)) => (
+                    read(root)?,
+                    ca.root_key.as_ref().map(read).transpose()?,
+                    read(inter)?,
+                    read(inter_key)?,
+                ),
+                _ => Self::generated(trust_domain, data_dir)?,
+            };
+        let root_path = ca
+            .root_cert
+            .clone()
+            .unwrap_or_else(|| data_dir.join("root.pem"));
+        let inter_path = ca
+            .intermediate_cert
+            .clone()
+            .unwrap_or_else(|| data_dir.join("intermediate.pem"));
+        let root_der = first_cert(&root_pem, &root_path)?;
+        let inter_der = first_cert(&inter_pem, &inter_path)?;
+        let (_, root_x) = X509Certificate::from_der(&root_der).map_err(|e| CaError::BadPem {
+            path: root_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let (_, inter_x) = X509Certificate::from_der(&inter_der).map_err(|e| CaError::BadPem {
+            path: inter_path.clone(),
+            reason: e.to_string(),
+        })?;
+        inter_x
+            .verify_signature(Some(root_x.public_key()))
+            .map_err(|_| CaError::ChainMismatch(inter_path.clone()))?;
+        let inter_key_path = ca
+            .intermediate_key
+            .clone()
+            .unwrap_or_else(|| data_dir.join("intermediate.key"));
+        let key = KeyPair::from_pem(&inter_key).map_err(|e| CaError::BadPem {
+            path: inter_key_path,
+            reason: e.to_string(),
+        })?;
+        let issuer = Issuer::from_ca_cert_der(&inter_der, key)?;
+        let intermediate_not_after = asn1_to_system(inter_x.validity().not_after.timestamp());
+        drop(root_key);
+
+        let mut roots = vec![root_der];
+        for extra in &ca.extra_roots {
+            let pem = read(extra)?;
+            let bundle =
+                TrustBundle::from_pem(pem.as_bytes()).map_err(|reason| CaError::BadPem {
+                    path: extra.clone(),
+                    reason,
+                })?;
+            roots.extend(bundle.roots);
+        }
+        Ok(Self {
+            trust_domain: trust_domain.clone(),
+            issuer,
+            intermediate: inter_der,
+            intermediate_not_after,
+            bundle: TrustBundle::new(roots),
+            leaf_ttl: ca.leaf_ttl,
+            clock_skew: ca.clock_skew,
+        })
+    }
+
+    /// Reads the generated CA under `dir`, creating (or renewing the intermediate of) it first.
+    fn generated(
+        trust_domain: &TrustDomain,
+        dir: &Path,
+    ) -> Result<(String, Option<String>, String, String), CaError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CaError::Io { path, source }
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        let (root_pem, root_key_pem) =
+            match (read(&dir.join("root.pem")), read(&dir.join("root.key"))) {
+                (Ok(cert), Ok(key)) => (cert, key),
+                _ => {
+                    let (cert, key) = new_root(trust_domain)?;
+                    write_private(&dir.join("root.key"), &key)?;
+                    write_private(&dir.join("root.pem"), &cert)?;
+                    tracing::info!(dir = %dir.display(), "generated a new mesh root");
+                    // A new root invalidates any older intermediate.
+                    let _ = fs::remove_file(dir.join("intermediate.pem"));
+                    (cert, key)
+                }
+            };
+        let existing = match (
+            read(&dir.join("intermediate.pem")),
+            read(&dir.join("intermediate.key")),
+        ) {
+            (Ok(cert), Ok(key)) if !expires_soon(&cert) => Some((cert, key)),
+            _ => None,
+        };
+        let (inter_pem, inter_key) = match existing {
+            Some(pair) => pair,
+            None => {
+                let root_key = KeyPair::from_pem(&root_key_pem).map_err(|e| CaError::BadPem {
+                    path: dir.join("root.key"),
+                    reason: e.to_string(),
+                })?;
+                let root_issuer = Issuer::from_ca_cert_pem(&root_pem, root_key)?;
+                let (cert, key) = new_intermediate(trust_domain, &root_issuer)?;
+                write_private(&dir.join("intermediate.key"), &key)?;
+                write_private(&dir.join("intermediate.pem"), &cert)?;
+                (cert, key)
+            }
+        };
+        fs::write(dir.join("trust-bundle.pem"), &root_pem).map_err(io(dir))?;
+        Ok((root_pem, Some(root_key_pem), inter_pem, inter_key))
+    }
+
+    /// An in-memory CA, for tests and throwaway meshes.
+    pub fn generate_ephemeral(
+        trust_domain: &TrustDomain,
+        leaf_ttl: Duration,
+    ) -> Result<Self, CaError> {
+        let (root_pem, root_key) = new_root(trust_domain)?;
+        let root_issuer = Issuer::from_ca_cert_pem(&root_pem, KeyPair::from_pem(&root_key)?)?;
+        let (inter_pem, inter_key) = new_intermediate(trust_domain, &root_issuer)?;
+        let inter_der = CertificateDer::from_pem_slice(inter_pem.as_bytes())
+            .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let root_der = CertificateDer::from_pem_slice(root_pem.as_bytes())
+            .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        Ok(Self {
+            trust_domain: trust_domain.clone(),
+            issuer: Issuer::from_ca_cert_der(&inter_der, KeyPair::from_pem(&inter_key)?)?,
+            intermediate: inter_der,
+            intermediate_not_after: SystemTime::now() + INTERMEDIATE_TTL,
+            bundle: TrustBundle::new(vec![root_der]),
+            leaf_ttl,
+            clock_skew: Duration::from_secs(60),
+        })
+    }
+
+    /// The trust domain this CA issues for.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The roots every peer should trust.
+    pub fn trust_bundle(&self) -> &TrustBundle {
+        &self.bundle
+    }
+
+    /// The lifetime of issued leaves.
+    pub fn leaf_ttl(&self) -> Duration {
+        self.leaf_ttl
+    }
+
+    /// Signs a CSR for an identity that attestation has already proven. The CSR must ask for
+    /// exactly that identity's SPIFFE ID and carry an ECDSA P-256 key.
+    pub fn sign_csr(&self, csr_der: &[u8], proven: &Identity) -> Result<IssuedLeaf, CaError> {
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let want = proven.spiffe_id();
+        let requested: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                SanType::URI(uri) => uri.as_str().to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        if requested != [want.clone()] {
+            return Err(CaError::IdentityMismatch {
+                requested: requested.join(", "),
+                proven: want,
+            });
+        }
+        if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+            return Err(CaError::BadCsr("the key must be ECDSA P-256".into()));
+        }
+        self.issue(proven, &[], &csr.public_key)
+    }
+
+    /// Issues a leaf for `identity` (plus DNS names) over a key the caller holds: the control
+    /// plane's own serving certificate.
+    pub fn issue_with_key(
+        &self,
+        identity: &Identity,
+        dns_names: &[String],
+        key: &KeyPair,
+    ) -> Result<IssuedLeaf, CaError> {
+        self.issue(identity, dns_names, key)
+    }
+
+    fn issue(
+        &self,
+        identity: &Identity,
+        dns_names: &[String],
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<IssuedLeaf, CaError> {
+        if identity.trust_domain() != &self.trust_domain {
+            return Err(CaError::ForeignTrustDomain(
+                identity.to_string(),
+                self.trust_domain.to_string(),
+            ));
+        }
+        let now = SystemTime::now();
+        let not_after = (now + self.leaf_ttl).min(self.intermediate_not_after);
+        let mut params = CertificateParams::default();
+        params.not_before = OffsetDateTime::from(now - self.clock_skew);
+        params.not_after = OffsetDateTime::from(not_after);
+        params.serial_number = Some(random_serial());
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, identity.name());
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::URI(identity.spiffe_id().try_into()?)];
+        for dns in dns_names {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(dns.clone().try_into()?));
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(public_key, &self.issuer)?;
+        Ok(IssuedLeaf {
+            leaf: cert.der().clone(),
+            chain: vec![self.intermediate.clone()],
+            not_after: OffsetDateTime::from(not_after).into(),
+        })
+    }
+}
+
+fn new_root(td: &TrustDomain) -> Result<(String, String), CaError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = ca_params(td, "root", ROOT_TTL, None);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn new_intermediate(
+    td: &TrustDomain,
+    root: &Issuer<'_, KeyPair>,
+) -> Result<(String, String), CaError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let params = ca_params(td, "intermediate", INTERMEDIATE_TTL, Some(0));
+    let cert = params.signed_by(&key, root)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn ca_params(
+    td: &TrustDomain,
+    role: &str,
+    ttl: Duration,
+    path_len: Option<u8>,
+) -> CertificateParams {
+    let now = SystemTime::now();
+    let mut params = CertificateParams::default();
+    params.not_before = OffsetDateTime::from(now - Duration::from_secs(3600));
+    params.not_after = OffsetDateTime::from(now + ttl);
+    params.serial_number = Some(random_serial());
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Weft");
+    dn.push(DnType::CommonName, format!("{td} {role}"));
+    params.distinguished_name = dn;
+    params.is_ca = match path_len {
+        Some(n) => IsCa::Ca(BasicConstraints::Constrained(n)),
+        None => IsCa::Ca(BasicConstraints::Unconstrained),
+    };
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.use_authority_key_identifier_extension = path_len.is_some();
+    params
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    bytes[0] &= 0x7f; // a positive INTEGER
+    bytes[0] |= 0x01; // and no leading zero byte to strip
+    SerialNumber::from_slice(&bytes)
+}
+
+fn read(path: &PathBuf) -> Result<String, CaError> {
+    fs::read_to_string(path).map_err(|source| CaError::Io {
+        path: path.clone(),
+        source,
+    })
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), CaError> {
+    let io = |source| CaError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)
+}
+
+fn first_cert(pem: &str, path: &Path) -> Result<CertificateDer<'static>, CaError> {
+    CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| CaError::BadPem {
+        path: path.to_path_buf(),
+        reason: format!("no certificate: {e}"),
+    })
+}
+
+fn expires_soon(pem: &str) -> bool {
+    let Ok(der) = CertificateDer::from_pem_slice(pem.as_bytes()) else {
+        return true;
+    };
+    let Ok((_, x)) = X509Certificate::from_der(&der) else {
+        return true;
+    };
+    asn1_to_system(x.validity().not_after.timestamp())
+        < SystemTime::now() + INTERMEDIATE_RENEW_BEFORE
+}
+
+fn asn1_to_system(ts: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests;

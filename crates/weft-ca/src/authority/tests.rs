@@ -1,0 +1,211 @@
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::server::ParsedCertificate;
+use rustls_pki_types::UnixTime;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::*;
+use crate::identity::{LeafKey, identity_of_cert};
+
+fn td() -> TrustDomain {
+    TrustDomain::new("weft.test").unwrap()
+}
+
+fn id(name: &str) -> Identity {
+    Identity::new(td(), "demo", name).unwrap()
+}
+
+fn ca_section() -> CaSection {
+    CaSection {
+        leaf_ttl: Duration::from_secs(24 * 3600),
+        ..CaSection::default()
+    }
+}
+
+#[test]
+fn issued_leaf_verifies_and_carries_exactly_the_identity() {
+    let ca =
+        CertificateAuthority::generate_ephemeral(&td(), Duration::from_secs(24 * 3600)).unwrap();
+    let key = LeafKey::generate().unwrap();
+    let web = id("web");
+    let leaf = ca.sign_csr(&key.csr(&web).unwrap(), &web).unwrap();
+
+    // An independent path verifier (webpki) accepts the chain against the bundle.
+    let parsed = ParsedCertificate::try_from(&leaf.leaf).unwrap();
+    verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        &ca.trust_bundle().root_store(),
+        &leaf.chain,
+        UnixTime::now(),
+        crate::crypto_provider()
+            .signature_verification_algorithms
+            .all,
+    )
+    .unwrap();
+    assert_eq!(identity_of_cert(&leaf.leaf).unwrap(), web);
+
+    let (_, x) = X509Certificate::from_der(&leaf.leaf).unwrap();
+    let ku = x.key_usage().unwrap().unwrap().value;
+    assert!(ku.digital_signature() && !ku.key_cert_sign());
+    let eku = x.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth);
+    assert!(!x.is_ca());
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let nb = x.validity().not_before.timestamp();
+    let na = x.validity().not_after.timestamp();
+    assert!(
+        (now - 61..=now - 59).contains(&nb),
+        "backdated by the skew allowance"
+    );
+    assert!(
+        (now + 24 * 3600 - 2..=now + 24 * 3600 + 1).contains(&na),
+        "24 h"
+    );
+}
+
+#[test]
+fn csr_for_another_identity_is_refused() {
+    let ca = CertificateAuthority::generate_ephemeral(&td(), Duration::from_secs(3600)).unwrap();
+    let key = LeafKey::generate().unwrap();
+    let csr = key.csr(&id("admin")).unwrap();
+    let err = ca.sign_csr(&csr, &id("web")).unwrap_err();
+    assert!(matches!(err, CaError::IdentityMismatch { .. }), "{err}");
+
+    let other_td = Identity::new(TrustDomain::new("evil.test").unwrap(), "demo", "web").unwrap();
+    let csr = key.csr(&other_td).unwrap();
+    assert!(ca.sign_csr(&csr, &other_td).is_err());
+
+    assert!(matches!(
+        ca.sign_csr(b"not a csr", &id("web")),
+        Err(CaError::BadCsr(_))
+    ));
+}
+
+#[test]
+fn generated_ca_persists_with_private_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ca");
+    let a = CertificateAuthority::load_or_generate(&td(), &ca_section(), &data).unwrap();
+    let b = CertificateAuthority::load_or_generate(&td(), &ca_section(), &data).unwrap();
+    assert_eq!(
+        a.trust_bundle(),
+        b.trust_bundle(),
+        "a restart keeps the root"
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("root.key")), 0o600);
+    assert_eq!(mode(&data.join("intermediate.key")), 0o600);
+
+    // A leaf from the first instance verifies under the second one's bundle.
+    let key = LeafKey::generate().unwrap();
+    let leaf = a
+        .sign_csr(&key.csr(&id("api")).unwrap(), &id("api"))
+        .unwrap();
+    let parsed = ParsedCertificate::try_from(&leaf.leaf).unwrap();
+    verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        &b.trust_bundle().root_store(),
+        &leaf.chain,
+        UnixTime::now(),
+        crate::crypto_provider()
+            .signature_verification_algorithms
+            .all,
+    )
+    .unwrap();
+}
+
+#[test]
+fn configured_ca_files_are_used_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen_dir = dir.path().join("gen");
+    CertificateAuthority::load_or_generate(&td(), &ca_section(), &gen_dir).unwrap();
+    let mut section = ca_section();
+    section.root_cert = Some(gen_dir.join("root.pem"));
+    section.intermediate_cert = Some(gen_dir.join("intermediate.pem"));
+    section.intermediate_key = Some(gen_dir.join("intermediate.key"));
+    let ca = CertificateAuthority::load_or_generate(&td(), &section, &dir.path().join("unused"))
+        .unwrap();
+    assert_eq!(ca.trust_bundle().roots().len(), 1);
+
+    // A root that did not sign the intermediate is refused.
+    let other = dir.path().join("other");
+    CertificateAuthority::load_or_generate(&td(), &ca_section(), &other).unwrap();
+    section.root_cert = Some(other.join("root.pem"));
+    let err = CertificateAuthority::load_or_generate(&td(), &section, &other).unwrap_err();
+    assert!(matches!(err, CaError::ChainMismatch(_)), "{err}");
+
+    // Extra roots widen the bundle for rotation.
+    section.root_cert = Some(gen_dir.join("root.pem"));
+    section.extra_roots = vec![other.join("root.pem")];
+    let ca = CertificateAuthority::load_or_generate(&td(), &section, &other).unwrap();
+    assert_eq!(ca.trust_bundle().roots().len(), 2);
+    let pem = ca.trust_bundle().to_pem();
+    assert_eq!(
+        TrustBundle::from_pem(pem.as_bytes()).unwrap(),
+        *ca.trust_bundle()
+    );
+}
+
+/// openssl is a verifier that shares no code with rustls or rcgen.
+#[test]
+fn openssl_verifies_the_chain_for_both_purposes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::generate_ephemeral(&td(), Duration::from_secs(3600)).unwrap();
+    let key = LeafKey::generate().unwrap();
+    let leaf = ca
+        .sign_csr(&key.csr(&id("web")).unwrap(), &id("web"))
+        .unwrap();
+    let write = |name: &str, der: &CertificateDer<'_>| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, der_to_pem(der)).unwrap();
+        p
+    };
+    let root = write("root.pem", &ca.trust_bundle().roots()[0]);
+    let inter = write("inter.pem", &leaf.chain[0]);
+    let leaf_p = write("leaf.pem", &leaf.leaf);
+    for purpose in ["sslclient", "sslserver"] {
+        let out = Command::new("openssl")
+            .args(["verify", "-purpose", purpose, "-CAfile"])
+            .arg(&root)
+            .arg("-untrusted")
+            .arg(&inter)
+            .arg(&leaf_p)
+            .output()
+            .expect("openssl is installed by .ci/run");
+        assert!(
+            out.status.success(),
+            "openssl verify -purpose {purpose}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&leaf_p)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("URI:spiffe://weft.test/ns/demo/sa/web"),
+        "{text}"
+    );
+
+    // And it refuses the leaf against a root that did not issue it.
+    let other = CertificateAuthority::generate_ephemeral(&td(), Duration::from_secs(3600)).unwrap();
+    let wrong = write("wrong.pem", &other.trust_bundle().roots()[0]);
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&wrong)
+        .arg("-untrusted")
+        .arg(&inter)
+        .arg(&leaf_p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
