@@ -104,6 +104,11 @@ pub struct Endpoint {
     pub workload: WorkloadKey,
 }
 
+/// The namespace of the control plane's own identity.
+pub const CONTROL_NAMESPACE: &str = "weft-system";
+/// The account of the control plane's own identity.
+pub const CONTROL_ACCOUNT: &str = "weft-control";
+
 // === impl TrustDomain ===
 
 impl TrustDomain {
@@ -192,6 +197,15 @@ impl Identity {
         };
         let domain = TrustDomain::new(domain).map_err(|_| err())?;
         Identity::new(domain, ns, name).map_err(|_| err())
+    }
+
+    /// The control plane's identity in `trust_domain`; proxies accept no other server.
+    pub fn control_plane(trust_domain: &TrustDomain) -> Self {
+        Self {
+            trust_domain: trust_domain.clone(),
+            namespace: CONTROL_NAMESPACE.to_string(),
+            name: CONTROL_ACCOUNT.to_string(),
+        }
     }
 
     /// The SPIFFE ID as a URI string.

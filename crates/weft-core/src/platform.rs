@@ -75,7 +75,7 @@ impl std::fmt::Debug for Credential {
 
 /// A platform adapter.
 #[async_trait]
-pub trait Platform: Send + Sync + 'static {
+pub trait Platform: std::fmt::Debug + Send + Sync + 'static {
     /// The adapter's name, also its registry source and its credentials' `platform`.
     fn name(&self) -> &str;
 

@@ -1,0 +1,54 @@
+//! `weft-control`: the control plane as a process (a Deployment on Kubernetes, a service job on
+//! Nomad). It runs the platform adapters that the mesh config file enables.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use weft_core::config::ConfigWatcher;
+use weft_core::platform::Platform;
+
+/// Weft control plane.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The mesh config file.
+    #[arg(long, env = "WEFT_CONFIG", default_value = "/etc/weft/mesh.toml")]
+    config: PathBuf,
+    /// Log as JSON lines.
+    #[arg(long, env = "WEFT_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let stop = CancellationToken::new();
+    let watcher = ConfigWatcher::start(&args.config, stop.clone())?;
+    let cfg = watcher.current();
+    let mut platforms: Vec<Arc<dyn Platform>> = Vec::new();
+    if cfg.platforms.local.as_ref().is_some_and(|l| l.enabled) {
+        platforms.push(Arc::new(
+            weft_local::LocalPlatform::new(watcher.subscribe(), &cfg.bootstrap_token_file())
+                .context("local platform")?,
+        ));
+    }
+    let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms).await?;
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("shutting down");
+    stop.cancel();
+    control.shutdown().await;
+    Ok(())
+}
