@@ -38,8 +38,11 @@ pub struct TlsCredentials {
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
     server: Arc<ServerConfig>,
-    clients: Mutex<HashMap<(Identity, &'static [u8]), Arc<ClientConfig>>>,
+    clients: Mutex<ClientConfigCache>,
 }
+
+/// Client configurations by expected server identity and ALPN.
+type ClientConfigCache = HashMap<(Identity, &'static [u8]), Arc<ClientConfig>>;
 
 impl std::fmt::Debug for TlsCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

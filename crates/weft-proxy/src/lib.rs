@@ -1,1 +1,205 @@
+//! Weft's sidecar proxy.
+//!
+//! One binary runs beside every workload: as a Kubernetes native sidecar, as a Nomad task
+//! sidecar, or as a plain process under `weft dev`. It
+//! - obtains its certificate with `Identity.Certify` (the key never leaves memory) and renews it
+//!   at 70 % of its life ([`identity`]);
+//! - follows `Discovery.Watch` and keeps serving from the last snapshot when the control plane
+//!   is away ([`discovery`]);
+//! - fronts the local application on the inbound listener: mutual TLS from peers, authorization
+//!   by client identity ([`inbound`]);
+//! - carries the application's outbound calls on explicit upstream listeners, detecting
+//!   HTTP/1.1, HTTP/2 and opaque TCP, balancing with P2C over peak-EWMA latency, and opening
+//!   mutual TLS to meshed peers ([`outbound`]);
+//! - serves `/live`, `/ready`, `/metrics` and `/shutdown` on the admin listener ([`admin`]).
 
+pub mod admin;
+pub mod config;
+pub mod control;
+pub mod detect;
+pub mod discovery;
+pub mod http;
+pub mod identity;
+pub mod inbound;
+pub mod io;
+pub mod metrics;
+pub mod outbound;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{ProxyConfig, Upstream};
+
+/// Failures starting the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The flags are inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// State shared by every listener of one proxy.
+#[derive(Debug)]
+pub struct Shared {
+    /// The settings.
+    pub config: ProxyConfig,
+    /// The current certificate, once there is one.
+    pub credentials: watch::Receiver<Option<Arc<weft_ca::TlsCredentials>>>,
+    /// The latest discovery snapshot, once there is one.
+    pub discovery: watch::Receiver<Option<Arc<discovery::DiscoveryState>>>,
+    /// The metrics registry.
+    pub metrics: metrics::Metrics,
+    /// Cancelled when the proxy stops accepting and starts draining.
+    pub draining: CancellationToken,
+    /// Tracks every connection, for the drain.
+    pub connections: TaskTracker,
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    /// The admin listener's address.
+    pub admin_addr: SocketAddr,
+    /// The inbound listener's address, if it fronts an app.
+    pub inbound_addr: Option<SocketAddr>,
+    /// The upstream listeners, by service.
+    pub upstream_addrs: Vec<(String, SocketAddr)>,
+    shared: Arc<Shared>,
+    stop_background: CancellationToken,
+    drain_requested: CancellationToken,
+}
+
+impl Proxy {
+    /// Binds every listener and starts the identity and discovery loops. Listeners accept at
+    /// once; inbound connections wait for the first certificate, outbound requests for the
+    /// first snapshot.
+    pub async fn start(config: ProxyConfig) -> Result<Self, ProxyError> {
+        config.check().map_err(ProxyError::Config)?;
+        let stop_background = CancellationToken::new();
+        let metrics = metrics::Metrics::default();
+        let (cred_tx, credentials) = watch::channel(None);
+        let (disc_tx, discovery) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            credentials,
+            discovery,
+            metrics,
+            draining: CancellationToken::new(),
+            connections: TaskTracker::new(),
+        });
+        tokio::spawn(identity::run(
+            shared.clone(),
+            cred_tx,
+            stop_background.clone(),
+        ));
+        tokio::spawn(discovery::run(
+            shared.clone(),
+            disc_tx,
+            stop_background.clone(),
+        ));
+
+        let drain_requested = CancellationToken::new();
+        let admin = bind(config.admin_addr).await?;
+        let admin_addr = admin.local_addr().map_err(|source| ProxyError::Bind {
+            addr: config.admin_addr,
+            source,
+        })?;
+        tokio::spawn(admin::serve(
+            admin,
+            shared.clone(),
+            drain_requested.clone(),
+            stop_background.clone(),
+        ));
+
+        let mut inbound_addr = None;
+        if let Some(app_port) = config.app_port {
+            let l = bind(config.inbound_addr).await?;
+            inbound_addr = l.local_addr().ok();
+            tokio::spawn(inbound::serve(l, app_port, shared.clone()));
+        }
+        let mut upstream_addrs = Vec::new();
+        for up in &config.upstreams {
+            let l = bind(up.listen).await?;
+            upstream_addrs.push((up.service.clone(), l.local_addr().unwrap_or(up.listen)));
+            tokio::spawn(outbound::serve(l, up.clone(), shared.clone()));
+        }
+        tracing::info!(%admin_addr, inbound = ?inbound_addr, upstreams = ?upstream_addrs, "proxy listening");
+        Ok(Self {
+            admin_addr,
+            inbound_addr,
+            upstream_addrs,
+            shared,
+            stop_background,
+            drain_requested,
+        })
+    }
+
+    /// Resolves when `/shutdown` was called on the admin listener.
+    pub async fn shutdown_requested(&self) {
+        self.drain_requested.cancelled().await
+    }
+
+    /// Stops accepting, lets in-flight requests finish within `grace`, then stops.
+    pub async fn drain(self, grace: Duration) {
+        tracing::info!(?grace, "draining");
+        self.shared.draining.cancel();
+        self.shared.connections.close();
+        if tokio::time::timeout(grace, self.shared.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("grace period over; closing the remaining connections");
+        }
+        self.stop_background.cancel();
+    }
+
+    /// The proxy's shared state (for tests and `weft dev`).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { addr, source })
+}
+
+/// Accepts connections until the proxy drains; each accepted connection runs on the tracker.
+pub(crate) async fn accept_loop<F, Fut>(listener: TcpListener, shared: Arc<Shared>, mut handle: F)
+where
+    F: FnMut(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shared.draining.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        shared.connections.spawn(handle(tcp, peer));
+    }
+}

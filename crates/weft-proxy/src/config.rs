@@ -1,0 +1,135 @@
+//! The proxy's settings: flags with `WEFT_PROXY_*` environment equivalents, so the same binary
+//! fits a pod spec and a Nomad task.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Weft sidecar proxy.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "weft-proxy", version)]
+pub struct ProxyConfig {
+    /// The control plane's gRPC address.
+    #[arg(
+        long,
+        env = "WEFT_PROXY_CONTROL_ADDR",
+        default_value = "127.0.0.1:7443"
+    )]
+    pub control_addr: SocketAddr,
+    /// The mesh's trust domain.
+    #[arg(long, env = "WEFT_PROXY_TRUST_DOMAIN", default_value = "weft.local")]
+    pub trust_domain: String,
+    /// PEM file with the mesh roots, to trust the control plane before the first certificate.
+    #[arg(long, env = "WEFT_PROXY_TRUST_BUNDLE")]
+    pub trust_bundle: PathBuf,
+    /// The workload's namespace.
+    #[arg(long, env = "WEFT_PROXY_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// The workload's name, as its platform knows it.
+    #[arg(long, env = "WEFT_PROXY_WORKLOAD")]
+    pub workload: String,
+    /// The identity's account name (ServiceAccount, Nomad service identity); defaults to the
+    /// workload name.
+    #[arg(long, env = "WEFT_PROXY_ACCOUNT")]
+    pub account: Option<String>,
+    /// The platform whose credential the proxy presents.
+    #[arg(long, env = "WEFT_PROXY_PLATFORM", default_value = "local")]
+    pub platform: String,
+    /// File holding the platform credential (bootstrap token, ServiceAccount token, JWT); read
+    /// again at each renewal, since platforms rotate them.
+    #[arg(long, env = "WEFT_PROXY_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// The inbound listener (mutual TLS from peers).
+    #[arg(long, env = "WEFT_PROXY_INBOUND_ADDR", default_value = "0.0.0.0:7143")]
+    pub inbound_addr: SocketAddr,
+    /// The local application's port; without it the proxy has no inbound listener.
+    #[arg(long, env = "WEFT_PROXY_APP_PORT")]
+    pub app_port: Option<u16>,
+    /// An upstream: `service=listen-addr` (repeatable), e.g. `api=127.0.0.1:9001` or
+    /// `api.prod=127.0.0.1:9002`.
+    #[arg(long = "upstream", env = "WEFT_PROXY_UPSTREAMS", value_delimiter = ',')]
+    pub upstreams: Vec<Upstream>,
+    /// The admin listener (`/live`, `/ready`, `/metrics`, `/shutdown`).
+    #[arg(long, env = "WEFT_PROXY_ADMIN_ADDR", default_value = "127.0.0.1:7191")]
+    pub admin_addr: SocketAddr,
+    /// How long to wait for a client's first bytes before treating the connection as opaque.
+    #[arg(long, env = "WEFT_PROXY_DETECT_TIMEOUT", default_value = "1s", value_parser = humantime_duration)]
+    pub detect_timeout: Duration,
+    /// How long to wait for a connection to an endpoint.
+    #[arg(long, env = "WEFT_PROXY_CONNECT_TIMEOUT", default_value = "3s", value_parser = humantime_duration)]
+    pub connect_timeout: Duration,
+    /// How long a request may wait for a usable endpoint before it fails with 503.
+    #[arg(long, env = "WEFT_PROXY_DISPATCH_TIMEOUT", default_value = "3s", value_parser = humantime_duration)]
+    pub dispatch_timeout: Duration,
+    /// How long in-flight requests may take to finish after SIGTERM or `/shutdown`.
+    #[arg(long, env = "WEFT_PROXY_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime_duration)]
+    pub drain_timeout: Duration,
+    /// Log as JSON lines.
+    #[arg(long, env = "WEFT_PROXY_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// One `--upstream service=addr`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// The service, `name` (in the proxy's namespace) or `name.namespace`.
+    pub service: String,
+    /// Where the proxy listens for the application's calls to it.
+    pub listen: SocketAddr,
+}
+
+impl FromStr for Upstream {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (service, addr) = s
+            .split_once('=')
+            .ok_or_else(|| format!("upstream {s:?}: expected service=ip:port"))?;
+        let listen = addr
+            .parse()
+            .map_err(|e| format!("upstream {s:?}: bad address {addr:?}: {e}"))?;
+        if service.is_empty() {
+            return Err(format!("upstream {s:?}: empty service name"));
+        }
+        Ok(Self {
+            service: service.to_string(),
+            listen,
+        })
+    }
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+impl ProxyConfig {
+    /// Checks what clap cannot.
+    pub fn check(&self) -> Result<(), String> {
+        weft_core::TrustDomain::new(self.trust_domain.clone()).map_err(|e| e.to_string())?;
+        weft_core::Identity::new(
+            weft_core::TrustDomain::new(self.trust_domain.clone()).map_err(|e| e.to_string())?,
+            &self.namespace,
+            self.account(),
+        )
+        .map_err(|e| e.to_string())?;
+        for u in &self.upstreams {
+            weft_core::ServiceName::parse(&u.service, &self.namespace)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The identity account.
+    pub fn account(&self) -> &str {
+        self.account.as_deref().unwrap_or(&self.workload)
+    }
+
+    /// The identity this proxy asks for.
+    pub fn identity(&self) -> Result<weft_core::Identity, String> {
+        let td =
+            weft_core::TrustDomain::new(self.trust_domain.clone()).map_err(|e| e.to_string())?;
+        weft_core::Identity::new(td, &self.namespace, self.account()).map_err(|e| e.to_string())
+    }
+}

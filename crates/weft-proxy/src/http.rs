@@ -1,0 +1,287 @@
+//! HTTP pieces shared by the inbound and outbound sides: body type, hop-by-hop headers, error
+//! responses, connection upgrades, response classification.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tower::util::BoxCloneSyncService;
+
+/// The body type every proxied message carries.
+pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Boxed errors on the data path.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Set by the outbound proxy when it carries an HTTP/1 request over HTTP/2 to a peer proxy, so
+/// the inbound proxy hands it to the application as HTTP/1 again. Never leaves the mesh.
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("weft-orig-proto");
+
+/// Names the proxy error behind a synthetic response.
+pub const PROXY_ERROR: HeaderName = HeaderName::from_static("weft-proxy-error");
+
+/// Wraps any body into [`Body`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+{
+    UnsyncBoxBody::new(body)
+}
+
+/// A response made by the proxy itself.
+pub fn error_response(status: StatusCode, reason: &str) -> Response<Body> {
+    let mut rsp = Response::new(UnsyncBoxBody::new(
+        Full::new(Bytes::from(format!("{reason}\n"))).map_err(|e: Infallible| match e {}),
+    ));
+    *rsp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(reason) {
+        rsp.headers_mut().insert(PROXY_ERROR, v);
+    }
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    rsp
+}
+
+/// Whether the request asks to take the connection over (WebSocket and other HTTP/1.1
+/// upgrades, or CONNECT).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    if req.method() == http::Method::CONNECT {
+        return true;
+    }
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 section 7.6.1), keeping `te: trailers`, which gRPC
+/// needs end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHORIZATION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether a response counts as a failure: 5xx, or a gRPC error status in its headers
+/// (trailers-only responses).
+pub fn is_failure<B>(rsp: &Response<B>) -> bool {
+    if rsp.status().is_server_error() {
+        return true;
+    }
+    rsp.headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "0")
+}
+
+/// Once both sides of an upgrade have switched protocols, copies bytes between them until
+/// either closes.
+pub fn splice_upgrades(downstream: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        let (down, up) = match tokio::try_join!(downstream, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut down = TokioIo::new(down);
+        let mut up = TokioIo::new(up);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            tracing::debug!(error = %e, "upgraded connection closed with an error");
+        }
+    });
+}
+
+/// Sends an upgrade request over a fresh HTTP/1.1 connection `io`; if the server switches
+/// protocols, splices the two upgraded connections.
+pub async fn forward_upgrade<T>(mut req: Request<Body>, io: T) -> Result<Response<Body>, BoxError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let downstream = req.extensions_mut().remove::<OnUpgrade>();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upgrade connection failed");
+        }
+    });
+    let mut rsp = send.send_request(req).await?;
+    if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(&mut rsp);
+        match downstream {
+            Some(down) => splice_upgrades(down, upstream),
+            None => return Err("the client connection cannot be upgraded".into()),
+        }
+    }
+    Ok(rsp.map(boxed))
+}
+
+/// Pooled plaintext clients, HTTP/1.1 and HTTP/2, that always connect to one address whatever
+/// the request's authority, so requests reach it with their URI and Host untouched.
+#[derive(Clone, Debug)]
+pub struct PlainClients {
+    h1: Client<FixedConnector, Body>,
+    h2: Client<FixedConnector, Body>,
+}
+
+type FixedConnector = BoxCloneSyncService<Uri, TokioIo<TcpStream>, BoxError>;
+
+impl PlainClients {
+    /// Clients for `addr`.
+    pub fn to(addr: SocketAddr) -> Self {
+        let connector: FixedConnector =
+            BoxCloneSyncService::new(tower::service_fn(move |_: Uri| async move {
+                let tcp = TcpStream::connect(addr).await?;
+                let _ = tcp.set_nodelay(true);
+                Ok::<_, BoxError>(TokioIo::new(tcp))
+            }));
+        let builder = || {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.timer(TokioTimer::new()).pool_timer(TokioTimer::new());
+            b
+        };
+        Self {
+            h1: builder().build(connector.clone()),
+            h2: builder().http2_only(true).build(connector),
+        }
+    }
+
+    /// Sends `req` with the HTTP version it carries.
+    pub async fn send(
+        &self,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, hyper_util::client::legacy::Error> {
+        let client = if req.version() == Version::HTTP_2 {
+            &self.h2
+        } else {
+            &self.h1
+        };
+        client.request(req).await.map(|r| r.map(boxed))
+    }
+}
+
+/// Makes the URI absolute (`http://authority/path`), as the pooled client needs, taking the
+/// authority from the Host header when the client sent origin form, else `fallback`.
+pub fn absolute_uri<B>(req: &mut Request<B>, fallback: &str) -> Result<(), http::Error> {
+    if req.uri().authority().is_some() {
+        return Ok(());
+    }
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or(fallback)
+        .to_string();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    *req.uri_mut() = Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(pq)
+        .build()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers, deflate"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-private").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert_eq!(h.get("x-kept").unwrap(), "yes");
+    }
+
+    #[test]
+    fn upgrades_are_recognised() {
+        let req = Request::builder()
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert!(is_upgrade(&req));
+        let req = Request::builder()
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert!(!is_upgrade(&req));
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let ok = Response::builder().status(200).body(()).unwrap();
+        assert!(!is_failure(&ok));
+        let bad = Response::builder().status(503).body(()).unwrap();
+        assert!(is_failure(&bad));
+        let grpc = Response::builder()
+            .status(200)
+            .header("grpc-status", "14")
+            .body(())
+            .unwrap();
+        assert!(is_failure(&grpc));
+    }
+}

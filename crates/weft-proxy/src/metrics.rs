@@ -1,0 +1,215 @@
+//! The proxy's golden metrics, in one OpenMetrics registry, durations in seconds.
+//!
+//! - `weft_requests_total{direction, service, peer}`
+//! - `weft_responses_total{direction, service, peer, status_code, classification}`
+//! - `weft_response_latency_seconds{direction, service, peer}` (to response headers)
+//! - `weft_tcp_open_connections{direction, peer}`, `weft_tcp_connections_total`,
+//!   `weft_tcp_read_bytes_total`, `weft_tcp_write_bytes_total`
+//! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Inbound (peers to the local app) or outbound (the local app to peers).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    /// Traffic to the local application.
+    #[allow(non_camel_case_types)]
+    inbound,
+    /// Traffic from the local application.
+    #[allow(non_camel_case_types)]
+    outbound,
+}
+
+/// Labels of request counters and latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Direction.
+    pub direction: Direction,
+    /// Outbound: the target service. Inbound: the local workload's service, or `-`.
+    pub service: String,
+    /// The peer's SPIFFE ID (the server outbound, the client inbound), or `-`.
+    pub peer: String,
+}
+
+/// Labels of response counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    /// Direction.
+    pub direction: Direction,
+    /// See [`RequestLabels::service`].
+    pub service: String,
+    /// See [`RequestLabels::peer`].
+    pub peer: String,
+    /// HTTP status code, or empty when no response came.
+    pub status_code: String,
+    /// `success` or `failure` (5xx, a gRPC error status, or no response).
+    pub classification: String,
+}
+
+/// Labels of TCP metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    /// Direction.
+    pub direction: Direction,
+    /// The peer's SPIFFE ID, or `-`.
+    pub peer: String,
+}
+
+/// Labels of inbound rejections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    /// Why.
+    pub reason: String,
+}
+
+/// Labels of authorization denials.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenyLabels {
+    /// The client's identity.
+    pub client: String,
+}
+
+/// Every metric of one proxy.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Requests.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Responses.
+    pub responses: Family<ResponseLabels, Counter>,
+    /// Latency to response headers.
+    pub latency: Family<RequestLabels, Histogram>,
+    /// Open TCP connections.
+    pub tcp_open: Family<TcpLabels, Gauge>,
+    /// TCP connections accepted.
+    pub tcp_total: Family<TcpLabels, Counter>,
+    /// Bytes read from clients and peers.
+    pub tcp_read: Family<TcpLabels, Counter>,
+    /// Bytes written to clients and peers.
+    pub tcp_write: Family<TcpLabels, Counter>,
+    /// Inbound connections refused at the TLS layer.
+    pub tls_rejected: Family<RejectLabels, Counter>,
+    /// Inbound connections or requests refused by authorization.
+    pub authz_denied: Family<DenyLabels, Counter>,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+    ]
+    .into_iter()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let responses = Family::<ResponseLabels, Counter>::default();
+        let latency = Family::<RequestLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(latency_buckets())) as fn() -> Histogram,
+        );
+        let tcp_open = Family::<TcpLabels, Gauge>::default();
+        let tcp_total = Family::<TcpLabels, Counter>::default();
+        let tcp_read = Family::<TcpLabels, Counter>::default();
+        let tcp_write = Family::<TcpLabels, Counter>::default();
+        let tls_rejected = Family::<RejectLabels, Counter>::default();
+        let authz_denied = Family::<DenyLabels, Counter>::default();
+        registry.register("weft_requests", "HTTP requests", requests.clone());
+        registry.register("weft_responses", "HTTP responses", responses.clone());
+        registry.register_with_unit(
+            "weft_response_latency",
+            "Time from request to response headers",
+            prometheus_client::registry::Unit::Seconds,
+            latency.clone(),
+        );
+        registry.register(
+            "weft_tcp_open_connections",
+            "Open TCP connections",
+            tcp_open.clone(),
+        );
+        registry.register(
+            "weft_tcp_connections",
+            "TCP connections accepted",
+            tcp_total.clone(),
+        );
+        registry.register("weft_tcp_read_bytes", "Bytes read", tcp_read.clone());
+        registry.register("weft_tcp_write_bytes", "Bytes written", tcp_write.clone());
+        registry.register(
+            "weft_inbound_tls_rejected",
+            "Inbound connections refused during the TLS handshake",
+            tls_rejected.clone(),
+        );
+        registry.register(
+            "weft_inbound_authz_denied",
+            "Inbound connections or requests refused by authorization policy",
+            authz_denied.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            requests,
+            responses,
+            latency,
+            tcp_open,
+            tcp_total,
+            tcp_read,
+            tcp_write,
+            tls_rejected,
+            authz_denied,
+        }
+    }
+}
+
+impl Metrics {
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        out
+    }
+
+    /// Records one finished request.
+    pub fn record(&self, labels: RequestLabels, status: Option<u16>, failed: bool, took: Duration) {
+        self.latency
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        self.responses
+            .get_or_create(&ResponseLabels {
+                status_code: status.map(|s| s.to_string()).unwrap_or_default(),
+                classification: if failed { "failure" } else { "success" }.to_string(),
+                direction: labels.direction,
+                service: labels.service,
+                peer: labels.peer,
+            })
+            .inc();
+    }
+
+    /// Marks a TCP connection open until the guard drops.
+    pub fn open_connection(&self, labels: TcpLabels) -> ConnectionGuard {
+        self.tcp_total.get_or_create(&labels).inc();
+        let gauge = self.tcp_open.get_or_create(&labels).clone();
+        gauge.inc();
+        ConnectionGuard { gauge }
+    }
+}
+
+/// Decrements the open-connections gauge when dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    gauge: Gauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}

@@ -1,0 +1,123 @@
+//! Balancing across a service's endpoints: tower's power-of-two-choices over peak-EWMA
+//! latency, fed by discovery snapshots. One balancer per service and protocol, shared by every
+//! connection through a buffer.
+
+use std::collections::{HashSet, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use http::{Request, Response};
+use tokio_stream::wrappers::WatchStream;
+use tower::balance::p2c::Balance;
+use tower::buffer::Buffer;
+use tower::discover::Change;
+use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
+use tower::util::BoxCloneSyncService;
+use weft_core::ServiceName;
+
+use super::endpoint::{HttpEndpoint, TcpEndpoint};
+use crate::Shared;
+use crate::discovery::{DiscoveryState, EndpointView};
+use crate::http::{Body, BoxError};
+use crate::io::PeerIo;
+
+/// The latency a new endpoint is assumed to have before it is measured.
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// How fast old latency observations fade.
+const DECAY: Duration = Duration::from_secs(10);
+/// Requests that may wait for the balancer.
+const BUFFER: usize = 1024;
+
+/// A shared handle to one service's HTTP balancer.
+pub type HttpBalancer = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+/// A shared handle to one service's TCP balancer.
+pub type TcpBalancer = BoxCloneSyncService<(), (PeerIo, EndpointView), BoxError>;
+
+/// Turns discovery snapshots into endpoint insertions and removals for one service.
+struct EndpointDiscover<S, F> {
+    updates: WatchStream<Option<Arc<DiscoveryState>>>,
+    service: ServiceName,
+    current: HashSet<EndpointView>,
+    pending: VecDeque<Change<EndpointView, S>>,
+    make: F,
+}
+
+impl<S, F: Fn(EndpointView) -> S + Unpin> Stream for EndpointDiscover<S, F>
+where
+    S: Unpin,
+{
+    type Item = Result<Change<EndpointView, S>, BoxError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(change) = this.pending.pop_front() {
+                return Poll::Ready(Some(Ok(change)));
+            }
+            let state = match Pin::new(&mut this.updates).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                // The proxy is stopping; keep the last endpoints.
+                Poll::Ready(None) => return Poll::Pending,
+                Poll::Ready(Some(state)) => state,
+            };
+            // No snapshot yet: nothing to add. A service missing from a snapshot has no
+            // endpoints this proxy may use.
+            let Some(state) = state else { continue };
+            let next: HashSet<EndpointView> = state
+                .services
+                .get(&this.service)
+                .map(|s| s.endpoints.iter().cloned().collect())
+                .unwrap_or_default();
+            for gone in this.current.difference(&next) {
+                this.pending.push_back(Change::Remove(gone.clone()));
+            }
+            for new in next.difference(&this.current) {
+                this.pending
+                    .push_back(Change::Insert(new.clone(), (this.make)(new.clone())));
+            }
+            this.current = next;
+        }
+    }
+}
+
+/// Builds the HTTP balancer of `service`.
+pub fn http_balancer(shared: &Arc<Shared>, service: &ServiceName) -> HttpBalancer {
+    let name = service.to_string();
+    let shared2 = shared.clone();
+    let discover = EndpointDiscover {
+        updates: WatchStream::new(shared.discovery.clone()),
+        service: service.clone(),
+        current: HashSet::new(),
+        pending: VecDeque::new(),
+        make: move |ep| HttpEndpoint::new(ep, shared2.clone(), name.clone()),
+    };
+    let balance = Balance::new(PeakEwmaDiscover::new(
+        discover,
+        DEFAULT_RTT,
+        DECAY,
+        CompleteOnResponse::default(),
+    ));
+    BoxCloneSyncService::new(Buffer::new(balance, BUFFER))
+}
+
+/// Builds the TCP balancer of `service`: latency here is connection set-up time.
+pub fn tcp_balancer(shared: &Arc<Shared>, service: &ServiceName) -> TcpBalancer {
+    let shared2 = shared.clone();
+    let discover = EndpointDiscover {
+        updates: WatchStream::new(shared.discovery.clone()),
+        service: service.clone(),
+        current: HashSet::new(),
+        pending: VecDeque::new(),
+        make: move |ep| TcpEndpoint::new(ep, shared2.clone()),
+    };
+    let balance = Balance::new(PeakEwmaDiscover::new(
+        discover,
+        DEFAULT_RTT,
+        DECAY,
+        CompleteOnResponse::default(),
+    ));
+    BoxCloneSyncService::new(Buffer::new(balance, BUFFER))
+}

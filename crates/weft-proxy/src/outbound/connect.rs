@@ -1,0 +1,70 @@
+//! Opening connections to endpoints: TCP, then mutual TLS when the endpoint is meshed.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::Shared;
+use crate::discovery::EndpointView;
+use crate::io::PeerIo;
+
+/// Why a connection to an endpoint failed. Nothing was sent, so the request may go elsewhere.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connection failed (refused, unreachable).
+    #[error("connecting to {addr}: {source}")]
+    Tcp {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The endpoint did not accept in time.
+    #[error("connecting to {0}: timed out")]
+    Timeout(SocketAddr),
+    /// The TLS handshake failed: an unknown CA, an expired certificate, or the wrong identity.
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// This proxy has no certificate yet.
+    #[error("no mesh certificate yet")]
+    NoCertificate,
+}
+
+/// Connects to `ep`, with TLS and `alpn` when it is meshed.
+pub async fn connect(
+    shared: &Shared,
+    ep: &EndpointView,
+    alpn: &'static [u8],
+) -> Result<PeerIo, ConnectError> {
+    let addr = ep.address;
+    let tcp = tokio::time::timeout(shared.config.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout(addr))?
+        .map_err(|source| ConnectError::Tcp { addr, source })?;
+    let _ = tcp.set_nodelay(true);
+    let Some(identity) = &ep.identity else {
+        return Ok(PeerIo::Plain(tcp));
+    };
+    let creds = shared
+        .credentials
+        .borrow()
+        .clone()
+        .ok_or(ConnectError::NoCertificate)?;
+    let connector = TlsConnector::from(creds.client_config(identity, alpn));
+    let tls = tokio::time::timeout(
+        shared.config.connect_timeout,
+        connector.connect(weft_ca::tls::server_name(), tcp),
+    )
+    .await
+    .map_err(|_| ConnectError::Timeout(addr))?
+    .map_err(|source| ConnectError::Tls { addr, source })?;
+    Ok(PeerIo::Client(Box::new(tls)))
+}
