@@ -383,3 +383,18 @@ port = 7143
         assert_eq!(only.len(), 1);
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    /// The commented example that `weft dev` embeds must stay valid.
+    #[test]
+    fn configs_mesh_toml_is_valid() {
+        let path = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../configs/mesh.toml"
+        ));
+        let cfg = super::load_from_str(&std::fs::read_to_string(path).unwrap(), path).unwrap();
+        assert_eq!(cfg.platforms.local.unwrap().workloads.len(), 3);
+        assert_eq!(cfg.authorization_rules.len(), 1);
+    }
+}
