@@ -44,8 +44,13 @@ pub fn load(path: &Path) -> Result<MeshConfig, ConfigError> {
         key: None,
         message: format!("cannot read: {e}"),
     })?;
+    load_text(&text, path)
+}
+
+/// Like [`load`], for text already read from `path`.
+pub(super) fn load_text(text: &str, path: &Path) -> Result<MeshConfig, ConfigError> {
     let env = weft_env_overrides(std::env::vars());
-    let mut cfg = parse(&text, format_of(path), path, env)?;
+    let mut cfg = parse(text, format_of(path), path, env)?;
     cfg.source = Some(path.to_path_buf());
     Ok(cfg)
 }

@@ -12,7 +12,8 @@ type Invalid = (String, String);
 pub(super) fn validate(cfg: &mut MeshConfig) -> Result<(), Invalid> {
     check_name(&cfg.mesh.name).map_err(|e| ("mesh.name".to_string(), e.to_string()))?;
     validate_ca(cfg)?;
-    if cfg.control.grpc_addr == cfg.control.http_addr {
+    // Port 0 asks the OS for a free port, so two zeros do not clash.
+    if cfg.control.grpc_addr == cfg.control.http_addr && cfg.control.grpc_addr.port() != 0 {
         return Err((
             "control.http_addr".into(),
             format!("{} is also control.grpc_addr", cfg.control.http_addr),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::load::{ConfigError, load};
+use super::load::{ConfigError, load, load_text};
 use super::schema::MeshConfig;
 
 /// A running watch on one mesh config file.
@@ -25,11 +25,19 @@ const POLL: Duration = Duration::from_millis(200);
 impl ConfigWatcher {
     /// Loads `path` once (failing if it is invalid), then follows it until `shutdown`.
     pub fn start(path: &Path, shutdown: CancellationToken) -> Result<Self, ConfigError> {
-        let first = load(path)?;
+        // The bytes loaded here are the baseline for change detection, so an edit made right
+        // after `start` returns is never mistaken for the initial content.
+        let bytes = std::fs::read(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        let first = load_text(&String::from_utf8_lossy(&bytes), path)?;
         let (tx, rx) = watch::channel(Arc::new(first));
         let (err_tx, errors) = watch::channel(None);
         let path = path.to_path_buf();
-        tokio::spawn(follow(path, tx, err_tx, shutdown));
+        tokio::spawn(follow(path, bytes, tx, err_tx, shutdown));
         Ok(Self { rx, errors })
     }
 
@@ -51,11 +59,12 @@ impl ConfigWatcher {
 
 async fn follow(
     path: PathBuf,
+    initial: Vec<u8>,
     tx: watch::Sender<Arc<MeshConfig>>,
     err_tx: watch::Sender<Option<ConfigError>>,
     shutdown: CancellationToken,
 ) {
-    let mut last = tokio::fs::read(&path).await.ok();
+    let mut last = Some(initial);
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
