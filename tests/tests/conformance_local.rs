@@ -1,5 +1,7 @@
 //! The conformance suite against the local platform adapter.
 
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

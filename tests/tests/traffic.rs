@@ -1,6 +1,8 @@
 //! End to end on loopback: client -> outbound proxy -> mutual TLS -> inbound proxy -> backend,
 //! for HTTP/1.1, HTTP/2, gRPC, WebSocket and opaque TCP.
 
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
