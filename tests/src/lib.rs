@@ -8,6 +8,7 @@
 )]
 
 pub mod backends;
+pub mod certs;
 pub mod conformance;
 
 use std::net::SocketAddr;
@@ -312,4 +313,39 @@ fn render(
         s.push_str(&w.to_toml());
     }
     s
+}
+
+/// Fetches `path` from a proxy's admin listener: status and body.
+pub async fn admin_get(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let rsp = send.send_request(req).await.unwrap();
+    let status = rsp.status().as_u16();
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Polls a proxy's metrics until `metric(name, labels)` reaches `at_least`.
+pub async fn wait_metric(admin: SocketAddr, name: &str, labels: &[&str], at_least: f64) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, text) = admin_get(admin, "GET", "/metrics").await;
+        if metric(&text, name, labels) >= at_least {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}{labels:?} never reached {at_least}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -19,6 +19,7 @@ use tower::util::BoxCloneSyncService;
 use weft_core::ServiceName;
 
 use super::endpoint::{HttpEndpoint, TcpEndpoint};
+use super::failfast::FailFast;
 use crate::Shared;
 use crate::discovery::{DiscoveryState, EndpointView};
 use crate::http::{Body, BoxError};
@@ -85,6 +86,7 @@ where
 
 /// Builds the HTTP balancer of `service`.
 pub fn http_balancer(shared: &Arc<Shared>, service: &ServiceName) -> HttpBalancer {
+    let timeout = shared.config.dispatch_timeout;
     let name = service.to_string();
     let shared2 = shared.clone();
     let discover = EndpointDiscover {
@@ -100,11 +102,12 @@ pub fn http_balancer(shared: &Arc<Shared>, service: &ServiceName) -> HttpBalance
         DECAY,
         CompleteOnResponse::default(),
     ));
-    BoxCloneSyncService::new(Buffer::new(balance, BUFFER))
+    BoxCloneSyncService::new(Buffer::new(FailFast::new(balance, timeout), BUFFER))
 }
 
 /// Builds the TCP balancer of `service`: latency here is connection set-up time.
 pub fn tcp_balancer(shared: &Arc<Shared>, service: &ServiceName) -> TcpBalancer {
+    let timeout = shared.config.dispatch_timeout;
     let shared2 = shared.clone();
     let discover = EndpointDiscover {
         updates: WatchStream::new(shared.discovery.clone()),
@@ -119,5 +122,5 @@ pub fn tcp_balancer(shared: &Arc<Shared>, service: &ServiceName) -> TcpBalancer 
         DECAY,
         CompleteOnResponse::default(),
     ));
-    BoxCloneSyncService::new(Buffer::new(balance, BUFFER))
+    BoxCloneSyncService::new(Buffer::new(FailFast::new(balance, timeout), BUFFER))
 }

@@ -5,6 +5,7 @@
 pub mod balance;
 pub mod connect;
 pub mod endpoint;
+pub mod failfast;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -175,18 +176,10 @@ async fn route(req: Request<Incoming>, target: &Target, shared: &Shared) -> Resp
         return error_response(StatusCode::SERVICE_UNAVAILABLE, &reason);
     }
     let mut balancer = target.http.clone();
-    let ready = tokio::time::timeout(shared.config.dispatch_timeout, balancer.ready()).await;
-    match ready {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            return error_response(StatusCode::BAD_GATEWAY, &format!("{service}: {e}"));
-        }
-        Err(_) => {
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("no endpoint of {service} became available"),
-            );
-        }
+    // The buffer is ready as soon as it has room; waiting for an endpoint happens behind it,
+    // bounded by the fail-fast dispatch timeout.
+    if let Err(e) = balancer.ready().await {
+        return error_response(StatusCode::BAD_GATEWAY, &format!("{service}: {e}"));
     }
     match balancer.call(req).await {
         Ok(mut rsp) => {
@@ -194,6 +187,19 @@ async fn route(req: Request<Incoming>, target: &Target, shared: &Shared) -> Resp
                 strip_hop_by_hop(rsp.headers_mut());
             }
             rsp
+        }
+        Err(e) if failfast::is_unavailable(&*e) => {
+            shared.metrics.record(
+                RequestLabels {
+                    direction: Direction::outbound,
+                    service: service.clone(),
+                    peer: "-".into(),
+                },
+                Some(503),
+                true,
+                std::time::Duration::ZERO,
+            );
+            error_response(StatusCode::SERVICE_UNAVAILABLE, &format!("{service}: {e}"))
         }
         Err(e) => {
             tracing::info!(%service, error = %e, "request failed");
@@ -231,9 +237,7 @@ where
     }
     let mut balancer = target.tcp.clone();
     for attempt in 1..=TCP_CONNECT_ATTEMPTS {
-        let ready = tokio::time::timeout(shared.config.dispatch_timeout, balancer.ready()).await;
-        let Ok(Ok(svc)) = ready else {
-            tracing::info!(service = %target.service, "no endpoint available for a TCP connection");
+        let Ok(svc) = balancer.ready().await else {
             return;
         };
         match svc.call(()).await {

@@ -1,0 +1,146 @@
+//! Fail-fast in front of a balancer: requests wait at most a dispatch timeout for an endpoint
+//! to become ready; past it, they fail at once with [`Unavailable`] (a 503) until an endpoint
+//! is ready again. The balancer sits behind a buffer, whose own readiness says nothing about
+//! the endpoints, so this has to live inside the buffer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Sleep;
+
+use crate::http::BoxError;
+
+/// No endpoint of the service became ready within the dispatch timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no endpoint became available within {0:?}")]
+pub struct Unavailable(pub Duration);
+
+/// Whether `e` (or any of its sources) is [`Unavailable`].
+pub fn is_unavailable(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<Unavailable>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct FailFast<S> {
+    inner: S,
+    timeout: Duration,
+    waiting: Option<Pin<Box<Sleep>>>,
+    failing: bool,
+}
+
+impl<S> FailFast<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            waiting: None,
+            failing: false,
+        }
+    }
+}
+
+impl<S, Req> tower::Service<Req> for FailFast<S>
+where
+    S: tower::Service<Req, Error = BoxError>,
+    S::Future: Send + 'static,
+    S::Response: 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                self.waiting = None;
+                self.failing = false;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if self.failing => Poll::Ready(Ok(())),
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let waiting = self
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if waiting.as_mut().poll(cx).is_ready() {
+                    tracing::info!(?timeout, "no endpoint ready; failing requests fast");
+                    self.failing = true;
+                    self.waiting = None;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        if self.failing {
+            let timeout = self.timeout;
+            return Box::pin(async move { Err(Unavailable(timeout).into()) });
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tower::{Service, ServiceExt};
+
+    use super::*;
+
+    /// A service whose readiness the test switches.
+    #[derive(Clone)]
+    struct Gate(Arc<AtomicBool>);
+
+    impl Service<()> for Gate {
+        type Response = ();
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<(), BoxError>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            // Closed gates stay pending without waking anyone: only the timer moves time.
+            if self.0.load(Ordering::SeqCst) {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+        fn call(&mut self, _: ()) -> Self::Future {
+            std::future::ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_for_the_timeout_then_fails_fast_until_ready() {
+        let open = Arc::new(AtomicBool::new(false));
+        let mut svc = FailFast::new(Gate(open.clone()), Duration::from_secs(3));
+
+        let started = tokio::time::Instant::now();
+        let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+        assert!(is_unavailable(&*err));
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+
+        // Still failing: the next request does not wait.
+        let again = tokio::time::Instant::now();
+        assert!(svc.ready().await.unwrap().call(()).await.is_err());
+        assert_eq!(again.elapsed(), Duration::ZERO);
+
+        // An endpoint is back: requests go through.
+        open.store(true, Ordering::SeqCst);
+        svc.ready().await.unwrap().call(()).await.unwrap();
+    }
+}

@@ -1,0 +1,215 @@
+//! Peers that are not in the mesh, or not allowed, are refused: plaintext, a self-made CA, an
+//! expired leaf, no client certificate, an identity the policy does not admit, and (on the
+//! client side) a server proving another identity than discovery promised.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weft_proxy::Proxy;
+use weft_tests::certs::{self, ClientCert};
+use weft_tests::{TestMesh, WAIT, WorkloadDecl, backends, free_port, wait_metric};
+
+const ONLY_LOAD: &str = "[policy]\ndefault_inbound = \"allow\"\n\n[[policy.authorizations]]\nservice = \"api.test\"\nallow = [\"test/load\"]";
+
+struct Server {
+    mesh: TestMesh,
+    proxy: Proxy,
+    inbound: SocketAddr,
+}
+
+async fn server() -> Server {
+    let app = backends::http_echo("api").await;
+    let api = WorkloadDecl::serving("api", "api");
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(&[api.clone(), load], ONLY_LOAD).await;
+    let proxy = mesh.proxy(&api, Some(app.port()), &[]).await;
+    let inbound = proxy.inbound_addr.unwrap();
+    Server {
+        mesh,
+        proxy,
+        inbound,
+    }
+}
+
+/// Opens TLS with `cert` and sends one HTTP/2 request; the status, or the error text.
+async fn h2_request(addr: SocketAddr, cert: Option<ClientCert>) -> Result<StatusCode, String> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(certs::client_config(cert, b"h2"));
+    let tls = connector
+        .connect(weft_ca::tls::server_name(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("h2: {e}"))?;
+    tokio::spawn(conn);
+    let rsp = send
+        .send_request(
+            Request::get("http://api.test/")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    Ok(rsp.status())
+}
+
+fn mesh_leaf(mesh: &TestMesh, spiffe: &str, from: SystemTime, to: SystemTime) -> ClientCert {
+    let (issuer, inter) = certs::mesh_intermediate(&mesh.data_dir());
+    certs::leaf(&issuer, &[inter], spiffe, from, to)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_mesh_identity_is_served() {
+    // The control for every refusal below: the same client code, with a good certificate.
+    let s = server().await;
+    let now = SystemTime::now();
+    let good = mesh_leaf(
+        &s.mesh,
+        "spiffe://weft.test/ns/test/sa/load",
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(3600),
+    );
+    assert_eq!(h2_request(s.inbound, Some(good)).await, Ok(StatusCode::OK));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_is_refused() {
+    let s = server().await;
+    let mut tcp = TcpStream::connect(s.inbound).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"),
+        "served plaintext"
+    );
+    wait_metric(
+        s.proxy.admin_addr,
+        "weft_inbound_tls_rejected_total",
+        &["reason=\"not_tls\""],
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_made_ca_is_refused() {
+    let s = server().await;
+    let forged = certs::self_made("spiffe://weft.test/ns/test/sa/load");
+    assert!(h2_request(s.inbound, Some(forged)).await.is_err());
+    wait_metric(
+        s.proxy.admin_addr,
+        "weft_inbound_tls_rejected_total",
+        &["reason=\"unknown_ca\""],
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_leaf_is_refused() {
+    let s = server().await;
+    let now = SystemTime::now();
+    let expired = mesh_leaf(
+        &s.mesh,
+        "spiffe://weft.test/ns/test/sa/load",
+        now - Duration::from_secs(7200),
+        now - Duration::from_secs(3600),
+    );
+    assert!(h2_request(s.inbound, Some(expired)).await.is_err());
+    wait_metric(
+        s.proxy.admin_addr,
+        "weft_inbound_tls_rejected_total",
+        &["reason=\"expired_certificate\""],
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_client_certificate_is_refused() {
+    let s = server().await;
+    assert!(h2_request(s.inbound, None).await.is_err());
+    wait_metric(
+        s.proxy.admin_addr,
+        "weft_inbound_tls_rejected_total",
+        &["reason=\"no_client_certificate\""],
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_the_policy_does_not_admit_is_denied() {
+    let s = server().await;
+    let now = SystemTime::now();
+    let intruder = mesh_leaf(
+        &s.mesh,
+        "spiffe://weft.test/ns/test/sa/intruder",
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(3600),
+    );
+    assert_eq!(
+        h2_request(s.inbound, Some(intruder)).await,
+        Ok(StatusCode::FORBIDDEN)
+    );
+    wait_metric(
+        s.proxy.admin_addr,
+        "weft_inbound_authz_denied_total",
+        &["client=\"spiffe://weft.test/ns/test/sa/intruder\""],
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_refuses_a_server_proving_another_identity() {
+    let app = backends::http_echo("impostor-app").await;
+    let api = WorkloadDecl::serving("api", "api");
+    let impostor = WorkloadDecl::client("impostor");
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(&[api.clone(), impostor.clone(), load.clone()], ONLY_LOAD).await;
+    // The impostor's proxy, certified as test/impostor, listens where discovery says api is.
+    let mut cfg = mesh.proxy_config(&impostor, Some(app.port()), &[]);
+    cfg.inbound_addr = ([127, 0, 0, 1], api.port).into();
+    let imp = Proxy::start(cfg).await.unwrap();
+    weft_tests::wait_ready(&imp).await;
+    let up = free_port();
+    let _client = mesh.proxy(&load, None, &[("api", up)]).await;
+
+    let tcp = TcpStream::connect(("127.0.0.1", up)).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rsp = send
+        .send_request(
+            Request::get("/")
+                .header("host", "api.test")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(rsp.status().is_server_error(), "{}", rsp.status());
+    assert!(
+        rsp.headers().get("x-backend").is_none(),
+        "the impostor's app was reached"
+    );
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    assert!(!body.is_empty());
+}
