@@ -49,7 +49,7 @@ pub struct ServiceName {
 }
 
 /// How traffic on a port is handled.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// Detect HTTP/1.1 or HTTP/2 from the first bytes; anything else is forwarded as opaque TCP.
@@ -288,6 +288,13 @@ impl Protocol {
             Protocol::Grpc => "grpc",
             Protocol::Opaque => "opaque",
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

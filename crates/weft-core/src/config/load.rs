@@ -146,7 +146,9 @@ fn explain(e: &config::ConfigError) -> (Option<String>, String, Option<usize>) {
                 .to_string();
             (None, format!("syntax error: {first}"), line)
         }
-        config::ConfigError::NotFound(key) => (Some(key.clone()), "missing".to_string(), None),
+        config::ConfigError::NotFound(key) => {
+            (Some(key.clone()), "required but missing".to_string(), None)
+        }
         other => {
             let msg = other.to_string();
             // serde's "missing field `x`" / "unknown field `x`" carry the key in backticks.

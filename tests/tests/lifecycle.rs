@@ -1,0 +1,257 @@
+//! The mesh changing under traffic: config edits move endpoints, the control plane goes away
+//! and comes back, endpoints die, proxies drain.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc};
+use weft_tests::{TestMesh, WAIT, WorkloadDecl, admin_get, backends, free_port, wait_snapshot};
+
+const ALLOW_ALL: &str = "[policy]\ndefault_inbound = \"allow\"";
+
+fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GETs `/` through the upstream at `port`: status and `x-backend`.
+async fn get(c: &Client<HttpConnector, Empty<Bytes>>, port: u16) -> (StatusCode, String) {
+    let rsp = c
+        .request(
+            Request::get(format!("http://127.0.0.1:{port}/"))
+                .header("host", "api.test")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = rsp.status();
+    let backend = rsp
+        .headers()
+        .get("x-backend")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let _ = rsp.into_body().collect().await;
+    (status, backend)
+}
+
+fn api_port(state: &weft_proxy::discovery::DiscoveryState) -> Vec<u16> {
+    let svc = weft_core::ServiceName::new("test", "api").unwrap();
+    state
+        .services
+        .get(&svc)
+        .map(|s| s.endpoints.iter().map(|e| e.address.port()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_the_config_file_moves_traffic_without_restarts() {
+    let one = backends::http_echo("one").await;
+    let two = backends::http_echo("two").await;
+    let api1 = WorkloadDecl::serving("api-1", "api");
+    let mut api2 = WorkloadDecl::client("api-2");
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(&[api1.clone(), api2.clone(), load.clone()], ALLOW_ALL).await;
+    let _p1 = mesh.proxy(&api1, Some(one.port()), &[]).await;
+    let _p2 = mesh.proxy(&api2, Some(two.port()), &[]).await;
+    let up = free_port();
+    let lp = mesh.proxy(&load, None, &[("api", up)]).await;
+    let c = client();
+    for _ in 0..5 {
+        assert_eq!(get(&c, up).await, (StatusCode::OK, "one".to_string()));
+    }
+
+    // api-2 takes over the service; api-1 leaves it.
+    let mut api1_off = api1.clone();
+    api1_off.service = None;
+    api2.service = Some("api".into());
+    mesh.set_workloads(&[api1_off, api2.clone(), load.clone()])
+        .await;
+    wait_snapshot(&lp, |s| api_port(s) == [api2.port]).await;
+    for _ in 0..5 {
+        assert_eq!(get(&c, up).await, (StatusCode::OK, "two".to_string()));
+    }
+
+    // A broken edit is reported and ignored: traffic keeps flowing to the last good endpoints.
+    let mut errors = mesh.watcher().errors();
+    mesh.write_raw("[mesh]\nname = \"test\"\ntrust_domain = \"NOT VALID\"\n");
+    tokio::time::timeout(WAIT, errors.wait_for(|e| e.is_some()))
+        .await
+        .unwrap()
+        .unwrap();
+    let err = errors.borrow().clone().unwrap();
+    assert!(err.to_string().contains("mesh.toml:3"), "{err}");
+    assert_eq!(get(&c, up).await, (StatusCode::OK, "two".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_survives_a_control_plane_outage_and_proxies_reconnect() {
+    let one = backends::http_echo("one").await;
+    let two = backends::http_echo("two").await;
+    let api1 = WorkloadDecl::serving("api-1", "api");
+    let mut api2 = WorkloadDecl::client("api-2");
+    let load = WorkloadDecl::client("load");
+    let mut mesh = TestMesh::start(&[api1.clone(), api2.clone(), load.clone()], ALLOW_ALL).await;
+    let _p1 = mesh.proxy(&api1, Some(one.port()), &[]).await;
+    let _p2 = mesh.proxy(&api2, Some(two.port()), &[]).await;
+    let up = free_port();
+    let lp = mesh.proxy(&load, None, &[("api", up)]).await;
+    let c = client();
+    assert_eq!(get(&c, up).await.0, StatusCode::OK);
+
+    mesh.stop_control().await;
+    // No control plane: the proxies serve from their last snapshot, on new connections too.
+    for _ in 0..10 {
+        let fresh = client();
+        assert_eq!(get(&fresh, up).await, (StatusCode::OK, "one".to_string()));
+    }
+    let (status, _) = admin_get(lp.admin_addr, "GET", "/ready").await;
+    assert_eq!(status, 200, "a proxy with a snapshot stays ready");
+
+    // Back again, with a change the proxies can only learn from a new stream.
+    mesh.start_control().await;
+    let mut api1_off = api1.clone();
+    api1_off.service = None;
+    api2.service = Some("api".into());
+    mesh.set_workloads(&[api1_off, api2.clone(), load.clone()])
+        .await;
+    wait_snapshot(&lp, |s| api_port(s) == [api2.port]).await;
+    assert_eq!(get(&c, up).await, (StatusCode::OK, "two".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_refuses_connections_is_avoided() {
+    let one = backends::http_echo("one").await;
+    let api1 = WorkloadDecl::serving("api-1", "api");
+    // Declared, meshed, but nothing listens there.
+    let dead = WorkloadDecl::serving("api-dead", "api");
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(&[api1.clone(), dead, load.clone()], ALLOW_ALL).await;
+    let _p1 = mesh.proxy(&api1, Some(one.port()), &[]).await;
+    let up = free_port();
+    let _lp = mesh.proxy(&load, None, &[("api", up)]).await;
+    let c = client();
+    for i in 0..30 {
+        assert_eq!(
+            get(&c, up).await,
+            (StatusCode::OK, "one".to_string()),
+            "request {i}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_without_endpoints_answers_503() {
+    let api = WorkloadDecl::serving("api", "api");
+    let load = WorkloadDecl::client("load");
+    let mut mesh_workloads = vec![api.clone(), load.clone()];
+    let mesh = TestMesh::start(&mesh_workloads, ALLOW_ALL).await;
+    let up = free_port();
+    let lp = mesh.proxy(&load, None, &[("api", up)]).await;
+    mesh_workloads.remove(0);
+    mesh.set_workloads(&mesh_workloads).await;
+    wait_snapshot(&lp, |s| api_port(s).is_empty()).await;
+    let (status, _) = get(&client(), up).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// A backend that reports each request and answers only when released.
+async fn held_backend() -> (SocketAddr, mpsc::Receiver<()>, Arc<Notify>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let release = Arc::new(Notify::new());
+    let rel = release.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = l.accept().await.unwrap();
+            let tx = tx.clone();
+            let rel = rel.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let tx = tx.clone();
+                    let rel = rel.clone();
+                    async move {
+                        let _ = tx.send(()).await;
+                        rel.notified().await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("done"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, rx, release)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_finishes_in_flight_requests_and_stops_accepting() {
+    let (app, mut arrived, release) = held_backend().await;
+    let api = WorkloadDecl::serving("api", "api");
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(&[api.clone(), load.clone()], ALLOW_ALL).await;
+    let server = mesh.proxy(&api, Some(app.port()), &[]).await;
+    let up = free_port();
+    let client_proxy = mesh.proxy(&load, None, &[("api", up)]).await;
+    let inbound = server.inbound_addr.unwrap();
+
+    let in_flight = tokio::spawn(async move { get(&client(), up).await });
+    tokio::time::timeout(WAIT, arrived.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    // SIGTERM's path: stop accepting, let the request finish.
+    let drained = tokio::spawn(server.drain(Duration::from_secs(10)));
+    // The listener closes: new connections are refused.
+    tokio::time::timeout(WAIT, async {
+        while TcpStream::connect(inbound).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("inbound listener closed while draining");
+    release.notify_one();
+    assert_eq!(in_flight.await.unwrap().0, StatusCode::OK);
+    tokio::time::timeout(WAIT, drained).await.unwrap().unwrap();
+    drop(client_proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints() {
+    let api = WorkloadDecl::serving("api", "api");
+    let mesh = TestMesh::start(std::slice::from_ref(&api), ALLOW_ALL).await;
+    let app = backends::http_echo("api").await;
+    let p = mesh.proxy(&api, Some(app.port()), &[]).await;
+    assert_eq!(admin_get(p.admin_addr, "GET", "/live").await.0, 200);
+    assert_eq!(admin_get(p.admin_addr, "GET", "/ready").await.0, 200);
+    let (status, text) = admin_get(p.admin_addr, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert_eq!(admin_get(p.admin_addr, "GET", "/shutdown").await.0, 405);
+    assert_eq!(admin_get(p.admin_addr, "POST", "/shutdown").await.0, 200);
+    tokio::time::timeout(WAIT, p.shutdown_requested())
+        .await
+        .unwrap();
+
+    // A proxy whose control plane never answers is live but not ready.
+    let mut cfg = mesh.proxy_config(&WorkloadDecl::client("orphan"), None, &[]);
+    cfg.control_addr = ([127, 0, 0, 1], free_port()).into();
+    let orphan = weft_proxy::Proxy::start(cfg).await.unwrap();
+    assert_eq!(admin_get(orphan.admin_addr, "GET", "/live").await.0, 200);
+    let (status, why) = admin_get(orphan.admin_addr, "GET", "/ready").await;
+    assert_eq!(status, 503);
+    assert!(why.contains("no certificate yet"), "{why}");
+}
