@@ -306,3 +306,61 @@ async fn server_speaks_first_on_an_opaque_port_without_waiting_for_detection() {
         .unwrap();
     assert_eq!(&buf, b"220 hello from the server\r\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_renewal_drops_no_connection() {
+    let app = backends::http_echo("api").await;
+    let p = pair(app, "auto").await;
+    let tcp = TcpStream::connect(p.upstream).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let get = |i: u32| {
+        Request::get(format!("http://api.test/{i}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(
+        send.send_request(get(0)).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    // Both proxies renew; the open connections must keep working.
+    let certs_before: Vec<_> = [&p.client, &p.server]
+        .iter()
+        .map(|x| x.shared().credentials.borrow().clone().unwrap())
+        .collect();
+    for (proxy, before) in [&p.client, &p.server].into_iter().zip(&certs_before) {
+        let mut rx = proxy.shared().credentials.clone();
+        rx.mark_unchanged();
+        proxy.renew_certificate();
+        tokio::time::timeout(WAIT, rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let after = rx.borrow().clone().unwrap();
+        assert!(
+            !std::sync::Arc::ptr_eq(before, &after),
+            "a new certificate was installed"
+        );
+    }
+    for i in 1..=3 {
+        assert_eq!(
+            send.send_request(get(i)).await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+    // And a new client connection works too.
+    let tcp = TcpStream::connect(p.upstream).await.unwrap();
+    let (mut fresh, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(
+        fresh.send_request(get(9)).await.unwrap().status(),
+        StatusCode::OK
+    );
+}

@@ -49,6 +49,7 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
+            _ = shared.renew.notified() => tracing::info!("renewal requested"),
         }
     }
 }

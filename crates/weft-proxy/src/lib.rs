@@ -68,6 +68,8 @@ pub struct Shared {
     pub draining: CancellationToken,
     /// Tracks every connection, for the drain.
     pub connections: TaskTracker,
+    /// Wakes the identity loop to renew the certificate now.
+    pub renew: tokio::sync::Notify,
 }
 
 /// A running proxy.
@@ -101,6 +103,7 @@ impl Proxy {
             metrics,
             draining: CancellationToken::new(),
             connections: TaskTracker::new(),
+            renew: tokio::sync::Notify::new(),
         });
         tokio::spawn(identity::run(
             shared.clone(),
@@ -166,6 +169,12 @@ impl Proxy {
             tracing::warn!("grace period over; closing the remaining connections");
         }
         self.stop_background.cancel();
+    }
+
+    /// Renews the certificate now instead of at 70 % of its life (after a root rotation, or
+    /// to test that renewal drops no connection).
+    pub fn renew_certificate(&self) {
+        self.shared.renew.notify_one();
     }
 
     /// The proxy's shared state (for tests and `weft dev`).
