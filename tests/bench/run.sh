@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Weft proxy benchmark. Measures, in one run and at one fixed connection count, requests/s,
+# p50/p99 latency, the proxy's CPU time per request (from /proc, proxy pinned to core 0, load
+# generator and backend on core 1) and peak RSS for:
+#   direct      wrk -> backend
+#   weft plain  wrk -> weft-proxy (outbound, unmeshed endpoint) -> backend
+#   weft mTLS   wrk -> weft-proxy -> mutual TLS (HTTP/2) -> weft-proxy -> backend
+#   nginx       wrk -> nginx reverse proxy (1 worker) -> backend
+# The backend is an nginx worker answering "ok". Writes a markdown table to stdout and to
+# target/bench/results.md. Traffic stays on 127.0.0.1; each run is bounded by DURATION.
+#
+# Usage: tests/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${1:-10}
+CONNS=${2:-16}
+OUT=target/bench
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/nginx-backend.pid" ] && kill "$(cat "$WORK/nginx-backend.pid")" 2>/dev/null || true
+  [ -f "$WORK/nginx-proxy.pid" ] && kill "$(cat "$WORK/nginx-proxy.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+command -v taskset >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --locked -q -p weft-proxy -p weft-control
+BIN=target/release
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BACKEND=$(free_port); NGINX_PROXY=$(free_port); GRPC=$(free_port); HTTP=$(free_port)
+SRV_IN=$(free_port); CLI_IN=$(free_port); PLAIN_UP=$(free_port); MTLS_UP=$(free_port)
+ADMIN_A=$(free_port); ADMIN_B=$(free_port)
+
+# --- backend and nginx reverse proxy ---------------------------------------------------------
+nginx_conf() { # name port worker-core body
+  cat > "$WORK/nginx-$1.conf" <<NGX
+worker_processes 1;
+worker_cpu_affinity $3;
+pid $WORK/nginx-$1.pid;
+error_log $WORK/nginx-$1.err warn;
+daemon on;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/$1-body;
+  proxy_temp_path $WORK/$1-proxy;
+  fastcgi_temp_path $WORK/$1-fcgi;
+  uwsgi_temp_path $WORK/$1-uwsgi;
+  scgi_temp_path $WORK/$1-scgi;
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; }
+  server {
+    listen 127.0.0.1:$2;
+    $4
+  }
+}
+NGX
+  "$NGINX" -c "$WORK/nginx-$1.conf" -p "$WORK"
+}
+nginx_conf backend "$BACKEND" 10 'location / { return 200 "ok\n"; }'
+nginx_conf proxy "$NGINX_PROXY" 01 'location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+
+# --- weft: control plane and two proxies -----------------------------------------------------
+cat > "$WORK/mesh.toml" <<TOML
+[mesh]
+name = "bench"
+trust_domain = "weft.bench"
+[ca]
+data_dir = "$WORK/data"
+[control]
+grpc_addr = "127.0.0.1:$GRPC"
+http_addr = "127.0.0.1:$HTTP"
+[platforms.local]
+[[platforms.local.workloads]]
+name = "backend"
+namespace = "bench"
+service = "plain"
+port = $BACKEND
+meshed = false
+[[platforms.local.workloads]]
+name = "server"
+namespace = "bench"
+service = "meshed"
+port = $SRV_IN
+[[platforms.local.workloads]]
+name = "client"
+namespace = "bench"
+port = $CLI_IN
+TOML
+taskset -c 1 "$BIN/weft-control" --config "$WORK/mesh.toml" > "$WORK/control.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do [ -f "$WORK/data/bootstrap-token" ] && [ -f "$WORK/data/trust-bundle.pem" ] && break; sleep 0.1; done
+common=(--control-addr "127.0.0.1:$GRPC" --trust-domain weft.bench --trust-bundle "$WORK/data/trust-bundle.pem"
+        --namespace bench --token-file "$WORK/data/bootstrap-token")
+RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --workload client --inbound-addr "127.0.0.1:$CLI_IN" \
+  --admin-addr "127.0.0.1:$ADMIN_A" --upstream "plain=127.0.0.1:$PLAIN_UP" --upstream "meshed=127.0.0.1:$MTLS_UP" \
+  > "$WORK/client.log" 2>&1 &
+PROXY_A=$!; PIDS+=($PROXY_A)
+RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --workload server --inbound-addr "127.0.0.1:$SRV_IN" \
+  --app-port "$BACKEND" --admin-addr "127.0.0.1:$ADMIN_B" > "$WORK/server.log" 2>&1 &
+PROXY_B=$!; PIDS+=($PROXY_B)
+for a in $ADMIN_A $ADMIN_B; do
+  for _ in $(seq 200); do curl -sf "127.0.0.1:$a/ready" >/dev/null && break; sleep 0.1; done
+  curl -sf "127.0.0.1:$a/ready" >/dev/null || { echo "proxy on admin $a not ready"; cat "$WORK"/*.log; exit 1; }
+done
+
+# --- measurement ----------------------------------------------------------------------------
+ticks=$(getconf CLK_TCK)
+cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+hwm_kb() { local m=0; for p in "$@"; do v=$(awk '/VmHWM/ {print $2}' "/proc/$p/status"); m=$((m + v)); done; echo $m; }
+nginx_proxy_workers() { pgrep -P "$(cat "$WORK/nginx-proxy.pid")" | tr '\n' ' '; }
+
+rows=()
+measure() { # name url pids...
+  local name=$1 url=$2; shift 2
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s "$url" >/dev/null   # warm-up
+  local before=0; [ $# -gt 0 ] && before=$(cpu_ticks "$@")
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url" > "$WORK/wrk.out"
+  local after=0; [ $# -gt 0 ] && after=$(cpu_ticks "$@")
+  local reqs rps p50 p99 cpu_us rss
+  reqs=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
+  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
+  p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.out")
+  p99=$(awk '$1=="99%" {print $2}' "$WORK/wrk.out")
+  if grep -q "Non-2xx" "$WORK/wrk.out"; then echo "$name: errors:"; cat "$WORK/wrk.out"; exit 1; fi
+  if [ $# -gt 0 ]; then
+    cpu_us=$(python3 -c "print(round(($after - $before) / $ticks * 1e6 / $reqs, 1))")
+    rss=$(python3 -c "print(round($(hwm_kb "$@") / 1024, 1))")
+  else
+    cpu_us="-"; rss="-"
+  fi
+  rows+=("$name|$rps|$p50|$p99|$cpu_us|$rss")
+}
+
+measure "direct" "http://127.0.0.1:$BACKEND/"
+measure "weft plain (1 proxy)" "http://127.0.0.1:$PLAIN_UP/" $PROXY_A
+measure "weft mTLS (2 proxies)" "http://127.0.0.1:$MTLS_UP/" $PROXY_A $PROXY_B
+# shellcheck disable=SC2046
+measure "nginx reverse proxy" "http://127.0.0.1:$NGINX_PROXY/" $(nginx_proxy_workers)
+
+{
+  echo "wrk -t1 -c$CONNS -d${DURATION}s, HTTP/1.1 keep-alive; proxies pinned to core 0, wrk and backend to core 1."
+  echo "CPU/req and RSS are the proxies' own (both proxies summed for the mTLS pair; RSS is peak, VmHWM)."
+  echo
+  echo "| path | req/s | p50 | p99 | proxy CPU/req (us) | proxy peak RSS (MiB) |"
+  echo "|---|---|---|---|---|---|"
+  for r in "${rows[@]}"; do echo "|${r}|"; done
+} | tee "$OUT/results.md"
