@@ -127,7 +127,14 @@ measure() { # name url pids...
   local name=$1 url=$2; shift 2
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s "$url" >/dev/null   # warm-up
   local before=0; [ $# -gt 0 ] && before=$(cpu_ticks "$@")
+  local perf_pid=""
+  if [ -n "${PERF_RECORD:-}" ] && [ "$PERF_RECORD" = "$name" ] && [ $# -gt 0 ]; then
+    # Profile this path: PERF_RECORD="weft plain (1 proxy)" tests/bench/run.sh
+    perf record -F 999 -g -o "$OUT/perf.data" -p "$(echo "$@" | tr ' ' ',')" -- sleep "$DURATION" 2>/dev/null &
+    perf_pid=$!
+  fi
   taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url" > "$WORK/wrk.out"
+  [ -n "$perf_pid" ] && wait "$perf_pid"
   local after=0; [ $# -gt 0 ] && after=$(cpu_ticks "$@")
   local reqs rps p50 p99 cpu_us rss
   reqs=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")

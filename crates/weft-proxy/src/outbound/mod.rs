@@ -58,7 +58,7 @@ pub async fn serve(listener: TcpListener, upstream: Upstream, shared: Arc<Shared
             return;
         }
     };
-    let target = Target::new(&shared, service);
+    let target = Arc::new(Target::new(&shared, service));
     accept_loop(listener, shared.clone(), move |tcp, peer| {
         handle(tcp, peer, target.clone(), shared.clone())
     })
@@ -66,7 +66,12 @@ pub async fn serve(listener: TcpListener, upstream: Upstream, shared: Arc<Shared
 }
 
 /// Carries one connection from the application to `target`.
-pub async fn handle(mut tcp: TcpStream, _client: SocketAddr, target: Target, shared: Arc<Shared>) {
+pub async fn handle(
+    mut tcp: TcpStream,
+    _client: SocketAddr,
+    target: Arc<Target>,
+    shared: Arc<Shared>,
+) {
     let labels = TcpLabels {
         direction: Direction::outbound,
         peer: "-".into(),
