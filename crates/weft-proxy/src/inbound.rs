@@ -27,7 +27,9 @@ use crate::http::{
     is_failure, is_upgrade, strip_hop_by_hop,
 };
 use crate::io::CountingIo;
-use crate::metrics::{DenyLabels, Direction, RejectLabels, RequestLabels, TcpLabels};
+use crate::metrics::{
+    DenyLabels, Direction, RejectLabels, RequestLabels, RequestMetrics, TcpLabels,
+};
 use crate::outbound::serve_http;
 use crate::{Shared, accept_loop};
 
@@ -109,6 +111,14 @@ async fn handle(
         forward_opaque(io, app_addr).await;
         return;
     }
+    let metrics = RequestMetrics::new(
+        &shared.metrics,
+        RequestLabels {
+            direction: Direction::inbound,
+            service: format!("{}/{}", shared.config.namespace, shared.config.workload),
+            peer: client.spiffe_id(),
+        },
+    );
     let client = Arc::new(client);
     let svc = {
         let shared = shared.clone();
@@ -116,7 +126,10 @@ async fn handle(
             let shared = shared.clone();
             let client = client.clone();
             let app = app.clone();
-            async move { Ok::<_, Infallible>(to_app(req, &client, app_addr, &app, &shared).await) }
+            let metrics = metrics.clone();
+            async move {
+                Ok::<_, Infallible>(to_app(req, &client, app_addr, &app, &shared, &metrics).await)
+            }
         })
     };
     serve_http(io, version, svc, &shared).await;
@@ -168,6 +181,7 @@ async fn to_app(
     app_addr: SocketAddr,
     app: &PlainClients,
     shared: &Shared,
+    metrics: &RequestMetrics,
 ) -> Response<Body> {
     if authorize(shared, client) == Decision::Deny {
         return error_response(
@@ -175,12 +189,7 @@ async fn to_app(
             &format!("{client} is not authorized to call this workload"),
         );
     }
-    let labels = RequestLabels {
-        direction: Direction::inbound,
-        service: format!("{}/{}", shared.config.namespace, shared.config.workload),
-        peer: client.spiffe_id(),
-    };
-    shared.metrics.requests.get_or_create(&labels).inc();
+    metrics.request();
     let started = tokio::time::Instant::now();
     let mut req = req.map(boxed);
 
@@ -225,8 +234,7 @@ async fn to_app(
             error_response(StatusCode::BAD_GATEWAY, &reason)
         }
     };
-    shared.metrics.record(
-        labels,
+    metrics.response(
         Some(rsp.status().as_u16()),
         is_failure(&rsp),
         started.elapsed(),

@@ -7,7 +7,7 @@
 //!   `weft_tcp_read_bytes_total`, `weft_tcp_write_bytes_total`
 //! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -199,6 +199,61 @@ impl Metrics {
         let gauge = self.tcp_open.get_or_create(&labels).clone();
         gauge.inc();
         ConnectionGuard { gauge }
+    }
+}
+
+/// The metric handles of one stream of requests (one endpoint outbound, one client connection
+/// inbound), looked up once so the data path does not hash labels per request.
+#[derive(Clone, Debug)]
+pub struct RequestMetrics {
+    labels: RequestLabels,
+    requests: Counter,
+    latency: Histogram,
+    responses: Arc<Mutex<Vec<ResponseCounter>>>,
+    metrics: Metrics,
+}
+
+/// A response counter by status (`None`: no response) and failure classification.
+type ResponseCounter = (Option<u16>, bool, Counter);
+
+impl RequestMetrics {
+    /// Handles for `labels`.
+    pub fn new(metrics: &Metrics, labels: RequestLabels) -> Self {
+        Self {
+            requests: metrics.requests.get_or_create(&labels).clone(),
+            latency: metrics.latency.get_or_create(&labels).clone(),
+            responses: Arc::default(),
+            metrics: metrics.clone(),
+            labels,
+        }
+    }
+
+    /// Counts a request.
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    /// Records its response (`None`: no response came).
+    pub fn response(&self, status: Option<u16>, failed: bool, took: Duration) {
+        self.latency.observe(took.as_secs_f64());
+        let mut cache = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, c)) = cache.iter().find(|(s, f, _)| *s == status && *f == failed) {
+            c.inc();
+            return;
+        }
+        let counter = self
+            .metrics
+            .responses
+            .get_or_create(&ResponseLabels {
+                status_code: status.map(|s| s.to_string()).unwrap_or_default(),
+                classification: if failed { "failure" } else { "success" }.to_string(),
+                direction: self.labels.direction,
+                service: self.labels.service.clone(),
+                peer: self.labels.peer.clone(),
+            })
+            .clone();
+        counter.inc();
+        cache.push((status, failed, counter));
     }
 }
 

@@ -23,7 +23,7 @@ use crate::http::{
     Body, BoxError, ORIG_PROTO, PlainClients, absolute_uri, boxed, forward_upgrade, is_upgrade,
 };
 use crate::io::PeerIo;
-use crate::metrics::{Direction, RequestLabels};
+use crate::metrics::{Direction, RequestLabels, RequestMetrics};
 
 /// After a failed connection, the endpoint rests this long before the next attempt, doubling
 /// up to [`MAX_REST`].
@@ -43,12 +43,12 @@ enum ConnState {
 pub struct HttpEndpoint {
     ep: EndpointView,
     shared: Arc<Shared>,
-    service: String,
     state: ConnState,
     rest: Duration,
     plain: Option<PlainClients>,
     /// Set by a plaintext request whose connection failed; read by `poll_ready`.
     connect_failed: Arc<AtomicBool>,
+    metrics: RequestMetrics,
 }
 
 impl std::fmt::Debug for HttpEndpoint {
@@ -63,27 +63,24 @@ impl HttpEndpoint {
     /// An endpoint of `service`.
     pub fn new(ep: EndpointView, shared: Arc<Shared>, service: String) -> Self {
         let plain = ep.identity.is_none().then(|| PlainClients::to(ep.address));
-        Self {
-            ep,
-            shared,
-            service,
-            state: ConnState::Idle,
-            rest: FIRST_REST,
-            plain,
-            connect_failed: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    fn labels(&self) -> RequestLabels {
-        RequestLabels {
+        let labels = RequestLabels {
             direction: Direction::outbound,
-            service: self.service.clone(),
-            peer: self
-                .ep
+            service,
+            peer: ep
                 .identity
                 .as_ref()
                 .map(|i| i.spiffe_id())
                 .unwrap_or_else(|| "-".into()),
+        };
+        let metrics = RequestMetrics::new(&shared.metrics, labels);
+        Self {
+            ep,
+            shared,
+            state: ConnState::Idle,
+            rest: FIRST_REST,
+            plain,
+            connect_failed: Arc::new(AtomicBool::new(false)),
+            metrics,
         }
     }
 }
@@ -160,7 +157,7 @@ impl tower::Service<Request<Body>> for HttpEndpoint {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let labels = self.labels();
+        let metrics = self.metrics.clone();
         let shared = self.shared.clone();
         let started = tokio::time::Instant::now();
 
@@ -168,10 +165,10 @@ impl tower::Service<Request<Body>> for HttpEndpoint {
         if is_upgrade(&req) {
             let ep = self.ep.clone();
             return Box::pin(async move {
-                shared.metrics.requests.get_or_create(&labels).inc();
+                metrics.request();
                 let io: PeerIo = connect(&shared, &ep, ALPN_HTTP1).await?;
                 let rsp = forward_upgrade(req, io).await;
-                record(&shared, labels, &rsp, started);
+                record(&metrics, &rsp, started);
                 rsp
             });
         }
@@ -183,14 +180,14 @@ impl tower::Service<Request<Body>> for HttpEndpoint {
             }
             let failed = self.connect_failed.clone();
             return Box::pin(async move {
-                shared.metrics.requests.get_or_create(&labels).inc();
+                metrics.request();
                 let rsp = clients.send(req).await.map_err(|e| {
                     if e.is_connect() {
                         failed.store(true, Ordering::Relaxed);
                     }
                     BoxError::from(e)
                 });
-                record(&shared, labels, &rsp, started);
+                record(&metrics, &rsp, started);
                 rsp
             });
         }
@@ -215,20 +212,19 @@ impl tower::Service<Request<Body>> for HttpEndpoint {
         }
         let fut = send.send_request(req);
         Box::pin(async move {
-            shared.metrics.requests.get_or_create(&labels).inc();
+            metrics.request();
             let rsp = fut
                 .await
                 .map(|r| r.map(boxed))
                 .map_err(|e| -> BoxError { Box::new(e) });
-            record(&shared, labels, &rsp, started);
+            record(&metrics, &rsp, started);
             rsp
         })
     }
 }
 
 fn record(
-    shared: &Shared,
-    labels: RequestLabels,
+    metrics: &RequestMetrics,
     rsp: &Result<Response<Body>, BoxError>,
     started: tokio::time::Instant,
 ) {
@@ -236,9 +232,7 @@ fn record(
         Ok(r) => (Some(r.status().as_u16()), crate::http::is_failure(r)),
         Err(_) => (None, true),
     };
-    shared
-        .metrics
-        .record(labels, status, failed, started.elapsed());
+    metrics.response(status, failed, started.elapsed());
 }
 
 /// An endpoint for opaque TCP: calling it opens a connection.
