@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -46,20 +46,9 @@ async fn pair(app: SocketAddr, protocol: &str) -> Pair {
 }
 
 async fn admin_metrics(p: &Proxy) -> String {
-    let tcp = TcpStream::connect(p.admin_addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    weft_tests::admin_get(p.admin_addr, "GET", "/metrics")
         .await
-        .unwrap();
-    tokio::spawn(conn);
-    let rsp = send
-        .send_request(
-            Request::get("/metrics")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    String::from_utf8(rsp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+        .1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
