@@ -36,7 +36,6 @@ pub(crate) struct PeerInfo {
     /// The mesh identity the client proved, if it presented a certificate.
     pub(crate) identity: Option<Identity>,
     /// The client's address.
-    #[allow(dead_code, reason = "kept for request logs")]
     pub(crate) remote: SocketAddr,
 }
 

@@ -107,13 +107,7 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 impl ProxyConfig {
     /// Checks what clap cannot.
     pub fn check(&self) -> Result<(), String> {
-        weft_core::TrustDomain::new(self.trust_domain.clone()).map_err(|e| e.to_string())?;
-        weft_core::Identity::new(
-            weft_core::TrustDomain::new(self.trust_domain.clone()).map_err(|e| e.to_string())?,
-            &self.namespace,
-            self.account(),
-        )
-        .map_err(|e| e.to_string())?;
+        self.identity()?;
         for u in &self.upstreams {
             weft_core::ServiceName::parse(&u.service, &self.namespace)
                 .map_err(|e| e.to_string())?;
