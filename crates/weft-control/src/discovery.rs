@@ -110,19 +110,24 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let identity = request
+        let peer = request
             .extensions()
             .get::<PeerInfo>()
-            .and_then(|p| p.identity.clone())
-            .ok_or_else(|| Status::unauthenticated("Watch needs the proxy's mesh certificate"))?;
+            .cloned()
+            .ok_or_else(|| Status::internal("connection without peer information"))?;
+        let remote = peer.remote;
+        let identity = peer.identity.ok_or_else(|| {
+            tracing::info!(%remote, "Watch without a mesh certificate refused");
+            Status::unauthenticated("Watch needs the proxy's mesh certificate")
+        })?;
         let state = self.0.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             state.metrics.watches.inc();
-            tracing::info!(%identity, "proxy watching");
+            tracing::info!(%identity, %remote, "proxy watching");
             stream_views(&state, &identity, tx).await;
             state.metrics.watches.dec();
-            tracing::info!(%identity, "proxy stopped watching");
+            tracing::info!(%identity, %remote, "proxy stopped watching");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
