@@ -1,6 +1,12 @@
 //! Balancing across a service's endpoints: tower's power-of-two-choices over peak-EWMA
 //! latency, fed by discovery snapshots. One balancer per service and protocol, shared by every
-//! connection through a buffer.
+//! connection.
+//!
+//! Sharing goes through an async mutex rather than tower's buffer: a request takes the lock,
+//! waits for the balancer to be ready (bounded by the fail-fast dispatch timeout), dispatches,
+//! and releases the lock before awaiting its response. Waiting requests queue fairly on the
+//! mutex, so no readiness wake-up is lost, and a request costs no channel send and no hop
+//! through a worker task.
 
 use std::collections::{HashSet, VecDeque};
 use std::pin::Pin;
@@ -12,10 +18,10 @@ use futures_util::Stream;
 use http::{Request, Response};
 use tokio_stream::wrappers::WatchStream;
 use tower::balance::p2c::Balance;
-use tower::buffer::Buffer;
 use tower::discover::Change;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
-use tower::util::BoxCloneSyncService;
+use tower::util::BoxService;
+use tower::{Service, ServiceExt};
 use weft_core::ServiceName;
 
 use super::endpoint::{HttpEndpoint, TcpEndpoint};
@@ -29,13 +35,47 @@ use crate::io::PeerIo;
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast old latency observations fade.
 const DECAY: Duration = Duration::from_secs(10);
-/// Requests that may wait for the balancer.
-const BUFFER: usize = 1024;
+/// A shared handle to one service's balancer.
+pub struct SharedBalancer<Req, Rsp> {
+    inner: Arc<tokio::sync::Mutex<BoxService<Req, Rsp, BoxError>>>,
+}
 
-/// A shared handle to one service's HTTP balancer.
-pub type HttpBalancer = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
-/// A shared handle to one service's TCP balancer.
-pub type TcpBalancer = BoxCloneSyncService<(), (PeerIo, EndpointView), BoxError>;
+impl<Req, Rsp> Clone for SharedBalancer<Req, Rsp> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<Req, Rsp> std::fmt::Debug for SharedBalancer<Req, Rsp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedBalancer")
+    }
+}
+
+impl<Req, Rsp> SharedBalancer<Req, Rsp> {
+    fn new(svc: BoxService<Req, Rsp, BoxError>) -> Self {
+        Self {
+            inner: Arc::new(tokio::sync::Mutex::new(svc)),
+        }
+    }
+
+    /// Sends `req` to the best ready endpoint.
+    pub async fn dispatch(&self, req: Req) -> Result<Rsp, BoxError> {
+        let response = {
+            let mut svc = self.inner.lock().await;
+            svc.ready().await?;
+            svc.call(req)
+        };
+        response.await
+    }
+}
+
+/// One service's HTTP balancer.
+pub type HttpBalancer = SharedBalancer<Request<Body>, Response<Body>>;
+/// One service's TCP balancer: calling it opens a connection.
+pub type TcpBalancer = SharedBalancer<(), (PeerIo, EndpointView)>;
 
 /// Turns discovery snapshots into endpoint insertions and removals for one service.
 struct EndpointDiscover<S, F> {
@@ -102,7 +142,7 @@ pub fn http_balancer(shared: &Arc<Shared>, service: &ServiceName) -> HttpBalance
         DECAY,
         CompleteOnResponse::default(),
     ));
-    BoxCloneSyncService::new(Buffer::new(FailFast::new(balance, timeout), BUFFER))
+    SharedBalancer::new(BoxService::new(FailFast::new(balance, timeout)))
 }
 
 /// Builds the TCP balancer of `service`: latency here is connection set-up time.
@@ -122,5 +162,5 @@ pub fn tcp_balancer(shared: &Arc<Shared>, service: &ServiceName) -> TcpBalancer 
         DECAY,
         CompleteOnResponse::default(),
     ));
-    BoxCloneSyncService::new(Buffer::new(FailFast::new(balance, timeout), BUFFER))
+    SharedBalancer::new(BoxService::new(FailFast::new(balance, timeout)))
 }

@@ -1,7 +1,7 @@
 //! Fail-fast in front of a balancer: requests wait at most a dispatch timeout for an endpoint
 //! to become ready; past it, they fail at once with [`Unavailable`] (a 503) until an endpoint
-//! is ready again. The balancer sits behind a buffer, whose own readiness says nothing about
-//! the endpoints, so this has to live inside the buffer.
+//! is ready again. It wraps the balancer itself, so every waiting request is bounded, and the
+//! requests queued behind it are failed at once rather than each waiting its own timeout.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -15,7 +15,6 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tower::{Service, ServiceExt};
 use weft_core::{Protocol, ServiceName};
 
 use crate::detect::{Detected, detect};
@@ -180,13 +179,7 @@ async fn route(req: Request<Incoming>, target: &Target, shared: &Shared) -> Resp
         );
         return error_response(StatusCode::SERVICE_UNAVAILABLE, &reason);
     }
-    let mut balancer = target.http.clone();
-    // The buffer is ready as soon as it has room; waiting for an endpoint happens behind it,
-    // bounded by the fail-fast dispatch timeout.
-    if let Err(e) = balancer.ready().await {
-        return error_response(StatusCode::BAD_GATEWAY, &format!("{service}: {e}"));
-    }
-    match balancer.call(req).await {
+    match target.http.dispatch(req).await {
         Ok(mut rsp) => {
             if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 strip_hop_by_hop(rsp.headers_mut());
@@ -240,12 +233,8 @@ where
         tracing::info!(%reason, "TCP connection refused");
         return;
     }
-    let mut balancer = target.tcp.clone();
     for attempt in 1..=TCP_CONNECT_ATTEMPTS {
-        let Ok(svc) = balancer.ready().await else {
-            return;
-        };
-        match svc.call(()).await {
+        match target.tcp.dispatch(()).await {
             Ok((mut peer, ep)) => {
                 let peer_id = ep
                     .identity
