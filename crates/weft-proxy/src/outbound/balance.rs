@@ -126,35 +126,40 @@ where
 
 /// Builds the HTTP balancer of `service`.
 pub fn http_balancer(shared: &Arc<Shared>, service: &ServiceName) -> HttpBalancer {
-    let timeout = shared.config.dispatch_timeout;
     let name = service.to_string();
     let shared2 = shared.clone();
-    let discover = EndpointDiscover {
-        updates: WatchStream::new(shared.discovery.clone()),
-        service: service.clone(),
-        current: HashSet::new(),
-        pending: VecDeque::new(),
-        make: move |ep| HttpEndpoint::new(ep, shared2.clone(), name.clone()),
-    };
-    let balance = Balance::new(PeakEwmaDiscover::new(
-        discover,
-        DEFAULT_RTT,
-        DECAY,
-        CompleteOnResponse::default(),
-    ));
-    SharedBalancer::new(BoxService::new(FailFast::new(balance, timeout)))
+    balancer(shared, service, move |ep| {
+        HttpEndpoint::new(ep, shared2.clone(), name.clone())
+    })
 }
 
 /// Builds the TCP balancer of `service`: latency here is connection set-up time.
 pub fn tcp_balancer(shared: &Arc<Shared>, service: &ServiceName) -> TcpBalancer {
-    let timeout = shared.config.dispatch_timeout;
     let shared2 = shared.clone();
+    balancer(shared, service, move |ep| {
+        TcpEndpoint::new(ep, shared2.clone())
+    })
+}
+
+/// P2C over peak-EWMA over the endpoints `make` builds, behind fail-fast.
+fn balancer<Req, S, F>(
+    shared: &Arc<Shared>,
+    service: &ServiceName,
+    make: F,
+) -> SharedBalancer<Req, S::Response>
+where
+    Req: Send + 'static,
+    S: Service<Req, Error = BoxError> + Send + Unpin + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    F: Fn(EndpointView) -> S + Send + Unpin + 'static,
+{
     let discover = EndpointDiscover {
         updates: WatchStream::new(shared.discovery.clone()),
         service: service.clone(),
         current: HashSet::new(),
         pending: VecDeque::new(),
-        make: move |ep| TcpEndpoint::new(ep, shared2.clone()),
+        make,
     };
     let balance = Balance::new(PeakEwmaDiscover::new(
         discover,
@@ -162,5 +167,6 @@ pub fn tcp_balancer(shared: &Arc<Shared>, service: &ServiceName) -> TcpBalancer 
         DECAY,
         CompleteOnResponse::default(),
     ));
+    let timeout = shared.config.dispatch_timeout;
     SharedBalancer::new(BoxService::new(FailFast::new(balance, timeout)))
 }
