@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +30,35 @@ use crate::metrics::{Direction, RequestLabels, RequestMetrics};
 const FIRST_REST: Duration = Duration::from_millis(100);
 const MAX_REST: Duration = Duration::from_secs(5);
 
+/// The outcome of the latest connection attempt made outside `poll_ready`, handed to the next
+/// `poll_ready`: a failure starts a rest, a success resets the rest's length.
+#[derive(Debug, Default)]
+struct ConnectHealth(AtomicU8);
+
+impl ConnectHealth {
+    const UNSEEN: u8 = 0;
+    const FAILED: u8 = 1;
+    const OK: u8 = 2;
+
+    fn record(&self, ok: bool) {
+        let v = if ok { Self::OK } else { Self::FAILED };
+        // A failure is not overwritten by a later success before poll_ready has seen it.
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                (cur != Self::FAILED).then_some(v)
+            });
+    }
+
+    fn take(&self) -> Option<bool> {
+        match self.0.swap(Self::UNSEEN, Ordering::Relaxed) {
+            Self::FAILED => Some(false),
+            Self::OK => Some(true),
+            _ => None,
+        }
+    }
+}
+
 type Connecting = Pin<Box<dyn Future<Output = Result<SendRequest<Body>, BoxError>> + Send>>;
 
 enum ConnState {
@@ -46,8 +75,8 @@ pub struct HttpEndpoint {
     state: ConnState,
     rest: Duration,
     plain: Option<PlainClients>,
-    /// Set by a plaintext request whose connection failed; read by `poll_ready`.
-    connect_failed: Arc<AtomicBool>,
+    /// What the last plaintext request learnt of the endpoint; read by `poll_ready`.
+    health: Arc<ConnectHealth>,
     metrics: RequestMetrics,
 }
 
@@ -79,7 +108,7 @@ impl HttpEndpoint {
             state: ConnState::Idle,
             rest: FIRST_REST,
             plain,
-            connect_failed: Arc::new(AtomicBool::new(false)),
+            health: Arc::default(),
             metrics,
         }
     }
@@ -93,10 +122,14 @@ impl tower::Service<Request<Body>> for HttpEndpoint {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if self.plain.is_some() {
             // Pooled plaintext: always ready unless resting after a failed connection.
-            if self.connect_failed.swap(false, Ordering::Relaxed) {
-                tracing::info!(addr = %self.ep.address, rest = ?self.rest, "endpoint unavailable");
-                self.state = ConnState::Resting(Box::pin(tokio::time::sleep(self.rest)));
-                self.rest = (self.rest * 2).min(MAX_REST);
+            match self.health.take() {
+                Some(false) => {
+                    tracing::info!(addr = %self.ep.address, rest = ?self.rest, "endpoint unavailable");
+                    self.state = ConnState::Resting(Box::pin(tokio::time::sleep(self.rest)));
+                    self.rest = (self.rest * 2).min(MAX_REST);
+                }
+                Some(true) => self.rest = FIRST_REST,
+                None => {}
             }
             if let ConnState::Resting(sleep) = &mut self.state {
                 if sleep.as_mut().poll(cx).is_pending() {
@@ -178,15 +211,16 @@ impl tower::Service<Request<Body>> for HttpEndpoint {
             if let Err(e) = absolute_uri(&mut req, &self.ep.address.to_string()) {
                 return Box::pin(async move { Err(e.into()) });
             }
-            let failed = self.connect_failed.clone();
+            let health = self.health.clone();
             return Box::pin(async move {
                 metrics.request();
-                let rsp = clients.send(req).await.map_err(|e| {
-                    if e.is_connect() {
-                        failed.store(true, Ordering::Relaxed);
-                    }
-                    BoxError::from(e)
-                });
+                let rsp = clients.send(req).await;
+                match &rsp {
+                    Ok(_) => health.record(true),
+                    Err(e) if e.is_connect() => health.record(false),
+                    Err(_) => {}
+                }
+                let rsp = rsp.map_err(BoxError::from);
                 record(&metrics, &rsp, started);
                 rsp
             });
@@ -241,7 +275,7 @@ pub struct TcpEndpoint {
     shared: Arc<Shared>,
     resting: Option<Pin<Box<Sleep>>>,
     rest: Duration,
-    connect_failed: Arc<AtomicBool>,
+    health: Arc<ConnectHealth>,
 }
 
 impl std::fmt::Debug for TcpEndpoint {
@@ -260,7 +294,7 @@ impl TcpEndpoint {
             shared,
             resting: None,
             rest: FIRST_REST,
-            connect_failed: Arc::new(AtomicBool::new(false)),
+            health: Arc::default(),
         }
     }
 }
@@ -271,9 +305,13 @@ impl tower::Service<()> for TcpEndpoint {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.connect_failed.swap(false, Ordering::Relaxed) {
-            self.resting = Some(Box::pin(tokio::time::sleep(self.rest)));
-            self.rest = (self.rest * 2).min(MAX_REST);
+        match self.health.take() {
+            Some(false) => {
+                self.resting = Some(Box::pin(tokio::time::sleep(self.rest)));
+                self.rest = (self.rest * 2).min(MAX_REST);
+            }
+            Some(true) => self.rest = FIRST_REST,
+            None => {}
         }
         if let Some(sleep) = &mut self.resting {
             if sleep.as_mut().poll(cx).is_pending() {
@@ -287,16 +325,36 @@ impl tower::Service<()> for TcpEndpoint {
     fn call(&mut self, _: ()) -> Self::Future {
         let shared = self.shared.clone();
         let ep = self.ep.clone();
-        let flag = self.connect_failed.clone();
+        let health = self.health.clone();
         Box::pin(async move {
             match connect(&shared, &ep, ALPN_OPAQUE).await {
-                Ok(io) => Ok((io, ep)),
+                Ok(io) => {
+                    health.record(true);
+                    Ok((io, ep))
+                }
                 Err(e @ ConnectError::NoCertificate) => Err(e.into()),
                 Err(e) => {
-                    flag.store(true, Ordering::Relaxed);
+                    health.record(false);
                     Err(e.into())
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectHealth;
+
+    #[test]
+    fn a_failure_is_not_hidden_by_a_later_success() {
+        let h = ConnectHealth::default();
+        assert_eq!(h.take(), None);
+        h.record(false);
+        h.record(true);
+        assert_eq!(h.take(), Some(false));
+        assert_eq!(h.take(), None);
+        h.record(true);
+        assert_eq!(h.take(), Some(true));
     }
 }
