@@ -112,6 +112,7 @@ pub struct TestMesh {
     stop: CancellationToken,
     watcher: ConfigWatcher,
     policy: String,
+    ca_extra: String,
 }
 
 impl TestMesh {
@@ -125,7 +126,7 @@ impl TestMesh {
         let policy = policy.to_string();
         std::fs::write(
             &config_path,
-            render(dir.path(), grpc_port, &policy, workloads),
+            render(dir.path(), grpc_port, &policy, "", workloads),
         )
         .unwrap();
         let stop = CancellationToken::new();
@@ -138,6 +139,7 @@ impl TestMesh {
             stop,
             watcher,
             policy,
+            ca_extra: String::new(),
         };
         mesh.start_control().await;
         mesh
@@ -171,13 +173,24 @@ impl TestMesh {
         rx.mark_unchanged();
         std::fs::write(
             &self.config_path,
-            render(self.dir.path(), self.grpc_port, &self.policy, workloads),
+            render(
+                self.dir.path(),
+                self.grpc_port,
+                &self.policy,
+                &self.ca_extra,
+                workloads,
+            ),
         )
         .unwrap();
         tokio::time::timeout(WAIT, rx.changed())
             .await
             .expect("config reloaded")
             .unwrap();
+    }
+
+    /// Extra lines for the `[ca]` table, used from the next `set_workloads` on.
+    pub fn set_ca_extra(&mut self, lines: &str) {
+        self.ca_extra = lines.to_string();
     }
 
     /// Writes raw text to the config file (for invalid edits).
@@ -302,10 +315,11 @@ fn render(
     dir: &std::path::Path,
     grpc_port: u16,
     policy: &str,
+    ca_extra: &str,
     workloads: &[WorkloadDecl],
 ) -> String {
     let mut s = format!(
-        "[mesh]\nname = \"test\"\ntrust_domain = \"weft.test\"\n\n[ca]\ndata_dir = \"{}\"\n\n[control]\ngrpc_addr = \"127.0.0.1:{grpc_port}\"\nhttp_addr = \"127.0.0.1:0\"\n\n{policy}\n\n[platforms.local]\n",
+        "[mesh]\nname = \"test\"\ntrust_domain = \"weft.test\"\n\n[ca]\ndata_dir = \"{}\"\n{ca_extra}\n\n[control]\ngrpc_addr = \"127.0.0.1:{grpc_port}\"\nhttp_addr = \"127.0.0.1:0\"\n\n{policy}\n\n[platforms.local]\n",
         dir.join("data").display()
     );
     for w in workloads {

@@ -213,3 +213,58 @@ async fn the_client_refuses_a_server_proving_another_identity() {
     let body = rsp.into_body().collect().await.unwrap().to_bytes();
     assert!(!body.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_added_for_rotation_is_trusted_without_restarting_proxies() {
+    let app = backends::http_echo("api").await;
+    let api = WorkloadDecl::serving("api", "api");
+    let load = WorkloadDecl::client("load");
+    let mut mesh = TestMesh::start(&[api.clone(), load.clone()], ONLY_LOAD).await;
+    let proxy = mesh.proxy(&api, Some(app.port()), &[]).await;
+    let inbound = proxy.inbound_addr.unwrap();
+
+    // A second CA, as a mesh rotating to a new root would have.
+    let next = mesh.dir.path().join("next-ca");
+    let td = weft_core::TrustDomain::new("weft.test").unwrap();
+    weft_ca::CertificateAuthority::load_or_generate(&td, &Default::default(), &next).unwrap();
+    let from_next = || {
+        let (issuer, inter) = certs::mesh_intermediate(&next);
+        let now = SystemTime::now();
+        certs::leaf(
+            &issuer,
+            &[inter],
+            "spiffe://weft.test/ns/test/sa/load",
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(3600),
+        )
+    };
+    assert!(
+        h2_request(inbound, Some(from_next())).await.is_err(),
+        "trusted before rotation"
+    );
+
+    // The control plane restarts with the new root as an extra root; the running proxy learns
+    // it from discovery and trusts both roots.
+    mesh.stop_control().await;
+    mesh.set_ca_extra(&format!(
+        "extra_roots = [\"{}\"]",
+        next.join("root.pem").display()
+    ));
+    mesh.set_workloads(&[api.clone(), load.clone()]).await;
+    mesh.start_control().await;
+    let mut creds = proxy.shared().credentials.clone();
+    tokio::time::timeout(
+        WAIT,
+        creds.wait_for(|c| {
+            c.as_ref()
+                .is_some_and(|c| c.trust_bundle().roots().len() == 2)
+        }),
+    )
+    .await
+    .expect("the proxy adopted the two-root bundle")
+    .unwrap();
+    assert_eq!(
+        h2_request(inbound, Some(from_next())).await,
+        Ok(StatusCode::OK)
+    );
+}

@@ -36,6 +36,9 @@ pub struct TlsCredentials {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     roots: Arc<RootCertStore>,
+    bundle: TrustBundle,
+    server_alpn: Vec<&'static [u8]>,
+    client_auth: ClientAuth,
     provider: Arc<CryptoProvider>,
     server: Arc<ServerConfig>,
     clients: Mutex<ClientConfigCache>,
@@ -72,7 +75,7 @@ impl TlsCredentials {
         leaf: &IssuedLeaf,
         key: PrivateKeyDer<'static>,
         bundle: &TrustBundle,
-        server_alpn: &[&[u8]],
+        server_alpn: &[&'static [u8]],
         client_auth: ClientAuth,
     ) -> Result<Self, rustls::Error> {
         let provider = crate::crypto_provider();
@@ -96,10 +99,36 @@ impl TlsCredentials {
             chain,
             key,
             roots,
+            bundle: bundle.clone(),
+            server_alpn: server_alpn.to_vec(),
+            client_auth,
             provider,
             server: Arc::new(server),
             clients: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The same certificate and key trusting another bundle: how a root rotation announced by
+    /// discovery reaches a proxy before its next renewal.
+    pub fn with_bundle(&self, bundle: &TrustBundle) -> Result<Self, rustls::Error> {
+        let leaf = IssuedLeaf {
+            leaf: self.chain[0].clone(),
+            chain: self.chain[1..].to_vec(),
+            not_after: self.not_after,
+        };
+        Self::new(
+            self.identity.clone(),
+            &leaf,
+            self.key.clone_key(),
+            bundle,
+            &self.server_alpn,
+            self.client_auth,
+        )
+    }
+
+    /// The roots these credentials trust.
+    pub fn trust_bundle(&self) -> &TrustBundle {
+        &self.bundle
     }
 
     /// This workload's identity.

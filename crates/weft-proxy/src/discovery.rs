@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use weft_api::Snapshot;
 use weft_api::v1::discovery_client::DiscoveryClient;
-use weft_ca::ALPN_H2;
+use weft_ca::{ALPN_H2, TrustBundle};
 use weft_core::policy::{Decision, IdentityMatch, InboundPolicy};
 use weft_core::{Identity, Protocol, ServiceName};
 
@@ -27,6 +28,8 @@ pub struct DiscoveryState {
     pub inbound: InboundPolicy,
     /// The protocol of this workload's own port.
     pub inbound_protocol: Protocol,
+    /// The roots the mesh trusts now (several while a root is rotated).
+    pub trust_bundle: Option<TrustBundle>,
 }
 
 /// One reachable service.
@@ -108,11 +111,20 @@ pub fn from_snapshot(s: Snapshot) -> DiscoveryState {
             Protocol::Auto,
         ),
     };
+    let trust_bundle = (!s.trust_bundle.is_empty()).then(|| {
+        TrustBundle::new(
+            s.trust_bundle
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect(),
+        )
+    });
     DiscoveryState {
         version: s.version,
         services,
         inbound,
         inbound_protocol,
+        trust_bundle,
     }
 }
 

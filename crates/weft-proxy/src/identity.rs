@@ -27,6 +27,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
+    let mut discovery = shared.discovery.clone();
     loop {
         let wait = match certify(&shared).await {
             Ok(creds) => {
@@ -46,11 +47,51 @@ pub async fn run(
                 d
             }
         };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-            _ = shared.renew.notified() => tracing::info!("renewal requested"),
+        let renew_at = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(renew_at) => break,
+                _ = shared.renew.notified() => {
+                    tracing::info!("renewal requested");
+                    break;
+                }
+                changed = discovery.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    adopt_bundle(&discovery, &tx);
+                }
+            }
         }
+    }
+}
+
+/// Rebuilds the TLS configuration when discovery announces a different trust bundle (a root
+/// being rotated in or out), keeping the certificate.
+fn adopt_bundle(
+    discovery: &watch::Receiver<Option<Arc<crate::discovery::DiscoveryState>>>,
+    tx: &watch::Sender<Option<Arc<TlsCredentials>>>,
+) {
+    let Some(bundle) = discovery
+        .borrow()
+        .as_ref()
+        .and_then(|d| d.trust_bundle.clone())
+    else {
+        return;
+    };
+    let Some(current) = tx.borrow().clone() else {
+        return;
+    };
+    if current.trust_bundle() == &bundle {
+        return;
+    }
+    match current.with_bundle(&bundle) {
+        Ok(next) => {
+            tracing::info!(roots = bundle.roots().len(), "trust bundle updated");
+            tx.send_replace(Some(Arc::new(next)));
+        }
+        Err(e) => tracing::warn!(error = %e, "new trust bundle unusable; keeping the old one"),
     }
 }
 
