@@ -67,7 +67,8 @@ pub async fn http_echo(name: &'static str) -> SocketAddr {
 }
 
 /// A gRPC server reusing the API's generated services as a test protocol: `Certify` echoes
-/// the CSR bytes back as the leaf (unary); `Watch` streams three snapshots, versions 1 to 3.
+/// the CSR bytes back as the leaf (unary); `Watch` streams three snapshots, versions 1 to 3, or
+/// with `x-fail-midway` metadata one snapshot and then an error status in the trailers.
 pub async fn grpc_backend() -> SocketAddr {
     #[derive(Debug)]
     struct Echo;
@@ -94,14 +95,24 @@ pub async fn grpc_backend() -> SocketAddr {
         type WatchStream = Snapshots;
         async fn watch(
             &self,
-            _: tonic::Request<WatchRequest>,
+            req: tonic::Request<WatchRequest>,
         ) -> Result<tonic::Response<Snapshots>, Status> {
-            let items = (1..=3).map(|v| {
+            // `x-fail-midway` asks for one message, then an error in the trailers.
+            let fail = req.metadata().contains_key("x-fail-midway");
+            let items = (1..=3).map(move |v| {
+                if fail && v == 2 {
+                    return Err(Status::aborted("failed midway"));
+                }
                 Ok(Snapshot {
                     version: v,
                     ..Default::default()
                 })
             });
+            let items: Vec<_> = if fail {
+                items.take(2).collect()
+            } else {
+                items.collect()
+            };
             Ok(tonic::Response::new(Box::pin(futures_util::stream::iter(
                 items,
             ))))

@@ -107,8 +107,15 @@ async fn http1_requests_arrive_unchanged_over_mtls() {
         String::from_utf8(rsp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(text.starts_with("GET /second HTTP/1.1\n"), "{text}");
 
-    // Both sides counted the requests under the peer's proven identity.
-    let server = admin_metrics(&p.server).await;
+    // Both sides counted the requests under the peer's proven identity. A response is counted
+    // when its body ends in the proxy, which may be just after the client has read it.
+    let server = weft_tests::wait_metric(
+        p.server.admin_addr,
+        "weft_responses_total",
+        &["direction=\"inbound\""],
+        2.0,
+    )
+    .await;
     let load_id = "peer=\"spiffe://weft.test/ns/test/sa/load\"";
     assert_eq!(
         metric(
@@ -230,6 +237,50 @@ async fn grpc_unary_streaming_and_status_pass_through() {
         .map(|s| s.version)
         .collect();
     assert_eq!(versions, [1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_error_in_trailers_after_data_counts_as_a_failure() {
+    use weft_api::v1::discovery_client::DiscoveryClient;
+    let app = backends::grpc_backend().await;
+    let p = pair(app, "auto").await;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", p.upstream))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(weft_api::WatchRequest {});
+    req.metadata_mut()
+        .insert("x-fail-midway", "1".parse().unwrap());
+    let mut stream = DiscoveryClient::new(ch)
+        .watch(req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().version, 1);
+    let err = stream.message().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Aborted);
+    assert_eq!(err.message(), "failed midway");
+
+    // HTTP 200 with data, then grpc-status 10 in the trailers: both proxies count a failure.
+    for proxy in [&p.server, &p.client] {
+        let text = weft_tests::wait_metric(
+            proxy.admin_addr,
+            "weft_responses_total",
+            &["status_code=\"200\"", "classification=\"failure\""],
+            1.0,
+        )
+        .await;
+        assert_eq!(
+            metric(
+                &text,
+                "weft_responses_total",
+                &["classification=\"success\""]
+            ),
+            0.0,
+            "{text}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,6 +139,77 @@ pub fn splice_upgrades(downstream: OnUpgrade, upstream: OnUpgrade) {
     });
 }
 
+/// A response body that reports once how the response ended: `true` if its trailers carry a
+/// gRPC error status or the body failed. A body dropped early reports `false`: the headers
+/// already said what there was to say.
+pub struct ObservedBody {
+    inner: Body,
+    done: Option<Box<dyn FnOnce(bool) + Send>>,
+}
+
+impl std::fmt::Debug for ObservedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ObservedBody")
+    }
+}
+
+impl ObservedBody {
+    /// Wraps `inner`; `done` runs once, at the end.
+    pub fn new(inner: Body, done: impl FnOnce(bool) + Send + 'static) -> Self {
+        Self {
+            inner,
+            done: Some(Box::new(done)),
+        }
+    }
+
+    fn finish(&mut self, failed: bool) {
+        if let Some(done) = self.done.take() {
+            done(failed);
+        }
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+impl http_body::Body for ObservedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let failed = trailers
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v != "0");
+                    self.finish(failed);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(_))) => self.finish(true),
+            std::task::Poll::Ready(None) => self.finish(false),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Sends an upgrade request over a fresh HTTP/1.1 connection `io`; if the server switches
 /// protocols, splices the two upgraded connections.
 pub async fn forward_upgrade<T>(mut req: Request<Body>, io: T) -> Result<Response<Body>, BoxError>

@@ -24,7 +24,7 @@ use weft_core::policy::Decision;
 use crate::detect::Detected;
 use crate::http::{
     Body, ORIG_PROTO, PlainClients, absolute_uri, boxed, error_response, forward_upgrade,
-    is_failure, is_upgrade, strip_hop_by_hop,
+    is_upgrade, strip_hop_by_hop,
 };
 use crate::io::CountingIo;
 use crate::metrics::{
@@ -234,12 +234,7 @@ async fn to_app(
             error_response(StatusCode::BAD_GATEWAY, &reason)
         }
     };
-    metrics.response(
-        Some(rsp.status().as_u16()),
-        is_failure(&rsp),
-        started.elapsed(),
-    );
-    rsp
+    metrics.observe(rsp, started)
 }
 
 async fn forward_opaque<I>(mut io: I, app_addr: SocketAddr)

@@ -8,6 +8,8 @@
 //! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`
 
 use std::sync::{Arc, Mutex};
+
+use http::Response;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -16,6 +18,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::http::{Body, ObservedBody, boxed, is_failure};
 
 /// Inbound (peers to the local app) or outbound (the local app to peers).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -233,9 +237,27 @@ impl RequestMetrics {
         self.requests.inc();
     }
 
-    /// Records its response (`None`: no response came).
-    pub fn response(&self, status: Option<u16>, failed: bool, took: Duration) {
-        self.latency.observe(took.as_secs_f64());
+    /// Records a response: its latency now, its outcome once the body has ended, so that a
+    /// gRPC error status sent in trailers counts as a failure.
+    pub fn observe(&self, rsp: Response<Body>, started: tokio::time::Instant) -> Response<Body> {
+        self.latency.observe(started.elapsed().as_secs_f64());
+        let status = rsp.status().as_u16();
+        let failed_by_headers = is_failure(&rsp);
+        let this = self.clone();
+        rsp.map(|body| {
+            boxed(ObservedBody::new(body, move |failed_later| {
+                this.count_response(Some(status), failed_by_headers || failed_later);
+            }))
+        })
+    }
+
+    /// Records a request that got no response.
+    pub fn no_response(&self, started: tokio::time::Instant) {
+        self.latency.observe(started.elapsed().as_secs_f64());
+        self.count_response(None, true);
+    }
+
+    fn count_response(&self, status: Option<u16>, failed: bool) {
         let mut cache = self.responses.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, _, c)) = cache.iter().find(|(s, f, _)| *s == status && *f == failed) {
             c.inc();

@@ -200,9 +200,7 @@ impl tower::Service<Request<Body>> for HttpEndpoint {
             return Box::pin(async move {
                 metrics.request();
                 let io: PeerIo = connect(&shared, &ep, ALPN_HTTP1).await?;
-                let rsp = forward_upgrade(req, io).await;
-                record(&metrics, &rsp, started);
-                rsp
+                record(&metrics, forward_upgrade(req, io).await, started)
             });
         }
 
@@ -220,9 +218,7 @@ impl tower::Service<Request<Body>> for HttpEndpoint {
                     Err(e) if e.is_connect() => health.record(false),
                     Err(_) => {}
                 }
-                let rsp = rsp.map_err(BoxError::from);
-                record(&metrics, &rsp, started);
-                rsp
+                record(&metrics, rsp.map_err(BoxError::from), started)
             });
         }
 
@@ -251,22 +247,23 @@ impl tower::Service<Request<Body>> for HttpEndpoint {
                 .await
                 .map(|r| r.map(boxed))
                 .map_err(|e| -> BoxError { Box::new(e) });
-            record(&metrics, &rsp, started);
-            rsp
+            record(&metrics, rsp, started)
         })
     }
 }
 
 fn record(
     metrics: &RequestMetrics,
-    rsp: &Result<Response<Body>, BoxError>,
+    rsp: Result<Response<Body>, BoxError>,
     started: tokio::time::Instant,
-) {
-    let (status, failed) = match rsp {
-        Ok(r) => (Some(r.status().as_u16()), crate::http::is_failure(r)),
-        Err(_) => (None, true),
-    };
-    metrics.response(status, failed, started.elapsed());
+) -> Result<Response<Body>, BoxError> {
+    match rsp {
+        Ok(r) => Ok(metrics.observe(r, started)),
+        Err(e) => {
+            metrics.no_response(started);
+            Err(e)
+        }
+    }
 }
 
 /// An endpoint for opaque TCP: calling it opens a connection.
