@@ -91,12 +91,13 @@ impl ControlPlane {
         let ca =
             CertificateAuthority::load_or_generate(&cfg.mesh.trust_domain, &cfg.ca, &data_dir)?;
         let trust_bundle_file = data_dir.join("trust-bundle.pem");
-        std::fs::write(&trust_bundle_file, ca.trust_bundle().to_pem()).map_err(|source| {
-            ControlError::Bundle {
+        // With a CA from configured files the data directory may not exist yet.
+        std::fs::create_dir_all(&data_dir)
+            .and_then(|()| std::fs::write(&trust_bundle_file, ca.trust_bundle().to_pem()))
+            .map_err(|source| ControlError::Bundle {
                 path: trust_bundle_file.clone(),
                 source,
-            }
-        })?;
+            })?;
 
         let own = Identity::control_plane(&cfg.mesh.trust_domain);
         let tls = transport::server_credentials(&ca, &own)?;
