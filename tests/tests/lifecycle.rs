@@ -163,6 +163,23 @@ async fn a_service_without_endpoints_answers_503() {
     wait_snapshot(&lp, |s| api_port(s).is_empty()).await;
     let (status, _) = get(&client(), up).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // The proxy's own 503 is counted as a request and a failed response, with no peer.
+    let text = weft_tests::wait_metric(
+        lp.admin_addr,
+        "weft_responses_total",
+        &[
+            "status_code=\"503\"",
+            "classification=\"failure\"",
+            "peer=\"-\"",
+        ],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        weft_tests::metric(&text, "weft_requests_total", &["peer=\"-\""]),
+        1.0,
+        "{text}"
+    );
 }
 
 /// A backend that reports each request and answers only when released.

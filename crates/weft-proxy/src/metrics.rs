@@ -10,7 +10,6 @@
 use std::sync::{Arc, Mutex};
 
 use http::Response;
-use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -179,22 +178,6 @@ impl Metrics {
             tracing::error!(error = %e, "encoding metrics");
         }
         out
-    }
-
-    /// Records one finished request.
-    pub fn record(&self, labels: RequestLabels, status: Option<u16>, failed: bool, took: Duration) {
-        self.latency
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
-        self.responses
-            .get_or_create(&ResponseLabels {
-                status_code: status.map(|s| s.to_string()).unwrap_or_default(),
-                classification: if failed { "failure" } else { "success" }.to_string(),
-                direction: labels.direction,
-                service: labels.service,
-                peer: labels.peer,
-            })
-            .inc();
     }
 
     /// Marks a TCP connection open until the guard drops.

@@ -20,7 +20,7 @@ use weft_core::{Protocol, ServiceName};
 use crate::detect::{Detected, detect};
 use crate::http::{Body, boxed, error_response, is_upgrade, strip_hop_by_hop};
 use crate::io::{CountingIo, PrefixedIo};
-use crate::metrics::{Direction, RequestLabels, TcpLabels};
+use crate::metrics::{Direction, RequestLabels, RequestMetrics, TcpLabels};
 use crate::{Shared, Upstream, accept_loop};
 use balance::{HttpBalancer, TcpBalancer, http_balancer, tcp_balancer};
 
@@ -167,17 +167,7 @@ async fn route(req: Request<Incoming>, target: &Target, shared: &Shared) -> Resp
     }
     let service = target.service.to_string();
     if let Some(reason) = unroutable(target, shared) {
-        shared.metrics.record(
-            RequestLabels {
-                direction: Direction::outbound,
-                service,
-                peer: "-".into(),
-            },
-            Some(503),
-            true,
-            std::time::Duration::ZERO,
-        );
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, &reason);
+        return unavailable(shared, service, &reason);
     }
     match target.http.dispatch(req).await {
         Ok(mut rsp) => {
@@ -187,23 +177,31 @@ async fn route(req: Request<Incoming>, target: &Target, shared: &Shared) -> Resp
             rsp
         }
         Err(e) if failfast::is_unavailable(&*e) => {
-            shared.metrics.record(
-                RequestLabels {
-                    direction: Direction::outbound,
-                    service: service.clone(),
-                    peer: "-".into(),
-                },
-                Some(503),
-                true,
-                std::time::Duration::ZERO,
-            );
-            error_response(StatusCode::SERVICE_UNAVAILABLE, &format!("{service}: {e}"))
+            let reason = format!("{service}: {e}");
+            unavailable(shared, service, &reason)
         }
         Err(e) => {
             tracing::info!(%service, error = %e, "request failed");
             error_response(StatusCode::BAD_GATEWAY, &format!("{service}: {e}"))
         }
     }
+}
+
+/// A 503 made by the proxy, counted like any response (with no peer: none was chosen).
+fn unavailable(shared: &Shared, service: String, reason: &str) -> Response<Body> {
+    let metrics = RequestMetrics::new(
+        &shared.metrics,
+        RequestLabels {
+            direction: Direction::outbound,
+            service,
+            peer: "-".into(),
+        },
+    );
+    metrics.request();
+    metrics.observe(
+        error_response(StatusCode::SERVICE_UNAVAILABLE, reason),
+        tokio::time::Instant::now(),
+    )
 }
 
 /// Why `target` cannot be routed to right now, if the current snapshot says so.
