@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tonic::{Status, Streaming};
 use weft_api::v1::discovery_server::{Discovery, DiscoveryServer};
 use weft_api::v1::identity_server::{Identity, IdentityServer};
@@ -26,44 +26,51 @@ async fn listen() -> (TcpListener, SocketAddr) {
     (l, a)
 }
 
+/// Binds a loopback port and runs `conn` on each accepted connection in a task of its own.
+async fn serve_each<F, Fut>(conn: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (l, addr) = listen().await;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            tokio::spawn(conn(tcp));
+        }
+    });
+    addr
+}
+
 /// An HTTP/1.1 and HTTP/2 server that answers with what it received: a `x-backend: <name>`
 /// header, and a body of `METHOD URI VERSION`, the headers (one per line), a blank line and
 /// the request body.
 pub async fn http_echo(name: &'static str) -> SocketAddr {
-    let (l, addr) = listen().await;
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                    let (parts, body) = req.into_parts();
-                    let body = body
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    let mut out = format!("{} {} {:?}\n", parts.method, parts.uri, parts.version);
-                    for (k, v) in &parts.headers {
-                        out.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
-                    }
-                    out.push('\n');
-                    let mut out = out.into_bytes();
-                    out.extend_from_slice(&body);
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .header("x-backend", name)
-                            .body(Full::new(Bytes::from(out)))
-                            .unwrap(),
-                    )
-                });
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
-            });
-        }
-    });
-    addr
+    serve_each(move |tcp| async move {
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+            let (parts, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let mut out = format!("{} {} {:?}\n", parts.method, parts.uri, parts.version);
+            for (k, v) in &parts.headers {
+                out.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+            }
+            out.push('\n');
+            let mut out = out.into_bytes();
+            out.extend_from_slice(&body);
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("x-backend", name)
+                    .body(Full::new(Bytes::from(out)))
+                    .unwrap(),
+            )
+        });
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+    })
+    .await
 }
 
 /// A gRPC server reusing the API's generated services as a test protocol: `Certify` echoes
@@ -132,65 +139,38 @@ pub async fn grpc_backend() -> SocketAddr {
 
 /// A WebSocket server that echoes every message.
 pub async fn ws_echo() -> SocketAddr {
-    let (l, addr) = listen().await;
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_close() {
-                        break;
-                    }
-                    if ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
+    serve_each(|tcp| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+            return;
+        };
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() || ws.send(msg).await.is_err() {
+                break;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// A TCP server that echoes bytes.
 pub async fn tcp_echo() -> SocketAddr {
-    let (l, addr) = listen().await;
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let (mut r, mut w) = tcp.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
+    serve_each(|mut tcp| async move {
+        let (mut r, mut w) = tcp.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
 }
 
 /// A TCP server that speaks first (like SMTP or MySQL): it greets, then echoes one line.
 pub async fn server_first() -> SocketAddr {
-    let (l, addr) = listen().await;
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let _ = tcp.write_all(b"220 hello from the server\r\n").await;
-                let mut buf = [0u8; 256];
-                if let Ok(n) = tcp.read(&mut buf).await {
-                    let _ = tcp.write_all(&buf[..n]).await;
-                }
-            });
+    serve_each(|mut tcp| async move {
+        let _ = tcp.write_all(b"220 hello from the server\r\n").await;
+        let mut buf = [0u8; 256];
+        if let Ok(n) = tcp.read(&mut buf).await {
+            let _ = tcp.write_all(&buf[..n]).await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// Drains a gRPC server stream into its messages.

@@ -16,6 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
+use weft_proxy::Proxy;
 use weft_tests::{TestMesh, WAIT, WorkloadDecl, admin_get, backends, free_port, wait_snapshot};
 
 const ALLOW_ALL: &str = "[policy]\ndefault_inbound = \"allow\"";
@@ -54,30 +55,67 @@ fn api_port(state: &weft_proxy::discovery::DiscoveryState) -> Vec<u16> {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn editing_the_config_file_moves_traffic_without_restarts() {
+/// `api` served by api-1 (backend "one"); api-2 (backend "two") runs with its proxy but serves
+/// nothing yet; load calls `api` through its proxy's upstream `up`.
+struct Handover {
+    mesh: TestMesh,
+    api1: WorkloadDecl,
+    api2: WorkloadDecl,
+    load: WorkloadDecl,
+    load_proxy: Proxy,
+    up: u16,
+    _servers: [Proxy; 2],
+}
+
+async fn handover() -> Handover {
     let one = backends::http_echo("one").await;
     let two = backends::http_echo("two").await;
     let api1 = WorkloadDecl::serving("api-1", "api");
-    let mut api2 = WorkloadDecl::client("api-2");
+    let api2 = WorkloadDecl::client("api-2");
     let load = WorkloadDecl::client("load");
     let mesh = TestMesh::start(&[api1.clone(), api2.clone(), load.clone()], ALLOW_ALL).await;
-    let _p1 = mesh.proxy(&api1, Some(one.port()), &[]).await;
-    let _p2 = mesh.proxy(&api2, Some(two.port()), &[]).await;
+    let p1 = mesh.proxy(&api1, Some(one.port()), &[]).await;
+    let p2 = mesh.proxy(&api2, Some(two.port()), &[]).await;
     let up = free_port();
-    let lp = mesh.proxy(&load, None, &[("api", up)]).await;
+    let load_proxy = mesh.proxy(&load, None, &[("api", up)]).await;
+    Handover {
+        mesh,
+        api1,
+        api2,
+        load,
+        load_proxy,
+        up,
+        _servers: [p1, p2],
+    }
+}
+
+impl Handover {
+    /// Edits the config so api-2 serves `api` and api-1 no longer does, and waits until the
+    /// client proxy has the new endpoint.
+    async fn move_api_to_api2(&self) {
+        let mut api1 = self.api1.clone();
+        api1.service = None;
+        let mut api2 = self.api2.clone();
+        api2.service = Some("api".into());
+        self.mesh
+            .set_workloads(&[api1, api2, self.load.clone()])
+            .await;
+        let port = self.api2.port;
+        wait_snapshot(&self.load_proxy, |s| api_port(s) == [port]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_the_config_file_moves_traffic_without_restarts() {
+    let h = handover().await;
+    let (mesh, up) = (&h.mesh, h.up);
     let c = client();
     for _ in 0..5 {
         assert_eq!(get(&c, up).await, (StatusCode::OK, "one".to_string()));
     }
 
     // api-2 takes over the service; api-1 leaves it.
-    let mut api1_off = api1.clone();
-    api1_off.service = None;
-    api2.service = Some("api".into());
-    mesh.set_workloads(&[api1_off, api2.clone(), load.clone()])
-        .await;
-    wait_snapshot(&lp, |s| api_port(s) == [api2.port]).await;
+    h.move_api_to_api2().await;
     for _ in 0..5 {
         assert_eq!(get(&c, up).await, (StatusCode::OK, "two".to_string()));
     }
@@ -96,36 +134,23 @@ async fn editing_the_config_file_moves_traffic_without_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traffic_survives_a_control_plane_outage_and_proxies_reconnect() {
-    let one = backends::http_echo("one").await;
-    let two = backends::http_echo("two").await;
-    let api1 = WorkloadDecl::serving("api-1", "api");
-    let mut api2 = WorkloadDecl::client("api-2");
-    let load = WorkloadDecl::client("load");
-    let mut mesh = TestMesh::start(&[api1.clone(), api2.clone(), load.clone()], ALLOW_ALL).await;
-    let _p1 = mesh.proxy(&api1, Some(one.port()), &[]).await;
-    let _p2 = mesh.proxy(&api2, Some(two.port()), &[]).await;
-    let up = free_port();
-    let lp = mesh.proxy(&load, None, &[("api", up)]).await;
+    let mut h = handover().await;
+    let up = h.up;
     let c = client();
     assert_eq!(get(&c, up).await.0, StatusCode::OK);
 
-    mesh.stop_control().await;
+    h.mesh.stop_control().await;
     // No control plane: the proxies serve from their last snapshot, on new connections too.
     for _ in 0..10 {
         let fresh = client();
         assert_eq!(get(&fresh, up).await, (StatusCode::OK, "one".to_string()));
     }
-    let (status, _) = admin_get(lp.admin_addr, "GET", "/ready").await;
+    let (status, _) = admin_get(h.load_proxy.admin_addr, "GET", "/ready").await;
     assert_eq!(status, 200, "a proxy with a snapshot stays ready");
 
     // Back again, with a change the proxies can only learn from a new stream.
-    mesh.start_control().await;
-    let mut api1_off = api1.clone();
-    api1_off.service = None;
-    api2.service = Some("api".into());
-    mesh.set_workloads(&[api1_off, api2.clone(), load.clone()])
-        .await;
-    wait_snapshot(&lp, |s| api_port(s) == [api2.port]).await;
+    h.mesh.start_control().await;
+    h.move_api_to_api2().await;
     assert_eq!(get(&c, up).await, (StatusCode::OK, "two".to_string()));
 }
 

@@ -45,6 +45,15 @@ async fn pair(app: SocketAddr, protocol: &str) -> Pair {
     }
 }
 
+/// A plaintext gRPC channel to the client proxy's upstream listener.
+async fn grpc_channel(upstream: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{upstream}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 async fn admin_metrics(p: &Proxy) -> String {
     weft_tests::admin_get(p.admin_addr, "GET", "/metrics")
         .await
@@ -200,11 +209,7 @@ async fn grpc_unary_streaming_and_status_pass_through() {
     use weft_api::v1::identity_client::IdentityClient;
     let app = backends::grpc_backend().await;
     let p = pair(app, "auto").await;
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", p.upstream))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = grpc_channel(p.upstream).await;
     let rsp = IdentityClient::new(ch.clone())
         .certify(weft_api::CertifyRequest {
             csr: b"hello".to_vec(),
@@ -244,11 +249,7 @@ async fn a_grpc_error_in_trailers_after_data_counts_as_a_failure() {
     use weft_api::v1::discovery_client::DiscoveryClient;
     let app = backends::grpc_backend().await;
     let p = pair(app, "auto").await;
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", p.upstream))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let ch = grpc_channel(p.upstream).await;
     let mut req = tonic::Request::new(weft_api::WatchRequest {});
     req.metadata_mut()
         .insert("x-fail-midway", "1".parse().unwrap());

@@ -17,6 +17,21 @@ fn id(name: &str) -> Identity {
     Identity::new(td(), "demo", name).unwrap()
 }
 
+/// Verifies `leaf`'s chain against `bundle` with webpki, a path verifier independent of rcgen.
+fn verify_with_webpki(leaf: &IssuedLeaf, bundle: &TrustBundle) {
+    let parsed = ParsedCertificate::try_from(&leaf.leaf).unwrap();
+    verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        &bundle.root_store(),
+        &leaf.chain,
+        UnixTime::now(),
+        crate::crypto_provider()
+            .signature_verification_algorithms
+            .all,
+    )
+    .unwrap();
+}
+
 fn ca_section() -> CaSection {
     CaSection {
         leaf_ttl: Duration::from_secs(24 * 3600),
@@ -33,17 +48,7 @@ fn issued_leaf_verifies_and_carries_exactly_the_identity() {
     let leaf = ca.sign_csr(&key.csr(&web).unwrap(), &web).unwrap();
 
     // An independent path verifier (webpki) accepts the chain against the bundle.
-    let parsed = ParsedCertificate::try_from(&leaf.leaf).unwrap();
-    verify_server_cert_signed_by_trust_anchor(
-        &parsed,
-        &ca.trust_bundle().root_store(),
-        &leaf.chain,
-        UnixTime::now(),
-        crate::crypto_provider()
-            .signature_verification_algorithms
-            .all,
-    )
-    .unwrap();
+    verify_with_webpki(&leaf, ca.trust_bundle());
     assert_eq!(identity_of_cert(&leaf.leaf).unwrap(), web);
 
     let (_, x) = X509Certificate::from_der(&leaf.leaf).unwrap();
@@ -107,17 +112,7 @@ fn generated_ca_persists_with_private_permissions() {
     let leaf = a
         .sign_csr(&key.csr(&id("api")).unwrap(), &id("api"))
         .unwrap();
-    let parsed = ParsedCertificate::try_from(&leaf.leaf).unwrap();
-    verify_server_cert_signed_by_trust_anchor(
-        &parsed,
-        &b.trust_bundle().root_store(),
-        &leaf.chain,
-        UnixTime::now(),
-        crate::crypto_provider()
-            .signature_verification_algorithms
-            .all,
-    )
-    .unwrap();
+    verify_with_webpki(&leaf, b.trust_bundle());
 }
 
 #[test]
