@@ -147,10 +147,7 @@ impl TestMesh {
 
     /// Starts the control plane (again).
     pub async fn start_control(&mut self) {
-        let cfg = self.watcher.current();
-        let local =
-            weft_local::LocalPlatform::new(self.watcher.subscribe(), &cfg.bootstrap_token_file())
-                .unwrap();
+        let local = weft_local::LocalPlatform::new(self.watcher.subscribe()).unwrap();
         let platforms: Vec<Arc<dyn Platform>> = vec![Arc::new(local)];
         self.control = Some(
             ControlPlane::start(self.watcher.subscribe(), platforms)
@@ -218,6 +215,11 @@ impl TestMesh {
         self.dir.path().join("data")
     }
 
+    /// The attestation token file of workload `test/<name>`.
+    pub fn token_file(&self, name: &str) -> PathBuf {
+        self.watcher.current().workload_token_file("test", name)
+    }
+
     /// Proxy settings for workload `w`, fronting `app_port`, with `upstreams`.
     pub fn proxy_config(
         &self,
@@ -233,7 +235,7 @@ impl TestMesh {
             workload: w.name.clone(),
             account: w.identity.clone(),
             platform: "local".into(),
-            token_file: self.data_dir().join("bootstrap-token"),
+            token_file: self.token_file(&w.name),
             inbound_addr: ([127, 0, 0, 1], w.port).into(),
             app_port,
             upstreams: upstreams

@@ -17,7 +17,6 @@ struct LocalHarness {
     workloads: BTreeMap<String, (String, SocketAddr)>,
     watcher: ConfigWatcher,
     platform: Arc<weft_local::LocalPlatform>,
-    token: String,
     _stop: CancellationToken,
 }
 
@@ -84,7 +83,11 @@ impl PlatformHarness for LocalHarness {
     fn credential(&self, name: &str) -> Credential {
         Credential {
             platform: "local".into(),
-            token: self.token.clone(),
+            // Written by the adapter when the workload was declared.
+            token: std::fs::read_to_string(
+                self.watcher.current().workload_token_file("conf", name),
+            )
+            .unwrap_or_default(),
             workload: Some(format!("conf/{name}")),
         }
     }
@@ -105,16 +108,12 @@ async fn local_platform_conformance() {
     std::fs::write(&path, LocalHarness::render(dir.path(), &BTreeMap::new())).unwrap();
     let stop = CancellationToken::new();
     let watcher = ConfigWatcher::start(&path, stop.clone()).unwrap();
-    let token_file = dir.path().join("token");
-    let platform =
-        Arc::new(weft_local::LocalPlatform::new(watcher.subscribe(), &token_file).unwrap());
-    let token = std::fs::read_to_string(&token_file).unwrap();
+    let platform = Arc::new(weft_local::LocalPlatform::new(watcher.subscribe()).unwrap());
     let harness = LocalHarness {
         dir,
         workloads: BTreeMap::new(),
         watcher,
         platform,
-        token,
         _stop: stop,
     };
     run_all(harness).await;

@@ -40,7 +40,7 @@ async fn watch_without_a_mesh_certificate_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certify_signs_only_what_the_credential_proves() {
     let mesh = TestMesh::start(&[WorkloadDecl::client("web")], "").await;
-    let token = std::fs::read_to_string(mesh.data_dir().join("bootstrap-token")).unwrap();
+    let token = std::fs::read_to_string(mesh.token_file("web")).unwrap();
     let mut client = IdentityClient::new(anonymous_channel(&mesh).await);
     let key = LeafKey::generate().unwrap();
     let request = |token: &str, workload: &str, csr_for: &str| CertifyRequest {
@@ -126,5 +126,234 @@ async fn each_proxy_sees_only_the_services_it_may_reach() {
         s.inbound.authorize(&id("web")) == weft_core::policy::Decision::Allow
             && s.inbound.authorize(&id("load")) == weft_core::policy::Decision::Deny
     })
+    .await;
+}
+
+fn certify_request(platform: &str, token: &str) -> CertifyRequest {
+    CertifyRequest {
+        credential: Some(Credential {
+            platform: platform.into(),
+            token: token.into(),
+            workload: "test/web".into(),
+        }),
+        csr: LeafKey::generate().unwrap().csr(&id("web")).unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certify_metric_labels_and_request_sizes_are_bounded() {
+    let mesh = TestMesh::start(&[WorkloadDecl::client("web")], "").await;
+    let mut client = IdentityClient::new(anonymous_channel(&mesh).await);
+    // Each call names a platform of its own; none may become a metric series.
+    for i in 0..50 {
+        let err = client
+            .certify(certify_request(&format!("made-up-{i}"), "x"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    }
+    let big = client
+        .certify(certify_request("local", &"t".repeat(100 * 1024)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(big.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{big}"
+    );
+
+    let http = mesh.control.as_ref().unwrap().http_addr;
+    let (_, metrics) = admin_get(http, "GET", "/metrics").await;
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("weft_control_certify_total{"))
+        .collect();
+    assert!(
+        series
+            .iter()
+            .all(|l| l.contains("platform=\"unknown\"") || l.contains("platform=\"local\"")),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("made-up"), "{metrics}");
+    assert_eq!(
+        weft_tests::metric(
+            &metrics,
+            "weft_control_certify_total",
+            &["platform=\"unknown\"", "result=\"attest_failed\""]
+        ),
+        50.0,
+        "{metrics}"
+    );
+}
+
+/// A platform whose attestation waits until released, to hold Certify calls in flight.
+#[derive(Debug, Default)]
+struct StallingPlatform {
+    entered: std::sync::atomic::AtomicUsize,
+    arrived: tokio::sync::Notify,
+    release: tokio_util::sync::CancellationToken,
+}
+
+#[async_trait::async_trait]
+impl weft_core::platform::Platform for StallingPlatform {
+    fn name(&self) -> &str {
+        "stalling"
+    }
+    async fn run(
+        &self,
+        registry: weft_core::RegistryWriter,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(), weft_core::platform::PlatformError> {
+        registry.replace_all([]);
+        shutdown.cancelled().await;
+        Ok(())
+    }
+    async fn attest(
+        &self,
+        _: &weft_core::platform::Credential,
+    ) -> Result<Identity, weft_core::platform::AttestError> {
+        self.entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.arrived.notify_one();
+        self.release.cancelled().await;
+        Err(weft_core::platform::AttestError::Rejected(
+            "released".into(),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_anonymous_certify_calls_are_bounded() {
+    use std::sync::atomic::Ordering;
+    weft_tests::trace_init();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n[control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n",
+        dir.path().display()
+    );
+    let cfg = weft_core::config::load_from_str(&text, std::path::Path::new("m.toml")).unwrap();
+    let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(cfg));
+    let platform = std::sync::Arc::new(StallingPlatform::default());
+    let control = weft_control::ControlPlane::start(rx, vec![platform.clone()])
+        .await
+        .unwrap();
+    let bundle =
+        TrustBundle::from_pem(&std::fs::read(&control.trust_bundle_file).unwrap()).unwrap();
+    let td = TrustDomain::new("weft.test").unwrap();
+    let proxy_cfg = <weft_proxy::ProxyConfig as clap::Parser>::try_parse_from([
+        "weft-proxy",
+        "--control-addr",
+        &control.grpc_addr.to_string(),
+        "--trust-domain",
+        "weft.test",
+        "--trust-bundle",
+        &control.trust_bundle_file.display().to_string(),
+        "--workload",
+        "web",
+        "--token-file",
+        "/dev/null",
+    ])
+    .unwrap();
+    let limit = weft_control::MAX_ANONYMOUS_CERTIFY;
+    // Two connections, since one carries a bounded number of streams.
+    let mut calls = Vec::new();
+    for half in 0..2 {
+        let tls = weft_ca::tls::anonymous_client_config(&bundle, &Identity::control_plane(&td));
+        let ch = weft_proxy::control::channel(&proxy_cfg, tls).await.unwrap();
+        for _ in 0..limit / 2 + half * (limit % 2) {
+            let mut client = IdentityClient::new(ch.clone());
+            calls.push(tokio::spawn(async move {
+                client.certify(certify_request("stalling", "x")).await
+            }));
+        }
+    }
+    tokio::time::timeout(weft_tests::WAIT, async {
+        while platform.entered.load(Ordering::SeqCst) < limit {
+            platform.arrived.notified().await;
+        }
+    })
+    .await
+    .expect("every call reached attestation");
+
+    // One more, while the others hold every permit: refused at once, not queued.
+    let tls = weft_ca::tls::anonymous_client_config(&bundle, &Identity::control_plane(&td));
+    let ch = weft_proxy::control::channel(&proxy_cfg, tls).await.unwrap();
+    let extra = tokio::time::timeout(
+        weft_tests::WAIT,
+        IdentityClient::new(ch.clone()).certify(certify_request("stalling", "x")),
+    )
+    .await
+    .expect("the extra call is answered without waiting")
+    .unwrap_err();
+    assert_eq!(extra.code(), Code::ResourceExhausted, "{extra}");
+    assert_eq!(platform.entered.load(Ordering::SeqCst), limit);
+
+    platform.release.cancel();
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap_err().code(), Code::PermissionDenied);
+    }
+    // With the permits back, calls are served again.
+    let after = IdentityClient::new(ch)
+        .certify(certify_request("stalling", "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(after.code(), Code::PermissionDenied, "{after}");
+    control.shutdown().await;
+}
+
+/// Polls the control plane's metrics until `name{labels}` reaches `at_least`.
+async fn wait_control_metric(mesh: &TestMesh, name: &str, labels: &[&str], at_least: f64) {
+    let http = mesh.control.as_ref().unwrap().http_addr;
+    weft_tests::wait_metric(http, name, labels, at_least).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_domain_or_bundle_mismatch_is_named_on_both_sides() {
+    let mesh = TestMesh::start(&[WorkloadDecl::client("web")], "").await;
+    let mut cfg = mesh.proxy_config(&WorkloadDecl::client("web"), None, &[]);
+
+    // A proxy told another trust domain expects another control-plane identity.
+    cfg.trust_domain = "other.test".into();
+    let bundle = TrustBundle::from_pem(&std::fs::read(mesh.bundle_file()).unwrap()).unwrap();
+    let other_td = TrustDomain::new("other.test").unwrap();
+    let tls = weft_ca::tls::anonymous_client_config(&bundle, &Identity::control_plane(&other_td));
+    let err = weft_proxy::control::channel(&cfg, tls).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("trust domain is \"other.test\""), "{text}");
+    assert!(
+        text.contains("spiffe://weft.test/ns/weft-system/sa/weft-control"),
+        "{text}"
+    );
+    wait_control_metric(
+        &mesh,
+        "weft_control_tls_rejected_total",
+        &["reason=\"peer_rejected_control_identity\""],
+        1.0,
+    )
+    .await;
+
+    // A proxy given another mesh's trust bundle cannot verify the control plane at all.
+    cfg.trust_domain = "weft.test".into();
+    let foreign = weft_ca::CertificateAuthority::generate_ephemeral(
+        &TrustDomain::new("weft.test").unwrap(),
+        std::time::Duration::from_secs(3600),
+    )
+    .unwrap();
+    let td = TrustDomain::new("weft.test").unwrap();
+    let tls = weft_ca::tls::anonymous_client_config(
+        foreign.trust_bundle(),
+        &Identity::control_plane(&td),
+    );
+    let err = weft_proxy::control::channel(&cfg, tls).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("not signed by any root in the trust bundle"),
+        "{text}"
+    );
+    wait_control_metric(
+        &mesh,
+        "weft_control_tls_rejected_total",
+        &["reason=\"peer_distrusts_control_plane\""],
+        1.0,
+    )
     .await;
 }

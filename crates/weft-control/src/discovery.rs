@@ -7,8 +7,9 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use weft_api::convert::{policy_to_wire, protocol_to_wire};
 use weft_api::v1::discovery_server::Discovery;
-use weft_api::{Endpoint, InboundPolicy, Service, Snapshot, WatchRequest};
+use weft_api::{Endpoint, Service, Snapshot, WatchRequest};
 use weft_ca::TrustBundle;
 use weft_core::config::MeshConfig;
 use weft_core::policy::{Decision, InboundPolicy as Policy};
@@ -47,7 +48,7 @@ pub fn view_for(
         services.push(Service {
             name: name.name.clone(),
             namespace: name.namespace.clone(),
-            protocol: protocol.as_str().to_string(),
+            protocol: protocol_to_wire(protocol) as i32,
             endpoints: endpoints
                 .iter()
                 .map(|e| Endpoint {
@@ -72,25 +73,13 @@ pub fn view_for(
     for w in &own {
         let p = Policy::for_service(default, rules, w.service.as_ref());
         for m in p.allow {
-            let s = m.to_string();
-            if !allow.contains(&s) {
-                allow.push(s);
+            if !allow.contains(&m) {
+                allow.push(m);
             }
         }
     }
-    let inbound = InboundPolicy {
-        default_decision: match default {
-            Decision::Allow => "allow",
-            Decision::Deny => "deny",
-        }
-        .to_string(),
-        allow,
-        protocol: own
-            .first()
-            .map(|w| w.protocol.as_str())
-            .unwrap_or("auto")
-            .to_string(),
-    };
+    let protocol = own.first().map(|w| w.protocol).unwrap_or_default();
+    let inbound = policy_to_wire(&Policy { default, allow }, protocol);
     Snapshot {
         version: 0,
         identity: identity.spiffe_id(),

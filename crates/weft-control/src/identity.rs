@@ -10,7 +10,21 @@ use weft_api::{CertifyRequest, CertifyResponse};
 use weft_core::platform::{AttestError, Credential};
 
 use crate::State;
-use crate::metrics::CertifyLabels;
+use crate::transport::PeerInfo;
+
+/// The `platform` label of Certify calls naming no configured platform.
+const UNKNOWN_PLATFORM: &str = "unknown";
+
+/// At most this much of a peer-supplied string goes into a log line or an error.
+const MAX_ECHO: usize = 64;
+
+/// A peer-supplied string cut to [`MAX_ECHO`] characters for logs and errors.
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(MAX_ECHO) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
 
 /// The Identity service.
 #[derive(Debug, Clone)]
@@ -22,30 +36,45 @@ impl IdentityApi for IdentityService {
         &self,
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
+        // Certify is reachable without a client certificate, so what a stranger may hold at
+        // once is bounded: calls beyond the limit are refused at once, not queued.
+        let anonymous = request
+            .extensions()
+            .get::<PeerInfo>()
+            .is_none_or(|p| p.identity.is_none());
+        let _permit = if anonymous {
+            match self.0.anonymous_certify.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    self.0.metrics.count_certify(UNKNOWN_PLATFORM, "throttled");
+                    return Err(Status::resource_exhausted(
+                        "too many concurrent Certify calls without a client certificate; retry later",
+                    ));
+                }
+            }
+        } else {
+            None
+        };
         let req = request.into_inner();
-        let cred = req
-            .credential
-            .ok_or_else(|| Status::invalid_argument("credential is required"))?;
-        let platform_name = cred.platform.clone();
-        let count = |result: &str| {
+        let Some(cred) = req.credential else {
             self.0
                 .metrics
-                .certify
-                .get_or_create(&CertifyLabels {
-                    platform: platform_name.clone(),
-                    result: result.to_string(),
-                })
-                .inc();
+                .count_certify(UNKNOWN_PLATFORM, "attest_failed");
+            return Err(Status::invalid_argument("credential is required"));
         };
-        let platform = self
-            .0
-            .platforms
-            .iter()
-            .find(|p| p.name() == cred.platform)
-            .ok_or_else(|| {
-                count("attest_failed");
-                Status::unauthenticated(format!("no platform {:?} in this mesh", cred.platform))
-            })?;
+        // The label comes from the configured platforms, never from the request: a peer must
+        // not be able to mint metric series.
+        let platform = self.0.platforms.iter().find(|p| p.name() == cred.platform);
+        let label = platform.map_or(UNKNOWN_PLATFORM, |p| p.name());
+        let count = |result: &'static str| self.0.metrics.count_certify(label, result);
+        let Some(platform) = platform else {
+            count("attest_failed");
+            tracing::warn!(platform = %truncate(&cred.platform), "Certify for a platform this mesh does not run");
+            return Err(Status::unauthenticated(format!(
+                "no platform {:?} in this mesh",
+                truncate(&cred.platform)
+            )));
+        };
         let credential = Credential {
             platform: cred.platform.clone(),
             token: cred.token,
@@ -53,7 +82,7 @@ impl IdentityApi for IdentityService {
         };
         let identity = platform.attest(&credential).await.map_err(|e| {
             count("attest_failed");
-            tracing::warn!(platform = %cred.platform, workload = ?credential.workload, error = %e, "attestation failed");
+            tracing::warn!(platform = label, workload = ?credential.workload.as_deref().map(truncate), error = %e, "attestation failed");
             match e {
                 AttestError::Unavailable(_) => Status::unavailable(e.to_string()),
                 _ => Status::permission_denied(e.to_string()),

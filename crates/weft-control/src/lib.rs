@@ -77,7 +77,13 @@ pub(crate) struct State {
     pub(crate) platforms: Vec<Arc<dyn Platform>>,
     pub(crate) metrics: ControlMetrics,
     pub(crate) shutdown: CancellationToken,
+    /// Bounds Certify calls in flight from clients without a mesh certificate.
+    pub(crate) anonymous_certify: Arc<tokio::sync::Semaphore>,
 }
+
+/// Certify calls without a client certificate that may run at once; more are refused with
+/// RESOURCE_EXHAUSTED (the proxy retries with backoff).
+pub const MAX_ANONYMOUS_CERTIFY: usize = 64;
 
 impl ControlPlane {
     /// Starts the control plane: loads or creates the CA, runs every platform adapter, and
@@ -115,6 +121,7 @@ impl ControlPlane {
             platforms: platforms.clone(),
             metrics: ControlMetrics::default(),
             shutdown: shutdown.clone(),
+            anonymous_certify: Arc::new(tokio::sync::Semaphore::new(MAX_ANONYMOUS_CERTIFY)),
         });
 
         let mut tasks = Vec::new();

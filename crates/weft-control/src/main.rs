@@ -41,8 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let mut platforms: Vec<Arc<dyn Platform>> = Vec::new();
     if cfg.platforms.local.as_ref().is_some_and(|l| l.enabled) {
         platforms.push(Arc::new(
-            weft_local::LocalPlatform::new(watcher.subscribe(), &cfg.bootstrap_token_file())
-                .context("local platform")?,
+            weft_local::LocalPlatform::new(watcher.subscribe()).context("local platform")?,
         ));
     }
     let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms).await?;

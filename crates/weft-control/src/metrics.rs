@@ -6,13 +6,21 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// Labels of `weft_control_certify_total`.
+/// Labels of `weft_control_certify_total`. Both come from bounded sets chosen by the control
+/// plane, never from what a peer sent.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertifyLabels {
-    /// `local`, `kubernetes`, ...
+    /// A configured platform (`local`, `kubernetes`, ...) or `unknown`.
     pub platform: String,
-    /// `issued`, `attest_failed`, `csr_rejected`.
-    pub result: String,
+    /// `issued`, `attest_failed`, `csr_rejected`, `throttled`.
+    pub result: &'static str,
+}
+
+/// Labels of `weft_control_tls_rejected_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsRejectLabels {
+    /// A fixed reason: `not_tls`, `client_unknown_ca`, `peer_distrusts_control_plane`, ...
+    pub reason: &'static str,
 }
 
 /// Counters and gauges the control plane exports on `/metrics`.
@@ -25,6 +33,8 @@ pub struct ControlMetrics {
     pub watches: Gauge,
     /// Snapshots sent on Watch streams.
     pub snapshots: Counter,
+    /// gRPC connections whose TLS handshake failed, by reason.
+    pub tls_rejected: Family<TlsRejectLabels, Counter>,
 }
 
 impl Default for ControlMetrics {
@@ -33,6 +43,12 @@ impl Default for ControlMetrics {
         let certify = Family::<CertifyLabels, Counter>::default();
         let watches = Gauge::default();
         let snapshots = Counter::default();
+        let tls_rejected = Family::<TlsRejectLabels, Counter>::default();
+        registry.register(
+            "weft_control_tls_rejected",
+            "gRPC connections whose TLS handshake failed, by reason",
+            tls_rejected.clone(),
+        );
         registry.register(
             "weft_control_certify",
             "Identity.Certify calls by platform and result",
@@ -53,11 +69,29 @@ impl Default for ControlMetrics {
             certify,
             watches,
             snapshots,
+            tls_rejected,
         }
     }
 }
 
 impl ControlMetrics {
+    /// Counts one failed TLS handshake.
+    pub fn count_tls_rejected(&self, reason: &'static str) {
+        self.tls_rejected
+            .get_or_create(&TlsRejectLabels { reason })
+            .inc();
+    }
+
+    /// Counts one Certify call.
+    pub fn count_certify(&self, platform: &str, result: &'static str) {
+        self.certify
+            .get_or_create(&CertifyLabels {
+                platform: platform.to_string(),
+                result,
+            })
+            .inc();
+    }
+
     /// The OpenMetrics text.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -30,6 +30,17 @@ use crate::{ControlError, State};
 /// A TLS handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// TLS handshakes in progress at once; connections beyond it are closed at once. Handshakes
+/// come before any authentication, so this bounds what strangers can hold.
+const MAX_HANDSHAKES: usize = 256;
+
+/// The largest request message accepted. A CSR with a credential (a JWT or a ServiceAccount
+/// token) fits many times over.
+pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Requests in flight on one connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
 /// Who is on the other end of a gRPC connection.
 #[derive(Clone, Debug)]
 pub(crate) struct PeerInfo {
@@ -75,8 +86,11 @@ pub(crate) async fn serve_grpc(
 ) {
     let (tx, rx) = mpsc::channel::<io::Result<PeerConn>>(64);
     let acceptor = TlsAcceptor::from(tls.server_config());
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let stop = shutdown.clone();
+    let accept_state = state.clone();
     tokio::spawn(async move {
+        let state = accept_state;
         loop {
             let (tcp, remote) = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -89,10 +103,16 @@ pub(crate) async fn serve_grpc(
                     }
                 },
             };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                tracing::warn!(%remote, "too many TLS handshakes in progress; connection closed");
+                continue;
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let state = state.clone();
             // Handshakes run apart from the accept loop, so a slow client blocks nobody.
             tokio::spawn(async move {
+                let _permit = permit;
                 let _ = tcp.set_nodelay(true);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(io)) => {
@@ -100,19 +120,67 @@ pub(crate) async fn serve_grpc(
                         let info = PeerInfo { identity, remote };
                         let _ = tx.send(Ok(PeerConn { io, info })).await;
                     }
-                    Ok(Err(e)) => tracing::info!(%remote, error = %e, "TLS handshake refused"),
-                    Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        let (reason, hint) = handshake_failure(&e);
+                        state.metrics.count_tls_rejected(reason);
+                        if reason == "handshake_failed" || reason == "not_tls" {
+                            tracing::info!(%remote, error = %e, "TLS handshake refused");
+                        } else {
+                            tracing::warn!(%remote, reason, error = %e, "{hint} (this mesh's trust domain is {})", state.ca.trust_domain());
+                        }
+                    }
+                    Err(_) => {
+                        state.metrics.count_tls_rejected("handshake_timeout");
+                        tracing::info!(%remote, "TLS handshake timed out");
+                    }
                 }
             });
         }
     });
     let result = tonic::transport::Server::builder()
-        .add_service(IdentityServer::new(IdentityService(state.clone())))
-        .add_service(DiscoveryServer::new(DiscoveryService(state)))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(
+            IdentityServer::new(IdentityService(state.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            DiscoveryServer::new(DiscoveryService(state))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown.cancelled())
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server failed");
+    }
+}
+
+/// Names a failed handshake (a bounded label) and says what it usually means.
+fn handshake_failure(e: &io::Error) -> (&'static str, &'static str) {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error};
+    let Some(err) = e.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+        return ("handshake_failed", "");
+    };
+    match err {
+        Error::InvalidMessage(_) => ("not_tls", ""),
+        Error::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => (
+            "client_unknown_ca",
+            "a client presented a certificate from another CA: that proxy belongs to another mesh, or was certified before this mesh's root changed",
+        ),
+        Error::InvalidCertificate(_) => (
+            "client_bad_certificate",
+            "a client presented a certificate this mesh does not accept",
+        ),
+        Error::AlertReceived(Alert::UnknownCA | Alert::DecryptError) => (
+            "peer_distrusts_control_plane",
+            "a proxy refused the control plane's certificate as signed by an unknown CA: its trust bundle does not hold this mesh's root",
+        ),
+        Error::AlertReceived(Alert::CertificateUnknown | Alert::BadCertificate) => (
+            "peer_rejected_control_identity",
+            "a proxy refused the control plane's certificate: it expects another control-plane identity, usually because it was given another trust domain",
+        ),
+        _ => ("handshake_failed", ""),
     }
 }
 

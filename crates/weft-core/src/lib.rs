@@ -5,12 +5,14 @@
 //! - [`registry`]: the versioned, watchable service registry that platform adapters feed;
 //! - [`platform`]: the seam every platform adapter implements;
 //! - [`policy`]: the policy engine, evaluated as pure functions;
-//! - [`config`]: the shared mesh config file (schema, loading, validation, watching).
+//! - [`config`]: the shared mesh config file (schema, loading, validation, watching);
+//! - [`private_fs`]: files only the mesh's user may read (keys, attestation tokens).
 
 pub mod config;
 pub mod model;
 pub mod platform;
 pub mod policy;
+pub mod private_fs;
 pub mod registry;
 
 pub use model::{Endpoint, Identity, Protocol, ServiceName, TrustDomain, Workload, WorkloadKey};

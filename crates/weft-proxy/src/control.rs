@@ -19,7 +19,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The connection or TLS handshake failed.
-    #[error("connecting to the control plane at {addr}: {source}")]
+    #[error("connecting to the control plane at {addr}: {}", chain(source))]
     Connect {
         /// The address.
         addr: std::net::SocketAddr,
@@ -43,6 +43,22 @@ pub enum ControlError {
     Other(String),
 }
 
+/// An error with its causes, outermost first: tonic's transport error alone says only
+/// "transport error".
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = c.source();
+    }
+    out
+}
+
 /// Opens a gRPC channel to the control plane with `tls`.
 pub async fn channel(
     config: &ProxyConfig,
@@ -55,18 +71,57 @@ pub async fn channel(
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
+    let bundle = config.trust_bundle.clone();
+    let trust_domain = config.trust_domain.clone();
     endpoint
         .connect_with_connector(tower::service_fn(move |_: http::Uri| {
             let connector = connector.clone();
+            let bundle = bundle.clone();
+            let trust_domain = trust_domain.clone();
             async move {
                 let tcp = TcpStream::connect(addr).await?;
                 let _ = tcp.set_nodelay(true);
-                let tls = connector.connect(weft_ca::tls::server_name(), tcp).await?;
+                let tls = connector
+                    .connect(weft_ca::tls::server_name(), tcp)
+                    .await
+                    .map_err(|e| explain_tls_failure(e, &bundle, &trust_domain))?;
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
         }))
         .await
         .map_err(|source| ControlError::Connect { addr, source })
+}
+
+/// Turns a failed handshake with the control plane into an error that says which setting
+/// is probably wrong: a trust bundle or trust domain of another mesh is the usual cause, and
+/// rustls alone reports it as a bare certificate error.
+fn explain_tls_failure(
+    e: std::io::Error,
+    bundle: &std::path::Path,
+    trust_domain: &str,
+) -> std::io::Error {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error};
+    let Some(err) = e.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+        return e;
+    };
+    let hint = match err {
+        Error::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => format!(
+            "the control plane's certificate is not signed by any root in the trust bundle {}: \
+             the bundle belongs to another mesh or CA",
+            bundle.display()
+        ),
+        Error::InvalidCertificate(Cert::Other(inner)) => format!(
+            "the control plane proved an unexpected identity ({inner}): this proxy's trust \
+             domain is {trust_domain:?}; it must be the mesh's"
+        ),
+        Error::AlertReceived(Alert::UnknownCA | Alert::DecryptError) => {
+            "the control plane does not trust this proxy's certificate: it was issued by \
+             another CA (another mesh, or before the mesh's root changed)"
+                .to_string()
+        }
+        _ => return e,
+    };
+    std::io::Error::new(e.kind(), format!("{hint} ({err})"))
 }
 
 /// Exponential backoff from 250 ms to 30 s.

@@ -9,9 +9,10 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use weft_api::Snapshot;
+use weft_api::convert::{policy_from_wire, protocol_from_wire};
 use weft_api::v1::discovery_client::DiscoveryClient;
 use weft_ca::{ALPN_H2, TrustBundle};
-use weft_core::policy::{Decision, IdentityMatch, InboundPolicy};
+use weft_core::policy::{Decision, InboundPolicy};
 use weft_core::{Identity, Protocol, ServiceName};
 
 use crate::Shared;
@@ -28,8 +29,22 @@ pub struct DiscoveryState {
     pub inbound: InboundPolicy,
     /// The protocol of this workload's own port.
     pub inbound_protocol: Protocol,
+    /// Why the snapshot's inbound policy could not be used, if it could not; `inbound` then
+    /// denies every client.
+    pub policy_error: Option<PolicyError>,
     /// The roots the mesh trusts now (several while a root is rotated).
     pub trust_bundle: Option<TrustBundle>,
+}
+
+/// Why the proxy runs with a deny-all inbound policy instead of the one it was sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The snapshot carried no inbound policy.
+    #[error("the snapshot carries no inbound policy")]
+    Missing,
+    /// The policy did not parse.
+    #[error(transparent)]
+    Unreadable(#[from] weft_api::convert::PolicyError),
 }
 
 /// One reachable service.
@@ -81,35 +96,18 @@ pub fn from_snapshot(s: Snapshot) -> DiscoveryState {
         services.insert(
             name,
             ServiceView {
-                protocol: svc.protocol.parse().unwrap_or_default(),
+                protocol: protocol_from_wire(svc.protocol),
                 endpoints,
             },
         );
     }
-    let (inbound, inbound_protocol) = match s.inbound {
-        Some(p) => (
-            InboundPolicy {
-                default: if p.default_decision == "deny" {
-                    Decision::Deny
-                } else {
-                    Decision::Allow
-                },
-                allow: p
-                    .allow
-                    .iter()
-                    .filter_map(|a| a.parse::<IdentityMatch>().ok())
-                    .collect(),
-            },
-            p.protocol.parse().unwrap_or_default(),
-        ),
-        // No policy in the snapshot: fail closed.
-        None => (
-            InboundPolicy {
-                default: Decision::Deny,
-                allow: Vec::new(),
-            },
-            Protocol::Auto,
-        ),
+    let (inbound, inbound_protocol, policy_error) = match &s.inbound {
+        Some(p) => match policy_from_wire(p) {
+            Ok(policy) => (policy, protocol_from_wire(p.protocol), None),
+            // A policy this proxy cannot read fully denies everyone: never widen access.
+            Err(e) => (deny_all(), protocol_from_wire(p.protocol), Some(e.into())),
+        },
+        None => (deny_all(), Protocol::Auto, Some(PolicyError::Missing)),
     };
     let trust_bundle = (!s.trust_bundle.is_empty()).then(|| {
         TrustBundle::new(
@@ -124,8 +122,26 @@ pub fn from_snapshot(s: Snapshot) -> DiscoveryState {
         services,
         inbound,
         inbound_protocol,
+        policy_error,
         trust_bundle,
     }
+}
+
+fn deny_all() -> InboundPolicy {
+    InboundPolicy {
+        default: Decision::Deny,
+        allow: Vec::new(),
+    }
+}
+
+/// Converts a snapshot, logging and counting an inbound policy that could not be used.
+pub fn accept_snapshot(metrics: &crate::metrics::Metrics, s: Snapshot) -> DiscoveryState {
+    let state = from_snapshot(s);
+    if let Some(e) = &state.policy_error {
+        tracing::error!(error = %e, version = state.version, "inbound policy unusable; denying every client until a usable one arrives");
+        metrics.policy_invalid.inc();
+    }
+    state
 }
 
 /// Keeps `tx` holding the latest snapshot until `stop`.
@@ -156,7 +172,7 @@ pub async fn run(
                 .into_inner();
             while let Some(snapshot) = stream.message().await? {
                 backoff.reset();
-                let state = from_snapshot(snapshot);
+                let state = accept_snapshot(&shared.metrics, snapshot);
                 tracing::debug!(
                     version = state.version,
                     services = state.services.len(),
@@ -182,6 +198,77 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::convert::pattern_to_wire;
+    use weft_api::{Decision as WireDecision, IdentityPattern};
+    use weft_core::TrustDomain;
+    use weft_core::policy::IdentityMatch;
+
+    fn snapshot(default: i32, allow: Vec<IdentityPattern>) -> Snapshot {
+        Snapshot {
+            version: 1,
+            identity: String::new(),
+            services: Vec::new(),
+            inbound: Some(weft_api::InboundPolicy {
+                default_decision: default,
+                allow,
+                protocol: 0,
+            }),
+            trust_bundle: Vec::new(),
+        }
+    }
+
+    fn client() -> Identity {
+        Identity::new(TrustDomain::new("weft.test").unwrap(), "demo", "web").unwrap()
+    }
+
+    #[test]
+    fn a_readable_policy_is_applied() {
+        let m = crate::metrics::Metrics::default();
+        let s = accept_snapshot(
+            &m,
+            snapshot(
+                WireDecision::Deny as i32,
+                vec![pattern_to_wire(&IdentityMatch::Namespace("demo".into()))],
+            ),
+        );
+        assert_eq!(s.inbound.authorize(&client()), Decision::Allow);
+        assert_eq!(s.policy_error, None);
+        assert_eq!(m.policy_invalid.get(), 0);
+    }
+
+    #[test]
+    fn an_unreadable_policy_denies_and_is_counted() {
+        let m = crate::metrics::Metrics::default();
+        // An unknown default with no allow list would have been read as "allow" by a parser
+        // with defaults.
+        let unknown_default = snapshot(42, Vec::new());
+        // One pattern this proxy cannot read next to one that admits the client.
+        let unknown_pattern = snapshot(
+            WireDecision::Allow as i32,
+            vec![
+                pattern_to_wire(&IdentityMatch::Any),
+                IdentityPattern { pattern: None },
+            ],
+        );
+        let missing = Snapshot {
+            inbound: None,
+            ..snapshot(1, Vec::new())
+        };
+        for (n, snap) in [unknown_default, unknown_pattern, missing]
+            .into_iter()
+            .enumerate()
+        {
+            let s = accept_snapshot(&m, snap);
+            assert_eq!(s.inbound.authorize(&client()), Decision::Deny, "case {n}");
+            assert!(s.policy_error.is_some(), "case {n}");
+            assert_eq!(m.policy_invalid.get(), n as u64 + 1);
         }
     }
 }

@@ -5,7 +5,8 @@
 //! - `weft_response_latency_seconds{direction, service, peer}` (to response headers)
 //! - `weft_tcp_open_connections{direction, peer}`, `weft_tcp_connections_total`,
 //!   `weft_tcp_read_bytes_total`, `weft_tcp_write_bytes_total`
-//! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`
+//! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`,
+//!   `weft_inbound_policy_invalid_total`
 
 use std::sync::{Arc, Mutex};
 
@@ -102,6 +103,8 @@ pub struct Metrics {
     pub tls_rejected: Family<RejectLabels, Counter>,
     /// Inbound connections or requests refused by authorization.
     pub authz_denied: Family<DenyLabels, Counter>,
+    /// Snapshots whose inbound policy could not be used (the proxy then denies every client).
+    pub policy_invalid: Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -125,6 +128,7 @@ impl Default for Metrics {
         let tcp_write = Family::<TcpLabels, Counter>::default();
         let tls_rejected = Family::<RejectLabels, Counter>::default();
         let authz_denied = Family::<DenyLabels, Counter>::default();
+        let policy_invalid = Counter::default();
         registry.register("weft_requests", "HTTP requests", requests.clone());
         registry.register("weft_responses", "HTTP responses", responses.clone());
         registry.register_with_unit(
@@ -155,6 +159,11 @@ impl Default for Metrics {
             "Inbound connections or requests refused by authorization policy",
             authz_denied.clone(),
         );
+        registry.register(
+            "weft_inbound_policy_invalid",
+            "Discovery snapshots whose inbound policy could not be used; every client is denied",
+            policy_invalid.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -166,6 +175,7 @@ impl Default for Metrics {
             tcp_write,
             tls_rejected,
             authz_denied,
+            policy_invalid,
         }
     }
 }

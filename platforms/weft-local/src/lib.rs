@@ -4,23 +4,27 @@
 //!
 //! The adapter follows the config file through the core's [`ConfigWatcher`]: a valid edit adds,
 //! changes or removes endpoints at once, an invalid edit is reported by the watcher and ignored
-//! (the last good set stays). Proxies attest with the bootstrap token this adapter writes to a
-//! file only the user can read, plus the name of the workload they run beside.
+//! (the last good set stays).
+//!
+//! Proxies attest with a token of their own workload: the adapter writes one random token per
+//! declared workload to `<data_dir>/tokens/<namespace>/<name>` (mode 0600, directories 0700)
+//! and accepts a token only for the workload it was written for, so the token of one workload
+//! proves nothing about another. A removed workload's token is deleted, and one that comes back
+//! gets a new token.
 //!
 //! [`ConfigWatcher`]: weft_core::config::ConfigWatcher
 
-use std::fs;
-use std::io::Write;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use weft_core::config::{LocalWorkload, MeshConfig};
 use weft_core::platform::{AttestError, Credential, Platform, PlatformError};
+use weft_core::private_fs::{self, PrivateFsError};
 use weft_core::{Identity, RegistryWriter, ServiceName, Workload, WorkloadKey};
 
 /// The name of this platform, its registry source and its credentials' `platform`.
@@ -29,46 +33,101 @@ pub const NAME: &str = "local";
 /// Errors setting the adapter up.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    /// The bootstrap token file could not be read or written.
-    #[error("bootstrap token file {path}: {source}")]
-    TokenFile {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A workload token could not be read or written.
+    #[error("workload token: {0}")]
+    Token(#[from] PrivateFsError),
+    /// A workload name cannot be used as a file name.
+    #[error("workload {0:?} cannot name a token file")]
+    BadName(String),
 }
 
 /// The local platform adapter.
 #[derive(Debug)]
 pub struct LocalPlatform {
     config: watch::Receiver<Arc<MeshConfig>>,
-    token: String,
+    /// The token of each declared workload, by (namespace, name).
+    tokens: Mutex<Tokens>,
 }
 
+type Tokens = BTreeMap<(String, String), String>;
+
 impl LocalPlatform {
-    /// Follows `config` and keeps the bootstrap token in `token_file`: reused if it already holds
-    /// one, otherwise generated and written with mode 0600.
-    pub fn new(
-        config: watch::Receiver<Arc<MeshConfig>>,
-        token_file: &Path,
-    ) -> Result<Self, LocalError> {
-        let token = ensure_token(token_file)?;
-        Ok(Self { config, token })
+    /// Follows `config` and writes the token of every workload it declares (reusing tokens
+    /// already on disk), so proxies can attest as soon as this returns.
+    pub fn new(config: watch::Receiver<Arc<MeshConfig>>) -> Result<Self, LocalError> {
+        let cfg = config.borrow().clone();
+        let tokens = sync_tokens(&cfg, &Tokens::new())?;
+        Ok(Self {
+            config,
+            tokens: Mutex::new(tokens),
+        })
     }
 
     /// The workloads a config declares, as registry entries.
     pub fn workloads_of(cfg: &MeshConfig) -> Vec<Workload> {
-        let Some(local) = cfg.platforms.local.as_ref().filter(|l| l.enabled) else {
-            return Vec::new();
-        };
-        local
-            .workloads
-            .iter()
-            .filter_map(|w| to_workload(cfg, w))
-            .collect()
+        declared(cfg).filter_map(|w| to_workload(cfg, w)).collect()
     }
+
+    fn tokens(&self) -> std::sync::MutexGuard<'_, Tokens> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The workloads of an enabled local platform.
+fn declared(cfg: &MeshConfig) -> impl Iterator<Item = &LocalWorkload> {
+    cfg.platforms
+        .local
+        .iter()
+        .filter(|l| l.enabled)
+        .flat_map(|l| l.workloads.iter())
+}
+
+/// Makes the token files match the workloads `cfg` declares: keeps existing tokens, writes
+/// new ones, deletes those of workloads no longer declared. Returns the tokens in force.
+fn sync_tokens(cfg: &MeshConfig, current: &Tokens) -> Result<Tokens, LocalError> {
+    let root = cfg.data_dir().join("tokens");
+    private_fs::create_private_dir(&root)?;
+    let mut next = Tokens::new();
+    for w in declared(cfg).filter(|w| w.meshed) {
+        let key = (w.namespace.clone(), w.name.clone());
+        let path = token_path(&root, &w.namespace, &w.name)?;
+        let token = match current.get(&key) {
+            Some(t) => t.clone(),
+            None => ensure_token(&path)?,
+        };
+        next.insert(key, token);
+    }
+    let gone: BTreeSet<_> = current.keys().filter(|k| !next.contains_key(k)).collect();
+    for (ns, name) in gone {
+        if let Ok(path) = token_path(&root, ns, name) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(workload = %format!("{ns}/{name}"), "token of a removed workload deleted")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete the token of a removed workload")
+                }
+            }
+        }
+    }
+    Ok(next)
+}
+
+/// `<root>/<namespace>/<name>`, refusing segments that would leave `root`.
+fn token_path(root: &Path, namespace: &str, name: &str) -> Result<PathBuf, LocalError> {
+    for seg in [namespace, name] {
+        let safe = !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && !seg.contains('/')
+            && !seg.contains('\0');
+        if !safe {
+            return Err(LocalError::BadName(seg.to_string()));
+        }
+    }
+    let dir = root.join(namespace);
+    private_fs::create_private_dir(&dir)?;
+    Ok(dir.join(name))
 }
 
 fn to_workload(cfg: &MeshConfig, w: &LocalWorkload) -> Option<Workload> {
@@ -105,7 +164,14 @@ impl Platform for LocalPlatform {
     ) -> Result<(), PlatformError> {
         let mut config = self.config.clone();
         loop {
-            let workloads = Self::workloads_of(&config.borrow_and_update());
+            let cfg = config.borrow_and_update().clone();
+            let synced = sync_tokens(&cfg, &self.tokens());
+            match synced {
+                Ok(tokens) => *self.tokens() = tokens,
+                // The old tokens stay valid; proxies of new workloads wait for the next edit.
+                Err(e) => tracing::error!(error = %e, "cannot write workload tokens"),
+            }
+            let workloads = Self::workloads_of(&cfg);
             tracing::debug!(count = workloads.len(), "local workloads");
             registry.replace_all(workloads);
             tokio::select! {
@@ -124,25 +190,32 @@ impl Platform for LocalPlatform {
         if credential.platform != NAME {
             return Err(AttestError::WrongPlatform(credential.platform.clone()));
         }
-        if !constant_time_eq(credential.token.as_bytes(), self.token.as_bytes()) {
-            return Err(AttestError::Rejected("wrong bootstrap token".into()));
-        }
         let claim = credential
             .workload
             .as_deref()
             .ok_or_else(|| AttestError::Rejected("no workload named".into()))?;
         let (ns, name) = claim
             .split_once('/')
-            .ok_or_else(|| AttestError::Rejected(format!("workload {claim:?} is not ns/name")))?;
+            .ok_or_else(|| AttestError::Rejected("the workload is not namespace/name".into()))?;
+        let expected = self
+            .tokens()
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned();
+        let Some(expected) = expected else {
+            // The claim is echoed only once it names a declared workload (bounded, validated).
+            return Err(AttestError::UnknownWorkload(
+                "(a workload this platform does not declare)".into(),
+            ));
+        };
+        if !constant_time_eq(credential.token.as_bytes(), expected.as_bytes()) {
+            return Err(AttestError::Rejected(format!(
+                "wrong token for workload {ns}/{name}"
+            )));
+        }
         let cfg = self.config.borrow().clone();
-        let w = cfg
-            .platforms
-            .local
-            .iter()
-            .filter(|l| l.enabled)
-            .flat_map(|l| l.workloads.iter())
+        let w = declared(&cfg)
             .find(|w| w.namespace == ns && w.name == name)
-            .ok_or_else(|| AttestError::UnknownWorkload(claim.to_string()))?;
+            .ok_or_else(|| AttestError::UnknownWorkload(format!("{ns}/{name}")))?;
         Identity::new(cfg.mesh.trust_domain.clone(), &w.namespace, w.account())
             .map_err(|e| AttestError::Rejected(e.to_string()))
     }
@@ -154,50 +227,128 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Reads the token in `path` if it is a well-formed one, else writes a new one (mode 0600).
 fn ensure_token(path: &Path) -> Result<String, LocalError> {
-    let io = |source| LocalError::TokenFile {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Ok(existing) = fs::read_to_string(path) {
-        let t = existing.trim();
+    if let Ok(existing) = private_fs::read_private(path) {
+        let t = String::from_utf8_lossy(&existing).trim().to_string();
         if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)?;
-            return Ok(t.to_string());
+            return Ok(t);
         }
     }
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io)?;
-    }
     let mut bytes = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| io(std::io::Error::other("no system randomness")))?;
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| {
+        PrivateFsError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("no system randomness"),
+        }
+    })?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let _ = fs::remove_file(path);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    f.write_all(token.as_bytes()).map_err(io)?;
+    private_fs::write_private(path, token.as_bytes())?;
     Ok(token)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
+    fn config(dir: &Path, workloads: &[&str]) -> Arc<MeshConfig> {
+        let mut text = format!(
+            "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n[platforms.local]\n",
+            dir.display()
+        );
+        for (i, w) in workloads.iter().enumerate() {
+            text.push_str(&format!(
+                "[[platforms.local.workloads]]\nname = \"{w}\"\nnamespace = \"demo\"\nport = {}\n",
+                20000 + i
+            ));
+        }
+        Arc::new(weft_core::config::load_from_str(&text, Path::new("mesh.toml")).unwrap())
+    }
+
+    fn credential(token: &str, workload: &str) -> Credential {
+        Credential {
+            platform: NAME.into(),
+            token: token.into(),
+            workload: Some(workload.into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_workload_has_its_own_private_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_tx, rx) = watch::channel(config(dir.path(), &["web", "api"]));
+        let local = LocalPlatform::new(rx).unwrap();
+        let cfg = config(dir.path(), &[]);
+        let web_file = cfg.workload_token_file("demo", "web");
+        let api_file = cfg.workload_token_file("demo", "api");
+        let web = std::fs::read_to_string(&web_file).unwrap();
+        let api = std::fs::read_to_string(&api_file).unwrap();
+        assert_ne!(web, api);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&web_file), 0o600);
+        assert_eq!(mode(web_file.parent().unwrap()), 0o700);
+
+        let id = local.attest(&credential(&web, "demo/web")).await.unwrap();
+        assert_eq!(id.spiffe_id(), "spiffe://weft.test/ns/demo/sa/web");
+        // web's token proves nothing about api.
+        assert!(matches!(
+            local.attest(&credential(&web, "demo/api")).await,
+            Err(AttestError::Rejected(_))
+        ));
+        assert!(matches!(
+            local.attest(&credential(&web, "demo/ghost")).await,
+            Err(AttestError::UnknownWorkload(_))
+        ));
+        assert!(local.attest(&credential(&api, "demo/api")).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn tokens_follow_the_declared_workloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = watch::channel(config(dir.path(), &["web", "api"]));
+        let local = Arc::new(LocalPlatform::new(rx).unwrap());
+        let registry = weft_core::Registry::new();
+        let stop = CancellationToken::new();
+        let run = {
+            let local = local.clone();
+            let writer = registry.writer(NAME);
+            let stop = stop.clone();
+            tokio::spawn(async move { local.run(writer, stop).await })
+        };
+        let cfg = config(dir.path(), &[]);
+        let api_file = cfg.workload_token_file("demo", "api");
+        let api = std::fs::read_to_string(&api_file).unwrap();
+
+        // api goes away: its token file is deleted and its token no longer attests.
+        let mut reg = registry.subscribe();
+        tx.send_replace(config(dir.path(), &["web"]));
+        reg.wait_for(|s| s.workloads().count() == 1).await.unwrap();
+        assert!(!api_file.exists());
+        assert!(local.attest(&credential(&api, "demo/api")).await.is_err());
+
+        // api comes back with a fresh token; the old one stays useless.
+        tx.send_replace(config(dir.path(), &["web", "api"]));
+        reg.wait_for(|s| s.workloads().count() == 2).await.unwrap();
+        let fresh = std::fs::read_to_string(&api_file).unwrap();
+        assert_ne!(fresh, api);
+        assert!(local.attest(&credential(&api, "demo/api")).await.is_err());
+        assert!(local.attest(&credential(&fresh, "demo/api")).await.is_ok());
+        stop.cancel();
+        run.await.unwrap().unwrap();
+    }
+
     #[test]
-    fn token_file_is_private_and_reused() {
-        let dir = std::env::temp_dir().join(format!("weft-local-token-{}", std::process::id()));
-        let path = dir.join("token");
-        let a = ensure_token(&path).unwrap();
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        assert_eq!(ensure_token(&path).unwrap(), a);
-        fs::write(&path, "short").unwrap();
-        assert_ne!(ensure_token(&path).unwrap(), a);
-        fs::remove_dir_all(dir).unwrap();
+    fn token_paths_stay_under_the_token_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        for (ns, name) in [("..", "x"), ("demo", ".."), ("demo", "a/b"), (".", "x")] {
+            assert!(
+                matches!(
+                    token_path(dir.path(), ns, name),
+                    Err(LocalError::BadName(_))
+                ),
+                "{ns}/{name}"
+            );
+        }
     }
 
     #[test]

@@ -25,8 +25,7 @@ pub async fn run(config: Option<PathBuf>, interval: u64) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let watcher = ConfigWatcher::start(&path, stop.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cfg = watcher.current();
-    let local = weft_local::LocalPlatform::new(watcher.subscribe(), &cfg.bootstrap_token_file())
-        .context("local platform")?;
+    let local = weft_local::LocalPlatform::new(watcher.subscribe()).context("local platform")?;
     let platforms: Vec<Arc<dyn Platform>> = vec![Arc::new(local)];
     let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms)
         .await
@@ -127,7 +126,7 @@ fn proxy_config(
         workload: w.name.clone(),
         account: w.identity.clone(),
         platform: weft_local::NAME.to_string(),
-        token_file: cfg.bootstrap_token_file(),
+        token_file: cfg.workload_token_file(&w.namespace, &w.name),
         inbound_addr: SocketAddr::new(w.address, w.port),
         app_port: w.app_port,
         upstreams: w

@@ -89,10 +89,6 @@ pub struct ControlSection {
     /// The HTTP API: `/ready`, `/metrics`, JSON state.
     #[serde(default = "default_http_addr")]
     pub http_addr: SocketAddr,
-    /// Where the bootstrap token for local proxies is written (mode 0600). Defaults to
-    /// `<ca.data_dir>/bootstrap-token`.
-    #[serde(default)]
-    pub bootstrap_token_file: Option<PathBuf>,
 }
 
 /// `[policy]`.
@@ -244,7 +240,6 @@ impl Default for ControlSection {
         Self {
             grpc_addr: default_grpc_addr(),
             http_addr: default_http_addr(),
-            bootstrap_token_file: None,
         }
     }
 }
@@ -257,7 +252,7 @@ impl LocalWorkload {
 }
 
 impl MeshConfig {
-    /// The data directory of the CA and bootstrap token.
+    /// The data directory of the CA and the local workloads' tokens.
     pub fn data_dir(&self) -> PathBuf {
         if let Some(dir) = &self.ca.data_dir {
             return dir.clone();
@@ -269,12 +264,10 @@ impl MeshConfig {
         base.join("weft").join(&self.mesh.name)
     }
 
-    /// The bootstrap token file.
-    pub fn bootstrap_token_file(&self) -> PathBuf {
-        self.control
-            .bootstrap_token_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir().join("bootstrap-token"))
+    /// The file holding the attestation token of local workload `namespace/name`
+    /// (`<data_dir>/tokens/<namespace>/<name>`, mode 0600), written by the control plane.
+    pub fn workload_token_file(&self, namespace: &str, name: &str) -> PathBuf {
+        self.data_dir().join("tokens").join(namespace).join(name)
     }
 }
 
