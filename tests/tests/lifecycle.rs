@@ -282,9 +282,36 @@ async fn admin_endpoints() {
     let (status, text) = admin_get(p.admin_addr, "GET", "/metrics").await;
     assert_eq!(status, 200);
     assert!(text.ends_with("# EOF\n"), "{text}");
-    assert_eq!(admin_get(p.admin_addr, "GET", "/shutdown").await.0, 405);
-    assert_eq!(admin_get(p.admin_addr, "POST", "/shutdown").await.0, 200);
-    tokio::time::timeout(WAIT, p.shutdown_requested())
+    // Off by default.
+    assert_eq!(admin_get(p.admin_addr, "POST", "/shutdown").await.0, 404);
+
+    // Enabled: a POST with the action header stops the proxy; without the header it does not.
+    let mut cfg = mesh.proxy_config(&WorkloadDecl::client("stoppable"), None, &[]);
+    cfg.admin_shutdown = true;
+    cfg.probe_addr = Some(([127, 0, 0, 1], 0).into());
+    let stoppable = weft_proxy::Proxy::start(cfg).await.unwrap();
+    assert_eq!(
+        admin_get(stoppable.admin_addr, "GET", "/shutdown").await.0,
+        405
+    );
+    assert_eq!(
+        admin_get(stoppable.admin_addr, "POST", "/shutdown").await.0,
+        403
+    );
+    let probes = stoppable.probe_addr.unwrap();
+    assert_eq!(admin_get(probes, "GET", "/live").await.0, 200);
+    assert_eq!(admin_get(probes, "GET", "/metrics").await.0, 404);
+    assert_eq!(admin_get(probes, "POST", "/shutdown").await.0, 404);
+    let mut tcp = tokio::net::TcpStream::connect(stoppable.admin_addr)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut tcp,
+        b"POST /shutdown HTTP/1.1\r\nHost: a\r\nweft-admin-action: shutdown\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(WAIT, stoppable.shutdown_requested())
         .await
         .unwrap();
 

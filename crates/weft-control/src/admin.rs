@@ -1,43 +1,102 @@
-//! The control plane's HTTP listener: `/ready`, `/metrics`, `/api/state`.
+//! The control plane's HTTP listener: `/live`, `/ready`, `/metrics`, `/api/state`.
+//!
+//! `/api/state` shows the whole topology, so the listener binds loopback by default; bound to
+//! any other address, `/metrics` and `/api/state` require `Authorization: Bearer <token>` with
+//! the token the control plane keeps in `<data_dir>/http-token` (0600). The probes stay open.
+//!
+//! Like the proxy's admin listener it holds at most [`MAX_CONNECTIONS`] connections and closes
+//! one that has not sent a whole request head within [`HEADER_TIMEOUT`] (idle keep-alive time
+//! included).
 
 use std::convert::Infallible;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use weft_core::private_fs::{self, PrivateFsError};
 
 use crate::State;
 
+/// Connections the HTTP listener holds at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 128;
+
+/// How long a client may take to send a request head, idle keep-alive time included.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub(crate) async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
-                Err(_) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
             },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%remote, "HTTP listener full; connection closed");
+            continue;
         };
         let state = state.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(&state, req)) }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), svc);
             tokio::select! {
                 _ = conn => {}
                 _ = stop.cancelled() => {}
             }
         });
     }
+}
+
+/// Reads the HTTP API token in `path`, or writes a new random one there (0600).
+pub(crate) fn ensure_http_token(path: &Path) -> Result<String, PrivateFsError> {
+    if let Some(dir) = path.parent() {
+        private_fs::create_private_dir(dir)?;
+    }
+    let token = private_fs::ensure_token(path)?;
+    tracing::info!(file = %path.display(), "the HTTP listener is not on loopback: /metrics and /api/state require the token in this file");
+    Ok(token)
+}
+
+/// Whether `req` carries the token, when one is required.
+fn authorized<B>(state: &State, req: &Request<B>) -> bool {
+    let Some(token) = &state.http_token else {
+        return true;
+    };
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Equal lengths are compared in full, so timing says nothing about the token's bytes.
+    presented.len() == token.len()
+        && presented
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -48,35 +107,66 @@ fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
             .body(Full::new(Bytes::from(body)))
             .unwrap_or_default()
     };
-    match req.uri().path() {
-        "/ready" | "/live" => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+    let path = req.uri().path();
+    if matches!(path, "/metrics" | "/api/state") && !authorized(state, &req) {
+        return text(
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <token from <data_dir>/http-token>\n".into(),
+            "text/plain",
+        );
+    }
+    match path {
+        "/live" => text(StatusCode::OK, "live\n".into(), "text/plain"),
+        "/ready" => match state.not_ready_because() {
+            None => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+                "text/plain",
+            ),
+        },
         "/metrics" => text(
             StatusCode::OK,
             state.metrics.encode(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
-        "/api/state" => {
-            let snap = state.registry.snapshot();
-            let workloads: Vec<_> = snap
-                .workloads()
-                .map(|w| {
-                    serde_json::json!({
-                        "namespace": w.key.namespace,
-                        "name": w.key.name,
-                        "identity": w.identity.spiffe_id(),
-                        "service": w.service.as_ref().map(|s| s.to_string()),
-                        "address": w.address.to_string(),
-                        "protocol": w.protocol.as_str(),
-                        "meshed": w.meshed,
-                    })
-                })
-                .collect();
-            let body = serde_json::json!({
-                "version": snap.version(),
-                "workloads": workloads,
-            });
-            text(StatusCode::OK, body.to_string(), "application/json")
-        }
+        "/api/state" => text(StatusCode::OK, api_state(state), "application/json"),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
     }
+}
+
+fn api_state(state: &State) -> String {
+    let snap = state.registry.snapshot();
+    let workloads: Vec<_> = snap
+        .workloads()
+        .map(|w| {
+            serde_json::json!({
+                "namespace": w.key.namespace,
+                "name": w.key.name,
+                "identity": w.identity.spiffe_id(),
+                "service": w.service.as_ref().map(|s| s.to_string()),
+                "address": w.address.to_string(),
+                "protocol": w.protocol.as_str(),
+                "meshed": w.meshed,
+            })
+        })
+        .collect();
+    let platforms: Vec<_> = state
+        .platforms
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name(),
+                "synced": state.registry.all_synced([p.name()]),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "version": snap.version(),
+        "ready": state.not_ready_because().is_none(),
+        "platforms": platforms,
+        "restart_required": state.restart_required(),
+        "workloads": workloads,
+    })
+    .to_string()
 }

@@ -3,9 +3,14 @@
 //! It composes the core (registry, policy, mesh config), the certificate authority and the
 //! platform adapters it is given, and serves:
 //! - gRPC over TLS (`control.grpc_addr`, default 7443): `Identity.Certify` and `Discovery.Watch`;
-//! - HTTP (`control.http_addr`, default 7080): `/ready`, `/metrics` and `/api/state`.
+//! - HTTP (`control.http_addr`, default 127.0.0.1:7080): `/live`, `/ready`, `/metrics` and
+//!   `/api/state`. Bound to anything but loopback, `/metrics` and `/api/state` require the
+//!   bearer token in `<data_dir>/http-token`.
+//!
+//! Platform adapters that stop are restarted with backoff; `/ready` answers 200 once the gRPC
+//! API serves and every adapter has completed its first full sync.
 
-mod admin;
+pub mod admin;
 mod discovery;
 mod identity;
 mod metrics;
@@ -19,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use weft_ca::CertificateAuthority;
 use weft_core::config::MeshConfig;
 use weft_core::platform::Platform;
-use weft_core::{Identity, Registry};
+use weft_core::{Identity, Registry, RegistryWriter};
 
 pub use discovery::view_for;
 pub use metrics::ControlMetrics;
@@ -42,6 +47,9 @@ pub enum ControlError {
     /// The TLS configuration could not be built.
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
+    /// The HTTP listener's token could not be written.
+    #[error("HTTP API token: {0}")]
+    HttpToken(#[from] weft_core::private_fs::PrivateFsError),
     /// The trust bundle could not be written.
     #[error("writing the trust bundle to {path}: {source}")]
     Bundle {
@@ -79,6 +87,52 @@ pub(crate) struct State {
     pub(crate) shutdown: CancellationToken,
     /// Bounds Certify calls in flight from clients without a mesh certificate.
     pub(crate) anonymous_certify: Arc<tokio::sync::Semaphore>,
+    /// Whether the gRPC server is serving.
+    pub(crate) grpc_serving: std::sync::atomic::AtomicBool,
+    /// The configuration the control plane started with: `[ca]` and `[control]` edits take
+    /// effect only at the next start.
+    pub(crate) started_with: Arc<MeshConfig>,
+    /// The bearer token `/api/state` and `/metrics` require when the HTTP listener is not on
+    /// loopback.
+    pub(crate) http_token: Option<String>,
+}
+
+// === impl State ===
+
+impl State {
+    /// Why the control plane is not ready, if it is not: the CA is loaded once `State` exists,
+    /// so what remains is the gRPC server and each platform's first full sync.
+    pub(crate) fn not_ready_because(&self) -> Option<String> {
+        if !self.grpc_serving.load(std::sync::atomic::Ordering::Acquire) {
+            return Some("the gRPC API is not serving".into());
+        }
+        let waiting: Vec<&str> = self
+            .platforms
+            .iter()
+            .map(|p| p.name())
+            .filter(|name| !self.registry.all_synced([*name]))
+            .collect();
+        if !waiting.is_empty() {
+            return Some(format!(
+                "waiting for the first sync of platform(s) {}",
+                waiting.join(", ")
+            ));
+        }
+        None
+    }
+
+    /// The config sections edited since start that need a restart to take effect.
+    pub(crate) fn restart_required(&self) -> Vec<&'static str> {
+        let now = self.config.borrow().clone();
+        let mut out = Vec::new();
+        if now.ca != self.started_with.ca {
+            out.push("ca");
+        }
+        if now.control != self.started_with.control {
+            out.push("control");
+        }
+        out
+    }
 }
 
 /// Certify calls without a client certificate that may run at once; more are refused with
@@ -112,6 +166,11 @@ impl ControlPlane {
         let grpc_addr = local_addr(&grpc, cfg.control.grpc_addr)?;
         let http_addr = local_addr(&http, cfg.control.http_addr)?;
 
+        let http_token = if cfg.control.http_addr.ip().is_loopback() {
+            None
+        } else {
+            Some(admin::ensure_http_token(&data_dir.join("http-token"))?)
+        };
         let shutdown = CancellationToken::new();
         let registry = Registry::new();
         let state = Arc::new(State {
@@ -122,17 +181,15 @@ impl ControlPlane {
             metrics: ControlMetrics::default(),
             shutdown: shutdown.clone(),
             anonymous_certify: Arc::new(tokio::sync::Semaphore::new(MAX_ANONYMOUS_CERTIFY)),
+            grpc_serving: std::sync::atomic::AtomicBool::new(false),
+            started_with: cfg.clone(),
+            http_token,
         });
 
         let mut tasks = Vec::new();
         for platform in platforms {
             let writer = registry.writer(platform.name());
-            let stop = shutdown.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = platform.run(writer, stop).await {
-                    tracing::error!(platform = platform.name(), error = %e, "platform adapter stopped");
-                }
-            }));
+            tasks.push(tokio::spawn(supervise(platform, writer, shutdown.clone())));
         }
         tasks.push(tokio::spawn(transport::serve_grpc(
             grpc,
@@ -158,6 +215,39 @@ impl ControlPlane {
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// Runs a platform adapter until shutdown, restarting it with backoff whenever it stops.
+/// Its workloads stay in the registry meanwhile: proxies keep routing to the last known
+/// endpoints until the restarted adapter's first full sync replaces them.
+async fn supervise(platform: Arc<dyn Platform>, writer: RegistryWriter, stop: CancellationToken) {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+    const MAX: std::time::Duration = std::time::Duration::from_secs(30);
+    let mut delay = FIRST;
+    loop {
+        let began = tokio::time::Instant::now();
+        let result = platform.run(writer.clone(), stop.clone()).await;
+        if stop.is_cancelled() {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                tracing::warn!(platform = platform.name(), retry_in = ?delay, "platform adapter stopped; restarting")
+            }
+            Err(e) => {
+                tracing::error!(platform = platform.name(), error = %e, retry_in = ?delay, "platform adapter failed; restarting")
+            }
+        }
+        // An adapter that ran for a while before failing starts over from a short delay.
+        if began.elapsed() > MAX {
+            delay = FIRST;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(MAX);
     }
 }
 

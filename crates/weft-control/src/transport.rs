@@ -137,6 +137,10 @@ pub(crate) async fn serve_grpc(
             });
         }
     });
+    state
+        .grpc_serving
+        .store(true, std::sync::atomic::Ordering::Release);
+    let serving = state.clone();
     let result = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -151,6 +155,9 @@ pub(crate) async fn serve_grpc(
         )
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown.cancelled())
         .await;
+    serving
+        .grpc_serving
+        .store(false, std::sync::atomic::Ordering::Release);
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server failed");
     }

@@ -97,6 +97,24 @@ pub fn read_private(path: &Path) -> Result<Vec<u8>, PrivateFsError> {
     fs::read(path).map_err(io(path))
 }
 
+/// Reads the token in `path` if it holds a well-formed one (64 hex digits), else writes a new
+/// random one there with [`write_private`]. Tokens prove who may attest or read; a file that
+/// was tampered with into something shorter is replaced, never trusted.
+pub fn ensure_token(path: &Path) -> Result<String, PrivateFsError> {
+    if let Ok(existing) = read_private(path) {
+        let t = String::from_utf8_lossy(&existing).trim().to_string();
+        if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(t);
+        }
+    }
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| io(path)(std::io::Error::other("no system randomness")))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(path, token.as_bytes())?;
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +151,24 @@ mod tests {
         // Rewriting replaces the content in place.
         write_private(&target, b"again").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"again");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tokens_are_reused_unless_malformed() {
+        let dir = scratch("tokens");
+        create_private_dir(&dir).unwrap();
+        let path = dir.join("token");
+        let a = ensure_token(&path).unwrap();
+        assert_eq!(a.len(), 64);
+        assert_eq!(ensure_token(&path).unwrap(), a);
+        fs::write(&path, "short").unwrap();
+        let b = ensure_token(&path).unwrap();
+        assert_ne!(b, a);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

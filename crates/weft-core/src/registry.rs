@@ -16,6 +16,7 @@ use crate::model::{Endpoint, ServiceName, Workload, WorkloadKey};
 #[derive(Clone, Debug)]
 pub struct Registry {
     tx: watch::Sender<Arc<RegistrySnapshot>>,
+    synced: watch::Sender<BTreeSet<String>>,
 }
 
 /// An immutable view of the registry at one version.
@@ -30,6 +31,7 @@ pub struct RegistrySnapshot {
 pub struct RegistryWriter {
     source: String,
     tx: watch::Sender<Arc<RegistrySnapshot>>,
+    synced: watch::Sender<BTreeSet<String>>,
 }
 
 // === impl Registry ===
@@ -44,7 +46,8 @@ impl Registry {
     /// An empty registry at version 0.
     pub fn new() -> Self {
         let (tx, _) = watch::channel(Arc::new(RegistrySnapshot::default()));
-        Self { tx }
+        let (synced, _) = watch::channel(BTreeSet::new());
+        Self { tx, synced }
     }
 
     /// A writer for the named source (one per platform adapter).
@@ -52,6 +55,7 @@ impl Registry {
         RegistryWriter {
             source: source.into(),
             tx: self.tx.clone(),
+            synced: self.synced.clone(),
         }
     }
 
@@ -64,6 +68,19 @@ impl Registry {
     pub fn snapshot(&self) -> Arc<RegistrySnapshot> {
         self.tx.borrow().clone()
     }
+
+    /// The sources that have completed their first full sync ([`RegistryWriter::replace_all`]).
+    /// A source stays synced after that, through disconnects and restarts of its adapter:
+    /// its last state is still served.
+    pub fn synced_sources(&self) -> BTreeSet<String> {
+        self.synced.borrow().clone()
+    }
+
+    /// Whether every source in `sources` has completed its first full sync.
+    pub fn all_synced<'a>(&self, sources: impl IntoIterator<Item = &'a str>) -> bool {
+        let synced = self.synced.borrow();
+        sources.into_iter().all(|s| synced.contains(s))
+    }
 }
 
 // === impl RegistryWriter ===
@@ -74,7 +91,8 @@ impl RegistryWriter {
         &self.source
     }
 
-    /// Replaces all of this source's workloads, as after a relist or a resync.
+    /// Replaces all of this source's workloads, as after a relist or a resync, and marks the
+    /// source as synced.
     pub fn replace_all(&self, workloads: impl IntoIterator<Item = Workload>) {
         let next: BTreeMap<_, _> = workloads.into_iter().map(|w| (w.key.clone(), w)).collect();
         self.modify(|set| {
@@ -85,6 +103,9 @@ impl RegistryWriter {
                 true
             }
         });
+        // After the write, so a reader that sees the source synced also sees its content.
+        self.synced
+            .send_if_modified(|set| set.insert(self.source.clone()));
     }
 
     /// Adds or updates one workload.
@@ -221,6 +242,19 @@ mod tests {
         assert_eq!(eps.iter().next().unwrap().address.port(), 2);
         b.remove(&workload("two", 2).key);
         assert!(reg.snapshot().services().is_empty());
+    }
+
+    #[test]
+    fn a_source_is_synced_after_its_first_full_sync() {
+        let reg = Registry::new();
+        let a = reg.writer("a");
+        a.upsert(workload("one", 1));
+        assert!(!reg.all_synced(["a"]));
+        a.replace_all([workload("one", 1)]);
+        assert!(reg.all_synced(["a"]));
+        assert!(!reg.all_synced(["a", "b"]));
+        reg.writer("b").replace_all([]);
+        assert!(reg.all_synced(["a", "b"]));
     }
 
     #[test]

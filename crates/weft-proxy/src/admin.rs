@@ -1,44 +1,87 @@
-//! The admin listener: `/live`, `/ready`, `/metrics`, `/shutdown`.
+//! The admin listener (`/live`, `/ready`, `/metrics`, `/shutdown`) and the optional probe
+//! listener (`/live` and `/ready` only), so a pod can expose its probes without the rest.
+//!
+//! Both are small HTTP/1.1 servers with hard bounds: at most [`MAX_CONNECTIONS`] connections
+//! at once (more are closed on accept), and a connection that has not sent a whole request head
+//! within [`HEADER_TIMEOUT`] (an idle keep-alive connection included) is closed, so idle and
+//! slowloris clients cannot pile up.
+//!
+//! `/shutdown` is off unless `--admin-shutdown` is given; then it takes only a POST from a
+//! loopback address carrying the header `weft-admin-action: shutdown`, which a browser cannot
+//! send cross-site without a preflight.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 
-/// Serves the admin endpoints until `stop`.
+/// Connections each admin or probe listener holds at once.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send a request head, idle keep-alive time included.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The header a `/shutdown` request must carry, with the value `shutdown`.
+pub const ACTION_HEADER: &str = "weft-admin-action";
+
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Everything: `/live`, `/ready`, `/metrics`, `/shutdown`.
+    Admin,
+    /// `/live` and `/ready` only.
+    Probes,
+}
+
+/// Serves `endpoints` on `listener` until `stop`.
 pub async fn serve(
     listener: TcpListener,
+    endpoints: Endpoints,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     stop: CancellationToken,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, remote) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
-                Err(_) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
             },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%remote, "admin listener full; connection closed");
+            continue;
         };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
-                let rsp = handle(&shared, &shutdown, req);
+                let rsp = handle(&shared, endpoints, remote, &shutdown, req);
                 async move { Ok::<_, Infallible>(rsp) }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), svc);
             tokio::select! {
                 _ = conn => {}
                 _ = stop.cancelled() => {}
@@ -47,57 +90,138 @@ pub async fn serve(
     }
 }
 
-/// Whether the proxy can serve: it holds a certificate and a first snapshot.
+/// Whether the proxy can serve: it holds an unexpired certificate and a first snapshot.
 pub fn is_ready(shared: &Shared) -> bool {
-    shared.credentials.borrow().is_some() && shared.discovery.borrow().is_some()
+    not_ready_because(shared).is_none()
+}
+
+fn not_ready_because(shared: &Shared) -> Option<&'static str> {
+    if shared.draining.is_cancelled() {
+        return Some("draining");
+    }
+    match shared.credentials.borrow().as_ref() {
+        None => return Some("no certificate yet"),
+        // Peers refuse an expired certificate, so a proxy holding one serves nothing.
+        Some(c) if c.not_after() <= SystemTime::now() => {
+            return Some("certificate expired; renewal has not succeeded");
+        }
+        Some(_) => {}
+    }
+    if shared.discovery.borrow().is_none() {
+        return Some("no discovery snapshot yet");
+    }
+    None
+}
+
+/// Whether a `/shutdown` request may stop the proxy, or the status and reason to refuse it.
+fn may_shut_down<B>(
+    enabled: bool,
+    remote: SocketAddr,
+    req: &Request<B>,
+) -> Result<(), (StatusCode, &'static str)> {
+    if !enabled {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "/shutdown is disabled; start the proxy with --admin-shutdown",
+        ));
+    }
+    if req.method() != Method::POST {
+        return Err((StatusCode::METHOD_NOT_ALLOWED, "use POST"));
+    }
+    if !remote.ip().is_loopback() {
+        return Err((StatusCode::FORBIDDEN, "only from a loopback address"));
+    }
+    if req.headers().get(ACTION_HEADER).map(|v| v.as_bytes()) != Some(b"shutdown") {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "send the header weft-admin-action: shutdown",
+        ));
+    }
+    Ok(())
 }
 
 fn handle(
     shared: &Shared,
+    endpoints: Endpoints,
+    remote: SocketAddr,
     shutdown: &CancellationToken,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, body: String, ctype: &'static str| {
+    let reply = |status: StatusCode, body: &str, ctype: &'static str| {
         Response::builder()
             .status(status)
             .header(http::header::CONTENT_TYPE, ctype)
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(Bytes::from(body.to_string())))
             .unwrap_or_default()
     };
-    match (req.method(), req.uri().path()) {
-        (_, "/live") => reply(StatusCode::OK, "live\n".into(), "text/plain"),
-        (_, "/ready") => {
-            if is_ready(shared) && !shared.draining.is_cancelled() {
-                reply(StatusCode::OK, "ready\n".into(), "text/plain")
-            } else {
-                let why = if shared.draining.is_cancelled() {
-                    "draining"
-                } else if shared.credentials.borrow().is_none() {
-                    "no certificate yet"
-                } else {
-                    "no discovery snapshot yet"
-                };
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready: {why}\n"),
-                    "text/plain",
-                )
-            }
-        }
-        (_, "/metrics") => reply(
+    let text = |status: StatusCode, body: &str| reply(status, body, "text/plain");
+    match (endpoints, req.uri().path()) {
+        (_, "/live") => text(StatusCode::OK, "live\n"),
+        (_, "/ready") => match not_ready_because(shared) {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {why}\n"),
+            ),
+        },
+        (Endpoints::Admin, "/metrics") => reply(
             StatusCode::OK,
-            shared.metrics.encode(),
+            &shared.metrics.encode(),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
-        (&Method::POST, "/shutdown") => {
-            shutdown.cancel();
-            reply(StatusCode::OK, "shutting down\n".into(), "text/plain")
+        (Endpoints::Admin, "/shutdown") => {
+            match may_shut_down(shared.config.admin_shutdown, remote, &req) {
+                Ok(()) => {
+                    tracing::info!(%remote, "shutdown requested on the admin listener");
+                    shutdown.cancel();
+                    text(StatusCode::OK, "shutting down\n")
+                }
+                Err((status, why)) => {
+                    if status == StatusCode::FORBIDDEN {
+                        tracing::warn!(%remote, why, "/shutdown refused");
+                    }
+                    text(status, &format!("{why}\n"))
+                }
+            }
         }
-        (_, "/shutdown") => reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "use POST\n".into(),
-            "text/plain",
-        ),
-        _ => reply(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, header: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().method(method).uri("/shutdown");
+        if let Some(v) = header {
+            b = b.header(ACTION_HEADER, v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn shutdown_needs_the_flag_a_post_loopback_and_the_header() {
+        let lo: SocketAddr = ([127, 0, 0, 1], 4000).into();
+        let lo6: SocketAddr = "[::1]:4000".parse().unwrap();
+        let far: SocketAddr = ([10, 1, 2, 3], 4000).into();
+        let ok = req(Method::POST, Some("shutdown"));
+        assert_eq!(may_shut_down(true, lo, &ok), Ok(()));
+        assert_eq!(may_shut_down(true, lo6, &ok), Ok(()));
+        let status = |r: Result<(), (StatusCode, &str)>| r.unwrap_err().0;
+        assert_eq!(status(may_shut_down(false, lo, &ok)), StatusCode::NOT_FOUND);
+        assert_eq!(status(may_shut_down(true, far, &ok)), StatusCode::FORBIDDEN);
+        assert_eq!(
+            status(may_shut_down(true, lo, &req(Method::GET, Some("shutdown")))),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            status(may_shut_down(true, lo, &req(Method::POST, None))),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(may_shut_down(true, lo, &req(Method::POST, Some("yes")))),
+            StatusCode::FORBIDDEN
+        );
     }
 }

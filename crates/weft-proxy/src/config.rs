@@ -52,9 +52,16 @@ pub struct ProxyConfig {
     /// `api.prod=127.0.0.1:9002`.
     #[arg(long = "upstream", env = "WEFT_PROXY_UPSTREAMS", value_delimiter = ',')]
     pub upstreams: Vec<Upstream>,
-    /// The admin listener (`/live`, `/ready`, `/metrics`, `/shutdown`).
+    /// The admin listener (`/live`, `/ready`, `/metrics`, and `/shutdown` when enabled).
     #[arg(long, env = "WEFT_PROXY_ADMIN_ADDR", default_value = "127.0.0.1:7191")]
     pub admin_addr: SocketAddr,
+    /// Enables `POST /shutdown` on the admin listener (from loopback, with the header
+    /// `weft-admin-action: shutdown`). Off by default.
+    #[arg(long, env = "WEFT_PROXY_ADMIN_SHUTDOWN")]
+    pub admin_shutdown: bool,
+    /// A listener serving only `/live` and `/ready`, for platform probes.
+    #[arg(long, env = "WEFT_PROXY_PROBE_ADDR")]
+    pub probe_addr: Option<SocketAddr>,
     /// How long to wait for a client's first bytes before treating the connection as opaque.
     #[arg(long, env = "WEFT_PROXY_DETECT_TIMEOUT", default_value = "1s", value_parser = humantime_duration)]
     pub detect_timeout: Duration,

@@ -11,7 +11,8 @@
 //! - carries the application's outbound calls on explicit upstream listeners, detecting
 //!   HTTP/1.1, HTTP/2 and opaque TCP, balancing with P2C over peak-EWMA latency, and opening
 //!   mutual TLS to meshed peers ([`outbound`]);
-//! - serves `/live`, `/ready`, `/metrics` and `/shutdown` on the admin listener ([`admin`]).
+//! - serves `/live`, `/ready`, `/metrics` (and `/shutdown` when enabled) on the admin
+//!   listener, and the probes alone on an optional probe listener ([`admin`]).
 
 pub mod admin;
 pub mod config;
@@ -77,6 +78,8 @@ pub struct Shared {
 pub struct Proxy {
     /// The admin listener's address.
     pub admin_addr: SocketAddr,
+    /// The probe listener's address, if there is one.
+    pub probe_addr: Option<SocketAddr>,
     /// The inbound listener's address, if it fronts an app.
     pub inbound_addr: Option<SocketAddr>,
     /// The upstream listeners, by service.
@@ -124,10 +127,23 @@ impl Proxy {
         })?;
         tokio::spawn(admin::serve(
             admin,
+            admin::Endpoints::Admin,
             shared.clone(),
             drain_requested.clone(),
             stop_background.clone(),
         ));
+        let mut probe_addr = None;
+        if let Some(addr) = config.probe_addr {
+            let probes = bind(addr).await?;
+            probe_addr = probes.local_addr().ok();
+            tokio::spawn(admin::serve(
+                probes,
+                admin::Endpoints::Probes,
+                shared.clone(),
+                drain_requested.clone(),
+                stop_background.clone(),
+            ));
+        }
 
         let mut inbound_addr = None;
         if let Some(app_port) = config.app_port {
@@ -144,6 +160,7 @@ impl Proxy {
         tracing::info!(%admin_addr, inbound = ?inbound_addr, upstreams = ?upstream_addrs, "proxy listening");
         Ok(Self {
             admin_addr,
+            probe_addr,
             inbound_addr,
             upstream_addrs,
             shared,

@@ -93,7 +93,7 @@ fn sync_tokens(cfg: &MeshConfig, current: &Tokens) -> Result<Tokens, LocalError>
         let path = token_path(&root, &w.namespace, &w.name)?;
         let token = match current.get(&key) {
             Some(t) => t.clone(),
-            None => ensure_token(&path)?,
+            None => private_fs::ensure_token(&path)?,
         };
         next.insert(key, token);
     }
@@ -223,26 +223,6 @@ impl Platform for LocalPlatform {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Reads the token in `path` if it is a well-formed one, else writes a new one (mode 0600).
-fn ensure_token(path: &Path) -> Result<String, LocalError> {
-    if let Ok(existing) = private_fs::read_private(path) {
-        let t = String::from_utf8_lossy(&existing).trim().to_string();
-        if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(t);
-        }
-    }
-    let mut bytes = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| {
-        PrivateFsError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other("no system randomness"),
-        }
-    })?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    private_fs::write_private(path, token.as_bytes())?;
-    Ok(token)
 }
 
 #[cfg(test)]

@@ -138,6 +138,8 @@ fn proxy_config(
             })
             .collect(),
         admin_addr: ([127, 0, 0, 1], w.admin_port.unwrap_or(0)).into(),
+        admin_shutdown: false,
+        probe_addr: None,
         detect_timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(3),
         dispatch_timeout: Duration::from_secs(3),

@@ -1,0 +1,241 @@
+//! The control plane's HTTP listener and lifecycle: readiness that tells the truth, adapters
+//! restarted without losing their workloads, the token off loopback, restart-only edits, and the
+//! listener's bounds.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use weft_control::ControlPlane;
+use weft_core::config::MeshConfig;
+use weft_core::platform::{AttestError, Credential, Platform, PlatformError};
+use weft_core::{
+    Identity, Protocol, RegistryWriter, ServiceName, TrustDomain, Workload, WorkloadKey,
+};
+use weft_tests::{TestMesh, WAIT, WorkloadDecl, admin_get};
+
+fn config(dir: &std::path::Path, http: &str) -> Arc<MeshConfig> {
+    let text = format!(
+        "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n[control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"{http}\"\n",
+        dir.display()
+    );
+    Arc::new(weft_core::config::load_from_str(&text, std::path::Path::new("m.toml")).unwrap())
+}
+
+fn workload(name: &str) -> Workload {
+    let td = TrustDomain::new("weft.test").unwrap();
+    Workload {
+        key: WorkloadKey {
+            namespace: "fake".into(),
+            name: name.into(),
+        },
+        identity: Identity::new(td, "fake", name).unwrap(),
+        service: Some(ServiceName::new("fake", "svc").unwrap()),
+        address: ([127, 0, 0, 1], 1).into(),
+        protocol: Protocol::Auto,
+        meshed: true,
+        labels: Default::default(),
+    }
+}
+
+/// A platform driven by the test: its `n`-th run waits until `release` reaches `n`, then
+/// syncs one workload `run-<n>`; with `fail_first`, the first run then fails.
+#[derive(Debug, Default)]
+struct ScriptedPlatform {
+    runs: AtomicUsize,
+    started: Notify,
+    release: watch::Sender<usize>,
+    fail_first: bool,
+}
+
+#[async_trait::async_trait]
+impl Platform for ScriptedPlatform {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+    async fn run(
+        &self,
+        registry: RegistryWriter,
+        shutdown: CancellationToken,
+    ) -> Result<(), PlatformError> {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
+        self.started.notify_waiters();
+        let mut released = self.release.subscribe();
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = released.wait_for(|r| *r >= n) => { r.unwrap(); }
+        }
+        registry.replace_all([workload(&format!("run-{n}"))]);
+        if self.fail_first && n == 1 {
+            return Err(PlatformError::Settings {
+                platform: "scripted".into(),
+                reason: "scripted failure".into(),
+            });
+        }
+        shutdown.cancelled().await;
+        Ok(())
+    }
+    async fn attest(&self, _: &Credential) -> Result<Identity, AttestError> {
+        Err(AttestError::Rejected("no".into()))
+    }
+}
+
+async fn wait_status(addr: std::net::SocketAddr, path: &str, want: u16) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = admin_get(addr, "GET", path).await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} stayed {status}: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_every_platform_and_failed_adapters_restart_keeping_their_workloads() {
+    weft_tests::trace_init();
+    let dir = tempfile::tempdir().unwrap();
+    let (_tx, rx) = watch::channel(config(dir.path(), "127.0.0.1:0"));
+    let platform = Arc::new(ScriptedPlatform {
+        fail_first: true,
+        ..Default::default()
+    });
+    let control = ControlPlane::start(rx, vec![platform.clone()])
+        .await
+        .unwrap();
+    let http = control.http_addr;
+
+    // Serving gRPC, but the platform has not synced: not ready, and it says why.
+    let (status, why) = admin_get(http, "GET", "/ready").await;
+    assert_eq!(status, 503);
+    assert!(why.contains("first sync of platform(s) scripted"), "{why}");
+    assert_eq!(admin_get(http, "GET", "/live").await.0, 200);
+
+    // The first run syncs, then fails.
+    platform.release.send_replace(1);
+    wait_status(http, "/ready", 200).await;
+    let mut reg = control.registry.subscribe();
+    tokio::time::timeout(WAIT, async {
+        while platform.runs.load(Ordering::SeqCst) < 2 {
+            platform.started.notified().await;
+        }
+    })
+    .await
+    .expect("the failed adapter is restarted");
+    // Restarted but not synced again: the first run's workloads are still served, and the
+    // control plane stays ready.
+    let snap = reg.borrow_and_update().clone();
+    assert_eq!(
+        snap.workloads()
+            .map(|w| w.key.name.clone())
+            .collect::<Vec<_>>(),
+        ["run-1"]
+    );
+    assert_eq!(admin_get(http, "GET", "/ready").await.0, 200);
+    let state = wait_status(http, "/api/state", 200).await;
+    assert!(state.contains("\"synced\":true"), "{state}");
+
+    // The restarted adapter's first sync replaces them.
+    platform.release.send_replace(2);
+    tokio::time::timeout(
+        WAIT,
+        reg.wait_for(|s| s.workloads().map(|w| w.key.name.as_str()).eq(["run-2"])),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    control.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_the_state_and_metrics_need_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tx, rx) = watch::channel(config(dir.path(), "0.0.0.0:0"));
+    let platform = Arc::new(ScriptedPlatform::default());
+    platform.release.send_replace(1);
+    let control = ControlPlane::start(rx, vec![platform]).await.unwrap();
+    // Reached over loopback, although it listens on every address.
+    let http: std::net::SocketAddr = ([127, 0, 0, 1], control.http_addr.port()).into();
+    assert_eq!(admin_get(http, "GET", "/api/state").await.0, 401);
+    assert_eq!(admin_get(http, "GET", "/metrics").await.0, 401);
+    wait_status(http, "/ready", 200).await;
+
+    let token = std::fs::read_to_string(dir.path().join("http-token")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("http-token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    for (header, want) in [
+        (format!("Bearer {}", token.trim()), 200),
+        (format!("Bearer {}x", token.trim()), 401),
+        ("Bearer ".to_string(), 401),
+        (token.trim().to_string(), 401),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("/api/state")
+            .header(http::header::AUTHORIZATION, header.as_str())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let status = send.send_request(req).await.unwrap().status().as_u16();
+        assert_eq!(status, want, "{header:?}");
+    }
+    control.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_that_need_a_restart_are_reported_not_applied() {
+    let mut mesh = TestMesh::start(&[WorkloadDecl::client("web")], "").await;
+    let http = mesh.control.as_ref().unwrap().http_addr;
+    let state = wait_status(http, "/api/state", 200).await;
+    assert!(state.contains("\"restart_required\":[]"), "{state}");
+    mesh.set_ca_extra("leaf_ttl = \"2h\"");
+    mesh.set_workloads(&[WorkloadDecl::client("web")]).await;
+    let state = wait_status(http, "/api/state", 200).await;
+    assert!(state.contains("\"restart_required\":[\"ca\"]"), "{state}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_http_listener_closes_idle_clients_and_bounds_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (_tx, rx) = watch::channel(config(dir.path(), "127.0.0.1:0"));
+    let control = ControlPlane::start(rx, vec![]).await.unwrap();
+    let http = control.http_addr;
+    let started = tokio::time::Instant::now();
+    let mut held = Vec::new();
+    for i in 0..weft_control::admin::MAX_CONNECTIONS {
+        let mut tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+        if i % 2 == 0 {
+            tcp.write_all(b"GET /live HTTP/1.1\r\n").await.unwrap();
+        }
+        held.push(tcp);
+    }
+    let mut extra = tokio::net::TcpStream::connect(http).await.unwrap();
+    extra
+        .write_all(b"GET /live HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = extra.read_to_end(&mut out).await;
+    assert!(out.is_empty(), "{out:?}");
+    assert!(started.elapsed() < weft_control::admin::HEADER_TIMEOUT);
+    for tcp in &mut held {
+        let _ = tcp.read_to_end(&mut out).await;
+    }
+    assert!(started.elapsed() >= weft_control::admin::HEADER_TIMEOUT);
+    control.shutdown().await;
+}
