@@ -2,7 +2,8 @@
 
 mod dev;
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
@@ -38,24 +39,44 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs go to stderr so that stdout holds only what `weft` prints for the user (golden
+    // lines, check results), and are coloured only on a terminal.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .init();
     match cli.command {
         Command::Dev { config, interval } => dev::run(config, interval).await,
-        Command::Check { config } => match weft_core::config::load(&config) {
-            Ok(cfg) => {
-                let workloads = cfg.platforms.local.map(|l| l.workloads.len()).unwrap_or(0);
-                println!(
-                    "{}: ok (mesh {}, trust domain {}, {workloads} local workloads)",
-                    config.display(),
-                    cfg.mesh.name,
-                    cfg.mesh.trust_domain
-                );
-                Ok(())
+        Command::Check { config } => check(&config),
+    }
+}
+
+/// `weft check`: the verdict on stdout, each warning and the error on stderr. Warnings alone
+/// do not fail the check.
+fn check(config: &Path) -> anyhow::Result<()> {
+    match weft_core::config::load(config) {
+        Ok(cfg) => {
+            for w in &cfg.warnings {
+                eprintln!("{w}");
             }
-            Err(e) => {
-                eprintln!("{e}");
-                std::process::exit(1);
-            }
-        },
+            let workloads = cfg.platforms.local.map(|l| l.workloads.len()).unwrap_or(0);
+            let warnings = match cfg.warnings.len() {
+                0 => String::new(),
+                1 => ", 1 warning".to_string(),
+                n => format!(", {n} warnings"),
+            };
+            println!(
+                "{}: ok (mesh {}, trust domain {}, {workloads} local workloads{warnings})",
+                config.display(),
+                cfg.mesh.name,
+                cfg.mesh.trust_domain
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1);
+        }
     }
 }

@@ -125,6 +125,10 @@ impl State {
     pub(crate) fn restart_required(&self) -> Vec<&'static str> {
         let now = self.config.borrow().clone();
         let mut out = Vec::new();
+        // The mesh name fixes the data directory and the trust domain fixes the CA.
+        if now.mesh != self.started_with.mesh {
+            out.push("mesh");
+        }
         if now.ca != self.started_with.ca {
             out.push("ca");
         }

@@ -1,6 +1,7 @@
 //! `weft-control`: the control plane as a process (a Deployment on Kubernetes, a service job on
 //! Nomad). It runs the platform adapters that the mesh config file enables.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -27,13 +28,22 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr, leaving stdout to the program's output, and are coloured only on a
+    // terminal so that redirected logs carry no escape codes.
+    let ansi = std::io::stderr().is_terminal();
     if args.log_json {
         tracing_subscriber::fmt()
             .json()
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_env_filter(filter)
+            .init();
     }
     let stop = CancellationToken::new();
     let watcher = ConfigWatcher::start(&args.config, stop.clone())?;

@@ -14,7 +14,9 @@ pub enum ModelError {
     #[error("invalid trust domain {0:?}: use lowercase letters, digits, '.', '-' and '_'")]
     TrustDomain(String),
     /// A namespace or name segment that cannot appear in a SPIFFE ID.
-    #[error("invalid name {0:?}: use 1-63 lowercase letters, digits, '-', '_' or '.'")]
+    #[error(
+        "invalid name {0:?}: use 1-63 lowercase letters, digits, '-', '_' or '.', and not \".\" or \"..\""
+    )]
     Name(String),
     /// A SPIFFE ID that is not of the form `spiffe://<domain>/ns/<ns>/sa/<name>`.
     #[error("invalid SPIFFE ID {0:?}: expected spiffe://<trust-domain>/ns/<namespace>/sa/<name>")]
@@ -147,8 +149,13 @@ impl<'de> Deserialize<'de> for TrustDomain {
 }
 
 /// Checks a namespace or name segment.
+///
+/// Names become path segments (of SPIFFE IDs, and of the data directory for the mesh name), so
+/// `.` and `..` are refused: they would point at the current or parent directory.
 pub fn check_name(name: &str) -> Result<(), ModelError> {
     let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
         && name.len() <= 63
         && name.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
@@ -339,9 +346,28 @@ mod tests {
             "spiffe://Weft/ns/a/sa/b",
             "spiffe://weft.local/ns//sa/b",
             "spiffe://weft.local/sa/a/ns/b",
+            "spiffe://weft.local/ns/../sa/b",
+            "spiffe://weft.local/ns/./sa/b",
+            "spiffe://weft.local/ns/a/sa/..",
+            "spiffe://weft.local/ns/a/sa/.",
         ] {
             assert!(Identity::parse_spiffe(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn dot_and_dot_dot_are_not_names() {
+        for bad in [".", ".."] {
+            assert_eq!(check_name(bad), Err(ModelError::Name(bad.to_string())));
+            let td = TrustDomain::new("weft.local").unwrap();
+            assert!(Identity::new(td.clone(), bad, "web").is_err(), "{bad}");
+            assert!(Identity::new(td, "demo", bad).is_err(), "{bad}");
+        }
+        // Dots elsewhere stay legal, as they were.
+        for good in ["a.b", "...", ".hidden", "v1.2"] {
+            assert_eq!(check_name(good), Ok(()), "{good}");
+        }
+        assert!(ServiceName::parse("api...", "demo").is_err());
     }
 
     #[test]

@@ -58,7 +58,7 @@ fn env_configured_binary_serves_admin_and_exits_cleanly_on_sigterm() {
         .env("WEFT_PROXY_LOG_JSON", "true")
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
 
@@ -93,14 +93,22 @@ fn env_configured_binary_serves_admin_and_exits_cleanly_on_sigterm() {
     assert!(exit.success(), "{exit:?}");
     assert_eq!(status(admin, "/live"), None, "admin listener closed");
 
-    // --log-json: every log line is a JSON object.
+    // --log-json: every log line is a JSON object, on stderr; stdout stays empty.
     let mut logs = String::new();
     child
-        .stdout
+        .stderr
         .take()
         .unwrap()
         .read_to_string(&mut logs)
         .unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(out, "", "logs on stdout");
     assert!(logs.lines().count() > 0);
     for line in logs.lines() {
         assert!(

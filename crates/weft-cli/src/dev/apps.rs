@@ -14,19 +14,21 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use weft_core::config::{DemoApp, LocalWorkload};
 
 /// Requests per second of the traffic loop.
 const LOAD_RPS: u64 = 20;
 
-/// Starts the demo server `demo` for workload `w` on `127.0.0.1:port`.
+/// Starts the demo server `demo` for workload `w` on `127.0.0.1:port`, until `stop`. The
+/// returned task ends once the listener is closed, so the port can be bound again.
 pub async fn spawn(
     demo: DemoApp,
     port: u16,
     w: &LocalWorkload,
     stop: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<JoinHandle<()>> {
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let name = format!("{}/{}", w.namespace, w.name);
     let upstream: Option<SocketAddr> = w
@@ -36,7 +38,7 @@ pub async fn spawn(
         .map(|p| ([127, 0, 0, 1], *p).into());
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         loop {
             let tcp = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -63,8 +65,7 @@ pub async fn spawn(
                 let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
             });
         }
-    });
-    Ok(())
+    }))
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -136,7 +137,7 @@ async fn web(
 }
 
 /// Sends `LOAD_RPS` requests a second to `target` until `stop`.
-pub fn spawn_load(_demo: DemoApp, target: SocketAddr, stop: CancellationToken) {
+pub fn spawn_load(_demo: DemoApp, target: SocketAddr, stop: CancellationToken) -> JoinHandle<()> {
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     tokio::spawn(async move {
@@ -157,5 +158,5 @@ pub fn spawn_load(_demo: DemoApp, target: SocketAddr, stop: CancellationToken) {
                 }
             });
         }
-    });
+    })
 }

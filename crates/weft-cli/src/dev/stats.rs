@@ -23,10 +23,11 @@ pub struct Sample {
     pub buckets: BTreeMap<u64, f64>,
 }
 
-/// Keeps the previous sample of each service to report rates.
+/// Keeps the previous sample of each proxy to report rates.
 pub struct Golden {
     targets: Vec<(String, SocketAddr)>,
-    last: BTreeMap<String, (Instant, Sample)>,
+    /// Keyed by service and admin address: two proxies of one service count separately.
+    last: BTreeMap<(String, SocketAddr), (Instant, Sample)>,
     client: Client<HttpConnector, Empty<Bytes>>,
 }
 
@@ -39,6 +40,18 @@ impl Golden {
         }
     }
 
+    /// Follows the proxies that run now: services of proxies gone are no longer scraped.
+    pub fn set_targets(&mut self, targets: Vec<(String, SocketAddr)>) {
+        self.last.retain(|key, _| targets.contains(key));
+        self.targets = targets;
+    }
+
+    /// Forgets the previous sample of the proxy at `admin`: it stopped, and one started on the
+    /// same address counts from zero again.
+    pub fn forget(&mut self, admin: SocketAddr) {
+        self.last.retain(|(_, a), _| *a != admin);
+    }
+
     /// One line per service.
     pub async fn sample(&mut self) -> Vec<String> {
         let mut lines = Vec::new();
@@ -49,11 +62,12 @@ impl Golden {
                 continue;
             };
             let cur = parse(&text);
-            if let Some((then, prev)) = self.last.get(&service) {
+            let key = (service, admin);
+            if let Some((then, prev)) = self.last.get(&key) {
                 let secs = now.duration_since(*then).as_secs_f64().max(0.001);
-                lines.push(format_line(&service, prev, &cur, secs));
+                lines.push(format_line(&key.0, prev, &cur, secs));
             }
-            self.last.insert(service, (now, cur));
+            self.last.insert(key, (now, cur));
         }
         lines
     }

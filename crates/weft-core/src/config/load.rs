@@ -36,8 +36,35 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// A key that is accepted but has no effect, or a value that cannot do what it seems to say.
+/// The file still loads; `weft check` prints these and the control plane logs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// The file.
+    pub file: PathBuf,
+    /// The 1-based line where the key stands, when it can be found.
+    pub line: Option<usize>,
+    /// The dotted key path, e.g. `platforms.local.workloads[1].app_port`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        write!(f, ": key `{}`: warning: {}", self.key, self.message)
+    }
+}
+
 /// Loads, overrides from `WEFT_*__*` environment variables, and validates a mesh config file.
 pub fn load(path: &Path) -> Result<MeshConfig, ConfigError> {
+    // Checked before reading so that a `.json` file is refused for what it is, not for the
+    // TOML syntax error its content would cause.
+    format_of(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         line: None,
@@ -50,21 +77,102 @@ pub fn load(path: &Path) -> Result<MeshConfig, ConfigError> {
 /// Like [`load`], for text already read from `path`.
 pub(super) fn load_text(text: &str, path: &Path) -> Result<MeshConfig, ConfigError> {
     let env = weft_env_overrides(std::env::vars());
-    let mut cfg = parse(text, format_of(path), path, env)?;
+    let mut cfg = parse(text, format_of(path)?, path, env, &DataHome::from_env())?;
     cfg.source = Some(path.to_path_buf());
     Ok(cfg)
 }
 
 /// Parses and validates config text as if read from `path` (which picks the format), without
-/// environment overrides.
+/// environment overrides. The default data directory still comes from `XDG_DATA_HOME` or
+/// `HOME`.
 pub fn load_from_str(text: &str, path: &Path) -> Result<MeshConfig, ConfigError> {
-    parse(text, format_of(path), path, HashMap::new())
+    parse(
+        text,
+        format_of(path)?,
+        path,
+        HashMap::new(),
+        &DataHome::from_env(),
+    )
 }
 
-fn format_of(path: &Path) -> FileFormat {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("yaml" | "yml") => FileFormat::Yaml,
-        _ => FileFormat::Toml,
+/// The format a path's extension names. A file without an extension is read as TOML, the
+/// default format; any other extension is refused rather than parsed as TOML by mistake.
+fn format_of(path: &Path) -> Result<FileFormat, ConfigError> {
+    let Some(ext) = path.extension() else {
+        return Ok(FileFormat::Toml);
+    };
+    match ext.to_string_lossy().to_ascii_lowercase().as_str() {
+        "toml" => Ok(FileFormat::Toml),
+        "yaml" | "yml" => Ok(FileFormat::Yaml),
+        _ => Err(ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!(
+                "unsupported file extension `.{}`: use .toml, .yaml or .yml",
+                ext.to_string_lossy()
+            ),
+        }),
+    }
+}
+
+/// Where the default data directory comes from, read once from the environment (and given
+/// explicitly by tests, which cannot safely change the process environment).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct DataHome {
+    /// `$XDG_DATA_HOME`, when set and not empty.
+    pub xdg_data_home: Option<PathBuf>,
+    /// `$HOME`, when set and not empty.
+    pub home: Option<PathBuf>,
+}
+
+impl DataHome {
+    /// Reads both variables. Empty values count as unset, as the XDG spec says for
+    /// `XDG_DATA_HOME`; an empty `HOME` would otherwise make a relative path.
+    pub fn from_env() -> Self {
+        let var = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        Self {
+            xdg_data_home: var("XDG_DATA_HOME"),
+            home: var("HOME"),
+        }
+    }
+
+    /// The base under which `weft/<mesh name>` is made, if either variable is set.
+    pub fn base(&self) -> Option<PathBuf> {
+        self.xdg_data_home
+            .clone()
+            .or_else(|| self.home.as_ref().map(|h| h.join(".local/share")))
+    }
+}
+
+/// Refuses YAML anchors (`&a`) and aliases (`*a`, `<<: *a`). `config` expands every alias
+/// into a copy of its anchor, so a few hundred bytes of nested aliases grow into gigabytes; the
+/// mesh config never needs them. The event parser reports anchors and aliases without
+/// expanding anything, and tells a real alias from a `*` or `&` inside a quoted string.
+fn refuse_yaml_anchors(text: &str) -> Result<(), usize> {
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        // A syntax error ends the scan: `config` reports it next, with its own line.
+        let Ok((event, mark)) = parser.next_token() else {
+            return Ok(());
+        };
+        // Anchor ids start at 1; 0 means the node has no anchor.
+        let anchored = match event {
+            Event::StreamEnd => return Ok(()),
+            Event::Alias(_) => true,
+            Event::Scalar(_, _, anchor, _)
+            | Event::SequenceStart(anchor, _)
+            | Event::MappingStart(anchor, _) => anchor != 0,
+            _ => false,
+        };
+        if anchored {
+            return Err(mark.line());
+        }
     }
 }
 
@@ -80,6 +188,7 @@ fn parse(
     format: FileFormat,
     path: &Path,
     env: HashMap<String, String>,
+    data_home: &DataHome,
 ) -> Result<MeshConfig, ConfigError> {
     let err_at = |key: Option<String>, message: String, line: Option<usize>| {
         let line = line.or_else(|| key.as_deref().and_then(|k| locate(text, format, k)));
@@ -90,6 +199,15 @@ fn parse(
             message,
         }
     };
+    if format == FileFormat::Yaml
+        && let Err(line) = refuse_yaml_anchors(text)
+    {
+        return Err(err_at(
+            None,
+            "YAML anchors and aliases are not supported: write the value out in full".into(),
+            Some(line),
+        ));
+    }
     let built = Config::builder()
         .add_source(File::from_str(text, format))
         .add_source(
@@ -108,7 +226,17 @@ fn parse(
         let (key, msg, line) = explain(&e);
         err_at(key, msg, line)
     })?;
-    validate::validate(&mut cfg).map_err(|(key, msg)| err_at(Some(key), msg, None))?;
+    let warnings = validate::validate(&mut cfg, data_home)
+        .map_err(|(key, msg)| err_at(Some(key), msg, None))?;
+    cfg.warnings = warnings
+        .into_iter()
+        .map(|(key, message)| ConfigWarning {
+            file: path.to_path_buf(),
+            line: locate(text, format, &key),
+            key,
+            message,
+        })
+        .collect();
     Ok(cfg)
 }
 
@@ -337,6 +465,294 @@ port = 7143
         load_from_str(text, Path::new("mesh.toml")).unwrap_err()
     }
 
+    /// A fixed home, so that tests do not depend on the environment they run in.
+    fn home() -> DataHome {
+        DataHome {
+            xdg_data_home: None,
+            home: Some(PathBuf::from("/home/someone")),
+        }
+    }
+
+    fn load_with(text: &str, file: &str, home: &DataHome) -> Result<MeshConfig, ConfigError> {
+        let path = Path::new(file);
+        parse(text, format_of(path)?, path, HashMap::new(), home)
+    }
+
+    fn load_toml(text: &str) -> Result<MeshConfig, ConfigError> {
+        load_with(text, "mesh.toml", &home())
+    }
+
+    /// GOOD with `extra` appended as one more workload's keys.
+    fn with_workload(extra: &str) -> String {
+        format!(
+            "{GOOD}\n[[platforms.local.workloads]]\nname = \"x\"\nnamespace = \"demo\"\n{extra}\n"
+        )
+    }
+
+    /// 9 levels of 9 aliases each: 9^9 (about 387 million) leaves once expanded.
+    const ALIAS_BOMB: &str = "mesh:\n  name: t\n  trust_domain: weft.test\n\
+a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n\
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n\
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n\
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n\
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n\
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n\
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n\
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\n\
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n";
+
+    #[test]
+    fn yaml_alias_bomb_is_refused_before_expansion() {
+        assert!(ALIAS_BOMB.len() < 400, "{}", ALIAS_BOMB.len());
+        let e = load_with(ALIAS_BOMB, "mesh.yaml", &home()).unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("mesh.yaml:4: YAML anchors and aliases are not supported"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn yaml_anchors_and_aliases_are_refused_where_they_stand() {
+        let base = "mesh:\n  name: t\n  trust_domain: weft.test\n";
+        assert!(load_with(base, "m.yml", &home()).is_ok());
+        // An anchor alone, on a value that is otherwise fine.
+        let e = load_with(&base.replace("name: t", "name: &n t"), "m.yml", &home()).unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert_eq!(
+            e.message,
+            "YAML anchors and aliases are not supported: write the value out in full"
+        );
+        // A merge key: an alias of a mapping.
+        let text = format!(
+            "{base}platforms:\n  local:\n    workloads:\n      - &w\n        name: a\n        port: 7143\n      - <<: *w\n        name: b\n"
+        );
+        let e = load_with(&text, "m.yaml", &home()).unwrap_err();
+        assert!(e.message.contains("anchors and aliases"), "{e}");
+        assert!(matches!(e.line, Some(7 | 8)), "{e}");
+    }
+
+    #[test]
+    fn yaml_ampersands_and_stars_in_strings_are_fine() {
+        let text = r#"mesh:
+  name: t
+  trust_domain: weft.test
+policy:
+  authorizations:
+    - service: api.demo
+      allow: ["*", '*']
+platforms:
+  local:
+    workloads:
+      - name: api
+        namespace: demo
+        service: api
+        port: 7143
+        identity: "a&b"
+"#;
+        let e = load_with(text, "mesh.yaml", &home()).unwrap_err();
+        // Parsed past the anchor check: the refusal is the invalid identity name.
+        assert!(e.to_string().contains("invalid name \"a&b\""), "{e}");
+        let ok = text.replace("identity: \"a&b\"", "# &anchor *alias in a comment");
+        let cfg = load_with(&ok, "mesh.yaml", &home()).unwrap();
+        assert_eq!(cfg.authorization_rules[0].from.len(), 2);
+    }
+
+    #[test]
+    fn unsupported_extensions_are_refused_by_name() {
+        let e = load_with("{}", "mesh.json", &home()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "mesh.json: unsupported file extension `.json`: use .toml, .yaml or .yml"
+        );
+        let e = load(Path::new("/nonexistent/mesh.conf")).unwrap_err();
+        assert!(
+            e.message.contains("unsupported file extension `.conf`"),
+            "{e}"
+        );
+        // Without an extension the file is TOML; upper case extensions count as theirs.
+        assert!(load_with(GOOD, "mesh", &home()).is_ok());
+        assert!(load_with(GOOD, "MESH.TOML", &home()).is_ok());
+    }
+
+    #[test]
+    fn dot_names_cannot_move_the_data_dir() {
+        for name in [".", ".."] {
+            let e = load_toml(&GOOD.replace("name = \"dev\"", &format!("name = \"{name}\"")))
+                .unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("mesh.name"), "{e}");
+            assert_eq!(e.line, Some(3), "{e}");
+        }
+        let cfg = load_toml(&GOOD.replace("name = \"dev\"", "name = \"dev.1\"")).unwrap();
+        assert_eq!(
+            cfg.data_dir(),
+            Path::new("/home/someone/.local/share/weft/dev.1")
+        );
+        let e = load_toml(&with_workload("port = 7200\nidentity = \"..\"")).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("platforms.local.workloads[1].identity"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn control_namespace_is_reserved() {
+        let e = load_toml(&GOOD.replace("namespace = \"demo\"", "namespace = \"weft-system\""))
+            .unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("platforms.local.workloads[0].namespace"),
+            "{e}"
+        );
+        assert_eq!(e.line, Some(8), "{e}");
+        assert!(e.message.contains("reserved for the control plane"), "{e}");
+    }
+
+    #[test]
+    fn data_dir_is_resolved_once_and_never_a_temp_dir() {
+        let xdg = DataHome {
+            xdg_data_home: Some(PathBuf::from("/xdg")),
+            home: Some(PathBuf::from("/home/someone")),
+        };
+        let cfg = load_with(GOOD, "mesh.toml", &xdg).unwrap();
+        assert_eq!(cfg.data_dir(), Path::new("/xdg/weft/dev"));
+        let cfg = load_toml(GOOD).unwrap();
+        assert_eq!(
+            cfg.data_dir(),
+            Path::new("/home/someone/.local/share/weft/dev")
+        );
+
+        let e = load_with(GOOD, "mesh.toml", &DataHome::default()).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("ca.data_dir"), "{e}");
+        assert!(
+            e.to_string().ends_with(
+                "key `ca.data_dir`: set ca.data_dir: neither XDG_DATA_HOME nor HOME is set"
+            ),
+            "{e}"
+        );
+        let explicit = format!("{GOOD}\n[ca]\ndata_dir = \"/var/lib/weft\"\n");
+        let cfg = load_with(&explicit, "mesh.toml", &DataHome::default()).unwrap();
+        assert_eq!(cfg.data_dir(), Path::new("/var/lib/weft"));
+
+        let e = load_toml(&format!("{GOOD}\n[ca]\ndata_dir = \"\"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("ca.data_dir"), "{e}");
+        assert_eq!(e.line, Some(13), "{e}");
+        assert!(e.message.contains("must not be empty"), "{e}");
+    }
+
+    #[test]
+    fn workload_ports_cannot_take_the_control_planes() {
+        // The default control listeners are 127.0.0.1:7443 and 127.0.0.1:7080.
+        for (extra, key, other) in [
+            ("port = 7443", "port", "control.grpc_addr"),
+            (
+                "port = 7200\napp_port = 7080",
+                "app_port",
+                "control.http_addr",
+            ),
+            (
+                "port = 7200\nadmin_port = 7443",
+                "admin_port",
+                "control.grpc_addr",
+            ),
+            (
+                "port = 7200\nupstreams = { api = 7080 }",
+                "upstreams.api",
+                "control.http_addr",
+            ),
+            (
+                "address = \"0.0.0.0\"\nport = 7443",
+                "port",
+                "control.grpc_addr",
+            ),
+        ] {
+            let e = load_toml(&with_workload(extra)).unwrap_err();
+            assert_eq!(
+                e.key.as_deref(),
+                Some(format!("platforms.local.workloads[1].{key}").as_str()),
+                "{e}"
+            );
+            assert!(
+                e.message.contains(&format!("already used by {other}")),
+                "{e}"
+            );
+        }
+        // Control listening on every address clashes with a workload on any one of them.
+        let wild = format!("{GOOD}\n[control]\ngrpc_addr = \"0.0.0.0:7144\"\n");
+        let e = load_toml(&wild.replace("port = 7143", "port = 7144")).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("platforms.local.workloads[0].port"),
+            "{e}"
+        );
+        assert!(
+            e.message.contains("control.grpc_addr (0.0.0.0:7144)"),
+            "{e}"
+        );
+        // And the two control listeners with each other.
+        let e = load_toml(&format!(
+            "{GOOD}\n[control]\ngrpc_addr = \"0.0.0.0:7500\"\nhttp_addr = \"127.0.0.1:7500\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("control.http_addr"), "{e}");
+        // A different address, or port 0 (any free port), is fine.
+        assert!(load_toml(&with_workload("address = \"127.0.0.2\"\nport = 7443")).is_ok());
+        let zero = format!(
+            "{GOOD}\n[control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n"
+        );
+        assert!(load_toml(&zero).is_ok());
+    }
+
+    #[test]
+    fn keys_without_effect_are_warned_about_with_their_line() {
+        let text = with_workload(
+            "port = 7200\nmeshed = false\napp_port = 7201\nadmin_port = 7202\ndemo = \"echo\"\nupstreams = { api = 7203 }",
+        );
+        let cfg = load_toml(&text).unwrap();
+        let keys: Vec<_> = cfg.warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "platforms.local.workloads[1].app_port",
+                "platforms.local.workloads[1].upstreams",
+                "platforms.local.workloads[1].demo",
+                "platforms.local.workloads[1].admin_port",
+            ]
+        );
+        assert_eq!(
+            cfg.warnings[0].to_string(),
+            "mesh.toml:17: key `platforms.local.workloads[1].app_port`: warning: \
+             has no effect with meshed = false: no proxy runs for this workload"
+        );
+        // The same keys on a meshed workload are used, so not warned about.
+        let meshed = load_toml(&with_workload(
+            "port = 7200\napp_port = 7201\nadmin_port = 7202",
+        ))
+        .unwrap();
+        assert!(meshed.warnings.is_empty(), "{:?}", meshed.warnings);
+    }
+
+    #[test]
+    fn foreign_trust_domain_patterns_are_warned_about() {
+        let text = format!(
+            "{GOOD}\n[[policy.authorizations]]\nservice = \"api.demo\"\n\
+             allow = [\"demo/web\", \"spiffe://other.test/ns/demo/sa/web\", \"spiffe://weft.test/ns/demo/sa/x\"]\n"
+        );
+        let cfg = load_toml(&text).unwrap();
+        assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+        let w = &cfg.warnings[0];
+        assert_eq!(w.key, "policy.authorizations[0].allow[1]");
+        assert_eq!(w.line, Some(14));
+        assert!(
+            w.message
+                .contains("trust domain other.test, not in mesh.trust_domain weft.test"),
+            "{w}"
+        );
+        assert!(load_toml(GOOD).unwrap().warnings.is_empty());
+    }
+
     #[test]
     fn good_file_loads() {
         let cfg = load_from_str(GOOD, Path::new("mesh.toml")).unwrap();
@@ -378,7 +794,7 @@ port = 7143
     #[test]
     fn env_overrides_apply() {
         let env = HashMap::from([("WEFT_MESH__NAME".to_string(), "prod".to_string())]);
-        let cfg = parse(GOOD, FileFormat::Toml, Path::new("m.toml"), env).unwrap();
+        let cfg = parse(GOOD, FileFormat::Toml, Path::new("m.toml"), env, &home()).unwrap();
         assert_eq!(cfg.mesh.name, "prod");
         let only = weft_env_overrides(
             [

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::load::{ConfigWarning, DataHome};
 use crate::model::{Protocol, TrustDomain};
 use crate::policy::{AuthorizationRule, Decision};
 
@@ -34,6 +35,14 @@ pub struct MeshConfig {
     /// The file this configuration was read from.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// What validation found suspicious without refusing the file: keys with no effect,
+    /// patterns that can match nothing.
+    #[serde(skip)]
+    pub warnings: Vec<ConfigWarning>,
+    /// The data directory, resolved once by validation so that it never changes under a
+    /// running process and never falls back to a shared temporary directory.
+    #[serde(skip)]
+    pub(super) resolved_data_dir: Option<PathBuf>,
 }
 
 /// `[mesh]`.
@@ -51,7 +60,8 @@ pub struct MeshSection {
 #[serde(deny_unknown_fields)]
 pub struct CaSection {
     /// Where a generated root and intermediate are kept (mode 0700). Defaults to
-    /// `$XDG_DATA_HOME/weft/<mesh name>` or `~/.local/share/weft/<mesh name>`.
+    /// `$XDG_DATA_HOME/weft/<mesh name>` or `~/.local/share/weft/<mesh name>`; when neither
+    /// variable is set it must be given. Must not be empty.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
     /// Lifetime of proxy leaf certificates, e.g. `24h`.
@@ -252,16 +262,27 @@ impl LocalWorkload {
 }
 
 impl MeshConfig {
-    /// The data directory of the CA and the local workloads' tokens.
+    /// The data directory of the CA and the local workloads' tokens: `ca.data_dir`, or the default under
+    /// `XDG_DATA_HOME` or `HOME`, as resolved when the file was loaded.
+    ///
+    /// Loading refuses a file when neither variable is set and `ca.data_dir` is not given, so a
+    /// loaded config always has one. A `MeshConfig` deserialized without `config::load` resolves it
+    /// on each call and, failing that, gets the relative path `weft/<mesh name>`; never a
+    /// shared temporary directory, which other users could write to first.
     pub fn data_dir(&self) -> PathBuf {
-        if let Some(dir) = &self.ca.data_dir {
+        if let Some(dir) = &self.resolved_data_dir {
             return dir.clone();
         }
-        let base = std::env::var_os("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("weft").join(&self.mesh.name)
+        self.resolve_data_dir(&DataHome::from_env())
+            .unwrap_or_else(|| PathBuf::from("weft").join(&self.mesh.name))
+    }
+
+    /// `ca.data_dir`, or `<base>/weft/<mesh name>` when a base directory is known.
+    pub(super) fn resolve_data_dir(&self, home: &DataHome) -> Option<PathBuf> {
+        if let Some(dir) = &self.ca.data_dir {
+            return Some(dir.clone());
+        }
+        Some(home.base()?.join("weft").join(&self.mesh.name))
     }
 
     /// The file holding the attestation token of local workload `namespace/name`
