@@ -16,6 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::OffsetDateTime;
 use weft_core::config::CaSection;
+use weft_core::model::CONTROL_NAMESPACE;
 use weft_core::{Identity, TrustDomain};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -63,6 +64,9 @@ pub enum CaError {
     /// The identity is of another trust domain.
     #[error("identity {0} is outside trust domain {1}")]
     ForeignTrustDomain(String, String),
+    /// A workload asked for an identity in the control plane's namespace.
+    #[error("identity {0} is reserved for the control plane")]
+    ReservedIdentity(String),
     /// Certificate generation failed.
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
@@ -314,7 +318,16 @@ impl CertificateAuthority {
 
     /// Signs a CSR for an identity that attestation has already proven. The CSR must ask for
     /// exactly that identity's SPIFFE ID and carry an ECDSA P-256 key.
+    ///
+    /// Identities in the control plane's namespace ([`CONTROL_NAMESPACE`]) are refused whatever
+    /// attestation says: proxies accept any certificate for the control plane's identity as the
+    /// control plane, so a workload that a platform maps into that namespace (by mistake or by
+    /// malice) must not be able to obtain one. The control plane's own certificate comes from
+    /// [`CertificateAuthority::issue_control_plane`].
     pub fn sign_csr(&self, csr_der: &[u8], proven: &Identity) -> Result<IssuedLeaf, CaError> {
+        if proven.namespace() == CONTROL_NAMESPACE {
+            return Err(CaError::ReservedIdentity(proven.to_string()));
+        }
         let csr =
             CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
                 .map_err(|e| CaError::BadCsr(e.to_string()))?;
@@ -340,15 +353,16 @@ impl CertificateAuthority {
         self.issue(proven, &[], &csr.public_key)
     }
 
-    /// Issues a leaf for `identity` (plus DNS names) over a key the caller holds: the control
-    /// plane's own serving certificate.
-    pub fn issue_with_key(
+    /// Issues the control plane's own serving certificate: the identity
+    /// [`Identity::control_plane`] of this CA's trust domain, plus `dns_names`, over a key the
+    /// caller holds. This is the only way to obtain a certificate in the control plane's
+    /// namespace; taking no identity argument keeps it from issuing anything else.
+    pub fn issue_control_plane(
         &self,
-        identity: &Identity,
         dns_names: &[String],
         key: &KeyPair,
     ) -> Result<IssuedLeaf, CaError> {
-        self.issue(identity, dns_names, key)
+        self.issue(&Identity::control_plane(&self.trust_domain), dns_names, key)
     }
 
     fn issue(

@@ -204,3 +204,36 @@ fn openssl_verifies_the_chain_for_both_purposes() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn control_plane_namespace_is_never_issued_through_a_csr() {
+    let ca = CertificateAuthority::generate_ephemeral(&td(), Duration::from_secs(3600)).unwrap();
+    let key = LeafKey::generate().unwrap();
+
+    // A workload that attestation maps to the control plane's own identity (say, a local
+    // workload declared as weft-system/weft-control) must not get a certificate that every
+    // proxy would accept as the control plane's.
+    let control = Identity::control_plane(&td());
+    let err = ca
+        .sign_csr(&key.csr(&control).unwrap(), &control)
+        .unwrap_err();
+    assert!(matches!(err, CaError::ReservedIdentity(_)), "{err}");
+    assert!(
+        err.to_string().contains("reserved for the control plane"),
+        "{err}"
+    );
+
+    // The whole namespace is reserved, not just the one account.
+    let neighbour = Identity::new(td(), weft_core::model::CONTROL_NAMESPACE, "helper").unwrap();
+    let err = ca
+        .sign_csr(&key.csr(&neighbour).unwrap(), &neighbour)
+        .unwrap_err();
+    assert!(matches!(err, CaError::ReservedIdentity(_)), "{err}");
+
+    // The control plane's own path still issues its identity, and only that one.
+    let leaf = ca
+        .issue_control_plane(&["localhost".to_string()], key.key_pair())
+        .unwrap();
+    assert_eq!(identity_of_cert(&leaf.leaf).unwrap(), control);
+    verify_with_webpki(&leaf, ca.trust_bundle());
+}
