@@ -8,16 +8,19 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::OffsetDateTime;
 use weft_core::config::CaSection;
 use weft_core::model::CONTROL_NAMESPACE;
 use weft_core::{Identity, TrustDomain};
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Lifetime of a generated root.
@@ -53,6 +56,9 @@ pub enum CaError {
     /// The CSR cannot be parsed or its signature is wrong.
     #[error("certificate signing request rejected: {0}")]
     BadCsr(String),
+    /// The CSR's public key is not an ECDSA P-256 key, the only kind Weft leaves carry.
+    #[error("certificate signing request rejected: the key must be ECDSA P-256, not {0}")]
+    UnsupportedKey(String),
     /// The CSR asks for another identity than the one the credential proved.
     #[error("CSR asks for {requested}, but the credential proves {proven}")]
     IdentityMismatch {
@@ -316,8 +322,9 @@ impl CertificateAuthority {
         self.leaf_ttl
     }
 
-    /// Signs a CSR for an identity that attestation has already proven. The CSR must ask for
-    /// exactly that identity's SPIFFE ID and carry an ECDSA P-256 key.
+    /// Signs a CSR for an identity that attestation has already proven. The CSR must carry an
+    /// ECDSA P-256 key (checked in its SubjectPublicKeyInfo), be signed by that key, and ask
+    /// for exactly that identity's SPIFFE ID.
     ///
     /// Identities in the control plane's namespace ([`CONTROL_NAMESPACE`]) are refused whatever
     /// attestation says: proxies accept any certificate for the control plane's identity as the
@@ -328,29 +335,8 @@ impl CertificateAuthority {
         if proven.namespace() == CONTROL_NAMESPACE {
             return Err(CaError::ReservedIdentity(proven.to_string()));
         }
-        let csr =
-            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-                .map_err(|e| CaError::BadCsr(e.to_string()))?;
-        let want = proven.spiffe_id();
-        let requested: Vec<String> = csr
-            .params
-            .subject_alt_names
-            .iter()
-            .map(|san| match san {
-                SanType::URI(uri) => uri.as_str().to_string(),
-                other => format!("{other:?}"),
-            })
-            .collect();
-        if requested != [want.clone()] {
-            return Err(CaError::IdentityMismatch {
-                requested: requested.join(", "),
-                proven: want,
-            });
-        }
-        if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
-            return Err(CaError::BadCsr("the key must be ECDSA P-256".into()));
-        }
-        self.issue(proven, &[], &csr.public_key)
+        let key = checked_csr_key(csr_der, &proven.spiffe_id())?;
+        self.issue(proven, &[], &key)
     }
 
     /// Issues the control plane's own serving certificate: the identity
@@ -406,6 +392,93 @@ impl CertificateAuthority {
             not_after: OffsetDateTime::from(not_after).into(),
         })
     }
+}
+
+/// An ECDSA P-256 public key taken from a checked CSR: the uncompressed point only.
+///
+/// rcgen's own CSR parser labels the key with the algorithm the CSR was *signed* with, and
+/// writes the leaf's SubjectPublicKeyInfo from that label; carrying the point with a fixed
+/// P-256 label instead keeps the leaf's key description exact once the curve has been checked.
+struct P256PublicKey(Vec<u8>);
+
+impl rcgen::PublicKeyData for P256PublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// Parses a DER CSR and checks, in order: that its SubjectPublicKeyInfo is an EC key on
+/// prime256v1, that it is signed by that key, and that it asks for exactly the SPIFFE ID
+/// `want` and no other name. Returns the key.
+fn checked_csr_key(csr_der: &[u8], want: &str) -> Result<P256PublicKey, CaError> {
+    let (rest, csr) = X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| CaError::BadCsr(format!("cannot be parsed: {e}")))?;
+    if !rest.is_empty() {
+        return Err(CaError::BadCsr("trailing bytes after the request".into()));
+    }
+    let spki = &csr.certification_request_info.subject_pki;
+    // The key's own description (algorithm id-ecPublicKey, parameters the named curve), not
+    // the signature algorithm: ecdsa-with-SHA256 is as valid over a P-384 key as over P-256.
+    if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY {
+        return Err(CaError::UnsupportedKey(format!(
+            "key algorithm {}",
+            spki.algorithm.algorithm.to_id_string()
+        )));
+    }
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
+    match &curve {
+        Some(c) if *c == OID_EC_P256 => {}
+        Some(c) => {
+            return Err(CaError::UnsupportedKey(format!(
+                "an EC key on curve {}",
+                c.to_id_string()
+            )));
+        }
+        None => {
+            return Err(CaError::UnsupportedKey(
+                "an EC key without a named curve".into(),
+            ));
+        }
+    }
+    let point = spki.subject_public_key.data.to_vec();
+    // An uncompressed P-256 point is 0x04 followed by two 32-byte coordinates; the signature
+    // check below then proves it is on the curve, since ring refuses any other point.
+    if point.len() != 65 || point[0] != 0x04 {
+        return Err(CaError::UnsupportedKey(format!(
+            "a {}-byte P-256 point (an uncompressed one has 65)",
+            point.len()
+        )));
+    }
+    csr.verify_signature().map_err(|e| {
+        CaError::BadCsr(format!(
+            "its signature does not verify with its own key: {e}"
+        ))
+    })?;
+
+    let mut requested = Vec::new();
+    for ext in csr.requested_extensions().into_iter().flatten() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext {
+            requested.extend(san.general_names.iter().map(|name| match name {
+                GeneralName::URI(uri) => (*uri).to_string(),
+                other => other.to_string(),
+            }));
+        }
+    }
+    if requested != [want] {
+        return Err(CaError::IdentityMismatch {
+            requested: requested.join(", "),
+            proven: want.to_string(),
+        });
+    }
+    Ok(P256PublicKey(point))
 }
 
 fn new_root(td: &TrustDomain) -> Result<(String, String), CaError> {

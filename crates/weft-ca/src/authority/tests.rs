@@ -237,3 +237,110 @@ fn control_plane_namespace_is_never_issued_through_a_csr() {
     assert_eq!(identity_of_cert(&leaf.leaf).unwrap(), control);
     verify_with_webpki(&leaf, ca.trust_bundle());
 }
+
+/// A DER CSR for `identity` made by the openssl command line, over a fresh key on `curve`
+/// (an openssl curve name) and signed with `digest`: openssl, unlike ring, signs with any
+/// digest on any curve, which is how a P-384 key gets an ecdsa-with-SHA256 signature.
+fn openssl_csr(dir: &Path, curve: &str, digest: &str, identity: &Identity) -> Vec<u8> {
+    let key = dir.join(format!("{curve}-{digest}.key"));
+    let csr = dir.join(format!("{curve}-{digest}.csr"));
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("openssl is installed by .ci/run");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(Command::new("openssl")
+        .args(["genpkey", "-algorithm", "EC", "-pkeyopt"])
+        .arg(format!("ec_paramgen_curve:{curve}"))
+        .arg("-out")
+        .arg(&key));
+    run(Command::new("openssl")
+        .args(["req", "-new", "-key"])
+        .arg(&key)
+        .arg(format!("-{digest}"))
+        .args(["-subj", "/CN=web", "-addext"])
+        .arg(format!("subjectAltName=URI:{}", identity.spiffe_id()))
+        .args(["-outform", "DER", "-out"])
+        .arg(&csr));
+    std::fs::read(&csr).unwrap()
+}
+
+/// The curve named in a DER certificate's SubjectPublicKeyInfo, as a dotted OID.
+fn leaf_key_curve(leaf: &CertificateDer<'_>) -> String {
+    let (_, x) = X509Certificate::from_der(leaf).unwrap();
+    let spki = x.public_key();
+    assert_eq!(spki.algorithm.algorithm.to_id_string(), "1.2.840.10045.2.1");
+    spki.algorithm
+        .parameters
+        .as_ref()
+        .unwrap()
+        .as_oid()
+        .unwrap()
+        .to_id_string()
+}
+
+#[test]
+fn csr_key_must_be_p256_whatever_the_signature_algorithm() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::generate_ephemeral(&td(), Duration::from_secs(3600)).unwrap();
+    let web = id("web");
+
+    // A P-384 key signing with ecdsa-with-SHA256: the signature algorithm is the one P-256
+    // keys use, but the key is not P-256.
+    let csr = openssl_csr(dir.path(), "P-384", "sha256", &web);
+    let err = ca.sign_csr(&csr, &web).unwrap_err();
+    assert!(matches!(err, CaError::UnsupportedKey(_)), "{err}");
+
+    // A P-384 key signing with SHA-384, as rcgen makes it.
+    let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let csr = csr_with_key(&web, &p384);
+    let err = ca.sign_csr(&csr, &web).unwrap_err();
+    assert!(matches!(err, CaError::UnsupportedKey(_)), "{err}");
+
+    // Ed25519.
+    let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let err = ca.sign_csr(&csr_with_key(&web, &ed), &web).unwrap_err();
+    assert!(matches!(err, CaError::UnsupportedKey(_)), "{err}");
+
+    // A P-256 key is accepted, and the leaf carries it as a P-256 key, even when the CSR was
+    // signed with SHA-384.
+    for digest in ["sha256", "sha384"] {
+        let csr = openssl_csr(dir.path(), "P-256", digest, &web);
+        let leaf = ca.sign_csr(&csr, &web).unwrap();
+        assert_eq!(
+            leaf_key_curve(&leaf.leaf),
+            "1.2.840.10045.3.1.7",
+            "{digest}"
+        );
+        verify_with_webpki(&leaf, ca.trust_bundle());
+    }
+}
+
+fn csr_with_key(identity: &Identity, key: &KeyPair) -> Vec<u8> {
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(identity.spiffe_id().try_into().unwrap())];
+    params.serialize_request(key).unwrap().der().to_vec()
+}
+
+#[test]
+fn csr_whose_signature_does_not_verify_is_refused() {
+    let ca = CertificateAuthority::generate_ephemeral(&td(), Duration::from_secs(3600)).unwrap();
+    let web = id("web");
+    let key = LeafKey::generate().unwrap();
+    let good = key.csr(&web).unwrap();
+    assert!(ca.sign_csr(&good, &web).is_ok());
+
+    // The DER ends with the signature's `s` integer: changing its last byte keeps the
+    // structure intact and breaks only the signature.
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 0x01;
+    let err = ca.sign_csr(&bad, &web).unwrap_err();
+    assert!(matches!(err, CaError::BadCsr(_)), "{err}");
+    assert!(
+        err.to_string().contains("signature does not verify"),
+        "{err}"
+    );
+}
