@@ -2,8 +2,7 @@
 //! proven identities.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -19,6 +18,8 @@ use weft_core::config::CaSection;
 use weft_core::model::CONTROL_NAMESPACE;
 use weft_core::{Identity, TrustDomain};
 use x509_parser::certification_request::X509CertificationRequest;
+
+use crate::files::replace_file;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -73,6 +74,14 @@ pub enum CaError {
     /// A workload asked for an identity in the control plane's namespace.
     #[error("identity {0} is reserved for the control plane")]
     ReservedIdentity(String),
+    /// The data directory cannot safely hold the CA's private keys.
+    #[error("refusing to keep the CA's keys in {path}: {reason}")]
+    UnsafeDataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why it is unsafe.
+        reason: String,
+    },
     /// Certificate generation failed.
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
@@ -236,29 +245,24 @@ impl CertificateAuthority {
         trust_domain: &TrustDomain,
         dir: &Path,
     ) -> Result<(String, Option<String>, String, String), CaError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| CaError::Io { path, source }
+        prepare_private_dir(dir)?;
+        let (root_pem, root_key_pem) = match (
+            read_if_exists(&dir.join("root.pem"))?,
+            read_if_exists(&dir.join("root.key"))?,
+        ) {
+            (Some(cert), Some(key)) => (cert, key),
+            // Only a missing file means "no root yet": any other read error is reported, so
+            // that a transient failure never silently replaces the mesh's root.
+            _ => {
+                let (cert, key) = new_root(trust_domain)?;
+                write_private(&dir.join("root.key"), &key)?;
+                write_private(&dir.join("root.pem"), &cert)?;
+                tracing::info!(dir = %dir.display(), "generated a new mesh root");
+                // A new root invalidates any older intermediate.
+                let _ = fs::remove_file(dir.join("intermediate.pem"));
+                (cert, key)
+            }
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io(dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
-        let (root_pem, root_key_pem) =
-            match (read(&dir.join("root.pem")), read(&dir.join("root.key"))) {
-                (Ok(cert), Ok(key)) => (cert, key),
-                _ => {
-                    let (cert, key) = new_root(trust_domain)?;
-                    write_private(&dir.join("root.key"), &key)?;
-                    write_private(&dir.join("root.pem"), &cert)?;
-                    tracing::info!(dir = %dir.display(), "generated a new mesh root");
-                    // A new root invalidates any older intermediate.
-                    let _ = fs::remove_file(dir.join("intermediate.pem"));
-                    (cert, key)
-                }
-            };
         let existing = match (
             read(&dir.join("intermediate.pem")),
             read(&dir.join("intermediate.key")),
@@ -280,7 +284,13 @@ impl CertificateAuthority {
                 (cert, key)
             }
         };
-        fs::write(dir.join("trust-bundle.pem"), &root_pem).map_err(io(dir))?;
+        // The bundle is public (proxies are handed it), so it is readable by all; it still goes
+        // through the same symlink-proof write as the keys.
+        let bundle = dir.join("trust-bundle.pem");
+        replace_file(&bundle, root_pem.as_bytes(), 0o644).map_err(|source| CaError::Io {
+            path: bundle,
+            source,
+        })?;
         Ok((root_pem, Some(root_key_pem), inter_pem, inter_key))
     }
 
@@ -542,20 +552,77 @@ fn read(path: &PathBuf) -> Result<String, CaError> {
     })
 }
 
+/// Reads a file, `None` when it does not exist.
+fn read_if_exists(path: &Path) -> Result<Option<String>, CaError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CaError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Writes a file only this user can read, replacing (never following) a symlink at `path`.
 fn write_private(path: &Path, text: &str) -> Result<(), CaError> {
-    let io = |source| CaError::Io {
+    replace_file(path, text.as_bytes(), 0o600).map_err(|source| CaError::Io {
         path: path.to_path_buf(),
         source,
+    })
+}
+
+/// Creates `dir` (mode 0700) if it is missing, checks that it may hold the CA's private keys,
+/// and sets its mode to 0700.
+///
+/// It must be a real directory, not a symlink (whoever controls the link's target would
+/// control where the root key goes), and belong to this process's effective user (another
+/// owner could read the keys or swap them). The check covers `dir` itself; its parents are
+/// trusted, as an attacker who can rename entries in them could swap `dir` after any check.
+fn prepare_private_dir(dir: &Path) -> Result<(), CaError> {
+    let io = |source| CaError::Io {
+        path: dir.to_path_buf(),
+        source,
     };
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    f.write_all(text.as_bytes()).map_err(io)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io)
+    let refuse = |reason: String| CaError::UnsafeDataDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let seen = match fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
+            fs::symlink_metadata(dir).map_err(io)?
+        }
+        Err(e) => return Err(io(e)),
+    };
+    if seen.file_type().is_symlink() {
+        return Err(refuse("it is a symbolic link".into()));
+    }
+    if !seen.is_dir() {
+        return Err(refuse("it is not a directory".into()));
+    }
+    // From here on, work on an open handle, and make sure it is the directory inspected above
+    // rather than something swapped in at that path in between.
+    let handle = fs::File::open(dir).map_err(io)?;
+    let meta = handle.metadata().map_err(io)?;
+    if (meta.dev(), meta.ino()) != (seen.dev(), seen.ino()) {
+        return Err(refuse("it was replaced while being checked".into()));
+    }
+    let euid = rustix::process::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(refuse(format!(
+            "it is owned by uid {}, not by this process's effective uid {euid}",
+            meta.uid()
+        )));
+    }
+    handle
+        .set_permissions(fs::Permissions::from_mode(0o700))
+        .map_err(io)
 }
 
 fn first_cert(pem: &str, path: &Path) -> Result<CertificateDer<'static>, CaError> {

@@ -1,4 +1,4 @@
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::process::Command;
 
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
@@ -343,4 +343,105 @@ fn csr_whose_signature_does_not_verify_is_refused() {
         err.to_string().contains("signature does not verify"),
         "{err}"
     );
+}
+
+#[test]
+fn a_symlink_planted_in_the_data_dir_is_replaced_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ca");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&data)
+        .unwrap();
+    let outside_key = dir.path().join("outside-key");
+    let outside_bundle = dir.path().join("outside-bundle");
+    std::fs::write(&outside_key, "precious").unwrap();
+    std::fs::write(&outside_bundle, "also precious").unwrap();
+    std::os::unix::fs::symlink(&outside_key, data.join("root.key")).unwrap();
+    std::os::unix::fs::symlink(&outside_bundle, data.join("trust-bundle.pem")).unwrap();
+
+    CertificateAuthority::load_or_generate(&td(), &ca_section(), &data).unwrap();
+
+    assert_eq!(std::fs::read_to_string(&outside_key).unwrap(), "precious");
+    assert_eq!(
+        std::fs::read_to_string(&outside_bundle).unwrap(),
+        "also precious"
+    );
+    for name in ["root.key", "trust-bundle.pem"] {
+        let meta = std::fs::symlink_metadata(data.join(name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name} is now a regular file");
+    }
+    assert_eq!(
+        std::fs::read_to_string(data.join("trust-bundle.pem")).unwrap(),
+        std::fs::read_to_string(data.join("root.pem")).unwrap()
+    );
+}
+
+#[test]
+fn every_generated_file_is_private_and_the_dir_is_tightened() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ca");
+    // Created too open by someone else's umask: the CA tightens it.
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&data)
+        .unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    CertificateAuthority::load_or_generate(&td(), &ca_section(), &data).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    for name in [
+        "root.key",
+        "root.pem",
+        "intermediate.key",
+        "intermediate.pem",
+    ] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+    assert_eq!(mode(&data.join("trust-bundle.pem")), 0o644, "public");
+    // Nothing but the five files: no temporary file left over.
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 5);
+}
+
+#[test]
+fn a_data_dir_that_is_a_symlink_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&real)
+        .unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+
+    let err = CertificateAuthority::load_or_generate(&td(), &ca_section(), &link).unwrap_err();
+    assert!(matches!(err, CaError::UnsafeDataDir { .. }), "{err}");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&real).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+#[test]
+fn a_data_dir_owned_by_another_user_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let euid = rustix::process::geteuid().as_raw();
+    let foreign = if euid == 0 {
+        // As root, make a directory that belongs to someone else.
+        let d = dir.path().join("nobody");
+        std::fs::DirBuilder::new().mode(0o777).create(&d).unwrap();
+        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+        d
+    } else {
+        // Otherwise the root directory is someone else's; it is refused before any write.
+        PathBuf::from("/")
+    };
+    let err = CertificateAuthority::load_or_generate(&td(), &ca_section(), &foreign).unwrap_err();
+    assert!(matches!(err, CaError::UnsafeDataDir { .. }), "{err}");
+    assert!(err.to_string().contains("owned by uid"), "{err}");
+    if euid == 0 {
+        assert_eq!(std::fs::read_dir(&foreign).unwrap().count(), 0);
+    }
 }
