@@ -445,3 +445,286 @@ fn a_data_dir_owned_by_another_user_is_refused() {
         assert_eq!(std::fs::read_dir(&foreign).unwrap().count(), 0);
     }
 }
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// An in-memory CA with 24 h leaves whose intermediate is valid over `validity`.
+fn ca_with_intermediate(
+    validity: std::ops::Range<SystemTime>,
+    root_key: bool,
+) -> CertificateAuthority {
+    CertificateAuthority::generate_ephemeral_with_validity(&td(), DAY, validity, root_key).unwrap()
+}
+
+fn sign_web(ca: &CertificateAuthority) -> Result<IssuedLeaf, CaError> {
+    let key = LeafKey::generate().unwrap();
+    ca.sign_csr(&key.csr(&id("web")).unwrap(), &id("web"))
+}
+
+fn cert_not_after(der: &[u8]) -> SystemTime {
+    let (_, x) = X509Certificate::from_der(der).unwrap();
+    asn1_to_system(x.validity().not_after.timestamp())
+}
+
+/// Replaces the intermediate in `into` with one valid over `validity`, signed by the root
+/// generated in `root_dir`.
+fn plant_intermediate(root_dir: &Path, into: &Path, validity: std::ops::Range<SystemTime>) {
+    let root_pem = std::fs::read_to_string(root_dir.join("root.pem")).unwrap();
+    let root_key =
+        KeyPair::from_pem(&std::fs::read_to_string(root_dir.join("root.key")).unwrap()).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&root_pem, root_key).unwrap();
+    let (cert, key) = new_intermediate(&td(), &issuer, validity.start, validity.end).unwrap();
+    std::fs::write(into.join("intermediate.pem"), cert).unwrap();
+    std::fs::write(into.join("intermediate.key"), key).unwrap();
+}
+
+#[test]
+fn a_leaf_is_cut_to_the_end_of_its_intermediate() {
+    let now = SystemTime::now();
+    let ca = ca_with_intermediate(now - DAY..now + Duration::from_secs(2 * 3600), false);
+    let leaf = sign_web(&ca).unwrap();
+    assert_eq!(cert_not_after(&leaf.leaf), ca.intermediate_not_after());
+    assert_eq!(leaf.not_after, ca.intermediate_not_after());
+    verify_with_webpki(&leaf, ca.trust_bundle());
+
+    // Far from the intermediate's end, a leaf gets its whole lifetime.
+    let ca = ca_with_intermediate(now - DAY..now + 100 * DAY, false);
+    let leaf = sign_web(&ca).unwrap();
+    let life = cert_not_after(&leaf.leaf).duration_since(now).unwrap();
+    assert!(
+        life > DAY - Duration::from_secs(2) && life <= DAY,
+        "{life:?}"
+    );
+}
+
+#[test]
+fn no_leaf_is_issued_from_an_expired_or_expiring_intermediate() {
+    let now = SystemTime::now();
+    let key = LeafKey::generate().unwrap();
+
+    // Already expired: today's code would issue a leaf born expired.
+    let ca = ca_with_intermediate(now - 2 * DAY..now - DAY, false);
+    let err = sign_web(&ca).unwrap_err();
+    assert!(matches!(err, CaError::IntermediateExpired { .. }), "{err}");
+    assert!(err.to_string().contains("no leaf is issued"), "{err}");
+    let err = ca
+        .issue_control_plane(&["localhost".to_string()], key.key_pair())
+        .unwrap_err();
+    assert!(matches!(err, CaError::IntermediateExpired { .. }), "{err}");
+
+    // Ending within the minimum lifetime: a leaf of a few seconds is no better.
+    let ca = ca_with_intermediate(now - DAY..now + Duration::from_secs(30), false);
+    let err = sign_web(&ca).unwrap_err();
+    assert!(matches!(err, CaError::IntermediateExpired { .. }), "{err}");
+
+    // Just beyond it, a short leaf is still issued (cut to the intermediate).
+    let ca = ca_with_intermediate(now - DAY..now + Duration::from_secs(300), false);
+    let leaf = sign_web(&ca).unwrap();
+    assert_eq!(leaf.not_after, ca.intermediate_not_after());
+}
+
+#[test]
+fn a_due_intermediate_is_renewed_and_old_and_new_leaves_both_verify() {
+    let now = SystemTime::now();
+    // 25 days of life, 5 left: less than a third, so due.
+    let ca = ca_with_intermediate(now - 20 * DAY..now + 5 * DAY, true);
+    assert!(ca.can_renew_intermediate());
+    assert!(ca.intermediate_renewal_due_at() <= now);
+    let old_end = ca.intermediate_not_after();
+    let old_leaf = sign_web(&ca).unwrap();
+
+    let new_end = ca.renew_intermediate_if_due(now).unwrap().expect("due");
+    assert_eq!(new_end, ca.intermediate_not_after());
+    assert!(new_end > old_end + 300 * DAY, "a full new lifetime");
+    assert_eq!(
+        ca.renew_intermediate_if_due(now).unwrap(),
+        None,
+        "done once"
+    );
+
+    let new_leaf = sign_web(&ca).unwrap();
+    assert_ne!(
+        new_leaf.chain[0], old_leaf.chain[0],
+        "signed by the new one"
+    );
+    verify_with_webpki(&new_leaf, ca.trust_bundle());
+    verify_with_webpki(&old_leaf, ca.trust_bundle());
+    let life = cert_not_after(&new_leaf.leaf).duration_since(now).unwrap();
+    assert!(
+        life > DAY - Duration::from_secs(5),
+        "no longer cut: {life:?}"
+    );
+}
+
+#[test]
+fn an_intermediate_is_renewed_only_after_two_thirds_of_its_life() {
+    let now = SystemTime::now();
+    let ca = ca_with_intermediate(now - DAY..now + 299 * DAY, true);
+    let chain_before = sign_web(&ca).unwrap().chain;
+    assert_eq!(ca.renew_intermediate_if_due(now).unwrap(), None);
+    let due = ca.intermediate_renewal_due_at();
+    assert_eq!(
+        ca.intermediate_not_after().duration_since(due).unwrap(),
+        Duration::from_secs(100 * 24 * 3600),
+        "a third of 300 days"
+    );
+    assert_eq!(
+        ca.renew_intermediate_if_due(due - Duration::from_secs(1))
+            .unwrap(),
+        None
+    );
+    assert_eq!(sign_web(&ca).unwrap().chain, chain_before, "untouched");
+    assert!(ca.renew_intermediate_if_due(due).unwrap().is_some());
+}
+
+#[test]
+fn without_the_root_key_renewal_is_reported_impossible() {
+    let now = SystemTime::now();
+    let ca = ca_with_intermediate(now - 20 * DAY..now + 5 * DAY, false);
+    assert!(!ca.can_renew_intermediate());
+    let end = ca.intermediate_not_after();
+    let err = ca.renew_intermediate_if_due(now).unwrap_err();
+    assert!(matches!(err, CaError::RenewalImpossible { .. }), "{err}");
+    assert!(
+        err.to_string().contains("root key is not available"),
+        "{err}"
+    );
+    assert_eq!(ca.intermediate_not_after(), end, "unchanged");
+    // It keeps signing until its end.
+    assert!(sign_web(&ca).is_ok());
+
+    // Not due yet: nothing to report.
+    let ca = ca_with_intermediate(now - DAY..now + 300 * DAY, false);
+    assert_eq!(ca.renew_intermediate_if_due(now).unwrap(), None);
+}
+
+#[test]
+fn a_renewed_intermediate_never_outlives_the_root() {
+    let now = SystemTime::now();
+    let ca = ca_with_intermediate(now - DAY..now + 300 * DAY, true);
+    let root_end = cert_not_after(&ca.trust_bundle().roots()[0]);
+    // A year before the root's end, a full intermediate lifetime would overrun it.
+    let late = root_end - 200 * DAY;
+    assert_eq!(ca.renew_intermediate_if_due(late).unwrap(), Some(root_end));
+    // Once due again, there is nothing left to gain from the root.
+    let later = ca.intermediate_renewal_due_at();
+    let err = ca.renew_intermediate_if_due(later).unwrap_err();
+    assert!(matches!(err, CaError::RenewalImpossible { .. }), "{err}");
+    assert!(err.to_string().contains("root itself expires"), "{err}");
+}
+
+#[test]
+fn a_generated_ca_saves_its_renewed_intermediate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ca");
+    let ca = CertificateAuthority::load_or_generate(&td(), &ca_section(), &data).unwrap();
+    // The generated intermediate lives a year; 300 days on, it is due.
+    let later = SystemTime::now() + 300 * DAY;
+    let end = ca.renew_intermediate_if_due(later).unwrap().expect("due");
+    let on_disk = std::fs::read_to_string(data.join("intermediate.pem")).unwrap();
+    let der = CertificateDer::from_pem_slice(on_disk.as_bytes()).unwrap();
+    assert_eq!(cert_not_after(&der), end);
+    let mode = std::fs::metadata(data.join("intermediate.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A restart picks up the renewed pair and signs with it.
+    let again = CertificateAuthority::load_or_generate(&td(), &ca_section(), &data).unwrap();
+    assert_eq!(again.intermediate_not_after(), end);
+    assert_eq!(sign_web(&again).unwrap().chain[0], der);
+}
+
+#[test]
+fn a_generated_ca_renews_a_due_intermediate_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ca");
+    CertificateAuthority::load_or_generate(&td(), &ca_section(), &data).unwrap();
+    let now = SystemTime::now();
+    plant_intermediate(&data, &data, now - 20 * DAY..now + 5 * DAY);
+
+    let ca = CertificateAuthority::load_or_generate(&td(), &ca_section(), &data).unwrap();
+    assert!(ca.intermediate_not_after() > now + 300 * DAY);
+    let on_disk = std::fs::read_to_string(data.join("intermediate.pem")).unwrap();
+    let der = CertificateDer::from_pem_slice(on_disk.as_bytes()).unwrap();
+    assert_eq!(cert_not_after(&der), ca.intermediate_not_after());
+}
+
+#[test]
+fn a_generated_intermediate_with_the_wrong_key_is_reissued() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ca");
+    CertificateAuthority::load_or_generate(&td(), &ca_section(), &data).unwrap();
+    // As if the process had stopped between writing a new key and its certificate.
+    let stray = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    std::fs::write(data.join("intermediate.key"), stray.serialize_pem()).unwrap();
+
+    let ca = CertificateAuthority::load_or_generate(&td(), &ca_section(), &data).unwrap();
+    verify_with_webpki(&sign_web(&ca).unwrap(), ca.trust_bundle());
+}
+
+#[test]
+fn a_configured_ca_with_its_root_key_renews_in_memory_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen_dir = dir.path().join("gen");
+    CertificateAuthority::load_or_generate(&td(), &ca_section(), &gen_dir).unwrap();
+    let user = dir.path().join("user");
+    std::fs::create_dir(&user).unwrap();
+    let now = SystemTime::now();
+    plant_intermediate(&gen_dir, &user, now - 20 * DAY..now + 5 * DAY);
+    let mut section = ca_section();
+    section.root_cert = Some(gen_dir.join("root.pem"));
+    section.intermediate_cert = Some(user.join("intermediate.pem"));
+    section.intermediate_key = Some(user.join("intermediate.key"));
+    let files_before: Vec<Vec<u8>> = ["intermediate.pem", "intermediate.key"]
+        .iter()
+        .map(|f| std::fs::read(user.join(f)).unwrap())
+        .collect();
+
+    // Without the root key the old intermediate is used, and reported as not renewable.
+    let unused = dir.path().join("unused");
+    let ca = CertificateAuthority::load_or_generate(&td(), &section, &unused).unwrap();
+    assert!(!ca.can_renew_intermediate());
+    assert!(ca.intermediate_not_after() < now + 6 * DAY);
+
+    // With it, the intermediate is renewed at start, in memory.
+    section.root_key = Some(gen_dir.join("root.key"));
+    let ca = CertificateAuthority::load_or_generate(&td(), &section, &unused).unwrap();
+    assert!(ca.can_renew_intermediate());
+    assert!(ca.intermediate_not_after() > now + 300 * DAY);
+    verify_with_webpki(&sign_web(&ca).unwrap(), ca.trust_bundle());
+
+    let files_after: Vec<Vec<u8>> = ["intermediate.pem", "intermediate.key"]
+        .iter()
+        .map(|f| std::fs::read(user.join(f)).unwrap())
+        .collect();
+    assert_eq!(
+        files_before, files_after,
+        "the operator's files are untouched"
+    );
+    assert!(!unused.exists(), "nothing written to the data dir");
+}
+
+#[test]
+fn configured_keys_must_match_their_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    CertificateAuthority::load_or_generate(&td(), &ca_section(), &a).unwrap();
+    CertificateAuthority::load_or_generate(&td(), &ca_section(), &b).unwrap();
+    let mut section = ca_section();
+    section.root_cert = Some(a.join("root.pem"));
+    section.intermediate_cert = Some(a.join("intermediate.pem"));
+    section.intermediate_key = Some(a.join("intermediate.key"));
+
+    // Another CA's root key would re-issue an intermediate that chains to nothing trusted.
+    section.root_key = Some(b.join("root.key"));
+    let err = CertificateAuthority::load_or_generate(&td(), &section, &a).unwrap_err();
+    assert!(matches!(err, CaError::KeyMismatch { .. }), "{err}");
+
+    // Another intermediate's key would sign leaves no peer can verify.
+    section.root_key = Some(a.join("root.key"));
+    section.intermediate_key = Some(b.join("intermediate.key"));
+    let err = CertificateAuthority::load_or_generate(&td(), &section, &a).unwrap_err();
+    assert!(matches!(err, CaError::KeyMismatch { .. }), "{err}");
+}
