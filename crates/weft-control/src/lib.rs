@@ -157,7 +157,13 @@ impl ControlPlane {
         let trust_bundle_file = data_dir.join("trust-bundle.pem");
         // With a CA from configured files the data directory may not exist yet.
         std::fs::create_dir_all(&data_dir)
-            .and_then(|()| std::fs::write(&trust_bundle_file, ca.trust_bundle().to_pem()))
+            .and_then(|()| {
+                weft_ca::files::replace_file(
+                    &trust_bundle_file,
+                    ca.trust_bundle().to_pem().as_bytes(),
+                    0o644,
+                )
+            })
             .map_err(|source| ControlError::Bundle {
                 path: trust_bundle_file.clone(),
                 source,

@@ -62,8 +62,7 @@ pub(crate) fn server_credentials(
     own: &Identity,
 ) -> Result<Arc<TlsCredentials>, ControlError> {
     let key = LeafKey::generate().map_err(|e| rustls::Error::General(e.to_string()))?;
-    let leaf = ca.issue_with_key(
-        own,
+    let leaf = ca.issue_control_plane(
         &["localhost".to_string(), "weft-control".to_string()],
         key.key_pair(),
     )?;
