@@ -31,7 +31,7 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::files::replace_file;
+use weft_core::private_fs::replace_file;
 
 /// Lifetime of a generated root.
 pub const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);

@@ -2,11 +2,9 @@
 //!
 //! - [`authority`]: the CA (root + intermediate, CSR signing, trust bundle);
 //! - [`identity`]: SPIFFE IDs in certificates, CSR building, in-memory proxy keys;
-//! - [`files`]: writing the CA's files without following symlinks;
 //! - [`tls`]: the one place where Weft's rustls client and server configurations are built.
 
 pub mod authority;
-pub mod files;
 pub mod identity;
 pub mod tls;
 

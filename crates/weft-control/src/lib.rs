@@ -158,7 +158,7 @@ impl ControlPlane {
         // With a CA from configured files the data directory may not exist yet.
         std::fs::create_dir_all(&data_dir)
             .and_then(|()| {
-                weft_ca::files::replace_file(
+                weft_core::private_fs::replace_file(
                     &trust_bundle_file,
                     ca.trust_bundle().to_pem().as_bytes(),
                     0o644,
