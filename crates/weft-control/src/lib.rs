@@ -15,6 +15,7 @@ mod discovery;
 mod identity;
 mod metrics;
 mod transport;
+mod upkeep;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -201,9 +202,19 @@ impl ControlPlane {
             let writer = registry.writer(platform.name());
             tasks.push(tokio::spawn(supervise(platform, writer, shutdown.clone())));
         }
+        let (serving_tx, serving) = watch::channel(tls);
+        state.metrics.set_intermediate(
+            state.ca.intermediate_not_after(),
+            state.ca.can_renew_intermediate(),
+        );
+        tasks.push(tokio::spawn(upkeep::run(
+            state.clone(),
+            serving_tx,
+            shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(transport::serve_grpc(
             grpc,
-            tls,
+            serving,
             state.clone(),
             shutdown.clone(),
         )));

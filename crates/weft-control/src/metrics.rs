@@ -35,6 +35,10 @@ pub struct ControlMetrics {
     pub snapshots: Counter,
     /// gRPC connections whose TLS handshake failed, by reason.
     pub tls_rejected: Family<TlsRejectLabels, Counter>,
+    /// When the signing intermediate expires, in seconds since the Unix epoch.
+    pub intermediate_expiry: Gauge,
+    /// 1 while the intermediate can be renewed here (root key at hand, not failing), else 0.
+    pub intermediate_renewable: Gauge,
 }
 
 impl Default for ControlMetrics {
@@ -44,6 +48,18 @@ impl Default for ControlMetrics {
         let watches = Gauge::default();
         let snapshots = Counter::default();
         let tls_rejected = Family::<TlsRejectLabels, Counter>::default();
+        let intermediate_expiry = Gauge::default();
+        let intermediate_renewable = Gauge::default();
+        registry.register(
+            "weft_control_intermediate_expiry_timestamp_seconds",
+            "When the signing intermediate CA expires (Unix time); no leaf outlives it",
+            intermediate_expiry.clone(),
+        );
+        registry.register(
+            "weft_control_intermediate_renewable",
+            "1 when the control plane can renew the intermediate CA itself, 0 when an operator must",
+            intermediate_renewable.clone(),
+        );
         registry.register(
             "weft_control_tls_rejected",
             "gRPC connections whose TLS handshake failed, by reason",
@@ -70,11 +86,24 @@ impl Default for ControlMetrics {
             watches,
             snapshots,
             tls_rejected,
+            intermediate_expiry,
+            intermediate_renewable,
         }
     }
 }
 
 impl ControlMetrics {
+    /// Records the intermediate's end and whether it can be renewed here.
+    pub fn set_intermediate(&self, not_after: std::time::SystemTime, renewable: bool) {
+        let secs = not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        self.intermediate_expiry
+            .set(i64::try_from(secs).unwrap_or(i64::MAX));
+        self.intermediate_renewable.set(i64::from(renewable));
+    }
+
     /// Counts one failed TLS handshake.
     pub fn count_tls_rejected(&self, reason: &'static str) {
         self.tls_rejected

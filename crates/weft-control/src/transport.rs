@@ -76,15 +76,14 @@ pub(crate) fn server_credentials(
     )?))
 }
 
-/// Serves Identity and Discovery until `shutdown`.
+/// Serves Identity and Discovery until `shutdown`, with the latest serving certificate.
 pub(crate) async fn serve_grpc(
     listener: TcpListener,
-    tls: Arc<TlsCredentials>,
+    serving: tokio::sync::watch::Receiver<Arc<TlsCredentials>>,
     state: Arc<State>,
     shutdown: CancellationToken,
 ) {
     let (tx, rx) = mpsc::channel::<io::Result<PeerConn>>(64);
-    let acceptor = TlsAcceptor::from(tls.server_config());
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let stop = shutdown.clone();
     let accept_state = state.clone();
@@ -106,7 +105,9 @@ pub(crate) async fn serve_grpc(
                 tracing::warn!(%remote, "too many TLS handshakes in progress; connection closed");
                 continue;
             };
-            let acceptor = acceptor.clone();
+            // The serving certificate is re-issued while running; each handshake takes the
+            // latest.
+            let acceptor = TlsAcceptor::from(serving.borrow().server_config());
             let tx = tx.clone();
             let state = state.clone();
             // Handshakes run apart from the accept loop, so a slow client blocks nobody.

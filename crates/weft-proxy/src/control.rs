@@ -124,10 +124,21 @@ fn explain_tls_failure(
     std::io::Error::new(e.kind(), format!("{hint} ({err})"))
 }
 
-/// Exponential backoff from 250 ms to 30 s.
+/// Exponential backoff from 250 ms to 30 s, each delay drawn at random from the upper half of
+/// its step, so proxies that lost the control plane together do not return together.
 #[derive(Debug)]
 pub struct Backoff {
     next: Duration,
+}
+
+/// A random fraction in [0, 1), for jitter. Falls back to 0.5 if the system has no randomness
+/// to give, which only makes the jitter predictable.
+pub fn jitter() -> f64 {
+    let mut b = [0u8; 4];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
 }
 
 impl Default for Backoff {
@@ -139,15 +150,41 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// The next delay.
+    /// The next delay: between half and all of the current step.
     pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
+        let step = self.next;
         self.next = (self.next * 2).min(Duration::from_secs(30));
-        d
+        step.mul_f64(0.5 + 0.5 * jitter())
     }
 
     /// Back to the shortest delay, after a success.
     pub fn reset(&mut self) {
         *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_within_bounds() {
+        let mut b = Backoff::default();
+        let mut step = Duration::from_millis(250);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..12 {
+            let d = b.next_delay();
+            assert!(
+                d >= step / 2 && d <= step,
+                "{d:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
+            seen.insert(d);
+            step = (step * 2).min(Duration::from_secs(30));
+        }
+        // Jitter: the capped steps did not all come out the same.
+        assert!(seen.len() > 6, "{seen:?}");
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(250));
     }
 }

@@ -1,6 +1,7 @@
 //! The proxy's certificate: a key made in memory, a CSR sent with the platform credential to
-//! `Identity.Certify`, renewal at 70 % of the leaf's life. Connections opened before a renewal
-//! keep the certificate they started with; new ones take the new one.
+//! `Identity.Certify`, renewal at 60-70 % of the leaf's life (jittered), retries with jittered
+//! backoff. Connections opened before a renewal keep the certificate they started with; new
+//! ones take the new one.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,8 +18,12 @@ use weft_core::Identity;
 use crate::Shared;
 use crate::control::{Backoff, ControlError, channel};
 
-/// The share of a leaf's life after which it is renewed.
+/// The share of a leaf's life after which it is renewed, at the latest.
 pub const RENEW_AT: f64 = 0.7;
+
+/// Renewal comes up to this share of the leaf's life earlier than [`RENEW_AT`], at random, so
+/// proxies certified together (a rollout, a control-plane restart) renew apart.
+pub const RENEW_JITTER: f64 = 0.1;
 
 /// Keeps `tx` holding a valid certificate until `stop`.
 pub async fn run(
@@ -39,7 +44,7 @@ pub async fn run(
                     .unwrap_or(Duration::ZERO);
                 tracing::info!(identity = %creds.identity(), valid_for = ?life, "certificate obtained");
                 tx.send_replace(Some(Arc::new(creds)));
-                renew_after(life)
+                renew_after(life, crate::control::jitter())
             }
             Err(e) => {
                 let d = backoff.next_delay();
@@ -95,9 +100,29 @@ fn adopt_bundle(
     }
 }
 
-/// When to renew a leaf that has `remaining` life left now.
-pub fn renew_after(remaining: Duration) -> Duration {
-    remaining.mul_f64(RENEW_AT)
+/// When to renew a leaf that has `remaining` life left now, for a jitter draw in [0, 1):
+/// between 60 % (`jitter` near 1) and 70 % (`jitter` 0) of the remaining life.
+pub fn renew_after(remaining: Duration, jitter: f64) -> Duration {
+    remaining.mul_f64(RENEW_AT - RENEW_JITTER * jitter.clamp(0.0, 1.0))
+}
+
+/// The roots used to verify the control plane before this proxy holds a certificate or while
+/// renewing it: the bootstrap file's, and those of the current credentials, which discovery
+/// keeps up to date. Once a root rotation has finished, the bootstrap file may hold only the
+/// retired root; trusting the current bundle too keeps renewal working.
+pub fn control_plane_roots(
+    bootstrap: &TrustBundle,
+    current: Option<&TlsCredentials>,
+) -> TrustBundle {
+    let mut roots = bootstrap.roots().to_vec();
+    if let Some(creds) = current {
+        for r in creds.trust_bundle().roots() {
+            if !roots.contains(r) {
+                roots.push(r.clone());
+            }
+        }
+    }
+    TrustBundle::new(roots)
 }
 
 /// One Certify round trip.
@@ -108,10 +133,12 @@ pub async fn certify(shared: &Shared) -> Result<TlsCredentials, ControlError> {
         path: cfg.trust_bundle.clone(),
         reason: e.to_string(),
     })?;
-    let bundle = TrustBundle::from_pem(&bundle_pem).map_err(|reason| ControlError::Bundle {
+    let bootstrap = TrustBundle::from_pem(&bundle_pem).map_err(|reason| ControlError::Bundle {
         path: cfg.trust_bundle.clone(),
         reason,
     })?;
+    let current = shared.credentials.borrow().clone();
+    let bundle = control_plane_roots(&bootstrap, current.as_deref());
     let token = std::fs::read_to_string(&cfg.token_file).map_err(|e| {
         ControlError::Other(format!("token file {}: {e}", cfg.token_file.display()))
     })?;
@@ -171,11 +198,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renews_at_seventy_percent() {
+    fn renews_between_sixty_and_seventy_percent() {
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(renew_after(day, 0.0), day.mul_f64(0.7));
+        assert_eq!(renew_after(day, 1.0), day.mul_f64(0.6));
+        let d = renew_after(day, crate::control::jitter());
+        assert!(d >= day.mul_f64(0.6) && d <= day.mul_f64(0.7), "{d:?}");
+        assert_eq!(renew_after(Duration::ZERO, 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_control_plane_is_verified_with_the_current_roots_too() {
+        let td = weft_core::TrustDomain::new("weft.test").unwrap();
+        let old = weft_ca::CertificateAuthority::generate_ephemeral(&td, Duration::from_secs(3600))
+            .unwrap();
+        let new = weft_ca::CertificateAuthority::generate_ephemeral(&td, Duration::from_secs(3600))
+            .unwrap();
+        // This proxy was certified by the new root; its bootstrap file still holds the old one.
+        let id = Identity::new(td, "demo", "web").unwrap();
+        let key = LeafKey::generate().unwrap();
+        let leaf = new.sign_csr(&key.csr(&id).unwrap(), &id).unwrap();
+        let creds = TlsCredentials::new(
+            id,
+            &leaf,
+            key.private_key_der(),
+            new.trust_bundle(),
+            &[ALPN_H2],
+            ClientAuth::Required,
+        )
+        .unwrap();
+        let roots = control_plane_roots(old.trust_bundle(), Some(&creds));
+        assert_eq!(roots.roots().len(), 2);
+        assert!(roots.roots().contains(&new.trust_bundle().roots()[0]));
+        assert!(roots.roots().contains(&old.trust_bundle().roots()[0]));
+        // Without credentials, only the bootstrap file counts; duplicates are not repeated.
         assert_eq!(
-            renew_after(Duration::from_secs(24 * 3600)),
-            Duration::from_secs_f64(24.0 * 3600.0 * 0.7)
+            control_plane_roots(old.trust_bundle(), None).roots().len(),
+            1
         );
-        assert_eq!(renew_after(Duration::ZERO), Duration::ZERO);
+        let same = control_plane_roots(new.trust_bundle(), Some(&creds));
+        assert_eq!(same.roots().len(), 1);
     }
 }

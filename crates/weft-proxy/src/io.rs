@@ -10,15 +10,14 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// A connection to a peer: plain TCP to an unmeshed endpoint or the local app, or TLS.
+/// A connection this proxy opened to an endpoint: plain TCP to an unmeshed one, or mutual TLS.
+/// The TCP stream underneath counts the bytes on the wire.
 #[derive(Debug)]
 pub enum PeerIo {
     /// Plain TCP.
-    Plain(TcpStream),
+    Plain(CountingIo<TcpStream>),
     /// TLS we initiated.
-    Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-    /// TLS we accepted.
-    Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Client(Box<tokio_rustls::client::TlsStream<CountingIo<TcpStream>>>),
 }
 
 /// A stream that first yields bytes already read from it.
@@ -28,12 +27,11 @@ pub struct PrefixedIo<T> {
     inner: T,
 }
 
-/// Counts bytes in both directions and adds them to counters when dropped.
+/// Counts bytes in both directions as they flow, so a long-lived connection's traffic shows
+/// in the metrics while it is open (an atomic add per read or write).
 #[derive(Debug)]
 pub struct CountingIo<T> {
     inner: T,
-    read: u64,
-    written: u64,
     read_total: Counter,
     write_total: Counter,
 }
@@ -65,7 +63,7 @@ macro_rules! delegate_io {
     };
 }
 
-delegate_io!(PeerIo, Plain, Client, Server);
+delegate_io!(PeerIo, Plain, Client);
 
 // === impl PrefixedIo ===
 
@@ -122,22 +120,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<T> {
 // === impl CountingIo ===
 
 impl<T> CountingIo<T> {
-    /// Wraps `inner`; on drop, bytes read go to `read_total`, bytes written to `write_total`.
+    /// Wraps `inner`: bytes read are added to `read_total`, bytes written to `write_total`.
     pub fn new(inner: T, read_total: Counter, write_total: Counter) -> Self {
         Self {
             inner,
-            read: 0,
-            written: 0,
             read_total,
             write_total,
         }
-    }
-}
-
-impl<T> Drop for CountingIo<T> {
-    fn drop(&mut self) {
-        self.read_total.inc_by(self.read);
-        self.write_total.inc_by(self.written);
     }
 }
 
@@ -150,7 +139,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for CountingIo<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.read += (buf.filled().len() - before) as u64;
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            this.read_total.inc_by(n);
+        }
         r
     }
 }
@@ -164,7 +156,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
-            this.written += n as u64;
+            this.write_total.inc_by(n as u64);
         }
         r
     }
@@ -176,7 +168,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
-            this.written += n as u64;
+            this.write_total.inc_by(n as u64);
         }
         r
     }
@@ -188,5 +180,33 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CountingIo<T> {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn bytes_are_counted_while_the_connection_is_open() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let read = Counter::default();
+        let written = Counter::default();
+        let mut io = CountingIo::new(a, read.clone(), written.clone());
+        for round in 1..=3u64 {
+            io.write_all(b"hello").await.unwrap();
+            let mut buf = [0u8; 5];
+            b.read_exact(&mut buf).await.unwrap();
+            b.write_all(b"hi!").await.unwrap();
+            let mut buf = [0u8; 3];
+            io.read_exact(&mut buf).await.unwrap();
+            // Counted before the connection closes, after every exchange.
+            assert_eq!(written.get(), 5 * round);
+            assert_eq!(read.get(), 3 * round);
+        }
+        drop(io);
+        assert_eq!((read.get(), written.get()), (9, 15));
     }
 }

@@ -67,6 +67,8 @@ pub struct Shared {
     pub metrics: metrics::Metrics,
     /// Cancelled when the proxy stops accepting and starts draining.
     pub draining: CancellationToken,
+    /// Cancelled when the drain's grace period is over: every connection still open is closed.
+    pub closing: CancellationToken,
     /// Tracks every connection, for the drain.
     pub connections: TaskTracker,
     /// Wakes the identity loop to renew the certificate now.
@@ -105,6 +107,7 @@ impl Proxy {
             discovery,
             metrics,
             draining: CancellationToken::new(),
+            closing: CancellationToken::new(),
             connections: TaskTracker::new(),
             renew: tokio::sync::Notify::new(),
         });
@@ -174,7 +177,8 @@ impl Proxy {
         self.drain_requested.cancelled().await
     }
 
-    /// Stops accepting, lets in-flight requests finish within `grace`, then stops.
+    /// Stops accepting, lets in-flight requests finish within `grace`, then closes whatever
+    /// is still open (opaque TCP and upgraded connections included) and stops.
     pub async fn drain(self, grace: Duration) {
         tracing::info!(?grace, "draining");
         self.shared.draining.cancel();
@@ -183,7 +187,11 @@ impl Proxy {
             .await
             .is_err()
         {
-            tracing::warn!("grace period over; closing the remaining connections");
+            let open = self.shared.connections.len();
+            tracing::warn!(open, "grace period over; closing the remaining connections");
+            self.shared.closing.cancel();
+            // Each connection task ends as soon as it sees `closing`; this wait is short.
+            self.shared.connections.wait().await;
         }
         self.stop_background.cancel();
     }
@@ -226,6 +234,14 @@ where
             },
         };
         let _ = tcp.set_nodelay(true);
-        shared.connections.spawn(handle(tcp, peer));
+        let conn = handle(tcp, peer);
+        let closing = shared.closing.clone();
+        // Dropping the connection's future at the drain deadline closes its sockets.
+        shared.connections.spawn(async move {
+            tokio::select! {
+                _ = conn => {}
+                _ = closing.cancelled() => {}
+            }
+        });
     }
 }

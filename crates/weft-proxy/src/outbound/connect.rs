@@ -7,7 +7,8 @@ use tokio_rustls::TlsConnector;
 
 use crate::Shared;
 use crate::discovery::EndpointView;
-use crate::io::PeerIo;
+use crate::io::{CountingIo, PeerIo};
+use crate::metrics::{Direction, TcpLabels};
 
 /// Why a connection to an endpoint failed. Nothing was sent, so the request may go elsewhere.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,18 @@ pub async fn connect(
         .map_err(|_| ConnectError::Timeout(addr))?
         .map_err(|source| ConnectError::Tcp { addr, source })?;
     let _ = tcp.set_nodelay(true);
+    let labels = TcpLabels {
+        direction: Direction::outbound,
+        peer: ep
+            .identity
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |i| i.spiffe_id()),
+    };
+    let tcp = CountingIo::new(
+        tcp,
+        shared.metrics.tcp_read.get_or_create(&labels).clone(),
+        shared.metrics.tcp_write.get_or_create(&labels).clone(),
+    );
     let Some(identity) = &ep.identity else {
         return Ok(PeerIo::Plain(tcp));
     };

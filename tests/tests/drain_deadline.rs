@@ -1,0 +1,50 @@
+//! At the end of the drain's grace period the proxy closes what is still open: here an opaque
+//! TCP connection that would otherwise stay up for as long as its peers like.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weft_tests::{TestMesh, WAIT, WorkloadDecl, backends};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tcp_connections_are_closed_at_the_grace_deadline() {
+    let app = backends::tcp_echo().await;
+    let mut api = WorkloadDecl::serving("api", "api");
+    api.protocol = "opaque".into();
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(
+        &[api.clone(), load.clone()],
+        "[policy]\ndefault_inbound = \"allow\"",
+    )
+    .await;
+    let server = mesh.proxy(&api, Some(app.port()), &[]).await;
+    let client = mesh.proxy(&load, None, &[("api", 0)]).await;
+    let up = client.upstream_addrs[0].1;
+
+    let mut tcp = TcpStream::connect(up).await.unwrap();
+    tcp.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tcp.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+
+    // Both proxies drain with a short grace period while the connection sits open.
+    let grace = Duration::from_millis(300);
+    let started = tokio::time::Instant::now();
+    let drains = tokio::spawn(async move {
+        tokio::join!(client.drain(grace), server.drain(grace));
+    });
+    // The connection is cut: the read ends (EOF or reset) instead of waiting forever.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest))
+        .await
+        .expect("the connection was closed at the deadline");
+    assert!(read.is_err() || rest.is_empty(), "{read:?} {rest:?}");
+    assert!(started.elapsed() >= grace, "closed before the deadline");
+    tokio::time::timeout(WAIT, drains)
+        .await
+        .expect("drain returned after closing")
+        .unwrap();
+}
