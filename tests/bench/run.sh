@@ -6,10 +6,12 @@
 #   weft plain  wrk -> weft-proxy (outbound, unmeshed endpoint) -> backend
 #   weft mTLS   wrk -> weft-proxy -> mutual TLS (HTTP/2) -> weft-proxy -> backend
 #   nginx       wrk -> nginx reverse proxy (1 worker) -> backend
-# The backend is an nginx worker answering "ok". Writes a markdown table to stdout and to
-# target/bench/results.md. Traffic stays on 127.0.0.1; each run is bounded by DURATION.
+# The backend is an nginx worker answering "ok". Then IDLE_CONNS (1000) idle client connections
+# are held against the proxy pair to measure memory per connection, and memory IDLE_AFTER (60)
+# seconds after they close. Writes markdown tables to stdout and to target/bench/results.md.
+# Traffic stays on 127.0.0.1; each run is bounded by DURATION, the idle hold and IDLE_AFTER.
 #
-# Usage: tests/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
+# Usage: [BENCH_ONLY=memory] [IDLE_CONNS=N] [IDLE_AFTER=S] tests/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${1:-10}
@@ -39,6 +41,7 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release --locked -q -p weft-proxy -p weft-control
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 BIN=target/release
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -103,14 +106,15 @@ port = $CLI_IN
 TOML
 taskset -c 1 "$BIN/weft-control" --config "$WORK/mesh.toml" > "$WORK/control.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 100); do [ -f "$WORK/data/bootstrap-token" ] && [ -f "$WORK/data/trust-bundle.pem" ] && break; sleep 0.1; done
+TOKENS="$WORK/data/tokens/bench"
+for _ in $(seq 100); do [ -f "$TOKENS/client" ] && [ -f "$TOKENS/server" ] && [ -f "$WORK/data/trust-bundle.pem" ] && break; sleep 0.1; done
 common=(--control-addr "127.0.0.1:$GRPC" --trust-domain weft.bench --trust-bundle "$WORK/data/trust-bundle.pem"
-        --namespace bench --token-file "$WORK/data/bootstrap-token")
-RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --workload client --inbound-addr "127.0.0.1:$CLI_IN" \
+        --namespace bench)
+RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/client" --workload client --inbound-addr "127.0.0.1:$CLI_IN" \
   --admin-addr "127.0.0.1:$ADMIN_A" --upstream "plain=127.0.0.1:$PLAIN_UP" --upstream "meshed=127.0.0.1:$MTLS_UP" \
   > "$WORK/client.log" 2>&1 &
 PROXY_A=$!; PIDS+=($PROXY_A)
-RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --workload server --inbound-addr "127.0.0.1:$SRV_IN" \
+RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/server" --workload server --inbound-addr "127.0.0.1:$SRV_IN" \
   --app-port "$BACKEND" --admin-addr "127.0.0.1:$ADMIN_B" > "$WORK/server.log" 2>&1 &
 PROXY_B=$!; PIDS+=($PROXY_B)
 for a in $ADMIN_A $ADMIN_B; do
@@ -153,11 +157,43 @@ measure() { # name url pids...
   rows+=("$name|$rps|$p50|$p99|$cpu_us|$rss")
 }
 
-measure "direct" "http://127.0.0.1:$BACKEND/"
-measure "weft plain (1 proxy)" "http://127.0.0.1:$PLAIN_UP/" $PROXY_A
-measure "weft mTLS (2 proxies)" "http://127.0.0.1:$MTLS_UP/" $PROXY_A $PROXY_B
-# shellcheck disable=SC2046
-measure "nginx reverse proxy" "http://127.0.0.1:$NGINX_PROXY/" $(nginx_proxy_workers)
+# --- memory per idle client connection --------------------------------------------------------
+# IDLE_CONNS idle clients connect to the client proxy's meshed upstream listener and send
+# nothing: after the detection timeout each becomes an opaque TCP forward over mutual TLS to the
+# server proxy, which opens a connection to the backend. RSS (VmRSS) of both proxies is read
+# before, while the connections are held, and IDLE_AFTER seconds after they close.
+IDLE_CONNS=${IDLE_CONNS:-1000}
+IDLE_AFTER=${IDLE_AFTER:-60}
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+memory_rows=()
+measure_idle() {
+  local a0 b0 a1 b1 a2 b2
+  a0=$(rss_kb $PROXY_A); b0=$(rss_kb $PROXY_B)
+  mkfifo "$WORK/idle.fifo"
+  python3 tests/bench/idle.py "127.0.0.1:$MTLS_UP" "$IDLE_CONNS" 8 > "$WORK/idle.fifo" &
+  local idle_pid=$!
+  exec 9< "$WORK/idle.fifo"
+  read -r line <&9   # "open"
+  sleep 4            # past the 1 s detection timeout: every forward is set up
+  a1=$(rss_kb $PROXY_A); b1=$(rss_kb $PROXY_B)
+  read -r line <&9   # "closed"
+  exec 9<&-
+  wait "$idle_pid"
+  sleep "$IDLE_AFTER"
+  a2=$(rss_kb $PROXY_A); b2=$(rss_kb $PROXY_B)
+  per() { python3 -c "print(round(($2 - $1) / $IDLE_CONNS, 1))"; }
+  memory_rows+=("client proxy|$((a0 / 1024))|$((a1 / 1024))|$(per "$a0" "$a1")|$((a2 / 1024))|$(python3 -c "print(round(100 * ($a2 - $a0) / $a0))")")
+  memory_rows+=("server proxy|$((b0 / 1024))|$((b1 / 1024))|$(per "$b0" "$b1")|$((b2 / 1024))|$(python3 -c "print(round(100 * ($b2 - $b0) / $b0))")")
+}
+
+if [ "${BENCH_ONLY:-}" != "memory" ]; then
+  measure "direct" "http://127.0.0.1:$BACKEND/"
+  measure "weft plain (1 proxy)" "http://127.0.0.1:$PLAIN_UP/" $PROXY_A
+  measure "weft mTLS (2 proxies)" "http://127.0.0.1:$MTLS_UP/" $PROXY_A $PROXY_B
+  # shellcheck disable=SC2046
+  measure "nginx reverse proxy" "http://127.0.0.1:$NGINX_PROXY/" $(nginx_proxy_workers)
+fi
+measure_idle
 
 {
   echo "wrk -t1 -c$CONNS -d${DURATION}s, HTTP/1.1 keep-alive; proxies pinned to core 0, wrk and backend to core 1."
@@ -166,4 +202,11 @@ measure "nginx reverse proxy" "http://127.0.0.1:$NGINX_PROXY/" $(nginx_proxy_wor
   echo "| path | req/s | p50 | p99 | proxy CPU/req (us) | proxy peak RSS (MiB) |"
   echo "|---|---|---|---|---|---|"
   for r in "${rows[@]}"; do echo "|${r}|"; done
+  echo
+  echo "$IDLE_CONNS idle client connections (opaque forwards over mTLS after detection), RSS in MiB;"
+  echo "'after' is ${IDLE_AFTER}s after they closed, as a change from idle."
+  echo
+  echo "| proxy | idle | held | KiB per connection | after | after vs idle (%) |"
+  echo "|---|---|---|---|---|---|"
+  for r in "${memory_rows[@]}"; do echo "|${r}|"; done
 } | tee "$OUT/results.md"

@@ -22,8 +22,14 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const MAX_PEEK: usize = 8 * 1024;
 
 /// Reads until the first bytes decide the protocol, or `timeout` passes. Returns the bytes
-/// read, which the caller must replay.
+/// read, which the caller must replay (empty, holding no allocation, when nothing came).
 pub async fn detect(tcp: &mut TcpStream, timeout: Duration) -> std::io::Result<(Detected, Bytes)> {
+    let (d, buf) = detect_into(tcp, timeout).await?;
+    // An idle client sent nothing: do not keep the read buffer for the connection's life.
+    Ok((d, if buf.is_empty() { Bytes::new() } else { buf }))
+}
+
+async fn detect_into(tcp: &mut TcpStream, timeout: Duration) -> std::io::Result<(Detected, Bytes)> {
     let mut buf = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

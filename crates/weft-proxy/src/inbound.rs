@@ -244,7 +244,7 @@ where
     match TcpStream::connect(app_addr).await {
         Ok(mut app) => {
             let _ = app.set_nodelay(true);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut app).await {
+            if let Err(e) = crate::splice::splice(&mut io, &mut app).await {
                 tracing::debug!(error = %e, "inbound TCP closed with an error");
             }
         }

@@ -25,6 +25,7 @@ pub mod inbound;
 pub mod io;
 pub mod metrics;
 pub mod outbound;
+pub mod splice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

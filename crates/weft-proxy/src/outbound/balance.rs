@@ -113,9 +113,11 @@ where
                 .map(|s| s.endpoints.iter().cloned().collect())
                 .unwrap_or_default();
             for gone in this.current.difference(&next) {
+                tracing::debug!(service = %this.service, addr = %gone.address, "endpoint removed");
                 this.pending.push_back(Change::Remove(gone.clone()));
             }
             for new in next.difference(&this.current) {
+                tracing::debug!(service = %this.service, addr = %new.address, "endpoint added");
                 this.pending
                     .push_back(Change::Insert(new.clone(), (this.make)(new.clone())));
             }

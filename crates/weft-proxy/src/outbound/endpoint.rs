@@ -190,6 +190,7 @@ impl tower::Service<Request<Body>> for HttpEndpoint {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        tracing::trace!(addr = %self.ep.address, "request dispatched");
         let metrics = self.metrics.clone();
         let shared = self.shared.clone();
         let started = tokio::time::Instant::now();

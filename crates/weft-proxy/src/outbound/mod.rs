@@ -239,7 +239,7 @@ where
                     .map(|i| i.spiffe_id())
                     .unwrap_or_else(|| "-".into());
                 tracing::debug!(service = %target.service, addr = %ep.address, peer = %peer_id, "TCP forwarded");
-                if let Err(e) = tokio::io::copy_bidirectional(&mut io, &mut peer).await {
+                if let Err(e) = crate::splice::splice(&mut io, &mut peer).await {
                     tracing::debug!(error = %e, "TCP connection closed with an error");
                 }
                 return;
