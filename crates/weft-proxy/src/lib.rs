@@ -69,6 +69,8 @@ pub struct Shared {
     pub draining: CancellationToken,
     /// Tracks every connection, for the drain.
     pub connections: TaskTracker,
+    /// Cancelled when the drain's grace period is over: connections still open are closed.
+    pub cut: CancellationToken,
     /// Wakes the identity loop to renew the certificate now.
     pub renew: tokio::sync::Notify,
 }
@@ -106,6 +108,7 @@ impl Proxy {
             metrics,
             draining: CancellationToken::new(),
             connections: TaskTracker::new(),
+            cut: CancellationToken::new(),
             renew: tokio::sync::Notify::new(),
         });
         tokio::spawn(identity::run(
@@ -174,7 +177,8 @@ impl Proxy {
         self.drain_requested.cancelled().await
     }
 
-    /// Stops accepting, lets in-flight requests finish within `grace`, then stops.
+    /// Stops accepting, lets in-flight requests finish within `grace`, then closes the
+    /// connections still open and stops.
     pub async fn drain(self, grace: Duration) {
         tracing::info!(?grace, "draining");
         self.shared.draining.cancel();
@@ -184,6 +188,8 @@ impl Proxy {
             .is_err()
         {
             tracing::warn!("grace period over; closing the remaining connections");
+            self.shared.cut.cancel();
+            self.shared.connections.wait().await;
         }
         self.stop_background.cancel();
     }
@@ -226,6 +232,14 @@ where
             },
         };
         let _ = tcp.set_nodelay(true);
-        shared.connections.spawn(handle(tcp, peer));
+        let conn = handle(tcp, peer);
+        let cut = shared.cut.clone();
+        shared.connections.spawn(async move {
+            // Dropping the connection's future closes its sockets.
+            tokio::select! {
+                () = conn => {}
+                () = cut.cancelled() => {}
+            }
+        });
     }
 }
