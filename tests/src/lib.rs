@@ -226,11 +226,17 @@ impl TestMesh {
     /// Writes a TOML config with `workloads` and `policy` (TOML for `[policy]` and its rules)
     /// and starts the control plane.
     pub async fn start(workloads: &[WorkloadDecl], policy: &str) -> Self {
-        Self::start_with(Format::Toml, workloads, policy).await
+        Self::start_with(Format::Toml, workloads, policy, "").await
     }
 
-    /// Like [`TestMesh::start`], with the config file in `format` (and `policy` written in it).
-    pub async fn start_with(format: Format, workloads: &[WorkloadDecl], policy: &str) -> Self {
+    /// Like [`TestMesh::start`], with the config file in `format` (`policy` and `ca_extra`,
+    /// extra lines of the `[ca]` table, written in it).
+    pub async fn start_with(
+        format: Format,
+        workloads: &[WorkloadDecl],
+        policy: &str,
+        ca_extra: &str,
+    ) -> Self {
         trace_init();
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join(match format {
@@ -239,6 +245,7 @@ impl TestMesh {
         });
         let mut file = FileState {
             workloads: workloads.to_vec(),
+            ca_extra: ca_extra.to_string(),
             ..Default::default()
         };
         std::fs::write(&config_path, file.render(format, dir.path(), policy)).unwrap();
