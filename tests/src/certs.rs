@@ -1,5 +1,6 @@
-//! Certificates the tests forge: leaves from the mesh's own intermediate (expired, or for an
-//! identity nobody proved), and whole chains from a CA the mesh does not know.
+//! Certificates the tests forge: leaves from the mesh's own intermediate (expired, for an
+//! identity nobody proved, of another trust domain, or without a SPIFFE ID), and whole chains
+//! from a CA the mesh does not know.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -41,11 +42,24 @@ pub fn leaf(
     not_before: SystemTime,
     not_after: SystemTime,
 ) -> ClientCert {
+    let sans = vec![SanType::URI(spiffe_id.try_into().unwrap())];
+    leaf_with_sans(issuer, chain_tail, sans, not_before, not_after)
+}
+
+/// A leaf with exactly `sans` as its subject alternative names (none of them need be a
+/// SPIFFE ID), signed by `issuer`, valid from `not_before` to `not_after`.
+pub fn leaf_with_sans(
+    issuer: &Issuer<'_, KeyPair>,
+    chain_tail: &[CertificateDer<'static>],
+    sans: Vec<SanType>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> ClientCert {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let mut p = CertificateParams::default();
     p.not_before = not_before.into();
     p.not_after = not_after.into();
-    p.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().unwrap())];
+    p.subject_alt_names = sans;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ClientAuth,

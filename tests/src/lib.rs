@@ -11,9 +11,10 @@ pub mod backends;
 pub mod certs;
 pub mod conformance;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -33,13 +34,13 @@ pub fn trace_init() {
         .try_init();
 }
 
-/// A free port on 127.0.0.1 (bound, then released for the caller to bind).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The mesh config file's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `mesh.toml`.
+    Toml,
+    /// `mesh.yaml`.
+    Yaml,
 }
 
 /// One workload in the test mesh's config file.
@@ -51,8 +52,10 @@ pub struct WorkloadDecl {
     pub service: Option<String>,
     /// Identity account override.
     pub identity: Option<String>,
-    /// The port peers dial (the proxy's inbound, or the app when unmeshed).
-    pub port: u16,
+    /// The port peers dial. `None`: the port the mesh gives the workload, which is its proxy's
+    /// inbound listener once [`TestMesh::proxy`] has started one, and until then a port the
+    /// mesh holds bound without listening (connections to it are refused).
+    pub port: Option<u16>,
     /// Port protocol.
     pub protocol: String,
     /// Whether a proxy fronts it.
@@ -60,13 +63,13 @@ pub struct WorkloadDecl {
 }
 
 impl WorkloadDecl {
-    /// A meshed workload serving `service` on a free port.
+    /// A meshed workload serving `service`.
     pub fn serving(name: &str, service: &str) -> Self {
         Self {
             name: name.into(),
             service: Some(service.into()),
             identity: None,
-            port: free_port(),
+            port: None,
             protocol: "auto".into(),
             meshed: true,
         }
@@ -78,16 +81,28 @@ impl WorkloadDecl {
             name: name.into(),
             service: None,
             identity: None,
-            port: free_port(),
+            port: None,
             protocol: "auto".into(),
             meshed: true,
         }
     }
 
-    fn to_toml(&self) -> String {
+    /// A workload without a proxy, serving `service` in plaintext at `app` (on 127.0.0.1).
+    pub fn unmeshed(name: &str, service: &str, app: SocketAddr) -> Self {
+        Self {
+            name: name.into(),
+            service: Some(service.into()),
+            identity: None,
+            port: Some(app.port()),
+            protocol: "auto".into(),
+            meshed: false,
+        }
+    }
+
+    fn to_toml(&self, port: u16) -> String {
         let mut s = format!(
-            "[[platforms.local.workloads]]\nname = \"{}\"\nnamespace = \"test\"\nport = {}\nprotocol = \"{}\"\nmeshed = {}\n",
-            self.name, self.port, self.protocol, self.meshed
+            "[[platforms.local.workloads]]\nname = \"{}\"\nnamespace = \"test\"\nport = {port}\nprotocol = \"{}\"\nmeshed = {}\n",
+            self.name, self.protocol, self.meshed
         );
         if let Some(svc) = &self.service {
             s.push_str(&format!("service = \"{svc}\"\n"));
@@ -97,9 +112,100 @@ impl WorkloadDecl {
         }
         s
     }
+
+    fn to_yaml(&self, port: u16) -> String {
+        let mut s = format!(
+            "      - name: \"{}\"\n        namespace: test\n        port: {port}\n        protocol: {}\n        meshed: {}\n",
+            self.name, self.protocol, self.meshed
+        );
+        if let Some(svc) = &self.service {
+            s.push_str(&format!("        service: \"{svc}\"\n"));
+        }
+        if let Some(id) = &self.identity {
+            s.push_str(&format!("        identity: \"{id}\"\n"));
+        }
+        s
+    }
+}
+
+/// A port on 127.0.0.1 held bound, without listening, for as long as the socket lives:
+/// connections to it are refused, and nothing else can take the port meanwhile.
+pub fn refusing_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
+/// What the config file holds besides the fixed policy, and the ports given to workloads.
+#[derive(Default)]
+struct FileState {
+    workloads: Vec<WorkloadDecl>,
+    /// `control.grpc_addr`'s port in the file: 0 (any) until the control plane is restarted,
+    /// which has to happen on the address the running proxies know.
+    grpc_port: u16,
+    ca_extra: String,
+    /// Ports of workloads declared without one.
+    ports: BTreeMap<String, u16>,
+    /// Sockets holding the ports given to workloads that no proxy listens for yet.
+    held: Vec<tokio::net::TcpSocket>,
+}
+
+impl FileState {
+    fn render(&mut self, format: Format, dir: &Path, policy: &str) -> String {
+        let data = dir.join("data");
+        let grpc = self.grpc_port;
+        let mut s = match format {
+            Format::Toml => format!(
+                "[mesh]\nname = \"test\"\ntrust_domain = \"weft.test\"\n\n[ca]\ndata_dir = \"{}\"\n{}\n\n[control]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:0\"\n\n{policy}\n\n[platforms.local]\n",
+                data.display(),
+                self.ca_extra,
+            ),
+            Format::Yaml => {
+                let ca_extra: String = self.ca_extra.lines().map(|l| format!("  {l}\n")).collect();
+                format!(
+                    "mesh:\n  name: test\n  trust_domain: weft.test\nca:\n  data_dir: \"{}\"\n{ca_extra}control:\n  grpc_addr: \"127.0.0.1:{grpc}\"\n  http_addr: \"127.0.0.1:0\"\n{policy}\nplatforms:\n  local:\n    workloads:\n",
+                    data.display()
+                )
+            }
+        };
+        let workloads = self.workloads.clone();
+        if format == Format::Yaml && workloads.is_empty() {
+            s.push_str("      []\n");
+        }
+        for w in &workloads {
+            let port = match w.port {
+                Some(p) => p,
+                None => self.port_of(&w.name),
+            };
+            match format {
+                Format::Toml => {
+                    s.push('\n');
+                    s.push_str(&w.to_toml(port));
+                }
+                Format::Yaml => s.push_str(&w.to_yaml(port)),
+            }
+        }
+        s
+    }
+
+    /// The port given to `name`, holding a fresh one if it has none yet.
+    fn port_of(&mut self, name: &str) -> u16 {
+        if let Some(p) = self.ports.get(name) {
+            return *p;
+        }
+        let (socket, addr) = refusing_port();
+        self.held.push(socket);
+        self.ports.insert(name.to_string(), addr.port());
+        addr.port()
+    }
 }
 
 /// A control plane on the local platform, with its config file in a temporary directory.
+///
+/// Every port is bound by whoever listens on it, at port 0, and reported: the control plane's
+/// listeners, each proxy's listeners (a workload's declared port is set to its proxy's inbound
+/// listener once the proxy runs), and the backends.
 #[allow(missing_debug_implementations, reason = "test fixture")]
 pub struct TestMesh {
     /// The directory holding the config file, CA and token.
@@ -108,38 +214,53 @@ pub struct TestMesh {
     pub config_path: PathBuf,
     /// The running control plane, if up.
     pub control: Option<ControlPlane>,
-    grpc_port: u16,
+    grpc_addr: Option<SocketAddr>,
+    format: Format,
     stop: CancellationToken,
     watcher: ConfigWatcher,
     policy: String,
-    ca_extra: String,
+    file: Mutex<FileState>,
 }
 
 impl TestMesh {
-    /// Writes a config with `workloads` and `policy` (TOML for `[policy]` and its rules) and
-    /// starts the control plane.
+    /// Writes a TOML config with `workloads` and `policy` (TOML for `[policy]` and its rules)
+    /// and starts the control plane.
     pub async fn start(workloads: &[WorkloadDecl], policy: &str) -> Self {
+        Self::start_with(Format::Toml, workloads, policy, "").await
+    }
+
+    /// Like [`TestMesh::start`], with the config file in `format` (`policy` and `ca_extra`,
+    /// extra lines of the `[ca]` table, written in it).
+    pub async fn start_with(
+        format: Format,
+        workloads: &[WorkloadDecl],
+        policy: &str,
+        ca_extra: &str,
+    ) -> Self {
         trace_init();
         let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("mesh.toml");
-        let grpc_port = free_port();
-        let policy = policy.to_string();
-        std::fs::write(
-            &config_path,
-            render(dir.path(), grpc_port, &policy, "", workloads),
-        )
-        .unwrap();
+        let config_path = dir.path().join(match format {
+            Format::Toml => "mesh.toml",
+            Format::Yaml => "mesh.yaml",
+        });
+        let mut file = FileState {
+            workloads: workloads.to_vec(),
+            ca_extra: ca_extra.to_string(),
+            ..Default::default()
+        };
+        std::fs::write(&config_path, file.render(format, dir.path(), policy)).unwrap();
         let stop = CancellationToken::new();
         let watcher = ConfigWatcher::start(&config_path, stop.clone()).unwrap();
         let mut mesh = Self {
             dir,
             config_path,
             control: None,
-            grpc_port,
+            grpc_addr: None,
+            format,
             stop,
             watcher,
-            policy,
-            ca_extra: String::new(),
+            policy: policy.to_string(),
+            file: Mutex::new(file),
         };
         mesh.start_control().await;
         mesh
@@ -149,36 +270,80 @@ impl TestMesh {
     pub async fn start_control(&mut self) {
         let local = weft_local::LocalPlatform::new(self.watcher.subscribe()).unwrap();
         let platforms: Vec<Arc<dyn Platform>> = vec![Arc::new(local)];
-        self.control = Some(
-            ControlPlane::start(self.watcher.subscribe(), platforms)
-                .await
-                .unwrap(),
-        );
+        let control = ControlPlane::start(self.watcher.subscribe(), platforms)
+            .await
+            .unwrap();
+        let first = *self.grpc_addr.get_or_insert(control.grpc_addr);
+        assert_eq!(control.grpc_addr, first, "restarted on another address");
+        self.control = Some(control);
     }
 
-    /// Stops the control plane.
+    /// Stops the control plane, and names its gRPC address in the file so that the next
+    /// [`TestMesh::start_control`] binds the address the proxies know: a restart in place, as
+    /// in production. (Between the two, the port is free for anyone to take; nothing else in
+    /// these tests binds a fixed port.)
     pub async fn stop_control(&mut self) {
         if let Some(c) = self.control.take() {
             c.shutdown().await;
         }
+        self.file.lock().unwrap().grpc_port = self.grpc_addr().port();
+        self.rewrite().await;
     }
 
     /// Rewrites the config file with new workloads and waits until the control plane has
     /// loaded it.
     pub async fn set_workloads(&self, workloads: &[WorkloadDecl]) {
+        self.file.lock().unwrap().workloads = workloads.to_vec();
+        self.rewrite().await;
+    }
+
+    /// Declares `port` as the port of workload `name` (one declared without a port), and
+    /// waits until the control plane's registry has it there.
+    pub async fn set_port(&self, name: &str, port: u16) {
+        let declared = {
+            let mut file = self.file.lock().unwrap();
+            file.ports.insert(name.to_string(), port);
+            file.workloads
+                .iter()
+                .any(|w| w.name == name && w.port.is_none())
+        };
+        if !declared {
+            return;
+        }
+        self.rewrite().await;
+        if let Some(control) = &self.control {
+            let mut reg = control.registry.subscribe();
+            tokio::time::timeout(
+                WAIT,
+                reg.wait_for(|s| {
+                    s.workloads()
+                        .any(|w| w.key.name == name && w.address.port() == port)
+                }),
+            )
+            .await
+            .expect("the registry has the workload's new port")
+            .unwrap();
+        }
+    }
+
+    /// The port workload `name` is declared with.
+    pub fn port_of(&self, name: &str) -> u16 {
+        let mut file = self.file.lock().unwrap();
+        match file.workloads.iter().find(|w| w.name == name) {
+            Some(WorkloadDecl { port: Some(p), .. }) => *p,
+            _ => file.port_of(name),
+        }
+    }
+
+    async fn rewrite(&self) {
         let mut rx = self.watcher.subscribe();
         rx.mark_unchanged();
-        std::fs::write(
-            &self.config_path,
-            render(
-                self.dir.path(),
-                self.grpc_port,
-                &self.policy,
-                &self.ca_extra,
-                workloads,
-            ),
-        )
-        .unwrap();
+        let text = self
+            .file
+            .lock()
+            .unwrap()
+            .render(self.format, self.dir.path(), &self.policy);
+        std::fs::write(&self.config_path, text).unwrap();
         tokio::time::timeout(WAIT, rx.changed())
             .await
             .expect("config reloaded")
@@ -187,7 +352,7 @@ impl TestMesh {
 
     /// Extra lines for the `[ca]` table, used from the next `set_workloads` on.
     pub fn set_ca_extra(&mut self, lines: &str) {
-        self.ca_extra = lines.to_string();
+        self.file.lock().unwrap().ca_extra = lines.to_string();
     }
 
     /// Writes raw text to the config file (for invalid edits).
@@ -202,7 +367,7 @@ impl TestMesh {
 
     /// The gRPC address of the control plane.
     pub fn grpc_addr(&self) -> SocketAddr {
-        ([127, 0, 0, 1], self.grpc_port).into()
+        self.grpc_addr.expect("the control plane was started")
     }
 
     /// The trust bundle file.
@@ -220,12 +385,13 @@ impl TestMesh {
         self.watcher.current().workload_token_file("test", name)
     }
 
-    /// Proxy settings for workload `w`, fronting `app_port`, with `upstreams`.
+    /// Proxy settings for workload `w`, fronting `app_port`, with an upstream listener for each
+    /// of `upstreams`; every listener on port 0.
     pub fn proxy_config(
         &self,
         w: &WorkloadDecl,
         app_port: Option<u16>,
-        upstreams: &[(&str, u16)],
+        upstreams: &[&str],
     ) -> ProxyConfig {
         ProxyConfig {
             control_addr: self.grpc_addr(),
@@ -236,13 +402,13 @@ impl TestMesh {
             account: w.identity.clone(),
             platform: "local".into(),
             token_file: self.token_file(&w.name),
-            inbound_addr: ([127, 0, 0, 1], w.port).into(),
+            inbound_addr: ([127, 0, 0, 1], 0).into(),
             app_port,
             upstreams: upstreams
                 .iter()
-                .map(|(s, p)| Upstream {
+                .map(|s| Upstream {
                     service: s.to_string(),
-                    listen: ([127, 0, 0, 1], *p).into(),
+                    listen: ([127, 0, 0, 1], 0).into(),
                 })
                 .collect(),
             admin_addr: ([127, 0, 0, 1], 0).into(),
@@ -256,16 +422,25 @@ impl TestMesh {
         }
     }
 
-    /// Starts a proxy and waits until it is ready (certificate and first snapshot).
+    /// Starts a proxy, declares its inbound listener (if it fronts an app) as the workload's
+    /// port, and waits until it is ready (certificate and first snapshot).
     pub async fn proxy(
         &self,
         w: &WorkloadDecl,
         app_port: Option<u16>,
-        upstreams: &[(&str, u16)],
+        upstreams: &[&str],
     ) -> Proxy {
-        let proxy = Proxy::start(self.proxy_config(w, app_port, upstreams))
+        self.start_proxy(self.proxy_config(w, app_port, upstreams))
             .await
-            .unwrap();
+    }
+
+    /// Starts a proxy with `cfg`, as [`TestMesh::proxy`] does.
+    pub async fn start_proxy(&self, cfg: ProxyConfig) -> Proxy {
+        let name = cfg.workload.clone();
+        let proxy = Proxy::start(cfg).await.unwrap();
+        if let Some(inbound) = proxy.inbound_addr {
+            self.set_port(&name, inbound.port()).await;
+        }
         wait_ready(&proxy).await;
         proxy
     }
@@ -275,6 +450,16 @@ impl Drop for TestMesh {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// Where `proxy` listens for its application's calls to `service`.
+pub fn upstream(proxy: &Proxy, service: &str) -> SocketAddr {
+    proxy
+        .upstream_addrs
+        .iter()
+        .find(|(s, _)| s == service)
+        .map(|(_, a)| *a)
+        .unwrap_or_else(|| panic!("no upstream listener for {service}"))
 }
 
 /// Waits until `proxy` holds a certificate and a snapshot.
@@ -315,24 +500,6 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-fn render(
-    dir: &std::path::Path,
-    grpc_port: u16,
-    policy: &str,
-    ca_extra: &str,
-    workloads: &[WorkloadDecl],
-) -> String {
-    let mut s = format!(
-        "[mesh]\nname = \"test\"\ntrust_domain = \"weft.test\"\n\n[ca]\ndata_dir = \"{}\"\n{ca_extra}\n\n[control]\ngrpc_addr = \"127.0.0.1:{grpc_port}\"\nhttp_addr = \"127.0.0.1:0\"\n\n{policy}\n\n[platforms.local]\n",
-        dir.join("data").display()
-    );
-    for w in workloads {
-        s.push('\n');
-        s.push_str(&w.to_toml());
-    }
-    s
-}
-
 /// Fetches `path` from a proxy's admin listener: status and body.
 pub async fn admin_get(admin: SocketAddr, method: &str, path: &str) -> (u16, String) {
     use http_body_util::BodyExt;
@@ -352,6 +519,23 @@ pub async fn admin_get(admin: SocketAddr, method: &str, path: &str) -> (u16, Str
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// Polls the metrics at `admin` (a proxy's admin listener or the control plane's HTTP
+/// listener) until `ok` holds for them, and returns them.
+pub async fn wait_metrics(admin: SocketAddr, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, text) = admin_get(admin, "GET", "/metrics").await;
+        if ok(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the metrics never showed {what}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls a proxy's metrics until `metric(name, labels)` reaches `at_least`.
 pub async fn wait_metric(admin: SocketAddr, name: &str, labels: &[&str], at_least: f64) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -365,5 +549,53 @@ pub async fn wait_metric(admin: SocketAddr, name: &str, labels: &[&str], at_leas
             "{name}{labels:?} never reached {at_least}:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Log lines of the current thread, captured from when [`LogCapture::install`] is called
+/// until the capture is dropped. In a current-thread runtime that is every task of the test:
+/// the proxies and the control plane included.
+#[allow(missing_debug_implementations, reason = "test fixture")]
+pub struct LogCapture {
+    lines: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+#[derive(Clone)]
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    /// Captures events at `debug` and above on this thread.
+    pub fn install() -> Self {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let writer = CaptureWriter(lines.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        Self {
+            lines,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    /// The lines captured so far that contain every one of `needles`.
+    pub fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        String::from_utf8_lossy(&self.lines.lock().unwrap())
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect()
     }
 }

@@ -357,3 +357,60 @@ async fn a_trust_domain_or_bundle_mismatch_is_named_on_both_sides() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_api_shows_services_workloads_meshing_and_identities() {
+    let legacy_app = weft_tests::backends::http_echo("legacy").await;
+    let api = WorkloadDecl::serving("api", "api");
+    let mut load = WorkloadDecl::client("load");
+    load.identity = Some("loader".into());
+    let legacy = WorkloadDecl::unmeshed("legacy", "db", legacy_app);
+    let mesh = TestMesh::start(&[api.clone(), load.clone(), legacy], "").await;
+    let api_proxy = mesh.proxy(&api, Some(1), &[]).await;
+    let api_addr = api_proxy.inbound_addr.unwrap();
+    let http = mesh.control.as_ref().unwrap().http_addr;
+
+    let (status, body) = admin_get(http, "GET", "/api/state").await;
+    assert_eq!(status, 200, "{body}");
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["ready"], true, "{state:#}");
+    assert_eq!(
+        state["platforms"],
+        serde_json::json!([{ "name": "local", "synced": true }])
+    );
+    let mut workloads = state["workloads"].as_array().unwrap().clone();
+    workloads.sort_by_key(|w| w["name"].as_str().unwrap().to_string());
+    assert_eq!(
+        serde_json::Value::Array(workloads),
+        serde_json::json!([
+            {
+                "namespace": "test",
+                "name": "api",
+                "identity": "spiffe://weft.test/ns/test/sa/api",
+                "service": "api.test",
+                "address": api_addr.to_string(),
+                "protocol": "auto",
+                "meshed": true,
+            },
+            {
+                "namespace": "test",
+                "name": "legacy",
+                "identity": "spiffe://weft.test/ns/test/sa/legacy",
+                "service": "db.test",
+                "address": legacy_app.to_string(),
+                "protocol": "auto",
+                "meshed": false,
+            },
+            {
+                "namespace": "test",
+                "name": "load",
+                "identity": "spiffe://weft.test/ns/test/sa/loader",
+                "service": null,
+                "address": format!("127.0.0.1:{}", mesh.port_of("load")),
+                "protocol": "auto",
+                "meshed": true,
+            },
+        ]),
+        "{body}"
+    );
+}

@@ -21,8 +21,8 @@ async fn open_tcp_connections_are_closed_at_the_grace_deadline() {
     )
     .await;
     let server = mesh.proxy(&api, Some(app.port()), &[]).await;
-    let client = mesh.proxy(&load, None, &[("api", 0)]).await;
-    let up = client.upstream_addrs[0].1;
+    let client = mesh.proxy(&load, None, &["api"]).await;
+    let up = weft_tests::upstream(&client, "api");
 
     let mut tcp = TcpStream::connect(up).await.unwrap();
     tcp.write_all(b"ping").await.unwrap();

@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,9 +14,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{mpsc, oneshot};
 use weft_proxy::Proxy;
-use weft_tests::{TestMesh, WAIT, WorkloadDecl, admin_get, backends, free_port, wait_snapshot};
+use weft_tests::{
+    TestMesh, WAIT, WorkloadDecl, admin_get, backends, refusing_port, upstream, wait_snapshot,
+};
 
 const ALLOW_ALL: &str = "[policy]\ndefault_inbound = \"allow\"";
 
@@ -25,11 +26,11 @@ fn client() -> Client<HttpConnector, Empty<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-/// GETs `/` through the upstream at `port`: status and `x-backend`.
-async fn get(c: &Client<HttpConnector, Empty<Bytes>>, port: u16) -> (StatusCode, String) {
+/// GETs `/` through the upstream listener at `up`: status and `x-backend`.
+async fn get(c: &Client<HttpConnector, Empty<Bytes>>, up: SocketAddr) -> (StatusCode, String) {
     let rsp = c
         .request(
-            Request::get(format!("http://127.0.0.1:{port}/"))
+            Request::get(format!("http://{up}/"))
                 .header("host", "api.test")
                 .body(Empty::new())
                 .unwrap(),
@@ -63,7 +64,7 @@ struct Handover {
     api2: WorkloadDecl,
     load: WorkloadDecl,
     load_proxy: Proxy,
-    up: u16,
+    up: SocketAddr,
     _servers: [Proxy; 2],
 }
 
@@ -76,8 +77,8 @@ async fn handover() -> Handover {
     let mesh = TestMesh::start(&[api1.clone(), api2.clone(), load.clone()], ALLOW_ALL).await;
     let p1 = mesh.proxy(&api1, Some(one.port()), &[]).await;
     let p2 = mesh.proxy(&api2, Some(two.port()), &[]).await;
-    let up = free_port();
-    let load_proxy = mesh.proxy(&load, None, &[("api", up)]).await;
+    let load_proxy = mesh.proxy(&load, None, &["api"]).await;
+    let up = upstream(&load_proxy, "api");
     Handover {
         mesh,
         api1,
@@ -100,7 +101,7 @@ impl Handover {
         self.mesh
             .set_workloads(&[api1, api2, self.load.clone()])
             .await;
-        let port = self.api2.port;
+        let port = self.mesh.port_of("api-2");
         wait_snapshot(&self.load_proxy, |s| api_port(s) == [port]).await;
     }
 }
@@ -163,8 +164,8 @@ async fn an_endpoint_that_refuses_connections_is_avoided() {
     let load = WorkloadDecl::client("load");
     let mesh = TestMesh::start(&[api1.clone(), dead, load.clone()], ALLOW_ALL).await;
     let _p1 = mesh.proxy(&api1, Some(one.port()), &[]).await;
-    let up = free_port();
-    let _lp = mesh.proxy(&load, None, &[("api", up)]).await;
+    let lp = mesh.proxy(&load, None, &["api"]).await;
+    let up = upstream(&lp, "api");
     let c = client();
     for i in 0..30 {
         assert_eq!(
@@ -181,8 +182,8 @@ async fn a_service_without_endpoints_answers_503() {
     let load = WorkloadDecl::client("load");
     let mut mesh_workloads = vec![api.clone(), load.clone()];
     let mesh = TestMesh::start(&mesh_workloads, ALLOW_ALL).await;
-    let up = free_port();
-    let lp = mesh.proxy(&load, None, &[("api", up)]).await;
+    let lp = mesh.proxy(&load, None, &["api"]).await;
+    let up = upstream(&lp, "api");
     mesh_workloads.remove(0);
     mesh.set_workloads(&mesh_workloads).await;
     wait_snapshot(&lp, |s| api_port(s).is_empty()).await;
@@ -207,25 +208,23 @@ async fn a_service_without_endpoints_answers_503() {
     );
 }
 
-/// A backend that reports each request and answers only when released.
-async fn held_backend() -> (SocketAddr, mpsc::Receiver<()>, Arc<Notify>) {
+/// A backend that hands the test a release for each request it receives, and answers `done`
+/// only once the test fires it.
+async fn held_backend() -> (SocketAddr, mpsc::Receiver<oneshot::Sender<()>>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = mpsc::channel(8);
-    let release = Arc::new(Notify::new());
-    let rel = release.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, _) = l.accept().await.unwrap();
             let tx = tx.clone();
-            let rel = rel.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |_req| {
                     let tx = tx.clone();
-                    let rel = rel.clone();
                     async move {
-                        let _ = tx.send(()).await;
-                        rel.notified().await;
+                        let (release, released) = oneshot::channel();
+                        let _ = tx.send(release).await;
+                        let _ = released.await;
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("done"))))
                     }
                 });
@@ -235,28 +234,52 @@ async fn held_backend() -> (SocketAddr, mpsc::Receiver<()>, Arc<Notify>) {
             });
         }
     });
-    (addr, rx, release)
+    (addr, rx)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A GET through `up` whose response has not come yet; resolves to the status and body.
+fn request_in_background(up: SocketAddr) -> tokio::task::JoinHandle<(StatusCode, String)> {
+    tokio::spawn(async move {
+        let rsp = client()
+            .request(
+                Request::get(format!("http://{up}/"))
+                    .header("host", "api.test")
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = rsp.status();
+        let body = rsp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    })
+}
+
+// Set up in real time; from the drain on, tokio's clock is paused (a current-thread runtime
+// runs the whole mesh), so a wait of virtual seconds proves the drain waits without slowing
+// the test.
+#[tokio::test]
 async fn draining_finishes_in_flight_requests_and_stops_accepting() {
-    let (app, mut arrived, release) = held_backend().await;
+    let (app, mut arrived) = held_backend().await;
     let api = WorkloadDecl::serving("api", "api");
     let load = WorkloadDecl::client("load");
     let mesh = TestMesh::start(&[api.clone(), load.clone()], ALLOW_ALL).await;
     let server = mesh.proxy(&api, Some(app.port()), &[]).await;
-    let up = free_port();
-    let client_proxy = mesh.proxy(&load, None, &[("api", up)]).await;
+    let client_proxy = mesh.proxy(&load, None, &["api"]).await;
     let inbound = server.inbound_addr.unwrap();
 
-    let in_flight = tokio::spawn(async move { get(&client(), up).await });
-    tokio::time::timeout(WAIT, arrived.recv())
+    let in_flight = request_in_background(upstream(&client_proxy, "api"));
+    // The application holds the request: it is in flight from here on.
+    let release = tokio::time::timeout(WAIT, arrived.recv())
         .await
         .unwrap()
         .unwrap();
 
     // SIGTERM's path: stop accepting, let the request finish.
-    let drained = tokio::spawn(server.drain(Duration::from_secs(10)));
+    tokio::time::pause();
+    let grace = Duration::from_secs(60);
+    let began = tokio::time::Instant::now();
+    let mut drained = tokio::spawn(server.drain(grace));
     // The listener closes: new connections are refused.
     tokio::time::timeout(WAIT, async {
         while TcpStream::connect(inbound).await.is_ok() {
@@ -265,9 +288,71 @@ async fn draining_finishes_in_flight_requests_and_stops_accepting() {
     })
     .await
     .expect("inbound listener closed while draining");
-    release.notify_one();
-    assert_eq!(in_flight.await.unwrap().0, StatusCode::OK);
-    tokio::time::timeout(WAIT, drained).await.unwrap().unwrap();
+    // Half the grace period later the drain still waits for the held request.
+    let half = grace / 2;
+    assert!(
+        tokio::time::timeout(half, &mut drained).await.is_err(),
+        "the drain ended with a request in flight"
+    );
+    assert!(
+        !in_flight.is_finished(),
+        "the request ended before its release"
+    );
+
+    // Released, the request completes through the draining proxy, and the drain ends with
+    // it, long before the grace period is over.
+    release.send(()).unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), in_flight)
+            .await
+            .expect("the response came")
+            .unwrap(),
+        (StatusCode::OK, "done".to_string())
+    );
+    tokio::time::timeout(Duration::from_secs(5), drained)
+        .await
+        .expect("the drain ended once the request was done")
+        .unwrap();
+    assert!(began.elapsed() < grace, "{:?}", began.elapsed());
+    drop(client_proxy);
+}
+
+// The drain's grace period runs on tokio's clock, paused once the mesh is up: the request is
+// held for good, so only the grace period can end the drain.
+#[tokio::test]
+async fn a_request_outliving_the_grace_period_is_cut_when_the_drain_ends() {
+    let (app, mut arrived) = held_backend().await;
+    let api = WorkloadDecl::serving("api", "api");
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(&[api.clone(), load.clone()], ALLOW_ALL).await;
+    let server = mesh.proxy(&api, Some(app.port()), &[]).await;
+    let client_proxy = mesh.proxy(&load, None, &["api"]).await;
+
+    let in_flight = request_in_background(upstream(&client_proxy, "api"));
+    let _held = tokio::time::timeout(WAIT, arrived.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    tokio::time::pause();
+    let grace = Duration::from_secs(30);
+    let began = tokio::time::Instant::now();
+    server.drain(grace).await;
+    let took = began.elapsed();
+    assert!(
+        took >= grace && took < grace + Duration::from_secs(1),
+        "the drain took {took:?} with a grace period of {grace:?}"
+    );
+    tokio::time::resume();
+
+    // The connection carrying the request is closed: the client gets the client proxy's
+    // error, not the application's answer.
+    let (status, body) = tokio::time::timeout(WAIT, in_flight)
+        .await
+        .expect("the held request was cut")
+        .unwrap();
+    assert_ne!(status, StatusCode::OK, "{body}");
+    assert_ne!(body, "done");
     drop(client_proxy);
 }
 
@@ -317,7 +402,8 @@ async fn admin_endpoints() {
 
     // A proxy whose control plane never answers is live but not ready.
     let mut cfg = mesh.proxy_config(&WorkloadDecl::client("orphan"), None, &[]);
-    cfg.control_addr = ([127, 0, 0, 1], free_port()).into();
+    let (_refusing, nobody) = refusing_port();
+    cfg.control_addr = nobody;
     let orphan = weft_proxy::Proxy::start(cfg).await.unwrap();
     assert_eq!(admin_get(orphan.admin_addr, "GET", "/live").await.0, 200);
     let (status, why) = admin_get(orphan.admin_addr, "GET", "/ready").await;

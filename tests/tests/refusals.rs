@@ -9,13 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_proxy::Proxy;
 use weft_tests::certs::{self, ClientCert};
-use weft_tests::{TestMesh, WAIT, WorkloadDecl, backends, free_port, wait_metric};
+use weft_tests::{LogCapture, TestMesh, WAIT, WorkloadDecl, backends, upstream, wait_metric};
 
 const ONLY_LOAD: &str = "[policy]\ndefault_inbound = \"allow\"\n\n[[policy.authorizations]]\nservice = \"api.test\"\nallow = [\"test/load\"]";
 
@@ -177,21 +177,77 @@ async fn an_identity_the_policy_does_not_admit_is_denied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_of_another_trust_domain_is_refused() {
+    // Signed by the mesh's own CA, so only the trust-domain check can refuse it.
+    let s = server().await;
+    let now = SystemTime::now();
+    let foreign = mesh_leaf(
+        &s.mesh,
+        "spiffe://other.test/ns/test/sa/load",
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(3600),
+    );
+    assert!(h2_request(s.inbound, Some(foreign)).await.is_err());
+    let text = wait_metric(
+        s.proxy.admin_addr,
+        "weft_inbound_tls_rejected_total",
+        &["reason=\"foreign_trust_domain\""],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        weft_tests::metric(&text, "weft_requests_total", &["direction=\"inbound\""]),
+        0.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_without_a_spiffe_id_is_refused() {
+    let s = server().await;
+    let (issuer, inter) = certs::mesh_intermediate(&s.mesh.data_dir());
+    let now = SystemTime::now();
+    let anonymous = certs::leaf_with_sans(
+        &issuer,
+        &[inter],
+        vec![rcgen::SanType::DnsName("load.test".try_into().unwrap())],
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(3600),
+    );
+    assert!(h2_request(s.inbound, Some(anonymous)).await.is_err());
+    let text = wait_metric(
+        s.proxy.admin_addr,
+        "weft_inbound_tls_rejected_total",
+        &["reason=\"no_identity\""],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        weft_tests::metric(&text, "weft_requests_total", &["direction=\"inbound\""]),
+        0.0,
+        "{text}"
+    );
+}
+
+// On the current-thread runtime every task of the mesh runs on the test's thread, where the
+// log capture sees the client proxy's reason for refusing the endpoint.
+#[tokio::test]
 async fn the_client_refuses_a_server_proving_another_identity() {
+    let logs = LogCapture::install();
     let app = backends::http_echo("impostor-app").await;
     let api = WorkloadDecl::serving("api", "api");
     let impostor = WorkloadDecl::client("impostor");
     let load = WorkloadDecl::client("load");
     let mesh = TestMesh::start(&[api.clone(), impostor.clone(), load.clone()], ONLY_LOAD).await;
     // The impostor's proxy, certified as test/impostor, listens where discovery says api is.
-    let mut cfg = mesh.proxy_config(&impostor, Some(app.port()), &[]);
-    cfg.inbound_addr = ([127, 0, 0, 1], api.port).into();
-    let imp = Proxy::start(cfg).await.unwrap();
+    let imp = Proxy::start(mesh.proxy_config(&impostor, Some(app.port()), &[]))
+        .await
+        .unwrap();
+    mesh.set_port("api", imp.inbound_addr.unwrap().port()).await;
     weft_tests::wait_ready(&imp).await;
-    let up = free_port();
-    let _client = mesh.proxy(&load, None, &[("api", up)]).await;
+    let client = mesh.proxy(&load, None, &["api"]).await;
 
-    let tcp = TcpStream::connect(("127.0.0.1", up)).await.unwrap();
+    let tcp = TcpStream::connect(upstream(&client, "api")).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .unwrap();
@@ -205,13 +261,42 @@ async fn the_client_refuses_a_server_proving_another_identity() {
         )
         .await
         .unwrap();
-    assert!(rsp.status().is_server_error(), "{}", rsp.status());
+    // The proxy's own answer: no endpoint of api could be used.
+    assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         rsp.headers().get("x-backend").is_none(),
         "the impostor's app was reached"
     );
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    assert!(!body.is_empty());
+    assert!(
+        rsp.headers().contains_key("weft-proxy-error"),
+        "{:?}",
+        rsp.headers()
+    );
+    // And why: the endpoint proved the impostor's identity where api's was expected.
+    let (proven, expected) = (
+        "spiffe://weft.test/ns/test/sa/impostor",
+        "spiffe://weft.test/ns/test/sa/api",
+    );
+    let refusals: Vec<String> = logs
+        .lines_with(&[proven, expected])
+        .into_iter()
+        // The identity found first, then the one expected (as "proved X, expected Y" says).
+        .filter(|l| l.find(proven) < l.rfind(expected))
+        .collect();
+    assert!(
+        !refusals.is_empty(),
+        "no log names the identity mismatch:\n{}",
+        logs.lines_with(&[]).join("\n")
+    );
+    // The impostor's application never saw a request.
+    let text = weft_tests::admin_get(imp.admin_addr, "GET", "/metrics")
+        .await
+        .1;
+    assert_eq!(
+        weft_tests::metric(&text, "weft_requests_total", &["direction=\"inbound\""]),
+        0.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

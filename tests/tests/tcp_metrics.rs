@@ -22,8 +22,8 @@ async fn byte_counters_move_while_the_mesh_connection_stays_open() {
     .await;
     let server = mesh.proxy(&api, Some(app.port()), &[]).await;
     // The upstream listener binds port 0 and reports where it landed.
-    let client = mesh.proxy(&load, None, &[("api", 0)]).await;
-    let up = client.upstream_addrs[0].1;
+    let client = mesh.proxy(&load, None, &["api"]).await;
+    let up = weft_tests::upstream(&client, "api");
 
     let tcp = TcpStream::connect(up).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))

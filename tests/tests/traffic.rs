@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use weft_proxy::Proxy;
-use weft_tests::{TestMesh, WAIT, WorkloadDecl, backends, free_port, metric};
+use weft_tests::{TestMesh, WAIT, WorkloadDecl, backends, metric, upstream};
 
 const ALLOW_ALL: &str = "[policy]\ndefault_inbound = \"allow\"";
 
@@ -35,13 +35,12 @@ async fn pair(app: SocketAddr, protocol: &str) -> Pair {
     let load = WorkloadDecl::client("load");
     let mesh = TestMesh::start(&[api.clone(), load.clone()], ALLOW_ALL).await;
     let server = mesh.proxy(&api, Some(app.port()), &[]).await;
-    let up = free_port();
-    let client = mesh.proxy(&load, None, &[("api", up)]).await;
+    let client = mesh.proxy(&load, None, &["api"]).await;
     Pair {
         _mesh: mesh,
+        upstream: upstream(&client, "api"),
         client,
         server,
-        upstream: ([127, 0, 0, 1], up).into(),
     }
 }
 
@@ -333,13 +332,12 @@ async fn server_speaks_first_on_an_opaque_port_without_waiting_for_detection() {
     let load = WorkloadDecl::client("load");
     let mesh = TestMesh::start(&[api.clone(), load.clone()], ALLOW_ALL).await;
     let _server = mesh.proxy(&api, Some(app.port()), &[]).await;
-    let up = free_port();
-    let mut cfg = mesh.proxy_config(&load, None, &[("api", up)]);
+    let mut cfg = mesh.proxy_config(&load, None, &["api"]);
     // Were detection applied, the greeting would wait for this long.
     cfg.detect_timeout = Duration::from_secs(60);
     let client = Proxy::start(cfg).await.unwrap();
     weft_tests::wait_ready(&client).await;
-    let mut tcp = TcpStream::connect(("127.0.0.1", up)).await.unwrap();
+    let mut tcp = TcpStream::connect(upstream(&client, "api")).await.unwrap();
     let mut buf = [0u8; 27];
     tokio::time::timeout(Duration::from_secs(15), tcp.read_exact(&mut buf))
         .await

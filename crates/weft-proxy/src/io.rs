@@ -11,13 +11,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A connection this proxy opened to an endpoint: plain TCP to an unmeshed one, or mutual TLS.
-/// The TCP stream underneath counts the bytes on the wire.
+/// Both count the bytes they carry (inside TLS, as the inbound side does).
 #[derive(Debug)]
 pub enum PeerIo {
     /// Plain TCP.
     Plain(CountingIo<TcpStream>),
     /// TLS we initiated.
-    Client(Box<tokio_rustls::client::TlsStream<CountingIo<TcpStream>>>),
+    Client(Box<CountingIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
 /// A stream that first yields bytes already read from it.

@@ -58,13 +58,15 @@ pub async fn connect(
             .as_ref()
             .map_or_else(|| "-".to_string(), |i| i.spiffe_id()),
     };
-    let tcp = CountingIo::new(
-        tcp,
-        shared.metrics.tcp_read.get_or_create(&labels).clone(),
-        shared.metrics.tcp_write.get_or_create(&labels).clone(),
-    );
+    let count = |io| {
+        CountingIo::new(
+            io,
+            shared.metrics.tcp_read.get_or_create(&labels).clone(),
+            shared.metrics.tcp_write.get_or_create(&labels).clone(),
+        )
+    };
     let Some(identity) = &ep.identity else {
-        return Ok(PeerIo::Plain(tcp));
+        return Ok(PeerIo::Plain(count(tcp)));
     };
     let creds = shared
         .credentials
@@ -79,5 +81,9 @@ pub async fn connect(
     .await
     .map_err(|_| ConnectError::Timeout(addr))?
     .map_err(|source| ConnectError::Tls { addr, source })?;
-    Ok(PeerIo::Client(Box::new(tls)))
+    Ok(PeerIo::Client(Box::new(CountingIo::new(
+        tls,
+        shared.metrics.tcp_read.get_or_create(&labels).clone(),
+        shared.metrics.tcp_write.get_or_create(&labels).clone(),
+    ))))
 }

@@ -1,0 +1,94 @@
+//! A mesh driven by a YAML config file: the same workloads, policy and live edits as TOML.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use weft_tests::{Format, TestMesh, WorkloadDecl, backends, upstream, wait_snapshot};
+
+/// Only test/load may call api; nothing else is allowed by default.
+const POLICY: &str = "policy:\n  default_inbound: deny\n  authorizations:\n    - service: api.test\n      allow: [\"test/load\"]";
+
+async fn get(up: SocketAddr) -> (StatusCode, String) {
+    let rsp = Client::builder(TokioExecutor::new())
+        .build_http::<Empty<Bytes>>()
+        .request(
+            Request::get(format!("http://{up}/"))
+                .header("host", "api.test")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = rsp.status();
+    let backend = rsp
+        .headers()
+        .get("x-backend")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let _ = rsp.into_body().collect().await;
+    (status, backend)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yaml_mesh_file_runs_the_mesh_and_its_edits_apply() {
+    let one = backends::http_echo("one").await;
+    let two = backends::http_echo("two").await;
+    let api1 = WorkloadDecl::serving("api-1", "api");
+    let api2 = WorkloadDecl::client("api-2");
+    let load = WorkloadDecl::client("load");
+    let intruder = WorkloadDecl::client("intruder");
+    let all = [api1.clone(), api2.clone(), load.clone(), intruder.clone()];
+    let mesh = TestMesh::start_with(Format::Yaml, &all, POLICY, "").await;
+    assert_eq!(
+        mesh.config_path.extension().and_then(|e| e.to_str()),
+        Some("yaml")
+    );
+    let _p1 = mesh.proxy(&api1, Some(one.port()), &[]).await;
+    let _p2 = mesh.proxy(&api2, Some(two.port()), &[]).await;
+    let lp = mesh.proxy(&load, None, &["api"]).await;
+    let ip = mesh.proxy(&intruder, None, &["api"]).await;
+
+    // The workloads and the policy of the YAML file.
+    assert_eq!(
+        get(upstream(&lp, "api")).await,
+        (StatusCode::OK, "one".to_string())
+    );
+    // Not allowed to call api, the intruder is not even shown it.
+    let svc = weft_core::ServiceName::new("test", "api").unwrap();
+    wait_snapshot(&ip, |s| !s.services.contains_key(&svc)).await;
+    assert_eq!(
+        get(upstream(&ip, "api")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // An edit of the YAML file moves the service.
+    let mut moved1 = api1.clone();
+    moved1.service = None;
+    let mut moved2 = api2.clone();
+    moved2.service = Some("api".into());
+    mesh.set_workloads(&[moved1, moved2, load.clone(), intruder.clone()])
+        .await;
+    let port = mesh.port_of("api-2");
+    wait_snapshot(&lp, |s| {
+        s.services
+            .get(&svc)
+            .is_some_and(|s| s.endpoints.iter().map(|e| e.address.port()).eq([port]))
+    })
+    .await;
+    assert_eq!(
+        get(upstream(&lp, "api")).await,
+        (StatusCode::OK, "two".to_string())
+    );
+    assert!(
+        std::fs::read_to_string(&mesh.config_path)
+            .unwrap()
+            .starts_with("mesh:\n"),
+        "not a YAML file"
+    );
+}
