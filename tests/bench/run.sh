@@ -181,9 +181,15 @@ measure_idle() {
   wait "$idle_pid"
   sleep "$IDLE_AFTER"
   a2=$(rss_kb $PROXY_A); b2=$(rss_kb $PROXY_B)
+  if [ -n "${IDLE_DEBUG:-}" ]; then
+    curl -s "127.0.0.1:$ADMIN_A/metrics" | grep -E "^weft_tcp_open" >&2
+    curl -s "127.0.0.1:$ADMIN_B/metrics" | grep -E "^weft_tcp_open" >&2
+    ls /proc/$PROXY_A/fd | wc -l >&2; ls /proc/$PROXY_B/fd | wc -l >&2
+  fi
   per() { python3 -c "print(round(($2 - $1) / $IDLE_CONNS, 1))"; }
-  memory_rows+=("client proxy|$((a0 / 1024))|$((a1 / 1024))|$(per "$a0" "$a1")|$((a2 / 1024))|$(python3 -c "print(round(100 * ($a2 - $a0) / $a0))")")
-  memory_rows+=("server proxy|$((b0 / 1024))|$((b1 / 1024))|$(per "$b0" "$b1")|$((b2 / 1024))|$(python3 -c "print(round(100 * ($b2 - $b0) / $b0))")")
+  mib() { python3 -c "print(round($1 / 1024, 1))"; }
+  memory_rows+=("client proxy|$(mib "$a0")|$(mib "$a1")|$(per "$a0" "$a1")|$(mib "$a2")|$(python3 -c "print(round(100 * ($a2 - $a0) / $a0))")")
+  memory_rows+=("server proxy|$(mib "$b0")|$(mib "$b1")|$(per "$b0" "$b1")|$(mib "$b2")|$(python3 -c "print(round(100 * ($b2 - $b0) / $b0))")")
 }
 
 if [ "${BENCH_ONLY:-}" != "memory" ]; then

@@ -8,17 +8,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// A port free now, released for `weft dev` to bind. Only for the ports the mesh config file
-/// must name before `weft dev` starts and that it cannot take as port 0 (workload, application
-/// and upstream ports: the config refuses port 0 there); the control plane's listeners bind
-/// port 0 and `weft dev` prints where.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod support;
+use support::free_port;
 
 #[test]
 fn weft_dev_runs_a_mesh_prints_golden_metrics_and_stops_on_ctrl_c() {

@@ -14,17 +14,8 @@ use std::time::{Duration, Instant};
 /// Long enough for a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A port free now, released for `weft dev` to bind. Only for the ports the mesh config file
-/// must name before `weft dev` starts and that it cannot take as port 0 (workload, application
-/// and admin ports: the config refuses port 0 there, and the test must know where to look);
-/// the control plane's listeners bind port 0.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod support;
+use support::free_port;
 
 /// Replaces the file in one step, so `weft dev` never reads half an edit.
 fn replace(path: &Path, text: &str) {

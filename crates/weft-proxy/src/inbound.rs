@@ -68,8 +68,10 @@ async fn handle(
         return;
     };
     let acceptor = TlsAcceptor::from(creds.server_config());
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
+    // The big states (handshake, HTTP server, splice) are boxed, so the connection's task holds
+    // only the one in use: an idle opaque connection does not pay for an HTTP server's state.
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(acceptor.accept(tcp))).await {
+        Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(e)) => {
             reject(tls_failure_reason(&e), &e);
             return;
@@ -108,7 +110,7 @@ async fn handle(
         if authorize(&shared, &client) != Decision::Allow {
             return;
         }
-        forward_opaque(io, app_addr).await;
+        Box::pin(forward_opaque(io, app_addr)).await;
         return;
     }
     let metrics = RequestMetrics::new(
@@ -132,7 +134,7 @@ async fn handle(
             }
         })
     };
-    serve_http(io, version, svc, &shared).await;
+    Box::pin(serve_http(io, version, svc, &shared)).await;
 }
 
 /// Names a handshake failure for logs and metrics.
@@ -249,5 +251,62 @@ where
             }
         }
         Err(e) => tracing::info!(%app_addr, error = %e, "application unreachable"),
+    }
+}
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Every connection's task is as large as its future; the heavy states (handshake, HTTP
+    /// server, splice) are boxed so an idle connection pays only for what it uses. This keeps
+    /// someone from inlining them again unnoticed.
+    #[tokio::test]
+    async fn connection_futures_stay_small() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = <crate::ProxyConfig as clap::Parser>::try_parse_from([
+            "weft-proxy",
+            "--trust-bundle",
+            &dir.path().join("none.pem").display().to_string(),
+            "--token-file",
+            &dir.path().join("none").display().to_string(),
+            "--workload",
+            "web",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        let proxy = crate::Proxy::start(cfg).await.unwrap();
+        let shared = proxy.shared().clone();
+        let inbound = handle(
+            TcpStream::connect(addr).await.unwrap(),
+            addr,
+            addr,
+            PlainClients::to(addr),
+            shared.clone(),
+        );
+        let target = Arc::new(crate::outbound::Target::new(
+            &shared,
+            weft_core::ServiceName::new("demo", "api").unwrap(),
+        ));
+        let outbound = crate::outbound::handle(
+            TcpStream::connect(addr).await.unwrap(),
+            addr,
+            target,
+            shared,
+        );
+        assert!(
+            std::mem::size_of_val(&inbound) <= 2048,
+            "{}",
+            std::mem::size_of_val(&inbound)
+        );
+        assert!(
+            std::mem::size_of_val(&outbound) <= 512,
+            "{}",
+            std::mem::size_of_val(&outbound)
+        );
     }
 }

@@ -86,7 +86,7 @@ pub async fn handle(
         Protocol::Opaque => (Detected::Opaque, bytes::Bytes::new()),
         Protocol::Http2 | Protocol::Grpc => (Detected::Http2, bytes::Bytes::new()),
         Protocol::Http1 => (Detected::Http1, bytes::Bytes::new()),
-        Protocol::Auto => match detect(&mut tcp, shared.config.detect_timeout).await {
+        Protocol::Auto => match Box::pin(detect(&mut tcp, shared.config.detect_timeout)).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(error = %e, "client went away during detection");
@@ -100,7 +100,8 @@ pub async fn handle(
         shared.metrics.tcp_write.get_or_create(&labels).clone(),
     );
     match detected {
-        Detected::Opaque => forward_tcp(io, &target, &shared).await,
+        // Boxed, so the connection's task holds only the state of the path it takes.
+        Detected::Opaque => Box::pin(forward_tcp(io, &target, &shared)).await,
         Detected::Http1 | Detected::Http2 => {
             let svc = {
                 let target = target.clone();
@@ -111,7 +112,7 @@ pub async fn handle(
                     async move { Ok::<_, Infallible>(route(req, &target, &shared).await) }
                 })
             };
-            serve_http(io, detected, svc, &shared).await;
+            Box::pin(serve_http(io, detected, svc, &shared)).await;
         }
     }
 }
