@@ -67,7 +67,7 @@ fn lines(from: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     rx
 }
 
-fn interrupt_and_wait(child: &mut Child) {
+fn interrupt_and_wait(child: &mut Child, stderr: &mpsc::Receiver<String>) {
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -78,7 +78,11 @@ fn interrupt_and_wait(child: &mut Child) {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "weft dev did not stop");
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let logs: Vec<String> = stderr.try_iter().collect();
+            panic!("weft dev did not stop; its logs:\n{}", logs.join("\n"));
+        }
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "{exit:?}");
@@ -159,7 +163,7 @@ demo = "echo"
         "the demo application still answers"
     );
 
-    interrupt_and_wait(&mut child);
+    interrupt_and_wait(&mut child, &stderr);
     seen.extend(stdout.try_iter());
     let logs: Vec<String> = stderr.try_iter().collect();
 

@@ -230,14 +230,23 @@ impl ControlPlane {
         })
     }
 
-    /// Stops every listener and adapter and waits for them.
+    /// Stops every listener and adapter and waits for them, at most [`SHUTDOWN_GRACE`]: gRPC
+    /// connections get that long to finish their calls (a proxy still connected keeps its
+    /// HTTP/2 connection open), then whatever is left is aborted.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                tracing::warn!("a control-plane task outlived the shutdown grace period; aborted");
+                t.abort();
+            }
         }
     }
 }
+
+/// How long [`ControlPlane::shutdown`] waits for its tasks.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs a platform adapter until shutdown, restarting it with backoff whenever it stops.
 /// Its workloads stay in the registry meanwhile: proxies keep routing to the last known

@@ -55,9 +55,14 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms).await?;
-    tokio::signal::ctrl_c().await?;
+    // SIGTERM is how Kubernetes and Nomad stop a task; SIGINT is a terminal's Ctrl-C.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     tracing::info!("shutting down");
-    stop.cancel();
     control.shutdown().await;
+    stop.cancel();
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! HTTP pieces shared by the inbound and outbound sides: body type, hop-by-hop headers, error
-//! responses, connection upgrades, response classification.
+//! responses, connection upgrades, response classification, and the pool of plaintext
+//! connections to the application and to unmeshed endpoints ([`pool`]).
+
+pub mod pool;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -10,10 +12,9 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
-use tower::util::BoxCloneSyncService;
+use hyper_util::rt::TokioIo;
+
+pub use pool::{PlainPool, PoolError, PoolLimits};
 
 /// The body type every proxied message carries.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -234,52 +235,8 @@ where
     Ok(rsp.map(boxed))
 }
 
-/// Pooled plaintext clients, HTTP/1.1 and HTTP/2, that always connect to one address whatever
-/// the request's authority, so requests reach it with their URI and Host untouched.
-#[derive(Clone, Debug)]
-pub struct PlainClients {
-    h1: Client<FixedConnector, Body>,
-    h2: Client<FixedConnector, Body>,
-}
-
-type FixedConnector = BoxCloneSyncService<Uri, TokioIo<TcpStream>, BoxError>;
-
-impl PlainClients {
-    /// Clients for `addr`.
-    pub fn to(addr: SocketAddr) -> Self {
-        let connector: FixedConnector =
-            BoxCloneSyncService::new(tower::service_fn(move |_: Uri| async move {
-                let tcp = TcpStream::connect(addr).await?;
-                let _ = tcp.set_nodelay(true);
-                Ok::<_, BoxError>(TokioIo::new(tcp))
-            }));
-        let builder = || {
-            let mut b = Client::builder(TokioExecutor::new());
-            b.timer(TokioTimer::new()).pool_timer(TokioTimer::new());
-            b
-        };
-        Self {
-            h1: builder().build(connector.clone()),
-            h2: builder().http2_only(true).build(connector),
-        }
-    }
-
-    /// Sends `req` with the HTTP version it carries.
-    pub async fn send(
-        &self,
-        req: Request<Body>,
-    ) -> Result<Response<Body>, hyper_util::client::legacy::Error> {
-        let client = if req.version() == Version::HTTP_2 {
-            &self.h2
-        } else {
-            &self.h1
-        };
-        client.request(req).await.map(|r| r.map(boxed))
-    }
-}
-
-/// Makes the URI absolute (`http://authority/path`), as the pooled client needs, taking the
-/// authority from the Host header when the client sent origin form, else `fallback`.
+/// Makes the URI absolute (`http://authority/path`), as HTTP/2 needs, taking the authority from
+/// the Host header when the client sent origin form, else `fallback`.
 pub fn absolute_uri<B>(req: &mut Request<B>, fallback: &str) -> Result<(), http::Error> {
     if req.uri().authority().is_some() {
         return Ok(());

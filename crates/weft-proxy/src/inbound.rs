@@ -23,8 +23,8 @@ use weft_core::policy::Decision;
 
 use crate::detect::Detected;
 use crate::http::{
-    Body, ORIG_PROTO, PlainClients, absolute_uri, boxed, error_response, forward_upgrade,
-    is_upgrade, strip_hop_by_hop,
+    Body, ORIG_PROTO, PlainPool, PoolLimits, boxed, error_response, forward_upgrade, is_upgrade,
+    strip_hop_by_hop,
 };
 use crate::io::CountingIo;
 use crate::metrics::{
@@ -39,7 +39,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves the inbound listener until the proxy drains.
 pub async fn serve(listener: TcpListener, app_port: u16, shared: Arc<Shared>) {
     let app_addr: SocketAddr = ([127, 0, 0, 1], app_port).into();
-    let app = PlainClients::to(app_addr);
+    // One pool per application port, whatever the Host of each request.
+    let app = PlainPool::new(
+        app_addr,
+        PoolLimits {
+            connect_timeout: shared.config.connect_timeout,
+            ..PoolLimits::default()
+        },
+    );
     accept_loop(listener, shared.clone(), move |tcp, remote| {
         handle(tcp, remote, app_addr, app.clone(), shared.clone())
     })
@@ -50,7 +57,7 @@ async fn handle(
     tcp: TcpStream,
     remote: SocketAddr,
     app_addr: SocketAddr,
-    app: PlainClients,
+    app: PlainPool,
     shared: Arc<Shared>,
 ) {
     let reject = |reason: &str, detail: &dyn std::fmt::Display| {
@@ -181,7 +188,7 @@ async fn to_app(
     req: Request<Incoming>,
     client: &Identity,
     app_addr: SocketAddr,
-    app: &PlainClients,
+    app: &PlainPool,
     shared: &Shared,
     metrics: &RequestMetrics,
 ) -> Response<Body> {
@@ -216,13 +223,9 @@ async fn to_app(
             }
         }
         strip_hop_by_hop(req.headers_mut());
-        match absolute_uri(&mut req, &app_addr.to_string()) {
-            Ok(()) => app
-                .send(req)
-                .await
-                .map_err(|e| format!("application at {app_addr}: {e}")),
-            Err(e) => Err(format!("bad request target: {e}")),
-        }
+        app.send(req)
+            .await
+            .map_err(|e| format!("application at {app_addr}: {e}"))
     };
     let rsp = match rsp {
         Ok(mut rsp) => {
@@ -285,7 +288,7 @@ mod tests {
             TcpStream::connect(addr).await.unwrap(),
             addr,
             addr,
-            PlainClients::to(addr),
+            PlainPool::new(addr, PoolLimits::default()),
             shared.clone(),
         );
         let target = Arc::new(crate::outbound::Target::new(

@@ -178,7 +178,9 @@ impl Platform for LocalPlatform {
                 _ = shutdown.cancelled() => return Ok(()),
                 changed = config.changed() => {
                     if changed.is_err() {
-                        // The watcher stopped: the control plane is shutting down.
+                        // The watcher stopped: the process is shutting down. The last workloads
+                        // stay until the control plane stops this adapter.
+                        shutdown.cancelled().await;
                         return Ok(());
                     }
                 }

@@ -71,10 +71,14 @@ pub async fn run(config: Option<PathBuf>, interval: u64) -> anyhow::Result<()> {
     let mut stats = stats::Golden::new(mesh.scrape_targets(&cfg));
     let mut tick = tokio::time::interval(Duration::from_secs(interval.max(1)));
     tick.tick().await;
+    // Both signal streams exist before the loop: a signal that arrives while the loop is busy
+    // (sampling metrics, applying an edit) is kept for the next `recv`, where a `ctrl_c()`
+    // future made anew on each turn would miss it.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
             _ = term.recv() => break,
             _ = tick.tick() => {
                 for line in stats.sample().await {

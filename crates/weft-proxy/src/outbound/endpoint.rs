@@ -1,7 +1,7 @@
 //! One endpoint as a tower service. Meshed endpoints hold one HTTP/2 connection over mutual
 //! TLS, opened in `poll_ready`: an endpoint that refuses connections is never ready, so the
-//! balancer routes around it and no request is lost to it. Unmeshed endpoints use a pooled
-//! plaintext client.
+//! balancer routes around it and no request is lost to it. Unmeshed endpoints use a
+//! [`PlainPool`] of their own.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,7 +20,8 @@ use super::connect::{ConnectError, connect};
 use crate::Shared;
 use crate::discovery::EndpointView;
 use crate::http::{
-    Body, BoxError, ORIG_PROTO, PlainClients, absolute_uri, boxed, forward_upgrade, is_upgrade,
+    Body, BoxError, ORIG_PROTO, PlainPool, PoolLimits, absolute_uri, boxed, forward_upgrade,
+    is_upgrade,
 };
 use crate::io::PeerIo;
 use crate::metrics::{Direction, RequestLabels, RequestMetrics};
@@ -74,7 +75,7 @@ pub struct HttpEndpoint {
     shared: Arc<Shared>,
     state: ConnState,
     rest: Duration,
-    plain: Option<PlainClients>,
+    plain: Option<PlainPool>,
     /// What the last plaintext request learnt of the endpoint; read by `poll_ready`.
     health: Arc<ConnectHealth>,
     metrics: RequestMetrics,
@@ -91,7 +92,15 @@ impl std::fmt::Debug for HttpEndpoint {
 impl HttpEndpoint {
     /// An endpoint of `service`.
     pub fn new(ep: EndpointView, shared: Arc<Shared>, service: String) -> Self {
-        let plain = ep.identity.is_none().then(|| PlainClients::to(ep.address));
+        let plain = ep.identity.is_none().then(|| {
+            PlainPool::new(
+                ep.address,
+                PoolLimits {
+                    connect_timeout: shared.config.connect_timeout,
+                    ..PoolLimits::default()
+                },
+            )
+        });
         let labels = RequestLabels {
             direction: Direction::outbound,
             service,
@@ -205,15 +214,12 @@ impl tower::Service<Request<Body>> for HttpEndpoint {
             });
         }
 
-        if let Some(clients) = &self.plain {
-            let clients = clients.clone();
-            if let Err(e) = absolute_uri(&mut req, &self.ep.address.to_string()) {
-                return Box::pin(async move { Err(e.into()) });
-            }
+        if let Some(pool) = &self.plain {
+            let pool = pool.clone();
             let health = self.health.clone();
             return Box::pin(async move {
                 metrics.request();
-                let rsp = clients.send(req).await;
+                let rsp = pool.send(req).await;
                 match &rsp {
                     Ok(_) => health.record(true),
                     Err(e) if e.is_connect() => health.record(false),
