@@ -1,5 +1,6 @@
-//! At the end of the drain's grace period the proxy closes what is still open: here an opaque
-//! TCP connection that would otherwise stay up for as long as its peers like.
+//! At the end of the drain's grace period the proxy closes what is still open: opaque TCP
+//! connections and upgraded (WebSocket) ones, which would otherwise stay up for as long as
+//! their peers like; until then the drain waits for them.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
@@ -46,5 +47,55 @@ async fn open_tcp_connections_are_closed_at_the_grace_deadline() {
     tokio::time::timeout(WAIT, drains)
         .await
         .expect("drain returned after closing")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_are_waited_for_then_closed_at_the_grace_deadline() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = backends::ws_echo().await;
+    let api = WorkloadDecl::serving("api", "api");
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(
+        &[api.clone(), load.clone()],
+        "[policy]\ndefault_inbound = \"allow\"",
+    )
+    .await;
+    let server = mesh.proxy(&api, Some(app.port()), &[]).await;
+    let client = mesh.proxy(&load, None, &["api"]).await;
+    let up = weft_tests::upstream(&client, "api");
+    let tcp = TcpStream::connect(up).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://api.test/chat", tcp)
+        .await
+        .unwrap();
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+
+    let grace = Duration::from_millis(400);
+    let started = tokio::time::Instant::now();
+    let drains = tokio::spawn(async move {
+        tokio::join!(client.drain(grace), server.drain(grace));
+    });
+    // While the drain waits, the upgraded connection still carries messages.
+    ws.send(Message::text("during")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("during"));
+    assert!(
+        !drains.is_finished(),
+        "the drain did not wait for the upgraded connection"
+    );
+    // At the deadline it is cut.
+    let end = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("the upgraded connection was closed at the deadline");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_) | Message::Binary(_)))),
+        "{end:?}"
+    );
+    assert!(started.elapsed() >= grace, "closed before the deadline");
+    tokio::time::timeout(WAIT, drains)
+        .await
+        .expect("drain returned")
         .unwrap();
 }

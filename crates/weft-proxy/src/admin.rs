@@ -96,18 +96,34 @@ pub fn is_ready(shared: &Shared) -> bool {
 }
 
 fn not_ready_because(shared: &Shared) -> Option<&'static str> {
-    if shared.draining.is_cancelled() {
+    let creds = shared.credentials.borrow().clone();
+    readiness(
+        shared.draining.is_cancelled(),
+        creds.as_deref(),
+        shared.discovery.borrow().is_some(),
+        SystemTime::now(),
+    )
+}
+
+/// Why a proxy in this state is not ready, or `None` when it is.
+fn readiness(
+    draining: bool,
+    creds: Option<&weft_ca::TlsCredentials>,
+    has_snapshot: bool,
+    now: SystemTime,
+) -> Option<&'static str> {
+    if draining {
         return Some("draining");
     }
-    match shared.credentials.borrow().as_ref() {
+    match creds {
         None => return Some("no certificate yet"),
         // Peers refuse an expired certificate, so a proxy holding one serves nothing.
-        Some(c) if c.not_after() <= SystemTime::now() => {
+        Some(c) if c.not_after() <= now => {
             return Some("certificate expired; renewal has not succeeded");
         }
         Some(_) => {}
     }
-    if shared.discovery.borrow().is_none() {
+    if !has_snapshot {
         return Some("no discovery snapshot yet");
     }
     None
@@ -198,6 +214,54 @@ mod tests {
             b = b.header(ACTION_HEADER, v);
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn an_expired_certificate_makes_the_proxy_unready() {
+        use std::time::Duration;
+        use weft_ca::tls::ClientAuth;
+        use weft_ca::{ALPN_H2, CertificateAuthority, IssuedLeaf, LeafKey, TlsCredentials};
+        use weft_core::{Identity, TrustDomain};
+
+        let td = TrustDomain::new("weft.test").unwrap();
+        let ca = CertificateAuthority::generate_ephemeral(&td, Duration::from_secs(3600)).unwrap();
+        let id = Identity::new(td, "demo", "web").unwrap();
+        let key = LeafKey::generate().unwrap();
+        let leaf = ca.sign_csr(&key.csr(&id).unwrap(), &id).unwrap();
+        let creds = |not_after| {
+            let leaf = IssuedLeaf {
+                not_after,
+                ..leaf.clone()
+            };
+            TlsCredentials::new(
+                id.clone(),
+                &leaf,
+                key.private_key_der(),
+                ca.trust_bundle(),
+                &[ALPN_H2],
+                ClientAuth::Required,
+            )
+            .unwrap()
+        };
+        let now = SystemTime::now();
+        let valid = creds(now + Duration::from_secs(60));
+        let expired = creds(now - Duration::from_secs(1));
+        assert_eq!(readiness(false, Some(&valid), true, now), None);
+        assert_eq!(
+            readiness(false, Some(&expired), true, now),
+            Some("certificate expired; renewal has not succeeded")
+        );
+        // The same certificate turns unready the moment its time is up.
+        assert!(readiness(false, Some(&valid), true, now + Duration::from_secs(60)).is_some());
+        assert_eq!(
+            readiness(false, None, true, now),
+            Some("no certificate yet")
+        );
+        assert_eq!(
+            readiness(false, Some(&valid), false, now),
+            Some("no discovery snapshot yet")
+        );
+        assert_eq!(readiness(true, Some(&valid), true, now), Some("draining"));
     }
 
     #[test]

@@ -122,20 +122,28 @@ pub fn is_failure<B>(rsp: &Response<B>) -> bool {
 }
 
 /// Once both sides of an upgrade have switched protocols, copies bytes between them until
-/// either closes.
-pub fn splice_upgrades(downstream: OnUpgrade, upstream: OnUpgrade) {
-    tokio::spawn(async move {
-        let (down, up) = match tokio::try_join!(downstream, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade did not complete");
-                return;
+/// either closes. The copy is one of the proxy's connections: a drain waits for it and closes
+/// it at the grace deadline.
+pub fn splice_upgrades(downstream: OnUpgrade, upstream: OnUpgrade, shared: &crate::Shared) {
+    let closing = shared.closing.clone();
+    shared.connections.spawn(async move {
+        let splice = async move {
+            let (down, up) = match tokio::try_join!(downstream, upstream) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let mut down = TokioIo::new(down);
+            let mut up = TokioIo::new(up);
+            if let Err(e) = crate::splice::splice(&mut down, &mut up).await {
+                tracing::debug!(error = %e, "upgraded connection closed with an error");
             }
         };
-        let mut down = TokioIo::new(down);
-        let mut up = TokioIo::new(up);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-            tracing::debug!(error = %e, "upgraded connection closed with an error");
+        tokio::select! {
+            () = splice => {}
+            () = closing.cancelled() => {}
         }
     });
 }
@@ -213,7 +221,11 @@ impl http_body::Body for ObservedBody {
 
 /// Sends an upgrade request over a fresh HTTP/1.1 connection `io`; if the server switches
 /// protocols, splices the two upgraded connections.
-pub async fn forward_upgrade<T>(mut req: Request<Body>, io: T) -> Result<Response<Body>, BoxError>
+pub async fn forward_upgrade<T>(
+    mut req: Request<Body>,
+    io: T,
+    shared: &crate::Shared,
+) -> Result<Response<Body>, BoxError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -228,7 +240,7 @@ where
     if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut rsp);
         match downstream {
-            Some(down) => splice_upgrades(down, upstream),
+            Some(down) => splice_upgrades(down, upstream, shared),
             None => return Err("the client connection cannot be upgraded".into()),
         }
     }

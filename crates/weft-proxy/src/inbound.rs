@@ -204,7 +204,9 @@ async fn to_app(
 
     let rsp = if is_upgrade(&req) {
         match TcpStream::connect(app_addr).await {
-            Ok(tcp) => forward_upgrade(req, tcp).await.map_err(|e| e.to_string()),
+            Ok(tcp) => forward_upgrade(req, tcp, shared)
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(format!("application at {app_addr}: {e}")),
         }
     } else {

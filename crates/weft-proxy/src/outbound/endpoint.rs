@@ -210,7 +210,7 @@ impl tower::Service<Request<Body>> for HttpEndpoint {
             return Box::pin(async move {
                 metrics.request();
                 let io: PeerIo = connect(&shared, &ep, ALPN_HTTP1).await?;
-                record(&metrics, forward_upgrade(req, io).await, started)
+                record(&metrics, forward_upgrade(req, io, &shared).await, started)
             });
         }
 
