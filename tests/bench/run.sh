@@ -30,6 +30,7 @@ trap cleanup EXIT
 
 need=()
 command -v nginx >/dev/null || need+=(nginx)
+command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v wrk >/dev/null || need+=(wrk)
 command -v taskset >/dev/null || need+=(util-linux)
 command -v curl >/dev/null || need+=(curl)
@@ -48,9 +49,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 BACKEND=$(free_port); NGINX_PROXY=$(free_port); GRPC=$(free_port); HTTP=$(free_port)
 SRV_IN=$(free_port); CLI_IN=$(free_port); PLAIN_UP=$(free_port); MTLS_UP=$(free_port)
 ADMIN_A=$(free_port); ADMIN_B=$(free_port)
+H2_BACKEND=$(free_port); H2_IN=$(free_port); H2_UP=$(free_port); ADMIN_C=$(free_port)
 
 # --- backend and nginx reverse proxy ---------------------------------------------------------
-nginx_conf() { # name port worker-core body
+nginx_conf() { # name port worker-core body [listen-options]
   cat > "$WORK/nginx-$1.conf" <<NGX
 worker_processes 1;
 worker_cpu_affinity $3;
@@ -67,7 +69,7 @@ http {
   scgi_temp_path $WORK/$1-scgi;
   upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; }
   server {
-    listen 127.0.0.1:$2;
+    listen 127.0.0.1:$2 ${5:-};
     $4
   }
 }
@@ -75,6 +77,9 @@ NGX
   "$NGINX" -c "$WORK/nginx-$1.conf" -p "$WORK"
 }
 nginx_conf backend "$BACKEND" 10 'location / { return 200 "ok\n"; }'
+# An HTTP/2 backend with nginx's default keepalive_requests (1000): it sends GOAWAY on each
+# connection after 1000 streams, which a proxy must absorb without failing requests.
+nginx_conf h2backend "$H2_BACKEND" 10 'location / { return 200 "ok\n"; }' http2
 nginx_conf proxy "$NGINX_PROXY" 01 'location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }'
 
 # --- weft: control plane and two proxies -----------------------------------------------------
@@ -103,21 +108,30 @@ port = $SRV_IN
 name = "client"
 namespace = "bench"
 port = $CLI_IN
+[[platforms.local.workloads]]
+name = "h2server"
+namespace = "bench"
+service = "h2"
+port = $H2_IN
 TOML
 taskset -c 1 "$BIN/weft-control" --config "$WORK/mesh.toml" > "$WORK/control.log" 2>&1 &
 PIDS+=($!)
 TOKENS="$WORK/data/tokens/bench"
-for _ in $(seq 100); do [ -f "$TOKENS/client" ] && [ -f "$TOKENS/server" ] && [ -f "$WORK/data/trust-bundle.pem" ] && break; sleep 0.1; done
+for _ in $(seq 100); do [ -f "$TOKENS/client" ] && [ -f "$TOKENS/server" ] && [ -f "$TOKENS/h2server" ] && [ -f "$WORK/data/trust-bundle.pem" ] && break; sleep 0.1; done
 common=(--control-addr "127.0.0.1:$GRPC" --trust-domain weft.bench --trust-bundle "$WORK/data/trust-bundle.pem"
         --namespace bench)
 RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/client" --workload client --inbound-addr "127.0.0.1:$CLI_IN" \
   --admin-addr "127.0.0.1:$ADMIN_A" --upstream "plain=127.0.0.1:$PLAIN_UP" --upstream "meshed=127.0.0.1:$MTLS_UP" \
+  --upstream "h2=127.0.0.1:$H2_UP" \
   > "$WORK/client.log" 2>&1 &
 PROXY_A=$!; PIDS+=($PROXY_A)
 RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/server" --workload server --inbound-addr "127.0.0.1:$SRV_IN" \
   --app-port "$BACKEND" --admin-addr "127.0.0.1:$ADMIN_B" > "$WORK/server.log" 2>&1 &
 PROXY_B=$!; PIDS+=($PROXY_B)
-for a in $ADMIN_A $ADMIN_B; do
+RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/h2server" --workload h2server --inbound-addr "127.0.0.1:$H2_IN" \
+  --app-port "$H2_BACKEND" --admin-addr "127.0.0.1:$ADMIN_C" > "$WORK/h2server.log" 2>&1 &
+PIDS+=($!)
+for a in $ADMIN_A $ADMIN_B $ADMIN_C; do
   for _ in $(seq 200); do curl -sf "127.0.0.1:$a/ready" >/dev/null && break; sleep 0.1; done
   curl -sf "127.0.0.1:$a/ready" >/dev/null || { echo "proxy on admin $a not ready"; cat "$WORK"/*.log; exit 1; }
 done
@@ -201,6 +215,13 @@ if [ "${BENCH_ONLY:-}" != "memory" ]; then
 fi
 measure_idle
 
+# --- HTTP/2 through the mesh to nginx, GOAWAY every 1000 streams ------------------------------
+H2_REQUESTS=${H2_REQUESTS:-20000}
+h2load -n "$H2_REQUESTS" -c 10 -m 10 "http://127.0.0.1:$H2_UP/" > "$WORK/h2load.out" 2>&1 || true
+h2_ok=$(awk '/^status codes:/ {print $3}' "$WORK/h2load.out")
+h2_failed=$(awk '/^requests:/ {for (i = 1; i <= NF; i++) if ($i ~ /^failed/) print $(i - 1)}' "$WORK/h2load.out")
+h2_other=$(awk '/^status codes:/ {print $5 + $7 + $9}' "$WORK/h2load.out")
+
 {
   echo "wrk -t1 -c$CONNS -d${DURATION}s, HTTP/1.1 keep-alive; proxies pinned to core 0, wrk and backend to core 1."
   echo "CPU/req and RSS are the proxies' own (both proxies summed for the mTLS pair; RSS is peak, VmHWM)."
@@ -215,4 +236,7 @@ measure_idle
   echo "| proxy | idle | held | KiB per connection | after | after vs idle (%) |"
   echo "|---|---|---|---|---|---|"
   for r in "${memory_rows[@]}"; do echo "|${r}|"; done
+  echo
+  echo "h2load -n $H2_REQUESTS -c 10 -m 10 through the proxy pair to an nginx HTTP/2 backend (GOAWAY"
+  echo "after every 1000 streams): ${h2_ok:-?} answered 2xx, ${h2_other:-?} other statuses, ${h2_failed:-?} failed."
 } | tee "$OUT/results.md"
