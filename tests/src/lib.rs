@@ -462,6 +462,78 @@ pub fn upstream(proxy: &Proxy, service: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("no upstream listener for {service}"))
 }
 
+/// A client workload `load` calling service `api` through its proxy, and `api`'s proxy
+/// fronting an application, in a mesh that allows every identity.
+#[allow(missing_debug_implementations, reason = "test fixture")]
+pub struct Pair {
+    /// The mesh.
+    pub mesh: TestMesh,
+    /// `load`'s proxy.
+    pub client: Proxy,
+    /// `api`'s proxy.
+    pub server: Proxy,
+    /// The client proxy's upstream listener for `api`.
+    pub upstream: SocketAddr,
+}
+
+/// Starts a [`Pair`] whose `api` fronts `app` and declares `protocol` on its port.
+pub async fn pair(app: SocketAddr, protocol: &str) -> Pair {
+    let mut api = WorkloadDecl::serving("api", "api");
+    api.protocol = protocol.into();
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(
+        &[api.clone(), load.clone()],
+        "[policy]\ndefault_inbound = \"allow\"",
+    )
+    .await;
+    let server = mesh.proxy(&api, Some(app.port()), &[]).await;
+    let client = mesh.proxy(&load, None, &["api"]).await;
+    Pair {
+        mesh,
+        upstream: upstream(&client, "api"),
+        client,
+        server,
+    }
+}
+
+/// A keep-alive HTTP/1.1 client.
+pub fn http_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// GETs `path` with `Host: api.test` through the upstream listener at `up`: the status, the
+/// `x-backend` header (which test backend answered) and the body.
+pub async fn get_through(
+    c: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Empty<bytes::Bytes>,
+    >,
+    up: SocketAddr,
+    path: &str,
+) -> (http::StatusCode, String, String) {
+    use http_body_util::BodyExt;
+    let rsp = c
+        .request(
+            http::Request::get(format!("http://{up}{path}"))
+                .header("host", "api.test")
+                .body(http_body_util::Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = rsp.status();
+    let backend = rsp
+        .headers()
+        .get("x-backend")
+        .map(|v| v.to_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    (status, backend, String::from_utf8_lossy(&body).into_owned())
+}
+
 /// Waits until `proxy` holds a certificate and a snapshot.
 pub async fn wait_ready(proxy: &Proxy) {
     let shared = proxy.shared();

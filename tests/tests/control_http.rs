@@ -112,10 +112,19 @@ async fn ready_waits_for_every_platform_and_failed_adapters_restart_keeping_thei
         .unwrap();
     let http = control.http_addr;
 
-    // Serving gRPC, but the platform has not synced: not ready, and it says why.
-    let (status, why) = admin_get(http, "GET", "/ready").await;
-    assert_eq!(status, 503);
-    assert!(why.contains("first sync of platform(s) scripted"), "{why}");
+    // Not ready until gRPC serves; then, serving but with the platform not synced, still not
+    // ready, and it says why.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, why) = admin_get(http, "GET", "/ready").await;
+        assert_eq!(status, 503, "{why}");
+        if why.contains("first sync of platform(s) scripted") {
+            break;
+        }
+        assert!(why.contains("gRPC"), "{why}");
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert_eq!(admin_get(http, "GET", "/live").await.0, 200);
 
     // The first run syncs, then fails.
@@ -123,8 +132,13 @@ async fn ready_waits_for_every_platform_and_failed_adapters_restart_keeping_thei
     wait_status(http, "/ready", 200).await;
     let mut reg = control.registry.subscribe();
     tokio::time::timeout(WAIT, async {
-        while platform.runs.load(Ordering::SeqCst) < 2 {
-            platform.started.notified().await;
+        loop {
+            // Registered before the check, so a restart between the two is not missed.
+            let started = platform.started.notified();
+            if platform.runs.load(Ordering::SeqCst) >= 2 {
+                break;
+            }
+            started.await;
         }
     })
     .await

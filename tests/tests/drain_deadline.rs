@@ -8,22 +8,17 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weft_tests::{TestMesh, WAIT, WorkloadDecl, backends};
+use weft_tests::{WAIT, backends};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_tcp_connections_are_closed_at_the_grace_deadline() {
     let app = backends::tcp_echo().await;
-    let mut api = WorkloadDecl::serving("api", "api");
-    api.protocol = "opaque".into();
-    let load = WorkloadDecl::client("load");
-    let mesh = TestMesh::start(
-        &[api.clone(), load.clone()],
-        "[policy]\ndefault_inbound = \"allow\"",
-    )
-    .await;
-    let server = mesh.proxy(&api, Some(app.port()), &[]).await;
-    let client = mesh.proxy(&load, None, &["api"]).await;
-    let up = weft_tests::upstream(&client, "api");
+    let weft_tests::Pair {
+        client,
+        server,
+        upstream: up,
+        mesh: _mesh,
+    } = weft_tests::pair(app, "opaque").await;
 
     let mut tcp = TcpStream::connect(up).await.unwrap();
     tcp.write_all(b"ping").await.unwrap();
@@ -56,16 +51,12 @@ async fn upgraded_connections_are_waited_for_then_closed_at_the_grace_deadline()
     use tokio_tungstenite::tungstenite::Message;
 
     let app = backends::ws_echo().await;
-    let api = WorkloadDecl::serving("api", "api");
-    let load = WorkloadDecl::client("load");
-    let mesh = TestMesh::start(
-        &[api.clone(), load.clone()],
-        "[policy]\ndefault_inbound = \"allow\"",
-    )
-    .await;
-    let server = mesh.proxy(&api, Some(app.port()), &[]).await;
-    let client = mesh.proxy(&load, None, &["api"]).await;
-    let up = weft_tests::upstream(&client, "api");
+    let weft_tests::Pair {
+        client,
+        server,
+        upstream: up,
+        mesh: _mesh,
+    } = weft_tests::pair(app, "auto").await;
     let tcp = TcpStream::connect(up).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async("ws://api.test/chat", tcp)
         .await

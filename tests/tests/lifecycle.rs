@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use weft_proxy::Proxy;
@@ -23,27 +23,12 @@ use weft_tests::{
 const ALLOW_ALL: &str = "[policy]\ndefault_inbound = \"allow\"";
 
 fn client() -> Client<HttpConnector, Empty<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
+    weft_tests::http_client()
 }
 
-/// GETs `/` through the upstream listener at `up`: status and `x-backend`.
+/// GETs `/` through the upstream at `up`: status and `x-backend`.
 async fn get(c: &Client<HttpConnector, Empty<Bytes>>, up: SocketAddr) -> (StatusCode, String) {
-    let rsp = c
-        .request(
-            Request::get(format!("http://{up}/"))
-                .header("host", "api.test")
-                .body(Empty::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = rsp.status();
-    let backend = rsp
-        .headers()
-        .get("x-backend")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let _ = rsp.into_body().collect().await;
+    let (status, backend, _) = weft_tests::get_through(c, up, "/").await;
     (status, backend)
 }
 

@@ -4,34 +4,14 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
 use weft_tests::{Format, TestMesh, WorkloadDecl, backends, upstream, wait_snapshot};
 
 /// Only test/load may call api; nothing else is allowed by default.
 const POLICY: &str = "policy:\n  default_inbound: deny\n  authorizations:\n    - service: api.test\n      allow: [\"test/load\"]";
 
 async fn get(up: SocketAddr) -> (StatusCode, String) {
-    let rsp = Client::builder(TokioExecutor::new())
-        .build_http::<Empty<Bytes>>()
-        .request(
-            Request::get(format!("http://{up}/"))
-                .header("host", "api.test")
-                .body(Empty::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = rsp.status();
-    let backend = rsp
-        .headers()
-        .get("x-backend")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let _ = rsp.into_body().collect().await;
+    let (status, backend, _) = weft_tests::get_through(&weft_tests::http_client(), up, "/").await;
     (status, backend)
 }
 

@@ -5,44 +5,13 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_tests::{TestMesh, WAIT, WorkloadDecl, backends, metric, upstream, wait_metrics};
 
 const ALLOW_ALL: &str = "[policy]\ndefault_inbound = \"allow\"";
-
-/// GETs `path` through the upstream listener `up`: status, `x-backend`, body.
-async fn get(
-    c: &Client<HttpConnector, Empty<Bytes>>,
-    up: SocketAddr,
-    path: &str,
-) -> (StatusCode, String, String) {
-    let rsp = c
-        .request(
-            Request::get(format!("http://{up}{path}"))
-                .header("host", "api.test")
-                .body(Empty::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = rsp.status();
-    let backend = rsp
-        .headers()
-        .get("x-backend")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    (status, backend, String::from_utf8_lossy(&body).into_owned())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmeshed_endpoint_is_reached_in_plaintext() {
@@ -60,8 +29,8 @@ async fn an_unmeshed_endpoint_is_reached_in_plaintext() {
     })
     .await;
 
-    let (status, backend, body) = get(
-        &Client::builder(TokioExecutor::new()).build_http(),
+    let (status, backend, body) = weft_tests::get_through(
+        &weft_tests::http_client(),
         upstream(&client, "api"),
         "/plain",
     )
@@ -120,14 +89,14 @@ async fn p2c_spreads_requests_over_every_healthy_endpoint() {
     .await;
     let up = upstream(&client, "api");
 
-    let c = Client::builder(TokioExecutor::new()).build_http();
+    let c = weft_tests::http_client();
     let mut tasks = Vec::new();
     for worker in 0..CONCURRENCY {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             for i in (worker..REQUESTS).step_by(CONCURRENCY) {
-                let (status, backend, _) = get(&c, up, &format!("/{i}")).await;
+                let (status, backend, _) = weft_tests::get_through(&c, up, &format!("/{i}")).await;
                 assert_eq!(status, StatusCode::OK, "request {i}");
                 seen.push(backend);
             }

@@ -8,22 +8,13 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use weft_tests::{TestMesh, WorkloadDecl, admin_get, backends, metric};
+use weft_tests::{admin_get, backends, metric};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn byte_counters_move_while_the_mesh_connection_stays_open() {
     let app = backends::http_echo("api").await;
-    let api = WorkloadDecl::serving("api", "api");
-    let load = WorkloadDecl::client("load");
-    let mesh = TestMesh::start(
-        &[api.clone(), load.clone()],
-        "[policy]\ndefault_inbound = \"allow\"",
-    )
-    .await;
-    let server = mesh.proxy(&api, Some(app.port()), &[]).await;
-    // The upstream listener binds port 0 and reports where it landed.
-    let client = mesh.proxy(&load, None, &["api"]).await;
-    let up = weft_tests::upstream(&client, "api");
+    let p = weft_tests::pair(app, "auto").await;
+    let (client, server, up) = (&p.client, &p.server, p.upstream);
 
     let tcp = TcpStream::connect(up).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))

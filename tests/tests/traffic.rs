@@ -16,33 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use weft_proxy::Proxy;
-use weft_tests::{TestMesh, WAIT, WorkloadDecl, backends, metric, upstream};
+use weft_tests::{TestMesh, WAIT, WorkloadDecl, backends, metric, pair, upstream};
 
 const ALLOW_ALL: &str = "[policy]\ndefault_inbound = \"allow\"";
-
-/// A client workload calling service `api` through its proxy, and `api`'s proxy fronting
-/// `app`.
-struct Pair {
-    _mesh: TestMesh,
-    client: Proxy,
-    server: Proxy,
-    upstream: SocketAddr,
-}
-
-async fn pair(app: SocketAddr, protocol: &str) -> Pair {
-    let mut api = WorkloadDecl::serving("api", "api");
-    api.protocol = protocol.into();
-    let load = WorkloadDecl::client("load");
-    let mesh = TestMesh::start(&[api.clone(), load.clone()], ALLOW_ALL).await;
-    let server = mesh.proxy(&api, Some(app.port()), &[]).await;
-    let client = mesh.proxy(&load, None, &["api"]).await;
-    Pair {
-        _mesh: mesh,
-        upstream: upstream(&client, "api"),
-        client,
-        server,
-    }
-}
 
 /// A plaintext gRPC channel to the client proxy's upstream listener.
 async fn grpc_channel(upstream: SocketAddr) -> tonic::transport::Channel {
