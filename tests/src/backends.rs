@@ -223,7 +223,19 @@ async fn read_http1_request(io: &mut BufReader<TcpStream>) -> Option<String> {
 /// counted, not told apart.
 pub async fn http2_goaway_after(n: usize, refuse_at: usize) -> (SocketAddr, Arc<Tally>) {
     serve_each_tallied(move |tcp, tally| async move {
-        let _ = h2_goaway_conn(tcp, n, refuse_at, &tally).await;
+        let _ = h2_goaway_conn(tcp, n, refuse_at, false, &tally).await;
+    })
+    .await
+}
+
+/// Like [`http2_goaway_after`] without refusals, except that the GOAWAY comes on receiving the
+/// `n`-th request instead of after answering it, and names the stream before it as the last:
+/// the `n`-th request of each connection is never processed, and its client learns so only
+/// from the GOAWAY. Deterministic where the other leaves it to timing whether a request is
+/// caught above the GOAWAY.
+pub async fn http2_goaway_excluding(n: usize) -> (SocketAddr, Arc<Tally>) {
+    serve_each_tallied(move |tcp, tally| async move {
+        let _ = h2_goaway_conn(tcp, n, 0, true, &tally).await;
     })
     .await
 }
@@ -232,6 +244,7 @@ async fn h2_goaway_conn(
     tcp: TcpStream,
     n: usize,
     refuse_at: usize,
+    exclude_nth: bool,
     tally: &Tally,
 ) -> std::io::Result<()> {
     const DATA: u8 = 0;
@@ -308,6 +321,16 @@ async fn h2_goaway_conn(
                 if goaway.is_some_and(|last| id > last) {
                     continue; // After GOAWAY: ignored, never processed.
                 }
+                if exclude_nth && seen + 1 == n && goaway.is_none() {
+                    // GOAWAY naming the stream before this one: this one is never processed.
+                    tally.fault();
+                    let mut body = last_received.to_be_bytes().to_vec();
+                    body.extend_from_slice(&0u32.to_be_bytes()); // NO_ERROR
+                    frame(&mut out, GOAWAY, 0, 0, &body);
+                    goaway = Some(last_received);
+                    wr.write_all(&out).await?;
+                    continue;
+                }
                 last_received = id;
                 seen += 1;
                 if seen == refuse_at {
@@ -338,7 +361,7 @@ async fn h2_goaway_conn(
             tally.answer(None);
             answer(&mut out, id);
             answered += 1;
-            if answered == n && goaway.is_none() {
+            if !exclude_nth && answered == n && goaway.is_none() {
                 tally.fault();
                 let mut body = last_received.to_be_bytes().to_vec();
                 body.extend_from_slice(&0u32.to_be_bytes()); // NO_ERROR

@@ -16,9 +16,11 @@
 //! A request the application cannot have seen is sent again, at most [`RETRIES`] times: one
 //! the connection handed back unsent (it closed before the request was written, as a
 //! keep-alive connection does that the application closed a moment before) goes on a new
-//! connection, and so, over HTTP/2, does one the application left out of its GOAWAY (a stream
-//! above the last one it processed); one it refused (REFUSED_STREAM) goes on the shared
-//! connection if that is still open. Hyper consumes a request it has sent, so the HTTP/2
+//! connection, and so, over HTTP/2, does one with an idempotent method that failed with the
+//! application's GOAWAY (hyper cannot say whether such a stream was above the GOAWAY's last
+//! stream: one it was opening when the GOAWAY arrived fails too, and may still be processed,
+//! so a non-idempotent one is not sent twice); one it refused (REFUSED_STREAM) goes on the
+//! shared connection if that is still open. Hyper consumes a request it has sent, so the HTTP/2
 //! refusals are retried only when the request has no body to replay: the pool keeps a copy of
 //! the head of each bodiless HTTP/2 request until its response arrives.
 //!
@@ -310,10 +312,18 @@ impl PlainPool {
                 Ok(rsp) => return Ok(rsp.map(boxed)),
                 Err(mut e) => {
                     let refusal = refusal(e.error());
-                    let again = match e.take_message() {
-                        Some(unsent) => Some(unsent),
-                        None if refusal.is_some() => replay.as_ref().map(Head::request),
-                        None => None,
+                    let again = match (e.take_message(), refusal) {
+                        (Some(unsent), _) => Some(unsent),
+                        (None, Some(Refusal::Stream)) => replay.as_ref().map(Head::request),
+                        // Hyper reports a GOAWAY that arrives while it opens a stream as that
+                        // stream's error even when the stream is at or below the GOAWAY's last
+                        // stream, so the application will process it anyway. Only a request
+                        // that may run twice (an idempotent method) is sent again.
+                        (None, Some(Refusal::GoAway)) => replay
+                            .as_ref()
+                            .filter(|h| is_idempotent(&h.method))
+                            .map(Head::request),
+                        (None, None) => None,
                     };
                     match again {
                         Some(again) if retries < RETRIES => {
@@ -547,6 +557,15 @@ fn refusal(e: &hyper::Error) -> Option<Refusal> {
     } else {
         None
     }
+}
+
+/// Whether a request with `method` may be applied more than once with the effect of once
+/// (RFC 9110, section 9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// What is needed to send a bodiless request again.
