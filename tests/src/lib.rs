@@ -496,6 +496,24 @@ pub async fn pair(app: SocketAddr, protocol: &str) -> Pair {
     }
 }
 
+/// Sends one `GET /` with `Host: api.test` to `up` on a connection of its own and returns the
+/// response, its body unread.
+pub async fn get_once(up: SocketAddr) -> http::Response<hyper::body::Incoming> {
+    let tcp = tokio::net::TcpStream::connect(up).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send.send_request(
+        http::Request::get("/")
+            .header("host", "api.test")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
 /// A keep-alive HTTP/1.1 client.
 pub fn http_client() -> hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,

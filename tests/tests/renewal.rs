@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
@@ -125,20 +125,7 @@ async fn recording_endpoint(
 }
 
 async fn get_through(up: SocketAddr) -> StatusCode {
-    let tcp = TcpStream::connect(up).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let rsp = send
-        .send_request(
-            Request::get("/")
-                .header("host", "api.test")
-                .body(Empty::<Bytes>::new())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let rsp = weft_tests::get_once(up).await;
     let status = rsp.status();
     let _ = rsp.into_body().collect().await;
     status
