@@ -22,7 +22,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::{Status, Streaming};
 use weft_api::v1::discovery_server::{Discovery, DiscoveryServer};
 use weft_api::v1::identity_server::{Identity, IdentityServer};
-use weft_api::{CertifyRequest, CertifyResponse, Snapshot, WatchRequest};
+use weft_api::{
+    CertifyRequest, CertifyResponse, ProxyRequest, ProxySettings, ResolveRequest, ResolveUpdate,
+};
 
 async fn listen() -> (TcpListener, SocketAddr) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -376,8 +378,8 @@ async fn h2_goaway_conn(
 }
 
 /// A gRPC server reusing the API's generated services as a test protocol: `Certify` echoes
-/// the CSR bytes back as the leaf (unary); `Watch` streams three snapshots, versions 1 to 3, or
-/// with `x-fail-midway` metadata one snapshot and then an error status in the trailers.
+/// the CSR bytes back as the leaf (unary); `Resolve` streams three messages (see [`numbered`]), or
+/// with `x-fail-midway` metadata one message and then an error status in the trailers.
 pub async fn grpc_backend() -> SocketAddr {
     #[derive(Debug)]
     struct Echo;
@@ -398,24 +400,24 @@ pub async fn grpc_backend() -> SocketAddr {
             }))
         }
     }
-    type Snapshots = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
+    type Updates = Pin<Box<dyn Stream<Item = Result<ResolveUpdate, Status>> + Send>>;
+    type Settings = Pin<Box<dyn Stream<Item = Result<ProxySettings, Status>> + Send>>;
     #[tonic::async_trait]
     impl Discovery for Echo {
-        type WatchStream = Snapshots;
-        async fn watch(
+        type ResolveStream = Updates;
+        type ProxyStream = Settings;
+        /// Streams three messages whose `denied.reason` counts 1, 2, 3.
+        async fn resolve(
             &self,
-            req: tonic::Request<WatchRequest>,
-        ) -> Result<tonic::Response<Snapshots>, Status> {
+            req: tonic::Request<ResolveRequest>,
+        ) -> Result<tonic::Response<Updates>, Status> {
             // `x-fail-midway` asks for one message, then an error in the trailers.
             let fail = req.metadata().contains_key("x-fail-midway");
             let items = (1..=3).map(move |v| {
                 if fail && v == 2 {
                     return Err(Status::aborted("failed midway"));
                 }
-                Ok(Snapshot {
-                    version: v,
-                    ..Default::default()
-                })
+                Ok(numbered(v))
             });
             let items: Vec<_> = if fail {
                 items.take(2).collect()
@@ -425,6 +427,12 @@ pub async fn grpc_backend() -> SocketAddr {
             Ok(tonic::Response::new(Box::pin(futures_util::stream::iter(
                 items,
             ))))
+        }
+        async fn proxy(
+            &self,
+            _: tonic::Request<ProxyRequest>,
+        ) -> Result<tonic::Response<Settings>, Status> {
+            Err(Status::unimplemented("not an echo"))
         }
     }
     let (l, addr) = listen().await;
@@ -482,4 +490,15 @@ pub async fn collect<T>(mut s: Streaming<T>) -> Vec<T> {
         out.push(m);
     }
     out
+}
+
+/// The `n`th message of the gRPC backend's stream.
+pub fn numbered(n: u32) -> ResolveUpdate {
+    ResolveUpdate {
+        update: Some(weft_api::v1::resolve_update::Update::Denied(
+            weft_api::Denied {
+                reason: n.to_string(),
+            },
+        )),
+    }
 }

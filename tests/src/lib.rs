@@ -300,24 +300,33 @@ impl TestMesh {
     /// Declares `port` as the port of workload `name` (one declared without a port), and
     /// waits until the control plane's registry has it there.
     pub async fn set_port(&self, name: &str, port: u16) {
-        let declared = {
+        let (declared, serves) = {
             let mut file = self.file.lock().unwrap();
             file.ports.insert(name.to_string(), port);
-            file.workloads
+            let w = file
+                .workloads
                 .iter()
-                .any(|w| w.name == name && w.port.is_none())
+                .find(|w| w.name == name && w.port.is_none());
+            (w.is_some(), w.is_some_and(|w| w.service.is_some()))
         };
         if !declared {
             return;
         }
         self.rewrite().await;
-        if let Some(control) = &self.control {
+        // A workload that serves nothing is not in the registry: the reload is all there is.
+        if let Some(control) = self.control.as_ref().filter(|_| serves) {
             let mut reg = control.registry.subscribe();
             tokio::time::timeout(
                 WAIT,
                 reg.wait_for(|s| {
-                    s.workloads()
-                        .any(|w| w.key.name == name && w.address.port() == port)
+                    s.sources()
+                        .flat_map(|src| s.source(src))
+                        .flat_map(|svc| svc.ports.iter())
+                        .flat_map(|p| p.endpoints.iter())
+                        .any(|e| {
+                            e.workload.as_ref().is_some_and(|w| w.name == name)
+                                && e.address.port() == port
+                        })
                 }),
             )
             .await
@@ -418,12 +427,13 @@ impl TestMesh {
             connect_timeout: Duration::from_secs(2),
             dispatch_timeout: Duration::from_secs(3),
             drain_timeout: Duration::from_secs(5),
+            resolve_idle_timeout: Duration::from_secs(60),
             log_json: false,
         }
     }
 
     /// Starts a proxy, declares its inbound listener (if it fronts an app) as the workload's
-    /// port, and waits until it is ready (certificate and first snapshot).
+    /// port, and waits until it is ready (certificate and settings).
     pub async fn proxy(
         &self,
         w: &WorkloadDecl,
@@ -552,11 +562,11 @@ pub async fn get_through(
     (status, backend, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// Waits until `proxy` holds a certificate and a snapshot.
+/// Waits until `proxy` holds a certificate and its settings.
 pub async fn wait_ready(proxy: &Proxy) {
     let shared = proxy.shared();
     let mut c = shared.credentials.clone();
-    let mut d = shared.discovery.clone();
+    let mut d = shared.settings.clone();
     tokio::time::timeout(WAIT, async {
         c.wait_for(|c| c.is_some()).await.unwrap();
         d.wait_for(|d| d.is_some()).await.unwrap();
@@ -565,16 +575,44 @@ pub async fn wait_ready(proxy: &Proxy) {
     .expect("proxy became ready");
 }
 
-/// Waits until `proxy`'s snapshot satisfies `f`.
-pub async fn wait_snapshot(
+/// Waits until what `proxy` knows of `target` (`name`, `name.namespace[:port]` or
+/// `ip:port`, in namespace `test`) satisfies `f`. The wait uses the destination as a
+/// connection would: it resolves the target if nobody does yet.
+pub async fn wait_resolution(
     proxy: &Proxy,
-    f: impl Fn(&weft_proxy::discovery::DiscoveryState) -> bool,
+    target: &str,
+    f: impl Fn(&weft_proxy::discovery::Resolution) -> bool,
 ) {
-    let mut d = proxy.shared().discovery.clone();
-    tokio::time::timeout(WAIT, d.wait_for(|s| s.as_ref().is_some_and(|s| f(s))))
+    let target = weft_core::Target::parse(target, "test").expect("a valid target");
+    let dest = proxy.destination(&target);
+    let mut rx = dest.resolution.clone();
+    tokio::time::timeout(WAIT, rx.wait_for(|r| f(r)))
         .await
-        .expect("snapshot reached the expected state")
+        .unwrap_or_else(|_| {
+            panic!(
+                "{target} never resolved as expected: {:?}",
+                *dest.resolution.borrow()
+            )
+        })
         .unwrap();
+}
+
+/// Waits until `proxy` resolves `target` to a service that satisfies `f`.
+pub async fn wait_resolved(
+    proxy: &Proxy,
+    target: &str,
+    f: impl Fn(&weft_proxy::discovery::ResolvedService) -> bool,
+) {
+    wait_resolution(proxy, target, |r| match r {
+        weft_proxy::discovery::Resolution::Resolved(s) => f(s),
+        _ => false,
+    })
+    .await
+}
+
+/// The ports of the usable endpoints of a resolved service.
+pub fn usable_ports(s: &weft_proxy::discovery::ResolvedService) -> Vec<u16> {
+    s.usable().iter().map(|e| e.address.port()).collect()
 }
 
 /// Sums the values of every series of metric `name` whose labels contain all of `labels`

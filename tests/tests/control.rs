@@ -7,10 +7,10 @@ use rustls_pki_types::CertificateDer;
 use tonic::Code;
 use weft_api::v1::discovery_client::DiscoveryClient;
 use weft_api::v1::identity_client::IdentityClient;
-use weft_api::{CertifyRequest, Credential, WatchRequest};
+use weft_api::{CertifyRequest, Credential, ProxyRequest};
 use weft_ca::{LeafKey, TrustBundle};
 use weft_core::{Identity, ServiceName, TrustDomain};
-use weft_tests::{TestMesh, WorkloadDecl, admin_get, wait_snapshot};
+use weft_tests::{TestMesh, WorkloadDecl, admin_get, wait_resolution};
 
 const WEB_ONLY: &str = "[policy]\ndefault_inbound = \"allow\"\n\n[[policy.authorizations]]\nservice = \"api.test\"\nallow = [\"test/web\"]";
 
@@ -27,11 +27,21 @@ fn id(name: &str) -> Identity {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_without_a_mesh_certificate_is_refused() {
+async fn discovery_without_a_mesh_certificate_is_refused() {
     let mesh = TestMesh::start(&[WorkloadDecl::client("web")], "").await;
     let ch = anonymous_channel(&mesh).await;
+    let target =
+        weft_api::convert::target_to_wire(&weft_core::Target::parse("web.test", "x").unwrap());
+    let err = DiscoveryClient::new(ch.clone())
+        .resolve(target)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
     let err = DiscoveryClient::new(ch)
-        .watch(WatchRequest {})
+        .proxy(ProxyRequest {
+            workload: "test/web".into(),
+            platform: "local".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
@@ -106,27 +116,34 @@ async fn certify_signs_only_what_the_credential_proves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_proxy_sees_only_the_services_it_may_reach() {
+async fn each_proxy_resolves_only_the_services_it_may_reach() {
+    use weft_proxy::discovery::Resolution;
     let api = WorkloadDecl::serving("api", "api");
     let web = WorkloadDecl::serving("web", "web");
     let load = WorkloadDecl::client("load");
     let mesh = TestMesh::start(&[api.clone(), web.clone(), load.clone()], WEB_ONLY).await;
-    let api_svc = ServiceName::new("test", "api").unwrap();
-    let web_svc = ServiceName::new("test", "web").unwrap();
     let web_proxy = mesh.proxy(&web, Some(1), &[]).await;
     let load_proxy = mesh.proxy(&load, None, &[]).await;
     let api_proxy = mesh.proxy(&api, Some(1), &[]).await;
-    wait_snapshot(&web_proxy, |s| s.services.contains_key(&api_svc)).await;
-    wait_snapshot(&load_proxy, |s| {
-        s.services.contains_key(&web_svc) && !s.services.contains_key(&api_svc)
-    })
-    .await;
-    // api's own inbound policy is the allow list that names web.
-    wait_snapshot(&api_proxy, |s| {
-        s.inbound.authorize(&id("web")) == weft_core::policy::Decision::Allow
-            && s.inbound.authorize(&id("load")) == weft_core::policy::Decision::Deny
-    })
-    .await;
+    wait_resolution(&web_proxy, "api", |r| matches!(r, Resolution::Resolved(_))).await;
+    wait_resolution(&load_proxy, "web", |r| matches!(r, Resolution::Resolved(_))).await;
+    wait_resolution(&load_proxy, "api", |r| matches!(r, Resolution::Denied(_))).await;
+    // api's own inbound policy, on the port peers dial, is the allow list that names web.
+    let port = api_proxy.inbound_addr.unwrap().port();
+    let mut settings = api_proxy.shared().settings.clone();
+    tokio::time::timeout(
+        weft_tests::WAIT,
+        settings.wait_for(|s| {
+            s.as_ref().is_some_and(|s| {
+                s.policy(port).authorize(&id("web")) == weft_core::policy::Decision::Allow
+                    && s.policy(port).authorize(&id("load")) == weft_core::policy::Decision::Deny
+            })
+        }),
+    )
+    .await
+    .expect("api's settings name web")
+    .unwrap();
+    let _ = ServiceName::new("test", "api");
 }
 
 fn certify_request(platform: &str, token: &str) -> CertifyRequest {
@@ -359,11 +376,10 @@ async fn a_trust_domain_or_bundle_mismatch_is_named_on_both_sides() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_state_api_shows_services_workloads_meshing_and_identities() {
+async fn the_state_api_shows_services_ports_endpoints_and_identities_by_source() {
     let legacy_app = weft_tests::backends::http_echo("legacy").await;
     let api = WorkloadDecl::serving("api", "api");
-    let mut load = WorkloadDecl::client("load");
-    load.identity = Some("loader".into());
+    let load = WorkloadDecl::client("load");
     let legacy = WorkloadDecl::unmeshed("legacy", "db", legacy_app);
     let mesh = TestMesh::start(&[api.clone(), load.clone(), legacy], "").await;
     let api_proxy = mesh.proxy(&api, Some(1), &[]).await;
@@ -378,39 +394,35 @@ async fn the_state_api_shows_services_workloads_meshing_and_identities() {
         state["platforms"],
         serde_json::json!([{ "name": "local", "synced": true }])
     );
-    let mut workloads = state["workloads"].as_array().unwrap().clone();
-    workloads.sort_by_key(|w| w["name"].as_str().unwrap().to_string());
+    // Services under their source, with ports, protocols, virtual addresses, and endpoints
+    // with state, meshed flag, identity and workload. load serves nothing, so it is not there.
+    let endpoint = |address: String, meshed: bool, account: &str, workload: &str| {
+        serde_json::json!({
+            "address": address,
+            "state": "ready",
+            "meshed": meshed,
+            "identity": format!("spiffe://weft.test/ns/test/sa/{account}"),
+            "workload": format!("test/{workload}"),
+        })
+    };
+    let service = |name: &str, endpoint: serde_json::Value| {
+        serde_json::json!({
+            "name": name,
+            "virtual_ips": [],
+            "ports": [{ "port": 80, "name": null, "protocol": "auto", "endpoints": [endpoint] }],
+        })
+    };
+    assert_eq!(state["endpoints"], 2, "{state:#}");
     assert_eq!(
-        serde_json::Value::Array(workloads),
-        serde_json::json!([
-            {
-                "namespace": "test",
-                "name": "api",
-                "identity": "spiffe://weft.test/ns/test/sa/api",
-                "service": "api.test",
-                "address": api_addr.to_string(),
-                "protocol": "auto",
-                "meshed": true,
-            },
-            {
-                "namespace": "test",
-                "name": "legacy",
-                "identity": "spiffe://weft.test/ns/test/sa/legacy",
-                "service": "db.test",
-                "address": legacy_app.to_string(),
-                "protocol": "auto",
-                "meshed": false,
-            },
-            {
-                "namespace": "test",
-                "name": "load",
-                "identity": "spiffe://weft.test/ns/test/sa/loader",
-                "service": null,
-                "address": format!("127.0.0.1:{}", mesh.port_of("load")),
-                "protocol": "auto",
-                "meshed": true,
-            },
-        ]),
+        state["sources"],
+        serde_json::json!({
+            "local": {
+                "services": [
+                    service("api.test", endpoint(api_addr.to_string(), true, "api", "api")),
+                    service("db.test", endpoint(legacy_app.to_string(), false, "legacy", "legacy")),
+                ]
+            }
+        }),
         "{body}"
     );
 }

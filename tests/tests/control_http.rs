@@ -13,7 +13,8 @@ use weft_control::ControlPlane;
 use weft_core::config::MeshConfig;
 use weft_core::platform::{AttestError, Credential, Platform, PlatformError};
 use weft_core::{
-    Identity, Protocol, RegistryWriter, ServiceName, TrustDomain, Workload, WorkloadKey,
+    Endpoint, EndpointState, Identity, Protocol, RegistrySnapshot, RegistryWriter, Service,
+    ServiceName, ServicePort, TrustDomain, WorkloadKey,
 };
 use weft_tests::{TestMesh, WAIT, WorkloadDecl, admin_get};
 
@@ -25,20 +26,38 @@ fn config(dir: &std::path::Path, http: &str) -> Arc<MeshConfig> {
     Arc::new(weft_core::config::load_from_str(&text, std::path::Path::new("m.toml")).unwrap())
 }
 
-fn workload(name: &str) -> Workload {
+/// Service `svc.fake`, served by one workload `name`.
+fn workload(name: &str) -> Service {
     let td = TrustDomain::new("weft.test").unwrap();
-    Workload {
-        key: WorkloadKey {
-            namespace: "fake".into(),
-            name: name.into(),
-        },
-        identity: Identity::new(td, "fake", name).unwrap(),
-        service: Some(ServiceName::new("fake", "svc").unwrap()),
-        address: ([127, 0, 0, 1], 1).into(),
-        protocol: Protocol::Auto,
-        meshed: true,
-        labels: Default::default(),
+    Service {
+        name: ServiceName::new("fake", "svc").unwrap(),
+        virtual_ips: Vec::new(),
+        ports: vec![ServicePort {
+            port: 80,
+            name: None,
+            protocol: Protocol::Auto,
+            endpoints: vec![Endpoint {
+                address: ([127, 0, 0, 1], 1).into(),
+                identity: Some(Identity::new(td, "fake", name).unwrap()),
+                meshed: true,
+                workload: Some(WorkloadKey {
+                    namespace: "fake".into(),
+                    name: name.into(),
+                }),
+                state: EndpointState::Ready,
+            }],
+        }],
     }
+}
+
+/// The names of the workloads behind every endpoint of the registry.
+fn workload_names(snap: &RegistrySnapshot) -> Vec<String> {
+    snap.sources()
+        .flat_map(|src| snap.source(src))
+        .flat_map(|s| s.ports.iter())
+        .flat_map(|p| p.endpoints.iter())
+        .filter_map(|e| e.workload.as_ref().map(|w| w.name.clone()))
+        .collect()
 }
 
 /// A platform driven by the test: its `n`-th run waits until `release` reaches `n`, then
@@ -146,25 +165,17 @@ async fn ready_waits_for_every_platform_and_failed_adapters_restart_keeping_thei
     // Restarted but not synced again: the first run's workloads are still served, and the
     // control plane stays ready.
     let snap = reg.borrow_and_update().clone();
-    assert_eq!(
-        snap.workloads()
-            .map(|w| w.key.name.clone())
-            .collect::<Vec<_>>(),
-        ["run-1"]
-    );
+    assert_eq!(workload_names(&snap), ["run-1"]);
     assert_eq!(admin_get(http, "GET", "/ready").await.0, 200);
     let state = wait_status(http, "/api/state", 200).await;
     assert!(state.contains("\"synced\":true"), "{state}");
 
     // The restarted adapter's first sync replaces them.
     platform.release.send_replace(2);
-    tokio::time::timeout(
-        WAIT,
-        reg.wait_for(|s| s.workloads().map(|w| w.key.name.as_str()).eq(["run-2"])),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    tokio::time::timeout(WAIT, reg.wait_for(|s| workload_names(s) == ["run-2"]))
+        .await
+        .unwrap()
+        .unwrap();
     control.shutdown().await;
 }
 

@@ -17,7 +17,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use weft_proxy::Proxy;
 use weft_tests::{
-    TestMesh, WAIT, WorkloadDecl, admin_get, backends, refusing_port, upstream, wait_snapshot,
+    TestMesh, WAIT, WorkloadDecl, admin_get, backends, refusing_port, upstream, usable_ports,
+    wait_resolution, wait_resolved,
 };
 
 const ALLOW_ALL: &str = "[policy]\ndefault_inbound = \"allow\"";
@@ -30,15 +31,6 @@ fn client() -> Client<HttpConnector, Empty<Bytes>> {
 async fn get(c: &Client<HttpConnector, Empty<Bytes>>, up: SocketAddr) -> (StatusCode, String) {
     let (status, backend, _) = weft_tests::get_through(c, up, "/").await;
     (status, backend)
-}
-
-fn api_port(state: &weft_proxy::discovery::DiscoveryState) -> Vec<u16> {
-    let svc = weft_core::ServiceName::new("test", "api").unwrap();
-    state
-        .services
-        .get(&svc)
-        .map(|s| s.endpoints.iter().map(|e| e.address.port()).collect())
-        .unwrap_or_default()
 }
 
 /// `api` served by api-1 (backend "one"); api-2 (backend "two") runs with its proxy but serves
@@ -87,7 +79,7 @@ impl Handover {
             .set_workloads(&[api1, api2, self.load.clone()])
             .await;
         let port = self.mesh.port_of("api-2");
-        wait_snapshot(&self.load_proxy, |s| api_port(s) == [port]).await;
+        wait_resolved(&self.load_proxy, "api", |s| usable_ports(s) == [port]).await;
     }
 }
 
@@ -188,7 +180,10 @@ async fn a_service_without_endpoints_answers_503() {
     let up = upstream(&lp, "api");
     mesh_workloads.remove(0);
     mesh.set_workloads(&mesh_workloads).await;
-    wait_snapshot(&lp, |s| api_port(s).is_empty()).await;
+    wait_resolution(&lp, "api", |r| {
+        matches!(r, weft_proxy::discovery::Resolution::NotInMesh)
+    })
+    .await;
     let (status, _) = get(&client(), up).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     // The proxy's own 503 is counted as a request and a failed response, with no peer.

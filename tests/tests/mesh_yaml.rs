@@ -5,7 +5,10 @@
 use std::net::SocketAddr;
 
 use http::StatusCode;
-use weft_tests::{Format, TestMesh, WorkloadDecl, backends, upstream, wait_snapshot};
+use weft_tests::{
+    Format, TestMesh, WorkloadDecl, backends, upstream, usable_ports, wait_resolution,
+    wait_resolved,
+};
 
 /// Only test/load may call api; nothing else is allowed by default.
 const POLICY: &str = "policy:\n  default_inbound: deny\n  authorizations:\n    - service: api.test\n      allow: [\"test/load\"]";
@@ -39,13 +42,13 @@ async fn a_yaml_mesh_file_runs_the_mesh_and_its_edits_apply() {
         get(upstream(&lp, "api")).await,
         (StatusCode::OK, "one".to_string())
     );
-    // Not allowed to call api, the intruder is not even shown it.
-    let svc = weft_core::ServiceName::new("test", "api").unwrap();
-    wait_snapshot(&ip, |s| !s.services.contains_key(&svc)).await;
-    assert_eq!(
-        get(upstream(&ip, "api")).await.0,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    // Not allowed to call api, the intruder is told nothing about it, and its call is
+    // refused with 403.
+    wait_resolution(&ip, "api", |r| {
+        matches!(r, weft_proxy::discovery::Resolution::Denied(_))
+    })
+    .await;
+    assert_eq!(get(upstream(&ip, "api")).await.0, StatusCode::FORBIDDEN);
 
     // An edit of the YAML file moves the service.
     let mut moved1 = api1.clone();
@@ -55,12 +58,7 @@ async fn a_yaml_mesh_file_runs_the_mesh_and_its_edits_apply() {
     mesh.set_workloads(&[moved1, moved2, load.clone(), intruder.clone()])
         .await;
     let port = mesh.port_of("api-2");
-    wait_snapshot(&lp, |s| {
-        s.services
-            .get(&svc)
-            .is_some_and(|s| s.endpoints.iter().map(|e| e.address.port()).eq([port]))
-    })
-    .await;
+    wait_resolved(&lp, "api", |s| usable_ports(s) == [port]).await;
     assert_eq!(
         get(upstream(&lp, "api")).await,
         (StatusCode::OK, "two".to_string())

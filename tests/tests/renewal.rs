@@ -161,13 +161,7 @@ async fn a_connection_after_renewal_presents_the_new_client_certificate() {
     // api moves: the connection to the new endpoint is made with the renewed certificate.
     mesh.set_port("api", next_endpoint.port()).await;
     let port = next_endpoint.port();
-    let svc = weft_core::ServiceName::new("test", "api").unwrap();
-    weft_tests::wait_snapshot(&client, |s| {
-        s.services
-            .get(&svc)
-            .is_some_and(|s| s.endpoints.iter().map(|e| e.address.port()).eq([port]))
-    })
-    .await;
+    weft_tests::wait_resolved(&client, "api", |s| weft_tests::usable_ports(s) == [port]).await;
     assert_eq!(get_through(up).await, StatusCode::OK);
     let second = tokio::time::timeout(WAIT, handshakes.recv())
         .await

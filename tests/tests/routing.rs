@@ -21,11 +21,8 @@ async fn an_unmeshed_endpoint_is_reached_in_plaintext() {
     let db = WorkloadDecl::unmeshed("legacy", "api", legacy);
     let mesh = TestMesh::start(&[db, load.clone()], ALLOW_ALL).await;
     let client = mesh.proxy(&load, None, &["api"]).await;
-    let svc = weft_core::ServiceName::new("test", "api").unwrap();
-    weft_tests::wait_snapshot(&client, |s| {
-        s.services
-            .get(&svc)
-            .is_some_and(|s| s.endpoints.iter().all(|e| e.identity.is_none()))
+    weft_tests::wait_resolved(&client, "api", |s| {
+        s.endpoints.values().all(|e| e.identity.is_none())
     })
     .await;
 
@@ -82,11 +79,7 @@ async fn p2c_spreads_requests_over_every_healthy_endpoint() {
         servers.push(mesh.proxy(decl, Some(app.port()), &[]).await);
     }
     let client = mesh.proxy(&load, None, &["api"]).await;
-    let svc = weft_core::ServiceName::new("test", "api").unwrap();
-    weft_tests::wait_snapshot(&client, |s| {
-        s.services.get(&svc).is_some_and(|s| s.endpoints.len() == 3)
-    })
-    .await;
+    weft_tests::wait_resolved(&client, "api", |s| s.usable().len() == 3).await;
     let up = upstream(&client, "api");
 
     let c = weft_tests::http_client();

@@ -207,16 +207,19 @@ async fn grpc_unary_streaming_and_status_pass_through() {
     assert_eq!(err.message(), "asked to fail");
 
     let stream = DiscoveryClient::new(ch)
-        .watch(weft_api::WatchRequest {})
+        .resolve(weft_api::ResolveRequest::default())
         .await
         .unwrap()
         .into_inner();
-    let versions: Vec<u64> = backends::collect(stream)
-        .await
-        .iter()
-        .map(|s| s.version)
-        .collect();
-    assert_eq!(versions, [1, 2, 3]);
+    let messages = backends::collect(stream).await;
+    assert_eq!(
+        messages,
+        [
+            backends::numbered(1),
+            backends::numbered(2),
+            backends::numbered(3)
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,15 +228,18 @@ async fn a_grpc_error_in_trailers_after_data_counts_as_a_failure() {
     let app = backends::grpc_backend().await;
     let p = pair(app, "auto").await;
     let ch = grpc_channel(p.upstream).await;
-    let mut req = tonic::Request::new(weft_api::WatchRequest {});
+    let mut req = tonic::Request::new(weft_api::ResolveRequest::default());
     req.metadata_mut()
         .insert("x-fail-midway", "1".parse().unwrap());
     let mut stream = DiscoveryClient::new(ch)
-        .watch(req)
+        .resolve(req)
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stream.message().await.unwrap().unwrap().version, 1);
+    assert_eq!(
+        stream.message().await.unwrap().unwrap(),
+        backends::numbered(1)
+    );
     let err = stream.message().await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Aborted);
     assert_eq!(err.message(), "failed midway");

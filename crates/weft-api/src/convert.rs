@@ -4,11 +4,20 @@
 //! default, because these messages carry security decisions and a policy that is silently
 //! widened is worse than one that is refused.
 
-use weft_core::Protocol as CoreProtocol;
+use std::net::SocketAddr;
+
 use weft_core::policy::{Decision as CoreDecision, IdentityMatch, InboundPolicy as CorePolicy};
+use weft_core::{
+    Endpoint as CoreEndpoint, EndpointState as CoreState, Identity, Protocol as CoreProtocol,
+    ServiceName, Target, WorkloadKey,
+};
 
 use crate::v1::identity_pattern::{Account, AnyIdentity, Pattern};
-use crate::v1::{Decision, IdentityPattern, InboundPolicy, Protocol};
+use crate::v1::resolve_request::Target as WireTarget;
+use crate::v1::{
+    Decision, Endpoint, EndpointState, IdentityPattern, InboundPolicy, Protocol, ResolveRequest,
+    ServiceTarget,
+};
 
 /// Why a policy from the control plane cannot be used.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,6 +37,23 @@ pub enum PolicyError {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+/// Why an endpoint or a target from the network cannot be used.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// An address that is not `ip:port`.
+    #[error("bad address {0:?}")]
+    Address(String),
+    /// An identity that is not a SPIFFE ID of the mesh's form.
+    #[error("bad identity {0:?}")]
+    Identity(String),
+    /// A request without a target, or with a target of a kind this build does not know.
+    #[error("no target")]
+    NoTarget,
+    /// A service name or port that cannot be.
+    #[error("bad service {0}")]
+    Service(String),
 }
 
 // === core -> wire ===
@@ -76,7 +102,110 @@ pub fn policy_to_wire(p: &CorePolicy, protocol: CoreProtocol) -> InboundPolicy {
     }
 }
 
+/// The wire form of an endpoint state.
+pub fn state_to_wire(s: CoreState) -> EndpointState {
+    match s {
+        CoreState::Ready => EndpointState::Ready,
+        CoreState::Serving => EndpointState::Serving,
+        CoreState::Terminating => EndpointState::Terminating,
+    }
+}
+
+/// The wire form of an endpoint: the identity is sent only when clients must check it (the
+/// endpoint is meshed), so an empty identity means plaintext.
+pub fn endpoint_to_wire(e: &CoreEndpoint) -> Endpoint {
+    Endpoint {
+        address: e.address.to_string(),
+        identity: e
+            .tls_identity()
+            .map(Identity::spiffe_id)
+            .unwrap_or_default(),
+        workload: e
+            .workload
+            .as_ref()
+            .map(|w| w.to_string())
+            .unwrap_or_default(),
+        state: state_to_wire(e.state) as i32,
+    }
+}
+
+/// The wire form of a discovery target.
+pub fn target_to_wire(t: &Target) -> ResolveRequest {
+    let target = match t {
+        Target::Service { name, port } => WireTarget::Service(ServiceTarget {
+            name: name.name.clone(),
+            namespace: name.namespace.clone(),
+            port: port.map_or(0, u32::from),
+        }),
+        Target::Address(addr) => WireTarget::Address(addr.to_string()),
+    };
+    ResolveRequest {
+        target: Some(target),
+    }
+}
+
 // === wire -> core ===
+
+/// Reads an endpoint state. Unknown values read as terminating: an endpoint whose state this
+/// proxy cannot read gets no new connections.
+pub fn state_from_wire(s: i32) -> CoreState {
+    match EndpointState::try_from(s) {
+        Ok(EndpointState::Ready) => CoreState::Ready,
+        Ok(EndpointState::Serving) => CoreState::Serving,
+        Ok(EndpointState::Terminating | EndpointState::Unspecified) | Err(_) => {
+            CoreState::Terminating
+        }
+    }
+}
+
+/// Reads an endpoint. An identity that does not parse is an error, never plaintext: the
+/// endpoint is then unusable, which is safer than talking to it without checking who it is.
+pub fn endpoint_from_wire(e: &Endpoint) -> Result<CoreEndpoint, WireError> {
+    let address: SocketAddr = e
+        .address
+        .parse()
+        .map_err(|_| WireError::Address(e.address.clone()))?;
+    let identity = if e.identity.is_empty() {
+        None
+    } else {
+        Some(
+            Identity::parse_spiffe(&e.identity)
+                .map_err(|_| WireError::Identity(e.identity.clone()))?,
+        )
+    };
+    // The workload is informational; one that does not read is left out.
+    let workload = e.workload.split_once('/').map(|(ns, name)| WorkloadKey {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+    });
+    Ok(CoreEndpoint {
+        address,
+        meshed: identity.is_some(),
+        identity,
+        workload,
+        state: state_from_wire(e.state),
+    })
+}
+
+/// Reads a discovery target.
+pub fn target_from_wire(r: &ResolveRequest) -> Result<Target, WireError> {
+    match &r.target {
+        None => Err(WireError::NoTarget),
+        Some(WireTarget::Address(a)) => a
+            .parse()
+            .map(Target::Address)
+            .map_err(|_| WireError::Address(a.clone())),
+        Some(WireTarget::Service(s)) => {
+            let name = ServiceName::new(&s.namespace, &s.name)
+                .map_err(|_| WireError::Service(format!("{}.{}", s.name, s.namespace)))?;
+            let port = match s.port {
+                0 => None,
+                p => Some(u16::try_from(p).map_err(|_| WireError::Service(format!("{name}:{p}")))?),
+            };
+            Ok(Target::Service { name, port })
+        }
+    }
+}
 
 /// Reads a protocol. Unknown values read as `Auto`: detection never bypasses TLS or
 /// authorization, so this is safe, unlike a default for a policy.
@@ -196,6 +325,69 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn endpoints_and_targets_round_trip() {
+        let td = weft_core::TrustDomain::new("weft.test").unwrap();
+        let e = CoreEndpoint {
+            address: "[::1]:8080".parse().unwrap(),
+            identity: Some(Identity::new(td, "demo", "api").unwrap()),
+            meshed: true,
+            workload: Some(WorkloadKey {
+                namespace: "demo".into(),
+                name: "api-1".into(),
+            }),
+            state: CoreState::Serving,
+        };
+        assert_eq!(endpoint_from_wire(&endpoint_to_wire(&e)).unwrap(), e);
+        // An unmeshed endpoint's identity is not sent: clients must not expect TLS.
+        let plain = CoreEndpoint {
+            meshed: false,
+            ..e.clone()
+        };
+        let back = endpoint_from_wire(&endpoint_to_wire(&plain)).unwrap();
+        assert!(!back.meshed && back.identity.is_none());
+        for t in [
+            Target::parse("api.demo:8080", "x").unwrap(),
+            Target::parse("api.demo", "x").unwrap(),
+            Target::parse("10.0.0.1:80", "x").unwrap(),
+        ] {
+            assert_eq!(target_from_wire(&target_to_wire(&t)).unwrap(), t);
+        }
+    }
+
+    #[test]
+    fn bad_endpoints_and_targets_are_refused() {
+        let mut e = endpoint_to_wire(&CoreEndpoint {
+            address: "127.0.0.1:1".parse().unwrap(),
+            identity: None,
+            meshed: false,
+            workload: None,
+            state: CoreState::Ready,
+        });
+        e.identity = "spiffe://weft.test/ns/x".into();
+        assert!(matches!(
+            endpoint_from_wire(&e),
+            Err(WireError::Identity(_))
+        ));
+        e.identity.clear();
+        e.address = "nowhere".into();
+        assert!(matches!(endpoint_from_wire(&e), Err(WireError::Address(_))));
+        assert_eq!(state_from_wire(0), CoreState::Terminating);
+        assert_eq!(state_from_wire(42), CoreState::Terminating);
+        assert_eq!(
+            target_from_wire(&ResolveRequest { target: None }),
+            Err(WireError::NoTarget)
+        );
+        let big = ResolveRequest {
+            target: Some(WireTarget::Service(ServiceTarget {
+                name: "api".into(),
+                namespace: "demo".into(),
+                port: 70000,
+            })),
+        };
+        assert!(target_from_wire(&big).is_err());
     }
 
     #[test]

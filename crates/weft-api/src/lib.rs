@@ -1,4 +1,5 @@
-//! Weft's control-plane API: `Identity.Certify` and `Discovery.Watch`.
+//! Weft's control-plane API: `Identity.Certify`, `Discovery.Resolve` and
+//! `Discovery.Proxy`.
 //!
 //! The messages and services are generated from `proto/weft.proto` at build time (protox
 //! compiles the protos, so no `protoc` is required).
@@ -12,6 +13,8 @@ pub mod v1 {
 }
 
 pub use v1::{
-    CertifyRequest, CertifyResponse, Credential, Decision, Endpoint, IdentityPattern,
-    InboundPolicy, Protocol, Service, Snapshot, WatchRequest,
+    CertifyRequest, CertifyResponse, Credential, Decision, Denied, Endpoint, EndpointChanges,
+    EndpointState, IdentityPattern, InboundPolicy, NotInMesh, Protocol, ProxyRequest,
+    ProxySettings, ResolveRequest, ResolveUpdate, Resolved, ServerPolicy, ServiceMeta,
+    ServiceTarget,
 };

@@ -137,18 +137,14 @@ fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
 
 fn api_state(state: &State) -> String {
     let snap = state.registry.snapshot();
-    let workloads: Vec<_> = snap
-        .workloads()
-        .map(|w| {
-            serde_json::json!({
-                "namespace": w.key.namespace,
-                "name": w.key.name,
-                "identity": w.identity.spiffe_id(),
-                "service": w.service.as_ref().map(|s| s.to_string()),
-                "address": w.address.to_string(),
-                "protocol": w.protocol.as_str(),
-                "meshed": w.meshed,
-            })
+    let sources: serde_json::Map<String, serde_json::Value> = snap
+        .sources()
+        .map(|source| {
+            let services: Vec<_> = snap.source(source).map(|s| service_json(s)).collect();
+            (
+                source.to_string(),
+                serde_json::json!({ "services": services }),
+            )
         })
         .collect();
     let platforms: Vec<_> = state
@@ -166,7 +162,42 @@ fn api_state(state: &State) -> String {
         "ready": state.not_ready_because().is_none(),
         "platforms": platforms,
         "restart_required": state.restart_required(),
-        "workloads": workloads,
+        "endpoints": snap.endpoint_count(),
+        "sources": sources,
     })
     .to_string()
+}
+
+/// One service as `/api/state` shows it.
+fn service_json(s: &weft_core::Service) -> serde_json::Value {
+    let ports: Vec<_> = s
+        .ports
+        .iter()
+        .map(|p| {
+            let endpoints: Vec<_> = p
+                .endpoints
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "address": e.address.to_string(),
+                        "state": e.state,
+                        "meshed": e.meshed,
+                        "identity": e.identity.as_ref().map(|i| i.spiffe_id()),
+                        "workload": e.workload.as_ref().map(|w| w.to_string()),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "port": p.port,
+                "name": p.name,
+                "protocol": p.protocol.as_str(),
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": s.name.to_string(),
+        "virtual_ips": s.virtual_ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+        "ports": ports,
+    })
 }

@@ -1,5 +1,16 @@
-//! `Discovery.Watch`: each proxy's own view of the mesh, streamed on every change of it.
+//! `Discovery.Resolve` and `Discovery.Proxy`: discovery on demand.
+//!
+//! A proxy resolves a destination when it first uses it and follows it over one stream: the
+//! whole state first, then only the changes. Each stream follows the registry topic of its
+//! target, so a registry write costs work for the streams of the services it changed and for
+//! no other. A second stream per proxy carries the proxy's own settings: the inbound policy of
+//! each of its servers and the trust bundle.
+//!
+//! Both wait for every platform's first full sync before the first answer, so a proxy never
+//! hears "not in the mesh" for a service that a platform has simply not listed yet.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -7,153 +18,433 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use weft_api::convert::{policy_to_wire, protocol_to_wire};
+use weft_api::convert::{endpoint_to_wire, policy_to_wire, protocol_to_wire, target_from_wire};
 use weft_api::v1::discovery_server::Discovery;
-use weft_api::{Endpoint, Service, Snapshot, WatchRequest};
-use weft_ca::TrustBundle;
+use weft_api::v1::resolve_update::Update;
+use weft_api::{
+    Denied, Endpoint, EndpointChanges, NotInMesh, ProxyRequest, ProxySettings, ResolveRequest,
+    ResolveUpdate, Resolved, ServerPolicy, ServiceMeta,
+};
 use weft_core::config::MeshConfig;
+use weft_core::model::check_name;
 use weft_core::policy::{Decision, InboundPolicy as Policy};
-use weft_core::{Identity, RegistrySnapshot};
+use weft_core::{
+    AddressKind, Identity, Protocol, RegistrySnapshot, Target, Topic, WorkloadKey, WorkloadRef,
+};
 
 use crate::State;
+use crate::metrics::StreamLabels;
 use crate::transport::PeerInfo;
+
+/// Endpoints per message: a service of any size is sent in messages well under the gRPC
+/// message limit (about 100 bytes an endpoint).
+pub const ENDPOINTS_PER_MESSAGE: usize = 1000;
+
+/// Updates queued per stream before the stream waits for the proxy to read.
+const STREAM_QUEUE: usize = 4;
 
 /// The Discovery service.
 #[derive(Debug, Clone)]
 pub(crate) struct DiscoveryService(pub(crate) Arc<State>);
 
-/// Computes what a proxy with `identity` sees: the services it may reach (those whose inbound
-/// policy would admit it, and unmeshed ones), its own inbound policy and the trust bundle.
-/// `version` is left at 0 for the caller to set.
-pub fn view_for(
+/// What a target resolves to, for one caller, at one registry version.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    /// A service port, with the endpoints the caller may use (all of them, or only the one an
+    /// endpoint address names).
+    Resolved {
+        /// Name, port and protocol.
+        meta: ServiceMeta,
+        /// The endpoints, by address.
+        endpoints: BTreeMap<SocketAddr, Endpoint>,
+    },
+    /// Nothing in the mesh answers to the target.
+    NotInMesh,
+    /// The caller may not reach the target.
+    Denied(String),
+}
+
+/// Resolves `target` for a proxy proving `identity`.
+///
+/// A proxy may resolve a service only if the service's policy admits its identity; a service
+/// whose endpoints are all unmeshed has no proxy to enforce a policy and is open to all. An
+/// endpoint address resolves to that endpoint alone, within its service.
+pub fn answer(
     identity: &Identity,
     registry: &RegistrySnapshot,
     cfg: &MeshConfig,
-    bundle: &TrustBundle,
-) -> Snapshot {
-    let rules = &cfg.authorization_rules;
-    let default = cfg.policy.default_inbound;
-    let mut services = Vec::new();
-    for (name, endpoints) in registry.services() {
-        let policy = Policy::for_service(default, rules, Some(&name));
-        let meshed = endpoints.iter().any(|e| e.identity.is_some());
-        if meshed && policy.authorize(identity) == Decision::Deny {
-            continue;
-        }
-        let protocol = registry
-            .workloads()
-            .find(|w| w.service.as_ref() == Some(&name))
-            .map(|w| w.protocol)
-            .unwrap_or_default();
-        services.push(Service {
+    target: &Target,
+) -> Answer {
+    let (name, port, only) = match target {
+        Target::Service { name, port } => (name.clone(), *port, None),
+        Target::Address(addr) => match registry.lookup_address(*addr).next() {
+            None => return Answer::NotInMesh,
+            Some(r) => (
+                r.service.clone(),
+                Some(r.port),
+                (r.kind == AddressKind::Endpoint).then_some(*addr),
+            ),
+        },
+    };
+    let Some(service) = registry.service(&name) else {
+        return Answer::NotInMesh;
+    };
+    let service_port = match port {
+        Some(p) => service.port(p),
+        None => service.ports.first(),
+    };
+    let Some(service_port) = service_port else {
+        return Answer::NotInMesh;
+    };
+    let policy = Policy::for_service(cfg.policy.default_inbound, &cfg.authorization_rules, &name);
+    let meshed = service_port.endpoints.iter().any(|e| e.meshed);
+    if meshed && policy.authorize(identity) == Decision::Deny {
+        // The target as the caller gave it: an address does not learn the service's name.
+        return Answer::Denied(format!("{identity} may not call {target}"));
+    }
+    let endpoints = service_port
+        .endpoints
+        .iter()
+        .filter(|e| only.is_none_or(|a| a == e.address))
+        .map(|e| (e.address, endpoint_to_wire(e)))
+        .collect();
+    Answer::Resolved {
+        meta: ServiceMeta {
             name: name.name.clone(),
             namespace: name.namespace.clone(),
-            protocol: protocol_to_wire(protocol) as i32,
-            endpoints: endpoints
-                .iter()
-                .map(|e| Endpoint {
-                    address: e.address.to_string(),
-                    identity: e
-                        .identity
-                        .as_ref()
-                        .map(|i| i.spiffe_id())
-                        .unwrap_or_default(),
-                    workload: e.workload.to_string(),
-                })
-                .collect(),
-        });
-    }
-
-    // The proxy's own workloads: those certified under its identity.
-    let own: Vec<_> = registry
-        .workloads()
-        .filter(|w| &w.identity == identity)
-        .collect();
-    let mut allow = Vec::new();
-    for w in &own {
-        let p = Policy::for_service(default, rules, w.service.as_ref());
-        for m in p.allow {
-            if !allow.contains(&m) {
-                allow.push(m);
-            }
-        }
-    }
-    let protocol = own.first().map(|w| w.protocol).unwrap_or_default();
-    let inbound = policy_to_wire(&Policy { default, allow }, protocol);
-    Snapshot {
-        version: 0,
-        identity: identity.spiffe_id(),
-        services,
-        inbound: Some(inbound),
-        trust_bundle: bundle.roots().iter().map(|r| r.to_vec()).collect(),
+            port: u32::from(service_port.port),
+            protocol: protocol_to_wire(service_port.protocol) as i32,
+        },
+        endpoints,
     }
 }
 
-type SnapshotStream = Pin<Box<dyn Stream<Item = Result<Snapshot, Status>> + Send>>;
+/// The updates that take a proxy that last heard `last` to `next`: nothing when nothing
+/// changed, endpoint changes when only endpoints changed, else the whole new state. Large
+/// endpoint sets are split into messages of at most [`ENDPOINTS_PER_MESSAGE`] endpoints.
+pub fn updates(last: Option<&Answer>, next: &Answer) -> Vec<ResolveUpdate> {
+    let wrap = |u| ResolveUpdate { update: Some(u) };
+    match (last, next) {
+        (Some(a), b) if a == b => Vec::new(),
+        (
+            Some(Answer::Resolved {
+                meta: old_meta,
+                endpoints: old,
+            }),
+            Answer::Resolved { meta, endpoints },
+        ) if old_meta == meta => {
+            let upserted: Vec<_> = endpoints
+                .iter()
+                .filter(|(addr, e)| old.get(addr) != Some(e))
+                .map(|(_, e)| e.clone())
+                .collect();
+            let removed: Vec<_> = old
+                .keys()
+                .filter(|addr| !endpoints.contains_key(addr))
+                .map(|a| a.to_string())
+                .collect();
+            changes(upserted, removed).into_iter().map(wrap).collect()
+        }
+        (_, Answer::Resolved { meta, endpoints }) => {
+            let mut all: Vec<_> = endpoints.values().cloned().collect();
+            let rest = all.split_off(all.len().min(ENDPOINTS_PER_MESSAGE));
+            let mut out = vec![wrap(Update::Resolved(Resolved {
+                service: Some(meta.clone()),
+                endpoints: all,
+            }))];
+            out.extend(changes(rest, Vec::new()).into_iter().map(wrap));
+            out
+        }
+        (_, Answer::NotInMesh) => vec![wrap(Update::NotInMesh(NotInMesh {}))],
+        (_, Answer::Denied(reason)) => vec![wrap(Update::Denied(Denied {
+            reason: reason.clone(),
+        }))],
+    }
+}
+
+/// Endpoint changes in messages of at most [`ENDPOINTS_PER_MESSAGE`] entries.
+fn changes(mut upserted: Vec<Endpoint>, mut removed: Vec<String>) -> Vec<Update> {
+    let mut out = Vec::new();
+    while !upserted.is_empty() || !removed.is_empty() {
+        let up_rest = upserted.split_off(upserted.len().min(ENDPOINTS_PER_MESSAGE));
+        let room = ENDPOINTS_PER_MESSAGE - upserted.len();
+        let rm_rest = removed.split_off(removed.len().min(room));
+        out.push(Update::Changes(EndpointChanges {
+            upserted: std::mem::replace(&mut upserted, up_rest),
+            removed: std::mem::replace(&mut removed, rm_rest),
+        }));
+    }
+    out
+}
+
+/// The settings of the proxy proving `identity` beside `workload`: the policy of each port its
+/// workload serves, the policy of any other port, and the trust bundle.
+///
+/// The workload's endpoints must carry the proxy's identity: a proxy claiming a workload
+/// certified as someone else gets an error, and then denies every client.
+pub fn proxy_settings(
+    identity: &Identity,
+    workload: &WorkloadRef,
+    registry: &RegistrySnapshot,
+    cfg: &MeshConfig,
+    bundle: &weft_ca::TrustBundle,
+) -> Result<ProxySettings, Status> {
+    let default = cfg.policy.default_inbound;
+    let rules = &cfg.authorization_rules;
+    // Port -> (protocol, services).
+    let mut ports: BTreeMap<u16, (Protocol, Vec<weft_core::ServiceName>)> = BTreeMap::new();
+    for server in registry.servers_of(workload) {
+        let Some(service) = registry.service(&server.service) else {
+            continue;
+        };
+        let Some(port) = service.port(server.port) else {
+            continue;
+        };
+        let Some(endpoint) = port.endpoints.iter().find(|e| e.address == server.address) else {
+            continue;
+        };
+        if let Some(other) = endpoint.identity.as_ref().filter(|i| *i != identity) {
+            return Err(Status::permission_denied(format!(
+                "workload {} runs as {other}, not as {identity}",
+                workload.key
+            )));
+        }
+        let entry = ports
+            .entry(server.address.port())
+            .or_insert_with(|| (port.protocol, Vec::new()));
+        if !entry.1.contains(&server.service) {
+            entry.1.push(server.service.clone());
+        }
+    }
+    let servers = ports
+        .into_iter()
+        .map(|(port, (protocol, services))| ServerPolicy {
+            port: u32::from(port),
+            policy: Some(policy_to_wire(
+                &Policy::for_server(default, rules, &services),
+                protocol,
+            )),
+        })
+        .collect();
+    let none: [&weft_core::ServiceName; 0] = [];
+    Ok(ProxySettings {
+        identity: identity.spiffe_id(),
+        servers,
+        default_policy: Some(policy_to_wire(
+            &Policy::for_server(default, rules, none),
+            Protocol::Auto,
+        )),
+        trust_bundle: bundle.roots().iter().map(|r| r.to_vec()).collect(),
+    })
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<ResolveUpdate, Status>> + Send>>;
+type SettingsStream = Pin<Box<dyn Stream<Item = Result<ProxySettings, Status>> + Send>>;
+
+/// The identity of the proxy calling, which every Discovery call needs.
+fn caller<T>(request: &Request<T>, call: &str) -> Result<(Identity, SocketAddr), Status> {
+    let peer = request
+        .extensions()
+        .get::<PeerInfo>()
+        .cloned()
+        .ok_or_else(|| Status::internal("connection without peer information"))?;
+    let remote = peer.remote;
+    let identity = peer.identity.ok_or_else(|| {
+        tracing::info!(%remote, call, "Discovery call without a mesh certificate refused");
+        Status::unauthenticated(format!("{call} needs the proxy's mesh certificate"))
+    })?;
+    Ok((identity, remote))
+}
 
 #[tonic::async_trait]
 impl Discovery for DiscoveryService {
-    type WatchStream = SnapshotStream;
+    type ResolveStream = UpdateStream;
+    type ProxyStream = SettingsStream;
 
-    async fn watch(
+    async fn resolve(
         &self,
-        request: Request<WatchRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let peer = request
-            .extensions()
-            .get::<PeerInfo>()
-            .cloned()
-            .ok_or_else(|| Status::internal("connection without peer information"))?;
-        let remote = peer.remote;
-        let identity = peer.identity.ok_or_else(|| {
-            tracing::info!(%remote, "Watch without a mesh certificate refused");
-            Status::unauthenticated("Watch needs the proxy's mesh certificate")
-        })?;
+        request: Request<ResolveRequest>,
+    ) -> Result<Response<Self::ResolveStream>, Status> {
+        let (identity, remote) = caller(&request, "Resolve")?;
+        let target = target_from_wire(request.get_ref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let state = self.0.clone();
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(async move {
-            state.metrics.watches.inc();
-            tracing::info!(%identity, %remote, "proxy watching");
-            stream_views(&state, &identity, tx).await;
-            state.metrics.watches.dec();
-            tracing::info!(%identity, %remote, "proxy stopped watching");
+            let labels = StreamLabels { kind: "resolve" };
+            let gauge = state.metrics.streams.get_or_create(&labels).clone();
+            gauge.inc();
+            tracing::debug!(%identity, %remote, %target, "resolving");
+            follow_target(&state, &identity, &target, tx).await;
+            gauge.dec();
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn proxy(
+        &self,
+        request: Request<ProxyRequest>,
+    ) -> Result<Response<Self::ProxyStream>, Status> {
+        let (identity, remote) = caller(&request, "Proxy")?;
+        let req = request.get_ref();
+        let key = req
+            .workload
+            .split_once('/')
+            .filter(|(ns, name)| check_name(ns).is_ok() && check_name(name).is_ok())
+            .map(|(ns, name)| WorkloadKey {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            })
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "workload {:?}: expected namespace/name",
+                    req.workload
+                ))
+            })?;
+        // The source is one of the configured platforms; anything else is an unknown source
+        // whose workloads the registry cannot hold.
+        let source = state_platform(&self.0, &req.platform).ok_or_else(|| {
+            Status::invalid_argument(format!("platform {:?} is not configured", req.platform))
+        })?;
+        let workload = WorkloadRef { source, key };
+        let state = self.0.clone();
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        tokio::spawn(async move {
+            let labels = StreamLabels { kind: "proxy" };
+            let gauge = state.metrics.streams.get_or_create(&labels).clone();
+            gauge.inc();
+            tracing::info!(%identity, %remote, workload = %workload.key, "proxy following its settings");
+            follow_settings(&state, &identity, &workload, tx).await;
+            gauge.dec();
+            tracing::info!(%identity, %remote, "proxy stopped following its settings");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-/// Sends a first view, then a new one each time the registry or config changes this proxy's
-/// view, until the proxy goes away or the control plane stops.
-async fn stream_views(
+/// The registry source name of a configured platform.
+fn state_platform(state: &State, name: &str) -> Option<Arc<str>> {
+    state
+        .platforms
+        .iter()
+        .find(|p| p.name() == name)
+        .map(|p| Arc::from(p.name()))
+}
+
+/// Waits for every platform's first full sync, or for the stream to end.
+async fn synced<T>(state: &State, tx: &mpsc::Sender<T>) -> bool {
+    let names: Vec<String> = state
+        .platforms
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
+    tokio::select! {
+        _ = state.registry.wait_synced(&names) => true,
+        _ = state.shutdown.cancelled() => false,
+        _ = tx.closed() => false,
+    }
+}
+
+/// Sends the target's state, then its changes, until the proxy goes away or the control plane
+/// stops.
+async fn follow_target(
     state: &State,
     identity: &Identity,
-    tx: mpsc::Sender<Result<Snapshot, Status>>,
+    target: &Target,
+    tx: mpsc::Sender<Result<ResolveUpdate, Status>>,
 ) {
-    let mut registry = state.registry.subscribe();
+    let topic = match target {
+        Target::Service { name, .. } => Topic::Service(name.clone()),
+        // Every change of a service touches all of its addresses.
+        Target::Address(addr) => Topic::Address(*addr),
+    };
+    // Subscribed before the first read, so no change falls in between.
+    let mut changed = state.registry.watch_topic(topic);
     let mut config = state.config.clone();
-    let mut last: Option<Snapshot> = None;
-    let mut generation = 0u64;
+    if !synced(state, &tx).await {
+        return;
+    }
+    let updates_sent = state
+        .metrics
+        .updates
+        .get_or_create(&StreamLabels { kind: "resolve" })
+        .clone();
+    let mut last: Option<Answer> = None;
     loop {
-        let view = {
-            let reg = registry.borrow_and_update().clone();
+        let next = {
+            let reg = state.registry.snapshot();
             let cfg = config.borrow_and_update().clone();
-            view_for(identity, &reg, &cfg, state.ca.trust_bundle())
+            answer(identity, &reg, &cfg, target)
         };
-        if last.as_ref() != Some(&view) {
-            generation += 1;
-            let mut sent = view.clone();
-            sent.version = generation;
-            if tx.send(Ok(sent)).await.is_err() {
+        if matches!(next, Answer::Denied(_)) && !matches!(last, Some(Answer::Denied(_))) {
+            state.metrics.denied.inc();
+            tracing::info!(%identity, %target, "resolve denied by policy");
+        }
+        for u in updates(last.as_ref(), &next) {
+            if tx.send(Ok(u)).await.is_err() {
                 return;
             }
-            state.metrics.snapshots.inc();
-            last = Some(view);
+            updates_sent.inc();
         }
+        last = Some(next);
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = tx.closed() => return,
-            r = registry.changed() => if r.is_err() { return },
+            _ = changed.changed() => {}
             r = config.changed() => if r.is_err() { return },
         }
     }
 }
+
+/// Sends the proxy's settings, then again whenever they change.
+async fn follow_settings(
+    state: &State,
+    identity: &Identity,
+    workload: &WorkloadRef,
+    tx: mpsc::Sender<Result<ProxySettings, Status>>,
+) {
+    let mut changed = state
+        .registry
+        .watch_topic(Topic::Workload(workload.clone()));
+    let mut config = state.config.clone();
+    if !synced(state, &tx).await {
+        return;
+    }
+    let updates_sent = state
+        .metrics
+        .updates
+        .get_or_create(&StreamLabels { kind: "proxy" })
+        .clone();
+    let mut last: Option<ProxySettings> = None;
+    loop {
+        let next = {
+            let reg = state.registry.snapshot();
+            let cfg = config.borrow_and_update().clone();
+            proxy_settings(identity, workload, &reg, &cfg, state.ca.trust_bundle())
+        };
+        match next {
+            Err(status) => {
+                tracing::warn!(%identity, workload = %workload.key, reason = status.message(), "proxy settings refused");
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+            Ok(next) if last.as_ref() != Some(&next) => {
+                if tx.send(Ok(next.clone())).await.is_err() {
+                    return;
+                }
+                updates_sent.inc();
+                last = Some(next);
+            }
+            Ok(_) => {}
+        }
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tx.closed() => return,
+            _ = changed.changed() => {}
+            r = config.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

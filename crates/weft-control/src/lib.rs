@@ -2,7 +2,8 @@
 //!
 //! It composes the core (registry, policy, mesh config), the certificate authority and the
 //! platform adapters it is given, and serves:
-//! - gRPC over TLS (`control.grpc_addr`, default 7443): `Identity.Certify` and `Discovery.Watch`;
+//! - gRPC over TLS (`control.grpc_addr`, default 7443): `Identity.Certify`, and discovery on
+//!   demand with `Discovery.Resolve` and `Discovery.Proxy` ([`discovery`]);
 //! - HTTP (`control.http_addr`, default 127.0.0.1:7080): `/live`, `/ready`, `/metrics` and
 //!   `/api/state`. Bound to anything but loopback, `/metrics` and `/api/state` require the
 //!   bearer token in `<data_dir>/http-token`.
@@ -11,7 +12,7 @@
 //! API serves and every adapter has completed its first full sync.
 
 pub mod admin;
-mod discovery;
+pub mod discovery;
 mod identity;
 mod metrics;
 mod transport;
@@ -27,7 +28,7 @@ use weft_core::config::MeshConfig;
 use weft_core::platform::Platform;
 use weft_core::{Identity, Registry, RegistryWriter};
 
-pub use discovery::view_for;
+pub use discovery::{Answer, ENDPOINTS_PER_MESSAGE, answer, proxy_settings, updates};
 pub use metrics::ControlMetrics;
 
 /// Failures starting the control plane.

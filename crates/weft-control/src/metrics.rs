@@ -23,16 +23,25 @@ pub struct TlsRejectLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the Discovery stream metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    /// `resolve` or `proxy`.
+    pub kind: &'static str,
+}
+
 /// Counters and gauges the control plane exports on `/metrics`.
 #[derive(Debug)]
 pub struct ControlMetrics {
     registry: Registry,
     /// Certify calls by platform and outcome.
     pub certify: Family<CertifyLabels, Counter>,
-    /// Open Watch streams.
-    pub watches: Gauge,
-    /// Snapshots sent on Watch streams.
-    pub snapshots: Counter,
+    /// Open Discovery streams, by kind (`resolve`, `proxy`).
+    pub streams: Family<StreamLabels, Gauge>,
+    /// Updates sent on Discovery streams, by kind.
+    pub updates: Family<StreamLabels, Counter>,
+    /// Resolve calls answered "denied".
+    pub denied: Counter,
     /// gRPC connections whose TLS handshake failed, by reason.
     pub tls_rejected: Family<TlsRejectLabels, Counter>,
     /// When the signing intermediate expires, in seconds since the Unix epoch.
@@ -45,8 +54,9 @@ impl Default for ControlMetrics {
     fn default() -> Self {
         let mut registry = Registry::default();
         let certify = Family::<CertifyLabels, Counter>::default();
-        let watches = Gauge::default();
-        let snapshots = Counter::default();
+        let streams = Family::<StreamLabels, Gauge>::default();
+        let updates = Family::<StreamLabels, Counter>::default();
+        let denied = Counter::default();
         let tls_rejected = Family::<TlsRejectLabels, Counter>::default();
         let intermediate_expiry = Gauge::default();
         let intermediate_renewable = Gauge::default();
@@ -71,20 +81,26 @@ impl Default for ControlMetrics {
             certify.clone(),
         );
         registry.register(
-            "weft_control_watch_streams",
-            "Open Discovery.Watch streams",
-            watches.clone(),
+            "weft_control_discovery_streams",
+            "Open Discovery streams, by kind (resolve, proxy)",
+            streams.clone(),
         );
         registry.register(
-            "weft_control_snapshots",
-            "Snapshots sent to proxies",
-            snapshots.clone(),
+            "weft_control_discovery_updates",
+            "Updates sent on Discovery streams, by kind",
+            updates.clone(),
+        );
+        registry.register(
+            "weft_control_resolve_denied",
+            "Resolve answers of denied: the caller's identity may not reach the target",
+            denied.clone(),
         );
         Self {
             registry,
             certify,
-            watches,
-            snapshots,
+            streams,
+            updates,
+            denied,
             tls_rejected,
             intermediate_expiry,
             intermediate_renewable,

@@ -100,14 +100,15 @@ fn environment_overrides_apply_to_a_running_control_plane() {
         let (status, body) = get(http, "/api/state");
         assert_eq!(status, 200, "{body}");
         let state: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if state["workloads"].as_array().is_some_and(|w| !w.is_empty()) {
+        if state["endpoints"].as_u64().is_some_and(|n| n > 0) {
             break state;
         }
-        assert!(Instant::now() < deadline, "no workloads: {state}");
+        assert!(Instant::now() < deadline, "no endpoints: {state}");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(
-        state["workloads"][0]["identity"], "spiffe://env.test/ns/demo/sa/web",
+        state["sources"]["local"]["services"][0]["ports"][0]["endpoints"][0]["identity"],
+        "spiffe://env.test/ns/demo/sa/web",
         "{state}"
     );
 

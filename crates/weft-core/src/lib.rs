@@ -15,5 +15,8 @@ pub mod policy;
 pub mod private_fs;
 pub mod registry;
 
-pub use model::{Endpoint, Identity, Protocol, ServiceName, TrustDomain, Workload, WorkloadKey};
-pub use registry::{Registry, RegistrySnapshot, RegistryWriter};
+pub use model::{
+    AddressKind, Endpoint, EndpointState, Identity, Protocol, Service, ServiceName, ServicePort,
+    Target, TrustDomain, WorkloadKey,
+};
+pub use registry::{Registry, RegistrySnapshot, RegistryWriter, Topic, TopicWatch, WorkloadRef};

@@ -1,8 +1,7 @@
-//! The mesh's vocabulary: identities, services, workloads and endpoints.
+//! The mesh's vocabulary: identities, services, their ports and endpoints, workloads.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +23,9 @@ pub enum ModelError {
     /// A service reference that is not `name` or `name.namespace`.
     #[error("invalid service name {0:?}: expected <name> or <name>.<namespace>")]
     Service(String),
+    /// A discovery target that is neither `name.namespace[:port]` nor `ip:port`.
+    #[error("invalid target {0:?}: expected <name>.<namespace>[:<port>] or <ip>:<port>")]
+    Target(String),
     /// An unknown port protocol.
     #[error("unknown protocol {0:?}: expected auto, http1, http2, grpc or opaque")]
     Protocol(String),
@@ -67,7 +69,8 @@ pub enum Protocol {
     Opaque,
 }
 
-/// Uniquely names a workload within the registry: platform source, namespace and name.
+/// Names a workload within one platform source: namespace and name. The registry keys it by
+/// source as well, so two platforms may report the same names without colliding.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WorkloadKey {
     /// The namespace of the workload.
@@ -76,34 +79,75 @@ pub struct WorkloadKey {
     pub name: String,
 }
 
-/// One running instance of an application, as a platform adapter reports it.
+/// A service as its platform declares it: its ports, each with its protocol and endpoints,
+/// and the virtual addresses clients may dial instead of an endpoint (Kubernetes ClusterIPs).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Workload {
+pub struct Service {
     /// Namespace and name.
-    pub key: WorkloadKey,
-    /// The identity the workload's proxy is certified for.
-    pub identity: Identity,
-    /// The service this workload serves, if any.
-    pub service: Option<ServiceName>,
-    /// The address peers dial to reach the workload (its proxy's inbound listener when meshed).
-    pub address: SocketAddr,
-    /// The protocol of the workload's port.
-    pub protocol: Protocol,
-    /// Whether a Weft proxy fronts the workload (peers then use mutual TLS).
-    pub meshed: bool,
-    /// Free-form labels (Kubernetes labels, Nomad meta).
-    pub labels: BTreeMap<String, String>,
+    pub name: ServiceName,
+    /// Virtual addresses; each serves every port of the service.
+    pub virtual_ips: Vec<IpAddr>,
+    /// The ports, sorted by number, at most one per number.
+    pub ports: Vec<ServicePort>,
 }
 
-/// One address of a service, with what a client must expect when connecting to it.
+/// One port of a service. Each port is balanced on its own: a multi-port service's ports may
+/// be served by different workload ports, with different protocols.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// The port number clients use (on a virtual address, and in `name.namespace:port`).
+    pub port: u16,
+    /// The port's name, where the platform gives one.
+    pub name: Option<String>,
+    /// How traffic on the port is handled (Kubernetes `appProtocol`).
+    pub protocol: Protocol,
+    /// The endpoints, sorted by address, at most one per address.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Whether an endpoint takes new connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointState {
+    /// Takes new connections.
+    #[default]
+    Ready,
+    /// Still answers, but is not ready (Kubernetes: serving while terminating): used for new
+    /// connections only while the port has no ready endpoint.
+    Serving,
+    /// On its way out: no new connections; those open are left to drain.
+    Terminating,
+}
+
+/// One address of a service port, with what a client must expect when connecting to it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
-    /// Where to connect.
+    /// Where to connect: the workload's proxy, or the application itself when unmeshed.
     pub address: SocketAddr,
-    /// The identity the server must prove; `None` for an endpoint without a proxy (plaintext).
+    /// The identity of the workload behind the endpoint, where the platform knows it.
     pub identity: Option<Identity>,
-    /// The workload behind the endpoint.
-    pub workload: WorkloadKey,
+    /// Whether a Weft proxy fronts the endpoint: clients then use mutual TLS and check
+    /// `identity`. The registry refuses a meshed endpoint without an identity.
+    pub meshed: bool,
+    /// The workload behind the endpoint, where the platform knows it.
+    pub workload: Option<WorkloadKey>,
+    /// Whether it takes new connections.
+    pub state: EndpointState,
+}
+
+/// What a proxy asks discovery about: a service by name (and port, where the service has
+/// several), or a destination address (a virtual address or an endpoint's own address).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Target {
+    /// A service by name; `port` picks one of its ports, `None` its only (or lowest) port.
+    Service {
+        /// The service.
+        name: ServiceName,
+        /// The service port.
+        port: Option<u16>,
+    },
+    /// A destination address, as an intercepted connection had it.
+    Address(SocketAddr),
 }
 
 /// The namespace of the control plane's own identity.
@@ -319,6 +363,92 @@ impl FromStr for Protocol {
     }
 }
 
+// === impl Endpoint ===
+
+impl Endpoint {
+    /// The identity a client must check over mutual TLS; `None` for plaintext.
+    pub fn tls_identity(&self) -> Option<&Identity> {
+        if self.meshed {
+            self.identity.as_ref()
+        } else {
+            None
+        }
+    }
+}
+
+// === impl Service ===
+
+impl Service {
+    /// The port numbered `port`.
+    pub fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.ports
+            .binary_search_by_key(&port, |p| p.port)
+            .ok()
+            .map(|i| &self.ports[i])
+    }
+
+    /// Every address that leads to a port of this service: each virtual address with each
+    /// port, then each endpoint's address, with the port number it belongs to.
+    pub fn addresses(&self) -> impl Iterator<Item = (SocketAddr, u16, AddressKind)> + '_ {
+        let virtuals = self.ports.iter().flat_map(move |p| {
+            self.virtual_ips
+                .iter()
+                .map(move |ip| (SocketAddr::new(*ip, p.port), p.port, AddressKind::Virtual))
+        });
+        let endpoints = self.ports.iter().flat_map(|p| {
+            p.endpoints
+                .iter()
+                .map(move |e| (e.address, p.port, AddressKind::Endpoint))
+        });
+        virtuals.chain(endpoints)
+    }
+}
+
+/// How an address belongs to a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressKind {
+    /// A virtual address of the service (balanced over all its endpoints).
+    Virtual,
+    /// One endpoint's own address.
+    Endpoint,
+}
+
+// === impl Target ===
+
+impl Target {
+    /// Parses `ip:port`, or a service as `name` (in `default_namespace`), `name.namespace`, with
+    /// an optional `:port`.
+    pub fn parse(s: &str, default_namespace: &str) -> Result<Self, ModelError> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Target::Address(addr));
+        }
+        let err = || ModelError::Target(s.to_string());
+        let (name, port) = match s.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port.parse::<u16>().map_err(|_| err())?)),
+            None => (s, None),
+        };
+        if port == Some(0) {
+            return Err(err());
+        }
+        let name = ServiceName::parse(name, default_namespace).map_err(|_| err())?;
+        Ok(Target::Service { name, port })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Service { name, port: None } => write!(f, "{name}"),
+            Target::Service {
+                name,
+                port: Some(port),
+            } => write!(f, "{name}:{port}"),
+            Target::Address(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
 impl fmt::Display for WorkloadKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
@@ -368,6 +498,30 @@ mod tests {
             assert_eq!(check_name(good), Ok(()), "{good}");
         }
         assert!(ServiceName::parse("api...", "demo").is_err());
+    }
+
+    #[test]
+    fn targets() {
+        let t = Target::parse("api.prod:8080", "demo").unwrap();
+        assert_eq!(t.to_string(), "api.prod:8080");
+        assert_eq!(
+            Target::parse("api", "demo").unwrap(),
+            Target::Service {
+                name: ServiceName::new("demo", "api").unwrap(),
+                port: None
+            }
+        );
+        assert_eq!(
+            Target::parse("10.0.0.1:80", "demo").unwrap(),
+            Target::Address(([10, 0, 0, 1], 80).into())
+        );
+        assert!(matches!(
+            Target::parse("[::1]:80", "demo").unwrap(),
+            Target::Address(_)
+        ));
+        for bad in ["api:0", "api:x", "API", "10.0.0.1:99999", ""] {
+            assert!(Target::parse(bad, "demo").is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -1,37 +1,113 @@
-//! The service registry: the merged, versioned view of every workload that the platform
+//! The service registry: the merged, versioned view of every service that the platform
 //! adapters report.
 //!
-//! Each adapter owns one *source* and writes only to it through a [`RegistryWriter`]. Readers
-//! call [`Registry::subscribe`] and are woken with a new [`RegistrySnapshot`] whenever the merged
-//! content changes; a write that changes nothing does not bump the version or wake anyone.
+//! Each adapter owns one *source* and writes only to it through a [`RegistryWriter`]; keys
+//! include the source, so two platforms that report the same names never collide, and a
+//! service of the same name on two platforms is one service with the endpoints of both.
+//!
+//! Every version is an immutable [`RegistrySnapshot`] built from persistent maps: a write copies
+//! only the path to what it changes, and unchanged services are shared between versions. The
+//! snapshot indexes services by name, by address (virtual addresses and endpoint addresses) and
+//! by workload.
+//!
+//! Readers either follow the whole registry ([`Registry::subscribe`], for the state API and
+//! readiness) or one [`Topic`] ([`Registry::watch_topic`]): a service, an address or a
+//! workload. A write wakes only the topics it touched, so its cost is proportional to the
+//! changed services and their subscribers, not to the size of the mesh. A write that changes
+//! nothing bumps no version and wakes nobody.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
+use imbl::{OrdMap, OrdSet};
 use tokio::sync::watch;
 
-use crate::model::{Endpoint, ServiceName, Workload, WorkloadKey};
+use crate::model::{AddressKind, Service, ServiceName, WorkloadKey};
 
 /// The registry. Cheap to clone; all clones share one state.
 #[derive(Clone, Debug)]
 pub struct Registry {
     tx: watch::Sender<Arc<RegistrySnapshot>>,
     synced: watch::Sender<BTreeSet<String>>,
+    topics: Arc<Topics>,
 }
 
 /// An immutable view of the registry at one version.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct RegistrySnapshot {
     version: u64,
-    sources: BTreeMap<String, BTreeMap<WorkloadKey, Workload>>,
+    /// Each source's services.
+    sources: OrdMap<Arc<str>, OrdMap<ServiceName, Arc<Service>>>,
+    /// Which service ports each address leads to.
+    addresses: OrdMap<SocketAddr, OrdSet<AddressRef>>,
+    /// Which service ports each workload serves, and at which endpoint address.
+    workloads: OrdMap<WorkloadRef, OrdSet<ServerRef>>,
 }
 
-/// Writes one source's workloads into the registry.
+/// A service port that an address leads to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AddressRef {
+    /// Virtual addresses sort first: they win over an endpoint address that is also listed.
+    pub kind: AddressKind,
+    /// The service.
+    pub service: ServiceName,
+    /// Its port.
+    pub port: u16,
+    /// The source that reported it.
+    pub source: Arc<str>,
+}
+
+/// A workload, within its source.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkloadRef {
+    /// The source that reported it.
+    pub source: Arc<str>,
+    /// Namespace and name.
+    pub key: WorkloadKey,
+}
+
+/// One service port a workload serves, and the endpoint address it serves it at.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServerRef {
+    /// The endpoint's address; its port is the workload's server port.
+    pub address: SocketAddr,
+    /// The service.
+    pub service: ServiceName,
+    /// The service port.
+    pub port: u16,
+}
+
+/// What a reader can follow without following the whole registry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// A service: any change of its ports, protocols, virtual addresses or endpoints.
+    Service(ServiceName),
+    /// An address: whatever it leads to may have changed.
+    Address(SocketAddr),
+    /// A workload: the service ports it serves may have changed.
+    Workload(WorkloadRef),
+}
+
+/// Follows one topic; woken after every write that touched it.
+#[derive(Debug)]
+pub struct TopicWatch {
+    rx: Option<watch::Receiver<()>>,
+    topic: Topic,
+    topics: Arc<Topics>,
+}
+
+/// The topics someone follows, each with its wake-up channel.
+#[derive(Debug, Default)]
+struct Topics {
+    map: Mutex<HashMap<Topic, watch::Sender<()>>>,
+}
+
+/// Writes one source's services into the registry.
 #[derive(Clone, Debug)]
 pub struct RegistryWriter {
-    source: String,
-    tx: watch::Sender<Arc<RegistrySnapshot>>,
-    synced: watch::Sender<BTreeSet<String>>,
+    source: Arc<str>,
+    registry: Registry,
 }
 
 // === impl Registry ===
@@ -47,21 +123,43 @@ impl Registry {
     pub fn new() -> Self {
         let (tx, _) = watch::channel(Arc::new(RegistrySnapshot::default()));
         let (synced, _) = watch::channel(BTreeSet::new());
-        Self { tx, synced }
+        Self {
+            tx,
+            synced,
+            topics: Arc::default(),
+        }
     }
 
     /// A writer for the named source (one per platform adapter).
     pub fn writer(&self, source: impl Into<String>) -> RegistryWriter {
         RegistryWriter {
-            source: source.into(),
-            tx: self.tx.clone(),
-            synced: self.synced.clone(),
+            source: Arc::from(source.into()),
+            registry: self.clone(),
         }
     }
 
-    /// A receiver that always holds the latest snapshot.
+    /// A receiver that always holds the latest snapshot, woken by every write.
     pub fn subscribe(&self) -> watch::Receiver<Arc<RegistrySnapshot>> {
         self.tx.subscribe()
+    }
+
+    /// Follows `topic`. Subscribe before reading the snapshot, so no write falls between.
+    pub fn watch_topic(&self, topic: Topic) -> TopicWatch {
+        let mut map = self.topics.lock();
+        let rx = map
+            .entry(topic.clone())
+            .or_insert_with(|| watch::channel(()).0)
+            .subscribe();
+        TopicWatch {
+            rx: Some(rx),
+            topic,
+            topics: self.topics.clone(),
+        }
+    }
+
+    /// How many topics someone follows (for the control plane's metrics and tests).
+    pub fn watched_topics(&self) -> usize {
+        self.topics.lock().len()
     }
 
     /// The current snapshot.
@@ -81,6 +179,77 @@ impl Registry {
         let synced = self.synced.borrow();
         sources.into_iter().all(|s| synced.contains(s))
     }
+
+    /// Resolves when every source in `sources` has completed its first full sync.
+    pub async fn wait_synced(&self, sources: &[String]) {
+        let mut rx = self.synced.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = rx
+            .wait_for(|synced| sources.iter().all(|s| synced.contains(s)))
+            .await;
+    }
+}
+
+// === impl Topics ===
+
+impl Topics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, watch::Sender<()>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn notify(&self, touched: &HashSet<Topic>) {
+        let map = self.lock();
+        // Walk the smaller side: a relist may touch many topics that nobody follows.
+        if touched.len() <= map.len() {
+            for t in touched {
+                if let Some(tx) = map.get(t) {
+                    tx.send_replace(());
+                }
+            }
+        } else {
+            for (t, tx) in map.iter() {
+                if touched.contains(t) {
+                    tx.send_replace(());
+                }
+            }
+        }
+    }
+}
+
+// === impl TopicWatch ===
+
+impl TopicWatch {
+    /// The topic followed.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// Resolves after the next write that touches the topic (at once if one happened since
+    /// the last call).
+    pub async fn changed(&mut self) {
+        match &mut self.rx {
+            // The sender lives in the map while a receiver exists, so this does not fail.
+            Some(rx) => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
+impl Drop for TopicWatch {
+    fn drop(&mut self) {
+        let mut map = self.topics.lock();
+        drop(self.rx.take());
+        if map
+            .get(&self.topic)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            map.remove(&self.topic);
+        }
+    }
 }
 
 // === impl RegistryWriter ===
@@ -91,50 +260,130 @@ impl RegistryWriter {
         &self.source
     }
 
-    /// Replaces all of this source's workloads, as after a relist or a resync, and marks the
-    /// source as synced.
-    pub fn replace_all(&self, workloads: impl IntoIterator<Item = Workload>) {
-        let next: BTreeMap<_, _> = workloads.into_iter().map(|w| (w.key.clone(), w)).collect();
-        self.modify(|set| {
-            if *set == next {
-                false
-            } else {
-                *set = next;
-                true
+    /// Replaces all of this source's services in one write, as after a relist or a resync,
+    /// and marks the source as synced. Services missing from `services` are removed; those
+    /// that did not change are left untouched (their readers are not woken).
+    pub fn replace_all(&self, services: impl IntoIterator<Item = Service>) {
+        let mut next: OrdMap<ServiceName, Arc<Service>> = OrdMap::new();
+        for s in services {
+            let s = self.normalize(s);
+            next.insert(s.name.clone(), Arc::new(s));
+        }
+        self.modify(|current| {
+            let mut changes = Vec::new();
+            for (name, old) in current.iter() {
+                if !next.contains_key(name) {
+                    changes.push((name.clone(), Some(old.clone()), None));
+                }
             }
+            for (name, new) in next.iter() {
+                match current.get(name) {
+                    Some(old) if old == new => {}
+                    old => changes.push((name.clone(), old.cloned(), Some(new.clone()))),
+                }
+            }
+            changes
         });
         // After the write, so a reader that sees the source synced also sees its content.
-        self.synced
-            .send_if_modified(|set| set.insert(self.source.clone()));
+        self.registry
+            .synced
+            .send_if_modified(|set| set.insert(self.source.to_string()));
     }
 
-    /// Adds or updates one workload.
-    pub fn upsert(&self, workload: Workload) {
-        self.modify(|set| {
-            if set.get(&workload.key) == Some(&workload) {
-                return false;
-            }
-            set.insert(workload.key.clone(), workload);
-            true
+    /// Adds or replaces one service.
+    pub fn upsert(&self, service: Service) {
+        let new = Arc::new(self.normalize(service));
+        self.modify(|current| match current.get(&new.name) {
+            Some(old) if *old == new => Vec::new(),
+            old => vec![(new.name.clone(), old.cloned(), Some(new))],
         });
     }
 
-    /// Removes one workload; removing an unknown one is not an error.
-    pub fn remove(&self, key: &WorkloadKey) {
-        self.modify(|set| set.remove(key).is_some());
+    /// Removes one service; removing an unknown one is not an error.
+    pub fn remove(&self, name: &ServiceName) {
+        self.modify(|current| match current.get(name) {
+            Some(old) => vec![(name.clone(), Some(old.clone()), None)],
+            None => Vec::new(),
+        });
     }
 
-    fn modify(&self, f: impl FnOnce(&mut BTreeMap<WorkloadKey, Workload>) -> bool) {
-        self.tx.send_if_modified(|snap| {
-            let mut next = (**snap).clone();
-            let set = next.sources.entry(self.source.clone()).or_default();
-            if !f(set) {
+    /// Sorts ports and endpoints, and drops what the registry cannot serve, with a warning
+    /// naming it: a second port of the same number, a second endpoint at the same address, a
+    /// meshed endpoint without the identity clients must check.
+    fn normalize(&self, mut s: Service) -> Service {
+        let source = &*self.source;
+        s.ports.sort_by_key(|p| p.port);
+        s.ports.dedup_by(|b, a| {
+            let dup = a.port == b.port;
+            if dup {
+                tracing::warn!(source, service = %s.name, port = b.port, "port listed twice; the first is kept");
+            }
+            dup
+        });
+        for p in &mut s.ports {
+            p.endpoints.retain(|e| {
+                let ok = !e.meshed || e.identity.is_some();
+                if !ok {
+                    tracing::warn!(source, service = %s.name, address = %e.address, "meshed endpoint without an identity; skipped");
+                }
+                ok
+            });
+            p.endpoints.sort_by_key(|e| e.address);
+            p.endpoints.dedup_by(|b, a| {
+                let dup = a.address == b.address;
+                if dup {
+                    tracing::warn!(source, service = %s.name, address = %b.address, "endpoint listed twice; the first is kept");
+                }
+                dup
+            });
+        }
+        s.virtual_ips.sort();
+        s.virtual_ips.dedup();
+        s
+    }
+
+    /// Applies the changes `f` computes from this source's current services, as one new
+    /// version, and wakes the topics they touch.
+    #[allow(clippy::type_complexity)]
+    fn modify(
+        &self,
+        f: impl FnOnce(
+            &OrdMap<ServiceName, Arc<Service>>,
+        ) -> Vec<(ServiceName, Option<Arc<Service>>, Option<Arc<Service>>)>,
+    ) {
+        let mut touched = HashSet::new();
+        self.registry.tx.send_if_modified(|snap| {
+            let empty = OrdMap::new();
+            let current = snap.sources.get(&self.source).unwrap_or(&empty);
+            let changes = f(current);
+            if changes.is_empty() {
                 return false;
             }
+            let mut next = (**snap).clone();
+            let mut services = current.clone();
+            for (name, old, new) in changes {
+                if let Some(old) = &old {
+                    next.unindex(&self.source, old, &mut touched);
+                }
+                match new {
+                    Some(new) => {
+                        next.index(&self.source, &new, &mut touched);
+                        services.insert(name.clone(), new);
+                    }
+                    None => {
+                        services.remove(&name);
+                    }
+                }
+                touched.insert(Topic::Service(name));
+            }
+            next.sources.insert(self.source.clone(), services);
             next.version += 1;
             *snap = Arc::new(next);
             true
         });
+        if !touched.is_empty() {
+            self.registry.topics.notify(&touched);
+        }
     }
 }
 
@@ -146,129 +395,145 @@ impl RegistrySnapshot {
         self.version
     }
 
-    /// Every workload from every source.
-    pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
-        self.sources.values().flat_map(|s| s.values())
+    /// The sources that have reported something, in name order.
+    pub fn sources(&self) -> impl Iterator<Item = &str> {
+        self.sources.keys().map(|s| &**s)
     }
 
-    /// One source's workloads.
-    pub fn source(&self, source: &str) -> impl Iterator<Item = &Workload> {
+    /// One source's services, in name order.
+    pub fn source(&self, source: &str) -> impl Iterator<Item = &Arc<Service>> {
         self.sources
             .get(source)
             .into_iter()
             .flat_map(|s| s.values())
     }
 
-    /// Looks a workload up by key in any source.
-    pub fn workload(&self, key: &WorkloadKey) -> Option<&Workload> {
-        self.sources.values().find_map(|s| s.get(key))
+    /// The names of every service, merged across sources.
+    pub fn service_names(&self) -> BTreeSet<&ServiceName> {
+        self.sources.values().flat_map(|s| s.keys()).collect()
     }
 
-    /// All services and their endpoints, merged across sources.
-    pub fn services(&self) -> BTreeMap<ServiceName, BTreeSet<Endpoint>> {
-        let mut out: BTreeMap<ServiceName, BTreeSet<Endpoint>> = BTreeMap::new();
-        for w in self.workloads() {
-            if let Some(svc) = &w.service {
-                out.entry(svc.clone()).or_default().insert(endpoint_of(w));
+    /// One service, merged across the sources that report it: the union of their virtual
+    /// addresses and ports; where two sources declare the same port, its protocol and name
+    /// come from the first source by name, and an address reported by both is listed once.
+    pub fn service(&self, name: &ServiceName) -> Option<Arc<Service>> {
+        let mut found = self.sources.values().filter_map(|s| s.get(name));
+        let first = found.next()?;
+        let Some(second) = found.next() else {
+            return Some(first.clone());
+        };
+        let mut merged = (**first).clone();
+        for other in std::iter::once(second).chain(found) {
+            merged.virtual_ips.extend(other.virtual_ips.iter().copied());
+            for port in &other.ports {
+                match merged.ports.iter_mut().find(|p| p.port == port.port) {
+                    Some(p) => p.endpoints.extend(port.endpoints.iter().cloned()),
+                    None => merged.ports.push(port.clone()),
+                }
             }
         }
-        out
+        merged.virtual_ips.sort();
+        merged.virtual_ips.dedup();
+        merged.ports.sort_by_key(|p| p.port);
+        for p in &mut merged.ports {
+            // A stable sort keeps the first source's endpoint first among equal addresses.
+            p.endpoints.sort_by_key(|e| e.address);
+            p.endpoints.dedup_by_key(|e| e.address);
+        }
+        Some(Arc::new(merged))
     }
 
-    /// The endpoints of one service.
-    pub fn endpoints(&self, service: &ServiceName) -> BTreeSet<Endpoint> {
-        self.workloads()
-            .filter(|w| w.service.as_ref() == Some(service))
-            .map(endpoint_of)
-            .collect()
+    /// What `addr` leads to, best first: virtual addresses before endpoint addresses, then by
+    /// service name and port.
+    pub fn lookup_address(&self, addr: SocketAddr) -> impl Iterator<Item = &AddressRef> {
+        self.addresses.get(&addr).into_iter().flat_map(|s| s.iter())
+    }
+
+    /// The service ports a workload serves, with the endpoint address of each.
+    pub fn servers_of(&self, workload: &WorkloadRef) -> impl Iterator<Item = &ServerRef> {
+        self.workloads
+            .get(workload)
+            .into_iter()
+            .flat_map(|s| s.iter())
+    }
+
+    /// How many endpoints the registry holds, over every source.
+    pub fn endpoint_count(&self) -> usize {
+        self.sources
+            .values()
+            .flat_map(|s| s.values())
+            .flat_map(|s| s.ports.iter())
+            .map(|p| p.endpoints.len())
+            .sum()
+    }
+
+    fn index(&mut self, source: &Arc<str>, s: &Service, touched: &mut HashSet<Topic>) {
+        for (addr, port, kind) in s.addresses() {
+            let entry = AddressRef {
+                kind,
+                service: s.name.clone(),
+                port,
+                source: source.clone(),
+            };
+            self.addresses.entry(addr).or_default().insert(entry);
+            touched.insert(Topic::Address(addr));
+        }
+        for (wl, server) in workload_refs(source, s) {
+            self.workloads.entry(wl.clone()).or_default().insert(server);
+            touched.insert(Topic::Workload(wl));
+        }
+    }
+
+    fn unindex(&mut self, source: &Arc<str>, s: &Service, touched: &mut HashSet<Topic>) {
+        for (addr, port, kind) in s.addresses() {
+            let entry = AddressRef {
+                kind,
+                service: s.name.clone(),
+                port,
+                source: source.clone(),
+            };
+            if let Some(set) = self.addresses.get_mut(&addr) {
+                set.remove(&entry);
+                if set.is_empty() {
+                    self.addresses.remove(&addr);
+                }
+            }
+            touched.insert(Topic::Address(addr));
+        }
+        for (wl, server) in workload_refs(source, s) {
+            if let Some(set) = self.workloads.get_mut(&wl) {
+                set.remove(&server);
+                if set.is_empty() {
+                    self.workloads.remove(&wl);
+                }
+            }
+            touched.insert(Topic::Workload(wl));
+        }
     }
 }
 
-fn endpoint_of(w: &Workload) -> Endpoint {
-    Endpoint {
-        address: w.address,
-        identity: w.meshed.then(|| w.identity.clone()),
-        workload: w.key.clone(),
-    }
+/// The workloads behind a service's endpoints, each with the server it provides.
+fn workload_refs<'a>(
+    source: &'a Arc<str>,
+    s: &'a Service,
+) -> impl Iterator<Item = (WorkloadRef, ServerRef)> + 'a {
+    s.ports.iter().flat_map(move |p| {
+        p.endpoints.iter().filter_map(move |e| {
+            let key = e.workload.clone()?;
+            Some((
+                WorkloadRef {
+                    source: source.clone(),
+                    key,
+                },
+                ServerRef {
+                    address: e.address,
+                    service: s.name.clone(),
+                    port: p.port,
+                },
+            ))
+        })
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{Identity, Protocol, TrustDomain};
-
-    fn workload(name: &str, port: u16) -> Workload {
-        let td = TrustDomain::new("weft.test").unwrap();
-        Workload {
-            key: WorkloadKey {
-                namespace: "demo".into(),
-                name: name.into(),
-            },
-            identity: Identity::new(td, "demo", name).unwrap(),
-            service: Some(ServiceName::new("demo", "api").unwrap()),
-            address: ([127, 0, 0, 1], port).into(),
-            protocol: Protocol::Auto,
-            meshed: true,
-            labels: Default::default(),
-        }
-    }
-
-    #[tokio::test]
-    async fn merges_sources_and_wakes_readers_only_on_change() {
-        let reg = Registry::new();
-        let mut rx = reg.subscribe();
-        let a = reg.writer("a");
-        let b = reg.writer("b");
-        a.upsert(workload("one", 1));
-        assert!(rx.has_changed().unwrap());
-        rx.mark_unchanged();
-        b.replace_all([workload("two", 2)]);
-        let svc = ServiceName::new("demo", "api").unwrap();
-        assert_eq!(reg.snapshot().endpoints(&svc).len(), 2);
-        assert_eq!(reg.snapshot().version(), 2);
-        rx.mark_unchanged();
-
-        // The same content again changes nothing.
-        b.replace_all([workload("two", 2)]);
-        a.upsert(workload("one", 1));
-        assert!(!rx.has_changed().unwrap());
-        assert_eq!(reg.snapshot().version(), 2);
-
-        // A resync of one source leaves the other alone.
-        a.replace_all([]);
-        assert!(rx.has_changed().unwrap());
-        let eps = reg.snapshot().endpoints(&svc);
-        assert_eq!(eps.len(), 1);
-        assert_eq!(eps.iter().next().unwrap().address.port(), 2);
-        b.remove(&workload("two", 2).key);
-        assert!(reg.snapshot().services().is_empty());
-    }
-
-    #[test]
-    fn a_source_is_synced_after_its_first_full_sync() {
-        let reg = Registry::new();
-        let a = reg.writer("a");
-        a.upsert(workload("one", 1));
-        assert!(!reg.all_synced(["a"]));
-        a.replace_all([workload("one", 1)]);
-        assert!(reg.all_synced(["a"]));
-        assert!(!reg.all_synced(["a", "b"]));
-        reg.writer("b").replace_all([]);
-        assert!(reg.all_synced(["a", "b"]));
-    }
-
-    #[test]
-    fn unmeshed_endpoints_have_no_identity() {
-        let reg = Registry::new();
-        let mut w = workload("plain", 3);
-        w.meshed = false;
-        reg.writer("a").upsert(w);
-        let svc = ServiceName::new("demo", "api").unwrap();
-        assert!(
-            reg.snapshot()
-                .endpoints(&svc)
-                .iter()
-                .all(|e| e.identity.is_none())
-        );
-    }
-}
+mod tests;

@@ -90,7 +90,7 @@ pub async fn serve(
     }
 }
 
-/// Whether the proxy can serve: it holds an unexpired certificate and a first snapshot.
+/// Whether the proxy can serve: it holds an unexpired certificate and its settings.
 pub fn is_ready(shared: &Shared) -> bool {
     not_ready_because(shared).is_none()
 }
@@ -100,7 +100,7 @@ fn not_ready_because(shared: &Shared) -> Option<&'static str> {
     readiness(
         shared.draining.is_cancelled(),
         creds.as_deref(),
-        shared.discovery.borrow().is_some(),
+        shared.settings.borrow().is_some(),
         SystemTime::now(),
     )
 }
@@ -109,7 +109,7 @@ fn not_ready_because(shared: &Shared) -> Option<&'static str> {
 fn readiness(
     draining: bool,
     creds: Option<&weft_ca::TlsCredentials>,
-    has_snapshot: bool,
+    has_settings: bool,
     now: SystemTime,
 ) -> Option<&'static str> {
     if draining {
@@ -123,8 +123,8 @@ fn readiness(
         }
         Some(_) => {}
     }
-    if !has_snapshot {
-        return Some("no discovery snapshot yet");
+    if !has_settings {
+        return Some("no settings from the control plane yet");
     }
     None
 }
@@ -259,7 +259,7 @@ mod tests {
         );
         assert_eq!(
             readiness(false, Some(&valid), false, now),
-            Some("no discovery snapshot yet")
+            Some("no settings from the control plane yet")
         );
         assert_eq!(readiness(true, Some(&valid), true, now), Some("draining"));
     }

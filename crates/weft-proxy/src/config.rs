@@ -48,8 +48,9 @@ pub struct ProxyConfig {
     /// The local application's port; without it the proxy has no inbound listener.
     #[arg(long, env = "WEFT_PROXY_APP_PORT")]
     pub app_port: Option<u16>,
-    /// An upstream: `service=listen-addr` (repeatable), e.g. `api=127.0.0.1:9001` or
-    /// `api.prod=127.0.0.1:9002`.
+    /// An upstream: `service=listen-addr` (repeatable), e.g. `api=127.0.0.1:9001`,
+    /// `api.prod=127.0.0.1:9002`, or `api.prod:8080=127.0.0.1:9003` for one port of a
+    /// multi-port service.
     #[arg(long = "upstream", env = "WEFT_PROXY_UPSTREAMS", value_delimiter = ',')]
     pub upstreams: Vec<Upstream>,
     /// The admin listener (`/live`, `/ready`, `/metrics`, and `/shutdown` when enabled).
@@ -71,6 +72,9 @@ pub struct ProxyConfig {
     /// How long a request may wait for a usable endpoint before it fails with 503.
     #[arg(long, env = "WEFT_PROXY_DISPATCH_TIMEOUT", default_value = "3s", value_parser = humantime_duration)]
     pub dispatch_timeout: Duration,
+    /// How long a destination may go unused before its resolve stream is closed.
+    #[arg(long, env = "WEFT_PROXY_RESOLVE_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime_duration)]
+    pub resolve_idle_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM or `/shutdown`.
     #[arg(long, env = "WEFT_PROXY_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime_duration)]
     pub drain_timeout: Duration,
@@ -116,8 +120,16 @@ impl ProxyConfig {
     pub fn check(&self) -> Result<(), String> {
         self.identity()?;
         for u in &self.upstreams {
-            weft_core::ServiceName::parse(&u.service, &self.namespace)
-                .map_err(|e| e.to_string())?;
+            match weft_core::Target::parse(&u.service, &self.namespace) {
+                Ok(weft_core::Target::Service { .. }) => {}
+                Ok(weft_core::Target::Address(_)) => {
+                    return Err(format!(
+                        "upstream {}: expected a service name, not an address",
+                        u.service
+                    ));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
         }
         Ok(())
     }

@@ -59,37 +59,102 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Opens a gRPC channel to the control plane with `tls`.
+/// Opens a gRPC channel to the control plane with `tls`, connecting now.
 pub async fn channel(
     config: &ProxyConfig,
     tls: Arc<ClientConfig>,
 ) -> Result<Channel, ControlError> {
     let addr = config.control_addr;
-    let connector = TlsConnector::from(tls);
+    let (endpoint, connector) = endpoint(config, tls);
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|source| ControlError::Connect { addr, source })
+}
+
+/// A gRPC channel to the control plane with `tls` that connects on first use and again
+/// after the connection drops, shared by every call made on it.
+pub fn lazy_channel(config: &ProxyConfig, tls: Arc<ClientConfig>) -> Channel {
+    let (endpoint, connector) = endpoint(config, tls);
+    endpoint.connect_with_connector_lazy(connector)
+}
+
+/// Opens TCP, then TLS, to the control plane; tonic calls it for every new connection.
+#[derive(Clone)]
+struct Connector {
+    addr: std::net::SocketAddr,
+    tls: TlsConnector,
+    bundle: std::path::PathBuf,
+    trust_domain: String,
+}
+
+type ControlIo = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl tower::Service<http::Uri> for Connector {
+    type Response = ControlIo;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<ControlIo, std::io::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = TcpStream::connect(this.addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = this
+                .tls
+                .connect(weft_ca::tls::server_name(), tcp)
+                .await
+                .map_err(|e| explain_tls_failure(e, &this.bundle, &this.trust_domain))?;
+            Ok(TokioIo::new(tls))
+        })
+    }
+}
+
+fn endpoint(config: &ProxyConfig, tls: Arc<ClientConfig>) -> (Endpoint, Connector) {
     let endpoint = Endpoint::from_static("http://weft-control")
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    let bundle = config.trust_bundle.clone();
-    let trust_domain = config.trust_domain.clone();
-    endpoint
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let connector = connector.clone();
-            let bundle = bundle.clone();
-            let trust_domain = trust_domain.clone();
-            async move {
-                let tcp = TcpStream::connect(addr).await?;
-                let _ = tcp.set_nodelay(true);
-                let tls = connector
-                    .connect(weft_ca::tls::server_name(), tcp)
-                    .await
-                    .map_err(|e| explain_tls_failure(e, &bundle, &trust_domain))?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
-        .await
-        .map_err(|source| ControlError::Connect { addr, source })
+    let connector = Connector {
+        addr: config.control_addr,
+        tls: TlsConnector::from(tls),
+        bundle: config.trust_bundle.clone(),
+        trust_domain: config.trust_domain.clone(),
+    };
+    (endpoint, connector)
+}
+
+/// The channel discovery calls share, rebuilt when the proxy's certificate changes so new
+/// calls present the current one. Calls already open keep the connection they started on.
+#[derive(Debug, Default)]
+pub struct SharedChannel {
+    current: std::sync::Mutex<Option<(Arc<weft_ca::TlsCredentials>, Channel)>>,
+}
+
+impl SharedChannel {
+    /// The channel for `creds`.
+    pub fn get(&self, config: &ProxyConfig, creds: &Arc<weft_ca::TlsCredentials>) -> Channel {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((c, ch)) = current.as_ref()
+            && Arc::ptr_eq(c, creds)
+        {
+            return ch.clone();
+        }
+        let control = weft_core::Identity::control_plane(creds.identity().trust_domain());
+        let ch = lazy_channel(config, creds.client_config(&control, weft_ca::ALPN_H2));
+        *current = Some((creds.clone(), ch.clone()));
+        ch
+    }
 }
 
 /// Turns a failed handshake with the control plane into an error that says which setting

@@ -32,7 +32,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
-    let mut discovery = shared.discovery.clone();
+    let mut settings = shared.settings.clone();
     loop {
         let wait = match certify(&shared).await {
             Ok(creds) => {
@@ -61,24 +61,24 @@ pub async fn run(
                     tracing::info!("renewal requested");
                     break;
                 }
-                changed = discovery.changed() => {
+                changed = settings.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    adopt_bundle(&discovery, &tx);
+                    adopt_bundle(&settings, &tx);
                 }
             }
         }
     }
 }
 
-/// Rebuilds the TLS configuration when discovery announces a different trust bundle (a root
+/// Rebuilds the TLS configuration when the settings announce a different trust bundle (a root
 /// being rotated in or out), keeping the certificate.
 fn adopt_bundle(
-    discovery: &watch::Receiver<Option<Arc<crate::discovery::DiscoveryState>>>,
+    settings: &watch::Receiver<Option<Arc<crate::discovery::ProxySettings>>>,
     tx: &watch::Sender<Option<Arc<TlsCredentials>>>,
 ) {
-    let Some(bundle) = discovery
+    let Some(bundle) = settings
         .borrow()
         .as_ref()
         .and_then(|d| d.trust_bundle.clone())

@@ -2,7 +2,8 @@
 //!
 //! The handshake refuses plaintext, unknown CAs, expired and missing client certificates;
 //! each refusal is logged with its reason and counted in `weft_inbound_tls_rejected_total`.
-//! The client's SPIFFE ID then goes to the workload's authorization policy. The ALPN the
+//! The client's SPIFFE ID then goes to the authorization policy of the server (the workload's
+//! port) it dialed: workloads that share an identity keep their own policies. The ALPN the
 //! client proxy chose says what follows: `h2` (all HTTP, with HTTP/1 marked by
 //! `weft-orig-proto`), `http/1.1` (connection upgrades) or opaque TCP.
 
@@ -70,6 +71,14 @@ async fn handle(
             })
             .inc();
     };
+    // The port the peer dialed names the server whose policy applies.
+    let server_port = match tcp.local_addr() {
+        Ok(a) => a.port(),
+        Err(e) => {
+            tracing::debug!(error = %e, "inbound connection gone before it was read");
+            return;
+        }
+    };
     let Some(creds) = shared.credentials.borrow().clone() else {
         reject("no_certificate_yet", &"this proxy has no certificate yet");
         return;
@@ -114,7 +123,7 @@ async fn handle(
         _ => Detected::Opaque,
     };
     if version == Detected::Opaque {
-        if authorize(&shared, &client) != Decision::Allow {
+        if authorize(&shared, &client, server_port) != Decision::Allow {
             return;
         }
         Box::pin(forward_opaque(io, app_addr)).await;
@@ -137,7 +146,9 @@ async fn handle(
             let app = app.clone();
             let metrics = metrics.clone();
             async move {
-                Ok::<_, Infallible>(to_app(req, &client, app_addr, &app, &shared, &metrics).await)
+                Ok::<_, Infallible>(
+                    to_app(req, &client, server_port, app_addr, &app, &shared, &metrics).await,
+                )
             }
         })
     };
@@ -164,15 +175,15 @@ fn tls_failure_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// Applies the workload's policy to `client`, counting denials.
-fn authorize(shared: &Shared, client: &Identity) -> Decision {
-    let decision = match shared.discovery.borrow().as_ref() {
-        Some(state) => state.inbound.authorize(client),
-        // Without a snapshot the policy is unknown: fail closed.
+/// Applies the policy of the server on `port` to `client`, counting denials.
+fn authorize(shared: &Shared, client: &Identity, port: u16) -> Decision {
+    let decision = match shared.settings.borrow().as_ref() {
+        Some(settings) => settings.policy(port).authorize(client),
+        // Without settings the policy is unknown: fail closed.
         None => Decision::Deny,
     };
     if decision == Decision::Deny {
-        tracing::info!(%client, "inbound denied by policy");
+        tracing::info!(%client, port, "inbound denied by policy");
         shared
             .metrics
             .authz_denied
@@ -187,12 +198,13 @@ fn authorize(shared: &Shared, client: &Identity) -> Decision {
 async fn to_app(
     req: Request<Incoming>,
     client: &Identity,
+    server_port: u16,
     app_addr: SocketAddr,
     app: &PlainPool,
     shared: &Shared,
     metrics: &RequestMetrics,
 ) -> Response<Body> {
-    if authorize(shared, client) == Decision::Deny {
+    if authorize(shared, client, server_port) == Decision::Deny {
         return error_response(
             StatusCode::FORBIDDEN,
             &format!("{client} is not authorized to call this workload"),
@@ -293,10 +305,7 @@ mod tests {
             PlainPool::new(addr, PoolLimits::default()),
             shared.clone(),
         );
-        let target = Arc::new(crate::outbound::Target::new(
-            &shared,
-            weft_core::ServiceName::new("demo", "api").unwrap(),
-        ));
+        let target = Arc::new(weft_core::Target::parse("api.demo", "demo").unwrap());
         let outbound = crate::outbound::handle(
             TcpStream::connect(addr).await.unwrap(),
             addr,

@@ -4,10 +4,11 @@
 //! sidecar, or as a plain process under `weft dev`. It
 //! - obtains its certificate with `Identity.Certify` (the key never leaves memory) and renews it
 //!   at 70 % of its life ([`identity`]);
-//! - follows `Discovery.Watch` and keeps serving from the last snapshot when the control plane
-//!   is away ([`discovery`]);
+//! - follows its own settings with `Discovery.Proxy`, and resolves each destination on first
+//!   use with `Discovery.Resolve`, sharing the stream between connections and closing it when
+//!   idle; it keeps serving from what it knows when the control plane is away ([`discovery`]);
 //! - fronts the local application on the inbound listener: mutual TLS from peers, authorization
-//!   by client identity ([`inbound`]);
+//!   of the client identity by the policy of the port it dialed ([`inbound`]);
 //! - carries the application's outbound calls on explicit upstream listeners, detecting
 //!   HTTP/1.1, HTTP/2 and opaque TCP, balancing with P2C over peak-EWMA latency, and opening
 //!   mutual TLS to meshed peers ([`outbound`]);
@@ -62,8 +63,12 @@ pub struct Shared {
     pub config: ProxyConfig,
     /// The current certificate, once there is one.
     pub credentials: watch::Receiver<Option<Arc<weft_ca::TlsCredentials>>>,
-    /// The latest discovery snapshot, once there is one.
-    pub discovery: watch::Receiver<Option<Arc<discovery::DiscoveryState>>>,
+    /// The proxy's own settings (inbound policies, trust bundle), once they have come.
+    pub settings: watch::Receiver<Option<Arc<discovery::ProxySettings>>>,
+    /// The destinations in use, each with its resolve stream and balancers.
+    pub destinations: outbound::destination::Destinations,
+    /// The channel discovery calls share.
+    pub control: control::SharedChannel,
     /// The metrics registry.
     pub metrics: metrics::Metrics,
     /// Cancelled when the proxy stops accepting and starts draining.
@@ -93,19 +98,21 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Binds every listener and starts the identity and discovery loops. Listeners accept at
-    /// once; inbound connections wait for the first certificate, outbound requests for the
-    /// first snapshot.
+    /// Binds every listener and starts the identity and settings loops. Listeners accept at
+    /// once; inbound connections wait for the first certificate, outbound requests for their
+    /// destination's first answer.
     pub async fn start(config: ProxyConfig) -> Result<Self, ProxyError> {
         config.check().map_err(ProxyError::Config)?;
         let stop_background = CancellationToken::new();
         let metrics = metrics::Metrics::default();
         let (cred_tx, credentials) = watch::channel(None);
-        let (disc_tx, discovery) = watch::channel(None);
+        let (settings_tx, settings) = watch::channel(None);
         let shared = Arc::new(Shared {
             config: config.clone(),
             credentials,
-            discovery,
+            settings,
+            destinations: Default::default(),
+            control: Default::default(),
             metrics,
             draining: CancellationToken::new(),
             closing: CancellationToken::new(),
@@ -117,9 +124,13 @@ impl Proxy {
             cred_tx,
             stop_background.clone(),
         ));
-        tokio::spawn(discovery::run(
+        tokio::spawn(discovery::settings::run(
             shared.clone(),
-            disc_tx,
+            settings_tx,
+            stop_background.clone(),
+        ));
+        tokio::spawn(outbound::destination::sweep_idle(
+            shared.clone(),
             stop_background.clone(),
         ));
 
@@ -201,6 +212,12 @@ impl Proxy {
     /// to test that renewal drops no connection).
     pub fn renew_certificate(&self) {
         self.shared.renew.notify_one();
+    }
+
+    /// A lease on the destination `target`, resolving it if nobody uses it yet, as a
+    /// connection to it would (for tests and `weft dev`).
+    pub fn destination(&self, target: &weft_core::Target) -> outbound::destination::Lease {
+        self.shared.destinations.get(&self.shared, target)
     }
 
     /// The proxy's shared state (for tests and `weft dev`).

@@ -161,7 +161,7 @@ impl Default for Metrics {
         );
         registry.register(
             "weft_inbound_policy_invalid",
-            "Discovery snapshots whose inbound policy could not be used; every client is denied",
+            "Settings whose inbound policy could not be used; the clients it governs are denied",
             policy_invalid.clone(),
         );
         Self {

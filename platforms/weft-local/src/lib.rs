@@ -25,7 +25,10 @@ use tokio_util::sync::CancellationToken;
 use weft_core::config::{LocalWorkload, MeshConfig};
 use weft_core::platform::{AttestError, Credential, Platform, PlatformError};
 use weft_core::private_fs::{self, PrivateFsError};
-use weft_core::{Identity, RegistryWriter, ServiceName, Workload, WorkloadKey};
+use weft_core::{
+    Endpoint, EndpointState, Identity, RegistryWriter, Service, ServiceName, ServicePort,
+    WorkloadKey,
+};
 
 /// The name of this platform, its registry source and its credentials' `platform`.
 pub const NAME: &str = "local";
@@ -63,9 +66,35 @@ impl LocalPlatform {
         })
     }
 
-    /// The workloads a config declares, as registry entries.
-    pub fn workloads_of(cfg: &MeshConfig) -> Vec<Workload> {
-        declared(cfg).filter_map(|w| to_workload(cfg, w)).collect()
+    /// The services a config declares, as registry entries: each workload with a `service`
+    /// is an endpoint of that service's port `service_port`, at its own address and port.
+    pub fn services_of(cfg: &MeshConfig) -> Vec<Service> {
+        let mut services: BTreeMap<ServiceName, BTreeMap<u16, ServicePort>> = BTreeMap::new();
+        for w in declared(cfg) {
+            let Some((name, endpoint)) = to_endpoint(cfg, w) else {
+                continue;
+            };
+            let port = services
+                .entry(name)
+                .or_default()
+                .entry(w.service_port)
+                .or_insert_with(|| ServicePort {
+                    port: w.service_port,
+                    name: None,
+                    // Validation refused workloads of one service port that disagree.
+                    protocol: w.protocol,
+                    endpoints: Vec::new(),
+                });
+            port.endpoints.push(endpoint);
+        }
+        services
+            .into_iter()
+            .map(|(name, ports)| Service {
+                name,
+                virtual_ips: Vec::new(),
+                ports: ports.into_values().collect(),
+            })
+            .collect()
     }
 
     fn tokens(&self) -> std::sync::MutexGuard<'_, Tokens> {
@@ -130,25 +159,25 @@ fn token_path(root: &Path, namespace: &str, name: &str) -> Result<PathBuf, Local
     Ok(dir.join(name))
 }
 
-fn to_workload(cfg: &MeshConfig, w: &LocalWorkload) -> Option<Workload> {
+/// The endpoint a workload provides, with its service; `None` for a workload that serves
+/// nothing.
+fn to_endpoint(cfg: &MeshConfig, w: &LocalWorkload) -> Option<(ServiceName, Endpoint)> {
     // The config was validated, so these cannot fail; skip rather than panic all the same.
+    let service = ServiceName::parse(w.service.as_deref()?, &w.namespace).ok()?;
     let identity = Identity::new(cfg.mesh.trust_domain.clone(), &w.namespace, w.account()).ok()?;
-    let service = match &w.service {
-        Some(s) => Some(ServiceName::parse(s, &w.namespace).ok()?),
-        None => None,
-    };
-    Some(Workload {
-        key: WorkloadKey {
-            namespace: w.namespace.clone(),
-            name: w.name.clone(),
-        },
-        identity,
+    Some((
         service,
-        address: SocketAddr::new(w.address, w.port),
-        protocol: w.protocol,
-        meshed: w.meshed,
-        labels: Default::default(),
-    })
+        Endpoint {
+            address: SocketAddr::new(w.address, w.port),
+            identity: Some(identity),
+            meshed: w.meshed,
+            workload: Some(WorkloadKey {
+                namespace: w.namespace.clone(),
+                name: w.name.clone(),
+            }),
+            state: EndpointState::Ready,
+        },
+    ))
 }
 
 #[async_trait]
@@ -171,9 +200,9 @@ impl Platform for LocalPlatform {
                 // The old tokens stay valid; proxies of new workloads wait for the next edit.
                 Err(e) => tracing::error!(error = %e, "cannot write workload tokens"),
             }
-            let workloads = Self::workloads_of(&cfg);
-            tracing::debug!(count = workloads.len(), "local workloads");
-            registry.replace_all(workloads);
+            let services = Self::services_of(&cfg);
+            tracing::debug!(count = services.len(), "local services");
+            registry.replace_all(services);
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 changed = config.changed() => {
@@ -240,7 +269,7 @@ mod tests {
         );
         for (i, w) in workloads.iter().enumerate() {
             text.push_str(&format!(
-                "[[platforms.local.workloads]]\nname = \"{w}\"\nnamespace = \"demo\"\nport = {}\n",
+                "[[platforms.local.workloads]]\nname = \"{w}\"\nnamespace = \"demo\"\nservice = \"{w}\"\nport = {}\n",
                 20000 + i
             ));
         }
@@ -304,13 +333,17 @@ mod tests {
         // api goes away: its token file is deleted and its token no longer attests.
         let mut reg = registry.subscribe();
         tx.send_replace(config(dir.path(), &["web"]));
-        reg.wait_for(|s| s.workloads().count() == 1).await.unwrap();
+        reg.wait_for(|s| s.service_names().len() == 1)
+            .await
+            .unwrap();
         assert!(!api_file.exists());
         assert!(local.attest(&credential(&api, "demo/api")).await.is_err());
 
         // api comes back with a fresh token; the old one stays useless.
         tx.send_replace(config(dir.path(), &["web", "api"]));
-        reg.wait_for(|s| s.workloads().count() == 2).await.unwrap();
+        reg.wait_for(|s| s.service_names().len() == 2)
+            .await
+            .unwrap();
         let fresh = std::fs::read_to_string(&api_file).unwrap();
         assert_ne!(fresh, api);
         assert!(local.attest(&credential(&api, "demo/api")).await.is_err());

@@ -325,6 +325,7 @@ fn proxy_config(
         connect_timeout: Duration::from_secs(3),
         dispatch_timeout: Duration::from_secs(3),
         drain_timeout: Duration::from_secs(5),
+        resolve_idle_timeout: Duration::from_secs(60),
         log_json: false,
     }
 }

@@ -164,6 +164,10 @@ pub struct LocalWorkload {
     pub address: IpAddr,
     /// The port peers dial.
     pub port: u16,
+    /// The number of the service port this workload serves (clients name it as
+    /// `service:port` when a service has several); default 80.
+    #[serde(default = "default_service_port")]
+    pub service_port: u16,
     /// The port's protocol: auto, http1, http2, grpc or opaque.
     #[serde(default)]
     pub protocol: Protocol,
@@ -204,6 +208,10 @@ pub enum DemoApp {
 
 fn yes() -> bool {
     true
+}
+
+fn default_service_port() -> u16 {
+    80
 }
 
 fn default_namespace() -> String {

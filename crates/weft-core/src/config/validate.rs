@@ -181,6 +181,8 @@ fn validate_local(
     };
     let mut names = BTreeSet::new();
     let mut services = BTreeSet::new();
+    // (service, service port) -> (protocol, the key that declared it first).
+    let mut service_ports = std::collections::BTreeMap::new();
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     for (i, w) in local.workloads.iter().enumerate() {
         let key = format!("platforms.local.workloads[{i}]");
@@ -208,6 +210,25 @@ fn validate_local(
         if let Some(svc) = &w.service {
             let s = ServiceName::parse(svc, &w.namespace)
                 .map_err(|e| (format!("{key}.service"), e.to_string()))?;
+            if w.service_port == 0 {
+                return Err((
+                    format!("{key}.service_port"),
+                    "port 0 is not allowed".into(),
+                ));
+            }
+            let (protocol, first) = service_ports
+                .entry((s.clone(), w.service_port))
+                .or_insert((w.protocol, key.clone()));
+            if *protocol != w.protocol {
+                return Err((
+                    format!("{key}.protocol"),
+                    format!(
+                        "{s} port {} is {} in {first}; every workload of a service port must use one protocol",
+                        w.service_port,
+                        protocol.as_str()
+                    ),
+                ));
+            }
             services.insert(s);
         }
         if !w.meshed {

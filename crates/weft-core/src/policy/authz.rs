@@ -46,12 +46,12 @@ pub struct AuthorizationRule {
     pub from: Vec<IdentityMatch>,
 }
 
-/// The inbound policy of one workload, as the proxy enforces it.
+/// The inbound policy of one server (a workload's port), as the proxy enforces it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InboundPolicy {
-    /// What happens to a client that no rule names.
+    /// What happens to a client that `allow` does not name.
     pub default: Decision,
-    /// Identities allowed explicitly. When non-empty, only these are allowed, whatever `default`.
+    /// Identities allowed whatever `default` says.
     pub allow: Vec<IdentityMatch>,
 }
 
@@ -117,30 +117,60 @@ impl fmt::Display for IdentityMatch {
 // === impl InboundPolicy ===
 
 impl InboundPolicy {
-    /// Builds the inbound policy of a workload serving `service` from the mesh-wide default and
-    /// the rules. Rules for other services are ignored.
+    /// The policy of a server that backs `services`, from the mesh-wide default and the rules.
+    ///
+    /// A service that rules name admits only the clients they list; one that no rule names
+    /// admits what the mesh default admits. A server backing several services admits a client
+    /// that any of them admits: it cannot tell which service the client meant. A server that
+    /// backs no known service gets the mesh default.
+    pub fn for_server<'a>(
+        default: Decision,
+        rules: &[AuthorizationRule],
+        services: impl IntoIterator<Item = &'a ServiceName>,
+    ) -> Self {
+        let mut any = false;
+        let mut policy = Self {
+            default: Decision::Deny,
+            allow: Vec::new(),
+        };
+        for service in services {
+            any = true;
+            let mut named = false;
+            for m in rules
+                .iter()
+                .filter(|r| &r.service == service)
+                .flat_map(|r| r.from.iter())
+            {
+                named = true;
+                if !policy.allow.contains(m) {
+                    policy.allow.push(m.clone());
+                }
+            }
+            if !named && default == Decision::Allow {
+                policy.default = Decision::Allow;
+            }
+        }
+        if !any {
+            policy.default = default;
+        }
+        policy
+    }
+
+    /// The policy of a server that backs only `service`.
     pub fn for_service(
         default: Decision,
         rules: &[AuthorizationRule],
-        service: Option<&ServiceName>,
+        service: &ServiceName,
     ) -> Self {
-        let allow = rules
-            .iter()
-            .filter(|r| Some(&r.service) == service)
-            .flat_map(|r| r.from.iter().cloned())
-            .collect();
-        Self { default, allow }
+        Self::for_server(default, rules, [service])
     }
 
     /// Decides on a client that proved `client` over mutual TLS.
     pub fn authorize(&self, client: &Identity) -> Decision {
-        if self.allow.is_empty() {
-            return self.default;
-        }
         if self.allow.iter().any(|m| m.matches(client)) {
             Decision::Allow
         } else {
-            Decision::Deny
+            self.default
         }
     }
 }
@@ -178,12 +208,45 @@ mod tests {
             service: api.clone(),
             from: vec!["demo/web".parse().unwrap()],
         }];
-        let p = InboundPolicy::for_service(Decision::Allow, &rules, Some(&api));
+        let p = InboundPolicy::for_service(Decision::Allow, &rules, &api);
         assert_eq!(p.authorize(&id("demo", "web")), Decision::Allow);
         assert_eq!(p.authorize(&id("demo", "load")), Decision::Deny);
-        let p = InboundPolicy::for_service(Decision::Allow, &rules, Some(&other));
+        let p = InboundPolicy::for_service(Decision::Allow, &rules, &other);
         assert_eq!(p.authorize(&id("demo", "load")), Decision::Allow);
-        let p = InboundPolicy::for_service(Decision::Deny, &rules, Some(&other));
+        let p = InboundPolicy::for_service(Decision::Deny, &rules, &other);
         assert_eq!(p.authorize(&id("demo", "web")), Decision::Deny);
+        // Under a deny default, the rule still admits whom it names.
+        let p = InboundPolicy::for_service(Decision::Deny, &rules, &api);
+        assert_eq!(p.authorize(&id("demo", "web")), Decision::Allow);
+        // A server without a known service gets the mesh default.
+        let none: [&ServiceName; 0] = [];
+        let p = InboundPolicy::for_server(Decision::Deny, &rules, none);
+        assert_eq!(p.authorize(&id("demo", "web")), Decision::Deny);
+    }
+
+    #[test]
+    fn a_server_backing_several_services_admits_what_any_of_them_admits() {
+        let api = ServiceName::new("demo", "api").unwrap();
+        let admin = ServiceName::new("demo", "admin").unwrap();
+        let open = ServiceName::new("demo", "open").unwrap();
+        let rules = vec![
+            AuthorizationRule {
+                service: api.clone(),
+                from: vec!["demo/web".parse().unwrap()],
+            },
+            AuthorizationRule {
+                service: admin.clone(),
+                from: vec!["ops/*".parse().unwrap()],
+            },
+        ];
+        let p = InboundPolicy::for_server(Decision::Allow, &rules, [&api, &admin]);
+        assert_eq!(p.authorize(&id("demo", "web")), Decision::Allow);
+        assert_eq!(p.authorize(&id("ops", "x")), Decision::Allow);
+        assert_eq!(p.authorize(&id("demo", "load")), Decision::Deny);
+        // With a service that no rule restricts, the default applies to the rest.
+        let p = InboundPolicy::for_server(Decision::Allow, &rules, [&api, &open]);
+        assert_eq!(p.authorize(&id("demo", "load")), Decision::Allow);
+        let p = InboundPolicy::for_server(Decision::Deny, &rules, [&api, &open]);
+        assert_eq!(p.authorize(&id("demo", "load")), Decision::Deny);
     }
 }

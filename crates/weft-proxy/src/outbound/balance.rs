@@ -1,6 +1,6 @@
-//! Balancing across a service's endpoints: tower's power-of-two-choices over peak-EWMA
-//! latency, fed by discovery snapshots. One balancer per service and protocol, shared by every
-//! connection.
+//! Balancing across a destination's endpoints: tower's power-of-two-choices over peak-EWMA
+//! latency, fed by the destination's resolution. One balancer per destination and protocol,
+//! shared by every connection to it.
 //!
 //! Sharing goes through an async mutex rather than tower's buffer: a request takes the lock,
 //! waits for the balancer to be ready (bounded by the fail-fast dispatch timeout), dispatches,
@@ -14,6 +14,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::endpoint::{HttpEndpoint, TcpEndpoint};
+use super::failfast::FailFast;
+use crate::Shared;
+use crate::discovery::{EndpointView, Resolution};
+use crate::http::{Body, BoxError};
+use crate::io::PeerIo;
 use futures_util::Stream;
 use http::{Request, Response};
 use tokio_stream::wrappers::WatchStream;
@@ -22,14 +28,6 @@ use tower::discover::Change;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower::util::BoxService;
 use tower::{Service, ServiceExt};
-use weft_core::ServiceName;
-
-use super::endpoint::{HttpEndpoint, TcpEndpoint};
-use super::failfast::FailFast;
-use crate::Shared;
-use crate::discovery::{DiscoveryState, EndpointView};
-use crate::http::{Body, BoxError};
-use crate::io::PeerIo;
 
 /// The latency a new endpoint is assumed to have before it is measured.
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -77,10 +75,11 @@ pub type HttpBalancer = SharedBalancer<Request<Body>, Response<Body>>;
 /// One service's TCP balancer: calling it opens a connection.
 pub type TcpBalancer = SharedBalancer<(), (PeerIo, EndpointView)>;
 
-/// Turns discovery snapshots into endpoint insertions and removals for one service.
+/// Turns resolution updates into endpoint insertions and removals. Only usable endpoints are
+/// inserted: an endpoint that starts terminating is removed, so it gets no new requests, while
+/// the connections already open to it finish what they carry.
 struct EndpointDiscover<S, F> {
-    updates: WatchStream<Option<Arc<DiscoveryState>>>,
-    service: ServiceName,
+    updates: WatchStream<Resolution>,
     current: HashSet<EndpointView>,
     pending: VecDeque<Change<EndpointView, S>>,
     make: F,
@@ -98,26 +97,21 @@ where
             if let Some(change) = this.pending.pop_front() {
                 return Poll::Ready(Some(Ok(change)));
             }
-            let state = match Pin::new(&mut this.updates).poll_next(cx) {
+            let resolution = match Pin::new(&mut this.updates).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
-                // The proxy is stopping; keep the last endpoints.
+                // The destination is being dropped; keep the last endpoints.
                 Poll::Ready(None) => return Poll::Pending,
-                Poll::Ready(Some(state)) => state,
+                Poll::Ready(Some(r)) => r,
             };
-            // No snapshot yet: nothing to add. A service missing from a snapshot has no
-            // endpoints this proxy may use.
-            let Some(state) = state else { continue };
-            let next: HashSet<EndpointView> = state
-                .services
-                .get(&this.service)
-                .map(|s| s.endpoints.iter().cloned().collect())
-                .unwrap_or_default();
+            // While the control plane is away, the resolution keeps its last answer; a
+            // destination that stopped resolving (gone from the mesh, denied) has no endpoint.
+            let next: HashSet<EndpointView> = resolution.usable().into_iter().collect();
             for gone in this.current.difference(&next) {
-                tracing::debug!(service = %this.service, addr = %gone.address, "endpoint removed");
+                tracing::debug!(addr = %gone.address, "endpoint removed");
                 this.pending.push_back(Change::Remove(gone.clone()));
             }
             for new in next.difference(&this.current) {
-                tracing::debug!(service = %this.service, addr = %new.address, "endpoint added");
+                tracing::debug!(addr = %new.address, "endpoint added");
                 this.pending
                     .push_back(Change::Insert(new.clone(), (this.make)(new.clone())));
             }
@@ -126,19 +120,25 @@ where
     }
 }
 
-/// Builds the HTTP balancer of `service`.
-pub fn http_balancer(shared: &Arc<Shared>, service: &ServiceName) -> HttpBalancer {
-    let name = service.to_string();
+/// Builds the HTTP balancer of a destination; `label` names it in metrics.
+pub fn http_balancer(
+    shared: &Arc<Shared>,
+    resolution: tokio::sync::watch::Receiver<Resolution>,
+    label: String,
+) -> HttpBalancer {
     let shared2 = shared.clone();
-    balancer(shared, service, move |ep| {
-        HttpEndpoint::new(ep, shared2.clone(), name.clone())
+    balancer(shared, resolution, move |ep| {
+        HttpEndpoint::new(ep, shared2.clone(), label.clone())
     })
 }
 
-/// Builds the TCP balancer of `service`: latency here is connection set-up time.
-pub fn tcp_balancer(shared: &Arc<Shared>, service: &ServiceName) -> TcpBalancer {
+/// Builds the TCP balancer of a destination: latency here is connection set-up time.
+pub fn tcp_balancer(
+    shared: &Arc<Shared>,
+    resolution: tokio::sync::watch::Receiver<Resolution>,
+) -> TcpBalancer {
     let shared2 = shared.clone();
-    balancer(shared, service, move |ep| {
+    balancer(shared, resolution, move |ep| {
         TcpEndpoint::new(ep, shared2.clone())
     })
 }
@@ -146,7 +146,7 @@ pub fn tcp_balancer(shared: &Arc<Shared>, service: &ServiceName) -> TcpBalancer 
 /// P2C over peak-EWMA over the endpoints `make` builds, behind fail-fast.
 fn balancer<Req, S, F>(
     shared: &Arc<Shared>,
-    service: &ServiceName,
+    resolution: tokio::sync::watch::Receiver<Resolution>,
     make: F,
 ) -> SharedBalancer<Req, S::Response>
 where
@@ -157,8 +157,7 @@ where
     F: Fn(EndpointView) -> S + Send + Unpin + 'static,
 {
     let discover = EndpointDiscover {
-        updates: WatchStream::new(shared.discovery.clone()),
-        service: service.clone(),
+        updates: WatchStream::new(resolution),
         current: HashSet::new(),
         pending: VecDeque::new(),
         make,

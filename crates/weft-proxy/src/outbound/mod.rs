@@ -1,9 +1,13 @@
 //! The outbound side: the application's calls to mesh services, on explicit upstream
 //! listeners (`--upstream api=127.0.0.1:9001`). Transparent interception will hand connections
-//! to the same [`handle`] with the original destination's service.
+//! to the same [`handle`] with the original destination as the target.
+//!
+//! A connection takes a lease on its target's [`Destination`], which resolves the target on
+//! first use and is shared by every connection to it.
 
 pub mod balance;
 pub mod connect;
+pub mod destination;
 pub mod endpoint;
 pub mod failfast;
 
@@ -15,49 +19,30 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use weft_core::{Protocol, ServiceName};
+use weft_core::{Protocol, Target};
 
 use crate::detect::{Detected, detect};
+use crate::discovery::Resolution;
 use crate::http::{Body, boxed, error_response, is_upgrade, strip_hop_by_hop};
 use crate::io::{CountingIo, PrefixedIo};
 use crate::metrics::{Direction, RequestLabels, RequestMetrics, TcpLabels};
 use crate::{Shared, Upstream, accept_loop};
-use balance::{HttpBalancer, TcpBalancer, http_balancer, tcp_balancer};
+use destination::Destination;
 
 /// A connection attempt that fails this many times in a row (each on a fresh pick) fails the
 /// TCP connection.
 const TCP_CONNECT_ATTEMPTS: usize = 3;
 
-/// Where an outbound connection goes.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// The service.
-    pub service: ServiceName,
-    http: HttpBalancer,
-    tcp: TcpBalancer,
-}
-
-impl Target {
-    /// The balancers of `service`.
-    pub fn new(shared: &Arc<Shared>, service: ServiceName) -> Self {
-        Self {
-            http: http_balancer(shared, &service),
-            tcp: tcp_balancer(shared, &service),
-            service,
-        }
-    }
-}
-
 /// Serves one upstream listener until the proxy drains.
 pub async fn serve(listener: TcpListener, upstream: Upstream, shared: Arc<Shared>) {
-    let service = match ServiceName::parse(&upstream.service, &shared.config.namespace) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "upstream not served");
+    let target = match Target::parse(&upstream.service, &shared.config.namespace) {
+        Ok(t @ Target::Service { .. }) => t,
+        Ok(Target::Address(_)) | Err(_) => {
+            tracing::error!(upstream = %upstream.service, "upstream not served: not a service name");
             return;
         }
     };
-    let target = Arc::new(Target::new(&shared, service));
+    let target = Arc::new(target);
     accept_loop(listener, shared.clone(), move |tcp, peer| {
         handle(tcp, peer, target.clone(), shared.clone())
     })
@@ -76,12 +61,13 @@ pub async fn handle(
         peer: "-".into(),
     };
     let _open = shared.metrics.open_connection(labels.clone());
-    let declared = shared
-        .discovery
-        .borrow()
-        .as_ref()
-        .and_then(|d| d.services.get(&target.service).map(|s| s.protocol))
-        .unwrap_or_default();
+    let dest = Arc::new(shared.destinations.get(&shared, &target));
+    // The declared protocol decides whether to detect: a server-speaks-first port must not
+    // wait for the client's first bytes. Without an answer in time, detection is safe.
+    let declared = match dest.first_answer(shared.config.dispatch_timeout).await {
+        Resolution::Resolved(r) => r.protocol,
+        _ => Protocol::Auto,
+    };
     let (detected, prefix) = match declared {
         Protocol::Opaque => (Detected::Opaque, bytes::Bytes::new()),
         Protocol::Http2 | Protocol::Grpc => (Detected::Http2, bytes::Bytes::new()),
@@ -101,15 +87,15 @@ pub async fn handle(
     );
     match detected {
         // Boxed, so the connection's task holds only the state of the path it takes.
-        Detected::Opaque => Box::pin(forward_tcp(io, &target, &shared)).await,
+        Detected::Opaque => Box::pin(forward_tcp(io, &dest)).await,
         Detected::Http1 | Detected::Http2 => {
             let svc = {
-                let target = target.clone();
+                let dest = dest.clone();
                 let shared = shared.clone();
                 hyper::service::service_fn(move |req| {
-                    let target = target.clone();
+                    let dest = dest.clone();
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(route(req, &target, &shared).await) }
+                    async move { Ok::<_, Infallible>(route(req, &dest, &shared).await) }
                 })
             };
             Box::pin(serve_http(io, detected, svc, &shared)).await;
@@ -160,17 +146,23 @@ where
     }
 }
 
-/// Sends one request to the best endpoint of `target`.
-async fn route(req: Request<Incoming>, target: &Target, shared: &Shared) -> Response<Body> {
+/// Sends one request to the best endpoint of `dest`.
+async fn route(req: Request<Incoming>, dest: &Destination, shared: &Shared) -> Response<Body> {
     let mut req = req.map(boxed);
     if !is_upgrade(&req) {
         strip_hop_by_hop(req.headers_mut());
     }
-    let service = target.service.to_string();
-    if let Some(reason) = unroutable(target, shared) {
-        return unavailable(shared, service, &reason);
+    let service = dest.target.to_string();
+    match unroutable(dest) {
+        Some(Unroutable::Denied(reason)) => {
+            return refused(shared, service, StatusCode::FORBIDDEN, &reason);
+        }
+        Some(Unroutable::Unavailable(reason)) => {
+            return refused(shared, service, StatusCode::SERVICE_UNAVAILABLE, &reason);
+        }
+        None => {}
     }
-    match target.http.dispatch(req).await {
+    match dest.http.dispatch(req).await {
         Ok(mut rsp) => {
             if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 strip_hop_by_hop(rsp.headers_mut());
@@ -178,8 +170,12 @@ async fn route(req: Request<Incoming>, target: &Target, shared: &Shared) -> Resp
             rsp
         }
         Err(e) if failfast::is_unavailable(&*e) => {
+            // The answer may have come while the request waited.
+            if let Some(Unroutable::Denied(reason)) = unroutable(dest) {
+                return refused(shared, service, StatusCode::FORBIDDEN, &reason);
+            }
             let reason = format!("{service}: {e}");
-            unavailable(shared, service, &reason)
+            refused(shared, service, StatusCode::SERVICE_UNAVAILABLE, &reason)
         }
         Err(e) => {
             tracing::info!(%service, error = %e, "request failed");
@@ -188,8 +184,9 @@ async fn route(req: Request<Incoming>, target: &Target, shared: &Shared) -> Resp
     }
 }
 
-/// A 503 made by the proxy, counted like any response (with no peer: none was chosen).
-fn unavailable(shared: &Shared, service: String, reason: &str) -> Response<Body> {
+/// A response made by the proxy (403, 503), counted like any response (with no peer: none
+/// was chosen).
+fn refused(shared: &Shared, service: String, status: StatusCode, reason: &str) -> Response<Body> {
     let metrics = RequestMetrics::new(
         &shared.metrics,
         RequestLabels {
@@ -199,54 +196,64 @@ fn unavailable(shared: &Shared, service: String, reason: &str) -> Response<Body>
         },
     );
     metrics.request();
-    metrics.observe(
-        error_response(StatusCode::SERVICE_UNAVAILABLE, reason),
-        tokio::time::Instant::now(),
-    )
+    metrics.observe(error_response(status, reason), tokio::time::Instant::now())
 }
 
-/// Why `target` cannot be routed to right now, if the current snapshot says so.
-fn unroutable(target: &Target, shared: &Shared) -> Option<String> {
-    let disc = shared.discovery.borrow();
-    let Some(state) = disc.as_ref() else {
-        return None; // No snapshot yet: wait for one within the dispatch timeout.
-    };
-    match state.services.get(&target.service) {
-        None => Some(format!(
-            "service {} is unknown or not reachable from this workload",
-            target.service
-        )),
-        Some(s) if s.endpoints.is_empty() => {
-            Some(format!("service {} has no endpoints", target.service))
-        }
-        Some(_) => None,
+/// Why a destination cannot take a request now.
+enum Unroutable {
+    /// The mesh policy does not let this workload call it: 403.
+    Denied(String),
+    /// It is not in the mesh, or has no endpoint: 503.
+    Unavailable(String),
+}
+
+/// Why `dest` cannot be routed to right now, if its resolution says so.
+fn unroutable(dest: &Destination) -> Option<Unroutable> {
+    let target = &dest.target;
+    match &*dest.resolution.borrow() {
+        // No answer yet: wait for one within the dispatch timeout.
+        Resolution::Pending => None,
+        Resolution::Denied(reason) => Some(Unroutable::Denied(format!(
+            "{target}: denied by the mesh policy: {reason}"
+        ))),
+        Resolution::NotInMesh => Some(Unroutable::Unavailable(format!(
+            "{target} is not a service of the mesh"
+        ))),
+        Resolution::Resolved(r) if r.usable().is_empty() => Some(Unroutable::Unavailable(format!(
+            "{target} has no ready endpoint"
+        ))),
+        Resolution::Resolved(_) => None,
     }
 }
 
 /// Forwards an opaque TCP connection, over mutual TLS when the endpoint is meshed.
-async fn forward_tcp<I>(mut io: I, target: &Target, shared: &Shared)
+async fn forward_tcp<I>(mut io: I, dest: &Destination)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    if let Some(reason) = unroutable(target, shared) {
-        tracing::info!(%reason, "TCP connection refused");
-        return;
+    let target = &dest.target;
+    match unroutable(dest) {
+        Some(Unroutable::Denied(reason) | Unroutable::Unavailable(reason)) => {
+            tracing::info!(%reason, "TCP connection refused");
+            return;
+        }
+        None => {}
     }
     for attempt in 1..=TCP_CONNECT_ATTEMPTS {
-        match target.tcp.dispatch(()).await {
+        match dest.tcp.dispatch(()).await {
             Ok((mut peer, ep)) => {
                 let peer_id = ep
                     .identity
                     .map(|i| i.spiffe_id())
                     .unwrap_or_else(|| "-".into());
-                tracing::debug!(service = %target.service, addr = %ep.address, peer = %peer_id, "TCP forwarded");
+                tracing::debug!(%target, addr = %ep.address, peer = %peer_id, "TCP forwarded");
                 if let Err(e) = crate::splice::splice(&mut io, &mut peer).await {
                     tracing::debug!(error = %e, "TCP connection closed with an error");
                 }
                 return;
             }
             Err(e) => {
-                tracing::info!(service = %target.service, attempt, error = %e, "TCP connect failed");
+                tracing::info!(%target, attempt, error = %e, "TCP connect failed");
             }
         }
     }

@@ -1,0 +1,259 @@
+//! Following `Discovery.Resolve` for one destination: the whole state first, then changes.
+//!
+//! The last state stays in force while the control plane is away; the stream is reopened with
+//! backoff, and the first message after a reconnect replaces the state, so endpoints that still
+//! exist are never dropped in between.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use weft_api::convert::{endpoint_from_wire, protocol_from_wire, target_to_wire};
+use weft_api::v1::discovery_client::DiscoveryClient;
+use weft_api::v1::resolve_update::Update;
+use weft_core::{EndpointState, Identity, Protocol, ServiceName, Target};
+
+use crate::Shared;
+use crate::control::{Backoff, ControlError};
+
+/// What a destination resolves to, as far as this proxy knows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Resolution {
+    /// No answer yet.
+    #[default]
+    Pending,
+    /// A service port of the mesh.
+    Resolved(Arc<ResolvedService>),
+    /// Nothing in the mesh answers to the destination.
+    NotInMesh,
+    /// This proxy's identity may not reach the destination; the reason is the control plane's.
+    Denied(Arc<str>),
+}
+
+/// A service port and its endpoints.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedService {
+    /// The service.
+    pub service: ServiceName,
+    /// The service port.
+    pub port: u16,
+    /// The port's protocol.
+    pub protocol: Protocol,
+    /// The endpoints, by address.
+    pub endpoints: BTreeMap<SocketAddr, ResolvedEndpoint>,
+}
+
+/// One endpoint of a resolved service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedEndpoint {
+    /// What it must prove; `None` for an unmeshed endpoint (plaintext).
+    pub identity: Option<Identity>,
+    /// Whether it takes new connections.
+    pub state: EndpointState,
+}
+
+/// An endpoint as the balancer keys it: where to connect and whom to expect there.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointView {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// What it must prove; `None` for an unmeshed endpoint (plaintext).
+    pub identity: Option<Identity>,
+}
+
+// === impl Resolution ===
+
+impl Resolution {
+    /// The endpoints new connections may use, if resolved.
+    pub fn usable(&self) -> Vec<EndpointView> {
+        match self {
+            Resolution::Resolved(r) => r.usable(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+// === impl ResolvedService ===
+
+impl ResolvedService {
+    /// The endpoints new connections may use: the ready ones, or, while none is ready, those
+    /// still serving. Terminating endpoints get none; their open connections drain.
+    pub fn usable(&self) -> Vec<EndpointView> {
+        let with = |state| {
+            self.endpoints
+                .iter()
+                .filter(move |(_, e)| e.state == state)
+                .map(|(address, e)| EndpointView {
+                    address: *address,
+                    identity: e.identity.clone(),
+                })
+        };
+        let ready: Vec<_> = with(EndpointState::Ready).collect();
+        if ready.is_empty() {
+            with(EndpointState::Serving).collect()
+        } else {
+            ready
+        }
+    }
+}
+
+/// Why an update could not be applied.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpdateError {
+    /// An empty message, or one of a kind this build does not know.
+    #[error("an update of unknown kind")]
+    Unknown,
+    /// A `resolved` without service metadata, or with a bad name or port.
+    #[error("bad service metadata: {0}")]
+    Meta(String),
+    /// Endpoint changes with no resolved service to apply them to.
+    #[error("endpoint changes before the service was resolved")]
+    NoService,
+}
+
+/// Applies one update to `current`. Endpoints that do not parse are skipped with a warning:
+/// one bad endpoint must not take the rest of the service down.
+pub fn apply(current: &Resolution, u: weft_api::ResolveUpdate) -> Result<Resolution, UpdateError> {
+    match u.update.ok_or(UpdateError::Unknown)? {
+        Update::NotInMesh(_) => Ok(Resolution::NotInMesh),
+        Update::Denied(d) => Ok(Resolution::Denied(Arc::from(d.reason))),
+        Update::Resolved(r) => {
+            let meta = r
+                .service
+                .ok_or_else(|| UpdateError::Meta("missing".into()))?;
+            let service = ServiceName::new(&meta.namespace, &meta.name)
+                .map_err(|e| UpdateError::Meta(e.to_string()))?;
+            let port = u16::try_from(meta.port)
+                .map_err(|_| UpdateError::Meta(format!("port {}", meta.port)))?;
+            let mut resolved = ResolvedService {
+                service,
+                port,
+                protocol: protocol_from_wire(meta.protocol),
+                endpoints: BTreeMap::new(),
+            };
+            upsert(&mut resolved, &r.endpoints);
+            Ok(Resolution::Resolved(Arc::new(resolved)))
+        }
+        Update::Changes(c) => {
+            let Resolution::Resolved(current) = current else {
+                return Err(UpdateError::NoService);
+            };
+            let mut next = (**current).clone();
+            for addr in &c.removed {
+                match addr.parse::<SocketAddr>() {
+                    Ok(a) => {
+                        next.endpoints.remove(&a);
+                    }
+                    Err(_) => {
+                        tracing::warn!(service = %next.service, %addr, "skipping a bad removed address")
+                    }
+                }
+            }
+            upsert(&mut next, &c.upserted);
+            Ok(Resolution::Resolved(Arc::new(next)))
+        }
+    }
+}
+
+fn upsert(into: &mut ResolvedService, endpoints: &[weft_api::Endpoint]) {
+    for e in endpoints {
+        match endpoint_from_wire(e) {
+            Ok(e) => {
+                into.endpoints.insert(
+                    e.address,
+                    ResolvedEndpoint {
+                        identity: e.tls_identity().cloned(),
+                        state: e.state,
+                    },
+                );
+            }
+            // An endpoint whose identity does not read cannot be checked: leave it out, and
+            // drop what was known at that address, which may be stale.
+            Err(err) => {
+                tracing::warn!(service = %into.service, error = %err, "skipping an endpoint");
+                if let Ok(a) = e.address.parse::<SocketAddr>() {
+                    into.endpoints.remove(&a);
+                }
+            }
+        }
+    }
+}
+
+/// Keeps `tx` holding what `target` resolves to, until `stop` or until nobody holds a receiver.
+pub async fn follow(
+    shared: Arc<Shared>,
+    target: Target,
+    tx: watch::Sender<Resolution>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::default();
+    let mut creds_rx = shared.credentials.clone();
+    let request = target_to_wire(&target);
+    loop {
+        let creds = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = creds_rx.wait_for(|c| c.is_some()) => match r {
+                Ok(c) => c.clone(),
+                Err(_) => return,
+            },
+        };
+        let Some(creds) = creds else { continue };
+        let channel = shared.control.get(&shared.config, &creds);
+        let result = async {
+            let mut stream = DiscoveryClient::new(channel)
+                .resolve(request.clone())
+                .await?
+                .into_inner();
+            // The first message after a (re)connect replaces whatever was known.
+            let mut first = true;
+            while let Some(update) = stream.message().await? {
+                backoff.reset();
+                let base = if first {
+                    Resolution::Pending
+                } else {
+                    tx.borrow().clone()
+                };
+                first = false;
+                match apply(&base, update) {
+                    Ok(next) => {
+                        tx.send_if_modified(|cur| {
+                            if *cur == next {
+                                false
+                            } else {
+                                *cur = next;
+                                true
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of step with the control plane: start over with a fresh stream.
+                        return Err(ControlError::Other(format!("resolving {target}: {e}")));
+                    }
+                }
+            }
+            Ok::<_, ControlError>(())
+        };
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = result => r,
+        };
+        let delay = backoff.next_delay();
+        match outcome {
+            Ok(()) => {
+                tracing::debug!(%target, retry_in = ?delay, "resolve stream ended; keeping what is known")
+            }
+            Err(e) => {
+                tracing::info!(%target, error = %e, retry_in = ?delay, "resolve stream failed; keeping what is known")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

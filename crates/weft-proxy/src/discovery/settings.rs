@@ -1,0 +1,287 @@
+//! Following `Discovery.Proxy`: this proxy's inbound policies and the mesh's trust bundle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls_pki_types::CertificateDer;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use weft_api::convert::{policy_from_wire, protocol_from_wire};
+use weft_api::v1::discovery_client::DiscoveryClient;
+use weft_ca::TrustBundle;
+use weft_core::Protocol;
+use weft_core::policy::{Decision, InboundPolicy};
+
+use crate::Shared;
+use crate::control::Backoff;
+
+/// The proxy's own settings, from one message.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProxySettings {
+    /// The policy of each server, by the port peers dial.
+    pub servers: HashMap<u16, ServerSettings>,
+    /// The policy of a port no server lists.
+    pub default: InboundPolicy,
+    /// Why a policy of the message could not be used, if one could not; the policy in
+    /// question then denies every client.
+    pub policy_error: Option<PolicyError>,
+    /// The roots the mesh trusts now (several while a root is rotated).
+    pub trust_bundle: Option<TrustBundle>,
+}
+
+/// One server's settings.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerSettings {
+    /// Who may call it.
+    pub policy: InboundPolicy,
+    /// Its protocol.
+    pub protocol: Protocol,
+}
+
+/// Why the proxy runs with a deny-all policy instead of the one it was sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The message carried no policy where one was due.
+    #[error("the settings carry no policy for {0}")]
+    Missing(String),
+    /// A policy did not parse.
+    #[error("the policy for {what}: {source}")]
+    Unreadable {
+        /// Which policy.
+        what: String,
+        /// Why.
+        #[source]
+        source: weft_api::convert::PolicyError,
+    },
+}
+
+// === impl ProxySettings ===
+
+impl ProxySettings {
+    /// The policy for a connection to `port`.
+    pub fn policy(&self, port: u16) -> &InboundPolicy {
+        self.servers.get(&port).map_or(&self.default, |s| &s.policy)
+    }
+
+    /// The declared protocol of `port`, if a server lists it.
+    pub fn protocol(&self, port: u16) -> Option<Protocol> {
+        self.servers.get(&port).map(|s| s.protocol)
+    }
+}
+
+/// Converts a settings message. A policy that does not read fully denies every client: never
+/// widen access.
+pub fn from_wire(s: weft_api::ProxySettings) -> ProxySettings {
+    let mut error = None;
+    let mut read = |what: String, p: Option<&weft_api::InboundPolicy>| match p {
+        None => {
+            error.get_or_insert(PolicyError::Missing(what));
+            (deny_all(), Protocol::Auto)
+        }
+        Some(p) => match policy_from_wire(p) {
+            Ok(policy) => (policy, protocol_from_wire(p.protocol)),
+            Err(source) => {
+                error.get_or_insert(PolicyError::Unreadable { what, source });
+                (deny_all(), protocol_from_wire(p.protocol))
+            }
+        },
+    };
+    let (default, _) = read("other ports".into(), s.default_policy.as_ref());
+    let mut servers = HashMap::new();
+    for server in &s.servers {
+        let Ok(port) = u16::try_from(server.port) else {
+            // A port that cannot exist; no connection can arrive on it.
+            continue;
+        };
+        let (policy, protocol) = read(format!("port {port}"), server.policy.as_ref());
+        servers.insert(port, ServerSettings { policy, protocol });
+    }
+    let trust_bundle = (!s.trust_bundle.is_empty()).then(|| {
+        TrustBundle::new(
+            s.trust_bundle
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect(),
+        )
+    });
+    ProxySettings {
+        servers,
+        default,
+        policy_error: error,
+        trust_bundle,
+    }
+}
+
+fn deny_all() -> InboundPolicy {
+    InboundPolicy {
+        default: Decision::Deny,
+        allow: Vec::new(),
+    }
+}
+
+/// Converts a settings message, logging and counting a policy that could not be used.
+pub fn accept(metrics: &crate::metrics::Metrics, s: weft_api::ProxySettings) -> ProxySettings {
+    let settings = from_wire(s);
+    if let Some(e) = &settings.policy_error {
+        tracing::error!(error = %e, "inbound policy unusable; denying those clients until a usable one arrives");
+        metrics.policy_invalid.inc();
+    }
+    settings
+}
+
+/// Keeps `tx` holding the latest settings until `stop`.
+pub async fn run(
+    shared: Arc<Shared>,
+    tx: watch::Sender<Option<Arc<ProxySettings>>>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::default();
+    let mut creds_rx = shared.credentials.clone();
+    let request = weft_api::ProxyRequest {
+        workload: format!("{}/{}", shared.config.namespace, shared.config.workload),
+        platform: shared.config.platform.clone(),
+    };
+    loop {
+        // Discovery needs the proxy's mesh certificate.
+        let creds = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = creds_rx.wait_for(|c| c.is_some()) => match r {
+                Ok(c) => c.clone(),
+                Err(_) => return,
+            },
+        };
+        let Some(creds) = creds else { continue };
+        let channel = shared.control.get(&shared.config, &creds);
+        let result = async {
+            let mut stream = DiscoveryClient::new(channel)
+                .proxy(request.clone())
+                .await?
+                .into_inner();
+            while let Some(msg) = stream.message().await? {
+                backoff.reset();
+                let settings = accept(&shared.metrics, msg);
+                tracing::debug!(servers = settings.servers.len(), "settings");
+                tx.send_replace(Some(Arc::new(settings)));
+            }
+            Ok::<_, tonic::Status>(())
+        };
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = result => r,
+        };
+        let delay = backoff.next_delay();
+        match outcome {
+            Ok(()) => {
+                tracing::info!(retry_in = ?delay, "settings stream ended; keeping the last settings")
+            }
+            Err(e) if e.code() == tonic::Code::PermissionDenied => {
+                // The control plane says this proxy is not what it claims: whatever it had
+                // before no longer holds. Deny every client until that is sorted out.
+                tracing::error!(reason = e.message(), retry_in = ?delay, "settings refused; denying every client");
+                shared.metrics.policy_invalid.inc();
+                let bundle = tx.borrow().as_ref().and_then(|s| s.trust_bundle.clone());
+                tx.send_replace(Some(Arc::new(ProxySettings {
+                    servers: HashMap::new(),
+                    default: deny_all(),
+                    policy_error: Some(PolicyError::Missing(format!(
+                        "this workload ({})",
+                        e.message()
+                    ))),
+                    trust_bundle: bundle,
+                })));
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::control::ControlError::from(e), retry_in = ?delay, "settings unavailable; keeping the last settings")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::convert::pattern_to_wire;
+    use weft_api::{Decision as WireDecision, IdentityPattern};
+    use weft_core::policy::IdentityMatch;
+    use weft_core::{Identity, TrustDomain};
+
+    fn wire(default: i32, allow: Vec<IdentityPattern>) -> weft_api::InboundPolicy {
+        weft_api::InboundPolicy {
+            default_decision: default,
+            allow,
+            protocol: 0,
+        }
+    }
+
+    fn settings(server: weft_api::InboundPolicy) -> weft_api::ProxySettings {
+        weft_api::ProxySettings {
+            identity: String::new(),
+            servers: vec![weft_api::ServerPolicy {
+                port: 7143,
+                policy: Some(server),
+            }],
+            default_policy: Some(wire(WireDecision::Allow as i32, Vec::new())),
+            trust_bundle: Vec::new(),
+        }
+    }
+
+    fn client() -> Identity {
+        Identity::new(TrustDomain::new("weft.test").unwrap(), "demo", "web").unwrap()
+    }
+
+    #[test]
+    fn a_readable_policy_is_applied_per_port() {
+        let m = crate::metrics::Metrics::default();
+        let s = accept(
+            &m,
+            settings(wire(
+                WireDecision::Deny as i32,
+                vec![pattern_to_wire(&IdentityMatch::Namespace("prod".into()))],
+            )),
+        );
+        assert_eq!(s.policy(7143).authorize(&client()), Decision::Deny);
+        // Another port gets the default.
+        assert_eq!(s.policy(8080).authorize(&client()), Decision::Allow);
+        assert_eq!(s.policy_error, None);
+        assert_eq!(m.policy_invalid.get(), 0);
+    }
+
+    #[test]
+    fn an_unreadable_policy_denies_and_is_counted() {
+        let m = crate::metrics::Metrics::default();
+        // An unknown default with no allow list would have been read as "allow" by a parser
+        // with defaults.
+        let unknown_default = settings(wire(42, Vec::new()));
+        // One pattern this proxy cannot read next to one that admits the client.
+        let unknown_pattern = settings(wire(
+            WireDecision::Allow as i32,
+            vec![
+                pattern_to_wire(&IdentityMatch::Any),
+                IdentityPattern { pattern: None },
+            ],
+        ));
+        let mut missing = settings(wire(WireDecision::Allow as i32, Vec::new()));
+        missing.servers[0].policy = None;
+        for (n, msg) in [unknown_default, unknown_pattern, missing]
+            .into_iter()
+            .enumerate()
+        {
+            let s = accept(&m, msg);
+            assert_eq!(
+                s.policy(7143).authorize(&client()),
+                Decision::Deny,
+                "case {n}"
+            );
+            assert!(s.policy_error.is_some(), "case {n}");
+            assert_eq!(m.policy_invalid.get(), n as u64 + 1);
+        }
+        let mut no_default = settings(wire(WireDecision::Allow as i32, Vec::new()));
+        no_default.default_policy = None;
+        let s = accept(&m, no_default);
+        assert_eq!(s.policy(1).authorize(&client()), Decision::Deny);
+    }
+}
