@@ -333,3 +333,46 @@ async fn a_root_added_for_rotation_is_trusted_without_restarting_proxies() {
         Ok(StatusCode::OK)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_sharing_an_identity_keep_their_own_policies() {
+    // billing-1 and catalog-1 both run as `shared`, as pods of one ServiceAccount do; each
+    // service admits a different client.
+    const RULES: &str = "[policy]\ndefault_inbound = \"deny\"\n\n[[policy.authorizations]]\nservice = \"billing.test\"\nallow = [\"test/checkout\"]\n\n[[policy.authorizations]]\nservice = \"catalog.test\"\nallow = [\"test/web\"]";
+    let mut billing = WorkloadDecl::serving("billing-1", "billing");
+    billing.identity = Some("shared".into());
+    let mut catalog = WorkloadDecl::serving("catalog-1", "catalog");
+    catalog.identity = Some("shared".into());
+    let mesh = TestMesh::start(&[billing.clone(), catalog.clone()], RULES).await;
+    let billing_app = backends::http_echo("billing").await;
+    let catalog_app = backends::http_echo("catalog").await;
+    let bp = mesh.proxy(&billing, Some(billing_app.port()), &[]).await;
+    let cp = mesh.proxy(&catalog, Some(catalog_app.port()), &[]).await;
+    let now = SystemTime::now();
+    let client = |account: &str| {
+        mesh_leaf(
+            &mesh,
+            &format!("spiffe://weft.test/ns/test/sa/{account}"),
+            now - Duration::from_secs(60),
+            now + Duration::from_secs(3600),
+        )
+    };
+    let (billing_in, catalog_in) = (bp.inbound_addr.unwrap(), cp.inbound_addr.unwrap());
+    assert_eq!(
+        h2_request(billing_in, Some(client("checkout"))).await,
+        Ok(StatusCode::OK)
+    );
+    assert_eq!(
+        h2_request(catalog_in, Some(client("web"))).await,
+        Ok(StatusCode::OK)
+    );
+    // Allowed on one, a client is not allowed on the other for sharing its identity.
+    assert_eq!(
+        h2_request(billing_in, Some(client("web"))).await,
+        Ok(StatusCode::FORBIDDEN)
+    );
+    assert_eq!(
+        h2_request(catalog_in, Some(client("checkout"))).await,
+        Ok(StatusCode::FORBIDDEN)
+    );
+}
