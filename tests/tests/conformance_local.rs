@@ -2,36 +2,74 @@
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use weft_core::config::ConfigWatcher;
 use weft_core::platform::{Credential, Platform};
-use weft_tests::conformance::{PlatformHarness, run_all};
+use weft_tests::conformance::{PlatformHarness, WorkloadSpec, run_all};
 
 struct LocalHarness {
     dir: tempfile::TempDir,
-    workloads: BTreeMap<String, (String, SocketAddr)>,
+    workloads: Vec<WorkloadSpec>,
     watcher: ConfigWatcher,
     platform: Arc<weft_local::LocalPlatform>,
     _stop: CancellationToken,
 }
 
 impl LocalHarness {
-    fn render(dir: &std::path::Path, workloads: &BTreeMap<String, (String, SocketAddr)>) -> String {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mesh.toml");
+        std::fs::write(&path, Self::render(dir.path(), &[])).unwrap();
+        let stop = CancellationToken::new();
+        let watcher = ConfigWatcher::start(&path, stop.clone()).unwrap();
+        let platform = Arc::new(weft_local::LocalPlatform::new(watcher.subscribe()).unwrap());
+        Self {
+            dir,
+            workloads: Vec::new(),
+            watcher,
+            platform,
+            _stop: stop,
+        }
+    }
+
+    fn render(dir: &std::path::Path, workloads: &[WorkloadSpec]) -> String {
         let mut s = format!(
             "[mesh]\nname = \"conf\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n[platforms.local]\n",
             dir.join("data").display()
         );
-        for (name, (svc, addr)) in workloads {
-            s.push_str(&format!(
-                "[[platforms.local.workloads]]\nname = \"{name}\"\nnamespace = \"conf\"\nservice = \"{svc}\"\naddress = \"{}\"\nport = {}\n",
-                addr.ip(),
-                addr.port()
-            ));
+        for w in workloads {
+            let (first, rest) = w.servers.split_first().unwrap();
+            let state = match w.state {
+                weft_core::EndpointState::Ready => "ready",
+                weft_core::EndpointState::Serving => "serving",
+                weft_core::EndpointState::Terminating => "terminating",
+            };
+            write!(
+                s,
+                "[[platforms.local.workloads]]\nname = \"{}\"\nnamespace = \"conf\"\nidentity = \"{}\"\nmeshed = {}\nstate = \"{state}\"\nservice = \"{}\"\nservice_port = {}\naddress = \"{}\"\nport = {}\n",
+                w.name,
+                w.account,
+                w.meshed,
+                first.service,
+                first.service_port,
+                first.address.ip(),
+                first.address.port()
+            )
+            .unwrap();
+            for p in rest {
+                write!(
+                    s,
+                    "[[platforms.local.workloads.ports]]\nservice = \"{}\"\nservice_port = {}\nport = {}\n",
+                    p.service,
+                    p.service_port,
+                    p.address.port()
+                )
+                .unwrap();
+            }
         }
         s
     }
@@ -59,16 +97,8 @@ impl PlatformHarness for LocalHarness {
     fn namespace(&self) -> &str {
         "conf"
     }
-    async fn add(&mut self, name: &str, service: &str, addr: SocketAddr) {
-        self.workloads.insert(name.into(), (service.into(), addr));
-        self.write().await;
-    }
-    async fn change(&mut self, name: &str, addr: SocketAddr) {
-        self.workloads.get_mut(name).unwrap().1 = addr;
-        self.write().await;
-    }
-    async fn remove(&mut self, name: &str) {
-        self.workloads.remove(name);
+    async fn set(&mut self, workloads: &[WorkloadSpec]) {
+        self.workloads = workloads.to_vec();
         self.write().await;
     }
     async fn break_source(&mut self) {
@@ -103,18 +133,5 @@ impl PlatformHarness for LocalHarness {
 #[tokio::test]
 async fn local_platform_conformance() {
     weft_tests::trace_init();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("mesh.toml");
-    std::fs::write(&path, LocalHarness::render(dir.path(), &BTreeMap::new())).unwrap();
-    let stop = CancellationToken::new();
-    let watcher = ConfigWatcher::start(&path, stop.clone()).unwrap();
-    let platform = Arc::new(weft_local::LocalPlatform::new(watcher.subscribe()).unwrap());
-    let harness = LocalHarness {
-        dir,
-        workloads: BTreeMap::new(),
-        watcher,
-        platform,
-        _stop: stop,
-    };
-    run_all(harness).await;
+    run_all(LocalHarness::start(), LocalHarness::start()).await;
 }

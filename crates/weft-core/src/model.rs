@@ -106,7 +106,9 @@ pub struct ServicePort {
 }
 
 /// Whether an endpoint takes new connections.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointState {
     /// Takes new connections.

@@ -26,8 +26,7 @@ use weft_core::config::{LocalWorkload, MeshConfig};
 use weft_core::platform::{AttestError, Credential, Platform, PlatformError};
 use weft_core::private_fs::{self, PrivateFsError};
 use weft_core::{
-    Endpoint, EndpointState, Identity, RegistryWriter, Service, ServiceName, ServicePort,
-    WorkloadKey,
+    Endpoint, Identity, RegistryWriter, Service, ServiceName, ServicePort, WorkloadKey,
 };
 
 /// The name of this platform, its registry source and its credentials' `platform`.
@@ -66,26 +65,45 @@ impl LocalPlatform {
         })
     }
 
-    /// The services a config declares, as registry entries: each workload with a `service`
-    /// is an endpoint of that service's port `service_port`, at its own address and port.
+    /// The services a config declares, as registry entries: each port a workload serves a
+    /// service on is an endpoint of that service's port `service_port`, at the workload's
+    /// address.
     pub fn services_of(cfg: &MeshConfig) -> Vec<Service> {
         let mut services: BTreeMap<ServiceName, BTreeMap<u16, ServicePort>> = BTreeMap::new();
         for w in declared(cfg) {
-            let Some((name, endpoint)) = to_endpoint(cfg, w) else {
+            // The config was validated, so these cannot fail; skip rather than panic all the
+            // same.
+            let Ok(identity) =
+                Identity::new(cfg.mesh.trust_domain.clone(), &w.namespace, w.account())
+            else {
                 continue;
             };
-            let port = services
-                .entry(name)
-                .or_default()
-                .entry(w.service_port)
-                .or_insert_with(|| ServicePort {
-                    port: w.service_port,
-                    name: None,
-                    // Validation refused workloads of one service port that disagree.
-                    protocol: w.protocol,
-                    endpoints: Vec::new(),
+            for p in w.served_ports() {
+                let Ok(name) = ServiceName::parse(&p.service, &w.namespace) else {
+                    continue;
+                };
+                let port = services
+                    .entry(name)
+                    .or_default()
+                    .entry(p.service_port)
+                    .or_insert_with(|| ServicePort {
+                        port: p.service_port,
+                        name: None,
+                        // Validation refused workloads of one service port that disagree.
+                        protocol: p.protocol,
+                        endpoints: Vec::new(),
+                    });
+                port.endpoints.push(Endpoint {
+                    address: SocketAddr::new(w.address, p.port),
+                    identity: Some(identity.clone()),
+                    meshed: w.meshed,
+                    workload: Some(WorkloadKey {
+                        namespace: w.namespace.clone(),
+                        name: w.name.clone(),
+                    }),
+                    state: w.state,
                 });
-            port.endpoints.push(endpoint);
+            }
         }
         services
             .into_iter()
@@ -157,27 +175,6 @@ fn token_path(root: &Path, namespace: &str, name: &str) -> Result<PathBuf, Local
     let dir = root.join(namespace);
     private_fs::create_private_dir(&dir)?;
     Ok(dir.join(name))
-}
-
-/// The endpoint a workload provides, with its service; `None` for a workload that serves
-/// nothing.
-fn to_endpoint(cfg: &MeshConfig, w: &LocalWorkload) -> Option<(ServiceName, Endpoint)> {
-    // The config was validated, so these cannot fail; skip rather than panic all the same.
-    let service = ServiceName::parse(w.service.as_deref()?, &w.namespace).ok()?;
-    let identity = Identity::new(cfg.mesh.trust_domain.clone(), &w.namespace, w.account()).ok()?;
-    Some((
-        service,
-        Endpoint {
-            address: SocketAddr::new(w.address, w.port),
-            identity: Some(identity),
-            meshed: w.meshed,
-            workload: Some(WorkloadKey {
-                namespace: w.namespace.clone(),
-                name: w.name.clone(),
-            }),
-            state: EndpointState::Ready,
-        },
-    ))
 }
 
 #[async_trait]

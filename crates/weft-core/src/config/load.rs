@@ -786,6 +786,43 @@ platforms:
     }
 
     #[test]
+    fn extra_ports_and_states_are_checked() {
+        let with = |extra: &str| format!("{GOOD}{extra}");
+        let ok = load_from_str(
+            &with("state = \"terminating\"\n[[platforms.local.workloads.ports]]\nservice = \"admin\"\nport = 9090\nprotocol = \"grpc\"\n"),
+            Path::new("mesh.toml"),
+        )
+        .unwrap();
+        let w = &ok.platforms.local.as_ref().unwrap().workloads[0];
+        assert_eq!(w.state, crate::model::EndpointState::Terminating);
+        assert_eq!(w.served_ports().count(), 2);
+        // Two ports of one service port that disagree on the protocol: the second is named.
+        let e = err(&with(
+            "[[platforms.local.workloads.ports]]\nservice = \"api\"\nport = 9090\nprotocol = \"grpc\"\n",
+        ));
+        assert_eq!(
+            e.key.as_deref(),
+            Some("platforms.local.workloads[0].ports[0].protocol"),
+            "{e}"
+        );
+        // A port the workload already listens on.
+        let e = err(&with(
+            "[[platforms.local.workloads.ports]]\nservice = \"admin\"\nport = 7143\n",
+        ));
+        assert_eq!(
+            e.key.as_deref(),
+            Some("platforms.local.workloads[0].ports[0].port"),
+            "{e}"
+        );
+        let e = err(&with("state = \"gone\"\n"));
+        assert_eq!(
+            e.key.as_deref(),
+            Some("platforms.local.workloads[0].state"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn syntax_error_has_line() {
         let e = err("[mesh]\nname = \"dev\"\ntrust_domain = \n");
         assert_eq!(e.line, Some(3), "{e}");

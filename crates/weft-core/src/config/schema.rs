@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::load::{ConfigWarning, DataHome};
-use crate::model::{Protocol, TrustDomain};
+use crate::model::{EndpointState, Protocol, TrustDomain};
 use crate::policy::{AuthorizationRule, Decision};
 
 /// The whole mesh config file, after validation.
@@ -174,6 +174,15 @@ pub struct LocalWorkload {
     /// Whether a Weft proxy fronts this workload.
     #[serde(default = "yes")]
     pub meshed: bool,
+    /// Whether it takes new connections: `ready`; `serving` (used only while its service port
+    /// has no ready endpoint); `terminating` (no new connections, open ones drain), to take a
+    /// host out of rotation.
+    #[serde(default)]
+    pub state: EndpointState,
+    /// `[[platforms.local.workloads.ports]]`: more services or ports this workload serves at
+    /// its address, besides `service` on `port`.
+    #[serde(default)]
+    pub ports: Vec<LocalPort>,
     /// For `weft dev`: the port the application listens on behind the proxy.
     #[serde(default)]
     pub app_port: Option<u16>,
@@ -188,6 +197,22 @@ pub struct LocalWorkload {
     /// The port of this workload's proxy admin listener under `weft dev`.
     #[serde(default)]
     pub admin_port: Option<u16>,
+}
+
+/// One `[[platforms.local.workloads.ports]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalPort {
+    /// The service served on this port (`name` or `name.namespace`).
+    pub service: String,
+    /// The port peers dial, at the workload's address.
+    pub port: u16,
+    /// The service port it serves; default 80.
+    #[serde(default = "default_service_port")]
+    pub service_port: u16,
+    /// The port's protocol.
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// The built-in applications `weft dev` can run.
@@ -266,6 +291,17 @@ impl LocalWorkload {
     /// The identity account name.
     pub fn account(&self) -> &str {
         self.identity.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Every port this workload serves a service on: `service` on `port` first, then `ports`.
+    pub fn served_ports(&self) -> impl Iterator<Item = LocalPort> + '_ {
+        let main = self.service.as_ref().map(|service| LocalPort {
+            service: service.clone(),
+            port: self.port,
+            service_port: self.service_port,
+            protocol: self.protocol,
+        });
+        main.into_iter().chain(self.ports.iter().cloned())
     }
 }
 

@@ -207,24 +207,37 @@ fn validate_local(
             return Err((format!("{key}.port"), "port 0 is not allowed".into()));
         }
         ports.claim(w.address, w.port, format!("{key}.port"))?;
-        if let Some(svc) = &w.service {
-            let s = ServiceName::parse(svc, &w.namespace)
-                .map_err(|e| (format!("{key}.service"), e.to_string()))?;
-            if w.service_port == 0 {
+        for (j, p) in w.ports.iter().enumerate() {
+            if p.port == 0 {
                 return Err((
-                    format!("{key}.service_port"),
+                    format!("{key}.ports[{j}].port"),
                     "port 0 is not allowed".into(),
                 ));
             }
+            ports.claim(w.address, p.port, format!("{key}.ports[{j}].port"))?;
+        }
+        let main = usize::from(w.service.is_some());
+        for (j, p) in w.served_ports().enumerate() {
+            // The workload's own `service` keys first, then each `ports` entry.
+            let at = if j < main {
+                key.clone()
+            } else {
+                format!("{key}.ports[{}]", j - main)
+            };
+            let s = ServiceName::parse(&p.service, &w.namespace)
+                .map_err(|e| (format!("{at}.service"), e.to_string()))?;
+            if p.service_port == 0 {
+                return Err((format!("{at}.service_port"), "port 0 is not allowed".into()));
+            }
             let (protocol, first) = service_ports
-                .entry((s.clone(), w.service_port))
-                .or_insert((w.protocol, key.clone()));
-            if *protocol != w.protocol {
+                .entry((s.clone(), p.service_port))
+                .or_insert((p.protocol, at.clone()));
+            if *protocol != p.protocol {
                 return Err((
-                    format!("{key}.protocol"),
+                    format!("{at}.protocol"),
                     format!(
                         "{s} port {} is {} in {first}; every workload of a service port must use one protocol",
-                        w.service_port,
+                        p.service_port,
                         protocol.as_str()
                     ),
                 ));
