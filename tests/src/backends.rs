@@ -118,6 +118,47 @@ pub async fn http_echo(name: &'static str) -> SocketAddr {
     http_echo_tallied(name).await.0
 }
 
+/// An HTTP server that holds every request to `/held` until `release` is notified (once per
+/// request), answering the rest at once; `200` with body `name`, and `x-backend: name`.
+/// Signals `arrived` when a held request comes in.
+pub async fn http_gated(
+    name: &'static str,
+) -> (
+    SocketAddr,
+    Arc<tokio::sync::Semaphore>,
+    Arc<tokio::sync::Notify>,
+) {
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let (r, a) = (release.clone(), arrived.clone());
+    let addr = serve_each(move |tcp| {
+        let (release, arrived) = (r.clone(), a.clone());
+        async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (release, arrived) = (release.clone(), arrived.clone());
+                async move {
+                    if req.uri().path() == "/held" {
+                        arrived.notify_one();
+                        if let Ok(permit) = release.acquire().await {
+                            permit.forget();
+                        }
+                    }
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("x-backend", name)
+                            .body(Full::new(Bytes::from(name)))
+                            .unwrap(),
+                    )
+                }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+        }
+    })
+    .await;
+    (addr, release, arrived)
+}
+
 /// [`http_echo`], counting connections and requests (by path and query).
 pub async fn http_echo_tallied(name: &'static str) -> (SocketAddr, Arc<Tally>) {
     serve_each_tallied(move |tcp, tally| async move {

@@ -60,6 +60,8 @@ pub struct WorkloadDecl {
     pub protocol: String,
     /// Whether a proxy fronts it.
     pub meshed: bool,
+    /// `ready` (`None`), `serving` or `terminating`.
+    pub state: Option<String>,
 }
 
 impl WorkloadDecl {
@@ -72,6 +74,7 @@ impl WorkloadDecl {
             port: None,
             protocol: "auto".into(),
             meshed: true,
+            state: None,
         }
     }
 
@@ -84,6 +87,7 @@ impl WorkloadDecl {
             port: None,
             protocol: "auto".into(),
             meshed: true,
+            state: None,
         }
     }
 
@@ -96,6 +100,7 @@ impl WorkloadDecl {
             port: Some(app.port()),
             protocol: "auto".into(),
             meshed: false,
+            state: None,
         }
     }
 
@@ -110,6 +115,9 @@ impl WorkloadDecl {
         if let Some(id) = &self.identity {
             s.push_str(&format!("identity = \"{id}\"\n"));
         }
+        if let Some(state) = &self.state {
+            s.push_str(&format!("state = \"{state}\"\n"));
+        }
         s
     }
 
@@ -123,6 +131,9 @@ impl WorkloadDecl {
         }
         if let Some(id) = &self.identity {
             s.push_str(&format!("        identity: \"{id}\"\n"));
+        }
+        if let Some(state) = &self.state {
+            s.push_str(&format!("        state: {state}\n"));
         }
         s
     }

@@ -407,3 +407,49 @@ async fn admin_endpoints() {
     assert_eq!(status, 503);
     assert!(why.contains("no certificate yet"), "{why}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminating_endpoint_gets_no_new_requests_and_finishes_those_it_has() {
+    let (one, release, arrived) = backends::http_gated("one").await;
+    let api1 = WorkloadDecl::serving("api-1", "api");
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(&[api1.clone(), load.clone()], ALLOW_ALL).await;
+    let _p1 = mesh.proxy(&api1, Some(one.port()), &[]).await;
+    let lp = mesh.proxy(&load, None, &["api"]).await;
+    let up = upstream(&lp, "api");
+    let c = client();
+    assert_eq!(get(&c, up).await, (StatusCode::OK, "one".to_string()));
+
+    // A request is in flight on api-1 when api-1 starts terminating.
+    let held = {
+        let c = c.clone();
+        tokio::spawn(async move { weft_tests::get_through(&c, up, "/held").await })
+    };
+    tokio::time::timeout(WAIT, arrived.notified())
+        .await
+        .expect("the held request reached api-1");
+    let mut leaving = api1.clone();
+    leaving.state = Some("terminating".into());
+    mesh.set_workloads(&[leaving.clone(), load.clone()]).await;
+    wait_resolution(
+        &lp,
+        "api",
+        |r| matches!(r, weft_proxy::discovery::Resolution::Resolved(s) if s.usable().is_empty()),
+    )
+    .await;
+
+    // No new request reaches it: with no other endpoint, the proxy answers 503 itself.
+    let (status, backend) = get(&c, up).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_ne!(backend, "one");
+    // The request it holds still completes on its connection.
+    release.add_permits(1);
+    let (status, backend, _) = tokio::time::timeout(WAIT, held).await.unwrap().unwrap();
+    assert_eq!((status, backend.as_str()), (StatusCode::OK, "one"));
+
+    // Still serving while on its way out, it is used again when nothing else is ready.
+    leaving.state = Some("serving".into());
+    mesh.set_workloads(&[leaving, load]).await;
+    wait_resolution(&lp, "api", |r| !r.usable().is_empty()).await;
+    assert_eq!(get(&c, up).await, (StatusCode::OK, "one".to_string()));
+}
