@@ -32,12 +32,15 @@ pub(super) fn validate(cfg: &mut MeshConfig, home: &DataHome) -> Result<Vec<Inva
         let key = format!("policy.authorizations[{i}]");
         let service = ServiceName::parse(&entry.service, "default")
             .map_err(|e| (format!("{key}.service"), e.to_string()))?;
+        // Another platform may report the service; only a typo is likely here, so warn.
         if let Some(known) = &services
             && !known.contains(&service)
         {
-            return Err((
+            warnings.push((
                 format!("{key}.service"),
-                format!("no workload serves service {service}"),
+                format!(
+                    "no local workload serves service {service}; the rule applies once a platform reports it"
+                ),
             ));
         }
         if entry.allow.is_empty() {
@@ -169,8 +172,8 @@ fn validate_control(cfg: &MeshConfig, ports: &mut Ports) -> Result<(), Invalid> 
     Ok(())
 }
 
-/// Checks local workloads; returns the set of known services when the local platform is the
-/// only source (so references to other services are dangling).
+/// Checks local workloads; returns the services they serve, or `None` without a local
+/// platform.
 fn validate_local(
     cfg: &MeshConfig,
     ports: &mut Ports,
@@ -301,10 +304,15 @@ fn validate_local(
             let s =
                 ServiceName::parse(svc, &w.namespace).map_err(|e| (key.clone(), e.to_string()))?;
             if !services.contains(&s) {
-                return Err((key, format!("no workload serves service {s}")));
+                warnings.push((
+                    key,
+                    format!(
+                        "no local workload serves service {s}; calls to it fail until a platform reports it"
+                    ),
+                ));
             }
         }
     }
-    // Other platforms may declare services later; only the local-only mesh can be checked.
+    // References to other services are warned about, not refused: another platform may report them.
     Ok(Some(services))
 }
