@@ -34,7 +34,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
-use rustls_pki_types::CertificateDer;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
@@ -45,8 +44,8 @@ use weft_api::v1::discovery_client::DiscoveryClient;
 use weft_api::v1::identity_client::IdentityClient;
 use weft_api::v1::resolve_update::Update;
 use weft_api::{CertifyRequest, Credential as WireCredential};
-use weft_ca::tls::{ClientAuth, TlsCredentials, anonymous_client_config};
-use weft_ca::{ALPN_H2, IssuedLeaf, LeafKey, TrustBundle};
+use weft_ca::tls::{TlsCredentials, anonymous_client_config};
+use weft_ca::{ALPN_H2, LeafKey, TrustBundle};
 use weft_core::platform::{AttestError, Credential, Platform, PlatformError};
 use weft_core::{
     Endpoint, EndpointState, Identity, Protocol, RegistryWriter, Service, ServiceName, ServicePort,
@@ -1056,34 +1055,8 @@ async fn certify(
             Err(e) => bail!("Certify for p{p}: {e}"),
         }
     };
-    ensure!(
-        resp.identity == identity.spiffe_id(),
-        "p{p} was certified as {}",
-        resp.identity
-    );
-    let leaf = IssuedLeaf {
-        leaf: CertificateDer::from(resp.leaf),
-        chain: resp.chain.into_iter().map(CertificateDer::from).collect(),
-        not_after: UNIX_EPOCH + Duration::from_secs(resp.valid_until.max(0) as u64),
-    };
-    let roots = if resp.trust_bundle.is_empty() {
-        bundle.clone()
-    } else {
-        TrustBundle::new(
-            resp.trust_bundle
-                .into_iter()
-                .map(CertificateDer::from)
-                .collect(),
-        )
-    };
-    Ok(TlsCredentials::new(
-        identity,
-        &leaf,
-        key.private_key_der(),
-        &roots,
-        &[ALPN_H2],
-        ClientAuth::Required,
-    )?)
+    weft_proxy::identity::credentials_from(identity, &key, resp, bundle.clone())
+        .with_context(|| format!("the certificate of p{p}"))
 }
 
 /// Opens proxy `p`'s connection to the control plane with its certificate.

@@ -9,7 +9,7 @@ use weft_api::v1::discovery_client::DiscoveryClient;
 use weft_api::v1::identity_client::IdentityClient;
 use weft_api::{CertifyRequest, Credential, ProxyRequest};
 use weft_ca::{LeafKey, TrustBundle};
-use weft_core::{Identity, ServiceName, TrustDomain};
+use weft_core::{Identity, TrustDomain};
 use weft_tests::{TestMesh, WorkloadDecl, admin_get, wait_resolution};
 
 const WEB_ONLY: &str = "[policy]\ndefault_inbound = \"allow\"\n\n[[policy.authorizations]]\nservice = \"api.test\"\nallow = [\"test/web\"]";
@@ -143,7 +143,6 @@ async fn each_proxy_resolves_only_the_services_it_may_reach() {
     .await
     .expect("api's settings name web")
     .unwrap();
-    let _ = ServiceName::new("test", "api");
 }
 
 fn certify_request(platform: &str, token: &str) -> CertifyRequest {

@@ -15,7 +15,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
-use tokio::sync::mpsc;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use weft_api::convert::{endpoint_to_wire, policy_to_wire, protocol_to_wire, target_from_wire};
@@ -29,7 +31,8 @@ use weft_core::config::MeshConfig;
 use weft_core::model::check_name;
 use weft_core::policy::{Decision, InboundPolicy as Policy};
 use weft_core::{
-    AddressKind, Identity, Protocol, RegistrySnapshot, Target, Topic, WorkloadKey, WorkloadRef,
+    AddressKind, Identity, Protocol, RegistrySnapshot, Target, Topic, TopicWatch, WorkloadKey,
+    WorkloadRef,
 };
 
 use crate::State;
@@ -271,12 +274,8 @@ impl Discovery for DiscoveryService {
         let state = self.0.clone();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(async move {
-            let labels = StreamLabels { kind: "resolve" };
-            let gauge = state.metrics.streams.get_or_create(&labels).clone();
-            gauge.inc();
             tracing::debug!(%identity, %remote, %target, "resolving");
             follow_target(&state, &identity, &target, tx).await;
-            gauge.dec();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -310,12 +309,8 @@ impl Discovery for DiscoveryService {
         let state = self.0.clone();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(async move {
-            let labels = StreamLabels { kind: "proxy" };
-            let gauge = state.metrics.streams.get_or_create(&labels).clone();
-            gauge.inc();
             tracing::info!(%identity, %remote, workload = %workload.key, "proxy following its settings");
             follow_settings(&state, &identity, &workload, tx).await;
-            gauge.dec();
             tracing::info!(%identity, %remote, "proxy stopped following its settings");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -331,17 +326,82 @@ fn state_platform(state: &State, name: &str) -> Option<Arc<str>> {
         .map(|p| Arc::from(p.name()))
 }
 
-/// Waits for every platform's first full sync, or for the stream to end.
-async fn synced<T>(state: &State, tx: &mpsc::Sender<T>) -> bool {
-    let names: Vec<String> = state
-        .platforms
-        .iter()
-        .map(|p| p.name().to_string())
-        .collect();
-    tokio::select! {
-        _ = state.registry.wait_synced(&names) => true,
-        _ = state.shutdown.cancelled() => false,
-        _ = tx.closed() => false,
+/// One Discovery stream's inputs and output: the registry topic and the config it follows,
+/// the channel to the proxy, and its metrics (open while this lives, updates sent).
+struct Follow<'a, T> {
+    state: &'a State,
+    tx: mpsc::Sender<Result<T, Status>>,
+    changed: TopicWatch,
+    config: watch::Receiver<Arc<MeshConfig>>,
+    open: Gauge,
+    sent: Counter,
+}
+
+impl<'a, T> Follow<'a, T> {
+    /// Follows `topic` for a stream of `kind`, once every platform has completed its first
+    /// full sync; `None` if the proxy went away or the control plane stopped meanwhile.
+    async fn start(
+        state: &'a State,
+        topic: Topic,
+        kind: &'static str,
+        tx: mpsc::Sender<Result<T, Status>>,
+    ) -> Option<Self> {
+        let labels = StreamLabels { kind };
+        let open = state.metrics.streams.get_or_create(&labels).clone();
+        open.inc();
+        let follow = Self {
+            state,
+            // Subscribed before the first read, so no change falls in between.
+            changed: state.registry.watch_topic(topic),
+            config: state.config.clone(),
+            sent: state.metrics.updates.get_or_create(&labels).clone(),
+            open,
+            tx,
+        };
+        let names: Vec<String> = state
+            .platforms
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect();
+        tokio::select! {
+            _ = state.registry.wait_synced(&names) => Some(follow),
+            _ = state.shutdown.cancelled() => None,
+            _ = follow.tx.closed() => None,
+        }
+    }
+
+    /// The registry and config to compute the next message from.
+    fn inputs(&mut self) -> (Arc<RegistrySnapshot>, Arc<MeshConfig>) {
+        (
+            self.state.registry.snapshot(),
+            self.config.borrow_and_update().clone(),
+        )
+    }
+
+    /// Sends one message; false once the proxy has gone away.
+    async fn send(&self, item: Result<T, Status>) -> bool {
+        let counted = item.is_ok();
+        let delivered = self.tx.send(item).await.is_ok();
+        if delivered && counted {
+            self.sent.inc();
+        }
+        delivered
+    }
+
+    /// Waits for a change of the topic or the config; false when the stream should end.
+    async fn next_change(&mut self) -> bool {
+        tokio::select! {
+            _ = self.state.shutdown.cancelled() => false,
+            _ = self.tx.closed() => false,
+            _ = self.changed.changed() => true,
+            r = self.config.changed() => r.is_ok(),
+        }
+    }
+}
+
+impl<T> Drop for Follow<'_, T> {
+    fn drop(&mut self) {
+        self.open.dec();
     }
 }
 
@@ -358,40 +418,25 @@ async fn follow_target(
         // Every change of a service touches all of its addresses.
         Target::Address(addr) => Topic::Address(*addr),
     };
-    // Subscribed before the first read, so no change falls in between.
-    let mut changed = state.registry.watch_topic(topic);
-    let mut config = state.config.clone();
-    if !synced(state, &tx).await {
+    let Some(mut follow) = Follow::start(state, topic, "resolve", tx).await else {
         return;
-    }
-    let updates_sent = state
-        .metrics
-        .updates
-        .get_or_create(&StreamLabels { kind: "resolve" })
-        .clone();
+    };
     let mut last: Option<Answer> = None;
     loop {
-        let next = {
-            let reg = state.registry.snapshot();
-            let cfg = config.borrow_and_update().clone();
-            answer(identity, &reg, &cfg, target)
-        };
+        let (reg, cfg) = follow.inputs();
+        let next = answer(identity, &reg, &cfg, target);
         if matches!(next, Answer::Denied(_)) && !matches!(last, Some(Answer::Denied(_))) {
             state.metrics.denied.inc();
             tracing::info!(%identity, %target, "resolve denied by policy");
         }
         for u in updates(last.as_ref(), &next) {
-            if tx.send(Ok(u)).await.is_err() {
+            if !follow.send(Ok(u)).await {
                 return;
             }
-            updates_sent.inc();
         }
         last = Some(next);
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tx.closed() => return,
-            _ = changed.changed() => {}
-            r = config.changed() => if r.is_err() { return },
+        if !follow.next_change().await {
+            return;
         }
     }
 }
@@ -403,45 +448,29 @@ async fn follow_settings(
     workload: &WorkloadRef,
     tx: mpsc::Sender<Result<ProxySettings, Status>>,
 ) {
-    let mut changed = state
-        .registry
-        .watch_topic(Topic::Workload(workload.clone()));
-    let mut config = state.config.clone();
-    if !synced(state, &tx).await {
+    let topic = Topic::Workload(workload.clone());
+    let Some(mut follow) = Follow::start(state, topic, "proxy", tx).await else {
         return;
-    }
-    let updates_sent = state
-        .metrics
-        .updates
-        .get_or_create(&StreamLabels { kind: "proxy" })
-        .clone();
+    };
     let mut last: Option<ProxySettings> = None;
     loop {
-        let next = {
-            let reg = state.registry.snapshot();
-            let cfg = config.borrow_and_update().clone();
-            proxy_settings(identity, workload, &reg, &cfg, state.ca.trust_bundle())
-        };
-        match next {
+        let (reg, cfg) = follow.inputs();
+        match proxy_settings(identity, workload, &reg, &cfg, state.ca.trust_bundle()) {
             Err(status) => {
                 tracing::warn!(%identity, workload = %workload.key, reason = status.message(), "proxy settings refused");
-                let _ = tx.send(Err(status)).await;
+                follow.send(Err(status)).await;
                 return;
             }
             Ok(next) if last.as_ref() != Some(&next) => {
-                if tx.send(Ok(next.clone())).await.is_err() {
+                if !follow.send(Ok(next.clone())).await {
                     return;
                 }
-                updates_sent.inc();
                 last = Some(next);
             }
             Ok(_) => {}
         }
-        tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            _ = tx.closed() => return,
-            _ = changed.changed() => {}
-            r = config.changed() => if r.is_err() { return },
+        if !follow.next_change().await {
+            return;
         }
     }
 }

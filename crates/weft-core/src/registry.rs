@@ -468,13 +468,7 @@ impl RegistrySnapshot {
     }
 
     fn index(&mut self, source: &Arc<str>, s: &Service, touched: &mut HashSet<Topic>) {
-        for (addr, port, kind) in s.addresses() {
-            let entry = AddressRef {
-                kind,
-                service: s.name.clone(),
-                port,
-                source: source.clone(),
-            };
+        for (addr, entry) in address_refs(source, s) {
             self.addresses.entry(addr).or_default().insert(entry);
             touched.insert(Topic::Address(addr));
         }
@@ -485,13 +479,7 @@ impl RegistrySnapshot {
     }
 
     fn unindex(&mut self, source: &Arc<str>, s: &Service, touched: &mut HashSet<Topic>) {
-        for (addr, port, kind) in s.addresses() {
-            let entry = AddressRef {
-                kind,
-                service: s.name.clone(),
-                port,
-                source: source.clone(),
-            };
+        for (addr, entry) in address_refs(source, s) {
             if let Some(set) = self.addresses.get_mut(&addr) {
                 set.remove(&entry);
                 if set.is_empty() {
@@ -510,6 +498,24 @@ impl RegistrySnapshot {
             touched.insert(Topic::Workload(wl));
         }
     }
+}
+
+/// Every address that leads to a port of a service, with the index entry it gets.
+fn address_refs<'a>(
+    source: &'a Arc<str>,
+    s: &'a Service,
+) -> impl Iterator<Item = (SocketAddr, AddressRef)> + 'a {
+    s.addresses().map(move |(addr, port, kind)| {
+        (
+            addr,
+            AddressRef {
+                kind,
+                service: s.name.clone(),
+                port,
+                source: source.clone(),
+            },
+        )
+    })
 }
 
 /// The workloads behind a service's endpoints, each with the server it provides.

@@ -160,6 +160,18 @@ pub async fn certify(shared: &Shared) -> Result<TlsCredentials, ControlError> {
         })
         .await?
         .into_inner();
+    credentials_from(identity, &key, resp, bundle)
+}
+
+/// The credentials a `Certify` answer makes with `key`: the leaf must prove `identity`, and
+/// the answer's trust bundle supersedes `bundle` (the bootstrap one), since that is how a
+/// rotated root arrives.
+pub fn credentials_from(
+    identity: Identity,
+    key: &LeafKey,
+    resp: weft_api::CertifyResponse,
+    bundle: TrustBundle,
+) -> Result<TlsCredentials, ControlError> {
     if resp.identity != identity.spiffe_id() {
         return Err(ControlError::Other(format!(
             "control plane certified {}, expected {identity}",
@@ -171,7 +183,6 @@ pub async fn certify(shared: &Shared) -> Result<TlsCredentials, ControlError> {
         chain: resp.chain.into_iter().map(CertificateDer::from).collect(),
         not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(resp.valid_until.max(0) as u64),
     };
-    // The response's bundle supersedes the bootstrap file: it is how a rotated root arrives.
     let bundle = if resp.trust_bundle.is_empty() {
         bundle
     } else {

@@ -148,7 +148,6 @@ fn a_denied_target_reveals_nothing() {
         answer(&id("load"), &reg.snapshot(), &cfg, &t),
         Answer::Resolved { .. }
     ));
-    let _ = Decision::Deny;
 }
 
 #[test]

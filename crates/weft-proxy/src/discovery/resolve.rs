@@ -16,7 +16,7 @@ use weft_api::v1::resolve_update::Update;
 use weft_core::{EndpointState, Identity, Protocol, ServiceName, Target};
 
 use crate::Shared;
-use crate::control::{Backoff, ControlError};
+use crate::control::ControlError;
 
 /// What a destination resolves to, as far as this proxy knows.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -78,6 +78,14 @@ impl Resolution {
 // === impl ResolvedService ===
 
 impl ResolvedService {
+    /// Whether a new connection has an endpoint to use: what [`ResolvedService::usable`]
+    /// returns is not empty. Checked per request, so it allocates nothing.
+    pub fn has_usable(&self) -> bool {
+        self.endpoints
+            .values()
+            .any(|e| matches!(e.state, EndpointState::Ready | EndpointState::Serving))
+    }
+
     /// The endpoints new connections may use: the ready ones, or, while none is ready, those
     /// still serving. Terminating endpoints get none; their open connections drain.
     pub fn usable(&self) -> Vec<EndpointView> {
@@ -181,78 +189,49 @@ fn upsert(into: &mut ResolvedService, endpoints: &[weft_api::Endpoint]) {
     }
 }
 
-/// Keeps `tx` holding what `target` resolves to, until `stop` or until nobody holds a receiver.
+/// Keeps `tx` holding what `target` resolves to, until `stop`.
 pub async fn follow(
     shared: Arc<Shared>,
     target: Target,
     tx: watch::Sender<Resolution>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Backoff::default();
-    let mut creds_rx = shared.credentials.clone();
     let request = target_to_wire(&target);
-    loop {
-        let creds = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = creds_rx.wait_for(|c| c.is_some()) => match r {
-                Ok(c) => c.clone(),
-                Err(_) => return,
-            },
-        };
-        let Some(creds) = creds else { continue };
-        let channel = shared.control.get(&shared.config, &creds);
+    let (shared, tx, request, target) = (&shared, &tx, &request, &target);
+    super::follow_with_backoff(shared, &stop, target, false, |channel| async move {
+        let mut heard = false;
         let result = async {
             let mut stream = DiscoveryClient::new(channel)
                 .resolve(request.clone())
                 .await?
                 .into_inner();
-            // The first message after a (re)connect replaces whatever was known.
-            let mut first = true;
             while let Some(update) = stream.message().await? {
-                backoff.reset();
-                let base = if first {
-                    Resolution::Pending
-                } else {
+                // The first message after a (re)connect replaces whatever was known.
+                let base = if heard {
                     tx.borrow().clone()
+                } else {
+                    Resolution::Pending
                 };
-                first = false;
-                match apply(&base, update) {
-                    Ok(next) => {
-                        tx.send_if_modified(|cur| {
-                            if *cur == next {
-                                false
-                            } else {
-                                *cur = next;
-                                true
-                            }
-                        });
+                heard = true;
+                let next = apply(&base, update).map_err(|e| {
+                    // Out of step with the control plane: start over with a fresh stream.
+                    ControlError::Other(format!("resolving {target}: {e}"))
+                })?;
+                tx.send_if_modified(|cur| {
+                    if *cur == next {
+                        false
+                    } else {
+                        *cur = next;
+                        true
                     }
-                    Err(e) => {
-                        // Out of step with the control plane: start over with a fresh stream.
-                        return Err(ControlError::Other(format!("resolving {target}: {e}")));
-                    }
-                }
+                });
             }
             Ok::<_, ControlError>(())
-        };
-        let outcome = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = result => r,
-        };
-        let delay = backoff.next_delay();
-        match outcome {
-            Ok(()) => {
-                tracing::debug!(%target, retry_in = ?delay, "resolve stream ended; keeping what is known")
-            }
-            Err(e) => {
-                tracing::info!(%target, error = %e, retry_in = ?delay, "resolve stream failed; keeping what is known")
-            }
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+        .await;
+        super::StreamEnd { heard, result }
+    })
+    .await
 }
 
 #[cfg(test)]

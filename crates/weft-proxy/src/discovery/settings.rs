@@ -13,7 +13,7 @@ use weft_core::Protocol;
 use weft_core::policy::{Decision, InboundPolicy};
 
 use crate::Shared;
-use crate::control::Backoff;
+use crate::control::ControlError;
 
 /// The proxy's own settings, from one message.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -135,70 +135,54 @@ pub async fn run(
     tx: watch::Sender<Option<Arc<ProxySettings>>>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Backoff::default();
-    let mut creds_rx = shared.credentials.clone();
     let request = weft_api::ProxyRequest {
         workload: format!("{}/{}", shared.config.namespace, shared.config.workload),
         platform: shared.config.platform.clone(),
     };
-    loop {
-        // Discovery needs the proxy's mesh certificate.
-        let creds = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = creds_rx.wait_for(|c| c.is_some()) => match r {
-                Ok(c) => c.clone(),
-                Err(_) => return,
-            },
-        };
-        let Some(creds) = creds else { continue };
-        let channel = shared.control.get(&shared.config, &creds);
+    let (shared, tx, request) = (&shared, &tx, &request);
+    super::follow_with_backoff(shared, &stop, &"settings", true, |channel| async move {
+        let mut heard = false;
         let result = async {
             let mut stream = DiscoveryClient::new(channel)
                 .proxy(request.clone())
                 .await?
                 .into_inner();
             while let Some(msg) = stream.message().await? {
-                backoff.reset();
+                heard = true;
                 let settings = accept(&shared.metrics, msg);
                 tracing::debug!(servers = settings.servers.len(), "settings");
                 tx.send_replace(Some(Arc::new(settings)));
             }
             Ok::<_, tonic::Status>(())
-        };
-        let outcome = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = result => r,
-        };
-        let delay = backoff.next_delay();
-        match outcome {
-            Ok(()) => {
-                tracing::info!(retry_in = ?delay, "settings stream ended; keeping the last settings")
-            }
-            Err(e) if e.code() == tonic::Code::PermissionDenied => {
-                // The control plane says this proxy is not what it claims: whatever it had
-                // before no longer holds. Deny every client until that is sorted out.
-                tracing::error!(reason = e.message(), retry_in = ?delay, "settings refused; denying every client");
-                shared.metrics.policy_invalid.inc();
-                let bundle = tx.borrow().as_ref().and_then(|s| s.trust_bundle.clone());
-                tx.send_replace(Some(Arc::new(ProxySettings {
-                    servers: HashMap::new(),
-                    default: deny_all(),
-                    policy_error: Some(PolicyError::Missing(format!(
-                        "this workload ({})",
-                        e.message()
-                    ))),
-                    trust_bundle: bundle,
-                })));
-            }
-            Err(e) => {
-                tracing::warn!(error = %crate::control::ControlError::from(e), retry_in = ?delay, "settings unavailable; keeping the last settings")
-            }
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        .await;
+        if let Err(e) = &result
+            && e.code() == tonic::Code::PermissionDenied
+        {
+            // The control plane says this proxy is not what it claims: whatever it had
+            // before no longer holds. Deny every client until that is sorted out.
+            tracing::error!(
+                reason = e.message(),
+                "settings refused; denying every client"
+            );
+            shared.metrics.policy_invalid.inc();
+            let bundle = tx.borrow().as_ref().and_then(|s| s.trust_bundle.clone());
+            tx.send_replace(Some(Arc::new(ProxySettings {
+                servers: HashMap::new(),
+                default: deny_all(),
+                policy_error: Some(PolicyError::Missing(format!(
+                    "this workload ({})",
+                    e.message()
+                ))),
+                trust_bundle: bundle,
+            })));
         }
-    }
+        super::StreamEnd {
+            heard,
+            result: result.map_err(ControlError::from),
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

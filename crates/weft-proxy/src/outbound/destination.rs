@@ -136,6 +136,12 @@ impl Destination {
         *self.idle_since.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// What the destination resolves to, if the control plane has answered already.
+    pub fn answered(&self) -> Option<Resolution> {
+        let now = self.resolution.borrow();
+        (*now != Resolution::Pending).then(|| now.clone())
+    }
+
     /// What the destination resolves to once the control plane has answered, waiting at most
     /// `timeout` for a first answer (then [`Resolution::Pending`]).
     pub async fn first_answer(&self, timeout: Duration) -> Resolution {

@@ -64,7 +64,13 @@ pub async fn handle(
     let dest = Arc::new(shared.destinations.get(&shared, &target));
     // The declared protocol decides whether to detect: a server-speaks-first port must not
     // wait for the client's first bytes. Without an answer in time, detection is safe.
-    let declared = match dest.first_answer(shared.config.dispatch_timeout).await {
+    // Every connection but the first finds the answer there: no timer, and the wait's state
+    // is boxed so it does not enlarge every connection's task.
+    let answer = match dest.answered() {
+        Some(r) => r,
+        None => Box::pin(dest.first_answer(shared.config.dispatch_timeout)).await,
+    };
+    let declared = match answer {
         Resolution::Resolved(r) => r.protocol,
         _ => Protocol::Auto,
     };
@@ -219,7 +225,7 @@ fn unroutable(dest: &Destination) -> Option<Unroutable> {
         Resolution::NotInMesh => Some(Unroutable::Unavailable(format!(
             "{target} is not a service of the mesh"
         ))),
-        Resolution::Resolved(r) if r.usable().is_empty() => Some(Unroutable::Unavailable(format!(
+        Resolution::Resolved(r) if !r.has_usable() => Some(Unroutable::Unavailable(format!(
             "{target} has no ready endpoint"
         ))),
         Resolution::Resolved(_) => None,

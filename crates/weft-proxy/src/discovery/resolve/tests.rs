@@ -35,6 +35,10 @@ fn changes(upserted: Vec<weft_api::Endpoint>, removed: &[&str]) -> weft_api::Res
 }
 
 fn ports(r: &Resolution) -> Vec<u16> {
+    if let Resolution::Resolved(s) = r {
+        // The per-request check agrees with the list the balancer gets.
+        assert_eq!(s.has_usable(), !s.usable().is_empty());
+    }
     r.usable().iter().map(|e| e.address.port()).collect()
 }
 
