@@ -463,7 +463,7 @@ async fn parent(args: Args) -> anyhow::Result<()> {
          [policy]\ndefault_inbound = \"allow\"\n",
         dir.path().join("data").display()
     );
-    let cfg = weft_core::config::load_from_str(&text, Path::new("bench.toml"))?;
+    let cfg = weft_control::platforms::loader().load_str(&text, Path::new("bench.toml"))?;
     let td = cfg.mesh.trust_domain.clone();
     // Kept to the end: Resolve streams end when the config sender goes.
     let (_config_tx, config_rx) = watch::channel(Arc::new(cfg));

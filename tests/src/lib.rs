@@ -261,7 +261,12 @@ impl TestMesh {
         };
         std::fs::write(&config_path, file.render(format, dir.path(), policy)).unwrap();
         let stop = CancellationToken::new();
-        let watcher = ConfigWatcher::start(&config_path, stop.clone()).unwrap();
+        let watcher = ConfigWatcher::start(
+            &config_path,
+            &weft_control::platforms::loader(),
+            stop.clone(),
+        )
+        .unwrap();
         let mut mesh = Self {
             dir,
             config_path,
@@ -402,7 +407,7 @@ impl TestMesh {
 
     /// The attestation token file of workload `test/<name>`.
     pub fn token_file(&self, name: &str) -> PathBuf {
-        self.watcher.current().workload_token_file("test", name)
+        weft_local::token_file(&self.watcher.current(), "test", name)
     }
 
     /// Proxy settings for workload `w`, fronting `app_port`, with an upstream listener for each

@@ -37,7 +37,7 @@ fn every_bad_config_gets_a_clear_error() {
     assert!(files.len() >= 20, "the corpus shrank: {}", files.len());
     let mut failures = Vec::new();
     for (path, expect) in &files {
-        let outcome = std::panic::catch_unwind(|| weft_core::config::load(path));
+        let outcome = std::panic::catch_unwind(|| weft_control::platforms::loader().load(path));
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         match outcome {
             Err(_) => failures.push(format!("{name}: panicked")),
@@ -62,7 +62,7 @@ fn every_warned_config_loads_with_a_located_warning() {
     let mut failures = Vec::new();
     for (path, expect) in &files {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        match weft_core::config::load(path) {
+        match weft_control::platforms::loader().load(path) {
             Err(e) => failures.push(format!("{name}: refused: {e}")),
             Ok(cfg) => {
                 let warnings: Vec<String> = cfg.warnings.iter().map(|w| w.to_string()).collect();

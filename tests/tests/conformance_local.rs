@@ -25,7 +25,8 @@ impl LocalHarness {
         let path = dir.path().join("mesh.toml");
         std::fs::write(&path, Self::render(dir.path(), &[])).unwrap();
         let stop = CancellationToken::new();
-        let watcher = ConfigWatcher::start(&path, stop.clone()).unwrap();
+        let watcher =
+            ConfigWatcher::start(&path, &weft_control::platforms::loader(), stop.clone()).unwrap();
         let platform = Arc::new(weft_local::LocalPlatform::new(watcher.subscribe()).unwrap());
         Self {
             dir,
@@ -114,9 +115,11 @@ impl PlatformHarness for LocalHarness {
         Credential {
             platform: "local".into(),
             // Written by the adapter when the workload was declared.
-            token: std::fs::read_to_string(
-                self.watcher.current().workload_token_file("conf", name),
-            )
+            token: std::fs::read_to_string(weft_local::token_file(
+                &self.watcher.current(),
+                "conf",
+                name,
+            ))
             .unwrap_or_default(),
             workload: Some(format!("conf/{name}")),
         }

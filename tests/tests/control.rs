@@ -246,7 +246,9 @@ async fn concurrent_anonymous_certify_calls_are_bounded() {
         "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n[control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n",
         dir.path().display()
     );
-    let cfg = weft_core::config::load_from_str(&text, std::path::Path::new("m.toml")).unwrap();
+    let cfg = weft_control::platforms::loader()
+        .load_str(&text, std::path::Path::new("m.toml"))
+        .unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(cfg));
     let platform = std::sync::Arc::new(StallingPlatform::default());
     let control = weft_control::ControlPlane::start(rx, vec![platform.clone()])

@@ -23,7 +23,11 @@ fn config(dir: &std::path::Path, http: &str) -> Arc<MeshConfig> {
         "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n[control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"{http}\"\n",
         dir.display()
     );
-    Arc::new(weft_core::config::load_from_str(&text, std::path::Path::new("m.toml")).unwrap())
+    Arc::new(
+        weft_control::platforms::loader()
+            .load_str(&text, std::path::Path::new("m.toml"))
+            .unwrap(),
+    )
 }
 
 /// Service `svc.fake`, served by one workload `name`.

@@ -55,12 +55,12 @@ async fn main() -> anyhow::Result<()> {
 /// `weft check`: the verdict on stdout, each warning and the error on stderr. Warnings alone
 /// do not fail the check.
 fn check(config: &Path) -> anyhow::Result<()> {
-    match weft_core::config::load(config) {
+    match weft_control::platforms::loader().load(config) {
         Ok(cfg) => {
             for w in &cfg.warnings {
                 eprintln!("{w}");
             }
-            let workloads = cfg.platforms.local.map(|l| l.workloads.len()).unwrap_or(0);
+            let workloads = weft_local::LocalSettings::workloads(&cfg).count();
             let warnings = match cfg.warnings.len() {
                 0 => String::new(),
                 1 => ", 1 warning".to_string(),

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod discovery;
 mod identity;
 mod metrics;
+pub mod platforms;
 mod transport;
 mod upkeep;
 

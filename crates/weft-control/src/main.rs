@@ -3,13 +3,10 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use weft_core::config::ConfigWatcher;
-use weft_core::platform::Platform;
 
 /// Weft control plane.
 #[derive(Debug, Parser)]
@@ -46,14 +43,12 @@ async fn main() -> anyhow::Result<()> {
             .init();
     }
     let stop = CancellationToken::new();
-    let watcher = ConfigWatcher::start(&args.config, stop.clone())?;
-    let cfg = watcher.current();
-    let mut platforms: Vec<Arc<dyn Platform>> = Vec::new();
-    if cfg.platforms.local.as_ref().is_some_and(|l| l.enabled) {
-        platforms.push(Arc::new(
-            weft_local::LocalPlatform::new(watcher.subscribe()).context("local platform")?,
-        ));
-    }
+    let watcher = ConfigWatcher::start(
+        &args.config,
+        &weft_control::platforms::loader(),
+        stop.clone(),
+    )?;
+    let platforms = weft_control::platforms::enabled(&watcher)?;
     let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms).await?;
     // SIGTERM is how Kubernetes and Nomad stop a task; SIGINT is a terminal's Ctrl-C.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

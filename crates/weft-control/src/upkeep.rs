@@ -127,7 +127,9 @@ mod tests {
             dir.display()
         );
         let cfg = Arc::new(
-            weft_core::config::load_from_str(&text, std::path::Path::new("m.toml")).unwrap(),
+            weft_core::config::Loader::new()
+                .load_str(&text, std::path::Path::new("m.toml"))
+                .unwrap(),
         );
         let (_tx, config) = watch::channel(cfg.clone());
         State {

@@ -22,12 +22,16 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use weft_core::config::{LocalWorkload, MeshConfig};
+use weft_core::config::MeshConfig;
 use weft_core::platform::{AttestError, Credential, Platform, PlatformError};
 use weft_core::private_fs::{self, PrivateFsError};
 use weft_core::{
     Endpoint, Identity, RegistryWriter, Service, ServiceName, ServicePort, WorkloadKey,
 };
+
+pub mod config;
+
+pub use config::{LocalPort, LocalSettings, LocalWorkload, token_file};
 
 /// The name of this platform, its registry source and its credentials' `platform`.
 pub const NAME: &str = "local";
@@ -122,11 +126,7 @@ impl LocalPlatform {
 
 /// The workloads of an enabled local platform.
 fn declared(cfg: &MeshConfig) -> impl Iterator<Item = &LocalWorkload> {
-    cfg.platforms
-        .local
-        .iter()
-        .filter(|l| l.enabled)
-        .flat_map(|l| l.workloads.iter())
+    LocalSettings::workloads(cfg)
 }
 
 /// Makes the token files match the workloads `cfg` declares: keeps existing tokens, writes
@@ -270,7 +270,12 @@ mod tests {
                 20000 + i
             ));
         }
-        Arc::new(weft_core::config::load_from_str(&text, Path::new("mesh.toml")).unwrap())
+        Arc::new(
+            weft_core::config::Loader::new()
+                .with_platform::<LocalSettings>()
+                .load_str(&text, Path::new("mesh.toml"))
+                .unwrap(),
+        )
     }
 
     fn credential(token: &str, workload: &str) -> Credential {
@@ -287,8 +292,8 @@ mod tests {
         let (_tx, rx) = watch::channel(config(dir.path(), &["web", "api"]));
         let local = LocalPlatform::new(rx).unwrap();
         let cfg = config(dir.path(), &[]);
-        let web_file = cfg.workload_token_file("demo", "web");
-        let api_file = cfg.workload_token_file("demo", "api");
+        let web_file = token_file(&cfg, "demo", "web");
+        let api_file = token_file(&cfg, "demo", "api");
         let web = std::fs::read_to_string(&web_file).unwrap();
         let api = std::fs::read_to_string(&api_file).unwrap();
         assert_ne!(web, api);
@@ -324,7 +329,7 @@ mod tests {
             tokio::spawn(async move { local.run(writer, stop).await })
         };
         let cfg = config(dir.path(), &[]);
-        let api_file = cfg.workload_token_file("demo", "api");
+        let api_file = token_file(&cfg, "demo", "api");
         let api = std::fs::read_to_string(&api_file).unwrap();
 
         // api goes away: its token file is deleted and its token no longer attests.

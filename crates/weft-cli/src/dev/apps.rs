@@ -16,7 +16,8 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use weft_core::config::{DemoApp, LocalWorkload};
+use weft_local::LocalWorkload;
+use weft_local::config::DemoApp;
 
 /// Requests per second of the traffic loop.
 const LOAD_RPS: u64 = 20;

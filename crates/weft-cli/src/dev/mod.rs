@@ -13,8 +13,10 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use weft_core::WorkloadKey;
-use weft_core::config::{ConfigWatcher, DemoApp, LocalWorkload, MeshConfig};
+use weft_core::config::{ConfigWatcher, MeshConfig};
 use weft_core::platform::Platform;
+use weft_local::config::DemoApp;
+use weft_local::{LocalSettings, LocalWorkload};
 use weft_proxy::{Proxy, ProxyConfig, Upstream};
 
 /// The demo mesh, used when no config file is given.
@@ -32,7 +34,8 @@ pub async fn run(config: Option<PathBuf>, interval: u64) -> anyhow::Result<()> {
         None => write_demo_config()?,
     };
     let stop = CancellationToken::new();
-    let watcher = ConfigWatcher::start(&path, stop.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let watcher = ConfigWatcher::start(&path, &weft_control::platforms::loader(), stop.clone())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut config_rx = watcher.subscribe();
     let cfg = config_rx.borrow_and_update().clone();
     let local = weft_local::LocalPlatform::new(watcher.subscribe()).context("local platform")?;
@@ -106,11 +109,7 @@ pub async fn run(config: Option<PathBuf>, interval: u64) -> anyhow::Result<()> {
 /// The workloads `weft dev` runs, by namespace/name: the meshed ones of an enabled local
 /// platform, as the local platform adapter registers them.
 fn meshed_workloads(cfg: &MeshConfig) -> BTreeMap<WorkloadKey, LocalWorkload> {
-    cfg.platforms
-        .local
-        .iter()
-        .filter(|l| l.enabled)
-        .flat_map(|l| &l.workloads)
+    LocalSettings::workloads(cfg)
         .filter(|w| w.meshed)
         .map(|w| {
             let key = WorkloadKey {
@@ -218,10 +217,7 @@ impl DevMesh {
 
     /// The admin address of each running proxy that serves a service, in file order.
     fn scrape_targets(&self, cfg: &MeshConfig) -> Vec<(String, SocketAddr)> {
-        cfg.platforms
-            .local
-            .iter()
-            .flat_map(|l| &l.workloads)
+        LocalSettings::workloads(cfg)
             .filter_map(|w| {
                 let key = WorkloadKey {
                     namespace: w.namespace.clone(),
@@ -307,7 +303,7 @@ fn proxy_config(
         workload: w.name.clone(),
         account: w.identity.clone(),
         platform: weft_local::NAME.to_string(),
-        token_file: cfg.workload_token_file(&w.namespace, &w.name),
+        token_file: weft_local::token_file(cfg, &w.namespace, &w.name),
         inbound_addr: SocketAddr::new(w.address, w.port),
         app_port: w.app_port,
         upstreams: w

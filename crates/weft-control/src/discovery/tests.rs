@@ -45,7 +45,7 @@ fn api(endpoints: Vec<CoreEndpoint>) -> Service {
 }
 
 fn config(rules: Vec<AuthorizationRule>) -> MeshConfig {
-    let mut cfg: MeshConfig = weft_core::config::load_from_str(
+    let mut cfg: MeshConfig = weft_core::config::Loader::new().load_str(
         "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"/nonexistent\"\n",
         std::path::Path::new("mesh.toml"),
     )

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
 
+use super::platforms::{PlatformSettings, ReadError, Reader, SectionCheck};
 use super::schema::MeshConfig;
 use super::validate;
 
@@ -60,39 +61,156 @@ impl fmt::Display for ConfigWarning {
     }
 }
 
-/// Loads, overrides from `WEFT_*__*` environment variables, and validates a mesh config file.
-pub fn load(path: &Path) -> Result<MeshConfig, ConfigError> {
-    // Checked before reading so that a `.json` file is refused for what it is, not for the
-    // TOML syntax error its content would cause.
-    format_of(path)?;
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        line: None,
-        key: None,
-        message: format!("cannot read: {e}"),
-    })?;
-    load_text(&text, path)
+/// Reads mesh config files for a program that runs a given set of platform adapters: the core's
+/// sections, then each `[platforms.<name>]` section by the adapter of that name. A section no
+/// adapter claims is refused, so a misspelt platform never passes for a disabled one.
+#[derive(Clone, Debug, Default)]
+pub struct Loader {
+    platforms: Vec<Reader>,
 }
 
-/// Like [`load`], for text already read from `path`.
-pub(super) fn load_text(text: &str, path: &Path) -> Result<MeshConfig, ConfigError> {
-    let env = weft_env_overrides(std::env::vars());
-    let mut cfg = parse(text, format_of(path)?, path, env, &DataHome::from_env())?;
-    cfg.source = Some(path.to_path_buf());
-    Ok(cfg)
-}
+impl Loader {
+    /// A loader that knows no platform: any `[platforms.*]` section is refused.
+    pub fn new() -> Self {
+        Self::default()
+    }
 
-/// Parses and validates config text as if read from `path` (which picks the format), without
-/// environment overrides. The default data directory still comes from `XDG_DATA_HOME` or
-/// `HOME`.
-pub fn load_from_str(text: &str, path: &Path) -> Result<MeshConfig, ConfigError> {
-    parse(
-        text,
-        format_of(path)?,
-        path,
-        HashMap::new(),
-        &DataHome::from_env(),
-    )
+    /// Adds the adapter whose section type is `T`.
+    #[must_use]
+    pub fn with_platform<T: PlatformSettings>(mut self) -> Self {
+        self.platforms.retain(|r| r.name != T::NAME);
+        self.platforms.push(Reader::of::<T>());
+        self
+    }
+
+    /// The names of the platforms this loader knows.
+    pub fn platforms(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.platforms.iter().map(|r| r.name)
+    }
+
+    /// Loads, overrides from `WEFT_*__*` environment variables, and validates a mesh config file.
+    pub fn load(&self, path: &Path) -> Result<MeshConfig, ConfigError> {
+        // Checked before reading so that a `.json` file is refused for what it is, not for the
+        // TOML syntax error its content would cause.
+        format_of(path)?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        self.load_text(&text, path)
+    }
+
+    /// Like [`load`](Self::load), for text already read from `path`.
+    pub(super) fn load_text(&self, text: &str, path: &Path) -> Result<MeshConfig, ConfigError> {
+        let env = weft_env_overrides(std::env::vars());
+        let mut cfg = self.parse(text, format_of(path)?, path, env, &DataHome::from_env())?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text as if read from `path` (which picks the format),
+    /// without environment overrides. The default data directory still comes from
+    /// `XDG_DATA_HOME` or `HOME`.
+    pub fn load_str(&self, text: &str, path: &Path) -> Result<MeshConfig, ConfigError> {
+        self.parse(
+            text,
+            format_of(path)?,
+            path,
+            HashMap::new(),
+            &DataHome::from_env(),
+        )
+    }
+
+    fn parse(
+        &self,
+        text: &str,
+        format: FileFormat,
+        path: &Path,
+        env: HashMap<String, String>,
+        data_home: &DataHome,
+    ) -> Result<MeshConfig, ConfigError> {
+        let err_at = |key: Option<String>, message: String, line: Option<usize>| {
+            let line = line.or_else(|| key.as_deref().and_then(|k| locate(text, format, k)));
+            ConfigError {
+                file: path.to_path_buf(),
+                line,
+                key,
+                message,
+            }
+        };
+        if format == FileFormat::Yaml
+            && let Err(line) = refuse_yaml_anchors(text)
+        {
+            return Err(err_at(
+                None,
+                "YAML anchors and aliases are not supported: write the value out in full".into(),
+                Some(line),
+            ));
+        }
+        let built = Config::builder()
+            .add_source(File::from_str(text, format))
+            .add_source(
+                Environment::with_prefix("WEFT")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(env)),
+            )
+            .build()
+            .map_err(|e| {
+                let (key, msg, line) = explain(&e);
+                err_at(key, msg, line)
+            })?;
+        let mut cfg: MeshConfig = built.try_deserialize().map_err(|e| {
+            let (key, msg, line) = explain(&e);
+            err_at(key, msg, line)
+        })?;
+        let mut warnings = Vec::new();
+        let mut ports = validate::validate(&mut cfg, data_home, &mut warnings)
+            .map_err(|(key, msg)| err_at(Some(key), msg, None))?;
+        let mut parsed = Vec::new();
+        for (name, raw) in cfg.platforms.raw() {
+            let Some(reader) = self.platforms.iter().find(|r| r.name == name) else {
+                let known: Vec<_> = self.platforms().collect();
+                let known = match known.as_slice() {
+                    [] => "this program runs no platform adapter".to_string(),
+                    names => format!("this program knows {}", names.join(", ")),
+                };
+                return Err(err_at(
+                    Some(format!("platforms.{name}")),
+                    format!("unknown platform `{name}`: {known}"),
+                    None,
+                ));
+            };
+            let mut check = SectionCheck::new(&cfg, name, &mut ports, &mut warnings);
+            match (reader.read)(raw.clone(), &mut check) {
+                Ok(settings) => parsed.push((name.to_string(), settings)),
+                Err(ReadError::Shape(e)) => {
+                    let (key, msg, line) = explain(&e);
+                    let key = check.full_key(key.as_deref().unwrap_or(""));
+                    return Err(err_at(Some(key), msg, line));
+                }
+                Err(ReadError::Invalid(e)) => {
+                    return Err(err_at(Some(check.full_key(&e.key)), e.message, None));
+                }
+            }
+        }
+        for (name, settings) in parsed {
+            cfg.platforms.set_parsed(&name, settings);
+        }
+        cfg.warnings = warnings
+            .into_iter()
+            .map(|(key, message)| ConfigWarning {
+                file: path.to_path_buf(),
+                line: locate(text, format, &key),
+                key,
+                message,
+            })
+            .collect();
+        Ok(cfg)
+    }
 }
 
 /// The format a path's extension names. A file without an extension is read as TOML, the
@@ -181,63 +299,6 @@ fn refuse_yaml_anchors(text: &str) -> Result<(), usize> {
 fn weft_env_overrides(vars: impl Iterator<Item = (String, String)>) -> HashMap<String, String> {
     vars.filter(|(k, _)| k.starts_with("WEFT_") && k.contains("__"))
         .collect()
-}
-
-fn parse(
-    text: &str,
-    format: FileFormat,
-    path: &Path,
-    env: HashMap<String, String>,
-    data_home: &DataHome,
-) -> Result<MeshConfig, ConfigError> {
-    let err_at = |key: Option<String>, message: String, line: Option<usize>| {
-        let line = line.or_else(|| key.as_deref().and_then(|k| locate(text, format, k)));
-        ConfigError {
-            file: path.to_path_buf(),
-            line,
-            key,
-            message,
-        }
-    };
-    if format == FileFormat::Yaml
-        && let Err(line) = refuse_yaml_anchors(text)
-    {
-        return Err(err_at(
-            None,
-            "YAML anchors and aliases are not supported: write the value out in full".into(),
-            Some(line),
-        ));
-    }
-    let built = Config::builder()
-        .add_source(File::from_str(text, format))
-        .add_source(
-            Environment::with_prefix("WEFT")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(env)),
-        )
-        .build()
-        .map_err(|e| {
-            let (key, msg, line) = explain(&e);
-            err_at(key, msg, line)
-        })?;
-    let mut cfg: MeshConfig = built.try_deserialize().map_err(|e| {
-        let (key, msg, line) = explain(&e);
-        err_at(key, msg, line)
-    })?;
-    let warnings = validate::validate(&mut cfg, data_home)
-        .map_err(|(key, msg)| err_at(Some(key), msg, None))?;
-    cfg.warnings = warnings
-        .into_iter()
-        .map(|(key, message)| ConfigWarning {
-            file: path.to_path_buf(),
-            line: locate(text, format, &key),
-            key,
-            message,
-        })
-        .collect();
-    Ok(cfg)
 }
 
 /// Splits a `config` error into key, message and (for syntax errors) line.
@@ -447,22 +508,50 @@ fn locate_by_scan(text: &str, segments: &[Segment]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserialize;
+
     use super::*;
+    use crate::config::{PlatformSettings, SectionCheck, SectionError};
+
+    /// A platform adapter's section, as small as the checks need.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Toy {
+        port: u16,
+        #[serde(default)]
+        note: Option<String>,
+    }
+
+    impl PlatformSettings for Toy {
+        const NAME: &'static str = "toy";
+
+        fn validate(&self, check: &mut SectionCheck<'_>) -> Result<(), SectionError> {
+            if self.port == 0 {
+                return Err(SectionError::new("port", "port 0 is not allowed"));
+            }
+            check.claim(std::net::Ipv4Addr::LOCALHOST.into(), self.port, "port")?;
+            if self.note.is_some() {
+                check.warn("note", "notes do nothing");
+            }
+            Ok(())
+        }
+    }
 
     const GOOD: &str = r#"
 [mesh]
 name = "dev"
 trust_domain = "weft.test"
 
-[[platforms.local.workloads]]
-name = "api"
-namespace = "demo"
-service = "api"
+[platforms.toy]
 port = 7143
 "#;
 
+    fn loader() -> Loader {
+        Loader::new().with_platform::<Toy>()
+    }
+
     fn err(text: &str) -> ConfigError {
-        load_from_str(text, Path::new("mesh.toml")).unwrap_err()
+        load_toml(text).unwrap_err()
     }
 
     /// A fixed home, so that tests do not depend on the environment they run in.
@@ -475,18 +564,11 @@ port = 7143
 
     fn load_with(text: &str, file: &str, home: &DataHome) -> Result<MeshConfig, ConfigError> {
         let path = Path::new(file);
-        parse(text, format_of(path)?, path, HashMap::new(), home)
+        loader().parse(text, format_of(path)?, path, HashMap::new(), home)
     }
 
     fn load_toml(text: &str) -> Result<MeshConfig, ConfigError> {
         load_with(text, "mesh.toml", &home())
-    }
-
-    /// GOOD with `extra` appended as one more workload's keys.
-    fn with_workload(extra: &str) -> String {
-        format!(
-            "{GOOD}\n[[platforms.local.workloads]]\nname = \"x\"\nnamespace = \"demo\"\n{extra}\n"
-        )
     }
 
     /// 9 levels of 9 aliases each: 9^9 (about 387 million) leaves once expanded.
@@ -526,35 +608,27 @@ i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n";
         );
         // A merge key: an alias of a mapping.
         let text = format!(
-            "{base}platforms:\n  local:\n    workloads:\n      - &w\n        name: a\n        port: 7143\n      - <<: *w\n        name: b\n"
+            "{base}policy:\n  authorizations:\n      - &w\n        service: a\n        allow: [\"*\"]\n      - <<: *w\n        service: b\n"
         );
         let e = load_with(&text, "m.yaml", &home()).unwrap_err();
         assert!(e.message.contains("anchors and aliases"), "{e}");
-        assert!(matches!(e.line, Some(7 | 8)), "{e}");
+        assert!(matches!(e.line, Some(6 | 7)), "{e}");
     }
 
     #[test]
     fn yaml_ampersands_and_stars_in_strings_are_fine() {
         let text = r#"mesh:
-  name: t
+  name: "a&b"
   trust_domain: weft.test
 policy:
   authorizations:
     - service: api.demo
       allow: ["*", '*']
-platforms:
-  local:
-    workloads:
-      - name: api
-        namespace: demo
-        service: api
-        port: 7143
-        identity: "a&b"
 "#;
         let e = load_with(text, "mesh.yaml", &home()).unwrap_err();
-        // Parsed past the anchor check: the refusal is the invalid identity name.
+        // Parsed past the anchor check: the refusal is the invalid name.
         assert!(e.to_string().contains("invalid name \"a&b\""), "{e}");
-        let ok = text.replace("identity: \"a&b\"", "# &anchor *alias in a comment");
+        let ok = text.replace("name: \"a&b\"", "name: t # &anchor *alias in a comment");
         let cfg = load_with(&ok, "mesh.yaml", &home()).unwrap();
         assert_eq!(cfg.authorization_rules[0].from.len(), 2);
     }
@@ -566,7 +640,9 @@ platforms:
             e.to_string(),
             "mesh.json: unsupported file extension `.json`: use .toml, .yaml or .yml"
         );
-        let e = load(Path::new("/nonexistent/mesh.conf")).unwrap_err();
+        let e = loader()
+            .load(Path::new("/nonexistent/mesh.conf"))
+            .unwrap_err();
         assert!(
             e.message.contains("unsupported file extension `.conf`"),
             "{e}"
@@ -589,25 +665,6 @@ platforms:
             cfg.data_dir(),
             Path::new("/home/someone/.local/share/weft/dev.1")
         );
-        let e = load_toml(&with_workload("port = 7200\nidentity = \"..\"")).unwrap_err();
-        assert_eq!(
-            e.key.as_deref(),
-            Some("platforms.local.workloads[1].identity"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn control_namespace_is_reserved() {
-        let e = load_toml(&GOOD.replace("namespace = \"demo\"", "namespace = \"weft-system\""))
-            .unwrap_err();
-        assert_eq!(
-            e.key.as_deref(),
-            Some("platforms.local.workloads[0].namespace"),
-            "{e}"
-        );
-        assert_eq!(e.line, Some(8), "{e}");
-        assert!(e.message.contains("reserved for the control plane"), "{e}");
     }
 
     #[test]
@@ -638,67 +695,34 @@ platforms:
 
         let e = load_toml(&format!("{GOOD}\n[ca]\ndata_dir = \"\"\n")).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("ca.data_dir"), "{e}");
-        assert_eq!(e.line, Some(13), "{e}");
+        assert_eq!(e.line, Some(10), "{e}");
         assert!(e.message.contains("must not be empty"), "{e}");
     }
 
     #[test]
-    fn workload_ports_cannot_take_the_control_planes() {
+    fn control_listeners_clash_with_each_other_and_with_platform_ports() {
         // The default control listeners are 127.0.0.1:7443 and 127.0.0.1:7080.
-        for (extra, key, other) in [
-            ("port = 7443", "port", "control.grpc_addr"),
-            (
-                "port = 7200\napp_port = 7080",
-                "app_port",
-                "control.http_addr",
-            ),
-            (
-                "port = 7200\nadmin_port = 7443",
-                "admin_port",
-                "control.grpc_addr",
-            ),
-            (
-                "port = 7200\nupstreams = { api = 7080 }",
-                "upstreams.api",
-                "control.http_addr",
-            ),
-            (
-                "address = \"0.0.0.0\"\nport = 7443",
-                "port",
-                "control.grpc_addr",
-            ),
-        ] {
-            let e = load_toml(&with_workload(extra)).unwrap_err();
-            assert_eq!(
-                e.key.as_deref(),
-                Some(format!("platforms.local.workloads[1].{key}").as_str()),
-                "{e}"
-            );
-            assert!(
-                e.message.contains(&format!("already used by {other}")),
-                "{e}"
-            );
-        }
-        // Control listening on every address clashes with a workload on any one of them.
-        let wild = format!("{GOOD}\n[control]\ngrpc_addr = \"0.0.0.0:7144\"\n");
-        let e = load_toml(&wild.replace("port = 7143", "port = 7144")).unwrap_err();
-        assert_eq!(
-            e.key.as_deref(),
-            Some("platforms.local.workloads[0].port"),
+        let e = err(&GOOD.replace("port = 7143", "port = 7443"));
+        assert_eq!(e.key.as_deref(), Some("platforms.toy.port"), "{e}");
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(
+            e.message.contains("already used by control.grpc_addr"),
             "{e}"
         );
+        // Control listening on every address clashes with a port on any one of them.
+        let wild = format!("{GOOD}\n[control]\ngrpc_addr = \"0.0.0.0:7143\"\n");
+        let e = err(&wild);
+        assert_eq!(e.key.as_deref(), Some("platforms.toy.port"), "{e}");
         assert!(
-            e.message.contains("control.grpc_addr (0.0.0.0:7144)"),
+            e.message.contains("control.grpc_addr (0.0.0.0:7143)"),
             "{e}"
         );
         // And the two control listeners with each other.
-        let e = load_toml(&format!(
+        let e = err(&format!(
             "{GOOD}\n[control]\ngrpc_addr = \"0.0.0.0:7500\"\nhttp_addr = \"127.0.0.1:7500\"\n"
-        ))
-        .unwrap_err();
+        ));
         assert_eq!(e.key.as_deref(), Some("control.http_addr"), "{e}");
-        // A different address, or port 0 (any free port), is fine.
-        assert!(load_toml(&with_workload("address = \"127.0.0.2\"\nport = 7443")).is_ok());
+        // Port 0 (any free port) is fine.
         let zero = format!(
             "{GOOD}\n[control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n"
         );
@@ -706,32 +730,40 @@ platforms:
     }
 
     #[test]
-    fn keys_without_effect_are_warned_about_with_their_line() {
-        let text = with_workload(
-            "port = 7200\nmeshed = false\napp_port = 7201\nadmin_port = 7202\ndemo = \"echo\"\nupstreams = { api = 7203 }",
-        );
-        let cfg = load_toml(&text).unwrap();
-        let keys: Vec<_> = cfg.warnings.iter().map(|w| w.key.as_str()).collect();
+    fn platform_sections_belong_to_their_adapter() {
+        let cfg = load_toml(GOOD).unwrap();
+        assert_eq!(cfg.platforms.get::<Toy>().unwrap().port, 7143);
+        assert_eq!(cfg.platforms.names().collect::<Vec<_>>(), ["toy"]);
+        // A section no adapter of this program claims is refused, naming what it knows.
+        let e = err(&format!("{GOOD}\n[platforms.kubernets]\nenabled = true\n"));
+        assert_eq!(e.key.as_deref(), Some("platforms.kubernets"), "{e}");
+        assert_eq!(e.line, Some(9), "{e}");
         assert_eq!(
-            keys,
-            [
-                "platforms.local.workloads[1].app_port",
-                "platforms.local.workloads[1].upstreams",
-                "platforms.local.workloads[1].demo",
-                "platforms.local.workloads[1].admin_port",
-            ]
+            e.message,
+            "unknown platform `kubernets`: this program knows toy"
         );
+        let e = Loader::new()
+            .load_str(GOOD, Path::new("mesh.toml"))
+            .unwrap_err();
+        assert_eq!(
+            e.message,
+            "unknown platform `toy`: this program runs no platform adapter"
+        );
+        // The adapter's own checks, at their key and line.
+        let e = err(&GOOD.replace("port = 7143", "port = 0"));
+        assert_eq!(
+            e.to_string(),
+            "mesh.toml:7: key `platforms.toy.port`: port 0 is not allowed"
+        );
+        let cfg = load_toml(&GOOD.replace("port = 7143", "port = 7143\nnote = \"x\"")).unwrap();
         assert_eq!(
             cfg.warnings[0].to_string(),
-            "mesh.toml:17: key `platforms.local.workloads[1].app_port`: warning: \
-             has no effect with meshed = false: no proxy runs for this workload"
+            "mesh.toml:8: key `platforms.toy.note`: warning: notes do nothing"
         );
-        // The same keys on a meshed workload are used, so not warned about.
-        let meshed = load_toml(&with_workload(
-            "port = 7200\napp_port = 7201\nadmin_port = 7202",
-        ))
-        .unwrap();
-        assert!(meshed.warnings.is_empty(), "{:?}", meshed.warnings);
+        // Equality follows the section as written.
+        let same = load_toml(&format!("{GOOD}\n")).unwrap();
+        assert_eq!(load_toml(GOOD).unwrap(), same);
+        assert_ne!(cfg, same);
     }
 
     #[test]
@@ -744,7 +776,7 @@ platforms:
         assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
         let w = &cfg.warnings[0];
         assert_eq!(w.key, "policy.authorizations[0].allow[1]");
-        assert_eq!(w.line, Some(14));
+        assert_eq!(w.line, Some(11));
         assert!(
             w.message
                 .contains("trust domain other.test, not in mesh.trust_domain weft.test"),
@@ -754,72 +786,24 @@ platforms:
     }
 
     #[test]
-    fn good_file_loads() {
-        let cfg = load_from_str(GOOD, Path::new("mesh.toml")).unwrap();
-        assert_eq!(cfg.mesh.trust_domain.as_str(), "weft.test");
-        let local = cfg.platforms.local.unwrap();
-        assert_eq!(local.workloads[0].port, 7143);
-    }
-
-    #[test]
     fn unknown_key_names_key_and_line() {
         let e = err(&GOOD.replace("port = 7143", "port = 7143\nprot = 1"));
         assert!(e.message.contains("prot"), "{e}");
-        assert_eq!(
-            e.key.as_deref(),
-            Some("platforms.local.workloads[0].prot"),
-            "{e}"
-        );
-        assert_eq!(e.line, Some(11), "{e}");
+        assert_eq!(e.key.as_deref(), Some("platforms.toy.prot"), "{e}");
+        assert_eq!(e.line, Some(8), "{e}");
         assert!(e.to_string().starts_with("mesh.toml"), "{e}");
+        let e = err(&GOOD.replace("[mesh]\n", "[mesh]\nnmae = 1\n"));
+        assert_eq!(e.key.as_deref(), Some("mesh.nmae"), "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
     }
 
     #[test]
     fn bad_value_names_key_and_line() {
         let e = err(&GOOD.replace("port = 7143", "port = \"lots\""));
-        assert_eq!(
-            e.key.as_deref(),
-            Some("platforms.local.workloads[0].port"),
-            "{e}"
-        );
-        assert_eq!(e.line, Some(10), "{e}");
-    }
-
-    #[test]
-    fn extra_ports_and_states_are_checked() {
-        let with = |extra: &str| format!("{GOOD}{extra}");
-        let ok = load_from_str(
-            &with("state = \"terminating\"\n[[platforms.local.workloads.ports]]\nservice = \"admin\"\nport = 9090\nprotocol = \"grpc\"\n"),
-            Path::new("mesh.toml"),
-        )
-        .unwrap();
-        let w = &ok.platforms.local.as_ref().unwrap().workloads[0];
-        assert_eq!(w.state, crate::model::EndpointState::Terminating);
-        assert_eq!(w.served_ports().count(), 2);
-        // Two ports of one service port that disagree on the protocol: the second is named.
-        let e = err(&with(
-            "[[platforms.local.workloads.ports]]\nservice = \"api\"\nport = 9090\nprotocol = \"grpc\"\n",
-        ));
-        assert_eq!(
-            e.key.as_deref(),
-            Some("platforms.local.workloads[0].ports[0].protocol"),
-            "{e}"
-        );
-        // A port the workload already listens on.
-        let e = err(&with(
-            "[[platforms.local.workloads.ports]]\nservice = \"admin\"\nport = 7143\n",
-        ));
-        assert_eq!(
-            e.key.as_deref(),
-            Some("platforms.local.workloads[0].ports[0].port"),
-            "{e}"
-        );
-        let e = err(&with("state = \"gone\"\n"));
-        assert_eq!(
-            e.key.as_deref(),
-            Some("platforms.local.workloads[0].state"),
-            "{e}"
-        );
+        assert_eq!(e.key.as_deref(), Some("platforms.toy.port"), "{e}");
+        assert_eq!(e.line, Some(7), "{e}");
+        let e = err(&GOOD.replace("port = 7143", "port = 70000"));
+        assert_eq!(e.key.as_deref(), Some("platforms.toy.port"), "{e}");
     }
 
     #[test]
@@ -830,9 +814,16 @@ platforms:
 
     #[test]
     fn env_overrides_apply() {
-        let env = HashMap::from([("WEFT_MESH__NAME".to_string(), "prod".to_string())]);
-        let cfg = parse(GOOD, FileFormat::Toml, Path::new("m.toml"), env, &home()).unwrap();
+        let env = HashMap::from([
+            ("WEFT_MESH__NAME".to_string(), "prod".to_string()),
+            ("WEFT_PLATFORMS__TOY__PORT".to_string(), "7200".to_string()),
+        ]);
+        let path = Path::new("m.toml");
+        let cfg = loader()
+            .parse(GOOD, FileFormat::Toml, path, env, &home())
+            .unwrap();
         assert_eq!(cfg.mesh.name, "prod");
+        assert_eq!(cfg.platforms.get::<Toy>().unwrap().port, 7200);
         let only = weft_env_overrides(
             [
                 ("WEFT_PROXY_ADMIN_ADDR".to_string(), "x".to_string()),
@@ -841,20 +832,5 @@ platforms:
             .into_iter(),
         );
         assert_eq!(only.len(), 1);
-    }
-}
-
-#[cfg(test)]
-mod example_file {
-    /// The commented example that `weft dev` embeds must stay valid.
-    #[test]
-    fn configs_mesh_toml_is_valid() {
-        let path = std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../configs/mesh.toml"
-        ));
-        let cfg = super::load_from_str(&std::fs::read_to_string(path).unwrap(), path).unwrap();
-        assert_eq!(cfg.platforms.local.unwrap().workloads.len(), 3);
-        assert_eq!(cfg.authorization_rules.len(), 1);
     }
 }

@@ -5,12 +5,19 @@
 //! validated: unknown keys, bad values and dangling references are refused with an error that
 //! names the file, the line where it can be found, and the key. Keys that are legal but have no
 //! effect load with a [`ConfigWarning`] in [`MeshConfig::warnings`].
+//!
+//! The core reads `[mesh]`, `[ca]`, `[control]` and `[policy]`. Each `[platforms.<name>]`
+//! section belongs to the platform adapter of that name, which defines its keys and checks
+//! them ([`PlatformSettings`]); a program says which adapters it runs by building its
+//! [`Loader`] with them.
 
 mod load;
+mod platforms;
 mod schema;
 mod validate;
 mod watch;
 
-pub use load::{ConfigError, ConfigWarning, load, load_from_str};
+pub use load::{ConfigError, ConfigWarning, Loader};
+pub use platforms::{PlatformSettings, Platforms, SectionCheck, SectionError};
 pub use schema::*;
 pub use watch::ConfigWatcher;

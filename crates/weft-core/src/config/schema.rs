@@ -1,14 +1,14 @@
 //! The schema of the mesh config file. `configs/mesh.toml` documents every key.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::load::{ConfigWarning, DataHome};
-use crate::model::{EndpointState, Protocol, TrustDomain};
+use super::platforms::Platforms;
+use crate::model::TrustDomain;
 use crate::policy::{AuthorizationRule, Decision};
 
 /// The whole mesh config file, after validation.
@@ -26,9 +26,9 @@ pub struct MeshConfig {
     /// `[policy]`: default inbound policy and authorization rules.
     #[serde(default)]
     pub policy: PolicySection,
-    /// `[platforms.*]`: which platform adapters run, with their settings.
+    /// `[platforms.*]`: one section per platform adapter, owned and checked by that adapter.
     #[serde(default)]
-    pub platforms: PlatformsSection,
+    pub platforms: Platforms,
     /// Authorization rules, parsed and checked from `policy.authorizations`.
     #[serde(skip)]
     pub authorization_rules: Vec<AuthorizationRule>,
@@ -123,129 +123,7 @@ pub struct AuthorizationEntry {
     pub allow: Vec<String>,
 }
 
-/// `[platforms]`: one optional table per adapter.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PlatformsSection {
-    /// `[platforms.local]`: workloads declared in this file.
-    #[serde(default)]
-    pub local: Option<LocalPlatformSection>,
-}
-
-/// `[platforms.local]`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LocalPlatformSection {
-    /// Whether the local adapter runs.
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// `[[platforms.local.workloads]]`.
-    #[serde(default)]
-    pub workloads: Vec<LocalWorkload>,
-}
-
-/// One `[[platforms.local.workloads]]` entry.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LocalWorkload {
-    /// The workload's name; also its identity's account name unless `identity` is set.
-    pub name: String,
-    /// Its namespace.
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    /// The service it serves (`name` or `name.namespace`), if any.
-    #[serde(default)]
-    pub service: Option<String>,
-    /// The identity's account name, when it differs from `name`.
-    #[serde(default)]
-    pub identity: Option<String>,
-    /// The address peers dial: the proxy's inbound listener, or the app itself when unmeshed.
-    #[serde(default = "default_address")]
-    pub address: IpAddr,
-    /// The port peers dial.
-    pub port: u16,
-    /// The number of the service port this workload serves (clients name it as
-    /// `service:port` when a service has several); default 80.
-    #[serde(default = "default_service_port")]
-    pub service_port: u16,
-    /// The port's protocol: auto, http1, http2, grpc or opaque.
-    #[serde(default)]
-    pub protocol: Protocol,
-    /// Whether a Weft proxy fronts this workload.
-    #[serde(default = "yes")]
-    pub meshed: bool,
-    /// Whether it takes new connections: `ready`; `serving` (used only while its service port
-    /// has no ready endpoint); `terminating` (no new connections, open ones drain), to take a
-    /// host out of rotation.
-    #[serde(default)]
-    pub state: EndpointState,
-    /// `[[platforms.local.workloads.ports]]`: more services or ports this workload serves at
-    /// its address, besides `service` on `port`.
-    #[serde(default)]
-    pub ports: Vec<LocalPort>,
-    /// For `weft dev`: the port the application listens on behind the proxy.
-    #[serde(default)]
-    pub app_port: Option<u16>,
-    /// For `weft dev`: services this workload calls, with the local port its proxy opens for
-    /// each (`upstreams = { api = 9001 }`).
-    #[serde(default)]
-    pub upstreams: BTreeMap<String, u16>,
-    /// For `weft dev`: a built-in demo application to run on `app_port` (`echo`, `web`, `api`)
-    /// or a traffic generator (`load`).
-    #[serde(default)]
-    pub demo: Option<DemoApp>,
-    /// The port of this workload's proxy admin listener under `weft dev`.
-    #[serde(default)]
-    pub admin_port: Option<u16>,
-}
-
-/// One `[[platforms.local.workloads.ports]]` entry.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LocalPort {
-    /// The service served on this port (`name` or `name.namespace`).
-    pub service: String,
-    /// The port peers dial, at the workload's address.
-    pub port: u16,
-    /// The service port it serves; default 80.
-    #[serde(default = "default_service_port")]
-    pub service_port: u16,
-    /// The port's protocol.
-    #[serde(default)]
-    pub protocol: Protocol,
-}
-
-/// The built-in applications `weft dev` can run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DemoApp {
-    /// Echoes requests back.
-    Echo,
-    /// Answers each request by calling its first upstream.
-    Web,
-    /// Answers with a small JSON document.
-    Api,
-    /// Sends a steady stream of requests to its first upstream.
-    Load,
-}
-
 // === defaults ===
-
-fn yes() -> bool {
-    true
-}
-
-fn default_service_port() -> u16 {
-    80
-}
-
-fn default_namespace() -> String {
-    "default".to_string()
-}
-
-fn default_address() -> IpAddr {
-    IpAddr::V4(Ipv4Addr::LOCALHOST)
-}
 
 fn default_leaf_ttl() -> Duration {
     Duration::from_secs(24 * 3600)
@@ -287,26 +165,8 @@ impl Default for ControlSection {
     }
 }
 
-impl LocalWorkload {
-    /// The identity account name.
-    pub fn account(&self) -> &str {
-        self.identity.as_deref().unwrap_or(&self.name)
-    }
-
-    /// Every port this workload serves a service on: `service` on `port` first, then `ports`.
-    pub fn served_ports(&self) -> impl Iterator<Item = LocalPort> + '_ {
-        let main = self.service.as_ref().map(|service| LocalPort {
-            service: service.clone(),
-            port: self.port,
-            service_port: self.service_port,
-            protocol: self.protocol,
-        });
-        main.into_iter().chain(self.ports.iter().cloned())
-    }
-}
-
 impl MeshConfig {
-    /// The data directory of the CA and the local workloads' tokens: `ca.data_dir`, or the default under
+    /// The mesh's data directory (the CA's keys, and whatever adapters keep there): `ca.data_dir`, or the default under
     /// `XDG_DATA_HOME` or `HOME`, as resolved when the file was loaded.
     ///
     /// Loading refuses a file when neither variable is set and `ca.data_dir` is not given, so a
@@ -327,12 +187,6 @@ impl MeshConfig {
             return Some(dir.clone());
         }
         Some(home.base()?.join("weft").join(&self.mesh.name))
-    }
-
-    /// The file holding the attestation token of local workload `namespace/name`
-    /// (`<data_dir>/tokens/<namespace>/<name>`, mode 0600), written by the control plane.
-    pub fn workload_token_file(&self, namespace: &str, name: &str) -> PathBuf {
-        self.data_dir().join("tokens").join(namespace).join(name)
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::load::{ConfigError, load, load_text};
+use super::load::{ConfigError, Loader};
 use super::schema::MeshConfig;
 
 /// A running watch on one mesh config file.
@@ -24,9 +24,13 @@ pub struct ConfigWatcher {
 const POLL: Duration = Duration::from_millis(200);
 
 impl ConfigWatcher {
-    /// Loads `path` once (failing if it is invalid), then follows it until `shutdown`.
-    /// Warnings of the file are logged at start and on every reload.
-    pub fn start(path: &Path, shutdown: CancellationToken) -> Result<Self, ConfigError> {
+    /// Loads `path` with `loader` once (failing if it is invalid), then follows it until
+    /// `shutdown`. Warnings of the file are logged at start and on every reload.
+    pub fn start(
+        path: &Path,
+        loader: &Loader,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ConfigError> {
         // The bytes loaded here are the baseline for change detection, so an edit made right
         // after `start` returns is never mistaken for the initial content.
         let bytes = std::fs::read(path).map_err(|e| ConfigError {
@@ -35,13 +39,14 @@ impl ConfigWatcher {
             key: None,
             message: format!("cannot read: {e}"),
         })?;
-        let first = Arc::new(load_text(&String::from_utf8_lossy(&bytes), path)?);
+        let first = Arc::new(loader.load_text(&String::from_utf8_lossy(&bytes), path)?);
         log_warnings(&first);
         let (tx, rx) = watch::channel(first.clone());
         let (err_tx, errors) = watch::channel(None);
         let (restart_tx, restart) = watch::channel(Vec::new());
         let follower = Follower {
             path: path.to_path_buf(),
+            loader: loader.clone(),
             started: first,
             tx,
             err_tx,
@@ -120,6 +125,7 @@ fn log_warnings(cfg: &MeshConfig) {
 /// The task behind a [`ConfigWatcher`].
 struct Follower {
     path: PathBuf,
+    loader: Loader,
     /// What the process started with, the reference for restart-only sections.
     started: Arc<MeshConfig>,
     tx: watch::Sender<Arc<MeshConfig>>,
@@ -145,8 +151,8 @@ impl Follower {
             }
             last = bytes;
             let loaded = {
-                let path = self.path.clone();
-                tokio::task::spawn_blocking(move || load(&path)).await
+                let (path, loader) = (self.path.clone(), self.loader.clone());
+                tokio::task::spawn_blocking(move || loader.load(&path)).await
             };
             match loaded {
                 Ok(Ok(cfg)) => self.apply(cfg),
@@ -214,8 +220,8 @@ mod tests {
     fn good_yaml(data: &Path) -> String {
         format!(
             "mesh:\n  name: t\n  trust_domain: weft.test\nca:\n  data_dir: {}\n\
-             platforms:\n  local:\n    workloads:\n      - name: api\n        namespace: demo\n\
-             \x20       service: api\n        port: 7143\n",
+             policy:\n  authorizations:\n    - service: api.demo\n      allow:\n\
+             \x20       - demo/web\n        - demo/cli\n",
             data.display()
         )
     }
@@ -227,7 +233,7 @@ mod tests {
         let good = good_yaml(&dir.path().join("data"));
         replace(&path, &good);
         let stop = CancellationToken::new();
-        let watcher = ConfigWatcher::start(&path, stop.clone()).unwrap();
+        let watcher = ConfigWatcher::start(&path, &Loader::new(), stop.clone()).unwrap();
         let before = watcher.current();
 
         let bomb = format!(
@@ -248,7 +254,7 @@ mod tests {
             .unwrap()
             .clone()
             .unwrap();
-        assert_eq!(e.line, Some(13), "{e}");
+        assert_eq!(e.line, Some(12), "{e}");
         assert!(
             e.message
                 .contains("YAML anchors and aliases are not supported"),
@@ -264,23 +270,23 @@ mod tests {
         let path = dir.path().join("mesh.toml");
         let good = format!(
             "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n\
-             [[platforms.local.workloads]]\nname = \"api\"\nport = 7143\n",
+             [policy]\ndefault_inbound = \"allow\"\n",
             dir.path().join("data").display()
         );
         replace(&path, &good);
         let stop = CancellationToken::new();
-        let watcher = ConfigWatcher::start(&path, stop.clone()).unwrap();
+        let watcher = ConfigWatcher::start(&path, &Loader::new(), stop.clone()).unwrap();
         assert!(watcher.restart_required().is_empty());
         let mut pending = watcher.restart_pending();
 
-        // A workload edit applies live: nothing pending.
+        // A policy edit applies live: nothing pending.
         let mut rx = watcher.subscribe();
-        let moved = good.replace("port = 7143", "port = 7144");
+        let moved = good.replace("\"allow\"", "\"deny\"");
         replace(&path, &moved);
-        let port_of = |c: &MeshConfig| c.platforms.local.as_ref().map(|l| l.workloads[0].port);
-        tokio::time::timeout(WAIT, rx.wait_for(|c| port_of(c) == Some(7144)))
+        let deny = |c: &MeshConfig| c.policy.default_inbound == crate::policy::Decision::Deny;
+        tokio::time::timeout(WAIT, rx.wait_for(|c| deny(c)))
             .await
-            .expect("the workload edit applies")
+            .expect("the policy edit applies")
             .unwrap();
         assert!(watcher.restart_required().is_empty());
 
@@ -299,14 +305,13 @@ mod tests {
             .unwrap();
         assert_eq!(watcher.restart_required(), ["ca", "control"]);
 
-        // Back to the started values: nothing pending, the workload edit kept.
+        // Back to the started values: nothing pending, the policy edit kept.
         replace(&path, &moved);
         tokio::time::timeout(WAIT, pending.wait_for(Vec::is_empty))
             .await
             .expect("nothing pending")
             .unwrap();
-        let local = watcher.current().platforms.local.clone().unwrap();
-        assert_eq!(local.workloads[0].port, 7144);
+        assert!(deny(&watcher.current()));
         stop.cancel();
     }
 }

@@ -1,0 +1,32 @@
+//! The platform adapters this control plane runs: which `[platforms.*]` sections the mesh
+//! config file may hold, and which adapters a loaded file enables.
+
+use std::sync::Arc;
+
+use weft_core::config::{ConfigWatcher, Loader};
+use weft_core::platform::Platform;
+use weft_local::{LocalPlatform, LocalSettings};
+
+/// Reads mesh config files with the section of every adapter this program has.
+pub fn loader() -> Loader {
+    Loader::new().with_platform::<LocalSettings>()
+}
+
+/// Why an enabled adapter could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The local adapter.
+    #[error("local platform: {0}")]
+    Local(#[from] weft_local::LocalError),
+}
+
+/// The adapters the file `watcher` follows enables, set up to follow it. Which adapters run is
+/// decided at start; enabling or disabling one needs a restart.
+pub fn enabled(watcher: &ConfigWatcher) -> Result<Vec<Arc<dyn Platform>>, SetupError> {
+    let cfg = watcher.current();
+    let mut platforms: Vec<Arc<dyn Platform>> = Vec::new();
+    if LocalSettings::of(&cfg).is_some_and(|l| l.enabled) {
+        platforms.push(Arc::new(LocalPlatform::new(watcher.subscribe())?));
+    }
+    Ok(platforms)
+}
