@@ -42,7 +42,8 @@ async fn server() -> Server {
 /// Opens TLS with `cert` and sends one HTTP/2 request; the status, or the error text.
 async fn h2_request(addr: SocketAddr, cert: Option<ClientCert>) -> Result<StatusCode, String> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(certs::client_config(cert, b"h2"));
+    let connector =
+        tokio_rustls::TlsConnector::from(certs::client_config(cert, weft_ca::ALPN_MESH_H2));
     let tls = connector
         .connect(weft_ca::tls::server_name(), tcp)
         .await
@@ -375,4 +376,104 @@ async fn workloads_sharing_an_identity_keep_their_own_policies() {
         h2_request(catalog_in, Some(client("checkout"))).await,
         Ok(StatusCode::FORBIDDEN)
     );
+}
+
+/// Sends one plaintext HTTP/1.1 request on a fresh connection; the response text, if any.
+async fn plaintext_get(addr: SocketAddr) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_meant_for_the_application_is_not_taken_for_a_mesh_peer() {
+    // A client outside the mesh that speaks TLS with the usual ALPN (`h2`) is an outsider,
+    // refused under the mTLS-only default, with its own reason.
+    let s = server().await;
+    let tcp = TcpStream::connect(s.inbound).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(certs::client_config(None, b"h2"));
+    let handshake = connector.connect(weft_ca::tls::server_name(), tcp).await;
+    assert!(
+        handshake.is_err(),
+        "the proxy answered a non-mesh handshake"
+    );
+    wait_metric(
+        s.proxy.admin_addr,
+        "weft_inbound_tls_rejected_total",
+        &["reason=\"not_mesh_tls\""],
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_outside_the_mesh_are_admitted_only_where_the_policy_says() {
+    let app = backends::http_echo("api").await;
+    let api = WorkloadDecl::serving("api", "api");
+    let load = WorkloadDecl::client("load");
+    // Every service admits plaintext clients, but a rule narrows api to one identity.
+    let narrowed = "[policy]\ndefault_inbound = \"allow-unauthenticated\"\n\n\
+                    [[policy.authorizations]]\nservice = \"api.test\"\nallow = [\"test/load\"]";
+    let mesh = TestMesh::start(&[api.clone(), load], narrowed).await;
+    let proxy = mesh.proxy(&api, Some(app.port()), &[]).await;
+    let inbound = proxy.inbound_addr.unwrap();
+    weft_tests::wait_ready(&proxy).await;
+    assert!(!plaintext_get(inbound).await.contains(" 200 "));
+    wait_metric(
+        proxy.admin_addr,
+        "weft_inbound_authz_denied_total",
+        &["client=\"unauthenticated\""],
+        1.0,
+    )
+    .await;
+
+    // A mesh client the rule does not name is refused too: the rule narrows the default.
+    let now = SystemTime::now();
+    let web = mesh_leaf(
+        &mesh,
+        "spiffe://weft.test/ns/test/sa/web",
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(3600),
+    );
+    assert_eq!(
+        h2_request(inbound, Some(web)).await,
+        Ok(StatusCode::FORBIDDEN)
+    );
+
+    // The rule names `unauthenticated`: plaintext is served, and counted as such.
+    let path = mesh.watcher().current().source.clone().unwrap();
+    let edited = std::fs::read_to_string(&path).unwrap().replace(
+        "allow = [\"test/load\"]",
+        "allow = [\"test/load\", \"unauthenticated\"]",
+    );
+    mesh.write_raw(&edited);
+    // The edit reaches the proxy through the control plane's settings stream.
+    let mut settings = proxy.shared().settings.clone();
+    tokio::time::timeout(
+        WAIT,
+        settings.wait_for(|s| {
+            s.as_ref().is_some_and(|s| {
+                s.policy(inbound.port()).authorize_unauthenticated()
+                    == weft_core::policy::Decision::Allow
+            })
+        }),
+    )
+    .await
+    .expect("the policy edit reaches the proxy")
+    .unwrap();
+    let served = plaintext_get(inbound).await;
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    wait_metric(
+        proxy.admin_addr,
+        "weft_requests_total",
+        &["direction=\"inbound\"", "peer=\"unauthenticated\""],
+        1.0,
+    )
+    .await;
 }

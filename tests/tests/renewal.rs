@@ -51,10 +51,11 @@ async fn renew(proxy: &Proxy) {
 /// The leaf a new TLS connection to `inbound` is served.
 async fn served_leaf(inbound: SocketAddr, client: ClientCert) -> CertificateDer<'static> {
     let tcp = TcpStream::connect(inbound).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(certs::client_config(Some(client), b"h2"))
-        .connect(weft_ca::tls::server_name(), tcp)
-        .await
-        .unwrap();
+    let tls =
+        tokio_rustls::TlsConnector::from(certs::client_config(Some(client), weft_ca::ALPN_MESH_H2))
+            .connect(weft_ca::tls::server_name(), tcp)
+            .await
+            .unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
 
@@ -100,7 +101,7 @@ async fn recording_endpoint(
         .with_client_cert_verifier(verifier)
         .with_single_cert(server.chain, server.key)
         .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg.alpn_protocols = vec![weft_ca::ALPN_MESH_H2.to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();

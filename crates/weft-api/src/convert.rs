@@ -12,7 +12,7 @@ use weft_core::{
     ServiceName, Target, WorkloadKey,
 };
 
-use crate::v1::identity_pattern::{Account, AnyIdentity, Pattern};
+use crate::v1::identity_pattern::{Account, AnyIdentity, Pattern, Unauthenticated};
 use crate::v1::resolve_request::Target as WireTarget;
 use crate::v1::{
     Decision, Endpoint, EndpointState, IdentityPattern, InboundPolicy, Protocol, ResolveRequest,
@@ -63,6 +63,7 @@ pub fn decision_to_wire(d: CoreDecision) -> Decision {
     match d {
         CoreDecision::Allow => Decision::Allow,
         CoreDecision::Deny => Decision::Deny,
+        CoreDecision::AllowUnauthenticated => Decision::AllowUnauthenticated,
     }
 }
 
@@ -80,6 +81,7 @@ pub fn protocol_to_wire(p: CoreProtocol) -> Protocol {
 /// The wire form of an identity pattern.
 pub fn pattern_to_wire(m: &IdentityMatch) -> IdentityPattern {
     let pattern = match m {
+        IdentityMatch::Unauthenticated => Pattern::Unauthenticated(Unauthenticated {}),
         IdentityMatch::Any => Pattern::Any(AnyIdentity {}),
         IdentityMatch::Namespace(ns) => Pattern::Namespace(ns.clone()),
         IdentityMatch::Account { namespace, name } => Pattern::Account(Account {
@@ -224,6 +226,7 @@ pub fn policy_from_wire(p: &InboundPolicy) -> Result<CorePolicy, PolicyError> {
     let default = match Decision::try_from(p.default_decision) {
         Ok(Decision::Allow) => CoreDecision::Allow,
         Ok(Decision::Deny) => CoreDecision::Deny,
+        Ok(Decision::AllowUnauthenticated) => CoreDecision::AllowUnauthenticated,
         Ok(Decision::Unspecified) | Err(_) => {
             return Err(PolicyError::UnknownDefault(p.default_decision));
         }
@@ -234,6 +237,7 @@ pub fn policy_from_wire(p: &InboundPolicy) -> Result<CorePolicy, PolicyError> {
         let m = match &entry.pattern {
             None => return Err(PolicyError::EmptyPattern(index)),
             Some(Pattern::Any(_)) => IdentityMatch::Any,
+            Some(Pattern::Unauthenticated(_)) => IdentityMatch::Unauthenticated,
             Some(Pattern::Namespace(ns)) => {
                 weft_core::model::check_name(ns).map_err(|e| bad(e.to_string()))?;
                 IdentityMatch::Namespace(ns.clone())
@@ -276,15 +280,28 @@ mod tests {
                 "demo/*".parse().unwrap(),
                 "demo/web".parse().unwrap(),
                 "spiffe://weft.test/ns/demo/sa/load".parse().unwrap(),
+                "unauthenticated".parse().unwrap(),
             ],
         };
         let back = policy_from_wire(&policy_to_wire(&core, CoreProtocol::Grpc)).unwrap();
         assert_eq!(back, core);
+        for default in [
+            CoreDecision::Allow,
+            CoreDecision::Deny,
+            CoreDecision::AllowUnauthenticated,
+        ] {
+            let core = CorePolicy {
+                default,
+                allow: Vec::new(),
+            };
+            let back = policy_from_wire(&policy_to_wire(&core, CoreProtocol::Auto)).unwrap();
+            assert_eq!(back, core);
+        }
     }
 
     #[test]
     fn unknown_default_is_refused() {
-        for d in [0, 3, 77, -1] {
+        for d in [0, 4, 77, -1] {
             assert_eq!(
                 policy_from_wire(&wire(d, vec![])),
                 Err(PolicyError::UnknownDefault(d))

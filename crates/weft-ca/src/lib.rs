@@ -10,7 +10,9 @@ pub mod tls;
 
 pub use authority::{CaError, CertificateAuthority, IssuedLeaf, TrustBundle};
 pub use identity::{IdentityError, LeafKey, identity_of_cert};
-pub use tls::{ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE, TlsCredentials};
+pub use tls::{
+    ALPN_H2, ALPN_MESH_H2, ALPN_MESH_HTTP1, ALPN_MESH_PREFIX, ALPN_OPAQUE, TlsCredentials,
+};
 
 /// The crypto provider every Weft TLS configuration uses (ring), so builds carry one backend.
 pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {

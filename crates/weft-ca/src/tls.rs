@@ -17,12 +17,20 @@ use weft_core::Identity;
 use crate::authority::{IssuedLeaf, TrustBundle};
 use crate::identity::identity_of_cert;
 
-/// ALPN for HTTP/2 between proxies (all HTTP except upgrades).
+/// ALPN for gRPC (HTTP/2) with the control plane.
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN for HTTP/2 between proxies (all HTTP except upgrades).
+///
+/// The protocols between proxies have names of their own, so that an inbound listener can tell
+/// a mesh peer's handshake from the TLS of a client outside the mesh, which offers `h2` or
+/// `http/1.1` to the application itself.
+pub const ALPN_MESH_H2: &[u8] = b"weft.h2";
 /// ALPN for HTTP/1.1 between proxies (requests that upgrade the connection).
-pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+pub const ALPN_MESH_HTTP1: &[u8] = b"weft.http1";
 /// ALPN for opaque TCP between proxies.
 pub const ALPN_OPAQUE: &[u8] = b"weft.tcp";
+/// What every ALPN between proxies starts with.
+pub const ALPN_MESH_PREFIX: &[u8] = b"weft.";
 
 /// The server name clients send. Peers are verified by SPIFFE ID, not by DNS name.
 pub const SERVER_NAME: &str = "weft.mesh";

@@ -30,7 +30,15 @@ pub async fn detect(tcp: &mut TcpStream, timeout: Duration) -> std::io::Result<(
 }
 
 async fn detect_into(tcp: &mut TcpStream, timeout: Duration) -> std::io::Result<(Detected, Bytes)> {
-    let mut buf = BytesMut::with_capacity(1024);
+    detect_from(tcp, BytesMut::with_capacity(1024), timeout).await
+}
+
+/// Like [`detect`], going on from bytes already read from `tcp` (which the result includes).
+pub async fn detect_from(
+    tcp: &mut TcpStream,
+    mut buf: BytesMut,
+    timeout: Duration,
+) -> std::io::Result<(Detected, Bytes)> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(d) = classify(&buf) {
@@ -44,6 +52,77 @@ async fn detect_into(tcp: &mut TcpStream, timeout: Duration) -> std::io::Result<
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => return Ok((Detected::Opaque, buf.freeze())),
+        }
+    }
+}
+
+/// Who opened an inbound connection, told by its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opener {
+    /// A mesh peer: a TLS ClientHello offering one of the mesh's own ALPN protocols.
+    MeshPeer,
+    /// TLS meant for the application itself (no mesh ALPN), from a client outside the mesh.
+    OtherTls,
+    /// Anything else: plaintext, or nothing before the timeout.
+    Plaintext,
+}
+
+/// The most a ClientHello may take before it is judged not to be a mesh peer's. Mesh peers'
+/// are well under 2 KiB.
+const MAX_HELLO: usize = 16 * 1024;
+
+/// Reads until the first bytes tell a mesh peer from a client outside the mesh, or `timeout`
+/// passes. Returns the bytes read, which the caller must replay. A ClientHello is parsed by
+/// rustls itself, so one split over several segments is read whole.
+pub async fn sniff_opener(
+    tcp: &mut TcpStream,
+    timeout: Duration,
+) -> std::io::Result<(Opener, BytesMut)> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut hello = rustls::server::Acceptor::default();
+    let mut fed = 0;
+    loop {
+        // A TLS record starts with the handshake content type.
+        if buf.first().is_some_and(|b| *b != 0x16) {
+            return Ok((Opener::Plaintext, buf));
+        }
+        if fed < buf.len() {
+            let mut rest = &buf[fed..];
+            if hello.read_tls(&mut rest).is_err() {
+                return Ok((Opener::OtherTls, buf));
+            }
+            fed = buf.len() - rest.len();
+            match hello.accept() {
+                Ok(Some(accepted)) => {
+                    let mesh = accepted.client_hello().alpn().is_some_and(|mut protocols| {
+                        protocols.any(|p| p.starts_with(weft_ca::ALPN_MESH_PREFIX))
+                    });
+                    let opener = if mesh {
+                        Opener::MeshPeer
+                    } else {
+                        Opener::OtherTls
+                    };
+                    return Ok((opener, buf));
+                }
+                Ok(None) => {}
+                Err(_) => return Ok((Opener::OtherTls, buf)),
+            }
+        }
+        if buf.len() >= MAX_HELLO {
+            return Ok((Opener::OtherTls, buf));
+        }
+        match tokio::time::timeout_at(deadline, tcp.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => {
+                let opener = if buf.is_empty() {
+                    Opener::Plaintext
+                } else {
+                    Opener::OtherTls
+                };
+                return Ok((opener, buf));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
         }
     }
 }

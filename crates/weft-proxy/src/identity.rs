@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use weft_api::v1::identity_client::IdentityClient;
 use weft_api::{CertifyRequest, Credential};
 use weft_ca::tls::{ClientAuth, TlsCredentials, anonymous_client_config};
-use weft_ca::{ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE, IssuedLeaf, LeafKey, TrustBundle};
+use weft_ca::{ALPN_MESH_H2, ALPN_MESH_HTTP1, ALPN_OPAQUE, IssuedLeaf, LeafKey, TrustBundle};
 use weft_core::Identity;
 
 use crate::Shared;
@@ -198,7 +198,7 @@ pub fn credentials_from(
         &leaf,
         key.private_key_der(),
         &bundle,
-        &[ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE],
+        &[ALPN_MESH_H2, ALPN_MESH_HTTP1, ALPN_OPAQUE],
         ClientAuth::Required,
     )
     .map_err(|e| ControlError::Other(format!("certificate unusable: {e}")))
@@ -234,7 +234,7 @@ mod tests {
             &leaf,
             key.private_key_der(),
             new.trust_bundle(),
-            &[ALPN_H2],
+            &[weft_ca::ALPN_H2],
             ClientAuth::Required,
         )
         .unwrap();

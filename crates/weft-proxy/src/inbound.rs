@@ -1,33 +1,42 @@
-//! The inbound side: peers reach the local application through here, over mutual TLS only.
+//! The inbound side: clients reach the local application through here.
 //!
-//! The handshake refuses plaintext, unknown CAs, expired and missing client certificates;
-//! each refusal is logged with its reason and counted in `weft_inbound_tls_rejected_total`.
-//! The client's SPIFFE ID then goes to the authorization policy of the server (the workload's
-//! port) it dialed: workloads that share an identity keep their own policies. The ALPN the
-//! client proxy chose says what follows: `h2` (all HTTP, with HTTP/1 marked by
-//! `weft-orig-proto`), `http/1.1` (connection upgrades) or opaque TCP.
+//! Mesh peers come over mutual TLS: the handshake refuses unknown CAs, expired and missing
+//! client certificates, and the client's SPIFFE ID then goes to the authorization policy of
+//! the server (the workload's port) it dialed, so workloads that share an identity keep their
+//! own policies. The ALPN the client proxy chose says what follows: `weft.h2` (all HTTP, with
+//! HTTP/1 marked by `weft-orig-proto`), `weft.http1` (connection upgrades) or opaque TCP.
+//!
+//! A client outside the mesh (plaintext, or TLS of its own without a mesh ALPN) is admitted
+//! only where the server's policy allows unauthenticated clients; the default is mTLS only.
+//! Each refusal is logged with its reason and counted in `weft_inbound_tls_rejected_total`.
+//!
+//! Behind `--app-port`, every connection goes to that port on 127.0.0.1. In transparent mode
+//! each goes to its original destination (the address and port the client dialed, before the
+//! nat table redirected it here), so every port of a multi-port application is served.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::header::{HOST, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use weft_ca::tls::peer_identity;
-use weft_ca::{ALPN_H2, ALPN_HTTP1};
+use weft_ca::{ALPN_MESH_H2, ALPN_MESH_HTTP1};
 use weft_core::Identity;
 use weft_core::policy::Decision;
 
-use crate::detect::Detected;
+use crate::detect::{Detected, Opener, detect_from, sniff_opener};
 use crate::http::{
     Body, ORIG_PROTO, PlainPool, PoolLimits, boxed, error_response, forward_upgrade, is_upgrade,
     strip_hop_by_hop,
 };
-use crate::io::CountingIo;
+use crate::io::{CountingIo, PrefixedIo};
 use crate::metrics::{
     DenyLabels, Direction, RejectLabels, RequestLabels, RequestMetrics, TcpLabels,
 };
@@ -37,122 +46,260 @@ use crate::{Shared, accept_loop};
 /// A handshake slower than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connection pools kept for original destinations; past this, connections to further
+/// addresses get a pool of their own that ends with them.
+const MAX_APP_POOLS: usize = 256;
+
+/// The label of clients without a mesh identity in metrics.
+const UNAUTHENTICATED: &str = "unauthenticated";
+
+/// Where inbound connections go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppTarget {
+    /// To this port on 127.0.0.1 (`--app-port`).
+    Port(u16),
+    /// To each connection's original destination (transparent mode).
+    OriginalDestination,
+}
+
+/// The application's connection pools, one per address it is reached at.
+#[derive(Debug)]
+struct Apps {
+    target: AppTarget,
+    limits: PoolLimits,
+    pools: Mutex<HashMap<SocketAddr, PlainPool>>,
+}
+
+impl Apps {
+    fn pool(&self, addr: SocketAddr) -> PlainPool {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pools.get(&addr) {
+            return p.clone();
+        }
+        let pool = PlainPool::new(addr, self.limits);
+        if pools.len() < MAX_APP_POOLS {
+            pools.insert(addr, pool.clone());
+        }
+        pool
+    }
+}
+
 /// Serves the inbound listener until the proxy drains.
-pub async fn serve(listener: TcpListener, app_port: u16, shared: Arc<Shared>) {
-    let app_addr: SocketAddr = ([127, 0, 0, 1], app_port).into();
-    // One pool per application port, whatever the Host of each request.
-    let app = PlainPool::new(
-        app_addr,
-        PoolLimits {
+pub async fn serve(listener: TcpListener, target: AppTarget, shared: Arc<Shared>) {
+    let apps = Arc::new(Apps {
+        target,
+        limits: PoolLimits {
             connect_timeout: shared.config.connect_timeout,
             ..PoolLimits::default()
         },
-    );
+        pools: Mutex::default(),
+    });
     accept_loop(listener, shared.clone(), move |tcp, remote| {
-        handle(tcp, remote, app_addr, app.clone(), shared.clone())
+        handle(tcp, remote, apps.clone(), shared.clone())
     })
     .await;
 }
 
-async fn handle(
-    tcp: TcpStream,
-    remote: SocketAddr,
-    app_addr: SocketAddr,
-    app: PlainPool,
-    shared: Arc<Shared>,
-) {
-    let reject = |reason: &str, detail: &dyn std::fmt::Display| {
-        tracing::warn!(%remote, reason, %detail, "inbound connection refused");
-        shared
-            .metrics
-            .tls_rejected
-            .get_or_create(&RejectLabels {
-                reason: reason.to_string(),
-            })
-            .inc();
+/// Logs and counts a refused connection.
+fn reject(shared: &Shared, remote: SocketAddr, reason: &str, detail: &dyn std::fmt::Display) {
+    tracing::warn!(%remote, reason, %detail, "inbound connection refused");
+    shared
+        .metrics
+        .tls_rejected
+        .get_or_create(&RejectLabels {
+            reason: reason.to_string(),
+        })
+        .inc();
+}
+
+async fn handle(mut tcp: TcpStream, remote: SocketAddr, apps: Arc<Apps>, shared: Arc<Shared>) {
+    // Where the connection goes, and the port that names the server whose policy applies:
+    // the port the peer dialed.
+    let (app_addr, server_port) = match apps.target {
+        AppTarget::Port(port) => match tcp.local_addr() {
+            Ok(local) => (SocketAddr::from(([127, 0, 0, 1], port)), local.port()),
+            Err(e) => {
+                tracing::debug!(error = %e, "inbound connection gone before it was read");
+                return;
+            }
+        },
+        AppTarget::OriginalDestination => match crate::transparent::original_dst(&tcp) {
+            Ok(original) => (original, original.port()),
+            Err(e) => {
+                reject(&shared, remote, "no_original_destination", &e);
+                return;
+            }
+        },
     };
-    // The port the peer dialed names the server whose policy applies.
-    let server_port = match tcp.local_addr() {
-        Ok(a) => a.port(),
+    let (opener, first) = match Box::pin(sniff_opener(&mut tcp, shared.config.detect_timeout)).await
+    {
+        Ok(sniffed) => sniffed,
         Err(e) => {
             tracing::debug!(error = %e, "inbound connection gone before it was read");
             return;
         }
     };
-    let Some(creds) = shared.credentials.borrow().clone() else {
-        reject("no_certificate_yet", &"this proxy has no certificate yet");
-        return;
+    let conn = Inbound {
+        remote,
+        app_addr,
+        server_port,
+        apps,
+        shared,
     };
-    let acceptor = TlsAcceptor::from(creds.server_config());
-    // The big states (handshake, HTTP server, splice) are boxed, so the connection's task holds
-    // only the one in use: an idle opaque connection does not pay for an HTTP server's state.
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(acceptor.accept(tcp))).await {
-        Ok(Ok(tls)) => Box::new(tls),
-        Ok(Err(e)) => {
-            reject(tls_failure_reason(&e), &e);
-            return;
-        }
-        Err(_) => {
-            reject("handshake_timeout", &"no handshake in time");
-            return;
-        }
-    };
-    let (_, conn) = tls.get_ref();
-    let Some(client) = peer_identity(conn.peer_certificates()) else {
-        reject("no_identity", &"client certificate carries no SPIFFE ID");
-        return;
-    };
-    if client.trust_domain() != creds.identity().trust_domain() {
-        reject("foreign_trust_domain", &client);
-        return;
+    match opener {
+        Opener::MeshPeer => Box::pin(conn.mesh_peer(tcp, first)).await,
+        Opener::Plaintext | Opener::OtherTls => Box::pin(conn.outsider(tcp, first, opener)).await,
     }
-    let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
-    let labels = TcpLabels {
-        direction: Direction::inbound,
-        peer: client.spiffe_id(),
-    };
-    let _open = shared.metrics.open_connection(labels.clone());
-    let io = CountingIo::new(
-        tls,
-        shared.metrics.tcp_read.get_or_create(&labels).clone(),
-        shared.metrics.tcp_write.get_or_create(&labels).clone(),
-    );
-    let version = match alpn.as_deref() {
-        Some(ALPN_H2) => Detected::Http2,
-        Some(ALPN_HTTP1) => Detected::Http1,
-        _ => Detected::Opaque,
-    };
-    if version == Detected::Opaque {
-        if authorize(&shared, &client, server_port) != Decision::Allow {
+}
+
+/// One inbound connection, once its destination is known.
+struct Inbound {
+    remote: SocketAddr,
+    app_addr: SocketAddr,
+    server_port: u16,
+    apps: Arc<Apps>,
+    shared: Arc<Shared>,
+}
+
+impl Inbound {
+    /// A mesh peer: mutual TLS, then the client's identity decides.
+    async fn mesh_peer(self, tcp: TcpStream, first: BytesMut) {
+        let shared = &self.shared;
+        let Some(creds) = shared.credentials.borrow().clone() else {
+            reject(
+                shared,
+                self.remote,
+                "no_certificate_yet",
+                &"this proxy has no certificate yet",
+            );
             return;
-        }
-        Box::pin(forward_opaque(io, app_addr)).await;
-        return;
-    }
-    let metrics = RequestMetrics::new(
-        &shared.metrics,
-        RequestLabels {
-            direction: Direction::inbound,
-            service: format!("{}/{}", shared.config.namespace, shared.config.workload),
-            peer: client.spiffe_id(),
-        },
-    );
-    let client = Arc::new(client);
-    let svc = {
-        let shared = shared.clone();
-        hyper::service::service_fn(move |req| {
-            let shared = shared.clone();
-            let client = client.clone();
-            let app = app.clone();
-            let metrics = metrics.clone();
-            async move {
-                Ok::<_, Infallible>(
-                    to_app(req, &client, server_port, app_addr, &app, &shared, &metrics).await,
-                )
+        };
+        let acceptor = TlsAcceptor::from(creds.server_config());
+        let io = PrefixedIo::new(first.freeze(), tcp);
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+            Ok(Ok(tls)) => Box::new(tls),
+            Ok(Err(e)) => {
+                reject(shared, self.remote, tls_failure_reason(&e), &e);
+                return;
             }
-        })
-    };
-    Box::pin(serve_http(io, version, svc, &shared)).await;
+            Err(_) => {
+                reject(
+                    shared,
+                    self.remote,
+                    "handshake_timeout",
+                    &"no handshake in time",
+                );
+                return;
+            }
+        };
+        let (_, conn) = tls.get_ref();
+        let Some(client) = peer_identity(conn.peer_certificates()) else {
+            reject(
+                shared,
+                self.remote,
+                "no_identity",
+                &"client certificate carries no SPIFFE ID",
+            );
+            return;
+        };
+        if client.trust_domain() != creds.identity().trust_domain() {
+            reject(shared, self.remote, "foreign_trust_domain", &client);
+            return;
+        }
+        let version = match conn.alpn_protocol() {
+            Some(ALPN_MESH_H2) => Detected::Http2,
+            Some(ALPN_MESH_HTTP1) => Detected::Http1,
+            _ => Detected::Opaque,
+        };
+        let peer = client.spiffe_id();
+        self.serve(tls, version, Some(Arc::new(client)), peer).await;
+    }
+
+    /// A client outside the mesh: admitted only where the policy allows unauthenticated
+    /// clients; what it speaks is then detected as on the outbound side.
+    async fn outsider(self, mut tcp: TcpStream, first: BytesMut, opener: Opener) {
+        if authorize(&self.shared, None, self.server_port) != Decision::Allow {
+            let (reason, detail) = match opener {
+                Opener::OtherTls => (
+                    "not_mesh_tls",
+                    "TLS without a mesh protocol, and the policy requires mutual TLS",
+                ),
+                _ => ("not_tls", "plaintext, and the policy requires mutual TLS"),
+            };
+            reject(&self.shared, self.remote, reason, &detail);
+            return;
+        }
+        let (version, first) = if opener == Opener::OtherTls {
+            // The application's own TLS: opaque to the proxy.
+            (Detected::Opaque, first.freeze())
+        } else {
+            match detect_from(&mut tcp, first, self.shared.config.detect_timeout).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(error = %e, "client went away during detection");
+                    return;
+                }
+            }
+        };
+        let io = PrefixedIo::new(first, tcp);
+        self.serve(io, version, None, UNAUTHENTICATED.to_string())
+            .await;
+    }
+
+    /// Carries an admitted connection to the application, counting it under `peer`.
+    async fn serve<I>(self, io: I, version: Detected, client: Option<Arc<Identity>>, peer: String)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let shared = self.shared;
+        let labels = TcpLabels {
+            direction: Direction::inbound,
+            peer: peer.clone(),
+        };
+        let _open = shared.metrics.open_connection(labels.clone());
+        let io = CountingIo::new(
+            io,
+            shared.metrics.tcp_read.get_or_create(&labels).clone(),
+            shared.metrics.tcp_write.get_or_create(&labels).clone(),
+        );
+        let (app_addr, server_port) = (self.app_addr, self.server_port);
+        if version == Detected::Opaque {
+            if authorize(&shared, client.as_deref(), server_port) != Decision::Allow {
+                return;
+            }
+            Box::pin(forward_opaque(io, app_addr)).await;
+            return;
+        }
+        let metrics = RequestMetrics::new(
+            &shared.metrics,
+            RequestLabels {
+                direction: Direction::inbound,
+                service: format!("{}/{}", shared.config.namespace, shared.config.workload),
+                peer,
+            },
+        );
+        let app = self.apps.pool(app_addr);
+        let svc = {
+            let shared = shared.clone();
+            hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                let client = client.clone();
+                let app = app.clone();
+                let metrics = metrics.clone();
+                async move {
+                    let to = App {
+                        addr: app_addr,
+                        server_port,
+                        pool: &app,
+                    };
+                    Ok::<_, Infallible>(
+                        to_app(req, client.as_deref(), &to, &shared, &metrics).await,
+                    )
+                }
+            })
+        };
+        Box::pin(serve_http(io, version, svc, &shared)).await;
+    }
 }
 
 /// Names a handshake failure for logs and metrics.
@@ -175,41 +322,53 @@ fn tls_failure_reason(e: &std::io::Error) -> &'static str {
     }
 }
 
-/// Applies the policy of the server on `port` to `client`, counting denials.
-fn authorize(shared: &Shared, client: &Identity, port: u16) -> Decision {
-    let decision = match shared.settings.borrow().as_ref() {
-        Some(settings) => settings.policy(port).authorize(client),
+/// Applies the policy of the server on `port` to `client` (`None`: a client without a mesh
+/// identity), counting denials.
+fn authorize(shared: &Shared, client: Option<&Identity>, port: u16) -> Decision {
+    let decision = match (shared.settings.borrow().as_ref(), client) {
+        (Some(settings), Some(client)) => settings.policy(port).authorize(client),
+        (Some(settings), None) => settings.policy(port).authorize_unauthenticated(),
         // Without settings the policy is unknown: fail closed.
-        None => Decision::Deny,
+        (None, _) => Decision::Deny,
     };
     if decision == Decision::Deny {
-        tracing::info!(%client, port, "inbound denied by policy");
+        let who = client.map_or_else(|| UNAUTHENTICATED.to_string(), Identity::spiffe_id);
+        tracing::info!(client = %who, port, "inbound denied by policy");
         shared
             .metrics
             .authz_denied
-            .get_or_create(&DenyLabels {
-                client: client.spiffe_id(),
-            })
+            .get_or_create(&DenyLabels { client: who })
             .inc();
     }
     decision
 }
 
+/// The application, as one request reaches it.
+struct App<'a> {
+    addr: SocketAddr,
+    server_port: u16,
+    pool: &'a PlainPool,
+}
+
 async fn to_app(
     req: Request<Incoming>,
-    client: &Identity,
-    server_port: u16,
-    app_addr: SocketAddr,
-    app: &PlainPool,
+    client: Option<&Identity>,
+    app: &App<'_>,
     shared: &Shared,
     metrics: &RequestMetrics,
 ) -> Response<Body> {
-    if authorize(shared, client, server_port) == Decision::Deny {
+    // Checked on every request: a policy edit applies to connections already open.
+    if authorize(shared, client, app.server_port) == Decision::Deny {
+        let who = client.map_or_else(
+            || "a client without a mesh identity".to_string(),
+            |c| c.to_string(),
+        );
         return error_response(
             StatusCode::FORBIDDEN,
-            &format!("{client} is not authorized to call this workload"),
+            &format!("{who} is not authorized to call this workload"),
         );
     }
+    let app_addr = app.addr;
     metrics.request();
     let started = tokio::time::Instant::now();
     let mut req = req.map(boxed);
@@ -237,7 +396,8 @@ async fn to_app(
             }
         }
         strip_hop_by_hop(req.headers_mut());
-        app.send(req)
+        app.pool
+            .send(req)
             .await
             .map_err(|e| format!("application at {app_addr}: {e}"))
     };
@@ -298,11 +458,15 @@ mod tests {
         .unwrap();
         let proxy = crate::Proxy::start(cfg).await.unwrap();
         let shared = proxy.shared().clone();
+        let apps = Arc::new(Apps {
+            target: AppTarget::Port(addr.port()),
+            limits: PoolLimits::default(),
+            pools: Mutex::default(),
+        });
         let inbound = handle(
             TcpStream::connect(addr).await.unwrap(),
             addr,
-            addr,
-            PlainPool::new(addr, PoolLimits::default()),
+            apps,
             shared.clone(),
         );
         let target = Arc::new(weft_core::Target::parse("api.demo", "demo").unwrap());

@@ -27,6 +27,7 @@ pub mod io;
 pub mod metrics;
 pub mod outbound;
 pub mod splice;
+pub mod transparent;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -164,7 +165,11 @@ impl Proxy {
         if let Some(app_port) = config.app_port {
             let l = bind(config.inbound_addr).await?;
             inbound_addr = l.local_addr().ok();
-            tokio::spawn(inbound::serve(l, app_port, shared.clone()));
+            tokio::spawn(inbound::serve(
+                l,
+                inbound::AppTarget::Port(app_port),
+                shared.clone(),
+            ));
         }
         let mut upstream_addrs = Vec::new();
         for up in &config.upstreams {

@@ -7,21 +7,41 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Identity, ServiceName, check_name};
 
-/// An authorization outcome.
+/// An authorization outcome, and what a server admits by default.
+///
+/// As a default, `allow` admits every client with a mesh identity and
+/// `allow-unauthenticated` also admits clients outside the mesh (plaintext); as an outcome
+/// only `allow` and `deny` occur.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
-    /// Let the connection through.
+    /// Let the connection through (as a default: any client with a mesh identity).
     #[default]
     Allow,
     /// Refuse it.
     Deny,
+    /// As a default: any client, with or without a mesh identity.
+    #[serde(rename = "allow-unauthenticated")]
+    AllowUnauthenticated,
 }
 
-/// Matches client identities: `*` (any mesh identity), `<ns>/*`, `<ns>/<name>`, or a full
-/// SPIFFE ID.
+impl Decision {
+    /// How much a default admits: deny < allow < allow-unauthenticated.
+    fn rank(self) -> u8 {
+        match self {
+            Decision::Deny => 0,
+            Decision::Allow => 1,
+            Decision::AllowUnauthenticated => 2,
+        }
+    }
+}
+
+/// Matches clients: `*` (any mesh identity), `<ns>/*`, `<ns>/<name>`, a full SPIFFE ID, or
+/// `unauthenticated` (any client at all, including plaintext clients outside the mesh).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum IdentityMatch {
+    /// Any client, with or without a mesh identity.
+    Unauthenticated,
     /// Any authenticated mesh identity.
     Any,
     /// Any identity in a namespace.
@@ -58,7 +78,7 @@ pub struct InboundPolicy {
 /// The error for an identity pattern that cannot be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "invalid identity pattern {0:?}: expected *, <namespace>/*, <namespace>/<name> or a SPIFFE ID"
+    "invalid identity pattern {0:?}: expected *, <namespace>/*, <namespace>/<name>, a SPIFFE ID or unauthenticated"
 )]
 pub struct PatternError(pub String);
 
@@ -68,7 +88,7 @@ impl IdentityMatch {
     /// Whether `id` matches.
     pub fn matches(&self, id: &Identity) -> bool {
         match self {
-            IdentityMatch::Any => true,
+            IdentityMatch::Unauthenticated | IdentityMatch::Any => true,
             IdentityMatch::Namespace(ns) => id.namespace() == ns,
             IdentityMatch::Account { namespace, name } => {
                 id.namespace() == namespace && id.name() == name
@@ -84,6 +104,9 @@ impl FromStr for IdentityMatch {
         let err = || PatternError(s.to_string());
         if s == "*" {
             return Ok(IdentityMatch::Any);
+        }
+        if s == "unauthenticated" {
+            return Ok(IdentityMatch::Unauthenticated);
         }
         if s.starts_with("spiffe://") {
             return Identity::parse_spiffe(s)
@@ -106,6 +129,7 @@ impl FromStr for IdentityMatch {
 impl fmt::Display for IdentityMatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            IdentityMatch::Unauthenticated => f.write_str("unauthenticated"),
             IdentityMatch::Any => f.write_str("*"),
             IdentityMatch::Namespace(ns) => write!(f, "{ns}/*"),
             IdentityMatch::Account { namespace, name } => write!(f, "{namespace}/{name}"),
@@ -146,8 +170,8 @@ impl InboundPolicy {
                     policy.allow.push(m.clone());
                 }
             }
-            if !named && default == Decision::Allow {
-                policy.default = Decision::Allow;
+            if !named && default.rank() > policy.default.rank() {
+                policy.default = default;
             }
         }
         if !any {
@@ -167,10 +191,21 @@ impl InboundPolicy {
 
     /// Decides on a client that proved `client` over mutual TLS.
     pub fn authorize(&self, client: &Identity) -> Decision {
-        if self.allow.iter().any(|m| m.matches(client)) {
+        if self.default != Decision::Deny || self.allow.iter().any(|m| m.matches(client)) {
             Decision::Allow
         } else {
-            self.default
+            Decision::Deny
+        }
+    }
+
+    /// Decides on a client without a mesh identity (plaintext, from outside the mesh).
+    pub fn authorize_unauthenticated(&self) -> Decision {
+        let open = self.default == Decision::AllowUnauthenticated
+            || self.allow.contains(&IdentityMatch::Unauthenticated);
+        if open {
+            Decision::Allow
+        } else {
+            Decision::Deny
         }
     }
 }
@@ -195,7 +230,18 @@ mod tests {
         let exact: IdentityMatch = "spiffe://weft.test/ns/demo/sa/web".parse().unwrap();
         assert!(exact.matches(&web));
         assert!(!exact.matches(&id("demo", "webx")));
-        for bad in ["", "demo", "demo/", "/web", "spiffe://x", "Demo/web"] {
+        let anyone: IdentityMatch = "unauthenticated".parse().unwrap();
+        assert!(anyone.matches(&web));
+        assert_eq!(anyone.to_string(), "unauthenticated");
+        for bad in [
+            "",
+            "demo",
+            "demo/",
+            "/web",
+            "spiffe://x",
+            "Demo/web",
+            "Unauthenticated",
+        ] {
             assert!(bad.parse::<IdentityMatch>().is_err(), "{bad:?} accepted");
         }
     }
@@ -248,5 +294,49 @@ mod tests {
         assert_eq!(p.authorize(&id("demo", "load")), Decision::Allow);
         let p = InboundPolicy::for_server(Decision::Deny, &rules, [&api, &open]);
         assert_eq!(p.authorize(&id("demo", "load")), Decision::Deny);
+    }
+
+    #[test]
+    fn only_what_says_so_admits_clients_without_an_identity() {
+        let api = ServiceName::new("demo", "api").unwrap();
+        let open = ServiceName::new("demo", "open").unwrap();
+        let rules = vec![
+            AuthorizationRule {
+                service: api.clone(),
+                from: vec!["demo/web".parse().unwrap()],
+            },
+            AuthorizationRule {
+                service: open.clone(),
+                from: vec!["unauthenticated".parse().unwrap()],
+            },
+        ];
+        let other = ServiceName::new("demo", "other").unwrap();
+        // The defaults: only allow-unauthenticated admits plaintext, and it admits every
+        // mesh identity too.
+        for (default, plaintext, mesh) in [
+            (Decision::Deny, Decision::Deny, Decision::Deny),
+            (Decision::Allow, Decision::Deny, Decision::Allow),
+            (
+                Decision::AllowUnauthenticated,
+                Decision::Allow,
+                Decision::Allow,
+            ),
+        ] {
+            let p = InboundPolicy::for_service(default, &rules, &other);
+            assert_eq!(p.authorize_unauthenticated(), plaintext, "{default:?}");
+            assert_eq!(p.authorize(&id("demo", "x")), mesh, "{default:?}");
+        }
+        // A rule narrows allow-unauthenticated like any default.
+        let p = InboundPolicy::for_service(Decision::AllowUnauthenticated, &rules, &api);
+        assert_eq!(p.authorize_unauthenticated(), Decision::Deny);
+        assert_eq!(p.authorize(&id("demo", "load")), Decision::Deny);
+        assert_eq!(p.authorize(&id("demo", "web")), Decision::Allow);
+        // A rule that names `unauthenticated` opens its service under a deny default.
+        let p = InboundPolicy::for_service(Decision::Deny, &rules, &open);
+        assert_eq!(p.authorize_unauthenticated(), Decision::Allow);
+        assert_eq!(p.authorize(&id("prod", "x")), Decision::Allow);
+        // A server of both admits what either admits.
+        let p = InboundPolicy::for_server(Decision::Deny, &rules, [&api, &open]);
+        assert_eq!(p.authorize_unauthenticated(), Decision::Allow);
     }
 }

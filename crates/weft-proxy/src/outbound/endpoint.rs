@@ -14,7 +14,7 @@ use http::{Request, Response, Version};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Sleep;
-use weft_ca::{ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE};
+use weft_ca::{ALPN_MESH_H2, ALPN_MESH_HTTP1, ALPN_OPAQUE};
 
 use super::connect::{ConnectError, connect};
 use crate::Shared;
@@ -154,7 +154,7 @@ impl tower::Service<Request<Body>> for HttpEndpoint {
                     let shared = self.shared.clone();
                     let ep = self.ep.clone();
                     self.state = ConnState::Connecting(Box::pin(async move {
-                        let io = connect(&shared, &ep, ALPN_H2).await?;
+                        let io = connect(&shared, &ep, ALPN_MESH_H2).await?;
                         let (send, conn) =
                             hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                                 .timer(TokioTimer::new())
@@ -209,7 +209,7 @@ impl tower::Service<Request<Body>> for HttpEndpoint {
             let ep = self.ep.clone();
             return Box::pin(async move {
                 metrics.request();
-                let io: PeerIo = connect(&shared, &ep, ALPN_HTTP1).await?;
+                let io: PeerIo = connect(&shared, &ep, ALPN_MESH_HTTP1).await?;
                 record(&metrics, forward_upgrade(req, io, &shared).await, started)
             });
         }
