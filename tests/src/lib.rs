@@ -429,6 +429,9 @@ impl TestMesh {
             token_file: self.token_file(&w.name),
             inbound_addr: ([127, 0, 0, 1], 0).into(),
             app_port,
+            transparent: false,
+            outbound_addr: ([127, 0, 0, 1], 0).into(),
+            max_destinations: 1000,
             upstreams: upstreams
                 .iter()
                 .map(|s| Upstream {
@@ -600,7 +603,7 @@ pub async fn wait_resolution(
     f: impl Fn(&weft_proxy::discovery::Resolution) -> bool,
 ) {
     let target = weft_core::Target::parse(target, "test").expect("a valid target");
-    let dest = proxy.destination(&target);
+    let dest = proxy.destination(&target).expect("room for a destination");
     let mut rx = dest.resolution.clone();
     tokio::time::timeout(WAIT, rx.wait_for(|r| f(r)))
         .await

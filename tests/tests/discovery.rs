@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Streaming;
 use weft_api::v1::discovery_client::DiscoveryClient;
 use weft_api::v1::resolve_update::Update;
@@ -17,7 +18,8 @@ use weft_core::{Identity, Target};
 use weft_proxy::Proxy;
 use weft_proxy::discovery::Resolution;
 use weft_tests::{
-    TestMesh, WAIT, WorkloadDecl, backends, get_once, upstream, wait_metrics, wait_resolution,
+    TestMesh, WAIT, WorkloadDecl, backends, get_once, upstream, wait_metric, wait_metrics,
+    wait_resolution,
 };
 
 const ALLOW_ALL: &str = "[policy]\ndefault_inbound = \"allow\"";
@@ -202,7 +204,9 @@ async fn a_control_plane_restart_mid_stream_costs_the_proxy_no_endpoint() {
     assert_eq!(get_once(up).await.status(), StatusCode::OK);
 
     // Watch every state the destination passes through from here on.
-    let dest = lp.destination(&Target::parse("api", "test").unwrap());
+    let dest = lp
+        .destination(&Target::parse("api", "test").unwrap())
+        .unwrap();
     let lost = Arc::new(AtomicBool::new(false));
     let watcher = {
         let mut rx = dest.resolution.clone();
@@ -237,4 +241,55 @@ async fn a_control_plane_restart_mid_stream_costs_the_proxy_no_endpoint() {
     );
     assert!(matches!(*dest.resolution.borrow(), Resolution::Resolved(_)));
     watcher.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_are_capped_and_the_longest_unused_makes_room() {
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(std::slice::from_ref(&load), ALLOW_ALL).await;
+    let mut cfg = mesh.proxy_config(&load, None, &[]);
+    cfg.max_destinations = 2;
+    let lp = mesh.start_proxy(cfg).await;
+    let target = |s: &str| Target::parse(s, "test").unwrap();
+    let a = lp.destination(&target("a")).unwrap();
+    let b = lp.destination(&target("b")).unwrap();
+    // Both in use: a third destination has no room, and the connection would be refused.
+    assert!(lp.destination(&target("c")).is_err());
+    // A lease on one already held needs no room.
+    let a2 = lp.destination(&target("a")).unwrap();
+    drop((a, a2));
+    // `a` is unused now: `c` takes its place, and `b` (in use) stays.
+    let c = lp.destination(&target("c")).unwrap();
+    assert_eq!(lp.shared().destinations.len(), 2);
+    assert!(lp.destination(&target("a")).is_err());
+    drop((b, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_to_the_transparent_listener_without_a_redirect_is_refused() {
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(std::slice::from_ref(&load), ALLOW_ALL).await;
+    let mut cfg = mesh.proxy_config(&load, None, &[]);
+    cfg.transparent = true;
+    let lp = mesh.start_proxy(cfg).await;
+    let outbound = lp.outbound_addrs[0];
+    let mut tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
+        .await
+        .expect("closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf));
+    wait_metric(
+        lp.admin_addr,
+        "weft_outbound_refused_total",
+        &["reason=\"no_original_destination\""],
+        1.0,
+    )
+    .await;
+    // Nothing was resolved for it.
+    assert!(lp.shared().destinations.is_empty());
 }

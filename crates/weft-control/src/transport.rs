@@ -38,8 +38,10 @@ const MAX_HANDSHAKES: usize = 256;
 /// token) fits many times over.
 pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
-/// Requests in flight on one connection.
-const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// Requests in flight on one connection. A proxy holds one Resolve stream per destination in
+/// use (at most `--max-destinations`, 1,000 by default, under transparent interception), its
+/// settings stream, and a renewal now and then, all on one connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1100;
 
 /// Who is on the other end of a gRPC connection.
 #[derive(Clone, Debug)]

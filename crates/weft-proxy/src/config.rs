@@ -45,9 +45,28 @@ pub struct ProxyConfig {
     /// The inbound listener (mutual TLS from peers).
     #[arg(long, env = "WEFT_PROXY_INBOUND_ADDR", default_value = "0.0.0.0:7143")]
     pub inbound_addr: SocketAddr,
-    /// The local application's port; without it the proxy has no inbound listener.
+    /// The local application's port; without it (and without `--transparent`) the proxy has
+    /// no inbound listener.
     #[arg(long, env = "WEFT_PROXY_APP_PORT")]
     pub app_port: Option<u16>,
+    /// Transparent mode, behind the rules of `weft-proxy init`: the inbound listener forwards
+    /// each connection to its original destination (every port of the application), and the
+    /// outbound listener carries every connection the application opens.
+    #[arg(long, env = "WEFT_PROXY_TRANSPARENT", conflicts_with = "app_port")]
+    pub transparent: bool,
+    /// The transparent outbound listener (IPv4 loopback, where the nat table's REDIRECT sends
+    /// the application's connections). The same port on ::1 is listened on too when the host
+    /// has IPv6.
+    #[arg(
+        long,
+        env = "WEFT_PROXY_OUTBOUND_ADDR",
+        default_value = "127.0.0.1:7140"
+    )]
+    pub outbound_addr: SocketAddr,
+    /// The most destinations (services and addresses) the proxy resolves at once; past it, the
+    /// one unused the longest is dropped, and a connection is refused when all are in use.
+    #[arg(long, env = "WEFT_PROXY_MAX_DESTINATIONS", default_value_t = 1000)]
+    pub max_destinations: usize,
     /// An upstream: `service=listen-addr` (repeatable), e.g. `api=127.0.0.1:9001`,
     /// `api.prod=127.0.0.1:9002`, or `api.prod:8080=127.0.0.1:9003` for one port of a
     /// multi-port service.

@@ -8,10 +8,13 @@
 //!   use with `Discovery.Resolve`, sharing the stream between connections and closing it when
 //!   idle; it keeps serving from what it knows when the control plane is away ([`discovery`]);
 //! - fronts the local application on the inbound listener: mutual TLS from peers, authorization
-//!   of the client identity by the policy of the port it dialed ([`inbound`]);
-//! - carries the application's outbound calls on explicit upstream listeners, detecting
-//!   HTTP/1.1, HTTP/2 and opaque TCP, balancing with P2C over peak-EWMA latency, and opening
-//!   mutual TLS to meshed peers ([`outbound`]);
+//!   of the client identity by the policy of the port it dialed, plaintext clients only where
+//!   that policy allows unauthenticated clients ([`inbound`]);
+//! - carries the application's outbound calls on explicit upstream listeners, or in
+//!   transparent mode every connection it opens (redirected by the rules `weft-proxy init`
+//!   writes, [`transparent`]), detecting HTTP/1.1, HTTP/2 and opaque TCP, balancing with P2C
+//!   over peak-EWMA latency, opening mutual TLS to meshed peers, and passing connections to
+//!   addresses outside the mesh through unchanged ([`outbound`]);
 //! - serves `/live`, `/ready`, `/metrics` (and `/shutdown` when enabled) on the admin
 //!   listener, and the probes alone on an optional probe listener ([`admin`]).
 
@@ -93,6 +96,8 @@ pub struct Proxy {
     pub inbound_addr: Option<SocketAddr>,
     /// The upstream listeners, by service.
     pub upstream_addrs: Vec<(String, SocketAddr)>,
+    /// The transparent outbound listeners (IPv4 and, where the host has it, IPv6).
+    pub outbound_addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
     stop_background: CancellationToken,
     drain_requested: CancellationToken,
@@ -112,7 +117,7 @@ impl Proxy {
             config: config.clone(),
             credentials,
             settings,
-            destinations: Default::default(),
+            destinations: outbound::destination::Destinations::new(config.max_destinations),
             control: Default::default(),
             metrics,
             draining: CancellationToken::new(),
@@ -162,14 +167,35 @@ impl Proxy {
         }
 
         let mut inbound_addr = None;
-        if let Some(app_port) = config.app_port {
+        let app = match config.app_port {
+            Some(port) => Some(inbound::AppTarget::Port(port)),
+            None if config.transparent => Some(inbound::AppTarget::OriginalDestination),
+            None => None,
+        };
+        if let Some(app) = app {
             let l = bind(config.inbound_addr).await?;
             inbound_addr = l.local_addr().ok();
-            tokio::spawn(inbound::serve(
-                l,
-                inbound::AppTarget::Port(app_port),
-                shared.clone(),
-            ));
+            tokio::spawn(inbound::serve(l, app, shared.clone()));
+        }
+        let mut outbound_addrs = Vec::new();
+        if config.transparent {
+            let mut addrs = vec![config.outbound_addr];
+            if config.outbound_addr.ip() == std::net::Ipv4Addr::LOCALHOST {
+                addrs.push((std::net::Ipv6Addr::LOCALHOST, config.outbound_addr.port()).into());
+            }
+            for (i, addr) in addrs.into_iter().enumerate() {
+                let l = match bind(addr).await {
+                    Ok(l) => l,
+                    // ::1 is a convenience: a host without IPv6 has no IPv6 traffic to carry.
+                    Err(e) if i > 0 => {
+                        tracing::info!(error = %e, "no IPv6 outbound listener");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                outbound_addrs.push(l.local_addr().unwrap_or(addr));
+                tokio::spawn(outbound::serve_transparent(l, shared.clone()));
+            }
         }
         let mut upstream_addrs = Vec::new();
         for up in &config.upstreams {
@@ -177,12 +203,13 @@ impl Proxy {
             upstream_addrs.push((up.service.clone(), l.local_addr().unwrap_or(up.listen)));
             tokio::spawn(outbound::serve(l, up.clone(), shared.clone()));
         }
-        tracing::info!(%admin_addr, inbound = ?inbound_addr, upstreams = ?upstream_addrs, "proxy listening");
+        tracing::info!(%admin_addr, inbound = ?inbound_addr, upstreams = ?upstream_addrs, outbound = ?outbound_addrs, "proxy listening");
         Ok(Self {
             admin_addr,
             probe_addr,
             inbound_addr,
             upstream_addrs,
+            outbound_addrs,
             shared,
             stop_background,
             drain_requested,
@@ -221,7 +248,10 @@ impl Proxy {
 
     /// A lease on the destination `target`, resolving it if nobody uses it yet, as a
     /// connection to it would (for tests and `weft dev`).
-    pub fn destination(&self, target: &weft_core::Target) -> outbound::destination::Lease {
+    pub fn destination(
+        &self,
+        target: &weft_core::Target,
+    ) -> Result<outbound::destination::Lease, outbound::destination::TooManyDestinations> {
         self.shared.destinations.get(&self.shared, target)
     }
 

@@ -6,7 +6,7 @@
 //! - `weft_tcp_open_connections{direction, peer}`, `weft_tcp_connections_total`,
 //!   `weft_tcp_read_bytes_total`, `weft_tcp_write_bytes_total`
 //! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`,
-//!   `weft_inbound_policy_invalid_total`
+//!   `weft_inbound_policy_invalid_total`, `weft_outbound_refused_total{reason}`
 
 use std::sync::{Arc, Mutex};
 
@@ -105,6 +105,8 @@ pub struct Metrics {
     pub authz_denied: Family<DenyLabels, Counter>,
     /// Snapshots whose inbound policy could not be used (the proxy then denies every client).
     pub policy_invalid: Counter,
+    /// Outbound connections refused before any destination was chosen.
+    pub outbound_refused: Family<RejectLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -129,6 +131,7 @@ impl Default for Metrics {
         let tls_rejected = Family::<RejectLabels, Counter>::default();
         let authz_denied = Family::<DenyLabels, Counter>::default();
         let policy_invalid = Counter::default();
+        let outbound_refused = Family::<RejectLabels, Counter>::default();
         registry.register("weft_requests", "HTTP requests", requests.clone());
         registry.register("weft_responses", "HTTP responses", responses.clone());
         registry.register_with_unit(
@@ -164,6 +167,11 @@ impl Default for Metrics {
             "Settings whose inbound policy could not be used; the clients it governs are denied",
             policy_invalid.clone(),
         );
+        registry.register(
+            "weft_outbound_refused",
+            "Outbound connections refused before a destination was chosen",
+            outbound_refused.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -176,6 +184,7 @@ impl Default for Metrics {
             tls_rejected,
             authz_denied,
             policy_invalid,
+            outbound_refused,
         }
     }
 }

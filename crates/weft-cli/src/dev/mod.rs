@@ -306,6 +306,9 @@ fn proxy_config(
         token_file: weft_local::token_file(cfg, &w.namespace, &w.name),
         inbound_addr: SocketAddr::new(w.address, w.port),
         app_port: w.app_port,
+        transparent: false,
+        outbound_addr: ([127, 0, 0, 1], 0).into(),
+        max_destinations: 1000,
         upstreams: w
             .upstreams
             .iter()

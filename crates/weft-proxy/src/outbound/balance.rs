@@ -9,6 +9,7 @@
 //! through a worker task.
 
 use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -28,6 +29,7 @@ use tower::discover::Change;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower::util::BoxService;
 use tower::{Service, ServiceExt};
+use weft_core::Target;
 
 /// The latency a new endpoint is assumed to have before it is measured.
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -80,12 +82,15 @@ pub type TcpBalancer = SharedBalancer<(), (PeerIo, EndpointView)>;
 /// the connections already open to it finish what they carry.
 struct EndpointDiscover<S, F> {
     updates: WatchStream<Resolution>,
+    /// The original destination of a transparent connection, used as the one endpoint while
+    /// it is not in the mesh.
+    passthrough: Option<SocketAddr>,
     current: HashSet<EndpointView>,
     pending: VecDeque<Change<EndpointView, S>>,
     make: F,
 }
 
-impl<S, F: Fn(EndpointView) -> S + Unpin> Stream for EndpointDiscover<S, F>
+impl<S, F: Fn(EndpointView, &Resolution) -> S + Unpin> Stream for EndpointDiscover<S, F>
 where
     S: Unpin,
 {
@@ -105,47 +110,81 @@ where
             };
             // While the control plane is away, the resolution keeps its last answer; a
             // destination that stopped resolving (gone from the mesh, denied) has no endpoint.
-            let next: HashSet<EndpointView> = resolution.usable().into_iter().collect();
+            let next: HashSet<EndpointView> = endpoints_of(&resolution, this.passthrough)
+                .into_iter()
+                .collect();
             for gone in this.current.difference(&next) {
                 tracing::debug!(addr = %gone.address, "endpoint removed");
                 this.pending.push_back(Change::Remove(gone.clone()));
             }
             for new in next.difference(&this.current) {
                 tracing::debug!(addr = %new.address, "endpoint added");
-                this.pending
-                    .push_back(Change::Insert(new.clone(), (this.make)(new.clone())));
+                this.pending.push_back(Change::Insert(
+                    new.clone(),
+                    (this.make)(new.clone(), &resolution),
+                ));
             }
             this.current = next;
         }
     }
 }
 
-/// Builds the HTTP balancer of a destination; `label` names it in metrics.
+/// The endpoints new connections to a destination may use: the usable ones of its service,
+/// or its original destination (plaintext) while that is not in the mesh.
+pub fn endpoints_of(resolution: &Resolution, passthrough: Option<SocketAddr>) -> Vec<EndpointView> {
+    match (resolution, passthrough) {
+        (Resolution::NotInMesh, Some(address)) => vec![EndpointView {
+            address,
+            identity: None,
+        }],
+        _ => resolution.usable(),
+    }
+}
+
+/// Builds the HTTP balancer of `target`'s destination.
 pub fn http_balancer(
     shared: &Arc<Shared>,
+    target: &Target,
     resolution: tokio::sync::watch::Receiver<Resolution>,
-    label: String,
 ) -> HttpBalancer {
     let shared2 = shared.clone();
-    balancer(shared, resolution, move |ep| {
-        HttpEndpoint::new(ep, shared2.clone(), label.clone())
+    let target2 = target.clone();
+    balancer(shared, target, resolution, move |ep, resolution| {
+        HttpEndpoint::new(ep, shared2.clone(), metric_label(&target2, resolution))
     })
 }
 
-/// Builds the TCP balancer of a destination: latency here is connection set-up time.
+/// Builds the TCP balancer of `target`'s destination: latency here is connection set-up time.
 pub fn tcp_balancer(
     shared: &Arc<Shared>,
+    target: &Target,
     resolution: tokio::sync::watch::Receiver<Resolution>,
 ) -> TcpBalancer {
     let shared2 = shared.clone();
-    balancer(shared, resolution, move |ep| {
+    balancer(shared, target, resolution, move |ep, _| {
         TcpEndpoint::new(ep, shared2.clone())
     })
 }
 
+/// What metrics call a destination. A service target is named as the proxy was told; an
+/// address (from transparent interception, chosen by the application) by the service it
+/// resolved to, or `outside-mesh`, so that labels come from a set the mesh bounds, not the
+/// application.
+pub fn metric_label(target: &Target, resolution: &Resolution) -> String {
+    match (target, resolution) {
+        (Target::Service { .. }, _) => target.to_string(),
+        (Target::Address(_), Resolution::Resolved(r)) => format!("{}:{}", r.service, r.port),
+        (Target::Address(_), _) => OUTSIDE_MESH.to_string(),
+    }
+}
+
+/// The metric label of destinations that are not mesh services.
+pub const OUTSIDE_MESH: &str = "outside-mesh";
+
 /// P2C over peak-EWMA over the endpoints `make` builds, behind fail-fast.
 fn balancer<Req, S, F>(
     shared: &Arc<Shared>,
+    target: &Target,
     resolution: tokio::sync::watch::Receiver<Resolution>,
     make: F,
 ) -> SharedBalancer<Req, S::Response>
@@ -154,10 +193,14 @@ where
     S: Service<Req, Error = BoxError> + Send + Unpin + 'static,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
-    F: Fn(EndpointView) -> S + Send + Unpin + 'static,
+    F: Fn(EndpointView, &Resolution) -> S + Send + Unpin + 'static,
 {
     let discover = EndpointDiscover {
         updates: WatchStream::new(resolution),
+        passthrough: match target {
+            Target::Address(a) => Some(*a),
+            Target::Service { .. } => None,
+        },
         current: HashSet::new(),
         pending: VecDeque::new(),
         make,
@@ -170,4 +213,51 @@ where
     ));
     let timeout = shared.config.dispatch_timeout;
     SharedBalancer::new(BoxService::new(FailFast::new(balance, timeout)))
+}
+
+#[cfg(test)]
+mod label_tests {
+    use std::collections::BTreeMap;
+
+    use weft_core::{Protocol, ServiceName};
+
+    use super::*;
+    use crate::discovery::ResolvedService;
+
+    #[test]
+    fn address_targets_are_named_from_a_bounded_set() {
+        let addr: SocketAddr = "10.1.2.3:8080".parse().unwrap();
+        let by_address = Target::Address(addr);
+        let resolved = Resolution::Resolved(Arc::new(ResolvedService {
+            service: ServiceName::new("demo", "api").unwrap(),
+            port: 80,
+            protocol: Protocol::Http1,
+            endpoints: BTreeMap::new(),
+        }));
+        assert_eq!(metric_label(&by_address, &resolved), "api.demo:80");
+        for r in [
+            Resolution::NotInMesh,
+            Resolution::Pending,
+            Resolution::Denied("no".into()),
+        ] {
+            assert_eq!(metric_label(&by_address, &r), OUTSIDE_MESH);
+        }
+        let by_name = Target::parse("api.demo", "demo").unwrap();
+        assert_eq!(metric_label(&by_name, &Resolution::NotInMesh), "api.demo");
+    }
+
+    #[test]
+    fn only_an_address_outside_the_mesh_is_passed_through() {
+        let addr: SocketAddr = "10.1.2.3:8080".parse().unwrap();
+        assert_eq!(
+            endpoints_of(&Resolution::NotInMesh, Some(addr)),
+            [EndpointView {
+                address: addr,
+                identity: None
+            }]
+        );
+        assert!(endpoints_of(&Resolution::NotInMesh, None).is_empty());
+        assert!(endpoints_of(&Resolution::Denied("no".into()), Some(addr)).is_empty());
+        assert!(endpoints_of(&Resolution::Pending, Some(addr)).is_empty());
+    }
 }

@@ -5,6 +5,11 @@
 //! [`Lease`]; once the last lease is gone and the destination has stayed unused for the idle
 //! timeout, a sweep drops it, which closes its resolve stream and its connections to
 //! endpoints. The next connection resolves afresh.
+//!
+//! Under transparent interception the application picks the destinations (every address it
+//! dials is one), so their number is capped (`--max-destinations`): a new destination past
+//! the cap replaces the one unused the longest, and when every one is in use, the connection
+//! is refused.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use weft_core::Target;
 
-use super::balance::{HttpBalancer, TcpBalancer, http_balancer, tcp_balancer};
+use super::balance::{HttpBalancer, TcpBalancer, http_balancer, metric_label, tcp_balancer};
 use crate::Shared;
 use crate::discovery::Resolution;
 use crate::discovery::resolve;
@@ -43,27 +48,56 @@ pub struct Destination {
 pub struct Lease(Arc<Destination>);
 
 /// Every destination in use, by target.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Destinations {
     map: Mutex<HashMap<Target, Arc<Destination>>>,
+    max: usize,
 }
+
+/// A new destination was needed while the cap was reached and every destination was in use.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} destinations in use, the most this proxy keeps (--max-destinations)")]
+pub struct TooManyDestinations(pub usize);
 
 // === impl Destinations ===
 
 impl Destinations {
+    /// Keeps at most `max` destinations.
+    pub fn new(max: usize) -> Self {
+        Self {
+            map: Mutex::default(),
+            max: max.max(1),
+        }
+    }
+
     /// A lease on `target`'s destination, made (and its resolution started) if needed.
-    pub fn get(&self, shared: &Arc<Shared>, target: &Target) -> Lease {
+    pub fn get(&self, shared: &Arc<Shared>, target: &Target) -> Result<Lease, TooManyDestinations> {
         let mut map = self.lock();
         let dest = match map.get(target) {
             Some(d) => d.clone(),
             None => {
+                if map.len() >= self.max {
+                    // Checked under the map's lock: `get` takes a lease under it too.
+                    let unused = map
+                        .iter()
+                        .filter(|(_, d)| d.active.load(Ordering::Acquire) == 0)
+                        .min_by_key(|(_, d)| d.idle_since())
+                        .map(|(t, _)| t.clone());
+                    match unused {
+                        Some(t) => {
+                            tracing::debug!(target = %t, "destination dropped to make room");
+                            map.remove(&t);
+                        }
+                        None => return Err(TooManyDestinations(map.len())),
+                    }
+                }
                 let d = Arc::new(Destination::new(shared, target.clone()));
                 map.insert(target.clone(), d.clone());
                 d
             }
         };
         dest.active.fetch_add(1, Ordering::AcqRel);
-        Lease(dest)
+        Ok(Lease(dest))
     }
 
     /// How many destinations are held (for tests and metrics).
@@ -120,10 +154,9 @@ impl Destination {
             tx,
             stop.clone(),
         ));
-        let label = target.to_string();
         Self {
-            http: http_balancer(shared, resolution.clone(), label),
-            tcp: tcp_balancer(shared, resolution.clone()),
+            http: http_balancer(shared, &target, resolution.clone()),
+            tcp: tcp_balancer(shared, &target, resolution.clone()),
             resolution,
             target,
             active: AtomicUsize::new(0),
@@ -134,6 +167,18 @@ impl Destination {
 
     fn idle_since(&self) -> Instant {
         *self.idle_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What metrics call this destination now (see [`metric_label`]).
+    pub fn metric_label(&self) -> String {
+        metric_label(&self.target, &self.resolution.borrow())
+    }
+
+    /// Whether connections to this destination go to the address the application dialed,
+    /// unchanged: it is an address outside the mesh.
+    pub fn passes_through(&self) -> bool {
+        matches!(self.target, Target::Address(_))
+            && *self.resolution.borrow() == Resolution::NotInMesh
     }
 
     /// What the destination resolves to, if the control plane has answered already.

@@ -1,6 +1,10 @@
-//! The outbound side: the application's calls to mesh services, on explicit upstream
-//! listeners (`--upstream api=127.0.0.1:9001`). Transparent interception will hand connections
-//! to the same [`handle`] with the original destination as the target.
+//! The outbound side: the application's calls, on explicit upstream listeners
+//! (`--upstream api=127.0.0.1:9001`) and, in transparent mode, on the listener the nat table
+//! redirects the application's connections to. There the target is the connection's original
+//! destination, resolved by address: a mesh service is balanced over its endpoints exactly as an
+//! explicit upstream is; an address outside the mesh is reached unchanged, in plaintext, with
+//! the same metrics. A connection that reaches that listener without a redirect is refused
+//! rather than looped back into the proxy.
 //!
 //! A connection takes a lease on its target's [`Destination`], which resolves the target on
 //! first use and is shared by every connection to it.
@@ -25,7 +29,7 @@ use crate::detect::{Detected, detect};
 use crate::discovery::Resolution;
 use crate::http::{Body, boxed, error_response, is_upgrade, strip_hop_by_hop};
 use crate::io::{CountingIo, PrefixedIo};
-use crate::metrics::{Direction, RequestLabels, RequestMetrics, TcpLabels};
+use crate::metrics::{Direction, RejectLabels, RequestLabels, RequestMetrics, TcpLabels};
 use crate::{Shared, Upstream, accept_loop};
 use destination::Destination;
 
@@ -49,19 +53,58 @@ pub async fn serve(listener: TcpListener, upstream: Upstream, shared: Arc<Shared
     .await;
 }
 
+/// Serves the transparent outbound listener until the proxy drains.
+pub async fn serve_transparent(listener: TcpListener, shared: Arc<Shared>) {
+    accept_loop(listener, shared.clone(), move |tcp, peer| {
+        handle_redirected(tcp, peer, shared.clone())
+    })
+    .await;
+}
+
+/// Logs and counts an outbound connection refused before any destination was chosen.
+fn refuse_connection(
+    shared: &Shared,
+    client: SocketAddr,
+    reason: &str,
+    detail: &dyn std::fmt::Display,
+) {
+    tracing::warn!(%client, reason, %detail, "outbound connection refused");
+    shared
+        .metrics
+        .outbound_refused
+        .get_or_create(&RejectLabels {
+            reason: reason.to_string(),
+        })
+        .inc();
+}
+
+/// Carries one connection the nat table redirected here to its original destination.
+async fn handle_redirected(tcp: TcpStream, client: SocketAddr, shared: Arc<Shared>) {
+    match crate::transparent::original_dst(&tcp) {
+        Ok(original) => handle(tcp, client, Arc::new(Target::Address(original)), shared).await,
+        Err(e) => refuse_connection(&shared, client, "no_original_destination", &e),
+    }
+}
+
 /// Carries one connection from the application to `target`.
 pub async fn handle(
     mut tcp: TcpStream,
-    _client: SocketAddr,
+    client: SocketAddr,
     target: Arc<Target>,
     shared: Arc<Shared>,
 ) {
+    let dest = match shared.destinations.get(&shared, &target) {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            refuse_connection(&shared, client, "too_many_destinations", &e);
+            return;
+        }
+    };
     let labels = TcpLabels {
         direction: Direction::outbound,
         peer: "-".into(),
     };
     let _open = shared.metrics.open_connection(labels.clone());
-    let dest = Arc::new(shared.destinations.get(&shared, &target));
     // The declared protocol decides whether to detect: a server-speaks-first port must not
     // wait for the client's first bytes. Without an answer in time, detection is safe.
     // Every connection but the first finds the answer there: no timer, and the wait's state
@@ -158,7 +201,7 @@ async fn route(req: Request<Incoming>, dest: &Destination, shared: &Shared) -> R
     if !is_upgrade(&req) {
         strip_hop_by_hop(req.headers_mut());
     }
-    let service = dest.target.to_string();
+    let service = dest.metric_label();
     match unroutable(dest) {
         Some(Unroutable::Denied(reason)) => {
             return refused(shared, service, StatusCode::FORBIDDEN, &reason);
@@ -180,12 +223,12 @@ async fn route(req: Request<Incoming>, dest: &Destination, shared: &Shared) -> R
             if let Some(Unroutable::Denied(reason)) = unroutable(dest) {
                 return refused(shared, service, StatusCode::FORBIDDEN, &reason);
             }
-            let reason = format!("{service}: {e}");
+            let reason = format!("{}: {e}", dest.target);
             refused(shared, service, StatusCode::SERVICE_UNAVAILABLE, &reason)
         }
         Err(e) => {
             tracing::info!(%service, error = %e, "request failed");
-            error_response(StatusCode::BAD_GATEWAY, &format!("{service}: {e}"))
+            error_response(StatusCode::BAD_GATEWAY, &format!("{}: {e}", dest.target))
         }
     }
 }
@@ -222,6 +265,8 @@ fn unroutable(dest: &Destination) -> Option<Unroutable> {
         Resolution::Denied(reason) => Some(Unroutable::Denied(format!(
             "{target}: denied by the mesh policy: {reason}"
         ))),
+        // An address outside the mesh is reached as it is.
+        Resolution::NotInMesh if matches!(target, Target::Address(_)) => None,
         Resolution::NotInMesh => Some(Unroutable::Unavailable(format!(
             "{target} is not a service of the mesh"
         ))),
