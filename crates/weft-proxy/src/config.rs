@@ -10,7 +10,11 @@ use clap::Parser;
 
 /// Weft sidecar proxy.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "weft-proxy", version)]
+#[command(
+    name = "weft-proxy",
+    version,
+    after_help = "Transparent mode: `weft-proxy init --help` writes the nat-table rules it needs."
+)]
 pub struct ProxyConfig {
     /// The control plane's gRPC address.
     #[arg(

@@ -26,6 +26,7 @@ pub mod discovery;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod init;
 pub mod io;
 pub mod metrics;
 pub mod outbound;

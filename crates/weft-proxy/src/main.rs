@@ -12,8 +12,39 @@ use weft_proxy::{Proxy, ProxyConfig};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+fn main() -> anyhow::Result<()> {
+    // `weft-proxy init ...` writes the interception rules and exits; anything else runs the
+    // proxy. The same binary serves both, so an init container needs no other image.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "init") {
+        return init();
+    }
+    proxy()
+}
+
+fn init() -> anyhow::Result<()> {
+    let args = weft_proxy::init::InitArgs::parse_from(std::env::args_os().skip(1));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match weft_proxy::init::init(&args) {
+        Ok(done) => {
+            print!("{done}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("weft-proxy init: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn proxy() -> anyhow::Result<()> {
     let config = ProxyConfig::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
