@@ -50,6 +50,10 @@ pub struct LocalWorkload {
     /// The port's protocol: auto, http1, http2, grpc or opaque.
     #[serde(default)]
     pub protocol: Protocol,
+    /// A virtual address of `service` (as a Kubernetes ClusterIP is): clients that dial it on
+    /// the service port reach the service, balanced over all its endpoints.
+    #[serde(default)]
+    pub virtual_ip: Option<IpAddr>,
     /// Whether a Weft proxy fronts this workload.
     #[serde(default = "yes")]
     pub meshed: bool,
@@ -92,6 +96,9 @@ pub struct LocalPort {
     /// The port's protocol.
     #[serde(default)]
     pub protocol: Protocol,
+    /// A virtual address of this service.
+    #[serde(default)]
+    pub virtual_ip: Option<IpAddr>,
 }
 
 /// The built-in applications `weft dev` can run.
@@ -137,6 +144,7 @@ impl LocalWorkload {
             port: self.port,
             service_port: self.service_port,
             protocol: self.protocol,
+            virtual_ip: self.virtual_ip,
         });
         main.into_iter().chain(self.ports.iter().cloned())
     }
@@ -196,6 +204,8 @@ impl LocalSettings {
         let mut services = BTreeSet::new();
         // (service, service port) -> (protocol, the key that declared it first).
         let mut service_ports = BTreeMap::new();
+        // virtual address -> (service, the key that declared it first).
+        let mut virtual_ips = BTreeMap::new();
         let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         for (i, w) in self.workloads.iter().enumerate() {
             let key = format!("workloads[{i}]");
@@ -251,6 +261,17 @@ impl LocalSettings {
                             protocol.as_str()
                         ),
                     ));
+                }
+                if let Some(vip) = p.virtual_ip {
+                    let (owner, first) = virtual_ips.entry(vip).or_insert((s.clone(), at.clone()));
+                    if *owner != s {
+                        return Err(SectionError::new(
+                            format!("{at}.virtual_ip"),
+                            format!(
+                                "{vip} is already a virtual address of {owner} (platforms.local.{first})"
+                            ),
+                        ));
+                    }
                 }
                 services.insert(s);
             }

@@ -74,6 +74,7 @@ impl LocalPlatform {
     /// address.
     pub fn services_of(cfg: &MeshConfig) -> Vec<Service> {
         let mut services: BTreeMap<ServiceName, BTreeMap<u16, ServicePort>> = BTreeMap::new();
+        let mut virtual_ips: BTreeMap<ServiceName, Vec<std::net::IpAddr>> = BTreeMap::new();
         for w in declared(cfg) {
             // The config was validated, so these cannot fail; skip rather than panic all the
             // same.
@@ -86,6 +87,9 @@ impl LocalPlatform {
                 let Ok(name) = ServiceName::parse(&p.service, &w.namespace) else {
                     continue;
                 };
+                if let Some(vip) = p.virtual_ip {
+                    virtual_ips.entry(name.clone()).or_default().push(vip);
+                }
                 let port = services
                     .entry(name)
                     .or_default()
@@ -112,8 +116,8 @@ impl LocalPlatform {
         services
             .into_iter()
             .map(|(name, ports)| Service {
+                virtual_ips: virtual_ips.remove(&name).unwrap_or_default(),
                 name,
-                virtual_ips: Vec::new(),
                 ports: ports.into_values().collect(),
             })
             .collect()

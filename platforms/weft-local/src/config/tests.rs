@@ -235,3 +235,26 @@ fn configs_mesh_toml_is_valid() {
     assert_eq!(cfg.authorization_rules.len(), 1);
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
 }
+
+#[test]
+fn virtual_addresses_belong_to_one_service() {
+    let vip = "virtual_ip = \"10.96.0.10\"";
+    let cfg = load(&GOOD.replace("port = 7143", &format!("port = 7143\n{vip}"))).unwrap();
+    let services = crate::LocalPlatform::services_of(&cfg);
+    assert_eq!(
+        services[0].virtual_ips,
+        ["10.96.0.10".parse::<IpAddr>().unwrap()]
+    );
+    // A second workload of the same service may repeat it; another service may not take it.
+    let same = with_workload(&format!("service = \"api\"\nport = 7200\n{vip}"));
+    let same = same.replace("port = 7143", &format!("port = 7143\n{vip}"));
+    assert!(load(&same).is_ok());
+    let other = with_workload(&format!("service = \"web\"\nport = 7200\n{vip}"));
+    let other = other.replace("port = 7143", &format!("port = 7143\n{vip}"));
+    let e = err(&other);
+    assert_eq!(key(&e), "platforms.local.workloads[1].virtual_ip", "{e}");
+    assert!(
+        e.message.contains("already a virtual address of api.demo"),
+        "{e}"
+    );
+}
