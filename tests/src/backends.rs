@@ -26,8 +26,11 @@ use weft_api::{
     CertifyRequest, CertifyResponse, ProxyRequest, ProxySettings, ResolveRequest, ResolveUpdate,
 };
 
-async fn listen() -> (TcpListener, SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+const LOOPBACK_ANY_PORT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+async fn listen_at(addr: SocketAddr) -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind(addr).await.unwrap();
     let a = l.local_addr().unwrap();
     (l, a)
 }
@@ -38,7 +41,16 @@ where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (l, addr) = listen().await;
+    serve_each_at(LOOPBACK_ANY_PORT, conn).await
+}
+
+/// Binds `addr` and runs `conn` on each accepted connection in a task of its own.
+async fn serve_each_at<F, Fut>(addr: SocketAddr, conn: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (l, addr) = listen_at(addr).await;
     tokio::spawn(async move {
         while let Ok((tcp, _)) = l.accept().await {
             tokio::spawn(conn(tcp));
@@ -101,9 +113,17 @@ where
     F: Fn(TcpStream, Arc<Tally>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    serve_each_tallied_at(LOOPBACK_ANY_PORT, conn).await
+}
+
+async fn serve_each_tallied_at<F, Fut>(addr: SocketAddr, conn: F) -> (SocketAddr, Arc<Tally>)
+where
+    F: Fn(TcpStream, Arc<Tally>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let tally = Arc::new(Tally::default());
     let t = tally.clone();
-    let addr = serve_each(move |tcp| {
+    let addr = serve_each_at(addr, move |tcp| {
         t.connections.fetch_add(1, Ordering::SeqCst);
         conn(tcp, t.clone())
     })
@@ -161,7 +181,12 @@ pub async fn http_gated(
 
 /// [`http_echo`], counting connections and requests (by path and query).
 pub async fn http_echo_tallied(name: &'static str) -> (SocketAddr, Arc<Tally>) {
-    serve_each_tallied(move |tcp, tally| async move {
+    http_echo_at(name, LOOPBACK_ANY_PORT).await
+}
+
+/// [`http_echo_tallied`] on `addr`.
+pub async fn http_echo_at(name: &'static str, addr: SocketAddr) -> (SocketAddr, Arc<Tally>) {
+    serve_each_tallied_at(addr, move |tcp, tally| async move {
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let tally = tally.clone();
             async move {
@@ -422,6 +447,11 @@ async fn h2_goaway_conn(
 /// the CSR bytes back as the leaf (unary); `Resolve` streams three messages (see [`numbered`]), or
 /// with `x-fail-midway` metadata one message and then an error status in the trailers.
 pub async fn grpc_backend() -> SocketAddr {
+    grpc_backend_at(LOOPBACK_ANY_PORT).await
+}
+
+/// [`grpc_backend`] on `addr`.
+pub async fn grpc_backend_at(addr: SocketAddr) -> SocketAddr {
     #[derive(Debug)]
     struct Echo;
     #[tonic::async_trait]
@@ -476,7 +506,7 @@ pub async fn grpc_backend() -> SocketAddr {
             Err(Status::unimplemented("not an echo"))
         }
     }
-    let (l, addr) = listen().await;
+    let (l, addr) = listen_at(addr).await;
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(IdentityServer::new(Echo))

@@ -10,6 +10,7 @@
 pub mod backends;
 pub mod certs;
 pub mod conformance;
+pub mod netns;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,0 +1,555 @@
+//! Transparent interception in real network namespaces: `weft-proxy init` writes the nat rules
+//! in each host, the real proxy binary runs there as its own user, and unmodified clients
+//! (curl, a gRPC client) reach servers by their plain addresses.
+//!
+//! The lab: a hub namespace with the control plane on its bridge (10.231.0.1), host 0 running
+//! `web` (a client, behind a proxy), host 1 running `api` (HTTP on 8080 behind the virtual
+//! address 10.96.0.10:80, gRPC on 9090, and a server on 8082 that init skips), and host 2
+//! outside the mesh (no proxy; servers on 8080 and 8083). Every namespace, rule and process is
+//! the test's own and goes away with it.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use weft_core::config::ConfigWatcher;
+use weft_tests::backends;
+use weft_tests::netns::{LAB_WAIT, Lab, NsRuntime, PROXY_UID, lab_or_skip, proxy_binary};
+
+const WEB: usize = 0;
+const API: usize = 1;
+const OUTSIDE: usize = 2;
+const ADMIN: &str = "127.0.0.1:7191";
+const VIP: &str = "10.96.0.10";
+
+fn config(dir: &Path, policy: &str) -> String {
+    format!(
+        r#"[mesh]
+name = "lab"
+trust_domain = "weft.test"
+
+[ca]
+data_dir = "{data}"
+
+[control]
+grpc_addr = "10.231.0.1:7443"
+http_addr = "127.0.0.1:7080"
+
+[policy]
+default_inbound = "{policy}"
+
+[[platforms.local.workloads]]
+name = "web"
+namespace = "lab"
+address = "{web}"
+port = 7143
+
+[[platforms.local.workloads]]
+name = "api"
+namespace = "lab"
+service = "api"
+address = "{api}"
+port = 8080
+virtual_ip = "{VIP}"
+
+[[platforms.local.workloads.ports]]
+service = "api-grpc"
+port = 9090
+service_port = 9090
+protocol = "grpc"
+"#,
+        data = dir.join("data").display(),
+        web = Lab::addr(WEB),
+        api = Lab::addr(API),
+    )
+}
+
+/// The lab with its control plane, backends and proxies running.
+struct Mesh {
+    dir: tempfile::TempDir,
+    rts: Vec<NsRuntime>,
+    _proxies: Vec<tokio::process::Child>,
+    _hub: NsRuntime,
+    lab: Lab,
+}
+
+async fn mesh(policy: &str, init_flags: [&[&str]; 2]) -> Option<Mesh> {
+    let lab = lab_or_skip(3)?;
+    let dir = tempfile::tempdir().unwrap();
+    // The proxies' user reads its token and the bundle from here.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config_path = dir.path().join("mesh.toml");
+    std::fs::write(&config_path, config(dir.path(), policy)).unwrap();
+
+    let hub = lab.hub.runtime();
+    let path = config_path.clone();
+    let bundle: PathBuf = hub
+        .run(async move {
+            let stop = CancellationToken::new();
+            let loader = weft_control::platforms::loader();
+            let watcher = ConfigWatcher::start(&path, &loader, stop.clone()).unwrap();
+            let platforms = weft_control::platforms::enabled(&watcher).unwrap();
+            let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms)
+                .await
+                .unwrap();
+            let bundle = control.trust_bundle_file.clone();
+            tokio::spawn(async move {
+                let _running = (control, watcher, stop);
+                std::future::pending::<()>().await;
+            });
+            bundle
+        })
+        .await;
+
+    let rts: Vec<NsRuntime> = lab.hosts.iter().map(|h| h.runtime()).collect();
+    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+    rts[API]
+        .run(async move {
+            backends::http_echo_at("api", any(8080)).await;
+            backends::grpc_backend_at(any(9090)).await;
+            backends::http_echo_at("api-skipped", any(8082)).await;
+        })
+        .await;
+    rts[OUTSIDE]
+        .run(async move {
+            backends::http_echo_at("outside", any(8080)).await;
+            backends::http_echo_at("outside-skipped", any(8083)).await;
+        })
+        .await;
+
+    // The data directory is the control plane's own (0700): the proxies get a copy.
+    let shared_bundle = dir.path().join("bundle.pem");
+    std::fs::copy(&bundle, &shared_bundle).unwrap();
+    let bundle = shared_bundle;
+    let bin = proxy_binary();
+    let mut proxies = Vec::new();
+    for (host, name, flags) in [(WEB, "web", init_flags[0]), (API, "api", init_flags[1])] {
+        let ns = &lab.hosts[host];
+        let out = ns
+            .command(bin.to_str().unwrap())
+            .arg("init")
+            .args(flags)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The proxy's own copies of its credential and the bundle, readable by its user only.
+        let token = dir.path().join(format!("{name}.token"));
+        std::fs::copy(dir.path().join("data/tokens/lab").join(name), &token).unwrap();
+        std::os::unix::fs::chown(&token, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        let child = ns
+            .command_as_proxy_user(&bin)
+            .args(["--transparent", "--workload", name, "--namespace", "lab"])
+            .args([
+                "--trust-domain",
+                "weft.test",
+                "--control-addr",
+                "10.231.0.1:7443",
+            ])
+            .arg("--trust-bundle")
+            .arg(&bundle)
+            .arg("--token-file")
+            .arg(&token)
+            .args(["--admin-addr", ADMIN])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        proxies.push(child);
+    }
+    let mesh = Mesh {
+        dir,
+        rts,
+        _proxies: proxies,
+        _hub: hub,
+        lab,
+    };
+    for host in [WEB, API] {
+        mesh.wait_ready(host).await;
+    }
+    Some(mesh)
+}
+
+/// GET `path` on the admin listener of host `i`'s proxy: status and body, or `None` while it
+/// does not answer.
+async fn admin(rt: &NsRuntime, path: &'static str) -> Option<(u16, String)> {
+    rt.run(async move {
+        let tcp = tokio::net::TcpStream::connect(ADMIN).await.ok()?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .ok()?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let rsp = send.send_request(req).await.ok()?;
+        let status = rsp.status().as_u16();
+        let body = http_body_util::BodyExt::collect(rsp.into_body())
+            .await
+            .ok()?
+            .to_bytes();
+        Some((status, String::from_utf8_lossy(&body).into_owned()))
+    })
+    .await
+}
+
+impl Mesh {
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Waits until host `i`'s proxy holds a certificate and its settings.
+    async fn wait_ready(&self, i: usize) {
+        let deadline = tokio::time::Instant::now() + LAB_WAIT;
+        loop {
+            if let Some((200, _)) = admin(&self.rts[i], "/ready").await {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "proxy of host {i} not ready; web log:\n{}\napi log:\n{}",
+                self.log("web"),
+                self.log("api")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The metrics of host `i`'s proxy.
+    async fn metrics(&self, i: usize) -> String {
+        admin(&self.rts[i], "/metrics").await.unwrap().1
+    }
+
+    /// `curl -i` from host `i` (as root, or as the proxy's user), to the end.
+    async fn curl(&self, i: usize, url: &str, as_proxy_user: bool) -> Result<String, String> {
+        let ns = &self.lab.hosts[i];
+        let mut cmd = if as_proxy_user {
+            ns.command_as_proxy_user(Path::new("curl"))
+        } else {
+            ns.command("curl")
+        };
+        let out = cmd
+            .args(["-sS", "-i", "--max-time", "10", url])
+            .output()
+            .await
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn edit_policy(&self, policy: &str) {
+        let path = self.dir.path().join("mesh.toml");
+        let tmp = self.dir.path().join("mesh.toml.tmp");
+        std::fs::write(&tmp, config(self.dir.path(), policy)).unwrap();
+        std::fs::rename(tmp, path).unwrap();
+    }
+}
+
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    weft_tests::metric(text, name, labels)
+}
+
+const WEB_ID: &str = "peer=\"spiffe://weft.test/ns/lab/sa/web\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmodified_clients_reach_mesh_services_by_plain_address_over_mutual_tls() {
+    let Some(m) = mesh("allow", [&[], &[]]).await else {
+        return;
+    };
+    // curl to the endpoint's own address, and to the service's virtual address.
+    let api = format!("http://{}/by-endpoint", Lab::at(API, 8080));
+    let rsp = m.curl(WEB, &api, false).await.unwrap();
+    assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
+    assert!(rsp.contains("x-backend: api"), "{rsp}");
+    let rsp = m
+        .curl(WEB, &format!("http://{VIP}/by-vip"), false)
+        .await
+        .unwrap();
+    assert!(rsp.contains("x-backend: api"), "{rsp}");
+    assert!(rsp.contains("GET /by-vip HTTP/1.1"), "{rsp}");
+
+    // A gRPC client that knows nothing of the mesh, by plain address.
+    let grpc = m.rts[WEB]
+        .run(async move {
+            let ch =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", Lab::at(API, 9090)))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+            weft_api::v1::identity_client::IdentityClient::new(ch)
+                .certify(weft_api::CertifyRequest {
+                    csr: b"through the mesh".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().leaf)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+    assert_eq!(grpc.unwrap(), b"through the mesh");
+
+    // The server's proxy saw the client's SPIFFE identity on all three.
+    let server = m.metrics(API).await;
+    let inbound = metric(
+        &server,
+        "weft_requests_total",
+        &["direction=\"inbound\"", WEB_ID],
+    );
+    assert!(
+        inbound >= 3.0,
+        "{inbound} inbound requests from web\n{server}"
+    );
+    // The client's proxy balanced them as mesh services, named by service, not by address.
+    let client = m.metrics(WEB).await;
+    for service in ["api.lab:80", "api-grpc.lab:9090"] {
+        let n = metric(
+            &client,
+            "weft_requests_total",
+            &["direction=\"outbound\"", &format!("service=\"{service}\"")],
+        );
+        assert!(n >= 1.0, "{service}: {n}\n{client}");
+    }
+    assert!(!client.contains("10.231.0.3"), "{client}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_the_mesh_passes_through_and_skipped_ports_bypass_the_proxy() {
+    let skip_out: &[&str] = &["--skip-outbound-ports", "8083"];
+    let skip_in: &[&str] = &["--skip-inbound-ports", "8082"];
+    let Some(m) = mesh("allow", [skip_out, skip_in]).await else {
+        return;
+    };
+    // An address outside the mesh is reached unchanged, through the proxy, with metrics.
+    let rsp = m
+        .curl(
+            WEB,
+            &format!("http://{}/egress", Lab::at(OUTSIDE, 8080)),
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(rsp.contains("x-backend: outside"), "{rsp}");
+    let client = m.metrics(WEB).await;
+    let through = metric(
+        &client,
+        "weft_requests_total",
+        &["direction=\"outbound\"", "service=\"outside-mesh\""],
+    );
+    assert_eq!(through, 1.0, "{client}");
+    let opened = |text: &str| {
+        metric(
+            text,
+            "weft_tcp_connections_total",
+            &["direction=\"outbound\""],
+        )
+    };
+    let before = opened(&client);
+
+    // A skipped outbound port goes straight out: the proxy sees nothing of it.
+    let rsp = m
+        .curl(WEB, &format!("http://{}/", Lab::at(OUTSIDE, 8083)), false)
+        .await
+        .unwrap();
+    assert!(rsp.contains("x-backend: outside-skipped"), "{rsp}");
+    assert_eq!(opened(&m.metrics(WEB).await), before);
+
+    // A skipped inbound port is served without the proxy, even to a plaintext client that the
+    // mTLS-only default would refuse on any other port.
+    let rsp = m
+        .curl(OUTSIDE, &format!("http://{}/", Lab::at(API, 8082)), false)
+        .await
+        .unwrap();
+    assert!(rsp.contains("x-backend: api-skipped"), "{rsp}");
+    let server = m.metrics(API).await;
+    assert_eq!(
+        metric(
+            &server,
+            "weft_tcp_connections_total",
+            &["direction=\"inbound\""]
+        ),
+        0.0,
+        "{server}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_clients_are_refused_by_default_and_admitted_when_the_policy_allows() {
+    let Some(m) = mesh("allow", [&[], &[]]).await else {
+        return;
+    };
+    let url = format!("http://{}/plain", Lab::at(API, 8080));
+    let refused = m.curl(OUTSIDE, &url, false).await;
+    assert!(refused.is_err(), "served in plaintext: {refused:?}");
+    let server = m.metrics(API).await;
+    assert_eq!(
+        metric(
+            &server,
+            "weft_inbound_tls_rejected_total",
+            &["reason=\"not_tls\""]
+        ),
+        1.0,
+        "{server}"
+    );
+
+    m.edit_policy("allow-unauthenticated");
+    // The edit travels file -> control plane -> the proxy's settings stream; each attempt is a
+    // real request, and the loop is bounded.
+    let deadline = tokio::time::Instant::now() + LAB_WAIT;
+    let rsp = loop {
+        match m.curl(OUTSIDE, &url, false).await {
+            Ok(rsp) => break rsp,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "still refused: {e}\n{}",
+                m.log("api")
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(rsp.contains("x-backend: api"), "{rsp}");
+    let server = m.metrics(API).await;
+    assert!(
+        metric(
+            &server,
+            "weft_requests_total",
+            &["direction=\"inbound\"", "peer=\"unauthenticated\""]
+        ) >= 1.0,
+        "{server}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_traffic_does_not_loop() {
+    let Some(m) = mesh("allow", [&[], &[]]).await else {
+        return;
+    };
+    let opened = |text: &str| {
+        metric(
+            text,
+            "weft_tcp_connections_total",
+            &["direction=\"outbound\""],
+        )
+    };
+    let before = opened(&m.metrics(WEB).await);
+    // The proxy's user is exempt: its connections leave as they are.
+    let rsp = m
+        .curl(WEB, &format!("http://{}/", Lab::at(OUTSIDE, 8080)), true)
+        .await
+        .unwrap();
+    assert!(rsp.contains("x-backend: outside"), "{rsp}");
+    assert_eq!(opened(&m.metrics(WEB).await), before);
+    // A connection to the outbound listener itself (loopback is exempt, so not redirected)
+    // is refused rather than carried back into the proxy.
+    let direct = m.curl(WEB, "http://127.0.0.1:7140/", false).await;
+    assert!(direct.is_err(), "{direct:?}");
+    let client = m.metrics(WEB).await;
+    assert_eq!(
+        metric(
+            &client,
+            "weft_outbound_refused_total",
+            &["reason=\"no_original_destination\""]
+        ),
+        1.0,
+        "{client}"
+    );
+    assert_eq!(opened(&client), before);
+}
+
+/// The WEFT lines of the nat table as `save` lists them.
+async fn weft_rules(lab: &Lab, save: &str) -> Vec<String> {
+    let out = lab.hosts[0].run(save, &["-t", "nat"]).await;
+    assert!(out.status.success(), "{save}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("WEFT"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_twice_leaves_one_rule_set_and_cleanup_leaves_none_on_both_backends() {
+    let Some(lab) = lab_or_skip(1) else {
+        return;
+    };
+    let bin = proxy_binary();
+    let init = |args: &'static [&'static str]| {
+        let mut c = lab.hosts[0].command(bin.to_str().unwrap());
+        c.arg("init").args(args);
+        c
+    };
+    for (backend, saves) in [
+        ("nft", ["iptables-nft-save", "ip6tables-nft-save"]),
+        ("legacy", ["iptables-legacy-save", "ip6tables-legacy-save"]),
+    ] {
+        let flags: &'static [&'static str] = match backend {
+            "nft" => &["--backend", "nft", "--ipv6", "on"],
+            _ => &["--backend", "legacy", "--ipv6", "on"],
+        };
+        let out = init(flags).output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let once = [
+            weft_rules(&lab, saves[0]).await,
+            weft_rules(&lab, saves[1]).await,
+        ];
+        // Four chains, their rules, and one jump from each of PREROUTING and OUTPUT.
+        for rules in &once {
+            assert_eq!(rules.len(), 4 + 7 + 2, "{backend}: {rules:#?}");
+            let jumps = rules
+                .iter()
+                .filter(|r| r.starts_with("-A PREROUTING") || r.starts_with("-A OUTPUT"))
+                .count();
+            assert_eq!(jumps, 2, "{backend}: {rules:#?}");
+        }
+        let out = init(flags).output().await.unwrap();
+        assert!(out.status.success());
+        let twice = [
+            weft_rules(&lab, saves[0]).await,
+            weft_rules(&lab, saves[1]).await,
+        ];
+        assert_eq!(once, twice, "{backend}: a second init changed the rules");
+
+        let cleanup: &'static [&'static str] = match backend {
+            "nft" => &["--backend", "nft", "--ipv6", "on", "--cleanup"],
+            _ => &["--backend", "legacy", "--ipv6", "on", "--cleanup"],
+        };
+        let out = init(cleanup).output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for save in saves {
+            assert!(weft_rules(&lab, save).await.is_empty(), "{backend}: {save}");
+        }
+        // Cleaning up what is not there is not an error.
+        assert!(init(cleanup).output().await.unwrap().status.success());
+    }
+    // The dry run prints what it would run, and runs nothing.
+    let out = init(&["--dry-run", "--backend", "nft"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("iptables-nft-restore --noflush"), "{text}");
+    assert!(weft_rules(&lab, "iptables-nft-save").await.is_empty());
+}
