@@ -544,6 +544,30 @@ async fn init_twice_leaves_one_rule_set_and_cleanup_leaves_none_on_both_backends
         // Cleaning up what is not there is not an error.
         assert!(init(cleanup).output().await.unwrap().status.success());
     }
+    // Without NET_ADMIN (as the proxy's user), the error says what is missing.
+    let out = lab.hosts[0]
+        .command_as_proxy_user(&bin)
+        .args(["init", "--backend", "nft"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs the NET_ADMIN and NET_RAW capabilities"), "{err}");
+    // Without iptables (hidden under an empty directory in a mount namespace of its own), too.
+    let script = format!(
+        "mount -t tmpfs none /usr/sbin && PATH=/usr/bin:/bin exec {} init",
+        bin.display()
+    );
+    let out = lab.hosts[0]
+        .command("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not found") && err.contains("install iptables"), "{err}");
     // The dry run prints what it would run, and runs nothing.
     let out = init(&["--dry-run", "--backend", "nft"])
         .output()
