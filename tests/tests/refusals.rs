@@ -427,8 +427,8 @@ async fn clients_outside_the_mesh_are_admitted_only_where_the_policy_says() {
     assert!(!plaintext_get(inbound).await.contains(" 200 "));
     wait_metric(
         proxy.admin_addr,
-        "weft_inbound_authz_denied_total",
-        &["client=\"unauthenticated\""],
+        "weft_inbound_tls_rejected_total",
+        &["reason=\"not_tls\""],
         1.0,
     )
     .await;

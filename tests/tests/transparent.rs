@@ -553,7 +553,10 @@ async fn init_twice_leaves_one_rule_set_and_cleanup_leaves_none_on_both_backends
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("needs the NET_ADMIN and NET_RAW capabilities"), "{err}");
+    assert!(
+        err.contains("needs the NET_ADMIN and NET_RAW capabilities"),
+        "{err}"
+    );
     // Without iptables (hidden under an empty directory in a mount namespace of its own), too.
     let script = format!(
         "mount -t tmpfs none /usr/sbin && PATH=/usr/bin:/bin exec {} init",
@@ -567,7 +570,10 @@ async fn init_twice_leaves_one_rule_set_and_cleanup_leaves_none_on_both_backends
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not found") && err.contains("install iptables"), "{err}");
+    assert!(
+        err.contains("not found") && err.contains("install iptables"),
+        "{err}"
+    );
     // The dry run prints what it would run, and runs nothing.
     let out = init(&["--dry-run", "--backend", "nft"])
         .output()

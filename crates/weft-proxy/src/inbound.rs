@@ -218,7 +218,8 @@ impl Inbound {
     /// A client outside the mesh: admitted only where the policy allows unauthenticated
     /// clients; what it speaks is then detected as on the outbound side.
     async fn outsider(self, mut tcp: TcpStream, first: BytesMut, opener: Opener) {
-        if authorize(&self.shared, None, self.server_port) != Decision::Allow {
+        // Counted once, as a refused handshake, not also as an authorization denial.
+        if decide(&self.shared, None, self.server_port) != Decision::Allow {
             let (reason, detail) = match opener {
                 Opener::OtherTls => (
                     "not_mesh_tls",
@@ -325,12 +326,7 @@ fn tls_failure_reason(e: &std::io::Error) -> &'static str {
 /// Applies the policy of the server on `port` to `client` (`None`: a client without a mesh
 /// identity), counting denials.
 fn authorize(shared: &Shared, client: Option<&Identity>, port: u16) -> Decision {
-    let decision = match (shared.settings.borrow().as_ref(), client) {
-        (Some(settings), Some(client)) => settings.policy(port).authorize(client),
-        (Some(settings), None) => settings.policy(port).authorize_unauthenticated(),
-        // Without settings the policy is unknown: fail closed.
-        (None, _) => Decision::Deny,
-    };
+    let decision = decide(shared, client, port);
     if decision == Decision::Deny {
         let who = client.map_or_else(|| UNAUTHENTICATED.to_string(), Identity::spiffe_id);
         tracing::info!(client = %who, port, "inbound denied by policy");
@@ -341,6 +337,16 @@ fn authorize(shared: &Shared, client: Option<&Identity>, port: u16) -> Decision 
             .inc();
     }
     decision
+}
+
+/// What the policy of the server on `port` says of `client`, without counting it.
+fn decide(shared: &Shared, client: Option<&Identity>, port: u16) -> Decision {
+    match (shared.settings.borrow().as_ref(), client) {
+        (Some(settings), Some(client)) => settings.policy(port).authorize(client),
+        (Some(settings), None) => settings.policy(port).authorize_unauthenticated(),
+        // Without settings the policy is unknown: fail closed.
+        (None, _) => Decision::Deny,
+    }
 }
 
 /// The application, as one request reaches it.

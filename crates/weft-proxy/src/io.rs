@@ -85,6 +85,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for PrefixedIo<T> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if !this.prefix.has_remaining() {
+                // An advanced `Bytes` still holds its whole buffer: let it go once replayed,
+                // rather than for the connection's life.
+                this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
