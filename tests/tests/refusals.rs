@@ -86,16 +86,8 @@ async fn a_valid_mesh_identity_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_is_refused() {
     let s = server().await;
-    let mut tcp = TcpStream::connect(s.inbound).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
-        .await
-        .unwrap();
     assert!(
-        !String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"),
+        !plaintext_get(s.inbound).await.contains("HTTP/1.1 200"),
         "served plaintext"
     );
     wait_metric(

@@ -264,6 +264,15 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
     weft_tests::metric(text, name, labels)
 }
 
+/// Outbound connections a proxy's metrics say it carried.
+fn outbound_opened(text: &str) -> f64 {
+    metric(
+        text,
+        "weft_tcp_connections_total",
+        &["direction=\"outbound\""],
+    )
+}
+
 const WEB_ID: &str = "peer=\"spiffe://weft.test/ns/lab/sa/web\"";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,14 +361,7 @@ async fn outside_the_mesh_passes_through_and_skipped_ports_bypass_the_proxy() {
         &["direction=\"outbound\"", "service=\"outside-mesh\""],
     );
     assert_eq!(through, 1.0, "{client}");
-    let opened = |text: &str| {
-        metric(
-            text,
-            "weft_tcp_connections_total",
-            &["direction=\"outbound\""],
-        )
-    };
-    let before = opened(&client);
+    let before = outbound_opened(&client);
 
     // A skipped outbound port goes straight out: the proxy sees nothing of it.
     let rsp = m
@@ -367,7 +369,7 @@ async fn outside_the_mesh_passes_through_and_skipped_ports_bypass_the_proxy() {
         .await
         .unwrap();
     assert!(rsp.contains("x-backend: outside-skipped"), "{rsp}");
-    assert_eq!(opened(&m.metrics(WEB).await), before);
+    assert_eq!(outbound_opened(&m.metrics(WEB).await), before);
 
     // A skipped inbound port is served without the proxy, even to a plaintext client that the
     // mTLS-only default would refuse on any other port.
@@ -439,21 +441,14 @@ async fn the_proxys_own_traffic_does_not_loop() {
     let Some(m) = mesh("allow", [&[], &[]]).await else {
         return;
     };
-    let opened = |text: &str| {
-        metric(
-            text,
-            "weft_tcp_connections_total",
-            &["direction=\"outbound\""],
-        )
-    };
-    let before = opened(&m.metrics(WEB).await);
+    let before = outbound_opened(&m.metrics(WEB).await);
     // The proxy's user is exempt: its connections leave as they are.
     let rsp = m
         .curl(WEB, &format!("http://{}/", Lab::at(OUTSIDE, 8080)), true)
         .await
         .unwrap();
     assert!(rsp.contains("x-backend: outside"), "{rsp}");
-    assert_eq!(opened(&m.metrics(WEB).await), before);
+    assert_eq!(outbound_opened(&m.metrics(WEB).await), before);
     // A connection to the outbound listener itself (loopback is exempt, so not redirected)
     // is refused rather than carried back into the proxy.
     let direct = m.curl(WEB, "http://127.0.0.1:7140/", false).await;
@@ -468,7 +463,7 @@ async fn the_proxys_own_traffic_does_not_loop() {
         1.0,
         "{client}"
     );
-    assert_eq!(opened(&client), before);
+    assert_eq!(outbound_opened(&client), before);
 }
 
 /// The WEFT lines of the nat table as `save` lists them.
