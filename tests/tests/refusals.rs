@@ -370,6 +370,27 @@ async fn workloads_sharing_an_identity_keep_their_own_policies() {
     );
 }
 
+/// Waits until `proxy`'s settings say whether the server on `port` admits clients without a
+/// mesh identity.
+async fn wait_plaintext_policy(proxy: &Proxy, port: u16, admits: bool) {
+    let want = if admits {
+        weft_core::policy::Decision::Allow
+    } else {
+        weft_core::policy::Decision::Deny
+    };
+    let mut settings = proxy.shared().settings.clone();
+    tokio::time::timeout(
+        WAIT,
+        settings.wait_for(|s| {
+            s.as_ref()
+                .is_some_and(|s| s.policy(port).authorize_unauthenticated() == want)
+        }),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the proxy's policy for port {port} never became {want:?}"))
+    .unwrap();
+}
+
 /// Sends one plaintext HTTP/1.1 request on a fresh connection; the response text, if any.
 async fn plaintext_get(addr: SocketAddr) -> String {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
@@ -415,7 +436,9 @@ async fn clients_outside_the_mesh_are_admitted_only_where_the_policy_says() {
     let mesh = TestMesh::start(&[api.clone(), load], narrowed).await;
     let proxy = mesh.proxy(&api, Some(app.port()), &[]).await;
     let inbound = proxy.inbound_addr.unwrap();
-    weft_tests::wait_ready(&proxy).await;
+    // The workload's port is declared once the proxy has bound it: until the proxy's settings
+    // carry the rule for that port, the port has the mesh default.
+    wait_plaintext_policy(&proxy, inbound.port(), false).await;
     assert!(!plaintext_get(inbound).await.contains(" 200 "));
     wait_metric(
         proxy.admin_addr,
@@ -446,19 +469,7 @@ async fn clients_outside_the_mesh_are_admitted_only_where_the_policy_says() {
     );
     mesh.write_raw(&edited);
     // The edit reaches the proxy through the control plane's settings stream.
-    let mut settings = proxy.shared().settings.clone();
-    tokio::time::timeout(
-        WAIT,
-        settings.wait_for(|s| {
-            s.as_ref().is_some_and(|s| {
-                s.policy(inbound.port()).authorize_unauthenticated()
-                    == weft_core::policy::Decision::Allow
-            })
-        }),
-    )
-    .await
-    .expect("the policy edit reaches the proxy")
-    .unwrap();
+    wait_plaintext_policy(&proxy, inbound.port(), true).await;
     let served = plaintext_get(inbound).await;
     assert!(served.starts_with("HTTP/1.1 200"), "{served}");
     wait_metric(

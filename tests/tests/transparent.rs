@@ -252,6 +252,22 @@ impl Mesh {
         }
     }
 
+    /// [`Mesh::curl`], which must succeed and be answered by `backend`; the response.
+    async fn expect_backend(
+        &self,
+        i: usize,
+        url: &str,
+        as_proxy_user: bool,
+        backend: &str,
+    ) -> String {
+        let rsp = self
+            .curl(i, url, as_proxy_user)
+            .await
+            .unwrap_or_else(|e| panic!("{url} from host {i}: {e}"));
+        assert!(rsp.contains(&format!("x-backend: {backend}")), "{rsp}");
+        rsp
+    }
+
     fn edit_policy(&self, policy: &str) {
         let path = self.dir.path().join("mesh.toml");
         let tmp = self.dir.path().join("mesh.toml.tmp");
@@ -282,14 +298,11 @@ async fn unmodified_clients_reach_mesh_services_by_plain_address_over_mutual_tls
     };
     // curl to the endpoint's own address, and to the service's virtual address.
     let api = format!("http://{}/by-endpoint", Lab::at(API, 8080));
-    let rsp = m.curl(WEB, &api, false).await.unwrap();
+    let rsp = m.expect_backend(WEB, &api, false, "api").await;
     assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
-    assert!(rsp.contains("x-backend: api"), "{rsp}");
     let rsp = m
-        .curl(WEB, &format!("http://{VIP}/by-vip"), false)
-        .await
-        .unwrap();
-    assert!(rsp.contains("x-backend: api"), "{rsp}");
+        .expect_backend(WEB, &format!("http://{VIP}/by-vip"), false, "api")
+        .await;
     assert!(rsp.contains("GET /by-vip HTTP/1.1"), "{rsp}");
 
     // A gRPC client that knows nothing of the mesh, by plain address.
@@ -345,15 +358,13 @@ async fn outside_the_mesh_passes_through_and_skipped_ports_bypass_the_proxy() {
         return;
     };
     // An address outside the mesh is reached unchanged, through the proxy, with metrics.
-    let rsp = m
-        .curl(
-            WEB,
-            &format!("http://{}/egress", Lab::at(OUTSIDE, 8080)),
-            false,
-        )
-        .await
-        .unwrap();
-    assert!(rsp.contains("x-backend: outside"), "{rsp}");
+    m.expect_backend(
+        WEB,
+        &format!("http://{}/egress", Lab::at(OUTSIDE, 8080)),
+        false,
+        "outside",
+    )
+    .await;
     let client = m.metrics(WEB).await;
     let through = metric(
         &client,
@@ -364,20 +375,24 @@ async fn outside_the_mesh_passes_through_and_skipped_ports_bypass_the_proxy() {
     let before = outbound_opened(&client);
 
     // A skipped outbound port goes straight out: the proxy sees nothing of it.
-    let rsp = m
-        .curl(WEB, &format!("http://{}/", Lab::at(OUTSIDE, 8083)), false)
-        .await
-        .unwrap();
-    assert!(rsp.contains("x-backend: outside-skipped"), "{rsp}");
+    m.expect_backend(
+        WEB,
+        &format!("http://{}/", Lab::at(OUTSIDE, 8083)),
+        false,
+        "outside-skipped",
+    )
+    .await;
     assert_eq!(outbound_opened(&m.metrics(WEB).await), before);
 
     // A skipped inbound port is served without the proxy, even to a plaintext client that the
     // mTLS-only default would refuse on any other port.
-    let rsp = m
-        .curl(OUTSIDE, &format!("http://{}/", Lab::at(API, 8082)), false)
-        .await
-        .unwrap();
-    assert!(rsp.contains("x-backend: api-skipped"), "{rsp}");
+    m.expect_backend(
+        OUTSIDE,
+        &format!("http://{}/", Lab::at(API, 8082)),
+        false,
+        "api-skipped",
+    )
+    .await;
     let server = m.metrics(API).await;
     assert_eq!(
         metric(
@@ -443,11 +458,13 @@ async fn the_proxys_own_traffic_does_not_loop() {
     };
     let before = outbound_opened(&m.metrics(WEB).await);
     // The proxy's user is exempt: its connections leave as they are.
-    let rsp = m
-        .curl(WEB, &format!("http://{}/", Lab::at(OUTSIDE, 8080)), true)
-        .await
-        .unwrap();
-    assert!(rsp.contains("x-backend: outside"), "{rsp}");
+    m.expect_backend(
+        WEB,
+        &format!("http://{}/", Lab::at(OUTSIDE, 8080)),
+        true,
+        "outside",
+    )
+    .await;
     assert_eq!(outbound_opened(&m.metrics(WEB).await), before);
     // A connection to the outbound listener itself (loopback is exempt, so not redirected)
     // is refused rather than carried back into the proxy.

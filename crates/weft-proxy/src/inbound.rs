@@ -67,11 +67,30 @@ pub enum AppTarget {
 struct Apps {
     target: AppTarget,
     limits: PoolLimits,
+    /// Behind `--app-port`, the one pool: no lookup per connection.
+    fixed: Option<PlainPool>,
+    /// In transparent mode, a pool per original destination.
     pools: Mutex<HashMap<SocketAddr, PlainPool>>,
 }
 
 impl Apps {
+    fn new(target: AppTarget, limits: PoolLimits) -> Self {
+        let fixed = match target {
+            AppTarget::Port(port) => Some(PlainPool::new(app_at(port), limits)),
+            AppTarget::OriginalDestination => None,
+        };
+        Self {
+            target,
+            limits,
+            fixed,
+            pools: Mutex::default(),
+        }
+    }
+
     fn pool(&self, addr: SocketAddr) -> PlainPool {
+        if let Some(pool) = &self.fixed {
+            return pool.clone();
+        }
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = pools.get(&addr) {
             return p.clone();
@@ -86,18 +105,20 @@ impl Apps {
 
 /// Serves the inbound listener until the proxy drains.
 pub async fn serve(listener: TcpListener, target: AppTarget, shared: Arc<Shared>) {
-    let apps = Arc::new(Apps {
-        target,
-        limits: PoolLimits {
-            connect_timeout: shared.config.connect_timeout,
-            ..PoolLimits::default()
-        },
-        pools: Mutex::default(),
-    });
+    let limits = PoolLimits {
+        connect_timeout: shared.config.connect_timeout,
+        ..PoolLimits::default()
+    };
+    let apps = Arc::new(Apps::new(target, limits));
     accept_loop(listener, shared.clone(), move |tcp, remote| {
         handle(tcp, remote, apps.clone(), shared.clone())
     })
     .await;
+}
+
+/// The application behind `--app-port`.
+fn app_at(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// Logs and counts a refused connection.
@@ -117,7 +138,7 @@ async fn handle(mut tcp: TcpStream, remote: SocketAddr, apps: Arc<Apps>, shared:
     // the port the peer dialed.
     let (app_addr, server_port) = match apps.target {
         AppTarget::Port(port) => match tcp.local_addr() {
-            Ok(local) => (SocketAddr::from(([127, 0, 0, 1], port)), local.port()),
+            Ok(local) => (app_at(port), local.port()),
             Err(e) => {
                 tracing::debug!(error = %e, "inbound connection gone before it was read");
                 return;
@@ -464,11 +485,10 @@ mod tests {
         .unwrap();
         let proxy = crate::Proxy::start(cfg).await.unwrap();
         let shared = proxy.shared().clone();
-        let apps = Arc::new(Apps {
-            target: AppTarget::Port(addr.port()),
-            limits: PoolLimits::default(),
-            pools: Mutex::default(),
-        });
+        let apps = Arc::new(Apps::new(
+            AppTarget::Port(addr.port()),
+            PoolLimits::default(),
+        ));
         let inbound = handle(
             TcpStream::connect(addr).await.unwrap(),
             addr,

@@ -201,13 +201,14 @@ async fn route(req: Request<Incoming>, dest: &Destination, shared: &Shared) -> R
     if !is_upgrade(&req) {
         strip_hop_by_hop(req.headers_mut());
     }
-    let service = dest.metric_label();
+    // The metric label is built only for the responses the proxy makes itself: a routed
+    // request is counted by the endpoint that answers it.
     match unroutable(dest) {
         Some(Unroutable::Denied(reason)) => {
-            return refused(shared, service, StatusCode::FORBIDDEN, &reason);
+            return refused(shared, dest, StatusCode::FORBIDDEN, &reason);
         }
         Some(Unroutable::Unavailable(reason)) => {
-            return refused(shared, service, StatusCode::SERVICE_UNAVAILABLE, &reason);
+            return refused(shared, dest, StatusCode::SERVICE_UNAVAILABLE, &reason);
         }
         None => {}
     }
@@ -221,13 +222,13 @@ async fn route(req: Request<Incoming>, dest: &Destination, shared: &Shared) -> R
         Err(e) if failfast::is_unavailable(&*e) => {
             // The answer may have come while the request waited.
             if let Some(Unroutable::Denied(reason)) = unroutable(dest) {
-                return refused(shared, service, StatusCode::FORBIDDEN, &reason);
+                return refused(shared, dest, StatusCode::FORBIDDEN, &reason);
             }
             let reason = format!("{}: {e}", dest.target);
-            refused(shared, service, StatusCode::SERVICE_UNAVAILABLE, &reason)
+            refused(shared, dest, StatusCode::SERVICE_UNAVAILABLE, &reason)
         }
         Err(e) => {
-            tracing::info!(%service, error = %e, "request failed");
+            tracing::info!(target = %dest.target, error = %e, "request failed");
             error_response(StatusCode::BAD_GATEWAY, &format!("{}: {e}", dest.target))
         }
     }
@@ -235,12 +236,17 @@ async fn route(req: Request<Incoming>, dest: &Destination, shared: &Shared) -> R
 
 /// A response made by the proxy (403, 503), counted like any response (with no peer: none
 /// was chosen).
-fn refused(shared: &Shared, service: String, status: StatusCode, reason: &str) -> Response<Body> {
+fn refused(
+    shared: &Shared,
+    dest: &Destination,
+    status: StatusCode,
+    reason: &str,
+) -> Response<Body> {
     let metrics = RequestMetrics::new(
         &shared.metrics,
         RequestLabels {
             direction: Direction::outbound,
-            service,
+            service: dest.metric_label(),
             peer: "-".into(),
         },
     );
