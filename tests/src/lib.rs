@@ -10,6 +10,7 @@
 pub mod backends;
 pub mod certs;
 pub mod conformance;
+pub mod fake_kube;
 pub mod netns;
 
 use std::collections::BTreeMap;
@@ -420,7 +421,7 @@ impl TestMesh {
         upstreams: &[&str],
     ) -> ProxyConfig {
         ProxyConfig {
-            control_addr: self.grpc_addr(),
+            control_addr: self.grpc_addr().into(),
             trust_domain: "weft.test".into(),
             trust_bundle: self.bundle_file(),
             namespace: "test".into(),

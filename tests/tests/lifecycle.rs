@@ -400,12 +400,22 @@ async fn admin_endpoints() {
     // A proxy whose control plane never answers is live but not ready.
     let mut cfg = mesh.proxy_config(&WorkloadDecl::client("orphan"), None, &[]);
     let (_refusing, nobody) = refusing_port();
-    cfg.control_addr = nobody;
+    cfg.control_addr = nobody.into();
     let orphan = weft_proxy::Proxy::start(cfg).await.unwrap();
     assert_eq!(admin_get(orphan.admin_addr, "GET", "/live").await.0, 200);
     let (status, why) = admin_get(orphan.admin_addr, "GET", "/ready").await;
     assert_eq!(status, 503);
     assert!(why.contains("no certificate yet"), "{why}");
+
+    // The control plane named by DNS (as `weft-control.weft.svc:7443` is in a cluster):
+    // `localhost` may resolve to ::1 first, where nothing listens, and the proxy goes on to
+    // the next address.
+    let mut cfg = mesh.proxy_config(&api, None, &[]);
+    cfg.control_addr = format!("localhost:{}", mesh.grpc_addr().port())
+        .parse()
+        .unwrap();
+    let by_name = weft_proxy::Proxy::start(cfg).await.unwrap();
+    weft_tests::wait_ready(&by_name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

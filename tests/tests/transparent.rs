@@ -93,7 +93,7 @@ async fn mesh(policy: &str, init_flags: [&[&str]; 2]) -> Option<Mesh> {
             let stop = CancellationToken::new();
             let loader = weft_control::platforms::loader();
             let watcher = ConfigWatcher::start(&path, &loader, stop.clone()).unwrap();
-            let platforms = weft_control::platforms::enabled(&watcher).unwrap();
+            let platforms = weft_control::platforms::enabled(&watcher).await.unwrap();
             let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms)
                 .await
                 .unwrap();

@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
         &weft_control::platforms::loader(),
         stop.clone(),
     )?;
-    let platforms = weft_control::platforms::enabled(&watcher)?;
+    let platforms = weft_control::platforms::enabled(&watcher).await?;
     let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms).await?;
     // SIGTERM is how Kubernetes and Nomad stop a task; SIGINT is a terminal's Ctrl-C.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

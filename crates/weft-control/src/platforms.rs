@@ -5,11 +5,14 @@ use std::sync::Arc;
 
 use weft_core::config::{ConfigWatcher, Loader};
 use weft_core::platform::Platform;
+use weft_kubernetes::{KubernetesPlatform, KubernetesSettings};
 use weft_local::{LocalPlatform, LocalSettings};
 
 /// Reads mesh config files with the section of every adapter this program has.
 pub fn loader() -> Loader {
-    Loader::new().with_platform::<LocalSettings>()
+    Loader::new()
+        .with_platform::<LocalSettings>()
+        .with_platform::<KubernetesSettings>()
 }
 
 /// Why an enabled adapter could not be set up.
@@ -18,15 +21,21 @@ pub enum SetupError {
     /// The local adapter.
     #[error("local platform: {0}")]
     Local(#[from] weft_local::LocalError),
+    /// The Kubernetes adapter.
+    #[error("kubernetes platform: {0}")]
+    Kubernetes(#[from] weft_kubernetes::KubernetesError),
 }
 
 /// The adapters the file `watcher` follows enables, set up to follow it. Which adapters run is
 /// decided at start; enabling or disabling one needs a restart.
-pub fn enabled(watcher: &ConfigWatcher) -> Result<Vec<Arc<dyn Platform>>, SetupError> {
+pub async fn enabled(watcher: &ConfigWatcher) -> Result<Vec<Arc<dyn Platform>>, SetupError> {
     let cfg = watcher.current();
     let mut platforms: Vec<Arc<dyn Platform>> = Vec::new();
     if LocalSettings::of(&cfg).is_some_and(|l| l.enabled) {
         platforms.push(Arc::new(LocalPlatform::new(watcher.subscribe())?));
+    }
+    if KubernetesSettings::of(&cfg).is_some_and(|k| k.enabled) {
+        platforms.push(Arc::new(KubernetesPlatform::new(&cfg).await?));
     }
     Ok(platforms)
 }

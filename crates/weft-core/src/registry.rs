@@ -16,7 +16,7 @@
 //! changed services and their subscribers, not to the size of the mesh. A write that changes
 //! nothing bumps no version and wakes nobody.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -296,6 +296,29 @@ impl RegistryWriter {
         self.modify(|current| match current.get(&new.name) {
             Some(old) if *old == new => Vec::new(),
             old => vec![(new.name.clone(), old.cloned(), Some(new))],
+        });
+    }
+
+    /// Applies several changes in one write: each named service becomes what it is paired
+    /// with (`None` removes it). Services that end up as they were wake nobody; the changes of
+    /// one batch are seen together or not at all.
+    pub fn update(&self, changes: impl IntoIterator<Item = (ServiceName, Option<Service>)>) {
+        // One change per name: the last given wins.
+        let next: BTreeMap<ServiceName, Option<Arc<Service>>> = changes
+            .into_iter()
+            .map(|(name, s)| (name, s.map(|s| Arc::new(self.normalize(s)))))
+            .collect();
+        self.modify(|current| {
+            next.into_iter()
+                .filter_map(|(name, new)| {
+                    let old = current.get(&name);
+                    match (old, &new) {
+                        (None, None) => None,
+                        (Some(old), Some(new)) if old == new => None,
+                        _ => Some((name, old.cloned(), new)),
+                    }
+                })
+                .collect()
         });
     }
 

@@ -16,13 +16,14 @@ use clap::Parser;
     after_help = "Transparent mode: `weft-proxy init --help` writes the nat-table rules it needs."
 )]
 pub struct ProxyConfig {
-    /// The control plane's gRPC address.
+    /// The control plane's gRPC address: `ip:port`, or `name:port` (such as
+    /// `weft-control.weft.svc:7443`), resolved again for every new connection.
     #[arg(
         long,
         env = "WEFT_PROXY_CONTROL_ADDR",
         default_value = "127.0.0.1:7443"
     )]
-    pub control_addr: SocketAddr,
+    pub control_addr: ControlAddr,
     /// The mesh's trust domain.
     #[arg(long, env = "WEFT_PROXY_TRUST_DOMAIN", default_value = "weft.local")]
     pub trust_domain: String,
@@ -106,6 +107,90 @@ pub struct ProxyConfig {
     pub log_json: bool,
 }
 
+/// Where the control plane is: an address, or a DNS name and a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlAddr {
+    /// An IP address and port.
+    Addr(SocketAddr),
+    /// A DNS name and port, looked up for each connection, so a control plane that moves
+    /// (a Service's pods, a Nomad allocation) is found again.
+    Name {
+        /// The DNS name.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+impl ControlAddr {
+    /// The addresses to try, in the resolver's order.
+    pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
+        match self {
+            ControlAddr::Addr(a) => Ok(vec![*a]),
+            ControlAddr::Name { host, port } => {
+                let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
+                    .await?
+                    .collect();
+                if found.is_empty() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{host} has no address"),
+                    ));
+                }
+                Ok(found)
+            }
+        }
+    }
+}
+
+impl From<SocketAddr> for ControlAddr {
+    fn from(a: SocketAddr) -> Self {
+        ControlAddr::Addr(a)
+    }
+}
+
+impl std::fmt::Display for ControlAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlAddr::Addr(a) => a.fmt(f),
+            ControlAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl FromStr for ControlAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(ControlAddr::Addr(a));
+        }
+        let bad =
+            |why: &str| format!("control address {s:?}: {why}; expected ip:port or name:port");
+        let (host, port) = s.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
+        if port == 0 {
+            return Err(bad("port 0"));
+        }
+        // A DNS name: labels of letters, digits and hyphens, dot-separated, a trailing dot
+        // allowed.
+        let name = host.strip_suffix('.').unwrap_or(host);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(bad("not an IP address or a DNS name"));
+        }
+        Ok(ControlAddr::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
 /// One `--upstream service=addr`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
@@ -167,5 +252,50 @@ impl ProxyConfig {
         let td =
             weft_core::TrustDomain::new(self.trust_domain.clone()).map_err(|e| e.to_string())?;
         weft_core::Identity::new(td, &self.namespace, self.account()).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_addresses_are_ips_or_dns_names() {
+        let ok = |s: &str| s.parse::<ControlAddr>().unwrap().to_string();
+        assert_eq!(ok("10.0.0.1:7443"), "10.0.0.1:7443");
+        assert_eq!(ok("[::1]:7443"), "[::1]:7443");
+        assert_eq!(
+            ok("weft-control.weft.svc:7443"),
+            "weft-control.weft.svc:7443"
+        );
+        assert_eq!(
+            ok("Weft-Control.weft.svc.cluster.local.:7443"),
+            "weft-control.weft.svc.cluster.local.:7443"
+        );
+        for bad in [
+            "weft-control",
+            "weft-control:",
+            "weft-control:0",
+            "weft-control:99999",
+            ":7443",
+            "-bad.svc:7443",
+            "a..b:7443",
+            "under_score:7443",
+            "http://weft-control:7443",
+        ] {
+            assert!(bad.parse::<ControlAddr>().is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_is_looked_up_each_time() {
+        let addr: ControlAddr = "localhost:7443".parse().unwrap();
+        let found = addr.resolve().await.unwrap();
+        assert!(!found.is_empty());
+        assert!(
+            found
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 7443)
+        );
     }
 }

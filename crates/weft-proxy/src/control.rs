@@ -22,7 +22,7 @@ pub enum ControlError {
     #[error("connecting to the control plane at {addr}: {}", chain(source))]
     Connect {
         /// The address.
-        addr: std::net::SocketAddr,
+        addr: crate::config::ControlAddr,
         /// The cause.
         #[source]
         source: tonic::transport::Error,
@@ -64,7 +64,7 @@ pub async fn channel(
     config: &ProxyConfig,
     tls: Arc<ClientConfig>,
 ) -> Result<Channel, ControlError> {
-    let addr = config.control_addr;
+    let addr = config.control_addr.clone();
     let (endpoint, connector) = endpoint(config, tls);
     endpoint
         .connect_with_connector(connector)
@@ -82,7 +82,7 @@ pub fn lazy_channel(config: &ProxyConfig, tls: Arc<ClientConfig>) -> Channel {
 /// Opens TCP, then TLS, to the control plane; tonic calls it for every new connection.
 #[derive(Clone)]
 struct Connector {
-    addr: std::net::SocketAddr,
+    addr: crate::config::ControlAddr,
     tls: TlsConnector,
     bundle: std::path::PathBuf,
     trust_domain: String,
@@ -107,7 +107,7 @@ impl tower::Service<http::Uri> for Connector {
     fn call(&mut self, _: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let tcp = TcpStream::connect(this.addr).await?;
+            let tcp = connect(&this.addr).await?;
             let _ = tcp.set_nodelay(true);
             let tls = this
                 .tls
@@ -119,6 +119,18 @@ impl tower::Service<http::Uri> for Connector {
     }
 }
 
+/// Connects to the first address of `addr` that answers, looking a name up again each time.
+async fn connect(addr: &crate::config::ControlAddr) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for a in addr.resolve().await? {
+        match TcpStream::connect(a).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} has no address"))))
+}
+
 fn endpoint(config: &ProxyConfig, tls: Arc<ClientConfig>) -> (Endpoint, Connector) {
     let endpoint = Endpoint::from_static("http://weft-control")
         .connect_timeout(CONNECT_TIMEOUT)
@@ -126,7 +138,7 @@ fn endpoint(config: &ProxyConfig, tls: Arc<ClientConfig>) -> (Endpoint, Connecto
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
     let connector = Connector {
-        addr: config.control_addr,
+        addr: config.control_addr.clone(),
         tls: TlsConnector::from(tls),
         bundle: config.trust_bundle.clone(),
         trust_domain: config.trust_domain.clone(),

@@ -42,7 +42,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{ProxyConfig, Upstream};
+pub use config::{ControlAddr, ProxyConfig, Upstream};
 
 /// Failures starting the proxy.
 #[derive(Debug, thiserror::Error)]

@@ -296,7 +296,7 @@ fn proxy_config(
     bundle: &std::path::Path,
 ) -> ProxyConfig {
     ProxyConfig {
-        control_addr: control,
+        control_addr: control.into(),
         trust_domain: cfg.mesh.trust_domain.to_string(),
         trust_bundle: bundle.to_path_buf(),
         namespace: w.namespace.clone(),

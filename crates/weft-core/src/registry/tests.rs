@@ -294,3 +294,52 @@ fn what_cannot_be_served_is_dropped_and_the_rest_kept() {
     // The meshed endpoint without identity is gone; the unmeshed one stays, in plaintext.
     assert_eq!(eps, [(2, true), (3, false)]);
 }
+
+#[tokio::test]
+async fn a_batch_of_changes_is_one_write_that_wakes_only_what_changed() {
+    let reg = Registry::new();
+    let w = reg.writer("kubernetes");
+    w.replace_all([
+        service("api", 80, vec![endpoint("api-1", 1)]),
+        service("web", 80, vec![endpoint("web-1", 2)]),
+        service("db", 80, vec![endpoint("db-1", 3)]),
+    ]);
+    let before = reg.snapshot();
+    let mut web = reg.watch_topic(Topic::Service(svc("web")));
+    w.update([
+        (
+            svc("api"),
+            Some(service("api", 80, vec![endpoint("api-1", 4)])),
+        ),
+        (svc("db"), None),
+        (
+            svc("new"),
+            Some(service("new", 80, vec![endpoint("new-1", 5)])),
+        ),
+        // Unchanged, and a removal of what was never there: no effect.
+        (
+            svc("web"),
+            Some(service("web", 80, vec![endpoint("web-1", 2)])),
+        ),
+        (svc("ghost"), None),
+    ]);
+    let after = reg.snapshot();
+    assert_eq!(after.version(), before.version() + 1);
+    assert_eq!(addrs(&after, "api"), [4]);
+    assert!(after.service(&svc("db")).is_none());
+    assert_eq!(addrs(&after, "new"), [5]);
+    assert!(Arc::ptr_eq(
+        &before.service(&svc("web")).unwrap(),
+        &after.service(&svc("web")).unwrap()
+    ));
+    // A zero timeout polls once: a topic that was woken would be ready.
+    assert!(
+        tokio::time::timeout(std::time::Duration::ZERO, web.changed())
+            .await
+            .is_err(),
+        "an unchanged service was woken"
+    );
+    // A batch that changes nothing bumps nothing.
+    w.update([(svc("ghost"), None)]);
+    assert_eq!(reg.snapshot().version(), after.version());
+}

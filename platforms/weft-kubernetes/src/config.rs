@@ -1,0 +1,106 @@
+//! `[platforms.kubernetes]`: the Kubernetes adapter's section of the mesh config file.
+//! `configs/mesh.toml` documents every key.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use weft_core::config::{MeshConfig, PlatformSettings, SectionCheck, SectionError};
+use weft_core::model::{CONTROL_NAMESPACE, check_name};
+
+/// The audience proxies' ServiceAccount tokens must carry, unless the section names another.
+pub const DEFAULT_AUDIENCE: &str = "weft";
+
+/// `[platforms.kubernetes]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSettings {
+    /// Whether the Kubernetes adapter runs.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The kubeconfig file to use. Without it the client config is found the way every
+    /// Kubernetes tool finds it: `KUBECONFIG`, then `~/.kube/config`, then the in-cluster
+    /// ServiceAccount.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use; default its current context.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// The namespaces to watch; empty (the default) watches all of them.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// The audience a proxy's projected ServiceAccount token must be issued for.
+    #[serde(default = "default_audience")]
+    pub token_audience: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_audience() -> String {
+    DEFAULT_AUDIENCE.to_string()
+}
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            kubeconfig: None,
+            context: None,
+            namespaces: Vec::new(),
+            token_audience: default_audience(),
+        }
+    }
+}
+
+impl KubernetesSettings {
+    /// The Kubernetes section of `cfg`, if it has one.
+    pub fn of(cfg: &MeshConfig) -> Option<&Self> {
+        cfg.platforms.get::<Self>()
+    }
+}
+
+impl PlatformSettings for KubernetesSettings {
+    const NAME: &'static str = crate::NAME;
+
+    fn validate(&self, check: &mut SectionCheck<'_>) -> Result<(), SectionError> {
+        let mut seen = BTreeSet::new();
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let key = format!("namespaces[{i}]");
+            check_name(ns).map_err(|e| SectionError::new(&key, e.to_string()))?;
+            if !seen.insert(ns) {
+                return Err(SectionError::new(
+                    key,
+                    format!("namespace {ns} is listed twice"),
+                ));
+            }
+            if ns == CONTROL_NAMESPACE {
+                check.warn(
+                    &key,
+                    format!(
+                        "namespace {CONTROL_NAMESPACE} is reserved for the control plane's own identity: \
+                         its workloads are discovered but never issued certificates"
+                    ),
+                );
+            }
+        }
+        if self.token_audience.is_empty() || self.token_audience.len() > 253 {
+            return Err(SectionError::new(
+                "token_audience",
+                "the audience must be 1 to 253 characters",
+            ));
+        }
+        if let Some(context) = &self.context
+            && context.is_empty()
+        {
+            return Err(SectionError::new("context", "the context name is empty"));
+        }
+        if let Some(path) = &self.kubeconfig
+            && path.as_os_str().is_empty()
+        {
+            return Err(SectionError::new("kubeconfig", "the path is empty"));
+        }
+        Ok(())
+    }
+}

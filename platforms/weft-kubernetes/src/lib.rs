@@ -1,0 +1,182 @@
+//! The Kubernetes platform: Services, EndpointSlices, Pods and Namespaces from the API server
+//! become mesh services, and proxies prove their pod's ServiceAccount with a projected token.
+//!
+//! # Discovery
+//! The adapter watches the four kinds with kube's runtime watcher (list, then watch from the
+//! list's resourceVersion; relist after `410 Gone`; paged lists) and keeps only what the mesh
+//! needs of each object. Each Service is one mesh service `name.namespace`:
+//! - its TCP ports, with the protocol from `appProtocol`, else the port name's prefix
+//!   (`grpc-`, `http-`, `http2-`, `tcp-`, ...), else detected; ports listed in the Service's
+//!   `weft.dev/opaque-ports` annotation are opaque;
+//! - its ClusterIPs as virtual addresses, so intercepted connections to them resolve;
+//! - endpoints from its EndpointSlices (not v1 Endpoints), merged across slices, with the
+//!   port each slice resolved (named target ports work; headless Services too). Ready
+//!   endpoints take connections; terminating ones that still serve are used only while no
+//!   endpoint is ready; terminating ones that no longer serve drain; the rest are left out.
+//! - each endpoint's identity `spiffe://<td>/ns/<namespace>/sa/<ServiceAccount>` from its pod,
+//!   and whether the pod runs the Weft proxy (a container named `weft-proxy`): only those are
+//!   reached with mutual TLS, the others in plaintext.
+//!
+//! Changes are written to the registry in batches: what arrived together is one write. While a
+//! kind is being relisted, writes wait (at most [`RELIST_HOLD`]) until the relist is complete,
+//! so a relist never shows a service vanishing and coming back.
+//!
+//! # Attestation
+//! A proxy presents a projected ServiceAccount token issued for the audience `weft` (or the
+//! configured one). The adapter asks the API server with a TokenReview for that audience and
+//! accepts only a bound ServiceAccount token (`system:serviceaccount:<ns>:<sa>`, with its pod's
+//! name and uid) whose pod exists, has that uid, and runs that ServiceAccount.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+use weft_core::config::MeshConfig;
+use weft_core::platform::{AttestError, Credential, Platform, PlatformError};
+use weft_core::{Identity, RegistryWriter, TrustDomain};
+
+mod attest;
+mod cluster;
+pub mod config;
+mod watch;
+
+pub use cluster::{OPAQUE_PORTS_ANNOTATION, PROXY_CONTAINER};
+pub use config::KubernetesSettings;
+
+/// The name of this platform, its registry source and its credentials' `platform`.
+pub const NAME: &str = "kubernetes";
+
+/// The annotation on a Namespace or a Pod that asks for (`enabled`) or refuses (`disabled`)
+/// the proxy sidecar.
+pub const INJECT_ANNOTATION: &str = "weft.dev/inject";
+
+/// How long writes wait for a relist to complete before the registry is updated anyway.
+pub const RELIST_HOLD: Duration = Duration::from_secs(10);
+
+/// Errors setting the adapter up.
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesError {
+    /// The kubeconfig file could not be read.
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// No client configuration was found, or it is unusable.
+    #[error("no usable Kubernetes client configuration: {0}")]
+    Config(String),
+    /// The client could not be built from the configuration.
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// The Kubernetes platform adapter.
+#[derive(Clone)]
+pub struct KubernetesPlatform {
+    client: Client,
+    settings: Arc<KubernetesSettings>,
+    trust_domain: TrustDomain,
+    retry_floor: Duration,
+}
+
+impl std::fmt::Debug for KubernetesPlatform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesPlatform")
+            .field("settings", &self.settings)
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubernetesPlatform {
+    /// Sets the adapter up from `cfg`'s `[platforms.kubernetes]` section (or the defaults),
+    /// finding the client configuration as every Kubernetes tool does: the section's
+    /// `kubeconfig`, else `KUBECONFIG`, else `~/.kube/config`, else the in-cluster
+    /// ServiceAccount.
+    pub async fn new(cfg: &MeshConfig) -> Result<Self, KubernetesError> {
+        let settings = KubernetesSettings::of(cfg).cloned().unwrap_or_default();
+        let options = kube::config::KubeConfigOptions {
+            context: settings.context.clone(),
+            ..Default::default()
+        };
+        let config = match &settings.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                    KubernetesError::Kubeconfig {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                    .await
+                    .map_err(|source| KubernetesError::Kubeconfig {
+                        path: path.display().to_string(),
+                        source,
+                    })?
+            }
+            None if settings.context.is_some() => kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| KubernetesError::Config(e.to_string()))?,
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| KubernetesError::Config(e.to_string()))?,
+        };
+        let client = Client::try_from(config)?;
+        Ok(Self::with_client(
+            client,
+            settings,
+            cfg.mesh.trust_domain.clone(),
+        ))
+    }
+
+    /// The adapter over an existing client.
+    pub fn with_client(
+        client: Client,
+        settings: KubernetesSettings,
+        trust_domain: TrustDomain,
+    ) -> Self {
+        Self {
+            client,
+            settings: Arc::new(settings),
+            trust_domain,
+            retry_floor: Duration::from_millis(800),
+        }
+    }
+
+    /// Sets the first delay before a failed list or watch is retried (default 800 ms; it
+    /// doubles on each further failure up to 30 s). Tests shorten it.
+    pub fn with_retry_floor(mut self, floor: Duration) -> Self {
+        self.retry_floor = floor;
+        self
+    }
+
+    /// The client the adapter talks to the API server with.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+#[async_trait]
+impl Platform for KubernetesPlatform {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn run(
+        &self,
+        registry: RegistryWriter,
+        shutdown: CancellationToken,
+    ) -> Result<(), PlatformError> {
+        watch::run(self, registry, shutdown).await;
+        Ok(())
+    }
+
+    async fn attest(&self, credential: &Credential) -> Result<Identity, AttestError> {
+        attest::attest(self, credential).await
+    }
+}

@@ -1,0 +1,294 @@
+//! The watch loop: one kube watcher per kind (and per namespace, when the settings name
+//! some), merged into one stream that updates the [`Cluster`] and, in batches, the registry.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::hash::{BuildHasher, RandomState};
+use std::time::Duration;
+
+use futures_util::stream::{BoxStream, SelectAll};
+use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use weft_core::RegistryWriter;
+
+use crate::cluster::{Cluster, Kind, Object, Scope};
+use crate::{KubernetesPlatform, RELIST_HOLD};
+
+/// At most this many events that are ready at once go into one registry write.
+const MAX_BATCH: usize = 4096;
+
+/// The longest delay between retries of a failing list or watch.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// After this long without a failure, retries start again from the shortest delay.
+const RETRY_RESET: Duration = Duration::from_secs(120);
+
+type Item = (usize, Result<Event<Object>, watcher::Error>);
+
+/// Whether writes are held back for a relist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// No relist under way.
+    None,
+    /// A relist is under way; writes wait until it completes or until then.
+    Until(Instant),
+    /// A relist took too long; writes go ahead until it completes.
+    Expired,
+}
+
+/// Feeds `registry` until `shutdown`.
+pub(crate) async fn run(
+    platform: &KubernetesPlatform,
+    registry: RegistryWriter,
+    shutdown: CancellationToken,
+) {
+    let (specs, mut streams) = streams(platform);
+    let mut cluster = Cluster::new(platform.trust_domain.clone());
+    let mut lists: HashMap<usize, Vec<Object>> = HashMap::new();
+    // Streams that have not completed their first list, and those relisting now.
+    let mut unlisted: BTreeSet<usize> = (0..specs.len()).collect();
+    let mut relisting: BTreeSet<usize> = BTreeSet::new();
+    let mut hold = Hold::None;
+    let mut synced = false;
+    loop {
+        let deadline = async {
+            match hold {
+                Hold::Until(t) => tokio::time::sleep_until(t).await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            item = streams.next() => {
+                // The watchers retry for ever, so the merged stream does not end.
+                let Some(item) = item else { return };
+                let mut step = Step { specs: &specs, cluster: &mut cluster, lists: &mut lists, unlisted: &mut unlisted, relisting: &mut relisting };
+                step.handle(item);
+                for _ in 0..MAX_BATCH {
+                    match streams.next().now_or_never() {
+                        Some(Some(item)) => step.handle(item),
+                        _ => break,
+                    }
+                }
+            }
+            _ = deadline => {
+                tracing::warn!(platform = crate::NAME, "a relist is taking longer than {RELIST_HOLD:?}; applying the changes seen so far");
+                hold = Hold::Expired;
+            }
+        }
+        hold = match (hold, relisting.is_empty()) {
+            (_, true) => Hold::None,
+            (Hold::None, false) if synced => Hold::Until(Instant::now() + RELIST_HOLD),
+            (h, false) => h,
+        };
+        if !synced {
+            if unlisted.is_empty() {
+                let services = cluster.all_services();
+                tracing::info!(
+                    platform = crate::NAME,
+                    services = services.len(),
+                    "initial list complete"
+                );
+                registry.replace_all(services);
+                synced = true;
+            }
+            continue;
+        }
+        if matches!(hold, Hold::Until(_)) {
+            continue;
+        }
+        if cluster.is_dirty() {
+            registry.update(cluster.take_changes());
+        }
+    }
+}
+
+/// What handling one watch event may change.
+struct Step<'a> {
+    specs: &'a [(Kind, Scope)],
+    cluster: &'a mut Cluster,
+    lists: &'a mut HashMap<usize, Vec<Object>>,
+    unlisted: &'a mut BTreeSet<usize>,
+    relisting: &'a mut BTreeSet<usize>,
+}
+
+impl Step<'_> {
+    fn handle(&mut self, (i, item): Item) {
+        let Some((kind, scope)) = self.specs.get(i) else {
+            return;
+        };
+        match item {
+            Ok(Event::Init) => {
+                self.lists.insert(i, Vec::new());
+                self.relisting.insert(i);
+            }
+            Ok(Event::InitApply(object)) => self.lists.entry(i).or_default().push(object),
+            Ok(Event::InitDone) => {
+                let listed = self.lists.remove(&i).unwrap_or_default();
+                tracing::debug!(
+                    platform = crate::NAME,
+                    kind = kind.as_str(),
+                    ?scope,
+                    objects = listed.len(),
+                    "listed"
+                );
+                self.cluster.replace(*kind, scope, listed);
+                self.relisting.remove(&i);
+                self.unlisted.remove(&i);
+            }
+            Ok(Event::Apply(object)) => self.cluster.apply(object),
+            Ok(Event::Delete(object)) => self.cluster.delete_object(&object),
+            Err(error) => {
+                if is_gone(&error) {
+                    tracing::info!(
+                        platform = crate::NAME,
+                        kind = kind.as_str(),
+                        ?scope,
+                        "resourceVersion expired; relisting"
+                    );
+                    self.relisting.insert(i);
+                } else {
+                    tracing::warn!(platform = crate::NAME, kind = kind.as_str(), ?scope, %error, "list or watch failed; retrying");
+                }
+            }
+        }
+    }
+}
+
+/// Whether the API server said the watch's resourceVersion is too old (410 Gone): the
+/// watcher relists next.
+fn is_gone(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.code == 410,
+        _ => false,
+    }
+}
+
+/// Every watch the settings call for, with the kind and scope of each.
+fn streams(p: &KubernetesPlatform) -> (Vec<(Kind, Scope)>, SelectAll<BoxStream<'static, Item>>) {
+    let scopes: Vec<Scope> = if p.settings.namespaces.is_empty() {
+        vec![Scope::All]
+    } else {
+        p.settings
+            .namespaces
+            .iter()
+            .map(|ns| Scope::Namespace(ns.clone()))
+            .collect()
+    };
+    let mut specs = Vec::new();
+    let mut all = SelectAll::new();
+    for scope in scopes {
+        for kind in [Kind::Namespace, Kind::Service, Kind::Slice, Kind::Pod] {
+            let i = specs.len();
+            let client = p.client.clone();
+            let config = watcher::Config::default();
+            let floor = p.retry_floor;
+            let stream = match (&scope, kind) {
+                (Scope::All, Kind::Namespace) => {
+                    watch::<Namespace>(Api::all(client), config, i, floor)
+                }
+                (Scope::Namespace(ns), Kind::Namespace) => watch::<Namespace>(
+                    Api::all(client),
+                    config.fields(&format!("metadata.name={ns}")),
+                    i,
+                    floor,
+                ),
+                (Scope::All, Kind::Service) => watch::<Service>(Api::all(client), config, i, floor),
+                (Scope::Namespace(ns), Kind::Service) => {
+                    watch::<Service>(Api::namespaced(client, ns), config, i, floor)
+                }
+                (Scope::All, Kind::Slice) => {
+                    watch::<EndpointSlice>(Api::all(client), config, i, floor)
+                }
+                (Scope::Namespace(ns), Kind::Slice) => {
+                    watch::<EndpointSlice>(Api::namespaced(client, ns), config, i, floor)
+                }
+                (Scope::All, Kind::Pod) => watch::<Pod>(Api::all(client), config, i, floor),
+                (Scope::Namespace(ns), Kind::Pod) => {
+                    watch::<Pod>(Api::namespaced(client, ns), config, i, floor)
+                }
+            };
+            specs.push((kind, scope.clone()));
+            all.push(stream);
+        }
+    }
+    (specs, all)
+}
+
+/// One kind's watcher, its objects reduced to what the mesh needs as they arrive.
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    i: usize,
+    floor: Duration,
+) -> BoxStream<'static, Item>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    for<'a> &'a K: Into<Object>,
+{
+    let backoff = ResetTimerBackoff::new(Retry::new(floor), RETRY_RESET);
+    watcher::watcher(api, config)
+        .backoff(backoff)
+        .map(move |r| {
+            let event = r.map(|e| match e {
+                Event::Apply(k) => Event::Apply((&k).into()),
+                Event::Delete(k) => Event::Delete((&k).into()),
+                Event::Init => Event::Init,
+                Event::InitApply(k) => Event::InitApply((&k).into()),
+                Event::InitDone => Event::InitDone,
+            });
+            (i, event)
+        })
+        .boxed()
+}
+
+/// Retry delays: doubling from a floor up to [`MAX_RETRY`], each drawn at random from its
+/// upper half, so many clients that failed together do not retry together.
+#[derive(Debug)]
+struct Retry {
+    floor: Duration,
+    next: Duration,
+    seed: u64,
+}
+
+impl Retry {
+    fn new(floor: Duration) -> Self {
+        Self {
+            floor,
+            next: floor,
+            seed: RandomState::new().hash_one(Instant::now()) | 1,
+        }
+    }
+}
+
+impl Iterator for Retry {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        // xorshift64: enough randomness for jitter.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let d = self.next;
+        self.next = (self.next * 2).min(MAX_RETRY);
+        let half = d / 2;
+        let nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
+        Some(half + Duration::from_nanos(self.seed % nanos))
+    }
+}
+
+impl Backoff for Retry {
+    fn reset(&mut self) {
+        self.next = self.floor;
+    }
+}
