@@ -113,6 +113,19 @@ async fn certify_signs_only_what_the_credential_proves() {
         ),
         2.0
     );
+    // The same refusals by reason: a wrong token, and a workload the platform does not know.
+    let refused = |reason: &str| {
+        weft_tests::metric(
+            &metrics,
+            "weft_control_attest_refused_total",
+            &["platform=\"local\"", &format!("reason=\"{reason}\"")],
+        )
+    };
+    assert_eq!(
+        (refused("rejected"), refused("unknown_workload")),
+        (1.0, 1.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

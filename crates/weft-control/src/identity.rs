@@ -82,6 +82,7 @@ impl IdentityApi for IdentityService {
         };
         let identity = platform.attest(&credential).await.map_err(|e| {
             count("attest_failed");
+            self.0.metrics.count_attest_refused(label, e.reason());
             tracing::warn!(platform = label, workload = ?credential.workload.as_deref().map(truncate), error = %e, "attestation failed");
             match e {
                 AttestError::Unavailable(_) => Status::unavailable(e.to_string()),

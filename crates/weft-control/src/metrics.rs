@@ -16,6 +16,15 @@ pub struct CertifyLabels {
     pub result: &'static str,
 }
 
+/// Labels of `weft_control_attest_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttestLabels {
+    /// A configured platform.
+    pub platform: String,
+    /// `wrong_platform`, `rejected`, `unknown_workload` or `unavailable`.
+    pub reason: &'static str,
+}
+
 /// Labels of `weft_control_tls_rejected_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TlsRejectLabels {
@@ -36,6 +45,8 @@ pub struct ControlMetrics {
     registry: Registry,
     /// Certify calls by platform and outcome.
     pub certify: Family<CertifyLabels, Counter>,
+    /// Credentials a platform refused, by platform and reason.
+    pub attest_refused: Family<AttestLabels, Counter>,
     /// Open Discovery streams, by kind (`resolve`, `proxy`).
     pub streams: Family<StreamLabels, Gauge>,
     /// Updates sent on Discovery streams, by kind.
@@ -54,6 +65,7 @@ impl Default for ControlMetrics {
     fn default() -> Self {
         let mut registry = Registry::default();
         let certify = Family::<CertifyLabels, Counter>::default();
+        let attest_refused = Family::<AttestLabels, Counter>::default();
         let streams = Family::<StreamLabels, Gauge>::default();
         let updates = Family::<StreamLabels, Counter>::default();
         let denied = Counter::default();
@@ -81,6 +93,11 @@ impl Default for ControlMetrics {
             certify.clone(),
         );
         registry.register(
+            "weft_control_attest_refused",
+            "Credentials a platform refused, by platform and reason",
+            attest_refused.clone(),
+        );
+        registry.register(
             "weft_control_discovery_streams",
             "Open Discovery streams, by kind (resolve, proxy)",
             streams.clone(),
@@ -98,6 +115,7 @@ impl Default for ControlMetrics {
         Self {
             registry,
             certify,
+            attest_refused,
             streams,
             updates,
             denied,
@@ -124,6 +142,16 @@ impl ControlMetrics {
     pub fn count_tls_rejected(&self, reason: &'static str) {
         self.tls_rejected
             .get_or_create(&TlsRejectLabels { reason })
+            .inc();
+    }
+
+    /// Counts one credential refused by `platform` (a configured one).
+    pub fn count_attest_refused(&self, platform: &str, reason: &'static str) {
+        self.attest_refused
+            .get_or_create(&AttestLabels {
+                platform: platform.to_string(),
+                reason,
+            })
             .inc();
     }
 

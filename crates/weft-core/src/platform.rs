@@ -50,6 +50,18 @@ pub enum AttestError {
     Unavailable(String),
 }
 
+impl AttestError {
+    /// A fixed name of the variant, for metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AttestError::WrongPlatform(_) => "wrong_platform",
+            AttestError::Rejected(_) => "rejected",
+            AttestError::UnknownWorkload(_) => "unknown_workload",
+            AttestError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
 /// What a proxy presents to prove which workload it runs beside.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {

@@ -1,0 +1,2038 @@
+//! A fake Kubernetes API server for tests, faithful on the wire to what a client such as
+//! `kube` relies on, written from the published API conventions: one global resourceVersion
+//! counter as etcd keeps, consistent paged lists with opaque continue tokens, watches that
+//! resume from a resourceVersion (or answer 410 Expired once it is compacted away), bookmarks,
+//! streaming lists, label and field selectors, `metav1.Status` errors, bearer-token
+//! authentication, TokenReview and legacy discovery.
+//!
+//! The store holds Namespaces, Pods, Services, EndpointSlices, Secrets and ConfigMaps; it
+//! changes only through [`FakeKube::apply`] and [`FakeKube::delete`] (the server answers
+//! `get`, `list` and `watch`, and refuses writes with 405). What a test does to the server
+//! itself (expire or cut watches, restart) mirrors what a real control plane does to clients.
+//!
+//! Not modelled: writes through the API, finalizers and deletionTimestamp, the cascade of a
+//! Namespace's deletion, admission and RBAC (the one token may do everything), aggregated
+//! discovery, protobuf, HTTP/2 and TLS. A resourceVersion from the future is refused at once
+//! where the real server first waits a few seconds for its cache.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Map, Value, json};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The bearer token every request must carry.
+const ADMIN_TOKEN: &str = "fake-admin-token";
+/// The resourceVersion of the empty store; the first write gets the next one.
+const FIRST_RV: u64 = 1;
+/// How many changes the server remembers for watches that resume and for paged lists.
+const HISTORY: usize = 10_000;
+/// Events a watch may have queued before the server ends it as a slow consumer.
+const WATCH_QUEUE: usize = 1024;
+/// How many requests [`FakeKube::requests`] remembers.
+const REQUEST_LOG: usize = 100_000;
+/// The largest request body read (the real server's limit is 3 MiB).
+const MAX_BODY: usize = 3 * 1024 * 1024;
+/// The annotation on the bookmark that ends a streaming list's initial events.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+/// A response body: a whole JSON document or a watch stream (whose error aborts the
+/// connection mid-response).
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A fake Kubernetes API server on 127.0.0.1, plain HTTP/1.1. Dropping it stops the server
+/// and ends every watch.
+pub struct FakeKube {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    /// Cancelled on drop: stops whichever generation of the listener is serving.
+    root: CancellationToken,
+    serving: tokio::sync::Mutex<Serving>,
+}
+
+/// What TokenReview answers for one token.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// `system:serviceaccount:<namespace>:<name>` for a service account token.
+    pub username: String,
+    /// The user's UID.
+    pub uid: String,
+    /// The audiences the token was issued for.
+    pub audiences: Vec<String>,
+    /// Extra user attributes (pod name and UID, credential ID...).
+    pub extra: BTreeMap<String, Vec<String>>,
+    /// Whether the token has expired: reviews of it fail.
+    pub expired: bool,
+}
+
+/// One request the server received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestLog {
+    /// `GET`, `POST`...
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The raw query string (percent-encoded), empty when there is none.
+    pub query: String,
+}
+
+/// The listener of one server generation and its connections.
+struct Serving {
+    generation: CancellationToken,
+    tracker: TaskTracker,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    addr: SocketAddr,
+}
+
+/// Everything the server knows; one lock, never held across an await.
+struct State {
+    /// The resourceVersion of the last write.
+    rv: u64,
+    /// Objects by kind, then by key (`namespace/name`, or `name` when cluster-scoped), in the
+    /// order etcd lists them.
+    objects: HashMap<&'static str, BTreeMap<String, Value>>,
+    /// The last changes, oldest first.
+    history: VecDeque<Change>,
+    /// Every change after this resourceVersion is in `history`.
+    history_floor: u64,
+    /// [`FakeKube::expire_watches`]: resourceVersions before this one are compacted away.
+    compacted: u64,
+    watches: Vec<Watch>,
+    next_watch: u64,
+    /// The paths of the open watches, for [`FakeKube::watchers`].
+    open: watch::Sender<Vec<String>>,
+    next_uid: u64,
+    uid_seed: u64,
+    page_limit: Option<usize>,
+    tokens: HashMap<String, TokenInfo>,
+    requests: VecDeque<RequestLog>,
+}
+
+/// One write to the store.
+struct Change {
+    rv: u64,
+    res: &'static Resource,
+    key: String,
+    /// The object before the change; `None` when it was created.
+    before: Option<Value>,
+    /// The object after the change; `None` when it was deleted.
+    after: Option<Value>,
+}
+
+/// An open watch stream.
+struct Watch {
+    id: u64,
+    path: String,
+    filter: Filter,
+    bookmarks: bool,
+    /// The resourceVersion of the last event sent, for the message of a 410.
+    last_rv: u64,
+    tx: mpsc::Sender<Bytes>,
+    /// The connection carrying the stream, cut by [`FakeKube::drop_watches`].
+    conn: CancellationToken,
+}
+
+/// Removes its watch from the state when the response body is dropped (the client went
+/// away, the stream ended or the connection was cut).
+struct WatchGuard {
+    inner: Weak<Inner>,
+    id: u64,
+}
+
+/// A watch response body: the initial events, then what the store sends, until the timeout.
+struct WatchBody {
+    initial: VecDeque<Bytes>,
+    rx: Option<mpsc::Receiver<Bytes>>,
+    deadline: Option<tokio::time::Instant>,
+    /// The connection's token: once it is cancelled the body fails rather than ending, so
+    /// that no last chunk goes out even if the queue closes first.
+    cut: CancellationToken,
+    done: bool,
+    _guard: Option<WatchGuard>,
+}
+
+/// A kind of object the server stores.
+#[derive(Debug)]
+struct Resource {
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    /// Empty for the core group.
+    group: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+    /// Field-selector labels besides `metadata.name` and `metadata.namespace`.
+    fields: &'static [&'static str],
+}
+
+/// A kind that is only ever created, to ask a question (TokenReview and the access reviews).
+#[derive(Debug)]
+struct Review {
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    group: &'static str,
+}
+
+/// The only version of every group served.
+const VERSION: &str = "v1";
+
+static RESOURCES: [Resource; 6] = [
+    Resource {
+        kind: "Namespace",
+        plural: "namespaces",
+        singular: "namespace",
+        group: "",
+        namespaced: false,
+        short_names: &["ns"],
+        fields: &["status.phase"],
+    },
+    Resource {
+        kind: "Pod",
+        plural: "pods",
+        singular: "pod",
+        group: "",
+        namespaced: true,
+        short_names: &["po"],
+        fields: &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+    },
+    Resource {
+        kind: "Service",
+        plural: "services",
+        singular: "service",
+        group: "",
+        namespaced: true,
+        short_names: &["svc"],
+        fields: &["spec.clusterIP", "spec.type"],
+    },
+    Resource {
+        kind: "Secret",
+        plural: "secrets",
+        singular: "secret",
+        group: "",
+        namespaced: true,
+        short_names: &[],
+        fields: &["type"],
+    },
+    Resource {
+        kind: "ConfigMap",
+        plural: "configmaps",
+        singular: "configmap",
+        group: "",
+        namespaced: true,
+        short_names: &["cm"],
+        fields: &[],
+    },
+    Resource {
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        group: "discovery.k8s.io",
+        namespaced: true,
+        short_names: &[],
+        fields: &[],
+    },
+];
+
+static REVIEWS: [Review; 3] = [
+    Review {
+        kind: "TokenReview",
+        plural: "tokenreviews",
+        singular: "tokenreview",
+        group: "authentication.k8s.io",
+    },
+    Review {
+        kind: "SelfSubjectAccessReview",
+        plural: "selfsubjectaccessreviews",
+        singular: "selfsubjectaccessreview",
+        group: "authorization.k8s.io",
+    },
+    Review {
+        kind: "SubjectAccessReview",
+        plural: "subjectaccessreviews",
+        singular: "subjectaccessreview",
+        group: "authorization.k8s.io",
+    },
+];
+
+/// The named API groups, as `/apis` lists them.
+static GROUPS: [&str; 3] = [
+    "discovery.k8s.io",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+];
+
+/// What a request path names.
+enum Route {
+    Version,
+    Health,
+    /// `/api`.
+    CoreVersions,
+    /// `/apis`.
+    Groups,
+    /// `/apis/{group}`.
+    Group(&'static str),
+    /// `/api/v1` (group "") or `/apis/{group}/v1`.
+    Resources(&'static str),
+    Collection {
+        res: &'static Resource,
+        namespace: Option<String>,
+    },
+    Object {
+        res: &'static Resource,
+        namespace: Option<String>,
+        name: String,
+    },
+    Review(&'static Review),
+}
+
+/// The query parameters of a list or watch.
+#[derive(Debug, Default)]
+struct Options {
+    watch: bool,
+    resource_version: Option<String>,
+    version_match: Option<String>,
+    limit: Option<usize>,
+    continue_token: Option<String>,
+    label_selector: Vec<LabelReq>,
+    field_selector: Option<String>,
+    timeout: Option<Duration>,
+    bookmarks: bool,
+    send_initial_events: Option<bool>,
+}
+
+/// Which objects a list or watch is about.
+#[derive(Debug)]
+struct Filter {
+    res: &'static Resource,
+    namespace: Option<String>,
+    labels: Vec<LabelReq>,
+    fields: Vec<FieldReq>,
+}
+
+/// One requirement of a label selector.
+#[derive(Debug, Clone)]
+enum LabelReq {
+    Equals(String, String),
+    NotEquals(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    NotExists(String),
+}
+
+/// One requirement of a field selector.
+#[derive(Debug)]
+struct FieldReq {
+    field: String,
+    value: String,
+    equals: bool,
+}
+
+/// A failed request, answered as a `metav1.Status`.
+#[derive(Debug)]
+struct ApiError {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+    details: Option<Value>,
+    /// For an expired continue token: a token that continues the list inconsistently.
+    continue_token: Option<String>,
+}
+
+// === impl FakeKube ===
+
+impl FakeKube {
+    /// Starts the server on 127.0.0.1, on a port of its own.
+    pub async fn start() -> FakeKube {
+        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind the fake API server to 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("the fake API server's address");
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::new()),
+            addr,
+        });
+        let root = CancellationToken::new();
+        let serving = serve(&inner, listener, root.child_token());
+        FakeKube {
+            inner,
+            addr,
+            root,
+            serving: tokio::sync::Mutex::new(serving),
+        }
+    }
+
+    /// Where the server listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Writes `dir/kubeconfig`: one cluster at [`FakeKube::url`], a user with the bearer token
+    /// [`FakeKube::client_token`], a current context joining them (namespace `default`).
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\n\
+             kind: Config\n\
+             clusters:\n\
+             - name: fake\n  cluster:\n    server: {url}\n\
+             users:\n\
+             - name: fake-admin\n  user:\n    token: {ADMIN_TOKEN}\n\
+             contexts:\n\
+             - name: fake\n  context:\n    cluster: fake\n    user: fake-admin\n    namespace: default\n\
+             current-context: fake\n",
+            url = self.url(),
+        );
+        std::fs::write(&path, text).expect("write the fake API server's kubeconfig");
+        path
+    }
+
+    /// The bearer token requests must carry; any other (or none) gets 401.
+    pub fn client_token(&self) -> &str {
+        ADMIN_TOKEN
+    }
+
+    /// Creates or replaces an object (`apiVersion`, `kind`, `metadata.name`, and
+    /// `metadata.namespace` for a namespaced kind): assigns it the next resourceVersion, a UID
+    /// (kept on replace) and a creationTimestamp (kept on replace), tells the watches
+    /// (ADDED or MODIFIED), and returns the new resourceVersion.
+    ///
+    /// Panics on an object of a kind the server does not store, or without a name, or with a
+    /// namespace that does not fit its kind: those are mistakes in the test.
+    pub fn apply(&self, mut obj: Value) -> String {
+        let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let res = resource_by_kind(kind)
+            .unwrap_or_else(|| panic!("the fake API server does not store kind {kind:?}"));
+        let (namespace, name) = object_name(&obj);
+        let name = name.unwrap_or_else(|| panic!("a {kind} without metadata.name"));
+        assert_eq!(
+            namespace.is_some(),
+            res.namespaced,
+            "{kind} {name}: metadata.namespace must be set exactly for namespaced kinds"
+        );
+        let key = object_key(namespace.as_deref(), &name);
+        let mut st = self.inner.state();
+        st.rv += 1;
+        let rv = st.rv;
+        let before = st.objects.get(res.kind).and_then(|m| m.get(&key)).cloned();
+        let uid = before
+            .as_ref()
+            .and_then(|b| b.pointer("/metadata/uid"))
+            .or_else(|| obj.pointer("/metadata/uid"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or_else(|| st.new_uid());
+        let created = before
+            .as_ref()
+            .and_then(|b| b.pointer("/metadata/creationTimestamp"))
+            .or_else(|| obj.pointer("/metadata/creationTimestamp"))
+            .filter(|t| t.is_string())
+            .cloned()
+            .unwrap_or_else(|| Value::String(rfc3339(SystemTime::now())));
+        if let Some(o) = obj.as_object_mut() {
+            o.insert("apiVersion".into(), Value::String(res.api_version()));
+        }
+        if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
+            meta.insert("uid".into(), Value::String(uid));
+            meta.insert("creationTimestamp".into(), created);
+        }
+        st.objects
+            .entry(res.kind)
+            .or_default()
+            .insert(key.clone(), obj.clone());
+        st.record(Change {
+            rv,
+            res,
+            key,
+            before,
+            after: Some(obj),
+        });
+        rv.to_string()
+    }
+
+    /// Deletes an object, if there is one: the watches get DELETED carrying its last state
+    /// with the deletion's resourceVersion.
+    pub fn delete(&self, kind: &str, namespace: Option<&str>, name: &str) -> bool {
+        let Some(res) = resource_by_kind(kind) else {
+            return false;
+        };
+        let key = object_key(namespace, name);
+        let mut st = self.inner.state();
+        let Some(before) = st.objects.get_mut(res.kind).and_then(|m| m.remove(&key)) else {
+            return false;
+        };
+        st.rv += 1;
+        let rv = st.rv;
+        st.record(Change {
+            rv,
+            res,
+            key,
+            before: Some(before),
+            after: None,
+        });
+        true
+    }
+
+    /// The object as stored (with `kind` and `apiVersion`).
+    pub fn get(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let res = resource_by_kind(kind)?;
+        let key = object_key(namespace, name);
+        self.inner
+            .state()
+            .objects
+            .get(res.kind)
+            .and_then(|m| m.get(&key))
+            .cloned()
+    }
+
+    /// Caps the page size of lists that ask for pages (`limit`): a page holds at most
+    /// `min(limit, n)` items, and a continue token when more remain. `None` lifts the cap.
+    /// Lists without `limit` are never paged, as on a real server.
+    pub fn set_page_limit(&self, n: Option<usize>) {
+        self.inner.state().page_limit = n;
+    }
+
+    /// Compacts the history, as etcd does: every open watch gets an ERROR event carrying a
+    /// 410 Expired Status and ends; later watches from an older resourceVersion get the same,
+    /// and continuing a list begun at an older resourceVersion, or listing exactly at one,
+    /// answers 410 Expired.
+    pub fn expire_watches(&self) {
+        let mut st = self.inner.state();
+        st.compacted = st.rv;
+        let oldest = st.oldest();
+        let watches = st.take_watches();
+        drop(st);
+        for w in watches {
+            let status = ApiError::expired(format!(
+                "too old resource version: {} ({oldest})",
+                w.last_rv
+            ));
+            if w.tx
+                .try_send(event_line("ERROR", &status.status()))
+                .is_err()
+            {
+                // No room for the error: end it the hard way rather than cleanly.
+                w.conn.cancel();
+            }
+        }
+    }
+
+    /// Cuts the connection of every open watch, with no final event, as a network failure
+    /// would.
+    pub fn drop_watches(&self) {
+        let watches = self.inner.state().take_watches();
+        for w in watches {
+            w.conn.cancel();
+        }
+    }
+
+    /// Ends every open watch cleanly (the last chunk is sent), as a watch timeout does.
+    pub fn end_watches(&self) {
+        drop(self.inner.state().take_watches());
+    }
+
+    /// Sends a BOOKMARK at the current resourceVersion to every watch that allows them.
+    pub fn bookmark(&self) {
+        let mut st = self.inner.state();
+        let rv = st.rv;
+        let mut slow = Vec::new();
+        for w in st.watches.iter_mut().filter(|w| w.bookmarks) {
+            if w.tx
+                .try_send(bookmark_line(w.filter.res, rv, false))
+                .is_ok()
+            {
+                w.last_rv = rv;
+            } else {
+                slow.push(w.id);
+            }
+        }
+        for id in slow {
+            st.remove_watch(id);
+        }
+    }
+
+    /// Restarts the API server: closes the listener and every connection, then listens again
+    /// on the same port. The store and its history survive, as they do in etcd.
+    pub async fn restart(&self) {
+        let mut serving = self.serving.lock().await;
+        serving.generation.cancel();
+        serving.tracker.close();
+        serving.tracker.wait().await;
+        drop(self.inner.state().take_watches());
+        let listener = listen(self.addr).expect("listen again on the fake API server's port");
+        *serving = serve(&self.inner, listener, self.root.child_token());
+    }
+
+    /// Makes TokenReview know `token`.
+    pub fn add_token(&self, token: &str, review: TokenInfo) {
+        self.inner.state().tokens.insert(token.to_owned(), review);
+    }
+
+    /// The requests received so far (the last 100 000), oldest first.
+    pub fn requests(&self) -> Vec<RequestLog> {
+        self.inner.state().requests.iter().cloned().collect()
+    }
+
+    /// Resolves once at least `n` watch streams whose path starts with `path_prefix` are open
+    /// (a watch of every pod is on `/api/v1/pods`, of namespace `a`'s on
+    /// `/api/v1/namespaces/a/pods`). A watch counts from before its response goes out, so an
+    /// [`FakeKube::apply`] after this resolves reaches it. It waits for as long as it takes:
+    /// bound it with a timeout.
+    pub async fn watchers(&self, path_prefix: &str, n: usize) {
+        let mut open = self.inner.state().open.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = open
+            .wait_for(|paths| paths.iter().filter(|p| p.starts_with(path_prefix)).count() >= n)
+            .await;
+    }
+}
+
+impl std::fmt::Debug for FakeKube {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeKube")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        drop(self.inner.state().take_watches());
+        self.root.cancel();
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+// === impl State ===
+
+impl State {
+    fn new() -> Self {
+        let uid_seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self {
+            rv: FIRST_RV,
+            objects: HashMap::new(),
+            history: VecDeque::new(),
+            history_floor: FIRST_RV,
+            compacted: FIRST_RV,
+            watches: Vec::new(),
+            next_watch: 0,
+            open: watch::Sender::new(Vec::new()),
+            next_uid: 0,
+            uid_seed,
+            page_limit: None,
+            tokens: HashMap::new(),
+            requests: VecDeque::new(),
+        }
+    }
+
+    /// The oldest resourceVersion whose state the server can still reconstruct.
+    fn oldest(&self) -> u64 {
+        self.history_floor.max(self.compacted)
+    }
+
+    fn new_uid(&mut self) -> String {
+        self.next_uid += 1;
+        let (s, n) = (self.uid_seed, self.next_uid);
+        format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            s >> 32,
+            (s >> 16) & 0xffff,
+            s & 0xfff,
+            (n >> 48) & 0xfff,
+            n & 0xffff_ffff_ffff
+        )
+    }
+
+    fn log(&mut self, req: RequestLog) {
+        if self.requests.len() >= REQUEST_LOG {
+            self.requests.pop_front();
+        }
+        self.requests.push_back(req);
+    }
+
+    /// Tells the watches about `change` and remembers it.
+    fn record(&mut self, change: Change) {
+        let mut slow = Vec::new();
+        for w in &mut self.watches {
+            let Some((ty, obj)) = w.filter.event(&change) else {
+                continue;
+            };
+            if w.tx.try_send(event_line(ty, &obj)).is_ok() {
+                w.last_rv = change.rv;
+            } else {
+                // A full queue is a slow consumer: the real server ends its watch too. The
+                // client resumes from the last event it saw, which the history still holds.
+                slow.push(w.id);
+            }
+        }
+        for id in slow {
+            self.remove_watch(id);
+        }
+        self.history.push_back(change);
+        if self.history.len() > HISTORY
+            && let Some(old) = self.history.pop_front()
+        {
+            self.history_floor = old.rv;
+        }
+    }
+
+    /// The objects of `res` as they were at `rv`, which must not be older than
+    /// [`State::oldest`].
+    fn objects_at(&self, res: &Resource, rv: u64) -> BTreeMap<String, Value> {
+        let mut objects = self.objects.get(res.kind).cloned().unwrap_or_default();
+        for change in self.history.iter().rev().take_while(|c| c.rv > rv) {
+            if change.res.kind != res.kind {
+                continue;
+            }
+            match &change.before {
+                Some(before) => objects.insert(change.key.clone(), before.clone()),
+                None => objects.remove(&change.key),
+            };
+        }
+        objects
+    }
+
+    fn remove_watch(&mut self, id: u64) {
+        let before = self.watches.len();
+        self.watches.retain(|w| w.id != id);
+        if self.watches.len() != before {
+            self.publish();
+        }
+    }
+
+    /// Forgets every watch; the caller ends or cuts them.
+    fn take_watches(&mut self) -> Vec<Watch> {
+        let watches = std::mem::take(&mut self.watches);
+        self.publish();
+        watches
+    }
+
+    fn publish(&self) {
+        let paths = self.watches.iter().map(|w| w.path.clone()).collect();
+        self.open.send_replace(paths);
+    }
+
+    /// Answers a list.
+    fn list(&self, filter: &Filter, opts: &Options) -> Result<Value, ApiError> {
+        let res = filter.res;
+        let exact = match opts.version_match.as_deref() {
+            None | Some("NotOlderThan") => false,
+            Some("Exact") => true,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+                )));
+            }
+        };
+        if opts.version_match.is_some() {
+            if opts.resource_version.is_none() {
+                return Err(ApiError::bad_request(
+                    "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+                ));
+            }
+            if opts.continue_token.is_some() {
+                return Err(ApiError::bad_request(
+                    "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden when continue is provided",
+                ));
+            }
+        }
+        let current = self.rv;
+        let (at, start) = if let Some(token) = &opts.continue_token {
+            if opts.resource_version.as_deref().is_some_and(|rv| rv != "0") {
+                return Err(ApiError::bad_request(
+                    "specifying resource version is not allowed when using continue",
+                ));
+            }
+            let (rv, start) = decode_continue(token)?;
+            // A token from an expired list continues at the latest state (rv -1).
+            let at = u64::try_from(rv)
+                .ok()
+                .filter(|rv| *rv > 0)
+                .unwrap_or(current);
+            if at > current {
+                return Err(ApiError::bad_request(
+                    "continue key is not valid: the resource version is in the future",
+                ));
+            }
+            if at < self.oldest() {
+                return Err(ApiError::expired_continue(encode_continue(-1, &start)));
+            }
+            (at, Some(start))
+        } else {
+            match opts.resource_version.as_deref() {
+                None => (current, None),
+                Some("0") if exact => {
+                    return Err(ApiError::bad_request(
+                        "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"",
+                    ));
+                }
+                Some("0") => (current, None),
+                Some(rv) => {
+                    let rv = parse_rv(rv)?;
+                    if rv > current {
+                        return Err(ApiError::too_large_rv(rv, current));
+                    }
+                    if exact && rv < self.oldest() {
+                        return Err(ApiError::expired(format!(
+                            "too old resource version: {rv} ({})",
+                            self.oldest()
+                        )));
+                    }
+                    (if exact { rv } else { current }, None)
+                }
+            }
+        };
+        let objects = if at == current {
+            self.objects.get(res.kind).cloned().unwrap_or_default()
+        } else {
+            self.objects_at(res, at)
+        };
+        let matching: Vec<(String, Value)> = objects
+            .into_iter()
+            .filter(|(key, _)| start.as_deref().is_none_or(|s| key.as_str() >= s))
+            .filter(|(_, obj)| filter.matches(obj))
+            .collect();
+        let limit = opts
+            .limit
+            .map(|l| self.page_limit.map_or(l, |p| l.min(p)).max(1));
+        let take = limit.unwrap_or(matching.len()).min(matching.len());
+        let remaining = matching.len() - take;
+        let mut meta = Map::new();
+        meta.insert("resourceVersion".into(), Value::String(at.to_string()));
+        if remaining > 0
+            && let Some((last, _)) = take.checked_sub(1).and_then(|i| matching.get(i))
+        {
+            let rv = i64::try_from(at).unwrap_or(i64::MAX);
+            meta.insert(
+                "continue".into(),
+                Value::String(encode_continue(rv, &format!("{last}\u{0}"))),
+            );
+            // The real server counts what remains only when nothing is filtered out.
+            if !filter.selective() {
+                meta.insert("remainingItemCount".into(), Value::from(remaining));
+            }
+        }
+        let items: Vec<Value> = matching
+            .into_iter()
+            .take(take)
+            .map(|(_, mut obj)| {
+                // Items of a typed list carry no type information on the wire.
+                if let Some(o) = obj.as_object_mut() {
+                    o.remove("kind");
+                    o.remove("apiVersion");
+                }
+                obj
+            })
+            .collect();
+        Ok(json!({
+            "kind": format!("{}List", res.kind),
+            "apiVersion": res.api_version(),
+            "metadata": meta,
+            "items": items,
+        }))
+    }
+
+    /// Opens a watch: the events it starts with, and (unless it ends right there) its id and
+    /// the queue the store feeds.
+    #[allow(clippy::type_complexity, reason = "a private helper's two results")]
+    fn watch(
+        &mut self,
+        filter: Filter,
+        opts: &Options,
+        path: &str,
+        conn: &CancellationToken,
+    ) -> Result<(VecDeque<Bytes>, Option<(u64, mpsc::Receiver<Bytes>)>), ApiError> {
+        let streaming = opts.send_initial_events;
+        if opts.version_match.is_some() && streaming.is_none() {
+            return Err(ApiError::bad_request(
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            ));
+        }
+        if streaming.is_some() && opts.version_match.as_deref() != Some("NotOlderThan") {
+            return Err(ApiError::bad_request(
+                "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            ));
+        }
+        if streaming == Some(true) && !opts.bookmarks {
+            return Err(ApiError::bad_request(
+                "allowWatchBookmarks: Required value: sendInitialEvents requires setting allowWatchBookmarks to true",
+            ));
+        }
+        let res = filter.res;
+        let mut initial = VecDeque::new();
+        let current_objects = |initial: &mut VecDeque<Bytes>| {
+            for obj in self
+                .objects
+                .get(res.kind)
+                .into_iter()
+                .flat_map(|m| m.values())
+            {
+                if filter.matches(obj) {
+                    initial.push_back(event_line("ADDED", obj));
+                }
+            }
+        };
+        match (streaming, opts.resource_version.as_deref()) {
+            (Some(true), rv) => {
+                if let Some(rv) = rv.filter(|rv| *rv != "0") {
+                    let rv = parse_rv(rv)?;
+                    if rv > self.rv {
+                        return Err(ApiError::too_large_rv(rv, self.rv));
+                    }
+                }
+                current_objects(&mut initial);
+                initial.push_back(bookmark_line(res, self.rv, true));
+            }
+            (None, None | Some("0")) => current_objects(&mut initial),
+            (Some(false), None | Some("0")) => {}
+            (_, Some(rv)) => {
+                let rv = parse_rv(rv)?;
+                if rv > self.rv {
+                    // The real server waits a few seconds for its cache to catch up first.
+                    return Err(ApiError::too_large_rv(rv, self.rv));
+                }
+                if rv < self.oldest() {
+                    let status = ApiError::expired(format!(
+                        "too old resource version: {rv} ({})",
+                        self.oldest()
+                    ));
+                    initial.push_back(event_line("ERROR", &status.status()));
+                    return Ok((initial, None));
+                }
+                for change in self.history.iter().filter(|c| c.rv > rv) {
+                    if let Some((ty, obj)) = filter.event(change) {
+                        initial.push_back(event_line(ty, &obj));
+                    }
+                }
+            }
+        }
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        self.next_watch += 1;
+        let id = self.next_watch;
+        self.watches.push(Watch {
+            id,
+            path: path.to_owned(),
+            filter,
+            bookmarks: opts.bookmarks,
+            last_rv: self.rv,
+            tx,
+            conn: conn.clone(),
+        });
+        self.publish();
+        Ok((initial, Some((id, rx))))
+    }
+
+    /// Answers a TokenReview: the request, with its status.
+    fn token_review(&self, mut review: Value) -> Result<Value, ApiError> {
+        let spec = review.get("spec").and_then(Value::as_object);
+        let token = spec
+            .and_then(|s| s.get("token"))
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::bad_request("token is required for TokenReview in authentication")
+            })?;
+        let wanted: Vec<String> = match spec.and_then(|s| s.get("audiences")) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| ApiError::bad_request("spec.audiences must be strings"))?,
+            Some(_) => return Err(ApiError::bad_request("spec.audiences must be a list")),
+        };
+        let failed = |error: String| json!({ "user": {}, "error": error });
+        let status = match self.tokens.get(token) {
+            None => failed("[invalid bearer token, token lookup failed]".into()),
+            Some(info) if info.expired => {
+                failed("[invalid bearer token, service account token has expired]".into())
+            }
+            Some(info) => {
+                let granted: Vec<String> = if wanted.is_empty() {
+                    info.audiences.clone()
+                } else {
+                    wanted
+                        .iter()
+                        .filter(|a| info.audiences.contains(a))
+                        .cloned()
+                        .collect()
+                };
+                if granted.is_empty() && !wanted.is_empty() {
+                    failed(format!(
+                        "[invalid bearer token, token audiences {} is invalid for the target audiences {}]",
+                        go_quoted(&info.audiences),
+                        go_quoted(&wanted)
+                    ))
+                } else {
+                    let mut user = Map::new();
+                    user.insert("username".into(), Value::String(info.username.clone()));
+                    if !info.uid.is_empty() {
+                        user.insert("uid".into(), Value::String(info.uid.clone()));
+                    }
+                    user.insert("groups".into(), json!(groups_of(&info.username)));
+                    if !info.extra.is_empty() {
+                        user.insert("extra".into(), json!(info.extra));
+                    }
+                    let mut status = Map::new();
+                    status.insert("authenticated".into(), Value::Bool(true));
+                    status.insert("user".into(), Value::Object(user));
+                    if !granted.is_empty() {
+                        status.insert("audiences".into(), json!(granted));
+                    }
+                    Value::Object(status)
+                }
+            }
+        };
+        // `authenticated: false` is left out on the wire (omitempty), as the real server does.
+        if let Some(o) = review.as_object_mut() {
+            o.insert("metadata".into(), json!({ "creationTimestamp": null }));
+            o.insert("status".into(), status);
+        }
+        Ok(review)
+    }
+}
+
+// === impl Change, Filter ===
+
+impl Filter {
+    fn new(
+        res: &'static Resource,
+        namespace: Option<String>,
+        name: Option<String>,
+        opts: &Options,
+    ) -> Result<Self, ApiError> {
+        let mut fields = match &opts.field_selector {
+            Some(sel) => parse_fields(res, sel)?,
+            None => Vec::new(),
+        };
+        if let Some(name) = name {
+            fields.push(FieldReq {
+                field: "metadata.name".into(),
+                value: name,
+                equals: true,
+            });
+        }
+        Ok(Self {
+            res,
+            namespace,
+            labels: opts.label_selector.clone(),
+            fields,
+        })
+    }
+
+    /// Whether the selectors may leave objects out.
+    fn selective(&self) -> bool {
+        !self.labels.is_empty() || !self.fields.is_empty()
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        if let Some(ns) = &self.namespace
+            && obj.pointer("/metadata/namespace").and_then(Value::as_str) != Some(ns.as_str())
+        {
+            return false;
+        }
+        let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
+        let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+        self.labels.iter().all(|r| r.matches(label))
+            && self
+                .fields
+                .iter()
+                .all(|f| (field_value(obj, &f.field) == f.value) == f.equals)
+    }
+
+    /// The event a watch with this filter gets for `change`, if any. An object that starts
+    /// matching is ADDED and one that stops matching is DELETED, as the watch cache does.
+    fn event(&self, change: &Change) -> Option<(&'static str, Value)> {
+        if change.res.kind != self.res.kind {
+            return None;
+        }
+        let before = change.before.as_ref().filter(|o| self.matches(o));
+        let after = change.after.as_ref().filter(|o| self.matches(o));
+        match (before, after) {
+            (None, None) => None,
+            (None, Some(after)) => Some(("ADDED", after.clone())),
+            (Some(_), Some(after)) => Some(("MODIFIED", after.clone())),
+            (Some(before), None) => {
+                let mut last = before.clone();
+                if let Some(meta) = last.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.insert(
+                        "resourceVersion".into(),
+                        Value::String(change.rv.to_string()),
+                    );
+                }
+                Some(("DELETED", last))
+            }
+        }
+    }
+}
+
+// === impl LabelReq ===
+
+impl LabelReq {
+    fn matches<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        match self {
+            LabelReq::Equals(k, v) => label(k) == Some(v.as_str()),
+            LabelReq::NotEquals(k, v) => label(k) != Some(v.as_str()),
+            LabelReq::In(k, vs) => label(k).is_some_and(|l| vs.iter().any(|v| v == l)),
+            LabelReq::NotIn(k, vs) => !label(k).is_some_and(|l| vs.iter().any(|v| v == l)),
+            LabelReq::Exists(k) => label(k).is_some(),
+            LabelReq::NotExists(k) => label(k).is_none(),
+        }
+    }
+}
+
+// === impl Options ===
+
+impl Options {
+    fn parse(query: &str) -> Result<Self, ApiError> {
+        let mut o = Options::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let (k, v) = (percent_decode(k), percent_decode(v));
+            let non_empty = |v: String| (!v.is_empty()).then_some(v);
+            match k.as_str() {
+                "watch" => o.watch = parse_bool(&k, &v)?.unwrap_or(false),
+                "allowWatchBookmarks" => o.bookmarks = parse_bool(&k, &v)?.unwrap_or(false),
+                "sendInitialEvents" => o.send_initial_events = parse_bool(&k, &v)?,
+                "resourceVersion" => o.resource_version = non_empty(v),
+                "resourceVersionMatch" => o.version_match = non_empty(v),
+                "continue" => o.continue_token = non_empty(v),
+                "labelSelector" => o.label_selector = parse_labels(&v)?,
+                "fieldSelector" => o.field_selector = non_empty(v),
+                "limit" => {
+                    let limit: i64 = parse_number(&k, &v)?;
+                    o.limit = usize::try_from(limit).ok().filter(|l| *l > 0);
+                }
+                "timeoutSeconds" => {
+                    let secs: i64 = parse_number(&k, &v)?;
+                    o.timeout = u64::try_from(secs)
+                        .ok()
+                        .filter(|s| *s > 0)
+                        .map(Duration::from_secs);
+                }
+                _ => {}
+            }
+        }
+        Ok(o)
+    }
+}
+
+// === impl ApiError ===
+
+impl ApiError {
+    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+            continue_token: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
+    fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+    }
+
+    fn no_such_path() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    }
+
+    fn not_found(res: &Resource, name: &str) -> Self {
+        let mut details = json!({ "name": name, "kind": res.plural });
+        if !res.group.is_empty()
+            && let Some(d) = details.as_object_mut()
+        {
+            d.insert("group".into(), Value::String(res.group.into()));
+        }
+        Self {
+            details: Some(details),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("{} {name:?} not found", res.plural),
+            )
+        }
+    }
+
+    fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
+    }
+
+    fn expired(message: String) -> Self {
+        Self::new(StatusCode::GONE, "Expired", message)
+    }
+
+    fn expired_continue(token: String) -> Self {
+        Self {
+            continue_token: Some(token),
+            ..Self::expired(
+                "The provided continue parameter is too old to display a consistent list result. \
+                 You can start a new list without the continue parameter, or use the continue \
+                 token in this response to retrieve the remainder of the results. Continuing \
+                 with the provided token results in an inconsistent list - objects that were \
+                 created, modified, or deleted between the time the first chunk was returned \
+                 and now may show up in the list."
+                    .into(),
+            )
+        }
+    }
+
+    fn too_large_rv(rv: u64, current: u64) -> Self {
+        Self {
+            details: Some(json!({
+                "causes": [{
+                    "reason": "ResourceVersionTooLarge",
+                    "message": "Too large resource version",
+                }],
+                "retryAfterSeconds": 1,
+            })),
+            ..Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Timeout",
+                format!("Too large resource version: {rv}, current: {current}"),
+            )
+        }
+    }
+
+    /// The `metav1.Status`.
+    fn status(&self) -> Value {
+        let mut meta = Map::new();
+        if let Some(token) = &self.continue_token {
+            meta.insert("continue".into(), Value::String(token.clone()));
+        }
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": meta,
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code.as_u16(),
+        });
+        if let (Some(details), Some(o)) = (&self.details, status.as_object_mut()) {
+            o.insert("details".into(), details.clone());
+        }
+        status
+    }
+
+    fn response(&self) -> Response<Body> {
+        json_response(self.code, &self.status())
+    }
+}
+
+// === impl Resource, Review ===
+
+impl Resource {
+    fn api_version(&self) -> String {
+        group_version(self.group)
+    }
+
+    fn discovery(&self) -> Value {
+        json!({
+            "name": self.plural,
+            "singularName": self.singular,
+            "namespaced": self.namespaced,
+            "kind": self.kind,
+            "verbs": ["get", "list", "watch"],
+            "shortNames": self.short_names,
+        })
+    }
+}
+
+impl Review {
+    fn discovery(&self) -> Value {
+        json!({
+            "name": self.plural,
+            "singularName": self.singular,
+            "namespaced": false,
+            "kind": self.kind,
+            "verbs": ["create"],
+        })
+    }
+}
+
+// === impl WatchGuard ===
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.state().remove_watch(self.id);
+        }
+    }
+}
+
+// === the server ===
+
+/// A listening socket on `addr`, reusable at once after a restart.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Serves `listener` until `generation` is cancelled.
+fn serve(inner: &Arc<Inner>, listener: TcpListener, generation: CancellationToken) -> Serving {
+    let tracker = TaskTracker::new();
+    let connections = tracker.clone();
+    let inner = inner.clone();
+    let stop = generation.clone();
+    tracker.spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((tcp, _)) => {
+                    connections.spawn(serve_connection(inner.clone(), tcp, stop.child_token()));
+                }
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it was accepted: back
+                    // off a little rather than spin.
+                    tracing::debug!(error = %e, "fake API server: accept failed");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    }
+                }
+            }
+        }
+    });
+    Serving {
+        generation,
+        tracker,
+    }
+}
+
+/// Serves one connection until the client closes it or `cut` is cancelled, which drops it
+/// mid-response.
+async fn serve_connection(inner: Arc<Inner>, tcp: TcpStream, cut: CancellationToken) {
+    let conn_token = cut.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let inner = inner.clone();
+        let conn = conn_token.clone();
+        async move { Ok::<_, Infallible>(handle(&inner, &conn, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(tcp), service);
+    tokio::select! {
+        biased;
+        () = cut.cancelled() => {}
+        _ = conn => {}
+    }
+}
+
+async fn handle(
+    inner: &Arc<Inner>,
+    conn: &CancellationToken,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    inner.state().log(RequestLog {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+    });
+    if !authorized(req.headers()) {
+        return ApiError::unauthorized().response();
+    }
+    let Some(route) = route(&path) else {
+        return ApiError::no_such_path().response();
+    };
+    let get = method == Method::GET;
+    match route {
+        Route::Review(review) if method == Method::POST => {
+            handle_review(inner, review, req.into_body()).await
+        }
+        Route::Collection { res, namespace } if get => {
+            collection(inner, conn, res, namespace, None, &path, &query)
+        }
+        Route::Object {
+            res,
+            namespace,
+            name,
+        } if get => {
+            let opts = match Options::parse(&query) {
+                Ok(o) => o,
+                Err(e) => return e.response(),
+            };
+            if opts.watch {
+                // The deprecated watch of one object: a watch of its collection by name.
+                return collection(inner, conn, res, namespace, Some(name), &path, &query);
+            }
+            let key = object_key(namespace.as_deref(), &name);
+            let obj = inner
+                .state()
+                .objects
+                .get(res.kind)
+                .and_then(|m| m.get(&key))
+                .cloned();
+            match obj {
+                Some(obj) => json_response(StatusCode::OK, &obj),
+                None => ApiError::not_found(res, &name).response(),
+            }
+        }
+        Route::Version if get => json_response(StatusCode::OK, &version()),
+        Route::Health if get => Response::new(full(Bytes::from_static(b"ok"))),
+        Route::CoreVersions if get => json_response(
+            StatusCode::OK,
+            &json!({
+                "kind": "APIVersions",
+                "versions": [VERSION],
+                "serverAddressByClientCIDRs": [
+                    { "clientCIDR": "0.0.0.0/0", "serverAddress": inner.addr.to_string() }
+                ],
+            }),
+        ),
+        Route::Groups if get => json_response(
+            StatusCode::OK,
+            &json!({
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": GROUPS.iter().map(|g| group_discovery(g)).collect::<Vec<_>>(),
+            }),
+        ),
+        Route::Group(group) if get => {
+            let mut doc = group_discovery(group);
+            if let Some(o) = doc.as_object_mut() {
+                o.insert("kind".into(), Value::String("APIGroup".into()));
+                o.insert("apiVersion".into(), Value::String("v1".into()));
+            }
+            json_response(StatusCode::OK, &doc)
+        }
+        Route::Resources(group) if get => {
+            let resources: Vec<Value> = RESOURCES
+                .iter()
+                .filter(|r| r.group == group)
+                .map(Resource::discovery)
+                .chain(
+                    REVIEWS
+                        .iter()
+                        .filter(|r| r.group == group)
+                        .map(Review::discovery),
+                )
+                .collect();
+            let mut doc = json!({
+                "kind": "APIResourceList",
+                "groupVersion": group_version(group),
+                "resources": resources,
+            });
+            if !group.is_empty()
+                && let Some(o) = doc.as_object_mut()
+            {
+                o.insert("apiVersion".into(), Value::String("v1".into()));
+            }
+            json_response(StatusCode::OK, &doc)
+        }
+        _ => ApiError::method_not_allowed().response(),
+    }
+}
+
+/// A list or a watch of `res`.
+fn collection(
+    inner: &Arc<Inner>,
+    conn: &CancellationToken,
+    res: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    path: &str,
+    query: &str,
+) -> Response<Body> {
+    let opts = match Options::parse(query) {
+        Ok(o) => o,
+        Err(e) => return e.response(),
+    };
+    let filter = match Filter::new(res, namespace, name, &opts) {
+        Ok(f) => f,
+        Err(e) => return e.response(),
+    };
+    if !opts.watch {
+        return match inner.state().list(&filter, &opts) {
+            Ok(list) => json_response(StatusCode::OK, &list),
+            Err(e) => e.response(),
+        };
+    }
+    // The lock is released at the end of this statement: the body (whose guard takes the
+    // lock when dropped) is built after it.
+    let started = inner.state().watch(filter, &opts, path, conn);
+    let (initial, queue) = match started {
+        Ok(s) => s,
+        Err(e) => return e.response(),
+    };
+    let guard = queue.as_ref().map(|(id, _)| WatchGuard {
+        inner: Arc::downgrade(inner),
+        id: *id,
+    });
+    let body = WatchBody {
+        initial,
+        rx: queue.map(|(_, rx)| rx),
+        deadline: opts.timeout.map(|t| tokio::time::Instant::now() + t),
+        cut: conn.clone(),
+        done: false,
+        _guard: guard,
+    };
+    let stream = futures_util::stream::unfold(body, |mut body| async move {
+        if body.done {
+            return None;
+        }
+        if let Some(line) = body.initial.pop_front() {
+            return Some((Ok(Frame::data(line)), body));
+        }
+        let rx = body.rx.as_mut()?;
+        let deadline = body.deadline;
+        let timeout = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let line = tokio::select! {
+            biased;
+            () = body.cut.cancelled() => None,
+            line = rx.recv() => line,
+            () = timeout => None,
+        };
+        match line {
+            Some(line) => Some((Ok(Frame::data(line)), body)),
+            None if body.cut.is_cancelled() => {
+                body.done = true;
+                let cut = std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the watch's connection was cut",
+                );
+                Some((Err(cut), body))
+            }
+            None => None,
+        }
+    });
+    let mut rsp = Response::new(StreamBody::new(stream).boxed_unsync());
+    rsp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    rsp
+}
+
+/// A TokenReview or an access review.
+async fn handle_review(inner: &Arc<Inner>, review: &Review, body: Incoming) -> Response<Body> {
+    let bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return ApiError::bad_request("unable to read the request body").response(),
+    };
+    let Ok(obj @ Value::Object(_)) = serde_json::from_slice::<Value>(&bytes) else {
+        return ApiError::bad_request("the request body is not a JSON object").response();
+    };
+    let api_version = group_version(review.group);
+    if obj["kind"] != review.kind || obj["apiVersion"] != api_version.as_str() {
+        return ApiError::bad_request(format!(
+            "the object provided is not a {api_version} {}",
+            review.kind
+        ))
+        .response();
+    }
+    let answer = if review.kind == "TokenReview" {
+        inner.state().token_review(obj)
+    } else {
+        Ok(access_review(obj))
+    };
+    match answer {
+        Ok(answer) => json_response(StatusCode::CREATED, &answer),
+        Err(e) => e.response(),
+    }
+}
+
+/// An access review, allowed: the fake authorizes everything it authenticates.
+fn access_review(mut review: Value) -> Value {
+    if let Some(o) = review.as_object_mut() {
+        o.insert("metadata".into(), json!({ "creationTimestamp": null }));
+        o.insert(
+            "status".into(),
+            json!({ "allowed": true, "reason": "the fake API server allows every request" }),
+        );
+    }
+    review
+}
+
+fn authorized(headers: &HeaderMap) -> bool {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, token)| {
+            scheme.eq_ignore_ascii_case("bearer") && token.trim() == ADMIN_TOKEN
+        })
+}
+
+fn route(path: &str) -> Option<Route> {
+    let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    match segments.as_slice() {
+        ["version"] => Some(Route::Version),
+        ["healthz" | "livez" | "readyz"] => Some(Route::Health),
+        ["api"] => Some(Route::CoreVersions),
+        ["apis"] => Some(Route::Groups),
+        ["api", VERSION] => Some(Route::Resources("")),
+        ["apis", group] => known_group(group).map(Route::Group),
+        ["apis", group, VERSION] => known_group(group).map(Route::Resources),
+        ["api", VERSION, rest @ ..] => resource_route("", rest),
+        ["apis", group, VERSION, rest @ ..] => resource_route(known_group(group)?, rest),
+        _ => None,
+    }
+}
+
+fn resource_route(group: &'static str, rest: &[&str]) -> Option<Route> {
+    let find = |plural: &str| {
+        RESOURCES
+            .iter()
+            .find(|r| r.group == group && r.plural == plural)
+    };
+    match rest {
+        [plural] => {
+            if let Some(review) = REVIEWS
+                .iter()
+                .find(|r| r.group == group && r.plural == *plural)
+            {
+                return Some(Route::Review(review));
+            }
+            Some(Route::Collection {
+                res: find(plural)?,
+                namespace: None,
+            })
+        }
+        [plural, name] => {
+            let res = find(plural).filter(|r| !r.namespaced)?;
+            Some(Route::Object {
+                res,
+                namespace: None,
+                name: (*name).to_owned(),
+            })
+        }
+        ["namespaces", ns, plural] => Some(Route::Collection {
+            res: find(plural).filter(|r| r.namespaced)?,
+            namespace: Some((*ns).to_owned()),
+        }),
+        ["namespaces", ns, plural, name] => Some(Route::Object {
+            res: find(plural).filter(|r| r.namespaced)?,
+            namespace: Some((*ns).to_owned()),
+            name: (*name).to_owned(),
+        }),
+        _ => None,
+    }
+}
+
+fn known_group(group: &str) -> Option<&'static str> {
+    GROUPS.iter().copied().find(|g| *g == group)
+}
+
+fn resource_by_kind(kind: &str) -> Option<&'static Resource> {
+    RESOURCES.iter().find(|r| r.kind == kind)
+}
+
+fn group_version(group: &str) -> String {
+    if group.is_empty() {
+        VERSION.to_owned()
+    } else {
+        format!("{group}/{VERSION}")
+    }
+}
+
+fn group_discovery(group: &str) -> Value {
+    let gv = json!({ "groupVersion": group_version(group), "version": VERSION });
+    json!({ "name": group, "versions": [gv.clone()], "preferredVersion": gv })
+}
+
+fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "33",
+        "emulationMajor": "1",
+        "emulationMinor": "33",
+        "minCompatibilityMajor": "1",
+        "minCompatibilityMinor": "32",
+        "gitVersion": "v1.33.0",
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2025-04-23T00:00:00Z",
+        "goVersion": "go1.24.2",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    })
+}
+
+fn json_response(code: StatusCode, doc: &Value) -> Response<Body> {
+    let mut rsp = Response::new(full(Bytes::from(doc.to_string())));
+    *rsp.status_mut() = code;
+    rsp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    rsp
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+// === wire encodings ===
+
+/// One line of a watch stream.
+fn event_line(ty: &str, object: &Value) -> Bytes {
+    let mut line = json!({ "type": ty, "object": object }).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+/// A BOOKMARK: an object of the watched kind with only its resourceVersion (and, ending a
+/// streaming list's initial events, the annotation that says so).
+fn bookmark_line(res: &Resource, rv: u64, initial_events_end: bool) -> Bytes {
+    let mut meta = Map::new();
+    meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
+    if initial_events_end {
+        meta.insert("annotations".into(), json!({ INITIAL_EVENTS_END: "true" }));
+    }
+    event_line(
+        "BOOKMARK",
+        &json!({ "kind": res.kind, "apiVersion": res.api_version(), "metadata": meta }),
+    )
+}
+
+fn object_name(obj: &Value) -> (Option<String>, Option<String>) {
+    let field = |f: &str| {
+        obj.pointer(f)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    (field("/metadata/namespace"), field("/metadata/name"))
+}
+
+/// Where an object sits in the store, as in etcd's key space.
+fn object_key(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_owned(),
+    }
+}
+
+/// The groups of a user: a service account's namespace groups, and `system:authenticated`.
+fn groups_of(username: &str) -> Vec<String> {
+    let namespace = username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(ns, _)| ns);
+    let mut groups = Vec::new();
+    if let Some(ns) = namespace {
+        groups.push("system:serviceaccounts".to_owned());
+        groups.push(format!("system:serviceaccounts:{ns}"));
+    }
+    groups.push("system:authenticated".to_owned());
+    groups
+}
+
+/// A list of strings as Go's `%q` prints it: `["a" "b"]`.
+fn go_quoted(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+fn field_value(obj: &Value, field: &str) -> String {
+    let pointer = format!("/{}", field.replace('.', "/"));
+    match obj.pointer(&pointer) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Bool(b)) => b.to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn parse_rv(rv: &str) -> Result<u64, ApiError> {
+    rv.parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))
+}
+
+fn parse_number(name: &str, value: &str) -> Result<i64, ApiError> {
+    value
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("{name}: invalid value {value:?}")))
+}
+
+/// A query boolean as Go's `strconv.ParseBool` reads it; empty is unset.
+fn parse_bool(name: &str, value: &str) -> Result<Option<bool>, ApiError> {
+    match value {
+        "" => Ok(None),
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(Some(true)),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(Some(false)),
+        _ => Err(ApiError::bad_request(format!(
+            "{name}: invalid boolean {value:?}"
+        ))),
+    }
+}
+
+/// Decodes a query component (`+` is a space); malformed escapes are kept as they are.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = |j: usize| bytes.get(j).and_then(|c| (*c as char).to_digit(16));
+        match (b, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_labels(selector: &str) -> Result<Vec<LabelReq>, ApiError> {
+    let mut reqs = Vec::new();
+    if selector.trim().is_empty() {
+        return Ok(reqs);
+    }
+    // Commas separate requirements, except inside the parentheses of a set.
+    let mut depth = 0usize;
+    let mut start = 0;
+    let mut parts = Vec::new();
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                parts.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&selector[start..]);
+    for part in parts {
+        reqs.push(parse_label_req(part.trim())?);
+    }
+    Ok(reqs)
+}
+
+fn parse_label_req(req: &str) -> Result<LabelReq, ApiError> {
+    let bad = || ApiError::bad_request(format!("unable to parse requirement: {req:?}"));
+    let key = |k: &str| {
+        let k = k.trim();
+        let ok = !k.is_empty()
+            && k.len() <= 317
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        ok.then(|| k.to_owned()).ok_or_else(bad)
+    };
+    let value = |v: &str| {
+        let v = v.trim();
+        let ok = v.len() <= 63
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        ok.then(|| v.to_owned()).ok_or_else(bad)
+    };
+    if let Some(k) = req.strip_prefix('!') {
+        return Ok(LabelReq::NotExists(key(k)?));
+    }
+    if let Some((k, v)) = req.split_once("!=") {
+        return Ok(LabelReq::NotEquals(key(k)?, value(v)?));
+    }
+    if let Some((k, v)) = req.split_once("==").or_else(|| req.split_once('=')) {
+        return Ok(LabelReq::Equals(key(k)?, value(v)?));
+    }
+    if let Some((k, rest)) = req.split_once(char::is_whitespace) {
+        let rest = rest.trim_start();
+        let (is_in, set) = if let Some(set) = rest.strip_prefix("notin") {
+            (false, set)
+        } else if let Some(set) = rest.strip_prefix("in") {
+            (true, set)
+        } else {
+            return Err(bad());
+        };
+        let set = set
+            .trim()
+            .strip_prefix('(')
+            .and_then(|s| s.strip_suffix(')'))
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(bad)?;
+        let values = set.split(',').map(value).collect::<Result<Vec<_>, _>>()?;
+        let k = key(k)?;
+        return Ok(if is_in {
+            LabelReq::In(k, values)
+        } else {
+            LabelReq::NotIn(k, values)
+        });
+    }
+    Ok(LabelReq::Exists(key(req)?))
+}
+
+fn parse_fields(res: &Resource, selector: &str) -> Result<Vec<FieldReq>, ApiError> {
+    let mut reqs = Vec::new();
+    for part in selector.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (field, value, equals) = if let Some((f, v)) = part.split_once("!=") {
+            (f, v, false)
+        } else if let Some((f, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+            (f, v, true)
+        } else {
+            return Err(ApiError::bad_request(format!(
+                "invalid selector: '{part}'; can't understand '{part}'"
+            )));
+        };
+        let field = field.trim();
+        if !matches!(field, "metadata.name" | "metadata.namespace") && !res.fields.contains(&field)
+        {
+            return Err(ApiError::bad_request(format!(
+                "field label not supported: {field}"
+            )));
+        }
+        reqs.push(FieldReq {
+            field: field.to_owned(),
+            value: value.trim().to_owned(),
+            equals,
+        });
+    }
+    Ok(reqs)
+}
+
+/// A continue token as the real server makes one: unpadded URL-safe base64 of
+/// `{"v":"meta.k8s.io/v1","rv":N,"start":"<key>\u0000"}`.
+fn encode_continue(rv: i64, start: &str) -> String {
+    let doc = json!({ "v": "meta.k8s.io/v1", "rv": rv, "start": start });
+    base64_encode(doc.to_string().as_bytes())
+}
+
+fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
+    let invalid = || ApiError::bad_request("continue key is not valid: incorrect encoding");
+    let bytes = base64_decode(token).ok_or_else(invalid)?;
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    if doc["v"] != "meta.k8s.io/v1" {
+        return Err(ApiError::bad_request(
+            "continue key is not valid: server does not recognize this encoded version",
+        ));
+    }
+    let rv = doc["rv"].as_i64().ok_or_else(invalid)?;
+    let start = doc["start"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(invalid)?;
+    Ok((rv, start.to_owned()))
+}
+
+const BASE64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
+        for i in 0..=chunk.len() {
+            let six = (n >> (18 - 6 * i)) & 63;
+            out.push(char::from(BASE64_URL[six as usize]));
+        }
+    }
+    out
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let six = BASE64_URL.iter().position(|&b| b == c)?;
+        acc = (acc << 6) | six as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// `t` as RFC 3339 in UTC, to the second, as `metav1.Time` is written.
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian), in 400-year eras.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
