@@ -193,6 +193,8 @@ pub async fn run_all<H: PlatformHarness>(mut h: H, mut second: H) {
     h.set(&world).await;
     until(&registry, "the mixed workloads", |s| {
         addrs(s, &api).len() == 4
+            && addrs(s, &svc("web")).len() == 1
+            && addrs(s, &svc("admin")).len() == 1
     })
     .await;
     let snap = registry.snapshot();
@@ -279,8 +281,8 @@ pub async fn run_all<H: PlatformHarness>(mut h: H, mut second: H) {
     })
     .await;
     second.set(&[]).await;
-    until(&registry, "the second source's api-1 gone", |s| {
-        !addrs(s, &api).contains(&addr(10011))
+    until(&registry, "the second source emptied", |s| {
+        !addrs(s, &api).contains(&addr(10011)) && s.source("second").next().is_none()
     })
     .await;
     assert!(addrs(&registry.snapshot(), &api).contains(&a2));

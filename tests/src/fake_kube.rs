@@ -121,6 +121,8 @@ struct State {
     next_uid: u64,
     uid_seed: u64,
     page_limit: Option<usize>,
+    /// [`FakeKube::set_partitioned`]: changes reach no open watch.
+    partitioned: bool,
     tokens: HashMap<String, TokenInfo>,
     requests: VecDeque<RequestLog>,
 }
@@ -526,6 +528,13 @@ impl FakeKube {
         self.inner.state().page_limit = n;
     }
 
+    /// While partitioned, changes reach no open watch, as when the network between the
+    /// clients and the server fails without cutting the connections. Followed by
+    /// [`FakeKube::expire_watches`], the watchers learn the changes only by relisting.
+    pub fn set_partitioned(&self, on: bool) {
+        self.inner.state().partitioned = on;
+    }
+
     /// Compacts the history, as etcd does: every open watch gets an ERROR event carrying a
     /// 410 Expired Status and ends; later watches from an older resourceVersion get the same,
     /// and continuing a list begun at an older resourceVersion, or listing exactly at one,
@@ -663,6 +672,7 @@ impl State {
             next_uid: 0,
             uid_seed,
             page_limit: None,
+            partitioned: false,
             tokens: HashMap::new(),
             requests: VecDeque::new(),
         }
@@ -696,7 +706,12 @@ impl State {
     /// Tells the watches about `change` and remembers it.
     fn record(&mut self, change: Change) {
         let mut slow = Vec::new();
-        for w in &mut self.watches {
+        let open = if self.partitioned {
+            &mut [][..]
+        } else {
+            &mut self.watches[..]
+        };
+        for w in open {
             let Some((ty, obj)) = w.filter.event(&change) else {
                 continue;
             };

@@ -11,6 +11,7 @@ pub mod backends;
 pub mod certs;
 pub mod conformance;
 pub mod fake_kube;
+pub mod kube_objects;
 pub mod netns;
 
 use std::collections::BTreeMap;
@@ -747,4 +748,25 @@ impl LogCapture {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// The Kubernetes adapter reading `fake` through the real kube client, with a kubeconfig
+/// written to `dir`, in trust domain `weft.test`.
+pub async fn kube_platform(
+    fake: &fake_kube::FakeKube,
+    dir: &Path,
+    settings: weft_kubernetes::KubernetesSettings,
+) -> weft_kubernetes::KubernetesPlatform {
+    let path = fake.kubeconfig(dir);
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    weft_kubernetes::KubernetesPlatform::with_client(
+        client,
+        settings,
+        weft_core::TrustDomain::new("weft.test").unwrap(),
+    )
+    .with_retry_floor(Duration::from_millis(50))
 }

@@ -82,6 +82,8 @@ pub struct KubernetesPlatform {
     settings: Arc<KubernetesSettings>,
     trust_domain: TrustDomain,
     retry_floor: Duration,
+    /// How many list and watch failures the watch loop has seen.
+    watch_errors: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for KubernetesPlatform {
@@ -145,6 +147,7 @@ impl KubernetesPlatform {
             settings: Arc::new(settings),
             trust_domain,
             retry_floor: Duration::from_millis(800),
+            watch_errors: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 
@@ -153,6 +156,12 @@ impl KubernetesPlatform {
     pub fn with_retry_floor(mut self, floor: Duration) -> Self {
         self.retry_floor = floor;
         self
+    }
+
+    /// Follows how many list and watch failures (refused requests, cut connections, objects
+    /// that do not parse, expired resourceVersions) the adapter has seen and retried.
+    pub fn watch_errors(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.watch_errors.subscribe()
     }
 
     /// The client the adapter talks to the API server with.

@@ -70,7 +70,7 @@ pub(crate) async fn run(
             item = streams.next() => {
                 // The watchers retry for ever, so the merged stream does not end.
                 let Some(item) = item else { return };
-                let mut step = Step { specs: &specs, cluster: &mut cluster, lists: &mut lists, unlisted: &mut unlisted, relisting: &mut relisting };
+                let mut step = Step { errors: &platform.watch_errors, specs: &specs, cluster: &mut cluster, lists: &mut lists, unlisted: &mut unlisted, relisting: &mut relisting };
                 step.handle(item);
                 for _ in 0..MAX_BATCH {
                     match streams.next().now_or_never() {
@@ -106,13 +106,16 @@ pub(crate) async fn run(
             continue;
         }
         if cluster.is_dirty() {
-            registry.update(cluster.take_changes());
+            let changes = cluster.take_changes();
+            tracing::debug!(platform = crate::NAME, services = ?changes.iter().map(|c| c.0.to_string()).collect::<Vec<_>>(), "registry update");
+            registry.update(changes);
         }
     }
 }
 
 /// What handling one watch event may change.
 struct Step<'a> {
+    errors: &'a tokio::sync::watch::Sender<u64>,
     specs: &'a [(Kind, Scope)],
     cluster: &'a mut Cluster,
     lists: &'a mut HashMap<usize, Vec<Object>>,
@@ -147,6 +150,7 @@ impl Step<'_> {
             Ok(Event::Apply(object)) => self.cluster.apply(object),
             Ok(Event::Delete(object)) => self.cluster.delete_object(&object),
             Err(error) => {
+                self.errors.send_modify(|n| *n += 1);
                 if is_gone(&error) {
                     tracing::info!(
                         platform = crate::NAME,

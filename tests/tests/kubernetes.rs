@@ -1,0 +1,566 @@
+//! The Kubernetes adapter against the fake API server, beyond the shared conformance suite:
+//! paged lists, cut and ended watches and API server restarts without a relist, namespace
+//! restriction, every attestation refusal, and a control plane that issues ServiceAccount
+//! identities to two proxies that then talk mTLS by service name.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use weft_core::platform::{AttestError, Credential, Platform};
+use weft_core::{Registry, RegistrySnapshot, ServiceName};
+use weft_kubernetes::{KubernetesPlatform, KubernetesSettings};
+use weft_tests::fake_kube::FakeKube;
+use weft_tests::kube_objects::{self as k8s, Condition, SliceEndpoint, SvcPort, TokenFor};
+use weft_tests::{WAIT, admin_get, backends, metric};
+
+const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Runs the adapter into a fresh registry.
+struct Running {
+    registry: Registry,
+    platform: Arc<KubernetesPlatform>,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    async fn start(fake: &FakeKube, settings: KubernetesSettings) -> Self {
+        weft_tests::trace_init();
+        let dir = tempfile::tempdir().unwrap();
+        let platform = Arc::new(weft_tests::kube_platform(fake, dir.path(), settings).await);
+        let registry = Registry::new();
+        let stop = CancellationToken::new();
+        let (p, w, s) = (
+            platform.clone(),
+            registry.writer("kubernetes"),
+            stop.clone(),
+        );
+        tokio::spawn(async move { p.run(w, s).await });
+        Self {
+            registry,
+            platform,
+            stop,
+            _dir: dir,
+        }
+    }
+
+    async fn until(&self, what: &str, f: impl Fn(&RegistrySnapshot) -> bool) {
+        let mut rx = self.registry.subscribe();
+        tokio::time::timeout(WAIT, rx.wait_for(|s| f(s)))
+            .await
+            .unwrap_or_else(|_| panic!("registry never showed: {what}"))
+            .unwrap();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn svc(ns: &str, name: &str) -> ServiceName {
+    ServiceName::new(ns, name).unwrap()
+}
+
+fn endpoints(s: &RegistrySnapshot, name: &ServiceName) -> Vec<SocketAddr> {
+    s.service(name)
+        .map(|s| {
+            s.ports
+                .iter()
+                .flat_map(|p| p.endpoints.iter().map(|e| e.address))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A Service `name` on port 80 (target 8080) with one ready, meshed pod at `pod_ip`.
+fn add_service(fake: &FakeKube, ns: &str, name: &str, cluster_ip: Option<IpAddr>, pod_ip: IpAddr) {
+    let pod = format!("{name}-0");
+    fake.apply(k8s::pod(ns, &pod, name, true, pod_ip));
+    let mut port = SvcPort::new("http", 80);
+    port.target = serde_json::json!(8080);
+    fake.apply(k8s::service(ns, name, cluster_ip, &[port]));
+    fake.apply(k8s::slice(
+        ns,
+        &format!("{name}-abc"),
+        name,
+        &[("http", 8080)],
+        &[SliceEndpoint {
+            pod: Some(pod),
+            ip: pod_ip,
+            condition: Condition::Ready,
+        }],
+    ));
+}
+
+/// The list requests (not watches) the fake has served for `path`.
+fn lists(fake: &FakeKube, path: &str) -> Vec<String> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path == path && !r.query.contains("watch="))
+        .map(|r| r.query)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_lists_and_cluster_ips() {
+    let fake = FakeKube::start().await;
+    fake.set_page_limit(Some(2));
+    for i in 0..5 {
+        add_service(
+            &fake,
+            "shop",
+            &format!("s{i}"),
+            Some(ip(&format!("10.96.0.{}", 10 + i))),
+            ip(&format!("10.1.0.{}", 10 + i)),
+        );
+    }
+    let run = Running::start(&fake, KubernetesSettings::default()).await;
+    run.until("five services, each with its endpoint", |s| {
+        (0..5).all(|i| endpoints(s, &svc("shop", &format!("s{i}"))).len() == 1)
+    })
+    .await;
+    let pages = lists(&fake, "/api/v1/services");
+    assert!(
+        pages.iter().any(|q| q.contains("continue=")),
+        "the services were not listed in pages: {pages:?}"
+    );
+    // The ClusterIP leads to the service; the endpoint is the pod's address on the target port.
+    let snap = run.registry.snapshot();
+    let found: Vec<_> = snap
+        .lookup_address(SocketAddr::new(ip("10.96.0.12"), 80))
+        .map(|a| a.service.to_string())
+        .collect();
+    assert_eq!(found, ["s2.shop"]);
+    assert_eq!(
+        endpoints(&snap, &svc("shop", "s2")),
+        [SocketAddr::new(ip("10.1.0.12"), 8080)]
+    );
+    let ep = &snap.service(&svc("shop", "s2")).unwrap().ports[0].endpoints[0];
+    assert_eq!(
+        ep.identity.as_ref().unwrap().spiffe_id(),
+        "spiffe://weft.test/ns/shop/sa/s2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_and_ended_watches_and_restarts_resume_without_a_relist() {
+    let fake = FakeKube::start().await;
+    add_service(&fake, "shop", "api", Some(ip("10.96.0.10")), ip("10.1.0.1"));
+    let run = Running::start(&fake, KubernetesSettings::default()).await;
+    let api = svc("shop", "api");
+    run.until("api", |s| endpoints(s, &api).len() == 1).await;
+    // Every write from here on must keep api: a relist that showed it vanishing would fail.
+    let mut rx = run.registry.subscribe();
+    let watcher = tokio::spawn(async move {
+        let mut versions = 0;
+        while rx.changed().await.is_ok() {
+            let s = rx.borrow_and_update().clone();
+            assert!(s.service(&svc("shop", "api")).is_some(), "api vanished");
+            versions += 1;
+        }
+        versions
+    });
+    let lists_before = fake
+        .requests()
+        .iter()
+        .filter(|r| !r.query.contains("watch="))
+        .count();
+
+    let mut n = 0;
+    for what in ["cut", "ended"] {
+        fake.watchers("/apis/discovery.k8s.io/v1/endpointslices", 1)
+            .await;
+        match what {
+            "cut" => fake.drop_watches(),
+            _ => fake.end_watches(),
+        }
+        n += 1;
+        let pod_ip = ip(&format!("10.1.0.{}", 10 + n));
+        add_extra_endpoint(&fake, n, pod_ip);
+        run.until(
+            &format!("an endpoint added after the watches were {what}"),
+            |s| endpoints(s, &api).contains(&SocketAddr::new(pod_ip, 8080)),
+        )
+        .await;
+    }
+    fake.restart().await;
+    n += 1;
+    let pod_ip = ip(&format!("10.1.0.{}", 10 + n));
+    add_extra_endpoint(&fake, n, pod_ip);
+    run.until("an endpoint added after an API server restart", |s| {
+        endpoints(s, &api).contains(&SocketAddr::new(pod_ip, 8080))
+    })
+    .await;
+    let lists_after = fake
+        .requests()
+        .iter()
+        .filter(|r| !r.query.contains("watch="))
+        .count();
+    assert_eq!(lists_after, lists_before, "a disruption caused a relist");
+    run.stop.cancel();
+    drop(run);
+    let versions = tokio::time::timeout(WAIT, watcher).await.unwrap().unwrap();
+    assert!(versions >= 3, "{versions} writes");
+}
+
+/// Adds pod `api-<n>` at `pod_ip` to the Service api, in a slice of its own.
+fn add_extra_endpoint(fake: &FakeKube, n: u32, pod_ip: IpAddr) {
+    let pod = format!("api-{n}");
+    fake.apply(k8s::pod("shop", &pod, "api", true, pod_ip));
+    fake.apply(k8s::slice(
+        "shop",
+        &format!("api-x{n}"),
+        "api",
+        &[("http", 8080)],
+        &[SliceEndpoint {
+            pod: Some(pod),
+            ip: pod_ip,
+            condition: Condition::Ready,
+        }],
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_listed_namespaces_are_watched_and_attested() {
+    let fake = FakeKube::start().await;
+    add_service(&fake, "shop", "api", None, ip("10.1.0.1"));
+    add_service(&fake, "other", "api", None, ip("10.2.0.1"));
+    let settings = KubernetesSettings {
+        namespaces: vec!["shop".into()],
+        ..Default::default()
+    };
+    let run = Running::start(&fake, settings).await;
+    run.until("shop's api", |s| {
+        endpoints(s, &svc("shop", "api")).len() == 1
+    })
+    .await;
+    // Everything listed by now; a watch per namespace, never cluster-wide.
+    let snap = run.registry.snapshot();
+    assert!(snap.service(&svc("other", "api")).is_none());
+    assert!(lists(&fake, "/api/v1/services").is_empty());
+    assert!(!lists(&fake, "/api/v1/namespaces/shop/services").is_empty());
+
+    TokenFor::new("other", "api-0", "api").register(&fake, "t-other");
+    let err = run
+        .platform
+        .attest(&credential("t-other", "other/api-0"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AttestError::UnknownWorkload(_)), "{err}");
+    TokenFor::new("shop", "api-0", "api").register(&fake, "t-shop");
+    let id = run
+        .platform
+        .attest(&credential("t-shop", "shop/api-0"))
+        .await
+        .unwrap();
+    assert_eq!(id.spiffe_id(), "spiffe://weft.test/ns/shop/sa/api");
+}
+
+fn credential(token: &str, workload: &str) -> Credential {
+    Credential {
+        platform: "kubernetes".into(),
+        token: token.into(),
+        workload: Some(workload.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestation_accepts_only_a_bound_token_of_the_right_audience_pod_and_account() {
+    let fake = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let platform =
+        weft_tests::kube_platform(&fake, dir.path(), KubernetesSettings::default()).await;
+    fake.apply(k8s::pod("shop", "web-0", "web", true, LOCAL));
+    fake.apply(k8s::pod("shop", "db-0", "db", true, LOCAL));
+
+    TokenFor::new("shop", "web-0", "web").register(&fake, "good");
+    let id = platform
+        .attest(&credential("good", "shop/web-0"))
+        .await
+        .unwrap();
+    assert_eq!(id.spiffe_id(), "spiffe://weft.test/ns/shop/sa/web");
+    // Without a claimed workload, the token alone says which pod.
+    let mut bare = credential("good", "");
+    bare.workload = None;
+    assert_eq!(platform.attest(&bare).await.unwrap(), id);
+
+    let refused = |token: &'static str, workload: &'static str| {
+        let platform = &platform;
+        async move {
+            platform
+                .attest(&credential(token, workload))
+                .await
+                .unwrap_err()
+        }
+    };
+    let mut t = TokenFor::new("shop", "web-0", "web");
+    t.audiences = vec!["https://kubernetes.default.svc".into()];
+    t.register(&fake, "other-audience");
+    let e = refused("other-audience", "shop/web-0").await;
+    assert!(
+        matches!(&e, AttestError::Rejected(m) if m.contains("audience")),
+        "{e}"
+    );
+
+    let mut t = TokenFor::new("shop", "web-0", "web");
+    t.expired = true;
+    t.register(&fake, "expired");
+    let e = refused("expired", "shop/web-0").await;
+    assert!(
+        matches!(&e, AttestError::Rejected(m) if m.contains("did not authenticate")),
+        "{e}"
+    );
+
+    let e = refused("never-issued", "shop/web-0").await;
+    assert!(matches!(e, AttestError::Rejected(_)), "{e}");
+
+    // A good token presented for another workload.
+    let e = refused("good", "shop/db-0").await;
+    assert!(
+        matches!(&e, AttestError::Rejected(m) if m.contains("cannot prove")),
+        "{e}"
+    );
+
+    // A token naming an account the pod does not run as.
+    TokenFor::new("shop", "web-0", "db").register(&fake, "wrong-account");
+    let e = refused("wrong-account", "shop/web-0").await;
+    assert!(
+        matches!(&e, AttestError::Rejected(m) if m.contains("runs as")),
+        "{e}"
+    );
+
+    // A user's token, and a ServiceAccount token not bound to a pod.
+    fake.add_token(
+        "user",
+        weft_tests::fake_kube::TokenInfo {
+            username: "jane@example.com".into(),
+            audiences: vec!["weft".into()],
+            ..Default::default()
+        },
+    );
+    let e = refused("user", "shop/web-0").await;
+    assert!(
+        matches!(&e, AttestError::Rejected(m) if m.contains("not a ServiceAccount")),
+        "{e}"
+    );
+    fake.add_token(
+        "unbound",
+        weft_tests::fake_kube::TokenInfo {
+            username: "system:serviceaccount:shop:web".into(),
+            audiences: vec!["weft".into()],
+            ..Default::default()
+        },
+    );
+    let e = refused("unbound", "shop/web-0").await;
+    assert!(
+        matches!(&e, AttestError::Rejected(m) if m.contains("not bound to a pod")),
+        "{e}"
+    );
+
+    // The pod is gone, or gone and back under the same name (a new uid).
+    TokenFor::new("shop", "db-0", "db").register(&fake, "db-token");
+    fake.delete("Pod", Some("shop"), "db-0");
+    let e = refused("db-token", "shop/db-0").await;
+    assert!(matches!(e, AttestError::UnknownWorkload(_)), "{e}");
+    let mut recreated = k8s::pod("shop", "db-0", "db", true, LOCAL);
+    recreated["metadata"]["uid"] = serde_json::json!("a-new-uid");
+    fake.apply(recreated);
+    let e = refused("db-token", "shop/db-0").await;
+    assert!(
+        matches!(&e, AttestError::UnknownWorkload(m) if m.contains("uid")),
+        "{e}"
+    );
+
+    // Another platform's credential, and an API server that cannot be reached.
+    let mut other = credential("good", "shop/web-0");
+    other.platform = "nomad".into();
+    assert!(matches!(
+        platform.attest(&other).await,
+        Err(AttestError::WrongPlatform(_))
+    ));
+    drop(fake);
+    let e = refused("good", "shop/web-0").await;
+    assert!(matches!(e, AttestError::Unavailable(_)), "{e}");
+}
+
+/// A control plane running the Kubernetes adapter (from the mesh config file, as the binary
+/// does) issues ServiceAccount identities to two proxies, which then talk mTLS by service name;
+/// the policy, written against those identities, lets web call api and refuses db.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_on_kubernetes_issues_account_identities_and_traffic_flows() {
+    weft_tests::trace_init();
+    let fake = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake.kubeconfig(dir.path());
+    let config = dir.path().join("mesh.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[mesh]
+name = "k8s"
+trust_domain = "weft.test"
+[ca]
+data_dir = "{data}"
+[control]
+grpc_addr = "127.0.0.1:0"
+http_addr = "127.0.0.1:0"
+[[policy.authorizations]]
+service = "api.shop"
+allow = ["shop/web"]
+[platforms.kubernetes]
+kubeconfig = "{kubeconfig}"
+"#,
+            data = dir.path().join("data").display(),
+            kubeconfig = kubeconfig.display(),
+        ),
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let watcher = weft_core::config::ConfigWatcher::start(
+        &config,
+        &weft_control::platforms::loader(),
+        stop.clone(),
+    )
+    .unwrap();
+    let platforms = weft_control::platforms::enabled(&watcher).await.unwrap();
+    assert_eq!(platforms.len(), 1);
+    let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms)
+        .await
+        .unwrap();
+
+    fake.apply(k8s::namespace("shop", Some("enabled")));
+    let start_proxy = |pod: &str, account: &str, app: Option<u16>, upstreams: &[&str]| {
+        fake.apply(k8s::pod("shop", pod, account, true, LOCAL));
+        let token = format!("token-{pod}");
+        TokenFor::new("shop", pod, account).register(&fake, &token);
+        let token_file = dir.path().join(format!("{pod}.token"));
+        std::fs::write(&token_file, &token).unwrap();
+        weft_proxy::ProxyConfig {
+            control_addr: control.grpc_addr.into(),
+            trust_domain: "weft.test".into(),
+            trust_bundle: control.trust_bundle_file.clone(),
+            namespace: "shop".into(),
+            workload: pod.into(),
+            account: Some(account.into()),
+            platform: "kubernetes".into(),
+            token_file,
+            inbound_addr: ([127, 0, 0, 1], 0).into(),
+            app_port: app,
+            transparent: false,
+            outbound_addr: ([127, 0, 0, 1], 0).into(),
+            max_destinations: 100,
+            upstreams: upstreams
+                .iter()
+                .map(|s| weft_proxy::Upstream {
+                    service: s.to_string(),
+                    listen: ([127, 0, 0, 1], 0).into(),
+                })
+                .collect(),
+            admin_addr: ([127, 0, 0, 1], 0).into(),
+            admin_shutdown: false,
+            probe_addr: None,
+            detect_timeout: std::time::Duration::from_secs(1),
+            connect_timeout: std::time::Duration::from_secs(2),
+            dispatch_timeout: std::time::Duration::from_secs(3),
+            drain_timeout: std::time::Duration::from_secs(5),
+            resolve_idle_timeout: std::time::Duration::from_secs(60),
+            log_json: false,
+        }
+    };
+    let app = backends::http_echo("api").await;
+    let api = weft_proxy::Proxy::start(start_proxy("api-0", "api", Some(app.port()), &[]))
+        .await
+        .unwrap();
+    weft_tests::wait_ready(&api).await;
+    // The Service's slice names the pod at the proxy's inbound port, as iptables would lead a
+    // connection to the pod's port there.
+    let inbound = api.inbound_addr.unwrap().port();
+    let mut port = SvcPort::new("http", 80);
+    port.target = serde_json::json!("web");
+    fake.apply(k8s::service("shop", "api", Some(ip("10.96.0.10")), &[port]));
+    fake.apply(k8s::slice(
+        "shop",
+        "api-1",
+        "api",
+        &[("http", inbound)],
+        &[SliceEndpoint {
+            pod: Some("api-0".into()),
+            ip: LOCAL,
+            condition: Condition::Ready,
+        }],
+    ));
+    let web = weft_proxy::Proxy::start(start_proxy("web-0", "web", None, &["api"]))
+        .await
+        .unwrap();
+    let db = weft_proxy::Proxy::start(start_proxy("db-0", "db", None, &["api"]))
+        .await
+        .unwrap();
+    weft_tests::wait_ready(&web).await;
+    weft_tests::wait_ready(&db).await;
+
+    let mut rx = control.registry.subscribe();
+    tokio::time::timeout(
+        WAIT,
+        rx.wait_for(|s| endpoints(s, &svc("shop", "api")).len() == 1),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let c = weft_tests::http_client();
+    let (status, backend, _) =
+        weft_tests::get_through(&c, weft_tests::upstream(&web, "api"), "/").await;
+    assert_eq!((status.as_u16(), backend.as_str()), (200, "api"));
+    let (status, _, _) = weft_tests::get_through(&c, weft_tests::upstream(&db, "api"), "/").await;
+    assert_eq!(status.as_u16(), 403, "db may not call api");
+
+    let server = weft_tests::wait_metric(
+        api.admin_addr,
+        "weft_requests_total",
+        &["direction=\"inbound\""],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &server,
+            "weft_requests_total",
+            &[
+                "direction=\"inbound\"",
+                "peer=\"spiffe://weft.test/ns/shop/sa/web\""
+            ]
+        ),
+        1.0,
+        "{server}"
+    );
+
+    // A proxy whose token is for another audience gets no certificate, and the refusal is
+    // counted by reason.
+    let mut t = TokenFor::new("shop", "web-0", "web");
+    t.audiences = vec!["vault".into()];
+    t.register(&fake, "vault-token");
+    let token_file = dir.path().join("vault.token");
+    std::fs::write(&token_file, "vault-token").unwrap();
+    let mut cfg = start_proxy("web-0", "web", None, &[]);
+    cfg.token_file = token_file;
+    let stray = weft_proxy::Proxy::start(cfg).await.unwrap();
+    weft_tests::wait_metric(
+        control.http_addr,
+        "weft_control_attest_refused_total",
+        &["platform=\"kubernetes\"", "reason=\"rejected\""],
+        1.0,
+    )
+    .await;
+    let (status, why) = admin_get(stray.admin_addr, "GET", "/ready").await;
+    assert_eq!(status, 503, "{why}");
+    control.shutdown().await;
+    stop.cancel();
+}
