@@ -19,6 +19,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use weft_core::config::ConfigWatcher;
 use weft_tests::backends;
+use weft_tests::fake_kube::FakeKube;
+use weft_tests::kube_objects::{self as k8s, Condition, SliceEndpoint, SvcPort, TokenFor};
 use weft_tests::netns::{LAB_WAIT, Lab, NsRuntime, PROXY_UID, lab_or_skip, proxy_binary};
 
 const WEB: usize = 0;
@@ -69,24 +71,117 @@ protocol = "grpc"
     )
 }
 
+/// Where the lab's workloads are declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// In the mesh config file (`[[platforms.local.workloads]]`).
+    Local,
+    /// As pods, Services and EndpointSlices of a fake Kubernetes API server in the hub; the
+    /// proxies present ServiceAccount tokens.
+    Kubernetes,
+}
+
+/// The mesh config file of a lab whose workloads are in the fake API server at `kubeconfig`.
+fn kube_config(dir: &Path, kubeconfig: &Path) -> String {
+    format!(
+        r#"[mesh]
+name = "lab"
+trust_domain = "weft.test"
+
+[ca]
+data_dir = "{data}"
+
+[control]
+grpc_addr = "10.231.0.1:7443"
+http_addr = "127.0.0.1:7080"
+
+[platforms.kubernetes]
+kubeconfig = "{kubeconfig}"
+namespaces = ["lab"]
+"#,
+        data = dir.join("data").display(),
+        kubeconfig = kubeconfig.display(),
+    )
+}
+
+/// The lab's cluster: pods web and api (each with the proxy), Service api on the virtual
+/// address (80 -> the named port `http`, 8080) and Service api-grpc (9090, gRPC).
+fn kube_objects(fake: &FakeKube) {
+    fake.apply(k8s::namespace("lab", Some("enabled")));
+    fake.apply(k8s::pod("lab", "web", "web", true, Lab::addr(WEB)));
+    fake.apply(k8s::pod("lab", "api", "api", true, Lab::addr(API)));
+    let mut http = SvcPort::new("http", 80);
+    http.target = serde_json::json!("http");
+    fake.apply(k8s::service(
+        "lab",
+        "api",
+        Some(VIP.parse().unwrap()),
+        &[http],
+    ));
+    let mut grpc = SvcPort::new("grpc", 9090);
+    grpc.app_protocol = Some("grpc".into());
+    fake.apply(k8s::service(
+        "lab",
+        "api-grpc",
+        Some("10.96.0.11".parse().unwrap()),
+        &[grpc],
+    ));
+    let endpoint = [SliceEndpoint {
+        pod: Some("api".into()),
+        ip: Lab::addr(API),
+        condition: Condition::Ready,
+    }];
+    fake.apply(k8s::slice(
+        "lab",
+        "api-1",
+        "api",
+        &[("http", 8080)],
+        &endpoint,
+    ));
+    fake.apply(k8s::slice(
+        "lab",
+        "api-grpc-1",
+        "api-grpc",
+        &[("grpc", 9090)],
+        &endpoint,
+    ));
+}
+
 /// The lab with its control plane, backends and proxies running.
 struct Mesh {
     dir: tempfile::TempDir,
     rts: Vec<NsRuntime>,
     _proxies: Vec<tokio::process::Child>,
     _hub: NsRuntime,
+    _fake: Option<FakeKube>,
     lab: Lab,
 }
 
 async fn mesh(policy: &str, init_flags: [&[&str]; 2]) -> Option<Mesh> {
+    mesh_via(Via::Local, policy, init_flags).await
+}
+
+async fn mesh_via(via: Via, policy: &str, init_flags: [&[&str]; 2]) -> Option<Mesh> {
     let lab = lab_or_skip(3)?;
     let dir = tempfile::tempdir().unwrap();
     // The proxies' user reads its token and the bundle from here.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let config_path = dir.path().join("mesh.toml");
-    std::fs::write(&config_path, config(dir.path(), policy)).unwrap();
-
     let hub = lab.hub.runtime();
+    let fake = match via {
+        Via::Local => {
+            std::fs::write(&config_path, config(dir.path(), policy)).unwrap();
+            None
+        }
+        Via::Kubernetes => {
+            // The API server listens on the hub's loopback, beside the control plane.
+            let fake = hub.run(FakeKube::start()).await;
+            kube_objects(&fake);
+            let kubeconfig = fake.kubeconfig(dir.path());
+            std::fs::write(&config_path, kube_config(dir.path(), &kubeconfig)).unwrap();
+            Some(fake)
+        }
+    };
     let path = config_path.clone();
     let bundle: PathBuf = hub
         .run(async move {
@@ -144,12 +239,27 @@ async fn mesh(policy: &str, init_flags: [&[&str]; 2]) -> Option<Mesh> {
         );
         // The proxy's own copies of its credential and the bundle, readable by its user only.
         let token = dir.path().join(format!("{name}.token"));
-        std::fs::copy(dir.path().join("data/tokens/lab").join(name), &token).unwrap();
+        match &fake {
+            None => {
+                std::fs::copy(dir.path().join("data/tokens/lab").join(name), &token).unwrap();
+            }
+            Some(fake) => {
+                // A projected ServiceAccount token of the pod, as the kubelet would write it.
+                let secret = format!("projected-token-of-{name}");
+                TokenFor::new("lab", name, name).register(fake, &secret);
+                std::fs::write(&token, secret).unwrap();
+            }
+        }
         std::os::unix::fs::chown(&token, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
+        let platform = match via {
+            Via::Local => "local",
+            Via::Kubernetes => "kubernetes",
+        };
         let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
         let child = ns
             .command_as_proxy_user(&bin)
             .args(["--transparent", "--workload", name, "--namespace", "lab"])
+            .args(["--platform", platform, "--account", name])
             .args([
                 "--trust-domain",
                 "weft.test",
@@ -173,6 +283,7 @@ async fn mesh(policy: &str, init_flags: [&[&str]; 2]) -> Option<Mesh> {
         rts,
         _proxies: proxies,
         _hub: hub,
+        _fake: fake,
         lab,
     };
     for host in [WEB, API] {
@@ -348,6 +459,49 @@ async fn unmodified_clients_reach_mesh_services_by_plain_address_over_mutual_tls
         assert!(n >= 1.0, "{service}: {n}\n{client}");
     }
     assert!(!client.contains("10.231.0.3"), "{client}");
+}
+
+/// The same lab with its workloads in a (fake) Kubernetes API server: the proxies prove their
+/// pods' ServiceAccounts, and an unmodified client reaches the Service by its ClusterIP and by
+/// the pod's address, over mutual TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kubernetes_clients_reach_services_by_cluster_ip_over_mutual_tls() {
+    let Some(m) = mesh_via(Via::Kubernetes, "allow", [&[], &[]]).await else {
+        return;
+    };
+    let rsp = m
+        .expect_backend(WEB, &format!("http://{VIP}/by-cluster-ip"), false, "api")
+        .await;
+    assert!(rsp.contains("GET /by-cluster-ip HTTP/1.1"), "{rsp}");
+    let pod = format!("http://{}/by-pod-ip", Lab::at(API, 8080));
+    m.expect_backend(WEB, &pod, false, "api").await;
+    let grpc = m.rts[WEB]
+        .run(async move {
+            let ch = tonic::transport::Endpoint::from_static("http://10.96.0.11:9090")
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            weft_api::v1::identity_client::IdentityClient::new(ch)
+                .certify(weft_api::CertifyRequest {
+                    csr: b"by cluster ip".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().leaf)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+    assert_eq!(grpc.unwrap(), b"by cluster ip");
+    let server = m.metrics(API).await;
+    assert_eq!(
+        metric(
+            &server,
+            "weft_requests_total",
+            &["direction=\"inbound\"", WEB_ID]
+        ),
+        3.0,
+        "{server}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
