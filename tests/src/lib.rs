@@ -424,7 +424,8 @@ impl TestMesh {
         ProxyConfig {
             control_addr: self.grpc_addr().into(),
             trust_domain: "weft.test".into(),
-            trust_bundle: self.bundle_file(),
+            trust_bundle: Some(self.bundle_file()),
+            trust_bundle_pem: None,
             namespace: "test".into(),
             workload: w.name.clone(),
             account: w.identity.clone(),

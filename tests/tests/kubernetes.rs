@@ -447,7 +447,9 @@ kubeconfig = "{kubeconfig}"
         weft_proxy::ProxyConfig {
             control_addr: control.grpc_addr.into(),
             trust_domain: "weft.test".into(),
-            trust_bundle: control.trust_bundle_file.clone(),
+            trust_bundle: None,
+            // As the injector hands it over: the PEM text itself.
+            trust_bundle_pem: Some(std::fs::read_to_string(&control.trust_bundle_file).unwrap()),
             namespace: "shop".into(),
             workload: pod.into(),
             account: Some(account.into()),

@@ -28,8 +28,21 @@ pub struct ProxyConfig {
     #[arg(long, env = "WEFT_PROXY_TRUST_DOMAIN", default_value = "weft.local")]
     pub trust_domain: String,
     /// PEM file with the mesh roots, to trust the control plane before the first certificate.
-    #[arg(long, env = "WEFT_PROXY_TRUST_BUNDLE")]
-    pub trust_bundle: PathBuf,
+    #[arg(
+        long,
+        env = "WEFT_PROXY_TRUST_BUNDLE",
+        required_unless_present = "trust_bundle_pem"
+    )]
+    pub trust_bundle: Option<PathBuf>,
+    /// The mesh roots as PEM text, instead of a file (the sidecar injector sets it, so a pod
+    /// needs no ConfigMap of its own namespace).
+    #[arg(
+        long,
+        env = "WEFT_PROXY_TRUST_BUNDLE_PEM",
+        conflicts_with = "trust_bundle",
+        hide_env_values = true
+    )]
+    pub trust_bundle_pem: Option<String>,
     /// The workload's namespace.
     #[arg(long, env = "WEFT_PROXY_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -224,6 +237,26 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl ProxyConfig {
+    /// Where the bootstrap trust bundle comes from, for messages: the file, or the variable.
+    pub fn bundle_source(&self) -> PathBuf {
+        match &self.trust_bundle {
+            Some(p) => p.clone(),
+            None => PathBuf::from("WEFT_PROXY_TRUST_BUNDLE_PEM"),
+        }
+    }
+
+    /// The bootstrap trust bundle's PEM text.
+    pub fn bundle_pem(&self) -> std::io::Result<Vec<u8>> {
+        match (&self.trust_bundle, &self.trust_bundle_pem) {
+            (Some(p), _) => std::fs::read(p),
+            (None, Some(pem)) => Ok(pem.as_bytes().to_vec()),
+            (None, None) => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "neither --trust-bundle nor --trust-bundle-pem is set",
+            )),
+        }
+    }
+
     /// Checks what clap cannot.
     pub fn check(&self) -> Result<(), String> {
         self.identity()?;

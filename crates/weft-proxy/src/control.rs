@@ -140,7 +140,7 @@ fn endpoint(config: &ProxyConfig, tls: Arc<ClientConfig>) -> (Endpoint, Connecto
     let connector = Connector {
         addr: config.control_addr.clone(),
         tls: TlsConnector::from(tls),
-        bundle: config.trust_bundle.clone(),
+        bundle: config.bundle_source(),
         trust_domain: config.trust_domain.clone(),
     };
     (endpoint, connector)

@@ -129,12 +129,12 @@ pub fn control_plane_roots(
 pub async fn certify(shared: &Shared) -> Result<TlsCredentials, ControlError> {
     let cfg = &shared.config;
     let identity = cfg.identity().map_err(ControlError::Other)?;
-    let bundle_pem = std::fs::read(&cfg.trust_bundle).map_err(|e| ControlError::Bundle {
-        path: cfg.trust_bundle.clone(),
+    let bundle_pem = cfg.bundle_pem().map_err(|e| ControlError::Bundle {
+        path: cfg.bundle_source(),
         reason: e.to_string(),
     })?;
     let bootstrap = TrustBundle::from_pem(&bundle_pem).map_err(|reason| ControlError::Bundle {
-        path: cfg.trust_bundle.clone(),
+        path: cfg.bundle_source(),
         reason,
     })?;
     let current = shared.credentials.borrow().clone();

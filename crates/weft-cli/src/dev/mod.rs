@@ -298,7 +298,8 @@ fn proxy_config(
     ProxyConfig {
         control_addr: control.into(),
         trust_domain: cfg.mesh.trust_domain.to_string(),
-        trust_bundle: bundle.to_path_buf(),
+        trust_bundle: Some(bundle.to_path_buf()),
+        trust_bundle_pem: None,
         namespace: w.namespace.clone(),
         workload: w.name.clone(),
         account: w.identity.clone(),
