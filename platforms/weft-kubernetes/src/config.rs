@@ -8,6 +8,8 @@ use serde::Deserialize;
 use weft_core::config::{MeshConfig, PlatformSettings, SectionCheck, SectionError};
 use weft_core::model::{CONTROL_NAMESPACE, check_name};
 
+use crate::inject::InjectSettings;
+
 /// The audience proxies' ServiceAccount tokens must carry, unless the section names another.
 pub const DEFAULT_AUDIENCE: &str = "weft";
 
@@ -32,6 +34,9 @@ pub struct KubernetesSettings {
     /// The audience a proxy's projected ServiceAccount token must be issued for.
     #[serde(default = "default_audience")]
     pub token_audience: String,
+    /// `[platforms.kubernetes.inject]`: what sidecar injection adds to a pod.
+    #[serde(default)]
+    pub inject: InjectSettings,
 }
 
 fn yes() -> bool {
@@ -50,6 +55,7 @@ impl Default for KubernetesSettings {
             context: None,
             namespaces: Vec::new(),
             token_audience: default_audience(),
+            inject: InjectSettings::default(),
         }
     }
 }
@@ -89,6 +95,53 @@ impl PlatformSettings for KubernetesSettings {
             return Err(SectionError::new(
                 "token_audience",
                 "the audience must be 1 to 253 characters",
+            ));
+        }
+        let i = &self.inject;
+        for (key, value) in [
+            ("inject.proxy_image", &i.proxy_image),
+            ("inject.image_pull_policy", &i.image_pull_policy),
+            ("inject.control_addr", &i.control_addr),
+            ("inject.proxy_cpu_request", &i.proxy_cpu_request),
+            ("inject.proxy_memory_request", &i.proxy_memory_request),
+            ("inject.proxy_memory_limit", &i.proxy_memory_limit),
+        ] {
+            if value.trim().is_empty() {
+                return Err(SectionError::new(key, "must not be empty"));
+            }
+        }
+        if !matches!(i.image_pull_policy.as_str(), "Always" | "IfNotPresent" | "Never") {
+            return Err(SectionError::new(
+                "inject.image_pull_policy",
+                "expected Always, IfNotPresent or Never",
+            ));
+        }
+        if i.proxy_uid == 0 {
+            return Err(SectionError::new(
+                "inject.proxy_uid",
+                "the proxy must not run as root: its traffic is exempt from interception",
+            ));
+        }
+        let ports = [
+            ("inject.inbound_port", i.inbound_port),
+            ("inject.outbound_port", i.outbound_port),
+            ("inject.admin_port", i.admin_port),
+        ];
+        for (n, (key, port)) in ports.iter().enumerate() {
+            if *port == 0 {
+                return Err(SectionError::new(*key, "port 0 is not allowed"));
+            }
+            if let Some((other, _)) = ports[..n].iter().find(|(_, p)| p == port) {
+                return Err(SectionError::new(
+                    *key,
+                    format!("port {port} is already {other}"),
+                ));
+            }
+        }
+        if !(600..=86_400).contains(&i.token_expiration_seconds) {
+            return Err(SectionError::new(
+                "inject.token_expiration_seconds",
+                "expected 600 (the least Kubernetes accepts) to 86400 seconds",
             ));
         }
         if let Some(context) = &self.context

@@ -40,6 +40,7 @@ use weft_core::{Identity, RegistryWriter, TrustDomain};
 mod attest;
 mod cluster;
 pub mod config;
+pub mod inject;
 mod watch;
 
 pub use cluster::{OPAQUE_PORTS_ANNOTATION, PROXY_CONTAINER};

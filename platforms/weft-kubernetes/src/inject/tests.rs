@@ -1,0 +1,232 @@
+use serde_json::json;
+
+use super::*;
+
+fn injector() -> Injector {
+    Injector {
+        settings: InjectSettings::default(),
+        trust_domain: "weft.test".into(),
+        trust_bundle_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        token_audience: "weft".into(),
+    }
+}
+
+fn deployment(annotations: serde_json::Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}, "annotations": annotations},
+                "spec": {
+                    "serviceAccountName": "web",
+                    "initContainers": [{"name": "migrate", "image": "web:1"}],
+                    "containers": [{"name": "web", "image": "web:1", "ports": [{"containerPort": 8080}]}],
+                    "someFutureField": {"kept": true},
+                },
+            },
+        },
+    })
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect()
+}
+
+fn env<'a>(c: &'a Value, name: &str) -> &'a Value {
+    c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[test]
+fn a_deployment_gets_the_init_container_and_a_native_sidecar() {
+    let mut doc = deployment(json!({"weft.dev/skip-inbound-ports": "22, 9000-9010", "weft.dev/skip-outbound-ports": "5432"}));
+    let outcome = injector().inject_manifest(&mut doc).unwrap();
+    assert_eq!(outcome, [Outcome::Injected]);
+    let spec = &doc["spec"]["template"]["spec"];
+    assert_eq!(
+        names(&spec["initContainers"]),
+        ["weft-init", "weft-proxy", "migrate"],
+        "the proxy starts before the application's own init containers"
+    );
+    assert_eq!(names(&spec["containers"]), ["web"]);
+    let init = &spec["initContainers"][0];
+    assert_eq!(
+        init["args"],
+        json!(["init", "--proxy-uid", "2102", "--inbound-port", "7143", "--outbound-port", "7140",
+               "--skip-inbound-ports", "7191,22,9000-9010", "--skip-outbound-ports", "5432"])
+    );
+    assert_eq!(
+        init["securityContext"]["capabilities"],
+        json!({"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]})
+    );
+    let proxy = &spec["initContainers"][1];
+    assert_eq!(proxy["restartPolicy"], "Always");
+    assert_eq!(proxy["startupProbe"]["httpGet"], json!({"path": "/ready", "port": 7191}));
+    assert_eq!(proxy["securityContext"]["runAsUser"], 2102);
+    assert_eq!(proxy["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(env(proxy, "WEFT_PROXY_PLATFORM")["value"], "kubernetes");
+    assert_eq!(env(proxy, "WEFT_PROXY_TRANSPARENT")["value"], "true");
+    assert_eq!(
+        env(proxy, "WEFT_PROXY_ACCOUNT")["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.serviceAccountName"
+    );
+    assert!(env(proxy, "WEFT_PROXY_TRUST_BUNDLE_PEM")["value"]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
+    let volume = spec["volumes"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        volume["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "weft"
+    );
+    assert_eq!(
+        doc["spec"]["template"]["metadata"]["annotations"]["weft.dev/proxy-version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    // What the injector does not know passes through.
+    assert_eq!(spec["someFutureField"], json!({"kept": true}));
+    assert_eq!(doc["spec"]["replicas"], 2);
+}
+
+#[test]
+fn older_clusters_get_a_classic_sidecar() {
+    let mut inj = injector();
+    inj.settings.native_sidecar = false;
+    let mut doc = deployment(json!({}));
+    inj.inject_manifest(&mut doc).unwrap();
+    let spec = &doc["spec"]["template"]["spec"];
+    assert_eq!(names(&spec["initContainers"]), ["weft-init", "migrate"]);
+    assert_eq!(names(&spec["containers"]), ["weft-proxy", "web"]);
+    assert!(spec["containers"][0].get("restartPolicy").is_none());
+}
+
+#[test]
+fn each_kind_has_its_template_and_others_pass_through() {
+    let template = json!({"metadata": {}, "spec": {"containers": [{"name": "app", "image": "a"}]}});
+    let cases = [
+        ("Pod", json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": template["spec"]})),
+        ("StatefulSet", json!({"kind": "StatefulSet", "spec": {"template": template}})),
+        ("DaemonSet", json!({"kind": "DaemonSet", "spec": {"template": template}})),
+        ("ReplicaSet", json!({"kind": "ReplicaSet", "spec": {"template": template}})),
+        ("Job", json!({"kind": "Job", "spec": {"template": template}})),
+        ("CronJob", json!({"kind": "CronJob", "spec": {"jobTemplate": {"spec": {"template": template}}}})),
+    ];
+    for (kind, mut doc) in cases {
+        assert_eq!(
+            injector().inject_manifest(&mut doc).unwrap(),
+            [Outcome::Injected],
+            "{kind}"
+        );
+        let pointer = template_pointer(kind).unwrap();
+        let spec = &doc.pointer(pointer).unwrap()["spec"];
+        assert_eq!(names(&spec["initContainers"]), ["weft-init", "weft-proxy"], "{kind}");
+    }
+    let mut service = json!({"kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": []}});
+    let before = service.clone();
+    assert_eq!(
+        injector().inject_manifest(&mut service).unwrap(),
+        [Outcome::PassedThrough]
+    );
+    assert_eq!(service, before);
+    let mut list = json!({"kind": "List", "items": [before.clone(), cases_pod()]});
+    assert_eq!(
+        injector().inject_manifest(&mut list).unwrap(),
+        [Outcome::PassedThrough, Outcome::Injected]
+    );
+}
+
+fn cases_pod() -> Value {
+    json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "app"}]}})
+}
+
+#[test]
+fn pods_that_must_not_be_injected_are_left_alone() {
+    let pod = |ns: &str, meta: Value, spec: Value| {
+        let mut p = json!({"kind": "Pod", "metadata": meta, "spec": spec});
+        p["metadata"]["namespace"] = json!(ns);
+        p
+    };
+    let app = json!({"containers": [{"name": "app"}]});
+    let cases = [
+        (pod("kube-system", json!({}), app.clone()), Skip::SystemNamespace),
+        (
+            pod("shop", json!({}), json!({"hostNetwork": true, "containers": [{"name": "app"}]})),
+            Skip::HostNetwork,
+        ),
+        (
+            pod("shop", json!({}), json!({"containers": [{"name": "app"}, {"name": "weft-proxy"}]})),
+            Skip::AlreadyInjected,
+        ),
+        (
+            pod("shop", json!({"labels": {"weft.dev/control-plane": "true"}}), app.clone()),
+            Skip::ControlPlane,
+        ),
+        (
+            pod("shop", json!({"annotations": {"weft.dev/inject": "disabled"}}), app.clone()),
+            Skip::Disabled,
+        ),
+    ];
+    for (mut doc, why) in cases {
+        let before = doc.clone();
+        assert_eq!(
+            injector().inject_manifest(&mut doc).unwrap(),
+            [Outcome::Skipped(why.clone())],
+            "{why}"
+        );
+        assert_eq!(doc, before, "{why}: the pod was changed");
+    }
+    // Already injected: injecting the output again changes nothing.
+    let mut once = deployment(json!({}));
+    injector().inject_manifest(&mut once).unwrap();
+    let mut twice = once.clone();
+    assert_eq!(
+        injector().inject_manifest(&mut twice).unwrap(),
+        [Outcome::Skipped(Skip::AlreadyInjected)]
+    );
+    assert_eq!(once, twice);
+}
+
+#[test]
+fn the_pod_annotation_wins_over_the_namespace() {
+    let t = |pod: Option<&str>| {
+        let mut t = json!({"metadata": {}, "spec": {"containers": [{"name": "app"}]}});
+        if let Some(v) = pod {
+            t["metadata"]["annotations"] = json!({"weft.dev/inject": v});
+        }
+        t
+    };
+    assert_eq!(decide("shop", Some("enabled"), &t(None)).unwrap(), None);
+    assert_eq!(
+        decide("shop", Some("enabled"), &t(Some("disabled"))).unwrap(),
+        Some(Skip::Disabled)
+    );
+    assert_eq!(decide("shop", Some("disabled"), &t(Some("enabled"))).unwrap(), None);
+    assert_eq!(decide("shop", None, &t(None)).unwrap(), Some(Skip::NotEnabled));
+    assert!(matches!(
+        decide("shop", None, &t(Some("yes"))),
+        Err(InjectError::Annotation { .. })
+    ));
+}
+
+#[test]
+fn bad_port_annotations_are_refused_with_their_name() {
+    for bad in ["0", "http", "90-80", "70000"] {
+        let mut doc = deployment(json!({"weft.dev/skip-inbound-ports": bad}));
+        let err = injector().inject_manifest(&mut doc).unwrap_err();
+        assert!(
+            err.to_string().contains("weft.dev/skip-inbound-ports"),
+            "{bad}: {err}"
+        );
+    }
+}
