@@ -1,6 +1,7 @@
 //! `weft`: the command-line interface.
 
 mod dev;
+mod inject;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,23 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         interval: u64,
     },
+    /// Add the Weft proxy to the pods of Kubernetes manifests (Pods, Deployments, StatefulSets,
+    /// DaemonSets, ReplicaSets, Jobs, CronJobs; other kinds pass through) and print them, for
+    /// `kubectl apply -f -`. Comments are not kept.
+    Inject {
+        /// The manifests (YAML, several documents allowed), or `-` for standard input.
+        file: PathBuf,
+        /// The mesh's trust bundle (PEM): the roots proxies trust the control plane with.
+        #[arg(long)]
+        trust_bundle: PathBuf,
+        /// The mesh config file: its trust domain and `[platforms.kubernetes.inject]`
+        /// settings.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The mesh's trust domain, when no `--config` is given.
+        #[arg(long, default_value = "weft.local", conflicts_with = "config")]
+        trust_domain: String,
+    },
     /// Check a mesh config file and print what is wrong with it.
     Check {
         /// The file.
@@ -49,6 +67,17 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Dev { config, interval } => dev::run(config, interval).await,
         Command::Check { config } => check(&config),
+        Command::Inject {
+            file,
+            trust_bundle,
+            config,
+            trust_domain,
+        } => inject::run(&inject::Args {
+            file,
+            config,
+            trust_bundle,
+            trust_domain,
+        }),
     }
 }
 

@@ -110,7 +110,10 @@ impl PlatformSettings for KubernetesSettings {
                 return Err(SectionError::new(key, "must not be empty"));
             }
         }
-        if !matches!(i.image_pull_policy.as_str(), "Always" | "IfNotPresent" | "Never") {
+        if !matches!(
+            i.image_pull_policy.as_str(),
+            "Always" | "IfNotPresent" | "Never"
+        ) {
             return Err(SectionError::new(
                 "inject.image_pull_policy",
                 "expected Always, IfNotPresent or Never",

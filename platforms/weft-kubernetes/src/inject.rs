@@ -177,7 +177,9 @@ pub fn decide(
     if has("containers") || has("initContainers") {
         return Ok(Some(Skip::AlreadyInjected));
     }
-    let pod = meta["annotations"].get(INJECT_ANNOTATION).and_then(Value::as_str);
+    let pod = meta["annotations"]
+        .get(INJECT_ANNOTATION)
+        .and_then(Value::as_str);
     let verdict = |v: &str| match v {
         "enabled" => Ok(None),
         "disabled" => Ok(Some(Skip::Disabled)),
@@ -221,7 +223,9 @@ impl Injector {
     /// Meshes the pod template `{metadata, spec}` in place.
     pub fn inject(&self, template: &mut Value) -> Result<(), InjectError> {
         if !template.is_object() {
-            return Err(InjectError::Shape("the pod template is not an object".into()));
+            return Err(InjectError::Shape(
+                "the pod template is not an object".into(),
+            ));
         }
         if !template["spec"].is_object() {
             return Err(InjectError::Shape("the pod template has no spec".into()));
@@ -243,16 +247,17 @@ impl Injector {
         let spec = template["spec"]
             .as_object_mut()
             .ok_or_else(|| InjectError::Shape("the pod template has no spec".into()))?;
-        let list = |spec: &mut serde_json::Map<String, Value>, key: &str| -> Result<(), InjectError> {
-            match spec.get(key) {
-                None | Some(Value::Null) => {
-                    spec.insert(key.into(), json!([]));
-                    Ok(())
+        let list =
+            |spec: &mut serde_json::Map<String, Value>, key: &str| -> Result<(), InjectError> {
+                match spec.get(key) {
+                    None | Some(Value::Null) => {
+                        spec.insert(key.into(), json!([]));
+                        Ok(())
+                    }
+                    Some(Value::Array(_)) => Ok(()),
+                    Some(_) => Err(InjectError::Shape(format!("spec.{key} is not a list"))),
                 }
-                Some(Value::Array(_)) => Ok(()),
-                Some(_) => Err(InjectError::Shape(format!("spec.{key} is not a list"))),
-            }
-        };
+            };
         list(spec, "initContainers")?;
         list(spec, "containers")?;
         list(spec, "volumes")?;
@@ -282,15 +287,16 @@ impl Injector {
         let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
         match annotations {
             Value::Object(a) => {
-                a.insert(
-                    VERSION_ANNOTATION.into(),
-                    json!(env!("CARGO_PKG_VERSION")),
-                );
+                a.insert(VERSION_ANNOTATION.into(), json!(env!("CARGO_PKG_VERSION")));
             }
             Value::Null => {
                 *annotations = json!({VERSION_ANNOTATION: env!("CARGO_PKG_VERSION")});
             }
-            _ => return Err(InjectError::Shape("metadata.annotations is not an object".into())),
+            _ => {
+                return Err(InjectError::Shape(
+                    "metadata.annotations is not an object".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -417,9 +423,12 @@ impl Injector {
 pub fn template_pointer(kind: &str) -> Option<&'static str> {
     match kind {
         "Pod" => Some(""),
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController" => {
-            Some("/spec/template")
-        }
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "Job"
+        | "ReplicationController" => Some("/spec/template"),
         "CronJob" => Some("/spec/jobTemplate/spec/template"),
         _ => None,
     }

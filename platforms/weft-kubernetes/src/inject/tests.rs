@@ -50,7 +50,9 @@ fn env<'a>(c: &'a Value, name: &str) -> &'a Value {
 
 #[test]
 fn a_deployment_gets_the_init_container_and_a_native_sidecar() {
-    let mut doc = deployment(json!({"weft.dev/skip-inbound-ports": "22, 9000-9010", "weft.dev/skip-outbound-ports": "5432"}));
+    let mut doc = deployment(
+        json!({"weft.dev/skip-inbound-ports": "22, 9000-9010", "weft.dev/skip-outbound-ports": "5432"}),
+    );
     let outcome = injector().inject_manifest(&mut doc).unwrap();
     assert_eq!(outcome, [Outcome::Injected]);
     let spec = &doc["spec"]["template"]["spec"];
@@ -63,8 +65,19 @@ fn a_deployment_gets_the_init_container_and_a_native_sidecar() {
     let init = &spec["initContainers"][0];
     assert_eq!(
         init["args"],
-        json!(["init", "--proxy-uid", "2102", "--inbound-port", "7143", "--outbound-port", "7140",
-               "--skip-inbound-ports", "7191,22,9000-9010", "--skip-outbound-ports", "5432"])
+        json!([
+            "init",
+            "--proxy-uid",
+            "2102",
+            "--inbound-port",
+            "7143",
+            "--outbound-port",
+            "7140",
+            "--skip-inbound-ports",
+            "7191,22,9000-9010",
+            "--skip-outbound-ports",
+            "5432"
+        ])
     );
     assert_eq!(
         init["securityContext"]["capabilities"],
@@ -72,7 +85,10 @@ fn a_deployment_gets_the_init_container_and_a_native_sidecar() {
     );
     let proxy = &spec["initContainers"][1];
     assert_eq!(proxy["restartPolicy"], "Always");
-    assert_eq!(proxy["startupProbe"]["httpGet"], json!({"path": "/ready", "port": 7191}));
+    assert_eq!(
+        proxy["startupProbe"]["httpGet"],
+        json!({"path": "/ready", "port": 7191})
+    );
     assert_eq!(proxy["securityContext"]["runAsUser"], 2102);
     assert_eq!(proxy["securityContext"]["runAsNonRoot"], true);
     assert_eq!(env(proxy, "WEFT_PROXY_PLATFORM")["value"], "kubernetes");
@@ -81,10 +97,12 @@ fn a_deployment_gets_the_init_container_and_a_native_sidecar() {
         env(proxy, "WEFT_PROXY_ACCOUNT")["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.serviceAccountName"
     );
-    assert!(env(proxy, "WEFT_PROXY_TRUST_BUNDLE_PEM")["value"]
-        .as_str()
-        .unwrap()
-        .contains("BEGIN CERTIFICATE"));
+    assert!(
+        env(proxy, "WEFT_PROXY_TRUST_BUNDLE_PEM")["value"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
     let volume = spec["volumes"].as_array().unwrap().last().unwrap();
     assert_eq!(
         volume["projected"]["sources"][0]["serviceAccountToken"]["audience"],
@@ -115,12 +133,30 @@ fn older_clusters_get_a_classic_sidecar() {
 fn each_kind_has_its_template_and_others_pass_through() {
     let template = json!({"metadata": {}, "spec": {"containers": [{"name": "app", "image": "a"}]}});
     let cases = [
-        ("Pod", json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": template["spec"]})),
-        ("StatefulSet", json!({"kind": "StatefulSet", "spec": {"template": template}})),
-        ("DaemonSet", json!({"kind": "DaemonSet", "spec": {"template": template}})),
-        ("ReplicaSet", json!({"kind": "ReplicaSet", "spec": {"template": template}})),
-        ("Job", json!({"kind": "Job", "spec": {"template": template}})),
-        ("CronJob", json!({"kind": "CronJob", "spec": {"jobTemplate": {"spec": {"template": template}}}})),
+        (
+            "Pod",
+            json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": template["spec"]}),
+        ),
+        (
+            "StatefulSet",
+            json!({"kind": "StatefulSet", "spec": {"template": template}}),
+        ),
+        (
+            "DaemonSet",
+            json!({"kind": "DaemonSet", "spec": {"template": template}}),
+        ),
+        (
+            "ReplicaSet",
+            json!({"kind": "ReplicaSet", "spec": {"template": template}}),
+        ),
+        (
+            "Job",
+            json!({"kind": "Job", "spec": {"template": template}}),
+        ),
+        (
+            "CronJob",
+            json!({"kind": "CronJob", "spec": {"jobTemplate": {"spec": {"template": template}}}}),
+        ),
     ];
     for (kind, mut doc) in cases {
         assert_eq!(
@@ -130,7 +166,11 @@ fn each_kind_has_its_template_and_others_pass_through() {
         );
         let pointer = template_pointer(kind).unwrap();
         let spec = &doc.pointer(pointer).unwrap()["spec"];
-        assert_eq!(names(&spec["initContainers"]), ["weft-init", "weft-proxy"], "{kind}");
+        assert_eq!(
+            names(&spec["initContainers"]),
+            ["weft-init", "weft-proxy"],
+            "{kind}"
+        );
     }
     let mut service = json!({"kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": []}});
     let before = service.clone();
@@ -159,21 +199,40 @@ fn pods_that_must_not_be_injected_are_left_alone() {
     };
     let app = json!({"containers": [{"name": "app"}]});
     let cases = [
-        (pod("kube-system", json!({}), app.clone()), Skip::SystemNamespace),
         (
-            pod("shop", json!({}), json!({"hostNetwork": true, "containers": [{"name": "app"}]})),
+            pod("kube-system", json!({}), app.clone()),
+            Skip::SystemNamespace,
+        ),
+        (
+            pod(
+                "shop",
+                json!({}),
+                json!({"hostNetwork": true, "containers": [{"name": "app"}]}),
+            ),
             Skip::HostNetwork,
         ),
         (
-            pod("shop", json!({}), json!({"containers": [{"name": "app"}, {"name": "weft-proxy"}]})),
+            pod(
+                "shop",
+                json!({}),
+                json!({"containers": [{"name": "app"}, {"name": "weft-proxy"}]}),
+            ),
             Skip::AlreadyInjected,
         ),
         (
-            pod("shop", json!({"labels": {"weft.dev/control-plane": "true"}}), app.clone()),
+            pod(
+                "shop",
+                json!({"labels": {"weft.dev/control-plane": "true"}}),
+                app.clone(),
+            ),
             Skip::ControlPlane,
         ),
         (
-            pod("shop", json!({"annotations": {"weft.dev/inject": "disabled"}}), app.clone()),
+            pod(
+                "shop",
+                json!({"annotations": {"weft.dev/inject": "disabled"}}),
+                app.clone(),
+            ),
             Skip::Disabled,
         ),
     ];
@@ -211,8 +270,14 @@ fn the_pod_annotation_wins_over_the_namespace() {
         decide("shop", Some("enabled"), &t(Some("disabled"))).unwrap(),
         Some(Skip::Disabled)
     );
-    assert_eq!(decide("shop", Some("disabled"), &t(Some("enabled"))).unwrap(), None);
-    assert_eq!(decide("shop", None, &t(None)).unwrap(), Some(Skip::NotEnabled));
+    assert_eq!(
+        decide("shop", Some("disabled"), &t(Some("enabled"))).unwrap(),
+        None
+    );
+    assert_eq!(
+        decide("shop", None, &t(None)).unwrap(),
+        Some(Skip::NotEnabled)
+    );
     assert!(matches!(
         decide("shop", None, &t(Some("yes"))),
         Err(InjectError::Annotation { .. })

@@ -1,0 +1,118 @@
+//! `weft inject` as a user runs it: manifests on stdin, the injected ones on stdout, a line per
+//! document on stderr; settings from the mesh config file.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+const BUNDLE: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+const MANIFESTS: &str = "\
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: report, namespace: shop}
+spec:
+  schedule: '*/5 * * * *'
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: report, image: report:1}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {level: '3'}
+";
+
+fn inject(args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("inject")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn manifests_from_stdin_come_out_injected_with_the_mesh_files_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, BUNDLE).unwrap();
+    let config = dir.path().join("mesh.toml");
+    std::fs::write(
+        &config,
+        "[mesh]\nname = \"m\"\ntrust_domain = \"prod.example\"\n\
+         [platforms.kubernetes]\n[platforms.kubernetes.inject]\nproxy_image = \"registry.example/weft-proxy:1\"\nnative_sidecar = false\n",
+    )
+    .unwrap();
+    let (ok, out, err) = inject(
+        &[
+            "-",
+            "--trust-bundle",
+            bundle.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        MANIFESTS,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        err,
+        "CronJob/report: injected\nConfigMap/settings: passed through (no pod template)\n"
+    );
+    assert_eq!(out.lines().filter(|l| *l == "---").count(), 2, "{out}");
+    assert!(out.contains("registry.example/weft-proxy:1"), "{out}");
+    assert!(out.contains("prod.example"), "{out}");
+    assert!(
+        out.contains("schedule: \"*/5 * * * *\"") || out.contains("schedule: '*/5 * * * *'"),
+        "{out}"
+    );
+    assert!(
+        out.contains("level: \"3\"") || out.contains("level: '3'"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_missing_or_empty_bundle_and_a_bad_manifest_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = inject(
+        &["-", "--trust-bundle", "/nonexistent/bundle.pem"],
+        MANIFESTS,
+    );
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/bundle.pem"), "{err}");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let (ok, _, err) = inject(&["-", "--trust-bundle", empty.to_str().unwrap()], MANIFESTS);
+    assert!(!ok);
+    assert!(err.contains("no PEM certificate"), "{err}");
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, BUNDLE).unwrap();
+    let (ok, out, err) = inject(
+        &["-", "--trust-bundle", bundle.to_str().unwrap()],
+        "kind: Deployment\nmetadata: {name: web}\nspec: {template: {metadata: {annotations: {weft.dev/skip-inbound-ports: ssh}}, spec: {containers: []}}}\n",
+    );
+    assert!(!ok);
+    assert!(out.is_empty(), "nothing is printed on a failure: {out}");
+    assert!(err.contains("- document 1 (Deployment web)"), "{err}");
+    assert!(err.contains("weft.dev/skip-inbound-ports"), "{err}");
+}
