@@ -566,3 +566,120 @@ kubeconfig = "{kubeconfig}"
     control.shutdown().await;
     stop.cancel();
 }
+
+/// The adapter's admission webhook, over TLS: a pod created in a namespace the adapter has
+/// seen annotated `weft.dev/inject: enabled` gets a patch that carries the mesh's roots; one in
+/// a namespace without the annotation is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_injects_pods_of_annotated_namespaces() {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = FakeKube::start().await;
+    fake.apply(k8s::namespace("shop", Some("enabled")));
+    fake.apply(k8s::namespace("plain", None));
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["weft-control.weft.svc".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file, bundle) = (
+        dir.path().join("tls.crt"),
+        dir.path().join("tls.key"),
+        dir.path().join("trust-bundle.pem"),
+    );
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    std::fs::write(&bundle, cert.pem()).unwrap();
+    let mut settings = KubernetesSettings::default();
+    settings.webhook.addr = Some(([127, 0, 0, 1], 0).into());
+    settings.webhook.cert_file = Some(cert_file);
+    settings.webhook.key_file = Some(key_file);
+    let platform = Arc::new(
+        weft_tests::kube_platform(&fake, dir.path(), settings)
+            .await
+            .with_trust_bundle_file(bundle),
+    );
+    let registry = Registry::new();
+    let stop = CancellationToken::new();
+    let (p, w, s) = (
+        platform.clone(),
+        registry.writer("kubernetes"),
+        stop.clone(),
+    );
+    let task = tokio::spawn(async move { p.run(w, s).await });
+    registry.wait_synced(&["kubernetes".to_string()]).await;
+    let mut addr = platform.webhook_addr();
+    let addr = tokio::time::timeout(WAIT, addr.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let review = |ns: &str| {
+        serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": format!("uid-{ns}"),
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": ns, "operation": "CREATE",
+                "object": {"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": "web-0", "namespace": ns},
+                           "spec": {"containers": [{"name": "web", "image": "web:1"}]}},
+            },
+        })
+    };
+    let post = |body: serde_json::Value| {
+        let client = client.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("weft-control.weft.svc").unwrap();
+            let mut tls = tokio_rustls::TlsConnector::from(client)
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let body = body.to_string();
+            tls.write_all(
+                format!(
+                    "POST /inject HTTP/1.1\r\nHost: weft-control.weft.svc\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            tls.read_to_string(&mut out).await.unwrap();
+            let (_, json) = out.split_once("\r\n\r\n").unwrap();
+            serde_json::from_str::<serde_json::Value>(json).unwrap()
+        }
+    };
+    let injected = post(review("shop")).await;
+    assert_eq!(injected["response"]["uid"], "uid-shop");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(injected["response"]["patch"].as_str().unwrap())
+        .unwrap();
+    let patch = String::from_utf8(patch).unwrap();
+    assert!(patch.contains("weft-proxy"), "{patch}");
+    assert!(
+        patch.contains("BEGIN CERTIFICATE"),
+        "the mesh's roots: {patch}"
+    );
+    let left = post(review("plain")).await;
+    assert_eq!(left["response"]["allowed"], true);
+    assert!(left["response"].get("patch").is_none(), "{left}");
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

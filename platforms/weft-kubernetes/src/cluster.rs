@@ -25,6 +25,10 @@ pub const OPAQUE_PORTS_ANNOTATION: &str = "weft.dev/opaque-ports";
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// Each known namespace's `weft.dev/inject` annotation.
+pub(crate) type SharedNamespaces =
+    std::sync::Arc<std::sync::RwLock<HashMap<String, Option<String>>>>;
+
 /// A namespaced object's namespace and name.
 pub(crate) type Key = (String, String);
 
@@ -356,6 +360,8 @@ impl Scope {
 pub(crate) struct Cluster {
     trust_domain: TrustDomain,
     namespaces: HashMap<String, NamespaceInfo>,
+    /// Each namespace's `weft.dev/inject` annotation, shared with the webhook.
+    shared_namespaces: SharedNamespaces,
     services: HashMap<Key, ServiceInfo>,
     slices: HashMap<Key, SliceInfo>,
     pods: HashMap<Key, PodInfo>,
@@ -368,10 +374,11 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    pub(crate) fn new(trust_domain: TrustDomain) -> Self {
+    pub(crate) fn new(trust_domain: TrustDomain, shared_namespaces: SharedNamespaces) -> Self {
         Self {
             trust_domain,
             namespaces: HashMap::new(),
+            shared_namespaces,
             services: HashMap::new(),
             slices: HashMap::new(),
             pods: HashMap::new(),
@@ -381,16 +388,14 @@ impl Cluster {
         }
     }
 
-    /// The `weft.dev/inject` annotation of namespace `ns`, if it is known and has one.
-    #[allow(dead_code)]
-    pub(crate) fn namespace_inject(&self, ns: &str) -> Option<&str> {
-        self.namespaces.get(ns).and_then(|n| n.inject.as_deref())
-    }
-
     /// Adds or replaces an object.
     pub(crate) fn apply(&mut self, object: Object) {
         match object {
             Object::Namespace(name, info) => {
+                self.shared_namespaces
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.clone(), info.inject.clone());
                 self.namespaces.insert(name, info);
             }
             Object::Service(key, info) => {
@@ -418,6 +423,10 @@ impl Cluster {
     pub(crate) fn delete(&mut self, kind: Kind, key: &Key) {
         match kind {
             Kind::Namespace => {
+                self.shared_namespaces
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key.1);
                 self.namespaces.remove(&key.1);
             }
             Kind::Service => {

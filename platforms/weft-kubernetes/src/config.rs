@@ -37,6 +37,25 @@ pub struct KubernetesSettings {
     /// `[platforms.kubernetes.inject]`: what sidecar injection adds to a pod.
     #[serde(default)]
     pub inject: InjectSettings,
+    /// `[platforms.kubernetes.webhook]`: the admission webhook that injects pods.
+    #[serde(default)]
+    pub webhook: WebhookSettings,
+}
+
+/// `[platforms.kubernetes.webhook]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Where the webhook listens (TLS); without it, there is no webhook.
+    #[serde(default)]
+    pub addr: Option<std::net::SocketAddr>,
+    /// Its serving certificate chain (PEM), the one the MutatingWebhookConfiguration's
+    /// `caBundle` verifies.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -56,6 +75,7 @@ impl Default for KubernetesSettings {
             namespaces: Vec::new(),
             token_audience: default_audience(),
             inject: InjectSettings::default(),
+            webhook: WebhookSettings::default(),
         }
     }
 }
@@ -146,6 +166,20 @@ impl PlatformSettings for KubernetesSettings {
                 "inject.token_expiration_seconds",
                 "expected 600 (the least Kubernetes accepts) to 86400 seconds",
             ));
+        }
+        if let Some(addr) = self.webhook.addr {
+            if addr.port() == 0 {
+                return Err(SectionError::new("webhook.addr", "port 0 is not allowed"));
+            }
+            check.claim(addr.ip(), addr.port(), "webhook.addr")?;
+            for (key, file) in [
+                ("webhook.cert_file", &self.webhook.cert_file),
+                ("webhook.key_file", &self.webhook.key_file),
+            ] {
+                if file.as_ref().is_none_or(|f| f.as_os_str().is_empty()) {
+                    return Err(SectionError::new(key, "required with webhook.addr"));
+                }
+            }
         }
         if let Some(context) = &self.context
             && context.is_empty()

@@ -42,6 +42,7 @@ mod cluster;
 pub mod config;
 pub mod inject;
 mod watch;
+pub mod webhook;
 
 pub use cluster::{OPAQUE_PORTS_ANNOTATION, PROXY_CONTAINER};
 pub use config::KubernetesSettings;
@@ -85,6 +86,12 @@ pub struct KubernetesPlatform {
     retry_floor: Duration,
     /// How many list and watch failures the watch loop has seen.
     watch_errors: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Each namespace's `weft.dev/inject` annotation, for the webhook.
+    namespaces: cluster::SharedNamespaces,
+    /// The control plane's trust bundle file, which the webhook hands to injected proxies.
+    bundle_file: Option<std::path::PathBuf>,
+    /// Where the webhook listens, once it does.
+    webhook_addr: Arc<tokio::sync::watch::Sender<Option<std::net::SocketAddr>>>,
 }
 
 impl std::fmt::Debug for KubernetesPlatform {
@@ -130,11 +137,17 @@ impl KubernetesPlatform {
                 .map_err(|e| KubernetesError::Config(e.to_string()))?,
         };
         let client = Client::try_from(config)?;
-        Ok(Self::with_client(
-            client,
-            settings,
-            cfg.mesh.trust_domain.clone(),
-        ))
+        Ok(
+            Self::with_client(client, settings, cfg.mesh.trust_domain.clone())
+                .with_trust_bundle_file(cfg.data_dir().join("trust-bundle.pem")),
+        )
+    }
+
+    /// Names the file holding the mesh's roots (the control plane writes
+    /// `<data_dir>/trust-bundle.pem`), which the webhook hands to the proxies it injects.
+    pub fn with_trust_bundle_file(mut self, path: std::path::PathBuf) -> Self {
+        self.bundle_file = Some(path);
+        self
     }
 
     /// The adapter over an existing client.
@@ -149,6 +162,9 @@ impl KubernetesPlatform {
             trust_domain,
             retry_floor: Duration::from_millis(800),
             watch_errors: Arc::new(tokio::sync::watch::Sender::new(0)),
+            namespaces: Arc::default(),
+            bundle_file: None,
+            webhook_addr: Arc::new(tokio::sync::watch::Sender::new(None)),
         }
     }
 
@@ -163,6 +179,76 @@ impl KubernetesPlatform {
     /// that do not parse, expired resourceVersions) the adapter has seen and retried.
     pub fn watch_errors(&self) -> tokio::sync::watch::Receiver<u64> {
         self.watch_errors.subscribe()
+    }
+
+    /// The webhook's injector, with the mesh's current roots.
+    fn injector(&self) -> Result<inject::Injector, String> {
+        let path = self
+            .bundle_file
+            .as_ref()
+            .ok_or("no trust bundle file is known to the webhook")?;
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| format!("trust bundle {}: {e}", path.display()))?;
+        Ok(inject::Injector {
+            settings: self.settings.inject.clone(),
+            trust_domain: self.trust_domain.to_string(),
+            trust_bundle_pem: pem,
+            token_audience: self.settings.token_audience.clone(),
+        })
+    }
+
+    /// Binds the webhook and serves it until `shutdown`.
+    async fn start_webhook(
+        &self,
+        addr: std::net::SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, PlatformError> {
+        let fatal = |e: String| PlatformError::Settings {
+            platform: NAME.into(),
+            reason: e,
+        };
+        let w = &self.settings.webhook;
+        let (Some(cert), Some(key)) = (&w.cert_file, &w.key_file) else {
+            return Err(fatal(
+                "webhook.addr needs webhook.cert_file and webhook.key_file".into(),
+            ));
+        };
+        let tls = webhook::tls_from_files(cert, key).map_err(fatal)?;
+        let listener = webhook::bind(addr)
+            .await
+            .map_err(|e| fatal(format!("webhook on {addr}: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| fatal(format!("webhook on {addr}: {e}")))?;
+        tracing::info!(addr = %bound, "admission webhook listening");
+        self.webhook_addr.send_replace(Some(bound));
+        let this = self.clone();
+        let handler: webhook::Handler = Arc::new(move |body: &[u8]| {
+            let namespaces = this.namespaces.clone();
+            let lookup = move |ns: &str| {
+                namespaces
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(ns)
+                    .cloned()
+                    .flatten()
+            };
+            match this.injector() {
+                Ok(injector) => webhook::review(&injector, &lookup, body),
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook cannot inject");
+                    webhook::unavailable(e)
+                }
+            }
+        });
+        Ok(tokio::spawn(webhook::serve(
+            listener, tls, handler, shutdown,
+        )))
+    }
+
+    /// Follows where the admission webhook listens (`None` until it does).
+    pub fn webhook_addr(&self) -> tokio::sync::watch::Receiver<Option<std::net::SocketAddr>> {
+        self.webhook_addr.subscribe()
     }
 
     /// The client the adapter talks to the API server with.
@@ -182,7 +268,14 @@ impl Platform for KubernetesPlatform {
         registry: RegistryWriter,
         shutdown: CancellationToken,
     ) -> Result<(), PlatformError> {
+        let webhook = match self.settings.webhook.addr {
+            Some(addr) => Some(self.start_webhook(addr, shutdown.child_token()).await?),
+            None => None,
+        };
         watch::run(self, registry, shutdown).await;
+        if let Some(task) = webhook {
+            let _ = task.await;
+        }
         Ok(())
     }
 

@@ -51,7 +51,7 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) {
     let (specs, mut streams) = streams(platform);
-    let mut cluster = Cluster::new(platform.trust_domain.clone());
+    let mut cluster = Cluster::new(platform.trust_domain.clone(), platform.namespaces.clone());
     let mut lists: HashMap<usize, Vec<Object>> = HashMap::new();
     // Streams that have not completed their first list, and those relisting now.
     let mut unlisted: BTreeSet<usize> = (0..specs.len()).collect();

@@ -55,7 +55,7 @@ fn changes(c: &mut Cluster) -> BTreeMap<String, Option<Service>> {
 
 #[test]
 fn named_target_ports_resolve_per_slice_and_slices_merge() {
-    let mut c = Cluster::new(td());
+    let mut c = Cluster::new(td(), Default::default());
     c.apply(service(
         "shop",
         "api",
@@ -108,7 +108,7 @@ fn named_target_ports_resolve_per_slice_and_slices_merge() {
 
 #[test]
 fn endpoint_conditions_map_to_states() {
-    let mut c = Cluster::new(td());
+    let mut c = Cluster::new(td(), Default::default());
     c.apply(service("ns", "s", json!({"ports": [{"port": 80}]})));
     for p in ["a", "b", "c", "d", "e"] {
         c.apply(pod("ns", p, "sa", true));
@@ -162,7 +162,7 @@ fn endpoint_conditions_map_to_states() {
 
 #[test]
 fn an_endpoint_waits_for_its_pod_and_a_pod_change_touches_only_its_services() {
-    let mut c = Cluster::new(td());
+    let mut c = Cluster::new(td(), Default::default());
     c.apply(service("ns", "s", json!({"ports": [{"port": 80}]})));
     c.apply(service("ns", "other", json!({"ports": [{"port": 80}]})));
     c.apply(slice(
@@ -205,7 +205,7 @@ fn an_endpoint_waits_for_its_pod_and_a_pod_change_touches_only_its_services() {
 
 #[test]
 fn headless_and_external_name_services() {
-    let mut c = Cluster::new(td());
+    let mut c = Cluster::new(td(), Default::default());
     c.apply(service(
         "ns",
         "db",
@@ -271,7 +271,7 @@ fn protocols_from_app_protocol_port_names_and_the_opaque_annotation() {
 
 #[test]
 fn a_relist_replaces_only_its_scope_and_touches_only_what_changed() {
-    let mut c = Cluster::new(td());
+    let mut c = Cluster::new(td(), Default::default());
     for ns in ["a", "b"] {
         c.apply(service(ns, "s", json!({"ports": [{"port": 80}]})));
         c.apply(service(ns, "t", json!({"ports": [{"port": 80}]})));
