@@ -18,7 +18,7 @@ use weft_core::{
 /// `initContainers`, or a classic sidecar in `containers`).
 pub const PROXY_CONTAINER: &str = "weft-proxy";
 
-/// The Service annotation listing ports (numbers or names, comma-separated) whose traffic is
+/// The Service (or Pod) annotation listing ports (numbers or names, comma-separated) whose traffic is
 /// opaque TCP: no protocol detection, for protocols where the server speaks first.
 pub const OPAQUE_PORTS_ANNOTATION: &str = "weft.dev/opaque-ports";
 
@@ -77,6 +77,9 @@ pub(crate) struct PodInfo {
     pub account: String,
     /// Whether the Weft proxy runs beside it.
     pub meshed: bool,
+    /// The ports its `weft.dev/opaque-ports` annotation names (numbers, or names of its
+    /// containers' ports): a service port that reaches one of them is opaque.
+    pub opaque_ports: BTreeSet<u16>,
 }
 
 /// What the mesh needs of a Namespace.
@@ -323,12 +326,31 @@ impl From<&core::Pod> for Object {
                     .chain(s.init_containers.iter().flatten())
                     .any(|c| c.name == PROXY_CONTAINER)
             });
+        let named: BTreeMap<&str, u16> = spec
+            .into_iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| Some((p.name.as_deref()?, u16::try_from(p.container_port).ok()?)))
+            .collect();
+        let opaque_ports = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(OPAQUE_PORTS_ANNOTATION))
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter_map(|p| p.parse::<u16>().ok().or_else(|| named.get(p).copied()))
+                    .collect()
+            })
+            .unwrap_or_default();
         Object::Pod(
             key_of(&pod.metadata),
             PodInfo {
                 uid: pod.metadata.uid.clone().unwrap_or_default(),
                 account,
                 meshed,
+                opaque_ports,
             },
         )
     }
@@ -620,6 +642,18 @@ impl Cluster {
             }
         }
         for (port, endpoints) in ports.iter_mut().zip(found) {
+            // A pod that declares the port it serves opaque makes the whole service port
+            // opaque: detection would stall on a server that speaks first.
+            let opaque = endpoints.values().any(|e| {
+                e.workload.as_ref().is_some_and(|w| {
+                    self.pods
+                        .get(&(w.namespace.clone(), w.name.clone()))
+                        .is_some_and(|p| p.opaque_ports.contains(&e.address.port()))
+                })
+            });
+            if opaque {
+                port.protocol = Protocol::Opaque;
+            }
             port.endpoints = endpoints.into_values().collect();
         }
         Some(Service {

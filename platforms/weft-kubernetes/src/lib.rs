@@ -7,7 +7,8 @@
 //! needs of each object. Each Service is one mesh service `name.namespace`:
 //! - its TCP ports, with the protocol from `appProtocol`, else the port name's prefix
 //!   (`grpc-`, `http-`, `http2-`, `tcp-`, ...), else detected; ports listed in the Service's
-//!   `weft.dev/opaque-ports` annotation are opaque;
+//!   `weft.dev/opaque-ports` annotation, or whose target port a pod behind them lists in its
+//!   own, are opaque;
 //! - its ClusterIPs as virtual addresses, so intercepted connections to them resolve;
 //! - endpoints from its EndpointSlices (not v1 Endpoints), merged across slices, with the
 //!   port each slice resolved (named target ports work; headless Services too). Ready

@@ -304,3 +304,31 @@ fn host_network_pods_and_the_default_account() {
     assert!(!info.meshed);
     assert_eq!(info.account, "default");
 }
+
+#[test]
+fn a_pod_that_declares_its_port_opaque_makes_the_service_port_opaque() {
+    let mut c = Cluster::new(td(), Default::default());
+    c.apply(service(
+        "ns",
+        "db",
+        json!({"ports": [{"name": "sql", "port": 3306, "targetPort": "mysql"}]}),
+    ));
+    let p: core::Pod = obj(json!({
+        "metadata": {"namespace": "ns", "name": "db-0", "annotations": {"weft.dev/opaque-ports": "mysql, 9999"}},
+        "spec": {"containers": [{"name": "db", "ports": [{"name": "mysql", "containerPort": 3306}]}]},
+    }));
+    let Object::Pod(_, info) = Object::from(&p) else {
+        panic!("not a pod")
+    };
+    assert_eq!(info.opaque_ports, BTreeSet::from([3306, 9999]));
+    c.apply(Object::from(&p));
+    c.apply(slice(
+        "ns",
+        "db-1",
+        "db",
+        json!([{"name": "sql", "port": 3306}]),
+        json!([ep("10.0.0.9", "db-0", json!({"ready": true}))]),
+    ));
+    let db = changes(&mut c).remove("db.ns").unwrap().unwrap();
+    assert_eq!(db.ports[0].protocol, Protocol::Opaque);
+}
