@@ -379,6 +379,33 @@ impl Mesh {
         rsp
     }
 
+    /// A gRPC call from host `i` to `url`, from a client that knows nothing of the mesh: the
+    /// backend echoes `payload`.
+    async fn grpc_echo(
+        &self,
+        i: usize,
+        url: String,
+        payload: &'static [u8],
+    ) -> Result<Vec<u8>, String> {
+        self.rts[i]
+            .run(async move {
+                let ch = tonic::transport::Endpoint::from_shared(url)
+                    .map_err(|e| e.to_string())?
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                weft_api::v1::identity_client::IdentityClient::new(ch)
+                    .certify(weft_api::CertifyRequest {
+                        csr: payload.to_vec(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner().leaf)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+    }
+
     fn edit_policy(&self, policy: &str) {
         let path = self.dir.path().join("mesh.toml");
         let tmp = self.dir.path().join("mesh.toml.tmp");
@@ -417,25 +444,11 @@ async fn unmodified_clients_reach_mesh_services_by_plain_address_over_mutual_tls
     assert!(rsp.contains("GET /by-vip HTTP/1.1"), "{rsp}");
 
     // A gRPC client that knows nothing of the mesh, by plain address.
-    let grpc = m.rts[WEB]
-        .run(async move {
-            let ch =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", Lab::at(API, 9090)))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .map_err(|e| e.to_string())?;
-            weft_api::v1::identity_client::IdentityClient::new(ch)
-                .certify(weft_api::CertifyRequest {
-                    csr: b"through the mesh".to_vec(),
-                    ..Default::default()
-                })
-                .await
-                .map(|r| r.into_inner().leaf)
-                .map_err(|e| e.to_string())
-        })
-        .await;
-    assert_eq!(grpc.unwrap(), b"through the mesh");
+    let url = format!("http://{}", Lab::at(API, 9090));
+    assert_eq!(
+        m.grpc_echo(WEB, url, b"through the mesh").await.unwrap(),
+        b"through the mesh"
+    );
 
     // The server's proxy saw the client's SPIFFE identity on all three.
     let server = m.metrics(API).await;
@@ -475,23 +488,11 @@ async fn on_kubernetes_clients_reach_services_by_cluster_ip_over_mutual_tls() {
     assert!(rsp.contains("GET /by-cluster-ip HTTP/1.1"), "{rsp}");
     let pod = format!("http://{}/by-pod-ip", Lab::at(API, 8080));
     m.expect_backend(WEB, &pod, false, "api").await;
-    let grpc = m.rts[WEB]
-        .run(async move {
-            let ch = tonic::transport::Endpoint::from_static("http://10.96.0.11:9090")
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
-            weft_api::v1::identity_client::IdentityClient::new(ch)
-                .certify(weft_api::CertifyRequest {
-                    csr: b"by cluster ip".to_vec(),
-                    ..Default::default()
-                })
-                .await
-                .map(|r| r.into_inner().leaf)
-                .map_err(|e| e.to_string())
-        })
-        .await;
-    assert_eq!(grpc.unwrap(), b"by cluster ip");
+    let url = "http://10.96.0.11:9090".to_string();
+    assert_eq!(
+        m.grpc_echo(WEB, url, b"by cluster ip").await.unwrap(),
+        b"by cluster ip"
+    );
     let server = m.metrics(API).await;
     assert_eq!(
         metric(
