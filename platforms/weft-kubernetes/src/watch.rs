@@ -107,7 +107,11 @@ pub(crate) async fn run(
         }
         if cluster.is_dirty() {
             let changes = cluster.take_changes();
-            tracing::debug!(platform = crate::NAME, services = ?changes.iter().map(|c| c.0.to_string()).collect::<Vec<_>>(), "registry update");
+            tracing::debug!(
+                platform = crate::NAME,
+                services = changes.len(),
+                "registry update"
+            );
             registry.update(changes);
         }
     }
