@@ -446,6 +446,7 @@ impl TestMesh {
             admin_addr: ([127, 0, 0, 1], 0).into(),
             admin_shutdown: false,
             probe_addr: None,
+            app_probes: None,
             detect_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
             dispatch_timeout: Duration::from_secs(3),

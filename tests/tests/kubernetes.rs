@@ -470,6 +470,7 @@ kubeconfig = "{kubeconfig}"
             admin_addr: ([127, 0, 0, 1], 0).into(),
             admin_shutdown: false,
             probe_addr: None,
+            app_probes: None,
             detect_timeout: std::time::Duration::from_secs(1),
             connect_timeout: std::time::Duration::from_secs(2),
             dispatch_timeout: std::time::Duration::from_secs(3),
@@ -682,4 +683,66 @@ async fn the_webhook_injects_pods_of_annotated_namespaces() {
     assert!(left["response"].get("patch").is_none(), "{left}");
     stop.cancel();
     task.await.unwrap().unwrap();
+}
+
+/// The probes the injector rewrites are run by the proxy on the kubelet's behalf: the
+/// kubelet's GET of the rewritten path on the admin listener passes while the application's
+/// own probe passes, and fails while it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_probes_are_run_by_the_proxy_for_the_kubelet() {
+    let app = backends::http_echo("web").await;
+    let (_closed, down) = weft_tests::refusing_port();
+    let injector = weft_kubernetes::inject::Injector {
+        settings: Default::default(),
+        trust_domain: "weft.test".into(),
+        trust_bundle_pem: String::new(),
+        token_audience: "weft".into(),
+    };
+    let mut pod = serde_json::json!({
+        "kind": "Pod", "metadata": {"name": "web-0"},
+        "spec": {"containers": [{
+            "name": "web",
+            "ports": [{"name": "http", "containerPort": app.port()}],
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+            "readinessProbe": {"tcpSocket": {"port": down.port()}},
+        }]},
+    });
+    injector.inject_manifest(&mut pod).unwrap();
+    let probes = pod["spec"]["initContainers"][1]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "WEFT_PROXY_APP_PROBES")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = |probe: &str| {
+        pod["spec"]["containers"][0][probe]["httpGet"]["path"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (live, ready) = (path("livenessProbe"), path("readinessProbe"));
+
+    let web = weft_tests::WorkloadDecl::client("web");
+    let mesh = weft_tests::TestMesh::start(
+        std::slice::from_ref(&web),
+        "[policy]\ndefault_inbound = \"allow\"",
+    )
+    .await;
+    let mut cfg = mesh.proxy_config(&web, None, &[]);
+    cfg.app_probes = Some(probes);
+    let proxy = weft_proxy::Proxy::start(cfg).await.unwrap();
+    let (status, body) = admin_get(proxy.admin_addr, "GET", &live).await;
+    assert_eq!(status, 200, "{live}: {body}");
+    let (status, body) = admin_get(proxy.admin_addr, "GET", &ready).await;
+    assert_eq!(status, 503, "{ready}: {body}");
+    assert_eq!(
+        admin_get(proxy.admin_addr, "GET", "/app-health/web/other")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(admin_get(proxy.admin_addr, "POST", &live).await.0, 405);
 }

@@ -1,5 +1,6 @@
 //! The admin listener (`/live`, `/ready`, `/metrics`, `/shutdown`) and the optional probe
-//! listener (`/live` and `/ready` only), so a pod can expose its probes without the rest.
+//! listener (`/live` and `/ready` only), so a pod can expose its probes without the rest. Both
+//! also run the application's own probes at `/app-health/<name>` ([`crate::app_probe`]).
 //!
 //! Both are small HTTP/1.1 servers with hard bounds: at most [`MAX_CONNECTIONS`] connections
 //! at once (more are closed on accept), and a connection that has not sent a whole request head
@@ -74,9 +75,24 @@ pub async fn serve(
         let stop = stop.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let svc = hyper::service::service_fn(move |req| {
-                let rsp = handle(&shared, endpoints, remote, &shutdown, req);
-                async move { Ok::<_, Infallible>(rsp) }
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let probe = app_probe(&shared, &req);
+                let rsp = match probe {
+                    Some(_) => None,
+                    None => Some(handle(&shared, endpoints, remote, &shutdown, req)),
+                };
+                async move {
+                    let rsp = match (rsp, probe) {
+                        (Some(rsp), _) => rsp,
+                        (None, Some(Ok(p))) => {
+                            let (status, body) = crate::app_probe::run(&p).await;
+                            plain(status, &body)
+                        }
+                        (None, Some(Err(status))) => plain(status, "no such probe\n"),
+                        (None, None) => plain(StatusCode::NOT_FOUND, "not found\n"),
+                    };
+                    Ok::<_, Infallible>(rsp)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -88,6 +104,34 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// The application probe a request asks for: `None` when it is not a `GET /app-health/...`,
+/// else the probe, or the status to refuse it with.
+fn app_probe<B>(
+    shared: &Shared,
+    req: &Request<B>,
+) -> Option<Result<crate::app_probe::AppProbe, StatusCode>> {
+    let name = req.uri().path().strip_prefix(crate::app_probe::PREFIX)?;
+    if req.method() != Method::GET {
+        return Some(Err(StatusCode::METHOD_NOT_ALLOWED));
+    }
+    // Checked when the proxy started.
+    let probes = shared
+        .config
+        .app_probes
+        .as_deref()
+        .and_then(|json| crate::app_probe::parse(json).ok())
+        .unwrap_or_default();
+    Some(probes.get(name).cloned().ok_or(StatusCode::NOT_FOUND))
+}
+
+fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_default()
 }
 
 /// Whether the proxy can serve: it holds an unexpired certificate and its settings.

@@ -19,6 +19,7 @@
 //!   listener, and the probes alone on an optional probe listener ([`admin`]).
 
 pub mod admin;
+pub mod app_probe;
 pub mod config;
 pub mod control;
 pub mod detect;

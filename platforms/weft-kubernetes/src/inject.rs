@@ -14,6 +14,12 @@
 //!   resources, and the non-root user the rules exempt;
 //! - the annotation `weft.dev/proxy-version`.
 //!
+//! The application's HTTP and TCP probes are pointed at the proxy's admin port
+//! (`/app-health/<container>/<live|ready|startup>`), and the originals handed to the proxy,
+//! which runs them on loopback: the kubelet's own connections to the application's ports
+//! would meet the mutual-TLS-only inbound listener. HTTPS and gRPC probes are left as they are
+//! (their ports must be skipped inbound, or admitted by policy, for them to pass).
+//!
 //! It honours the pod annotations `weft.dev/skip-inbound-ports` and
 //! `weft.dev/skip-outbound-ports` (ports or ranges, `22,8000-8010`), which bypass the proxy.
 //! The proxy's admin port is always skipped inbound, so the kubelet reaches its probes.
@@ -243,10 +249,14 @@ impl Injector {
         };
 
         let init = self.init_container(&skip_in, &skip_out);
-        let proxy = self.proxy_container();
         let spec = template["spec"]
             .as_object_mut()
             .ok_or_else(|| InjectError::Shape("the pod template has no spec".into()))?;
+        let probes = match spec.get_mut("containers") {
+            Some(Value::Array(containers)) => self.rewrite_probes(containers),
+            _ => serde_json::Map::new(),
+        };
+        let proxy = self.proxy_container(&probes);
         let list =
             |spec: &mut serde_json::Map<String, Value>, key: &str| -> Result<(), InjectError> {
                 match spec.get(key) {
@@ -341,7 +351,79 @@ impl Injector {
         })
     }
 
-    fn proxy_container(&self) -> Value {
+    /// Points each HTTP and TCP probe of the application's containers at the proxy's admin
+    /// port (`/app-health/<container>/<live|ready|startup>`), which interception skips, and
+    /// returns the original probes for the proxy to run on loopback. Probes it cannot run
+    /// (HTTPS, gRPC, another host, a port name the container does not declare) are left as
+    /// they are.
+    fn rewrite_probes(&self, containers: &mut [Value]) -> serde_json::Map<String, Value> {
+        let mut originals = serde_json::Map::new();
+        for c in containers.iter_mut() {
+            let Some(name) = c["name"].as_str().map(str::to_owned) else {
+                continue;
+            };
+            let named: Vec<(String, u64)> = c["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    Some((p["name"].as_str()?.to_owned(), p["containerPort"].as_u64()?))
+                })
+                .collect();
+            let port_of = |v: &Value| -> Option<u64> {
+                match v {
+                    Value::Number(n) => n.as_u64(),
+                    Value::String(s) => s
+                        .parse()
+                        .ok()
+                        .or_else(|| named.iter().find(|(n, _)| n == s).map(|(_, p)| *p)),
+                    _ => None,
+                }
+                .filter(|p| (1..=65535).contains(p))
+            };
+            for (field, kind) in [
+                ("livenessProbe", "live"),
+                ("readinessProbe", "ready"),
+                ("startupProbe", "startup"),
+            ] {
+                let Some(probe) = c.get_mut(field).and_then(Value::as_object_mut) else {
+                    continue;
+                };
+                let original = if let Some(h) = probe.get("httpGet") {
+                    let plain_http = h["scheme"].as_str().is_none_or(|s| s == "HTTP");
+                    match (plain_http && h.get("host").is_none(), port_of(&h["port"])) {
+                        (true, Some(port)) => json!({
+                            "port": port,
+                            "path": h["path"].as_str().unwrap_or("/"),
+                            "headers": h["httpHeaders"].as_array().cloned().unwrap_or_default(),
+                        }),
+                        _ => continue,
+                    }
+                } else if let Some(t) = probe.get("tcpSocket") {
+                    match (t.get("host").is_none(), port_of(&t["port"])) {
+                        (true, Some(port)) => json!({"port": port}),
+                        _ => continue,
+                    }
+                } else {
+                    continue;
+                };
+                let key = format!("{name}/{kind}");
+                probe.remove("tcpSocket");
+                probe.insert(
+                    "httpGet".into(),
+                    json!({
+                        "path": format!("/app-health/{key}"),
+                        "port": self.settings.admin_port,
+                        "scheme": "HTTP",
+                    }),
+                );
+                originals.insert(key, original);
+            }
+        }
+        originals
+    }
+
+    fn proxy_container(&self, probes: &serde_json::Map<String, Value>) -> Value {
         let s = &self.settings;
         let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
         let mut env = vec![
@@ -360,6 +442,9 @@ impl Injector {
             json!({"name": "WEFT_PROXY_LOG_JSON", "value": "true"}),
             json!({"name": "RUST_LOG", "value": s.log_level}),
         ];
+        if !probes.is_empty() {
+            env.push(json!({"name": "WEFT_PROXY_APP_PROBES", "value": Value::Object(probes.clone()).to_string()}));
+        }
         env.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
         let probe = |path: &str, period: u32, failures: u32| {
             json!({

@@ -321,6 +321,7 @@ fn proxy_config(
         admin_addr: ([127, 0, 0, 1], w.admin_port.unwrap_or(0)).into(),
         admin_shutdown: false,
         probe_addr: None,
+        app_probes: None,
         detect_timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(3),
         dispatch_timeout: Duration::from_secs(3),

@@ -295,3 +295,55 @@ fn bad_port_annotations_are_refused_with_their_name() {
         );
     }
 }
+
+#[test]
+fn http_and_tcp_probes_go_through_the_proxys_admin_port() {
+    let mut pod = json!({
+        "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{
+            "name": "web",
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http",
+                               "httpHeaders": [{"name": "X-Probe", "value": "1"}]},
+                              "periodSeconds": 3},
+            "readinessProbe": {"tcpSocket": {"port": 8080}},
+            "startupProbe": {"grpc": {"port": 9090}},
+        }, {
+            "name": "tls",
+            "livenessProbe": {"httpGet": {"path": "/", "port": 8443, "scheme": "HTTPS"}},
+        }]},
+    });
+    injector().inject_manifest(&mut pod).unwrap();
+    let web = &pod["spec"]["containers"][0];
+    assert_eq!(
+        web["livenessProbe"],
+        json!({"httpGet": {"path": "/app-health/web/live", "port": 7191, "scheme": "HTTP"}, "periodSeconds": 3})
+    );
+    assert_eq!(
+        web["readinessProbe"],
+        json!({"httpGet": {"path": "/app-health/web/ready", "port": 7191, "scheme": "HTTP"}})
+    );
+    assert_eq!(
+        web["startupProbe"],
+        json!({"grpc": {"port": 9090}}),
+        "gRPC is left alone"
+    );
+    assert_eq!(
+        pod["spec"]["containers"][1]["livenessProbe"]["httpGet"]["scheme"], "HTTPS",
+        "HTTPS is left alone"
+    );
+    let proxy = &pod["spec"]["initContainers"][1];
+    let probes: Value = serde_json::from_str(
+        env(proxy, "WEFT_PROXY_APP_PROBES")["value"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        probes,
+        json!({
+            "web/live": {"port": 8080, "path": "/healthz", "headers": [{"name": "X-Probe", "value": "1"}]},
+            "web/ready": {"port": 8080},
+        })
+    );
+}
