@@ -247,6 +247,23 @@ fn der_to_pem(der: &CertificateDer<'_>) -> String {
     pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
 }
 
+/// The trust bundle: the signing root, then `ca.extra_roots`.
+fn with_extra_roots(
+    root_der: CertificateDer<'static>,
+    ca: &CaSection,
+) -> Result<TrustBundle, CaError> {
+    let mut roots = vec![root_der];
+    for extra in &ca.extra_roots {
+        let pem = read(extra)?;
+        let bundle = TrustBundle::from_pem(pem.as_bytes()).map_err(|reason| CaError::BadPem {
+            path: extra.clone(),
+            reason,
+        })?;
+        roots.extend(bundle.roots);
+    }
+    Ok(TrustBundle::new(roots))
+}
+
 // === impl CertificateAuthority ===
 
 impl CertificateAuthority {
@@ -274,6 +291,11 @@ impl CertificateAuthority {
                         cert: inter.clone(),
                     },
                 ),
+                // A root and its key alone (as mounted from a Secret shared by several
+                // control-plane replicas): this process issues its own intermediate, in memory.
+                (Some(root), None, None) if ca.root_key.is_some() => {
+                    return Self::with_memory_intermediate(trust_domain, ca, root);
+                }
                 _ => {
                     Self::prepare_generated(trust_domain, data_dir)?;
                     (
@@ -323,23 +345,14 @@ impl CertificateAuthority {
             (Err(e), _, _) => return Err(e),
         };
 
-        let mut roots = vec![root_der];
-        for extra in &ca.extra_roots {
-            let pem = read(extra)?;
-            let bundle =
-                TrustBundle::from_pem(pem.as_bytes()).map_err(|reason| CaError::BadPem {
-                    path: extra.clone(),
-                    reason,
-                })?;
-            roots.extend(bundle.roots);
-        }
+        let roots = with_extra_roots(root_der, ca)?;
         let authority = Self {
             trust_domain: trust_domain.clone(),
             signer: RwLock::new(signer),
             root,
             storage,
             renewing: Mutex::new(()),
-            bundle: TrustBundle::new(roots),
+            bundle: roots,
             leaf_ttl: ca.leaf_ttl,
             clock_skew: ca.clock_skew,
         };
@@ -351,6 +364,35 @@ impl CertificateAuthority {
             Err(e) => return Err(e),
         }
         Ok(authority)
+    }
+
+    /// The CA of a configured root and root key, with an intermediate of its own issued now and
+    /// kept in memory (renewed there).
+    fn with_memory_intermediate(
+        trust_domain: &TrustDomain,
+        ca: &CaSection,
+        root_path: &Path,
+    ) -> Result<Self, CaError> {
+        let key_path = ca.root_key.as_deref().unwrap_or(Path::new(""));
+        let root_der = first_cert(&read(root_path)?, root_path)?;
+        let (_, root_x) = X509Certificate::from_der(&root_der).map_err(|e| CaError::BadPem {
+            path: root_path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let root = RootSigner::new(&root_der, &root_x, &read(key_path)?, root_path, key_path)?;
+        let (signer, _, _) = new_signer(trust_domain, &root, SystemTime::now())?;
+        let roots = with_extra_roots(root_der, ca)?;
+        tracing::info!(root = %root_path.display(), "issued this replica's own intermediate from the configured root");
+        Ok(Self {
+            trust_domain: trust_domain.clone(),
+            signer: RwLock::new(signer),
+            root: Some(root),
+            storage: Storage::Memory,
+            renewing: Mutex::new(()),
+            bundle: roots,
+            leaf_ttl: ca.leaf_ttl,
+            clock_skew: ca.clock_skew,
+        })
     }
 
     /// Makes sure the generated CA's directory is safe and holds a root, and writes the trust

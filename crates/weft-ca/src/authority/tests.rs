@@ -728,3 +728,32 @@ fn configured_keys_must_match_their_certificates() {
     let err = CertificateAuthority::load_or_generate(&td(), &section, &a).unwrap_err();
     assert!(matches!(err, CaError::KeyMismatch { .. }), "{err}");
 }
+
+/// Several control-plane replicas given the same root and root key (a Secret) each issue an
+/// intermediate of their own; leaves of either verify against the one shared bundle, and
+/// nothing is written to the data directory.
+#[test]
+fn replicas_sharing_a_root_issue_their_own_intermediates() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen_dir = dir.path().join("gen");
+    CertificateAuthority::load_or_generate(&td(), &ca_section(), &gen_dir).unwrap();
+    let mut section = ca_section();
+    section.root_cert = Some(gen_dir.join("root.pem"));
+    section.root_key = Some(gen_dir.join("root.key"));
+    let unused = dir.path().join("unused");
+    let a = CertificateAuthority::load_or_generate(&td(), &section, &unused).unwrap();
+    let b = CertificateAuthority::load_or_generate(&td(), &section, &unused).unwrap();
+    assert!(!unused.exists(), "a replica wrote to its data directory");
+    assert_eq!(a.trust_bundle(), b.trust_bundle());
+    let (la, lb) = (sign_web(&a).unwrap(), sign_web(&b).unwrap());
+    assert_ne!(la.chain, lb.chain, "each replica has its own intermediate");
+    verify_with_webpki(&la, b.trust_bundle());
+    verify_with_webpki(&lb, a.trust_bundle());
+    assert!(a.can_renew_intermediate());
+
+    // A root key that does not belong to the root is refused.
+    let other = dir.path().join("other");
+    CertificateAuthority::load_or_generate(&td(), &ca_section(), &other).unwrap();
+    section.root_key = Some(other.join("root.key"));
+    assert!(CertificateAuthority::load_or_generate(&td(), &section, &unused).is_err());
+}

@@ -93,6 +93,15 @@ fn validate_ca(cfg: &MeshConfig) -> Result<(), Invalid> {
             "must be shorter than ca.leaf_ttl".into(),
         ));
     }
+    // A root and its key alone: each control-plane replica issues its own intermediate in
+    // memory, so replicas share the root (from a Secret) and nothing else.
+    if ca.root_cert.is_some()
+        && ca.root_key.is_some()
+        && ca.intermediate_cert.is_none()
+        && ca.intermediate_key.is_none()
+    {
+        return Ok(());
+    }
     let given = [
         ("ca.root_cert", ca.root_cert.is_some()),
         ("ca.intermediate_cert", ca.intermediate_cert.is_some()),
@@ -102,13 +111,13 @@ fn validate_ca(cfg: &MeshConfig) -> Result<(), Invalid> {
         if let Some((key, _)) = given.iter().find(|(_, set)| !*set) {
             return Err((
                 key.to_string(),
-                "an existing CA needs root_cert, intermediate_cert and intermediate_key".into(),
+                "an existing CA needs root_cert with root_key, or root_cert, intermediate_cert and intermediate_key".into(),
             ));
         }
     } else if ca.root_key.is_some() {
         return Err((
             "ca.root_key".into(),
-            "set only together with root_cert, intermediate_cert and intermediate_key".into(),
+            "set only together with root_cert".into(),
         ));
     }
     Ok(())
