@@ -805,6 +805,51 @@ impl RootSigner {
     }
 }
 
+/// Parses a private key. An RSA key in the traditional PKCS#1 form (`BEGIN RSA PRIVATE KEY`,
+/// as Helm's `genCA` and `openssl genrsa -traditional` write it) is first wrapped in the
+/// PKCS#8 envelope the signer reads; other keys must be PKCS#8 (or SEC1 for EC keys).
+fn key_pair_from_pem(pem: &str) -> Result<KeyPair, rcgen::Error> {
+    match rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()) {
+        Ok(rustls_pki_types::PrivateKeyDer::Pkcs1(k)) => {
+            KeyPair::try_from(pkcs1_to_pkcs8(k.secret_pkcs1_der()))
+        }
+        _ => KeyPair::from_pem(pem),
+    }
+}
+
+/// A DER length.
+fn der_len(n: usize) -> Vec<u8> {
+    if n < 0x80 {
+        return vec![n as u8];
+    }
+    let bytes = n.to_be_bytes();
+    let first = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len() - 1);
+    let mut out = vec![0x80 | (bytes.len() - first) as u8];
+    out.extend_from_slice(&bytes[first..]);
+    out
+}
+
+/// Wraps an RSAPrivateKey (PKCS#1) in a PrivateKeyInfo (PKCS#8, RFC 5208): version 0, the
+/// rsaEncryption algorithm with NULL parameters, and the key as an OCTET STRING.
+fn pkcs1_to_pkcs8(pkcs1: &[u8]) -> Vec<u8> {
+    const VERSION: [u8; 3] = [0x02, 0x01, 0x00];
+    const RSA_ENCRYPTION: [u8; 15] = [
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    let mut octets = vec![0x04];
+    octets.extend(der_len(pkcs1.len()));
+    octets.extend_from_slice(pkcs1);
+    let mut out = vec![0x30];
+    out.extend(der_len(VERSION.len() + RSA_ENCRYPTION.len() + octets.len()));
+    out.extend_from_slice(&VERSION);
+    out.extend_from_slice(&RSA_ENCRYPTION);
+    out.extend(octets);
+    out
+}
+
 /// Parses `key_pem` and checks it is the private half of `cert`'s public key.
 fn key_of(
     cert: &X509Certificate<'_>,
@@ -812,7 +857,7 @@ fn key_of(
     cert_path: &Path,
     key_path: &Path,
 ) -> Result<KeyPair, CaError> {
-    let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::BadPem {
+    let key = key_pair_from_pem(key_pem).map_err(|e| CaError::BadPem {
         path: key_path.to_path_buf(),
         reason: e.to_string(),
     })?;
@@ -843,7 +888,7 @@ fn new_signer(
         reason: e.to_string(),
     })?;
     let signer = Signer {
-        issuer: Issuer::from_ca_cert_der(&der, KeyPair::from_pem(&key_pem)?)?,
+        issuer: Issuer::from_ca_cert_der(&der, key_pair_from_pem(&key_pem)?)?,
         not_before: asn1_to_system(x.validity().not_before.timestamp()),
         not_after: asn1_to_system(x.validity().not_after.timestamp()),
         cert: der.clone(),

@@ -757,3 +757,62 @@ fn replicas_sharing_a_root_issue_their_own_intermediates() {
     section.root_key = Some(other.join("root.key"));
     assert!(CertificateAuthority::load_or_generate(&td(), &section, &unused).is_err());
 }
+
+/// A root made the way Helm's `genCA` makes one (an RSA key in the traditional PKCS#1 form)
+/// signs intermediates, and a key that does not match it is still refused.
+#[test]
+fn an_rsa_root_with_a_traditional_key_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["genrsa", "-traditional", "-out", "ca.key", "2048"]);
+    run(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=weft-ca",
+        "-days",
+        "3650",
+        "-out",
+        "ca.crt",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    let key = std::fs::read_to_string(dir.path().join("ca.key")).unwrap();
+    assert!(key.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "{key}");
+    let mut section = ca_section();
+    section.root_cert = Some(dir.path().join("ca.crt"));
+    section.root_key = Some(dir.path().join("ca.key"));
+    let ca = CertificateAuthority::load_or_generate(&td(), &section, &dir.path().join("unused"))
+        .unwrap();
+    verify_with_webpki(&sign_web(&ca).unwrap(), ca.trust_bundle());
+
+    run(&["genrsa", "-traditional", "-out", "other.key", "2048"]);
+    section.root_key = Some(dir.path().join("other.key"));
+    let err = CertificateAuthority::load_or_generate(&td(), &section, &dir.path().join("unused"))
+        .unwrap_err();
+    assert!(matches!(err, CaError::KeyMismatch { .. }), "{err}");
+}
+
+#[test]
+fn der_lengths_use_the_short_and_long_forms() {
+    assert_eq!(der_len(5), [5]);
+    assert_eq!(der_len(127), [127]);
+    assert_eq!(der_len(128), [0x81, 128]);
+    assert_eq!(der_len(1190), [0x82, 0x04, 0xa6]);
+}
