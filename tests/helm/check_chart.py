@@ -1,0 +1,188 @@
+"""The Helm chart, checked by Helm's own library (helm-python-sdk) and the Kubernetes 1.33
+schemas (kubernetes-validate): lint, values schema, rendering of each documented variation,
+every rendered object validated strictly, and the mesh config file it renders accepted by
+`weft check`.
+
+Usage: check_chart.py PATH/TO/weft
+"""
+
+import copy
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import helm_python
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy-k8s" / "weft"
+KUBERNETES = "1.33.0"
+NAMESPACE = "weft"
+
+failures = []
+
+
+def fail(what):
+    failures.append(what)
+    print(f"FAIL {what}")
+
+
+def merge(base, over):
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def render(chart, values):
+    manifests = chart.render(values, name="weft", namespace=NAMESPACE, is_install=True)
+    objects = []
+    for path, text in sorted(manifests.items()):
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                objects.append((path, doc))
+    return objects
+
+
+def by_kind(objects, kind):
+    return [o for _, o in objects if o.get("kind") == kind]
+
+
+def check_generated_root(chart, weft):
+    """The control plane starts on the root the chart generates (Helm's genCA: RSA, PKCS#1)."""
+    import base64
+    import select
+    import time
+
+    objects = render(chart, {})
+    ca = [s for s in by_kind(objects, "Secret") if s["metadata"]["name"] == "weft-ca"][0]
+    config = by_kind(objects, "ConfigMap")[0]["data"]["mesh.toml"]
+    # The Kubernetes sections need a cluster; the CA does not.
+    config = config.split("[platforms.kubernetes]")[0]
+    control = str(pathlib.Path(weft).with_name("weft-control"))
+    with tempfile.TemporaryDirectory() as d:
+        d = pathlib.Path(d)
+        for key in ("tls.crt", "tls.key"):
+            (d / key).write_bytes(base64.b64decode(ca["data"][key]))
+        config = (
+            config.replace("/etc/weft/ca/", f"{d}/")
+            .replace("/var/lib/weft", f"{d}/data")
+            .replace("0.0.0.0:7443", "127.0.0.1:0")
+            .replace("0.0.0.0:7080", "127.0.0.1:0")
+        )
+        (d / "mesh.toml").write_text(config)
+        p = subprocess.Popen(
+            [control, "--config", str(d / "mesh.toml")],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 20
+        log = ""
+        try:
+            while "control plane started" not in log and time.monotonic() < deadline:
+                ready, _, _ = select.select([p.stderr], [], [], 1)
+                if ready:
+                    line = p.stderr.readline()
+                    if not line:
+                        break
+                    log += line
+        finally:
+            p.kill()
+            p.wait()
+        if "control plane started" in log:
+            print("ok   the control plane starts on the chart's generated root")
+        else:
+            fail(f"the control plane did not start on the chart's root: {log}")
+
+
+def main():
+    weft = sys.argv[1]
+    chart = helm_python.Chart.load(str(CHART))
+    defaults = chart.values
+
+    report = helm_python.lint(str(CHART), strict=True, namespace=NAMESPACE, kube_version="v1.33.0")
+    for m in report.get("messages", []):
+        if m.get("severity", 0) >= 2:
+            fail(f"helm lint: {m.get('path')}: {m.get('error')}")
+    for e in report.get("errors", []) or []:
+        fail(f"helm lint: {e}")
+
+    ha = yaml.safe_load((CHART / "values-ha.yaml").read_text())
+    variations = {
+        "default": {},
+        "values-ha.yaml": ha,
+        "classic sidecar": {"proxy": {"nativeSidecar": False}},
+        "existing CA secret": {"ca": {"existingSecret": "corp-root"}},
+        "two namespaces, deny by default": {"mesh": {"namespaces": ["shop", "pay"], "defaultInbound": "deny"}},
+        "webhook failurePolicy Fail": {"webhook": {"failurePolicy": "Fail"}},
+        "no anti-affinity": {"controlPlane": {"antiAffinity": "none", "nodeSelector": {"pool": "system"}}},
+    }
+    for name, over in variations.items():
+        values = merge(defaults, over)
+        try:
+            chart.validate_schema(over)
+            objects = render(chart, over)
+        except helm_python.HelmError as e:
+            fail(f"{name}: {e}")
+            continue
+        for path, obj in objects:
+            try:
+                kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                fail(f"{name}: {path} {obj.get('kind')}/{obj['metadata'].get('name')}: {e.message}")
+        # The rendered mesh config file is one weft accepts.
+        config = by_kind(objects, "ConfigMap")[0]["data"]["mesh.toml"]
+        with tempfile.TemporaryDirectory() as d:
+            f = pathlib.Path(d) / "mesh.toml"
+            f.write_text(config)
+            r = subprocess.run([weft, "check", str(f)], capture_output=True, text=True)
+            if r.returncode != 0:
+                fail(f"{name}: weft check refused the rendered mesh.toml: {r.stderr}")
+        deployment = by_kind(objects, "Deployment")[0]
+        replicas = values["controlPlane"]["replicas"]
+        if deployment["spec"]["replicas"] != replicas:
+            fail(f"{name}: {deployment['spec']['replicas']} replicas, not {replicas}")
+        if bool(by_kind(objects, "PodDisruptionBudget")) != (replicas > 1):
+            fail(f"{name}: a PodDisruptionBudget only with several replicas")
+        secrets = {s["metadata"]["name"] for s in by_kind(objects, "Secret")}
+        ca = values["ca"]["existingSecret"] or "weft-ca"
+        mounted = [v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+        if ca not in mounted:
+            fail(f"{name}: the CA secret {ca} is not mounted ({mounted})")
+        if ("weft-ca" in secrets) == bool(values["ca"]["existingSecret"]):
+            fail(f"{name}: weft-ca generated {'weft-ca' in secrets} with existingSecret {values['ca']['existingSecret']!r}")
+        webhook = by_kind(objects, "MutatingWebhookConfiguration")[0]["webhooks"][0]
+        if webhook["failurePolicy"] != values["webhook"]["failurePolicy"]:
+            fail(f"{name}: failurePolicy {webhook['failurePolicy']}")
+        rules = by_kind(objects, "ClusterRole")[0]["rules"]
+        verbs = sorted({v for r in rules for v in r["verbs"]})
+        if verbs != ["create", "get", "list", "watch"]:
+            fail(f"{name}: the ClusterRole grants {verbs}")
+        print(f"ok   {name}: {len(objects)} objects")
+
+    check_generated_root(chart, weft)
+
+    for name, bad in {
+        "proxy as root": {"proxy": {"uid": 0}},
+        "unknown key": {"mesh": {"trust_domain": "x"}},
+        "bad failurePolicy": {"webhook": {"failurePolicy": "Maybe"}},
+        "zero replicas": {"controlPlane": {"replicas": 0}},
+    }.items():
+        try:
+            chart.validate_schema(bad)
+            fail(f"the values schema accepted {name}")
+        except helm_python.HelmError:
+            print(f"ok   the values schema refuses {name}")
+
+    if failures:
+        print(f"{len(failures)} chart check(s) failed")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
