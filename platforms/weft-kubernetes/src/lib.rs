@@ -226,13 +226,19 @@ impl KubernetesPlatform {
         let this = self.clone();
         let handler: webhook::Handler = Arc::new(move |body: &[u8]| {
             let namespaces = this.namespaces.clone();
+            let watched = this.settings.namespaces.clone();
             let lookup = move |ns: &str| {
-                namespaces
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(ns)
-                    .cloned()
-                    .flatten()
+                if !watched.is_empty() && !watched.iter().any(|w| w == ns) {
+                    return webhook::Namespace::OutsideMesh;
+                }
+                webhook::Namespace::InMesh(
+                    namespaces
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(ns)
+                        .cloned()
+                        .flatten(),
+                )
             };
             match this.injector() {
                 Ok(injector) => webhook::review(&injector, &lookup, body),

@@ -64,11 +64,20 @@ fn respond(uid: &str, response: Value) -> Answer {
     }
 }
 
-/// Answers one AdmissionReview. `namespace_inject` gives a namespace's `weft.dev/inject`
-/// annotation, where known.
+/// What the webhook knows of a pod's namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Namespace {
+    /// Not one of the namespaces the mesh watches: its pods are never injected (their proxies
+    /// would be refused certificates).
+    OutsideMesh,
+    /// In the mesh, with its `weft.dev/inject` annotation if it is known and has one.
+    InMesh(Option<String>),
+}
+
+/// Answers one AdmissionReview; `namespace` says what is known of a namespace.
 pub fn review(
     injector: &Injector,
-    namespace_inject: &dyn Fn(&str) -> Option<String>,
+    namespace_of: &dyn Fn(&str) -> Namespace,
     body: &[u8],
 ) -> Answer {
     let review: Value = match serde_json::from_slice(body) {
@@ -104,7 +113,13 @@ pub fn review(
         .as_str()
         .or_else(|| pod["metadata"]["namespace"].as_str())
         .unwrap_or("default");
-    let ns_inject = namespace_inject(namespace);
+    let ns_inject = match namespace_of(namespace) {
+        Namespace::OutsideMesh => {
+            tracing::debug!(namespace, "not injected: the namespace is outside the mesh");
+            return respond(uid, allow);
+        }
+        Namespace::InMesh(inject) => inject,
+    };
     match decide(namespace, ns_inject.as_deref(), pod) {
         Ok(Some(skip)) => {
             tracing::debug!(namespace, %skip, "not injected");

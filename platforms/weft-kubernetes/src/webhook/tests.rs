@@ -12,6 +12,14 @@ fn injector() -> Injector {
     }
 }
 
+fn lookup(ns: &HashMap<String, Option<String>>, n: &str) -> Namespace {
+    if n == "outside" {
+        Namespace::OutsideMesh
+    } else {
+        Namespace::InMesh(ns.get(n).cloned().flatten())
+    }
+}
+
 fn namespaces() -> HashMap<String, Option<String>> {
     HashMap::from([
         ("shop".to_string(), Some("enabled".to_string())),
@@ -47,8 +55,8 @@ fn pod_review(ns: &str, annotations: Value, operation: &str) -> Value {
 
 fn answer(review: &Value) -> Answer {
     let ns = namespaces();
-    let lookup = move |n: &str| ns.get(n).cloned().flatten();
-    super::review(&injector(), &lookup, review.to_string().as_bytes())
+    let view = move |n: &str| lookup(&ns, n);
+    super::review(&injector(), &view, review.to_string().as_bytes())
 }
 
 fn patch_of(a: &Answer) -> Option<json_patch::Patch> {
@@ -110,6 +118,10 @@ fn what_must_not_be_injected_is_allowed_unchanged() {
             pod_review("shop", json!({"weft.dev/inject": "disabled"}), "CREATE"),
         ),
         ("an update", pod_review("shop", json!({}), "UPDATE")),
+        (
+            "outside the mesh's namespaces",
+            pod_review("outside", json!({"weft.dev/inject": "enabled"}), "CREATE"),
+        ),
     ] {
         let a = answer(&review);
         assert_eq!(a.status, 200, "{what}");
@@ -152,7 +164,7 @@ fn a_pod_with_an_unusable_annotation_is_denied_with_the_reason() {
 #[test]
 fn malformed_reviews_get_a_clean_400() {
     let ns = namespaces();
-    let lookup = move |n: &str| ns.get(n).cloned().flatten();
+    let view = move |n: &str| lookup(&ns, n);
     let mut no_uid = pod_review("shop", json!({}), "CREATE");
     no_uid["request"]["uid"] = json!("");
     let mut v1beta1 = pod_review("shop", json!({}), "CREATE");
@@ -173,7 +185,7 @@ fn malformed_reviews_get_a_clean_400() {
         ),
     ];
     for (what, body) in cases {
-        let a = super::review(&injector(), &lookup, &body);
+        let a = super::review(&injector(), &view, &body);
         assert_eq!(a.status, 400, "{what}");
         assert_eq!(a.body["kind"], "Status", "{what}");
     }
@@ -210,8 +222,8 @@ async fn the_server_answers_over_tls() {
     let stop = CancellationToken::new();
     let handler: Handler = Arc::new(|body: &[u8]| {
         let ns = namespaces();
-        let lookup = move |n: &str| ns.get(n).cloned().flatten();
-        super::review(&injector(), &lookup, body)
+        let view = move |n: &str| lookup(&ns, n);
+        super::review(&injector(), &view, body)
     });
     tokio::spawn(serve(listener, tls, handler, stop.clone()));
 
