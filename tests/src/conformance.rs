@@ -83,7 +83,7 @@ pub trait PlatformHarness: Send {
 }
 
 /// Waits until the registry satisfies `f`.
-async fn until(registry: &Registry, what: &str, f: impl Fn(&RegistrySnapshot) -> bool) {
+pub async fn until(registry: &Registry, what: &str, f: impl Fn(&RegistrySnapshot) -> bool) {
     let mut rx = registry.subscribe();
     tokio::time::timeout(WAIT, rx.wait_for(|s| f(s)))
         .await
@@ -92,7 +92,7 @@ async fn until(registry: &Registry, what: &str, f: impl Fn(&RegistrySnapshot) ->
 }
 
 /// The endpoint addresses of every port of `svc`.
-fn addrs(s: &RegistrySnapshot, svc: &ServiceName) -> Vec<SocketAddr> {
+pub fn addrs(s: &RegistrySnapshot, svc: &ServiceName) -> Vec<SocketAddr> {
     s.service(svc)
         .map(|s| {
             s.ports

@@ -422,37 +422,10 @@ impl TestMesh {
         upstreams: &[&str],
     ) -> ProxyConfig {
         ProxyConfig {
-            control_addr: self.grpc_addr().into(),
-            trust_domain: "weft.test".into(),
             trust_bundle: Some(self.bundle_file()),
-            trust_bundle_pem: None,
-            namespace: "test".into(),
-            workload: w.name.clone(),
             account: w.identity.clone(),
-            platform: "local".into(),
             token_file: self.token_file(&w.name),
-            inbound_addr: ([127, 0, 0, 1], 0).into(),
-            app_port,
-            transparent: false,
-            outbound_addr: ([127, 0, 0, 1], 0).into(),
-            max_destinations: 1000,
-            upstreams: upstreams
-                .iter()
-                .map(|s| Upstream {
-                    service: s.to_string(),
-                    listen: ([127, 0, 0, 1], 0).into(),
-                })
-                .collect(),
-            admin_addr: ([127, 0, 0, 1], 0).into(),
-            admin_shutdown: false,
-            probe_addr: None,
-            app_probes: None,
-            detect_timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(2),
-            dispatch_timeout: Duration::from_secs(3),
-            drain_timeout: Duration::from_secs(5),
-            resolve_idle_timeout: Duration::from_secs(60),
-            log_json: false,
+            ..loopback_proxy_config(self.grpc_addr(), &w.name, app_port, upstreams)
         }
     }
 
@@ -483,6 +456,50 @@ impl TestMesh {
 impl Drop for TestMesh {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Proxy settings for workload `test/<workload>` of the local platform with control plane
+/// `control`, fronting `app_port`, with an upstream listener for each of `upstreams`, every
+/// listener on loopback port 0. The trust bundle and the token file are left for the caller.
+pub fn loopback_proxy_config(
+    control: SocketAddr,
+    workload: &str,
+    app_port: Option<u16>,
+    upstreams: &[&str],
+) -> ProxyConfig {
+    ProxyConfig {
+        control_addr: control.into(),
+        trust_domain: "weft.test".into(),
+        trust_bundle: None,
+        trust_bundle_pem: None,
+        namespace: "test".into(),
+        workload: workload.into(),
+        account: None,
+        platform: "local".into(),
+        token_file: PathBuf::new(),
+        inbound_addr: ([127, 0, 0, 1], 0).into(),
+        app_port,
+        transparent: false,
+        outbound_addr: ([127, 0, 0, 1], 0).into(),
+        max_destinations: 1000,
+        upstreams: upstreams
+            .iter()
+            .map(|s| Upstream {
+                service: s.to_string(),
+                listen: ([127, 0, 0, 1], 0).into(),
+            })
+            .collect(),
+        admin_addr: ([127, 0, 0, 1], 0).into(),
+        admin_shutdown: false,
+        probe_addr: None,
+        app_probes: None,
+        detect_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(2),
+        dispatch_timeout: Duration::from_secs(3),
+        drain_timeout: Duration::from_secs(5),
+        resolve_idle_timeout: Duration::from_secs(60),
+        log_json: false,
     }
 }
 

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use weft_core::platform::{AttestError, Credential, Platform};
 use weft_core::{Registry, RegistrySnapshot, ServiceName};
 use weft_kubernetes::{KubernetesPlatform, KubernetesSettings};
+use weft_tests::conformance::{self, addrs};
 use weft_tests::fake_kube::FakeKube;
 use weft_tests::kube_objects::{self as k8s, Condition, SliceEndpoint, SvcPort, TokenFor};
 use weft_tests::{WAIT, admin_get, backends, metric};
@@ -52,11 +53,7 @@ impl Running {
     }
 
     async fn until(&self, what: &str, f: impl Fn(&RegistrySnapshot) -> bool) {
-        let mut rx = self.registry.subscribe();
-        tokio::time::timeout(WAIT, rx.wait_for(|s| f(s)))
-            .await
-            .unwrap_or_else(|_| panic!("registry never showed: {what}"))
-            .unwrap();
+        conformance::until(&self.registry, what, f).await
     }
 }
 
@@ -68,17 +65,6 @@ impl Drop for Running {
 
 fn svc(ns: &str, name: &str) -> ServiceName {
     ServiceName::new(ns, name).unwrap()
-}
-
-fn endpoints(s: &RegistrySnapshot, name: &ServiceName) -> Vec<SocketAddr> {
-    s.service(name)
-        .map(|s| {
-            s.ports
-                .iter()
-                .flat_map(|p| p.endpoints.iter().map(|e| e.address))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A Service `name` on port 80 (target 8080) with one ready, meshed pod at `pod_ip`.
@@ -125,7 +111,7 @@ async fn paged_lists_and_cluster_ips() {
     }
     let run = Running::start(&fake, KubernetesSettings::default()).await;
     run.until("five services, each with its endpoint", |s| {
-        (0..5).all(|i| endpoints(s, &svc("shop", &format!("s{i}"))).len() == 1)
+        (0..5).all(|i| addrs(s, &svc("shop", &format!("s{i}"))).len() == 1)
     })
     .await;
     let pages = lists(&fake, "/api/v1/services");
@@ -141,7 +127,7 @@ async fn paged_lists_and_cluster_ips() {
         .collect();
     assert_eq!(found, ["s2.shop"]);
     assert_eq!(
-        endpoints(&snap, &svc("shop", "s2")),
+        addrs(&snap, &svc("shop", "s2")),
         [SocketAddr::new(ip("10.1.0.12"), 8080)]
     );
     let ep = &snap.service(&svc("shop", "s2")).unwrap().ports[0].endpoints[0];
@@ -157,7 +143,7 @@ async fn cut_and_ended_watches_and_restarts_resume_without_a_relist() {
     add_service(&fake, "shop", "api", Some(ip("10.96.0.10")), ip("10.1.0.1"));
     let run = Running::start(&fake, KubernetesSettings::default()).await;
     let api = svc("shop", "api");
-    run.until("api", |s| endpoints(s, &api).len() == 1).await;
+    run.until("api", |s| addrs(s, &api).len() == 1).await;
     // Every write from here on must keep api: a relist that showed it vanishing would fail.
     let mut rx = run.registry.subscribe();
     let watcher = tokio::spawn(async move {
@@ -188,7 +174,7 @@ async fn cut_and_ended_watches_and_restarts_resume_without_a_relist() {
         add_extra_endpoint(&fake, n, pod_ip);
         run.until(
             &format!("an endpoint added after the watches were {what}"),
-            |s| endpoints(s, &api).contains(&SocketAddr::new(pod_ip, 8080)),
+            |s| addrs(s, &api).contains(&SocketAddr::new(pod_ip, 8080)),
         )
         .await;
     }
@@ -197,7 +183,7 @@ async fn cut_and_ended_watches_and_restarts_resume_without_a_relist() {
     let pod_ip = ip(&format!("10.1.0.{}", 10 + n));
     add_extra_endpoint(&fake, n, pod_ip);
     run.until("an endpoint added after an API server restart", |s| {
-        endpoints(s, &api).contains(&SocketAddr::new(pod_ip, 8080))
+        addrs(s, &api).contains(&SocketAddr::new(pod_ip, 8080))
     })
     .await;
     let lists_after = fake
@@ -239,10 +225,8 @@ async fn only_the_listed_namespaces_are_watched_and_attested() {
         ..Default::default()
     };
     let run = Running::start(&fake, settings).await;
-    run.until("shop's api", |s| {
-        endpoints(s, &svc("shop", "api")).len() == 1
-    })
-    .await;
+    run.until("shop's api", |s| addrs(s, &svc("shop", "api")).len() == 1)
+        .await;
     // Everything listed by now; a watch per namespace, never cluster-wide.
     let snap = run.registry.snapshot();
     assert!(snap.service(&svc("other", "api")).is_none());
@@ -445,38 +429,13 @@ kubeconfig = "{kubeconfig}"
         let token_file = dir.path().join(format!("{pod}.token"));
         std::fs::write(&token_file, &token).unwrap();
         weft_proxy::ProxyConfig {
-            control_addr: control.grpc_addr.into(),
-            trust_domain: "weft.test".into(),
-            trust_bundle: None,
             // As the injector hands it over: the PEM text itself.
             trust_bundle_pem: Some(std::fs::read_to_string(&control.trust_bundle_file).unwrap()),
             namespace: "shop".into(),
-            workload: pod.into(),
             account: Some(account.into()),
             platform: "kubernetes".into(),
             token_file,
-            inbound_addr: ([127, 0, 0, 1], 0).into(),
-            app_port: app,
-            transparent: false,
-            outbound_addr: ([127, 0, 0, 1], 0).into(),
-            max_destinations: 100,
-            upstreams: upstreams
-                .iter()
-                .map(|s| weft_proxy::Upstream {
-                    service: s.to_string(),
-                    listen: ([127, 0, 0, 1], 0).into(),
-                })
-                .collect(),
-            admin_addr: ([127, 0, 0, 1], 0).into(),
-            admin_shutdown: false,
-            probe_addr: None,
-            app_probes: None,
-            detect_timeout: std::time::Duration::from_secs(1),
-            connect_timeout: std::time::Duration::from_secs(2),
-            dispatch_timeout: std::time::Duration::from_secs(3),
-            drain_timeout: std::time::Duration::from_secs(5),
-            resolve_idle_timeout: std::time::Duration::from_secs(60),
-            log_json: false,
+            ..weft_tests::loopback_proxy_config(control.grpc_addr, pod, app, upstreams)
         }
     };
     let app = backends::http_echo("api").await;
@@ -510,14 +469,10 @@ kubeconfig = "{kubeconfig}"
     weft_tests::wait_ready(&web).await;
     weft_tests::wait_ready(&db).await;
 
-    let mut rx = control.registry.subscribe();
-    tokio::time::timeout(
-        WAIT,
-        rx.wait_for(|s| endpoints(s, &svc("shop", "api")).len() == 1),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    conformance::until(&control.registry, "api's endpoint", |s| {
+        addrs(s, &svc("shop", "api")).len() == 1
+    })
+    .await;
     let c = weft_tests::http_client();
     let (status, backend, _) =
         weft_tests::get_through(&c, weft_tests::upstream(&web, "api"), "/").await;
@@ -732,7 +687,7 @@ async fn injected_probes_are_run_by_the_proxy_for_the_kubelet() {
     )
     .await;
     let mut cfg = mesh.proxy_config(&web, None, &[]);
-    cfg.app_probes = Some(probes);
+    cfg.app_probes = Some(weft_proxy::app_probe::parse(&probes).unwrap());
     let proxy = weft_proxy::Proxy::start(cfg).await.unwrap();
     let (status, body) = admin_get(proxy.admin_addr, "GET", &live).await;
     assert_eq!(status, 200, "{live}: {body}");

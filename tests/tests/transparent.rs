@@ -29,7 +29,8 @@ const OUTSIDE: usize = 2;
 const ADMIN: &str = "127.0.0.1:7191";
 const VIP: &str = "10.96.0.10";
 
-fn config(dir: &Path, policy: &str) -> String {
+/// The mesh, CA and control-plane sections every lab's config file starts with.
+fn lab_sections(dir: &Path) -> String {
     format!(
         r#"[mesh]
 name = "lab"
@@ -41,7 +42,15 @@ data_dir = "{data}"
 [control]
 grpc_addr = "10.231.0.1:7443"
 http_addr = "127.0.0.1:7080"
+"#,
+        data = dir.join("data").display(),
+    )
+}
 
+fn config(dir: &Path, policy: &str) -> String {
+    lab_sections(dir)
+        + &format!(
+            r#"
 [policy]
 default_inbound = "{policy}"
 
@@ -65,10 +74,9 @@ port = 9090
 service_port = 9090
 protocol = "grpc"
 "#,
-        data = dir.join("data").display(),
-        web = Lab::addr(WEB),
-        api = Lab::addr(API),
-    )
+            web = Lab::addr(WEB),
+            api = Lab::addr(API),
+        )
 }
 
 /// Where the lab's workloads are declared.
@@ -83,25 +91,15 @@ enum Via {
 
 /// The mesh config file of a lab whose workloads are in the fake API server at `kubeconfig`.
 fn kube_config(dir: &Path, kubeconfig: &Path) -> String {
-    format!(
-        r#"[mesh]
-name = "lab"
-trust_domain = "weft.test"
-
-[ca]
-data_dir = "{data}"
-
-[control]
-grpc_addr = "10.231.0.1:7443"
-http_addr = "127.0.0.1:7080"
-
+    lab_sections(dir)
+        + &format!(
+            r#"
 [platforms.kubernetes]
 kubeconfig = "{kubeconfig}"
 namespaces = ["lab"]
 "#,
-        data = dir.join("data").display(),
-        kubeconfig = kubeconfig.display(),
-    )
+            kubeconfig = kubeconfig.display(),
+        )
 }
 
 /// The lab's cluster: pods web and api (each with the proxy), Service api on the virtual

@@ -20,10 +20,7 @@ const MAX_ECHO: usize = 64;
 
 /// A peer-supplied string cut to [`MAX_ECHO`] characters for logs and errors.
 fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(MAX_ECHO) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
+    weft_core::platform::clip(s, MAX_ECHO)
 }
 
 /// The Identity service.

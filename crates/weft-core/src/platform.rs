@@ -62,6 +62,15 @@ impl AttestError {
     }
 }
 
+/// At most `max` characters of `s`: how much of a peer- or server-supplied string may go into
+/// a log line or an error.
+pub fn clip(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
 /// What a proxy presents to prove which workload it runs beside.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {

@@ -116,14 +116,8 @@ fn app_probe<B>(
     if req.method() != Method::GET {
         return Some(Err(StatusCode::METHOD_NOT_ALLOWED));
     }
-    // Checked when the proxy started.
-    let probes = shared
-        .config
-        .app_probes
-        .as_deref()
-        .and_then(|json| crate::app_probe::parse(json).ok())
-        .unwrap_or_default();
-    Some(probes.get(name).cloned().ok_or(StatusCode::NOT_FOUND))
+    let probe = shared.config.app_probes.as_ref().and_then(|p| p.get(name));
+    Some(probe.cloned().ok_or(StatusCode::NOT_FOUND))
 }
 
 fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

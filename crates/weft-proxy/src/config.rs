@@ -102,8 +102,8 @@ pub struct ProxyConfig {
     pub probe_addr: Option<SocketAddr>,
     /// The application's own health probes, which the admin and probe listeners run at
     /// `/app-health/<name>` on the kubelet's behalf (JSON; the sidecar injector writes it).
-    #[arg(long, env = "WEFT_PROXY_APP_PROBES")]
-    pub app_probes: Option<String>,
+    #[arg(long, env = "WEFT_PROXY_APP_PROBES", value_parser = crate::app_probe::parse)]
+    pub app_probes: Option<crate::app_probe::AppProbes>,
     /// How long to wait for a client's first bytes before treating the connection as opaque.
     #[arg(long, env = "WEFT_PROXY_DETECT_TIMEOUT", default_value = "1s", value_parser = humantime_duration)]
     pub detect_timeout: Duration,
@@ -264,9 +264,6 @@ impl ProxyConfig {
     /// Checks what clap cannot.
     pub fn check(&self) -> Result<(), String> {
         self.identity()?;
-        if let Some(json) = &self.app_probes {
-            crate::app_probe::parse(json)?;
-        }
         for u in &self.upstreams {
             match weft_core::Target::parse(&u.service, &self.namespace) {
                 Ok(weft_core::Target::Service { .. }) => {}

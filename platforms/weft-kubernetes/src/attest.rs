@@ -20,10 +20,7 @@ const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 const MAX_ECHO: usize = 160;
 
 fn cut(s: &str) -> &str {
-    match s.char_indices().nth(MAX_ECHO) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
+    weft_core::platform::clip(s, MAX_ECHO)
 }
 
 pub(crate) async fn attest(

@@ -563,12 +563,6 @@ impl Cluster {
         }
     }
 
-    /// The pod `key`, if the watch has seen it.
-    #[allow(dead_code)]
-    pub(crate) fn pod(&self, key: &Key) -> Option<&PodInfo> {
-        self.pods.get(key)
-    }
-
     /// Whether some change has made a service stale.
     pub(crate) fn is_dirty(&self) -> bool {
         !self.dirty.is_empty()

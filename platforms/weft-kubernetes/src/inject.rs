@@ -564,4 +564,4 @@ impl Injector {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -215,7 +215,7 @@ impl KubernetesPlatform {
             ));
         };
         let tls = webhook::tls_from_files(cert, key).map_err(fatal)?;
-        let listener = webhook::bind(addr)
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| fatal(format!("webhook on {addr}: {e}")))?;
         let bound = listener
@@ -256,11 +256,6 @@ impl KubernetesPlatform {
     /// Follows where the admission webhook listens (`None` until it does).
     pub fn webhook_addr(&self) -> tokio::sync::watch::Receiver<Option<std::net::SocketAddr>> {
         self.webhook_addr.subscribe()
-    }
-
-    /// The client the adapter talks to the API server with.
-    pub fn client(&self) -> &Client {
-        &self.client
     }
 }
 

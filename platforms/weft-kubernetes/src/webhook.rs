@@ -7,7 +7,6 @@
 //! is denied with the reason; anything else that is not a pod being created is allowed
 //! unchanged.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -280,11 +279,6 @@ async fn handle(req: Request<Incoming>, handler: &Handler) -> Response<Full<Byte
         hyper::header::HeaderValue::from_static("application/json"),
     );
     rsp
-}
-
-/// Binds the webhook's address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 #[cfg(test)]

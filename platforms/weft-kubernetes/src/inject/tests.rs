@@ -2,7 +2,8 @@ use serde_json::json;
 
 use super::*;
 
-fn injector() -> Injector {
+/// An injector with the default settings, for this crate's tests.
+pub(crate) fn injector() -> Injector {
     Injector {
         settings: InjectSettings::default(),
         trust_domain: "weft.test".into(),

@@ -1,16 +1,7 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::inject::InjectSettings;
-
-fn injector() -> Injector {
-    Injector {
-        settings: InjectSettings::default(),
-        trust_domain: "weft.test".into(),
-        trust_bundle_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
-        token_audience: "weft".into(),
-    }
-}
+use crate::inject::tests::injector;
 
 fn lookup(ns: &HashMap<String, Option<String>>, n: &str) -> Namespace {
     if n == "outside" {
@@ -217,7 +208,7 @@ async fn the_server_answers_over_tls() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 
-    let listener = bind(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let handler: Handler = Arc::new(|body: &[u8]| {
