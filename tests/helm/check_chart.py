@@ -1,7 +1,8 @@
 """The Helm chart, checked by Helm's own library (helm-python-sdk) and the Kubernetes 1.33
 schemas (kubernetes-validate): lint, values schema, rendering of each documented variation,
 every rendered object validated strictly, and the mesh config file it renders accepted by
-`weft check`.
+`weft check`. `weft install` renders the same chart without Helm: for each variation its
+output is validated the same way and must equal Helm's, once generated secrets are set aside.
 
 Usage: check_chart.py PATH/TO/weft
 """
@@ -53,13 +54,61 @@ def by_kind(objects, kind):
     return [o for _, o in objects if o.get("kind") == kind]
 
 
-def check_generated_root(chart, weft):
-    """The control plane starts on the root the chart generates (Helm's genCA: RSA, PKCS#1)."""
+def weft_install(weft, over, extra=()):
+    """`weft install` with the values `over` in a file: its objects, or an error message."""
+    with tempfile.TemporaryDirectory() as d:
+        f = pathlib.Path(d) / "values.yaml"
+        f.write_text(yaml.safe_dump(over))
+        r = subprocess.run(
+            [weft, "install", "--namespace", NAMESPACE, "--values", str(f), *extra],
+            capture_output=True,
+            text=True,
+        )
+    if r.returncode != 0:
+        return None, r.stderr
+    return [("weft install", d) for d in yaml.safe_load_all(r.stdout) if d], None
+
+
+def set_aside_generated(obj):
+    """The object without what each render generates anew: keys, certificates, the rollout
+    nonce, and who manages it."""
+    obj = copy.deepcopy(obj)
+    labels = obj["metadata"].get("labels", {})
+    if "app.kubernetes.io/managed-by" in labels:
+        labels["app.kubernetes.io/managed-by"] = "(manager)"
+    if obj["kind"] == "Secret" and obj["metadata"]["name"] in ("weft-ca", "weft-webhook-tls"):
+        obj["data"] = {k: "(generated)" for k in obj["data"]}
+    if obj["kind"] == "MutatingWebhookConfiguration":
+        for w in obj["webhooks"]:
+            w["clientConfig"]["caBundle"] = "(generated)"
+    if obj["kind"] == "Deployment":
+        obj["spec"]["template"]["metadata"]["annotations"]["weft.dev/rollout"] = "(generated)"
+    return obj
+
+
+def compare_install(name, helm_objects, installed):
+    """weft install's objects are Helm's, plus the release namespace."""
+    key = lambda o: (o["kind"], o["metadata"]["name"])
+    namespaces = [o for _, o in installed if o["kind"] == "Namespace"]
+    if [n["metadata"]["name"] for n in namespaces] != [NAMESPACE]:
+        fail(f"{name}: weft install creates namespaces {namespaces}, not {NAMESPACE}")
+    ours = sorted((set_aside_generated(o) for _, o in installed if o["kind"] != "Namespace"), key=key)
+    helms = sorted((set_aside_generated(o) for _, o in helm_objects), key=key)
+    if [key(o) for o in ours] != [key(o) for o in helms]:
+        fail(f"{name}: weft install renders {[key(o) for o in ours]}, Helm {[key(o) for o in helms]}")
+        return
+    for o, h in zip(ours, helms):
+        if o != h:
+            fail(f"{name}: weft install renders {key(o)} unlike Helm:\n{yaml.safe_dump(o)}\nHelm:\n{yaml.safe_dump(h)}")
+
+
+def check_generated_root(weft, objects, origin):
+    """The control plane starts on a generated root (Helm's genCA: RSA, PKCS#1; weft install's:
+    ECDSA P-256, PKCS#8)."""
     import base64
     import select
     import time
 
-    objects = render(chart, {})
     ca = [s for s in by_kind(objects, "Secret") if s["metadata"]["name"] == "weft-ca"][0]
     config = by_kind(objects, "ConfigMap")[0]["data"]["mesh.toml"]
     # The Kubernetes sections need a cluster; the CA does not.
@@ -95,9 +144,9 @@ def check_generated_root(chart, weft):
             p.kill()
             p.wait()
         if "control plane started" in log:
-            print("ok   the control plane starts on the chart's generated root")
+            print(f"ok   the control plane starts on the root {origin} generates")
         else:
-            fail(f"the control plane did not start on the chart's root: {log}")
+            fail(f"the control plane did not start on the root {origin} generates: {log}")
 
 
 def main():
@@ -130,11 +179,17 @@ def main():
         except helm_python.HelmError as e:
             fail(f"{name}: {e}")
             continue
-        for path, obj in objects:
+        installed, error = weft_install(weft, over)
+        if error:
+            fail(f"{name}: weft install failed: {error}")
+            installed = []
+        for path, obj in objects + installed:
             try:
                 kubernetes_validate.validate(obj, KUBERNETES, strict=True)
             except kubernetes_validate.ValidationError as e:
                 fail(f"{name}: {path} {obj.get('kind')}/{obj['metadata'].get('name')}: {e.message}")
+        if installed:
+            compare_install(name, objects, installed)
         # The rendered mesh config file is one weft accepts.
         config = by_kind(objects, "ConfigMap")[0]["data"]["mesh.toml"]
         with tempfile.TemporaryDirectory() as d:
@@ -163,9 +218,20 @@ def main():
         verbs = sorted({v for r in rules for v in r["verbs"]})
         if verbs != ["create", "get", "list", "watch"]:
             fail(f"{name}: the ClusterRole grants {verbs}")
-        print(f"ok   {name}: {len(objects)} objects")
+        print(f"ok   {name}: {len(objects)} objects, the same from weft install")
 
-    check_generated_root(chart, weft)
+    check_generated_root(weft, render(chart, {}), "Helm")
+    installed, error = weft_install(weft, {})
+    if error:
+        fail(f"weft install failed: {error}")
+    else:
+        check_generated_root(weft, installed, "weft install")
+    # --ha is values-ha.yaml.
+    installed, error = weft_install(weft, {}, ["--ha"])
+    if error:
+        fail(f"weft install --ha failed: {error}")
+    else:
+        compare_install("weft install --ha", render(chart, ha), installed)
 
     for name, bad in {
         "proxy as root": {"proxy": {"uid": 0}},
@@ -178,6 +244,11 @@ def main():
             fail(f"the values schema accepted {name}")
         except helm_python.HelmError:
             print(f"ok   the values schema refuses {name}")
+        _, error = weft_install(weft, bad)
+        if error is None:
+            fail(f"weft install accepted {name}")
+        else:
+            print(f"ok   weft install refuses {name}: {error.split('Stack backtrace')[0].strip().splitlines()[-1].strip()}")
 
     if failures:
         print(f"{len(failures)} chart check(s) failed")

@@ -115,7 +115,7 @@ pub fn inject_text(
 }
 
 /// A YAML document as JSON; keys must be strings, as Kubernetes objects have them.
-fn to_json(y: &Yaml) -> anyhow::Result<Value> {
+pub(crate) fn to_json(y: &Yaml) -> anyhow::Result<Value> {
     Ok(match y {
         Yaml::Null => Value::Null,
         Yaml::Boolean(b) => Value::Bool(*b),
@@ -143,7 +143,7 @@ fn to_json(y: &Yaml) -> anyhow::Result<Value> {
     })
 }
 
-fn to_yaml(v: &Value) -> Yaml {
+pub(crate) fn to_yaml(v: &Value) -> Yaml {
     match v {
         Value::Null => Yaml::Null,
         Value::Bool(b) => Yaml::Boolean(*b),

@@ -1,7 +1,9 @@
 //! `weft`: the command-line interface.
 
 mod dev;
+mod gotmpl;
 mod inject;
+mod install;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -45,6 +47,24 @@ enum Command {
         #[arg(long, default_value = "weft.local", conflicts_with = "config")]
         trust_domain: String,
     },
+    /// Print the control plane's Kubernetes manifests for `kubectl apply -f -`: the Helm chart
+    /// deploy-k8s/weft rendered from its own templates and values, without Helm. Each run
+    /// generates a new mesh root unless `ca.existingSecret` names one (see the README).
+    Install {
+        /// The namespace of the control plane; the output creates it.
+        #[arg(long, short = 'n', default_value = "weft")]
+        namespace: String,
+        /// A values file, as for `helm install -f`; later files win.
+        #[arg(long = "values", short = 'f')]
+        values: Vec<PathBuf>,
+        /// Values as `helm install --set` takes them (`controlPlane.replicas=3,webhook.failurePolicy=Fail`),
+        /// applied after the files.
+        #[arg(long)]
+        set: Vec<String>,
+        /// Three replicas on three nodes: the chart's values-ha.yaml, before any --values.
+        #[arg(long)]
+        ha: bool,
+    },
     /// Check a mesh config file and print what is wrong with it.
     Check {
         /// The file.
@@ -67,6 +87,17 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Dev { config, interval } => dev::run(config, interval).await,
         Command::Check { config } => check(&config),
+        Command::Install {
+            namespace,
+            values,
+            set,
+            ha,
+        } => install::run(&install::Args {
+            namespace,
+            values,
+            set,
+            ha,
+        }),
         Command::Inject {
             file,
             trust_bundle,
