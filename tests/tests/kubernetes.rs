@@ -640,13 +640,28 @@ async fn the_webhook_injects_pods_of_annotated_namespaces() {
     task.await.unwrap().unwrap();
 }
 
-/// The probes the injector rewrites are run by the proxy on the kubelet's behalf: the
-/// kubelet's GET of the rewritten path on the admin listener passes while the application's
-/// own probe passes, and fails while it fails.
+/// The probes the injector rewrites (HTTP, TCP and gRPC here) are run by the proxy on the
+/// kubelet's behalf: the kubelet's GET of the rewritten path on the admin listener passes while
+/// the application's own probe passes, and fails while it fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_probes_are_run_by_the_proxy_for_the_kubelet() {
     let app = backends::http_echo("web").await;
     let (_closed, down) = weft_tests::refusing_port();
+    // The application's gRPC health service: one service serving, one not.
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("shop.Cart", tonic_health::ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status("shop.Payments", tonic_health::ServingStatus::NotServing)
+        .await;
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_port = grpc.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc)),
+    );
     let injector = weft_kubernetes::inject::Injector {
         settings: Default::default(),
         trust_domain: "weft.test".into(),
@@ -660,6 +675,10 @@ async fn injected_probes_are_run_by_the_proxy_for_the_kubelet() {
             "ports": [{"name": "http", "containerPort": app.port()}],
             "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
             "readinessProbe": {"tcpSocket": {"port": down.port()}},
+        }, {
+            "name": "cart",
+            "startupProbe": {"grpc": {"port": grpc_port, "service": "shop.Cart"}},
+            "livenessProbe": {"grpc": {"port": grpc_port, "service": "shop.Payments"}},
         }]},
     });
     injector.inject_manifest(&mut pod).unwrap();
@@ -672,13 +691,14 @@ async fn injected_probes_are_run_by_the_proxy_for_the_kubelet() {
         .as_str()
         .unwrap()
         .to_string();
-    let path = |probe: &str| {
-        pod["spec"]["containers"][0][probe]["httpGet"]["path"]
+    let path = |container: usize, probe: &str| {
+        pod["spec"]["containers"][container][probe]["httpGet"]["path"]
             .as_str()
             .unwrap()
             .to_string()
     };
-    let (live, ready) = (path("livenessProbe"), path("readinessProbe"));
+    let (live, ready) = (path(0, "livenessProbe"), path(0, "readinessProbe"));
+    let (serving, not_serving) = (path(1, "startupProbe"), path(1, "livenessProbe"));
 
     let web = weft_tests::WorkloadDecl::client("web");
     let mesh = weft_tests::TestMesh::start(
@@ -693,6 +713,10 @@ async fn injected_probes_are_run_by_the_proxy_for_the_kubelet() {
     assert_eq!(status, 200, "{live}: {body}");
     let (status, body) = admin_get(proxy.admin_addr, "GET", &ready).await;
     assert_eq!(status, 503, "{ready}: {body}");
+    let (status, body) = admin_get(proxy.admin_addr, "GET", &serving).await;
+    assert_eq!(status, 200, "{serving}: {body}");
+    let (status, body) = admin_get(proxy.admin_addr, "GET", &not_serving).await;
+    assert_eq!(status, 503, "{not_serving}: {body}");
     assert_eq!(
         admin_get(proxy.admin_addr, "GET", "/app-health/web/other")
             .await

@@ -1,17 +1,26 @@
 //! The application's health probes, run by the proxy for the kubelet.
 //!
 //! Under interception every connection to the pod goes through the proxy's inbound port,
-//! which admits mesh peers only, so the kubelet's own HTTP and TCP probes of the application
-//! would be refused. The injector rewrites each such probe to `GET /app-health/<name>` on the
-//! proxy's admin port (which interception skips) and hands the original probes over in
-//! `WEFT_PROXY_APP_PROBES`: a JSON object from `<name>` (`<container>/<live|ready|startup>`) to
-//! `{"port": 8080, "path": "/healthz", "headers": [{"name": "X", "value": "y"}]}`, or without
-//! `path` for a TCP probe. The proxy runs the original probe against the application on
-//! loopback (its own traffic is never intercepted) and answers 200 when it passes, as the
-//! kubelet would judge it (an HTTP status from 200 to 399, or a TCP connection), else the
-//! application's status, or 503 when it cannot be reached.
+//! which admits mesh peers only, so the kubelet's own probes of the application would be
+//! refused. The injector rewrites each HTTP, HTTPS, TCP and gRPC probe to
+//! `GET /app-health/<name>` on the proxy's admin port (which interception skips) and hands the
+//! original probes over in `WEFT_PROXY_APP_PROBES`: a JSON object from `<name>`
+//! (`<container>/<live|ready|startup>`) to one of
+//!
+//! - `{"port": 8080, "path": "/healthz", "headers": [{"name": "X", "value": "y"}]}`, an HTTP
+//!   probe, with `"scheme": "https"` for HTTPS (the certificate is not checked, as the kubelet
+//!   does not check it);
+//! - `{"port": 8080}`, a TCP probe;
+//! - `{"port": 9090, "grpc_service": ""}`, a probe of the standard gRPC health service
+//!   (`grpc.health.v1.Health/Check`) for that service name (empty: the whole server).
+//!
+//! The proxy runs the original probe against the application on loopback (its own traffic is
+//! never intercepted) and answers 200 when it passes, as the kubelet would judge it (an HTTP
+//! status from 200 to 399, a TCP connection, or `SERVING`), else the application's HTTP status,
+//! or 503 when it cannot be reached or is not serving.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -38,6 +47,20 @@ pub struct AppProbe {
     /// Extra request headers.
     #[serde(default)]
     pub headers: Vec<ProbeHeader>,
+    /// HTTP or HTTPS, for an HTTP probe; HTTP when absent.
+    #[serde(default)]
+    pub scheme: Option<Scheme>,
+    /// For a gRPC probe: the service name asked about; empty for the whole server.
+    #[serde(default)]
+    pub grpc_service: Option<String>,
+}
+
+/// The scheme of an HTTP probe.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Http,
+    Https,
 }
 
 /// A header of an HTTP probe.
@@ -77,6 +100,16 @@ pub fn parse(json: &str) -> Result<AppProbes, String> {
         {
             return bad("the path must be an absolute path");
         }
+        if p.path.is_none() && (p.scheme.is_some() || !p.headers.is_empty()) {
+            return bad("a scheme or headers without a path");
+        }
+        if let Some(service) = &p.grpc_service
+            && (p.path.is_some()
+                || service.len() > 253
+                || !service.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return bad("a gRPC probe takes a service name of printable characters and no path");
+        }
         for h in &p.headers {
             if http::HeaderName::from_bytes(h.name.as_bytes()).is_err()
                 || http::HeaderValue::from_str(&h.value).is_err()
@@ -91,10 +124,18 @@ pub fn parse(json: &str) -> Result<AppProbes, String> {
 /// Runs `probe` against the application on loopback: the status to answer, and a word on it.
 pub async fn run(probe: &AppProbe) -> (StatusCode, String) {
     match tokio::time::timeout(PROBE_TIMEOUT, attempt(probe)).await {
-        Ok(Ok(status)) if (200..400).contains(&status.as_u16()) => {
+        Ok(Ok(Outcome::Http(status))) if (200..400).contains(&status.as_u16()) => {
             (StatusCode::OK, format!("ok ({status})\n"))
         }
-        Ok(Ok(status)) => (status, format!("the application answered {status}\n")),
+        Ok(Ok(Outcome::Http(status))) => (status, format!("the application answered {status}\n")),
+        Ok(Ok(Outcome::Grpc(1))) => (StatusCode::OK, "ok (SERVING)\n".into()),
+        Ok(Ok(Outcome::Grpc(status))) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the application's gRPC health is {}\n",
+                grpc_status_name(status)
+            ),
+        ),
         Ok(Err(e)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the application cannot be reached: {e}\n"),
@@ -106,17 +147,33 @@ pub async fn run(probe: &AppProbe) -> (StatusCode, String) {
     }
 }
 
-async fn attempt(probe: &AppProbe) -> Result<StatusCode, String> {
+/// What the application said.
+enum Outcome {
+    Http(StatusCode),
+    /// A `grpc.health.v1.HealthCheckResponse.ServingStatus`.
+    Grpc(i32),
+}
+
+fn grpc_status_name(status: i32) -> String {
+    match status {
+        0 => "UNKNOWN".into(),
+        1 => "SERVING".into(),
+        2 => "NOT_SERVING".into(),
+        3 => "SERVICE_UNKNOWN".into(),
+        n => format!("status {n}"),
+    }
+}
+
+async fn attempt(probe: &AppProbe) -> Result<Outcome, String> {
+    if let Some(service) = &probe.grpc_service {
+        return grpc_check(probe.port, service).await.map(Outcome::Grpc);
+    }
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", probe.port))
         .await
         .map_err(|e| e.to_string())?;
     let Some(path) = &probe.path else {
-        return Ok(StatusCode::OK);
+        return Ok(Outcome::Http(StatusCode::OK));
     };
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
     let mut req = http::Request::get(path.as_str())
         .header(http::header::HOST, format!("127.0.0.1:{}", probe.port))
         .header(http::header::USER_AGENT, "weft-proxy/app-probe")
@@ -127,8 +184,118 @@ async fn attempt(probe: &AppProbe) -> Result<StatusCode, String> {
     let req = req
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .map_err(|e| e.to_string())?;
+    let status = if probe.scheme == Some(Scheme::Https) {
+        let loopback =
+            rustls_pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let tls = tokio_rustls::TlsConnector::from(any_certificate()?)
+            .connect(loopback, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        send(tls, req).await?
+    } else {
+        send(tcp, req).await?
+    };
+    Ok(Outcome::Http(status))
+}
+
+async fn send<S>(
+    io: S,
+    req: http::Request<http_body_util::Empty<bytes::Bytes>>,
+) -> Result<StatusCode, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
     let rsp = send.send_request(req).await.map_err(|e| e.to_string())?;
     Ok(rsp.status())
+}
+
+/// `grpc.health.v1.Health/Check` over plaintext HTTP/2, as the kubelet's gRPC probe asks it.
+async fn grpc_check(port: u16, service: &str) -> Result<i32, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let rsp = client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map_err(|e| format!("gRPC {:?}: {}", e.code(), e.message()))?;
+    Ok(rsp.into_inner().status)
+}
+
+/// A TLS client that accepts any server certificate, as the kubelet's HTTPS probes do (an
+/// application's serving certificate rarely names 127.0.0.1). The handshake's signatures are
+/// still checked.
+fn any_certificate() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Ok(Arc::new(config))
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 #[cfg(test)]
@@ -143,12 +310,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok["web/ready"].path, None);
+        let ok = parse(
+            r#"{"web/live": {"port": 8443, "path": "/", "scheme": "https"},
+                "web/ready": {"port": 9090, "grpc_service": "shop.Cart"}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok["web/live"].scheme, Some(Scheme::Https));
+        assert_eq!(ok["web/ready"].grpc_service.as_deref(), Some("shop.Cart"));
         for bad in [
             r#"{"web/live": {"port": 0}}"#,
             r#"{"web/live": {"port": 8080, "path": "healthz"}}"#,
             r#"{"web/live": {"port": 8080, "headers": [{"name": "bad header", "value": "v"}]}}"#,
             r#"{"web live": {"port": 8080}}"#,
-            r#"{"web/live": {"port": 8080, "scheme": "HTTPS"}}"#,
+            r#"{"web/live": {"port": 8080, "scheme": "https"}}"#,
+            r#"{"web/live": {"port": 8080, "path": "/", "scheme": "ftp"}}"#,
+            r#"{"web/live": {"port": 8080, "path": "/", "grpc_service": ""}}"#,
+            r#"{"web/live": {"port": 8080, "grpc_service": "a b"}}"#,
             r#"["web/live"]"#,
         ] {
             assert!(parse(bad).is_err(), "{bad}");
@@ -190,6 +367,8 @@ mod tests {
                 name: "x-probe".into(),
                 value: "1".into(),
             }],
+            scheme: None,
+            grpc_service: None,
         };
         assert_eq!(run(&probe(Some("/ok"))).await.0, StatusCode::OK);
         assert_eq!(
@@ -204,7 +383,117 @@ mod tests {
             port: gone,
             path: Some("/ok".into()),
             headers: Vec::new(),
+            scheme: None,
+            grpc_service: None,
         };
         assert_eq!(run(&down).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    /// An HTTPS probe of an application whose certificate names neither 127.0.0.1 nor anything
+    /// the proxy trusts passes, as the kubelet's would; plain HTTP to the TLS port does not.
+    #[tokio::test]
+    async fn an_https_probe_does_not_check_the_certificate() {
+        let cert = rcgen::generate_simple_self_signed(vec!["app.example".to_string()]).unwrap();
+        let key =
+            rustls_pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = app.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = app.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        |req: http::Request<hyper::body::Incoming>| async move {
+                            let status = if req.uri().path() == "/ok" { 204 } else { 500 };
+                            http::Response::builder()
+                                .status(status)
+                                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        let probe = |path: &str, scheme| AppProbe {
+            port,
+            path: Some(path.into()),
+            headers: Vec::new(),
+            scheme,
+            grpc_service: None,
+        };
+        let (status, body) = run(&probe("/ok", Some(Scheme::Https))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            run(&probe("/broken", Some(Scheme::Https))).await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let (status, body) = run(&probe("/ok", None)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
+
+    /// A gRPC probe asks the application's standard health service about one service name.
+    #[tokio::test]
+    async fn a_grpc_probe_asks_the_health_service() {
+        use tonic_health::ServingStatus;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("shop.Cart", ServingStatus::Serving)
+            .await;
+        reporter
+            .set_service_status("shop.Payments", ServingStatus::NotServing)
+            .await;
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = app.local_addr().unwrap().port();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(app)),
+        );
+        let probe = |service: &str| AppProbe {
+            port,
+            path: None,
+            headers: Vec::new(),
+            scheme: None,
+            grpc_service: Some(service.into()),
+        };
+        for (service, want, says) in [
+            ("", StatusCode::OK, "SERVING"),
+            ("shop.Cart", StatusCode::OK, "SERVING"),
+            (
+                "shop.Payments",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NOT_SERVING",
+            ),
+            ("shop.Unknown", StatusCode::SERVICE_UNAVAILABLE, "NotFound"),
+        ] {
+            let (status, body) = run(&probe(service)).await;
+            assert_eq!(status, want, "{service}: {body}");
+            assert!(body.contains(says), "{service}: {body}");
+        }
+        reporter
+            .set_service_status("shop.Cart", ServingStatus::NotServing)
+            .await;
+        assert_eq!(
+            run(&probe("shop.Cart")).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

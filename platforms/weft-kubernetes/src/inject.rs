@@ -14,11 +14,11 @@
 //!   resources, and the non-root user the rules exempt;
 //! - the annotation `weft.dev/proxy-version`.
 //!
-//! The application's HTTP and TCP probes are pointed at the proxy's admin port
+//! The application's HTTP, HTTPS, TCP and gRPC probes are pointed at the proxy's admin port
 //! (`/app-health/<container>/<live|ready|startup>`), and the originals handed to the proxy,
 //! which runs them on loopback: the kubelet's own connections to the application's ports
-//! would meet the mutual-TLS-only inbound listener. HTTPS and gRPC probes are left as they are
-//! (their ports must be skipped inbound, or admitted by policy, for them to pass).
+//! would meet the mutual-TLS-only inbound listener. Exec probes need no network and are left
+//! as they are.
 //!
 //! It honours the pod annotations `weft.dev/skip-inbound-ports` and
 //! `weft.dev/skip-outbound-ports` (ports or ranges, `22,8000-8010`), which bypass the proxy.
@@ -351,11 +351,11 @@ impl Injector {
         })
     }
 
-    /// Points each HTTP and TCP probe of the application's containers at the proxy's admin
-    /// port (`/app-health/<container>/<live|ready|startup>`), which interception skips, and
-    /// returns the original probes for the proxy to run on loopback. Probes it cannot run
-    /// (HTTPS, gRPC, another host, a port name the container does not declare) are left as
-    /// they are.
+    /// Points each HTTP, HTTPS, TCP and gRPC probe of the application's containers at the
+    /// proxy's admin port (`/app-health/<container>/<live|ready|startup>`), which interception
+    /// skips, and returns the original probes for the proxy to run on loopback. Probes it
+    /// cannot run (another host, a port name the container does not declare, exec probes) are
+    /// left as they are.
     fn rewrite_probes(&self, containers: &mut [Value]) -> serde_json::Map<String, Value> {
         let mut originals = serde_json::Map::new();
         for c in containers.iter_mut() {
@@ -390,12 +390,17 @@ impl Injector {
                     continue;
                 };
                 let original = if let Some(h) = probe.get("httpGet") {
-                    let plain_http = h["scheme"].as_str().is_none_or(|s| s == "HTTP");
-                    match (plain_http && h.get("host").is_none(), port_of(&h["port"])) {
+                    let scheme = match h["scheme"].as_str() {
+                        None | Some("HTTP") => "http",
+                        Some("HTTPS") => "https",
+                        Some(_) => continue,
+                    };
+                    match (h.get("host").is_none(), port_of(&h["port"])) {
                         (true, Some(port)) => json!({
                             "port": port,
                             "path": h["path"].as_str().unwrap_or("/"),
                             "headers": h["httpHeaders"].as_array().cloned().unwrap_or_default(),
+                            "scheme": scheme,
                         }),
                         _ => continue,
                     }
@@ -404,11 +409,21 @@ impl Injector {
                         (true, Some(port)) => json!({"port": port}),
                         _ => continue,
                     }
+                } else if let Some(g) = probe.get("grpc") {
+                    // The API takes only a number here, never a port name.
+                    match g["port"].as_u64().filter(|p| (1..=65535).contains(p)) {
+                        Some(port) => json!({
+                            "port": port,
+                            "grpc_service": g["service"].as_str().unwrap_or(""),
+                        }),
+                        None => continue,
+                    }
                 } else {
                     continue;
                 };
                 let key = format!("{name}/{kind}");
                 probe.remove("tcpSocket");
+                probe.remove("grpc");
                 probe.insert(
                     "httpGet".into(),
                     json!({

@@ -298,7 +298,7 @@ fn bad_port_annotations_are_refused_with_their_name() {
 }
 
 #[test]
-fn http_and_tcp_probes_go_through_the_proxys_admin_port() {
+fn http_https_tcp_and_grpc_probes_go_through_the_proxys_admin_port() {
     let mut pod = json!({
         "kind": "Pod", "metadata": {"name": "p"},
         "spec": {"containers": [{
@@ -308,30 +308,49 @@ fn http_and_tcp_probes_go_through_the_proxys_admin_port() {
                                "httpHeaders": [{"name": "X-Probe", "value": "1"}]},
                               "periodSeconds": 3},
             "readinessProbe": {"tcpSocket": {"port": 8080}},
-            "startupProbe": {"grpc": {"port": 9090}},
+            "startupProbe": {"grpc": {"port": 9090}, "failureThreshold": 30},
         }, {
             "name": "tls",
             "livenessProbe": {"httpGet": {"path": "/", "port": 8443, "scheme": "HTTPS"}},
+            "readinessProbe": {"grpc": {"port": 9090, "service": "shop.Cart"}},
+            "startupProbe": {"exec": {"command": ["true"]}},
+        }, {
+            "name": "elsewhere",
+            "livenessProbe": {"httpGet": {"path": "/", "port": 80, "host": "example.com"}},
+            "readinessProbe": {"httpGet": {"path": "/", "port": "undeclared"}},
         }]},
     });
     injector().inject_manifest(&mut pod).unwrap();
-    let web = &pod["spec"]["containers"][0];
+    let rewritten = |c: usize, probe: &str| pod["spec"]["containers"][c][probe].clone();
     assert_eq!(
-        web["livenessProbe"],
+        rewritten(0, "livenessProbe"),
         json!({"httpGet": {"path": "/app-health/web/live", "port": 7191, "scheme": "HTTP"}, "periodSeconds": 3})
     );
     assert_eq!(
-        web["readinessProbe"],
+        rewritten(0, "readinessProbe"),
         json!({"httpGet": {"path": "/app-health/web/ready", "port": 7191, "scheme": "HTTP"}})
     );
     assert_eq!(
-        web["startupProbe"],
-        json!({"grpc": {"port": 9090}}),
-        "gRPC is left alone"
+        rewritten(0, "startupProbe"),
+        json!({"httpGet": {"path": "/app-health/web/startup", "port": 7191, "scheme": "HTTP"}, "failureThreshold": 30}),
+        "a gRPC probe becomes an HTTP one on the admin port"
     );
     assert_eq!(
-        pod["spec"]["containers"][1]["livenessProbe"]["httpGet"]["scheme"], "HTTPS",
-        "HTTPS is left alone"
+        rewritten(1, "livenessProbe"),
+        json!({"httpGet": {"path": "/app-health/tls/live", "port": 7191, "scheme": "HTTP"}})
+    );
+    assert_eq!(
+        rewritten(1, "startupProbe"),
+        json!({"exec": {"command": ["true"]}})
+    );
+    assert_eq!(
+        rewritten(2, "livenessProbe")["httpGet"]["host"],
+        "example.com",
+        "a probe of another host is left alone"
+    );
+    assert_eq!(
+        rewritten(2, "readinessProbe")["httpGet"]["port"],
+        "undeclared"
     );
     let proxy = &pod["spec"]["initContainers"][1];
     let probes: Value = serde_json::from_str(
@@ -343,8 +362,12 @@ fn http_and_tcp_probes_go_through_the_proxys_admin_port() {
     assert_eq!(
         probes,
         json!({
-            "web/live": {"port": 8080, "path": "/healthz", "headers": [{"name": "X-Probe", "value": "1"}]},
+            "web/live": {"port": 8080, "path": "/healthz", "scheme": "http",
+                         "headers": [{"name": "X-Probe", "value": "1"}]},
             "web/ready": {"port": 8080},
+            "web/startup": {"port": 9090, "grpc_service": ""},
+            "tls/live": {"port": 8443, "path": "/", "scheme": "https", "headers": []},
+            "tls/ready": {"port": 9090, "grpc_service": "shop.Cart"},
         })
     );
 }
