@@ -5,15 +5,20 @@
 //! streaming lists, label and field selectors, `metav1.Status` errors, bearer-token
 //! authentication, TokenReview and legacy discovery.
 //!
-//! The store holds Namespaces, Pods, Services, EndpointSlices, Secrets and ConfigMaps; it
-//! changes only through [`FakeKube::apply`] and [`FakeKube::delete`] (the server answers
-//! `get`, `list` and `watch`, and refuses writes with 405). What a test does to the server
-//! itself (expire or cut watches, restart) mirrors what a real control plane does to clients.
+//! The store holds Namespaces, Pods, Services, EndpointSlices, Secrets, ConfigMaps,
+//! ServiceAccounts, Deployments and MutatingWebhookConfigurations; it changes only through
+//! [`FakeKube::apply`] and [`FakeKube::delete`] (the server answers `get`, `list` and `watch`,
+//! and refuses writes with 405). What a test does to the server itself (expire or cut watches,
+//! restart) mirrors what a real control plane does to clients.
+//!
+//! Access reviews (SubjectAccessReview, SelfSubjectAccessReview) allow everything except what
+//! [`FakeKube::deny_access`] names, and [`FakeKube::forbid_access_reviews`] makes creating a
+//! SubjectAccessReview itself forbidden, as for a caller without that permission.
 //!
 //! Not modelled: writes through the API, finalizers and deletionTimestamp, the cascade of a
-//! Namespace's deletion, admission and RBAC (the one token may do everything), aggregated
-//! discovery, protobuf, HTTP/2 and TLS. A resourceVersion from the future is refused at once
-//! where the real server first waits a few seconds for its cache.
+//! Namespace's deletion, admission and RBAC (the one token may do everything; access reviews
+//! only answer), aggregated discovery, protobuf, HTTP/2 and TLS. A resourceVersion from the
+//! future is refused at once where the real server first waits a few seconds for its cache.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -37,6 +42,8 @@ use tokio_util::task::TaskTracker;
 
 /// The bearer token every request must carry.
 const ADMIN_TOKEN: &str = "fake-admin-token";
+/// The user [`ADMIN_TOKEN`] authenticates as.
+const ADMIN_USER: &str = "fake-admin";
 /// The resourceVersion of the empty store; the first write gets the next one.
 const FIRST_RV: u64 = 1;
 /// How many changes the server remembers for watches that resume and for paged lists.
@@ -125,6 +132,12 @@ struct State {
     partitioned: bool,
     tokens: HashMap<String, TokenInfo>,
     requests: VecDeque<RequestLog>,
+    /// [`FakeKube::deny_access`]: `(user, verb, group, resource)` that access reviews deny.
+    denied: Vec<(String, String, String, String)>,
+    /// [`FakeKube::forbid_access_reviews`].
+    reviews_forbidden: bool,
+    /// [`FakeKube::set_version`]: the `major` and `minor` that `/version` answers.
+    version: (String, String),
 }
 
 /// One write to the store.
@@ -196,7 +209,7 @@ struct Review {
 /// The only version of every group served.
 const VERSION: &str = "v1";
 
-static RESOURCES: [Resource; 6] = [
+static RESOURCES: [Resource; 9] = [
     Resource {
         kind: "Namespace",
         plural: "namespaces",
@@ -260,6 +273,33 @@ static RESOURCES: [Resource; 6] = [
         short_names: &[],
         fields: &[],
     },
+    Resource {
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        group: "",
+        namespaced: true,
+        short_names: &["sa"],
+        fields: &[],
+    },
+    Resource {
+        kind: "Deployment",
+        plural: "deployments",
+        singular: "deployment",
+        group: "apps",
+        namespaced: true,
+        short_names: &["deploy"],
+        fields: &[],
+    },
+    Resource {
+        kind: "MutatingWebhookConfiguration",
+        plural: "mutatingwebhookconfigurations",
+        singular: "mutatingwebhookconfiguration",
+        group: "admissionregistration.k8s.io",
+        namespaced: false,
+        short_names: &[],
+        fields: &[],
+    },
 ];
 
 static REVIEWS: [Review; 3] = [
@@ -284,8 +324,10 @@ static REVIEWS: [Review; 3] = [
 ];
 
 /// The named API groups, as `/apis` lists them.
-static GROUPS: [&str; 3] = [
+static GROUPS: [&str; 5] = [
+    "apps",
     "discovery.k8s.io",
+    "admissionregistration.k8s.io",
     "authentication.k8s.io",
     "authorization.k8s.io",
 ];
@@ -606,6 +648,29 @@ impl FakeKube {
         *serving = serve(&self.inner, listener, self.root.child_token());
     }
 
+    /// Makes SubjectAccessReviews asking whether `user` may `verb` the `resource` (plural) of
+    /// API `group` (empty for the core group) answer `allowed: false`, with a reason, in any
+    /// namespace. Everything else stays allowed.
+    pub fn deny_access(&self, user: &str, verb: &str, group: &str, resource: &str) {
+        self.inner.state().denied.push((
+            user.to_owned(),
+            verb.to_owned(),
+            group.to_owned(),
+            resource.to_owned(),
+        ));
+    }
+
+    /// While on, creating a SubjectAccessReview is answered 403 Forbidden (a Status naming the
+    /// caller), as for a user whose role does not grant it.
+    pub fn forbid_access_reviews(&self, on: bool) {
+        self.inner.state().reviews_forbidden = on;
+    }
+
+    /// Makes `/version` answer Kubernetes `major.minor` (default 1.33).
+    pub fn set_version(&self, major: &str, minor: &str) {
+        self.inner.state().version = (major.to_owned(), minor.to_owned());
+    }
+
     /// Makes TokenReview know `token`.
     pub fn add_token(&self, token: &str, review: TokenInfo) {
         self.inner.state().tokens.insert(token.to_owned(), review);
@@ -675,6 +740,9 @@ impl State {
             partitioned: false,
             tokens: HashMap::new(),
             requests: VecDeque::new(),
+            denied: Vec::new(),
+            reviews_forbidden: false,
+            version: ("1".to_owned(), "33".to_owned()),
         }
     }
 
@@ -980,6 +1048,35 @@ impl State {
         Ok((initial, Some((id, rx))))
     }
 
+    /// Answers an access review: the request, with its status. Allowed unless
+    /// [`FakeKube::deny_access`] named its user (the caller, for a SelfSubjectAccessReview),
+    /// verb, group and resource.
+    fn access_review(&self, mut review: Value) -> Value {
+        let attr = |k: &str| {
+            review
+                .pointer(&format!("/spec/resourceAttributes/{k}"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let user = review
+            .pointer("/spec/user")
+            .and_then(Value::as_str)
+            .unwrap_or(ADMIN_USER)
+            .to_owned();
+        let asked = (user, attr("verb"), attr("group"), attr("resource"));
+        let status = if self.denied.contains(&asked) {
+            json!({ "allowed": false, "reason": "no RBAC policy matched" })
+        } else {
+            json!({ "allowed": true, "reason": "the fake API server allows every request" })
+        };
+        if let Some(o) = review.as_object_mut() {
+            o.insert("metadata".into(), json!({ "creationTimestamp": null }));
+            o.insert("status".into(), status);
+        }
+        review
+    }
+
     /// Answers a TokenReview: the request, with its status.
     fn token_review(&self, mut review: Value) -> Result<Value, ApiError> {
         let spec = review.get("spec").and_then(Value::as_object);
@@ -1221,6 +1318,22 @@ impl ApiError {
         }
     }
 
+    /// What RBAC answers a `user` who may not create `review`s.
+    fn forbidden(review: &Review, user: &str) -> Self {
+        Self {
+            details: Some(json!({ "group": review.group, "kind": review.plural })),
+            ..Self::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "{}.{} is forbidden: User {user:?} cannot create resource {:?} in API group \
+                     {:?} at the cluster scope",
+                    review.plural, review.group, review.plural, review.group
+                ),
+            )
+        }
+    }
+
     fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -1447,7 +1560,10 @@ async fn handle(
                 None => ApiError::not_found(res, &name).response(),
             }
         }
-        Route::Version if get => json_response(StatusCode::OK, &version()),
+        Route::Version if get => {
+            let (major, minor) = inner.state().version.clone();
+            json_response(StatusCode::OK, &version(&major, &minor))
+        }
         Route::Health if get => Response::new(full(Bytes::from_static(b"ok"))),
         Route::CoreVersions if get => json_response(
             StatusCode::OK,
@@ -1603,27 +1719,17 @@ async fn handle_review(inner: &Arc<Inner>, review: &Review, body: Incoming) -> R
         ))
         .response();
     }
-    let answer = if review.kind == "TokenReview" {
-        inner.state().token_review(obj)
-    } else {
-        Ok(access_review(obj))
+    let answer = match review.kind {
+        "TokenReview" => inner.state().token_review(obj),
+        "SubjectAccessReview" if inner.state().reviews_forbidden => {
+            Err(ApiError::forbidden(review, ADMIN_USER))
+        }
+        _ => Ok(inner.state().access_review(obj)),
     };
     match answer {
         Ok(answer) => json_response(StatusCode::CREATED, &answer),
         Err(e) => e.response(),
     }
-}
-
-/// An access review, allowed: the fake authorizes everything it authenticates.
-fn access_review(mut review: Value) -> Value {
-    if let Some(o) = review.as_object_mut() {
-        o.insert("metadata".into(), json!({ "creationTimestamp": null }));
-        o.insert(
-            "status".into(),
-            json!({ "allowed": true, "reason": "the fake API server allows every request" }),
-        );
-    }
-    review
 }
 
 fn authorized(headers: &HeaderMap) -> bool {
@@ -1716,15 +1822,15 @@ fn group_discovery(group: &str) -> Value {
     json!({ "name": group, "versions": [gv.clone()], "preferredVersion": gv })
 }
 
-fn version() -> Value {
+fn version(major: &str, minor: &str) -> Value {
     json!({
-        "major": "1",
-        "minor": "33",
-        "emulationMajor": "1",
-        "emulationMinor": "33",
+        "major": major,
+        "minor": minor,
+        "emulationMajor": major,
+        "emulationMinor": minor,
         "minCompatibilityMajor": "1",
         "minCompatibilityMinor": "32",
-        "gitVersion": "v1.33.0",
+        "gitVersion": format!("v{major}.{minor}.0"),
         "gitCommit": "0000000000000000000000000000000000000000",
         "gitTreeState": "clean",
         "buildDate": "2025-04-23T00:00:00Z",

@@ -1,6 +1,6 @@
 //! The fake Kubernetes API server against the real `kube` client: paged lists, the runtime
 //! watcher through its list, watch, expiry, cut connections and a server restart, bookmarks,
-//! streaming lists, TokenReview, discovery and refusals.
+//! streaming lists, TokenReview, access reviews, discovery and refusals.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
@@ -645,6 +645,13 @@ async fn other_kinds_and_discovery() {
         ("", "Namespace"),
         ("discovery.k8s.io", "EndpointSlice"),
         ("authentication.k8s.io", "TokenReview"),
+        ("", "ServiceAccount"),
+        ("apps", "Deployment"),
+        (
+            "admissionregistration.k8s.io",
+            "MutatingWebhookConfiguration",
+        ),
+        ("authorization.k8s.io", "SubjectAccessReview"),
     ] {
         let gvk = kube::api::GroupVersionKind::gvk(group, "v1", kind);
         assert!(
@@ -652,6 +659,79 @@ async fn other_kinds_and_discovery() {
             "{gvk:?} is discovered"
         );
     }
+}
+
+#[tokio::test]
+async fn access_reviews() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let fake = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_for(&fake, dir.path());
+    let client = client.await;
+    let user = "system:serviceaccount:weft:weft-control";
+    fake.deny_access(user, "watch", "discovery.k8s.io", "endpointslices");
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    let ask = |user: &str, verb: &str, group: &str, resource: &str| {
+        let reviews = reviews.clone();
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(user.into()),
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(verb.into()),
+                    group: Some(group.into()),
+                    resource: Some(resource.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        async move { reviews.create(&PostParams::default(), &review).await }
+    };
+    let denied = ask(user, "watch", "discovery.k8s.io", "endpointslices")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert!(!denied.allowed);
+    assert_eq!(denied.reason.as_deref(), Some("no RBAC policy matched"));
+    for (who, verb) in [(user, "list"), ("system:serviceaccount:a:b", "watch")] {
+        let status = ask(who, verb, "discovery.k8s.io", "endpointslices")
+            .await
+            .unwrap()
+            .status
+            .unwrap();
+        assert!(status.allowed, "{who} {verb}");
+    }
+
+    // A caller that may not create SubjectAccessReviews gets a 403 Status.
+    fake.forbid_access_reviews(true);
+    let kube::Error::Api(status) = ask(user, "list", "", "pods").await.unwrap_err() else {
+        panic!("not an API error")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        status.message,
+        "subjectaccessreviews.authorization.k8s.io is forbidden: User \"fake-admin\" cannot \
+         create resource \"subjectaccessreviews\" in API group \"authorization.k8s.io\" at the \
+         cluster scope"
+    );
+    fake.forbid_access_reviews(false);
+    assert!(ask(user, "list", "", "pods").await.is_ok());
+
+    // The new kinds are stored and served like the others.
+    fake.apply(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"namespace": "weft", "name": "weft-control"},
+        "spec": {"selector": {"matchLabels": {"app": "weft"}}, "template": {}},
+        "status": {"readyReplicas": 1},
+    }));
+    let deployments: Api<Deployment> = Api::namespaced(client, "weft");
+    let d = deployments.get("weft-control").await.unwrap();
+    assert_eq!(d.status.unwrap().ready_replicas, Some(1));
 }
 
 #[tokio::test]

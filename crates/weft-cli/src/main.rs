@@ -4,6 +4,7 @@ mod dev;
 mod gotmpl;
 mod inject;
 mod install;
+mod kube_check;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -65,10 +66,25 @@ enum Command {
         #[arg(long)]
         ha: bool,
     },
-    /// Check a mesh config file and print what is wrong with it.
+    /// Check a mesh config file and print what is wrong with it; without a file, check the
+    /// control plane installed in a Kubernetes cluster (one line per check, exit status 1 if
+    /// any fails).
     Check {
         /// The file.
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// The kubeconfig file; default `KUBECONFIG`, `~/.kube/config`, or in-cluster.
+        #[arg(long, conflicts_with = "config")]
+        kubeconfig: Option<PathBuf>,
+        /// The kubeconfig context; default its current context.
+        #[arg(long, conflicts_with = "config")]
+        context: Option<String>,
+        /// The namespace the control plane is installed in.
+        #[arg(long, default_value = weft_kubernetes::check::DEFAULT_NAMESPACE,
+              value_parser = kube_check::namespace_arg, conflicts_with = "config")]
+        namespace: String,
+        /// Warn about the mesh root and the webhook certificate expiring within this many days.
+        #[arg(long, default_value_t = 30, conflicts_with = "config")]
+        ca_min_days: u32,
     },
 }
 
@@ -86,7 +102,25 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Dev { config, interval } => dev::run(config, interval).await,
-        Command::Check { config } => check(&config),
+        Command::Check {
+            config: Some(config),
+            ..
+        } => check(&config),
+        Command::Check {
+            config: None,
+            kubeconfig,
+            context,
+            namespace,
+            ca_min_days,
+        } => {
+            kube_check::run(&kube_check::Args {
+                kubeconfig,
+                context,
+                namespace,
+                ca_min_days,
+            })
+            .await
+        }
         Command::Install {
             namespace,
             values,

@@ -39,6 +39,7 @@ use weft_core::platform::{AttestError, Credential, Platform, PlatformError};
 use weft_core::{Identity, RegistryWriter, TrustDomain};
 
 mod attest;
+pub mod check;
 mod cluster;
 pub mod config;
 pub mod inject;
@@ -78,6 +79,38 @@ pub enum KubernetesError {
     Client(#[from] kube::Error),
 }
 
+/// Finds the client configuration as every Kubernetes tool does: `kubeconfig` (with `context`,
+/// else its current context) when given; else, with a `context`, the kubeconfig named by
+/// `KUBECONFIG` or `~/.kube/config`; else kube's inference (those files, then the in-cluster
+/// ServiceAccount).
+pub async fn client_config(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> Result<kube::Config, KubernetesError> {
+    let options = kube::config::KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..Default::default()
+    };
+    let bad_file = |path: &std::path::Path, source| KubernetesError::Kubeconfig {
+        path: path.display().to_string(),
+        source,
+    };
+    match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| bad_file(path, e))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| bad_file(path, e))
+        }
+        None if context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| KubernetesError::Config(e.to_string())),
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| KubernetesError::Config(e.to_string())),
+    }
+}
+
 /// The Kubernetes platform adapter.
 #[derive(Clone)]
 pub struct KubernetesPlatform {
@@ -111,32 +144,8 @@ impl KubernetesPlatform {
     /// ServiceAccount.
     pub async fn new(cfg: &MeshConfig) -> Result<Self, KubernetesError> {
         let settings = KubernetesSettings::of(cfg).cloned().unwrap_or_default();
-        let options = kube::config::KubeConfigOptions {
-            context: settings.context.clone(),
-            ..Default::default()
-        };
-        let config = match &settings.kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                    KubernetesError::Kubeconfig {
-                        path: path.display().to_string(),
-                        source,
-                    }
-                })?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-                    .await
-                    .map_err(|source| KubernetesError::Kubeconfig {
-                        path: path.display().to_string(),
-                        source,
-                    })?
-            }
-            None if settings.context.is_some() => kube::Config::from_kubeconfig(&options)
-                .await
-                .map_err(|e| KubernetesError::Config(e.to_string()))?,
-            None => kube::Config::infer()
-                .await
-                .map_err(|e| KubernetesError::Config(e.to_string()))?,
-        };
+        let config =
+            client_config(settings.kubeconfig.as_deref(), settings.context.as_deref()).await?;
         let client = Client::try_from(config)?;
         Ok(
             Self::with_client(client, settings, cfg.mesh.trust_domain.clone())
