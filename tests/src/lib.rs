@@ -790,40 +790,26 @@ pub async fn kube_platform(
     .with_retry_floor(Duration::from_millis(50))
 }
 
-/// The `weft` binary (crates/weft-cli). Cargo builds a package's binaries only for that
-/// package's own tests, so this runs `cargo build -p weft-cli -p weft-control` (the package
-/// set `tests/run` builds for the chart checks, so the two share one build) into the target
-/// directory and profile of the running test, once per test process, and returns the path.
-/// Up to date, the build takes about a second.
+/// A binary of this workspace's build, beside the test binaries: `cargo test --workspace`
+/// and `cargo nextest run --workspace` build every package's binaries, since each package
+/// with binaries has integration tests of its own.
+pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join(name))
+        .unwrap();
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (cargo build -p {package})",
+        bin.display()
+    );
+    bin
+}
+
+/// The `weft` command-line binary.
 pub fn weft_binary() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            // The test runs as <target dir>/<profile>/deps/<test>-<hash>.
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-            let target_dir = profile_dir.parent().unwrap();
-            let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap();
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-            let mut build = std::process::Command::new(cargo);
-            build
-                .current_dir(workspace)
-                .args(["build", "--quiet", "-p", "weft-cli", "-p", "weft-control"])
-                .arg("--target-dir")
-                .arg(target_dir);
-            match profile {
-                "debug" => {}
-                "release" => {
-                    build.arg("--release");
-                }
-                other => {
-                    build.args(["--profile", other]);
-                }
-            }
-            let status = build.status().unwrap();
-            assert!(status.success(), "cargo build -p weft-cli: {status}");
-            profile_dir.join("weft")
-        })
-        .clone()
+    workspace_binary("weft", "weft-cli")
 }

@@ -259,19 +259,7 @@ pub fn lab_or_skip(hosts: usize) -> Option<Lab> {
 
 /// The proxy binary of this workspace's build, beside the test binaries.
 pub fn proxy_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/<test> -> target/<profile>/weft-proxy
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("weft-proxy"))
-        .unwrap();
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first (cargo build -p weft-proxy)",
-        bin.display()
-    );
-    bin
+    crate::workspace_binary("weft-proxy", "weft-proxy")
 }
 
 /// How long a namespaced step may take on a loaded machine.

@@ -146,6 +146,74 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// A YAML document as JSON, as the API server would store it.
+fn yaml_to_json(y: &yaml_rust2::Yaml) -> serde_json::Value {
+    use serde_json::Value;
+    use yaml_rust2::Yaml;
+    match y {
+        Yaml::Null => Value::Null,
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Real(r) => Value::from(r.parse::<f64>().unwrap()),
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Array(a) => Value::Array(a.iter().map(yaml_to_json).collect()),
+        Yaml::Hash(h) => Value::Object(
+            h.iter()
+                .map(|(k, v)| (k.as_str().unwrap().to_owned(), yaml_to_json(v)))
+                .collect(),
+        ),
+        other => panic!("not plain YAML: {other:?}"),
+    }
+}
+
+/// The two install surfaces agree: what `weft install` prints, once applied (with the
+/// Deployment's pods up), passes every check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_weft_install_prints_passes_every_check() {
+    weft_tests::trace_init();
+    let fake = FakeKube::start().await;
+    let out = tokio::process::Command::new(weft_tests::weft_binary())
+        .args(["install", "--namespace", NS])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs =
+        yaml_rust2::YamlLoader::load_from_str(std::str::from_utf8(&out.stdout).unwrap()).unwrap();
+    let mut kinds = Vec::new();
+    for doc in &docs {
+        let mut obj = yaml_to_json(doc);
+        let kind = obj["kind"].as_str().unwrap().to_owned();
+        // Kinds the fake does not store; RBAC is answered by access reviews.
+        if ["ClusterRole", "ClusterRoleBinding", "PodDisruptionBudget"].contains(&kind.as_str()) {
+            continue;
+        }
+        if kind == "Deployment" {
+            // What the Deployment controller reports once the pods are ready.
+            obj["metadata"]["generation"] = 1.into();
+            obj["status"] = serde_json::json!({
+                "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+                "readyReplicas": 1, "availableReplicas": 1,
+            });
+        }
+        fake.apply(obj);
+        kinds.push(kind);
+    }
+    assert!(
+        kinds.contains(&"MutatingWebhookConfiguration".to_owned()),
+        "{kinds:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake.kubeconfig(dir.path());
+    let run = weft_check(dir.path(), &kubeconfig, &[]).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    run.others_ok(&[]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_install_passes_every_check() {
     let cluster = Cluster::healthy().await;
