@@ -7,12 +7,15 @@ use weft_core::config::{ConfigWatcher, Loader};
 use weft_core::platform::Platform;
 use weft_kubernetes::{KubernetesPlatform, KubernetesSettings};
 use weft_local::{LocalPlatform, LocalSettings};
+use weft_nomad::{ConsulPlatform, ConsulSettings, NomadPlatform, NomadSettings};
 
 /// Reads mesh config files with the section of every adapter this program has.
 pub fn loader() -> Loader {
     Loader::new()
         .with_platform::<LocalSettings>()
         .with_platform::<KubernetesSettings>()
+        .with_platform::<NomadSettings>()
+        .with_platform::<ConsulSettings>()
 }
 
 /// Why an enabled adapter could not be set up.
@@ -24,6 +27,9 @@ pub enum SetupError {
     /// The Kubernetes adapter.
     #[error("kubernetes platform: {0}")]
     Kubernetes(#[from] weft_kubernetes::KubernetesError),
+    /// The Nomad or the Consul adapter.
+    #[error("{0}")]
+    Nomad(#[from] weft_nomad::NomadError),
 }
 
 /// The adapters the file `watcher` follows enables, set up to follow it. Which adapters run is
@@ -36,6 +42,12 @@ pub async fn enabled(watcher: &ConfigWatcher) -> Result<Vec<Arc<dyn Platform>>, 
     }
     if KubernetesSettings::of(&cfg).is_some_and(|k| k.enabled) {
         platforms.push(Arc::new(KubernetesPlatform::new(&cfg).await?));
+    }
+    if NomadSettings::of(&cfg).is_some_and(|n| n.enabled) {
+        platforms.push(Arc::new(NomadPlatform::new(&cfg)?));
+    }
+    if ConsulSettings::of(&cfg).is_some_and(|c| c.enabled) {
+        platforms.push(Arc::new(ConsulPlatform::new(&cfg)?));
     }
     Ok(platforms)
 }

@@ -1,0 +1,268 @@
+//! Nomad workload-identity JWTs: RS256 signatures checked against the cluster's JSON Web Key
+//! Set (`/.well-known/jwks.json`), then the time and audience claims.
+//!
+//! Keys are cached by key ID. A token signed with a key ID the cache does not hold makes the
+//! set be fetched again (Nomad rotates its keyring), at most once per [`REFETCH_EVERY`], so a
+//! stream of tokens with made-up key IDs cannot make the control plane hammer the API.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use weft_core::platform::{AttestError, clip};
+
+use crate::api::Api;
+
+/// The least time between two fetches of the key set.
+pub const REFETCH_EVERY: Duration = Duration::from_secs(5);
+
+/// How far clocks may disagree when `exp` and `nbf` are checked.
+pub const LEEWAY: Duration = Duration::from_secs(30);
+
+/// The largest token accepted.
+const MAX_TOKEN: usize = 16 << 10;
+
+/// The most keys kept from one key set.
+const MAX_KEYS: usize = 64;
+
+/// What a workload-identity JWT says, once verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claims {
+    /// `nomad_namespace`.
+    pub namespace: String,
+    /// `nomad_job_id`.
+    pub job: String,
+    /// `nomad_allocation_id`.
+    pub allocation: String,
+    /// `nomad_task`, for a task's identity.
+    pub task: Option<String>,
+    /// `nomad_service`, for a service's identity.
+    pub service: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    #[serde(default)]
+    exp: Option<f64>,
+    #[serde(default)]
+    nbf: Option<f64>,
+    #[serde(default)]
+    aud: Option<Audience>,
+    #[serde(default)]
+    nomad_namespace: Option<String>,
+    #[serde(default)]
+    nomad_job_id: Option<String>,
+    #[serde(default)]
+    nomad_allocation_id: Option<String>,
+    #[serde(default)]
+    nomad_task: Option<String>,
+    #[serde(default)]
+    nomad_service: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, aud: &str) -> bool {
+        match self {
+            Audience::One(a) => a == aud,
+            Audience::Many(all) => all.iter().any(|a| a == aud),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct KeySet {
+    #[serde(default)]
+    keys: Vec<Jwk>,
+}
+
+#[derive(Deserialize)]
+struct Jwk {
+    #[serde(default)]
+    kty: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    alg: Option<String>,
+    #[serde(default)]
+    n: Option<String>,
+    #[serde(default)]
+    e: Option<String>,
+}
+
+/// An RSA public key.
+#[derive(Clone, Debug)]
+struct RsaKey {
+    n: Vec<u8>,
+    e: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Cache {
+    keys: HashMap<String, RsaKey>,
+    fetched: Option<Instant>,
+}
+
+/// The cluster's signing keys, fetched as needed.
+pub struct Jwks {
+    api: Api,
+    cache: tokio::sync::Mutex<Cache>,
+    fetches: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Jwks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwks")
+            .field("base", &self.api.base().as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+fn rejected(why: impl Into<String>) -> AttestError {
+    AttestError::Rejected(why.into())
+}
+
+fn decode(part: &str, what: &str) -> Result<Vec<u8>, AttestError> {
+    URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|_| rejected(format!("the token's {what} is not base64url")))
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Jwks {
+    /// The key set of the Nomad API behind `api`.
+    pub fn new(api: Api) -> Self {
+        Self {
+            api,
+            cache: tokio::sync::Mutex::new(Cache::default()),
+            fetches: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// How many times the key set was fetched.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Verifies `token` and returns its claims, if it is for `audience`.
+    pub async fn verify(&self, token: &str, audience: &str) -> Result<Claims, AttestError> {
+        if token.len() > MAX_TOKEN {
+            return Err(rejected("the token is too large"));
+        }
+        let mut parts = token.trim().split('.');
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(rejected("not a JWT (three dot-separated parts)"));
+        };
+        let header: Header = serde_json::from_slice(&decode(h, "header")?)
+            .map_err(|_| rejected("the token's header is not a JWT header"))?;
+        // Only what Nomad signs with; above all never `none`.
+        if header.alg != "RS256" {
+            return Err(rejected(format!(
+                "algorithm {:?} is not accepted (only RS256)",
+                clip(&header.alg, 20)
+            )));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| rejected("the token names no key (kid)"))?;
+        let key = self.key(&kid).await?;
+        let signature = decode(s, "signature")?;
+        let signed = &token.trim()[..h.len() + 1 + p.len()];
+        ring::signature::RsaPublicKeyComponents {
+            n: &key.n,
+            e: &key.e,
+        }
+        .verify(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            signed.as_bytes(),
+            &signature,
+        )
+        .map_err(|_| rejected("bad signature"))?;
+        let payload: Payload = serde_json::from_slice(&decode(p, "payload")?)
+            .map_err(|_| rejected("the token's claims are not JSON claims"))?;
+        let now = now_secs();
+        let leeway = LEEWAY.as_secs_f64();
+        match payload.exp {
+            None => return Err(rejected("the token has no expiry (exp)")),
+            Some(exp) if exp + leeway <= now => return Err(rejected("the token has expired")),
+            Some(_) => {}
+        }
+        if payload.nbf.is_some_and(|nbf| nbf - leeway > now) {
+            return Err(rejected("the token is not valid yet (nbf)"));
+        }
+        if !payload.aud.as_ref().is_some_and(|a| a.contains(audience)) {
+            return Err(rejected(format!(
+                "the token is not for the audience {audience:?}"
+            )));
+        }
+        let field = |v: Option<String>, name: &str| {
+            v.filter(|s| !s.is_empty())
+                .ok_or_else(|| rejected(format!("the token has no {name} claim")))
+        };
+        Ok(Claims {
+            namespace: field(payload.nomad_namespace, "nomad_namespace")?,
+            job: field(payload.nomad_job_id, "nomad_job_id")?,
+            allocation: field(payload.nomad_allocation_id, "nomad_allocation_id")?,
+            task: payload.nomad_task.filter(|s| !s.is_empty()),
+            service: payload.nomad_service.filter(|s| !s.is_empty()),
+        })
+    }
+
+    /// The key `kid`, fetching the set again when it is unknown and the last fetch is old
+    /// enough.
+    async fn key(&self, kid: &str) -> Result<RsaKey, AttestError> {
+        let mut cache = self.cache.lock().await;
+        if let Some(k) = cache.keys.get(kid) {
+            return Ok(k.clone());
+        }
+        if cache.fetched.is_some_and(|t| t.elapsed() < REFETCH_EVERY) {
+            return Err(rejected(format!("unknown signing key {:?}", clip(kid, 80))));
+        }
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cache.fetched = Some(Instant::now());
+        let (set, _) = self
+            .api
+            .get::<KeySet>("/.well-known/jwks.json", &[])
+            .await
+            .map_err(|e| AttestError::Unavailable(format!("the cluster's signing keys: {e}")))?;
+        cache.keys = set
+            .keys
+            .into_iter()
+            .filter(|k| k.kty == "RSA" && k.alg.as_deref().is_none_or(|a| a == "RS256"))
+            .filter_map(|k| {
+                let n = URL_SAFE_NO_PAD.decode(k.n?.trim_end_matches('=')).ok()?;
+                let e = URL_SAFE_NO_PAD.decode(k.e?.trim_end_matches('=')).ok()?;
+                Some((k.kid?, RsaKey { n, e }))
+            })
+            .take(MAX_KEYS)
+            .collect();
+        cache
+            .keys
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| rejected(format!("unknown signing key {:?}", clip(kid, 80))))
+    }
+}

@@ -1,0 +1,288 @@
+//! The Nomad platform, and the Consul catalog beside it.
+//!
+//! # Discovery
+//! `[platforms.nomad]` follows Nomad's native services (`provider = "nomad"`): everything is
+//! read once, then the event stream keeps it current (see [`nomad`]). `[platforms.consul]`
+//! follows the Consul catalog with blocking queries (see [`consul`]), for services Nomad jobs
+//! register with `provider = "consul"` and for machines registered in Consul. Both turn
+//! registrations into mesh services by the rules of [`services`]: the tag `weft` marks an
+//! instance whose proxy takes mutual TLS, `weft-inbound=<port>` says where that proxy listens
+//! when it does not intercept the service's own port, and every instance of service `S` in
+//! namespace `N` has the identity `spiffe://<trust domain>/ns/N/sa/S`.
+//!
+//! # Attestation
+//! A proxy beside a Nomad task presents a workload-identity JWT for the audience `weft` (a
+//! named `identity` block with `aud = ["weft"]` and `file = true`), and names its service
+//! (`--workload`). The Nomad adapter checks the token's RS256 signature against the
+//! cluster's key set, its expiry, start and audience, and then that the claim holds: a
+//! service identity (`nomad_service`) must name that service; a task identity must belong to
+//! an allocation (`nomad_allocation_id`, of job `nomad_job_id`) that registers the service in
+//! the token's namespace, which the adapter reads from the API. The Consul catalog proves no
+//! identity: proxies of Consul services run in Nomad jobs and attest there.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+use weft_core::config::MeshConfig;
+use weft_core::platform::{AttestError, Credential, Platform, PlatformError, clip};
+use weft_core::{Identity, RegistryWriter, TrustDomain};
+
+pub mod api;
+pub mod config;
+pub mod consul;
+pub mod jwt;
+pub mod nomad;
+pub mod services;
+
+pub use config::{ConsulSettings, NomadSettings};
+
+/// The Nomad platform's name, its registry source and its credentials' `platform`.
+pub const NOMAD: &str = "nomad";
+
+/// The Consul platform's name and registry source.
+pub const CONSUL: &str = "consul";
+
+/// Why an adapter could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NomadError {
+    /// The mesh config file has no such section.
+    #[error("no [platforms.{0}] section")]
+    NoSection(&'static str),
+    /// The section and the environment do not make a usable connection.
+    #[error("{0}")]
+    Settings(String),
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Client(#[from] api::ApiError),
+}
+
+/// The Nomad platform adapter.
+#[derive(Clone, Debug)]
+pub struct NomadPlatform {
+    api: api::Api,
+    settings: Arc<NomadSettings>,
+    trust_domain: TrustDomain,
+    jwks: Arc<jwt::Jwks>,
+    retry_floor: Duration,
+    errors: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl NomadPlatform {
+    /// The adapter of `cfg`'s `[platforms.nomad]`.
+    pub fn new(cfg: &MeshConfig) -> Result<Self, NomadError> {
+        let settings = NomadSettings::of(cfg).ok_or(NomadError::NoSection(NOMAD))?;
+        Self::with_settings(settings.clone(), cfg.mesh.trust_domain.clone())
+    }
+
+    /// The adapter for `settings`, issuing identities in `trust_domain`.
+    pub fn with_settings(
+        settings: NomadSettings,
+        trust_domain: TrustDomain,
+    ) -> Result<Self, NomadError> {
+        let conn = settings.connection().map_err(NomadError::Settings)?;
+        let api = api::Api::new(conn, api::Flavor::Nomad)?;
+        Ok(Self {
+            jwks: Arc::new(jwt::Jwks::new(api.clone())),
+            api,
+            settings: Arc::new(settings),
+            trust_domain,
+            retry_floor: Duration::from_millis(500),
+            errors: Arc::new(tokio::sync::watch::channel(0).0),
+        })
+    }
+
+    /// The shortest wait before reading everything again after a failure (tests shorten it).
+    #[must_use]
+    pub fn with_retry_floor(mut self, floor: Duration) -> Self {
+        self.retry_floor = floor;
+        self
+    }
+
+    /// How many times the feed failed and read everything again.
+    pub fn watch_errors(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.errors.subscribe()
+    }
+
+    /// How many times the cluster's signing keys were fetched.
+    pub fn key_fetches(&self) -> u64 {
+        self.jwks.fetches()
+    }
+}
+
+#[async_trait]
+impl Platform for NomadPlatform {
+    fn name(&self) -> &str {
+        NOMAD
+    }
+
+    async fn run(
+        &self,
+        registry: RegistryWriter,
+        shutdown: CancellationToken,
+    ) -> Result<(), PlatformError> {
+        nomad::run(
+            &self.api,
+            &self.settings.namespaces,
+            &self.trust_domain,
+            &registry,
+            self.retry_floor,
+            &self.errors,
+            &shutdown,
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn attest(&self, credential: &Credential) -> Result<Identity, AttestError> {
+        if credential.platform != NOMAD {
+            return Err(AttestError::WrongPlatform(credential.platform.clone()));
+        }
+        let claims = self
+            .jwks
+            .verify(&credential.token, &self.settings.token_audience)
+            .await?;
+        let ns = &claims.namespace;
+        if !self.settings.namespaces.is_empty() && !self.settings.namespaces.contains(ns) {
+            return Err(AttestError::Rejected(format!(
+                "namespace {:?} is not one the mesh watches",
+                clip(ns, 80)
+            )));
+        }
+        let service = match (&credential.workload, &claims.service) {
+            (Some(w), _) => {
+                let (claimed_ns, name) = w.split_once('/').ok_or_else(|| {
+                    AttestError::Rejected(format!(
+                        "the claimed workload {:?} is not namespace/service",
+                        clip(w, 80)
+                    ))
+                })?;
+                if claimed_ns != ns {
+                    return Err(AttestError::Rejected(format!(
+                        "the proxy claims namespace {:?}, the token is for {:?}",
+                        clip(claimed_ns, 80),
+                        clip(ns, 80)
+                    )));
+                }
+                name.to_string()
+            }
+            (None, Some(s)) => s.clone(),
+            (None, None) => {
+                return Err(AttestError::Rejected(
+                    "a task's token needs the proxy to name its service (--workload)".into(),
+                ));
+            }
+        };
+        match &claims.service {
+            Some(s) if *s != service => {
+                return Err(AttestError::Rejected(format!(
+                    "the token is for service {:?}, not {:?}",
+                    clip(s, 80),
+                    clip(&service, 80)
+                )));
+            }
+            Some(_) => {}
+            None => {
+                // A task's token: its allocation must register the service.
+                let regs = nomad::registrations(&self.api, ns, &service)
+                    .await
+                    .map_err(|e| AttestError::Unavailable(e.to_string()))?;
+                let registered = regs
+                    .iter()
+                    .any(|r| r.alloc_id == claims.allocation && r.job_id == claims.job);
+                if !registered {
+                    return Err(AttestError::UnknownWorkload(format!(
+                        "{}/{} (allocation {} of job {} registers no such service)",
+                        clip(ns, 80),
+                        clip(&service, 80),
+                        clip(&claims.allocation, 80),
+                        clip(&claims.job, 80)
+                    )));
+                }
+            }
+        }
+        Identity::new(self.trust_domain.clone(), ns.as_str(), service.as_str())
+            .map_err(|e| AttestError::Rejected(e.to_string()))
+    }
+}
+
+/// The Consul catalog adapter.
+#[derive(Clone, Debug)]
+pub struct ConsulPlatform {
+    api: api::Api,
+    settings: Arc<ConsulSettings>,
+    trust_domain: TrustDomain,
+    retry_floor: Duration,
+    errors: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl ConsulPlatform {
+    /// The adapter of `cfg`'s `[platforms.consul]`.
+    pub fn new(cfg: &MeshConfig) -> Result<Self, NomadError> {
+        let settings = ConsulSettings::of(cfg).ok_or(NomadError::NoSection(CONSUL))?;
+        Self::with_settings(settings.clone(), cfg.mesh.trust_domain.clone())
+    }
+
+    /// The adapter for `settings`.
+    pub fn with_settings(
+        settings: ConsulSettings,
+        trust_domain: TrustDomain,
+    ) -> Result<Self, NomadError> {
+        let conn = settings.connection().map_err(NomadError::Settings)?;
+        Ok(Self {
+            api: api::Api::new(conn, api::Flavor::Consul)?,
+            settings: Arc::new(settings),
+            trust_domain,
+            retry_floor: Duration::from_millis(500),
+            errors: Arc::new(tokio::sync::watch::channel(0).0),
+        })
+    }
+
+    /// The shortest wait before a failed query is retried (tests shorten it).
+    #[must_use]
+    pub fn with_retry_floor(mut self, floor: Duration) -> Self {
+        self.retry_floor = floor;
+        self
+    }
+
+    /// How many queries failed.
+    pub fn watch_errors(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.errors.subscribe()
+    }
+}
+
+#[async_trait]
+impl Platform for ConsulPlatform {
+    fn name(&self) -> &str {
+        CONSUL
+    }
+
+    async fn run(
+        &self,
+        registry: RegistryWriter,
+        shutdown: CancellationToken,
+    ) -> Result<(), PlatformError> {
+        consul::run(
+            &self.api,
+            self.settings.max_services,
+            &self.trust_domain,
+            &registry,
+            self.retry_floor,
+            &self.errors,
+            &shutdown,
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn attest(&self, credential: &Credential) -> Result<Identity, AttestError> {
+        if credential.platform != CONSUL {
+            return Err(AttestError::WrongPlatform(credential.platform.clone()));
+        }
+        Err(AttestError::Rejected(
+            "the Consul catalog proves no identity: proxies of Nomad jobs attest with platform nomad"
+                .into(),
+        ))
+    }
+}
