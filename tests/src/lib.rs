@@ -10,7 +10,10 @@
 pub mod backends;
 pub mod certs;
 pub mod conformance;
+pub mod fake_consul;
 pub mod fake_kube;
+pub mod fake_nomad;
+pub mod jwt;
 pub mod kube_objects;
 pub mod netns;
 
