@@ -1,6 +1,7 @@
 //! A fake Nomad HTTP API for tests, faithful on the wire to what a client of Nomad's native
 //! service discovery and workload identities relies on, written from Nomad's published API
-//! documentation: service registrations read through `/v1/services` and `/v1/service/:name`
+//! documentation: service registrations read through `/v1/services`, `/v1/service/:name` and
+//! `/v1/allocation/:alloc_id/services`
 //! with blocking queries (`index`, `wait`, `X-Nomad-Index`), the event stream
 //! `/v1/event/stream` (newline-delimited JSON, `{}` heartbeats, resuming from an index out of
 //! a bounded buffer), the workload-identity keys at `/.well-known/jwks.json`, and ACL tokens
@@ -689,9 +690,16 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     };
     let query = Query::parse(&raw_query);
     let service = path.strip_prefix("/v1/service/").map(percent_decode);
+    // `/v1/allocation/:alloc_id/services`: the registrations of one allocation.
+    let allocation = path
+        .strip_prefix("/v1/allocation/")
+        .and_then(|rest| rest.strip_suffix("/services"))
+        .map(percent_decode)
+        .filter(|a| !a.is_empty() && !a.contains('/'));
     let known = path == JWKS_PATH
         || path == "/v1/services"
         || path == "/v1/event/stream"
+        || allocation.is_some()
         || service.as_deref().is_some_and(|s| !s.is_empty());
     if !known {
         return text(StatusCode::NOT_FOUND, "404 page not found");
@@ -711,6 +719,22 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     }
     if path == "/v1/event/stream" {
         return event_stream(&inner, &query);
+    }
+    if let Some(alloc) = allocation {
+        let st = inner.state();
+        let regs: Vec<Value> = st
+            .regs
+            .values()
+            .filter(|r| r.alloc_id == alloc)
+            .map(ServiceRegistration::to_json)
+            .collect();
+        let index = st.table_index.max(1);
+        drop(st);
+        let mut rsp = json_response(StatusCode::OK, &Value::Array(regs));
+        if let Ok(v) = index.to_string().parse() {
+            rsp.headers_mut().insert("x-nomad-index", v);
+        }
+        return rsp;
     }
     let blocking = match Blocking::parse(&query) {
         Ok(b) => b,

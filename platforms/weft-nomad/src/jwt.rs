@@ -121,6 +121,7 @@ struct Cache {
 /// The cluster's signing keys, fetched as needed.
 pub struct Jwks {
     api: Api,
+    refetch_every: Duration,
     cache: tokio::sync::Mutex<Cache>,
     fetches: std::sync::atomic::AtomicU64,
 }
@@ -151,9 +152,10 @@ fn now_secs() -> f64 {
 
 impl Jwks {
     /// The key set of the Nomad API behind `api`.
-    pub fn new(api: Api) -> Self {
+    pub fn new(api: Api, refetch_every: Duration) -> Self {
         Self {
             api,
+            refetch_every,
             cache: tokio::sync::Mutex::new(Cache::default()),
             fetches: std::sync::atomic::AtomicU64::new(0),
         }
@@ -237,7 +239,10 @@ impl Jwks {
         if let Some(k) = cache.keys.get(kid) {
             return Ok(k.clone());
         }
-        if cache.fetched.is_some_and(|t| t.elapsed() < REFETCH_EVERY) {
+        if cache
+            .fetched
+            .is_some_and(|t| t.elapsed() < self.refetch_every)
+        {
             return Err(rejected(format!("unknown signing key {:?}", clip(kid, 80))));
         }
         self.fetches

@@ -13,11 +13,12 @@
 //! # Attestation
 //! A proxy beside a Nomad task presents a workload-identity JWT for the audience `weft` (a
 //! named `identity` block with `aud = ["weft"]` and `file = true`), and names its service
-//! (`--workload`). The Nomad adapter checks the token's RS256 signature against the
-//! cluster's key set, its expiry, start and audience, and then that the claim holds: a
-//! service identity (`nomad_service`) must name that service; a task identity must belong to
-//! an allocation (`nomad_allocation_id`, of job `nomad_job_id`) that registers the service in
-//! the token's namespace, which the adapter reads from the API. The Consul catalog proves no
+//! (`--workload namespace/account`). The Nomad adapter checks the token's RS256 signature
+//! against the cluster's key set, its expiry, start and audience, and then that the claim
+//! holds: the token's allocation (`nomad_allocation_id`, of job `nomad_job_id`, in namespace
+//! `nomad_namespace`) must register a meshed service with that account, which the adapter
+//! reads from the API (`/v1/allocation/:id/services`); a service identity's token
+//! (`nomad_service`) covers only that service. The Consul catalog proves no
 //! identity: proxies of Consul services run in Nomad jobs and attest there.
 
 use std::sync::Arc;
@@ -84,7 +85,7 @@ impl NomadPlatform {
         let conn = settings.connection().map_err(NomadError::Settings)?;
         let api = api::Api::new(conn, api::Flavor::Nomad)?;
         Ok(Self {
-            jwks: Arc::new(jwt::Jwks::new(api.clone())),
+            jwks: Arc::new(jwt::Jwks::new(api.clone(), jwt::REFETCH_EVERY)),
             api,
             settings: Arc::new(settings),
             trust_domain,
@@ -100,7 +101,14 @@ impl NomadPlatform {
         self
     }
 
-    /// How many times the feed failed and read everything again.
+    /// The least time between two fetches of the cluster's signing keys (tests shorten it).
+    #[must_use]
+    pub fn with_key_refetch(mut self, every: Duration) -> Self {
+        self.jwks = Arc::new(jwt::Jwks::new(self.api.clone(), every));
+        self
+    }
+
+    /// How many times the feed failed and read everything again, or left a registration out.
     pub fn watch_errors(&self) -> tokio::sync::watch::Receiver<u64> {
         self.errors.subscribe()
     }
@@ -150,11 +158,11 @@ impl Platform for NomadPlatform {
                 clip(ns, 80)
             )));
         }
-        let service = match (&credential.workload, &claims.service) {
-            (Some(w), _) => {
-                let (claimed_ns, name) = w.split_once('/').ok_or_else(|| {
+        let claimed = match &credential.workload {
+            Some(w) => {
+                let (claimed_ns, account) = w.split_once('/').ok_or_else(|| {
                     AttestError::Rejected(format!(
-                        "the claimed workload {:?} is not namespace/service",
+                        "the claimed workload {:?} is not namespace/account",
                         clip(w, 80)
                     ))
                 })?;
@@ -165,43 +173,59 @@ impl Platform for NomadPlatform {
                         clip(ns, 80)
                     )));
                 }
-                name.to_string()
+                Some(account.to_string())
             }
-            (None, Some(s)) => s.clone(),
-            (None, None) => {
-                return Err(AttestError::Rejected(
-                    "a task's token needs the proxy to name its service (--workload)".into(),
-                ));
-            }
+            None => None,
         };
-        match &claims.service {
-            Some(s) if *s != service => {
-                return Err(AttestError::Rejected(format!(
-                    "the token is for service {:?}, not {:?}",
-                    clip(s, 80),
-                    clip(&service, 80)
+        // What the token's allocation registers, in the token's namespace and job; a service
+        // identity's token covers only its own service.
+        let regs = nomad::allocation_services(&self.api, ns, &claims.allocation)
+            .await
+            .map_err(|e| AttestError::Unavailable(e.to_string()))?;
+        let accounts: Vec<String> = regs
+            .iter()
+            .filter(|r| r.namespace == *ns && r.job_id == claims.job)
+            .filter(|r| claims.service.as_ref().is_none_or(|s| *s == r.service_name))
+            .filter_map(|r| {
+                let tags = r.tags.clone().unwrap_or_default();
+                let inst = services::Instance {
+                    namespace: r.namespace.clone(),
+                    service: r.service_name.clone(),
+                    workload: r.alloc_id.clone(),
+                    address: std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    port: r.port,
+                    tags,
+                };
+                inst.meshed().then(|| inst.account().to_string())
+            })
+            .collect();
+        let service = match claimed {
+            Some(a) if accounts.contains(&a) => a,
+            Some(a) => {
+                return Err(AttestError::UnknownWorkload(format!(
+                    "{}/{} (allocation {} of job {} registers no meshed service with that account)",
+                    clip(ns, 80),
+                    clip(&a, 80),
+                    clip(&claims.allocation, 80),
+                    clip(&claims.job, 80)
                 )));
             }
-            Some(_) => {}
-            None => {
-                // A task's token: its allocation must register the service.
-                let regs = nomad::registrations(&self.api, ns, &service)
-                    .await
-                    .map_err(|e| AttestError::Unavailable(e.to_string()))?;
-                let registered = regs
-                    .iter()
-                    .any(|r| r.alloc_id == claims.allocation && r.job_id == claims.job);
-                if !registered {
+            None => match accounts.as_slice() {
+                [only] => only.clone(),
+                [] => {
                     return Err(AttestError::UnknownWorkload(format!(
-                        "{}/{} (allocation {} of job {} registers no such service)",
-                        clip(ns, 80),
-                        clip(&service, 80),
+                        "allocation {} of job {} registers no meshed service",
                         clip(&claims.allocation, 80),
                         clip(&claims.job, 80)
                     )));
                 }
-            }
-        }
+                _ => {
+                    return Err(AttestError::Rejected(
+                        "the allocation's services have several accounts: the proxy must name one (--workload)".into(),
+                    ));
+                }
+            },
+        };
         Identity::new(self.trust_domain.clone(), ns.as_str(), service.as_str())
             .map_err(|e| AttestError::Rejected(e.to_string()))
     }

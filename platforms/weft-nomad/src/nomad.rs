@@ -82,17 +82,25 @@ struct Payload {
     service: Option<Registration>,
 }
 
-/// Reads a service's registrations from the API: what attestation checks a proxy's claim
-/// against.
-pub async fn registrations(
+/// Reads the service registrations of an allocation: what attestation checks a proxy's
+/// claim against.
+pub async fn allocation_services(
     api: &Api,
     namespace: &str,
-    service: &str,
+    allocation: &str,
 ) -> Result<Vec<Registration>, ApiError> {
-    let (regs, _) = api
-        .get::<Option<Vec<Registration>>>(&service_path(service), &[("namespace", namespace)])
-        .await?;
-    Ok(regs.unwrap_or_default())
+    let mut path = String::from("/v1/allocation/");
+    path.extend(url::form_urlencoded::byte_serialize(allocation.as_bytes()));
+    path.push_str("/services");
+    match api
+        .get::<Option<Vec<Registration>>>(&path, &[("namespace", namespace)])
+        .await
+    {
+        Ok((regs, _)) => Ok(regs.unwrap_or_default()),
+        // An allocation Nomad does not know registers nothing.
+        Err(e) if e.is_not_found() => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 fn service_path(service: &str) -> String {
@@ -108,6 +116,8 @@ struct State {
     services: BTreeMap<ServiceName, BTreeMap<String, Instance>>,
     /// Names refused once (not valid mesh names), so each is logged once; bounded.
     refused: BTreeSet<String>,
+    /// Registrations refused since the count was last taken.
+    problems: u64,
 }
 
 const MAX_REFUSED_NAMES: usize = 1024;
@@ -147,6 +157,7 @@ impl State {
     }
 
     fn refuse(&mut self, key: &str, why: String) {
+        self.problems += 1;
         if self.refused.len() < MAX_REFUSED_NAMES && self.refused.insert(key.to_string()) {
             tracing::warn!(platform = crate::NOMAD, "left out of the mesh: {why}");
         }
@@ -168,7 +179,7 @@ pub async fn run(
     loop {
         let outcome = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = sync_and_follow(api, namespaces, trust_domain, writer, &mut last, &mut backoff, retry_floor) => r,
+            r = sync_and_follow(api, namespaces, trust_domain, writer, &mut last, &mut backoff, retry_floor, errors) => r,
         };
         let reason = match outcome {
             Ok(()) => "the event stream ended".to_string(),
@@ -185,6 +196,10 @@ pub async fn run(
 }
 
 /// Reads everything, writes it, then follows the event stream until it fails or ends.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the feed's state, passed down once"
+)]
 async fn sync_and_follow(
     api: &Api,
     namespaces: &[String],
@@ -193,8 +208,16 @@ async fn sync_and_follow(
     last: &mut Index,
     backoff: &mut Duration,
     retry_floor: Duration,
+    errors: &tokio::sync::watch::Sender<u64>,
 ) -> Result<(), ApiError> {
     let mut state = State::default();
+    // Refused registrations count as feed errors, after the write they were left out of.
+    let count = |state: &mut State| {
+        if state.problems > 0 {
+            let n = std::mem::take(&mut state.problems);
+            errors.send_modify(|e| *e += n);
+        }
+    };
     let wanted = |ns: &str| namespaces.is_empty() || namespaces.iter().any(|n| n == ns);
     let (listed, list_index) = api
         .get::<Option<Vec<NamespaceServices>>>("/v1/services", &[("namespace", "*")])
@@ -309,6 +332,7 @@ async fn sync_and_follow(
             changed.insert(name);
         }
         if changed.is_empty() {
+            count(&mut state);
             continue;
         }
         let updates: Vec<_> = changed
@@ -325,5 +349,6 @@ async fn sync_and_follow(
             })
             .collect();
         writer.update(updates);
+        count(&mut state);
     }
 }

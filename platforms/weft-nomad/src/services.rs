@@ -11,8 +11,12 @@
 //!   tag `weft-inbound=<port>` ([`INBOUND_TAG`]); the mesh then connects there;
 //! - `weft-protocol=http1|http2|grpc|opaque` ([`PROTOCOL_TAG`]) declares the protocol;
 //!   without it, it is detected;
-//! - every instance's identity is `spiffe://<trust domain>/ns/<namespace>/sa/<service name>`,
-//!   the same shape as a Kubernetes ServiceAccount identity, so policy reads the same on both.
+//! - every instance's identity is `spiffe://<trust domain>/ns/<namespace>/sa/<account>`, the
+//!   same shape as a Kubernetes ServiceAccount identity, so policy reads the same on both. The
+//!   account is the service's name, unless a tag `weft-account=<name>` ([`ACCOUNT_TAG`]) names
+//!   another: a group whose one proxy fronts several services tags them all with one account,
+//!   as pods of several Services share one ServiceAccount. Like a ServiceAccount, an account
+//!   is a name within its namespace that whoever may run jobs there may use.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +31,9 @@ pub const MESH_TAG: &str = "weft";
 
 /// The tag prefix that gives the proxy's inbound port: `weft-inbound=<port>`.
 pub const INBOUND_TAG: &str = "weft-inbound=";
+
+/// The tag prefix that names the identity's account: `weft-account=<name>`.
+pub const ACCOUNT_TAG: &str = "weft-account=";
 
 /// The tag prefix that declares the service's protocol: `weft-protocol=<protocol>`.
 pub const PROTOCOL_TAG: &str = "weft-protocol=";
@@ -68,6 +75,15 @@ impl Instance {
         SocketAddr::new(self.address, inbound.unwrap_or(self.port))
     }
 
+    /// The account of its identity: the `weft-account=` tag's, else the service's name.
+    pub fn account(&self) -> &str {
+        self.tags
+            .iter()
+            .find_map(|t| t.strip_prefix(ACCOUNT_TAG))
+            .filter(|a| !a.is_empty())
+            .unwrap_or(&self.service)
+    }
+
     fn protocol(&self) -> Option<Protocol> {
         self.tags
             .iter()
@@ -104,7 +120,7 @@ pub fn build<'a>(
     let mut protocol = None;
     for i in instances {
         let meshed = i.meshed();
-        let identity = Identity::new(trust_domain.clone(), &name.namespace, &name.name).ok();
+        let identity = Identity::new(trust_domain.clone(), &name.namespace, i.account()).ok();
         if meshed && identity.is_none() {
             continue;
         }
@@ -166,6 +182,7 @@ mod tests {
             inst("a1", "10.0.0.1", 23456, &["weft", "weft-protocol=grpc"]),
             inst("a2", "10.0.0.2", 23457, &["weft", "weft-inbound=24000"]),
             inst("a3", "10.0.0.3", 8080, &["v1"]),
+            inst("a4", "10.0.0.4", 8080, &["weft", "weft-account=shop"]),
         ];
         let s = build(&td, &name, &all).unwrap();
         assert_eq!(s.ports.len(), 1);
@@ -182,8 +199,13 @@ mod tests {
             [
                 ("10.0.0.1:23456".to_string(), true),
                 ("10.0.0.2:24000".to_string(), true),
-                ("10.0.0.3:8080".to_string(), false)
+                ("10.0.0.3:8080".to_string(), false),
+                ("10.0.0.4:8080".to_string(), true)
             ]
+        );
+        assert_eq!(
+            port.endpoints[3].identity.as_ref().unwrap().to_string(),
+            "spiffe://weft.test/ns/default/sa/shop"
         );
         assert_eq!(
             port.endpoints[0].identity.as_ref().unwrap().to_string(),

@@ -1,0 +1,525 @@
+//! The Nomad adapter against the fake Nomad API, beyond the shared conformance suite: every
+//! attestation refusal, the key set's cache, API restarts, cut streams and an index that goes
+//! backwards, the ACL token, and a control plane that issues workload identities to proxies
+//! that present Nomad JWTs and then talk mutual TLS.
+
+#![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use weft_core::platform::{AttestError, Credential, Platform};
+use weft_core::{Registry, RegistrySnapshot, ServiceName, TrustDomain};
+use weft_nomad::{NomadPlatform, NomadSettings};
+use weft_tests::conformance::{self, addrs};
+use weft_tests::fake_nomad::{FakeNomad, ServiceRegistration};
+use weft_tests::jwt::{self, Claims, TestKey};
+use weft_tests::{WAIT, admin_get, backends, metric};
+
+/// Runs the adapter into a fresh registry.
+struct Running {
+    registry: Registry,
+    platform: Arc<NomadPlatform>,
+    stop: CancellationToken,
+}
+
+impl Running {
+    fn start(fake: &FakeNomad, settings: NomadSettings) -> Self {
+        weft_tests::trace_init();
+        let settings = NomadSettings {
+            address: Some(fake.url()),
+            ..settings
+        };
+        let platform = Arc::new(
+            NomadPlatform::with_settings(settings, TrustDomain::new("weft.test").unwrap())
+                .unwrap()
+                .with_retry_floor(Duration::from_millis(50))
+                .with_key_refetch(Duration::from_millis(300)),
+        );
+        let registry = Registry::new();
+        let stop = CancellationToken::new();
+        let (p, w, s) = (platform.clone(), registry.writer("nomad"), stop.clone());
+        tokio::spawn(async move { p.run(w, s).await });
+        Self {
+            registry,
+            platform,
+            stop,
+        }
+    }
+
+    async fn until(&self, what: &str, f: impl Fn(&RegistrySnapshot) -> bool) {
+        conformance::until(&self.registry, what, f).await
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn svc(ns: &str, name: &str) -> ServiceName {
+    ServiceName::new(ns, name).unwrap()
+}
+
+fn credential(token: String, workload: &str) -> Credential {
+    Credential {
+        platform: "nomad".into(),
+        token,
+        workload: Some(workload.into()),
+    }
+}
+
+fn rejected(r: Result<weft_core::Identity, AttestError>, needle: &str) {
+    match r {
+        Err(AttestError::Rejected(why)) => assert!(why.contains(needle), "{why} lacks {needle:?}"),
+        other => panic!("expected a rejection for {needle:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestation_checks_signature_time_audience_and_the_claimed_account() {
+    let fake = FakeNomad::start().await;
+    let key = TestKey::fixture(1);
+    let other = TestKey::fixture(2);
+    fake.set_keys(&[&key]);
+    fake.register(
+        ServiceRegistration::new("shop", "api", "127.0.0.1", 8080)
+            .job("shop-api")
+            .alloc("alloc-api")
+            .tags(&["weft"]),
+    );
+    fake.register(
+        ServiceRegistration::new("shop", "cart", "127.0.0.1", 8081)
+            .job("shop-api")
+            .alloc("alloc-api")
+            .tags(&["weft", "weft-account=api"]),
+    );
+    fake.register(
+        ServiceRegistration::new("shop", "plain", "127.0.0.1", 8082)
+            .job("plain")
+            .alloc("alloc-plain"),
+    );
+    let run = Running::start(&fake, NomadSettings::default());
+    let p = &run.platform;
+    let task = || Claims::task("shop", "shop-api", "alloc-api", "weft-proxy");
+    let good = task().mint(&key);
+
+    // Accepted: a task identity whose allocation registers a meshed service with that account
+    // (here two services share it).
+    let id = p
+        .attest(&credential(good.clone(), "shop/api"))
+        .await
+        .unwrap();
+    assert_eq!(id.to_string(), "spiffe://weft.test/ns/shop/sa/api");
+    // A service identity names its service; without a claim the account is the only one.
+    let service_token = Claims::service("shop", "shop-api", "alloc-api", "api").mint(&key);
+    let id = p
+        .attest(&Credential {
+            workload: None,
+            ..credential(service_token, "")
+        })
+        .await
+        .unwrap();
+    assert_eq!(id.name(), "api");
+
+    // Refused, each for its own reason.
+    rejected(
+        p.attest(&credential(task().expired().mint(&key), "shop/api"))
+            .await,
+        "expired",
+    );
+    rejected(
+        p.attest(&credential(task().not_yet_valid().mint(&key), "shop/api"))
+            .await,
+        "not valid yet",
+    );
+    rejected(
+        p.attest(&credential(
+            task().audience("vault.example.com").mint(&key),
+            "shop/api",
+        ))
+        .await,
+        "audience",
+    );
+    rejected(
+        p.attest(&credential(jwt::alg_none(&task().build()), "shop/api"))
+            .await,
+        "algorithm \"none\"",
+    );
+    rejected(
+        p.attest(&credential(
+            jwt::wrong_signature(
+                &key,
+                &task().build(),
+                &Claims::task("shop", "shop-api", "alloc-api", "weft-proxy")
+                    .claim("nomad_namespace", "default".into())
+                    .build(),
+            ),
+            "shop/api",
+        ))
+        .await,
+        "bad signature",
+    );
+    rejected(
+        p.attest(&credential(
+            jwt::signed_by_other_key(&other, key.kid(), &task().build()),
+            "shop/api",
+        ))
+        .await,
+        "bad signature",
+    );
+    rejected(
+        p.attest(&credential(
+            jwt::unknown_kid(&key, &task().build()),
+            "shop/api",
+        ))
+        .await,
+        "unknown signing key",
+    );
+    rejected(
+        p.attest(&credential("not.a.jwt.at-all".into(), "shop/api"))
+            .await,
+        "not a JWT",
+    );
+    rejected(
+        p.attest(&credential(good.clone(), "default/api")).await,
+        "claims namespace",
+    );
+    // Another identity than the allocation's: refused as an unknown workload.
+    for (who, token) in [
+        ("shop/db", good.clone()),
+        (
+            "shop/plain",
+            Claims::task("shop", "plain", "alloc-plain", "weft-proxy").mint(&key),
+        ),
+        (
+            "shop/api",
+            Claims::task("shop", "another-job", "alloc-api", "weft-proxy").mint(&key),
+        ),
+        (
+            "shop/api",
+            Claims::task("shop", "shop-api", "alloc-gone", "weft-proxy").mint(&key),
+        ),
+    ] {
+        match p.attest(&credential(token, who)).await {
+            Err(AttestError::UnknownWorkload(why)) => {
+                assert!(why.contains("registers no"), "{why}")
+            }
+            other => panic!("{who}: {other:?}"),
+        }
+    }
+    // A service identity covers its own service only.
+    let cart = Claims::service("shop", "shop-api", "alloc-api", "plain").mint(&key);
+    assert!(matches!(
+        p.attest(&credential(cart, "shop/api")).await,
+        Err(AttestError::UnknownWorkload(_))
+    ));
+    // Another platform's credential.
+    let mut k8s = credential(good.clone(), "shop/api");
+    k8s.platform = "kubernetes".into();
+    assert!(matches!(
+        p.attest(&k8s).await,
+        Err(AttestError::WrongPlatform(_))
+    ));
+    // The API down: unavailable, not a verdict on the token.
+    fake.fail("/v1/allocation", 500, None);
+    assert!(matches!(
+        p.attest(&credential(good.clone(), "shop/api")).await,
+        Err(AttestError::Unavailable(_))
+    ));
+    fake.heal();
+    p.attest(&credential(good, "shop/api")).await.unwrap();
+
+    // Only the listed namespaces are attested.
+    let narrow = Running::start(
+        &fake,
+        NomadSettings {
+            namespaces: vec!["default".into()],
+            ..Default::default()
+        },
+    );
+    rejected(
+        narrow
+            .platform
+            .attest(&credential(task().mint(&key), "shop/api"))
+            .await,
+        "not one the mesh watches",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_set_is_cached_and_refetched_at_most_so_often() {
+    let fake = FakeNomad::start().await;
+    let (k1, k2) = (TestKey::fixture(1), TestKey::fixture(2));
+    fake.set_keys(&[&k1]);
+    fake.register(
+        ServiceRegistration::new("default", "api", "127.0.0.1", 8080)
+            .job("api")
+            .alloc("a1")
+            .tags(&["weft"]),
+    );
+    let run = Running::start(&fake, NomadSettings::default());
+    let p = &run.platform;
+    let claims = || Claims::task("default", "api", "a1", "weft-proxy");
+    p.attest(&credential(claims().mint(&k1), "default/api"))
+        .await
+        .unwrap();
+    p.attest(&credential(claims().mint(&k1), "default/api"))
+        .await
+        .unwrap();
+    assert_eq!(fake.jwks_fetches(), 1, "a known key is not fetched again");
+    // A flood of made-up key IDs fetches the set at most once per interval.
+    for _ in 0..50 {
+        let r = p
+            .attest(&credential(
+                jwt::unknown_kid(&k1, &claims().build()),
+                "default/api",
+            ))
+            .await;
+        assert!(matches!(r, Err(AttestError::Rejected(_))));
+    }
+    assert!(fake.jwks_fetches() <= 2, "{} fetches", fake.jwks_fetches());
+    // The keyring rotates: a token of the new key is accepted once the interval has passed.
+    fake.set_keys(&[&k1, &k2]);
+    let rotated = claims().mint(&k2);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match p.attest(&credential(rotated.clone(), "default/api")).await {
+            Ok(id) => {
+                assert_eq!(id.name(), "api");
+                break;
+            }
+            Err(AttestError::Rejected(why)) if why.contains("unknown signing key") => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the new key was never fetched"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(fake.jwks_fetches() <= 4, "{} fetches", fake.jwks_fetches());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_cut_streams_and_an_index_going_backwards_are_survived() {
+    let fake = FakeNomad::start().await;
+    fake.require_token(Some("s3cr3t"));
+    let reg = |name: &str, port: u16| {
+        ServiceRegistration::new("default", name, "127.0.0.1", port)
+            .alloc(&format!("{name}-{port}"))
+            .tags(&["weft"])
+    };
+    fake.register(reg("api", 9001));
+    let run = Running::start(
+        &fake,
+        NomadSettings {
+            token: Some("s3cr3t".into()),
+            ..Default::default()
+        },
+    );
+    let api = svc("default", "api");
+    run.until("api", |s| addrs(s, &api).len() == 1).await;
+    // The event stream carries changes.
+    fake.register(reg("api", 9002));
+    run.until("api scaled up", |s| addrs(s, &api).len() == 2)
+        .await;
+    // Every request carried the token.
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| r.token.as_deref() == Some("s3cr3t"))
+    );
+
+    // A restart on the same port: the adapter reads everything again; a change made while
+    // the API was away is seen, and nothing else flaps.
+    let mut errors = run.platform.watch_errors();
+    let seen = *errors.borrow_and_update();
+    fake.restart().await;
+    fake.register(reg("web", 9100));
+    run.until("web after the restart", |s| {
+        addrs(s, &svc("default", "web")).len() == 1
+    })
+    .await;
+    assert!(*errors.borrow() > seen, "the restart was noticed");
+    assert_eq!(addrs(&run.registry.snapshot(), &api).len(), 2);
+
+    // The index goes backwards (the cluster was restored from a snapshot): the adapter starts
+    // over from the lower index and follows changes from there.
+    fake.reset_index();
+    fake.cut_connections();
+    fake.deregister("default", &reg("api", 9002).id);
+    run.until("api scaled down after the reset", |s| {
+        addrs(s, &api).len() == 1
+    })
+    .await;
+    fake.register(reg("api", 9003));
+    run.until("a change after the reset", |s| addrs(s, &api).len() == 2)
+        .await;
+
+    // A wrong token: the feed fails (and is counted) but the last state stays in force.
+    fake.require_token(Some("rotated"));
+    let seen = *errors.borrow_and_update();
+    fake.cut_connections();
+    tokio::time::timeout(WAIT, errors.wait_for(|n| *n > seen))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(addrs(&run.registry.snapshot(), &api).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_on_nomad_issues_workload_identities_and_traffic_flows() {
+    weft_tests::trace_init();
+    let fake = FakeNomad::start().await;
+    let key = TestKey::fixture(1);
+    fake.set_keys(&[&key]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mesh.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[mesh]
+name = "nomad"
+trust_domain = "weft.test"
+[ca]
+data_dir = "{data}"
+[control]
+grpc_addr = "127.0.0.1:0"
+http_addr = "127.0.0.1:0"
+[[policy.authorizations]]
+service = "api.shop"
+allow = ["shop/web"]
+[platforms.nomad]
+address = "{address}"
+"#,
+            data = dir.path().join("data").display(),
+            address = fake.url(),
+        ),
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let watcher = weft_core::config::ConfigWatcher::start(
+        &config,
+        &weft_control::platforms::loader(),
+        stop.clone(),
+    )
+    .unwrap();
+    let platforms = weft_control::platforms::enabled(&watcher).await.unwrap();
+    assert_eq!(platforms.len(), 1);
+    let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms)
+        .await
+        .unwrap();
+
+    // Each proxy beside a task of its own allocation, presenting that task's JWT.
+    let proxy_config = |service: &str, claims: Claims, app: Option<u16>, upstreams: &[&str]| {
+        let token_file = dir.path().join(format!("{service}.jwt"));
+        std::fs::write(&token_file, claims.mint(&key)).unwrap();
+        weft_proxy::ProxyConfig {
+            trust_bundle: Some(control.trust_bundle_file.clone()),
+            namespace: "shop".into(),
+            platform: "nomad".into(),
+            token_file,
+            ..weft_tests::loopback_proxy_config(control.grpc_addr, service, app, upstreams)
+        }
+    };
+    let task = |job: &str, alloc: &str| Claims::task("shop", job, alloc, "weft-proxy");
+    let register = |service: &str, job: &str, alloc: &str, port: u16, tags: &[&str]| {
+        fake.register(
+            ServiceRegistration::new("shop", service, "127.0.0.1", port)
+                .job(job)
+                .alloc(alloc)
+                .tags(tags),
+        );
+    };
+    let app = backends::http_echo("api").await;
+    // api registers its application's port; its proxy, which does not intercept it, says
+    // where it listens with weft-inbound.
+    register("api", "api", "alloc-api", app.port(), &["weft"]);
+    let api = weft_proxy::Proxy::start(proxy_config(
+        "api",
+        task("api", "alloc-api"),
+        Some(app.port()),
+        &[],
+    ))
+    .await
+    .unwrap();
+    weft_tests::wait_ready(&api).await;
+    let inbound = api.inbound_addr.unwrap().port();
+    register(
+        "api",
+        "api",
+        "alloc-api",
+        app.port(),
+        &["weft", &format!("weft-inbound={inbound}")],
+    );
+    register("web", "web", "alloc-web", 1, &["weft"]);
+    register("db", "db", "alloc-db", 2, &["weft"]);
+    let web = weft_proxy::Proxy::start(proxy_config(
+        "web",
+        task("web", "alloc-web"),
+        None,
+        &["api"],
+    ))
+    .await
+    .unwrap();
+    let db = weft_proxy::Proxy::start(proxy_config("db", task("db", "alloc-db"), None, &["api"]))
+        .await
+        .unwrap();
+    weft_tests::wait_ready(&web).await;
+    weft_tests::wait_ready(&db).await;
+    conformance::until(&control.registry, "api at its proxy", |s| {
+        addrs(s, &svc("shop", "api")) == [std::net::SocketAddr::from(([127, 0, 0, 1], inbound))]
+    })
+    .await;
+
+    let c = weft_tests::http_client();
+    let (status, backend, _) =
+        weft_tests::get_through(&c, weft_tests::upstream(&web, "api"), "/").await;
+    assert_eq!((status.as_u16(), backend.as_str()), (200, "api"));
+    let (status, _, _) = weft_tests::get_through(&c, weft_tests::upstream(&db, "api"), "/").await;
+    assert_eq!(status.as_u16(), 403, "db may not call api");
+    let server = weft_tests::wait_metric(
+        api.admin_addr,
+        "weft_requests_total",
+        &["direction=\"inbound\""],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &server,
+            "weft_requests_total",
+            &[
+                "direction=\"inbound\"",
+                "peer=\"spiffe://weft.test/ns/shop/sa/web\""
+            ]
+        ),
+        1.0,
+        "{server}"
+    );
+
+    // A proxy whose JWT is for another audience gets no certificate; the refusal is counted.
+    let stray = weft_proxy::Proxy::start(proxy_config(
+        "web",
+        task("web", "alloc-web").audience("vault.example.com"),
+        None,
+        &[],
+    ))
+    .await
+    .unwrap();
+    weft_tests::wait_metric(
+        control.http_addr,
+        "weft_control_attest_refused_total",
+        &["platform=\"nomad\"", "reason=\"rejected\""],
+        1.0,
+    )
+    .await;
+    let (status, why) = admin_get(stray.admin_addr, "GET", "/ready").await;
+    assert_eq!(status, 503, "{why}");
+    control.shutdown().await;
+    stop.cancel();
+}
