@@ -53,7 +53,8 @@ struct CatalogService {
     address: String,
     #[serde(default)]
     port: u16,
-    /// Consul Enterprise namespaces; absent elsewhere.
+    /// Consul Enterprise namespaces; absent elsewhere. Only the token's own namespace is read:
+    /// following several namespaces is not supported yet.
     #[serde(default)]
     namespace: Option<String>,
 }
@@ -155,7 +156,9 @@ pub async fn run(
                         tracing::warn!(platform = crate::CONSUL, error = %e, retry_in = ?backoff, "catalog query failed");
                         let d = backoff;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
-                        d
+                        // The next query does not block (see watch_service).
+                        query = Box::pin(catalog(api.clone(), Index::default(), Duration::from_secs(1), d));
+                        continue;
                     }
                 };
                 let wait = if synced { WAIT } else { Duration::from_secs(1) };
@@ -247,16 +250,21 @@ async fn watch_service(
     let mut index = Index::default();
     let mut backoff = retry_floor;
     let mut warned = BTreeSet::new();
+    // After a failure the next query does not block: its answer shows at once whether the
+    // index went backwards meanwhile (a restored cluster), which a blocking query from the
+    // old index would only show when its wait ends.
+    let mut failed = false;
     loop {
-        let wait = if index.0 == 0 {
-            Duration::from_secs(1)
+        let (from, wait) = if index.0 == 0 || failed {
+            (Index::default(), Duration::from_secs(1))
         } else {
-            WAIT
+            (index, WAIT)
         };
         let r = tokio::select! {
             () = stop.cancelled() => return,
-            r = api.block::<Option<Vec<HealthEntry>>>(&path, &[("passing", "1")], index, wait) => r,
+            r = api.block::<Option<Vec<HealthEntry>>>(&path, &[("passing", "1")], from, wait) => r,
         };
+        failed = r.is_err();
         match r {
             Ok((entries, i)) => {
                 backoff = retry_floor;
