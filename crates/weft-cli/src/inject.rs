@@ -1,6 +1,7 @@
 //! `weft inject`: the sidecar injector's change applied offline to YAML manifests, which are
 //! printed again for `kubectl apply -f -`. Kinds without a pod template pass through; each
-//! document's outcome is reported on stderr.
+//! document's outcome is reported on stderr. With `--platform nomad`, a Nomad job spec instead
+//! (`crate::inject_nomad`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -12,21 +13,98 @@ use weft_kubernetes::inject::{Injector, Outcome};
 use yaml_rust2::yaml::Hash;
 use yaml_rust2::{Yaml, YamlEmitter, YamlLoader};
 
+/// The platforms `weft inject` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Platform {
+    /// Kubernetes manifests (YAML).
+    Kubernetes,
+    /// A Nomad job spec (HCL).
+    Nomad,
+}
+
 /// What `weft inject` was asked.
 #[derive(Debug)]
 pub struct Args {
-    /// The manifests, or `-`.
+    /// The manifests or job spec, or `-`.
     pub file: PathBuf,
+    /// Which platform's files.
+    pub platform: Platform,
     /// The mesh config file, for its trust domain and injection settings.
     pub config: Option<PathBuf>,
-    /// The mesh's roots (PEM).
-    pub trust_bundle: PathBuf,
+    /// The mesh's roots (PEM); Kubernetes only.
+    pub trust_bundle: Option<PathBuf>,
     /// The trust domain when no config file is given.
     pub trust_domain: String,
+    /// Nomad: explicit mode instead of transparent interception.
+    pub explicit: bool,
+    /// Nomad, explicit mode: the upstreams (`service=127.0.0.1:port`).
+    pub upstreams: Vec<String>,
+    /// Nomad: only the groups with a service of these names.
+    pub services: Vec<String>,
+    /// Nomad: the proxy image.
+    pub proxy_image: Option<String>,
 }
 
 /// Runs `weft inject`: the injected manifests on stdout, a line per document on stderr.
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    match args.platform {
+        Platform::Kubernetes => run_kubernetes(args),
+        Platform::Nomad => run_nomad(args),
+    }
+}
+
+/// `weft inject --platform nomad`: the job on stdout, a line per group on stderr.
+fn run_nomad(args: &Args) -> anyhow::Result<()> {
+    if args.trust_bundle.is_some() {
+        bail!(
+            "--trust-bundle is not used with --platform nomad: proxies read the roots from the Nomad Variable nomad/jobs (key weft_trust_bundle)"
+        );
+    }
+    let trust_domain = match &args.config {
+        Some(path) => weft_control::platforms::loader()
+            .load(path)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .mesh
+            .trust_domain
+            .to_string(),
+        None => args.trust_domain.clone(),
+    };
+    let mut opts = crate::inject_nomad::Options::new(trust_domain);
+    opts.explicit = args.explicit;
+    opts.upstreams.clone_from(&args.upstreams);
+    opts.services.clone_from(&args.services);
+    if let Some(image) = &args.proxy_image {
+        opts.proxy_image.clone_from(image);
+    }
+    let text = read_input(&args.file)?;
+    let name = if args.file == Path::new("-") {
+        "<stdin>".to_string()
+    } else {
+        args.file.display().to_string()
+    };
+    let injected = crate::inject_nomad::inject(&text, &name, &opts)?;
+    for line in &injected.report {
+        eprintln!("{line}");
+    }
+    print!("{}", injected.text);
+    Ok(())
+}
+
+fn run_kubernetes(args: &Args) -> anyhow::Result<()> {
+    if args.explicit
+        || !args.upstreams.is_empty()
+        || !args.services.is_empty()
+        || args.proxy_image.is_some()
+    {
+        bail!(
+            "--explicit, --upstream, --service and --proxy-image are for --platform nomad; on Kubernetes the mesh config file's [platforms.kubernetes.inject] settles what injection adds"
+        );
+    }
+    let Some(trust_bundle) = &args.trust_bundle else {
+        bail!(
+            "--trust-bundle is required with --platform kubernetes: the roots go into each injected pod"
+        );
+    };
     let (settings, trust_domain) = match &args.config {
         Some(path) => {
             let cfg = weft_control::platforms::loader()
@@ -37,12 +115,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         None => (KubernetesSettings::default(), args.trust_domain.clone()),
     };
-    let pem = std::fs::read_to_string(&args.trust_bundle)
-        .with_context(|| format!("trust bundle {}", args.trust_bundle.display()))?;
+    let pem = std::fs::read_to_string(trust_bundle)
+        .with_context(|| format!("trust bundle {}", trust_bundle.display()))?;
     if !pem.contains("-----BEGIN CERTIFICATE-----") {
         bail!(
             "trust bundle {}: no PEM certificate in it",
-            args.trust_bundle.display()
+            trust_bundle.display()
         );
     }
     let injector = Injector {

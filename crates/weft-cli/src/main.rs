@@ -3,6 +3,7 @@
 mod dev;
 mod gotmpl;
 mod inject;
+mod inject_nomad;
 mod install;
 mod kube_check;
 
@@ -33,20 +34,44 @@ enum Command {
     },
     /// Add the Weft proxy to the pods of Kubernetes manifests (Pods, Deployments, StatefulSets,
     /// DaemonSets, ReplicaSets, Jobs, CronJobs; other kinds pass through) and print them, for
-    /// `kubectl apply -f -`. Comments are not kept.
+    /// `kubectl apply -f -`; comments are not kept. With `--platform nomad`, add it to the
+    /// groups of a Nomad job spec that have a group-level service and print the job for
+    /// `nomad job run -`, the rest of the file kept byte for byte.
     Inject {
-        /// The manifests (YAML, several documents allowed), or `-` for standard input.
+        /// The manifests (YAML, several documents allowed) or the job spec (HCL), or `-` for
+        /// standard input.
         file: PathBuf,
+        /// What the file holds.
+        #[arg(long, value_enum, default_value_t = inject::Platform::Kubernetes)]
+        platform: inject::Platform,
         /// The mesh's trust bundle (PEM): the roots proxies trust the control plane with.
+        /// Kubernetes only (required there); Nomad proxies read them from the Nomad Variable
+        /// nomad/jobs.
         #[arg(long)]
-        trust_bundle: PathBuf,
-        /// The mesh config file: its trust domain and `[platforms.kubernetes.inject]`
-        /// settings.
+        trust_bundle: Option<PathBuf>,
+        /// The mesh config file: its trust domain and, for Kubernetes, its
+        /// `[platforms.kubernetes.inject]` settings.
         #[arg(long)]
         config: Option<PathBuf>,
         /// The mesh's trust domain, when no `--config` is given.
         #[arg(long, default_value = "weft.local", conflicts_with = "config")]
         trust_domain: String,
+        /// Nomad: explicit mode. No interception and no init task; the group gets a port
+        /// `weft` for the proxy's inbound listener, and the application calls its upstreams on
+        /// loopback.
+        #[arg(long)]
+        explicit: bool,
+        /// Nomad, explicit mode: an upstream `service=127.0.0.1:port` (repeatable), where the
+        /// application reaches that service.
+        #[arg(long = "upstream", requires = "explicit")]
+        upstreams: Vec<String>,
+        /// Nomad: mesh only the groups that have a service of this name (repeatable); the
+        /// proxy takes that service's identity.
+        #[arg(long = "service")]
+        services: Vec<String>,
+        /// Nomad: the proxy image; default that of this release.
+        #[arg(long)]
+        proxy_image: Option<String>,
     },
     /// Print the control plane's Kubernetes manifests for `kubectl apply -f -`: the Helm chart
     /// deploy-k8s/weft rendered from its own templates and values, without Helm. Each run
@@ -134,14 +159,24 @@ async fn main() -> anyhow::Result<()> {
         }),
         Command::Inject {
             file,
+            platform,
             trust_bundle,
             config,
             trust_domain,
+            explicit,
+            upstreams,
+            services,
+            proxy_image,
         } => inject::run(&inject::Args {
             file,
+            platform,
             config,
             trust_bundle,
             trust_domain,
+            explicit,
+            upstreams,
+            services,
+            proxy_image,
         }),
     }
 }

@@ -116,3 +116,125 @@ fn a_missing_or_empty_bundle_and_a_bad_manifest_fail_clearly() {
     assert!(err.contains("- document 1 (Deployment web)"), "{err}");
     assert!(err.contains("weft.dev/skip-inbound-ports"), "{err}");
 }
+
+#[test]
+fn kubernetes_still_needs_a_bundle_and_nomad_refuses_one() {
+    let (ok, out, err) = inject(&["-"], MANIFESTS);
+    assert!(!ok && out.is_empty());
+    assert!(
+        err.contains("--trust-bundle is required with --platform kubernetes"),
+        "{err}"
+    );
+    let (ok, _, err) = inject(&["-", "--explicit"], MANIFESTS);
+    assert!(!ok);
+    assert!(err.contains("are for --platform nomad"), "{err}");
+    let (ok, _, err) = inject(
+        &["--platform", "nomad", "-", "--trust-bundle", "b.pem"],
+        JOB,
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("--trust-bundle is not used with --platform nomad"),
+        "{err}"
+    );
+    // --upstream belongs to explicit mode.
+    let (ok, _, err) = inject(
+        &[
+            "--platform",
+            "nomad",
+            "-",
+            "--upstream",
+            "api=127.0.0.1:9001",
+        ],
+        JOB,
+    );
+    assert!(!ok);
+    assert!(err.contains("--explicit"), "{err}");
+}
+
+const JOB: &str = r#"# a comment that stays
+job "shop" {
+  group "cart" {
+    network {
+      mode = "bridge"
+      port "http" {
+        to = 8080
+      }
+    }
+
+    service {
+      name     = "cart"
+      provider = "nomad"
+      port     = "http"
+    }
+
+    task "cart" {
+      driver = "docker"
+
+      config {
+        image = "cart:1"
+      }
+    }
+  }
+}
+"#;
+
+#[test]
+fn a_nomad_job_from_stdin_comes_out_meshed_with_the_mesh_files_trust_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mesh.toml");
+    std::fs::write(
+        &config,
+        "[mesh]\nname = \"m\"\ntrust_domain = \"prod.example\"\n",
+    )
+    .unwrap();
+    let (ok, out, err) = inject(
+        &[
+            "--platform",
+            "nomad",
+            "--config",
+            config.to_str().unwrap(),
+            "--explicit",
+            "--upstream",
+            "api=127.0.0.1:9001",
+            "-",
+        ],
+        JOB,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        err,
+        "job \"shop\" group \"cart\": meshed (explicit) as spiffe://prod.example/ns/<namespace>/sa/cart\n"
+    );
+    assert!(
+        out.starts_with("# a comment that stays\njob \"shop\" {\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"--trust-domain\", \"prod.example\","),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"--upstream\", \"api=127.0.0.1:9001\","),
+        "{out}"
+    );
+    assert!(out.contains("      port \"weft\" { to = 7143 }"), "{out}");
+
+    // The output again is refused: the group has its proxy. Nothing goes to stdout.
+    let (ok, again, err) = inject(&["--platform", "nomad", "-"], &out);
+    assert!(!ok);
+    assert!(again.is_empty(), "{again}");
+    assert!(
+        err.contains("<stdin>:")
+            && err.contains("job \"shop\" group \"cart\": already has the weft-proxy task"),
+        "{err}"
+    );
+
+    // A file that does not parse is named with its line.
+    let (ok, _, err) = inject(
+        &["--platform", "nomad", "-"],
+        "job \"x\" {\n  group = = 1\n}\n",
+    );
+    assert!(!ok);
+    assert!(err.contains("<stdin>:2:"), "{err}");
+}

@@ -1,0 +1,424 @@
+"""The Nomad job specs of deploy-nomad/ and what `weft inject --platform nomad` prints, read by
+an HCL parser of its own (python-hcl2) and checked for the structure Nomad and the mesh need:
+the proxy a prestart sidecar with its workload identity for the audience weft, written to a
+file; the init task a prestart task that is no sidecar, with NET_ADMIN and NET_RAW; meshed
+groups on a bridge network; services with the weft tag from the nomad or consul provider; every
+port label a service, check or task names declared by the group's network; every template of a
+task writing a file of its own. The control plane's job is checked too: its services and
+checks, its templates and identity, and its mesh config file, which `weft check` must accept
+and on which the control plane must start with a root made by the command the job's comment
+gives.
+
+Usage: check_jobs.py PATH/TO/weft
+"""
+
+import pathlib
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import hcl2
+from hcl2.utils import SerializationOptions
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy-nomad"
+INPUTS = ROOT / "tests" / "nomad" / "jobs"
+PARSE = SerializationOptions(
+    with_comments=False, explicit_blocks=False, strip_string_quotes=True, preserve_heredocs=True
+)
+PROXY_UID = "2102"
+INBOUND_PORT = 7143
+
+failures = []
+passed = []
+
+
+def ok(what):
+    passed.append(what)
+    print(f"ok   {what}")
+
+
+def fail(what):
+    failures.append(what)
+    print(f"FAIL {what}")
+
+
+def parse(text, name):
+    try:
+        return hcl2.loads(text, serialization_options=PARSE)
+    except Exception as e:  # noqa: BLE001 - any parser error is a failure to report
+        fail(f"{name}: python-hcl2 cannot parse it: {e}")
+        return None
+
+
+def blocks(body, key):
+    """The unlabelled blocks `key` of a body."""
+    return body.get(key, [])
+
+
+def labelled(body, key):
+    """The blocks `key` of a body as (label, body) pairs."""
+    return [(label, inner) for b in body.get(key, []) for label, inner in b.items()]
+
+
+def one(body, key):
+    found = blocks(body, key)
+    return found[0] if len(found) == 1 else None
+
+
+def heredoc(value):
+    """The text of a string or heredoc value (`<<-EOT` strips the common indentation)."""
+    m = re.match(r"^<<(-?)([A-Za-z_]+)\n(.*)\n\s*\2$", value, re.S)
+    if not m:
+        return value
+    text = m.group(3) + "\n"
+    return textwrap.dedent(text) if m.group(1) else text
+
+
+def flag(args, name):
+    """The value after `name` in an argument list, or None."""
+    for i, a in enumerate(args[:-1]):
+        if a == name:
+            return args[i + 1]
+    return None
+
+
+def in_secrets(path):
+    """A task-relative path (`secrets/x`) and the same path as the task sees it."""
+    return path.replace("${NOMAD_SECRETS_DIR}/", "secrets/").replace("${NOMAD_TASK_DIR}/", "local/")
+
+
+def check_ports(where, group):
+    """Every port label a service, check or task names is declared by the group's network."""
+    networks = blocks(group, "network")
+    declared = {label for n in networks for label, _ in labelled(n, "port")}
+    named = []
+    for s in blocks(group, "service"):
+        if "port" in s:
+            named.append((f"service {s.get('name')}", s["port"]))
+        for c in blocks(s, "check"):
+            if "port" in c:
+                named.append((f"service {s.get('name')} check {c.get('name', c.get('type'))}", c["port"]))
+    for tname, task in labelled(group, "task"):
+        for config in blocks(task, "config"):
+            for p in config.get("ports", []):
+                named.append((f"task {tname} config.ports", p))
+    for who, port in named:
+        if isinstance(port, int) or str(port).isdigit():
+            continue
+        if port not in declared:
+            fail(f"{where}: {who} names port {port!r}, which the network does not declare ({sorted(declared)})")
+
+
+def check_templates(where, group):
+    for tname, task in labelled(group, "task"):
+        destinations = [t.get("destination") for t in blocks(task, "template")]
+        if len(destinations) != len(set(destinations)):
+            fail(f"{where}: task {tname} renders two templates to one file: {destinations}")
+        if any(d is None for d in destinations):
+            fail(f"{where}: task {tname} has a template without destination")
+
+
+def check_meshed_group(where, group):
+    tasks = dict(labelled(group, "task"))
+    services = blocks(group, "service")
+    network = one(group, "network")
+    if network is None or network.get("mode") != "bridge":
+        fail(f"{where}: a meshed group needs one network with mode bridge, not {blocks(group, 'network')}")
+        network = network or {}
+    for tname, task in tasks.items():
+        if blocks(task, "service"):
+            fail(f"{where}: task {tname} declares a service; a meshed group's services are the group's")
+    for s in services:
+        if s.get("provider", "consul") not in ("nomad", "consul"):
+            fail(f"{where}: service {s.get('name')} provider {s.get('provider')!r}")
+        if "weft" not in s.get("tags", []):
+            fail(f"{where}: service {s.get('name')} lacks the weft tag: {s.get('tags')}")
+        if blocks(s, "connect"):
+            fail(f"{where}: service {s.get('name')} also has a Consul connect block")
+
+    proxy = tasks.get("weft-proxy")
+    if proxy is None:
+        fail(f"{where}: a service is tagged weft but the group has no weft-proxy task")
+        return
+    lifecycle = one(proxy, "lifecycle") or {}
+    if lifecycle.get("hook") != "prestart" or lifecycle.get("sidecar") is not True:
+        fail(f"{where}: weft-proxy lifecycle {lifecycle}, not prestart with sidecar = true")
+    identities = blocks(proxy, "identity")
+    weft_ids = [i for i in identities if "weft" in i.get("aud", [])]
+    if len(weft_ids) != 1 or weft_ids[0].get("file") is not True or not weft_ids[0].get("name"):
+        fail(f"{where}: weft-proxy needs one named identity with aud weft and file = true: {identities}")
+        return
+    identity = weft_ids[0]
+    config = one(proxy, "config") or {}
+    args = config.get("args", [])
+    if config.get("entrypoint") != ["weft-proxy"] or not config.get("image"):
+        fail(f"{where}: weft-proxy config {config}")
+    if flag(args, "--platform") != "nomad":
+        fail(f"{where}: weft-proxy --platform {flag(args, '--platform')}")
+    token = flag(args, "--token-file")
+    if token != f"${{NOMAD_SECRETS_DIR}}/nomad_{identity['name']}.jwt":
+        fail(f"{where}: weft-proxy --token-file {token}, not the file of its identity {identity['name']}")
+    for f in ("--namespace", "--workload", "--trust-domain"):
+        if not flag(args, f):
+            fail(f"{where}: weft-proxy has no {f}")
+    # The proxy's one identity is each service's: its name, or the account its tag names.
+    accounts = {
+        next((t.split("=", 1)[1] for t in s.get("tags", []) if t.startswith("weft-account=")), s.get("name"))
+        for s in services
+    }
+    if accounts != {flag(args, "--workload")}:
+        fail(f"{where}: weft-proxy --workload {flag(args, '--workload')}, but the services' identities are {accounts}")
+    templates = {t.get("destination"): t for t in blocks(proxy, "template")}
+    bundle = flag(args, "--trust-bundle")
+    if bundle is None or in_secrets(bundle) not in templates:
+        fail(f"{where}: weft-proxy --trust-bundle {bundle} is not rendered by a template ({sorted(templates)})")
+    elif 'nomadVar "nomad/jobs"' not in heredoc(templates[in_secrets(bundle)].get("data", "")):
+        fail(f"{where}: the trust bundle does not come from the Nomad Variable nomad/jobs")
+    env_templates = [heredoc(t.get("data", "")) for t in templates.values() if t.get("env") is True]
+    if not any("WEFT_PROXY_CONTROL_ADDR=" in d and 'nomadService' in d and '"weft-control-grpc"' in d for d in env_templates):
+        fail(f"{where}: no env template gives WEFT_PROXY_CONTROL_ADDR from the service weft-control-grpc")
+    if str(proxy.get("user")) != PROXY_UID:
+        fail(f"{where}: weft-proxy runs as {proxy.get('user')}, not {PROXY_UID}")
+
+    init = tasks.get("weft-init")
+    ports = dict(labelled(network, "port"))
+    if init is not None:
+        lifecycle = one(init, "lifecycle") or {}
+        if lifecycle.get("hook") != "prestart" or lifecycle.get("sidecar", False) is not False:
+            fail(f"{where}: weft-init lifecycle {lifecycle}, not prestart without sidecar")
+        iconfig = one(init, "config") or {}
+        iargs = iconfig.get("args", [])
+        if iargs[:1] != ["init"] or flag(iargs, "--proxy-uid") != PROXY_UID:
+            fail(f"{where}: weft-init args {iargs}")
+        if not {"NET_ADMIN", "NET_RAW"} <= set(iconfig.get("cap_add", [])):
+            fail(f"{where}: weft-init cap_add {iconfig.get('cap_add')}")
+        if "--transparent" not in args:
+            fail(f"{where}: weft-init writes the rules but weft-proxy is not --transparent")
+        if "weft" in ports:
+            fail(f"{where}: a transparent group needs no weft port")
+    else:
+        if "--transparent" in args:
+            fail(f"{where}: weft-proxy is --transparent without weft-init")
+        with_port = [s for s in services if "port" in s]
+        if with_port:
+            if ports.get("weft", {}).get("to") != INBOUND_PORT:
+                fail(f"{where}: explicit mode needs port \"weft\" {{ to = {INBOUND_PORT} }}: {ports}")
+            if not flag(args, "--app-port"):
+                fail(f"{where}: explicit mode with a service port needs --app-port")
+            for s in with_port:
+                if "weft-inbound=${NOMAD_HOST_PORT_weft}" not in s.get("tags", []):
+                    fail(f"{where}: service {s.get('name')} lacks the weft-inbound tag: {s.get('tags')}")
+        for u in [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--upstream"]:
+            if not re.fullmatch(r"[a-z0-9.-]+(:\d+)?=127\.0\.0\.1:\d+", u):
+                fail(f"{where}: upstream {u}")
+
+
+def check_job(name, doc):
+    """Every group of every job; returns the number of meshed groups."""
+    meshed = 0
+    jobs = labelled(doc, "job")
+    if not jobs:
+        fail(f"{name}: no job")
+    for jname, job in jobs:
+        for gname, group in labelled(job, "group"):
+            where = f"{name} job {jname} group {gname}"
+            check_ports(where, group)
+            check_templates(where, group)
+            tagged = any("weft" in s.get("tags", []) for s in blocks(group, "service"))
+            tasks = dict(labelled(group, "task"))
+            if tagged or "weft-proxy" in tasks:
+                check_meshed_group(where, group)
+                meshed += 1
+    return meshed
+
+
+def weft(binary, *args, stdin=None):
+    return subprocess.run([binary, *args], input=stdin, capture_output=True, text=True)
+
+
+def check_control(binary, doc):
+    """The control plane's job: its services, checks, templates, identity and mesh file."""
+    name = "weft-control.nomad.hcl"
+    variables = dict(labelled(doc, "variable"))
+    count = variables.get("count", {})
+    if count.get("default") != 1 or "var.count <= 3" not in str(count.get("validation")):
+        fail(f"{name}: the count variable should default to 1 and allow at most 3: {count}")
+    (jname, job), = labelled(doc, "job")
+    if job.get("type") != "service":
+        fail(f"{name}: type {job.get('type')}")
+    (gname, group), = labelled(job, "group")
+    if group.get("count") != "${var.count}":
+        fail(f"{name}: the group's count is {group.get('count')}, not the variable")
+    services = {s.get("name"): s for s in blocks(group, "service")}
+    ports = dict(labelled(one(group, "network") or {}, "port"))
+    want = {"weft-control-grpc": ("grpc", 7443), "weft-control-http": ("http", 7080)}
+    for sname, (label, to) in want.items():
+        s = services.get(sname)
+        if s is None or s.get("provider") != "nomad" or s.get("port") != label:
+            fail(f"{name}: service {sname} on port {label} with provider nomad: {s}")
+        if ports.get(label, {}).get("to") != to:
+            fail(f"{name}: port {label} should map to {to}: {ports}")
+    http_checks = {
+        (c.get("path"), c.get("port", s.get("port")))
+        for s in services.values()
+        for c in blocks(s, "check")
+        if c.get("type") == "http"
+    }
+    for path in ("/ready", "/live"):
+        if (path, "http") not in http_checks:
+            fail(f"{name}: no HTTP check on {path} of the http port ({http_checks})")
+    (tname, task), = labelled(group, "task")
+    identity = one(task, "identity") or {}
+    if identity.get("file") is not True:
+        fail(f"{name}: the task's identity must be written to a file: {identity}")
+    config = one(task, "config") or {}
+    if config.get("image") != "${var.image}" or variables.get("image", {}).get("default") != "ghcr.io/weft-mesh/weft-control:0.1.0":
+        fail(f"{name}: image {config.get('image')}")
+    templates = {t.get("destination"): heredoc(t.get("data", "")) for t in blocks(task, "template")}
+    mesh = templates.get("local/mesh.toml")
+    args = config.get("args", [])
+    if mesh is None or flag(args, "--config") != "/local/mesh.toml":
+        fail(f"{name}: the mesh file is not rendered where --config reads it ({sorted(templates)}, {args})")
+        return
+    for dest, key in (("secrets/weft-root.pem", ".root_cert"), ("secrets/weft-root.key", ".root_key")):
+        data = templates.get(dest, "")
+        if 'nomadVar "nomad/jobs/weft-control"' not in data or key not in data:
+            fail(f"{name}: {dest} should come from nomad/jobs/weft-control {key}: {data!r}")
+        if f"/{dest}" not in mesh:
+            fail(f"{name}: the mesh file does not read /{dest}")
+    if 'token_file = "/secrets/nomad_token"' not in mesh:
+        fail(f"{name}: the Nomad adapter does not present the task's identity file")
+
+    # The mesh file as Nomad renders it, for this machine.
+    rendered = mesh.replace("${var.trust_domain}", variables["trust_domain"]["default"]).replace(
+        '{{ env "attr.unique.network.ip-address" }}', "127.0.0.1"
+    )
+    if "{{" in rendered or "${" in rendered:
+        fail(f"{name}: the mesh file has template parts this check does not render:\n{rendered}")
+        return
+    with tempfile.TemporaryDirectory() as d:
+        d = pathlib.Path(d)
+        (d / "mesh.toml").write_text(rendered)
+        r = weft(binary, "check", str(d / "mesh.toml"))
+        if r.returncode == 0:
+            ok(f"{name}: weft check accepts its mesh file")
+        elif "unknown platform `nomad`" in r.stderr:
+            print(f"skip {name}: this weft has no Nomad adapter to check [platforms.nomad] with")
+        else:
+            fail(f"{name}: weft check refused its mesh file: {r.stderr}")
+        start_control(binary, name, rendered, d)
+
+
+def start_control(binary, name, mesh, d):
+    """The control plane starts on the mesh file, its platform sections aside, with a root made
+    by the openssl command of the job's comment."""
+    if shutil.which("openssl") is None:
+        fail("openssl is needed to make a root as the job's comment says")
+        return
+    r = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-days", "3650", "-subj", "/CN=weft root", "-keyout", str(d / "root.key"), "-out", str(d / "root.pem")],
+        capture_output=True, text=True,
+    )
+    if r.returncode != 0:
+        fail(f"openssl could not make the root: {r.stderr}")
+        return
+    config = (
+        mesh.split("[platforms.")[0]
+        .replace("/secrets/weft-root.pem", str(d / "root.pem"))
+        .replace("/secrets/weft-root.key", str(d / "root.key"))
+        .replace("/local/weft", str(d / "data"))
+        .replace("0.0.0.0:7443", "127.0.0.1:0")
+        .replace("0.0.0.0:7080", "127.0.0.1:0")
+    )
+    (d / "start.toml").write_text(config)
+    control = str(pathlib.Path(binary).with_name("weft-control"))
+    p = subprocess.Popen([control, "--config", str(d / "start.toml")], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    log = ""
+    try:
+        while "control plane started" not in log and time.monotonic() < deadline:
+            ready, _, _ = select.select([p.stderr], [], [], 1)
+            if ready:
+                line = p.stderr.readline()
+                if not line:
+                    break
+                log += line
+    finally:
+        p.kill()
+        p.wait()
+    if "control plane started" in log:
+        ok(f"{name}: the control plane starts on its mesh file and a root made as its comment says")
+    else:
+        fail(f"{name}: the control plane did not start on its mesh file: {log}")
+
+
+def main():
+    binary = sys.argv[1]
+    files = sorted(DEPLOY.rglob("*.hcl"))
+    if not files:
+        fail(f"no .hcl file in {DEPLOY}")
+    for path in files:
+        rel = path.relative_to(ROOT)
+        text = path.read_text()
+        if not text.startswith("#"):
+            fail(f"{rel}: no usage comment at the top")
+        doc = parse(text, rel)
+        if doc is None:
+            continue
+        if path.name.endswith(".policy.hcl"):
+            caps = {c for _, ns in labelled(doc, "namespace") for c in ns.get("capabilities", [])}
+            if caps != {"read-job"}:
+                fail(f"{rel}: the ACL policy grants {caps}, not read-job alone")
+            else:
+                ok(f"{rel}: read-job alone")
+            continue
+        meshed = check_job(rel, doc)
+        if path.name == "weft-control.nomad.hcl":
+            if meshed:
+                fail(f"{rel}: the control plane is not meshed")
+            check_control(binary, doc)
+        elif meshed == 0:
+            fail(f"{rel}: no meshed group")
+        else:
+            ok(f"{rel}: {meshed} meshed group(s)")
+        # A meshed job is refused a second time, naming the group.
+        if meshed:
+            r = weft(binary, "inject", "--platform", "nomad", str(path))
+            if r.returncode == 0 or "already has the weft-proxy task" not in r.stderr:
+                fail(f"{rel}: weft inject did not refuse it a second time: {r.stderr}")
+
+    variations = {
+        "transparent": [],
+        "explicit": ["--explicit", "--upstream", "api=127.0.0.1:9001"],
+    }
+    for path in sorted(INPUTS.glob("*.hcl")):
+        rel = path.relative_to(ROOT)
+        for vname, extra in variations.items():
+            r = weft(binary, "inject", "--platform", "nomad", *extra, "-", stdin=path.read_text())
+            if r.returncode != 0:
+                fail(f"{rel} ({vname}): weft inject failed: {r.stderr}")
+                continue
+            doc = parse(r.stdout, f"{rel} ({vname})")
+            if doc is None:
+                continue
+            meshed = check_job(f"{rel} ({vname})", doc)
+            groups = sum(1 for _, j in labelled(doc, "job") for _ in labelled(j, "group"))
+            if meshed != groups:
+                fail(f"{rel} ({vname}): {meshed} of {groups} groups meshed")
+            else:
+                ok(f"{rel} ({vname}): {meshed} meshed group(s)")
+
+    print(f"nomad: {len(passed)} passed, {len(failures)} failed")
+    if failures:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
