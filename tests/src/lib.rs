@@ -816,3 +816,31 @@ pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
 pub fn weft_binary() -> PathBuf {
     workspace_binary("weft", "weft-cli")
 }
+
+/// A control plane as `weft-control --config` starts one: from a mesh file in `dir` with the
+/// trust domain `weft.test`, its CA in `dir/data`, its listeners on loopback, and `sections`
+/// (policy, platforms) after those. It runs the adapters the file enables; cancel the token
+/// (after `shutdown`) to stop following the file.
+pub async fn control_plane_from_file(
+    dir: &Path,
+    sections: &str,
+) -> (ControlPlane, CancellationToken) {
+    let config = dir.join("mesh.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mesh]\nname = \"test\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n\
+             [control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n{sections}",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let watcher =
+        ConfigWatcher::start(&config, &weft_control::platforms::loader(), stop.clone()).unwrap();
+    let platforms = weft_control::platforms::enabled(&watcher).await.unwrap();
+    let control = ControlPlane::start(watcher.subscribe(), platforms)
+        .await
+        .unwrap();
+    (control, stop)
+}

@@ -384,42 +384,15 @@ async fn a_control_plane_on_kubernetes_issues_account_identities_and_traffic_flo
     weft_tests::trace_init();
     let fake = FakeKube::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = fake.kubeconfig(dir.path());
-    let config = dir.path().join("mesh.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[mesh]
-name = "k8s"
-trust_domain = "weft.test"
-[ca]
-data_dir = "{data}"
-[control]
-grpc_addr = "127.0.0.1:0"
-http_addr = "127.0.0.1:0"
-[[policy.authorizations]]
-service = "api.shop"
-allow = ["shop/web"]
-[platforms.kubernetes]
-kubeconfig = "{kubeconfig}"
-"#,
-            data = dir.path().join("data").display(),
-            kubeconfig = kubeconfig.display(),
+    let (control, stop) = weft_tests::control_plane_from_file(
+        dir.path(),
+        &format!(
+            "[[policy.authorizations]]\nservice = \"api.shop\"\nallow = [\"shop/web\"]\n\
+             [platforms.kubernetes]\nkubeconfig = \"{}\"\n",
+            fake.kubeconfig(dir.path()).display()
         ),
     )
-    .unwrap();
-    let stop = CancellationToken::new();
-    let watcher = weft_core::config::ConfigWatcher::start(
-        &config,
-        &weft_control::platforms::loader(),
-        stop.clone(),
-    )
-    .unwrap();
-    let platforms = weft_control::platforms::enabled(&watcher).await.unwrap();
-    assert_eq!(platforms.len(), 1);
-    let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms)
-        .await
-        .unwrap();
+    .await;
 
     fake.apply(k8s::namespace("shop", Some("enabled")));
     let start_proxy = |pod: &str, account: &str, app: Option<u16>, upstreams: &[&str]| {

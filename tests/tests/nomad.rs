@@ -378,41 +378,15 @@ async fn a_control_plane_on_nomad_issues_workload_identities_and_traffic_flows()
     let key = TestKey::fixture(1);
     fake.set_keys(&[&key]);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("mesh.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[mesh]
-name = "nomad"
-trust_domain = "weft.test"
-[ca]
-data_dir = "{data}"
-[control]
-grpc_addr = "127.0.0.1:0"
-http_addr = "127.0.0.1:0"
-[[policy.authorizations]]
-service = "api.shop"
-allow = ["shop/web"]
-[platforms.nomad]
-address = "{address}"
-"#,
-            data = dir.path().join("data").display(),
-            address = fake.url(),
+    let (control, stop) = weft_tests::control_plane_from_file(
+        dir.path(),
+        &format!(
+            "[[policy.authorizations]]\nservice = \"api.shop\"\nallow = [\"shop/web\"]\n\
+             [platforms.nomad]\naddress = \"{}\"\n",
+            fake.url()
         ),
     )
-    .unwrap();
-    let stop = CancellationToken::new();
-    let watcher = weft_core::config::ConfigWatcher::start(
-        &config,
-        &weft_control::platforms::loader(),
-        stop.clone(),
-    )
-    .unwrap();
-    let platforms = weft_control::platforms::enabled(&watcher).await.unwrap();
-    assert_eq!(platforms.len(), 1);
-    let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms)
-        .await
-        .unwrap();
+    .await;
 
     // Each proxy beside a task of its own allocation, presenting that task's JWT.
     let proxy_config = |service: &str, claims: Claims, app: Option<u16>, upstreams: &[&str]| {

@@ -7,7 +7,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use tokio_util::sync::CancellationToken;
 use weft_core::ServiceName;
 use weft_tests::conformance::{self, addrs};
 use weft_tests::fake_kube::FakeKube;
@@ -26,21 +25,12 @@ async fn a_pod_and_a_nomad_task_share_one_mesh_and_one_policy() {
     let key = TestKey::fixture(1);
     nomad.set_keys(&[&key]);
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("mesh.toml");
     // web (a pod) may call api (a Nomad service); web admits only itself, so api may not
     // call web.
-    std::fs::write(
-        &config,
-        format!(
-            r#"[mesh]
-name = "one"
-trust_domain = "weft.test"
-[ca]
-data_dir = "{data}"
-[control]
-grpc_addr = "127.0.0.1:0"
-http_addr = "127.0.0.1:0"
-[[policy.authorizations]]
+    let (control, stop) = weft_tests::control_plane_from_file(
+        dir.path(),
+        &format!(
+            r#"[[policy.authorizations]]
 service = "api.shop"
 allow = ["shop/web"]
 [[policy.authorizations]]
@@ -51,25 +41,11 @@ kubeconfig = "{kubeconfig}"
 [platforms.nomad]
 address = "{nomad}"
 "#,
-            data = dir.path().join("data").display(),
             kubeconfig = kube.kubeconfig(dir.path()).display(),
             nomad = nomad.url(),
         ),
     )
-    .unwrap();
-    let stop = CancellationToken::new();
-    let watcher = weft_core::config::ConfigWatcher::start(
-        &config,
-        &weft_control::platforms::loader(),
-        stop.clone(),
-    )
-    .unwrap();
-    let platforms = weft_control::platforms::enabled(&watcher).await.unwrap();
-    let names: Vec<&str> = platforms.iter().map(|p| p.name()).collect();
-    assert_eq!(names, ["kubernetes", "nomad"]);
-    let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms)
-        .await
-        .unwrap();
+    .await;
     let bundle = std::fs::read_to_string(&control.trust_bundle_file).unwrap();
 
     // web: a pod of ServiceAccount web, its proxy presenting a projected token.
@@ -158,6 +134,9 @@ address = "{nomad}"
             && addrs(s, &svc("web")) == [SocketAddr::new(LOCAL, web_inbound)]
     })
     .await;
+    let snap = control.registry.snapshot();
+    assert!(snap.source("kubernetes").any(|s| s.name == svc("web")));
+    assert!(snap.source("nomad").any(|s| s.name == svc("api")));
 
     // The pod calls the Nomad service: allowed, and api sees web's Kubernetes identity.
     let c = weft_tests::http_client();
