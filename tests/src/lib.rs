@@ -320,8 +320,9 @@ impl TestMesh {
     }
 
     /// Declares `port` as the port of workload `name` (one declared without a port), and
-    /// waits until the control plane's registry has it there.
-    pub async fn set_port(&self, name: &str, port: u16) {
+    /// waits until the control plane's registry has it there. Returns whether the workload
+    /// serves a service there.
+    pub async fn set_port(&self, name: &str, port: u16) -> bool {
         let (declared, serves) = {
             let mut file = self.file.lock().unwrap();
             file.ports.insert(name.to_string(), port);
@@ -332,7 +333,7 @@ impl TestMesh {
             (w.is_some(), w.is_some_and(|w| w.service.is_some()))
         };
         if !declared {
-            return;
+            return false;
         }
         self.rewrite().await;
         // A workload that serves nothing is not in the registry: the reload is all there is.
@@ -355,6 +356,7 @@ impl TestMesh {
             .expect("the registry has the workload's new port")
             .unwrap();
         }
+        serves
     }
 
     /// The port workload `name` is declared with.
@@ -448,10 +450,26 @@ impl TestMesh {
     pub async fn start_proxy(&self, cfg: ProxyConfig) -> Proxy {
         let name = cfg.workload.clone();
         let proxy = Proxy::start(cfg).await.unwrap();
-        if let Some(inbound) = proxy.inbound_addr {
-            self.set_port(&name, inbound.port()).await;
-        }
+        let serves = match proxy.inbound_addr {
+            Some(inbound) => self.set_port(&name, inbound.port()).await,
+            None => false,
+        };
         wait_ready(&proxy).await;
+        // Ready means the proxy holds settings, not yet those that name its new port: until
+        // they do, that port has the default policy.
+        if let (true, Some(inbound)) = (serves, proxy.inbound_addr) {
+            let mut settings = proxy.shared().settings.clone();
+            tokio::time::timeout(
+                WAIT,
+                settings.wait_for(|s| {
+                    s.as_ref()
+                        .is_some_and(|s| s.servers.contains_key(&inbound.port()))
+                }),
+            )
+            .await
+            .expect("the proxy's settings name its inbound port")
+            .unwrap();
+        }
         proxy
     }
 }

@@ -71,11 +71,14 @@ async fn proxy() -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot start jemalloc's background purging");
     }
     let grace = config.drain_timeout;
-    let proxy = Proxy::start(config).await?;
+    // The handlers go in before the listeners open: a SIGTERM that comes as soon as the
+    // start-up line is logged must drain the proxy, not kill it.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let proxy = Proxy::start(config).await?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = interrupt.recv() => tracing::info!("interrupted"),
         _ = proxy.shutdown_requested() => tracing::info!("shutdown requested on the admin listener"),
     }
     proxy.drain(grace).await;
