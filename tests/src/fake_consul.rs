@@ -48,11 +48,11 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
-pub use crate::fake_nomad::RequestLog;
-use crate::fake_nomad::{
+use crate::fake_http::{
     Blocking, Body, Failure, Gauge, Handler, Query, Server, block, failure, json_response,
     percent_decode, query_meta, request_token, take_failure, text,
 };
+pub use crate::fake_nomad::RequestLog;
 use crate::jwt::random_uuid;
 
 /// The index of the empty catalog.

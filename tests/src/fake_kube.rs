@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -39,6 +41,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::fake_http::percent_decode;
 
 /// The bearer token every request must carry.
 const ADMIN_TOKEN: &str = "fake-admin-token";
@@ -1949,31 +1953,6 @@ fn parse_bool(name: &str, value: &str) -> Result<Option<bool>, ApiError> {
     }
 }
 
-/// Decodes a query component (`+` is a space); malformed escapes are kept as they are.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let hex = |j: usize| bytes.get(j).and_then(|c| (*c as char).to_digit(16));
-        match (b, hex(i + 1), hex(i + 2)) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b'+', _, _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn parse_labels(selector: &str) -> Result<Vec<LabelReq>, ApiError> {
     let mut reqs = Vec::new();
     if selector.trim().is_empty() {
@@ -2085,12 +2064,12 @@ fn parse_fields(res: &Resource, selector: &str) -> Result<Vec<FieldReq>, ApiErro
 /// `{"v":"meta.k8s.io/v1","rv":N,"start":"<key>\u0000"}`.
 fn encode_continue(rv: i64, start: &str) -> String {
     let doc = json!({ "v": "meta.k8s.io/v1", "rv": rv, "start": start });
-    base64_encode(doc.to_string().as_bytes())
+    URL_SAFE_NO_PAD.encode(doc.to_string())
 }
 
 fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
     let invalid = || ApiError::bad_request("continue key is not valid: incorrect encoding");
-    let bytes = base64_decode(token).ok_or_else(invalid)?;
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let doc: Value = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
     if doc["v"] != "meta.k8s.io/v1" {
         return Err(ApiError::bad_request(
@@ -2103,37 +2082,6 @@ fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
         .filter(|s| !s.is_empty())
         .ok_or_else(invalid)?;
     Ok((rv, start.to_owned()))
-}
-
-const BASE64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
-        let n = (byte(0) << 16) | (byte(1) << 8) | byte(2);
-        for i in 0..=chunk.len() {
-            let six = (n >> (18 - 6 * i)) & 63;
-            out.push(char::from(BASE64_URL[six as usize]));
-        }
-    }
-    out
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let six = BASE64_URL.iter().position(|&b| b == c)?;
-        acc = (acc << 6) | six as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 /// `t` as RFC 3339 in UTC, to the second, as `metav1.Time` is written.

@@ -11,6 +11,7 @@ pub mod backends;
 pub mod certs;
 pub mod conformance;
 pub mod fake_consul;
+mod fake_http;
 pub mod fake_kube;
 pub mod fake_nomad;
 pub mod jwt;
@@ -861,4 +862,86 @@ pub async fn control_plane_from_file(
         .await
         .unwrap();
     (control, stop)
+}
+
+/// A platform adapter feeding a registry of its own (source: the adapter's name), stopped
+/// when dropped.
+#[derive(Debug)]
+pub struct RunningPlatform<P> {
+    /// What the adapter writes.
+    pub registry: weft_core::Registry,
+    /// The adapter.
+    pub platform: Arc<P>,
+    /// Cancel to stop the adapter.
+    pub stop: CancellationToken,
+}
+
+impl<P: Platform> RunningPlatform<P> {
+    /// Runs `platform` until dropped.
+    pub fn start(platform: P) -> Self {
+        trace_init();
+        let platform = Arc::new(platform);
+        let registry = weft_core::Registry::new();
+        let stop = CancellationToken::new();
+        let (p, w, s) = (
+            platform.clone(),
+            registry.writer(platform.name()),
+            stop.clone(),
+        );
+        tokio::spawn(async move { p.run(w, s).await });
+        Self {
+            registry,
+            platform,
+            stop,
+        }
+    }
+
+    /// Waits until the registry satisfies `f`.
+    pub async fn until(&self, what: &str, f: impl Fn(&weft_core::RegistrySnapshot) -> bool) {
+        conformance::until(&self.registry, what, f).await
+    }
+}
+
+impl<P> Drop for RunningPlatform<P> {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A GET through `client`'s upstream `service` reaches `backend` behind `server`, and the
+/// server proxy counts it as one inbound request from `peer` (a SPIFFE ID): the call went
+/// over mutual TLS with the client's identity.
+pub async fn assert_mesh_call(
+    client: &Proxy,
+    service: &str,
+    server: &Proxy,
+    backend: &str,
+    peer: &str,
+) {
+    let c = http_client();
+    let (status, answered, _) = get_through(&c, upstream(client, service), "/").await;
+    assert_eq!((status.as_u16(), answered.as_str()), (200, backend));
+    let peer = format!("peer=\"{peer}\"");
+    let text = wait_metric(
+        server.admin_addr,
+        "weft_requests_total",
+        &["direction=\"inbound\"", &peer],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &text,
+            "weft_requests_total",
+            &["direction=\"inbound\"", &peer]
+        ),
+        1.0,
+        "{text}"
+    );
+}
+
+/// A GET through `client`'s upstream `service` is refused by the policy (403).
+pub async fn assert_mesh_refused(client: &Proxy, service: &str) {
+    let (status, _, _) = get_through(&http_client(), upstream(client, service), "/").await;
+    assert_eq!(status.as_u16(), 403, "{service} must refuse this caller");
 }

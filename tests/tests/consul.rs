@@ -6,55 +6,28 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use weft_core::platform::{AttestError, Credential, Platform};
-use weft_core::{Protocol, Registry, RegistrySnapshot, ServiceName, TrustDomain};
+use weft_core::{Protocol, ServiceName, TrustDomain};
 use weft_nomad::{ConsulPlatform, ConsulSettings};
 use weft_tests::WAIT;
-use weft_tests::conformance::{self, addrs};
+use weft_tests::conformance::addrs;
 use weft_tests::fake_consul::{CheckStatus, ConsulService, FakeConsul};
 
-struct Running {
-    registry: Registry,
-    platform: Arc<ConsulPlatform>,
-    stop: CancellationToken,
-}
+type Running = weft_tests::RunningPlatform<ConsulPlatform>;
 
-impl Running {
-    fn start(fake: &FakeConsul, settings: ConsulSettings) -> Self {
-        weft_tests::trace_init();
-        let settings = ConsulSettings {
-            address: Some(fake.url()),
-            ..settings
-        };
-        let platform = Arc::new(
-            ConsulPlatform::with_settings(settings, TrustDomain::new("weft.test").unwrap())
-                .unwrap()
-                .with_retry_floor(Duration::from_millis(50)),
-        );
-        let registry = Registry::new();
-        let stop = CancellationToken::new();
-        let (p, w, s) = (platform.clone(), registry.writer("consul"), stop.clone());
-        tokio::spawn(async move { p.run(w, s).await });
-        Self {
-            registry,
-            platform,
-            stop,
-        }
-    }
-
-    async fn until(&self, what: &str, f: impl Fn(&RegistrySnapshot) -> bool) {
-        conformance::until(&self.registry, what, f).await
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+/// Runs the adapter against `fake` into a fresh registry, retrying quickly.
+fn running(fake: &FakeConsul, settings: ConsulSettings) -> Running {
+    let settings = ConsulSettings {
+        address: Some(fake.url()),
+        ..settings
+    };
+    Running::start(
+        ConsulPlatform::with_settings(settings, TrustDomain::new("weft.test").unwrap())
+            .unwrap()
+            .with_retry_floor(Duration::from_millis(50)),
+    )
 }
 
 fn svc(name: &str) -> ServiceName {
@@ -84,7 +57,7 @@ async fn the_catalog_is_followed_through_changes_health_and_disruptions() {
         &["weft", "weft-protocol=grpc"],
     ));
     fake.register(instance("legacy", "legacy-1", 9500, &[]));
-    let run = Running::start(
+    let run = running(
         &fake,
         ConsulSettings {
             token: Some("c0nsul".into()),
@@ -197,7 +170,7 @@ async fn tags_name_the_proxy_port_the_account_and_bad_instances_are_left_out() {
     // Not an IP address, and not a mesh name: left out, the rest goes on.
     fake.register(ConsulService::new("vm-2", "db.example.com", "db", "", 5432).id("db-1"));
     fake.register(instance("Bad_Name", "bad-1", 9009, &[]));
-    let run = Running::start(&fake, ConsulSettings::default());
+    let run = running(&fake, ConsulSettings::default());
     let cart = svc("cart");
     let billing = svc("billing");
     run.until("cart and billing", |s| {
@@ -235,7 +208,7 @@ async fn max_services_bounds_what_is_followed() {
             &[],
         ));
     }
-    let run = Running::start(
+    let run = running(
         &fake,
         ConsulSettings {
             max_services: 3,

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use weft_core::platform::{AttestError, Credential, Platform};
-use weft_core::{Registry, RegistrySnapshot, ServiceName};
+use weft_core::{Registry, ServiceName};
 use weft_kubernetes::{KubernetesPlatform, KubernetesSettings};
 use weft_tests::conformance::{self, addrs};
 use weft_tests::fake_kube::FakeKube;
 use weft_tests::kube_objects::{self as k8s, Condition, SliceEndpoint, SvcPort, TokenFor};
-use weft_tests::{WAIT, admin_get, backends, metric};
+use weft_tests::{WAIT, admin_get, backends};
 
 const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
@@ -23,44 +23,13 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// Runs the adapter into a fresh registry.
-struct Running {
-    registry: Registry,
-    platform: Arc<KubernetesPlatform>,
-    stop: CancellationToken,
-    _dir: tempfile::TempDir,
-}
+type Running = weft_tests::RunningPlatform<KubernetesPlatform>;
 
-impl Running {
-    async fn start(fake: &FakeKube, settings: KubernetesSettings) -> Self {
-        weft_tests::trace_init();
-        let dir = tempfile::tempdir().unwrap();
-        let platform = Arc::new(weft_tests::kube_platform(fake, dir.path(), settings).await);
-        let registry = Registry::new();
-        let stop = CancellationToken::new();
-        let (p, w, s) = (
-            platform.clone(),
-            registry.writer("kubernetes"),
-            stop.clone(),
-        );
-        tokio::spawn(async move { p.run(w, s).await });
-        Self {
-            registry,
-            platform,
-            stop,
-            _dir: dir,
-        }
-    }
-
-    async fn until(&self, what: &str, f: impl Fn(&RegistrySnapshot) -> bool) {
-        conformance::until(&self.registry, what, f).await
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+/// Runs the adapter into a fresh registry. Its kubeconfig is read once, when the client is
+/// built.
+async fn running(fake: &FakeKube, settings: KubernetesSettings) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    Running::start(weft_tests::kube_platform(fake, dir.path(), settings).await)
 }
 
 fn svc(ns: &str, name: &str) -> ServiceName {
@@ -109,7 +78,7 @@ async fn paged_lists_and_cluster_ips() {
             ip(&format!("10.1.0.{}", 10 + i)),
         );
     }
-    let run = Running::start(&fake, KubernetesSettings::default()).await;
+    let run = running(&fake, KubernetesSettings::default()).await;
     run.until("five services, each with its endpoint", |s| {
         (0..5).all(|i| addrs(s, &svc("shop", &format!("s{i}"))).len() == 1)
     })
@@ -141,7 +110,7 @@ async fn paged_lists_and_cluster_ips() {
 async fn cut_and_ended_watches_and_restarts_resume_without_a_relist() {
     let fake = FakeKube::start().await;
     add_service(&fake, "shop", "api", Some(ip("10.96.0.10")), ip("10.1.0.1"));
-    let run = Running::start(&fake, KubernetesSettings::default()).await;
+    let run = running(&fake, KubernetesSettings::default()).await;
     let api = svc("shop", "api");
     run.until("api", |s| addrs(s, &api).len() == 1).await;
     // Every write from here on must keep api: a relist that showed it vanishing would fail.
@@ -224,7 +193,7 @@ async fn only_the_listed_namespaces_are_watched_and_attested() {
         namespaces: vec!["shop".into()],
         ..Default::default()
     };
-    let run = Running::start(&fake, settings).await;
+    let run = running(&fake, settings).await;
     run.until("shop's api", |s| addrs(s, &svc("shop", "api")).len() == 1)
         .await;
     // Everything listed by now; a watch per namespace, never cluster-wide.
@@ -446,32 +415,15 @@ async fn a_control_plane_on_kubernetes_issues_account_identities_and_traffic_flo
         addrs(s, &svc("shop", "api")).len() == 1
     })
     .await;
-    let c = weft_tests::http_client();
-    let (status, backend, _) =
-        weft_tests::get_through(&c, weft_tests::upstream(&web, "api"), "/").await;
-    assert_eq!((status.as_u16(), backend.as_str()), (200, "api"));
-    let (status, _, _) = weft_tests::get_through(&c, weft_tests::upstream(&db, "api"), "/").await;
-    assert_eq!(status.as_u16(), 403, "db may not call api");
-
-    let server = weft_tests::wait_metric(
-        api.admin_addr,
-        "weft_requests_total",
-        &["direction=\"inbound\""],
-        1.0,
+    weft_tests::assert_mesh_call(
+        &web,
+        "api",
+        &api,
+        "api",
+        "spiffe://weft.test/ns/shop/sa/web",
     )
     .await;
-    assert_eq!(
-        metric(
-            &server,
-            "weft_requests_total",
-            &[
-                "direction=\"inbound\"",
-                "peer=\"spiffe://weft.test/ns/shop/sa/web\""
-            ]
-        ),
-        1.0,
-        "{server}"
-    );
+    weft_tests::assert_mesh_refused(&db, "api").await;
 
     // A proxy whose token is for another audience gets no certificate, and the refusal is
     // counted by reason.

@@ -5,58 +5,30 @@
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
 use weft_core::platform::{AttestError, Credential, Platform};
-use weft_core::{Registry, RegistrySnapshot, ServiceName, TrustDomain};
+use weft_core::{ServiceName, TrustDomain};
 use weft_nomad::{NomadPlatform, NomadSettings};
 use weft_tests::conformance::{self, addrs};
 use weft_tests::fake_nomad::{FakeNomad, ServiceRegistration};
 use weft_tests::jwt::{self, Claims, TestKey};
-use weft_tests::{WAIT, admin_get, backends, metric};
+use weft_tests::{WAIT, admin_get, backends};
 
-/// Runs the adapter into a fresh registry.
-struct Running {
-    registry: Registry,
-    platform: Arc<NomadPlatform>,
-    stop: CancellationToken,
-}
+type Running = weft_tests::RunningPlatform<NomadPlatform>;
 
-impl Running {
-    fn start(fake: &FakeNomad, settings: NomadSettings) -> Self {
-        weft_tests::trace_init();
-        let settings = NomadSettings {
-            address: Some(fake.url()),
-            ..settings
-        };
-        let platform = Arc::new(
-            NomadPlatform::with_settings(settings, TrustDomain::new("weft.test").unwrap())
-                .unwrap()
-                .with_retry_floor(Duration::from_millis(50))
-                .with_key_refetch(Duration::from_millis(300)),
-        );
-        let registry = Registry::new();
-        let stop = CancellationToken::new();
-        let (p, w, s) = (platform.clone(), registry.writer("nomad"), stop.clone());
-        tokio::spawn(async move { p.run(w, s).await });
-        Self {
-            registry,
-            platform,
-            stop,
-        }
-    }
-
-    async fn until(&self, what: &str, f: impl Fn(&RegistrySnapshot) -> bool) {
-        conformance::until(&self.registry, what, f).await
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+/// Runs the adapter against `fake` into a fresh registry, retrying quickly.
+fn running(fake: &FakeNomad, settings: NomadSettings) -> Running {
+    let settings = NomadSettings {
+        address: Some(fake.url()),
+        ..settings
+    };
+    Running::start(
+        NomadPlatform::with_settings(settings, TrustDomain::new("weft.test").unwrap())
+            .unwrap()
+            .with_retry_floor(Duration::from_millis(50))
+            .with_key_refetch(Duration::from_millis(300)),
+    )
 }
 
 fn svc(ns: &str, name: &str) -> ServiceName {
@@ -101,7 +73,7 @@ async fn attestation_checks_signature_time_audience_and_the_claimed_account() {
             .job("plain")
             .alloc("alloc-plain"),
     );
-    let run = Running::start(&fake, NomadSettings::default());
+    let run = running(&fake, NomadSettings::default());
     let p = &run.platform;
     let task = || Claims::task("shop", "shop-api", "alloc-api", "weft-proxy");
     let good = task().mint(&key);
@@ -233,7 +205,7 @@ async fn attestation_checks_signature_time_audience_and_the_claimed_account() {
     p.attest(&credential(good, "shop/api")).await.unwrap();
 
     // Only the listed namespaces are attested.
-    let narrow = Running::start(
+    let narrow = running(
         &fake,
         NomadSettings {
             namespaces: vec!["default".into()],
@@ -260,7 +232,7 @@ async fn the_key_set_is_cached_and_refetched_at_most_so_often() {
             .alloc("a1")
             .tags(&["weft"]),
     );
-    let run = Running::start(&fake, NomadSettings::default());
+    let run = running(&fake, NomadSettings::default());
     let p = &run.platform;
     let claims = || Claims::task("default", "api", "a1", "weft-proxy");
     p.attest(&credential(claims().mint(&k1), "default/api"))
@@ -314,7 +286,7 @@ async fn restarts_cut_streams_and_an_index_going_backwards_are_survived() {
             .tags(&["weft"])
     };
     fake.register(reg("api", 9001));
-    let run = Running::start(
+    let run = running(
         &fake,
         NomadSettings {
             token: Some("s3cr3t".into()),
@@ -450,31 +422,15 @@ async fn a_control_plane_on_nomad_issues_workload_identities_and_traffic_flows()
     })
     .await;
 
-    let c = weft_tests::http_client();
-    let (status, backend, _) =
-        weft_tests::get_through(&c, weft_tests::upstream(&web, "api"), "/").await;
-    assert_eq!((status.as_u16(), backend.as_str()), (200, "api"));
-    let (status, _, _) = weft_tests::get_through(&c, weft_tests::upstream(&db, "api"), "/").await;
-    assert_eq!(status.as_u16(), 403, "db may not call api");
-    let server = weft_tests::wait_metric(
-        api.admin_addr,
-        "weft_requests_total",
-        &["direction=\"inbound\""],
-        1.0,
+    weft_tests::assert_mesh_call(
+        &web,
+        "api",
+        &api,
+        "api",
+        "spiffe://weft.test/ns/shop/sa/web",
     )
     .await;
-    assert_eq!(
-        metric(
-            &server,
-            "weft_requests_total",
-            &[
-                "direction=\"inbound\"",
-                "peer=\"spiffe://weft.test/ns/shop/sa/web\""
-            ]
-        ),
-        1.0,
-        "{server}"
-    );
+    weft_tests::assert_mesh_refused(&db, "api").await;
 
     // A proxy whose JWT is for another audience gets no certificate; the refusal is counted.
     let stray = weft_proxy::Proxy::start(proxy_config(

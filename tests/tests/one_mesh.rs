@@ -8,12 +8,12 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use weft_core::ServiceName;
+use weft_tests::backends;
 use weft_tests::conformance::{self, addrs};
 use weft_tests::fake_kube::FakeKube;
 use weft_tests::fake_nomad::{FakeNomad, ServiceRegistration};
 use weft_tests::jwt::{Claims, TestKey};
 use weft_tests::kube_objects::{self as k8s, Condition, SliceEndpoint, SvcPort, TokenFor};
-use weft_tests::{backends, metric};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -139,32 +139,16 @@ address = "{nomad}"
     assert!(snap.source("nomad").any(|s| s.name == svc("api")));
 
     // The pod calls the Nomad service: allowed, and api sees web's Kubernetes identity.
-    let c = weft_tests::http_client();
-    let (status, backend, _) =
-        weft_tests::get_through(&c, weft_tests::upstream(&web, "api"), "/").await;
-    assert_eq!((status.as_u16(), backend.as_str()), (200, "api"));
-    let seen = weft_tests::wait_metric(
-        api.admin_addr,
-        "weft_requests_total",
-        &["direction=\"inbound\""],
-        1.0,
+    weft_tests::assert_mesh_call(
+        &web,
+        "api",
+        &api,
+        "api",
+        "spiffe://weft.test/ns/shop/sa/web",
     )
     .await;
-    assert_eq!(
-        metric(
-            &seen,
-            "weft_requests_total",
-            &[
-                "direction=\"inbound\"",
-                "peer=\"spiffe://weft.test/ns/shop/sa/web\""
-            ]
-        ),
-        1.0,
-        "{seen}"
-    );
     // The Nomad task calls the pod: the same file's rule refuses it.
-    let (status, _, _) = weft_tests::get_through(&c, weft_tests::upstream(&api, "web"), "/").await;
-    assert_eq!(status.as_u16(), 403, "api may not call web");
+    weft_tests::assert_mesh_refused(&api, "web").await;
     control.shutdown().await;
     stop.cancel();
 }

@@ -62,6 +62,22 @@ impl AttestError {
     }
 }
 
+/// An error and its causes on one line, outermost first, each cause said once: transport
+/// errors (tonic's, reqwest's, kube's) say little without their sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// At most `max` characters of `s`: how much of a peer- or server-supplied string may go into
 /// a log line or an error.
 pub fn clip(s: &str, max: usize) -> &str {

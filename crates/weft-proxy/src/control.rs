@@ -11,6 +11,7 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::ProxyConfig;
+use weft_core::platform::error_chain;
 
 /// How long to wait for the control plane to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -19,7 +20,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The connection or TLS handshake failed.
-    #[error("connecting to the control plane at {addr}: {}", chain(source))]
+    #[error("connecting to the control plane at {addr}: {}", error_chain(source))]
     Connect {
         /// The address.
         addr: crate::config::ControlAddr,
@@ -41,22 +42,6 @@ pub enum ControlError {
     /// Something else.
     #[error("{0}")]
     Other(String),
-}
-
-/// An error with its causes, outermost first: tonic's transport error alone says only
-/// "transport error".
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = c.source();
-    }
-    out
 }
 
 /// Opens a gRPC channel to the control plane with `tls`, connecting now.

@@ -28,6 +28,7 @@ use x509_parser::prelude::FromDer as _;
 
 use crate::inject::{self, Skip};
 use crate::{INJECT_ANNOTATION, PROXY_CONTAINER};
+use weft_core::platform::error_chain;
 
 /// The API server answers and its version.
 pub const API: &str = "kubernetes-api";
@@ -293,21 +294,6 @@ impl From<kube::Error> for ApiError {
             other => ApiError::Transport(error_chain(&other)),
         }
     }
-}
-
-/// An error and its sources on one line, each cause said once.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// A client for [`check_cluster`]: the configuration found as [`crate::client_config`] finds

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
+use weft_core::platform::error_chain;
 
 use crate::config::{Connection, TokenSource};
 
@@ -176,10 +177,17 @@ impl Api {
         }
     }
 
-    /// Sends a GET; `wait` is the blocking time the server may take on top of a plain
-    /// request's.
-    async fn send(&self, url: &url::Url, wait: Duration) -> Result<reqwest::Response, ApiError> {
-        let mut req = self.http.get(url.clone()).timeout(REQUEST_TIMEOUT + wait);
+    /// Sends a GET, bounded by `timeout` (a stream has none), and turns an error status into
+    /// an error that carries the start of the answer.
+    async fn send(
+        &self,
+        url: &url::Url,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, ApiError> {
+        let mut req = self.http.get(url.clone());
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         if let Some(token) = self.token()? {
             req = req.header(self.flavor.token_header(), token);
         }
@@ -231,7 +239,8 @@ impl Api {
         url: url::Url,
         wait: Duration,
     ) -> Result<(T, u64), ApiError> {
-        let rsp = self.send(&url, wait).await?;
+        // `wait` is the blocking time the server may take on top of a plain request's.
+        let rsp = self.send(&url, Some(REQUEST_TIMEOUT + wait)).await?;
         let index = rsp
             .headers()
             .get(self.flavor.index_header())
@@ -254,23 +263,7 @@ impl Api {
     /// Opens a stream of newline-delimited JSON (Nomad's event stream).
     pub async fn stream(&self, path: &str, query: &[(&str, &str)]) -> Result<Lines, ApiError> {
         let url = self.url(path, query);
-        let mut req = self.http.get(url.clone());
-        if let Some(token) = self.token()? {
-            req = req.header(self.flavor.token_header(), token);
-        }
-        let rsp = req.send().await.map_err(|e| ApiError::Transport {
-            url: redact(&url),
-            reason: error_chain(&e),
-        })?;
-        if !rsp.status().is_success() {
-            let status = rsp.status().as_u16();
-            let body = read_limited(rsp, 512).await.unwrap_or_default();
-            return Err(ApiError::Status {
-                url: redact(&url),
-                status,
-                body: String::from_utf8_lossy(&body).trim().to_string(),
-            });
-        }
+        let rsp = self.send(&url, None).await?;
         Ok(Lines {
             rsp,
             buf: BytesMut::new(),
@@ -335,25 +328,11 @@ async fn read_limited(mut rsp: reqwest::Response, max: usize) -> Result<Vec<u8>,
     Ok(body)
 }
 
-/// A URL for errors and logs: without its query's token, should one ever be there.
+/// A URL for errors and logs: without a password, should the configured address carry one.
 fn redact(url: &url::Url) -> String {
     let mut u = url.clone();
     u.set_password(None).ok();
     u.to_string()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
