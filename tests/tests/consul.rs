@@ -225,6 +225,6 @@ async fn max_services_bounds_what_is_followed() {
         .map(|s| s.name.name.clone())
         .collect();
     assert_eq!(names, ["consul", "svc-0", "svc-1"]);
-    // At most one blocking query per followed service, plus the catalog's.
+    // The catalog's blocking query and those of the three followed services are parked.
     fake.blocked(4).await;
 }
