@@ -164,16 +164,20 @@ def check_meshed_group(where, group):
     token = flag(args, "--token-file")
     if token != f"${{NOMAD_SECRETS_DIR}}/nomad_{identity['name']}.jwt":
         fail(f"{where}: weft-proxy --token-file {token}, not the file of its identity {identity['name']}")
-    for f in ("--namespace", "--workload", "--trust-domain"):
+    for f in ("--namespace", "--workload", "--account", "--trust-domain"):
         if not flag(args, f):
             fail(f"{where}: weft-proxy has no {f}")
+    # The workload is the allocation, as the control plane's registry keys it: the proxy's
+    # inbound policy is found under it.
+    if flag(args, "--workload") != "${NOMAD_ALLOC_ID}":
+        fail(f"{where}: weft-proxy --workload {flag(args, '--workload')}, not the allocation (${{NOMAD_ALLOC_ID}})")
     # The proxy's one identity is each service's: its name, or the account its tag names.
     accounts = {
         next((t.split("=", 1)[1] for t in s.get("tags", []) if t.startswith("weft-account=")), s.get("name"))
         for s in services
     }
-    if accounts != {flag(args, "--workload")}:
-        fail(f"{where}: weft-proxy --workload {flag(args, '--workload')}, but the services' identities are {accounts}")
+    if accounts != {flag(args, "--account")}:
+        fail(f"{where}: weft-proxy --account {flag(args, '--account')}, but the services' identities are {accounts}")
     templates = {t.get("destination"): t for t in blocks(proxy, "template")}
     bundle = flag(args, "--trust-bundle")
     if bundle is None or in_secrets(bundle) not in templates:

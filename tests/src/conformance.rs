@@ -1,6 +1,8 @@
 //! The platform-adapter conformance suite: the same scenarios run against every adapter
-//! (local now; Kubernetes and Nomad against their fake API servers next). A harness drives
-//! the platform's source of truth; the scenarios watch the registry the adapter feeds.
+//! (local, and Kubernetes and Nomad against their fake API servers). A harness drives the
+//! platform's source of truth. [`run_all`] watches the registry the adapter feeds;
+//! [`run_policy`] runs a control plane on the adapter and a proxy beside one of its workloads,
+//! and calls that proxy directly, as a hostile workload would.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -89,6 +91,16 @@ pub trait PlatformHarness: Send {
     /// registrations carry no service port: every such service has one fixed port).
     fn service_port(&self, declared: u16) -> u16 {
         declared
+    }
+    /// The name under which the platform's registry keys workload `name` (a Nomad allocation
+    /// has an ID of its own, which the harness derives from the name).
+    fn workload_key(&self, name: &str) -> String {
+        name.to_string()
+    }
+    /// Whether the platform reports workloads that run but are not ready (Kubernetes
+    /// endpoints failing readiness; a Nomad registration has no readiness).
+    fn reports_not_ready(&self) -> bool {
+        true
     }
 }
 
@@ -224,7 +236,10 @@ pub async fn run_all<H: PlatformHarness>(mut h: H, mut second: H) {
     };
     let shared_ep = ep(10004);
     assert_eq!(shared_ep.identity.as_ref().unwrap().name(), "api-sa");
-    assert_eq!(shared_ep.workload.as_ref().unwrap().name, "api-7f9c");
+    assert_eq!(
+        shared_ep.workload.as_ref().unwrap().name,
+        h.workload_key("api-7f9c")
+    );
     assert!(shared_ep.meshed);
     assert!(!ep(10005).meshed, "the unmeshed endpoint");
     assert!(ep(10005).tls_identity().is_none());
@@ -242,7 +257,7 @@ pub async fn run_all<H: PlatformHarness>(mut h: H, mut second: H) {
         source: Arc::from(platform.name()),
         key: WorkloadKey {
             namespace: ns.clone(),
-            name: "multi".into(),
+            name: h.workload_key("multi"),
         },
     };
     let served: Vec<_> = snap
@@ -326,4 +341,161 @@ pub async fn run_all<H: PlatformHarness>(mut h: H, mut second: H) {
     stop.cancel();
     task.await.unwrap().unwrap();
     task2.await.unwrap().unwrap();
+}
+
+/// The mesh file of [`run_policy`]'s control plane: the mesh default admits any mesh
+/// identity, and `api` admits only the identities of `allowed` (accounts of `ns`).
+fn policy_config(
+    dir: &std::path::Path,
+    ns: &str,
+    allowed: &[&str],
+) -> weft_core::config::MeshConfig {
+    let allow: Vec<String> = allowed.iter().map(|a| format!("\"{ns}/{a}\"")).collect();
+    let text = format!(
+        "[mesh]\nname = \"policy\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n\
+         [control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n\
+         [policy]\ndefault_inbound = \"allow\"\n\
+         [[policy.authorizations]]\nservice = \"api.{ns}\"\nallow = [{}]\n",
+        dir.join("data").display(),
+        allow.join(", ")
+    );
+    weft_core::config::Loader::new()
+        .load_str(&text, &dir.join("mesh.toml"))
+        .unwrap()
+}
+
+/// The callee enforces authorization, on every platform: a control plane runs the adapter,
+/// a proxy runs beside workload `api-1` (service `api`, which a rule opens to `web` only), and
+/// clients holding mesh certificates call that proxy directly, without a proxy of their own.
+/// A certificate the rule names is served; one it does not name is closed at connection time,
+/// while the workload is ready, while it is not ready (its endpoints out of rotation), and
+/// once the platform no longer knows it at all (then every port denies every client).
+pub async fn run_policy<H: PlatformHarness>(mut h: H) {
+    crate::trace_init();
+    let ns = h.namespace().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (config_tx, config_rx) =
+        tokio::sync::watch::channel(Arc::new(policy_config(dir.path(), &ns, &["web"])));
+    let data_dir = config_rx.borrow().data_dir();
+    let control = weft_control::ControlPlane::start(config_rx, vec![h.platform()])
+        .await
+        .unwrap();
+    let app = crate::backends::http_echo("api").await;
+    let placeholder = |port: u16| -> SocketAddr { ([127, 0, 0, 1], port).into() };
+    let web = WorkloadSpec::new("web", "web", placeholder(10021));
+
+    // The workload is declared first, so that its credential exists (the local platform
+    // writes it then), at a placeholder address until its proxy has bound its inbound port.
+    let mut api = WorkloadSpec::new("api-1", "api", placeholder(10020));
+    h.set(&[api.clone(), web.clone()]).await;
+    let api_name = ServiceName::new(&ns, "api").unwrap();
+    until(&control.registry, "api-1 declared", |s| {
+        addrs(s, &api_name) == [placeholder(10020)]
+    })
+    .await;
+    let credential = h.credential("api-1");
+    let token_file = dir.path().join("api-1.token");
+    std::fs::write(&token_file, &credential.token).unwrap();
+    let (_, workload) = credential
+        .workload
+        .as_deref()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    let proxy = weft_proxy::Proxy::start(weft_proxy::ProxyConfig {
+        trust_bundle: Some(control.trust_bundle_file.clone()),
+        namespace: ns.clone(),
+        platform: credential.platform.clone(),
+        account: credential.account.clone(),
+        token_file,
+        ..crate::loopback_proxy_config(control.grpc_addr, workload, Some(app.port()), &[])
+    })
+    .await
+    .unwrap();
+    let inbound = proxy.inbound_addr.unwrap();
+    api.servers[0].address = inbound;
+    h.set(&[api.clone(), web.clone()]).await;
+    crate::wait_ready(&proxy).await;
+    let mut settings = proxy.shared().settings.clone();
+    let mut wait_settings =
+        async |what: &str, f: &dyn Fn(&weft_proxy::discovery::ProxySettings) -> bool| {
+            tokio::time::timeout(
+                WAIT,
+                settings.wait_for(|s| s.as_ref().is_some_and(|s| f(s))),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("the proxy's settings never showed: {what}"))
+            .unwrap();
+        };
+    let port = inbound.port();
+    wait_settings("the rule on the inbound port", &|s| {
+        s.servers.contains_key(&port)
+    })
+    .await;
+
+    let id = |account: &str| format!("spiffe://weft.test/ns/{ns}/sa/{account}");
+    let call = async |account: &str| {
+        crate::direct::h2_request(
+            inbound,
+            Some(crate::direct::mesh_leaf(&data_dir, &id(account))),
+        )
+        .await
+    };
+    assert_eq!(
+        call("web").await,
+        Ok(http::StatusCode::OK),
+        "the named caller"
+    );
+    crate::direct::assert_closed("a caller the rule does not name", call("intruder").await);
+
+    // Not ready: the workload's endpoint leaves rotation, its proxy keeps the rule.
+    if h.reports_not_ready() {
+        api.state = EndpointState::NotReady;
+        h.set(&[api.clone(), web.clone()]).await;
+        until(&control.registry, "api-1 not ready", |s| {
+            s.service(&api_name).is_some_and(|svc| {
+                svc.ports[0]
+                    .endpoints
+                    .iter()
+                    .any(|e| e.address == inbound && e.state == EndpointState::NotReady)
+            })
+        })
+        .await;
+        // A rule edit made after that reaches the proxy computed from the registry as it is
+        // now: the port must still carry the service's rule, edited.
+        config_tx.send_replace(Arc::new(policy_config(dir.path(), &ns, &["web", "web-2"])));
+        let web2 = weft_core::Identity::parse_spiffe(&id("web-2")).unwrap();
+        wait_settings("the edited rule on the not-ready workload's port", &|s| {
+            s.servers
+                .get(&port)
+                .is_some_and(|p| p.policy.authorize(&web2) == weft_core::policy::Decision::Allow)
+        })
+        .await;
+        assert_eq!(
+            call("web").await,
+            Ok(http::StatusCode::OK),
+            "not ready, named"
+        );
+        crate::direct::assert_closed(
+            "not ready, a caller the rule does not name",
+            call("intruder").await,
+        );
+    }
+
+    // Gone from the platform: nothing is known of the workload's servers, so every port
+    // denies every client, rather than falling back to the mesh default.
+    h.set(std::slice::from_ref(&web)).await;
+    until(&control.registry, "api-1 gone", |s| {
+        addrs(s, &api_name).is_empty()
+    })
+    .await;
+    wait_settings("no server left", &|s| s.servers.is_empty()).await;
+    crate::direct::assert_closed("an unknown workload, the named caller", call("web").await);
+    crate::direct::assert_closed(
+        "an unknown workload, another caller",
+        call("intruder").await,
+    );
+
+    drop(proxy);
+    control.shutdown().await;
 }

@@ -10,6 +10,7 @@
 pub mod backends;
 pub mod certs;
 pub mod conformance;
+pub mod direct;
 pub mod fake_consul;
 mod fake_http;
 pub mod fake_kube;

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use weft_core::EndpointState;
 use weft_core::platform::{Credential, Platform};
 use weft_kubernetes::{KubernetesPlatform, KubernetesSettings};
-use weft_tests::conformance::{PlatformHarness, WorkloadSpec, run_all};
+use weft_tests::conformance::{PlatformHarness, WorkloadSpec, run_all, run_policy};
 use weft_tests::fake_kube::FakeKube;
 use weft_tests::kube_objects::{self as k8s, Condition, SliceEndpoint, SvcPort, TokenFor};
 
@@ -76,6 +76,7 @@ impl KubeHarness {
                 EndpointState::Ready => Condition::Ready,
                 EndpointState::Serving => Condition::ServingTerminating,
                 EndpointState::Terminating => Condition::Terminating,
+                EndpointState::NotReady => Condition::NotReady,
             };
             for (service, ports) in by_service {
                 let name = format!("{service}-{}", w.name);
@@ -180,6 +181,7 @@ impl PlatformHarness for KubeHarness {
             platform: "kubernetes".into(),
             token,
             workload: Some(format!("{NS}/{name}")),
+            account: Some(account.into()),
         }
     }
 
@@ -192,6 +194,7 @@ impl PlatformHarness for KubeHarness {
             platform: "kubernetes".into(),
             token,
             workload: Some(format!("{NS}/{name}")),
+            account: Some(name.into()),
         }
     }
 }
@@ -200,4 +203,9 @@ impl PlatformHarness for KubeHarness {
 async fn kubernetes_adapter_conforms() {
     weft_tests::trace_init();
     run_all(KubeHarness::start().await, KubeHarness::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_workloads_proxy_enforces_its_rules_when_called_directly() {
+    run_policy(KubeHarness::start().await).await;
 }

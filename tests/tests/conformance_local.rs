@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use weft_core::config::ConfigWatcher;
 use weft_core::platform::{Credential, Platform};
-use weft_tests::conformance::{PlatformHarness, WorkloadSpec, run_all};
+use weft_tests::conformance::{PlatformHarness, WorkloadSpec, run_all, run_policy};
 
 struct LocalHarness {
     dir: tempfile::TempDir,
@@ -48,6 +48,7 @@ impl LocalHarness {
                 weft_core::EndpointState::Ready => "ready",
                 weft_core::EndpointState::Serving => "serving",
                 weft_core::EndpointState::Terminating => "terminating",
+                weft_core::EndpointState::NotReady => "not-ready",
             };
             write!(
                 s,
@@ -122,6 +123,7 @@ impl PlatformHarness for LocalHarness {
             ))
             .unwrap_or_default(),
             workload: Some(format!("conf/{name}")),
+            account: Some(name.into()),
         }
     }
     fn bad_credential(&self, name: &str) -> Credential {
@@ -129,6 +131,7 @@ impl PlatformHarness for LocalHarness {
             platform: "local".into(),
             token: "0".repeat(64),
             workload: Some(format!("conf/{name}")),
+            account: Some(name.into()),
         }
     }
 }
@@ -137,4 +140,9 @@ impl PlatformHarness for LocalHarness {
 async fn local_platform_conformance() {
     weft_tests::trace_init();
     run_all(LocalHarness::start(), LocalHarness::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_workloads_proxy_enforces_its_rules_when_called_directly() {
+    run_policy(LocalHarness::start()).await;
 }

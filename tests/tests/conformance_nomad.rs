@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use weft_core::TrustDomain;
 use weft_core::platform::{Credential, Platform};
 use weft_nomad::{NomadPlatform, NomadSettings};
-use weft_tests::conformance::{PlatformHarness, WorkloadSpec, run_all};
+use weft_tests::conformance::{PlatformHarness, WorkloadSpec, run_all, run_policy};
 use weft_tests::fake_nomad::{FakeNomad, ServiceRegistration};
 use weft_tests::jwt::{Claims, TestKey};
 
@@ -28,9 +28,15 @@ struct NomadHarness {
     registered: BTreeMap<String, ServiceRegistration>,
 }
 
+/// The allocation that runs workload `name`: an ID of its own, as Nomad's are, so that a
+/// proxy naming its workload by anything but its allocation finds no rules.
+fn alloc_of(name: &str) -> String {
+    format!("alloc-{name}")
+}
+
 /// The registrations that make Nomad report `workloads`: one per service a workload serves,
-/// by an allocation named after the workload, tagged `weft` and with the workload's account
-/// when it is meshed.
+/// by the workload's allocation, tagged `weft` and with the workload's account when it is
+/// meshed.
 fn registrations(workloads: &[WorkloadSpec]) -> BTreeMap<String, ServiceRegistration> {
     let mut out = BTreeMap::new();
     for w in workloads {
@@ -48,7 +54,7 @@ fn registrations(workloads: &[WorkloadSpec]) -> BTreeMap<String, ServiceRegistra
                 s.address.port(),
             )
             .job(&format!("job-{}", w.name))
-            .alloc(&w.name)
+            .alloc(&alloc_of(&w.name))
             .tags(&tags);
             out.insert(reg.id.clone(), reg);
         }
@@ -150,17 +156,20 @@ impl PlatformHarness for NomadHarness {
             .iter()
             .find(|w| w.name == name)
             .map_or(name, |w| w.account.as_str());
-        let token = Claims::task(NS, &format!("job-{name}"), name, "weft-proxy").mint(&self.key);
+        let token =
+            Claims::task(NS, &format!("job-{name}"), &alloc_of(name), "weft-proxy").mint(&self.key);
         Credential {
             platform: "nomad".into(),
             token,
-            workload: Some(format!("{NS}/{account}")),
+            // The allocation, as the registry keys it.
+            workload: Some(format!("{NS}/{}", alloc_of(name))),
+            account: Some(account.into()),
         }
     }
 
     fn bad_credential(&self, name: &str) -> Credential {
         let mut c = self.credential(name);
-        c.token = Claims::task(NS, &format!("job-{name}"), name, "weft-proxy")
+        c.token = Claims::task(NS, &format!("job-{name}"), &alloc_of(name), "weft-proxy")
             .expired()
             .mint(&self.key);
         c
@@ -168,6 +177,14 @@ impl PlatformHarness for NomadHarness {
 
     fn reports_terminating(&self) -> bool {
         false
+    }
+
+    fn reports_not_ready(&self) -> bool {
+        false
+    }
+
+    fn workload_key(&self, name: &str) -> String {
+        alloc_of(name)
     }
 
     fn service_port(&self, _declared: u16) -> u16 {
@@ -179,4 +196,9 @@ impl PlatformHarness for NomadHarness {
 async fn the_nomad_adapter_passes_the_conformance_suite() {
     weft_tests::trace_init();
     run_all(NomadHarness::start().await, NomadHarness::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nomad_workloads_proxy_enforces_its_rules_when_called_directly() {
+    run_policy(NomadHarness::start().await).await;
 }

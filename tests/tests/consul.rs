@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use weft_core::platform::{AttestError, Credential, Platform};
-use weft_core::{Protocol, ServiceName, TrustDomain};
+use weft_core::{EndpointState, Protocol, ServiceName, TrustDomain};
 use weft_nomad::{ConsulPlatform, ConsulSettings};
 use weft_tests::WAIT;
 use weft_tests::conformance::addrs;
@@ -96,14 +96,41 @@ async fn the_catalog_is_followed_through_changes_health_and_disruptions() {
     fake.register(instance("api", "api-2", 9002, &["weft"]));
     run.until("api scaled up", |s| addrs(s, &api).len() == 2)
         .await;
+    // An instance failing a check (its own, or its node's) takes no traffic but stays, not
+    // ready: its proxy keeps the service's inbound rules.
+    let ready = |s: &weft_core::RegistrySnapshot| -> Vec<(u16, EndpointState)> {
+        s.service(&api)
+            .map(|svc| {
+                svc.ports[0]
+                    .endpoints
+                    .iter()
+                    .map(|e| (e.address.port(), e.state))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let both_ready = [(9001, EndpointState::Ready), (9002, EndpointState::Ready)];
+    let second_failing = [
+        (9001, EndpointState::Ready),
+        (9002, EndpointState::NotReady),
+    ];
     fake.set_check("node-api-2", "check-api-2", CheckStatus::Critical);
-    run.until("a critical instance left out", |s| {
-        addrs(s, &api) == [at(9001)]
+    run.until("a critical instance not ready", |s| {
+        ready(s) == second_failing
     })
     .await;
     fake.set_check("node-api-2", "check-api-2", CheckStatus::Passing);
-    run.until("back when passing", |s| addrs(s, &api).len() == 2)
+    run.until("back when passing", |s| ready(s) == both_ready)
         .await;
+    fake.set_check("node-api-2", "check-api-2", CheckStatus::Warning);
+    run.until("a warning is not passing", |s| ready(s) == second_failing)
+        .await;
+    fake.set_check("node-api-2", "check-api-2", CheckStatus::Passing);
+    fake.set_node_health("node-api-2", CheckStatus::Critical);
+    run.until("a failing node", |s| ready(s) == second_failing)
+        .await;
+    fake.set_node_health("node-api-2", CheckStatus::Passing);
+    run.until("the node back", |s| ready(s) == both_ready).await;
     fake.deregister("node-api-2", "api-2");
     run.until("api scaled down", |s| addrs(s, &api) == [at(9001)])
         .await;
@@ -170,12 +197,21 @@ async fn tags_name_the_proxy_port_the_account_and_bad_instances_are_left_out() {
     // Not an IP address, and not a mesh name: left out, the rest goes on.
     fake.register(ConsulService::new("vm-2", "db.example.com", "db", "", 5432).id("db-1"));
     fake.register(instance("Bad_Name", "bad-1", 9009, &[]));
+    // Registered by Nomad: the service ID carries the allocation.
+    let alloc = "0c4e6f8a-1b2d-4c3e-8f5a-6b7c8d9e0f12";
+    fake.register(instance(
+        "orders",
+        &format!("_nomad-task-{alloc}-orders-orders-http"),
+        9300,
+        &["weft"],
+    ));
     let run = running(&fake, ConsulSettings::default());
     let cart = svc("cart");
     let billing = svc("billing");
-    run.until("cart and billing", |s| {
+    run.until("cart, billing and orders", |s| {
         addrs(s, &cart) == [at(7143)]
             && addrs(s, &billing) == [SocketAddr::from(([127, 0, 0, 2], 8080))]
+            && addrs(s, &svc("orders")) == [at(9300)]
     })
     .await;
     let snap = run.registry.snapshot();
@@ -184,12 +220,19 @@ async fn tags_name_the_proxy_port_the_account_and_bad_instances_are_left_out() {
         ep.identity.as_ref().unwrap().to_string(),
         "spiffe://weft.test/ns/default/sa/shop"
     );
+    // A Nomad task's instance is keyed by its allocation, as the Nomad adapter keys it, so
+    // the proxy of that allocation (which attests with Nomad) finds its rules; others by
+    // node and service ID.
+    assert_eq!(ep.workload.as_ref().unwrap().name, "node-cart-1-cart-1");
+    let orders = &snap.service(&svc("orders")).unwrap().ports[0].endpoints[0];
+    assert_eq!(orders.workload.as_ref().unwrap().name, alloc);
     assert!(snap.service(&svc("db")).is_none());
     // The catalog proves no identity.
     let cred = Credential {
         platform: "consul".into(),
         token: "anything".into(),
         workload: Some("default/cart".into()),
+        account: None,
     };
     assert!(matches!(
         run.platform.attest(&cred).await,

@@ -223,6 +223,7 @@ fn credential(token: &str, workload: &str) -> Credential {
         platform: "kubernetes".into(),
         token: token.into(),
         workload: Some(workload.into()),
+        account: None,
     }
 }
 

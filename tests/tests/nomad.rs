@@ -35,11 +35,14 @@ fn svc(ns: &str, name: &str) -> ServiceName {
     ServiceName::new(ns, name).unwrap()
 }
 
-fn credential(token: String, workload: &str) -> Credential {
+/// A proxy's credential: its token, its workload (`namespace/allocation`) and the account its
+/// CSR asks for.
+fn credential(token: String, workload: &str, account: &str) -> Credential {
     Credential {
         platform: "nomad".into(),
         token,
         workload: Some(workload.into()),
+        account: Some(account.into()),
     }
 }
 
@@ -81,7 +84,7 @@ async fn attestation_checks_signature_time_audience_and_the_claimed_account() {
     // Accepted: a task identity whose allocation registers a meshed service with that account
     // (here two services share it).
     let id = p
-        .attest(&credential(good.clone(), "shop/api"))
+        .attest(&credential(good.clone(), "shop/alloc-api", "api"))
         .await
         .unwrap();
     assert_eq!(id.to_string(), "spiffe://weft.test/ns/shop/sa/api");
@@ -89,8 +92,8 @@ async fn attestation_checks_signature_time_audience_and_the_claimed_account() {
     let service_token = Claims::service("shop", "shop-api", "alloc-api", "api").mint(&key);
     let id = p
         .attest(&Credential {
-            workload: None,
-            ..credential(service_token, "")
+            account: None,
+            ..credential(service_token, "shop/alloc-api", "")
         })
         .await
         .unwrap();
@@ -98,26 +101,39 @@ async fn attestation_checks_signature_time_audience_and_the_claimed_account() {
 
     // Refused, each for its own reason.
     rejected(
-        p.attest(&credential(task().expired().mint(&key), "shop/api"))
-            .await,
+        p.attest(&credential(
+            task().expired().mint(&key),
+            "shop/alloc-api",
+            "api",
+        ))
+        .await,
         "expired",
     );
     rejected(
-        p.attest(&credential(task().not_yet_valid().mint(&key), "shop/api"))
-            .await,
+        p.attest(&credential(
+            task().not_yet_valid().mint(&key),
+            "shop/alloc-api",
+            "api",
+        ))
+        .await,
         "not valid yet",
     );
     rejected(
         p.attest(&credential(
             task().audience("vault.example.com").mint(&key),
-            "shop/api",
+            "shop/alloc-api",
+            "api",
         ))
         .await,
         "audience",
     );
     rejected(
-        p.attest(&credential(jwt::alg_none(&task().build()), "shop/api"))
-            .await,
+        p.attest(&credential(
+            jwt::alg_none(&task().build()),
+            "shop/alloc-api",
+            "api",
+        ))
+        .await,
         "algorithm \"none\"",
     );
     rejected(
@@ -129,7 +145,8 @@ async fn attestation_checks_signature_time_audience_and_the_claimed_account() {
                     .claim("nomad_namespace", "default".into())
                     .build(),
             ),
-            "shop/api",
+            "shop/alloc-api",
+            "api",
         ))
         .await,
         "bad signature",
@@ -137,7 +154,8 @@ async fn attestation_checks_signature_time_audience_and_the_claimed_account() {
     rejected(
         p.attest(&credential(
             jwt::signed_by_other_key(&other, key.kid(), &task().build()),
-            "shop/api",
+            "shop/alloc-api",
+            "api",
         ))
         .await,
         "bad signature",
@@ -145,37 +163,61 @@ async fn attestation_checks_signature_time_audience_and_the_claimed_account() {
     rejected(
         p.attest(&credential(
             jwt::unknown_kid(&key, &task().build()),
-            "shop/api",
+            "shop/alloc-api",
+            "api",
         ))
         .await,
         "unknown signing key",
     );
     rejected(
-        p.attest(&credential("not.a.jwt.at-all".into(), "shop/api"))
-            .await,
+        p.attest(&credential(
+            "not.a.jwt.at-all".into(),
+            "shop/alloc-api",
+            "api",
+        ))
+        .await,
         "not a JWT",
     );
+    // The workload must be the token's own allocation, as the registry keys it.
+    for workload in [
+        "default/alloc-api",
+        "shop/alloc-plain",
+        "shop/api",
+        "alloc-api",
+    ] {
+        rejected(
+            p.attest(&credential(good.clone(), workload, "api")).await,
+            "the token is for allocation shop/alloc-api",
+        );
+    }
     rejected(
-        p.attest(&credential(good.clone(), "default/api")).await,
-        "claims namespace",
+        p.attest(&Credential {
+            workload: None,
+            ..credential(good.clone(), "", "api")
+        })
+        .await,
+        "names no workload",
     );
     // Another identity than the allocation's: refused as an unknown workload.
-    for (who, token) in [
-        ("shop/db", good.clone()),
+    for (workload, who, token) in [
+        ("shop/alloc-api", "db", good.clone()),
         (
-            "shop/plain",
+            "shop/alloc-plain",
+            "plain",
             Claims::task("shop", "plain", "alloc-plain", "weft-proxy").mint(&key),
         ),
         (
-            "shop/api",
+            "shop/alloc-api",
+            "api",
             Claims::task("shop", "another-job", "alloc-api", "weft-proxy").mint(&key),
         ),
         (
-            "shop/api",
+            "shop/alloc-gone",
+            "api",
             Claims::task("shop", "shop-api", "alloc-gone", "weft-proxy").mint(&key),
         ),
     ] {
-        match p.attest(&credential(token, who)).await {
+        match p.attest(&credential(token, workload, who)).await {
             Err(AttestError::UnknownWorkload(why)) => {
                 assert!(why.contains("registers no"), "{why}")
             }
@@ -185,11 +227,11 @@ async fn attestation_checks_signature_time_audience_and_the_claimed_account() {
     // A service identity covers its own service only.
     let cart = Claims::service("shop", "shop-api", "alloc-api", "plain").mint(&key);
     assert!(matches!(
-        p.attest(&credential(cart, "shop/api")).await,
+        p.attest(&credential(cart, "shop/alloc-api", "api")).await,
         Err(AttestError::UnknownWorkload(_))
     ));
     // Another platform's credential.
-    let mut k8s = credential(good.clone(), "shop/api");
+    let mut k8s = credential(good.clone(), "shop/alloc-api", "api");
     k8s.platform = "kubernetes".into();
     assert!(matches!(
         p.attest(&k8s).await,
@@ -198,11 +240,14 @@ async fn attestation_checks_signature_time_audience_and_the_claimed_account() {
     // The API down: unavailable, not a verdict on the token.
     fake.fail("/v1/allocation", 500, None);
     assert!(matches!(
-        p.attest(&credential(good.clone(), "shop/api")).await,
+        p.attest(&credential(good.clone(), "shop/alloc-api", "api"))
+            .await,
         Err(AttestError::Unavailable(_))
     ));
     fake.heal();
-    p.attest(&credential(good, "shop/api")).await.unwrap();
+    p.attest(&credential(good, "shop/alloc-api", "api"))
+        .await
+        .unwrap();
 
     // Only the listed namespaces are attested.
     let narrow = running(
@@ -215,7 +260,7 @@ async fn attestation_checks_signature_time_audience_and_the_claimed_account() {
     rejected(
         narrow
             .platform
-            .attest(&credential(task().mint(&key), "shop/api"))
+            .attest(&credential(task().mint(&key), "shop/alloc-api", "api"))
             .await,
         "not one the mesh watches",
     );
@@ -235,10 +280,10 @@ async fn the_key_set_is_cached_and_refetched_at_most_so_often() {
     let run = running(&fake, NomadSettings::default());
     let p = &run.platform;
     let claims = || Claims::task("default", "api", "a1", "weft-proxy");
-    p.attest(&credential(claims().mint(&k1), "default/api"))
+    p.attest(&credential(claims().mint(&k1), "default/a1", "api"))
         .await
         .unwrap();
-    p.attest(&credential(claims().mint(&k1), "default/api"))
+    p.attest(&credential(claims().mint(&k1), "default/a1", "api"))
         .await
         .unwrap();
     assert_eq!(fake.jwks_fetches(), 1, "a known key is not fetched again");
@@ -247,7 +292,8 @@ async fn the_key_set_is_cached_and_refetched_at_most_so_often() {
         let r = p
             .attest(&credential(
                 jwt::unknown_kid(&k1, &claims().build()),
-                "default/api",
+                "default/a1",
+                "api",
             ))
             .await;
         assert!(matches!(r, Err(AttestError::Rejected(_))));
@@ -258,7 +304,10 @@ async fn the_key_set_is_cached_and_refetched_at_most_so_often() {
     let rotated = claims().mint(&k2);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match p.attest(&credential(rotated.clone(), "default/api")).await {
+        match p
+            .attest(&credential(rotated.clone(), "default/a1", "api"))
+            .await
+        {
             Ok(id) => {
                 assert_eq!(id.name(), "api");
                 break;
@@ -320,7 +369,10 @@ async fn restarts_cut_streams_and_an_index_going_backwards_are_survived() {
     assert_eq!(addrs(&run.registry.snapshot(), &api).len(), 2);
 
     // The index goes backwards (the cluster was restored from a snapshot): the adapter starts
-    // over from the lower index and follows changes from there.
+    // over from the lower index and follows changes from there. The cut must reach the event
+    // stream the adapter opened after its read: one opened after the reset would ask for
+    // events above the old index and never hear of the lower ones.
+    tokio::time::timeout(WAIT, fake.streams(1)).await.unwrap();
     fake.reset_index();
     fake.cut_connections();
     fake.deregister("default", &reg("api", 9002).id);
@@ -369,7 +421,15 @@ async fn a_control_plane_on_nomad_issues_workload_identities_and_traffic_flows()
             namespace: "shop".into(),
             platform: "nomad".into(),
             token_file,
-            ..weft_tests::loopback_proxy_config(control.grpc_addr, service, app, upstreams)
+            // The workload is the allocation (every task here runs in `alloc-<service>`);
+            // the account, the service.
+            account: Some(service.into()),
+            ..weft_tests::loopback_proxy_config(
+                control.grpc_addr,
+                &format!("alloc-{service}"),
+                app,
+                upstreams,
+            )
         }
     };
     let task = |job: &str, alloc: &str| Claims::task("shop", job, alloc, "weft-proxy");

@@ -90,9 +90,10 @@ address = "{nomad}"
         namespace: "shop".into(),
         platform: "nomad".into(),
         token_file: api_jwt,
+        account: Some("api".into()),
         ..weft_tests::loopback_proxy_config(
             control.grpc_addr,
-            "api",
+            "alloc-api",
             Some(api_app.port()),
             &["web"],
         )

@@ -104,12 +104,13 @@ pub fn policy_to_wire(p: &CorePolicy, protocol: CoreProtocol) -> InboundPolicy {
     }
 }
 
-/// The wire form of an endpoint state.
+/// The wire form of an endpoint state. Discovery never sends an endpoint that is not ready;
+/// should one slip through, it goes as terminating, which takes no new connections.
 pub fn state_to_wire(s: CoreState) -> EndpointState {
     match s {
         CoreState::Ready => EndpointState::Ready,
         CoreState::Serving => EndpointState::Serving,
-        CoreState::Terminating => EndpointState::Terminating,
+        CoreState::Terminating | CoreState::NotReady => EndpointState::Terminating,
     }
 }
 

@@ -686,10 +686,45 @@ impl rcgen::PublicKeyData for P256PublicKey {
     }
 }
 
+/// The identity a CSR asks for, once the CSR has passed every check [`sign_csr`] makes of
+/// it (a P-256 key, its own signature, exactly one name, and that name a SPIFFE ID). The
+/// control plane reads it before attesting, so a junk request costs no call to
+/// a platform, and tells the platform which account the proxy asks for.
+///
+/// [`sign_csr`]: CertificateAuthority::sign_csr
+pub fn csr_identity(csr_der: &[u8]) -> Result<Identity, CaError> {
+    let (_, requested) = parse_csr(csr_der)?;
+    match requested.as_slice() {
+        [one] => Identity::parse_spiffe(one).map_err(|_| {
+            CaError::BadCsr(format!(
+                "it asks for {:?}, which is not a mesh SPIFFE ID",
+                weft_core::platform::clip(one, 120)
+            ))
+        }),
+        _ => Err(CaError::BadCsr(format!(
+            "it asks for {} names; a mesh CSR asks for exactly one SPIFFE ID",
+            requested.len()
+        ))),
+    }
+}
+
 /// Parses a DER CSR and checks, in order: that its SubjectPublicKeyInfo is an EC key on
 /// prime256v1, that it is signed by that key, and that it asks for exactly the SPIFFE ID
 /// `want` and no other name. Returns the key.
 fn checked_csr_key(csr_der: &[u8], want: &str) -> Result<P256PublicKey, CaError> {
+    let (key, requested) = parse_csr(csr_der)?;
+    if requested != [want] {
+        return Err(CaError::IdentityMismatch {
+            requested: requested.join(", "),
+            proven: want.to_string(),
+        });
+    }
+    Ok(key)
+}
+
+/// Parses a DER CSR, checks its key (P-256) and its signature, and returns the key with every
+/// name it asks for.
+fn parse_csr(csr_der: &[u8]) -> Result<(P256PublicKey, Vec<String>), CaError> {
     let (rest, csr) = X509CertificationRequest::from_der(csr_der)
         .map_err(|e| CaError::BadCsr(format!("cannot be parsed: {e}")))?;
     if !rest.is_empty() {
@@ -747,13 +782,7 @@ fn checked_csr_key(csr_der: &[u8], want: &str) -> Result<P256PublicKey, CaError>
             }));
         }
     }
-    if requested != [want] {
-        return Err(CaError::IdentityMismatch {
-            requested: requested.join(", "),
-            proven: want.to_string(),
-        });
-    }
-    Ok(P256PublicKey(point))
+    Ok((P256PublicKey(point), requested))
 }
 
 // === impl Signer, RootSigner ===

@@ -264,8 +264,9 @@ enum Plan<'a> {
 struct GroupPlan<'a> {
     group: &'a Block,
     services: Vec<&'a Block>,
-    /// The source text of the name of the service whose identity the proxy takes.
-    workload: String,
+    /// The source text of the account whose identity the proxy takes (the service's name, or
+    /// its `weft-account=` tag).
+    account: String,
     /// The network block with `mode = "bridge"`.
     network: &'a Block,
     /// Explicit mode: the application's port, as a proxy argument (`${NOMAD_PORT_http}`).
@@ -545,7 +546,7 @@ fn plan_group<'a>(
     Ok(Plan::Mesh(GroupPlan {
         group,
         services,
-        workload,
+        account: workload,
         network,
         app_port,
         skip_inbound,
@@ -564,7 +565,7 @@ impl GroupPlan<'_> {
         format!(
             "meshed ({mode}) as spiffe://{}/ns/<namespace>/sa/{}",
             opts.trust_domain,
-            self.workload.trim_matches('"')
+            self.account.trim_matches('"')
         )
     }
 
@@ -660,7 +661,11 @@ task "{INIT_TASK}" {{
                 format!("\"${{NOMAD_SECRETS_DIR}}/nomad_{IDENTITY_NAME}.jwt\""),
             ),
             ("--namespace", "\"${NOMAD_NAMESPACE}\"".to_string()),
-            ("--workload", self.workload.clone()),
+            // The workload as the registry keys it (the allocation), and the account the
+            // proxy asks for: the control plane finds the allocation's services, and their
+            // inbound rules, under the first.
+            ("--workload", "\"${NOMAD_ALLOC_ID}\"".to_string()),
+            ("--account", self.account.clone()),
             ("--trust-domain", quote(&opts.trust_domain)),
             (
                 "--trust-bundle",

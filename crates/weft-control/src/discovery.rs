@@ -31,8 +31,8 @@ use weft_core::config::MeshConfig;
 use weft_core::model::check_name;
 use weft_core::policy::{Decision, InboundPolicy as Policy};
 use weft_core::{
-    AddressKind, Identity, Protocol, RegistrySnapshot, Target, Topic, TopicWatch, WorkloadKey,
-    WorkloadRef,
+    AddressKind, EndpointState, Identity, Protocol, RegistrySnapshot, Target, Topic, TopicWatch,
+    WorkloadKey, WorkloadRef,
 };
 
 use crate::State;
@@ -105,9 +105,12 @@ pub fn answer(
         // The target as the caller gave it: an address does not learn the service's name.
         return Answer::Denied(format!("{identity} may not call {target}"));
     }
+    // Endpoints that are not ready take no connections: they are in the registry only so
+    // that their workloads keep their inbound policy.
     let endpoints = service_port
         .endpoints
         .iter()
+        .filter(|e| e.state != EndpointState::NotReady)
         .filter(|e| only.is_none_or(|a| a == e.address))
         .map(|e| (e.address, endpoint_to_wire(e)))
         .collect();
@@ -183,11 +186,19 @@ fn changes(mut upserted: Vec<Endpoint>, mut removed: Vec<String>) -> Vec<Update>
 /// The settings of the proxy proving `identity` beside `workload`: the policy of each port its
 /// workload serves, the policy of any other port, and the trust bundle.
 ///
+/// The workload's servers are the service ports it serves in any of `sources`, whatever the
+/// state of its endpoints there: a workload that is starting or fails its readiness checks
+/// keeps the rules of the services that name it. A workload of which no source knows any
+/// server gets a policy that denies every client on every port (fail closed: an unknown
+/// workload must not fall back to the mesh default); one with known servers gets the mesh
+/// default on its other ports.
+///
 /// The workload's endpoints must carry the proxy's identity: a proxy claiming a workload
 /// certified as someone else gets an error, and then denies every client.
 pub fn proxy_settings(
     identity: &Identity,
-    workload: &WorkloadRef,
+    workload: &WorkloadKey,
+    sources: &[Arc<str>],
     registry: &RegistrySnapshot,
     cfg: &MeshConfig,
     bundle: &weft_ca::TrustBundle,
@@ -196,29 +207,43 @@ pub fn proxy_settings(
     let rules = &cfg.authorization_rules;
     // Port -> (protocol, services).
     let mut ports: BTreeMap<u16, (Protocol, Vec<weft_core::ServiceName>)> = BTreeMap::new();
-    for server in registry.servers_of(workload) {
-        let Some(service) = registry.service(&server.service) else {
-            continue;
-        };
-        let Some(port) = service.port(server.port) else {
-            continue;
-        };
-        let Some(endpoint) = port.endpoints.iter().find(|e| e.address == server.address) else {
-            continue;
-        };
-        if let Some(other) = endpoint.identity.as_ref().filter(|i| *i != identity) {
-            return Err(Status::permission_denied(format!(
-                "workload {} runs as {other}, not as {identity}",
-                workload.key
-            )));
-        }
-        let entry = ports
-            .entry(server.address.port())
-            .or_insert_with(|| (port.protocol, Vec::new()));
-        if !entry.1.contains(&server.service) {
-            entry.1.push(server.service.clone());
+    let refs = sources.iter().map(|source| WorkloadRef {
+        source: source.clone(),
+        key: workload.clone(),
+    });
+    for wl in refs {
+        for server in registry.servers_of(&wl) {
+            let Some(service) = registry.service(&server.service) else {
+                continue;
+            };
+            let Some(port) = service.port(server.port) else {
+                continue;
+            };
+            let Some(endpoint) = port.endpoints.iter().find(|e| e.address == server.address) else {
+                continue;
+            };
+            if let Some(other) = endpoint.identity.as_ref().filter(|i| *i != identity) {
+                return Err(Status::permission_denied(format!(
+                    "workload {workload} runs as {other}, not as {identity}"
+                )));
+            }
+            let entry = ports
+                .entry(server.address.port())
+                .or_insert_with(|| (port.protocol, Vec::new()));
+            if !entry.1.contains(&server.service) {
+                entry.1.push(server.service.clone());
+            }
         }
     }
+    let default_policy = if ports.is_empty() {
+        Policy {
+            default: Decision::Deny,
+            allow: Vec::new(),
+        }
+    } else {
+        let none: [&weft_core::ServiceName; 0] = [];
+        Policy::for_server(default, rules, none)
+    };
     let servers = ports
         .into_iter()
         .map(|(port, (protocol, services))| ServerPolicy {
@@ -229,14 +254,10 @@ pub fn proxy_settings(
             )),
         })
         .collect();
-    let none: [&weft_core::ServiceName; 0] = [];
     Ok(ProxySettings {
         identity: identity.spiffe_id(),
         servers,
-        default_policy: Some(policy_to_wire(
-            &Policy::for_server(default, rules, none),
-            Protocol::Auto,
-        )),
+        default_policy: Some(policy_to_wire(&default_policy, Protocol::Auto)),
         trust_bundle: bundle.roots().iter().map(|r| r.to_vec()).collect(),
     })
 }
@@ -300,30 +321,33 @@ impl Discovery for DiscoveryService {
                     req.workload
                 ))
             })?;
-        // The source is one of the configured platforms; anything else is an unknown source
-        // whose workloads the registry cannot hold.
-        let source = state_platform(&self.0, &req.platform).ok_or_else(|| {
-            Status::invalid_argument(format!("platform {:?} is not configured", req.platform))
+        // The platform is one of the configured ones; its workloads are found in the registry
+        // sources it names.
+        let sources = workload_sources(&self.0, &req.platform).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "platform {:?} is not configured",
+                weft_core::platform::clip(&req.platform, 64)
+            ))
         })?;
-        let workload = WorkloadRef { source, key };
+        let workload = key;
         let state = self.0.clone();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(async move {
-            tracing::info!(%identity, %remote, workload = %workload.key, "proxy following its settings");
-            follow_settings(&state, &identity, &workload, tx).await;
+            tracing::info!(%identity, %remote, %workload, "proxy following its settings");
+            follow_settings(&state, &identity, &workload, &sources, tx).await;
             tracing::info!(%identity, %remote, "proxy stopped following its settings");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-/// The registry source name of a configured platform.
-fn state_platform(state: &State, name: &str) -> Option<Arc<str>> {
+/// The registry sources that report the workloads of a configured platform's proxies.
+fn workload_sources(state: &State, name: &str) -> Option<Vec<Arc<str>>> {
     state
         .platforms
         .iter()
         .find(|p| p.name() == name)
-        .map(|p| Arc::from(p.name()))
+        .map(|p| p.workload_sources().into_iter().map(Arc::from).collect())
 }
 
 /// One Discovery stream's inputs and output: the registry topic and the config it follows,
@@ -445,7 +469,8 @@ async fn follow_target(
 async fn follow_settings(
     state: &State,
     identity: &Identity,
-    workload: &WorkloadRef,
+    workload: &WorkloadKey,
+    sources: &[Arc<str>],
     tx: mpsc::Sender<Result<ProxySettings, Status>>,
 ) {
     let topic = Topic::Workload(workload.clone());
@@ -455,9 +480,16 @@ async fn follow_settings(
     let mut last: Option<ProxySettings> = None;
     loop {
         let (reg, cfg) = follow.inputs();
-        match proxy_settings(identity, workload, &reg, &cfg, state.ca.trust_bundle()) {
+        match proxy_settings(
+            identity,
+            workload,
+            sources,
+            &reg,
+            &cfg,
+            state.ca.trust_bundle(),
+        ) {
             Err(status) => {
-                tracing::warn!(%identity, workload = %workload.key, reason = status.message(), "proxy settings refused");
+                tracing::warn!(%identity, %workload, reason = status.message(), "proxy settings refused");
                 follow.send(Err(status)).await;
                 return;
             }

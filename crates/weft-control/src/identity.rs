@@ -72,10 +72,20 @@ impl IdentityApi for IdentityService {
                 truncate(&cred.platform)
             )));
         };
+        // The CSR is checked before the platform is asked: a junk request costs no
+        // TokenReview or key-set fetch. The name it asks for tells platforms whose workloads
+        // may run under several accounts which one the proxy wants; the CA signs it only if
+        // attestation proves exactly that identity.
+        let requested = weft_ca::csr_identity(&req.csr).map_err(|e| {
+            count("csr_rejected");
+            tracing::warn!(platform = label, error = %e, "CSR rejected before attestation");
+            Status::invalid_argument(e.to_string())
+        })?;
         let credential = Credential {
             platform: cred.platform.clone(),
             token: cred.token,
             workload: (!cred.workload.is_empty()).then_some(cred.workload),
+            account: Some(requested.name().to_string()),
         };
         let identity = platform.attest(&credential).await.map_err(|e| {
             count("attest_failed");

@@ -119,6 +119,12 @@ pub enum EndpointState {
     Serving,
     /// On its way out: no new connections; those open are left to drain.
     Terminating,
+    /// Running but not ready (starting, or failing its readiness checks): no connections at
+    /// all, and never sent to proxies. It is kept so that the workload still declares what it
+    /// serves: its proxy's inbound policy comes from the services that name it, whatever its
+    /// readiness, never from which endpoints happen to be ready.
+    #[serde(rename = "not-ready")]
+    NotReady,
 }
 
 /// One address of a service port, with what a client must expect when connecting to it.

@@ -97,6 +97,9 @@ pub struct Credential {
     /// The workload the proxy claims to run beside, as `namespace/name`, where the token alone
     /// does not say it.
     pub workload: Option<String>,
+    /// The account the proxy asks to be certified as (the name in its CSR's SPIFFE ID), for
+    /// platforms whose workloads may run under several accounts.
+    pub account: Option<String>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -106,6 +109,7 @@ impl std::fmt::Debug for Credential {
             .field("platform", &self.platform)
             .field("token", &"<redacted>")
             .field("workload", &self.workload)
+            .field("account", &self.account)
             .finish()
     }
 }
@@ -124,6 +128,17 @@ pub trait Platform: std::fmt::Debug + Send + Sync + 'static {
         shutdown: CancellationToken,
     ) -> Result<(), PlatformError>;
 
-    /// Checks a proxy's credential and returns the identity it proves.
+    /// Checks a proxy's credential and returns the identity it proves. The workload the
+    /// credential names (`Credential::workload`) must be the one the credential proves, under
+    /// the key this platform's registry source gives it: the control plane later finds the
+    /// proxy's inbound policy under that key.
     async fn attest(&self, credential: &Credential) -> Result<Identity, AttestError>;
+
+    /// The registry sources that report the workloads of proxies this platform attests: its
+    /// own, and any other that keys the same workloads the same way (a Nomad allocation's
+    /// services may be registered in Consul). A proxy's inbound policy comes from the services
+    /// its workload serves in all of them.
+    fn workload_sources(&self) -> Vec<&str> {
+        vec![self.name()]
+    }
 }

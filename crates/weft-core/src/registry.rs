@@ -85,8 +85,10 @@ pub enum Topic {
     Service(ServiceName),
     /// An address: whatever it leads to may have changed.
     Address(SocketAddr),
-    /// A workload: the service ports it serves may have changed.
-    Workload(WorkloadRef),
+    /// A workload, in whichever source reports it: the service ports it serves may have
+    /// changed. (One workload may be reported by several sources: a Nomad allocation's
+    /// services registered in Nomad and in Consul.)
+    Workload(WorkloadKey),
 }
 
 /// Follows one topic; woken after every write that touched it.
@@ -497,7 +499,7 @@ impl RegistrySnapshot {
         }
         for (wl, server) in workload_refs(source, s) {
             self.workloads.entry(wl.clone()).or_default().insert(server);
-            touched.insert(Topic::Workload(wl));
+            touched.insert(Topic::Workload(wl.key));
         }
     }
 
@@ -518,7 +520,7 @@ impl RegistrySnapshot {
                     self.workloads.remove(&wl);
                 }
             }
-            touched.insert(Topic::Workload(wl));
+            touched.insert(Topic::Workload(wl.key));
         }
     }
 }

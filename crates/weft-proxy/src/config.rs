@@ -46,11 +46,14 @@ pub struct ProxyConfig {
     /// The workload's namespace.
     #[arg(long, env = "WEFT_PROXY_NAMESPACE", default_value = "default")]
     pub namespace: String,
-    /// The workload's name, as its platform knows it.
+    /// The workload's name, as its platform's registry keys it: the pod's name on Kubernetes,
+    /// the allocation ID on Nomad (`${NOMAD_ALLOC_ID}`), the workload's name on the local
+    /// platform. Attestation checks it against the credential, and the control plane finds the
+    /// proxy's inbound policy under it.
     #[arg(long, env = "WEFT_PROXY_WORKLOAD")]
     pub workload: String,
-    /// The identity's account name (ServiceAccount, Nomad service identity); defaults to the
-    /// workload name.
+    /// The identity's account name (ServiceAccount, Nomad service or `weft-account=` tag);
+    /// defaults to the workload name.
     #[arg(long, env = "WEFT_PROXY_ACCOUNT")]
     pub account: Option<String>,
     /// The platform whose credential the proxy presents.

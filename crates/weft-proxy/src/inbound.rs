@@ -3,8 +3,11 @@
 //! Mesh peers come over mutual TLS: the handshake refuses unknown CAs, expired and missing
 //! client certificates, and the client's SPIFFE ID then goes to the authorization policy of
 //! the server (the workload's port) it dialed, so workloads that share an identity keep their
-//! own policies. The ALPN the client proxy chose says what follows: `weft.h2` (all HTTP, with
-//! HTTP/1 marked by `weft-orig-proto`), `weft.http1` (connection upgrades) or opaque TCP.
+//! own policies. A client that policy does not admit is closed at once, before its first
+//! request (and each request of an admitted client is checked again, so a policy edit applies
+//! to connections already open). The ALPN the client proxy chose says what follows: `weft.h2`
+//! (all HTTP, with HTTP/1 marked by `weft-orig-proto`), `weft.http1` (connection upgrades) or
+//! opaque TCP.
 //!
 //! A client outside the mesh (plaintext, or TLS of its own without a mesh ALPN) is admitted
 //! only where the server's policy allows unauthenticated clients; the default is mTLS only.
@@ -285,10 +288,14 @@ impl Inbound {
             shared.metrics.tcp_write.get_or_create(&labels).clone(),
         );
         let (app_addr, server_port) = (self.app_addr, self.server_port);
+        // Decided once per connection, whatever it carries: a client the server's policy does
+        // not admit is closed before it can send a byte to the application or hold an HTTP
+        // connection open. HTTP requests are checked again one by one, so a policy edit
+        // applies to connections already open.
+        if authorize(&shared, client.as_deref(), server_port) != Decision::Allow {
+            return;
+        }
         if version == Detected::Opaque {
-            if authorize(&shared, client.as_deref(), server_port) != Decision::Allow {
-                return;
-            }
             Box::pin(forward_opaque(io, app_addr)).await;
             return;
         }

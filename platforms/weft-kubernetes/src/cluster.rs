@@ -268,7 +268,7 @@ impl From<&discovery::EndpointSlice> for Object {
             .filter_map(|e| {
                 // Addresses of one endpoint are fungible; the first is used.
                 let ip: IpAddr = e.addresses.first()?.parse().ok()?;
-                let state = state_of(e.conditions.as_ref())?;
+                let state = state_of(e.conditions.as_ref());
                 let pod = e
                     .target_ref
                     .as_ref()
@@ -289,25 +289,27 @@ impl From<&discovery::EndpointSlice> for Object {
     }
 }
 
-/// An endpoint's state from its conditions; `None` for one that takes no traffic at all.
+/// An endpoint's state from its conditions.
 ///
 /// Ready endpoints take new connections. A terminating endpoint that still passes its
 /// readiness checks (serving) is used only while its port has no ready endpoint, as
 /// kube-proxy does. A terminating endpoint that no longer serves takes no new connections,
 /// but its open ones drain rather than being cut. An endpoint that is neither ready nor
-/// terminating (failing its readiness probe) is left out.
-fn state_of(c: Option<&discovery::EndpointConditions>) -> Option<EndpointState> {
+/// terminating (starting, or failing its readiness probe) takes no traffic at all, but stays
+/// in the registry: its pod still serves the Service's port, so the pod's proxy keeps the
+/// Service's inbound rules.
+fn state_of(c: Option<&discovery::EndpointConditions>) -> EndpointState {
     let ready = c.and_then(|c| c.ready).unwrap_or(true);
     let serving = c.and_then(|c| c.serving).unwrap_or(ready);
     let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
     if ready && !terminating {
-        Some(EndpointState::Ready)
+        EndpointState::Ready
     } else if terminating && serving {
-        Some(EndpointState::Serving)
+        EndpointState::Serving
     } else if terminating {
-        Some(EndpointState::Terminating)
+        EndpointState::Terminating
     } else {
-        None
+        EndpointState::NotReady
     }
 }
 

@@ -59,7 +59,8 @@ pub struct LocalWorkload {
     pub meshed: bool,
     /// Whether it takes new connections: `ready`; `serving` (used only while its service port
     /// has no ready endpoint); `terminating` (no new connections, open ones drain), to take a
-    /// host out of rotation.
+    /// host out of rotation; `not-ready` (no traffic at all; its proxy keeps its inbound
+    /// policy).
     #[serde(default)]
     pub state: EndpointState,
     /// `[[platforms.local.workloads.ports]]`: more services or ports this workload serves at

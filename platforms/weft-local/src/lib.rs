@@ -287,6 +287,7 @@ mod tests {
             platform: NAME.into(),
             token: token.into(),
             workload: Some(workload.into()),
+            account: None,
         }
     }
 

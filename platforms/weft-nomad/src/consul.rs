@@ -2,8 +2,12 @@
 //! `provider = "consul"`, or by VMs and other machines).
 //!
 //! A blocking query on `/v1/catalog/services` follows the list of services; each service has
-//! its own blocking query on `/v1/health/service/:name?passing=1`, so only instances whose
-//! checks all pass are endpoints. Each query keeps its index by the documented rules (reset
+//! its own blocking query on `/v1/health/service/:name`. Instances whose checks all pass (the
+//! node's included) are ready endpoints; the others stay as endpoints that are not ready,
+//! which take no traffic but keep their workload's inbound policy in force (a proxy whose
+//! instance fails a check must not fall back to the mesh default). An instance Nomad
+//! registered is keyed by its allocation, read from its service ID, as the Nomad adapter keys
+//! it. Each query keeps its index by the documented rules (reset
 //! when it goes backwards). The first write waits until every service has been read once, and
 //! replaces the source at once; after that, each answer that changes a service is one write.
 //! Should the catalog query fail, it is retried with backoff while the per-service queries go
@@ -30,6 +34,33 @@ pub const WAIT: Duration = Duration::from_secs(300);
 struct HealthEntry {
     node: Node,
     service: CatalogService,
+    /// The instance's checks and its node's; absent or empty means none.
+    #[serde(default)]
+    checks: Option<Vec<Check>>,
+}
+
+/// One health check of an instance or of its node.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Check {
+    /// `passing`, `warning` or `critical` (anything else counts as failing).
+    #[serde(default)]
+    status: String,
+}
+
+/// The prefix of the Consul service IDs Nomad registers:
+/// `_nomad-task-<allocation ID>-<task or group-name>-<service>-<port label>`.
+const NOMAD_SERVICE_ID_PREFIX: &str = "_nomad-task-";
+
+/// The Nomad allocation behind a Consul service ID that Nomad registered.
+fn nomad_allocation(service_id: &str) -> Option<&str> {
+    let rest = service_id.strip_prefix(NOMAD_SERVICE_ID_PREFIX)?;
+    let alloc = rest.get(..36)?;
+    let uuid_shape = alloc.bytes().enumerate().all(|(i, b)| match i {
+        8 | 13 | 18 | 23 => b == b'-',
+        _ => b.is_ascii_hexdigit(),
+    });
+    (uuid_shape && rest.as_bytes().get(36) == Some(&b'-')).then_some(alloc)
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,7 +264,7 @@ fn write_changes(
     }));
 }
 
-/// Follows one service's passing instances until `stop`.
+/// Follows one service's instances, with their health, until `stop`.
 async fn watch_service(
     api: Api,
     service: String,
@@ -262,7 +293,7 @@ async fn watch_service(
         };
         let r = tokio::select! {
             () = stop.cancelled() => return,
-            r = api.block::<Option<Vec<HealthEntry>>>(&path, &[("passing", "1")], from, wait) => r,
+            r = api.block::<Option<Vec<HealthEntry>>>(&path, &[], from, wait) => r,
         };
         failed = r.is_err();
         match r {
@@ -320,6 +351,11 @@ fn instance(e: HealthEntry, warned: &mut BTreeSet<String>) -> Option<Instance> {
         }
         return None;
     };
+    let ready = e.checks.iter().flatten().all(|c| c.status == "passing");
+    let workload = match nomad_allocation(&e.service.id) {
+        Some(alloc) => alloc.to_string(),
+        None => format!("{}-{}", e.node.node, e.service.id),
+    };
     let inst = Instance {
         namespace: e
             .service
@@ -327,10 +363,11 @@ fn instance(e: HealthEntry, warned: &mut BTreeSet<String>) -> Option<Instance> {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "default".into()),
         service: e.service.service,
-        workload: format!("{}-{}", e.node.node, e.service.id),
+        workload,
         address,
         port: e.service.port,
         tags: e.service.tags.unwrap_or_default(),
+        ready,
     };
     match services::name_of(&inst) {
         Ok(_) => Some(inst),
@@ -340,5 +377,31 @@ fn instance(e: HealthEntry, warned: &mut BTreeSet<String>) -> Option<Instance> {
             }
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nomad_allocation;
+
+    #[test]
+    fn the_allocation_is_read_from_the_service_ids_nomad_registers() {
+        let alloc = "5f2a9c1e-0b7d-4e3a-9f61-2c8d4b7a1e90";
+        assert_eq!(
+            nomad_allocation(&format!("_nomad-task-{alloc}-web-api-http")),
+            Some(alloc)
+        );
+        assert_eq!(
+            nomad_allocation(&format!("_nomad-task-{alloc}-group-cache-redis-db")),
+            Some(alloc)
+        );
+        // Registered by something else, or not shaped like Nomad's.
+        assert_eq!(nomad_allocation("redis-1"), None);
+        assert_eq!(nomad_allocation(&format!("_nomad-task-{alloc}")), None);
+        assert_eq!(
+            nomad_allocation("_nomad-task-not-a-uuid-at-all-web-api"),
+            None
+        );
+        assert_eq!(nomad_allocation("_nomad-task-é"), None);
     }
 }

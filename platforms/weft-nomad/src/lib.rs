@@ -12,14 +12,24 @@
 //!
 //! # Attestation
 //! A proxy beside a Nomad task presents a workload-identity JWT for the audience `weft` (a
-//! named `identity` block with `aud = ["weft"]` and `file = true`), and names its service
-//! (`--workload namespace/account`). The Nomad adapter checks the token's RS256 signature
-//! against the cluster's key set, its expiry, start and audience, and then that the claim
-//! holds: the token's allocation (`nomad_allocation_id`, of job `nomad_job_id`, in namespace
-//! `nomad_namespace`) must register a meshed service with that account, which the adapter
-//! reads from the API (`/v1/allocation/:id/services`); a service identity's token
-//! (`nomad_service`) covers only that service. The Consul catalog proves no
-//! identity: proxies of Consul services run in Nomad jobs and attest there.
+//! named `identity` block with `aud = ["weft"]` and `file = true`), names its workload as the
+//! registry keys it, `namespace/allocation ID` (`--workload ${NOMAD_ALLOC_ID}`), and asks for
+//! an account in its CSR (`--account`). The Nomad adapter checks the token's RS256 signature
+//! against the cluster's key set, its expiry, start and audience, that the claimed workload is
+//! the token's own allocation (`nomad_allocation_id`, in namespace `nomad_namespace`), and
+//! then that the account holds: that allocation, of job `nomad_job_id`, must register a
+//! meshed service with that account, which the adapter reads from the API
+//! (`/v1/allocation/:id/services`); a service identity's token (`nomad_service`) covers only
+//! that service. The Consul catalog proves no identity: proxies of Consul services run in
+//! Nomad jobs and attest there.
+//!
+//! # Inbound policy
+//! Both adapters key an instance's workload by its allocation where they know it (Nomad
+//! always; Consul for the instances Nomad registered, whose service IDs carry the
+//! allocation), so the control plane finds the services a proxy's allocation serves in
+//! either catalog and gives each of its ports the rules of those services. Consul instances
+//! that fail their checks stay in the registry as not ready: they take no traffic, and their
+//! proxies keep their rules.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,6 +153,12 @@ impl Platform for NomadPlatform {
         Ok(())
     }
 
+    /// Nomad allocations register their services in Nomad or in Consul; the Consul adapter
+    /// keys the instances Nomad registered by their allocation, as this adapter does.
+    fn workload_sources(&self) -> Vec<&str> {
+        vec![NOMAD, CONSUL]
+    }
+
     async fn attest(&self, credential: &Credential) -> Result<Identity, AttestError> {
         if credential.platform != NOMAD {
             return Err(AttestError::WrongPlatform(credential.platform.clone()));
@@ -158,25 +174,26 @@ impl Platform for NomadPlatform {
                 clip(ns, 80)
             )));
         }
-        let claimed = match &credential.workload {
-            Some(w) => {
-                let (claimed_ns, account) = w.split_once('/').ok_or_else(|| {
-                    AttestError::Rejected(format!(
-                        "the claimed workload {:?} is not namespace/account",
-                        clip(w, 80)
-                    ))
-                })?;
-                if claimed_ns != ns {
-                    return Err(AttestError::Rejected(format!(
-                        "the proxy claims namespace {:?}, the token is for {:?}",
-                        clip(claimed_ns, 80),
-                        clip(ns, 80)
-                    )));
-                }
-                Some(account.to_string())
-            }
-            None => None,
+        // The proxy names its workload as the registry keys it, `namespace/allocation`, and
+        // that must be the token's own allocation: the control plane finds the proxy's inbound
+        // policy under that key.
+        let Some(workload) = &credential.workload else {
+            return Err(AttestError::Rejected(
+                "the proxy names no workload: expected namespace/allocation ID (--workload)".into(),
+            ));
         };
+        match workload.split_once('/') {
+            Some((claimed_ns, alloc)) if claimed_ns == ns && alloc == claims.allocation => {}
+            _ => {
+                return Err(AttestError::Rejected(format!(
+                    "the proxy claims workload {:?}, the token is for allocation {}/{}",
+                    clip(workload, 80),
+                    clip(ns, 80),
+                    clip(&claims.allocation, 80)
+                )));
+            }
+        }
+        let claimed = credential.account.clone();
         // What the token's allocation registers, in the token's namespace and job; a service
         // identity's token covers only its own service.
         let regs = nomad::allocation_services(&self.api, ns, &claims.allocation)
@@ -195,6 +212,7 @@ impl Platform for NomadPlatform {
                     address: std::net::Ipv4Addr::UNSPECIFIED.into(),
                     port: r.port,
                     tags,
+                    ready: true,
                 };
                 inst.meshed().then(|| inst.account().to_string())
             })
@@ -221,7 +239,7 @@ impl Platform for NomadPlatform {
                 }
                 _ => {
                     return Err(AttestError::Rejected(
-                        "the allocation's services have several accounts: the proxy must name one (--workload)".into(),
+                        "the allocation's services have several accounts: the proxy must name one (--account)".into(),
                     ));
                 }
             },

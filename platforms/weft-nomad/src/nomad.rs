@@ -146,6 +146,7 @@ impl State {
             address,
             port: reg.port,
             tags: reg.tags.clone().unwrap_or_default(),
+            ready: true,
         };
         match services::name_of(&instance) {
             Ok(name) => Some((name, instance)),

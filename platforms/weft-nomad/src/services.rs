@@ -48,7 +48,8 @@ pub struct Instance {
     pub namespace: String,
     /// Its service's name.
     pub service: String,
-    /// The workload behind it: a Nomad allocation, or a Consul node and service ID.
+    /// The workload behind it: a Nomad allocation (also for the Consul instances Nomad
+    /// registered), or else a Consul node and service ID.
     pub workload: String,
     /// Where the application listens.
     pub address: IpAddr,
@@ -56,6 +57,10 @@ pub struct Instance {
     pub port: u16,
     /// Its tags.
     pub tags: Vec<String>,
+    /// Whether it passes its health checks (Consul's; Nomad's own registrations are always
+    /// ready). One that fails them stays in the mesh as not ready: no traffic, and its
+    /// workload keeps its inbound policy.
+    pub ready: bool,
 }
 
 impl Instance {
@@ -140,7 +145,11 @@ pub fn build<'a>(
                     namespace: name.namespace.clone(),
                     name: i.workload.clone(),
                 }),
-                state: EndpointState::Ready,
+                state: if i.ready {
+                    EndpointState::Ready
+                } else {
+                    EndpointState::NotReady
+                },
             },
         );
     }
@@ -171,6 +180,7 @@ mod tests {
             address: ip.parse().unwrap(),
             port,
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            ready: true,
         }
     }
 

@@ -140,7 +140,8 @@ fn transparent_mode_adds_the_init_task_the_sidecar_and_the_tag() {
                 .map(|i| args[i + 1].clone())
         };
         assert_eq!(flag("--platform").as_deref(), Some("nomad"));
-        assert_eq!(flag("--workload").as_deref(), Some(name));
+        assert_eq!(flag("--workload").as_deref(), Some("${NOMAD_ALLOC_ID}"));
+        assert_eq!(flag("--account").as_deref(), Some(name));
         assert_eq!(flag("--trust-domain").as_deref(), Some("weft.test"));
         assert_eq!(
             flag("--token-file").as_deref(),
@@ -462,7 +463,7 @@ fn what_cannot_be_meshed_is_refused_naming_the_group_and_line() {
         out.text
     );
     assert!(
-        out.text.contains("\"--workload\", \"cart\","),
+        out.text.contains("\"--account\", \"cart\","),
         "{}",
         out.text
     );
@@ -478,7 +479,7 @@ fn what_cannot_be_meshed_is_refused_naming_the_group_and_line() {
         );
     let out = ok(&shared, &opts());
     assert!(
-        out.text.contains("\"--workload\", \"shop\","),
+        out.text.contains("\"--account\", \"shop\","),
         "{}",
         out.text
     );
@@ -588,7 +589,7 @@ fn a_service_name_nomad_interpolates_is_handed_to_the_proxy_as_it_is() {
     let out = ok(&text, &opts());
     assert!(
         out.text
-            .contains("\"--workload\", \"${NOMAD_JOB_NAME}-cart\","),
+            .contains("\"--account\", \"${NOMAD_JOB_NAME}-cart\","),
         "{}",
         out.text
     );

@@ -296,15 +296,13 @@ fn workloads_sharing_an_identity_keep_their_own_policies() {
         },
     ]);
     let bundle = weft_ca::TrustBundle::new(Vec::new());
+    let sources = [Arc::from("a")];
     let settings = |name: &str| {
-        let wl = WorkloadRef {
-            source: Arc::from("a"),
-            key: WorkloadKey {
-                namespace: "demo".into(),
-                name: name.into(),
-            },
+        let wl = WorkloadKey {
+            namespace: "demo".into(),
+            name: name.into(),
         };
-        let s = proxy_settings(&shared_id, &wl, &reg.snapshot(), &cfg, &bundle).unwrap();
+        let s = proxy_settings(&shared_id, &wl, &sources, &reg.snapshot(), &cfg, &bundle).unwrap();
         assert_eq!(s.servers.len(), 1);
         weft_api::convert::policy_from_wire(s.servers[0].policy.as_ref().unwrap()).unwrap()
     };
@@ -316,13 +314,121 @@ fn workloads_sharing_an_identity_keep_their_own_policies() {
     assert_eq!(catalog.authorize(&id("checkout")), Decision::Deny);
 
     // A proxy claiming a workload certified as someone else is refused.
-    let wl = WorkloadRef {
-        source: Arc::from("a"),
-        key: WorkloadKey {
-            namespace: "demo".into(),
-            name: "billing-1".into(),
-        },
+    let wl = WorkloadKey {
+        namespace: "demo".into(),
+        name: "billing-1".into(),
     };
-    let err = proxy_settings(&id("intruder"), &wl, &reg.snapshot(), &cfg, &bundle).unwrap_err();
+    let err = proxy_settings(
+        &id("intruder"),
+        &wl,
+        &sources,
+        &reg.snapshot(),
+        &cfg,
+        &bundle,
+    )
+    .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
+}
+
+/// The settings of workload `demo/<name>` proving `id("api")`, read from `sources`, with the
+/// policy of `port` and the default policy.
+fn policies_of(
+    reg: &Registry,
+    cfg: &MeshConfig,
+    sources: &[&str],
+    name: &str,
+    port: u16,
+) -> (Option<Policy>, Policy) {
+    let sources: Vec<Arc<str>> = sources.iter().map(|s| Arc::from(*s)).collect();
+    let wl = WorkloadKey {
+        namespace: "demo".into(),
+        name: name.into(),
+    };
+    let s = proxy_settings(
+        &id("api"),
+        &wl,
+        &sources,
+        &reg.snapshot(),
+        cfg,
+        &weft_ca::TrustBundle::new(Vec::new()),
+    )
+    .unwrap();
+    let server = s
+        .servers
+        .iter()
+        .find(|p| p.port == u32::from(port))
+        .map(|p| weft_api::convert::policy_from_wire(p.policy.as_ref().unwrap()).unwrap());
+    let default = weft_api::convert::policy_from_wire(s.default_policy.as_ref().unwrap()).unwrap();
+    (server, default)
+}
+
+fn only_web() -> MeshConfig {
+    config(vec![AuthorizationRule {
+        service: ServiceName::new("demo", "api").unwrap(),
+        from: vec!["demo/web".parse().unwrap()],
+    }])
+}
+
+#[test]
+fn a_workload_that_is_not_ready_keeps_its_rules_and_gets_no_traffic() {
+    let reg = Registry::new();
+    let cfg = only_web();
+    reg.writer("a").upsert(api(vec![
+        ep(1, EndpointState::Ready),
+        ep(2, EndpointState::NotReady),
+    ]));
+    // The starting workload's port keeps the service's rule: the mesh default (allow any
+    // authenticated identity) would let every workload in.
+    let (server, default) = policies_of(&reg, &cfg, &["a"], "api-2", 2);
+    let server = server.expect("the not-ready workload's port has its rule");
+    assert_eq!(server.authorize(&id("web")), Decision::Allow);
+    assert_eq!(server.authorize(&id("intruder")), Decision::Deny);
+    // Its other ports get the mesh default: the workload is known.
+    assert_eq!(default.authorize(&id("intruder")), Decision::Allow);
+    // Callers never hear of it: not by service, not by its own address.
+    let a = answer(
+        &id("web"),
+        &reg.snapshot(),
+        &cfg,
+        &Target::parse("api.demo", "x").unwrap(),
+    );
+    assert_eq!(addrs(&a), [1]);
+    let a = answer(
+        &id("web"),
+        &reg.snapshot(),
+        &cfg,
+        &Target::Address(([127, 0, 0, 1], 2).into()),
+    );
+    assert_eq!(addrs(&a), Vec::<u16>::new());
+}
+
+#[test]
+fn a_workload_no_source_knows_denies_every_client() {
+    let reg = Registry::new();
+    let cfg = only_web();
+    reg.writer("a")
+        .upsert(api(vec![ep(1, EndpointState::Ready)]));
+    // Unknown in the source asked about, or at all: every port denies, even to an identity
+    // the mesh default would admit.
+    for (sources, name) in [(&["b"][..], "api-1"), (&["a"][..], "api-9")] {
+        let (server, default) = policies_of(&reg, &cfg, sources, name, 1);
+        assert!(server.is_none());
+        assert_eq!(default.authorize(&id("web")), Decision::Deny);
+        assert_eq!(default.authorize(&id("intruder")), Decision::Deny);
+        assert_eq!(default.authorize_unauthenticated(), Decision::Deny);
+    }
+}
+
+#[test]
+fn a_workload_is_found_in_every_source_its_platform_names() {
+    // A Nomad allocation whose service is registered in Consul: the proxy attests with Nomad,
+    // and its servers come from both sources.
+    let reg = Registry::new();
+    let cfg = only_web();
+    reg.writer("consul")
+        .upsert(api(vec![ep(1, EndpointState::Ready)]));
+    let (server, _) = policies_of(&reg, &cfg, &["nomad", "consul"], "api-1", 1);
+    let server = server.expect("the Consul registration's rule");
+    assert_eq!(server.authorize(&id("intruder")), Decision::Deny);
+    assert_eq!(server.authorize(&id("web")), Decision::Allow);
 }

@@ -155,6 +155,9 @@ fn endpoint_conditions_map_to_states() {
             ("10.0.0.1".into(), EndpointState::Ready),
             ("10.0.0.2".into(), EndpointState::Serving),
             ("10.0.0.3".into(), EndpointState::Terminating),
+            // Not ready: kept (its pod keeps the Service's inbound rules), never sent to
+            // callers.
+            ("10.0.0.4".into(), EndpointState::NotReady),
             ("10.0.0.5".into(), EndpointState::Ready),
         ]
     );
