@@ -41,6 +41,8 @@
 //!   list, as the documentation says of the wildcard. A token other than the required one is
 //!   refused with the same 403 (what Nomad 1.10.1 and later answer for an unknown token). The
 //!   JWKS needs no token.
+//! - A slow key set ([`FakeNomad::hold_jwks`]): JWKS requests are held unanswered until the
+//!   test releases them, and the test can wait until a given number is being held.
 //! - An injected failure ([`FakeNomad::fail`]) answers 500 `No cluster leader` (text/plain) or
 //!   the status asked for.
 //! - A restart empties the event buffer (Nomad keeps it in memory); the registrations and the
@@ -237,6 +239,10 @@ struct Inner {
     parked: Gauge,
     /// Open event streams.
     streams: Gauge,
+    /// `true` while JWKS requests are held ([`FakeNomad::hold_jwks`]).
+    jwks_hold: watch::Sender<bool>,
+    /// JWKS requests being held.
+    jwks_held: Gauge,
 }
 
 /// Everything the server knows; one lock, never held across an await.
@@ -299,6 +305,8 @@ impl FakeNomad {
             changes: watch::Sender::new(0),
             parked: Gauge::default(),
             streams: Gauge::default(),
+            jwks_hold: watch::Sender::new(false),
+            jwks_held: Gauge::default(),
         });
         let handler_inner = inner.clone();
         let handler: Handler = Arc::new(move |req| {
@@ -408,6 +416,25 @@ impl FakeNomad {
     /// Serves `doc` as it is at `/.well-known/jwks.json`, malformed or not.
     pub fn set_jwks(&self, doc: Value) {
         self.inner.state().jwks = doc;
+    }
+
+    /// Holds every `/.well-known/jwks.json` request from now on without an answer until
+    /// [`FakeNomad::release_jwks`], as a slow or overloaded server would: the request is
+    /// received, logged and counted at once, and answered with the key set published at the
+    /// moment of release.
+    pub fn hold_jwks(&self) {
+        self.inner.jwks_hold.send_replace(true);
+    }
+
+    /// Answers the JWKS requests [`FakeNomad::hold_jwks`] held, and the next ones at once.
+    pub fn release_jwks(&self) {
+        self.inner.jwks_hold.send_replace(false);
+    }
+
+    /// Resolves once at least `n` JWKS requests are being held (received, not answered).
+    /// Bound it with a timeout.
+    pub async fn jwks_held(&self, n: usize) {
+        self.inner.jwks_held.at_least(n).await;
     }
 
     /// With `Some(token)`, every API request except the JWKS needs that token; `None` (the
@@ -704,6 +731,12 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         return text(StatusCode::METHOD_NOT_ALLOWED, "Invalid method");
     }
     if path == JWKS_PATH {
+        let mut hold = inner.jwks_hold.subscribe();
+        if *hold.borrow_and_update() {
+            let _held = inner.jwks_held.enter();
+            // The sender lives as long as `inner`, so this cannot fail.
+            let _ = hold.wait_for(|held| !held).await;
+        }
         let doc = inner.state().jwks.clone();
         return json_response(StatusCode::OK, &doc);
     }

@@ -325,6 +325,150 @@ async fn the_key_set_is_cached_and_refetched_at_most_so_often() {
     assert!(fake.jwks_fetches() <= 4, "{} fetches", fake.jwks_fetches());
 }
 
+/// How long a token of a cached key may take to be attested while a key-set fetch hangs:
+/// well below the Nomad client's 10 s request timeout, the longest a fetch can hang.
+const CACHED_KEY_BOUND: Duration = Duration::from_secs(5);
+
+/// An adapter with no least time between key-set fetches, so that a token of an unknown key
+/// makes a fetch at once.
+fn running_without_refetch_limit(fake: &FakeNomad) -> Running {
+    let settings = NomadSettings {
+        address: Some(fake.url()),
+        ..NomadSettings::default()
+    };
+    Running::start(
+        NomadPlatform::with_settings(settings, TrustDomain::new("weft.test").unwrap())
+            .unwrap()
+            .with_retry_floor(Duration::from_millis(50))
+            .with_key_refetch(Duration::ZERO),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_key_set_fetch_holds_up_no_token_of_a_cached_key() {
+    let fake = FakeNomad::start().await;
+    let (k1, k2) = (TestKey::fixture(1), TestKey::fixture(2));
+    fake.set_keys(&[&k1]);
+    fake.register(
+        ServiceRegistration::new("default", "api", "127.0.0.1", 8080)
+            .job("api")
+            .alloc("a1")
+            .tags(&["weft"]),
+    );
+    let run = running_without_refetch_limit(&fake);
+    let p = run.platform.clone();
+    let claims = || Claims::task("default", "api", "a1", "weft-proxy");
+    p.attest(&credential(claims().mint(&k1), "default/api"))
+        .await
+        .unwrap();
+    assert_eq!(fake.jwks_fetches(), 1);
+
+    // Nomad rotates its keyring and turns slow: a token of the new key makes a fetch that
+    // hangs.
+    fake.set_keys(&[&k1, &k2]);
+    fake.hold_jwks();
+    let rotated = tokio::spawn({
+        let p = p.clone();
+        let token = claims().mint(&k2);
+        async move { p.attest(&credential(token, "default/api")).await }
+    });
+    tokio::time::timeout(WAIT, fake.jwks_held(1))
+        .await
+        .expect("the unknown key makes a fetch");
+
+    // Meanwhile a token of the cached key is attested without waiting for that fetch.
+    let id = tokio::time::timeout(
+        CACHED_KEY_BOUND,
+        p.attest(&credential(claims().mint(&k1), "default/api")),
+    )
+    .await
+    .expect("a token of a cached key waits for the key-set fetch")
+    .unwrap();
+    assert_eq!(id.name(), "api");
+    assert!(!rotated.is_finished(), "the fetch is still held");
+
+    // Once Nomad answers, the new key's token is accepted, from that one fetch.
+    fake.release_jwks();
+    let id = tokio::time::timeout(WAIT, rotated)
+        .await
+        .expect("the fetch ends once answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(id.name(), "api");
+    assert_eq!(fake.jwks_fetches(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_of_unknown_keys_share_the_fetch_in_flight() {
+    let fake = FakeNomad::start().await;
+    let (k1, k2, k3) = (
+        TestKey::fixture(1),
+        TestKey::fixture(2),
+        TestKey::fixture(3),
+    );
+    fake.set_keys(&[&k1]);
+    fake.register(
+        ServiceRegistration::new("default", "api", "127.0.0.1", 8080)
+            .job("api")
+            .alloc("a1")
+            .tags(&["weft"]),
+    );
+    let run = running_without_refetch_limit(&fake);
+    let p = run.platform.clone();
+    let claims = || Claims::task("default", "api", "a1", "weft-proxy");
+    p.attest(&credential(claims().mint(&k1), "default/api"))
+        .await
+        .unwrap();
+    assert_eq!(fake.jwks_fetches(), 1);
+
+    fake.set_keys(&[&k1, &k2]);
+    fake.hold_jwks();
+    let first = tokio::spawn({
+        let p = p.clone();
+        let token = claims().mint(&k2);
+        async move { p.attest(&credential(token, "default/api")).await }
+    });
+    tokio::time::timeout(WAIT, fake.jwks_held(1))
+        .await
+        .expect("the unknown key makes a fetch");
+    // Two more tokens of keys the cache lacks (one the rotation brings, one it never will),
+    // each polled once while the fetch hangs: with no refetch limit, only single flight keeps
+    // them from fetching again.
+    let (second, third) = (
+        credential(claims().mint(&k2), "default/api"),
+        credential(claims().mint(&k3), "default/api"),
+    );
+    let mut second = Box::pin(p.attest(&second));
+    let mut third = Box::pin(p.attest(&third));
+    for pending in [&mut second, &mut third] {
+        tokio::select! {
+            biased;
+            r = pending => panic!("answered before the fetch it needs: {r:?}"),
+            () = std::future::ready(()) => {}
+        }
+    }
+    fake.release_jwks();
+    let (first, second, third) = tokio::time::timeout(WAIT, async {
+        (first.await.unwrap(), second.await, third.await)
+    })
+    .await
+    .expect("every caller is answered once the fetch ends");
+    assert_eq!(first.unwrap().name(), "api");
+    assert_eq!(second.unwrap().name(), "api");
+    rejected(third, "unknown signing key");
+    assert_eq!(fake.jwks_fetches(), 2, "one fetch served the three of them");
+
+    // A fetch that fails is an outage, not a verdict on the token.
+    fake.fail("/.well-known/jwks.json", 500, Some(1));
+    let waiting = tokio::spawn({
+        let p = p.clone();
+        let token = jwt::unknown_kid(&k1, &claims().build());
+        async move { p.attest(&credential(token, "default/api")).await }
+    });
+    let r = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+    assert!(matches!(r, Err(AttestError::Unavailable(_))), "{r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_cut_streams_and_an_index_going_backwards_are_survived() {
     let fake = FakeNomad::start().await;

@@ -1,6 +1,7 @@
 //! `weft inject`: the sidecar injector's change applied offline to YAML manifests, which are
 //! printed again for `kubectl apply -f -`. Kinds without a pod template pass through; each
-//! document's outcome is reported on stderr. With `--platform nomad`, a Nomad job spec instead
+//! document's outcome is reported on stderr. YAML anchors and aliases are refused with their
+//! place before the manifests are loaded ([`load_yaml`], which `weft install` uses too). With `--platform nomad`, a Nomad job spec instead
 //! (`crate::inject_nomad`).
 
 use std::io::Read;
@@ -156,8 +157,7 @@ pub fn inject_text(
     text: &str,
     file: &Path,
 ) -> anyhow::Result<(String, Vec<String>)> {
-    let docs =
-        YamlLoader::load_from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let docs = load_yaml(text, file)?;
     let mut out = String::new();
     let mut report = Vec::new();
     for (i, doc) in docs.iter().enumerate() {
@@ -190,6 +190,15 @@ pub fn inject_text(
         out.push('\n');
     }
     Ok((out, report))
+}
+
+/// The documents of a YAML text read from `file`, which a user may have been handed: anchors
+/// and aliases are refused with their place before the loader could expand them
+/// ([`weft_core::config::refuse_yaml_anchors`]). Every YAML file the CLI reads comes through
+/// here.
+pub(crate) fn load_yaml(text: &str, file: &Path) -> anyhow::Result<Vec<Yaml>> {
+    weft_core::config::refuse_yaml_anchors(text, file)?;
+    YamlLoader::load_from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
 /// A YAML document as JSON; keys must be strings, as Kubernetes objects have them.

@@ -5,7 +5,9 @@
 //! It renders as `helm template` would for a first install (`lookup` finds nothing), with
 //! these differences: the output starts with the release's Namespace (as `helm install
 //! --create-namespace` would create it), objects are labelled `managed-by: weft`, and the
-//! generated certificates have ECDSA P-256 keys where Helm's `genCA` makes RSA ones.
+//! generated certificates have ECDSA P-256 keys where Helm's `genCA` makes RSA ones, and a
+//! values file with YAML anchors or aliases is refused (`crate::inject::load_yaml`) where
+//! Helm would expand them.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -17,10 +19,10 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use serde_json::{Map, Value, json};
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_rust2::Yaml;
 
 use crate::gotmpl::{Funcs, Set, kind_of, object, print, truthy};
-use crate::inject::{to_json, to_yaml};
+use crate::inject::{load_yaml, to_json, to_yaml};
 
 macro_rules! chart_file {
     ($path:literal) => {
@@ -101,8 +103,7 @@ fn load_values(args: &Args) -> anyhow::Result<Value> {
 }
 
 fn parse_yaml_map(text: &str, file: &Path) -> anyhow::Result<Value> {
-    let docs =
-        YamlLoader::load_from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let docs = load_yaml(text, file)?;
     match docs.as_slice() {
         [] | [Yaml::Null] => Ok(Value::Object(Map::new())),
         [doc] => match to_json(doc).with_context(|| file.display().to_string())? {
@@ -317,9 +318,10 @@ pub fn render(namespace: &str, values: &Value) -> anyhow::Result<String> {
         }
         let text = set.render(file, &data)?;
         for doc in split_documents(&text) {
-            let parsed = YamlLoader::load_from_str(&doc).map_err(|e| {
-                anyhow::anyhow!("{file} rendered YAML that does not parse: {e}\n{doc}")
-            })?;
+            // Values are pasted into templates as text, so a values string could carry
+            // anchors and aliases into what is parsed here.
+            let parsed = load_yaml(&doc, Path::new(file))
+                .with_context(|| format!("{file} rendered YAML that cannot be read:\n{doc}"))?;
             let Some(first) = parsed.first().filter(|d| !d.is_null()) else {
                 continue;
             };
@@ -729,6 +731,7 @@ fn gen_signed_cert(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use yaml_rust2::YamlLoader;
 
     fn args(values: Vec<PathBuf>, set: &[&str], ha: bool) -> Args {
         Args {
@@ -871,6 +874,29 @@ mod tests {
             serde_json::to_string(&objs)
                 .unwrap()
                 .contains("\"secretName\":\"corp-root\"")
+        );
+    }
+
+    #[test]
+    fn an_anchor_a_value_pastes_into_a_template_is_refused_with_its_place() {
+        // A value the template pastes without quoting it: the rendered YAML carries the
+        // anchor, which is refused before the rendered document is parsed.
+        let mut values = load_values(&args(Vec::new(), &[], false)).unwrap();
+        set_path(
+            &mut values,
+            &["controlPlane".into(), "image".into(), "pullPolicy".into()],
+            json!("&a IfNotPresent"),
+        )
+        .unwrap();
+        let e = format!("{:#}", render("weft", &values).unwrap_err());
+        assert!(
+            e.contains("templates/deployment.yaml rendered YAML that cannot be read"),
+            "{e}"
+        );
+        assert!(
+            e.contains("templates/deployment.yaml:")
+                && e.contains(": YAML anchors and aliases are not supported"),
+            "{e}"
         );
     }
 

@@ -4,8 +4,15 @@
 //! Keys are cached by key ID. A token signed with a key ID the cache does not hold makes the
 //! set be fetched again (Nomad rotates its keyring), at most once per [`REFETCH_EVERY`], so a
 //! stream of tokens with made-up key IDs cannot make the control plane hammer the API.
+//!
+//! The cache's lock is never held across a fetch, which may take up to the API client's
+//! request timeout: a token of a cached key is checked at once while a fetch is in flight.
+//! At most one fetch is in flight; tokens of unknown keys that arrive meanwhile wait for its
+//! outcome instead of fetching again. The fetch runs as a task of its own, so it ends and
+//! serves its waiters even if the attestation that started it is abandoned.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -112,18 +119,26 @@ struct RsaKey {
     e: Vec<u8>,
 }
 
+/// How a fetch of the key set ended: `Err` with why it failed.
+type Fetched = Result<(), String>;
+
 #[derive(Default)]
 struct Cache {
     keys: HashMap<String, RsaKey>,
+    /// When the last fetch started.
     fetched: Option<Instant>,
+    /// The fetch in flight: its outcome, once it ends (the keys are in `keys` by then).
+    in_flight: Option<tokio::sync::watch::Receiver<Option<Fetched>>>,
+    /// How many fetches were started.
+    fetches: u64,
 }
 
 /// The cluster's signing keys, fetched as needed.
 pub struct Jwks {
     api: Api,
     refetch_every: Duration,
-    cache: tokio::sync::Mutex<Cache>,
-    fetches: std::sync::atomic::AtomicU64,
+    /// Held only to read or update the cache, never across an await.
+    cache: Arc<Mutex<Cache>>,
 }
 
 impl std::fmt::Debug for Jwks {
@@ -156,14 +171,13 @@ impl Jwks {
         Self {
             api,
             refetch_every,
-            cache: tokio::sync::Mutex::new(Cache::default()),
-            fetches: std::sync::atomic::AtomicU64::new(0),
+            cache: Arc::new(Mutex::new(Cache::default())),
         }
     }
 
     /// How many times the key set was fetched.
     pub fn fetches(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+        lock(&self.cache).fetches
     }
 
     /// Verifies `token` and returns its claims, if it is for `audience`.
@@ -233,41 +247,104 @@ impl Jwks {
     }
 
     /// The key `kid`, fetching the set again when it is unknown and the last fetch is old
-    /// enough.
+    /// enough, or waiting for the fetch in flight.
     async fn key(&self, kid: &str) -> Result<RsaKey, AttestError> {
-        let mut cache = self.cache.lock().await;
-        if let Some(k) = cache.keys.get(kid) {
-            return Ok(k.clone());
-        }
-        if cache
-            .fetched
-            .is_some_and(|t| t.elapsed() < self.refetch_every)
-        {
-            return Err(rejected(format!("unknown signing key {:?}", clip(kid, 80))));
-        }
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        cache.fetched = Some(Instant::now());
-        let (set, _) = self
-            .api
-            .get::<KeySet>("/.well-known/jwks.json", &[])
+        let unknown = || rejected(format!("unknown signing key {:?}", clip(kid, 80)));
+        let mut outcome = {
+            let mut cache = lock(&self.cache);
+            if let Some(k) = cache.keys.get(kid) {
+                return Ok(k.clone());
+            }
+            // A fetch task that ended without a word (its runtime shut down) leaves nothing
+            // to wait for.
+            if cache
+                .in_flight
+                .as_ref()
+                .is_some_and(|rx| rx.has_changed().is_err())
+            {
+                cache.in_flight = None;
+            }
+            match &cache.in_flight {
+                Some(rx) => rx.clone(),
+                None => {
+                    if cache
+                        .fetched
+                        .is_some_and(|t| t.elapsed() < self.refetch_every)
+                    {
+                        return Err(unknown());
+                    }
+                    cache.fetched = Some(Instant::now());
+                    cache.fetches += 1;
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    cache.in_flight = Some(rx.clone());
+                    tokio::spawn(fetch(self.api.clone(), self.cache.clone(), tx));
+                    rx
+                }
+            }
+        };
+        let ended = outcome
+            .wait_for(Option::is_some)
             .await
-            .map_err(|e| AttestError::Unavailable(format!("the cluster's signing keys: {e}")))?;
-        cache.keys = set
-            .keys
-            .into_iter()
-            .filter(|k| k.kty == "RSA" && k.alg.as_deref().is_none_or(|a| a == "RS256"))
-            .filter_map(|k| {
-                let n = URL_SAFE_NO_PAD.decode(k.n?.trim_end_matches('=')).ok()?;
-                let e = URL_SAFE_NO_PAD.decode(k.e?.trim_end_matches('=')).ok()?;
-                Some((k.kid?, RsaKey { n, e }))
-            })
-            .take(MAX_KEYS)
-            .collect();
-        cache
-            .keys
-            .get(kid)
-            .cloned()
-            .ok_or_else(|| rejected(format!("unknown signing key {:?}", clip(kid, 80))))
+            .map(|o| o.clone())
+            .map_err(|_| {
+                AttestError::Unavailable(
+                    "the cluster's signing keys: the fetch ended without an answer".into(),
+                )
+            })?;
+        if let Some(Err(why)) = ended {
+            return Err(AttestError::Unavailable(format!(
+                "the cluster's signing keys: {why}"
+            )));
+        }
+        lock(&self.cache).keys.get(kid).cloned().ok_or_else(unknown)
     }
+}
+
+fn lock(cache: &Mutex<Cache>) -> MutexGuard<'_, Cache> {
+    // The cache is consistent between statements, so a panic elsewhere leaves it usable.
+    cache.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Fetches the key set into `cache`, then tells the callers waiting on `done` how it went.
+/// A failed fetch keeps the keys already cached.
+async fn fetch(
+    api: Api,
+    cache: Arc<Mutex<Cache>>,
+    done: tokio::sync::watch::Sender<Option<Fetched>>,
+) {
+    let got = api
+        .get::<KeySet>("/.well-known/jwks.json", &[])
+        .await
+        .map(|(set, _)| {
+            set.keys
+                .into_iter()
+                .filter(|k| k.kty == "RSA" && k.alg.as_deref().is_none_or(|a| a == "RS256"))
+                .filter_map(|k| {
+                    let n = URL_SAFE_NO_PAD.decode(k.n?.trim_end_matches('=')).ok()?;
+                    let e = URL_SAFE_NO_PAD.decode(k.e?.trim_end_matches('=')).ok()?;
+                    Some((k.kid?, RsaKey { n, e }))
+                })
+                .take(MAX_KEYS)
+                .collect::<HashMap<_, _>>()
+        });
+    let outcome = {
+        let mut cache = lock(&cache);
+        cache.in_flight = None;
+        match got {
+            Ok(keys) => {
+                cache.keys = keys;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    platform = crate::NOMAD,
+                    error = %e,
+                    "cannot fetch the cluster's signing keys"
+                );
+                Err(e.to_string())
+            }
+        }
+    };
+    // No one may be waiting any more; that is fine.
+    let _ = done.send(Some(outcome));
 }

@@ -10,6 +10,7 @@ use config::{Config, Environment, File, FileFormat};
 use super::platforms::{PlatformSettings, ReadError, Reader, SectionCheck};
 use super::schema::MeshConfig;
 use super::validate;
+use super::yaml::{REFUSAL, YamlAnchorError, refuse_yaml_anchors};
 
 /// Why a mesh config file was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,6 +19,8 @@ pub struct ConfigError {
     pub file: PathBuf,
     /// The 1-based line where the offending key or value stands, when it can be found.
     pub line: Option<usize>,
+    /// The 1-based column on that line, when the error is about one place rather than a key.
+    pub column: Option<usize>,
     /// The dotted key path, e.g. `platforms.local.workloads[1].port`.
     pub key: Option<String>,
     /// What is wrong.
@@ -29,11 +32,26 @@ impl fmt::Display for ConfigError {
         write!(f, "{}", self.file.display())?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
         }
         if let Some(key) = &self.key {
             write!(f, ": key `{key}`")?;
         }
         write!(f, ": {}", self.message)
+    }
+}
+
+impl From<YamlAnchorError> for ConfigError {
+    fn from(e: YamlAnchorError) -> Self {
+        ConfigError {
+            file: e.file,
+            line: Some(e.line),
+            column: Some(e.column),
+            key: None,
+            message: REFUSAL.into(),
+        }
     }
 }
 
@@ -96,6 +114,7 @@ impl Loader {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             line: None,
+            column: None,
             key: None,
             message: format!("cannot read: {e}"),
         })?;
@@ -136,18 +155,14 @@ impl Loader {
             ConfigError {
                 file: path.to_path_buf(),
                 line,
+                column: None,
                 key,
                 message,
             }
         };
-        if format == FileFormat::Yaml
-            && let Err(line) = refuse_yaml_anchors(text)
-        {
-            return Err(err_at(
-                None,
-                "YAML anchors and aliases are not supported: write the value out in full".into(),
-                Some(line),
-            ));
+        // Before `config` parses the text, which would expand every alias.
+        if format == FileFormat::Yaml {
+            refuse_yaml_anchors(text, path)?;
         }
         let built = Config::builder()
             .add_source(File::from_str(text, format))
@@ -225,6 +240,7 @@ fn format_of(path: &Path) -> Result<FileFormat, ConfigError> {
         _ => Err(ConfigError {
             file: path.to_path_buf(),
             line: None,
+            column: None,
             key: None,
             message: format!(
                 "unsupported file extension `.{}`: use .toml, .yaml or .yml",
@@ -264,33 +280,6 @@ impl DataHome {
         self.xdg_data_home
             .clone()
             .or_else(|| self.home.as_ref().map(|h| h.join(".local/share")))
-    }
-}
-
-/// Refuses YAML anchors (`&a`) and aliases (`*a`, `<<: *a`). `config` expands every alias
-/// into a copy of its anchor, so a few hundred bytes of nested aliases grow into gigabytes; the
-/// mesh config never needs them. The event parser reports anchors and aliases without
-/// expanding anything, and tells a real alias from a `*` or `&` inside a quoted string.
-fn refuse_yaml_anchors(text: &str) -> Result<(), usize> {
-    use yaml_rust2::parser::{Event, Parser};
-    let mut parser = Parser::new_from_str(text);
-    loop {
-        // A syntax error ends the scan: `config` reports it next, with its own line.
-        let Ok((event, mark)) = parser.next_token() else {
-            return Ok(());
-        };
-        // Anchor ids start at 1; 0 means the node has no anchor.
-        let anchored = match event {
-            Event::StreamEnd => return Ok(()),
-            Event::Alias(_) => true,
-            Event::Scalar(_, _, anchor, _)
-            | Event::SequenceStart(anchor, _)
-            | Event::MappingStart(anchor, _) => anchor != 0,
-            _ => false,
-        };
-        if anchored {
-            return Err(mark.line());
-        }
     }
 }
 
@@ -587,10 +576,10 @@ i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n";
     fn yaml_alias_bomb_is_refused_before_expansion() {
         assert!(ALIAS_BOMB.len() < 400, "{}", ALIAS_BOMB.len());
         let e = load_with(ALIAS_BOMB, "mesh.yaml", &home()).unwrap_err();
-        assert_eq!(e.line, Some(4), "{e}");
+        assert_eq!((e.line, e.column), (Some(4), Some(4)), "{e}");
         assert!(
             e.to_string()
-                .starts_with("mesh.yaml:4: YAML anchors and aliases are not supported"),
+                .starts_with("mesh.yaml:4:4: YAML anchors and aliases are not supported"),
             "{e}"
         );
     }
@@ -601,7 +590,7 @@ i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n";
         assert!(load_with(base, "m.yml", &home()).is_ok());
         // An anchor alone, on a value that is otherwise fine.
         let e = load_with(&base.replace("name: t", "name: &n t"), "m.yml", &home()).unwrap_err();
-        assert_eq!(e.line, Some(2), "{e}");
+        assert_eq!((e.line, e.column), (Some(2), Some(9)), "{e}");
         assert_eq!(
             e.message,
             "YAML anchors and aliases are not supported: write the value out in full"
@@ -612,7 +601,7 @@ i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n";
         );
         let e = load_with(&text, "m.yaml", &home()).unwrap_err();
         assert!(e.message.contains("anchors and aliases"), "{e}");
-        assert!(matches!(e.line, Some(6 | 7)), "{e}");
+        assert_eq!((e.line, e.column), (Some(6), Some(9)), "{e}");
     }
 
     #[test]

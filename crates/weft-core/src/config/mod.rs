@@ -10,14 +10,20 @@
 //! section belongs to the platform adapter of that name, which defines its keys and checks
 //! them ([`PlatformSettings`]); a program says which adapters it runs by building its
 //! [`Loader`] with them.
+//!
+//! A YAML file's anchors and aliases are refused before anything parses it
+//! ([`refuse_yaml_anchors`]); the CLI puts the other YAML files it reads (Kubernetes
+//! manifests, chart values) through the same check.
 
 mod load;
 mod platforms;
 mod schema;
 mod validate;
 mod watch;
+mod yaml;
 
 pub use load::{ConfigError, ConfigWarning, Loader};
 pub use platforms::{PlatformSettings, Platforms, SectionCheck, SectionError};
 pub use schema::*;
 pub use watch::ConfigWatcher;
+pub use yaml::{YamlAnchorError, refuse_yaml_anchors};

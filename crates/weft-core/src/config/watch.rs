@@ -36,6 +36,7 @@ impl ConfigWatcher {
         let bytes = std::fs::read(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             line: None,
+            column: None,
             key: None,
             message: format!("cannot read: {e}"),
         })?;
