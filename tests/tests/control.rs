@@ -440,3 +440,330 @@ async fn the_state_api_shows_services_ports_endpoints_and_identities_by_source()
         "{body}"
     );
 }
+
+/// A platform that proves `test/web` for the token `web`, holds a call with the token
+/// `stall` until released, and refuses anything else.
+#[derive(Debug, Default)]
+struct GatePlatform {
+    stalled: std::sync::atomic::AtomicUsize,
+    release: tokio_util::sync::CancellationToken,
+}
+
+#[async_trait::async_trait]
+impl weft_core::platform::Platform for GatePlatform {
+    fn name(&self) -> &str {
+        "gate"
+    }
+    async fn run(
+        &self,
+        registry: weft_core::RegistryWriter,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(), weft_core::platform::PlatformError> {
+        registry.replace_all([]);
+        shutdown.cancelled().await;
+        Ok(())
+    }
+    async fn attest(
+        &self,
+        credential: &weft_core::platform::Credential,
+    ) -> Result<Identity, weft_core::platform::AttestError> {
+        match credential.token.as_str() {
+            "web" => Ok(id("web")),
+            "stall" => {
+                self.stalled
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.release.cancelled().await;
+                Err(weft_core::platform::AttestError::Rejected(
+                    "released".into(),
+                ))
+            }
+            _ => Err(weft_core::platform::AttestError::Rejected(
+                "unknown token".into(),
+            )),
+        }
+    }
+}
+
+/// A control plane with `limits` on its gRPC listener and the [`GatePlatform`].
+struct GatedControl {
+    control: weft_control::ControlPlane,
+    platform: std::sync::Arc<GatePlatform>,
+    bundle: TrustBundle,
+    proxy_cfg: weft_proxy::ProxyConfig,
+    _dir: tempfile::TempDir,
+}
+
+impl GatedControl {
+    async fn start(limits: weft_control::GrpcLimits) -> Self {
+        weft_tests::trace_init();
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n[control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n",
+            dir.path().display()
+        );
+        let cfg = weft_control::platforms::loader()
+            .load_str(&text, std::path::Path::new("m.toml"))
+            .unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(cfg));
+        let platform = std::sync::Arc::new(GatePlatform::default());
+        let control = weft_control::ControlPlane::start_with(rx, vec![platform.clone()], limits)
+            .await
+            .unwrap();
+        let bundle =
+            TrustBundle::from_pem(&std::fs::read(&control.trust_bundle_file).unwrap()).unwrap();
+        let proxy_cfg = <weft_proxy::ProxyConfig as clap::Parser>::try_parse_from([
+            "weft-proxy",
+            "--control-addr",
+            &control.grpc_addr.to_string(),
+            "--trust-domain",
+            "weft.test",
+            "--trust-bundle",
+            &control.trust_bundle_file.display().to_string(),
+            "--workload",
+            "web",
+            "--token-file",
+            "/dev/null",
+        ])
+        .unwrap();
+        Self {
+            control,
+            platform,
+            bundle,
+            proxy_cfg,
+            _dir: dir,
+        }
+    }
+
+    fn control_id() -> Identity {
+        Identity::control_plane(&TrustDomain::new("weft.test").unwrap())
+    }
+
+    fn anonymous_tls(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        weft_ca::tls::anonymous_client_config(&self.bundle, &Self::control_id())
+    }
+
+    /// A TLS connection to the gRPC port with `tls`, on which nothing is sent yet.
+    async fn raw(
+        &self,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(self.control.grpc_addr)
+            .await
+            .unwrap();
+        tokio_rustls::TlsConnector::from(tls)
+            .connect(weft_ca::tls::server_name(), tcp)
+            .await
+            .unwrap()
+    }
+
+    /// Certify for `test/web` on a new anonymous connection.
+    async fn certify_web(&self) -> Result<weft_ca::tls::TlsCredentials, tonic::Status> {
+        let ch = weft_proxy::control::channel(&self.proxy_cfg, self.anonymous_tls())
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        self.certify_web_on(ch).await
+    }
+
+    async fn certify_web_on(
+        &self,
+        ch: tonic::transport::Channel,
+    ) -> Result<weft_ca::tls::TlsCredentials, tonic::Status> {
+        let key = LeafKey::generate().unwrap();
+        let rsp = IdentityClient::new(ch)
+            .certify(CertifyRequest {
+                credential: Some(Credential {
+                    platform: "gate".into(),
+                    token: "web".into(),
+                    workload: "test/web".into(),
+                }),
+                csr: key.csr(&id("web")).unwrap(),
+            })
+            .await?
+            .into_inner();
+        Ok(
+            weft_proxy::identity::credentials_from(id("web"), &key, rsp, self.bundle.clone())
+                .unwrap(),
+        )
+    }
+
+    async fn metrics(&self) -> String {
+        admin_get(self.control.http_addr, "GET", "/metrics").await.1
+    }
+
+    /// Waits until the gauge of anonymous connections reads `n`.
+    async fn wait_anonymous(&self, n: f64) {
+        let deadline = tokio::time::Instant::now() + weft_tests::WAIT;
+        loop {
+            let text = self.metrics().await;
+            let now = weft_tests::metric(&text, "weft_control_anonymous_connections", &[]);
+            if now == n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{now} anonymous connections, expected {n}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Reads (and drops) what `io` receives until the peer closes it; how long that took, or
+/// `None` if it was still open after `within`.
+async fn closed_within(
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: std::time::Duration,
+) -> Option<std::time::Duration> {
+    use tokio::io::AsyncReadExt;
+    let began = tokio::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return began.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// The HTTP/2 client preface and an empty SETTINGS frame: what opens a connection.
+const H2_OPENING: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_the_http2_preface_is_closed() {
+    let limits = weft_control::GrpcLimits {
+        preface_timeout: std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
+    let c = GatedControl::start(limits.clone()).await;
+    let creds = c.certify_web().await.unwrap();
+    let with_cert = creds.client_config(&GatedControl::control_id(), weft_ca::ALPN_H2);
+    let margin = std::time::Duration::from_secs(3);
+    for (what, tls) in [
+        ("anonymous", c.anonymous_tls()),
+        ("with a certificate", with_cert),
+    ] {
+        let mut io = c.raw(tls).await;
+        let took = closed_within(&mut io, limits.preface_timeout + margin)
+            .await
+            .unwrap_or_else(|| panic!("{what}: still open"));
+        assert!(took >= limits.preface_timeout / 2, "{what}: {took:?}");
+    }
+    let text = c.metrics().await;
+    assert_eq!(
+        weft_tests::metric(
+            &text,
+            "weft_control_connections_closed_total",
+            &["reason=\"preface_timeout\""]
+        ),
+        2.0,
+        "{text}"
+    );
+    c.control.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_connections_are_bounded_and_a_proxy_still_gets_its_certificate() {
+    use tokio::io::AsyncWriteExt;
+    let limits = weft_control::GrpcLimits {
+        max_anonymous_connections: 8,
+        anonymous_idle_timeout: std::time::Duration::from_secs(600),
+        ..Default::default()
+    };
+    let c = GatedControl::start(limits.clone()).await;
+    let creds = c.certify_web().await.unwrap();
+    c.wait_anonymous(0.0).await;
+    // Strangers fill every anonymous slot, with connections that opened HTTP/2 and hold it.
+    let mut held = Vec::new();
+    for _ in 0..limits.max_anonymous_connections {
+        let mut io = c.raw(c.anonymous_tls()).await;
+        io.write_all(H2_OPENING).await.unwrap();
+        held.push(io);
+    }
+    c.wait_anonymous(limits.max_anonymous_connections as f64)
+        .await;
+    // One more is closed at once, and counted.
+    let mut extra = c.raw(c.anonymous_tls()).await;
+    extra.write_all(H2_OPENING).await.unwrap();
+    assert!(
+        closed_within(&mut extra, std::time::Duration::from_secs(3))
+            .await
+            .is_some(),
+        "an anonymous connection beyond the cap stays open"
+    );
+    weft_tests::wait_metric(
+        c.control.http_addr,
+        "weft_control_connections_closed_total",
+        &["reason=\"anonymous_limit\""],
+        1.0,
+    )
+    .await;
+    // A proxy with its certificate renews meanwhile.
+    let tls = creds.client_config(&GatedControl::control_id(), weft_ca::ALPN_H2);
+    let ch = weft_proxy::control::channel(&c.proxy_cfg, tls)
+        .await
+        .unwrap();
+    c.certify_web_on(ch).await.unwrap();
+    // Once some strangers leave, a new proxy gets its first certificate.
+    held.truncate(limits.max_anonymous_connections - 2);
+    c.wait_anonymous((limits.max_anonymous_connections - 2) as f64)
+        .await;
+    c.certify_web().await.unwrap();
+    // The strangers still held were never closed: the cap closed only the one beyond it.
+    for io in &mut held {
+        assert!(
+            closed_within(io, std::time::Duration::from_millis(10))
+                .await
+                .is_none()
+        );
+    }
+    c.control.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_anonymous_connections_are_closed_but_not_during_a_call() {
+    use tokio::io::AsyncWriteExt;
+    let limits = weft_control::GrpcLimits {
+        anonymous_idle_timeout: std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
+    let c = GatedControl::start(limits.clone()).await;
+    let margin = std::time::Duration::from_secs(3);
+    // HTTP/2 opened, then nothing asked.
+    let mut idle = c.raw(c.anonymous_tls()).await;
+    idle.write_all(H2_OPENING).await.unwrap();
+    let took = closed_within(&mut idle, limits.anonymous_idle_timeout + margin)
+        .await
+        .expect("an idle anonymous connection stays open");
+    assert!(took >= limits.anonymous_idle_timeout / 2, "{took:?}");
+    weft_tests::wait_metric(
+        c.control.http_addr,
+        "weft_control_connections_closed_total",
+        &["reason=\"anonymous_idle\""],
+        1.0,
+    )
+    .await;
+
+    // A Certify call in flight keeps its connection open past the idle time.
+    let ch = weft_proxy::control::channel(&c.proxy_cfg, c.anonymous_tls())
+        .await
+        .unwrap();
+    let mut client = IdentityClient::new(ch.clone());
+    let call = tokio::spawn(async move { client.certify(certify_request("gate", "stall")).await });
+    let deadline = tokio::time::Instant::now() + weft_tests::WAIT;
+    while c.platform.stalled.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(limits.anonymous_idle_timeout * 2).await;
+    c.platform.release.cancel();
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    c.control.shutdown().await;
+}

@@ -3,7 +3,8 @@
 //! It composes the core (registry, policy, mesh config), the certificate authority and the
 //! platform adapters it is given, and serves:
 //! - gRPC over TLS (`control.grpc_addr`, default 7443): `Identity.Certify`, and discovery on
-//!   demand with `Discovery.Resolve` and `Discovery.Proxy` ([`discovery`]);
+//!   demand with `Discovery.Resolve` and `Discovery.Proxy` ([`discovery`]); what a client
+//!   without a certificate may hold there is bounded ([`GrpcLimits`]);
 //! - HTTP (`control.http_addr`, default 127.0.0.1:7080): `/live`, `/ready`, `/metrics` and
 //!   `/api/state`. Bound to anything but loopback, `/metrics` and `/api/state` require the
 //!   bearer token in `<data_dir>/http-token`.
@@ -31,6 +32,7 @@ use weft_core::{Identity, Registry, RegistryWriter};
 
 pub use discovery::{Answer, ENDPOINTS_PER_MESSAGE, answer, proxy_settings, updates};
 pub use metrics::ControlMetrics;
+pub use transport::GrpcLimits;
 
 /// Failures starting the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +155,16 @@ impl ControlPlane {
         config: watch::Receiver<Arc<MeshConfig>>,
         platforms: Vec<Arc<dyn Platform>>,
     ) -> Result<Self, ControlError> {
+        Self::start_with(config, platforms, GrpcLimits::default()).await
+    }
+
+    /// [`ControlPlane::start`] with other bounds on the gRPC listener's connections (tests
+    /// shorten its timeouts).
+    pub async fn start_with(
+        config: watch::Receiver<Arc<MeshConfig>>,
+        platforms: Vec<Arc<dyn Platform>>,
+        limits: GrpcLimits,
+    ) -> Result<Self, ControlError> {
         let cfg = config.borrow().clone();
         let data_dir = cfg.data_dir();
         let ca =
@@ -218,6 +230,7 @@ impl ControlPlane {
             grpc,
             serving,
             state.clone(),
+            limits,
             shutdown.clone(),
         )));
         tasks.push(tokio::spawn(admin::serve(http, state, shutdown.clone())));

@@ -32,6 +32,14 @@ pub struct TlsRejectLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `weft_control_connections_closed_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionCloseLabels {
+    /// A fixed reason: `anonymous_limit`, `preface_timeout`, `not_http2` or
+    /// `anonymous_idle`.
+    pub reason: &'static str,
+}
+
 /// Labels of the Discovery stream metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabels {
@@ -55,6 +63,10 @@ pub struct ControlMetrics {
     pub denied: Counter,
     /// gRPC connections whose TLS handshake failed, by reason.
     pub tls_rejected: Family<TlsRejectLabels, Counter>,
+    /// gRPC connections closed after their handshake by a bound on strangers, by reason.
+    pub connections_closed: Family<ConnectionCloseLabels, Counter>,
+    /// Open gRPC connections without a client certificate.
+    pub anonymous_connections: Gauge,
     /// When the signing intermediate expires, in seconds since the Unix epoch.
     pub intermediate_expiry: Gauge,
     /// 1 while the intermediate can be renewed here (root key at hand, not failing), else 0.
@@ -70,6 +82,8 @@ impl Default for ControlMetrics {
         let updates = Family::<StreamLabels, Counter>::default();
         let denied = Counter::default();
         let tls_rejected = Family::<TlsRejectLabels, Counter>::default();
+        let connections_closed = Family::<ConnectionCloseLabels, Counter>::default();
+        let anonymous_connections = Gauge::default();
         let intermediate_expiry = Gauge::default();
         let intermediate_renewable = Gauge::default();
         registry.register(
@@ -86,6 +100,16 @@ impl Default for ControlMetrics {
             "weft_control_tls_rejected",
             "gRPC connections whose TLS handshake failed, by reason",
             tls_rejected.clone(),
+        );
+        registry.register(
+            "weft_control_connections_closed",
+            "gRPC connections closed after their TLS handshake by a bound on clients without a certificate, by reason",
+            connections_closed.clone(),
+        );
+        registry.register(
+            "weft_control_anonymous_connections",
+            "Open gRPC connections without a client certificate",
+            anonymous_connections.clone(),
         );
         registry.register(
             "weft_control_certify",
@@ -120,6 +144,8 @@ impl Default for ControlMetrics {
             updates,
             denied,
             tls_rejected,
+            connections_closed,
+            anonymous_connections,
             intermediate_expiry,
             intermediate_renewable,
         }
@@ -142,6 +168,13 @@ impl ControlMetrics {
     pub fn count_tls_rejected(&self, reason: &'static str) {
         self.tls_rejected
             .get_or_create(&TlsRejectLabels { reason })
+            .inc();
+    }
+
+    /// Counts one connection closed by a bound on clients without a certificate.
+    pub fn count_connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ConnectionCloseLabels { reason })
             .inc();
     }
 

@@ -257,9 +257,8 @@ impl KubernetesPlatform {
                 }
             }
         });
-        Ok(tokio::spawn(webhook::serve(
-            listener, tls, handler, shutdown,
-        )))
+        let server = webhook::Webhook::new(handler, webhook::Limits::default());
+        Ok(tokio::spawn(server.serve(listener, tls, shutdown)))
     }
 
     /// Follows where the admission webhook listens (`None` until it does).
