@@ -358,7 +358,7 @@ async fn a_slow_key_set_fetch_holds_up_no_token_of_a_cached_key() {
     let run = running_without_refetch_limit(&fake);
     let p = run.platform.clone();
     let claims = || Claims::task("default", "api", "a1", "weft-proxy");
-    p.attest(&credential(claims().mint(&k1), "default/api"))
+    p.attest(&credential(claims().mint(&k1), "default/a1", "api"))
         .await
         .unwrap();
     assert_eq!(fake.jwks_fetches(), 1);
@@ -370,7 +370,7 @@ async fn a_slow_key_set_fetch_holds_up_no_token_of_a_cached_key() {
     let rotated = tokio::spawn({
         let p = p.clone();
         let token = claims().mint(&k2);
-        async move { p.attest(&credential(token, "default/api")).await }
+        async move { p.attest(&credential(token, "default/a1", "api")).await }
     });
     tokio::time::timeout(WAIT, fake.jwks_held(1))
         .await
@@ -379,7 +379,7 @@ async fn a_slow_key_set_fetch_holds_up_no_token_of_a_cached_key() {
     // Meanwhile a token of the cached key is attested without waiting for that fetch.
     let id = tokio::time::timeout(
         CACHED_KEY_BOUND,
-        p.attest(&credential(claims().mint(&k1), "default/api")),
+        p.attest(&credential(claims().mint(&k1), "default/a1", "api")),
     )
     .await
     .expect("a token of a cached key waits for the key-set fetch")
@@ -416,7 +416,7 @@ async fn tokens_of_unknown_keys_share_the_fetch_in_flight() {
     let run = running_without_refetch_limit(&fake);
     let p = run.platform.clone();
     let claims = || Claims::task("default", "api", "a1", "weft-proxy");
-    p.attest(&credential(claims().mint(&k1), "default/api"))
+    p.attest(&credential(claims().mint(&k1), "default/a1", "api"))
         .await
         .unwrap();
     assert_eq!(fake.jwks_fetches(), 1);
@@ -426,7 +426,7 @@ async fn tokens_of_unknown_keys_share_the_fetch_in_flight() {
     let first = tokio::spawn({
         let p = p.clone();
         let token = claims().mint(&k2);
-        async move { p.attest(&credential(token, "default/api")).await }
+        async move { p.attest(&credential(token, "default/a1", "api")).await }
     });
     tokio::time::timeout(WAIT, fake.jwks_held(1))
         .await
@@ -435,8 +435,8 @@ async fn tokens_of_unknown_keys_share_the_fetch_in_flight() {
     // each polled once while the fetch hangs: with no refetch limit, only single flight keeps
     // them from fetching again.
     let (second, third) = (
-        credential(claims().mint(&k2), "default/api"),
-        credential(claims().mint(&k3), "default/api"),
+        credential(claims().mint(&k2), "default/a1", "api"),
+        credential(claims().mint(&k3), "default/a1", "api"),
     );
     let mut second = Box::pin(p.attest(&second));
     let mut third = Box::pin(p.attest(&third));
@@ -463,7 +463,7 @@ async fn tokens_of_unknown_keys_share_the_fetch_in_flight() {
     let waiting = tokio::spawn({
         let p = p.clone();
         let token = jwt::unknown_kid(&k1, &claims().build());
-        async move { p.attest(&credential(token, "default/api")).await }
+        async move { p.attest(&credential(token, "default/a1", "api")).await }
     });
     let r = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
     assert!(matches!(r, Err(AttestError::Unavailable(_))), "{r:?}");

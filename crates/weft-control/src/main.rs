@@ -48,12 +48,16 @@ async fn main() -> anyhow::Result<()> {
         &weft_control::platforms::loader(),
         stop.clone(),
     )?;
+    // SIGTERM is how Kubernetes and Nomad stop a task; SIGINT is a terminal's Ctrl-C. Both
+    // handlers are in place before any listener opens: a signal that arrives once the control
+    // plane answers must stop it cleanly, not kill it.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let platforms = weft_control::platforms::enabled(&watcher).await?;
     let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms).await?;
-    // SIGTERM is how Kubernetes and Nomad stop a task; SIGINT is a terminal's Ctrl-C.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
