@@ -270,20 +270,7 @@ async fn concurrent_anonymous_certify_calls_are_bounded() {
     let bundle =
         TrustBundle::from_pem(&std::fs::read(&control.trust_bundle_file).unwrap()).unwrap();
     let td = TrustDomain::new("weft.test").unwrap();
-    let proxy_cfg = <weft_proxy::ProxyConfig as clap::Parser>::try_parse_from([
-        "weft-proxy",
-        "--control-addr",
-        &control.grpc_addr.to_string(),
-        "--trust-domain",
-        "weft.test",
-        "--trust-bundle",
-        &control.trust_bundle_file.display().to_string(),
-        "--workload",
-        "web",
-        "--token-file",
-        "/dev/null",
-    ])
-    .unwrap();
+    let proxy_cfg = web_proxy_config(&control);
     let limit = weft_control::MAX_ANONYMOUS_CERTIFY;
     // Two connections, since one carries a bounded number of streams.
     let mut calls = Vec::new();
@@ -511,20 +498,7 @@ impl GatedControl {
             .unwrap();
         let bundle =
             TrustBundle::from_pem(&std::fs::read(&control.trust_bundle_file).unwrap()).unwrap();
-        let proxy_cfg = <weft_proxy::ProxyConfig as clap::Parser>::try_parse_from([
-            "weft-proxy",
-            "--control-addr",
-            &control.grpc_addr.to_string(),
-            "--trust-domain",
-            "weft.test",
-            "--trust-bundle",
-            &control.trust_bundle_file.display().to_string(),
-            "--workload",
-            "web",
-            "--token-file",
-            "/dev/null",
-        ])
-        .unwrap();
+        let proxy_cfg = web_proxy_config(&control);
         Self {
             control,
             platform,
@@ -766,4 +740,23 @@ async fn idle_anonymous_connections_are_closed_but_not_during_a_call() {
     let err = call.await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
     c.control.shutdown().await;
+}
+
+/// The settings of a proxy `web` of `control`'s mesh (its credential is never read: the tests
+/// that use it call the control plane with settings of their own).
+fn web_proxy_config(control: &weft_control::ControlPlane) -> weft_proxy::ProxyConfig {
+    <weft_proxy::ProxyConfig as clap::Parser>::try_parse_from([
+        "weft-proxy",
+        "--control-addr",
+        &control.grpc_addr.to_string(),
+        "--trust-domain",
+        "weft.test",
+        "--trust-bundle",
+        &control.trust_bundle_file.display().to_string(),
+        "--workload",
+        "web",
+        "--token-file",
+        "/dev/null",
+    ])
+    .unwrap()
 }

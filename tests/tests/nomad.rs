@@ -46,6 +46,26 @@ fn credential(token: String, workload: &str, account: &str) -> Credential {
     }
 }
 
+/// Registers service `api` of allocation `a1` (job `api`, namespace `default`), meshed.
+fn register_a1(fake: &FakeNomad) {
+    fake.register(
+        ServiceRegistration::new("default", "api", "127.0.0.1", 8080)
+            .job("api")
+            .alloc("a1")
+            .tags(&["weft"]),
+    );
+}
+
+/// The claims of a task token of allocation `a1`.
+fn a1_claims() -> Claims {
+    Claims::task("default", "api", "a1", "weft-proxy")
+}
+
+/// The credential of `a1`'s proxy, asking for account `api`.
+fn a1(token: String) -> Credential {
+    credential(token, "default/a1", "api")
+}
+
 fn rejected(r: Result<weft_core::Identity, AttestError>, needle: &str) {
     match r {
         Err(AttestError::Rejected(why)) => assert!(why.contains(needle), "{why} lacks {needle:?}"),
@@ -271,30 +291,17 @@ async fn the_key_set_is_cached_and_refetched_at_most_so_often() {
     let fake = FakeNomad::start().await;
     let (k1, k2) = (TestKey::fixture(1), TestKey::fixture(2));
     fake.set_keys(&[&k1]);
-    fake.register(
-        ServiceRegistration::new("default", "api", "127.0.0.1", 8080)
-            .job("api")
-            .alloc("a1")
-            .tags(&["weft"]),
-    );
+    register_a1(&fake);
     let run = running(&fake, NomadSettings::default());
     let p = &run.platform;
-    let claims = || Claims::task("default", "api", "a1", "weft-proxy");
-    p.attest(&credential(claims().mint(&k1), "default/a1", "api"))
-        .await
-        .unwrap();
-    p.attest(&credential(claims().mint(&k1), "default/a1", "api"))
-        .await
-        .unwrap();
+    let claims = a1_claims;
+    p.attest(&a1(claims().mint(&k1))).await.unwrap();
+    p.attest(&a1(claims().mint(&k1))).await.unwrap();
     assert_eq!(fake.jwks_fetches(), 1, "a known key is not fetched again");
     // A flood of made-up key IDs fetches the set at most once per interval.
     for _ in 0..50 {
         let r = p
-            .attest(&credential(
-                jwt::unknown_kid(&k1, &claims().build()),
-                "default/a1",
-                "api",
-            ))
+            .attest(&a1(jwt::unknown_kid(&k1, &claims().build())))
             .await;
         assert!(matches!(r, Err(AttestError::Rejected(_))));
     }
@@ -304,10 +311,7 @@ async fn the_key_set_is_cached_and_refetched_at_most_so_often() {
     let rotated = claims().mint(&k2);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match p
-            .attest(&credential(rotated.clone(), "default/a1", "api"))
-            .await
-        {
+        match p.attest(&a1(rotated.clone())).await {
             Ok(id) => {
                 assert_eq!(id.name(), "api");
                 break;
@@ -349,18 +353,11 @@ async fn a_slow_key_set_fetch_holds_up_no_token_of_a_cached_key() {
     let fake = FakeNomad::start().await;
     let (k1, k2) = (TestKey::fixture(1), TestKey::fixture(2));
     fake.set_keys(&[&k1]);
-    fake.register(
-        ServiceRegistration::new("default", "api", "127.0.0.1", 8080)
-            .job("api")
-            .alloc("a1")
-            .tags(&["weft"]),
-    );
+    register_a1(&fake);
     let run = running_without_refetch_limit(&fake);
     let p = run.platform.clone();
-    let claims = || Claims::task("default", "api", "a1", "weft-proxy");
-    p.attest(&credential(claims().mint(&k1), "default/a1", "api"))
-        .await
-        .unwrap();
+    let claims = a1_claims;
+    p.attest(&a1(claims().mint(&k1))).await.unwrap();
     assert_eq!(fake.jwks_fetches(), 1);
 
     // Nomad rotates its keyring and turns slow: a token of the new key makes a fetch that
@@ -370,20 +367,17 @@ async fn a_slow_key_set_fetch_holds_up_no_token_of_a_cached_key() {
     let rotated = tokio::spawn({
         let p = p.clone();
         let token = claims().mint(&k2);
-        async move { p.attest(&credential(token, "default/a1", "api")).await }
+        async move { p.attest(&a1(token)).await }
     });
     tokio::time::timeout(WAIT, fake.jwks_held(1))
         .await
         .expect("the unknown key makes a fetch");
 
     // Meanwhile a token of the cached key is attested without waiting for that fetch.
-    let id = tokio::time::timeout(
-        CACHED_KEY_BOUND,
-        p.attest(&credential(claims().mint(&k1), "default/a1", "api")),
-    )
-    .await
-    .expect("a token of a cached key waits for the key-set fetch")
-    .unwrap();
+    let id = tokio::time::timeout(CACHED_KEY_BOUND, p.attest(&a1(claims().mint(&k1))))
+        .await
+        .expect("a token of a cached key waits for the key-set fetch")
+        .unwrap();
     assert_eq!(id.name(), "api");
     assert!(!rotated.is_finished(), "the fetch is still held");
 
@@ -407,18 +401,11 @@ async fn tokens_of_unknown_keys_share_the_fetch_in_flight() {
         TestKey::fixture(3),
     );
     fake.set_keys(&[&k1]);
-    fake.register(
-        ServiceRegistration::new("default", "api", "127.0.0.1", 8080)
-            .job("api")
-            .alloc("a1")
-            .tags(&["weft"]),
-    );
+    register_a1(&fake);
     let run = running_without_refetch_limit(&fake);
     let p = run.platform.clone();
-    let claims = || Claims::task("default", "api", "a1", "weft-proxy");
-    p.attest(&credential(claims().mint(&k1), "default/a1", "api"))
-        .await
-        .unwrap();
+    let claims = a1_claims;
+    p.attest(&a1(claims().mint(&k1))).await.unwrap();
     assert_eq!(fake.jwks_fetches(), 1);
 
     fake.set_keys(&[&k1, &k2]);
@@ -426,7 +413,7 @@ async fn tokens_of_unknown_keys_share_the_fetch_in_flight() {
     let first = tokio::spawn({
         let p = p.clone();
         let token = claims().mint(&k2);
-        async move { p.attest(&credential(token, "default/a1", "api")).await }
+        async move { p.attest(&a1(token)).await }
     });
     tokio::time::timeout(WAIT, fake.jwks_held(1))
         .await
@@ -434,10 +421,7 @@ async fn tokens_of_unknown_keys_share_the_fetch_in_flight() {
     // Two more tokens of keys the cache lacks (one the rotation brings, one it never will),
     // each polled once while the fetch hangs: with no refetch limit, only single flight keeps
     // them from fetching again.
-    let (second, third) = (
-        credential(claims().mint(&k2), "default/a1", "api"),
-        credential(claims().mint(&k3), "default/a1", "api"),
-    );
+    let (second, third) = (a1(claims().mint(&k2)), a1(claims().mint(&k3)));
     let mut second = Box::pin(p.attest(&second));
     let mut third = Box::pin(p.attest(&third));
     for pending in [&mut second, &mut third] {
@@ -463,7 +447,7 @@ async fn tokens_of_unknown_keys_share_the_fetch_in_flight() {
     let waiting = tokio::spawn({
         let p = p.clone();
         let token = jwt::unknown_kid(&k1, &claims().build());
-        async move { p.attest(&credential(token, "default/a1", "api")).await }
+        async move { p.attest(&a1(token)).await }
     });
     let r = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
     assert!(matches!(r, Err(AttestError::Unavailable(_))), "{r:?}");
