@@ -32,6 +32,13 @@ pub struct TlsRejectLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `weft_control_http_connections_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpRefusedLabels {
+    /// `full` or `per_address` ([`weft_core::listener::Refusal`]).
+    pub reason: &'static str,
+}
+
 /// Labels of the Discovery stream metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabels {
@@ -55,6 +62,8 @@ pub struct ControlMetrics {
     pub denied: Counter,
     /// gRPC connections whose TLS handshake failed, by reason.
     pub tls_rejected: Family<TlsRejectLabels, Counter>,
+    /// HTTP connections closed on accept, over the listener's bounds, by reason.
+    pub http_refused: Family<HttpRefusedLabels, Counter>,
     /// When the signing intermediate expires, in seconds since the Unix epoch.
     pub intermediate_expiry: Gauge,
     /// 1 while the intermediate can be renewed here (root key at hand, not failing), else 0.
@@ -70,6 +79,7 @@ impl Default for ControlMetrics {
         let updates = Family::<StreamLabels, Counter>::default();
         let denied = Counter::default();
         let tls_rejected = Family::<TlsRejectLabels, Counter>::default();
+        let http_refused = Family::<HttpRefusedLabels, Counter>::default();
         let intermediate_expiry = Gauge::default();
         let intermediate_renewable = Gauge::default();
         registry.register(
@@ -86,6 +96,11 @@ impl Default for ControlMetrics {
             "weft_control_tls_rejected",
             "gRPC connections whose TLS handshake failed, by reason",
             tls_rejected.clone(),
+        );
+        registry.register(
+            "weft_control_http_connections_refused",
+            "HTTP connections closed on accept: the listener was full, or the client's address held its share",
+            http_refused.clone(),
         );
         registry.register(
             "weft_control_certify",
@@ -120,6 +135,7 @@ impl Default for ControlMetrics {
             updates,
             denied,
             tls_rejected,
+            http_refused,
             intermediate_expiry,
             intermediate_renewable,
         }
