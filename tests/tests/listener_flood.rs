@@ -68,8 +68,8 @@ async fn probe(from: IpAddr, to: SocketAddr, path: &str) -> Result<(u16, String)
         .map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))?
 }
 
-/// A flood of [`FLOOD_CONNECTIONS`] keep-alive connections from [`FLOODER`], each sending
-/// `GET /live` every [`FLOOD_EVERY`] and connecting again 50 ms after it is closed.
+/// A flood of [`FLOOD_CONNECTIONS`] keep-alive connections, each sending `GET /live` every
+/// [`FLOOD_EVERY`] and connecting again 50 ms after it is closed.
 struct Flood {
     /// Connections that got at least one answer.
     answered: Arc<AtomicUsize>,
@@ -80,19 +80,26 @@ struct Flood {
 }
 
 impl Flood {
+    /// All from [`FLOODER`].
     fn start(target: SocketAddr) -> Self {
+        Self::start_from(&[FLOODER], target)
+    }
+
+    /// Spread over the addresses `from`, in turn.
+    fn start_from(from: &[IpAddr], target: SocketAddr) -> Self {
         let answered = Arc::new(AtomicUsize::new(0));
         let started = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        for _ in 0..FLOOD_CONNECTIONS {
+        for i in 0..FLOOD_CONNECTIONS {
             let (answered, started, stop) = (answered.clone(), started.clone(), stop.clone());
+            let source = from[i % from.len()];
             tasks.spawn(async move {
                 let mut first = true;
                 let mut counted = false;
                 let run = async {
                     loop {
-                        let conn = connect_from(FLOODER, target).await;
+                        let conn = connect_from(source, target).await;
                         if std::mem::take(&mut first) {
                             started.fetch_add(1, Ordering::SeqCst);
                         }
@@ -262,19 +269,25 @@ async fn the_probe_listener_answers_the_proxys_and_the_applications_probes_durin
     on_admin.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_on_the_control_planes_http_listener_does_not_stop_its_probes() {
-    let dir = tempfile::tempdir().unwrap();
+/// A control plane without platforms, with a probe listener.
+async fn control_plane(dir: &std::path::Path) -> weft_control::ControlPlane {
     let text = format!(
         "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n\
-         [control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n",
-        dir.path().display()
+         [control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n\
+         probe_addr = \"127.0.0.1:0\"\n",
+        dir.display()
     );
     let cfg = weft_control::platforms::loader()
         .load_str(&text, std::path::Path::new("m.toml"))
         .unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(cfg));
-    let control = weft_control::ControlPlane::start(rx, vec![]).await.unwrap();
+    weft_control::ControlPlane::start(rx, vec![]).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_the_control_planes_http_listener_does_not_stop_its_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_plane(dir.path()).await;
     let http = control.http_addr;
 
     let flood = Flood::start(http);
@@ -286,8 +299,33 @@ async fn a_flood_on_the_control_planes_http_listener_does_not_stop_its_probes() 
     let (_, metrics) = probe(READER, http, "/metrics").await.unwrap();
     let refused = sample(
         &metrics,
-        r#"weft_control_http_connections_refused_total{reason="per_address"}"#,
+        r#"weft_control_http_connections_refused_total{listener="http",reason="per_address"}"#,
     );
     assert!(refused > 0.0, "{metrics}");
+    control.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_planes_probe_listener_answers_while_many_addresses_fill_the_http_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = control_plane(dir.path()).await;
+    let probes = control.probe_addr.unwrap();
+
+    // Enough addresses, each within its share, to hold every slot of the HTTP listener.
+    let per = weft_control::admin::MAX_PER_ADDRESS;
+    let addresses: Vec<IpAddr> = (0..weft_control::admin::MAX_CONNECTIONS.div_ceil(per) + 2)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 1, u8::try_from(i + 1).unwrap())))
+        .collect();
+    let flood = Flood::start_from(&addresses, control.http_addr);
+    flood.settle(weft_control::admin::MAX_CONNECTIONS).await;
+    // The HTTP listener is full: even a well-behaved client is turned away there...
+    assert!(probe(PROBER, control.http_addr, "/live").await.is_err());
+    // ...while the probe listener answers every probe.
+    probes_are_answered(probes, "/live", 200).await;
+    probes_are_answered(probes, "/ready", 200).await;
+    flood.stop().await;
+    // It serves the probes alone.
+    assert_eq!(probe(READER, probes, "/metrics").await.unwrap().0, 404);
+    assert_eq!(probe(READER, probes, "/api/state").await.unwrap().0, 404);
     control.shutdown().await;
 }
