@@ -80,6 +80,11 @@ job "weft-control" {
       port "http" {
         to = 7080
       }
+      # /live and /ready alone, with connection slots of their own, for the health checks:
+      # whoever floods the http port cannot fail them.
+      port "probes" {
+        to = 7081
+      }
     }
 
     # What proxies dial (the address their template renders). Healthy once the instance
@@ -92,7 +97,7 @@ job "weft-control" {
       check {
         name     = "ready"
         type     = "http"
-        port     = "http"
+        port     = "probes"
         path     = "/ready"
         interval = "5s"
         timeout  = "2s"
@@ -109,6 +114,7 @@ job "weft-control" {
       check {
         name     = "ready"
         type     = "http"
+        port     = "probes"
         path     = "/ready"
         interval = "5s"
         timeout  = "2s"
@@ -117,6 +123,7 @@ job "weft-control" {
       check {
         name     = "live"
         type     = "http"
+        port     = "probes"
         path     = "/live"
         interval = "10s"
         timeout  = "2s"
@@ -166,6 +173,7 @@ job "weft-control" {
           [control]
           grpc_addr = "0.0.0.0:7443"
           http_addr = "0.0.0.0:7080"
+          probe_addr = "0.0.0.0:7081"
 
           [policy]
           default_inbound = "allow"

@@ -123,6 +123,7 @@ def check_generated_root(weft, objects, origin):
             .replace("/var/lib/weft", f"{d}/data")
             .replace("0.0.0.0:7443", "127.0.0.1:0")
             .replace("0.0.0.0:7080", "127.0.0.1:0")
+            .replace("0.0.0.0:7081", "127.0.0.1:0")
         )
         (d / "mesh.toml").write_text(config)
         p = subprocess.Popen(
@@ -214,6 +215,16 @@ def main():
         webhook = by_kind(objects, "MutatingWebhookConfiguration")[0]["webhooks"][0]
         if webhook["failurePolicy"] != values["webhook"]["failurePolicy"]:
             fail(f"{name}: failurePolicy {webhook['failurePolicy']}")
+        # The kubelet probes the control plane's probe listener, which has connection slots of
+        # its own, never the http port that any client may flood.
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        port_of = {p["name"]: p["containerPort"] for p in container["ports"]}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            port = container[probe]["httpGet"]["port"]
+            if port_of.get(port, port) != 7081:
+                fail(f"{name}: {probe} is on port {port}, not the probe listener's 7081")
+        if 'probe_addr = "0.0.0.0:7081"' not in config:
+            fail(f"{name}: mesh.toml does not open the probe listener on 7081")
         rules = by_kind(objects, "ClusterRole")[0]["rules"]
         verbs = sorted({v for r in rules for v in r["verbs"]})
         if verbs != ["create", "get", "list", "watch"]:

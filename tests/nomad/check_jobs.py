@@ -274,9 +274,13 @@ def check_control(binary, doc):
         for c in blocks(s, "check")
         if c.get("type") == "http"
     }
+    if ports.get("probes", {}).get("to") != 7081:
+        fail(f"{name}: port probes should map to 7081: {ports}")
     for path in ("/ready", "/live"):
-        if (path, "http") not in http_checks:
-            fail(f"{name}: no HTTP check on {path} of the http port ({http_checks})")
+        if (path, "probes") not in http_checks:
+            fail(f"{name}: no HTTP check on {path} of the probes port ({http_checks})")
+    if any(port != "probes" for _, port in http_checks):
+        fail(f"{name}: HTTP checks off the probes port, which a flood of the http port could fail ({http_checks})")
     (tname, task), = labelled(group, "task")
     identity = one(task, "identity") or {}
     if identity.get("file") is not True:
@@ -340,6 +344,7 @@ def start_control(binary, name, mesh, d):
         .replace("/local/weft", str(d / "data"))
         .replace("0.0.0.0:7443", "127.0.0.1:0")
         .replace("0.0.0.0:7080", "127.0.0.1:0")
+        .replace("0.0.0.0:7081", "127.0.0.1:0")
     )
     (d / "start.toml").write_text(config)
     control = str(pathlib.Path(binary).with_name("weft-control"))

@@ -400,6 +400,7 @@ leaf_ttl = "24h"
 [control]
 grpc_addr = "0.0.0.0:7443"
 http_addr = "0.0.0.0:7080"
+probe_addr = "0.0.0.0:7081"
 
 [policy]
 default_inbound = "allow"

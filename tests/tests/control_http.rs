@@ -238,33 +238,94 @@ async fn edits_that_need_a_restart_are_reported_not_applied() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_http_listener_closes_idle_clients_and_bounds_connections() {
+async fn the_http_listener_bounds_each_address_and_closes_idle_clients() {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use weft_control::admin::{HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, MAX_PER_ADDRESS};
+
+    async fn connect_from(n: u8, to: SocketAddr) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0))
+            .unwrap();
+        socket.connect(to).await.unwrap()
+    }
+    /// `GET /live` on a keep-alive connection; whether it was answered.
+    async fn live(tcp: &mut tokio::net::TcpStream) -> bool {
+        tcp.write_all(b"GET /live HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut rsp = Vec::new();
+        let mut buf = [0u8; 512];
+        while !rsp.ends_with(b"live\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => rsp.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    }
+
     let dir = tempfile::tempdir().unwrap();
     let (_tx, rx) = watch::channel(config(dir.path(), "127.0.0.1:0"));
     let control = ControlPlane::start(rx, vec![]).await.unwrap();
     let http = control.http_addr;
     let started = tokio::time::Instant::now();
+
+    // One address holds its share and no more; others are served up to the total.
     let mut held = Vec::new();
-    for i in 0..weft_control::admin::MAX_CONNECTIONS {
-        let mut tcp = tokio::net::TcpStream::connect(http).await.unwrap();
-        if i % 2 == 0 {
-            tcp.write_all(b"GET /live HTTP/1.1\r\n").await.unwrap();
-        }
+    for _ in 0..MAX_PER_ADDRESS {
+        let mut tcp = connect_from(1, http).await;
+        assert!(live(&mut tcp).await);
         held.push(tcp);
     }
-    let mut extra = tokio::net::TcpStream::connect(http).await.unwrap();
-    extra
-        .write_all(b"GET /live HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    let mut extra = connect_from(1, http).await;
+    assert!(!live(&mut extra).await);
+    let mut n = 2;
+    while held.len() < MAX_CONNECTIONS {
+        for _ in 0..MAX_PER_ADDRESS.min(MAX_CONNECTIONS - held.len()) {
+            let mut tcp = connect_from(n, http).await;
+            assert!(live(&mut tcp).await);
+            held.push(tcp);
+        }
+        n += 1;
+    }
+    let mut over = connect_from(251, http).await;
+    assert!(!live(&mut over).await);
+    assert!(started.elapsed() < IDLE_TIMEOUT);
+
+    // Each held connection went quiet after its answer: all are closed once the idle timeout
+    // has passed, not before, and long before the header timeout.
     let mut out = Vec::new();
-    let _ = extra.read_to_end(&mut out).await;
-    assert!(out.is_empty(), "{out:?}");
-    assert!(started.elapsed() < weft_control::admin::HEADER_TIMEOUT);
     for tcp in &mut held {
         let _ = tcp.read_to_end(&mut out).await;
     }
-    assert!(started.elapsed() >= weft_control::admin::HEADER_TIMEOUT);
+    assert!(out.is_empty(), "{out:?}");
+    assert!(started.elapsed() >= IDLE_TIMEOUT, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < HEADER_TIMEOUT,
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A head in progress is held to the header timeout, however steadily its bytes come.
+    let mut slow = connect_from(1, http).await;
+    let asked = tokio::time::Instant::now();
+    slow.write_all(b"GET /live HTTP/1.1\r\n").await.unwrap();
+    loop {
+        tokio::time::sleep(IDLE_TIMEOUT / 4).await;
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(std::time::Duration::ZERO, slow.read(&mut byte)).await
+        {
+            break;
+        }
+        let _ = slow.write_all(b"X").await;
+    }
+    let slow_after = asked.elapsed();
+    assert!(
+        slow_after >= HEADER_TIMEOUT && slow_after < HEADER_TIMEOUT + IDLE_TIMEOUT,
+        "{slow_after:?}"
+    );
     control.shutdown().await;
 }

@@ -567,8 +567,9 @@ async fn the_webhook_injects_pods_of_annotated_namespaces() {
 }
 
 /// The probes the injector rewrites (HTTP, TCP and gRPC here) are run by the proxy on the
-/// kubelet's behalf: the kubelet's GET of the rewritten path on the admin listener passes while
-/// the application's own probe passes, and fails while it fails.
+/// kubelet's behalf: the kubelet's GET of the rewritten path on the probe listener (the port the
+/// injected pod gives the proxy in `WEFT_PROXY_PROBE_ADDR`) passes while the application's own
+/// probe passes, and fails while it fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_probes_are_run_by_the_proxy_for_the_kubelet() {
     let app = backends::http_echo("web").await;
@@ -608,15 +609,32 @@ async fn injected_probes_are_run_by_the_proxy_for_the_kubelet() {
         }]},
     });
     injector.inject_manifest(&mut pod).unwrap();
-    let probes = pod["spec"]["initContainers"][1]["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "WEFT_PROXY_APP_PROBES")
-        .unwrap()["value"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let env = |name: &str| {
+        pod["spec"]["initContainers"][1]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap()["value"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let probes = env("WEFT_PROXY_APP_PROBES");
+    let probe_addr: std::net::SocketAddr = env("WEFT_PROXY_PROBE_ADDR").parse().unwrap();
+    // Every rewritten probe names the port the proxy's probe listener is given.
+    for (c, probe) in [
+        (0, "livenessProbe"),
+        (0, "readinessProbe"),
+        (1, "startupProbe"),
+        (1, "livenessProbe"),
+    ] {
+        assert_eq!(
+            pod["spec"]["containers"][c][probe]["httpGet"]["port"],
+            probe_addr.port(),
+            "{c} {probe}"
+        );
+    }
     let path = |container: usize, probe: &str| {
         pod["spec"]["containers"][container][probe]["httpGet"]["path"]
             .as_str()
@@ -634,20 +652,23 @@ async fn injected_probes_are_run_by_the_proxy_for_the_kubelet() {
     .await;
     let mut cfg = mesh.proxy_config(&web, None, &[]);
     cfg.app_probes = Some(weft_proxy::app_probe::parse(&probes).unwrap());
+    // The injected address, on loopback and a free port here.
+    cfg.probe_addr = Some(([127, 0, 0, 1], 0).into());
     let proxy = weft_proxy::Proxy::start(cfg).await.unwrap();
-    let (status, body) = admin_get(proxy.admin_addr, "GET", &live).await;
+    let probe_listener = proxy.probe_addr.unwrap();
+    let (status, body) = admin_get(probe_listener, "GET", &live).await;
     assert_eq!(status, 200, "{live}: {body}");
-    let (status, body) = admin_get(proxy.admin_addr, "GET", &ready).await;
+    let (status, body) = admin_get(probe_listener, "GET", &ready).await;
     assert_eq!(status, 503, "{ready}: {body}");
-    let (status, body) = admin_get(proxy.admin_addr, "GET", &serving).await;
+    let (status, body) = admin_get(probe_listener, "GET", &serving).await;
     assert_eq!(status, 200, "{serving}: {body}");
-    let (status, body) = admin_get(proxy.admin_addr, "GET", &not_serving).await;
+    let (status, body) = admin_get(probe_listener, "GET", &not_serving).await;
     assert_eq!(status, 503, "{not_serving}: {body}");
     assert_eq!(
-        admin_get(proxy.admin_addr, "GET", "/app-health/web/other")
+        admin_get(probe_listener, "GET", "/app-health/web/other")
             .await
             .0,
         404
     );
-    assert_eq!(admin_get(proxy.admin_addr, "POST", &live).await.0, 405);
+    assert_eq!(admin_get(probe_listener, "POST", &live).await.0, 405);
 }

@@ -656,7 +656,7 @@ async fn a_mesh_file_that_does_not_load_fails_with_the_reason() {
     run.expect(
         "mesh-config",
         "FAIL",
-        "ConfigMap weft/weft-config data.mesh.toml does not load: mesh.toml:16: key \
+        "ConfigMap weft/weft-config data.mesh.toml does not load: mesh.toml:17: key \
          `policy.default_inbound`",
     );
     run.expect("mesh-config", "FAIL", "sometimes");

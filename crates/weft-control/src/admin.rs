@@ -1,12 +1,19 @@
-//! The control plane's HTTP listener: `/live`, `/ready`, `/metrics`, `/api/state`.
+//! The control plane's HTTP listener: `/live`, `/ready`, `/metrics`, `/api/state`; and the
+//! optional probe listener (`control.probe_addr`): `/live` and `/ready` alone, with connection
+//! slots of its own, so the kubelet's probes (the Helm chart sends them there) get through
+//! whatever other clients do to the HTTP listener.
 //!
 //! `/api/state` shows the whole topology, so the listener binds loopback by default; bound to
 //! any other address, `/metrics` and `/api/state` require `Authorization: Bearer <token>` with
 //! the token the control plane keeps in `<data_dir>/http-token` (0600). The probes stay open.
 //!
-//! Like the proxy's admin listener it holds at most [`MAX_CONNECTIONS`] connections and closes
-//! one that has not sent a whole request head within [`HEADER_TIMEOUT`] (idle keep-alive time
-//! included).
+//! Platforms probe them, so no client may take all of one. Like the proxy's admin listener each
+//! has the bounds of [`weft_core::listener`]: at most [`MAX_CONNECTIONS`] connections, at most
+//! [`MAX_PER_ADDRESS`] of them from one client address (more are closed on accept and counted
+//! in `weft_control_http_connections_refused_total{listener, reason}`); a
+//! connection without traffic and without a request being answered for [`IDLE_TIMEOUT`] is
+//! closed, and one that has not sent a whole request head within [`HEADER_TIMEOUT`] once it
+//! started one.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -19,20 +26,48 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use weft_core::listener::{Activity, ConnectionLimits};
 use weft_core::private_fs::{self, PrivateFsError};
+
+pub use weft_core::listener::{IDLE_TIMEOUT, MAX_PER_ADDRESS};
 
 use crate::State;
 
 /// Connections the HTTP listener holds at once; more are closed on accept.
 pub const MAX_CONNECTIONS: usize = 128;
 
-/// How long a client may take to send a request head, idle keep-alive time included.
+/// How long a client may take to send a request head once it has started one (before the
+/// first byte, [`IDLE_TIMEOUT`] applies).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Endpoints {
+    /// Everything: `/live`, `/ready`, `/metrics`, `/api/state`.
+    Http,
+    /// `/live` and `/ready` only.
+    Probes,
+}
+
+impl Endpoints {
+    /// The `listener` label of this listener's metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Endpoints::Http => "http",
+            Endpoints::Probes => "probe",
+        }
+    }
+}
+
+/// Serves `endpoints` on `listener` until `shutdown`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    endpoints: Endpoints,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+) {
+    let limits = ConnectionLimits::new(MAX_CONNECTIONS, MAX_PER_ADDRESS);
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -45,24 +80,42 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Ca
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%remote, "HTTP listener full; connection closed");
-            continue;
+        let slot = match limits.try_admit(remote.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                tracing::debug!(%remote, listener = endpoints.label(), reason = refusal.as_str(), "HTTP connection over the listener's bounds; closed");
+                state
+                    .metrics
+                    .http_refused
+                    .get_or_create(&crate::metrics::HttpRefusedLabels {
+                        listener: endpoints.label(),
+                        reason: refusal.as_str(),
+                    })
+                    .inc();
+                continue;
+            }
         };
         let state = state.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let activity = Activity::new();
+            let io = TokioIo::new(activity.track(tcp));
+            let answers = activity.clone();
+            // Every answer is computed at once; marking it keeps the idle clock honest all the same.
             let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req)) }
+                let _answering = answers.answering();
+                std::future::ready(Ok::<_, Infallible>(handle(&state, endpoints, req)))
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), svc);
+                .serve_connection(io, svc);
             tokio::select! {
                 _ = conn => {}
+                _ = activity.idle(IDLE_TIMEOUT) => {
+                    tracing::debug!(%remote, "idle HTTP connection closed");
+                }
                 _ = stop.cancelled() => {}
             }
         });
@@ -99,7 +152,7 @@ fn authorized<B>(state: &State, req: &Request<B>) -> bool {
             == 0
 }
 
-fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(state: &State, endpoints: Endpoints, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: String, ctype: &'static str| {
         Response::builder()
             .status(status)
@@ -108,6 +161,9 @@ fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
             .unwrap_or_default()
     };
     let path = req.uri().path();
+    if endpoints == Endpoints::Probes && !matches!(path, "/live" | "/ready") {
+        return text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain");
+    }
     if matches!(path, "/metrics" | "/api/state") && !authorized(state, &req) {
         return text(
             StatusCode::UNAUTHORIZED,

@@ -7,7 +7,9 @@
 //!   without a certificate may hold there is bounded ([`GrpcLimits`]);
 //! - HTTP (`control.http_addr`, default 127.0.0.1:7080): `/live`, `/ready`, `/metrics` and
 //!   `/api/state`. Bound to anything but loopback, `/metrics` and `/api/state` require the
-//!   bearer token in `<data_dir>/http-token`.
+//!   bearer token in `<data_dir>/http-token`;
+//! - optionally probes (`control.probe_addr`): `/live` and `/ready` alone, on connection slots
+//!   of their own ([`admin`]).
 //!
 //! Platform adapters that stop are restarted with backoff; `/ready` answers 200 once the gRPC
 //! API serves and every adapter has completed its first full sync.
@@ -73,6 +75,8 @@ pub struct ControlPlane {
     pub grpc_addr: SocketAddr,
     /// Where HTTP listens.
     pub http_addr: SocketAddr,
+    /// Where the probe listener listens, if there is one.
+    pub probe_addr: Option<SocketAddr>,
     /// The registry the platforms feed.
     pub registry: Registry,
     /// The trust bundle file proxies start from.
@@ -190,6 +194,15 @@ impl ControlPlane {
         let http = bind(cfg.control.http_addr).await?;
         let grpc_addr = local_addr(&grpc, cfg.control.grpc_addr)?;
         let http_addr = local_addr(&http, cfg.control.http_addr)?;
+        let probes = match cfg.control.probe_addr {
+            Some(addr) => {
+                let l = bind(addr).await?;
+                let bound = local_addr(&l, addr)?;
+                Some((l, bound))
+            }
+            None => None,
+        };
+        let probe_addr = probes.as_ref().map(|(_, a)| *a);
 
         let http_token = if cfg.control.http_addr.ip().is_loopback() {
             None
@@ -233,11 +246,25 @@ impl ControlPlane {
             limits,
             shutdown.clone(),
         )));
-        tasks.push(tokio::spawn(admin::serve(http, state, shutdown.clone())));
-        tracing::info!(%grpc_addr, %http_addr, bundle = %trust_bundle_file.display(), "control plane started");
+        if let Some((l, _)) = probes {
+            tasks.push(tokio::spawn(admin::serve(
+                l,
+                admin::Endpoints::Probes,
+                state.clone(),
+                shutdown.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(admin::serve(
+            http,
+            admin::Endpoints::Http,
+            state,
+            shutdown.clone(),
+        )));
+        tracing::info!(%grpc_addr, %http_addr, probe_addr = ?probe_addr, bundle = %trust_bundle_file.display(), "control plane started");
         Ok(Self {
             grpc_addr,
             http_addr,
+            probe_addr,
             registry,
             trust_bundle_file,
             shutdown,

@@ -40,6 +40,15 @@ pub struct ConnectionCloseLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `weft_control_http_connections_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpRefusedLabels {
+    /// `http` or `probe`.
+    pub listener: &'static str,
+    /// `full` or `per_address` ([`weft_core::listener::Refusal`]).
+    pub reason: &'static str,
+}
+
 /// Labels of the Discovery stream metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabels {
@@ -67,6 +76,8 @@ pub struct ControlMetrics {
     pub connections_closed: Family<ConnectionCloseLabels, Counter>,
     /// Open gRPC connections without a client certificate.
     pub anonymous_connections: Gauge,
+    /// HTTP connections closed on accept, over the listener's bounds, by reason.
+    pub http_refused: Family<HttpRefusedLabels, Counter>,
     /// When the signing intermediate expires, in seconds since the Unix epoch.
     pub intermediate_expiry: Gauge,
     /// 1 while the intermediate can be renewed here (root key at hand, not failing), else 0.
@@ -84,6 +95,7 @@ impl Default for ControlMetrics {
         let tls_rejected = Family::<TlsRejectLabels, Counter>::default();
         let connections_closed = Family::<ConnectionCloseLabels, Counter>::default();
         let anonymous_connections = Gauge::default();
+        let http_refused = Family::<HttpRefusedLabels, Counter>::default();
         let intermediate_expiry = Gauge::default();
         let intermediate_renewable = Gauge::default();
         registry.register(
@@ -110,6 +122,11 @@ impl Default for ControlMetrics {
             "weft_control_anonymous_connections",
             "Open gRPC connections without a client certificate",
             anonymous_connections.clone(),
+        );
+        registry.register(
+            "weft_control_http_connections_refused",
+            "HTTP connections closed on accept: the listener was full, or the client's address held its share",
+            http_refused.clone(),
         );
         registry.register(
             "weft_control_certify",
@@ -146,6 +163,7 @@ impl Default for ControlMetrics {
             tls_rejected,
             connections_closed,
             anonymous_connections,
+            http_refused,
             intermediate_expiry,
             intermediate_renewable,
         }

@@ -6,9 +6,11 @@
 //! - [`platform`]: the seam every platform adapter implements;
 //! - [`policy`]: the policy engine, evaluated as pure functions;
 //! - [`config`]: the shared mesh config file (schema, loading, validation, watching);
-//! - [`private_fs`]: files only the mesh's user may read (keys, attestation tokens).
+//! - [`private_fs`]: files only the mesh's user may read (keys, attestation tokens);
+//! - [`listener`]: the connection bounds of the plaintext HTTP listeners platforms probe.
 
 pub mod config;
+pub mod listener;
 pub mod model;
 pub mod platform;
 pub mod policy;

@@ -1,11 +1,17 @@
 //! The admin listener (`/live`, `/ready`, `/metrics`, `/shutdown`) and the optional probe
 //! listener (`/live` and `/ready` only), so a pod can expose its probes without the rest. Both
 //! also run the application's own probes at `/app-health/<name>` ([`crate::app_probe`]).
+//! Injected pods send every kubelet probe to the probe listener: it has connection slots of its
+//! own, so a flood of the admin listener (which serves `/metrics` to anyone who reaches the
+//! pod) cannot make the kubelet restart the pod or take it out of its Services.
 //!
-//! Both are small HTTP/1.1 servers with hard bounds: at most [`MAX_CONNECTIONS`] connections
-//! at once (more are closed on accept), and a connection that has not sent a whole request head
-//! within [`HEADER_TIMEOUT`] (an idle keep-alive connection included) is closed, so idle and
-//! slowloris clients cannot pile up.
+//! Both are small HTTP/1.1 servers with hard bounds ([`weft_core::listener`]): at most
+//! [`MAX_CONNECTIONS`] connections at once, at most [`MAX_PER_ADDRESS`] of them from one client
+//! address (more are closed on accept and counted in
+//! `weft_admin_connections_refused_total{listener, reason}`); a connection without traffic and
+//! without a request being answered for [`IDLE_TIMEOUT`] is closed, so a client must keep
+//! sending to keep its slot; and one that has not sent a whole request head within
+//! [`HEADER_TIMEOUT`] is closed, so slowloris clients cannot pile up either.
 //!
 //! `/shutdown` is off unless `--admin-shutdown` is given; then it takes only a POST from a
 //! loopback address carrying the header `weft-admin-action: shutdown`, which a browser cannot
@@ -22,15 +28,18 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use weft_core::listener::{Activity, ConnectionLimits};
+
+pub use weft_core::listener::{IDLE_TIMEOUT, MAX_PER_ADDRESS};
 
 use crate::Shared;
 
 /// Connections each admin or probe listener holds at once.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// How long a client may take to send a request head, idle keep-alive time included.
+/// How long a client may take to send a request head once it has started one (before the
+/// first byte, [`IDLE_TIMEOUT`] applies).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The header a `/shutdown` request must carry, with the value `shutdown`.
@@ -45,6 +54,16 @@ pub enum Endpoints {
     Probes,
 }
 
+impl Endpoints {
+    /// The `listener` label of this listener's metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Endpoints::Admin => "admin",
+            Endpoints::Probes => "probe",
+        }
+    }
+}
+
 /// Serves `endpoints` on `listener` until `stop`.
 pub async fn serve(
     listener: TcpListener,
@@ -53,7 +72,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let limits = ConnectionLimits::new(MAX_CONNECTIONS, MAX_PER_ADDRESS);
     loop {
         let (tcp, remote) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -66,22 +85,38 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%remote, "admin listener full; connection closed");
-            continue;
+        let slot = match limits.try_admit(remote.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                tracing::debug!(%remote, listener = endpoints.label(), reason = refusal.as_str(), "connection over the listener's bounds; closed");
+                shared
+                    .metrics
+                    .admin_refused
+                    .get_or_create(&crate::metrics::AdminRefusedLabels {
+                        listener: endpoints.label(),
+                        reason: refusal.as_str(),
+                    })
+                    .inc();
+                continue;
+            }
         };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            let activity = Activity::new();
+            let io = TokioIo::new(activity.track(tcp));
+            let answers = activity.clone();
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let answering = answers.answering();
                 let probe = app_probe(&shared, &req);
                 let rsp = match probe {
                     Some(_) => None,
                     None => Some(handle(&shared, endpoints, remote, &shutdown, req)),
                 };
                 async move {
+                    let _answering = answering;
                     let rsp = match (rsp, probe) {
                         (Some(rsp), _) => rsp,
                         (None, Some(Ok(p))) => {
@@ -97,9 +132,12 @@ pub async fn serve(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), svc);
+                .serve_connection(io, svc);
             tokio::select! {
                 _ = conn => {}
+                _ = activity.idle(IDLE_TIMEOUT) => {
+                    tracing::debug!(%remote, "idle admin connection closed");
+                }
                 _ = stop.cancelled() => {}
             }
         });

@@ -3,9 +3,10 @@
 //! Under interception every connection to the pod goes through the proxy's inbound port,
 //! which admits mesh peers only, so the kubelet's own probes of the application would be
 //! refused. The injector rewrites each HTTP, HTTPS, TCP and gRPC probe to
-//! `GET /app-health/<name>` on the proxy's admin port (which interception skips) and hands the
-//! original probes over in `WEFT_PROXY_APP_PROBES`: a JSON object from `<name>`
-//! (`<container>/<live|ready|startup>`) to one of
+//! `GET /app-health/<name>` on the proxy's probe port (which interception skips; the admin
+//! listener serves the same paths) and hands the original probes over in
+//! `WEFT_PROXY_APP_PROBES`: a JSON object from `<name>` (`<container>/<live|ready|startup>`) to
+//! one of
 //!
 //! - `{"port": 8080, "path": "/healthz", "headers": [{"name": "X", "value": "y"}]}`, an HTTP
 //!   probe, with `"scheme": "https"` for HTTPS (the certificate is not checked, as the kubelet
@@ -26,7 +27,7 @@ use std::time::Duration;
 use http::StatusCode;
 use serde::Deserialize;
 
-/// The path prefix of rewritten probes on the admin listener.
+/// The path prefix of rewritten probes on the probe and admin listeners.
 pub const PREFIX: &str = "/app-health/";
 
 /// At most this many probes may be handed over.

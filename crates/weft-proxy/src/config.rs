@@ -100,7 +100,9 @@ pub struct ProxyConfig {
     /// `weft-admin-action: shutdown`). Off by default.
     #[arg(long, env = "WEFT_PROXY_ADMIN_SHUTDOWN")]
     pub admin_shutdown: bool,
-    /// A listener serving only `/live` and `/ready`, for platform probes.
+    /// A listener serving only `/live`, `/ready` and the application's probes
+    /// (`/app-health/...`), with connection slots of its own, for platform probes (injected
+    /// pods: `0.0.0.0:7192`).
     #[arg(long, env = "WEFT_PROXY_PROBE_ADDR")]
     pub probe_addr: Option<SocketAddr>,
     /// The application's own health probes, which the admin and probe listeners run at

@@ -16,7 +16,8 @@
 //!   over peak-EWMA latency, opening mutual TLS to meshed peers, and passing connections to
 //!   addresses outside the mesh through unchanged ([`outbound`]);
 //! - serves `/live`, `/ready`, `/metrics` (and `/shutdown` when enabled) on the admin
-//!   listener, and the probes alone on an optional probe listener ([`admin`]).
+//!   listener, and the probes alone on an optional probe listener with slots of its own, where
+//!   platforms send their probes ([`admin`]).
 
 pub mod admin;
 pub mod app_probe;

@@ -7,6 +7,8 @@
 //!   `weft_tcp_read_bytes_total`, `weft_tcp_write_bytes_total`
 //! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`,
 //!   `weft_inbound_policy_invalid_total`, `weft_outbound_refused_total{reason}`
+//! - `weft_admin_connections_refused_total{listener, reason}` (`admin` or `probe`; `full` or
+//!   `per_address`)
 
 use std::sync::{Arc, Mutex};
 
@@ -74,6 +76,15 @@ pub struct RejectLabels {
     pub reason: String,
 }
 
+/// Labels of connections the admin or probe listener refused on accept.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminRefusedLabels {
+    /// `admin` or `probe`.
+    pub listener: &'static str,
+    /// `full` or `per_address` ([`weft_core::listener::Refusal`]).
+    pub reason: &'static str,
+}
+
 /// Labels of authorization denials.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DenyLabels {
@@ -107,6 +118,8 @@ pub struct Metrics {
     pub policy_invalid: Counter,
     /// Outbound connections refused before any destination was chosen.
     pub outbound_refused: Family<RejectLabels, Counter>,
+    /// Connections the admin or probe listener closed on accept, over its bounds.
+    pub admin_refused: Family<AdminRefusedLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -132,6 +145,7 @@ impl Default for Metrics {
         let authz_denied = Family::<DenyLabels, Counter>::default();
         let policy_invalid = Counter::default();
         let outbound_refused = Family::<RejectLabels, Counter>::default();
+        let admin_refused = Family::<AdminRefusedLabels, Counter>::default();
         registry.register("weft_requests", "HTTP requests", requests.clone());
         registry.register("weft_responses", "HTTP responses", responses.clone());
         registry.register_with_unit(
@@ -172,6 +186,11 @@ impl Default for Metrics {
             "Outbound connections refused before a destination was chosen",
             outbound_refused.clone(),
         );
+        registry.register(
+            "weft_admin_connections_refused",
+            "Connections the admin or probe listener closed on accept: it was full, or the client's address held its share",
+            admin_refused.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
@@ -185,6 +204,7 @@ impl Default for Metrics {
             authz_denied,
             policy_invalid,
             outbound_refused,
+            admin_refused,
         }
     }
 }

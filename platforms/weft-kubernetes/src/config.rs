@@ -149,6 +149,7 @@ impl PlatformSettings for KubernetesSettings {
             ("inject.inbound_port", i.inbound_port),
             ("inject.outbound_port", i.outbound_port),
             ("inject.admin_port", i.admin_port),
+            ("inject.probe_port", i.probe_port),
         ];
         for (n, (key, port)) in ports.iter().enumerate() {
             if *port == 0 {

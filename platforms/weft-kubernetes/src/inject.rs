@@ -9,20 +9,24 @@
 //!   `restartPolicy: Always`, started before the application's init containers and
 //!   containers, with a startup probe on its `/ready`, so the application starts once the proxy
 //!   holds a certificate and Jobs complete), or with `native_sidecar = false` as the first
-//!   ordinary container, for clusters older than 1.29;
+//!   ordinary container, for clusters older than 1.29; its probe listener (`probe_port`) serves
+//!   every kubelet probe of the pod, and its admin listener (`admin_port`) the metrics;
 //! - a projected ServiceAccount token for the audience `weft`, the proxy's environment, its
 //!   resources, and the non-root user the rules exempt;
 //! - the annotation `weft.dev/proxy-version`.
 //!
-//! The application's HTTP, HTTPS, TCP and gRPC probes are pointed at the proxy's admin port
+//! The application's HTTP, HTTPS, TCP and gRPC probes are pointed at the proxy's probe port
 //! (`/app-health/<container>/<live|ready|startup>`), and the originals handed to the proxy,
 //! which runs them on loopback: the kubelet's own connections to the application's ports
 //! would meet the mutual-TLS-only inbound listener. Exec probes need no network and are left
-//! as they are.
+//! as they are. The probe listener has connection slots of its own, apart from the admin
+//! listener's, so a client flooding the admin port (which anyone who reaches the pod may
+//! scrape) cannot make the kubelet's probes fail.
 //!
 //! It honours the pod annotations `weft.dev/skip-inbound-ports` and
 //! `weft.dev/skip-outbound-ports` (ports or ranges, `22,8000-8010`), which bypass the proxy.
-//! The proxy's admin port is always skipped inbound, so the kubelet reaches its probes.
+//! The proxy's probe and admin ports are always skipped inbound, so the kubelet reaches the
+//! probes and a metrics scraper the metrics.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -64,8 +68,11 @@ pub struct InjectSettings {
     pub inbound_port: u16,
     /// The proxy's transparent outbound port.
     pub outbound_port: u16,
-    /// The proxy's admin port (`/live`, `/ready`, `/metrics`), reachable by the kubelet.
+    /// The proxy's admin port (`/live`, `/ready`, `/metrics`), for metrics scrapers.
     pub admin_port: u16,
+    /// The proxy's probe port (`/live`, `/ready`, `/app-health/...`), where the kubelet probes
+    /// the proxy and, through it, the application.
+    pub probe_port: u16,
     /// The lifetime asked for the projected token; the kubelet refreshes it before it ends.
     pub token_expiration_seconds: u32,
     /// The proxy's CPU request.
@@ -89,6 +96,7 @@ impl Default for InjectSettings {
             inbound_port: 7143,
             outbound_port: 7140,
             admin_port: 7191,
+            probe_port: 7192,
             token_expiration_seconds: 3600,
             proxy_cpu_request: "10m".into(),
             proxy_memory_request: "32Mi".into(),
@@ -239,7 +247,7 @@ impl Injector {
         let annotations = template["metadata"]["annotations"].clone();
         let annotation = |name: &'static str| annotations.get(name).and_then(Value::as_str);
         let s = &self.settings;
-        let mut skip_in = vec![s.admin_port.to_string()];
+        let mut skip_in = vec![s.probe_port.to_string(), s.admin_port.to_string()];
         if let Some(v) = annotation(SKIP_INBOUND_ANNOTATION) {
             skip_in.extend(port_list(SKIP_INBOUND_ANNOTATION, v)?);
         }
@@ -352,7 +360,7 @@ impl Injector {
     }
 
     /// Points each HTTP, HTTPS, TCP and gRPC probe of the application's containers at the
-    /// proxy's admin port (`/app-health/<container>/<live|ready|startup>`), which interception
+    /// proxy's probe port (`/app-health/<container>/<live|ready|startup>`), which interception
     /// skips, and returns the original probes for the proxy to run on loopback. Probes it
     /// cannot run (another host, a port name the container does not declare, exec probes) are
     /// left as they are.
@@ -428,7 +436,7 @@ impl Injector {
                     "httpGet".into(),
                     json!({
                         "path": format!("/app-health/{key}"),
-                        "port": self.settings.admin_port,
+                        "port": self.settings.probe_port,
                         "scheme": "HTTP",
                     }),
                 );
@@ -454,6 +462,7 @@ impl Injector {
             json!({"name": "WEFT_PROXY_INBOUND_ADDR", "value": format!("0.0.0.0:{}", s.inbound_port)}),
             json!({"name": "WEFT_PROXY_OUTBOUND_ADDR", "value": format!("127.0.0.1:{}", s.outbound_port)}),
             json!({"name": "WEFT_PROXY_ADMIN_ADDR", "value": format!("0.0.0.0:{}", s.admin_port)}),
+            json!({"name": "WEFT_PROXY_PROBE_ADDR", "value": format!("0.0.0.0:{}", s.probe_port)}),
             json!({"name": "WEFT_PROXY_LOG_JSON", "value": "true"}),
             json!({"name": "RUST_LOG", "value": s.log_level}),
         ];
@@ -463,7 +472,7 @@ impl Injector {
         env.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
         let probe = |path: &str, period: u32, failures: u32| {
             json!({
-                "httpGet": {"path": path, "port": s.admin_port},
+                "httpGet": {"path": path, "port": s.probe_port},
                 "periodSeconds": period,
                 "failureThreshold": failures,
                 "timeoutSeconds": 1,
@@ -477,6 +486,7 @@ impl Injector {
             "ports": [
                 {"name": "weft-inbound", "containerPort": s.inbound_port, "protocol": "TCP"},
                 {"name": "weft-admin", "containerPort": s.admin_port, "protocol": "TCP"},
+                {"name": "weft-probe", "containerPort": s.probe_port, "protocol": "TCP"},
             ],
             // The application starts once the proxy holds a certificate: two minutes at most.
             "startupProbe": probe("/ready", 1, 120),

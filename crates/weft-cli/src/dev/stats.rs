@@ -36,7 +36,11 @@ impl Golden {
         Self {
             targets,
             last: BTreeMap::new(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            // A connection per scrape: admin listeners close connections idle for 2 s, shorter
+            // than the scrape interval, and a pooled one could be closed as a scrape starts.
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build_http(),
         }
     }
 

@@ -99,6 +99,10 @@ pub struct ControlSection {
     /// The HTTP API: `/ready`, `/metrics`, JSON state.
     #[serde(default = "default_http_addr")]
     pub http_addr: SocketAddr,
+    /// A listener serving only `/live` and `/ready`, with connection slots of its own, for
+    /// platform probes (the Helm chart's kubelet probes); none when absent.
+    #[serde(default)]
+    pub probe_addr: Option<SocketAddr>,
 }
 
 /// `[policy]`.
@@ -161,6 +165,7 @@ impl Default for ControlSection {
         Self {
             grpc_addr: default_grpc_addr(),
             http_addr: default_http_addr(),
+            probe_addr: None,
         }
     }
 }

@@ -123,8 +123,8 @@ fn validate_ca(cfg: &MeshConfig) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Checks the control plane's two listeners against each other and claims their ports, so
-/// that no local workload is given one of them.
+/// Checks the control plane's listeners against each other and claims their ports, so that no
+/// local workload is given one of them.
 fn validate_control(cfg: &MeshConfig, ports: &mut Ports) -> Result<(), Invalid> {
     let (grpc, http) = (cfg.control.grpc_addr, cfg.control.http_addr);
     // Port 0 asks the OS for a free port, so zeros clash with nothing.
@@ -139,6 +139,11 @@ fn validate_control(cfg: &MeshConfig, ports: &mut Ports) -> Result<(), Invalid> 
     }
     if http.port() != 0 {
         ports.claim(http.ip(), http.port(), "control.http_addr".into())?;
+    }
+    if let Some(probes) = cfg.control.probe_addr
+        && probes.port() != 0
+    {
+        ports.claim(probes.ip(), probes.port(), "control.probe_addr".into())?;
     }
     Ok(())
 }

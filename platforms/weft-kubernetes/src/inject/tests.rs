@@ -75,7 +75,7 @@ fn a_deployment_gets_the_init_container_and_a_native_sidecar() {
             "--outbound-port",
             "7140",
             "--skip-inbound-ports",
-            "7191,22,9000-9010",
+            "7192,7191,22,9000-9010",
             "--skip-outbound-ports",
             "5432"
         ])
@@ -86,9 +86,28 @@ fn a_deployment_gets_the_init_container_and_a_native_sidecar() {
     );
     let proxy = &spec["initContainers"][1];
     assert_eq!(proxy["restartPolicy"], "Always");
+    // Every kubelet probe goes to the probe listener, which has slots of its own: a flood of
+    // the admin port (metrics) cannot fail them.
+    for (probe, path) in [
+        ("startupProbe", "/ready"),
+        ("readinessProbe", "/ready"),
+        ("livenessProbe", "/live"),
+    ] {
+        assert_eq!(
+            proxy[probe]["httpGet"],
+            json!({"path": path, "port": 7192}),
+            "{probe}"
+        );
+    }
+    assert_eq!(env(proxy, "WEFT_PROXY_PROBE_ADDR")["value"], "0.0.0.0:7192");
+    assert_eq!(env(proxy, "WEFT_PROXY_ADMIN_ADDR")["value"], "0.0.0.0:7191");
     assert_eq!(
-        proxy["startupProbe"]["httpGet"],
-        json!({"path": "/ready", "port": 7191})
+        proxy["ports"],
+        json!([
+            {"name": "weft-inbound", "containerPort": 7143, "protocol": "TCP"},
+            {"name": "weft-admin", "containerPort": 7191, "protocol": "TCP"},
+            {"name": "weft-probe", "containerPort": 7192, "protocol": "TCP"},
+        ])
     );
     assert_eq!(proxy["securityContext"]["runAsUser"], 2102);
     assert_eq!(proxy["securityContext"]["runAsNonRoot"], true);
@@ -298,7 +317,7 @@ fn bad_port_annotations_are_refused_with_their_name() {
 }
 
 #[test]
-fn http_https_tcp_and_grpc_probes_go_through_the_proxys_admin_port() {
+fn http_https_tcp_and_grpc_probes_go_through_the_proxys_probe_port() {
     let mut pod = json!({
         "kind": "Pod", "metadata": {"name": "p"},
         "spec": {"containers": [{
@@ -324,20 +343,20 @@ fn http_https_tcp_and_grpc_probes_go_through_the_proxys_admin_port() {
     let rewritten = |c: usize, probe: &str| pod["spec"]["containers"][c][probe].clone();
     assert_eq!(
         rewritten(0, "livenessProbe"),
-        json!({"httpGet": {"path": "/app-health/web/live", "port": 7191, "scheme": "HTTP"}, "periodSeconds": 3})
+        json!({"httpGet": {"path": "/app-health/web/live", "port": 7192, "scheme": "HTTP"}, "periodSeconds": 3})
     );
     assert_eq!(
         rewritten(0, "readinessProbe"),
-        json!({"httpGet": {"path": "/app-health/web/ready", "port": 7191, "scheme": "HTTP"}})
+        json!({"httpGet": {"path": "/app-health/web/ready", "port": 7192, "scheme": "HTTP"}})
     );
     assert_eq!(
         rewritten(0, "startupProbe"),
-        json!({"httpGet": {"path": "/app-health/web/startup", "port": 7191, "scheme": "HTTP"}, "failureThreshold": 30}),
-        "a gRPC probe becomes an HTTP one on the admin port"
+        json!({"httpGet": {"path": "/app-health/web/startup", "port": 7192, "scheme": "HTTP"}, "failureThreshold": 30}),
+        "a gRPC probe becomes an HTTP one on the probe port"
     );
     assert_eq!(
         rewritten(1, "livenessProbe"),
-        json!({"httpGet": {"path": "/app-health/tls/live", "port": 7191, "scheme": "HTTP"}})
+        json!({"httpGet": {"path": "/app-health/tls/live", "port": 7192, "scheme": "HTTP"}})
     );
     assert_eq!(
         rewritten(1, "startupProbe"),
