@@ -233,6 +233,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Connections held at once; more are closed on accept.
     pub max_connections: usize,
+    /// Connections one client address may hold at once; more from it are closed on accept,
+    /// so one pod cannot take the slots the API server needs.
+    pub max_per_address: usize,
     /// Concurrent HTTP/2 streams per connection; streams beyond it are refused
     /// (REFUSED_STREAM).
     pub max_streams: u32,
@@ -256,6 +259,9 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             max_connections: 128,
+            // The API server multiplexes its calls over a few HTTP/2 connections per
+            // instance; 16 leaves it room and keeps a single pod to an eighth of the slots.
+            max_per_address: 16,
             max_streams: 16,
             max_review: MAX_REVIEW,
             // 16 reviews of the largest size, hundreds of ordinary ones (a few KiB each).
@@ -333,7 +339,10 @@ impl Webhook {
         shutdown: CancellationToken,
     ) {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
+        let slots = weft_core::listener::ConnectionLimits::new(
+            self.limits.max_connections,
+            self.limits.max_per_address,
+        );
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -345,10 +354,13 @@ impl Webhook {
                     }
                 },
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::debug!(%peer, "webhook connections at their cap; connection closed");
-                drop(tcp);
-                continue;
+            let permit = match slots.try_admit(peer.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    tracing::debug!(%peer, reason = why.as_str(), "webhook connection over its bounds; closed");
+                    drop(tcp);
+                    continue;
+                }
             };
             let (this, acceptor, shutdown) = (self.clone(), acceptor.clone(), shutdown.clone());
             tokio::spawn(async move {

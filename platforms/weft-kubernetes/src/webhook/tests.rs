@@ -276,10 +276,30 @@ impl TestServer {
         tls
     }
 
+    /// A TCP connection from `source` (a loopback address) to the webhook.
+    async fn tcp_from(&self, source: [u8; 4]) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::from((source, 0)))
+            .unwrap();
+        socket.connect(self.addr).await.unwrap()
+    }
+
     /// One HTTP/1.1 exchange on a connection of its own; the answer as text.
     async fn send(&self, head: String, body: Vec<u8>) -> String {
+        self.send_from([127, 0, 0, 1], head, body).await
+    }
+
+    /// One HTTP/1.1 exchange on a connection of its own from `source`; the answer as text.
+    async fn send_from(&self, source: [u8; 4], head: String, body: Vec<u8>) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tls = self.connect(b"http/1.1").await;
+        let mut client = (*self.client).clone();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, self.tcp_from(source).await)
+            .await
+            .unwrap();
         tls.write_all(head.as_bytes()).await.unwrap();
         // The server may answer (and close) before the whole of a refused body is sent.
         let _ = tls.write_all(&body).await;
@@ -652,4 +672,32 @@ async fn body_bytes_in_flight_stay_within_the_cap() {
         "{ok} answered"
     );
     assert_eq!(server.webhook.body_bytes_in_flight(), 0);
+}
+
+#[tokio::test]
+async fn one_address_holds_its_share_of_the_connections_and_no_more() {
+    // Slow deadlines: the connections below hold their slots for the whole test.
+    let limits = Limits {
+        max_per_address: 4,
+        ..Limits::default()
+    };
+    let server = start(limits.clone(), review_handler()).await;
+    let mut held = Vec::new();
+    for _ in 0..limits.max_per_address {
+        held.push(server.tcp_from([127, 0, 0, 1]).await);
+    }
+    // One more from the same address is closed at once, without a handshake.
+    let mut over = server.tcp_from([127, 0, 0, 1]).await;
+    let took = closed_within(&mut over, Duration::from_secs(5)).await;
+    assert!(
+        took.is_some(),
+        "a connection over the address's share stays open"
+    );
+    // The API server, from another address, is still answered.
+    let body = pod_review("shop", json!({}), "CREATE").to_string();
+    let answer = server
+        .send_from([127, 0, 0, 2], post_head(body.len()), body.into_bytes())
+        .await;
+    assert!(answer.contains("JSONPatch"), "{answer}");
+    drop(held);
 }
