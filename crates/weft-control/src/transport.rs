@@ -59,7 +59,9 @@ pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Requests in flight on one connection. A proxy holds one Resolve stream per destination in
 /// use (at most `--max-destinations`, 1,000 by default, under transparent interception), its
-/// settings stream, and a renewal now and then, all on one connection.
+/// settings stream, and a renewal now and then, all on one connection. It is not lower
+/// because that would stall a proxy at its default `--max-destinations`; what one identity
+/// holds over all its connections is bounded apart (`control.limits`).
 const MAX_STREAMS_PER_CONNECTION: u32 = 1100;
 
 /// Bounds of the gRPC listener on what a client holds before it proves an identity.
