@@ -255,8 +255,9 @@ async fn concurrent_anonymous_certify_calls_are_bounded() {
     use std::sync::atomic::Ordering;
     weft_tests::trace_init();
     let dir = tempfile::tempdir().unwrap();
+    // Every call comes from 127.0.0.1: the bucket of one address is made large enough for all.
     let text = format!(
-        "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n[control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n",
+        "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n[control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n[control.limits]\ncertify_burst_per_address = 1000\n",
         dir.path().display()
     );
     let cfg = weft_control::platforms::loader()
@@ -277,10 +278,12 @@ async fn concurrent_anonymous_certify_calls_are_bounded() {
     for half in 0..2 {
         let tls = weft_ca::tls::anonymous_client_config(&bundle, &Identity::control_plane(&td));
         let ch = weft_proxy::control::channel(&proxy_cfg, tls).await.unwrap();
-        for _ in 0..limit / 2 + half * (limit % 2) {
+        for i in 0..limit / 2 + half * (limit % 2) {
             let mut client = IdentityClient::new(ch.clone());
+            // A token each: calls with one token would wait for one attestation.
+            let token = format!("x{half}-{i}");
             calls.push(tokio::spawn(async move {
-                client.certify(certify_request("stalling", "x")).await
+                client.certify(certify_request("stalling", &token)).await
             }));
         }
     }
@@ -428,11 +431,13 @@ async fn the_state_api_shows_services_ports_endpoints_and_identities_by_source()
     );
 }
 
-/// A platform that proves `test/web` for the token `web`, holds a call with the token
-/// `stall` until released, and refuses anything else.
+/// A platform that proves `test/web` for the token `web` and `test/api` for `api`, holds a
+/// call with the token `stall` until released, and refuses anything else. It counts the
+/// attestations it is asked for.
 #[derive(Debug, Default)]
 struct GatePlatform {
     stalled: std::sync::atomic::AtomicUsize,
+    attested: std::sync::atomic::AtomicUsize,
     release: tokio_util::sync::CancellationToken,
 }
 
@@ -454,8 +459,11 @@ impl weft_core::platform::Platform for GatePlatform {
         &self,
         credential: &weft_core::platform::Credential,
     ) -> Result<Identity, weft_core::platform::AttestError> {
+        self.attested
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         match credential.token.as_str() {
             "web" => Ok(id("web")),
+            "api" => Ok(id("api")),
             "stall" => {
                 self.stalled
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -477,21 +485,28 @@ struct GatedControl {
     platform: std::sync::Arc<GatePlatform>,
     bundle: TrustBundle,
     proxy_cfg: weft_proxy::ProxyConfig,
+    /// Kept: Discovery streams end when the config sender goes.
+    _config: tokio::sync::watch::Sender<std::sync::Arc<weft_core::config::MeshConfig>>,
     _dir: tempfile::TempDir,
 }
 
 impl GatedControl {
     async fn start(limits: weft_control::GrpcLimits) -> Self {
+        Self::start_configured(limits, "").await
+    }
+
+    /// With `control_limits`, the keys of a `[control.limits]` section.
+    async fn start_configured(limits: weft_control::GrpcLimits, control_limits: &str) -> Self {
         weft_tests::trace_init();
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n[control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n",
+            "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n[control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n[control.limits]\n{control_limits}\n",
             dir.path().display()
         );
         let cfg = weft_control::platforms::loader()
             .load_str(&text, std::path::Path::new("m.toml"))
             .unwrap();
-        let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(cfg));
+        let (config, rx) = tokio::sync::watch::channel(std::sync::Arc::new(cfg));
         let platform = std::sync::Arc::new(GatePlatform::default());
         let control = weft_control::ControlPlane::start_with(rx, vec![platform.clone()], limits)
             .await
@@ -504,6 +519,7 @@ impl GatedControl {
             platform,
             bundle,
             proxy_cfg,
+            _config: config,
             _dir: dir,
         }
     }
@@ -542,22 +558,48 @@ impl GatedControl {
         &self,
         ch: tonic::transport::Channel,
     ) -> Result<weft_ca::tls::TlsCredentials, tonic::Status> {
+        self.certify_on(ch, "web").await
+    }
+
+    /// Certify for `test/<name>` (the token is the name) on `ch`.
+    async fn certify_on(
+        &self,
+        ch: tonic::transport::Channel,
+        name: &str,
+    ) -> Result<weft_ca::tls::TlsCredentials, tonic::Status> {
         let key = LeafKey::generate().unwrap();
         let rsp = IdentityClient::new(ch)
             .certify(CertifyRequest {
                 credential: Some(Credential {
                     platform: "gate".into(),
-                    token: "web".into(),
-                    workload: "test/web".into(),
+                    token: name.into(),
+                    workload: format!("test/{name}"),
                 }),
-                csr: key.csr(&id("web")).unwrap(),
+                csr: key.csr(&id(name)).unwrap(),
             })
             .await?
             .into_inner();
         Ok(
-            weft_proxy::identity::credentials_from(id("web"), &key, rsp, self.bundle.clone())
+            weft_proxy::identity::credentials_from(id(name), &key, rsp, self.bundle.clone())
                 .unwrap(),
         )
+    }
+
+    /// The credentials of `test/<name>`, from a Certify call on a new anonymous connection.
+    async fn credentials(&self, name: &str) -> weft_ca::tls::TlsCredentials {
+        let ch = weft_proxy::control::channel(&self.proxy_cfg, self.anonymous_tls())
+            .await
+            .unwrap();
+        self.certify_on(ch, name).await.unwrap()
+    }
+
+    /// A new connection presenting `creds`.
+    async fn connect_as(
+        &self,
+        creds: &weft_ca::tls::TlsCredentials,
+    ) -> Result<tonic::transport::Channel, weft_proxy::control::ControlError> {
+        let tls = creds.client_config(&Self::control_id(), weft_ca::ALPN_H2);
+        weft_proxy::control::channel(&self.proxy_cfg, tls).await
     }
 
     async fn metrics(&self) -> String {
@@ -759,4 +801,283 @@ fn web_proxy_config(control: &weft_control::ControlPlane) -> weft_proxy::ProxyCo
         "/dev/null",
     ])
     .unwrap()
+}
+
+/// The value of `weft_control_limited_total{reason}`.
+fn limited(metrics: &str, reason: &str) -> f64 {
+    weft_tests::metric(
+        metrics,
+        "weft_control_limited_total",
+        &[&format!("reason=\"{reason}\"")],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_anonymous_certify_calls_from_one_address_is_cut_to_the_bucket() {
+    use std::sync::atomic::Ordering;
+    // A bucket of 3 that refills too slowly to matter during the test.
+    let c = GatedControl::start_configured(
+        weft_control::GrpcLimits::default(),
+        "certify_burst_per_address = 3\ncertify_rate_per_address = 0.001",
+    )
+    .await;
+    let mut issued = Vec::new();
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        match c.certify_web().await {
+            Ok(creds) => issued.push(creds),
+            Err(e) => codes.push(e.code()),
+        }
+    }
+    assert_eq!(issued.len(), 3, "{codes:?}");
+    assert_eq!(codes, [Code::ResourceExhausted; 5]);
+    // Refused before the platform was asked.
+    assert_eq!(c.platform.attested.load(Ordering::SeqCst), 3);
+    let text = c.metrics().await;
+    assert_eq!(limited(&text, "certify_address_rate"), 5.0, "{text}");
+    assert_eq!(
+        weft_tests::metric(
+            &text,
+            "weft_control_certify_total",
+            &["result=\"throttled\""]
+        ),
+        5.0,
+        "{text}"
+    );
+    // A caller presenting its certificate is held to its identity's bucket instead.
+    let ch = c.connect_as(&issued[0]).await.unwrap();
+    c.certify_web_on(ch).await.unwrap();
+    c.control.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certify_calls_presenting_a_certificate_are_limited_per_identity() {
+    let c = GatedControl::start_configured(
+        weft_control::GrpcLimits::default(),
+        "certify_burst_per_identity = 2\ncertify_rate_per_identity = 0.001",
+    )
+    .await;
+    let web = c.credentials("web").await;
+    let api = c.credentials("api").await;
+    let ch = c.connect_as(&web).await.unwrap();
+    c.certify_web_on(ch.clone()).await.unwrap();
+    c.certify_web_on(ch.clone()).await.unwrap();
+    let err = c.certify_web_on(ch.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    // On a new connection too: the bound is the identity's, not the connection's.
+    let again = c.connect_as(&web).await.unwrap();
+    let err = c.certify_web_on(again).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    // Another identity, and callers without a certificate, are not affected.
+    let ch = c.connect_as(&api).await.unwrap();
+    c.certify_on(ch, "api").await.unwrap();
+    c.certify_web().await.unwrap();
+    let text = c.metrics().await;
+    assert_eq!(limited(&text, "certify_identity_rate"), 2.0, "{text}");
+    assert_eq!(limited(&text, "certify_address_rate"), 0.0, "{text}");
+    c.control.shutdown().await;
+}
+
+/// Opens a Resolve stream for `api.test` on `ch`: the stream, or the call's status.
+async fn open_resolve(
+    ch: &tonic::transport::Channel,
+) -> Result<tonic::Streaming<weft_api::ResolveUpdate>, tonic::Status> {
+    let target =
+        weft_api::convert::target_to_wire(&weft_core::Target::parse("api.test", "x").unwrap());
+    DiscoveryClient::new(ch.clone())
+        .resolve(target)
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Opens a Proxy stream for `test/<name>` on `ch`.
+async fn open_settings(
+    ch: &tonic::transport::Channel,
+    name: &str,
+) -> Result<tonic::Streaming<weft_api::ProxySettings>, tonic::Status> {
+    DiscoveryClient::new(ch.clone())
+        .proxy(ProxyRequest {
+            workload: format!("test/{name}"),
+            platform: "gate".into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Retries `open` until it succeeds, within [`weft_tests::WAIT`]: a slot freed by a stream or
+/// connection the client dropped is returned once the server has seen it go.
+async fn until_open<T, F, Fut>(what: &str, mut open: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + weft_tests::WAIT;
+    loop {
+        match open().await {
+            Ok(t) => return t,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: still refused: {e}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_cannot_hold_more_discovery_streams_than_its_bound() {
+    let c = GatedControl::start_configured(
+        weft_control::GrpcLimits::default(),
+        "resolve_streams_per_identity = 3\nproxy_streams_per_identity = 1",
+    )
+    .await;
+    let web = c.credentials("web").await;
+    let api = c.credentials("api").await;
+    // web's streams, over two connections: the bound is the identity's.
+    let first = c.connect_as(&web).await.unwrap();
+    let second = c.connect_as(&web).await.unwrap();
+    let mut held = vec![
+        open_resolve(&first).await.unwrap(),
+        open_resolve(&first).await.unwrap(),
+        open_resolve(&second).await.unwrap(),
+    ];
+    // The next is refused at once, on either connection.
+    for ch in [&first, &second] {
+        let err = tokio::time::timeout(weft_tests::WAIT, open_resolve(ch))
+            .await
+            .expect("refused without waiting")
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    }
+    let settings = open_settings(&first, "web").await.unwrap();
+    let err = open_settings(&second, "web").await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+
+    // Another identity still resolves and follows its settings.
+    let other = c.connect_as(&api).await.unwrap();
+    let mut api_stream = open_resolve(&other).await.unwrap();
+    let mut api_settings = open_settings(&other, "api").await.unwrap();
+    let first_answer = tokio::time::timeout(weft_tests::WAIT, api_stream.message())
+        .await
+        .expect("api gets an answer")
+        .unwrap();
+    assert!(first_answer.is_some());
+    assert!(
+        tokio::time::timeout(weft_tests::WAIT, api_settings.message())
+            .await
+            .expect("api gets its settings")
+            .unwrap()
+            .is_some()
+    );
+
+    let text = c.metrics().await;
+    assert_eq!(limited(&text, "identity_resolve_streams"), 2.0, "{text}");
+    assert_eq!(limited(&text, "identity_proxy_streams"), 1.0, "{text}");
+
+    // Once web closes streams, their slots are web's again.
+    held.truncate(2);
+    drop(settings);
+    let _again = until_open("a Resolve stream after one closed", || async {
+        open_resolve(&second).await.map_err(|e| e.to_string())
+    })
+    .await;
+    let _settings = until_open("a Proxy stream after it closed", || async {
+        open_settings(&second, "web")
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    c.control.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_cannot_hold_more_connections_than_its_bound() {
+    let c = GatedControl::start_configured(
+        weft_control::GrpcLimits::default(),
+        "connections_per_identity = 2",
+    )
+    .await;
+    let web = c.credentials("web").await;
+    let api = c.credentials("api").await;
+    // Two connections of web, each in use.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let ch = c.connect_as(&web).await.unwrap();
+        let stream = open_resolve(&ch).await.unwrap();
+        held.push((ch, stream));
+    }
+    // A third is closed once its handshake proves who it is: connecting or the first call
+    // fails, without waiting.
+    let third = tokio::time::timeout(weft_tests::WAIT, async {
+        match c.connect_as(&web).await {
+            Err(e) => e.to_string(),
+            Ok(ch) => open_resolve(&ch)
+                .await
+                .map(|_| ())
+                .expect_err("a third connection of one identity serves a call")
+                .to_string(),
+        }
+    })
+    .await
+    .expect("the third connection is refused without waiting");
+    tracing::info!(%third, "third connection refused");
+    weft_tests::wait_metric(
+        c.control.http_addr,
+        "weft_control_limited_total",
+        &["reason=\"identity_connections\""],
+        1.0,
+    )
+    .await;
+    // Another identity connects meanwhile, and so do callers without a certificate.
+    let other = c.connect_as(&api).await.unwrap();
+    open_resolve(&other).await.unwrap();
+    c.certify_web().await.unwrap();
+    // The two connections in use were left alone.
+    for (_, stream) in &mut held {
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_secs(1), stream.message())
+                .await
+                .is_ok_and(|m| m.is_ok_and(|m| m.is_some())),
+            "a connection within the bound lost its stream"
+        );
+    }
+    // Once web closes one, it may open another.
+    held.truncate(1);
+    until_open("a connection after one closed", || async {
+        let ch = c.connect_as(&web).await.map_err(|e| e.to_string())?;
+        open_resolve(&ch).await.map_err(|e| e.to_string())?;
+        Ok(ch)
+    })
+    .await;
+    c.control.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_refused_for_its_address_rate_retries_and_gets_its_certificate() {
+    // One call per 5 s from an address: the proxy's first attempts, right after this test's
+    // own call, find the bucket empty.
+    let c = GatedControl::start_configured(
+        weft_control::GrpcLimits::default(),
+        "certify_burst_per_address = 1\ncertify_rate_per_address = 0.2",
+    )
+    .await;
+    c.certify_web().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "web").unwrap();
+    let cfg = weft_proxy::ProxyConfig {
+        trust_bundle: Some(c.control.trust_bundle_file.clone()),
+        platform: "gate".into(),
+        token_file,
+        ..weft_tests::loopback_proxy_config(c.control.grpc_addr, "web", None, &[])
+    };
+    let proxy = weft_proxy::Proxy::start(cfg).await.unwrap();
+    let mut creds = proxy.shared().credentials.clone();
+    tokio::time::timeout(weft_tests::WAIT, creds.wait_for(|c| c.is_some()))
+        .await
+        .expect("the proxy got its certificate after backing off")
+        .unwrap();
+    let text = c.metrics().await;
+    assert!(limited(&text, "certify_address_rate") >= 1.0, "{text}");
+    c.control.shutdown().await;
 }

@@ -449,6 +449,115 @@ async fn a_control_plane_on_kubernetes_issues_account_identities_and_traffic_flo
     stop.cancel();
 }
 
+/// A Certify call to `control` on a new connection without a client certificate: the
+/// projected token `token` of pod `shop/web-0` and a CSR for `shop/web` with a new key.
+async fn certify_web(
+    control: &weft_control::ControlPlane,
+    token: &str,
+) -> Result<weft_api::CertifyResponse, tonic::Status> {
+    let bundle =
+        weft_ca::TrustBundle::from_pem(&std::fs::read(&control.trust_bundle_file).unwrap())
+            .unwrap();
+    let td = weft_core::TrustDomain::new("weft.test").unwrap();
+    let tls =
+        weft_ca::tls::anonymous_client_config(&bundle, &weft_core::Identity::control_plane(&td));
+    let cfg = weft_tests::loopback_proxy_config(control.grpc_addr, "web-0", None, &[]);
+    let ch = weft_proxy::control::channel(&cfg, tls).await.unwrap();
+    let web = weft_core::Identity::new(td, "shop", "web").unwrap();
+    let request = weft_api::CertifyRequest {
+        credential: Some(weft_api::Credential {
+            platform: "kubernetes".into(),
+            token: token.into(),
+            workload: "shop/web-0".into(),
+        }),
+        csr: weft_ca::LeafKey::generate().unwrap().csr(&web).unwrap(),
+    };
+    weft_api::v1::identity_client::IdentityClient::new(ch)
+        .certify(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The TokenReviews the fake API server has been asked for.
+fn token_reviews(fake: &FakeKube) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/tokenreviews"))
+        .count()
+}
+
+/// Certify asks the API server about a token once: a token it authenticated is not reviewed
+/// again until the answer's cache time runs out (the token's expiry, at most 10 minutes), yet
+/// every call still gets a certificate of its own; a token it refused is not reviewed again
+/// for a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certify_reviews_a_token_once_and_still_signs_every_csr() {
+    weft_tests::trace_init();
+    let fake = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (control, stop) = weft_tests::control_plane_from_file(
+        dir.path(),
+        &format!(
+            "[platforms.kubernetes]\nkubeconfig = \"{}\"\n",
+            fake.kubeconfig(dir.path()).display()
+        ),
+    )
+    .await;
+    fake.apply(k8s::pod("shop", "web-0", "web", true, LOCAL));
+    // A projected token is a JWT; the control plane reads its expiry (an hour from now)
+    // without trusting it, only to bound how long the review's answer is kept.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let good = weft_tests::jwt::mint(
+        &weft_tests::jwt::TestKey::fixture(1),
+        &serde_json::json!({
+            "iss": "https://kubernetes.default.svc",
+            "sub": "system:serviceaccount:shop:web",
+            "aud": ["weft"],
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+        }),
+    );
+    TokenFor::new("shop", "web-0", "web").register(&fake, &good);
+    let before = token_reviews(&fake);
+
+    let mut leaves = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let rsp = certify_web(&control, &good).await.unwrap();
+        assert_eq!(rsp.identity, "spiffe://weft.test/ns/shop/sa/web");
+        leaves.insert(rsp.leaf);
+    }
+    assert_eq!(leaves.len(), 5, "each call gets a certificate of its own");
+    assert_eq!(
+        token_reviews(&fake) - before,
+        1,
+        "one review for five calls"
+    );
+
+    // A made-up token, with a CSR that passes: one review, then refusals from memory.
+    for _ in 0..5 {
+        let err = certify_web(&control, "made-up").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+        assert!(err.message().contains("did not authenticate"), "{err}");
+    }
+    assert_eq!(token_reviews(&fake) - before, 2);
+
+    let (_, metrics) = admin_get(control.http_addr, "GET", "/metrics").await;
+    let cache = |result: &str| {
+        weft_tests::metric(
+            &metrics,
+            "weft_control_attest_cache_total",
+            &[&format!("result=\"{result}\"")],
+        )
+    };
+    assert_eq!((cache("miss"), cache("hit")), (2.0, 8.0), "{metrics}");
+    control.shutdown().await;
+    stop.cancel();
+}
+
 /// The adapter's admission webhook, over TLS: a pod created in a namespace the adapter has
 /// seen annotated `weft.dev/inject: enabled` gets a patch that carries the mesh's roots; one in
 /// a namespace without the annotation is left alone.

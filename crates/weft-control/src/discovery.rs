@@ -8,6 +8,10 @@
 //!
 //! Both wait for every platform's first full sync before the first answer, so a proxy never
 //! hears "not in the mesh" for a service that a platform has simply not listed yet.
+//!
+//! Each stream costs the control plane memory for as long as it is open, so one identity may
+//! hold only so many of each kind (`[control.limits]`, shared by every proxy of that
+//! identity); beyond them a new stream is refused with RESOURCE_EXHAUSTED.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -36,6 +40,7 @@ use weft_core::{
 };
 
 use crate::State;
+use crate::limits::{KeyPermit, Limit};
 use crate::metrics::StreamLabels;
 use crate::transport::PeerInfo;
 
@@ -292,9 +297,11 @@ impl Discovery for DiscoveryService {
         let (identity, remote) = caller(&request, "Resolve")?;
         let target = target_from_wire(request.get_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let slot = stream_slot(&self.0, &identity, Limit::IdentityResolveStreams)?;
         let state = self.0.clone();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(async move {
+            let _slot = slot;
             tracing::debug!(%identity, %remote, %target, "resolving");
             follow_target(&state, &identity, &target, tx).await;
         });
@@ -330,15 +337,38 @@ impl Discovery for DiscoveryService {
             ))
         })?;
         let workload = key;
+        let slot = stream_slot(&self.0, &identity, Limit::IdentityProxyStreams)?;
         let state = self.0.clone();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(async move {
+            let _slot = slot;
             tracing::info!(%identity, %remote, %workload, "proxy following its settings");
             follow_settings(&state, &identity, &workload, &sources, tx).await;
             tracing::info!(%identity, %remote, "proxy stopped following its settings");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// A slot for one more stream of `identity` (held by the stream's task, so given back when
+/// the stream ends), or RESOURCE_EXHAUSTED, counted, when the identity holds its bound.
+fn stream_slot(
+    state: &State,
+    identity: &Identity,
+    limit: Limit,
+) -> Result<KeyPermit<Identity>, Status> {
+    let (streams, kind) = match limit {
+        Limit::IdentityProxyStreams => (&state.limits.proxy_streams, "Proxy"),
+        _ => (&state.limits.resolve_streams, "Resolve"),
+    };
+    streams.try_acquire(identity).ok_or_else(|| {
+        state.metrics.count_limited(limit);
+        tracing::info!(%identity, max = streams.max(), "{kind} stream refused: the identity holds its bound");
+        Status::resource_exhausted(format!(
+            "{identity} holds {} {kind} streams, the most one identity may (control.limits)",
+            streams.max()
+        ))
+    })
 }
 
 /// The registry sources that report the workloads of a configured platform's proxies.

@@ -1,5 +1,12 @@
 //! `Identity.Certify`: attest the credential with its platform, then sign the CSR for the
 //! proven identity only.
+//!
+//! Anyone who reaches the port may call it, so each call is checked from the cheapest test
+//! to the dearest: calls in flight without a client certificate (bounded), the credential's
+//! platform and the CSR (read before any platform is asked), the caller's rate (per client
+//! address without a certificate, per identity with one: `[control.limits]`), and only then
+//! attestation, whose answers are cached ([`crate::attestation`]) so that a credential
+//! presented again costs the platform nothing.
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -10,6 +17,8 @@ use weft_api::{CertifyRequest, CertifyResponse};
 use weft_core::platform::{AttestError, Credential};
 
 use crate::State;
+use crate::attestation::Source;
+use crate::limits::{Limit, address_key};
 use crate::transport::PeerInfo;
 
 /// The `platform` label of Certify calls naming no configured platform.
@@ -35,10 +44,9 @@ impl IdentityApi for IdentityService {
     ) -> Result<Response<CertifyResponse>, Status> {
         // Certify is reachable without a client certificate, so what a stranger may hold at
         // once is bounded: calls beyond the limit are refused at once, not queued.
-        let anonymous = request
-            .extensions()
-            .get::<PeerInfo>()
-            .is_none_or(|p| p.identity.is_none());
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let caller = peer.as_ref().and_then(|p| p.identity.clone());
+        let anonymous = caller.is_none();
         let _permit = if anonymous {
             match self.0.anonymous_certify.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
@@ -81,13 +89,48 @@ impl IdentityApi for IdentityService {
             tracing::warn!(platform = label, error = %e, "CSR rejected before attestation");
             Status::invalid_argument(e.to_string())
         })?;
+        // Only calls that would reach the platform or the CA use up the caller's rate.
+        let limit = match (&caller, &peer) {
+            (Some(id), _) => {
+                (!self.0.limits.certify_by_identity.allow(id)).then_some(Limit::CertifyIdentityRate)
+            }
+            (None, p) => {
+                // The transport always attaches the peer; without it, all such calls share
+                // one bucket.
+                let addr = p
+                    .as_ref()
+                    .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| {
+                        address_key(p.remote.ip())
+                    });
+                (!self.0.limits.certify_by_address.allow(&addr))
+                    .then_some(Limit::CertifyAddressRate)
+            }
+        };
+        if let Some(limit) = limit {
+            count("throttled");
+            self.0.metrics.count_limited(limit);
+            let remote = peer.as_ref().map(|p| p.remote);
+            tracing::debug!(?remote, caller = ?caller.as_ref().map(|c| c.to_string()), reason = limit.reason(), "Certify call over its rate refused");
+            return Err(Status::resource_exhausted(match limit {
+                Limit::CertifyIdentityRate => {
+                    "too many Certify calls by this identity; retry later"
+                }
+                _ => "too many Certify calls from this address; retry later",
+            }));
+        }
         let credential = Credential {
             platform: cred.platform.clone(),
             token: cred.token,
             workload: (!cred.workload.is_empty()).then_some(cred.workload),
             account: Some(requested.name().to_string()),
         };
-        let identity = platform.attest(&credential).await.map_err(|e| {
+        let (outcome, source) = self
+            .0
+            .attestations
+            .get_or_attest(&credential, || platform.attest(&credential))
+            .await;
+        self.0.metrics.count_attest_cache(source == Source::Cache);
+        let identity = outcome.map_err(|e| {
             count("attest_failed");
             self.0.metrics.count_attest_refused(label, e.reason());
             tracing::warn!(platform = label, workload = ?credential.workload.as_deref().map(truncate), error = %e, "attestation failed");

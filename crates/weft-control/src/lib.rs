@@ -4,7 +4,10 @@
 //! platform adapters it is given, and serves:
 //! - gRPC over TLS (`control.grpc_addr`, default 7443): `Identity.Certify`, and discovery on
 //!   demand with `Discovery.Resolve` and `Discovery.Proxy` ([`discovery`]); what a client
-//!   without a certificate may hold there is bounded ([`GrpcLimits`]);
+//!   without a certificate may hold there is bounded ([`GrpcLimits`]), and so is what one
+//!   caller may hold or ask (`[control.limits]`: connections and streams per identity, Certify
+//!   calls per client address and per identity), and platform answers to Certify are cached
+//!   (a credential presented again costs the platform nothing until its answer expires);
 //! - HTTP (`control.http_addr`, default 127.0.0.1:7080): `/live`, `/ready`, `/metrics` and
 //!   `/api/state`. Bound to anything but loopback, `/metrics` and `/api/state` require the
 //!   bearer token in `<data_dir>/http-token`;
@@ -15,8 +18,10 @@
 //! API serves and every adapter has completed its first full sync.
 
 pub mod admin;
+mod attestation;
 pub mod discovery;
 mod identity;
+mod limits;
 mod metrics;
 pub mod platforms;
 mod transport;
@@ -96,6 +101,11 @@ pub(crate) struct State {
     pub(crate) shutdown: CancellationToken,
     /// Bounds Certify calls in flight from clients without a mesh certificate.
     pub(crate) anonymous_certify: Arc<tokio::sync::Semaphore>,
+    /// Bounds per caller: connections and streams per identity, Certify calls per address
+    /// and per identity (`[control.limits]` as started with).
+    pub(crate) limits: limits::CallerLimits,
+    /// What platforms answered about credentials lately.
+    pub(crate) attestations: attestation::AttestationCache,
     /// Whether the gRPC server is serving.
     pub(crate) grpc_serving: std::sync::atomic::AtomicBool,
     /// The configuration the control plane started with: `[ca]` and `[control]` edits take
@@ -219,6 +229,8 @@ impl ControlPlane {
             metrics: ControlMetrics::default(),
             shutdown: shutdown.clone(),
             anonymous_certify: Arc::new(tokio::sync::Semaphore::new(MAX_ANONYMOUS_CERTIFY)),
+            limits: limits::CallerLimits::new(&cfg.control.limits),
+            attestations: attestation::AttestationCache::default(),
             grpc_serving: std::sync::atomic::AtomicBool::new(false),
             started_with: cfg.clone(),
             http_token,

@@ -49,6 +49,22 @@ pub struct HttpRefusedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `weft_control_limited_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// The bound: `identity_connections`, `identity_resolve_streams`,
+    /// `identity_proxy_streams`, `certify_address_rate` or `certify_identity_rate`.
+    pub reason: &'static str,
+}
+
+/// Labels of `weft_control_attest_cache_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttestCacheLabels {
+    /// `hit` (answered from what a platform said before, or by an attestation another call
+    /// ran) or `miss` (the platform was asked).
+    pub result: &'static str,
+}
+
 /// Labels of the Discovery stream metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabels {
@@ -78,6 +94,10 @@ pub struct ControlMetrics {
     pub anonymous_connections: Gauge,
     /// HTTP connections closed on accept, over the listener's bounds, by reason.
     pub http_refused: Family<HttpRefusedLabels, Counter>,
+    /// Connections, streams and calls refused by a bound per caller, by bound.
+    pub limited: Family<LimitLabels, Counter>,
+    /// Attestations answered from the cache or by the platform.
+    pub attest_cache: Family<AttestCacheLabels, Counter>,
     /// When the signing intermediate expires, in seconds since the Unix epoch.
     pub intermediate_expiry: Gauge,
     /// 1 while the intermediate can be renewed here (root key at hand, not failing), else 0.
@@ -96,6 +116,8 @@ impl Default for ControlMetrics {
         let connections_closed = Family::<ConnectionCloseLabels, Counter>::default();
         let anonymous_connections = Gauge::default();
         let http_refused = Family::<HttpRefusedLabels, Counter>::default();
+        let limited = Family::<LimitLabels, Counter>::default();
+        let attest_cache = Family::<AttestCacheLabels, Counter>::default();
         let intermediate_expiry = Gauge::default();
         let intermediate_renewable = Gauge::default();
         registry.register(
@@ -127,6 +149,16 @@ impl Default for ControlMetrics {
             "weft_control_http_connections_refused",
             "HTTP connections closed on accept: the listener was full, or the client's address held its share",
             http_refused.clone(),
+        );
+        registry.register(
+            "weft_control_limited",
+            "gRPC connections, Discovery streams and Certify calls refused by a bound per caller ([control.limits]), by bound",
+            limited.clone(),
+        );
+        registry.register(
+            "weft_control_attest_cache",
+            "Certify attestations answered from the cache of platform answers (hit) or by the platform (miss)",
+            attest_cache.clone(),
         );
         registry.register(
             "weft_control_certify",
@@ -164,6 +196,8 @@ impl Default for ControlMetrics {
             connections_closed,
             anonymous_connections,
             http_refused,
+            limited,
+            attest_cache,
             intermediate_expiry,
             intermediate_renewable,
         }
@@ -193,6 +227,23 @@ impl ControlMetrics {
     pub fn count_connection_closed(&self, reason: &'static str) {
         self.connections_closed
             .get_or_create(&ConnectionCloseLabels { reason })
+            .inc();
+    }
+
+    /// Counts one connection, stream or call refused by a bound per caller.
+    pub(crate) fn count_limited(&self, limit: crate::limits::Limit) {
+        self.limited
+            .get_or_create(&LimitLabels {
+                reason: limit.reason(),
+            })
+            .inc();
+    }
+
+    /// Counts one attestation, answered from the cache or not.
+    pub(crate) fn count_attest_cache(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.attest_cache
+            .get_or_create(&AttestCacheLabels { result })
             .inc();
     }
 

@@ -7,7 +7,10 @@
 //! every connection must send within a short time (it is read here, before the HTTP/2 server
 //! sees the connection), then connections without a client certificate, which are counted,
 //! capped, and closed once idle with no call in flight. Each close is counted in
-//! `weft_control_connections_closed_total{reason}`.
+//! `weft_control_connections_closed_total{reason}`. Connections with a client certificate
+//! are bounded per identity (`control.limits.connections_per_identity`): one beyond it is
+//! closed as soon as its handshake proves whose it is, and counted in
+//! `weft_control_limited_total{reason="identity_connections"}`.
 
 use std::future::Future;
 use std::io;
@@ -36,6 +39,7 @@ use weft_core::Identity;
 
 use crate::discovery::DiscoveryService;
 use crate::identity::IdentityService;
+use crate::limits::{KeyPermit, Limit};
 use crate::{ControlError, State};
 
 /// A TLS handshake that takes longer than this is dropped.
@@ -55,7 +59,9 @@ pub(crate) const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Requests in flight on one connection. A proxy holds one Resolve stream per destination in
 /// use (at most `--max-destinations`, 1,000 by default, under transparent interception), its
-/// settings stream, and a renewal now and then, all on one connection.
+/// settings stream, and a renewal now and then, all on one connection. It is not lower
+/// because that would stall a proxy at its default `--max-destinations`; what one identity
+/// holds over all its connections is bounded apart (`control.limits`).
 const MAX_STREAMS_PER_CONNECTION: u32 = 1100;
 
 /// Bounds of the gRPC listener on what a client holds before it proves an identity.
@@ -104,6 +110,8 @@ pub(crate) struct PeerConn {
     replay: &'static [u8],
     /// The idle deadline of a connection without a client certificate.
     idle: Option<IdleClock>,
+    /// The connection's share of its identity's bound, held as long as the connection.
+    _identity_slot: Option<KeyPermit<Identity>>,
 }
 
 /// Calls in flight on one connection, and since when there have been none.
@@ -214,6 +222,19 @@ pub(crate) async fn serve_grpc(
                     }
                 };
                 let identity = peer_identity(io.get_ref().1.peer_certificates());
+                // A proven identity may hold only so many connections, whichever of its
+                // proxies holds them.
+                let identity_slot = match &identity {
+                    None => None,
+                    Some(id) => match state.limits.connections.try_acquire(id) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            state.metrics.count_limited(Limit::IdentityConnections);
+                            tracing::warn!(%remote, identity = %id, max = state.limits.connections.max(), "connection closed: the identity holds the most connections one identity may (control.limits.connections_per_identity)");
+                            return;
+                        }
+                    },
+                };
                 let slot = if identity.is_none() {
                     let Ok(permit) = anonymous.clone().try_acquire_owned() else {
                         state.metrics.count_connection_closed("anonymous_limit");
@@ -247,6 +268,7 @@ pub(crate) async fn serve_grpc(
                         info,
                         replay: H2_PREFACE,
                         idle,
+                        _identity_slot: identity_slot,
                     }))
                     .await;
             });

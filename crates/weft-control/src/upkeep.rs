@@ -140,6 +140,8 @@ mod tests {
             metrics: crate::ControlMetrics::default(),
             shutdown: CancellationToken::new(),
             anonymous_certify: Arc::new(tokio::sync::Semaphore::new(1)),
+            limits: crate::limits::CallerLimits::new(&cfg.control.limits),
+            attestations: Default::default(),
             grpc_serving: Default::default(),
             started_with: cfg,
             http_token: None,

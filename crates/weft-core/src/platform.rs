@@ -34,7 +34,7 @@ pub enum PlatformError {
 }
 
 /// Why a credential was not accepted.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AttestError {
     /// The credential is addressed to another platform.
     #[error("credential is for platform {0:?}, not this one")]

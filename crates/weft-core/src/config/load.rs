@@ -689,6 +689,63 @@ policy:
     }
 
     #[test]
+    fn control_limits_have_defaults_and_refuse_zero_and_non_positive_rates() {
+        let cfg = load_toml(GOOD).unwrap();
+        assert_eq!(cfg.control.limits, super::super::ControlLimits::default());
+        assert_eq!(cfg.control.limits.connections_per_identity, 4096);
+        assert_eq!(cfg.control.limits.resolve_streams_per_identity, 16_384);
+        let set = format!(
+            "{GOOD}\n[control.limits]\nresolve_streams_per_identity = 3\ncertify_rate_per_address = 0.5\ncertify_burst_per_identity = 2\n"
+        );
+        let cfg = load_toml(&set).unwrap();
+        assert_eq!(cfg.control.limits.resolve_streams_per_identity, 3);
+        assert_eq!(cfg.control.limits.certify_rate_per_address, 0.5);
+        assert_eq!(cfg.control.limits.certify_burst_per_identity, 2);
+        assert_eq!(cfg.control.limits.connections_per_identity, 4096);
+        // A whole number is a rate too.
+        let whole = format!("{GOOD}\n[control.limits]\ncertify_rate_per_identity = 2\n");
+        assert_eq!(
+            load_toml(&whole)
+                .unwrap()
+                .control
+                .limits
+                .certify_rate_per_identity,
+            2.0
+        );
+        for (line, key) in [
+            (
+                "connections_per_identity = 0",
+                "control.limits.connections_per_identity",
+            ),
+            (
+                "proxy_streams_per_identity = 0",
+                "control.limits.proxy_streams_per_identity",
+            ),
+            (
+                "certify_burst_per_address = 0",
+                "control.limits.certify_burst_per_address",
+            ),
+            (
+                "certify_rate_per_address = 0.0",
+                "control.limits.certify_rate_per_address",
+            ),
+            (
+                "certify_rate_per_identity = -1.0",
+                "control.limits.certify_rate_per_identity",
+            ),
+            (
+                "certify_rate_per_identity = nan",
+                "control.limits.certify_rate_per_identity",
+            ),
+        ] {
+            let e = err(&format!("{GOOD}\n[control.limits]\n{line}\n"));
+            assert_eq!(e.key.as_deref(), Some(key), "{line}: {e}");
+        }
+        let e = err(&format!("{GOOD}\n[control.limits]\nstreams = 1\n"));
+        assert!(e.to_string().contains("streams"), "{e}");
+    }
+
+    #[test]
     fn control_listeners_clash_with_each_other_and_with_platform_ports() {
         // The default control listeners are 127.0.0.1:7443 and 127.0.0.1:7080.
         let e = err(&GOOD.replace("port = 7143", "port = 7443"));

@@ -90,7 +90,7 @@ pub struct CaSection {
 }
 
 /// `[control]`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlSection {
     /// The gRPC API (Identity, Discovery), TLS.
@@ -103,6 +103,48 @@ pub struct ControlSection {
     /// platform probes (the Helm chart's kubelet probes); none when absent.
     #[serde(default)]
     pub probe_addr: Option<SocketAddr>,
+    /// `[control.limits]`: what one caller may hold or ask of the gRPC API.
+    #[serde(default)]
+    pub limits: ControlLimits,
+}
+
+/// `[control.limits]`: bounds per caller on the gRPC API, so that one workload (or anything
+/// that reaches the port) cannot take what the others need. Calls beyond them are refused with
+/// `RESOURCE_EXHAUSTED` and counted.
+///
+/// Every replica of a Kubernetes Deployment (every allocation of a Nomad group) shares one
+/// identity, so the per-identity defaults leave room for large deployments: a proxy holds one
+/// connection and one settings stream, plus, for a while after each renewal, the connection
+/// its new certificate opened (streams begun on the old one stay there).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlLimits {
+    /// Connections presenting one identity's certificate at once; more are closed after their
+    /// TLS handshake. 4,096: two thousand replicas with two connections each.
+    #[serde(default = "default_connections_per_identity")]
+    pub connections_per_identity: usize,
+    /// `Discovery.Resolve` streams of one identity at once. 16,384: a thousand replicas
+    /// following 16 destinations each (about 15 KB of control-plane memory per stream, so
+    /// about 240 MB for one identity at the bound).
+    #[serde(default = "default_resolve_streams_per_identity")]
+    pub resolve_streams_per_identity: usize,
+    /// `Discovery.Proxy` streams of one identity at once (one per proxy). 4,096.
+    #[serde(default = "default_proxy_streams_per_identity")]
+    pub proxy_streams_per_identity: usize,
+    /// `Identity.Certify` calls per second, on average, from one client address without a
+    /// client certificate (an IPv6 address counts by its /64). 5.
+    #[serde(default = "default_certify_rate_per_address")]
+    pub certify_rate_per_address: f64,
+    /// How many such calls one address may make at once before the rate applies. 20.
+    #[serde(default = "default_certify_burst_per_address")]
+    pub certify_burst_per_address: u32,
+    /// `Identity.Certify` calls per second, on average, by one identity presenting its
+    /// certificate (proxies renew without one, so only renewals by hand count). 1.
+    #[serde(default = "default_certify_rate_per_identity")]
+    pub certify_rate_per_identity: f64,
+    /// How many such calls one identity may make at once before the rate applies. 10.
+    #[serde(default = "default_certify_burst_per_identity")]
+    pub certify_burst_per_identity: u32,
 }
 
 /// `[policy]`.
@@ -145,6 +187,34 @@ fn default_http_addr() -> SocketAddr {
     ([127, 0, 0, 1], 7080).into()
 }
 
+fn default_connections_per_identity() -> usize {
+    4096
+}
+
+fn default_resolve_streams_per_identity() -> usize {
+    16_384
+}
+
+fn default_proxy_streams_per_identity() -> usize {
+    4096
+}
+
+fn default_certify_rate_per_address() -> f64 {
+    5.0
+}
+
+fn default_certify_burst_per_address() -> u32 {
+    20
+}
+
+fn default_certify_rate_per_identity() -> f64 {
+    1.0
+}
+
+fn default_certify_burst_per_identity() -> u32 {
+    10
+}
+
 impl Default for CaSection {
     fn default() -> Self {
         Self {
@@ -166,6 +236,21 @@ impl Default for ControlSection {
             grpc_addr: default_grpc_addr(),
             http_addr: default_http_addr(),
             probe_addr: None,
+            limits: ControlLimits::default(),
+        }
+    }
+}
+
+impl Default for ControlLimits {
+    fn default() -> Self {
+        Self {
+            connections_per_identity: default_connections_per_identity(),
+            resolve_streams_per_identity: default_resolve_streams_per_identity(),
+            proxy_streams_per_identity: default_proxy_streams_per_identity(),
+            certify_rate_per_address: default_certify_rate_per_address(),
+            certify_burst_per_address: default_certify_burst_per_address(),
+            certify_rate_per_identity: default_certify_rate_per_identity(),
+            certify_burst_per_identity: default_certify_burst_per_identity(),
         }
     }
 }

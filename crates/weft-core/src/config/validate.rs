@@ -145,5 +145,50 @@ fn validate_control(cfg: &MeshConfig, ports: &mut Ports) -> Result<(), Invalid> 
     {
         ports.claim(probes.ip(), probes.port(), "control.probe_addr".into())?;
     }
+    validate_limits(&cfg.control.limits)
+}
+
+/// A bound of 0 would refuse every caller, and a rate must be a positive number (TOML also
+/// spells `nan` and `inf`).
+fn validate_limits(limits: &super::schema::ControlLimits) -> Result<(), Invalid> {
+    let counts = [
+        ("connections_per_identity", limits.connections_per_identity),
+        (
+            "resolve_streams_per_identity",
+            limits.resolve_streams_per_identity,
+        ),
+        (
+            "proxy_streams_per_identity",
+            limits.proxy_streams_per_identity,
+        ),
+        (
+            "certify_burst_per_address",
+            limits.certify_burst_per_address as usize,
+        ),
+        (
+            "certify_burst_per_identity",
+            limits.certify_burst_per_identity as usize,
+        ),
+    ];
+    for (key, n) in counts {
+        if n == 0 {
+            return Err((format!("control.limits.{key}"), "must be at least 1".into()));
+        }
+    }
+    let rates = [
+        ("certify_rate_per_address", limits.certify_rate_per_address),
+        (
+            "certify_rate_per_identity",
+            limits.certify_rate_per_identity,
+        ),
+    ];
+    for (key, rate) in rates {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err((
+                format!("control.limits.{key}"),
+                format!("{rate} is not a positive number of calls per second"),
+            ));
+        }
+    }
     Ok(())
 }
