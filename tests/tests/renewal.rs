@@ -229,3 +229,36 @@ async fn the_renewal_loop_renews_between_sixty_and_seventy_percent_of_the_leaf_l
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_renews_with_its_certificate_whatever_strangers_hold() {
+    // Callers without a certificate from this address get one Certify call and no more (the
+    // bucket refills too slowly to matter here): the proxy's first certificate takes it.
+    let api = WorkloadDecl::serving("api", "api");
+    let mesh = TestMesh::start(
+        std::slice::from_ref(&api),
+        "[policy]\ndefault_inbound = \"allow\"\n\
+         [control.limits]\ncertify_burst_per_address = 1\ncertify_rate_per_address = 0.001",
+    )
+    .await;
+    let proxy = mesh.proxy(&api, None, &[]).await;
+    // A renewal presents the certificate it replaces, so it is not a stranger's call.
+    renew(&proxy).await;
+    renew(&proxy).await;
+    let text = weft_tests::wait_metric(
+        mesh.control.as_ref().unwrap().http_addr,
+        "weft_control_certify_total",
+        &["result=\"issued\""],
+        3.0,
+    )
+    .await;
+    assert_eq!(
+        weft_tests::metric(
+            &text,
+            "weft_control_limited_total",
+            &["reason=\"certify_address_rate\""]
+        ),
+        0.0,
+        "{text}"
+    );
+}

@@ -75,8 +75,9 @@ pub struct GrpcLimits {
     /// answered, so only strangers hold such a connection idle.
     pub anonymous_idle_timeout: Duration,
     /// Connections without a client certificate held at once (from the end of their
-    /// handshake); more are closed at once. Proxies with a certificate are not counted, and a
-    /// proxy renews on a new connection, so this is at most the proxies certifying at once.
+    /// handshake); more are closed at once. Proxies with a certificate are not counted (they
+    /// renew presenting it), so this is at most the proxies getting their first certificate
+    /// at once.
     pub max_anonymous_connections: usize,
 }
 

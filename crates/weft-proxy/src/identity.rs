@@ -148,18 +148,34 @@ pub async fn certify(shared: &Shared) -> Result<TlsCredentials, ControlError> {
         .map_err(|e| ControlError::Other(e.to_string()))?;
 
     let control = Identity::control_plane(identity.trust_domain());
+    let request = CertifyRequest {
+        credential: Some(Credential {
+            platform: cfg.platform.clone(),
+            token: token.trim().to_string(),
+            workload: format!("{}/{}", cfg.namespace, cfg.workload),
+        }),
+        csr,
+    };
+    // A proxy that holds a certificate still valid renews over the connection it already has
+    // to the control plane, presenting that certificate: strangers filling the bounds on
+    // callers without one (connections, calls in flight, calls per address) cannot hold up a
+    // renewal. Should that fail, it asks as a newcomer would.
+    if let Some(creds) = current
+        .as_ref()
+        .filter(|c| c.not_after() > SystemTime::now())
+    {
+        let ch = shared.control.get(cfg, creds);
+        match IdentityClient::new(ch).certify(request.clone()).await {
+            Ok(resp) => return credentials_from(identity, &key, resp.into_inner(), bundle),
+            Err(status) => tracing::debug!(
+                code = ?status.code(),
+                reason = status.message(),
+                "renewal with the current certificate failed; asking without it"
+            ),
+        }
+    }
     let ch = channel(cfg, anonymous_client_config(&bundle, &control)).await?;
-    let resp = IdentityClient::new(ch)
-        .certify(CertifyRequest {
-            credential: Some(Credential {
-                platform: cfg.platform.clone(),
-                token: token.trim().to_string(),
-                workload: format!("{}/{}", cfg.namespace, cfg.workload),
-            }),
-            csr,
-        })
-        .await?
-        .into_inner();
+    let resp = IdentityClient::new(ch).certify(request).await?.into_inner();
     credentials_from(identity, &key, resp, bundle)
 }
 

@@ -139,7 +139,7 @@ pub struct ControlLimits {
     #[serde(default = "default_certify_burst_per_address")]
     pub certify_burst_per_address: u32,
     /// `Identity.Certify` calls per second, on average, by one identity presenting its
-    /// certificate (proxies renew without one, so only renewals by hand count). 1.
+    /// certificate: a proxy's renewals, which present the certificate they replace. 1.
     #[serde(default = "default_certify_rate_per_identity")]
     pub certify_rate_per_identity: f64,
     /// How many such calls one identity may make at once before the rate applies. 10.
