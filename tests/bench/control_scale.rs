@@ -148,7 +148,8 @@ impl Args {
         let total = u64::from(self.services) * u64::from(self.endpoints_per_service);
         ensure!(total < 1 << 24, "fewer than 2^24 endpoints in all, please");
         within("proxies", self.proxies, 1, 20_000)?;
-        // The control plane serves at most 64 streams per connection.
+        // Each simulated proxy holds its streams on one connection (the control plane allows
+        // 1,100 on one); 64 keeps a run of thousands of proxies within the machine.
         within("streams-per-proxy", self.streams_per_proxy, 1, 64)?;
         within("fanout", self.fanout, 1, self.proxies)?;
         within("change-rate", self.change_rate, 0.001, 10_000.0)?;
