@@ -919,6 +919,21 @@ pub async fn assert_mesh_call(
     backend: &str,
     peer: &str,
 ) {
+    // The server's proxy admits callers on its port once its settings say the workload
+    // serves it (a workload whose servers it does not know yet admits nobody).
+    if let Some(inbound) = server.inbound_addr {
+        let mut settings = server.shared().settings.clone();
+        tokio::time::timeout(
+            WAIT,
+            settings.wait_for(|s| {
+                s.as_ref()
+                    .is_some_and(|s| s.servers.contains_key(&inbound.port()))
+            }),
+        )
+        .await
+        .expect("the server's proxy learns that its workload serves the port")
+        .unwrap();
+    }
     let c = http_client();
     let (status, answered, _) = get_through(&c, upstream(client, service), "/").await;
     assert_eq!((status.as_u16(), answered.as_str()), (200, backend));
