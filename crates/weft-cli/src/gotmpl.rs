@@ -55,10 +55,29 @@ impl Funcs {
     }
 }
 
+impl fmt::Debug for Funcs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<_> = self.0.keys().collect();
+        names.sort();
+        f.debug_tuple("Funcs").field(&names).finish()
+    }
+}
+
 /// Parsed templates, named by file and by `define`.
 pub struct Set {
     funcs: Funcs,
     templates: HashMap<String, Vec<Node>>,
+}
+
+impl fmt::Debug for Set {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<_> = self.templates.keys().collect();
+        names.sort();
+        f.debug_struct("Set")
+            .field("funcs", &self.funcs)
+            .field("templates", &names)
+            .finish()
+    }
 }
 
 /// How deep `include` and `template` may nest: a template that includes itself stops here.

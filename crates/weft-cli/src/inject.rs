@@ -185,6 +185,25 @@ pub fn inject_text(
         emitter
             .dump(&to_yaml(&value))
             .map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+        // The emitter can write what no YAML reader takes back (a key whose escaped form
+        // passes the 1024 characters of an implicit key): print only what reads back as the
+        // same manifest.
+        let reads_back = YamlLoader::load_from_str(&emitted)
+            .map_err(|e| e.to_string())
+            .and_then(|docs| match docs.as_slice() {
+                [doc] => to_json(doc).map_err(|e| e.to_string()),
+                _ => Err("not one document".to_string()),
+            })
+            .and_then(|back| {
+                if back == value {
+                    Ok(())
+                } else {
+                    Err("it reads as another manifest".to_string())
+                }
+            });
+        if let Err(why) = reads_back {
+            bail!("{at} ({kind} {name}): the injected manifest does not read back as YAML ({why})");
+        }
         // The emitter starts each document with `---`.
         out.push_str(&emitted);
         out.push('\n');
@@ -326,6 +345,28 @@ spec:
             to_json(&docs[0]).unwrap()["spec"]["ports"][0]["targetPort"],
             "http"
         );
+    }
+
+    #[test]
+    fn what_cannot_be_printed_back_is_refused() {
+        // Control characters are escaped when printed (`\u000f`: six characters each), so
+        // this key grows past the 1024 characters YAML allows an implicit key: the printed
+        // manifest would not read again. Found by the inject_kubernetes fuzz target.
+        let key = "\\x0f".repeat(300);
+        let text = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata: {{\"{key}\": x}}\n"
+        );
+        match inject_text(&injector(), &text, Path::new("c.yaml")) {
+            Ok((out, _)) => {
+                let again = inject_text(&injector(), &out, Path::new("c.yaml"));
+                assert!(again.is_ok(), "printed what does not read back:\n{out}");
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                assert!(msg.contains("c.yaml document 1"), "{msg}");
+                assert!(msg.contains("does not read back"), "{msg}");
+            }
+        }
     }
 
     #[test]

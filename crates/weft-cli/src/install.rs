@@ -67,6 +67,8 @@ const KIND_ORDER: [&str; 12] = [
     "MutatingWebhookConfiguration",
 ];
 
+/// What `weft install` was asked.
+#[derive(Debug)]
 pub struct Args {
     pub namespace: String,
     pub values: Vec<PathBuf>,
@@ -80,6 +82,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let out = render(&args.namespace, &values)?;
     print!("{out}");
     Ok(())
+}
+
+/// What `weft install -n <namespace> -f <file>` prints when `file` holds `text`: the chart's
+/// defaults with that values file merged over them, checked against the chart's schema, then
+/// rendered. The fuzz target of `weft install` calls this; `file` only names the file in errors.
+pub fn render_values_text(namespace: &str, text: &str, file: &Path) -> anyhow::Result<String> {
+    let mut values = parse_yaml_map(VALUES, Path::new("deploy-k8s/weft/values.yaml"))?;
+    merge(&mut values, parse_yaml_map(text, file)?);
+    validate(&values)?;
+    render(namespace, &values)
 }
 
 /// The chart's defaults, then values-ha.yaml with `--ha`, the files and the `--set`s.
@@ -368,8 +380,9 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// The Helm (and Sprig) functions the chart uses, with Helm's meaning.
-fn helm_funcs() -> Funcs {
+/// The Helm (and Sprig) functions the chart uses, with Helm's meaning: what `weft install`
+/// renders the chart with, public for the template renderer's fuzz target.
+pub fn helm_funcs() -> Funcs {
     let mut f = Funcs::default();
     f.add("quote", |a| {
         let quoted: Vec<String> = a

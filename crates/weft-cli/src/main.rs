@@ -1,11 +1,9 @@
 //! `weft`: the command-line interface.
 
 mod dev;
-mod gotmpl;
-mod inject;
-mod inject_nomad;
-mod install;
 mod kube_check;
+
+use weft_cli::{inject, install};
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

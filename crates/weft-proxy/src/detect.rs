@@ -80,37 +80,10 @@ pub async fn sniff_opener(
 ) -> std::io::Result<(Opener, BytesMut)> {
     let mut buf = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut hello = rustls::server::Acceptor::default();
-    let mut fed = 0;
+    let mut sniffer = HelloSniffer::default();
     loop {
-        // A TLS record starts with the handshake content type.
-        if buf.first().is_some_and(|b| *b != 0x16) {
-            return Ok((Opener::Plaintext, buf));
-        }
-        if fed < buf.len() {
-            let mut rest = &buf[fed..];
-            if hello.read_tls(&mut rest).is_err() {
-                return Ok((Opener::OtherTls, buf));
-            }
-            fed = buf.len() - rest.len();
-            match hello.accept() {
-                Ok(Some(accepted)) => {
-                    let mesh = accepted.client_hello().alpn().is_some_and(|mut protocols| {
-                        protocols.any(|p| p.starts_with(weft_ca::ALPN_MESH_PREFIX))
-                    });
-                    let opener = if mesh {
-                        Opener::MeshPeer
-                    } else {
-                        Opener::OtherTls
-                    };
-                    return Ok((opener, buf));
-                }
-                Ok(None) => {}
-                Err(_) => return Ok((Opener::OtherTls, buf)),
-            }
-        }
-        if buf.len() >= MAX_HELLO {
-            return Ok((Opener::OtherTls, buf));
+        if let Some(opener) = sniffer.step(&buf) {
+            return Ok((opener, buf));
         }
         match tokio::time::timeout_at(deadline, tcp.read_buf(&mut buf)).await {
             Ok(Ok(0)) | Err(_) => {
@@ -124,6 +97,57 @@ pub async fn sniff_opener(
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
         }
+    }
+}
+
+/// Tells who opened a connection from its first bytes alone: `None` while they are a
+/// ClientHello still incomplete (more bytes would decide). [`sniff_opener`] decides the same
+/// way as bytes arrive; this is the pure part, which the fuzz target (`tests/fuzz`) calls.
+pub fn opener_of(prefix: &[u8]) -> Option<Opener> {
+    HelloSniffer::default().step(prefix)
+}
+
+/// The ClientHello parser fed a growing buffer: it remembers how much of it rustls took.
+#[derive(Default)]
+struct HelloSniffer {
+    hello: rustls::server::Acceptor,
+    /// How many bytes of the buffer rustls has read.
+    fed: usize,
+}
+
+impl HelloSniffer {
+    /// Feeds what `buf` holds beyond what was fed before (`buf` only grows between calls);
+    /// the opener once the bytes decide it.
+    fn step(&mut self, buf: &[u8]) -> Option<Opener> {
+        // A TLS record starts with the handshake content type.
+        if buf.first().is_some_and(|b| *b != 0x16) {
+            return Some(Opener::Plaintext);
+        }
+        if self.fed < buf.len() {
+            let mut rest = &buf[self.fed..];
+            if self.hello.read_tls(&mut rest).is_err() {
+                return Some(Opener::OtherTls);
+            }
+            self.fed = buf.len() - rest.len();
+            match self.hello.accept() {
+                Ok(Some(accepted)) => {
+                    let mesh = accepted.client_hello().alpn().is_some_and(|mut protocols| {
+                        protocols.any(|p| p.starts_with(weft_ca::ALPN_MESH_PREFIX))
+                    });
+                    return Some(if mesh {
+                        Opener::MeshPeer
+                    } else {
+                        Opener::OtherTls
+                    });
+                }
+                Ok(None) => {}
+                Err(_) => return Some(Opener::OtherTls),
+            }
+        }
+        if buf.len() >= MAX_HELLO {
+            return Some(Opener::OtherTls);
+        }
+        None
     }
 }
 

@@ -59,6 +59,31 @@ pub const INJECT_ANNOTATION: &str = "weft.dev/inject";
 /// How long writes wait for a relist to complete before the registry is updated anyway.
 pub const RELIST_HOLD: Duration = Duration::from_secs(10);
 
+/// The mesh services that these API objects make, computed as the adapter computes them from
+/// its watches: each object reduced to what the mesh needs and applied in turn (namespaces,
+/// Services, EndpointSlices, then Pods), then every service read back. No API server is
+/// involved: the fuzz target of the response decoders (`tests/fuzz`) feeds it what
+/// `serde_json` decoded from arbitrary bytes.
+pub fn mesh_services(
+    trust_domain: &TrustDomain,
+    namespaces: &[k8s_openapi::api::core::v1::Namespace],
+    services: &[k8s_openapi::api::core::v1::Service],
+    slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+    pods: &[k8s_openapi::api::core::v1::Pod],
+) -> Vec<weft_core::Service> {
+    let mut cluster = cluster::Cluster::new(trust_domain.clone(), Default::default());
+    let objects = namespaces
+        .iter()
+        .map(cluster::Object::from)
+        .chain(services.iter().map(cluster::Object::from))
+        .chain(slices.iter().map(cluster::Object::from))
+        .chain(pods.iter().map(cluster::Object::from));
+    for object in objects {
+        cluster.apply(object);
+    }
+    cluster.all_services()
+}
+
 /// Errors setting the adapter up.
 #[derive(Debug, thiserror::Error)]
 pub enum KubernetesError {

@@ -225,6 +225,33 @@ pub async fn run(
     }
 }
 
+/// The mesh services that Consul answers make, computed as the adapter computes them but
+/// without an API: `answers` holds `/v1/health/service/:name` bodies, one per line (each a
+/// JSON list of entries, keyed here by its line number as the adapter keys each by its
+/// service). A body that does not decode is an error, as the adapter then keeps its last
+/// answer. The fuzz target of the response decoders (`tests/fuzz`) calls this.
+pub fn mesh_services(
+    trust_domain: &TrustDomain,
+    answers: &[u8],
+) -> Result<Vec<weft_core::Service>, serde_json::Error> {
+    let mut warned = BTreeSet::new();
+    let mut read = BTreeMap::new();
+    for (i, body) in answers
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        let entries: Option<Vec<HealthEntry>> = serde_json::from_slice(body)?;
+        let instances = entries
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| instance(e, &mut warned))
+            .collect();
+        read.insert(i.to_string(), instances);
+    }
+    Ok(all_services(trust_domain, &read).collect())
+}
+
 /// Every mesh service the answers make.
 fn all_services<'a>(
     trust_domain: &'a TrustDomain,

@@ -165,27 +165,23 @@ fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-impl Jwks {
-    /// The key set of the Nomad API behind `api`.
-    pub fn new(api: Api, refetch_every: Duration) -> Self {
-        Self {
-            api,
-            refetch_every,
-            cache: Arc::new(Mutex::new(Cache::default())),
-        }
-    }
+/// A token split into its parts, with a header that names an accepted algorithm and a key.
+struct Token<'a> {
+    kid: String,
+    /// `header.payload`, what the signature covers.
+    signed: &'a str,
+    payload: &'a str,
+    signature: &'a str,
+}
 
-    /// How many times the key set was fetched.
-    pub fn fetches(&self) -> u64 {
-        lock(&self.cache).fetches
-    }
-
-    /// Verifies `token` and returns its claims, if it is for `audience`.
-    pub async fn verify(&self, token: &str, audience: &str) -> Result<Claims, AttestError> {
+impl<'a> Token<'a> {
+    /// Splits `token` and reads its header; nothing is verified yet.
+    fn parse(token: &'a str) -> Result<Self, AttestError> {
         if token.len() > MAX_TOKEN {
             return Err(rejected("the token is too large"));
         }
-        let mut parts = token.trim().split('.');
+        let token = token.trim();
+        let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
@@ -203,22 +199,30 @@ impl Jwks {
         let kid = header
             .kid
             .ok_or_else(|| rejected("the token names no key (kid)"))?;
-        let key = self.key(&kid).await?;
-        let signature = decode(s, "signature")?;
-        let signed = &token.trim()[..h.len() + 1 + p.len()];
+        Ok(Token {
+            kid,
+            signed: &token[..h.len() + 1 + p.len()],
+            payload: p,
+            signature: s,
+        })
+    }
+
+    /// Checks the signature with `key`, then the claims at time `now` (seconds since the
+    /// epoch) for `audience`.
+    fn check(&self, key: &RsaKey, audience: &str, now: f64) -> Result<Claims, AttestError> {
+        let signature = decode(self.signature, "signature")?;
         ring::signature::RsaPublicKeyComponents {
             n: &key.n,
             e: &key.e,
         }
         .verify(
             &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-            signed.as_bytes(),
+            self.signed.as_bytes(),
             &signature,
         )
         .map_err(|_| rejected("bad signature"))?;
-        let payload: Payload = serde_json::from_slice(&decode(p, "payload")?)
+        let payload: Payload = serde_json::from_slice(&decode(self.payload, "payload")?)
             .map_err(|_| rejected("the token's claims are not JSON claims"))?;
-        let now = now_secs();
         let leeway = LEEWAY.as_secs_f64();
         match payload.exp {
             None => return Err(rejected("the token has no expiry (exp)")),
@@ -244,6 +248,64 @@ impl Jwks {
             task: payload.nomad_task.filter(|s| !s.is_empty()),
             service: payload.nomad_service.filter(|s| !s.is_empty()),
         })
+    }
+}
+
+/// The RS256 keys of a key set, by key ID: what a fetch keeps.
+fn keys_of(set: KeySet) -> HashMap<String, RsaKey> {
+    set.keys
+        .into_iter()
+        .filter(|k| k.kty == "RSA" && k.alg.as_deref().is_none_or(|a| a == "RS256"))
+        .filter_map(|k| {
+            let n = URL_SAFE_NO_PAD.decode(k.n?.trim_end_matches('=')).ok()?;
+            let e = URL_SAFE_NO_PAD.decode(k.e?.trim_end_matches('=')).ok()?;
+            Some((k.kid?, RsaKey { n, e }))
+        })
+        .take(MAX_KEYS)
+        .collect()
+}
+
+/// Verifies `token` for `audience` against a fixed key set, `jwks` (the JSON Nomad serves at
+/// `/.well-known/jwks.json`), at `now` (seconds since the epoch): the checks
+/// [`Jwks::verify`] makes, without fetching anything. A key set that cannot be read is
+/// `Unavailable`, as a failed fetch is. The fuzz target of the verifier (`tests/fuzz`) calls
+/// this.
+pub fn verify_with_key_set(
+    token: &str,
+    audience: &str,
+    jwks: &[u8],
+    now: f64,
+) -> Result<Claims, AttestError> {
+    let set: KeySet = serde_json::from_slice(jwks)
+        .map_err(|e| AttestError::Unavailable(format!("the key set is not a JWKS: {e}")))?;
+    let keys = keys_of(set);
+    let parsed = Token::parse(token)?;
+    let key = keys
+        .get(&parsed.kid)
+        .ok_or_else(|| rejected(format!("unknown signing key {:?}", clip(&parsed.kid, 80))))?;
+    parsed.check(key, audience, now)
+}
+
+impl Jwks {
+    /// The key set of the Nomad API behind `api`.
+    pub fn new(api: Api, refetch_every: Duration) -> Self {
+        Self {
+            api,
+            refetch_every,
+            cache: Arc::new(Mutex::new(Cache::default())),
+        }
+    }
+
+    /// How many times the key set was fetched.
+    pub fn fetches(&self) -> u64 {
+        lock(&self.cache).fetches
+    }
+
+    /// Verifies `token` and returns its claims, if it is for `audience`.
+    pub async fn verify(&self, token: &str, audience: &str) -> Result<Claims, AttestError> {
+        let parsed = Token::parse(token)?;
+        let key = self.key(&parsed.kid).await?;
+        parsed.check(&key, audience, now_secs())
     }
 
     /// The key `kid`, fetching the set again when it is unknown and the last fetch is old
@@ -315,18 +377,7 @@ async fn fetch(
     let got = api
         .get::<KeySet>("/.well-known/jwks.json", &[])
         .await
-        .map(|(set, _)| {
-            set.keys
-                .into_iter()
-                .filter(|k| k.kty == "RSA" && k.alg.as_deref().is_none_or(|a| a == "RS256"))
-                .filter_map(|k| {
-                    let n = URL_SAFE_NO_PAD.decode(k.n?.trim_end_matches('=')).ok()?;
-                    let e = URL_SAFE_NO_PAD.decode(k.e?.trim_end_matches('=')).ok()?;
-                    Some((k.kid?, RsaKey { n, e }))
-                })
-                .take(MAX_KEYS)
-                .collect::<HashMap<_, _>>()
-        });
+        .map(|(set, _)| keys_of(set));
     let outcome = {
         let mut cache = lock(&cache);
         cache.in_flight = None;

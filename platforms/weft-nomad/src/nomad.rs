@@ -157,12 +157,108 @@ impl State {
         }
     }
 
+    /// Adds a registration read from `/v1/service/:name`.
+    fn add(&mut self, reg: &Registration) {
+        if let Some((name, inst)) = self.instance(reg) {
+            self.services
+                .entry(name)
+                .or_default()
+                .insert(reg.id.clone(), inst);
+        }
+    }
+
+    /// Applies a batch of the event stream (the events of namespaces `wanted` says yes to);
+    /// returns the services it changed.
+    fn apply(
+        &mut self,
+        events: Vec<Event>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> BTreeSet<ServiceName> {
+        let mut changed = BTreeSet::new();
+        for event in events {
+            if event.topic != "Service" {
+                continue;
+            }
+            let Some(reg) = event.payload.and_then(|p| p.service) else {
+                continue;
+            };
+            if !wanted(&reg.namespace) {
+                continue;
+            }
+            let Some((name, inst)) = self.instance(&reg) else {
+                continue;
+            };
+            let regs = self.services.entry(name.clone()).or_default();
+            match event.kind.as_str() {
+                "ServiceRegistration" => {
+                    regs.insert(reg.id.clone(), inst);
+                }
+                "ServiceDeregistration" => {
+                    regs.remove(&reg.id);
+                }
+                _ => continue,
+            }
+            changed.insert(name);
+        }
+        changed
+    }
+
+    /// What the services `changed` are now (`None`: gone, and forgotten).
+    fn updates(
+        &mut self,
+        trust_domain: &TrustDomain,
+        changed: BTreeSet<ServiceName>,
+    ) -> Vec<(ServiceName, Option<weft_core::Service>)> {
+        changed
+            .into_iter()
+            .map(|name| {
+                let service = self
+                    .services
+                    .get(&name)
+                    .and_then(|regs| services::build(trust_domain, &name, regs.values()));
+                if service.is_none() {
+                    self.services.remove(&name);
+                }
+                (name, service)
+            })
+            .collect()
+    }
+
     fn refuse(&mut self, key: &str, why: String) {
         self.problems += 1;
         if self.refused.len() < MAX_REFUSED_NAMES && self.refused.insert(key.to_string()) {
             tracing::warn!(platform = crate::NOMAD, "left out of the mesh: {why}");
         }
     }
+}
+
+/// The mesh services that Nomad API answers make, computed as the adapter computes them but
+/// without an API: `registrations` is the body of a `/v1/service/:name` answer (a JSON list of
+/// registrations, or `null`), and `events` the event stream that follows, one batch (or `{}`
+/// heartbeat) per line. A body or a line that does not decode is an error, as it ends the
+/// adapter's read. The fuzz target of the response decoders (`tests/fuzz`) calls this.
+pub fn mesh_services(
+    trust_domain: &TrustDomain,
+    registrations: &[u8],
+    events: &[u8],
+) -> Result<Vec<weft_core::Service>, serde_json::Error> {
+    let mut state = State::default();
+    let regs: Option<Vec<Registration>> = serde_json::from_slice(registrations)?;
+    for reg in regs.unwrap_or_default() {
+        state.add(&reg);
+    }
+    for line in events.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let batch: EventLine = serde_json::from_slice(line)?;
+        if let Some(events) = batch.events {
+            let changed = state.apply(events, |_| true);
+            state.updates(trust_domain, changed);
+        }
+    }
+    Ok(state
+        .services
+        .iter()
+        .filter_map(|(name, regs)| services::build(trust_domain, name, regs.values()))
+        .collect())
 }
 
 /// The adapter's feed: runs until `shutdown`.
@@ -237,13 +333,7 @@ async fn sync_and_follow(
                 .await?;
             index = index.max(i);
             for reg in regs.unwrap_or_default() {
-                if let Some((name, inst)) = state.instance(&reg) {
-                    state
-                        .services
-                        .entry(name)
-                        .or_default()
-                        .insert(reg.id.clone(), inst);
-                }
+                state.add(&reg);
             }
         }
     }
@@ -306,49 +396,12 @@ async fn sync_and_follow(
                 reason: format!("the index went backwards to {}", batch.index),
             });
         }
-        let mut changed = BTreeSet::new();
-        for event in events {
-            if event.topic != "Service" {
-                continue;
-            }
-            let Some(reg) = event.payload.and_then(|p| p.service) else {
-                continue;
-            };
-            if !wanted(&reg.namespace) {
-                continue;
-            }
-            let Some((name, inst)) = state.instance(&reg) else {
-                continue;
-            };
-            let regs = state.services.entry(name.clone()).or_default();
-            match event.kind.as_str() {
-                "ServiceRegistration" => {
-                    regs.insert(reg.id.clone(), inst);
-                }
-                "ServiceDeregistration" => {
-                    regs.remove(&reg.id);
-                }
-                _ => continue,
-            }
-            changed.insert(name);
-        }
+        let changed = state.apply(events, wanted);
         if changed.is_empty() {
             count(&mut state);
             continue;
         }
-        let updates: Vec<_> = changed
-            .into_iter()
-            .map(|name| {
-                let service = state
-                    .services
-                    .get(&name)
-                    .and_then(|regs| services::build(trust_domain, &name, regs.values()));
-                if service.is_none() {
-                    state.services.remove(&name);
-                }
-                (name, service)
-            })
-            .collect();
+        let updates = state.updates(trust_domain, changed);
         writer.update(updates);
         count(&mut state);
     }
