@@ -8,7 +8,8 @@
 //! `$v` or `$i, $v`) / `else`; `define`, `template`; string, raw-string, number, `true`, `false`
 //! and `nil` literals. Functions come from the caller (see [`Funcs`]); `include` is built in,
 //! since it renders another template. Anything else is refused when the template is parsed,
-//! naming the file and line.
+//! naming the file and line, and so are blocks or parentheses nested more than 32 deep (they
+//! are parsed and rendered by recursion).
 //!
 //! Values are JSON values, as Helm's are. A missing map key reads as nil, a field of nil is an
 //! error, and nil prints as nothing (Helm's behaviour outside `--strict`).
@@ -82,6 +83,11 @@ impl fmt::Debug for Set {
 
 /// How deep `include` and `template` may nest: a template that includes itself stops here.
 const MAX_DEPTH: usize = 64;
+
+/// How deep blocks (`if`, `with`, `range`, `define`) and parenthesised sub-pipelines may nest
+/// within one template: they are parsed and rendered by recursion, so deeper nesting is
+/// refused rather than allowed to exhaust the stack. The chart nests a few levels.
+const MAX_NESTING: usize = 32;
 
 #[derive(Debug)]
 enum Node {
@@ -166,6 +172,8 @@ impl Set {
             at: 0,
             funcs: &self.funcs,
             defines: Vec::new(),
+            depth: 0,
+            line: 1,
         };
         let (body, stop) = parser.list(false)?;
         if let Some((line, word)) = stop {
@@ -452,6 +460,10 @@ struct Parser<'a> {
     at: usize,
     funcs: &'a Funcs,
     defines: Vec<(String, Vec<Node>)>,
+    /// How many blocks enclose what is being parsed.
+    depth: usize,
+    /// The line of the last action read, for errors.
+    line: usize,
 }
 
 /// What ended a list: `end`, or `else` with the tokens after it.
@@ -464,7 +476,25 @@ impl Parser<'_> {
 
     /// Parses nodes up to an `end` or `else` (returned with its line), or the end of the
     /// source (`None`); `else` tokens are left in `self.else_toks`.
+    /// The nodes up to the end of the template, or (`nested`, in a block) up to its `else`
+    /// or `end`.
     fn list(&mut self, nested: bool) -> Result<(Vec<Node>, Stop), Error> {
+        if !nested {
+            return self.list_within(false);
+        }
+        if self.depth >= MAX_NESTING {
+            return Err(self.err(
+                self.line,
+                format!("blocks nested more than {MAX_NESTING} deep"),
+            ));
+        }
+        self.depth += 1;
+        let listed = self.list_within(true);
+        self.depth -= 1;
+        listed
+    }
+
+    fn list_within(&mut self, nested: bool) -> Result<(Vec<Node>, Stop), Error> {
         let mut nodes = Vec::new();
         while self.at < self.pieces.len() {
             let piece = std::mem::replace(&mut self.pieces[self.at], Piece::Text(String::new()));
@@ -476,6 +506,7 @@ impl Parser<'_> {
                 }
                 Piece::Action { line, toks } => (line, toks),
             };
+            self.line = line;
             let keyword = match toks.first() {
                 Some(Tok::Ident(w)) if !self.funcs.has(w) => w.clone(),
                 _ => String::new(),
@@ -635,20 +666,22 @@ impl Parser<'_> {
             assign = toks[d] == Tok::Assign;
             rest = &toks[d + 1..];
         }
-        let (pipe, used) = self.commands(line, rest, vars, assign)?;
+        let (pipe, used) = self.commands(line, rest, vars, assign, 0)?;
         if used != rest.len() {
             return Err(self.err(line, "unexpected )"));
         }
         Ok(pipe)
     }
 
-    /// Commands up to the end or an unmatched `)`: the pipe and the tokens read.
+    /// Commands up to the end or an unmatched `)`: the pipe and the tokens read. `depth`
+    /// counts the parentheses around them.
     fn commands(
         &self,
         line: usize,
         toks: &[Tok],
         vars: Vec<String>,
         assign: bool,
+        depth: usize,
     ) -> Result<(Pipe, usize), Error> {
         let mut cmds = vec![Vec::new()];
         let mut i = 0;
@@ -673,7 +706,14 @@ impl Parser<'_> {
                     Arg::Func(name.clone())
                 }
                 Tok::Open => {
-                    let (sub, used) = self.commands(line, &toks[i + 1..], Vec::new(), false)?;
+                    if depth >= MAX_NESTING {
+                        return Err(self.err(
+                            line,
+                            format!("parentheses nested more than {MAX_NESTING} deep"),
+                        ));
+                    }
+                    let (sub, used) =
+                        self.commands(line, &toks[i + 1..], Vec::new(), false, depth + 1)?;
                     let Some(Tok::Close(fields)) = toks.get(i + 1 + used) else {
                         return Err(self.err(line, "unclosed ("));
                     };
@@ -1178,5 +1218,31 @@ mod tests {
             assert_eq!(e.place, format!("t.yaml:{line}"), "{src}: {e}");
             assert!(e.message.contains(what), "{src}: {e}");
         }
+    }
+
+    #[test]
+    fn nesting_is_bounded_not_a_stack_overflow() {
+        // Sub-pipelines and blocks are parsed, and rendered, by recursion: a template of a
+        // few hundred kilobytes must not exhaust the stack.
+        let n = 100_000;
+        let parens = format!("{{{{ {}1{} }}}}", "(".repeat(n), ")".repeat(n));
+        let blocks = format!("{}x{}", "{{ if true }}".repeat(n), "{{ end }}".repeat(n));
+        let ranges = format!("{}x{}", "{{ range .l }}".repeat(n), "{{ end }}".repeat(n));
+        for src in [parens, blocks, ranges] {
+            let e = render(&src, json!({"l": [1]})).unwrap_err();
+            assert!(e.message.contains("nested more than"), "{e}");
+        }
+        // Up to the bound, nesting still renders; one more level is refused.
+        let nested = |n: usize| {
+            format!(
+                "{}{{{{ {}1{} }}}}{}",
+                "{{ if true }}".repeat(n),
+                "(".repeat(n),
+                ")".repeat(n),
+                "{{ end }}".repeat(n)
+            )
+        };
+        assert_eq!(render(&nested(MAX_NESTING), json!({})).unwrap(), "1");
+        assert!(render(&nested(MAX_NESTING + 1), json!({})).is_err());
     }
 }

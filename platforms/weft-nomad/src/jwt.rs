@@ -159,6 +159,14 @@ fn decode(part: &str, what: &str) -> Result<Vec<u8>, AttestError> {
         .map_err(|_| rejected(format!("the token's {what} is not base64url")))
 }
 
+/// A JWT part as `T`, if it is JSON text (RFC 7515: UTF-8). Reading a struct skips the fields
+/// it does not name without checking them, so the whole part is first read as a JSON value;
+/// the struct is then read from the bytes, which keeps serde's refusal of duplicate fields.
+fn json_text<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    serde_json::from_slice::<serde_json::Value>(bytes).ok()?;
+    serde_json::from_slice(bytes).ok()
+}
+
 fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -187,8 +195,8 @@ impl<'a> Token<'a> {
         else {
             return Err(rejected("not a JWT (three dot-separated parts)"));
         };
-        let header: Header = serde_json::from_slice(&decode(h, "header")?)
-            .map_err(|_| rejected("the token's header is not a JWT header"))?;
+        let header: Header = json_text(&decode(h, "header")?)
+            .ok_or_else(|| rejected("the token's header is not a JWT header"))?;
         // Only what Nomad signs with; above all never `none`.
         if header.alg != "RS256" {
             return Err(rejected(format!(
@@ -221,8 +229,8 @@ impl<'a> Token<'a> {
             &signature,
         )
         .map_err(|_| rejected("bad signature"))?;
-        let payload: Payload = serde_json::from_slice(&decode(self.payload, "payload")?)
-            .map_err(|_| rejected("the token's claims are not JSON claims"))?;
+        let payload: Payload = json_text(&decode(self.payload, "payload")?)
+            .ok_or_else(|| rejected("the token's claims are not JSON claims"))?;
         let leeway = LEEWAY.as_secs_f64();
         match payload.exp {
             None => return Err(rejected("the token has no expiry (exp)")),
@@ -398,4 +406,40 @@ async fn fetch(
     };
     // No one may be waiting any more; that is fine.
     let _ = done.send(Some(outcome));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    #[test]
+    fn a_header_or_claims_that_are_not_json_text_are_refused() {
+        // A JOSE header is UTF-8 JSON (RFC 7515). serde skips fields it does not read without
+        // checking them, so bytes that are not UTF-8 in an ignored field (`typ` here) passed.
+        // Found by the nomad_jwt fuzz target.
+        let header = b"{\"alg\":\"RS256\",\"typ\":\"JWT\xbc\xbc\",\"kid\":\"k\"}";
+        let token = format!("{}.{}.{}", segment(header), segment(b"{}"), segment(b"sig"));
+        match Token::parse(&token) {
+            Err(AttestError::Rejected(why)) => assert!(why.contains("header"), "{why}"),
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("a header that is not UTF-8 was read"),
+        }
+        let good = format!(
+            "{}.{}.{}",
+            segment(b"{\"alg\":\"RS256\",\"kid\":\"k\"}"),
+            segment(b"{}"),
+            segment(b"sig")
+        );
+        assert_eq!(
+            Token::parse(&good).map(|t| t.kid).ok().as_deref(),
+            Some("k")
+        );
+        // The claims are read with the same rule.
+        assert!(json_text::<Payload>(b"{\"nomad_job_id\":\"web\",\"x\":\"\xff\"}").is_none());
+        assert!(json_text::<Payload>(b"{\"nomad_job_id\":\"web\"}").is_some());
+    }
 }
