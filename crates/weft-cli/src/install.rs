@@ -671,11 +671,16 @@ fn random_alphanumeric(n: usize) -> Result<String, String> {
     Ok(out)
 }
 
+/// From an hour ago to `days` from now; a certificate that would end past what a date can
+/// hold (the year 9999) is an error, as asking for it is a mistake.
 fn validity(params: &mut CertificateParams, days: usize) -> Result<(), rcgen::Error> {
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
-    params.not_after =
-        now + time::Duration::days(i64::try_from(days).unwrap_or(i64::MAX / 86_400 / 2));
+    params.not_after = i64::try_from(days)
+        .ok()
+        .filter(|d| *d <= i64::MAX / 86_400)
+        .and_then(|d| now.checked_add(time::Duration::days(d)))
+        .ok_or(rcgen::Error::Time)?;
     Ok(())
 }
 
@@ -973,6 +978,21 @@ mod tests {
                 .to_string()
                 .contains("namespace")
         );
+    }
+
+    #[test]
+    fn certificates_past_the_calendar_are_an_error_not_a_panic() {
+        // `genCA "x" 9200000000` asked for a certificate ending after the year 9999, and
+        // adding that many days to now panicked. Found by the gotmpl fuzz target.
+        for days in [9_200_000_000, 3_000_000, usize::MAX] {
+            assert!(gen_ca("weft-webhook-ca", days).is_err(), "{days}");
+        }
+        let ca = gen_ca("weft-webhook-ca", 3650).unwrap();
+        let leaf = gen_signed_cert("a", &Value::Null, &json!([]), 3_000_000, &ca);
+        assert!(leaf.is_err());
+        let mut set = Set::new(helm_funcs());
+        set.parse("t.yaml", "{{ genCA \"x\" 9200000000 }}").unwrap();
+        assert!(set.render("t.yaml", &json!({})).is_err());
     }
 
     #[test]
