@@ -13,8 +13,10 @@
 //! Readers either follow the whole registry ([`Registry::subscribe`], for the state API and
 //! readiness) or one [`Topic`] ([`Registry::watch_topic`]): a service, an address or a
 //! workload. A write wakes only the topics it touched, so its cost is proportional to the
-//! changed services and their subscribers, not to the size of the mesh. A write that changes
-//! nothing bumps no version and wakes nobody.
+//! changed services and their subscribers, not to the size of the mesh. It wakes them before
+//! its snapshot becomes visible, so a reader that follows a topic and then reads the snapshot
+//! is woken only by writes it has not seen. A write that changes nothing bumps no version and
+//! wakes nobody.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -368,7 +370,7 @@ impl RegistryWriter {
     }
 
     /// Applies the changes `f` computes from this source's current services, as one new
-    /// version, and wakes the topics they touch.
+    /// version, and wakes the topics they touch before the version becomes visible.
     #[allow(clippy::type_complexity)]
     fn modify(
         &self,
@@ -404,11 +406,14 @@ impl RegistryWriter {
             next.sources.insert(self.source.clone(), services);
             next.version += 1;
             *snap = Arc::new(next);
+            // Wake the topics while the new snapshot is still unpublished (this closure holds
+            // the snapshot's write lock): whoever can read this version has been woken by it
+            // already, so a follower that subscribes and then reads the snapshot is never
+            // woken later by a write it has seen. Nothing takes the topics lock and then
+            // reads the snapshot, so the nesting cannot deadlock.
+            self.registry.topics.notify(&touched);
             true
         });
-        if !touched.is_empty() {
-            self.registry.topics.notify(&touched);
-        }
     }
 }
 

@@ -343,3 +343,33 @@ async fn a_batch_of_changes_is_one_write_that_wakes_only_what_changed() {
     w.update([(svc("ghost"), None)]);
     assert_eq!(reg.snapshot().version(), after.version());
 }
+
+/// A reader that sees a write's snapshot finds the topics it touched already woken: a
+/// follower that reads the snapshot, then subscribes to a topic, is never woken by a write
+/// older than what it read. Each trial races one write on another thread against a reader
+/// that checks the topic the moment the new version shows.
+#[test]
+fn a_visible_write_has_woken_its_topics() {
+    const TRIALS: usize = 2_000;
+    let mut late = 0;
+    for i in 0..TRIALS {
+        let reg = Registry::new();
+        let w = reg.writer("a");
+        let topic = reg.watch_topic(Topic::Service(svc("api")));
+        let rx = topic.rx.as_ref().expect("a live watch has a receiver");
+        let port = u16::try_from(1 + i % 1000).expect("small");
+        std::thread::scope(|s| {
+            s.spawn(|| w.upsert(service("api", 80, vec![endpoint("one", port)])));
+            while reg.snapshot().version() == 0 {
+                std::hint::spin_loop();
+            }
+            if !rx.has_changed().expect("the sender is alive") {
+                late += 1;
+            }
+        });
+    }
+    assert_eq!(
+        late, 0,
+        "{late} of {TRIALS} writes were visible before their topic woke"
+    );
+}
