@@ -132,7 +132,7 @@ where
 }
 
 /// An HTTP/1.1 and HTTP/2 server that answers with what it received: a `x-backend: <name>`
-/// header, and a body of `METHOD URI VERSION`, the headers (one per line), a blank line and
+/// header, an `x-peer` header with the address the connection came from, and a body of `METHOD URI VERSION`, the headers (one per line), a blank line and
 /// the request body.
 pub async fn http_echo(name: &'static str) -> SocketAddr {
     http_echo_tallied(name).await.0
@@ -187,8 +187,12 @@ pub async fn http_echo_tallied(name: &'static str) -> (SocketAddr, Arc<Tally>) {
 /// [`http_echo_tallied`] on `addr`.
 pub async fn http_echo_at(name: &'static str, addr: SocketAddr) -> (SocketAddr, Arc<Tally>) {
     serve_each_tallied_at(addr, move |tcp, tally| async move {
+        let peer = tcp
+            .peer_addr()
+            .map_or_else(|e| e.to_string(), |a| a.ip().to_string());
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let tally = tally.clone();
+            let peer = peer.clone();
             async move {
                 let (parts, body) = req.into_parts();
                 let body = body
@@ -207,6 +211,7 @@ pub async fn http_echo_at(name: &'static str, addr: SocketAddr) -> (SocketAddr, 
                 Ok::<_, Infallible>(
                     Response::builder()
                         .header("x-backend", name)
+                        .header("x-peer", peer)
                         .body(Full::new(Bytes::from(out)))
                         .unwrap(),
                 )

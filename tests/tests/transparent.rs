@@ -6,7 +6,8 @@
 //! `web` (a client, behind a proxy), host 1 running `api` (HTTP on 8080 behind the virtual
 //! address 10.96.0.10:80, gRPC on 9090, and a server on 8082 that init skips), and host 2
 //! outside the mesh (no proxy; servers on 8080 and 8083). Every namespace, rule and process is
-//! the test's own and goes away with it.
+//! the test's own and goes away with it. Service `shared` (10.96.0.12:80) has an endpoint in
+//! host 0 and one in host 1, both on 8085.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
@@ -28,6 +29,8 @@ const API: usize = 1;
 const OUTSIDE: usize = 2;
 const ADMIN: &str = "127.0.0.1:7191";
 const VIP: &str = "10.96.0.10";
+/// The virtual address of `shared`, which web and api both serve (port 80 -> 8085).
+const SHARED_VIP: &str = "10.96.0.12";
 
 /// The mesh, CA and control-plane sections every lab's config file starts with.
 fn lab_sections(dir: &Path) -> String {
@@ -60,6 +63,11 @@ namespace = "lab"
 address = "{web}"
 port = 7143
 
+[[platforms.local.workloads.ports]]
+service = "shared"
+port = 8085
+virtual_ip = "{SHARED_VIP}"
+
 [[platforms.local.workloads]]
 name = "api"
 namespace = "lab"
@@ -73,6 +81,10 @@ service = "api-grpc"
 port = 9090
 service_port = 9090
 protocol = "grpc"
+
+[[platforms.local.workloads.ports]]
+service = "shared"
+port = 8085
 "#,
             web = Lab::addr(WEB),
             api = Lab::addr(API),
@@ -636,6 +648,77 @@ async fn the_proxys_own_traffic_does_not_loop() {
     assert_eq!(outbound_opened(&client), before);
 }
 
+const API_ID: &str = "peer=\"spiffe://weft.test/ns/lab/sa/api\"";
+
+/// A pod that calls a Service it backs reaches its own application through its own inbound
+/// side, over mutual TLS as any peer would (so its policy and metrics apply): when it is the
+/// Service's only endpoint, and when it shares the Service with another pod. The application
+/// sees those calls come from 127.0.0.6, which the rules tell apart from the proxy's calls to
+/// its own pod, so nothing loops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_reaches_itself_through_a_service_it_backs() {
+    let Some(m) = mesh("allow", [&[], &[]]).await else {
+        return;
+    };
+    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+    m.rts[WEB]
+        .run(async move { backends::http_echo_at("shared-web", any(8085)).await })
+        .await;
+    m.rts[API]
+        .run(async move { backends::http_echo_at("shared-api", any(8085)).await })
+        .await;
+
+    // Alone: api is the only endpoint of its Service.
+    let rsp = m
+        .expect_backend(API, &format!("http://{VIP}/self"), false, "api")
+        .await;
+    assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
+    assert!(rsp.contains("x-peer: 127.0.0.6"), "{rsp}");
+    let server = m.metrics(API).await;
+    assert_eq!(
+        metric(
+            &server,
+            "weft_requests_total",
+            &["direction=\"inbound\"", API_ID]
+        ),
+        1.0,
+        "{server}"
+    );
+
+    // Shared: every call succeeds, and the balancer sends some to this pod itself. The loop
+    // ends as soon as both endpoints have answered, and is bounded.
+    let url = format!("http://{SHARED_VIP}/shared");
+    let (mut own, mut other) = (0, 0);
+    for _ in 0..200 {
+        let rsp = m
+            .curl(API, &url, false)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}\n{}", m.log("api")));
+        assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
+        if rsp.contains("x-backend: shared-api") {
+            assert!(rsp.contains("x-peer: 127.0.0.6"), "{rsp}");
+            own += 1;
+        } else {
+            assert!(rsp.contains("x-backend: shared-web"), "{rsp}");
+            other += 1;
+        }
+        if own > 0 && other > 0 {
+            break;
+        }
+    }
+    assert!(own > 0 && other > 0, "own {own}, other {other}");
+    let client = m.metrics(API).await;
+    assert_eq!(
+        metric(
+            &client,
+            "weft_responses_total",
+            &["direction=\"outbound\"", "classification=\"failure\""]
+        ),
+        0.0,
+        "{client}"
+    );
+}
+
 /// The WEFT lines of the nat table as `save` lists them.
 async fn weft_rules(lab: &Lab, save: &str) -> Vec<String> {
     let out = lab.hosts[0].run(save, &["-t", "nat"]).await;
@@ -676,9 +759,11 @@ async fn init_twice_leaves_one_rule_set_and_cleanup_leaves_none_on_both_backends
             weft_rules(&lab, saves[0]).await,
             weft_rules(&lab, saves[1]).await,
         ];
-        // Four chains, their rules, and one jump from each of PREROUTING and OUTPUT.
-        for rules in &once {
-            assert_eq!(rules.len(), 4 + 7 + 2, "{backend}: {rules:#?}");
+        // Four chains, their rules (IPv4 has two more: the proxy's calls to its own pod go
+        // inbound, the inbound side's forwards from 127.0.0.6 pass), and one jump from each
+        // of PREROUTING and OUTPUT.
+        for (rules, own) in once.iter().zip([9, 7]) {
+            assert_eq!(rules.len(), 4 + own + 2, "{backend}: {rules:#?}");
             let jumps = rules
                 .iter()
                 .filter(|r| r.starts_with("-A PREROUTING") || r.starts_with("-A OUTPUT"))

@@ -15,11 +15,15 @@
 //!
 //! Behind `--app-port`, every connection goes to that port on 127.0.0.1. In transparent mode
 //! each goes to its original destination (the address and port the client dialed, before the
-//! nat table redirected it here), so every port of a multi-port application is served.
+//! nat table redirected it here), so every port of a multi-port application is served. Those
+//! connections come from 127.0.0.6 ([`crate::init::APP_FORWARD_SOURCE`]) when the original
+//! destination is an IPv4 address of the pod: the nat rules let that source through, while the
+//! proxy's own calls to its pod's address (a Service this pod backs) go to this listener, like
+//! any peer's.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -98,7 +102,7 @@ impl Apps {
         if let Some(p) = pools.get(&addr) {
             return p.clone();
         }
-        let pool = PlainPool::new(addr, self.limits);
+        let pool = PlainPool::from_source(addr, forward_source(addr), self.limits);
         if pools.len() < MAX_APP_POOLS {
             pools.insert(addr, pool.clone());
         }
@@ -117,6 +121,17 @@ pub async fn serve(listener: TcpListener, target: AppTarget, shared: Arc<Shared>
         handle(tcp, remote, apps.clone(), shared.clone())
     })
     .await;
+}
+
+/// The address a connection to the application at `addr` comes from: 127.0.0.6 for the pod's
+/// own IPv4 addresses (an original destination in transparent mode), which the nat rules of
+/// `weft-proxy init` tell apart from the proxy's calls to its own pod; the system's choice for
+/// loopback (`--app-port`) and IPv6.
+fn forward_source(addr: SocketAddr) -> Option<IpAddr> {
+    match addr.ip() {
+        IpAddr::V4(ip) if !ip.is_loopback() => Some(crate::init::APP_FORWARD_SOURCE.into()),
+        _ => None,
+    }
 }
 
 /// The application behind `--app-port`.
@@ -408,7 +423,7 @@ async fn to_app(
     let mut req = req.map(boxed);
 
     let rsp = if is_upgrade(&req) {
-        match TcpStream::connect(app_addr).await {
+        match crate::io::dial(app_addr, forward_source(app_addr)).await {
             Ok(tcp) => forward_upgrade(req, tcp, shared)
                 .await
                 .map_err(|e| e.to_string()),
@@ -454,7 +469,7 @@ async fn forward_opaque<I>(mut io: I, app_addr: SocketAddr)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    match TcpStream::connect(app_addr).await {
+    match crate::io::dial(app_addr, forward_source(app_addr)).await {
         Ok(mut app) => {
             let _ = app.set_nodelay(true);
             if let Err(e) = crate::splice::splice(&mut io, &mut app).await {
@@ -469,6 +484,22 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    /// Connections to the pod's own IPv4 addresses come from 127.0.0.6, which the nat rules
+    /// let through; loopback (`--app-port`) and IPv6 keep the system's choice.
+    #[tokio::test]
+    async fn the_application_is_reached_from_the_forward_source() {
+        let six = Some(IpAddr::from(crate::init::APP_FORWARD_SOURCE));
+        assert_eq!(forward_source("10.1.2.3:8080".parse().unwrap()), six);
+        assert_eq!(forward_source("127.0.0.1:8080".parse().unwrap()), None);
+        assert_eq!(forward_source("[fd00::1]:8080".parse().unwrap()), None);
+
+        let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = app.local_addr().unwrap();
+        let _out = crate::io::dial(addr, six).await.unwrap();
+        let (_in, from) = app.accept().await.unwrap();
+        assert_eq!(from.ip(), IpAddr::from([127, 0, 0, 6]));
+    }
 
     /// Every connection's task is as large as its future; the heavy states (handshake, HTTP
     /// server, splice) are boxed so an idle connection pays only for what it uses. This keeps

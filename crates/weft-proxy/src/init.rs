@@ -7,6 +7,14 @@
 //!   except those of the proxy's own user (so the proxy's connections never loop back into
 //!   it), those leaving through loopback, the ports in `--skip-outbound-ports` and the
 //!   addresses in `--skip-outbound-cidrs`.
+//! - The proxy reaching its own pod (IPv4): a connection of the proxy's user to one of the
+//!   namespace's own addresses (through loopback, not to 127.0.0.0/8) goes to the inbound
+//!   port like any peer's, unless its port is skipped inbound, so a pod that calls a Service
+//!   it backs meets its own inbound side and policy instead of its plaintext application. The
+//!   inbound side's connections to the application come from [`APP_FORWARD_SOURCE`]
+//!   (127.0.0.6) and pass untouched. Over IPv6 no such source address exists without adding
+//!   one to the loopback interface, so there the proxy's connections to its own pod still go
+//!   straight to the application.
 //!
 //! The rules live in chains of their own (`WEFT_INBOUND`, `WEFT_IN_REDIRECT`, `WEFT_OUTPUT`,
 //! `WEFT_REDIRECT`), written in one `iptables-restore --noflush` transaction that empties
@@ -18,7 +26,7 @@
 
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
@@ -33,6 +41,11 @@ pub const IN_REDIRECT_CHAIN: &str = "WEFT_IN_REDIRECT";
 pub const OUTPUT_CHAIN: &str = "WEFT_OUTPUT";
 /// The chain that redirects outbound connections to the proxy.
 pub const REDIRECT_CHAIN: &str = "WEFT_REDIRECT";
+/// The source address of the inbound side's connections to the application in transparent
+/// mode (IPv4). The rules tell them apart by it from the proxy's own connections to its pod's
+/// address, which go to the inbound port; the application sees this address as the caller's,
+/// never one it might trust as its own host.
+pub const APP_FORWARD_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
 const CHAINS: [&str; 4] = [
     INBOUND_CHAIN,
     IN_REDIRECT_CHAIN,
@@ -297,6 +310,21 @@ impl InitArgs {
             "-A {REDIRECT_CHAIN} -p tcp -j REDIRECT --to-ports {}",
             self.outbound_port
         );
+        if family == Family::V4 {
+            // The proxy reaching its own pod (a Service that this pod backs): its mutual-TLS
+            // connection to the pod's address goes to its own inbound port, as a peer's
+            // would, through the inbound skips. The inbound side forwards to the application
+            // from APP_FORWARD_SOURCE, which the first rule lets through, so nothing loops.
+            let _ = writeln!(
+                out,
+                "-A {OUTPUT_CHAIN} -o lo -s {APP_FORWARD_SOURCE}/32 -j RETURN"
+            );
+            let _ = writeln!(
+                out,
+                "-A {OUTPUT_CHAIN} -o lo ! -d 127.0.0.0/8 -m owner --uid-owner {} -j {INBOUND_CHAIN}",
+                self.proxy_uid
+            );
+        }
         let _ = writeln!(
             out,
             "-A {OUTPUT_CHAIN} -m owner --uid-owner {} -j RETURN",
@@ -330,7 +358,15 @@ impl InitArgs {
                         rule,
                     });
                 }
-                for chain in CHAINS {
+                // A chain is dropped before those it jumps to: WEFT_OUTPUT jumps to
+                // WEFT_INBOUND (the proxy's calls to its own pod) and WEFT_REDIRECT,
+                // WEFT_INBOUND to WEFT_IN_REDIRECT, and a chain still referenced cannot go.
+                for chain in [
+                    OUTPUT_CHAIN,
+                    INBOUND_CHAIN,
+                    IN_REDIRECT_CHAIN,
+                    REDIRECT_CHAIN,
+                ] {
                     steps.push(Step::DropChain {
                         tool: t.iptables.clone(),
                         chain,
@@ -681,6 +717,8 @@ mod tests {
             "-A WEFT_OUTPUT -o lo -j RETURN",
             "-A WEFT_OUTPUT -p tcp --dport 5432 -j RETURN",
             "-A WEFT_OUTPUT -d 10.9.0.0/16 -j RETURN",
+            "-A WEFT_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN",
+            "-A WEFT_OUTPUT -o lo ! -d 127.0.0.0/8 -m owner --uid-owner 2102 -j WEFT_INBOUND",
         ] {
             assert!(lines.contains(&want), "{want} missing from\n{v4}");
         }
@@ -690,6 +728,18 @@ mod tests {
             pos("-A WEFT_OUTPUT -m owner --uid-owner 2102 -j RETURN")
                 < pos("-A WEFT_OUTPUT -p tcp -j WEFT_REDIRECT")
         );
+        // The inbound side's forwards pass before the proxy's calls to its own pod turn
+        // inbound, and both before the proxy's user is exempt.
+        assert!(
+            pos("-A WEFT_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN")
+                < pos(
+                    "-A WEFT_OUTPUT -o lo ! -d 127.0.0.0/8 -m owner --uid-owner 2102 -j WEFT_INBOUND"
+                )
+        );
+        assert!(
+            pos("-A WEFT_OUTPUT -o lo ! -d 127.0.0.0/8 -m owner --uid-owner 2102 -j WEFT_INBOUND")
+                < pos("-A WEFT_OUTPUT -m owner --uid-owner 2102 -j RETURN")
+        );
         assert!(
             pos("-A WEFT_INBOUND -p tcp --dport 22 -j RETURN")
                 < pos("-A WEFT_INBOUND -p tcp -j WEFT_IN_REDIRECT")
@@ -698,6 +748,7 @@ mod tests {
         assert!(!v4.contains("fd00::/8"));
         let v6 = a.ruleset(Family::V6);
         assert!(v6.contains("-A WEFT_OUTPUT -d fd00::/8 -j RETURN"));
+        assert!(!v6.contains("127.0.0"), "no IPv4 address in\n{v6}");
         assert!(!v6.contains("10.9.0.0/16"));
     }
 
@@ -728,8 +779,6 @@ mod tests {
              do /usr/sbin/iptables-nft -t nat -D PREROUTING -p tcp -j WEFT_INBOUND; done"
         );
         assert_eq!(text.len(), 2 + CHAINS.len());
-        assert!(
-            text[2].contains("-F WEFT_INBOUND && /usr/sbin/iptables-nft -t nat -X WEFT_INBOUND")
-        );
+        assert!(text[2].contains("-F WEFT_OUTPUT && /usr/sbin/iptables-nft -t nat -X WEFT_OUTPUT"));
     }
 }

@@ -33,7 +33,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -146,6 +146,8 @@ impl std::fmt::Debug for PlainPool {
 
 struct Inner {
     addr: SocketAddr,
+    /// The address connections are opened from, when not the system's choice.
+    source: Option<IpAddr>,
     limits: PoolLimits,
     idle: Mutex<IdleList>,
     /// The shared HTTP/2 connection: its number, handle, and end.
@@ -193,9 +195,15 @@ struct IdleList {
 impl PlainPool {
     /// A pool of connections to `addr`.
     pub fn new(addr: SocketAddr, limits: PoolLimits) -> Self {
+        Self::from_source(addr, None, limits)
+    }
+
+    /// A pool of connections to `addr`, opened from `source` when one is given.
+    pub fn from_source(addr: SocketAddr, source: Option<IpAddr>, limits: PoolLimits) -> Self {
         Self {
             inner: Arc::new(Inner {
                 addr,
+                source,
                 limits,
                 idle: Mutex::default(),
                 h2: Mutex::new(None),
@@ -395,7 +403,8 @@ impl PlainPool {
 
     async fn connect(&self) -> Result<TokioIo<TcpStream>, PoolError> {
         let addr = self.inner.addr;
-        let tcp = tokio::time::timeout(self.inner.limits.connect_timeout, TcpStream::connect(addr))
+        let dial = crate::io::dial(addr, self.inner.source);
+        let tcp = tokio::time::timeout(self.inner.limits.connect_timeout, dial)
             .await
             .map_err(|_| PoolError::Connect {
                 addr,
