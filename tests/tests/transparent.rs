@@ -32,6 +32,11 @@ const VIP: &str = "10.96.0.10";
 /// The virtual address of `shared`, which web and api both serve (port 80 -> 8085).
 const SHARED_VIP: &str = "10.96.0.12";
 
+/// `port` on every address of the namespace it is bound in.
+fn any(port: u16) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
+
 /// The mesh, CA and control-plane sections every lab's config file starts with.
 fn lab_sections(dir: &Path) -> String {
     format!(
@@ -212,7 +217,6 @@ async fn mesh_via(via: Via, policy: &str, init_flags: [&[&str]; 2]) -> Option<Me
         .await;
 
     let rts: Vec<NsRuntime> = lab.hosts.iter().map(|h| h.runtime()).collect();
-    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
     rts[API]
         .run(async move {
             backends::http_echo_at("api", any(8080)).await;
@@ -438,6 +442,7 @@ fn outbound_opened(text: &str) -> f64 {
 }
 
 const WEB_ID: &str = "peer=\"spiffe://weft.test/ns/lab/sa/web\"";
+const API_ID: &str = "peer=\"spiffe://weft.test/ns/lab/sa/api\"";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmodified_clients_reach_mesh_services_by_plain_address_over_mutual_tls() {
@@ -648,8 +653,6 @@ async fn the_proxys_own_traffic_does_not_loop() {
     assert_eq!(outbound_opened(&client), before);
 }
 
-const API_ID: &str = "peer=\"spiffe://weft.test/ns/lab/sa/api\"";
-
 /// A pod that calls a Service it backs reaches its own application through its own inbound
 /// side, over mutual TLS as any peer would (so its policy and metrics apply): when it is the
 /// Service's only endpoint, and when it shares the Service with another pod. The application
@@ -660,7 +663,6 @@ async fn a_pod_reaches_itself_through_a_service_it_backs() {
     let Some(m) = mesh("allow", [&[], &[]]).await else {
         return;
     };
-    let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
     m.rts[WEB]
         .run(async move { backends::http_echo_at("shared-web", any(8085)).await })
         .await;
