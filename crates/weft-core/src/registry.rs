@@ -411,7 +411,9 @@ impl RegistryWriter {
             // already, so a follower that subscribes and then reads the snapshot is never
             // woken later by a write it has seen. Nothing takes the topics lock and then
             // reads the snapshot, so the nesting cannot deadlock.
-            self.registry.topics.notify(&touched);
+            if !touched.is_empty() {
+                self.registry.topics.notify(&touched);
+            }
             true
         });
     }

@@ -46,10 +46,13 @@ pub const REDIRECT_CHAIN: &str = "WEFT_REDIRECT";
 /// address, which go to the inbound port; the application sees this address as the caller's,
 /// never one it might trust as its own host.
 pub const APP_FORWARD_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+/// Our chains, each before those it jumps to (WEFT_OUTPUT jumps to WEFT_INBOUND, for the
+/// proxy's calls to its own pod, and to WEFT_REDIRECT; WEFT_INBOUND to WEFT_IN_REDIRECT):
+/// `--cleanup` drops them in this order, since a chain still referenced cannot go.
 const CHAINS: [&str; 4] = [
+    OUTPUT_CHAIN,
     INBOUND_CHAIN,
     IN_REDIRECT_CHAIN,
-    OUTPUT_CHAIN,
     REDIRECT_CHAIN,
 ];
 
@@ -358,15 +361,7 @@ impl InitArgs {
                         rule,
                     });
                 }
-                // A chain is dropped before those it jumps to: WEFT_OUTPUT jumps to
-                // WEFT_INBOUND (the proxy's calls to its own pod) and WEFT_REDIRECT,
-                // WEFT_INBOUND to WEFT_IN_REDIRECT, and a chain still referenced cannot go.
-                for chain in [
-                    OUTPUT_CHAIN,
-                    INBOUND_CHAIN,
-                    IN_REDIRECT_CHAIN,
-                    REDIRECT_CHAIN,
-                ] {
+                for chain in CHAINS {
                     steps.push(Step::DropChain {
                         tool: t.iptables.clone(),
                         chain,
