@@ -626,6 +626,21 @@ pub async fn get_through(
     (status, backend, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// Sends one plaintext HTTP/1.1 `GET /` (`Host: api.test`, `Connection: close`) on a fresh
+/// connection to `addr`; the response text, whatever came before the connection closed.
+pub async fn plaintext_get(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// Waits until `proxy` holds a certificate and its settings.
 pub async fn wait_ready(proxy: &Proxy) {
     let shared = proxy.shared();

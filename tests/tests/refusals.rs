@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_proxy::Proxy;
 use weft_tests::certs::{self, ClientCert};
@@ -59,7 +58,9 @@ async fn a_valid_mesh_identity_is_served() {
 async fn plaintext_is_refused() {
     let s = server().await;
     assert!(
-        !plaintext_get(s.inbound).await.contains("HTTP/1.1 200"),
+        !weft_tests::plaintext_get(s.inbound)
+            .await
+            .contains("HTTP/1.1 200"),
         "served plaintext"
     );
     wait_metric(
@@ -358,19 +359,6 @@ async fn wait_plaintext_policy(proxy: &Proxy, port: u16, admits: bool) {
     .unwrap();
 }
 
-/// Sends one plaintext HTTP/1.1 request on a fresh connection; the response text, if any.
-async fn plaintext_get(addr: SocketAddr) -> String {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf))
-        .await
-        .unwrap();
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_meant_for_the_application_is_not_taken_for_a_mesh_peer() {
     // A client outside the mesh that speaks TLS with the usual ALPN (`h2`) is an outsider,
@@ -406,7 +394,7 @@ async fn clients_outside_the_mesh_are_admitted_only_where_the_policy_says() {
     // The workload's port is declared once the proxy has bound it: until the proxy's settings
     // carry the rule for that port, the port has the mesh default.
     wait_plaintext_policy(&proxy, inbound.port(), false).await;
-    assert!(!plaintext_get(inbound).await.contains(" 200 "));
+    assert!(!weft_tests::plaintext_get(inbound).await.contains(" 200 "));
     wait_metric(
         proxy.admin_addr,
         "weft_inbound_tls_rejected_total",
@@ -434,7 +422,7 @@ async fn clients_outside_the_mesh_are_admitted_only_where_the_policy_says() {
     mesh.write_raw(&edited);
     // The edit reaches the proxy through the control plane's settings stream.
     wait_plaintext_policy(&proxy, inbound.port(), true).await;
-    let served = plaintext_get(inbound).await;
+    let served = weft_tests::plaintext_get(inbound).await;
     assert!(served.starts_with("HTTP/1.1 200"), "{served}");
     wait_metric(
         proxy.admin_addr,

@@ -33,7 +33,7 @@ use weft_core::listener::{Activity, ConnectionLimits};
 
 pub use weft_core::listener::{IDLE_TIMEOUT, MAX_PER_ADDRESS};
 
-use crate::Shared;
+use crate::Runtime;
 
 /// Connections each admin or probe listener holds at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -68,7 +68,7 @@ impl Endpoints {
 pub async fn serve(
     listener: TcpListener,
     endpoints: Endpoints,
-    shared: Arc<Shared>,
+    shared: Arc<Runtime>,
     shutdown: CancellationToken,
     stop: CancellationToken,
 ) {
@@ -147,7 +147,7 @@ pub async fn serve(
 /// The application probe a request asks for: `None` when it is not a `GET /app-health/...`,
 /// else the probe, or the status to refuse it with.
 fn app_probe<B>(
-    shared: &Shared,
+    shared: &Runtime,
     req: &Request<B>,
 ) -> Option<Result<crate::app_probe::AppProbe, StatusCode>> {
     let name = req.uri().path().strip_prefix(crate::app_probe::PREFIX)?;
@@ -167,14 +167,14 @@ fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 }
 
 /// Whether the proxy can serve: it holds an unexpired certificate and its settings.
-pub fn is_ready(shared: &Shared) -> bool {
+pub fn is_ready(shared: &Runtime) -> bool {
     not_ready_because(shared).is_none()
 }
 
-fn not_ready_because(shared: &Shared) -> Option<&'static str> {
+fn not_ready_because(shared: &Runtime) -> Option<&'static str> {
     let creds = shared.credentials.borrow().clone();
     readiness(
-        shared.draining.is_cancelled(),
+        shared.drain.draining.is_cancelled(),
         creds.as_deref(),
         shared.settings.borrow().is_some(),
         SystemTime::now(),
@@ -233,7 +233,7 @@ fn may_shut_down<B>(
 }
 
 fn handle(
-    shared: &Shared,
+    shared: &Runtime,
     endpoints: Endpoints,
     remote: SocketAddr,
     shutdown: &CancellationToken,

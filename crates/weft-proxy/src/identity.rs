@@ -15,7 +15,7 @@ use weft_ca::tls::{ClientAuth, TlsCredentials, anonymous_client_config};
 use weft_ca::{ALPN_MESH_H2, ALPN_MESH_HTTP1, ALPN_OPAQUE, IssuedLeaf, LeafKey, TrustBundle};
 use weft_core::Identity;
 
-use crate::Shared;
+use crate::Runtime;
 use crate::control::{Backoff, ControlError, channel};
 
 /// The share of a leaf's life after which it is renewed, at the latest.
@@ -27,7 +27,7 @@ pub const RENEW_JITTER: f64 = 0.1;
 
 /// Keeps `tx` holding a valid certificate until `stop`.
 pub async fn run(
-    shared: Arc<Shared>,
+    shared: Arc<Runtime>,
     tx: watch::Sender<Option<Arc<TlsCredentials>>>,
     stop: CancellationToken,
 ) {
@@ -126,7 +126,7 @@ pub fn control_plane_roots(
 }
 
 /// One Certify round trip.
-pub async fn certify(shared: &Shared) -> Result<TlsCredentials, ControlError> {
+pub async fn certify(shared: &Runtime) -> Result<TlsCredentials, ControlError> {
     let cfg = &shared.config;
     let identity = cfg.identity().map_err(ControlError::Other)?;
     let bundle_pem = cfg.bundle_pem().map_err(|e| ControlError::Bundle {

@@ -25,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod detect;
 pub mod discovery;
+pub mod errors;
 pub mod http;
 pub mod identity;
 pub mod inbound;
@@ -32,6 +33,8 @@ pub mod init;
 pub mod io;
 pub mod metrics;
 pub mod outbound;
+pub mod runtime;
+pub mod server;
 pub mod splice;
 pub mod transparent;
 
@@ -42,9 +45,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use config::{ControlAddr, ProxyConfig, Upstream};
+pub use runtime::Runtime;
 
 /// Failures starting the proxy.
 #[derive(Debug, thiserror::Error)]
@@ -63,31 +66,6 @@ pub enum ProxyError {
     Config(String),
 }
 
-/// State shared by every listener of one proxy.
-#[derive(Debug)]
-pub struct Shared {
-    /// The settings.
-    pub config: ProxyConfig,
-    /// The current certificate, once there is one.
-    pub credentials: watch::Receiver<Option<Arc<weft_ca::TlsCredentials>>>,
-    /// The proxy's own settings (inbound policies, trust bundle), once they have come.
-    pub settings: watch::Receiver<Option<Arc<discovery::ProxySettings>>>,
-    /// The destinations in use, each with its resolve stream and balancers.
-    pub destinations: outbound::destination::Destinations,
-    /// The channel discovery calls share.
-    pub control: control::SharedChannel,
-    /// The metrics registry.
-    pub metrics: metrics::Metrics,
-    /// Cancelled when the proxy stops accepting and starts draining.
-    pub draining: CancellationToken,
-    /// Cancelled when the drain's grace period is over: every connection still open is closed.
-    pub closing: CancellationToken,
-    /// Tracks every connection, for the drain.
-    pub connections: TaskTracker,
-    /// Wakes the identity loop to renew the certificate now.
-    pub renew: tokio::sync::Notify,
-}
-
 /// A running proxy.
 #[derive(Debug)]
 pub struct Proxy {
@@ -101,7 +79,7 @@ pub struct Proxy {
     pub upstream_addrs: Vec<(String, SocketAddr)>,
     /// The transparent outbound listeners (IPv4 and, where the host has it, IPv6).
     pub outbound_addrs: Vec<SocketAddr>,
-    shared: Arc<Shared>,
+    shared: Arc<Runtime>,
     stop_background: CancellationToken,
     drain_requested: CancellationToken,
 }
@@ -116,16 +94,14 @@ impl Proxy {
         let metrics = metrics::Metrics::default();
         let (cred_tx, credentials) = watch::channel(None);
         let (settings_tx, settings) = watch::channel(None);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Runtime {
             config: config.clone(),
             credentials,
             settings,
             destinations: outbound::destination::Destinations::new(config.max_destinations),
             control: Default::default(),
             metrics,
-            draining: CancellationToken::new(),
-            closing: CancellationToken::new(),
-            connections: TaskTracker::new(),
+            drain: runtime::Drain::default(),
             renew: tokio::sync::Notify::new(),
         });
         tokio::spawn(identity::run(
@@ -228,17 +204,17 @@ impl Proxy {
     /// is still open (opaque TCP and upgraded connections included) and stops.
     pub async fn drain(self, grace: Duration) {
         tracing::info!(?grace, "draining");
-        self.shared.draining.cancel();
-        self.shared.connections.close();
-        if tokio::time::timeout(grace, self.shared.connections.wait())
+        self.shared.drain.draining.cancel();
+        self.shared.drain.connections.close();
+        if tokio::time::timeout(grace, self.shared.drain.connections.wait())
             .await
             .is_err()
         {
-            let open = self.shared.connections.len();
+            let open = self.shared.drain.connections.len();
             tracing::warn!(open, "grace period over; closing the remaining connections");
-            self.shared.closing.cancel();
+            self.shared.drain.closing.cancel();
             // Each connection task ends as soon as it sees `closing`; this wait is short.
-            self.shared.connections.wait().await;
+            self.shared.drain.connections.wait().await;
         }
         self.stop_background.cancel();
     }
@@ -259,7 +235,7 @@ impl Proxy {
     }
 
     /// The proxy's shared state (for tests and `weft dev`).
-    pub fn shared(&self) -> &Arc<Shared> {
+    pub fn shared(&self) -> &Arc<Runtime> {
         &self.shared
     }
 }
@@ -268,36 +244,4 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| ProxyError::Bind { addr, source })
-}
-
-/// Accepts connections until the proxy drains; each accepted connection runs on the tracker.
-pub(crate) async fn accept_loop<F, Fut>(listener: TcpListener, shared: Arc<Shared>, mut handle: F)
-where
-    F: FnMut(tokio::net::TcpStream, SocketAddr) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shared.draining.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let conn = handle(tcp, peer);
-        let closing = shared.closing.clone();
-        // Dropping the connection's future at the drain deadline closes its sockets.
-        shared.connections.spawn(async move {
-            tokio::select! {
-                _ = conn => {}
-                _ = closing.cancelled() => {}
-            }
-        });
-    }
 }

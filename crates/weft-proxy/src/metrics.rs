@@ -10,7 +10,11 @@
 //! - `weft_admin_connections_refused_total{listener, reason}` (`admin` or `probe`; `full` or
 //!   `per_address`)
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 
 use http::Response;
 
@@ -21,7 +25,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::http::{Body, ObservedBody, boxed, is_failure};
+use crate::http::classify::{grpc_failed, is_failure};
+use crate::http::{Body, boxed};
 
 /// Inbound (peers to the local app) or outbound (the local app to peers).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -229,13 +234,17 @@ impl Metrics {
 }
 
 /// The metric handles of one stream of requests (one endpoint outbound, one client connection
-/// inbound), looked up once so the data path does not hash labels per request.
+/// inbound), looked up once so the data path does not hash labels per request. Clones share
+/// the handles: a clone costs one reference count.
 #[derive(Clone, Debug)]
-pub struct RequestMetrics {
+pub struct RequestMetrics(Arc<Handles>);
+
+#[derive(Debug)]
+struct Handles {
     labels: RequestLabels,
     requests: Counter,
     latency: Histogram,
-    responses: Arc<Mutex<Vec<ResponseCounter>>>,
+    responses: Mutex<Vec<ResponseCounter>>,
     metrics: Metrics,
 }
 
@@ -245,59 +254,117 @@ type ResponseCounter = (Option<u16>, bool, Counter);
 impl RequestMetrics {
     /// Handles for `labels`.
     pub fn new(metrics: &Metrics, labels: RequestLabels) -> Self {
-        Self {
+        Self(Arc::new(Handles {
             requests: metrics.requests.get_or_create(&labels).clone(),
             latency: metrics.latency.get_or_create(&labels).clone(),
-            responses: Arc::default(),
+            responses: Mutex::default(),
             metrics: metrics.clone(),
             labels,
-        }
+        }))
     }
 
     /// Counts a request.
     pub fn request(&self) {
-        self.requests.inc();
+        self.0.requests.inc();
     }
 
     /// Records a response: its latency now, its outcome once the body has ended, so that a
     /// gRPC error status sent in trailers counts as a failure.
     pub fn observe(&self, rsp: Response<Body>, started: tokio::time::Instant) -> Response<Body> {
-        self.latency.observe(started.elapsed().as_secs_f64());
+        self.0.latency.observe(started.elapsed().as_secs_f64());
         let status = rsp.status().as_u16();
-        let failed_by_headers = is_failure(&rsp);
-        let this = self.clone();
-        rsp.map(|body| {
-            boxed(ObservedBody::new(body, move |failed_later| {
-                this.count_response(Some(status), failed_by_headers || failed_later);
-            }))
-        })
+        let failed = is_failure(&rsp);
+        let (parts, body) = rsp.into_parts();
+        Response::from_parts(
+            parts,
+            boxed(MeteredBody {
+                inner: body,
+                outcome: Some((self.clone(), status, failed)),
+            }),
+        )
     }
 
     /// Records a request that got no response.
     pub fn no_response(&self, started: tokio::time::Instant) {
-        self.latency.observe(started.elapsed().as_secs_f64());
+        self.0.latency.observe(started.elapsed().as_secs_f64());
         self.count_response(None, true);
     }
 
     fn count_response(&self, status: Option<u16>, failed: bool) {
-        let mut cache = self.responses.lock().unwrap_or_else(|p| p.into_inner());
+        let h = &self.0;
+        let mut cache = h.responses.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, _, c)) = cache.iter().find(|(s, f, _)| *s == status && *f == failed) {
             c.inc();
             return;
         }
-        let counter = self
+        let counter = h
             .metrics
             .responses
             .get_or_create(&ResponseLabels {
                 status_code: status.map(|s| s.to_string()).unwrap_or_default(),
                 classification: if failed { "failure" } else { "success" }.to_string(),
-                direction: self.labels.direction,
-                service: self.labels.service.clone(),
-                peer: self.labels.peer.clone(),
+                direction: h.labels.direction,
+                service: h.labels.service.clone(),
+                peer: h.labels.peer.clone(),
             })
             .clone();
         counter.inc();
         cache.push((status, failed, counter));
+    }
+}
+
+/// A response body that counts its response once it has ended: a failure if the head said so,
+/// if its trailers carry a gRPC error status, or if the body failed. A body dropped early
+/// counts as its head said.
+struct MeteredBody {
+    inner: Body,
+    /// The handles, the status, and whether the head already said failure; taken at the end.
+    outcome: Option<(RequestMetrics, u16, bool)>,
+}
+
+impl MeteredBody {
+    fn finish(&mut self, failed_later: bool) {
+        if let Some((metrics, status, failed)) = self.outcome.take() {
+            metrics.count_response(Some(status), failed || failed_later);
+        }
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let failed = grpc_failed(trailers);
+                    self.finish(failed);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.finish(true),
+            Poll::Ready(None) => self.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -15,7 +15,7 @@ use std::future::Future;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::Shared;
+use crate::Runtime;
 use crate::control::{Backoff, ControlError};
 
 pub use resolve::{EndpointView, Resolution, ResolvedService};
@@ -36,7 +36,7 @@ pub(crate) struct StreamEnd {
 /// in between: `open` only ever replaces it with something newer. Failures are logged as
 /// warnings when `loud`, else at info (one destination among many).
 pub(crate) async fn follow_with_backoff<F, Fut>(
-    shared: &Shared,
+    shared: &Runtime,
     stop: &CancellationToken,
     what: &(dyn std::fmt::Display + Sync),
     loud: bool,

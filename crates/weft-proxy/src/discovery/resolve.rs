@@ -15,7 +15,7 @@ use weft_api::v1::discovery_client::DiscoveryClient;
 use weft_api::v1::resolve_update::Update;
 use weft_core::{EndpointState, Identity, Protocol, ServiceName, Target};
 
-use crate::Shared;
+use crate::Runtime;
 use crate::control::ControlError;
 
 /// What a destination resolves to, as far as this proxy knows.
@@ -191,7 +191,7 @@ fn upsert(into: &mut ResolvedService, endpoints: &[weft_api::Endpoint]) {
 
 /// Keeps `tx` holding what `target` resolves to, until `stop`.
 pub async fn follow(
-    shared: Arc<Shared>,
+    shared: Arc<Runtime>,
     target: Target,
     tx: watch::Sender<Resolution>,
     stop: CancellationToken,

@@ -12,7 +12,7 @@ use weft_ca::TrustBundle;
 use weft_core::Protocol;
 use weft_core::policy::{Decision, InboundPolicy};
 
-use crate::Shared;
+use crate::Runtime;
 use crate::control::ControlError;
 
 /// The proxy's own settings, from one message.
@@ -131,7 +131,7 @@ pub fn accept(metrics: &crate::metrics::Metrics, s: weft_api::ProxySettings) -> 
 
 /// Keeps `tx` holding the latest settings until `stop`.
 pub async fn run(
-    shared: Arc<Shared>,
+    shared: Arc<Runtime>,
     tx: watch::Sender<Option<Arc<ProxySettings>>>,
     stop: CancellationToken,
 ) {

@@ -13,16 +13,20 @@
 //! - HTTP/2: one multiplexed connection carries every request; it is opened again once it
 //!   closes or the application sends GOAWAY.
 //!
-//! A request the application cannot have seen is sent again, at most [`RETRIES`] times: one
-//! the connection handed back unsent (it closed before the request was written, as a
-//! keep-alive connection does that the application closed a moment before) goes on a new
-//! connection, and so, over HTTP/2, does one with an idempotent method that failed with the
-//! application's GOAWAY (hyper cannot say whether such a stream was above the GOAWAY's last
-//! stream: one it was opening when the GOAWAY arrived fails too, and may still be processed,
-//! so a non-idempotent one is not sent twice); one it refused (REFUSED_STREAM) goes on the
-//! shared connection if that is still open. Hyper consumes a request it has sent, so the HTTP/2
-//! refusals are retried only when the request has no body to replay: the pool keeps a copy of
-//! the head of each bodiless HTTP/2 request until its response arrives.
+//! A request the application cannot have seen comes back from [`PlainPool::try_send`] as
+//! [`TrySendError::NotSent`], with the request, for whoever decides to send it again
+//! ([`super::resend`] does so at most [`RETRIES`] times; each attempt is one call, so a retry
+//! layer above counts every attempt once). That is: one the connection handed back unsent (it
+//! closed before the request was written, as a keep-alive connection does that the
+//! application closed a moment before), which goes again on a new connection; over HTTP/2, one
+//! with an idempotent method that failed with the application's GOAWAY (hyper cannot say
+//! whether such a stream was above the GOAWAY's last stream: one it was opening when the GOAWAY
+//! arrived fails too, and may still be processed, so a non-idempotent one is not handed back);
+//! and one it refused (REFUSED_STREAM), which goes again on the shared connection if that is
+//! still open. Hyper consumes a request it has sent, so the HTTP/2 refusals are handed back only
+//! when the request has no body: the pool keeps a copy of the head of each bodiless HTTP/2
+//! request until its response arrives. What the next attempt needs to know (a new connection,
+//! or not the one that failed) rides in the request's extensions.
 //!
 //! A request that may have reached the application is never sent twice: it could have had
 //! effects. That includes an HTTP/1.1 request written on a kept-alive connection whose FIN from
@@ -109,9 +113,56 @@ pub enum PoolError {
         #[source]
         source: hyper::Error,
     },
+    /// The request was handed back unsent at every attempt.
+    #[error("not sent after {attempts} attempts: {}", with_cause(source))]
+    NotSent {
+        /// How many times it was tried.
+        attempts: usize,
+        /// Why the last attempt was handed back.
+        #[source]
+        source: hyper::Error,
+    },
     /// The request has no authority and none could be made for it.
     #[error("bad request target: {0}")]
     Target(#[from] http::Error),
+}
+
+/// Why one attempt got no response.
+pub enum TrySendError {
+    /// The application cannot have seen the request: here it is, to go again.
+    NotSent {
+        /// The request, ready for its next attempt.
+        request: Request<Body>,
+        /// Why it came back.
+        cause: hyper::Error,
+    },
+    /// It failed, and must not go again (see [`PoolError`]).
+    Failed(PoolError),
+}
+
+impl std::fmt::Debug for TrySendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotSent { cause, .. } => f.debug_struct("NotSent").field("cause", cause).finish(),
+            Self::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+        }
+    }
+}
+
+impl From<PoolError> for TrySendError {
+    fn from(e: PoolError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// What the next attempt of a request handed back unsent must avoid.
+#[derive(Clone, Copy, Debug, Default)]
+struct ResendHint {
+    /// HTTP/1: take a new connection, not an idle one (they may all have been closed together,
+    /// as when the application restarted).
+    fresh: bool,
+    /// HTTP/2: not this connection (it handed the request back, or sent GOAWAY).
+    not_h2: Option<u64>,
 }
 
 /// Hyper's error and its cause: hyper says only "http2 error" where h2 names the reason.
@@ -126,6 +177,18 @@ impl PoolError {
     /// Whether the address could not be reached at all.
     pub fn is_connect(&self) -> bool {
         matches!(self, Self::Connect { .. } | Self::Handshake { .. })
+    }
+
+    /// Whether the request may go again.
+    pub fn retry_safe(&self) -> crate::errors::RetrySafe {
+        use crate::errors::RetrySafe;
+        match self {
+            Self::Connect { .. } | Self::Handshake { .. } | Self::NotSent { .. } => {
+                RetrySafe::NotSent
+            }
+            Self::Request { .. } => RetrySafe::IfIdempotent,
+            Self::Target(_) => RetrySafe::No,
+        }
     }
 }
 
@@ -213,53 +276,64 @@ impl PlainPool {
         }
     }
 
+    /// The address it connects to.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
     /// How many HTTP/1.1 connections wait idle.
     pub fn idle_count(&self) -> usize {
         lock(&self.inner.idle).conns.len()
     }
 
-    /// Sends `req` with the HTTP version it carries; its target and `Host` or `:authority`
-    /// reach the application as they are (an HTTP/1 request in absolute form is sent in origin
-    /// form, an HTTP/2 one without an authority gets the `Host` header's, as a client's own
-    /// connection would do).
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, PoolError> {
+    /// Sends `req` once, with the HTTP version it carries; its target and `Host` or
+    /// `:authority` reach the application as they are (an HTTP/1 request in absolute form is
+    /// sent in origin form, an HTTP/2 one without an authority gets the `Host` header's, as a
+    /// client's own connection would do). A request handed back unsent comes back in the error.
+    pub async fn try_send(&self, mut req: Request<Body>) -> Result<Response<Body>, TrySendError> {
+        let hint = req
+            .extensions_mut()
+            .remove::<ResendHint>()
+            .unwrap_or_default();
         if req.version() == Version::HTTP_2 {
-            self.send_h2(req).await
+            self.try_h2(req, hint).await
         } else {
-            self.send_h1(req).await
+            self.try_h1(req, hint).await
         }
     }
 
-    async fn send_h1(&self, mut req: Request<Body>) -> Result<Response<Body>, PoolError> {
+    async fn try_h1(
+        &self,
+        mut req: Request<Body>,
+        hint: ResendHint,
+    ) -> Result<Response<Body>, TrySendError> {
         origin_form(&mut req, self.inner.addr);
-        let mut retries = 0;
-        loop {
-            // A retry takes a new connection: the idle ones may have been closed together
-            // (the application restarted).
-            let pooled = if retries == 0 { self.checkout() } else { None };
-            let mut send = match pooled {
-                Some(send) => send,
-                None => self.open_h1().await?,
-            };
-            let (sent, send) = response_or_close(send.try_send_request(req), send).await;
-            match sent {
-                Ok(rsp) => {
-                    let conn = send.map(|send| (send, self.inner.clone()));
-                    return Ok(rsp.map(|body| boxed(CheckIn { body, conn })));
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if retries < RETRIES => {
-                        tracing::debug!(addr = %self.inner.addr, error = %e.error(), "request not sent; retrying on a new connection");
-                        retries += 1;
-                        req = unsent;
-                    }
-                    _ => {
-                        return Err(PoolError::Request {
-                            source: e.into_error(),
-                        });
-                    }
-                },
+        let pooled = if hint.fresh { None } else { self.checkout() };
+        let mut send = match pooled {
+            Some(send) => send,
+            None => self.open_h1().await?,
+        };
+        let (sent, send) = response_or_close(send.try_send_request(req), send).await;
+        match sent {
+            Ok(rsp) => {
+                let conn = send.map(|send| (send, self.inner.clone()));
+                Ok(rsp.map(|body| boxed(CheckIn { body, conn })))
             }
+            Err(mut e) => match e.take_message() {
+                Some(mut unsent) => {
+                    unsent.extensions_mut().insert(ResendHint {
+                        fresh: true,
+                        not_h2: None,
+                    });
+                    Err(TrySendError::NotSent {
+                        request: unsent,
+                        cause: e.into_error(),
+                    })
+                }
+                None => Err(TrySendError::Failed(PoolError::Request {
+                    source: e.into_error(),
+                })),
+            },
         }
     }
 
@@ -291,67 +365,68 @@ impl PlainPool {
         Ok(send)
     }
 
-    async fn send_h2(&self, mut req: Request<Body>) -> Result<Response<Body>, PoolError> {
+    async fn try_h2(
+        &self,
+        mut req: Request<Body>,
+        hint: ResendHint,
+    ) -> Result<Response<Body>, TrySendError> {
         if req.uri().authority().is_none() {
             // HTTP/2 sends `:authority`, taken from the URI; a client that sent only `Host`
             // gets that, as hyper's client did before.
-            absolute_uri(&mut req, &self.inner.addr.to_string())?;
+            absolute_uri(&mut req, &self.inner.addr.to_string()).map_err(PoolError::from)?;
         }
         // Hyper consumes a request once it has handed it to the connection; a copy of the head
         // lets one the application refused go again. A request body cannot be replayed.
         let replay = req.body().is_end_stream().then(|| Head::of(&req));
-        let mut retries = 0;
-        let mut failed_on = None;
-        loop {
-            let (number, mut send, ended) = self.h2_connection(failed_on).await?;
-            let mut sent = std::pin::pin!(send.try_send_request(req));
-            let sent = tokio::select! {
-                biased;
-                rsp = &mut sent => rsp,
-                // A request queued just as the connection's task ends stays in its channel
-                // until the last handle on the channel is gone: let go of this one (the
-                // connection's task has let go of the pool's) and it comes back unsent.
-                () = ended.wait() => {
-                    drop(send);
-                    sent.await
-                }
-            };
-            match sent {
-                Ok(rsp) => return Ok(rsp.map(boxed)),
-                Err(mut e) => {
-                    let refusal = refusal(e.error());
-                    let again = match (e.take_message(), refusal) {
-                        (Some(unsent), _) => Some(unsent),
-                        (None, Some(Refusal::Stream)) => replay.as_ref().map(Head::request),
-                        // Hyper reports a GOAWAY that arrives while it opens a stream as that
-                        // stream's error even when the stream is at or below the GOAWAY's last
-                        // stream, so the application will process it anyway. Only a request
-                        // that may run twice (an idempotent method) is sent again.
-                        (None, Some(Refusal::GoAway)) => replay
-                            .as_ref()
-                            .filter(|h| is_idempotent(&h.method))
-                            .map(Head::request),
-                        (None, None) => None,
-                    };
-                    match again {
-                        Some(again) if retries < RETRIES => {
-                            tracing::debug!(addr = %self.inner.addr, error = %e.error(), "request not processed; retrying");
-                            retries += 1;
-                            // A refused stream leaves its connection usable, and one opened
-                            // for each refusal would pile connections onto an application
-                            // that refuses because it is busy. A connection that handed the
-                            // request back or sent GOAWAY takes no more streams.
-                            failed_on = (refusal != Some(Refusal::Stream)).then_some(number);
-                            req = again;
-                        }
-                        _ => {
-                            return Err(PoolError::Request {
-                                source: e.into_error(),
-                            });
-                        }
-                    }
-                }
+        let (number, mut send, ended) = self.h2_connection(hint.not_h2).await?;
+        let mut sent = std::pin::pin!(send.try_send_request(req));
+        let sent = tokio::select! {
+            biased;
+            rsp = &mut sent => rsp,
+            // A request queued just as the connection's task ends stays in its channel
+            // until the last handle on the channel is gone: let go of this one (the
+            // connection's task has let go of the pool's) and it comes back unsent.
+            () = ended.wait() => {
+                drop(send);
+                sent.await
             }
+        };
+        let mut e = match sent {
+            Ok(rsp) => return Ok(rsp.map(boxed)),
+            Err(e) => e,
+        };
+        let refusal = refusal(e.error());
+        let again = match (e.take_message(), refusal) {
+            (Some(unsent), _) => Some(unsent),
+            (None, Some(Refusal::Stream)) => replay.as_ref().map(Head::request),
+            // Hyper reports a GOAWAY that arrives while it opens a stream as that stream's
+            // error even when the stream is at or below the GOAWAY's last stream, so the
+            // application will process it anyway. Only a request that may run twice (an
+            // idempotent method) is handed back.
+            (None, Some(Refusal::GoAway)) => replay
+                .as_ref()
+                .filter(|h| is_idempotent(&h.method))
+                .map(Head::request),
+            (None, None) => None,
+        };
+        match again {
+            Some(mut again) => {
+                // A refused stream leaves its connection usable, and one opened for each
+                // refusal would pile connections onto an application that refuses because it
+                // is busy. A connection that handed the request back or sent GOAWAY takes no
+                // more streams.
+                again.extensions_mut().insert(ResendHint {
+                    fresh: false,
+                    not_h2: (refusal != Some(Refusal::Stream)).then_some(number),
+                });
+                Err(TrySendError::NotSent {
+                    request: again,
+                    cause: e.into_error(),
+                })
+            }
+            None => Err(TrySendError::Failed(PoolError::Request {
+                source: e.into_error(),
+            })),
         }
     }
 
@@ -671,6 +746,7 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
+    use crate::http::resend::send;
 
     /// Connections a test server accepted and saw closed.
     #[derive(Default)]
@@ -732,7 +808,7 @@ mod tests {
     }
 
     async fn read_ok(pool: &PlainPool, version: Version) {
-        let rsp = pool.send(get(version)).await.unwrap();
+        let rsp = send(pool, get(version)).await.unwrap();
         assert_eq!(rsp.into_body().collect().await.unwrap().to_bytes(), "ok");
     }
 
@@ -789,7 +865,7 @@ mod tests {
         drop(l);
         let pool = PlainPool::new(addr, PoolLimits::default());
         for version in [Version::HTTP_11, Version::HTTP_2] {
-            let e = pool.send(get(version)).await.unwrap_err();
+            let e = send(&pool, get(version)).await.unwrap_err();
             assert!(e.is_connect(), "{e}");
         }
     }

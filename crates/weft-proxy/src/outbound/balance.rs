@@ -15,19 +15,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::endpoint::{HttpEndpoint, TcpEndpoint};
+use super::connect::Connector;
+use super::endpoint::{HttpEndpoint, Params, TcpEndpoint, http_endpoint};
 use super::failfast::FailFast;
-use crate::Shared;
 use crate::discovery::{EndpointView, Resolution};
 use crate::http::{Body, BoxError};
-use crate::io::PeerIo;
 use futures_util::Stream;
-use http::{Request, Response};
+use http::Request;
 use tokio_stream::wrappers::WatchStream;
 use tower::balance::p2c::Balance;
 use tower::discover::Change;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
-use tower::util::BoxService;
 use tower::{Service, ServiceExt};
 use weft_core::Target;
 
@@ -36,11 +34,11 @@ const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast old latency observations fade.
 const DECAY: Duration = Duration::from_secs(10);
 /// A shared handle to one service's balancer.
-pub struct SharedBalancer<Req, Rsp> {
-    inner: Arc<tokio::sync::Mutex<BoxService<Req, Rsp, BoxError>>>,
+pub struct SharedBalancer<S> {
+    inner: Arc<tokio::sync::Mutex<S>>,
 }
 
-impl<Req, Rsp> Clone for SharedBalancer<Req, Rsp> {
+impl<S> Clone for SharedBalancer<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -48,21 +46,24 @@ impl<Req, Rsp> Clone for SharedBalancer<Req, Rsp> {
     }
 }
 
-impl<Req, Rsp> std::fmt::Debug for SharedBalancer<Req, Rsp> {
+impl<S> std::fmt::Debug for SharedBalancer<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SharedBalancer")
     }
 }
 
-impl<Req, Rsp> SharedBalancer<Req, Rsp> {
-    fn new(svc: BoxService<Req, Rsp, BoxError>) -> Self {
+impl<S> SharedBalancer<S> {
+    fn new(svc: S) -> Self {
         Self {
             inner: Arc::new(tokio::sync::Mutex::new(svc)),
         }
     }
 
     /// Sends `req` to the best ready endpoint.
-    pub async fn dispatch(&self, req: Req) -> Result<Rsp, BoxError> {
+    pub async fn dispatch<Req>(self, req: Req) -> Result<S::Response, BoxError>
+    where
+        S: Service<Req, Error = BoxError>,
+    {
         let response = {
             let mut svc = self.inner.lock().await;
             svc.ready().await?;
@@ -72,29 +73,97 @@ impl<Req, Rsp> SharedBalancer<Req, Rsp> {
     }
 }
 
+/// The balancer as the innermost service of a stack: always ready (waiting for an endpoint
+/// happens under the lock, bounded by fail-fast), each call one dispatch.
+impl<S, Req> tower::Service<Req> for SharedBalancer<S>
+where
+    S: Service<Req, Error = BoxError> + Send + 'static,
+    S::Future: Send,
+    Req: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        Box::pin(self.clone().dispatch(req))
+    }
+}
+
+/// The balancer's layers over the endpoints `M` makes: fail-fast, then P2C over peak-EWMA.
+pub type Balancer<M, Req> = FailFast<Balance<PeakEwmaDiscover<EndpointDiscover<M>>, Req>>;
+
 /// One service's HTTP balancer.
-pub type HttpBalancer = SharedBalancer<Request<Body>, Response<Body>>;
+pub type HttpBalancer = SharedBalancer<Balancer<MakeHttp, Request<Body>>>;
 /// One service's TCP balancer: calling it opens a connection.
-pub type TcpBalancer = SharedBalancer<(), (PeerIo, EndpointView)>;
+pub type TcpBalancer = SharedBalancer<Balancer<MakeTcp, ()>>;
+
+/// Builds the service of a new endpoint.
+pub trait MakeEndpoint {
+    /// The endpoint's service.
+    type Endpoint;
+    /// The service of `ep`, found in `resolution`.
+    fn make(&self, ep: EndpointView, resolution: &Resolution) -> Self::Endpoint;
+}
+
+/// Makes HTTP endpoints, labelled by their destination.
+#[derive(Debug)]
+pub struct MakeHttp {
+    params: Params,
+    target: Target,
+}
+
+impl MakeEndpoint for MakeHttp {
+    type Endpoint = HttpEndpoint;
+    fn make(&self, ep: EndpointView, resolution: &Resolution) -> HttpEndpoint {
+        http_endpoint(ep, &self.params, metric_label(&self.target, resolution))
+    }
+}
+
+/// Makes TCP endpoints.
+#[derive(Debug)]
+pub struct MakeTcp {
+    connector: Connector,
+}
+
+impl MakeEndpoint for MakeTcp {
+    type Endpoint = TcpEndpoint;
+    fn make(&self, ep: EndpointView, _: &Resolution) -> TcpEndpoint {
+        TcpEndpoint::new(ep, self.connector.clone())
+    }
+}
 
 /// Turns resolution updates into endpoint insertions and removals. Only usable endpoints are
 /// inserted: an endpoint that starts terminating is removed, so it gets no new requests, while
 /// the connections already open to it finish what they carry.
-struct EndpointDiscover<S, F> {
+pub struct EndpointDiscover<M: MakeEndpoint> {
     updates: WatchStream<Resolution>,
     /// The original destination of a transparent connection, used as the one endpoint while
     /// it is not in the mesh.
     passthrough: Option<SocketAddr>,
     current: HashSet<EndpointView>,
-    pending: VecDeque<Change<EndpointView, S>>,
-    make: F,
+    pending: VecDeque<Change<EndpointView, M::Endpoint>>,
+    make: M,
 }
 
-impl<S, F: Fn(EndpointView, &Resolution) -> S + Unpin> Stream for EndpointDiscover<S, F>
+impl<M: MakeEndpoint> std::fmt::Debug for EndpointDiscover<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointDiscover")
+            .field("endpoints", &self.current.len())
+            .finish()
+    }
+}
+
+impl<M> Stream for EndpointDiscover<M>
 where
-    S: Unpin,
+    M: MakeEndpoint + Unpin,
+    M::Endpoint: Unpin,
 {
-    type Item = Result<Change<EndpointView, S>, BoxError>;
+    type Item = Result<Change<EndpointView, M::Endpoint>, BoxError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -121,7 +190,7 @@ where
                 tracing::debug!(addr = %new.address, "endpoint added");
                 this.pending.push_back(Change::Insert(
                     new.clone(),
-                    (this.make)(new.clone(), &resolution),
+                    this.make.make(new.clone(), &resolution),
                 ));
             }
             this.current = next;
@@ -141,29 +210,32 @@ pub fn endpoints_of(resolution: &Resolution, passthrough: Option<SocketAddr>) ->
     }
 }
 
-/// Builds the HTTP balancer of `target`'s destination.
+/// Builds the HTTP balancer of `target`'s destination, waiting at most `dispatch_timeout`
+/// for a ready endpoint.
 pub fn http_balancer(
-    shared: &Arc<Shared>,
+    params: &Params,
+    dispatch_timeout: Duration,
     target: &Target,
     resolution: tokio::sync::watch::Receiver<Resolution>,
 ) -> HttpBalancer {
-    let shared2 = shared.clone();
-    let target2 = target.clone();
-    balancer(shared, target, resolution, move |ep, resolution| {
-        HttpEndpoint::new(ep, shared2.clone(), metric_label(&target2, resolution))
-    })
+    let make = MakeHttp {
+        params: params.clone(),
+        target: target.clone(),
+    };
+    balancer(dispatch_timeout, target, resolution, make)
 }
 
 /// Builds the TCP balancer of `target`'s destination: latency here is connection set-up time.
 pub fn tcp_balancer(
-    shared: &Arc<Shared>,
+    params: &Params,
+    dispatch_timeout: Duration,
     target: &Target,
     resolution: tokio::sync::watch::Receiver<Resolution>,
 ) -> TcpBalancer {
-    let shared2 = shared.clone();
-    balancer(shared, target, resolution, move |ep, _| {
-        TcpEndpoint::new(ep, shared2.clone())
-    })
+    let make = MakeTcp {
+        connector: params.connector.clone(),
+    };
+    balancer(dispatch_timeout, target, resolution, make)
 }
 
 /// What metrics call a destination. A service target is named as the proxy was told; an
@@ -182,18 +254,15 @@ pub fn metric_label(target: &Target, resolution: &Resolution) -> String {
 pub const OUTSIDE_MESH: &str = "outside-mesh";
 
 /// P2C over peak-EWMA over the endpoints `make` builds, behind fail-fast.
-fn balancer<Req, S, F>(
-    shared: &Arc<Shared>,
+fn balancer<M, Req>(
+    timeout: Duration,
     target: &Target,
     resolution: tokio::sync::watch::Receiver<Resolution>,
-    make: F,
-) -> SharedBalancer<Req, S::Response>
+    make: M,
+) -> SharedBalancer<Balancer<M, Req>>
 where
-    Req: Send + 'static,
-    S: Service<Req, Error = BoxError> + Send + Unpin + 'static,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-    F: Fn(EndpointView, &Resolution) -> S + Send + Unpin + 'static,
+    M: MakeEndpoint + Unpin,
+    M::Endpoint: Service<Req, Error = BoxError> + Unpin,
 {
     let discover = EndpointDiscover {
         updates: WatchStream::new(resolution),
@@ -211,8 +280,7 @@ where
         DECAY,
         CompleteOnResponse::default(),
     ));
-    let timeout = shared.config.dispatch_timeout;
-    SharedBalancer::new(BoxService::new(FailFast::new(balance, timeout)))
+    SharedBalancer::new(FailFast::new(balance, timeout))
 }
 
 #[cfg(test)]

@@ -1,14 +1,15 @@
 //! Opening connections to endpoints: TCP, then mutual TLS when the endpoint is meshed.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::Shared;
 use crate::discovery::EndpointView;
 use crate::io::{CountingIo, PeerIo};
-use crate::metrics::{Direction, TcpLabels};
+use crate::metrics::{Direction, Metrics, TcpLabels};
+use crate::runtime::CredentialsWatch;
 
 /// Why a connection to an endpoint failed. Nothing was sent, so the request may go elsewhere.
 #[derive(Debug, thiserror::Error)]
@@ -39,51 +40,69 @@ pub enum ConnectError {
     NoCertificate,
 }
 
-/// Connects to `ep`, with TLS and `alpn` when it is meshed.
-pub async fn connect(
-    shared: &Shared,
-    ep: &EndpointView,
-    alpn: &'static [u8],
-) -> Result<PeerIo, ConnectError> {
-    let addr = ep.address;
-    let tcp = tokio::time::timeout(shared.config.connect_timeout, TcpStream::connect(addr))
+/// Opens connections to endpoints: what it needs of the proxy, and no more. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    credentials: CredentialsWatch,
+    metrics: Metrics,
+    timeout: Duration,
+}
+
+impl Connector {
+    /// Connects with the current certificate, counting bytes in `metrics`, giving up on TCP
+    /// and on TLS each after `timeout`.
+    pub fn new(credentials: CredentialsWatch, metrics: Metrics, timeout: Duration) -> Self {
+        Self {
+            credentials,
+            metrics,
+            timeout,
+        }
+    }
+
+    /// How long a connection may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Connects to `ep`, with TLS and `alpn` when it is meshed.
+    pub async fn connect(
+        &self,
+        ep: &EndpointView,
+        alpn: &'static [u8],
+    ) -> Result<PeerIo, ConnectError> {
+        let addr = ep.address;
+        let tcp = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ConnectError::Timeout(addr))?
+            .map_err(|source| ConnectError::Tcp { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let labels = TcpLabels {
+            direction: Direction::outbound,
+            peer: ep
+                .identity
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |i| i.spiffe_id()),
+        };
+        let read = self.metrics.tcp_read.get_or_create(&labels).clone();
+        let written = self.metrics.tcp_write.get_or_create(&labels).clone();
+        let Some(identity) = &ep.identity else {
+            return Ok(PeerIo::Plain(CountingIo::new(tcp, read, written)));
+        };
+        let creds = self
+            .credentials
+            .borrow()
+            .clone()
+            .ok_or(ConnectError::NoCertificate)?;
+        let connector = TlsConnector::from(creds.client_config(identity, alpn));
+        let tls = tokio::time::timeout(
+            self.timeout,
+            connector.connect(weft_ca::tls::server_name(), tcp),
+        )
         .await
         .map_err(|_| ConnectError::Timeout(addr))?
-        .map_err(|source| ConnectError::Tcp { addr, source })?;
-    let _ = tcp.set_nodelay(true);
-    let labels = TcpLabels {
-        direction: Direction::outbound,
-        peer: ep
-            .identity
-            .as_ref()
-            .map_or_else(|| "-".to_string(), |i| i.spiffe_id()),
-    };
-    let count = |io| {
-        CountingIo::new(
-            io,
-            shared.metrics.tcp_read.get_or_create(&labels).clone(),
-            shared.metrics.tcp_write.get_or_create(&labels).clone(),
-        )
-    };
-    let Some(identity) = &ep.identity else {
-        return Ok(PeerIo::Plain(count(tcp)));
-    };
-    let creds = shared
-        .credentials
-        .borrow()
-        .clone()
-        .ok_or(ConnectError::NoCertificate)?;
-    let connector = TlsConnector::from(creds.client_config(identity, alpn));
-    let tls = tokio::time::timeout(
-        shared.config.connect_timeout,
-        connector.connect(weft_ca::tls::server_name(), tcp),
-    )
-    .await
-    .map_err(|_| ConnectError::Timeout(addr))?
-    .map_err(|source| ConnectError::Tls { addr, source })?;
-    Ok(PeerIo::Client(Box::new(CountingIo::new(
-        tls,
-        shared.metrics.tcp_read.get_or_create(&labels).clone(),
-        shared.metrics.tcp_write.get_or_create(&labels).clone(),
-    ))))
+        .map_err(|source| ConnectError::Tls { addr, source })?;
+        Ok(PeerIo::Client(Box::new(CountingIo::new(
+            tls, read, written,
+        ))))
+    }
 }

@@ -22,7 +22,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use weft_core::Target;
 
 use super::balance::{HttpBalancer, TcpBalancer, http_balancer, metric_label, tcp_balancer};
-use crate::Shared;
+use super::connect::Connector;
+use super::endpoint::Params;
+use crate::Runtime;
 use crate::discovery::Resolution;
 use crate::discovery::resolve;
 
@@ -71,7 +73,11 @@ impl Destinations {
     }
 
     /// A lease on `target`'s destination, made (and its resolution started) if needed.
-    pub fn get(&self, shared: &Arc<Shared>, target: &Target) -> Result<Lease, TooManyDestinations> {
+    pub fn get(
+        &self,
+        shared: &Arc<Runtime>,
+        target: &Target,
+    ) -> Result<Lease, TooManyDestinations> {
         let mut map = self.lock();
         let dest = match map.get(target) {
             Some(d) => d.clone(),
@@ -130,7 +136,7 @@ impl Destinations {
 
 /// Sweeps `shared`'s destinations every quarter of the idle timeout until `stop`: a
 /// destination is closed between one and one and a quarter idle timeouts after its last use.
-pub async fn sweep_idle(shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn sweep_idle(shared: Arc<Runtime>, stop: CancellationToken) {
     let idle = shared.config.resolve_idle_timeout;
     let mut tick = tokio::time::interval((idle / 4).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -145,7 +151,7 @@ pub async fn sweep_idle(shared: Arc<Shared>, stop: CancellationToken) {
 // === impl Destination ===
 
 impl Destination {
-    fn new(shared: &Arc<Shared>, target: Target) -> Self {
+    fn new(shared: &Arc<Runtime>, target: Target) -> Self {
         let (tx, resolution) = watch::channel(Resolution::Pending);
         let stop = CancellationToken::new();
         tokio::spawn(resolve::follow(
@@ -154,9 +160,19 @@ impl Destination {
             tx,
             stop.clone(),
         ));
+        let params = Params {
+            connector: Connector::new(
+                shared.credentials.clone(),
+                shared.metrics.clone(),
+                shared.config.connect_timeout,
+            ),
+            drain: shared.drain.clone(),
+            metrics: shared.metrics.clone(),
+        };
+        let wait = shared.config.dispatch_timeout;
         Self {
-            http: http_balancer(shared, &target, resolution.clone()),
-            tcp: tcp_balancer(shared, &target, resolution.clone()),
+            http: http_balancer(&params, wait, &target, resolution.clone()),
+            tcp: tcp_balancer(&params, wait, &target, resolution.clone()),
             resolution,
             target,
             active: AtomicUsize::new(0),

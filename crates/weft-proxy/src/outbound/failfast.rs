@@ -53,12 +53,10 @@ impl<S> FailFast<S> {
 impl<S, Req> tower::Service<Req> for FailFast<S>
 where
     S: tower::Service<Req, Error = BoxError>,
-    S::Future: Send + 'static,
-    S::Response: 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    type Future = FailFastFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match self.inner.poll_ready(cx) {
@@ -87,10 +85,41 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         if self.failing {
-            let timeout = self.timeout;
-            return Box::pin(async move { Err(Unavailable(timeout).into()) });
+            return FailFastFuture::Failed {
+                timeout: Some(self.timeout),
+            };
         }
-        Box::pin(self.inner.call(req))
+        FailFastFuture::Called {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`FailFast`]'s future: the inner call's, or a failure without waiting.
+    #[project = Proj]
+    pub enum FailFastFuture<F> {
+        /// Failed fast: [`Unavailable`].
+        Failed { timeout: Option<Duration> },
+        /// Passed on.
+        Called { #[pin] inner: F },
+    }
+}
+
+impl<F, T> Future for FailFastFuture<F>
+where
+    F: Future<Output = Result<T, BoxError>>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Proj::Failed { timeout } => {
+                let timeout = timeout.take().unwrap_or_default();
+                Poll::Ready(Err(Unavailable(timeout).into()))
+            }
+            Proj::Called { inner } => inner.poll(cx),
+        }
     }
 }
 

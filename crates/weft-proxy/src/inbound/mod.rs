@@ -21,16 +21,17 @@
 //! proxy's own calls to its pod's address (a Service this pod backs) go to this listener, like
 //! any peer's.
 
+pub mod app;
+pub mod authz;
+pub mod stack;
+pub mod tls;
+
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::header::{HOST, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use weft_ca::tls::peer_identity;
@@ -38,17 +39,14 @@ use weft_ca::{ALPN_MESH_H2, ALPN_MESH_HTTP1};
 use weft_core::Identity;
 use weft_core::policy::Decision;
 
+use crate::Runtime;
 use crate::detect::{Detected, Opener, detect_from, sniff_opener};
-use crate::http::{
-    Body, ORIG_PROTO, PlainPool, PoolLimits, boxed, error_response, forward_upgrade, is_upgrade,
-    strip_hop_by_hop,
-};
+use crate::http::{PlainPool, PoolLimits};
 use crate::io::{CountingIo, PrefixedIo};
-use crate::metrics::{
-    DenyLabels, Direction, RejectLabels, RequestLabels, RequestMetrics, TcpLabels,
-};
-use crate::outbound::serve_http;
-use crate::{Shared, accept_loop};
+use crate::metrics::{Direction, RejectLabels, RequestLabels, RequestMetrics, TcpLabels};
+use crate::server::{accept_loop, serve_http};
+use authz::{Authorizer, Caller};
+use tls::tls_failure_reason;
 
 /// A handshake slower than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -111,13 +109,13 @@ impl Apps {
 }
 
 /// Serves the inbound listener until the proxy drains.
-pub async fn serve(listener: TcpListener, target: AppTarget, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, target: AppTarget, shared: Arc<Runtime>) {
     let limits = PoolLimits {
         connect_timeout: shared.config.connect_timeout,
         ..PoolLimits::default()
     };
     let apps = Arc::new(Apps::new(target, limits));
-    accept_loop(listener, shared.clone(), move |tcp, remote| {
+    accept_loop(listener, shared.drain.clone(), move |tcp, remote| {
         handle(tcp, remote, apps.clone(), shared.clone())
     })
     .await;
@@ -140,7 +138,7 @@ fn app_at(port: u16) -> SocketAddr {
 }
 
 /// Logs and counts a refused connection.
-fn reject(shared: &Shared, remote: SocketAddr, reason: &str, detail: &dyn std::fmt::Display) {
+fn reject(shared: &Runtime, remote: SocketAddr, reason: &str, detail: &dyn std::fmt::Display) {
     tracing::warn!(%remote, reason, %detail, "inbound connection refused");
     shared
         .metrics
@@ -151,7 +149,7 @@ fn reject(shared: &Shared, remote: SocketAddr, reason: &str, detail: &dyn std::f
         .inc();
 }
 
-async fn handle(mut tcp: TcpStream, remote: SocketAddr, apps: Arc<Apps>, shared: Arc<Shared>) {
+async fn handle(mut tcp: TcpStream, remote: SocketAddr, apps: Arc<Apps>, shared: Arc<Runtime>) {
     // Where the connection goes, and the port that names the server whose policy applies:
     // the port the peer dialed.
     let (app_addr, server_port) = match apps.target {
@@ -197,7 +195,7 @@ struct Inbound {
     app_addr: SocketAddr,
     server_port: u16,
     apps: Arc<Apps>,
-    shared: Arc<Shared>,
+    shared: Arc<Runtime>,
 }
 
 impl Inbound {
@@ -258,7 +256,8 @@ impl Inbound {
     /// clients; what it speaks is then detected as on the outbound side.
     async fn outsider(self, mut tcp: TcpStream, first: BytesMut, opener: Opener) {
         // Counted once, as a refused handshake, not also as an authorization denial.
-        if decide(&self.shared, None, self.server_port) != Decision::Allow {
+        let authorizer = Authorizer::new(self.shared.settings.clone(), self.shared.metrics.clone());
+        if authorizer.decide(None, self.server_port) != Decision::Allow {
             let (reason, detail) = match opener {
                 Opener::OtherTls => (
                     "not_mesh_tls",
@@ -307,7 +306,8 @@ impl Inbound {
         // not admit is closed before it can send a byte to the application or hold an HTTP
         // connection open. HTTP requests are checked again one by one, so a policy edit
         // applies to connections already open.
-        if authorize(&shared, client.as_deref(), server_port) != Decision::Allow {
+        let authorizer = Authorizer::new(shared.settings.clone(), shared.metrics.clone());
+        if authorizer.authorize(client.as_deref(), server_port) != Decision::Allow {
             return;
         }
         if version == Detected::Opaque {
@@ -322,147 +322,16 @@ impl Inbound {
                 peer,
             },
         );
-        let app = self.apps.pool(app_addr);
-        let svc = {
-            let shared = shared.clone();
-            hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                let client = client.clone();
-                let app = app.clone();
-                let metrics = metrics.clone();
-                async move {
-                    let to = App {
-                        addr: app_addr,
-                        server_port,
-                        pool: &app,
-                    };
-                    Ok::<_, Infallible>(
-                        to_app(req, client.as_deref(), &to, &shared, &metrics).await,
-                    )
-                }
-            })
-        };
-        Box::pin(serve_http(io, version, svc, &shared)).await;
+        let mesh_peer = client.is_some();
+        let caller = Arc::new(Caller {
+            authorizer,
+            client,
+            server_port,
+        });
+        let app = app::App::new(app_addr, self.apps.pool(app_addr), shared.drain.clone());
+        let svc = stack::http(caller, mesh_peer, metrics, app);
+        Box::pin(serve_http(io, version, svc, &shared.drain)).await;
     }
-}
-
-/// Names a handshake failure for logs and metrics.
-fn tls_failure_reason(e: &std::io::Error) -> &'static str {
-    use rustls::{CertificateError, Error};
-    let Some(err) = e.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
-        return "handshake_failed";
-    };
-    match err {
-        Error::InvalidMessage(_) => "not_tls",
-        Error::NoCertificatesPresented => "no_client_certificate",
-        Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_ca",
-        Error::InvalidCertificate(CertificateError::BadSignature) => "unknown_ca",
-        Error::InvalidCertificate(
-            CertificateError::Expired | CertificateError::ExpiredContext { .. },
-        ) => "expired_certificate",
-        Error::InvalidCertificate(_) => "bad_certificate",
-        Error::PeerIncompatible(_) | Error::NoApplicationProtocol => "incompatible_peer",
-        _ => "handshake_failed",
-    }
-}
-
-/// Applies the policy of the server on `port` to `client` (`None`: a client without a mesh
-/// identity), counting denials.
-fn authorize(shared: &Shared, client: Option<&Identity>, port: u16) -> Decision {
-    let decision = decide(shared, client, port);
-    if decision == Decision::Deny {
-        let who = client.map_or_else(|| UNAUTHENTICATED.to_string(), Identity::spiffe_id);
-        tracing::info!(client = %who, port, "inbound denied by policy");
-        shared
-            .metrics
-            .authz_denied
-            .get_or_create(&DenyLabels { client: who })
-            .inc();
-    }
-    decision
-}
-
-/// What the policy of the server on `port` says of `client`, without counting it.
-fn decide(shared: &Shared, client: Option<&Identity>, port: u16) -> Decision {
-    match (shared.settings.borrow().as_ref(), client) {
-        (Some(settings), Some(client)) => settings.policy(port).authorize(client),
-        (Some(settings), None) => settings.policy(port).authorize_unauthenticated(),
-        // Without settings the policy is unknown: fail closed.
-        (None, _) => Decision::Deny,
-    }
-}
-
-/// The application, as one request reaches it.
-struct App<'a> {
-    addr: SocketAddr,
-    server_port: u16,
-    pool: &'a PlainPool,
-}
-
-async fn to_app(
-    req: Request<Incoming>,
-    client: Option<&Identity>,
-    app: &App<'_>,
-    shared: &Shared,
-    metrics: &RequestMetrics,
-) -> Response<Body> {
-    // Checked on every request: a policy edit applies to connections already open.
-    if authorize(shared, client, app.server_port) == Decision::Deny {
-        let who = client.map_or_else(
-            || "a client without a mesh identity".to_string(),
-            |c| c.to_string(),
-        );
-        return error_response(
-            StatusCode::FORBIDDEN,
-            &format!("{who} is not authorized to call this workload"),
-        );
-    }
-    let app_addr = app.addr;
-    metrics.request();
-    let started = tokio::time::Instant::now();
-    let mut req = req.map(boxed);
-
-    let rsp = if is_upgrade(&req) {
-        match crate::io::dial(app_addr, forward_source(app_addr)).await {
-            Ok(tcp) => forward_upgrade(req, tcp, shared)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(format!("application at {app_addr}: {e}")),
-        }
-    } else {
-        // Restore what the client proxy carried over HTTP/2.
-        if let Some(orig) = req.headers_mut().remove(ORIG_PROTO) {
-            *req.version_mut() = if orig == "HTTP/1.0" {
-                Version::HTTP_10
-            } else {
-                Version::HTTP_11
-            };
-            if !req.headers().contains_key(HOST)
-                && let Some(authority) = req.uri().authority()
-                && let Ok(v) = HeaderValue::from_str(authority.as_str())
-            {
-                req.headers_mut().insert(HOST, v);
-            }
-        }
-        strip_hop_by_hop(req.headers_mut());
-        app.pool
-            .send(req)
-            .await
-            .map_err(|e| format!("application at {app_addr}: {e}"))
-    };
-    let rsp = match rsp {
-        Ok(mut rsp) => {
-            if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                strip_hop_by_hop(rsp.headers_mut());
-            }
-            rsp
-        }
-        Err(reason) => {
-            tracing::info!(%reason, "inbound request failed");
-            error_response(StatusCode::BAD_GATEWAY, &reason)
-        }
-    };
-    metrics.observe(rsp, started)
 }
 
 async fn forward_opaque<I>(mut io: I, app_addr: SocketAddr)

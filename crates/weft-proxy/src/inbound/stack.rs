@@ -1,0 +1,36 @@
+//! The inbound HTTP stack, in the order a request goes through it (outermost first), after the
+//! connection was admitted (TLS, the client's identity, the server's policy; [`super`]). Each
+//! layer is a file of its own; this is the one place that says how they fit.
+//!
+//! 1. [`Respond`]: the one place errors become responses (403, 502; `PERMISSION_DENIED`,
+//!    `UNAVAILABLE` for gRPC callers), with the reason only for mesh peers, so no address or
+//!    free text reaches a client outside the mesh.
+//! 2. [`Downgrade`]: an HTTP/1 request carried over HTTP/2 by the client's proxy is itself
+//!    again, before anything looks at it.
+//! 3. [`Strip`]: hop-by-hop headers, from the request and from the response.
+//! 4. [`Authorize`]: the server's policy, again for each request.
+//! 5. [`Metered`]: the connection's request metrics (peer label: the client's identity).
+//! 6. [`App`]: the application's pool, or an upgrade's own connection.
+
+use std::sync::Arc;
+
+use super::app::App;
+use super::authz::{Authorize, Caller};
+use crate::errors::Respond;
+use crate::http::hop_by_hop::Strip;
+use crate::http::metered::Metered;
+use crate::http::orig_proto::Downgrade;
+use crate::metrics::RequestMetrics;
+
+/// The stack an admitted connection serves its requests with.
+pub type Http = Respond<Downgrade<Strip<Authorize<Metered<App>>>>>;
+
+/// Builds the stack for one connection of `caller`; `mesh_peer` says whether errors may
+/// carry their reasons.
+pub fn http(caller: Arc<Caller>, mesh_peer: bool, metrics: RequestMetrics, app: App) -> Http {
+    let metered = Metered::new(app, metrics);
+    let authorize = Authorize::new(metered, caller);
+    let strip = Strip::new(authorize);
+    let downgrade = Downgrade::new(strip);
+    Respond::new(downgrade, mesh_peer)
+}

@@ -1,0 +1,41 @@
+//! The outbound HTTP stack, in the order a request goes through it (outermost first). Each
+//! layer is a file of its own; this is the one place that says how they fit.
+//!
+//! Per connection (cheap clones per request):
+//! 1. [`CountUnrouted`]: counts the responses the proxy makes itself before choosing an
+//!    endpoint (no peer label).
+//! 2. [`Respond`]: the one place errors become responses (403, 503, 502; gRPC statuses for
+//!    gRPC callers), with the reason for the application, which is trusted.
+//! 3. [`Strip`]: hop-by-hop headers, from the request and from the response.
+//! 4. [`Gate`]: the destination gate (denied, not in the mesh, no ready endpoint).
+//!
+//! Per destination (shared by every connection to it):
+//! 5. the balancer ([`super::balance`]): [`super::failfast::FailFast`], then P2C over
+//!    peak-EWMA latency across the endpoints.
+//!
+//! Per endpoint ([`super::endpoint`]):
+//! 6. [`crate::http::metered::Metered`]: the endpoint's request metrics;
+//! 7. the client: upgrades on a connection of their own; meshed endpoints
+//!    [`crate::http::orig_proto::Upgrade`] then HTTP/2 over mutual TLS; others a plaintext pool.
+
+use std::sync::Arc;
+
+use super::balance::HttpBalancer;
+use super::destination::Lease;
+use super::gate::Gate;
+use super::unrouted::CountUnrouted;
+use crate::errors::Respond;
+use crate::http::hop_by_hop::Strip;
+use crate::metrics::Metrics;
+
+/// The stack a connection to `dest` serves its requests with.
+pub type Http = CountUnrouted<Respond<Strip<Gate<HttpBalancer>>>>;
+
+/// Builds the stack for one connection to `dest`.
+pub fn http(dest: Arc<Lease>, metrics: &Metrics) -> Http {
+    let balancer = dest.http.clone();
+    let gate = Gate::new(balancer, dest.clone());
+    let strip = Strip::new(gate);
+    let respond = Respond::new(strip, true);
+    CountUnrouted::new(respond, dest, metrics.clone())
+}
