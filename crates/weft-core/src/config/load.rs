@@ -185,6 +185,24 @@ impl Loader {
         let mut warnings = Vec::new();
         let mut ports = validate::validate(&mut cfg, data_home, &mut warnings)
             .map_err(|(key, msg)| err_at(Some(key), msg, None))?;
+        // Each route names the file and the line of its section.
+        let sources = cfg
+            .http_routes
+            .iter_mut()
+            .enumerate()
+            .map(|(i, r)| (format!("routes.http[{i}]"), &mut r.route.meta.source))
+            .chain(
+                cfg.grpc_routes
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, r)| (format!("routes.grpc[{i}]"), &mut r.route.meta.source)),
+            );
+        for (key, source) in sources {
+            *source = crate::policy::route::RouteSource::MeshFile {
+                path: path.to_path_buf(),
+                line: locate(text, format, &key),
+            };
+        }
         let mut parsed = Vec::new();
         for (name, raw) in cfg.platforms.raw() {
             let Some(reader) = self.platforms.iter().find(|r| r.name == name) else {
@@ -850,6 +868,76 @@ policy:
         assert_eq!(e.line, Some(7), "{e}");
         let e = err(&GOOD.replace("port = 7143", "port = 70000"));
         assert_eq!(e.key.as_deref(), Some("platforms.toy.port"), "{e}");
+    }
+
+    const CANARY: &str = r#"
+[[routes.http]]
+name = "web-canary"
+namespace = "shop"
+parent_refs = [{ name = "web", port = 80 }]
+
+[[routes.http.rules]]
+matches = [{ path = { type = "PathPrefix", value = "/v2" }, headers = [{ name = "x-version", value = "2" }] }]
+backend_refs = [{ name = "web-v2", port = 80, weight = 90 }, { name = "web-v1", port = 80, weight = 10 }]
+
+[[routes.grpc]]
+name = "users-get"
+namespace = "shop"
+parent_refs = [{ name = "users" }]
+
+[[routes.grpc.rules]]
+matches = [{ method = { service = "pkg.Users", method = "Get" } }]
+backend_refs = [{ name = "users-v2" }]
+"#;
+
+    /// Routes in the file are built with their file and line; a bad one is refused at its
+    /// key and line.
+    #[test]
+    fn routes_are_read_and_located() {
+        let cfg = load_toml(&format!("{GOOD}{CANARY}")).unwrap();
+        assert_eq!(cfg.http_routes.len(), 1);
+        let route = &cfg.http_routes[0].route;
+        assert_eq!(route.meta.name, "shop/web-canary");
+        assert_eq!(
+            route.meta.source,
+            crate::policy::route::RouteSource::MeshFile {
+                path: PathBuf::from("mesh.toml"),
+                line: Some(9),
+            }
+        );
+        assert_eq!(route.rules[0].backends[0].weight, 90);
+        assert_eq!(
+            cfg.grpc_routes[0].parents[0].service,
+            crate::model::ServiceName::new("shop", "users").unwrap()
+        );
+
+        let e = err(&format!(
+            "{GOOD}{}",
+            CANARY.replace("value = \"/v2\"", "value = \"v2\"")
+        ));
+        assert_eq!(
+            e.key.as_deref(),
+            Some("routes.http[0].rules[0].matches[0].path.value"),
+            "{e}"
+        );
+        assert_eq!(e.line, Some(15), "{e}");
+        let e = err(&format!(
+            "{GOOD}{}",
+            CANARY.replace("weight = 90", "wieght = 90")
+        ));
+        assert!(e.message.contains("wieght"), "{e}");
+        let e = err(&format!(
+            "{GOOD}{}",
+            CANARY.replace(
+                "weight = 90 }, { name = \"web-v1\", port = 80, weight = 10",
+                "weight = 0 }, { name = \"web-v1\", port = 80, weight = 0"
+            )
+        ));
+        assert_eq!(
+            e.key.as_deref(),
+            Some("routes.http[0].rules[0].backend_refs"),
+            "{e}"
+        );
     }
 
     #[test]

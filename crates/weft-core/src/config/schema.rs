@@ -9,6 +9,8 @@ use serde::Deserialize;
 use super::load::{ConfigWarning, DataHome};
 use super::platforms::Platforms;
 use crate::model::TrustDomain;
+use crate::policy::route::{GrpcRoute, HttpRoute};
+use crate::policy::route_spec::{Bound, GrpcRouteSpec, HttpRouteSpec};
 use crate::policy::{AuthorizationRule, Decision};
 
 /// The whole mesh config file, after validation.
@@ -26,12 +28,21 @@ pub struct MeshConfig {
     /// `[policy]`: default inbound policy and authorization rules.
     #[serde(default)]
     pub policy: PolicySection,
+    /// `[[routes.http]]`, `[[routes.grpc]]`: routes bound to services.
+    #[serde(default)]
+    pub routes: RoutesSection,
     /// `[platforms.*]`: one section per platform adapter, owned and checked by that adapter.
     #[serde(default)]
     pub platforms: Platforms,
     /// Authorization rules, parsed and checked from `policy.authorizations`.
     #[serde(skip)]
     pub authorization_rules: Vec<AuthorizationRule>,
+    /// HTTP routes, checked and built from `routes.http`, in file order.
+    #[serde(skip)]
+    pub http_routes: Vec<Bound<HttpRoute>>,
+    /// gRPC routes, checked and built from `routes.grpc`, in file order.
+    #[serde(skip)]
+    pub grpc_routes: Vec<Bound<GrpcRoute>>,
     /// The file this configuration was read from.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -157,6 +168,33 @@ pub struct PolicySection {
     /// `[[policy.authorizations]]`: per-service allow lists.
     #[serde(default)]
     pub authorizations: Vec<AuthorizationEntry>,
+}
+
+/// `[routes]`: the mesh file's routes, with the fields of Gateway API `HTTPRoute` and
+/// `GRPCRoute` (snake_case) beside their name and namespace.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesSection {
+    /// `[[routes.http]]`.
+    #[serde(default)]
+    pub http: Vec<MeshRoute<HttpRouteSpec>>,
+    /// `[[routes.grpc]]`.
+    #[serde(default)]
+    pub grpc: Vec<MeshRoute<GrpcRouteSpec>>,
+}
+
+/// One route of the mesh file: `name`, `namespace`, and the keys of the route's `spec`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct MeshRoute<S> {
+    /// Its name, unique in its namespace among routes of its kind.
+    pub name: String,
+    /// Its namespace (`default` when absent): backends and parents without a namespace are
+    /// in it, and so are the callers a consumer route applies to.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The spec.
+    #[serde(flatten)]
+    pub spec: S,
 }
 
 /// `[[policy.authorizations]]`.

@@ -6,6 +6,8 @@ use super::load::DataHome;
 use super::platforms::{Invalid, Ports};
 use super::schema::MeshConfig;
 use crate::model::{ServiceName, check_name};
+use crate::policy::route::{RouteMeta, RouteSource};
+use crate::policy::route_spec::{Bound, RouteSpecError};
 use crate::policy::{AuthorizationRule, IdentityMatch};
 
 /// Validates the core's sections of `cfg` in place, filling its parsed authorization rules and
@@ -65,6 +67,7 @@ pub(super) fn validate(
         rules.push(AuthorizationRule { service, from });
     }
     cfg.authorization_rules = rules;
+    validate_routes(cfg)?;
     Ok(ports)
 }
 
@@ -190,5 +193,55 @@ fn validate_limits(limits: &super::schema::ControlLimits) -> Result<(), Invalid>
             ));
         }
     }
+    Ok(())
+}
+
+/// Builds the file's routes. Their sources name the file's path once the loader knows it
+/// (it fills the path and line in).
+fn validate_routes(cfg: &mut MeshConfig) -> Result<(), Invalid> {
+    fn meta(kind: &str, i: usize, name: &str, namespace: &str) -> Result<RouteMeta, Invalid> {
+        let key = format!("routes.{kind}[{i}]");
+        check_name(name).map_err(|e| (format!("{key}.name"), e.to_string()))?;
+        check_name(namespace).map_err(|e| (format!("{key}.namespace"), e.to_string()))?;
+        Ok(RouteMeta {
+            name: format!("{namespace}/{name}"),
+            source: RouteSource::MeshFile {
+                path: std::path::PathBuf::new(),
+                line: None,
+            },
+        })
+    }
+    let located = |kind: &'static str, i: usize| {
+        move |e: RouteSpecError| (format!("routes.{kind}[{i}].{}", e.key), e.message)
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut http = Vec::new();
+    for (i, r) in cfg.routes.http.iter().enumerate() {
+        let ns = r.namespace.as_deref().unwrap_or("default");
+        let meta = meta("http", i, &r.name, ns)?;
+        if !seen.insert(("http", meta.name.clone())) {
+            return Err((
+                format!("routes.http[{i}].name"),
+                format!("a second HTTP route {}", meta.name),
+            ));
+        }
+        let (parents, route) = r.spec.compile(meta, ns).map_err(located("http", i))?;
+        http.push(Bound { parents, route });
+    }
+    let mut grpc = Vec::new();
+    for (i, r) in cfg.routes.grpc.iter().enumerate() {
+        let ns = r.namespace.as_deref().unwrap_or("default");
+        let meta = meta("grpc", i, &r.name, ns)?;
+        if !seen.insert(("grpc", meta.name.clone())) {
+            return Err((
+                format!("routes.grpc[{i}].name"),
+                format!("a second gRPC route {}", meta.name),
+            ));
+        }
+        let (parents, route) = r.spec.compile(meta, ns).map_err(located("grpc", i))?;
+        grpc.push(Bound { parents, route });
+    }
+    cfg.http_routes = http;
+    cfg.grpc_routes = grpc;
     Ok(())
 }

@@ -115,6 +115,7 @@ fn live_differs(a: &MeshConfig, b: &MeshConfig) -> bool {
     a.policy != b.policy
         || a.platforms != b.platforms
         || a.authorization_rules != b.authorization_rules
+        || a.routes != b.routes
 }
 
 fn log_warnings(cfg: &MeshConfig) {

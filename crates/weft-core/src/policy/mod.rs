@@ -1,5 +1,8 @@
 //! The policy engine: pure functions from configuration and identities to decisions.
 
 pub mod authz;
+pub mod route;
+pub mod route_spec;
+pub mod traffic;
 
 pub use authz::{AuthorizationRule, Decision, IdentityMatch, InboundPolicy};
