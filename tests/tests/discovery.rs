@@ -62,7 +62,10 @@ async fn endpoint_changes_reach_an_open_stream_as_deltas() {
     let mut stream = resolve(&mesh, &lp, "api").await;
 
     // The whole state first.
-    let Update::Resolved(Resolved { service, endpoints }) = next(&mut stream).await else {
+    let Update::Resolved(Resolved {
+        service, endpoints, ..
+    }) = next(&mut stream).await
+    else {
         panic!("not resolved first");
     };
     assert_eq!(service.unwrap().name, "api");
@@ -114,7 +117,10 @@ async fn an_unknown_address_is_not_in_the_mesh_until_a_service_appears_there() {
     // A platform starts reporting a service at that address: the same stream resolves it.
     let legacy = WorkloadDecl::unmeshed("legacy", "db", app);
     mesh.set_workloads(&[load, legacy]).await;
-    let Update::Resolved(Resolved { service, endpoints }) = next(&mut stream).await else {
+    let Update::Resolved(Resolved {
+        service, endpoints, ..
+    }) = next(&mut stream).await
+    else {
         panic!("not resolved");
     };
     assert_eq!(service.unwrap().name, "db");

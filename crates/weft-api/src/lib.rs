@@ -16,5 +16,8 @@ pub use v1::{
     CertifyRequest, CertifyResponse, Credential, Decision, Denied, Endpoint, EndpointChanges,
     EndpointState, IdentityPattern, InboundPolicy, NotInMesh, Protocol, ProxyRequest,
     ProxySettings, ResolveRequest, ResolveUpdate, Resolved, ServerPolicy, ServiceMeta,
-    ServiceTarget,
+    ServiceTarget, TrafficPolicy,
 };
+
+/// What a proxy announces it can read on its Resolve streams: the `policy` update.
+pub const CAPABILITY_TRAFFIC_POLICY: &str = "traffic-policy";

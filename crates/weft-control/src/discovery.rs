@@ -24,15 +24,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use weft_api::convert::route::traffic_to_wire;
 use weft_api::convert::{endpoint_to_wire, policy_to_wire, protocol_to_wire, target_from_wire};
 use weft_api::v1::discovery_server::Discovery;
 use weft_api::v1::resolve_update::Update;
 use weft_api::{
     Denied, Endpoint, EndpointChanges, NotInMesh, ProxyRequest, ProxySettings, ResolveRequest,
-    ResolveUpdate, Resolved, ServerPolicy, ServiceMeta,
+    ResolveUpdate, Resolved, ServerPolicy, ServiceMeta, TrafficPolicy,
 };
 use weft_core::config::MeshConfig;
 use weft_core::model::check_name;
+use weft_core::policy::traffic::for_service;
 use weft_core::policy::{Decision, InboundPolicy as Policy};
 use weft_core::{
     AddressKind, EndpointState, Identity, Protocol, RegistrySnapshot, Target, Topic, TopicWatch,
@@ -59,12 +61,14 @@ pub(crate) struct DiscoveryService(pub(crate) Arc<State>);
 #[derive(Clone, Debug, PartialEq)]
 pub enum Answer {
     /// A service port, with the endpoints the caller may use (all of them, or only the one an
-    /// endpoint address names).
+    /// endpoint address names), and the routes it applies.
     Resolved {
         /// Name, port and protocol.
         meta: ServiceMeta,
         /// The endpoints, by address.
         endpoints: BTreeMap<SocketAddr, Endpoint>,
+        /// The routes of the port for this caller.
+        policy: TrafficPolicy,
     },
     /// Nothing in the mesh answers to the target.
     NotInMesh,
@@ -119,6 +123,20 @@ pub fn answer(
         .filter(|e| only.is_none_or(|a| a == e.address))
         .map(|e| (e.address, endpoint_to_wire(e)))
         .collect();
+    // Routes bind to the service (its name and virtual addresses), never to a direct call to
+    // one endpoint's own address.
+    let policy = if only.is_some() {
+        TrafficPolicy::default()
+    } else {
+        traffic_to_wire(&for_service(
+            cfg.http_routes.iter(),
+            cfg.grpc_routes.iter(),
+            &name,
+            service_port.port,
+            identity.namespace(),
+            |s| registry.service(s).is_some(),
+        ))
+    };
     Answer::Resolved {
         meta: ServiceMeta {
             name: name.name.clone(),
@@ -127,13 +145,20 @@ pub fn answer(
             protocol: protocol_to_wire(service_port.protocol) as i32,
         },
         endpoints,
+        policy,
     }
 }
 
-/// The updates that take a proxy that last heard `last` to `next`: nothing when nothing
-/// changed, endpoint changes when only endpoints changed, else the whole new state. Large
-/// endpoint sets are split into messages of at most [`ENDPOINTS_PER_MESSAGE`] endpoints.
+/// [`updates_for`] a proxy that reads every update kind.
 pub fn updates(last: Option<&Answer>, next: &Answer) -> Vec<ResolveUpdate> {
+    updates_for(last, next, true)
+}
+
+/// The updates that take a proxy that last heard `last` to `next`: nothing when nothing
+/// changed, endpoint changes when only endpoints changed, the routes alone when only they
+/// changed (to a proxy that reads `policy` updates: `reads_policy`), else the whole new state.
+/// Large endpoint sets are split into messages of at most [`ENDPOINTS_PER_MESSAGE`] endpoints.
+pub fn updates_for(last: Option<&Answer>, next: &Answer, reads_policy: bool) -> Vec<ResolveUpdate> {
     let wrap = |u| ResolveUpdate { update: Some(u) };
     match (last, next) {
         (Some(a), b) if a == b => Vec::new(),
@@ -141,9 +166,14 @@ pub fn updates(last: Option<&Answer>, next: &Answer) -> Vec<ResolveUpdate> {
             Some(Answer::Resolved {
                 meta: old_meta,
                 endpoints: old,
+                policy: old_policy,
             }),
-            Answer::Resolved { meta, endpoints },
-        ) if old_meta == meta => {
+            Answer::Resolved {
+                meta,
+                endpoints,
+                policy,
+            },
+        ) if old_meta == meta && (reads_policy || old_policy == policy) => {
             let upserted: Vec<_> = endpoints
                 .iter()
                 .filter(|(addr, e)| old.get(addr) != Some(e))
@@ -154,14 +184,27 @@ pub fn updates(last: Option<&Answer>, next: &Answer) -> Vec<ResolveUpdate> {
                 .filter(|addr| !endpoints.contains_key(addr))
                 .map(|a| a.to_string())
                 .collect();
-            changes(upserted, removed).into_iter().map(wrap).collect()
+            let mut out: Vec<_> = changes(upserted, removed).into_iter().map(wrap).collect();
+            // A weight change does not resend the endpoints.
+            if old_policy != policy {
+                out.push(wrap(Update::Policy(policy.clone())));
+            }
+            out
         }
-        (_, Answer::Resolved { meta, endpoints }) => {
+        (
+            _,
+            Answer::Resolved {
+                meta,
+                endpoints,
+                policy,
+            },
+        ) => {
             let mut all: Vec<_> = endpoints.values().cloned().collect();
             let rest = all.split_off(all.len().min(ENDPOINTS_PER_MESSAGE));
             let mut out = vec![wrap(Update::Resolved(Resolved {
                 service: Some(meta.clone()),
                 endpoints: all,
+                policy: Some(policy.clone()),
             }))];
             out.extend(changes(rest, Vec::new()).into_iter().map(wrap));
             out
@@ -297,13 +340,18 @@ impl Discovery for DiscoveryService {
         let (identity, remote) = caller(&request, "Resolve")?;
         let target = target_from_wire(request.get_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let reads_policy = request
+            .get_ref()
+            .capabilities
+            .iter()
+            .any(|c| c == weft_api::CAPABILITY_TRAFFIC_POLICY);
         let slot = stream_slot(&self.0, &identity, Limit::IdentityResolveStreams)?;
         let state = self.0.clone();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         tokio::spawn(async move {
             let _slot = slot;
             tracing::debug!(%identity, %remote, %target, "resolving");
-            follow_target(&state, &identity, &target, tx).await;
+            follow_target(&state, &identity, &target, reads_policy, tx).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -465,6 +513,7 @@ async fn follow_target(
     state: &State,
     identity: &Identity,
     target: &Target,
+    reads_policy: bool,
     tx: mpsc::Sender<Result<ResolveUpdate, Status>>,
 ) {
     let topic = match target {
@@ -483,7 +532,7 @@ async fn follow_target(
             state.metrics.denied.inc();
             tracing::info!(%identity, %target, "resolve denied by policy");
         }
-        for u in updates(last.as_ref(), &next) {
+        for u in updates_for(last.as_ref(), &next, reads_policy) {
             if !follow.send(Ok(u)).await {
                 return;
             }

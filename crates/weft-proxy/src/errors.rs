@@ -5,9 +5,9 @@
 //! requires): what went wrong ([`Kind`], which fixes the status), who failed ([`Who`]) and
 //! whether sending the request again is safe ([`RetrySafe`]). Nothing below [`Respond`]
 //! builds a response for an error; [`Respond`] answers
-//! - HTTP callers with 403, 404, 429, 502, 503 or 504;
+//! - HTTP callers with 403, 404, 429, 500, 502, 503 or 504;
 //! - gRPC callers (`content-type: application/grpc…`) with a trailers-only response carrying
-//!   `PERMISSION_DENIED`, `UNIMPLEMENTED`, `RESOURCE_EXHAUSTED`, `UNAVAILABLE` or
+//!   `PERMISSION_DENIED`, `UNIMPLEMENTED`, `RESOURCE_EXHAUSTED`, `INTERNAL`, `UNAVAILABLE` or
 //!   `DEADLINE_EXCEEDED`, which a gRPC client reads as the call's status.
 //!
 //! The reason (which names services, addresses and identities) goes only to a trusted caller:
@@ -35,6 +35,8 @@ pub enum Kind {
     NotFound,
     /// Over a rate limit: 429, `RESOURCE_EXHAUSTED`.
     RateLimited,
+    /// The route sends the request nowhere that exists (a missing backend): 500, `INTERNAL`.
+    Internal,
     /// The peer or the application failed to answer: 502, `UNAVAILABLE`.
     BadGateway,
     /// No endpoint can take the request: 503, `UNAVAILABLE`.
@@ -50,6 +52,7 @@ impl Kind {
             Self::Denied => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -62,6 +65,7 @@ impl Kind {
             Self::Denied => 7,       // PERMISSION_DENIED
             Self::NotFound => 12,    // UNIMPLEMENTED
             Self::RateLimited => 8,  // RESOURCE_EXHAUSTED
+            Self::Internal => 13,    // INTERNAL
             Self::BadGateway => 14,  // UNAVAILABLE
             Self::Unavailable => 14, // UNAVAILABLE
             Self::Timeout => 4,      // DEADLINE_EXCEEDED
@@ -370,6 +374,7 @@ mod tests {
             (Kind::Denied, 403, "7"),
             (Kind::NotFound, 404, "12"),
             (Kind::RateLimited, 429, "8"),
+            (Kind::Internal, 500, "13"),
             (Kind::BadGateway, 502, "14"),
             (Kind::Unavailable, 503, "14"),
             (Kind::Timeout, 504, "4"),

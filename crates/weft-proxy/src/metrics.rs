@@ -6,7 +6,8 @@
 //! - `weft_tcp_open_connections{direction, peer}`, `weft_tcp_connections_total`,
 //!   `weft_tcp_read_bytes_total`, `weft_tcp_write_bytes_total`
 //! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`,
-//!   `weft_inbound_policy_invalid_total`, `weft_outbound_refused_total{reason}`
+//!   `weft_inbound_policy_invalid_total`, `weft_outbound_refused_total{reason}`,
+//!   `weft_outbound_policy_invalid_total`
 //! - `weft_admin_connections_refused_total{listener, reason}` (`admin` or `probe`; `full` or
 //!   `per_address`)
 
@@ -123,6 +124,8 @@ pub struct Metrics {
     pub policy_invalid: Counter,
     /// Outbound connections refused before any destination was chosen.
     pub outbound_refused: Family<RejectLabels, Counter>,
+    /// Route updates that could not be used (the destination keeps its last good routes).
+    pub outbound_policy_invalid: Counter,
     /// Connections the admin or probe listener closed on accept, over its bounds.
     pub admin_refused: Family<AdminRefusedLabels, Counter>,
 }
@@ -150,6 +153,7 @@ impl Default for Metrics {
         let authz_denied = Family::<DenyLabels, Counter>::default();
         let policy_invalid = Counter::default();
         let outbound_refused = Family::<RejectLabels, Counter>::default();
+        let outbound_policy_invalid = Counter::default();
         let admin_refused = Family::<AdminRefusedLabels, Counter>::default();
         registry.register("weft_requests", "HTTP requests", requests.clone());
         registry.register("weft_responses", "HTTP responses", responses.clone());
@@ -192,6 +196,11 @@ impl Default for Metrics {
             outbound_refused.clone(),
         );
         registry.register(
+            "weft_outbound_policy_invalid",
+            "Route updates from the control plane that could not be used; the destination keeps its last good routes",
+            outbound_policy_invalid.clone(),
+        );
+        registry.register(
             "weft_admin_connections_refused",
             "Connections the admin or probe listener closed on accept: it was full, or the client's address held its share",
             admin_refused.clone(),
@@ -209,6 +218,7 @@ impl Default for Metrics {
             authz_denied,
             policy_invalid,
             outbound_refused,
+            outbound_policy_invalid,
             admin_refused,
         }
     }

@@ -2,7 +2,8 @@
 //! cross the control plane's gRPC port, then converted. The first byte picks the message:
 //!
 //! - 0: a `ResolveRequest` (what the control plane reads from a proxy), `target_from_wire`;
-//! - 1: a `ResolveUpdate` (what a proxy reads), `protocol_from_wire` and `endpoint_from_wire`;
+//! - 1: a `ResolveUpdate` (what a proxy reads), `protocol_from_wire`, `endpoint_from_wire` and
+//!   `traffic_from_wire` (routes, which compile regular expressions);
 //! - 2: `ProxySettings` (what a proxy reads), `policy_from_wire` and the proxy's own
 //!   `settings::from_wire`.
 //!
@@ -16,6 +17,7 @@ use weft_api::convert::{
     endpoint_from_wire, endpoint_to_wire, policy_from_wire, policy_to_wire, protocol_from_wire,
     target_from_wire, target_to_wire,
 };
+use weft_api::convert::route::{traffic_from_wire, traffic_to_wire};
 use weft_api::v1::resolve_update::Update;
 use weft_api::{Endpoint, ProxySettings, ResolveRequest, ResolveUpdate};
 use weft_core::policy::Decision;
@@ -24,6 +26,13 @@ fn endpoint(e: &Endpoint) {
     if let Ok(core) = endpoint_from_wire(e) {
         assert_eq!(core.meshed, core.identity.is_some());
         let again = endpoint_from_wire(&endpoint_to_wire(&core)).expect("a converted endpoint reads back");
+        assert_eq!(again, core);
+    }
+}
+
+fn traffic(p: &weft_api::TrafficPolicy) {
+    if let Ok(core) = traffic_from_wire(p) {
+        let again = traffic_from_wire(&traffic_to_wire(&core)).expect("converted routes read back");
         assert_eq!(again, core);
     }
 }
@@ -52,8 +61,10 @@ fuzz_target!(|data: &[u8]| {
                         protocol_from_wire(meta.protocol);
                     }
                     r.endpoints.iter().for_each(endpoint);
+                    r.policy.iter().for_each(traffic);
                 }
                 Some(Update::Changes(c)) => c.upserted.iter().for_each(endpoint),
+                Some(Update::Policy(p)) => traffic(&p),
                 Some(Update::NotInMesh(_) | Update::Denied(_)) | None => {}
             }
         }

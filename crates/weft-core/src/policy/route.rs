@@ -34,6 +34,8 @@ pub enum RouteSource {
         /// The line of the route's section, if known.
         line: Option<usize>,
     },
+    /// Received from the control plane (in a proxy): only the name is known.
+    ControlPlane,
     /// A platform object.
     Object {
         /// Its kind (`HTTPRoute`, `GRPCRoute`).
@@ -53,6 +55,7 @@ impl fmt::Display for RouteSource {
                 line: Some(line),
             } => write!(f, "{}:{line}", path.display()),
             Self::MeshFile { path, line: None } => write!(f, "{}", path.display()),
+            Self::ControlPlane => f.write_str("the control plane"),
             Self::Object {
                 kind,
                 namespace,
@@ -407,7 +410,7 @@ pub enum HttpFilter {
 pub struct WeightedBackend {
     /// The service requests go to.
     pub service: ServiceName,
-    /// Its port; none: the port the request was sent to.
+    /// Its port; none: the service's only (or lowest) port.
     pub port: Option<u16>,
     /// Its share, relative to the other backends' weights.
     pub weight: u32,

@@ -213,7 +213,7 @@ pub struct BackendRefSpec {
     /// Its namespace; absent: the route's.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// Its port; absent: the port the request was sent to.
+    /// Its port; absent: the service's only (or lowest) port.
     #[serde(default)]
     pub port: Option<u16>,
     /// Its share; absent: 1.

@@ -10,13 +10,16 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use weft_api::convert::route::{RouteWireError, traffic_from_wire};
 use weft_api::convert::{endpoint_from_wire, protocol_from_wire, target_to_wire};
 use weft_api::v1::discovery_client::DiscoveryClient;
 use weft_api::v1::resolve_update::Update;
+use weft_core::policy::traffic::TrafficPolicy;
 use weft_core::{EndpointState, Identity, Protocol, ServiceName, Target};
 
 use crate::Runtime;
 use crate::control::ControlError;
+use crate::outbound::router::Routes;
 
 /// What a destination resolves to, as far as this proxy knows.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -125,6 +128,11 @@ pub enum UpdateError {
 /// one bad endpoint must not take the rest of the service down.
 pub fn apply(current: &Resolution, u: weft_api::ResolveUpdate) -> Result<Resolution, UpdateError> {
     match u.update.ok_or(UpdateError::Unknown)? {
+        // Routes change apart from endpoints (see `follow`).
+        Update::Policy(_) => match current {
+            Resolution::Resolved(_) => Ok(current.clone()),
+            _ => Err(UpdateError::NoService),
+        },
         Update::NotInMesh(_) => Ok(Resolution::NotInMesh),
         Update::Denied(d) => Ok(Resolution::Denied(Arc::from(d.reason))),
         Update::Resolved(r) => {
@@ -189,14 +197,31 @@ fn upsert(into: &mut ResolvedService, endpoints: &[weft_api::Endpoint]) {
     }
 }
 
-/// Keeps `tx` holding what `target` resolves to, until `stop`.
+/// The routes an update carries, if it carries any: a `policy` update, or a `resolved` (whose
+/// routes are empty when it names none).
+fn routes_of(u: &weft_api::ResolveUpdate) -> Option<Result<TrafficPolicy, RouteWireError>> {
+    match &u.update {
+        Some(Update::Policy(p)) => Some(traffic_from_wire(p)),
+        Some(Update::Resolved(r)) => Some(match &r.policy {
+            Some(p) => traffic_from_wire(p),
+            None => Ok(TrafficPolicy::default()),
+        }),
+        _ => None,
+    }
+}
+
+/// Keeps `tx` holding what `target` resolves to, and `routes` its compiled routes, until
+/// `stop`. Routes that cannot be read leave the last good ones in force, and are logged and
+/// counted; the stream goes on.
 pub async fn follow(
     shared: Arc<Runtime>,
     target: Target,
     tx: watch::Sender<Resolution>,
+    routes: watch::Sender<Arc<Routes>>,
     stop: CancellationToken,
 ) {
     let request = target_to_wire(&target);
+    let (runtime, routes) = (&shared, &routes);
     let (shared, tx, request, target) = (&shared, &tx, &request, &target);
     super::follow_with_backoff(shared, &stop, target, false, |channel| async move {
         let mut heard = false;
@@ -213,10 +238,23 @@ pub async fn follow(
                     Resolution::Pending
                 };
                 heard = true;
+                let policy = routes_of(&update);
                 let next = apply(&base, update).map_err(|e| {
                     // Out of step with the control plane: start over with a fresh stream.
                     ControlError::Other(format!("resolving {target}: {e}"))
                 })?;
+                match (policy, &next) {
+                    (Some(Ok(policy)), Resolution::Resolved(r)) => {
+                        tracing::debug!(%target, http = policy.http.len(), grpc = policy.grpc.len(), "routes compiled");
+                        let compiled = Routes::build(&policy, target, &r.service, r.port, runtime);
+                        routes.send_replace(Arc::new(compiled));
+                    }
+                    (Some(Err(e)), _) => {
+                        tracing::warn!(%target, error = %e, "routes not applied; the last good ones stay");
+                        runtime.metrics.outbound_policy_invalid.inc();
+                    }
+                    _ => {}
+                }
                 tx.send_if_modified(|cur| {
                     if *cur == next {
                         false

@@ -24,6 +24,7 @@ use weft_core::Target;
 use super::balance::{HttpBalancer, TcpBalancer, http_balancer, metric_label, tcp_balancer};
 use super::connect::Connector;
 use super::endpoint::Params;
+use super::router::Routes;
 use crate::Runtime;
 use crate::discovery::Resolution;
 use crate::discovery::resolve;
@@ -35,6 +36,8 @@ pub struct Destination {
     pub target: Target,
     /// What it resolves to.
     pub resolution: watch::Receiver<Resolution>,
+    /// Its routes, compiled (empty: requests go to the destination itself).
+    pub routes: watch::Receiver<Arc<Routes>>,
     pub(crate) http: HttpBalancer,
     pub(crate) tcp: TcpBalancer,
     /// Leases held now.
@@ -153,11 +156,13 @@ pub async fn sweep_idle(shared: Arc<Runtime>, stop: CancellationToken) {
 impl Destination {
     fn new(shared: &Arc<Runtime>, target: Target) -> Self {
         let (tx, resolution) = watch::channel(Resolution::Pending);
+        let (routes_tx, routes) = watch::channel(Arc::new(Routes::default()));
         let stop = CancellationToken::new();
         tokio::spawn(resolve::follow(
             shared.clone(),
             target.clone(),
             tx,
+            routes_tx,
             stop.clone(),
         ));
         let params = Params {
@@ -174,6 +179,7 @@ impl Destination {
             http: http_balancer(&params, wait, &target, resolution.clone()),
             tcp: tcp_balancer(&params, wait, &target, resolution.clone()),
             resolution,
+            routes,
             target,
             active: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),

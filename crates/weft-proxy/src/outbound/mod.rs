@@ -16,6 +16,8 @@ pub mod destination;
 pub mod endpoint;
 pub mod failfast;
 pub mod gate;
+pub mod route;
+pub mod router;
 pub mod stack;
 pub mod tcp;
 pub mod unrouted;

@@ -8,33 +8,35 @@
 //!    gRPC callers), with the reason for the application, which is trusted.
 //! 3. [`Strip`]: hop-by-hop headers, from the request and from the response.
 //! 4. [`Gate`]: the destination gate (denied, not in the mesh, no ready endpoint).
+//! 5. [`Route`]: the destination's routes ([`super::router`]): a redirect, filters, and the
+//!    backend drawn by weight; without routes, the destination itself.
 //!
-//! Per destination (shared by every connection to it):
-//! 5. the balancer ([`super::balance`]): [`super::failfast::FailFast`], then P2C over
+//! Per destination, or per backend (shared by every connection to it):
+//! 6. the balancer ([`super::balance`]): [`super::failfast::FailFast`], then P2C over
 //!    peak-EWMA latency across the endpoints.
 //!
 //! Per endpoint ([`super::endpoint`]):
-//! 6. [`crate::http::metered::Metered`]: the endpoint's request metrics;
-//! 7. the client: upgrades on a connection of their own; meshed endpoints
+//! 7. [`crate::http::metered::Metered`]: the endpoint's request metrics;
+//! 8. the client: upgrades on a connection of their own; meshed endpoints
 //!    [`crate::http::orig_proto::Upgrade`] then HTTP/2 over mutual TLS; others a plaintext pool.
 
 use std::sync::Arc;
 
-use super::balance::HttpBalancer;
 use super::destination::Lease;
 use super::gate::Gate;
+use super::route::Route;
 use super::unrouted::CountUnrouted;
 use crate::errors::Respond;
 use crate::http::hop_by_hop::Strip;
 use crate::metrics::Metrics;
 
 /// The stack a connection to `dest` serves its requests with.
-pub type Http = CountUnrouted<Respond<Strip<Gate<HttpBalancer>>>>;
+pub type Http = CountUnrouted<Respond<Strip<Gate<Route>>>>;
 
 /// Builds the stack for one connection to `dest`.
 pub fn http(dest: Arc<Lease>, metrics: &Metrics) -> Http {
-    let balancer = dest.http.clone();
-    let gate = Gate::new(balancer, dest.clone());
+    let route = Route::new(dest.clone());
+    let gate = Gate::new(route, dest.clone());
     let strip = Strip::new(gate);
     let respond = Respond::new(strip, true);
     CountUnrouted::new(respond, dest, metrics.clone())

@@ -21,6 +21,7 @@ fn resolved(endpoints: Vec<weft_api::Endpoint>) -> weft_api::ResolveUpdate {
                 protocol: weft_api::Protocol::Grpc as i32,
             }),
             endpoints,
+            policy: None,
         })),
     }
 }

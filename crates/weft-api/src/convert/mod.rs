@@ -4,6 +4,8 @@
 //! default, because these messages carry security decisions and a policy that is silently
 //! widened is worse than one that is refused.
 
+pub mod route;
+
 use std::net::SocketAddr;
 
 use weft_core::policy::{Decision as CoreDecision, IdentityMatch, InboundPolicy as CorePolicy};
@@ -132,7 +134,8 @@ pub fn endpoint_to_wire(e: &CoreEndpoint) -> Endpoint {
     }
 }
 
-/// The wire form of a discovery target.
+/// The wire form of a discovery target, announcing what this build reads (the `policy`
+/// update).
 pub fn target_to_wire(t: &Target) -> ResolveRequest {
     let target = match t {
         Target::Service { name, port } => WireTarget::Service(ServiceTarget {
@@ -144,6 +147,7 @@ pub fn target_to_wire(t: &Target) -> ResolveRequest {
     };
     ResolveRequest {
         target: Some(target),
+        capabilities: vec![crate::CAPABILITY_TRAFFIC_POLICY.to_string()],
     }
 }
 
@@ -395,7 +399,7 @@ mod tests {
         assert_eq!(state_from_wire(0), CoreState::Terminating);
         assert_eq!(state_from_wire(42), CoreState::Terminating);
         assert_eq!(
-            target_from_wire(&ResolveRequest { target: None }),
+            target_from_wire(&ResolveRequest::default()),
             Err(WireError::NoTarget)
         );
         let big = ResolveRequest {
@@ -404,6 +408,7 @@ mod tests {
                 namespace: "demo".into(),
                 port: 70000,
             })),
+            capabilities: vec![],
         };
         assert!(target_from_wire(&big).is_err());
     }

@@ -1,0 +1,335 @@
+//! The route layer: picks the destination's route for each request and sends it where the
+//! route says, after the route's filters.
+//!
+//! - No routes: straight to the destination's balancer (one pointer load).
+//! - Routes, and one matches (gRPC routes for gRPC requests when there are any, HTTP routes
+//!   otherwise): the rule's filters apply in order (a redirect answers at once; header
+//!   modifiers and rewrites change the request), one backend is drawn by weight, its own
+//!   filters apply, and the request goes to its balancer; response header modifiers apply to
+//!   the answer.
+//! - Routes, and none matches: 404, `UNIMPLEMENTED` for gRPC.
+//! - The drawn backend does not exist, or every weight is 0: 500.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{HOST, HeaderName, HeaderValue, LOCATION};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use weft_core::policy::route::{
+    HeaderModifier, HttpFilter, PathMatch, RedirectFrom, RequestView, RouteMatch,
+};
+
+use super::destination::Lease;
+use super::router::{BackendTarget, Routes, Split};
+use crate::errors::{HttpError, Kind, RetrySafe, Who, is_grpc};
+use crate::http::classify::empty_body;
+use crate::http::{Body, BoxError};
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+/// The layer. See the module docs.
+#[derive(Clone, Debug)]
+pub struct Route {
+    dest: Arc<Lease>,
+}
+
+impl Route {
+    /// Routes the requests to `dest`.
+    pub fn new(dest: Arc<Lease>) -> Self {
+        Self { dest }
+    }
+}
+
+/// A request as the matchers see it.
+struct View<'a>(&'a Request<Body>);
+
+impl RequestView for View<'_> {
+    fn method(&self) -> &str {
+        self.0.method().as_str()
+    }
+    fn path(&self) -> &str {
+        self.0.uri().path()
+    }
+    fn query(&self) -> Option<&str> {
+        self.0.uri().query()
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0
+            .headers()
+            .get_all(name)
+            .iter()
+            .find_map(|v| v.to_str().ok())
+    }
+}
+
+impl tower::Service<Request<Body>> for Route {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> BoxFuture {
+        let routes = self.dest.routes.borrow().clone();
+        if routes.is_empty() {
+            return Box::pin(self.dest.http.clone().dispatch(req));
+        }
+        match route(&routes, &self.dest, req) {
+            Ok(fut) => fut,
+            Err(e) => Box::pin(std::future::ready(Err(e.into()))),
+        }
+    }
+}
+
+/// The rule `req` matches, with its filters and backends.
+struct Matched<'a> {
+    filters: &'a [HttpFilter],
+    split: &'a Split,
+    path: Option<&'a PathMatch>,
+}
+
+fn find<'a>(routes: &'a Routes, req: &Request<Body>) -> Option<Matched<'a>> {
+    let view = View(req);
+    if is_grpc(req) && !routes.grpc.routes().is_empty() {
+        let at: RouteMatch = routes.grpc.find(&view)?;
+        let rule = routes.grpc.rule(at)?;
+        return Some(Matched {
+            filters: &rule.filters,
+            split: routes.grpc_split(at.route, at.rule)?,
+            path: None,
+        });
+    }
+    let at = routes.http.find(&view)?;
+    let rule = routes.http.rule(at)?;
+    Some(Matched {
+        filters: &rule.filters,
+        split: routes.http_split(at.route, at.rule)?,
+        path: routes.http.matched(at).and_then(|m| m.path.as_ref()),
+    })
+}
+
+fn route(
+    routes: &Arc<Routes>,
+    dest: &Arc<Lease>,
+    mut req: Request<Body>,
+) -> Result<BoxFuture, HttpError> {
+    let Some(matched) = find(routes, &req) else {
+        return Err(HttpError::new(
+            Kind::NotFound,
+            Who::Caller,
+            RetrySafe::No,
+            format!("{}: no route matches {}", dest.target, req.uri().path()),
+        ));
+    };
+    let mut response_headers: Vec<&HeaderModifier> = Vec::new();
+    for f in matched.filters {
+        match f {
+            HttpFilter::Redirect(r) => {
+                let location = {
+                    let from = redirect_from(&req);
+                    r.location(matched.path, from.as_ref())
+                };
+                let mut rsp = Response::new(empty_body());
+                *rsp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    rsp.headers_mut().insert(LOCATION, v);
+                }
+                return Ok(Box::pin(std::future::ready(Ok(rsp))));
+            }
+            HttpFilter::RequestHeaders(m) => modify(req.headers_mut(), m),
+            HttpFilter::ResponseHeaders(m) => response_headers.push(m),
+            HttpFilter::Rewrite(r) => {
+                if let Some(p) = &r.path {
+                    let path = p.apply(matched.path, req.uri().path());
+                    set_path(&mut req, &path);
+                }
+                if let Some(h) = &r.hostname {
+                    set_host(&mut req, h);
+                }
+            }
+        }
+    }
+    let backend = if matched.split.is_parent_only() {
+        None
+    } else {
+        Some(matched.split.pick().ok_or_else(|| {
+            HttpError::new(
+                Kind::Internal,
+                Who::Proxy,
+                RetrySafe::No,
+                format!("{}: every backend of the route has weight 0", dest.target),
+            )
+        })?)
+    };
+    let balancer = match backend.map(|b| &b.target) {
+        None | Some(BackendTarget::Parent) => dest.http.clone(),
+        Some(BackendTarget::Service(lease)) => lease.http.clone(),
+        Some(BackendTarget::Missing(why)) => {
+            return Err(HttpError::new(
+                Kind::Internal,
+                Who::Proxy,
+                RetrySafe::No,
+                format!("{}: {why}", dest.target),
+            ));
+        }
+    };
+    if let Some(b) = backend {
+        for f in &b.filters {
+            match f {
+                HttpFilter::RequestHeaders(m) => modify(req.headers_mut(), m),
+                HttpFilter::ResponseHeaders(m) => response_headers.push(m),
+                // Only header modifiers are accepted on backends.
+                HttpFilter::Rewrite(_) | HttpFilter::Redirect(_) => {}
+            }
+        }
+    }
+    if response_headers.is_empty() {
+        return Ok(Box::pin(balancer.dispatch(req)));
+    }
+    let modifiers: Vec<HeaderModifier> = response_headers.into_iter().cloned().collect();
+    Ok(Box::pin(async move {
+        let mut rsp = balancer.dispatch(req).await?;
+        for m in &modifiers {
+            modify(rsp.headers_mut(), m);
+        }
+        Ok(rsp)
+    }))
+}
+
+/// Applies a header modifier: remove, then set, then add.
+fn modify(headers: &mut HeaderMap, m: &HeaderModifier) {
+    for name in &m.remove {
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(n);
+        }
+    }
+    for (name, value) in &m.set {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    for (name, value) in &m.add {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+}
+
+/// The parts of a request a redirect keeps, owned.
+struct Origin {
+    scheme: String,
+    host: String,
+    port: Option<u16>,
+    path: String,
+    query: Option<String>,
+}
+
+impl Origin {
+    fn as_ref(&self) -> RedirectFrom<'_> {
+        RedirectFrom {
+            scheme: &self.scheme,
+            host: &self.host,
+            port: self.port,
+            path: &self.path,
+            query: self.query.as_deref(),
+        }
+    }
+}
+
+fn redirect_from(req: &Request<Body>) -> Origin {
+    let authority = req.uri().authority().cloned().or_else(|| {
+        req.headers()
+            .get(HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+    });
+    Origin {
+        scheme: req.uri().scheme_str().unwrap_or("http").to_string(),
+        host: authority
+            .as_ref()
+            .map(|a| a.host().to_string())
+            .unwrap_or_default(),
+        port: authority.as_ref().and_then(Authority::port_u16),
+        path: req.uri().path().to_string(),
+        query: req.uri().query().map(str::to_string),
+    }
+}
+
+fn set_path(req: &mut Request<Body>, path: &str) {
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let Ok(pq) = PathAndQuery::try_from(pq) else {
+        return;
+    };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.path_and_query = Some(pq);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+}
+
+fn set_host(req: &mut Request<Body>, host: &str) {
+    if let Ok(v) = HeaderValue::from_str(host) {
+        req.headers_mut().insert(HOST, v);
+    }
+    if req.uri().authority().is_some()
+        && let Ok(a) = Authority::try_from(host)
+    {
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.authority = Some(a);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_modifiers_remove_then_set_then_add() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("old"));
+        h.insert("x-gone", HeaderValue::from_static("1"));
+        let m = HeaderModifier {
+            set: vec![("x-a".into(), "new".into())],
+            add: vec![("x-a".into(), "more".into()), ("x-b".into(), "1".into())],
+            remove: vec!["x-gone".into()],
+        };
+        modify(&mut h, &m);
+        let a: Vec<_> = h.get_all("x-a").iter().collect();
+        assert_eq!(a, ["new", "more"]);
+        assert_eq!(h["x-b"], "1");
+        assert!(h.get("x-gone").is_none());
+    }
+
+    #[test]
+    fn rewrites_keep_the_query_and_set_the_host() {
+        let mut req = Request::get("/v1/users?x=1")
+            .header(HOST, "web.demo")
+            .body(empty_body())
+            .unwrap();
+        set_path(&mut req, "/users");
+        set_host(&mut req, "web-v2.demo");
+        assert_eq!(req.uri(), "/users?x=1");
+        assert_eq!(req.headers()[HOST], "web-v2.demo");
+        let from = redirect_from(&req);
+        assert_eq!(
+            (from.scheme.as_str(), from.host.as_str(), from.port),
+            ("http", "web-v2.demo", None)
+        );
+    }
+}

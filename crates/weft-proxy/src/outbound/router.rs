@@ -1,0 +1,199 @@
+//! A destination's routes, compiled once per update from the control plane: the matchers in
+//! precedence order (regular expressions compiled), each rule's backends with cumulative
+//! weights, and a lease on each backend's destination, so that its balancer and connections
+//! are shared by every route and kept across updates (a weight change takes the same leases
+//! again and drops no connection). A request then costs one pointer load when the service has
+//! no routes.
+//!
+//! A backend is reached through its own destination's balancer, never through its routes:
+//! routes bind to the service a caller named, not to the services they send to.
+
+use std::sync::Arc;
+
+use weft_core::policy::route::{GrpcRouteTable, HttpFilter, HttpRouteTable, WeightedBackend};
+use weft_core::policy::traffic::TrafficPolicy;
+use weft_core::{ServiceName, Target};
+
+use super::destination::Lease;
+use crate::Runtime;
+
+/// Where a rule's share of requests goes.
+#[derive(Debug)]
+pub enum BackendTarget {
+    /// The destination the caller named (a rule without backends, or a backend that is the
+    /// destination's own service and port).
+    Parent,
+    /// Another service's destination.
+    Service(Arc<Lease>),
+    /// A backend that does not exist, or that this proxy could not take on: 500.
+    Missing(String),
+}
+
+/// One backend of a rule.
+#[derive(Debug)]
+pub struct Backend {
+    /// Where.
+    pub target: BackendTarget,
+    /// Its own filters.
+    pub filters: Vec<HttpFilter>,
+}
+
+/// A rule's backends and their cumulative weights.
+#[derive(Debug, Default)]
+pub struct Split {
+    backends: Vec<Backend>,
+    /// `cumulative[i]` is the sum of the weights of backends `0..=i`.
+    cumulative: Vec<u64>,
+}
+
+impl Split {
+    /// The backend for a draw, or `None` when every weight is 0 (nothing may be sent).
+    pub fn pick(&self) -> Option<&Backend> {
+        let total = *self.cumulative.last()?;
+        if total == 0 {
+            return None;
+        }
+        self.pick_at(fastrand::u64(0..total))
+    }
+
+    /// The backend a draw of `at` (below the total weight) lands on.
+    fn pick_at(&self, at: u64) -> Option<&Backend> {
+        let i = self.cumulative.partition_point(|c| *c <= at);
+        self.backends.get(i)
+    }
+
+    /// Whether the rule names no backend: requests go to the destination itself.
+    pub fn is_parent_only(&self) -> bool {
+        self.backends.is_empty()
+    }
+}
+
+/// The compiled routes of one destination.
+#[derive(Debug, Default)]
+pub struct Routes {
+    /// HTTP routes, in precedence order.
+    pub http: HttpRouteTable,
+    /// gRPC routes, in precedence order.
+    pub grpc: GrpcRouteTable,
+    /// Backends of each HTTP rule, by route and rule.
+    http_splits: Vec<Vec<Split>>,
+    /// Backends of each gRPC rule, by route and rule.
+    grpc_splits: Vec<Vec<Split>>,
+}
+
+impl Routes {
+    /// Whether there are no routes (requests go to the destination itself).
+    pub fn is_empty(&self) -> bool {
+        self.http_splits.is_empty() && self.grpc_splits.is_empty()
+    }
+
+    /// The backends of HTTP rule `rule` of route `route`.
+    pub fn http_split(&self, route: usize, rule: usize) -> Option<&Split> {
+        self.http_splits.get(route)?.get(rule)
+    }
+
+    /// The backends of gRPC rule `rule` of route `route`.
+    pub fn grpc_split(&self, route: usize, rule: usize) -> Option<&Split> {
+        self.grpc_splits.get(route)?.get(rule)
+    }
+
+    /// Compiles `policy` for the destination `own` (resolved to `service` on `port`), taking
+    /// leases on the backends' destinations from `runtime`.
+    pub fn build(
+        policy: &TrafficPolicy,
+        own: &Target,
+        service: &ServiceName,
+        port: u16,
+        runtime: &Arc<Runtime>,
+    ) -> Self {
+        let split = |backends: &[WeightedBackend]| -> Split {
+            let mut total = 0u64;
+            let mut out = Split::default();
+            for b in backends {
+                let target = if b.missing {
+                    BackendTarget::Missing(format!("backend {} does not exist", b.service))
+                } else if &b.service == service && b.port.is_none_or(|p| port_matches(own, p, port))
+                {
+                    BackendTarget::Parent
+                } else {
+                    // Without a port: the service's only (or lowest) port.
+                    let t = Target::Service {
+                        name: b.service.clone(),
+                        port: b.port,
+                    };
+                    match runtime.destinations.get(runtime, &t) {
+                        Ok(lease) => BackendTarget::Service(Arc::new(lease)),
+                        Err(e) => BackendTarget::Missing(format!("backend {t}: {e}")),
+                    }
+                };
+                total += u64::from(b.weight);
+                out.backends.push(Backend {
+                    target,
+                    filters: b.filters.clone(),
+                });
+                out.cumulative.push(total);
+            }
+            out
+        };
+        Self {
+            http_splits: policy
+                .http
+                .iter()
+                .map(|r| r.rules.iter().map(|rule| split(&rule.backends)).collect())
+                .collect(),
+            grpc_splits: policy
+                .grpc
+                .iter()
+                .map(|r| r.rules.iter().map(|rule| split(&rule.backends)).collect())
+                .collect(),
+            http: HttpRouteTable::new(policy.http.to_vec()),
+            grpc: GrpcRouteTable::new(policy.grpc.to_vec()),
+        }
+    }
+}
+
+/// Whether a backend on `port` of the destination's own service is the destination `own`
+/// itself, which resolved to `resolved_port`.
+fn port_matches(own: &Target, port: u16, resolved_port: u16) -> bool {
+    match own {
+        Target::Service { port: p, .. } => p.unwrap_or(resolved_port) == port,
+        Target::Address(_) => resolved_port == port,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(weights: &[u64]) -> Split {
+        let mut s = Split::default();
+        let mut total = 0;
+        for (i, w) in weights.iter().enumerate() {
+            total += w;
+            s.backends.push(Backend {
+                target: BackendTarget::Missing(i.to_string()),
+                filters: vec![],
+            });
+            s.cumulative.push(total);
+        }
+        s
+    }
+
+    fn name(b: Option<&Backend>) -> String {
+        match b.map(|b| &b.target) {
+            Some(BackendTarget::Missing(n)) => n.clone(),
+            _ => "none".into(),
+        }
+    }
+
+    #[test]
+    fn draws_land_on_backends_by_weight() {
+        let s = split(&[90, 0, 10]);
+        assert_eq!(name(s.pick_at(0)), "0");
+        assert_eq!(name(s.pick_at(89)), "0");
+        assert_eq!(name(s.pick_at(90)), "2", "a weight of 0 gets nothing");
+        assert_eq!(name(s.pick_at(99)), "2");
+        assert!(split(&[0, 0]).pick().is_none());
+        assert!(split(&[]).pick().is_none());
+    }
+}
