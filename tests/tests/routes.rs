@@ -284,3 +284,71 @@ async fn a_weight_change_under_load_fails_nothing_and_keeps_connections() {
     ];
     assert_eq!(before, after, "a backend got a new connection");
 }
+
+/// Requests an inbound proxy has counted.
+async fn served(p: &weft_proxy::Proxy) -> f64 {
+    let text = weft_tests::admin_get(p.admin_addr, "GET", "/metrics")
+        .await
+        .1;
+    weft_tests::metric(&text, "weft_requests_total", &["direction=\"inbound\""])
+}
+
+/// A gRPC route sends one method to the new version; a method no rule names gets
+/// `UNIMPLEMENTED` from the caller's proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_methods_are_routed_and_unmatched_ones_are_unimplemented() {
+    use weft_api::v1::discovery_client::DiscoveryClient;
+    use weft_api::v1::identity_client::IdentityClient;
+
+    const GRPC_ROUTES: &str = r#"
+[[routes.grpc]]
+name = "users"
+namespace = "test"
+parent_refs = [{ name = "users" }]
+
+[[routes.grpc.rules]]
+matches = [{ method = { service = "weft.api.v1.Identity", method = "Certify" } }]
+backend_refs = [{ name = "users-v2" }]
+"#;
+    let v1 = backends::grpc_backend().await;
+    let v2 = backends::grpc_backend().await;
+    let mut users = WorkloadDecl::serving("users", "users");
+    users.protocol = "grpc".into();
+    let mut users_v2 = WorkloadDecl::serving("users-v2", "users-v2");
+    users_v2.protocol = "grpc".into();
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(
+        &[users.clone(), users_v2.clone(), load.clone()],
+        &format!("{ALLOW_ALL}\n{GRPC_ROUTES}"),
+    )
+    .await;
+    let s1 = mesh.proxy(&users, Some(v1.port()), &[]).await;
+    let s2 = mesh.proxy(&users_v2, Some(v2.port()), &[]).await;
+    let client = mesh.proxy(&load, None, &["users"]).await;
+    let ch =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", upstream(&client, "users")))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+
+    for _ in 0..3 {
+        let rsp = IdentityClient::new(ch.clone())
+            .certify(weft_api::CertifyRequest {
+                csr: b"hi".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(rsp.leaf, b"hi");
+    }
+    assert_eq!((served(&s1).await, served(&s2).await), (0.0, 3.0));
+
+    let err = DiscoveryClient::new(ch)
+        .resolve(weft_api::ResolveRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    assert_eq!(served(&s1).await, 0.0);
+}

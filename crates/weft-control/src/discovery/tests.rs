@@ -432,3 +432,63 @@ fn a_workload_is_found_in_every_source_its_platform_names() {
     assert_eq!(server.authorize(&id("intruder")), Decision::Deny);
     assert_eq!(server.authorize(&id("web")), Decision::Allow);
 }
+
+/// A config whose routes split `api.demo` between `api` and `api-v2` by `v1`/`v2` weights.
+fn routed(v1: u32, v2: u32) -> MeshConfig {
+    let text = format!(
+        "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"/nonexistent\"\n\
+         [[routes.http]]\nname = \"canary\"\nnamespace = \"demo\"\nparent_refs = [{{ name = \"api\" }}]\n\
+         [[routes.http.rules]]\nbackend_refs = [{{ name = \"api\", weight = {v1} }}, {{ name = \"api-v2\", weight = {v2} }}]\n"
+    );
+    weft_core::config::Loader::new()
+        .load_str(&text, std::path::Path::new("mesh.toml"))
+        .unwrap()
+}
+
+/// Routes ride in the first answer; a weight change alone is a `policy` update to a proxy
+/// that reads them, and a whole `resolved` to one that does not; a direct call to an endpoint
+/// address gets no routes; a backend no platform knows is marked missing.
+#[test]
+fn routes_travel_apart_from_endpoints() {
+    let reg = Registry::new();
+    reg.writer("a")
+        .upsert(api(vec![ep(1, EndpointState::Ready)]));
+    let t = Target::parse("api.demo", "x").unwrap();
+    let me = id("web");
+    let first = answer(&me, &reg.snapshot(), &routed(90, 10), &t);
+    let Answer::Resolved { policy, .. } = &first else {
+        panic!("{first:?}");
+    };
+    assert_eq!(policy.http.len(), 1);
+    let backends = &policy.http[0].rules[0].backends;
+    assert_eq!((backends[0].weight, backends[0].missing), (90, false));
+    assert!(backends[1].missing, "api-v2 is in no registry");
+
+    let second = answer(&me, &reg.snapshot(), &routed(50, 50), &t);
+    let sent = updates_for(Some(&first), &second, true);
+    let [
+        ResolveUpdate {
+            update: Some(Update::Policy(p)),
+        },
+    ] = &sent[..]
+    else {
+        panic!("{sent:?}");
+    };
+    assert_eq!(p.http[0].rules[0].backends[1].weight, 50);
+    assert!(matches!(
+        &updates_for(Some(&first), &second, false)[..],
+        [ResolveUpdate {
+            update: Some(Update::Resolved(r))
+        }] if r.policy.as_ref().is_some_and(|p| p.http[0].rules[0].backends[1].weight == 50)
+    ));
+
+    let direct = Target::Address(([127, 0, 0, 1], 1).into());
+    let Answer::Resolved { policy, .. } = answer(&me, &reg.snapshot(), &routed(90, 10), &direct)
+    else {
+        panic!("not resolved");
+    };
+    assert!(
+        policy.http.is_empty(),
+        "routes bind to the service, not to an endpoint"
+    );
+}
