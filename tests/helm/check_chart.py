@@ -226,9 +226,20 @@ def main():
         if 'probe_addr = "0.0.0.0:7081"' not in config:
             fail(f"{name}: mesh.toml does not open the probe listener on 7081")
         rules = by_kind(objects, "ClusterRole")[0]["rules"]
-        verbs = sorted({v for r in rules for v in r["verbs"]})
+        # Writes only to the status of Gateway API routes; everything else is read, plus
+        # creating TokenReviews.
+        status_rules = [r for r in rules if all(x.endswith("/status") for x in r["resources"])]
+        other_rules = [r for r in rules if r not in status_rules]
+        verbs = sorted({v for r in other_rules for v in r["verbs"]})
         if verbs != ["create", "get", "list", "watch"]:
             fail(f"{name}: the ClusterRole grants {verbs}")
+        status_verbs = sorted({v for r in status_rules for v in r["verbs"]})
+        status_resources = sorted({x for r in status_rules for x in r["resources"]})
+        if status_verbs != ["patch", "update"] or status_resources != [
+            "grpcroutes/status",
+            "httproutes/status",
+        ]:
+            fail(f"{name}: the ClusterRole writes {status_verbs} on {status_resources}")
         print(f"ok   {name}: {len(objects)} objects, the same from weft install")
 
     check_generated_root(weft, render(chart, {}), "Helm")

@@ -6,19 +6,43 @@
 //! authentication, TokenReview and legacy discovery.
 //!
 //! The store holds Namespaces, Pods, Services, EndpointSlices, Secrets, ConfigMaps,
-//! ServiceAccounts, Deployments and MutatingWebhookConfigurations; it changes only through
-//! [`FakeKube::apply`] and [`FakeKube::delete`] (the server answers `get`, `list` and `watch`,
-//! and refuses writes with 405). What a test does to the server itself (expire or cut watches,
-//! restart) mirrors what a real control plane does to clients.
+//! ServiceAccounts, Deployments and MutatingWebhookConfigurations, and the Gateway API's
+//! HTTPRoutes and GRPCRoutes (`gateway.networking.k8s.io/v1`, served as the Gateway API's
+//! CustomResourceDefinitions are). It changes only through [`FakeKube::apply`] and
+//! [`FakeKube::delete`] (the server answers `get`, `list` and `watch`, and refuses writes with
+//! 405), with one exception: the routes' `status` subresource takes PATCHes, as a controller
+//! writes what it made of a route. What a test does to the server itself (expire or cut
+//! watches, restart) mirrors what a real control plane does to clients.
+//!
+//! The routes behave as custom resources with a status subresource: they carry
+//! `metadata.generation` (1 on create, one more whenever something outside `metadata` and
+//! `status` changes), and `PATCH .../{name}/status` (a JSON merge patch, or a server-side apply
+//! patch) changes only `.status`: it ignores every other field, as the real subresource does,
+//! keeps the generation, and answers 409 Conflict when it names a `metadata.resourceVersion`
+//! other than the object's. A patch that changes nothing writes nothing (no new
+//! resourceVersion, no watch event), as on a real server; [`FakeKube::status_patches`] counts
+//! every accepted one, so that a test can tell that a controller does not rewrite an unchanged
+//! status. A dry run (`dryRun=All`) answers what the patch would make and stores nothing.
+//! [`FakeKube::set_gateway_api`] uninstalls (and reinstalls) the Gateway API: while it
+//! is uninstalled the group is absent from discovery and every path under
+//! `/apis/gateway.networking.k8s.io` answers 404 NotFound, as for a group with no CRDs.
 //!
 //! Access reviews (SubjectAccessReview, SelfSubjectAccessReview) allow everything except what
 //! [`FakeKube::deny_access`] names, and [`FakeKube::forbid_access_reviews`] makes creating a
 //! SubjectAccessReview itself forbidden, as for a caller without that permission.
 //!
-//! Not modelled: writes through the API, finalizers and deletionTimestamp, the cascade of a
-//! Namespace's deletion, admission and RBAC (the one token may do everything; access reviews
-//! only answer), aggregated discovery, protobuf, HTTP/2 and TLS. A resourceVersion from the
-//! future is refused at once where the real server first waits a few seconds for its cache.
+//! Not modelled: writes through the API other than status PATCHes, finalizers and
+//! deletionTimestamp, the cascade of a Namespace's deletion, admission and RBAC (the one token
+//! may do everything; access reviews only answer), aggregated discovery, protobuf, HTTP/2 and
+//! TLS. A resourceVersion from the future is refused at once where the real server first
+//! waits a few seconds for its cache. The generation of the built-in kinds is not kept. The
+//! routes' schema is not validated, and only their `v1` is served. Status PATCHes take a JSON
+//! merge patch (RFC 7386) or a server-side apply patch written as JSON; a server-side apply
+//! patch is merged into `.status` as a merge patch would be, with no field ownership (no
+//! `managedFields`, no conflicts between managers, and fields the manager stops naming are
+//! kept); JSON patches (RFC 6902) are answered 415 as other media types are. Uninstalling the
+//! Gateway API ends the open watches of routes cleanly, as removing a CRD does, but hides the
+//! stored routes instead of deleting them: reinstalling shows them again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -60,6 +84,25 @@ const REQUEST_LOG: usize = 100_000;
 const MAX_BODY: usize = 3 * 1024 * 1024;
 /// The annotation on the bookmark that ends a streaming list's initial events.
 const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+/// The Gateway API's group, served as its CustomResourceDefinitions are, while installed.
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+/// The media type of a JSON merge patch (RFC 7386).
+const MERGE_PATCH: &str = "application/merge-patch+json";
+/// The media type of a server-side apply patch.
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
+/// The verbs discovery lists for a custom resource, in the real server's order.
+const CRD_VERBS: [&str; 8] = [
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "create",
+    "update",
+    "watch",
+];
+/// The verbs discovery lists for the status subresource of a custom resource.
+const STATUS_VERBS: [&str; 3] = ["get", "patch", "update"];
 
 /// A response body: a whole JSON document or a watch stream (whose error aborts the
 /// connection mid-response).
@@ -142,6 +185,10 @@ struct State {
     reviews_forbidden: bool,
     /// [`FakeKube::set_version`]: the `major` and `minor` that `/version` answers.
     version: (String, String),
+    /// [`FakeKube::set_gateway_api`]: whether the Gateway API's group is served.
+    gateway_api: bool,
+    /// [`FakeKube::status_patches`]: the status PATCHes accepted.
+    status_patches: usize,
 }
 
 /// One write to the store.
@@ -199,6 +246,11 @@ struct Resource {
     short_names: &'static [&'static str],
     /// Field-selector labels besides `metadata.name` and `metadata.namespace`.
     fields: &'static [&'static str],
+    /// Served as a CustomResourceDefinition with a status subresource: the CRD verbs in
+    /// discovery, `metadata.generation`, and PATCHes of `.../{name}/status`.
+    custom: bool,
+    /// The categories discovery lists (`kubectl get gateway-api`).
+    categories: &'static [&'static str],
 }
 
 /// A kind that is only ever created, to ask a question (TokenReview and the access reviews).
@@ -213,7 +265,7 @@ struct Review {
 /// The only version of every group served.
 const VERSION: &str = "v1";
 
-static RESOURCES: [Resource; 9] = [
+static RESOURCES: [Resource; 11] = [
     Resource {
         kind: "Namespace",
         plural: "namespaces",
@@ -222,6 +274,8 @@ static RESOURCES: [Resource; 9] = [
         namespaced: false,
         short_names: &["ns"],
         fields: &["status.phase"],
+        custom: false,
+        categories: &[],
     },
     Resource {
         kind: "Pod",
@@ -240,6 +294,8 @@ static RESOURCES: [Resource; 9] = [
             "status.podIP",
             "status.nominatedNodeName",
         ],
+        custom: false,
+        categories: &[],
     },
     Resource {
         kind: "Service",
@@ -249,6 +305,8 @@ static RESOURCES: [Resource; 9] = [
         namespaced: true,
         short_names: &["svc"],
         fields: &["spec.clusterIP", "spec.type"],
+        custom: false,
+        categories: &[],
     },
     Resource {
         kind: "Secret",
@@ -258,6 +316,8 @@ static RESOURCES: [Resource; 9] = [
         namespaced: true,
         short_names: &[],
         fields: &["type"],
+        custom: false,
+        categories: &[],
     },
     Resource {
         kind: "ConfigMap",
@@ -267,6 +327,8 @@ static RESOURCES: [Resource; 9] = [
         namespaced: true,
         short_names: &["cm"],
         fields: &[],
+        custom: false,
+        categories: &[],
     },
     Resource {
         kind: "EndpointSlice",
@@ -276,6 +338,8 @@ static RESOURCES: [Resource; 9] = [
         namespaced: true,
         short_names: &[],
         fields: &[],
+        custom: false,
+        categories: &[],
     },
     Resource {
         kind: "ServiceAccount",
@@ -285,6 +349,8 @@ static RESOURCES: [Resource; 9] = [
         namespaced: true,
         short_names: &["sa"],
         fields: &[],
+        custom: false,
+        categories: &[],
     },
     Resource {
         kind: "Deployment",
@@ -294,6 +360,8 @@ static RESOURCES: [Resource; 9] = [
         namespaced: true,
         short_names: &["deploy"],
         fields: &[],
+        custom: false,
+        categories: &[],
     },
     Resource {
         kind: "MutatingWebhookConfiguration",
@@ -303,6 +371,30 @@ static RESOURCES: [Resource; 9] = [
         namespaced: false,
         short_names: &[],
         fields: &[],
+        custom: false,
+        categories: &[],
+    },
+    Resource {
+        kind: "HTTPRoute",
+        plural: "httproutes",
+        singular: "httproute",
+        group: GATEWAY_GROUP,
+        namespaced: true,
+        short_names: &[],
+        fields: &[],
+        custom: true,
+        categories: &["gateway-api"],
+    },
+    Resource {
+        kind: "GRPCRoute",
+        plural: "grpcroutes",
+        singular: "grpcroute",
+        group: GATEWAY_GROUP,
+        namespaced: true,
+        short_names: &[],
+        fields: &[],
+        custom: true,
+        categories: &["gateway-api"],
     },
 ];
 
@@ -327,7 +419,8 @@ static REVIEWS: [Review; 3] = [
     },
 ];
 
-/// The named API groups, as `/apis` lists them.
+/// The named API groups built in, as `/apis` lists them (before the Gateway API's, while it
+/// is installed).
 static GROUPS: [&str; 5] = [
     "apps",
     "discovery.k8s.io",
@@ -358,6 +451,12 @@ enum Route {
         name: String,
     },
     Review(&'static Review),
+    /// `.../{name}/status` of a kind with a status subresource.
+    Status {
+        res: &'static Resource,
+        namespace: Option<String>,
+        name: String,
+    },
 }
 
 /// The query parameters of a list or watch.
@@ -478,6 +577,13 @@ impl FakeKube {
     /// (kept on replace) and a creationTimestamp (kept on replace), tells the watches
     /// (ADDED or MODIFIED), and returns the new resourceVersion.
     ///
+    /// An HTTPRoute or GRPCRoute also gets its `metadata.generation`: 1 when created, one
+    /// more when the replacement changes anything outside `metadata` and `status` (its
+    /// `spec`), the same otherwise. A replacement without a `status` keeps the stored one, as
+    /// an update of a custom resource with a status subresource does; one with a `status`
+    /// sets it. Routes are stored (and [`FakeKube::get`] finds them) even while the Gateway
+    /// API is uninstalled; the API server shows them once it is installed again.
+    ///
     /// Panics on an object of a kind the server does not store, or without a name, or with a
     /// namespace that does not fit its kind: those are mistakes in the test.
     pub fn apply(&self, mut obj: Value) -> String {
@@ -510,13 +616,36 @@ impl FakeKube {
             .filter(|t| t.is_string())
             .cloned()
             .unwrap_or_else(|| Value::String(rfc3339(SystemTime::now())));
+        let generation = res.custom.then(|| match &before {
+            None => 1,
+            Some(b) => {
+                let last = b
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                if spec_changed(b, &obj) {
+                    last + 1
+                } else {
+                    last
+                }
+            }
+        });
         if let Some(o) = obj.as_object_mut() {
             o.insert("apiVersion".into(), Value::String(res.api_version()));
+            if res.custom
+                && !o.contains_key("status")
+                && let Some(status) = before.as_ref().and_then(|b| b.get("status"))
+            {
+                o.insert("status".into(), status.clone());
+            }
         }
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
             meta.insert("uid".into(), Value::String(uid));
             meta.insert("creationTimestamp".into(), created);
+            if let Some(generation) = generation {
+                meta.insert("generation".into(), Value::from(generation));
+            }
         }
         st.objects
             .entry(res.kind)
@@ -675,6 +804,27 @@ impl FakeKube {
         self.inner.state().version = (major.to_owned(), minor.to_owned());
     }
 
+    /// Installs or uninstalls the Gateway API (installed when the server starts). Uninstalled,
+    /// `gateway.networking.k8s.io` is absent from `/apis` and every path under
+    /// `/apis/gateway.networking.k8s.io` answers 404 NotFound, as for a group with no CRDs;
+    /// uninstalling ends the open watches of routes cleanly, as removing a CRD does. The
+    /// stored routes stay (hidden) and show again once it is reinstalled.
+    pub fn set_gateway_api(&self, installed: bool) {
+        let mut st = self.inner.state();
+        st.gateway_api = installed;
+        if !installed {
+            let ended = st.take_watches_of(GATEWAY_GROUP);
+            drop(st);
+            drop(ended);
+        }
+    }
+
+    /// How many status PATCHes the server has accepted (answered 200), those that changed
+    /// nothing included; dry runs are not counted.
+    pub fn status_patches(&self) -> usize {
+        self.inner.state().status_patches
+    }
+
     /// Makes TokenReview know `token`.
     pub fn add_token(&self, token: &str, review: TokenInfo) {
         self.inner.state().tokens.insert(token.to_owned(), review);
@@ -747,6 +897,8 @@ impl State {
             denied: Vec::new(),
             reviews_forbidden: false,
             version: ("1".to_owned(), "33".to_owned()),
+            gateway_api: true,
+            status_patches: 0,
         }
     }
 
@@ -835,6 +987,86 @@ impl State {
         let watches = std::mem::take(&mut self.watches);
         self.publish();
         watches
+    }
+
+    /// Forgets the watches of the kinds of API `group`; the caller ends them.
+    fn take_watches_of(&mut self, group: &str) -> Vec<Watch> {
+        let (ended, kept): (Vec<Watch>, Vec<Watch>) = std::mem::take(&mut self.watches)
+            .into_iter()
+            .partition(|w| w.filter.res.group == group);
+        self.watches = kept;
+        if !ended.is_empty() {
+            self.publish();
+        }
+        ended
+    }
+
+    /// Applies a PATCH of the status subresource of an object: `patch` is merged into the
+    /// object (RFC 7386), and only the `.status` of the result is kept, as the real
+    /// subresource does. A patch that changes nothing writes nothing; a dry run stores
+    /// nothing. Answers the object as it is (or would be) after the patch.
+    fn patch_status(
+        &mut self,
+        res: &'static Resource,
+        namespace: Option<&str>,
+        name: &str,
+        patch: &Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let key = object_key(namespace, name);
+        let Some(before) = self
+            .objects
+            .get(res.kind)
+            .and_then(|m| m.get(&key))
+            .cloned()
+        else {
+            return Err(ApiError::not_found(res, name));
+        };
+        // A resourceVersion in the patch is a precondition.
+        if let Some(wanted) = patch
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .filter(|rv| !rv.is_empty())
+            && before
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                != Some(wanted)
+        {
+            return Err(ApiError::conflict(res, name));
+        }
+        let mut patched = before.clone();
+        merge_patch(&mut patched, patch);
+        let mut after = before.clone();
+        if let Some(o) = after.as_object_mut() {
+            match patched.get_mut("status").map(Value::take) {
+                Some(status) => o.insert("status".into(), status),
+                None => o.remove("status"),
+            };
+        }
+        if dry_run {
+            return Ok(after);
+        }
+        self.status_patches += 1;
+        if after == before {
+            return Ok(before);
+        }
+        self.rv += 1;
+        let rv = self.rv;
+        if let Some(meta) = after.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
+        }
+        self.objects
+            .entry(res.kind)
+            .or_default()
+            .insert(key.clone(), after.clone());
+        self.record(Change {
+            rv,
+            res,
+            key,
+            before: Some(before),
+            after: Some(after.clone()),
+        });
+        Ok(after)
     }
 
     fn publish(&self) {
@@ -1317,7 +1549,58 @@ impl ApiError {
             ..Self::new(
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                format!("{} {name:?} not found", res.plural),
+                format!("{} {name:?} not found", res.qualified()),
+            )
+        }
+    }
+
+    /// A write whose resourceVersion precondition no longer holds.
+    fn conflict(res: &Resource, name: &str) -> Self {
+        let mut details = json!({ "name": name, "kind": res.plural });
+        if !res.group.is_empty()
+            && let Some(d) = details.as_object_mut()
+        {
+            d.insert("group".into(), Value::String(res.group.into()));
+        }
+        Self {
+            details: Some(details),
+            ..Self::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} {name:?}: the object has been \
+                     modified; please apply your changes to the latest version and try again",
+                    res.qualified()
+                ),
+            )
+        }
+    }
+
+    /// A PATCH whose body is of a media type the server does not take.
+    fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types \
+                 include: {MERGE_PATCH}, {APPLY_PATCH}"
+            ),
+        )
+    }
+
+    /// Invalid PATCH query parameters: one `field` error of type `cause` (as
+    /// `FieldValueRequired`) whose text is `detail` (as `Required value: ...`).
+    fn invalid_patch_options(field: &str, cause: &str, detail: &str) -> Self {
+        Self {
+            details: Some(json!({
+                "group": "meta.k8s.io",
+                "kind": "PatchOptions",
+                "causes": [{ "reason": cause, "message": detail, "field": field }],
+            })),
+            ..Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("PatchOptions.meta.k8s.io \"\" is invalid: {field}: {detail}"),
             )
         }
     }
@@ -1415,15 +1698,51 @@ impl Resource {
         group_version(self.group)
     }
 
-    fn discovery(&self) -> Value {
-        json!({
-            "name": self.plural,
-            "singularName": self.singular,
+    /// The resource as errors name it: `pods`, `deployments.apps`.
+    fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_owned()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// Its entries in its group's APIResourceList: itself, then its status subresource for a
+    /// custom resource, as the real server lists a CRD with one. Empty lists are left out, as
+    /// on the wire.
+    fn discovery(&self) -> Vec<Value> {
+        let mut entry = Map::new();
+        entry.insert("name".into(), Value::String(self.plural.into()));
+        entry.insert("singularName".into(), Value::String(self.singular.into()));
+        entry.insert("namespaced".into(), Value::Bool(self.namespaced));
+        entry.insert("kind".into(), Value::String(self.kind.into()));
+        let verbs: &[&str] = if self.custom {
+            &CRD_VERBS
+        } else {
+            &["get", "list", "watch"]
+        };
+        entry.insert("verbs".into(), json!(verbs));
+        if !self.short_names.is_empty() {
+            entry.insert("shortNames".into(), json!(self.short_names));
+        }
+        if !self.categories.is_empty() {
+            entry.insert("categories".into(), json!(self.categories));
+        }
+        if !self.custom {
+            return vec![Value::Object(entry)];
+        }
+        entry.insert(
+            "storageVersionHash".into(),
+            Value::String(storage_version_hash(self.group, self.kind)),
+        );
+        let status = json!({
+            "name": format!("{}/status", self.plural),
+            "singularName": "",
             "namespaced": self.namespaced,
             "kind": self.kind,
-            "verbs": ["get", "list", "watch"],
-            "shortNames": self.short_names,
-        })
+            "verbs": STATUS_VERBS,
+        });
+        vec![Value::Object(entry), status]
     }
 }
 
@@ -1528,7 +1847,8 @@ async fn handle(
     if !authorized(req.headers()) {
         return ApiError::unauthorized().response();
     }
-    let Some(route) = route(&path) else {
+    let gateway_api = inner.state().gateway_api;
+    let Some(route) = route(&path, gateway_api) else {
         return ApiError::no_such_path().response();
     };
     let get = method == Method::GET;
@@ -1552,17 +1872,27 @@ async fn handle(
                 // The deprecated watch of one object: a watch of its collection by name.
                 return collection(inner, conn, res, namespace, Some(name), &path, &query);
             }
-            let key = object_key(namespace.as_deref(), &name);
-            let obj = inner
-                .state()
-                .objects
-                .get(res.kind)
-                .and_then(|m| m.get(&key))
-                .cloned();
-            match obj {
-                Some(obj) => json_response(StatusCode::OK, &obj),
-                None => ApiError::not_found(res, &name).response(),
-            }
+            get_object(inner, res, namespace.as_deref(), &name)
+        }
+        // The status subresource answers the whole object.
+        Route::Status {
+            res,
+            namespace,
+            name,
+        } if get => get_object(inner, res, namespace.as_deref(), &name),
+        Route::Status {
+            res,
+            namespace,
+            name,
+        } if method == Method::PATCH => {
+            let content_type = req
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let target = (res, namespace, name);
+            patch_status(inner, target, &content_type, &query, req.into_body()).await
         }
         Route::Version if get => {
             let (major, minor) = inner.state().version.clone();
@@ -1584,7 +1914,7 @@ async fn handle(
             &json!({
                 "kind": "APIGroupList",
                 "apiVersion": "v1",
-                "groups": GROUPS.iter().map(|g| group_discovery(g)).collect::<Vec<_>>(),
+                "groups": served_groups(gateway_api).map(group_discovery).collect::<Vec<_>>(),
             }),
         ),
         Route::Group(group) if get => {
@@ -1599,7 +1929,7 @@ async fn handle(
             let resources: Vec<Value> = RESOURCES
                 .iter()
                 .filter(|r| r.group == group)
-                .map(Resource::discovery)
+                .flat_map(Resource::discovery)
                 .chain(
                     REVIEWS
                         .iter()
@@ -1621,6 +1951,121 @@ async fn handle(
         }
         _ => ApiError::method_not_allowed().response(),
     }
+}
+
+/// A GET of one object.
+fn get_object(
+    inner: &Arc<Inner>,
+    res: &'static Resource,
+    namespace: Option<&str>,
+    name: &str,
+) -> Response<Body> {
+    let key = object_key(namespace, name);
+    let obj = inner
+        .state()
+        .objects
+        .get(res.kind)
+        .and_then(|m| m.get(&key))
+        .cloned();
+    match obj {
+        Some(obj) => json_response(StatusCode::OK, &obj),
+        None => ApiError::not_found(res, name).response(),
+    }
+}
+
+/// A PATCH of `.../{name}/status`: a JSON merge patch, or a server-side apply patch written
+/// as JSON (merged the same way), checked in the real server's order: media type, query
+/// parameters, body, then the object.
+async fn patch_status(
+    inner: &Arc<Inner>,
+    (res, namespace, name): (&'static Resource, Option<String>, String),
+    content_type: &str,
+    query: &str,
+    body: Incoming,
+) -> Response<Body> {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    let apply = match media {
+        MERGE_PATCH => false,
+        APPLY_PATCH => true,
+        _ => return ApiError::unsupported_media_type().response(),
+    };
+    let bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return ApiError::bad_request("unable to read the request body").response(),
+    };
+    let dry_run = match patch_options(query, apply) {
+        Ok(dry_run) => dry_run,
+        Err(e) => return e.response(),
+    };
+    let Ok(patch @ Value::Object(_)) = serde_json::from_slice::<Value>(&bytes) else {
+        let what = if apply {
+            "the apply patch is not a JSON object (the fake API server reads no YAML)"
+        } else {
+            "the merge patch is not a JSON object"
+        };
+        return ApiError::bad_request(what).response();
+    };
+    if apply {
+        let given = patch
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let expected = res.api_version();
+        if given != expected {
+            return ApiError::bad_request(format!(
+                "Incorrect version specified in apply patch. Specified patch version: {given}, \
+                 expected: {expected}"
+            ))
+            .response();
+        }
+    }
+    let patched = inner
+        .state()
+        .patch_status(res, namespace.as_deref(), &name, &patch, dry_run);
+    match patched {
+        Ok(obj) => json_response(StatusCode::OK, &obj),
+        Err(e) => e.response(),
+    }
+}
+
+/// The query parameters of a PATCH, checked as the real server checks PatchOptions: whether
+/// it is a dry run.
+fn patch_options(query: &str, apply: bool) -> Result<bool, ApiError> {
+    let mut field_manager = String::new();
+    let mut force = None;
+    let mut dry_run = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (percent_decode(k), percent_decode(v));
+        match k.as_str() {
+            "fieldManager" => field_manager = v,
+            "force" => force = parse_bool(&k, &v)?,
+            "dryRun" if v == "All" => dry_run = true,
+            "dryRun" => {
+                return Err(ApiError::invalid_patch_options(
+                    "dryRun",
+                    "FieldValueNotSupported",
+                    &format!("Unsupported value: [{v:?}]: supported values: \"All\""),
+                ));
+            }
+            _ => {}
+        }
+    }
+    if apply && field_manager.is_empty() {
+        return Err(ApiError::invalid_patch_options(
+            "fieldManager",
+            "FieldValueRequired",
+            "Required value: is required for apply patch",
+        ));
+    }
+    if !apply && force.is_some() {
+        return Err(ApiError::invalid_patch_options(
+            "force",
+            "FieldValueForbidden",
+            "Forbidden: may not be specified for non-apply patch",
+        ));
+    }
+    Ok(dry_run)
 }
 
 /// A list or a watch of `res`.
@@ -1746,21 +2191,23 @@ fn authorized(headers: &HeaderMap) -> bool {
         })
 }
 
-fn route(path: &str) -> Option<Route> {
+/// What `path` names; `gateway_api` is whether the Gateway API is installed.
+fn route(path: &str, gateway_api: bool) -> Option<Route> {
     let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
     if segments.iter().any(|s| s.is_empty()) {
         return None;
     }
+    let known = |group: &str| served_groups(gateway_api).find(|g| *g == group);
     match segments.as_slice() {
         ["version"] => Some(Route::Version),
         ["healthz" | "livez" | "readyz"] => Some(Route::Health),
         ["api"] => Some(Route::CoreVersions),
         ["apis"] => Some(Route::Groups),
         ["api", VERSION] => Some(Route::Resources("")),
-        ["apis", group] => known_group(group).map(Route::Group),
-        ["apis", group, VERSION] => known_group(group).map(Route::Resources),
+        ["apis", group] => known(group).map(Route::Group),
+        ["apis", group, VERSION] => known(group).map(Route::Resources),
         ["api", VERSION, rest @ ..] => resource_route("", rest),
-        ["apis", group, VERSION, rest @ ..] => resource_route(known_group(group)?, rest),
+        ["apis", group, VERSION, rest @ ..] => resource_route(known(group)?, rest),
         _ => None,
     }
 }
@@ -1801,12 +2248,27 @@ fn resource_route(group: &'static str, rest: &[&str]) -> Option<Route> {
             namespace: Some((*ns).to_owned()),
             name: (*name).to_owned(),
         }),
+        [plural, name, "status"] => Some(Route::Status {
+            res: find(plural).filter(|r| r.custom && !r.namespaced)?,
+            namespace: None,
+            name: (*name).to_owned(),
+        }),
+        ["namespaces", ns, plural, name, "status"] => Some(Route::Status {
+            res: find(plural).filter(|r| r.custom && r.namespaced)?,
+            namespace: Some((*ns).to_owned()),
+            name: (*name).to_owned(),
+        }),
         _ => None,
     }
 }
 
-fn known_group(group: &str) -> Option<&'static str> {
-    GROUPS.iter().copied().find(|g| *g == group)
+/// The named groups served, in the order `/apis` lists them: the built-in ones, then the
+/// Gateway API's while it is installed.
+fn served_groups(gateway_api: bool) -> impl Iterator<Item = &'static str> {
+    GROUPS
+        .iter()
+        .copied()
+        .chain(gateway_api.then_some(GATEWAY_GROUP))
 }
 
 fn resource_by_kind(kind: &str) -> Option<&'static Resource> {
@@ -1824,6 +2286,17 @@ fn group_version(group: &str) -> String {
 fn group_discovery(group: &str) -> Value {
     let gv = json!({ "groupVersion": group_version(group), "version": VERSION });
     json!({ "name": group, "versions": [gv.clone()], "preferredVersion": gv })
+}
+
+/// The storageVersionHash discovery gives a custom resource: the first 8 bytes of the SHA-256
+/// of `group/version/kind`, in standard base64.
+fn storage_version_hash(group: &str, kind: &str) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{group}/{VERSION}/{kind}").as_bytes(),
+    );
+    let prefix = digest.as_ref().get(..8).unwrap_or_default();
+    base64::engine::general_purpose::STANDARD.encode(prefix)
 }
 
 fn version(major: &str, minor: &str) -> Value {
@@ -1879,6 +2352,41 @@ fn bookmark_line(res: &Resource, rv: u64, initial_events_end: bool) -> Bytes {
         "BOOKMARK",
         &json!({ "kind": res.kind, "apiVersion": res.api_version(), "metadata": meta }),
     )
+}
+
+/// Applies the JSON merge patch `patch` to `target` (RFC 7386): an object patch merges
+/// member by member, `null` removing a member; anything else replaces the target.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(members) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in members {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// Whether `a` and `b` differ outside `metadata`, `status` and the type fields: what makes
+/// a custom resource with a status subresource a new generation.
+fn spec_changed(a: &Value, b: &Value) -> bool {
+    let rest = |v: &Value| -> BTreeMap<String, Value> {
+        v.as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "status"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    rest(a) != rest(b)
 }
 
 fn object_name(obj: &Value) -> (Option<String>, Option<String>) {

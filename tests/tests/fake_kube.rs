@@ -1,6 +1,7 @@
 //! The fake Kubernetes API server against the real `kube` client: paged lists, the runtime
 //! watcher through its list, watch, expiry, cut connections and a server restart, bookmarks,
-//! streaming lists, TokenReview, access reviews, discovery and refusals.
+//! streaming lists, TokenReview, access reviews, discovery and refusals, and the Gateway API's
+//! routes with their status subresource, generation, and the switch that uninstalls them.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
@@ -14,8 +15,12 @@ use http_body_util::BodyExt;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams, ObjectList, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DynamicObject, GroupVersionKind, ListParams, ObjectList, Patch, PatchParams, PostParams,
+    WatchEvent, WatchParams,
+};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::ApiResource;
 use kube::runtime::watcher;
 use kube::{Client, Config, ResourceExt};
 use serde_json::{Value, json};
@@ -879,4 +884,393 @@ async fn refuses_requests_without_the_token() {
             .iter()
             .any(|r| r.method == "DELETE" && r.path == "/api/v1/namespaces/a/pods/x")
     );
+}
+
+/// The Gateway API's group.
+const GATEWAY: &str = "gateway.networking.k8s.io";
+
+/// The dynamic type of the Gateway API's `kind` (HTTPRoute, GRPCRoute).
+fn route_type(kind: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(GATEWAY, "v1", kind))
+}
+
+/// An HTTPRoute for Service `api`, to `api-v2` on `port`.
+fn http_route(ns: &str, name: &str, port: u16) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": {
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "api", "port": 80 }],
+            "rules": [{ "backendRefs": [{ "name": "api-v2", "port": port }] }],
+        },
+    })
+}
+
+/// A route's status as a mesh controller writes it.
+fn accepted(generation: i64) -> Value {
+    json!({
+        "parents": [{
+            "parentRef": { "group": "", "kind": "Service", "name": "api", "port": 80 },
+            "controllerName": "weft.dev/mesh",
+            "conditions": [{
+                "type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                "observedGeneration": generation,
+                "lastTransitionTime": "2025-01-01T00:00:00Z",
+            }],
+        }],
+    })
+}
+
+/// The API error of a failed call.
+fn api_error<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> kube::core::Status {
+    match result {
+        Err(kube::Error::Api(status)) => *status,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn gateway_routes_with_status_subresource_and_generation() {
+    let fake = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_for(&fake, dir.path()).await;
+    let http = route_type("HTTPRoute");
+    fake.apply(http_route("a", "web", 8080));
+    fake.apply(http_route("b", "other", 8080));
+    fake.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": { "name": "rpc", "namespace": "a" },
+        "spec": { "rules": [{ "backendRefs": [{ "name": "api", "port": 9000 }] }] },
+    }));
+
+    // Listed across namespaces and in one, with generation 1 and a creationTimestamp.
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &http);
+    let list = all.list(&ListParams::default()).await.unwrap();
+    assert_eq!(
+        list.items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect::<Vec<_>>(),
+        ["web", "other"]
+    );
+    for route in &list.items {
+        assert_eq!(route.metadata.generation, Some(1));
+        assert!(route.metadata.creation_timestamp.is_some());
+        assert!(route.metadata.uid.is_some());
+    }
+    let in_a: Api<DynamicObject> = Api::namespaced_with(client.clone(), "a", &http);
+    let list = in_a.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    let spec = list.items[0].data["spec"].clone();
+    let listed_rv = list.metadata.resource_version.unwrap();
+    let w = in_a
+        .watch(&WatchParams::default(), &listed_rv)
+        .await
+        .unwrap();
+    let mut w = pin!(w);
+
+    // A status PATCH: only `.status` changes, the generation stays, the watch sees it.
+    let patch = json!({
+        "status": accepted(1),
+        "spec": { "rules": [] },
+        "metadata": { "labels": { "sneaked": "in" } },
+    });
+    let patched = in_a
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert_eq!(patched.data["status"], accepted(1));
+    assert_eq!(patched.data["spec"], spec);
+    assert!(patched.labels().is_empty());
+    assert_eq!(patched.metadata.generation, Some(1));
+    let patched_rv: u64 = patched.resource_version().unwrap().parse().unwrap();
+    assert!(patched_rv > listed_rv.parse().unwrap());
+    let ev = timeout(WAIT, w.next()).await.unwrap().unwrap().unwrap();
+    let WatchEvent::Modified(seen) = ev else {
+        panic!("expected Modified, got {ev:?}")
+    };
+    assert_eq!(seen.data["status"], accepted(1));
+    assert_eq!(seen.metadata.generation, Some(1));
+    assert_eq!(seen.resource_version(), patched.resource_version());
+    assert_eq!(fake.status_patches(), 1);
+
+    // The same status again is accepted but writes nothing: no new resourceVersion, no event
+    // (the next event is the apply's below).
+    let again = in_a
+        .patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": accepted(1) })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.resource_version(), patched.resource_version());
+    assert_eq!(fake.status_patches(), 2);
+
+    // A spec change through apply makes a new generation, and keeps the status.
+    fake.apply(http_route("a", "web", 9090));
+    let ev = timeout(WAIT, w.next()).await.unwrap().unwrap().unwrap();
+    let WatchEvent::Modified(seen) = ev else {
+        panic!("expected Modified, got {ev:?}")
+    };
+    assert_eq!(seen.metadata.generation, Some(2));
+    assert_eq!(
+        seen.data["spec"]["rules"][0]["backendRefs"][0]["port"],
+        9090
+    );
+    assert_eq!(seen.data["status"], accepted(1));
+    assert_eq!(
+        seen.metadata.creation_timestamp,
+        patched.metadata.creation_timestamp
+    );
+    // A change of metadata alone does not.
+    let mut labelled = http_route("a", "web", 9090);
+    labelled["metadata"]["labels"] = json!({ "team": "a" });
+    fake.apply(labelled);
+    let stored = fake.get("HTTPRoute", Some("a"), "web").unwrap();
+    assert_eq!(stored["metadata"]["generation"], 2);
+    assert_eq!(stored["metadata"]["labels"]["team"], "a");
+    let got = in_a.get_status("web").await.unwrap();
+    assert_eq!(got.metadata.generation, Some(2));
+    assert_eq!(got.data["status"], accepted(1));
+
+    // A resourceVersion precondition: a stale one conflicts, the current one passes.
+    let stale = json!({ "metadata": { "resourceVersion": listed_rv }, "status": accepted(2) });
+    let status = api_error(
+        in_a.patch_status("web", &PatchParams::default(), &Patch::Merge(&stale))
+            .await,
+    );
+    assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+    let current = got.resource_version().unwrap();
+    let fresh = json!({ "metadata": { "resourceVersion": current }, "status": accepted(2) });
+    let updated = in_a
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&fresh))
+        .await
+        .unwrap();
+    assert_eq!(updated.data["status"], accepted(2));
+    assert_eq!(updated.metadata.generation, Some(2));
+
+    // A missing route.
+    let status = api_error(
+        in_a.patch_status(
+            "nope",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": accepted(1) })),
+        )
+        .await,
+    );
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    assert_eq!(
+        status.message,
+        "httproutes.gateway.networking.k8s.io \"nope\" not found"
+    );
+
+    // Server-side apply of a GRPCRoute's status, merged into `.status`.
+    let grpc: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "a", &route_type("GRPCRoute"));
+    let applied = grpc
+        .patch_status(
+            "rpc",
+            &PatchParams::apply("weft-test"),
+            &Patch::Apply(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+                "status": accepted(1),
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.data["status"], accepted(1));
+    assert_eq!(applied.metadata.generation, Some(1));
+    assert_eq!(fake.status_patches(), 4);
+
+    // Other media types, an apply without a field manager, and every other write.
+    let web = "/apis/gateway.networking.k8s.io/v1/namespaces/a/httproutes/web";
+    for (method, path, content_type, code, reason) in [
+        (
+            "PATCH",
+            format!("{web}/status"),
+            "application/json-patch+json",
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            "PATCH",
+            format!("{web}/status"),
+            "application/apply-patch+yaml",
+            422,
+            "Invalid",
+        ),
+        (
+            "PATCH",
+            web.to_owned(),
+            "application/merge-patch+json",
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            "PUT",
+            format!("{web}/status"),
+            "application/json",
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            "DELETE",
+            web.to_owned(),
+            "application/json",
+            405,
+            "MethodNotAllowed",
+        ),
+    ] {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(&path)
+            .header("content-type", content_type)
+            .body(br#"{"status":{}}"#.to_vec())
+            .unwrap();
+        let status = api_error(client.request_text(req).await);
+        assert_eq!(
+            (status.code, status.reason.as_str()),
+            (code, reason),
+            "{method} {path} ({content_type})"
+        );
+    }
+    assert_eq!(fake.status_patches(), 4);
+    let patches = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path == format!("{web}/status"))
+        .count();
+    assert_eq!(patches, 6, "{:?}", fake.requests());
+
+    // Discovery: the group, its version's resources with their status subresources.
+    let resources = client
+        .list_api_group_resources("gateway.networking.k8s.io/v1")
+        .await
+        .unwrap();
+    let names: Vec<&str> = resources
+        .resources
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "httproutes",
+            "httproutes/status",
+            "grpcroutes",
+            "grpcroutes/status"
+        ]
+    );
+    let crd_verbs = [
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "create",
+        "update",
+        "watch",
+    ];
+    for r in &resources.resources {
+        if r.name.ends_with("/status") {
+            assert_eq!(r.verbs, ["get", "patch", "update"], "{}", r.name);
+        } else {
+            assert_eq!(r.verbs, crd_verbs, "{}", r.name);
+            assert_eq!(
+                r.categories.as_deref(),
+                Some(&["gateway-api".to_owned()][..])
+            );
+            assert!(r.storage_version_hash.is_some(), "{}", r.name);
+        }
+        assert!(r.namespaced, "{}", r.name);
+    }
+    let groups = client.list_api_groups().await.unwrap();
+    let group = groups.groups.iter().find(|g| g.name == GATEWAY).unwrap();
+    assert_eq!(
+        group.preferred_version.as_ref().unwrap().group_version,
+        "gateway.networking.k8s.io/v1"
+    );
+    let req = http::Request::get("/apis/gateway.networking.k8s.io")
+        .body(Vec::new())
+        .unwrap();
+    let doc: Value = serde_json::from_str(&client.request_text(req).await.unwrap()).unwrap();
+    assert_eq!(
+        (doc["kind"].as_str(), doc["name"].as_str()),
+        (Some("APIGroup"), Some(GATEWAY))
+    );
+    let discovery = kube::Discovery::new(client).run().await.unwrap();
+    for kind in ["HTTPRoute", "GRPCRoute"] {
+        let gvk = GroupVersionKind::gvk(GATEWAY, "v1", kind);
+        let (ar, caps) = discovery.resolve_gvk(&gvk).unwrap();
+        assert_eq!(ar.plural, format!("{}s", kind.to_lowercase()));
+        assert!(caps.supports_operation(kube::discovery::verbs::WATCH));
+    }
+}
+
+#[tokio::test]
+async fn gateway_api_uninstalled_is_not_found() {
+    let fake = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_for(&fake, dir.path()).await;
+    let http = route_type("HTTPRoute");
+    fake.apply(http_route("a", "web", 8080));
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "a", &http);
+    let list = api.list(&ListParams::default()).await.unwrap();
+    let rv = list.metadata.resource_version.unwrap();
+    let w = api.watch(&WatchParams::default(), &rv).await.unwrap();
+    let mut w = pin!(w);
+    timeout(
+        WAIT,
+        fake.watchers(
+            "/apis/gateway.networking.k8s.io/v1/namespaces/a/httproutes",
+            1,
+        ),
+    )
+    .await
+    .unwrap();
+
+    // Uninstalled: the open watch ends cleanly; everything under the group is 404.
+    fake.set_gateway_api(false);
+    assert!(timeout(WAIT, w.next()).await.unwrap().is_none());
+    let status = api_error(api.list(&ListParams::default()).await);
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &http);
+    let status = api_error(all.list(&ListParams::default()).await);
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    let status = api_error(
+        api.patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": accepted(1) })),
+        )
+        .await,
+    );
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    for path in [
+        "/apis/gateway.networking.k8s.io",
+        "/apis/gateway.networking.k8s.io/v1",
+    ] {
+        let req = http::Request::get(path).body(Vec::new()).unwrap();
+        let status = api_error(client.request_text(req).await);
+        assert_eq!(
+            (status.code, status.reason.as_str()),
+            (404, "NotFound"),
+            "{path}"
+        );
+    }
+    let groups = client.list_api_groups().await.unwrap();
+    assert!(groups.groups.iter().all(|g| g.name != GATEWAY));
+    let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
+    assert!(!discovery.has_group(GATEWAY));
+    assert!(discovery.has_group("apps"));
+    assert_eq!(fake.status_patches(), 0);
+
+    // Reinstalled: the route shows again.
+    fake.set_gateway_api(true);
+    let list = api.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items[0].name_any(), "web");
+    let discovery = kube::Discovery::new(client).run().await.unwrap();
+    assert!(discovery.has_group(GATEWAY));
 }

@@ -241,7 +241,7 @@ async fn a_healthy_install_passes_every_check() {
     run.expect(
         "control-plane-rbac",
         "ok",
-        "system:serviceaccount:weft:weft-control may do all 10 things",
+        "system:serviceaccount:weft:weft-control may do all 14 things",
     );
     run.expect(
         "control-plane",
@@ -282,7 +282,10 @@ async fn a_healthy_install_passes_every_check() {
         .into_iter()
         .filter(|r| r.method == "POST" && r.path.ends_with("/subjectaccessreviews"))
         .count();
-    assert_eq!(reviews, 10);
+    assert_eq!(
+        reviews,
+        weft_kubernetes::check::CONTROL_PLANE_PERMISSIONS.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

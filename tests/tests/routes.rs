@@ -143,6 +143,25 @@ async fn header_path_rewrite_redirect_and_no_match_rules_apply() {
     // No rule matches: 404 from the proxy.
     let (status, backend, _, _) = get(&http, up, "/private/x", &[]).await;
     assert_eq!((status, backend.as_str()), (StatusCode::NOT_FOUND, ""));
+
+    // Route metrics: by route, rule and backend, the redirect under backend "-".
+    let text = weft_tests::admin_get(c.client.admin_addr, "GET", "/metrics")
+        .await
+        .1;
+    let count = |rule: &str, backend: &str| {
+        weft_tests::metric(
+            &text,
+            "weft_route_requests_total",
+            &[
+                "route=\"test/web\"",
+                &format!("rule=\"{rule}\""),
+                &format!("backend=\"{backend}\""),
+            ],
+        )
+    };
+    assert_eq!(count("0", "web-v2.test"), 5.0, "{text}");
+    assert_eq!(count("1", "-"), 1.0, "{text}");
+    assert_eq!(count("2", "web-v2.test"), 1.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

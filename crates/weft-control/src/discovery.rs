@@ -128,9 +128,19 @@ pub fn answer(
     let policy = if only.is_some() {
         TrafficPolicy::default()
     } else {
+        // The mesh file's routes first, then each platform's.
+        let platform = registry.routes();
+        let http = cfg
+            .http_routes
+            .iter()
+            .chain(platform.iter().flat_map(|r| r.http.iter()));
+        let grpc = cfg
+            .grpc_routes
+            .iter()
+            .chain(platform.iter().flat_map(|r| r.grpc.iter()));
         traffic_to_wire(&for_service(
-            cfg.http_routes.iter(),
-            cfg.grpc_routes.iter(),
+            http,
+            grpc,
             &name,
             service_port.port,
             identity.namespace(),

@@ -26,6 +26,7 @@ use imbl::{OrdMap, OrdSet};
 use tokio::sync::watch;
 
 use crate::model::{AddressKind, Service, ServiceName, WorkloadKey};
+use crate::policy::traffic::SourceRoutes;
 
 /// The registry. Cheap to clone; all clones share one state.
 #[derive(Clone, Debug)]
@@ -45,6 +46,8 @@ pub struct RegistrySnapshot {
     addresses: OrdMap<SocketAddr, OrdSet<AddressRef>>,
     /// Which service ports each workload serves, and at which endpoint address.
     workloads: OrdMap<WorkloadRef, OrdSet<ServerRef>>,
+    /// Each source's routes (platform objects such as Gateway API routes).
+    routes: OrdMap<Arc<str>, Arc<SourceRoutes>>,
 }
 
 /// A service port that an address leads to.
@@ -326,6 +329,44 @@ impl RegistryWriter {
         });
     }
 
+    /// Replaces this source's routes. The services whose routes changed (old or new parents)
+    /// wake their followers, by name and by virtual address; nothing else does.
+    pub fn replace_routes(&self, routes: SourceRoutes) {
+        let routes = Arc::new(routes);
+        self.registry.tx.send_if_modified(|snap| {
+            let old = snap.routes.get(&self.source).cloned().unwrap_or_default();
+            if *old == *routes {
+                return false;
+            }
+            let mut parents: HashSet<ServiceName> = HashSet::new();
+            for r in [&old, &routes] {
+                parents.extend(r.parents().cloned());
+            }
+            let mut touched = HashSet::new();
+            for name in parents {
+                if let Some(service) = snap.service(&name) {
+                    for ip in &service.virtual_ips {
+                        for port in &service.ports {
+                            touched.insert(Topic::Address(SocketAddr::new(*ip, port.port)));
+                        }
+                    }
+                }
+                touched.insert(Topic::Service(name));
+            }
+            let mut next = (**snap).clone();
+            if routes.is_empty() {
+                next.routes.remove(&self.source);
+            } else {
+                next.routes.insert(self.source.clone(), routes.clone());
+            }
+            next.version += 1;
+            *snap = Arc::new(next);
+            // As in `modify`: woken before the new version is visible.
+            self.registry.topics.notify(&touched);
+            true
+        });
+    }
+
     /// Removes one service; removing an unknown one is not an error.
     pub fn remove(&self, name: &ServiceName) {
         self.modify(|current| match current.get(name) {
@@ -487,6 +528,11 @@ impl RegistrySnapshot {
             .get(workload)
             .into_iter()
             .flat_map(|s| s.iter())
+    }
+
+    /// Every source's routes, by source name.
+    pub fn routes(&self) -> Vec<&Arc<SourceRoutes>> {
+        self.routes.values().collect()
     }
 
     /// How many endpoints the registry holds, over every source.

@@ -3,6 +3,9 @@
 //! - `weft_requests_total{direction, service, peer}`
 //! - `weft_responses_total{direction, service, peer, status_code, classification}`
 //! - `weft_response_latency_seconds{direction, service, peer}` (to response headers)
+//! - `weft_route_requests_total{route, rule, backend}`, `weft_route_responses_total{route,
+//!   rule, backend, status_code, classification}`, `weft_route_response_latency_seconds{route,
+//!   rule, backend}`: outbound requests a route sent (redirects are under backend `-`)
 //! - `weft_tcp_open_connections{direction, peer}`, `weft_tcp_connections_total`,
 //!   `weft_tcp_read_bytes_total`, `weft_tcp_write_bytes_total`
 //! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`,
@@ -66,6 +69,32 @@ pub struct ResponseLabels {
     pub classification: String,
 }
 
+/// Labels of route metrics: bounded by the routes the mesh sends (never a path).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route, `namespace/name`.
+    pub route: String,
+    /// The rule: its name, or its index.
+    pub rule: String,
+    /// The backend service (`name.namespace`, with `:port` when the route names one).
+    pub backend: String,
+}
+
+/// Labels of route response counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteResponseLabels {
+    /// See [`RouteLabels::route`].
+    pub route: String,
+    /// See [`RouteLabels::rule`].
+    pub rule: String,
+    /// See [`RouteLabels::backend`].
+    pub backend: String,
+    /// HTTP status code, or empty when no response came.
+    pub status_code: String,
+    /// `success` or `failure`.
+    pub classification: String,
+}
+
 /// Labels of TCP metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
@@ -108,6 +137,12 @@ pub struct Metrics {
     pub responses: Family<ResponseLabels, Counter>,
     /// Latency to response headers.
     pub latency: Family<RequestLabels, Histogram>,
+    /// Requests per route rule and backend.
+    pub route_requests: Family<RouteLabels, Counter>,
+    /// Responses per route rule and backend.
+    pub route_responses: Family<RouteResponseLabels, Counter>,
+    /// Latency per route rule and backend.
+    pub route_latency: Family<RouteLabels, Histogram>,
     /// Open TCP connections.
     pub tcp_open: Family<TcpLabels, Gauge>,
     /// TCP connections accepted.
@@ -144,6 +179,27 @@ impl Default for Metrics {
         let responses = Family::<ResponseLabels, Counter>::default();
         let latency = Family::<RequestLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(latency_buckets())) as fn() -> Histogram,
+        );
+        let route_requests = Family::<RouteLabels, Counter>::default();
+        let route_responses = Family::<RouteResponseLabels, Counter>::default();
+        let route_latency = Family::<RouteLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(latency_buckets())) as fn() -> Histogram,
+        );
+        registry.register(
+            "weft_route_requests",
+            "HTTP requests per route rule and backend",
+            route_requests.clone(),
+        );
+        registry.register(
+            "weft_route_responses",
+            "HTTP responses per route rule and backend",
+            route_responses.clone(),
+        );
+        registry.register_with_unit(
+            "weft_route_response_latency",
+            "Time from request to response headers, per route rule and backend",
+            prometheus_client::registry::Unit::Seconds,
+            route_latency.clone(),
         );
         let tcp_open = Family::<TcpLabels, Gauge>::default();
         let tcp_total = Family::<TcpLabels, Counter>::default();
@@ -210,6 +266,9 @@ impl Default for Metrics {
             requests,
             responses,
             latency,
+            route_requests,
+            route_responses,
+            route_latency,
             tcp_open,
             tcp_total,
             tcp_read,
@@ -249,13 +308,26 @@ impl Metrics {
 #[derive(Clone, Debug)]
 pub struct RequestMetrics(Arc<Handles>);
 
-#[derive(Debug)]
 struct Handles {
-    labels: RequestLabels,
     requests: Counter,
     latency: Histogram,
     responses: Mutex<Vec<ResponseCounter>>,
-    metrics: Metrics,
+    /// Makes the response counter of a status (`None`: no response) and classification.
+    make: Box<dyn Fn(Option<u16>, bool) -> Counter + Send + Sync>,
+}
+
+impl std::fmt::Debug for Handles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handles").finish_non_exhaustive()
+    }
+}
+
+fn status_label(status: Option<u16>) -> String {
+    status.map(|s| s.to_string()).unwrap_or_default()
+}
+
+fn classification(failed: bool) -> String {
+    if failed { "failure" } else { "success" }.to_string()
 }
 
 /// A response counter by status (`None`: no response) and failure classification.
@@ -264,12 +336,43 @@ type ResponseCounter = (Option<u16>, bool, Counter);
 impl RequestMetrics {
     /// Handles for `labels`.
     pub fn new(metrics: &Metrics, labels: RequestLabels) -> Self {
+        let family = metrics.responses.clone();
         Self(Arc::new(Handles {
             requests: metrics.requests.get_or_create(&labels).clone(),
             latency: metrics.latency.get_or_create(&labels).clone(),
             responses: Mutex::default(),
-            metrics: metrics.clone(),
-            labels,
+            make: Box::new(move |status, failed| {
+                family
+                    .get_or_create(&ResponseLabels {
+                        status_code: status_label(status),
+                        classification: classification(failed),
+                        direction: labels.direction,
+                        service: labels.service.clone(),
+                        peer: labels.peer.clone(),
+                    })
+                    .clone()
+            }),
+        }))
+    }
+
+    /// Handles for one backend of one route rule (`weft_route_*`).
+    pub fn for_route(metrics: &Metrics, labels: RouteLabels) -> Self {
+        let family = metrics.route_responses.clone();
+        Self(Arc::new(Handles {
+            requests: metrics.route_requests.get_or_create(&labels).clone(),
+            latency: metrics.route_latency.get_or_create(&labels).clone(),
+            responses: Mutex::default(),
+            make: Box::new(move |status, failed| {
+                family
+                    .get_or_create(&RouteResponseLabels {
+                        route: labels.route.clone(),
+                        rule: labels.rule.clone(),
+                        backend: labels.backend.clone(),
+                        status_code: status_label(status),
+                        classification: classification(failed),
+                    })
+                    .clone()
+            }),
         }))
     }
 
@@ -307,17 +410,7 @@ impl RequestMetrics {
             c.inc();
             return;
         }
-        let counter = h
-            .metrics
-            .responses
-            .get_or_create(&ResponseLabels {
-                status_code: status.map(|s| s.to_string()).unwrap_or_default(),
-                classification: if failed { "failure" } else { "success" }.to_string(),
-                direction: h.labels.direction,
-                service: h.labels.service.clone(),
-                peer: h.labels.peer.clone(),
-            })
-            .clone();
+        let counter = (h.make)(status, failed);
         counter.inc();
         cache.push((status, failed, counter));
     }

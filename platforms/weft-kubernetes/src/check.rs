@@ -659,9 +659,9 @@ const fn permission(verb: &'static str, group: &'static str, resource: &'static 
 }
 
 /// What the Kubernetes adapter does with the API: watch (list, then watch) namespaces,
-/// Services, pods and EndpointSlices, get the pod of a proxy that attests, and review its
-/// token.
-pub const CONTROL_PLANE_PERMISSIONS: [Permission; 10] = [
+/// Services, pods, EndpointSlices and Gateway API routes, get the pod of a proxy that attests,
+/// and review its token. (It also writes the routes' status subresource.)
+pub const CONTROL_PLANE_PERMISSIONS: [Permission; 14] = [
     permission("list", "", "namespaces"),
     permission("watch", "", "namespaces"),
     permission("list", "", "services"),
@@ -672,6 +672,10 @@ pub const CONTROL_PLANE_PERMISSIONS: [Permission; 10] = [
     permission("list", "discovery.k8s.io", "endpointslices"),
     permission("watch", "discovery.k8s.io", "endpointslices"),
     permission("create", "authentication.k8s.io", "tokenreviews"),
+    permission("list", "gateway.networking.k8s.io", "httproutes"),
+    permission("watch", "gateway.networking.k8s.io", "httproutes"),
+    permission("list", "gateway.networking.k8s.io", "grpcroutes"),
+    permission("watch", "gateway.networking.k8s.io", "grpcroutes"),
 ];
 
 /// The SubjectAccessReview asking whether the control plane's ServiceAccount in `ns` may do

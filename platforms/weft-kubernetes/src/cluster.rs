@@ -8,6 +8,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1 as core;
+use weft_core::policy::traffic::SourceRoutes;
+
+use crate::routes::{
+    GrpcRouteObject, HttpRouteObject, RouteInfo, RouteKind, RouteStore, StatusUpdate,
+};
 use k8s_openapi::api::discovery::v1 as discovery;
 use weft_core::{
     Endpoint, EndpointState, Identity, Protocol, Service, ServiceName, ServicePort, TrustDomain,
@@ -96,6 +101,8 @@ pub(crate) enum Kind {
     Service,
     Slice,
     Pod,
+    HttpRoute,
+    GrpcRoute,
 }
 
 impl Kind {
@@ -105,6 +112,17 @@ impl Kind {
             Kind::Service => "Service",
             Kind::Slice => "EndpointSlice",
             Kind::Pod => "Pod",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+        }
+    }
+
+    /// The route kind this is, if it is one.
+    fn route(self) -> Option<RouteKind> {
+        match self {
+            Kind::HttpRoute => Some(RouteKind::Http),
+            Kind::GrpcRoute => Some(RouteKind::Grpc),
+            _ => None,
         }
     }
 }
@@ -116,6 +134,7 @@ pub(crate) enum Object {
     Service(Key, ServiceInfo),
     Slice(Key, SliceInfo),
     Pod(Key, PodInfo),
+    Route(RouteKind, Key, RouteInfo),
 }
 
 impl Object {
@@ -125,6 +144,8 @@ impl Object {
             Object::Service(..) => Kind::Service,
             Object::Slice(..) => Kind::Slice,
             Object::Pod(..) => Kind::Pod,
+            Object::Route(RouteKind::Http, ..) => Kind::HttpRoute,
+            Object::Route(RouteKind::Grpc, ..) => Kind::GrpcRoute,
         }
     }
 
@@ -132,6 +153,7 @@ impl Object {
         match self {
             Object::Namespace(name, _) => (String::new(), name.clone()),
             Object::Service(k, _) | Object::Slice(k, _) | Object::Pod(k, _) => k.clone(),
+            Object::Route(_, k, _) => k.clone(),
         }
     }
 }
@@ -144,6 +166,26 @@ fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> 
 }
 
 // === conversions ===
+
+impl From<&HttpRouteObject> for Object {
+    fn from(r: &HttpRouteObject) -> Self {
+        Object::Route(
+            RouteKind::Http,
+            key_of(&r.metadata),
+            RouteInfo::of(&r.metadata, &r.spec),
+        )
+    }
+}
+
+impl From<&GrpcRouteObject> for Object {
+    fn from(r: &GrpcRouteObject) -> Self {
+        Object::Route(
+            RouteKind::Grpc,
+            key_of(&r.metadata),
+            RouteInfo::of(&r.metadata, &r.spec),
+        )
+    }
+}
 
 impl From<&core::Namespace> for Object {
     fn from(ns: &core::Namespace) -> Self {
@@ -395,6 +437,8 @@ pub(crate) struct Cluster {
     services_of_pod: HashMap<Key, BTreeMap<String, usize>>,
     /// Services to recompute.
     dirty: BTreeSet<Key>,
+    /// Gateway API routes.
+    routes: RouteStore,
 }
 
 impl Cluster {
@@ -409,6 +453,7 @@ impl Cluster {
             slices_of: HashMap::new(),
             services_of_pod: HashMap::new(),
             dirty: BTreeSet::new(),
+            routes: RouteStore::default(),
         }
     }
 
@@ -424,10 +469,13 @@ impl Cluster {
             }
             Object::Service(key, info) => {
                 if self.services.get(&key) != Some(&info) {
+                    // Whether it exists decides routes' statuses.
+                    self.routes.dirty |= !self.services.contains_key(&key);
                     self.services.insert(key.clone(), info);
                     self.dirty.insert(key);
                 }
             }
+            Object::Route(kind, key, info) => self.routes.apply(kind, key, info),
             Object::Slice(key, info) => {
                 if self.slices.get(&key) != Some(&info) {
                     self.remove_slice(&key);
@@ -456,8 +504,11 @@ impl Cluster {
             Kind::Service => {
                 if self.services.remove(key).is_some() {
                     self.dirty.insert(key.clone());
+                    self.routes.dirty = true;
                 }
             }
+            Kind::HttpRoute => self.routes.delete(RouteKind::Http, key),
+            Kind::GrpcRoute => self.routes.delete(RouteKind::Grpc, key),
             Kind::Slice => self.remove_slice(key),
             Kind::Pod => {
                 if self.pods.remove(key).is_some() {
@@ -490,6 +541,10 @@ impl Cluster {
             Kind::Service => self.services.keys().cloned().collect(),
             Kind::Slice => self.slices.keys().cloned().collect(),
             Kind::Pod => self.pods.keys().cloned().collect(),
+            Kind::HttpRoute | Kind::GrpcRoute => kind
+                .route()
+                .map(|k| self.routes.keys(k))
+                .unwrap_or_default(),
         };
         let gone: Vec<Key> = known
             .into_iter()
@@ -581,6 +636,20 @@ impl Cluster {
                 Some((name, service))
             })
             .collect()
+    }
+
+    /// The routes to serve and the statuses to write, if the routes (or the services they
+    /// name) changed since the last call.
+    pub(crate) fn take_routes(&mut self) -> Option<(SourceRoutes, Vec<StatusUpdate>)> {
+        if !self.routes.dirty {
+            return None;
+        }
+        let services = &self.services;
+        Some(self.routes.translate(|name| {
+            services
+                .get(&(name.namespace.clone(), name.name.clone()))
+                .is_some_and(|s| !s.external_name)
+        }))
     }
 
     /// Every service, as for a full sync; clears the stale set.

@@ -22,6 +22,13 @@
 //! kind is being relisted, writes wait (at most [`RELIST_HOLD`]) until the relist is complete,
 //! so a relist never shows a service vanishing and coming back.
 //!
+//! # Routes
+//! Where the API server serves the Gateway API (its CRDs are installed; asked once at start),
+//! the adapter also watches `HTTPRoute` and `GRPCRoute` objects whose `parentRefs` name a
+//! Service (the GAMMA mesh profile), turns them into the mesh's routes beside the mesh file's,
+//! and writes each one's `status.parents` (`Accepted`, `ResolvedRefs`) when it changes (see the
+//! `routes` module).
+//!
 //! # Attestation
 //! A proxy presents a projected ServiceAccount token issued for the audience `weft` (or the
 //! configured one). The adapter asks the API server with a TokenReview for that audience and
@@ -43,6 +50,7 @@ pub mod check;
 mod cluster;
 pub mod config;
 pub mod inject;
+mod routes;
 mod watch;
 pub mod webhook;
 

@@ -1,9 +1,10 @@
 //! The watch loop: one kube watcher per kind (and per namespace, when the settings name
 //! some), merged into one stream that updates the [`Cluster`] and, in batches, the registry.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::stream::{BoxStream, SelectAll};
@@ -19,7 +20,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use weft_core::RegistryWriter;
 
-use crate::cluster::{Cluster, Kind, Object, Scope};
+use crate::cluster::{Cluster, Key, Kind, Object, Scope};
+use crate::routes::{self, GrpcRouteObject, HttpRouteObject, RouteKind, StatusUpdate};
 use crate::{KubernetesPlatform, RELIST_HOLD};
 
 /// At most this many events that are ready at once go into one registry write.
@@ -50,7 +52,16 @@ pub(crate) async fn run(
     registry: RegistryWriter,
     shutdown: CancellationToken,
 ) {
-    let (specs, mut streams) = streams(platform);
+    let routes = route_kinds(&platform.client).await;
+    let statuses = Arc::new(StatusQueue::default());
+    if !routes.is_empty() {
+        tokio::spawn(write_statuses(
+            platform.client.clone(),
+            statuses.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let (specs, mut streams) = streams(platform, &routes);
     let mut cluster = Cluster::new(platform.trust_domain.clone(), platform.namespaces.clone());
     let mut lists: HashMap<usize, Vec<Object>> = HashMap::new();
     // Streams that have not completed their first list, and those relisting now.
@@ -97,6 +108,11 @@ pub(crate) async fn run(
                     services = services.len(),
                     "initial list complete"
                 );
+                // Routes first: a reader that sees the source synced sees its routes too.
+                if let Some((routes, updates)) = cluster.take_routes() {
+                    registry.replace_routes(routes);
+                    statuses.push(updates);
+                }
                 registry.replace_all(services);
                 synced = true;
             }
@@ -113,6 +129,102 @@ pub(crate) async fn run(
                 "registry update"
             );
             registry.update(changes);
+        }
+        if let Some((routes, updates)) = cluster.take_routes() {
+            registry.replace_routes(routes);
+            statuses.push(updates);
+        }
+    }
+}
+
+/// The route kinds the API server serves (the Gateway API CRDs installed), asked once at
+/// start: without them the mesh's routes come from the mesh file alone.
+async fn route_kinds(client: &kube::Client) -> Vec<Kind> {
+    match client
+        .list_api_group_resources(&format!("{}/{}", routes::GROUP, routes::VERSION))
+        .await
+    {
+        Ok(list) => {
+            let has = |plural: &str| list.resources.iter().any(|r| r.name == plural);
+            let kinds: Vec<Kind> = [
+                ("httproutes", Kind::HttpRoute),
+                ("grpcroutes", Kind::GrpcRoute),
+            ]
+            .into_iter()
+            .filter(|(plural, _)| has(plural))
+            .map(|(_, kind)| kind)
+            .collect();
+            tracing::info!(platform = crate::NAME, kinds = ?kinds, "Gateway API routes watched");
+            kinds
+        }
+        Err(e) => {
+            tracing::info!(platform = crate::NAME, error = %e, "no Gateway API routes (the CRDs are not installed); routes come from the mesh file only");
+            Vec::new()
+        }
+    }
+}
+
+/// Route statuses waiting to be written; a newer status of a route replaces a pending one.
+#[derive(Debug, Default)]
+struct StatusQueue {
+    pending: Mutex<BTreeMap<(RouteKind, Key), serde_json::Value>>,
+    ready: tokio::sync::Notify,
+}
+
+impl StatusQueue {
+    fn push(&self, updates: Vec<StatusUpdate>) {
+        if updates.is_empty() {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        for u in updates {
+            pending.insert((u.kind, u.key), u.status);
+        }
+        drop(pending);
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> BTreeMap<(RouteKind, Key), serde_json::Value> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Writes route statuses as they come, until `shutdown`. A failed write is logged; the
+/// status is written again when the route next changes.
+async fn write_statuses(
+    client: kube::Client,
+    queue: Arc<StatusQueue>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = queue.ready.notified() => {}
+        }
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        for ((kind, (ns, name)), status) in queue.take() {
+            let patch = kube::api::Patch::Merge(serde_json::json!({
+                "status": routes::stamped(status, &now),
+            }));
+            let params = kube::api::PatchParams::default();
+            let result = match kind {
+                RouteKind::Http => Api::<HttpRouteObject>::namespaced(client.clone(), &ns)
+                    .patch_status(&name, &params, &patch)
+                    .await
+                    .map(|_| ()),
+                RouteKind::Grpc => Api::<GrpcRouteObject>::namespaced(client.clone(), &ns)
+                    .patch_status(&name, &params, &patch)
+                    .await
+                    .map(|_| ()),
+            };
+            match result {
+                Ok(()) => {
+                    tracing::debug!(platform = crate::NAME, kind = kind.as_str(), %ns, %name, "route status written")
+                }
+                Err(e) => {
+                    tracing::warn!(platform = crate::NAME, kind = kind.as_str(), %ns, %name, error = %e, "route status not written")
+                }
+            }
         }
     }
 }
@@ -183,7 +295,10 @@ fn is_gone(error: &watcher::Error) -> bool {
 }
 
 /// Every watch the settings call for, with the kind and scope of each.
-fn streams(p: &KubernetesPlatform) -> (Vec<(Kind, Scope)>, SelectAll<BoxStream<'static, Item>>) {
+fn streams(
+    p: &KubernetesPlatform,
+    routes: &[Kind],
+) -> (Vec<(Kind, Scope)>, SelectAll<BoxStream<'static, Item>>) {
     let scopes: Vec<Scope> = if p.settings.namespaces.is_empty() {
         vec![Scope::All]
     } else {
@@ -196,7 +311,8 @@ fn streams(p: &KubernetesPlatform) -> (Vec<(Kind, Scope)>, SelectAll<BoxStream<'
     let mut specs = Vec::new();
     let mut all = SelectAll::new();
     for scope in scopes {
-        for kind in [Kind::Namespace, Kind::Service, Kind::Slice, Kind::Pod] {
+        let kinds = [Kind::Namespace, Kind::Service, Kind::Slice, Kind::Pod];
+        for kind in kinds.into_iter().chain(routes.iter().copied()) {
             let i = specs.len();
             let client = p.client.clone();
             let config = watcher::Config::default();
@@ -224,6 +340,18 @@ fn streams(p: &KubernetesPlatform) -> (Vec<(Kind, Scope)>, SelectAll<BoxStream<'
                 (Scope::All, Kind::Pod) => watch::<Pod>(Api::all(client), config, i, floor),
                 (Scope::Namespace(ns), Kind::Pod) => {
                     watch::<Pod>(Api::namespaced(client, ns), config, i, floor)
+                }
+                (Scope::All, Kind::HttpRoute) => {
+                    watch::<HttpRouteObject>(Api::all(client), config, i, floor)
+                }
+                (Scope::Namespace(ns), Kind::HttpRoute) => {
+                    watch::<HttpRouteObject>(Api::namespaced(client, ns), config, i, floor)
+                }
+                (Scope::All, Kind::GrpcRoute) => {
+                    watch::<GrpcRouteObject>(Api::all(client), config, i, floor)
+                }
+                (Scope::Namespace(ns), Kind::GrpcRoute) => {
+                    watch::<GrpcRouteObject>(Api::namespaced(client, ns), config, i, floor)
                 }
             };
             specs.push((kind, scope.clone()));

@@ -29,6 +29,30 @@ impl TrafficPolicy {
     }
 }
 
+/// The routes one source (a platform adapter) reports, each with the services it binds to,
+/// oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceRoutes {
+    /// HTTP routes.
+    pub http: Vec<Bound<HttpRoute>>,
+    /// gRPC routes.
+    pub grpc: Vec<Bound<GrpcRoute>>,
+}
+
+impl SourceRoutes {
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.http.is_empty() && self.grpc.is_empty()
+    }
+
+    /// Every service a route binds to (with repeats).
+    pub fn parents(&self) -> impl Iterator<Item = &ServiceName> {
+        let http = self.http.iter().flat_map(|b| b.parents.iter());
+        let grpc = self.grpc.iter().flat_map(|b| b.parents.iter());
+        http.chain(grpc).map(|p| &p.service)
+    }
+}
+
 /// The namespace of a route named `namespace/name`.
 fn namespace_of(name: &str) -> &str {
     name.split_once('/').map_or("", |(ns, _)| ns)

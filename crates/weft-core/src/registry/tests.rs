@@ -373,3 +373,73 @@ fn a_visible_write_has_woken_its_topics() {
         "{late} of {TRIALS} writes were visible before their topic woke"
     );
 }
+
+/// Routes are a source's own: replacing them wakes the services they bind to (old and new
+/// parents), by name and by virtual address, and nothing else; the same routes again wake
+/// nobody.
+#[tokio::test]
+async fn routes_wake_the_services_they_bind_to() {
+    use crate::policy::route::{HttpRoute, RouteMeta, RouteSource};
+    use crate::policy::route_spec::{Bound, Parent};
+    use crate::policy::traffic::SourceRoutes;
+
+    let reg = Registry::new();
+    let w = reg.writer("k8s");
+    let web = ServiceName::new("demo", "web").unwrap();
+    let mut svc = Service {
+        name: web.clone(),
+        virtual_ips: vec![[10, 96, 0, 9].into()],
+        ports: vec![],
+    };
+    svc.ports.push(crate::model::ServicePort {
+        port: 80,
+        name: None,
+        protocol: crate::model::Protocol::Http1,
+        endpoints: vec![],
+    });
+    w.upsert(svc);
+    let route = |parent: &ServiceName| SourceRoutes {
+        http: vec![Bound {
+            parents: vec![Parent {
+                service: parent.clone(),
+                port: None,
+            }],
+            route: HttpRoute {
+                meta: RouteMeta {
+                    name: "demo/r".into(),
+                    source: RouteSource::ControlPlane,
+                },
+                rules: vec![],
+            },
+        }],
+        grpc: vec![],
+    };
+    let mut by_name = reg.watch_topic(Topic::Service(web.clone()));
+    let mut by_vip = reg.watch_topic(Topic::Address(([10, 96, 0, 9], 80).into()));
+    let other = ServiceName::new("demo", "api").unwrap();
+    let mut unrelated = reg.watch_topic(Topic::Service(other.clone()));
+    let before = reg.snapshot().version();
+    // Whether a topic was woken: a write wakes before it returns, so no wait is needed.
+    async fn woken(t: &mut TopicWatch) -> bool {
+        tokio::time::timeout(std::time::Duration::ZERO, t.changed())
+            .await
+            .is_ok()
+    }
+
+    w.replace_routes(route(&web));
+    assert!(woken(&mut by_name).await);
+    assert!(woken(&mut by_vip).await);
+    assert!(!woken(&mut unrelated).await);
+    assert_eq!(reg.snapshot().routes().len(), 1);
+
+    w.replace_routes(route(&web));
+    assert!(!woken(&mut by_name).await, "the same routes again");
+    assert_eq!(reg.snapshot().version(), before + 1);
+
+    // Moving the route to another parent wakes both.
+    w.replace_routes(route(&other));
+    assert!(woken(&mut by_name).await);
+    assert!(woken(&mut unrelated).await);
+    w.replace_routes(SourceRoutes::default());
+    assert!(reg.snapshot().routes().is_empty());
+}

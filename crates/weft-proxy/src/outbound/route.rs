@@ -18,6 +18,7 @@ use std::task::{Context, Poll};
 use http::header::{HOST, HeaderName, HeaderValue, LOCATION};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use tokio::time::Instant;
 use weft_core::policy::route::{
     HeaderModifier, HttpFilter, PathMatch, RedirectFrom, RequestView, RouteMatch,
 };
@@ -139,6 +140,10 @@ fn route(
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     rsp.headers_mut().insert(LOCATION, v);
                 }
+                if let Some(m) = &matched.split.local_metrics {
+                    m.request();
+                    rsp = m.observe(rsp, Instant::now());
+                }
                 return Ok(Box::pin(std::future::ready(Ok(rsp))));
             }
             HttpFilter::RequestHeaders(m) => modify(req.headers_mut(), m),
@@ -188,12 +193,27 @@ fn route(
             }
         }
     }
-    if response_headers.is_empty() {
-        return Ok(Box::pin(balancer.dispatch(req)));
-    }
+    let metrics = match backend {
+        Some(b) => b.metrics.clone(),
+        None => matched.split.parent_metrics.clone(),
+    };
     let modifiers: Vec<HeaderModifier> = response_headers.into_iter().cloned().collect();
+    if let Some(m) = &metrics {
+        m.request();
+    }
+    let started = Instant::now();
     Ok(Box::pin(async move {
-        let mut rsp = balancer.dispatch(req).await?;
+        let rsp = balancer.dispatch(req).await;
+        let mut rsp = match (rsp, &metrics) {
+            (Ok(rsp), Some(m)) => m.observe(rsp, started),
+            (Ok(rsp), None) => rsp,
+            (Err(e), m) => {
+                if let Some(m) = m {
+                    m.no_response(started);
+                }
+                return Err(e);
+            }
+        };
         for m in &modifiers {
             modify(rsp.headers_mut(), m);
         }

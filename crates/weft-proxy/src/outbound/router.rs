@@ -16,6 +16,7 @@ use weft_core::{ServiceName, Target};
 
 use super::destination::Lease;
 use crate::Runtime;
+use crate::metrics::{RequestMetrics, RouteLabels};
 
 /// Where a rule's share of requests goes.
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub struct Backend {
     pub target: BackendTarget,
     /// Its own filters.
     pub filters: Vec<HttpFilter>,
+    /// The rule's metrics for this backend.
+    pub metrics: Option<RequestMetrics>,
 }
 
 /// A rule's backends and their cumulative weights.
@@ -44,6 +47,10 @@ pub struct Split {
     backends: Vec<Backend>,
     /// `cumulative[i]` is the sum of the weights of backends `0..=i`.
     cumulative: Vec<u64>,
+    /// The rule's metrics for requests to the destination itself (a rule without backends).
+    pub parent_metrics: Option<RequestMetrics>,
+    /// The rule's metrics for what the proxy answers itself (redirects), backend `-`.
+    pub local_metrics: Option<RequestMetrics>,
 }
 
 impl Split {
@@ -106,9 +113,24 @@ impl Routes {
         port: u16,
         runtime: &Arc<Runtime>,
     ) -> Self {
-        let split = |backends: &[WeightedBackend]| -> Split {
+        let metrics = &runtime.metrics;
+        let split = |route: &str, rule: String, backends: &[WeightedBackend]| -> Split {
+            let labels = |backend: String| {
+                RequestMetrics::for_route(
+                    metrics,
+                    RouteLabels {
+                        route: route.to_string(),
+                        rule: rule.clone(),
+                        backend,
+                    },
+                )
+            };
             let mut total = 0u64;
-            let mut out = Split::default();
+            let mut out = Split {
+                parent_metrics: backends.is_empty().then(|| labels(service.to_string())),
+                local_metrics: Some(labels("-".to_string())),
+                ..Split::default()
+            };
             for b in backends {
                 let target = if b.missing {
                     BackendTarget::Missing(format!("backend {} does not exist", b.service))
@@ -127,9 +149,14 @@ impl Routes {
                     }
                 };
                 total += u64::from(b.weight);
+                let label = match b.port {
+                    Some(p) => format!("{}:{p}", b.service),
+                    None => b.service.to_string(),
+                };
                 out.backends.push(Backend {
                     target,
                     filters: b.filters.clone(),
+                    metrics: Some(labels(label)),
                 });
                 out.cumulative.push(total);
             }
@@ -139,12 +166,30 @@ impl Routes {
             http_splits: policy
                 .http
                 .iter()
-                .map(|r| r.rules.iter().map(|rule| split(&rule.backends)).collect())
+                .map(|r| {
+                    r.rules
+                        .iter()
+                        .enumerate()
+                        .map(|(i, rule)| {
+                            let name = rule.name.clone().unwrap_or_else(|| i.to_string());
+                            split(&r.meta.name, name, &rule.backends)
+                        })
+                        .collect()
+                })
                 .collect(),
             grpc_splits: policy
                 .grpc
                 .iter()
-                .map(|r| r.rules.iter().map(|rule| split(&rule.backends)).collect())
+                .map(|r| {
+                    r.rules
+                        .iter()
+                        .enumerate()
+                        .map(|(i, rule)| {
+                            let name = rule.name.clone().unwrap_or_else(|| i.to_string());
+                            split(&r.meta.name, name, &rule.backends)
+                        })
+                        .collect()
+                })
                 .collect(),
             http: HttpRouteTable::new(policy.http.to_vec()),
             grpc: GrpcRouteTable::new(policy.grpc.to_vec()),
@@ -173,6 +218,7 @@ mod tests {
             s.backends.push(Backend {
                 target: BackendTarget::Missing(i.to_string()),
                 filters: vec![],
+                metrics: None,
             });
             s.cumulative.push(total);
         }
