@@ -499,3 +499,134 @@ pub async fn run_policy<H: PlatformHarness>(mut h: H) {
     drop(proxy);
     control.shutdown().await;
 }
+
+/// Routes from the mesh file apply the same on every platform: a control plane runs the
+/// adapter with routes for service `api` (a header rule and a path rule with a rewrite to
+/// `api-v2`, and a 50/50 split of the rest), proxies run beside `api-1` (service `api`),
+/// `api-2` (service `api-v2`) and a client `web`, and the client's requests go where the
+/// routes say.
+pub async fn run_routes<H: PlatformHarness>(mut h: H) {
+    crate::trace_init();
+    let ns = h.namespace().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[mesh]\nname = \"routes\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{data}\"\n\
+         [control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n\
+         [policy]\ndefault_inbound = \"allow\"\n\
+         [[routes.http]]\nname = \"api\"\nnamespace = \"{ns}\"\nparent_refs = [{{ name = \"api\" }}]\n\
+         [[routes.http.rules]]\n\
+         matches = [{{ path = {{ type = \"PathPrefix\", value = \"/\" }}, headers = [{{ name = \"x-version\", value = \"2\" }}] }}]\n\
+         backend_refs = [{{ name = \"api-v2\" }}]\n\
+         [[routes.http.rules]]\n\
+         matches = [{{ path = {{ type = \"PathPrefix\", value = \"/v2\" }} }}]\n\
+         filters = [{{ type = \"URLRewrite\", url_rewrite = {{ path = {{ type = \"ReplacePrefixMatch\", replace_prefix_match = \"/\" }} }} }}]\n\
+         backend_refs = [{{ name = \"api-v2\" }}]\n\
+         [[routes.http.rules]]\n\
+         backend_refs = [{{ name = \"api\", weight = 50 }}, {{ name = \"api-v2\", weight = 50 }}]\n",
+        data = dir.path().join("data").display(),
+    );
+    let config = weft_core::config::Loader::new()
+        .load_str(&text, &dir.path().join("mesh.toml"))
+        .unwrap();
+    let (_config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config));
+    let control = weft_control::ControlPlane::start(config_rx, vec![h.platform()])
+        .await
+        .unwrap();
+    let v1 = crate::backends::http_echo("api-v1").await;
+    let v2 = crate::backends::http_echo("api-v2").await;
+    let placeholder = |port: u16| -> SocketAddr { ([127, 0, 0, 1], port).into() };
+    let mut workloads = vec![
+        WorkloadSpec::new("api-1", "api", placeholder(10030)),
+        WorkloadSpec::new("api-2", "api-v2", placeholder(10031)),
+        WorkloadSpec::new("web", "web", placeholder(10032)),
+    ];
+    h.set(&workloads).await;
+    let name = |s: &str| ServiceName::new(&ns, s).unwrap();
+    until(&control.registry, "the workloads declared", |s| {
+        ["api", "api-v2", "web"]
+            .iter()
+            .all(|n| !addrs(s, &name(n)).is_empty())
+    })
+    .await;
+    let mut proxies = Vec::new();
+    for (i, (workload, app, upstreams)) in [
+        ("api-1", Some(v1.port()), vec![]),
+        ("api-2", Some(v2.port()), vec![]),
+        ("web", None, vec!["api"]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let credential = h.credential(workload);
+        let token_file = dir.path().join(format!("{workload}.token"));
+        std::fs::write(&token_file, &credential.token).unwrap();
+        let (_, key) = credential
+            .workload
+            .as_deref()
+            .unwrap()
+            .split_once('/')
+            .unwrap();
+        let proxy = weft_proxy::Proxy::start(weft_proxy::ProxyConfig {
+            trust_bundle: Some(control.trust_bundle_file.clone()),
+            namespace: ns.clone(),
+            platform: credential.platform.clone(),
+            account: credential.account.clone(),
+            token_file,
+            ..crate::loopback_proxy_config(control.grpc_addr, key, app, &upstreams)
+        })
+        .await
+        .unwrap();
+        // The client has no inbound listener: its workload keeps its placeholder address.
+        if let Some(addr) = proxy.inbound_addr {
+            workloads[i].servers[0].address = addr;
+        }
+        proxies.push(proxy);
+    }
+    h.set(&workloads).await;
+    let inbound = |i: usize| proxies[i].inbound_addr.unwrap();
+    until(&control.registry, "the proxies' addresses", |s| {
+        addrs(s, &name("api")) == [inbound(0)] && addrs(s, &name("api-v2")) == [inbound(1)]
+    })
+    .await;
+    for p in &proxies {
+        crate::wait_ready(p).await;
+    }
+    let up = crate::upstream(&proxies[2], "api");
+    let client = crate::http_client();
+    let get = async |path: &str, version: Option<&str>| {
+        let mut req = http::Request::get(format!("http://{up}{path}")).header("host", "api.test");
+        if let Some(v) = version {
+            req = req.header("x-version", v);
+        }
+        let rsp = client
+            .request(req.body(http_body_util::Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let backend = rsp
+            .headers()
+            .get("x-backend")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = http_body_util::BodyExt::collect(rsp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (backend, String::from_utf8_lossy(&body).into_owned())
+    };
+    for _ in 0..5 {
+        assert_eq!(get("/any", Some("2")).await.0, "api-v2", "the header rule");
+    }
+    let (backend, body) = get("/v2/users?id=1", None).await;
+    assert_eq!(backend, "api-v2", "the path rule");
+    assert!(body.starts_with("GET /users?id=1 "), "rewritten: {body}");
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..200 {
+        *seen.entry(get("/any", None).await.0).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["api-v1", "api-v2"],
+        "the split: {seen:?}"
+    );
+    assert!(seen.values().all(|n| *n >= 50), "50/50 over 200: {seen:?}");
+}

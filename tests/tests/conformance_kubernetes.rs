@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use weft_core::EndpointState;
 use weft_core::platform::{Credential, Platform};
 use weft_kubernetes::{KubernetesPlatform, KubernetesSettings};
-use weft_tests::conformance::{PlatformHarness, WorkloadSpec, run_all, run_policy};
+use weft_tests::conformance::{PlatformHarness, WorkloadSpec, run_all, run_policy, run_routes};
 use weft_tests::fake_kube::FakeKube;
 use weft_tests::kube_objects::{self as k8s, Condition, SliceEndpoint, SvcPort, TokenFor};
 
@@ -208,4 +208,9 @@ async fn kubernetes_adapter_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubernetes_workloads_proxy_enforces_its_rules_when_called_directly() {
     run_policy(KubeHarness::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_files_routes_apply_on_the_kubernetes_platform() {
+    run_routes(KubeHarness::start().await).await;
 }
