@@ -210,6 +210,26 @@ fn routes_of(u: &weft_api::ResolveUpdate) -> Option<Result<TrafficPolicy, RouteW
     }
 }
 
+/// The routes to compile after an update, with the service port they belong to: none when the
+/// update carries none, or carries routes that cannot be read (logged and counted; the last
+/// good routes stay in force).
+fn routes_to_build(
+    policy: Option<Result<TrafficPolicy, RouteWireError>>,
+    next: &Resolution,
+    target: &Target,
+    metrics: &crate::metrics::Metrics,
+) -> Option<(TrafficPolicy, ServiceName, u16)> {
+    match (policy?, next) {
+        (Ok(policy), Resolution::Resolved(r)) => Some((policy, r.service.clone(), r.port)),
+        (Ok(_), _) => None,
+        (Err(e), _) => {
+            tracing::warn!(%target, error = %e, "routes not applied; the last good ones stay");
+            metrics.outbound_policy_invalid.inc();
+            None
+        }
+    }
+}
+
 /// Keeps `tx` holding what `target` resolves to, and `routes` its compiled routes, until
 /// `stop`. Routes that cannot be read leave the last good ones in force, and are logged and
 /// counted; the stream goes on.
@@ -243,17 +263,12 @@ pub async fn follow(
                     // Out of step with the control plane: start over with a fresh stream.
                     ControlError::Other(format!("resolving {target}: {e}"))
                 })?;
-                match (policy, &next) {
-                    (Some(Ok(policy)), Resolution::Resolved(r)) => {
-                        tracing::debug!(%target, http = policy.http.len(), grpc = policy.grpc.len(), "routes compiled");
-                        let compiled = Routes::build(&policy, target, &r.service, r.port, runtime);
-                        routes.send_replace(Arc::new(compiled));
-                    }
-                    (Some(Err(e)), _) => {
-                        tracing::warn!(%target, error = %e, "routes not applied; the last good ones stay");
-                        runtime.metrics.outbound_policy_invalid.inc();
-                    }
-                    _ => {}
+                if let Some((policy, service, port)) =
+                    routes_to_build(policy, &next, target, &runtime.metrics)
+                {
+                    tracing::debug!(%target, http = policy.http.len(), grpc = policy.grpc.len(), "routes compiled");
+                    let compiled = Routes::build(&policy, target, &service, port, runtime);
+                    routes.send_replace(Arc::new(compiled));
                 }
                 tx.send_if_modified(|cur| {
                     if *cur == next {

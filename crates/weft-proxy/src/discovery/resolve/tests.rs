@@ -112,3 +112,62 @@ fn an_endpoint_with_an_unreadable_identity_is_left_out() {
     let r = apply(&r, changes(vec![bad], &[])).unwrap();
     assert_eq!(ports(&r), [1]);
 }
+
+/// A route update that cannot be read is not applied (the last good routes stay) and is
+/// counted; a readable one is compiled for the resolved service port; an update with no
+/// routes changes nothing; a policy update is applied only after a resolved service.
+#[test]
+fn unreadable_routes_keep_the_last_good_ones_and_are_counted() {
+    use weft_api::v1::{
+        HttpMatch, HttpRoute, HttpRule, PathMatch, TrafficPolicy as Wire, path_match,
+    };
+
+    let metrics = crate::metrics::Metrics::default();
+    let target = Target::parse("api.demo", "demo").unwrap();
+    let current = apply(
+        &Resolution::Pending,
+        resolved(vec![wire_ep(1, weft_api::EndpointState::Ready)]),
+    )
+    .unwrap();
+    let with_regex = |re: &str| Wire {
+        http: vec![HttpRoute {
+            name: "demo/r".into(),
+            rules: vec![HttpRule {
+                matches: vec![HttpMatch {
+                    path: Some(PathMatch {
+                        kind: Some(path_match::Kind::Regex(re.into())),
+                    }),
+                    ..HttpMatch::default()
+                }],
+                ..HttpRule::default()
+            }],
+        }],
+        grpc: vec![],
+    };
+    let update = |p: Wire| weft_api::ResolveUpdate {
+        update: Some(Update::Policy(p)),
+    };
+
+    let good = routes_of(&update(with_regex("/v[0-9]+")));
+    let (policy, service, port) = routes_to_build(good, &current, &target, &metrics).unwrap();
+    assert_eq!(
+        (policy.http.len(), service.to_string(), port),
+        (1, "api.demo".into(), 80)
+    );
+
+    let bad = routes_of(&update(with_regex("(("))).unwrap();
+    assert!(bad.is_err());
+    assert!(routes_to_build(Some(bad), &current, &target, &metrics).is_none());
+    assert!(
+        metrics
+            .encode()
+            .contains("weft_outbound_policy_invalid_total 1")
+    );
+
+    assert!(routes_of(&changes(vec![], &["127.0.0.1:1"])).is_none());
+    assert_eq!(
+        apply(&Resolution::Pending, update(with_regex("/x"))),
+        Err(UpdateError::NoService)
+    );
+    assert_eq!(apply(&current, update(with_regex("/x"))).unwrap(), current);
+}
