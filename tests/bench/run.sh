@@ -5,6 +5,9 @@
 #   direct      wrk -> backend
 #   weft plain  wrk -> weft-proxy (outbound, unmeshed endpoint) -> backend
 #   weft mTLS   wrk -> weft-proxy -> mutual TLS (HTTP/2) -> weft-proxy -> backend
+#   weft plain + 20 route rules  as weft plain, the service with 20 routes of mixed matches (exact,
+#               prefix, regular expression, header), the request matching the last in precedence
+#   weft plain + split      as weft plain, the service split 90/10 between two backend services
 #   nginx       wrk -> nginx reverse proxy (1 worker) -> backend
 # The backend is an nginx worker answering "ok". Then IDLE_CONNS (1000) idle client connections
 # are held against the proxy pair to measure memory per connection, and memory IDLE_AFTER (60)
@@ -22,8 +25,9 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/nginx-backend.pid" ] && kill "$(cat "$WORK/nginx-backend.pid")" 2>/dev/null || true
-  [ -f "$WORK/nginx-proxy.pid" ] && kill "$(cat "$WORK/nginx-proxy.pid")" 2>/dev/null || true
+  for pid in "$WORK"/nginx-*.pid; do
+    [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
+  done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -50,6 +54,10 @@ BACKEND=$(free_port); NGINX_PROXY=$(free_port); GRPC=$(free_port); HTTP=$(free_p
 SRV_IN=$(free_port); CLI_IN=$(free_port); PLAIN_UP=$(free_port); MTLS_UP=$(free_port)
 ADMIN_A=$(free_port); ADMIN_B=$(free_port)
 H2_BACKEND=$(free_port); H2_IN=$(free_port); H2_UP=$(free_port); ADMIN_C=$(free_port)
+ROUTED_UP=$(free_port); SPLIT_UP=$(free_port)
+# The routed and split services' backends: nginx on ports of their own (a local workload has an
+# address of its own), pinned with the first backend.
+ROUTED_BACKEND=$(free_port); SPLIT_A=$(free_port); SPLIT_B=$(free_port)
 
 # --- backend and nginx reverse proxy ---------------------------------------------------------
 nginx_conf() { # name port worker-core body [listen-options]
@@ -77,6 +85,9 @@ NGX
   "$NGINX" -c "$WORK/nginx-$1.conf" -p "$WORK"
 }
 nginx_conf backend "$BACKEND" 10 'location / { return 200 "ok\n"; }'
+nginx_conf routed "$ROUTED_BACKEND" 10 'location / { return 200 "ok\n"; }'
+nginx_conf split-a "$SPLIT_A" 10 'location / { return 200 "ok\n"; }'
+nginx_conf split-b "$SPLIT_B" 10 'location / { return 200 "ok\n"; }'
 # An HTTP/2 backend with nginx's default keepalive_requests (1000): it sends GOAWAY on each
 # connection after 1000 streams, which a proxy must absorb without failing requests.
 nginx_conf h2backend "$H2_BACKEND" 10 'location / { return 200 "ok\n"; }' http2
@@ -113,7 +124,50 @@ name = "h2server"
 namespace = "bench"
 service = "h2"
 port = $H2_IN
+[[platforms.local.workloads]]
+name = "routed"
+namespace = "bench"
+service = "routed"
+port = $ROUTED_BACKEND
+meshed = false
+[[platforms.local.workloads]]
+name = "split-a"
+namespace = "bench"
+service = "split-a"
+port = $SPLIT_A
+meshed = false
+[[platforms.local.workloads]]
+name = "split-b"
+namespace = "bench"
+service = "split-b"
+port = $SPLIT_B
+meshed = false
+[[routes.http]]
+name = "split"
+namespace = "bench"
+parent_refs = [{ name = "split-a" }]
+[[routes.http.rules]]
+backend_refs = [{ name = "split-a", weight = 90 }, { name = "split-b", weight = 10 }]
+[[routes.http]]
+name = "routed"
+namespace = "bench"
+parent_refs = [{ name = "routed" }]
 TOML
+# 19 rules the benchmark's requests (GET /bench/x, no extra header) do not match, then the one
+# they do: exact paths, longer prefixes, a header on the same prefix (more specific, so checked
+# first) and regular expressions (less specific than any prefix), 20 rules in all.
+rule() { printf '[[routes.http.rules]]\nmatches = [{ %s }]\nbackend_refs = [{ name = "routed" }]\n' "$1"; }
+{
+  for i in $(seq 5); do
+    rule "path = { type = \"Exact\", value = \"/bench/exact-$i\" }"
+    rule "path = { type = \"PathPrefix\", value = \"/bench/x/longer-$i\" }"
+    rule "path = { type = \"RegularExpression\", value = \"/bench/[0-9]+/item-$i\" }"
+  done
+  for i in $(seq 4); do
+    rule "path = { type = \"PathPrefix\", value = \"/bench\" }, headers = [{ name = \"x-variant\", value = \"v$i\" }]"
+  done
+  rule "path = { type = \"PathPrefix\", value = \"/bench\" }"
+} >> "$WORK/mesh.toml"
 taskset -c 1 "$BIN/weft-control" --config "$WORK/mesh.toml" > "$WORK/control.log" 2>&1 &
 PIDS+=($!)
 TOKENS="$WORK/data/tokens/bench"
@@ -122,7 +176,7 @@ common=(--control-addr "127.0.0.1:$GRPC" --trust-domain weft.bench --trust-bundl
         --namespace bench)
 RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/client" --workload client --inbound-addr "127.0.0.1:$CLI_IN" \
   --admin-addr "127.0.0.1:$ADMIN_A" --upstream "plain=127.0.0.1:$PLAIN_UP" --upstream "meshed=127.0.0.1:$MTLS_UP" \
-  --upstream "h2=127.0.0.1:$H2_UP" \
+  --upstream "h2=127.0.0.1:$H2_UP" --upstream "routed=127.0.0.1:$ROUTED_UP" --upstream "split-a=127.0.0.1:$SPLIT_UP" \
   > "$WORK/client.log" 2>&1 &
 PROXY_A=$!; PIDS+=($PROXY_A)
 RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/server" --workload server --inbound-addr "127.0.0.1:$SRV_IN" \
@@ -210,6 +264,8 @@ if [ "${BENCH_ONLY:-}" != "memory" ]; then
   measure "direct" "http://127.0.0.1:$BACKEND/"
   measure "weft plain (1 proxy)" "http://127.0.0.1:$PLAIN_UP/" $PROXY_A
   measure "weft mTLS (2 proxies)" "http://127.0.0.1:$MTLS_UP/" $PROXY_A $PROXY_B
+  measure "weft plain + 20 route rules" "http://127.0.0.1:$ROUTED_UP/bench/x" $PROXY_A
+  measure "weft plain + split 90/10" "http://127.0.0.1:$SPLIT_UP/" $PROXY_A
   # shellcheck disable=SC2046
   measure "nginx reverse proxy" "http://127.0.0.1:$NGINX_PROXY/" $(nginx_proxy_workers)
 fi

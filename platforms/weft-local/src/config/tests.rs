@@ -231,8 +231,9 @@ fn configs_mesh_toml_is_valid() {
         .with_platform::<LocalSettings>()
         .load_str(&std::fs::read_to_string(path).unwrap(), path)
         .unwrap();
-    assert_eq!(LocalSettings::workloads(&cfg).count(), 3);
+    assert_eq!(LocalSettings::workloads(&cfg).count(), 4);
     assert_eq!(cfg.authorization_rules.len(), 1);
+    assert_eq!(cfg.http_routes.len(), 1, "the demo's canary");
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
 }
 
