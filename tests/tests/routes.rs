@@ -371,3 +371,45 @@ backend_refs = [{ name = "users-v2" }]
     assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
     assert_eq!(served(&s1).await, 0.0);
 }
+
+/// A backend no platform knows: with weight 0 it gets nothing and the rest works; with weight
+/// it answers 500 for its share, and the other backend still serves the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_backend_costs_only_its_share() {
+    const GHOST: &str = r#"
+[[routes.http]]
+name = "web"
+namespace = "test"
+parent_refs = [{ name = "web" }]
+
+[[routes.http.rules]]
+matches = [{ path = { type = "PathPrefix", value = "/zero" } }]
+backend_refs = [{ name = "web-v2" }, { name = "ghost", weight = 0 }]
+
+[[routes.http.rules]]
+matches = [{ path = { type = "PathPrefix", value = "/half" } }]
+backend_refs = [{ name = "web-v2" }, { name = "ghost" }]
+"#;
+    let c = canary(GHOST).await;
+    let http = weft_tests::http_client();
+    let up = upstream(&c.client, "web");
+    for _ in 0..50 {
+        let (status, backend, _, _) = get(&http, up, "/zero", &[]).await;
+        assert_eq!((status, backend.as_str()), (StatusCode::OK, "web-v2"));
+    }
+    let mut seen: BTreeMap<(StatusCode, String), usize> = BTreeMap::new();
+    for _ in 0..200 {
+        let (status, backend, _, _) = get(&http, up, "/half", &[]).await;
+        *seen.entry((status, backend)).or_default() += 1;
+    }
+    let ok = seen
+        .get(&(StatusCode::OK, "web-v2".to_string()))
+        .copied()
+        .unwrap_or_default();
+    let failed = seen
+        .get(&(StatusCode::INTERNAL_SERVER_ERROR, String::new()))
+        .copied()
+        .unwrap_or_default();
+    assert_eq!(ok + failed, 200, "{seen:?}");
+    assert!(ok >= 60 && failed >= 60, "about half each: {seen:?}");
+}
