@@ -55,8 +55,9 @@ http_addr = "127.0.0.1:7080"
     )
 }
 
-fn config(dir: &Path, policy: &str) -> String {
+fn config(dir: &Path, policy: &str, extra: &str) -> String {
     lab_sections(dir)
+        + extra
         + &format!(
             r#"
 [policy]
@@ -177,6 +178,11 @@ async fn mesh(policy: &str, init_flags: [&[&str]; 2]) -> Option<Mesh> {
 }
 
 async fn mesh_via(via: Via, policy: &str, init_flags: [&[&str]; 2]) -> Option<Mesh> {
+    mesh_with(via, policy, "", init_flags).await
+}
+
+/// A lab whose (local) config file also holds `extra` (routes, say) before its policy.
+async fn mesh_with(via: Via, policy: &str, extra: &str, init_flags: [&[&str]; 2]) -> Option<Mesh> {
     let lab = lab_or_skip(3)?;
     let dir = tempfile::tempdir().unwrap();
     // The proxies' user reads its token and the bundle from here.
@@ -185,7 +191,7 @@ async fn mesh_via(via: Via, policy: &str, init_flags: [&[&str]; 2]) -> Option<Me
     let hub = lab.hub.runtime();
     let fake = match via {
         Via::Local => {
-            std::fs::write(&config_path, config(dir.path(), policy)).unwrap();
+            std::fs::write(&config_path, config(dir.path(), policy, extra)).unwrap();
             None
         }
         Via::Kubernetes => {
@@ -359,6 +365,16 @@ impl Mesh {
 
     /// `curl -i` from host `i` (as root, or as the proxy's user), to the end.
     async fn curl(&self, i: usize, url: &str, as_proxy_user: bool) -> Result<String, String> {
+        self.curl_with(i, &[url], as_proxy_user).await
+    }
+
+    /// [`Mesh::curl`] with more of curl's arguments (headers) before the URL.
+    async fn curl_with(
+        &self,
+        i: usize,
+        args: &[&str],
+        as_proxy_user: bool,
+    ) -> Result<String, String> {
         let ns = &self.lab.hosts[i];
         let mut cmd = if as_proxy_user {
             ns.command_as_proxy_user(Path::new("curl"))
@@ -366,7 +382,8 @@ impl Mesh {
             ns.command("curl")
         };
         let out = cmd
-            .args(["-sS", "-i", "--max-time", "10", url])
+            .args(["-sS", "-i", "--max-time", "10"])
+            .args(args)
             .output()
             .await
             .unwrap();
@@ -423,7 +440,7 @@ impl Mesh {
     fn edit_policy(&self, policy: &str) {
         let path = self.dir.path().join("mesh.toml");
         let tmp = self.dir.path().join("mesh.toml.tmp");
-        std::fs::write(&tmp, config(self.dir.path(), policy)).unwrap();
+        std::fs::write(&tmp, config(self.dir.path(), policy, "")).unwrap();
         std::fs::rename(tmp, path).unwrap();
     }
 }
@@ -719,6 +736,115 @@ async fn a_pod_reaches_itself_through_a_service_it_backs() {
         0.0,
         "{client}"
     );
+}
+
+/// Routes bound to `api` (the GAMMA mesh profile, written in the mesh file): a header match, a
+/// path rewrite with header filters, a redirect, a weighted split with `shared`, and a prefix
+/// to the service itself. Nothing else matches.
+const LAB_ROUTES: &str = r#"
+[[routes.http]]
+name = "api"
+namespace = "lab"
+parent_refs = [{ name = "api" }]
+
+[[routes.http.rules]]
+matches = [{ path = { type = "PathPrefix", value = "/api" }, headers = [{ name = "x-to", value = "shared" }] }]
+backend_refs = [{ name = "shared" }]
+
+[[routes.http.rules]]
+matches = [{ path = { type = "PathPrefix", value = "/rewrite" } }]
+filters = [
+  { type = "URLRewrite", url_rewrite = { path = { type = "ReplacePrefixMatch", replace_prefix_match = "/new" } } },
+  { type = "RequestHeaderModifier", request_header_modifier = { add = [{ name = "x-added", value = "yes" }] } },
+  { type = "ResponseHeaderModifier", response_header_modifier = { set = [{ name = "x-route", value = "rewrite" }] } },
+]
+
+[[routes.http.rules]]
+matches = [{ path = { type = "Exact", value = "/old" } }]
+filters = [{ type = "RequestRedirect", request_redirect = { scheme = "https", hostname = "new.lab", status_code = 301 } }]
+
+[[routes.http.rules]]
+matches = [{ path = { type = "PathPrefix", value = "/split" } }]
+backend_refs = [{ name = "api", weight = 1 }, { name = "shared", weight = 1 }]
+
+[[routes.http.rules]]
+matches = [{ path = { type = "PathPrefix", value = "/api" } }]
+"#;
+
+/// GAMMA in the lab: an unmodified client calls a Service by its virtual address, its
+/// intercepting proxy applies the Service's routes (header match, rewrite and header filters,
+/// redirect with its whole Location, weighted split, 404 for no match), and a call to an
+/// endpoint's own address is not routed, as routes bind to the Service's frontend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_routes_apply_to_intercepted_calls_to_the_service_address() {
+    let Some(m) = mesh_with(Via::Local, "allow", LAB_ROUTES, [&[], &[]]).await else {
+        return;
+    };
+    m.rts[WEB]
+        .run(async move { backends::http_echo_at("shared-web", any(8085)).await })
+        .await;
+    m.rts[API]
+        .run(async move { backends::http_echo_at("shared-api", any(8085)).await })
+        .await;
+    let call = async |args: &[&str]| {
+        m.curl_with(WEB, args, false)
+            .await
+            .unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", m.log("web")))
+    };
+    let vip = |path: &str| format!("http://{VIP}{path}");
+
+    let rsp = call(&[&vip("/api/x")]).await;
+    assert!(rsp.contains("x-backend: api"), "the service itself: {rsp}");
+
+    let rsp = call(&["-H", "x-to: shared", &vip("/api/x")]).await;
+    assert!(rsp.contains("x-backend: shared-"), "the header rule: {rsp}");
+
+    let rsp = call(&[&vip("/rewrite/users?id=1")]).await;
+    assert!(rsp.contains("x-backend: api"), "{rsp}");
+    assert!(
+        rsp.contains("GET /new/users?id=1 HTTP/1.1"),
+        "the path the backend saw: {rsp}"
+    );
+    assert!(rsp.contains("x-added: yes"), "{rsp}");
+    assert!(
+        rsp.to_ascii_lowercase().contains("x-route: rewrite"),
+        "{rsp}"
+    );
+
+    let rsp = call(&[&vip("/old?q=1")]).await;
+    assert!(rsp.starts_with("HTTP/1.1 301"), "{rsp}");
+    assert!(
+        rsp.to_ascii_lowercase()
+            .contains("location: https://new.lab/old?q=1\r\n"),
+        "the whole Location: {rsp}"
+    );
+
+    let rsp = call(&[&vip("/nothing")]).await;
+    assert!(rsp.starts_with("HTTP/1.1 404"), "no rule matches: {rsp}");
+
+    // A direct call to the endpoint's own address is not routed.
+    let direct = format!("http://{}/nothing", Lab::at(API, 8080));
+    let rsp = call(&[&direct]).await;
+    assert!(
+        rsp.starts_with("HTTP/1.1 200") && rsp.contains("x-backend: api"),
+        "{rsp}"
+    );
+
+    // The split sends some to each; bounded, and done once both have answered.
+    let (mut api, mut shared) = (0, 0);
+    for _ in 0..200 {
+        let rsp = call(&[&vip("/split")]).await;
+        assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
+        if rsp.contains("x-backend: api") {
+            api += 1;
+        } else {
+            shared += 1;
+        }
+        if api > 0 && shared > 0 {
+            break;
+        }
+    }
+    assert!(api > 0 && shared > 0, "api {api}, shared {shared}");
 }
 
 /// The WEFT lines of the nat table as `save` lists them.
