@@ -847,6 +847,85 @@ async fn service_routes_apply_to_intercepted_calls_to_the_service_address() {
     assert!(api > 0 && shared > 0, "api {api}, shared {shared}");
 }
 
+/// GAMMA on Kubernetes in the lab: an `HTTPRoute` bound to Service `api` in the (fake) API
+/// server is applied by web's intercepting proxy to calls to the ClusterIP (query parameter
+/// and method matches to `api-v2`, a redirect with a new port and path), and the control plane
+/// writes its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproutes_in_the_cluster_apply_to_intercepted_calls() {
+    let Some(m) = mesh_via(Via::Kubernetes, "allow", [&[], &[]]).await else {
+        return;
+    };
+    m.rts[API]
+        .run(async move { backends::http_echo_at("api-v2", any(8086)).await })
+        .await;
+    let fake = m._fake.as_ref().unwrap();
+    let mut http = SvcPort::new("http", 80);
+    http.target = serde_json::json!(8086);
+    fake.apply(k8s::service("lab", "api-v2", None, &[http]));
+    fake.apply(k8s::slice(
+        "lab",
+        "api-v2-1",
+        "api-v2",
+        &[("http", 8086)],
+        &[SliceEndpoint {
+            pod: Some("api".into()),
+            ip: Lab::addr(API),
+            condition: Condition::Ready,
+        }],
+    ));
+    fake.apply(serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"namespace": "lab", "name": "api"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "api", "port": 80}],
+            "rules": [
+                {"matches": [{"queryParams": [{"name": "v", "value": "2"}]}],
+                 "backendRefs": [{"name": "api-v2", "port": 80}]},
+                {"matches": [{"method": "DELETE"}],
+                 "backendRefs": [{"name": "api-v2", "port": 80}]},
+                {"matches": [{"path": {"type": "Exact", "value": "/moved"}}],
+                 "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                     "port": 8443, "statusCode": 302,
+                     "path": {"type": "ReplaceFullPath", "replaceFullPath": "/new-home"}}}]},
+                {"backendRefs": [{"name": "api", "port": 80}]},
+            ],
+        },
+    }));
+    let vip = |path: &str| format!("http://{VIP}{path}");
+    // The route reaches the proxy: wait (bounded) for its first visible effect.
+    let mut routed = false;
+    for _ in 0..100 {
+        let rsp = m.curl_with(WEB, &[&vip("/q?v=2")], false).await.unwrap();
+        if rsp.contains("x-backend: api-v2") {
+            routed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(routed, "the HTTPRoute never applied\n{}", m.log("web"));
+    let rsp = m.curl_with(WEB, &[&vip("/q?v=1")], false).await.unwrap();
+    assert!(rsp.contains("x-backend: api\r\n"), "{rsp}");
+    let rsp = m
+        .curl_with(WEB, &["-X", "DELETE", &vip("/thing")], false)
+        .await
+        .unwrap();
+    assert!(rsp.contains("x-backend: api-v2"), "{rsp}");
+    let rsp = m.curl_with(WEB, &[&vip("/moved")], false).await.unwrap();
+    assert!(rsp.starts_with("HTTP/1.1 302"), "{rsp}");
+    assert!(
+        rsp.to_ascii_lowercase()
+            .contains(&format!("location: http://{VIP}:8443/new-home\r\n")),
+        "{rsp}"
+    );
+    let route = fake.get("HTTPRoute", Some("lab"), "api").unwrap();
+    let conditions = &route["status"]["parents"][0]["conditions"];
+    assert_eq!(conditions[0]["type"], "Accepted");
+    assert_eq!(conditions[0]["status"], "True", "{route}");
+    assert_eq!(conditions[1]["status"], "True", "{route}");
+}
+
 /// The WEFT lines of the nat table as `save` lists them.
 async fn weft_rules(lab: &Lab, save: &str) -> Vec<String> {
     let out = lab.hosts[0].run(save, &["-t", "nat"]).await;
