@@ -25,7 +25,9 @@ use kube::Resource;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weft_core::ServiceName;
-use weft_core::policy::route::{GrpcRoute, HttpRoute, RouteMeta, RouteSource, WeightedBackend};
+use weft_core::policy::route::{
+    GrpcRoute, HttpRoute, RouteMeta, RouteSource, Routed, WeightedBackend,
+};
 use weft_core::policy::route_spec::{Bound, GrpcRouteSpec, HttpRouteSpec, ParentRef};
 use weft_core::policy::traffic::SourceRoutes;
 
@@ -208,56 +210,26 @@ impl RouteStore {
             };
             let (accepted, backends) = match kind {
                 RouteKind::Http => {
-                    let t = translate_one::<HttpRouteSpec, HttpRoute>(
-                        &info.spec,
-                        meta,
-                        &key.0,
-                        |s, m, ns| s.compile(m, ns).map_err(|e| e.to_string()),
-                    );
-                    match t {
-                        Translated::Ok(b) => {
-                            let backends = missing_backends(
-                                b.route.rules.iter().flat_map(|r| r.backends.iter()),
-                                &exists,
-                            );
-                            good_http.insert(key.clone(), (info.generation, b.clone()));
-                            out.http.push(b);
-                            (Ok(()), backends)
-                        }
-                        Translated::Invalid(why) => {
-                            if let Some((_, b)) = self.last_good_http.get(key) {
-                                good_http.insert(key.clone(), (0, b.clone()));
-                                out.http.push(b.clone());
-                            }
-                            (Err(why), Vec::new())
-                        }
-                    }
+                    let t = translate_one(&info.spec, meta, &key.0, |s: &HttpRouteSpec, m, ns| {
+                        s.compile(m, ns).map_err(|e| e.to_string())
+                    });
+                    let kept = Kept {
+                        last_good: &self.last_good_http,
+                        good: &mut good_http,
+                        out: &mut out.http,
+                    };
+                    kept.place(t, key, info.generation, &exists)
                 }
                 RouteKind::Grpc => {
-                    let t = translate_one::<GrpcRouteSpec, GrpcRoute>(
-                        &info.spec,
-                        meta,
-                        &key.0,
-                        |s, m, ns| s.compile(m, ns).map_err(|e| e.to_string()),
-                    );
-                    match t {
-                        Translated::Ok(b) => {
-                            let backends = missing_backends(
-                                b.route.rules.iter().flat_map(|r| r.backends.iter()),
-                                &exists,
-                            );
-                            good_grpc.insert(key.clone(), (info.generation, b.clone()));
-                            out.grpc.push(b);
-                            (Ok(()), backends)
-                        }
-                        Translated::Invalid(why) => {
-                            if let Some((_, b)) = self.last_good_grpc.get(key) {
-                                good_grpc.insert(key.clone(), (0, b.clone()));
-                                out.grpc.push(b.clone());
-                            }
-                            (Err(why), Vec::new())
-                        }
-                    }
+                    let t = translate_one(&info.spec, meta, &key.0, |s: &GrpcRouteSpec, m, ns| {
+                        s.compile(m, ns).map_err(|e| e.to_string())
+                    });
+                    let kept = Kept {
+                        last_good: &self.last_good_grpc,
+                        good: &mut good_grpc,
+                        out: &mut out.grpc,
+                    };
+                    kept.place(t, key, info.generation, &exists)
                 }
             };
             let status = status(
@@ -280,6 +252,50 @@ impl RouteStore {
         self.last_good_http = good_http;
         self.last_good_grpc = good_grpc;
         (out, statuses)
+    }
+}
+
+/// Where the routes of one kind go during a translation.
+struct Kept<'a, R> {
+    /// The last good version of each route, from the translation before.
+    last_good: &'a HashMap<Key, (i64, Bound<R>)>,
+    /// The same, for this translation.
+    good: &'a mut HashMap<Key, (i64, Bound<R>)>,
+    /// The routes served.
+    out: &'a mut Vec<Bound<R>>,
+}
+
+impl<R: Routed> Kept<'_, R> {
+    /// Serves a translated route (or the last good version of one that could not be), and
+    /// says whether it was accepted and which of its backends are missing.
+    fn place(
+        self,
+        t: Translated<R>,
+        key: &Key,
+        generation: i64,
+        exists: &impl Fn(&ServiceName) -> bool,
+    ) -> (Result<(), String>, Vec<String>) {
+        match t {
+            Translated::Ok(b) => {
+                let backends = missing_backends(
+                    b.route
+                        .rule_backends()
+                        .into_iter()
+                        .flat_map(|(_, backends)| backends.iter()),
+                    exists,
+                );
+                self.good.insert(key.clone(), (generation, b.clone()));
+                self.out.push(b);
+                (Ok(()), backends)
+            }
+            Translated::Invalid(why) => {
+                if let Some((_, b)) = self.last_good.get(key) {
+                    self.good.insert(key.clone(), (0, b.clone()));
+                    self.out.push(b.clone());
+                }
+                (Err(why), Vec::new())
+            }
+        }
     }
 }
 

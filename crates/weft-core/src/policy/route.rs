@@ -442,6 +442,52 @@ pub struct HttpRoute {
     pub rules: Vec<HttpRule>,
 }
 
+/// What HTTP and gRPC routes share: a name and rules that send to backends.
+pub trait Routed: Clone {
+    /// Name and source.
+    fn meta(&self) -> &RouteMeta;
+    /// Each rule's name and backends, in order.
+    fn rule_backends(&self) -> Vec<(Option<&str>, &[WeightedBackend])>;
+    /// Every backend of every rule.
+    fn backends_mut(&mut self) -> Vec<&mut WeightedBackend>;
+}
+
+impl Routed for HttpRoute {
+    fn meta(&self) -> &RouteMeta {
+        &self.meta
+    }
+    fn rule_backends(&self) -> Vec<(Option<&str>, &[WeightedBackend])> {
+        self.rules
+            .iter()
+            .map(|r| (r.name.as_deref(), r.backends.as_slice()))
+            .collect()
+    }
+    fn backends_mut(&mut self) -> Vec<&mut WeightedBackend> {
+        self.rules
+            .iter_mut()
+            .flat_map(|r| r.backends.iter_mut())
+            .collect()
+    }
+}
+
+impl Routed for GrpcRoute {
+    fn meta(&self) -> &RouteMeta {
+        &self.meta
+    }
+    fn rule_backends(&self) -> Vec<(Option<&str>, &[WeightedBackend])> {
+        self.rules
+            .iter()
+            .map(|r| (r.name.as_deref(), r.backends.as_slice()))
+            .collect()
+    }
+    fn backends_mut(&mut self) -> Vec<&mut WeightedBackend> {
+        self.rules
+            .iter_mut()
+            .flat_map(|r| r.backends.iter_mut())
+            .collect()
+    }
+}
+
 /// Which match of which rule of which route a request matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteMatch {
@@ -451,6 +497,37 @@ pub struct RouteMatch {
     pub rule: usize,
     /// The match's index in the rule (0 for a rule without matches).
     pub matched: usize,
+}
+
+/// Every match of `rules` (route index, rule index, its matches), most specific first by
+/// `precedence`; a rule without matches counts as `every`. The sort is stable: ties keep
+/// route, rule and match order.
+fn ordered<'a, M: Clone + 'a, K: Ord>(
+    rules: impl Iterator<Item = (usize, usize, &'a [M])>,
+    precedence: impl Fn(&M) -> K,
+    every: &M,
+) -> Vec<(RouteMatch, Option<M>)> {
+    let mut order = Vec::new();
+    for (route, rule, matches) in rules {
+        if matches.is_empty() {
+            let at = RouteMatch {
+                route,
+                rule,
+                matched: 0,
+            };
+            order.push((at, None));
+        }
+        for (matched, m) in matches.iter().enumerate() {
+            let at = RouteMatch {
+                route,
+                rule,
+                matched,
+            };
+            order.push((at, Some(m.clone())));
+        }
+    }
+    order.sort_by_cached_key(|(_, m)| precedence(m.as_ref().unwrap_or(every)));
+    order
 }
 
 /// The HTTP routes of one service port, ordered once for matching.
@@ -464,30 +541,14 @@ pub struct HttpRouteTable {
 impl HttpRouteTable {
     /// Orders the matches of `routes` (given oldest first) by Gateway API precedence.
     pub fn new(routes: Vec<HttpRoute>) -> Self {
-        let mut order = Vec::new();
-        for (r, route) in routes.iter().enumerate() {
-            for (i, rule) in route.rules.iter().enumerate() {
-                if rule.matches.is_empty() {
-                    let at = RouteMatch {
-                        route: r,
-                        rule: i,
-                        matched: 0,
-                    };
-                    order.push((at, None));
-                }
-                for (m, matched) in rule.matches.iter().enumerate() {
-                    let at = RouteMatch {
-                        route: r,
-                        rule: i,
-                        matched: m,
-                    };
-                    order.push((at, Some(matched.clone())));
-                }
-            }
-        }
-        // Stable: ties keep route, rule and match order. No matches is a prefix `/`.
-        let all = HttpMatch::default();
-        order.sort_by_cached_key(|(_, m)| m.as_ref().unwrap_or(&all).precedence());
+        let rules = routes.iter().enumerate().flat_map(|(r, route)| {
+            route
+                .rules
+                .iter()
+                .enumerate()
+                .map(move |(i, rule)| (r, i, rule.matches.as_slice()))
+        });
+        let order = ordered(rules, HttpMatch::precedence, &HttpMatch::default());
         Self { routes, order }
     }
 
@@ -588,29 +649,14 @@ pub struct GrpcRouteTable {
 impl GrpcRouteTable {
     /// Orders the matches of `routes` (given oldest first) by Gateway API precedence.
     pub fn new(routes: Vec<GrpcRoute>) -> Self {
-        let mut order = Vec::new();
-        for (r, route) in routes.iter().enumerate() {
-            for (i, rule) in route.rules.iter().enumerate() {
-                if rule.matches.is_empty() {
-                    let at = RouteMatch {
-                        route: r,
-                        rule: i,
-                        matched: 0,
-                    };
-                    order.push((at, None));
-                }
-                for (m, matched) in rule.matches.iter().enumerate() {
-                    let at = RouteMatch {
-                        route: r,
-                        rule: i,
-                        matched: m,
-                    };
-                    order.push((at, Some(matched.clone())));
-                }
-            }
-        }
-        let all = GrpcMatch::default();
-        order.sort_by_cached_key(|(_, m)| m.as_ref().unwrap_or(&all).precedence());
+        let rules = routes.iter().enumerate().flat_map(|(r, route)| {
+            route
+                .rules
+                .iter()
+                .enumerate()
+                .map(move |(i, rule)| (r, i, rule.matches.as_slice()))
+        });
+        let order = ordered(rules, GrpcMatch::precedence, &GrpcMatch::default());
         Self { routes, order }
     }
 

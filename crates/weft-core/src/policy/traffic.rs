@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::route::{GrpcRoute, HttpRoute, WeightedBackend};
+use super::route::{GrpcRoute, HttpRoute, Routed};
 use super::route_spec::{Bound, Parent};
 use crate::model::ServiceName;
 
@@ -102,49 +102,42 @@ pub fn for_service<'a>(
     caller_namespace: &str,
     exists: impl Fn(&ServiceName) -> bool,
 ) -> TrafficPolicy {
-    let mark = |backends: &mut Vec<WeightedBackend>| {
-        for b in backends {
+    TrafficPolicy {
+        http: picked(http, service, port, caller_namespace, &exists).into(),
+        grpc: picked(grpc, service, port, caller_namespace, &exists).into(),
+    }
+}
+
+/// The routes of `routes` that apply, with the backends `exists` does not know marked missing.
+fn picked<'a, R: Routed + 'a>(
+    routes: impl Iterator<Item = &'a Bound<R>> + Clone,
+    service: &ServiceName,
+    port: u16,
+    caller_namespace: &str,
+    exists: &impl Fn(&ServiceName) -> bool,
+) -> Vec<R> {
+    select(
+        routes,
+        |r: &R| &r.meta().name,
+        service,
+        port,
+        caller_namespace,
+    )
+    .into_iter()
+    .map(|r| {
+        let mut r = r.clone();
+        for b in r.backends_mut() {
             b.missing = !exists(&b.service);
         }
-    };
-    let http: Vec<HttpRoute> = select(
-        http,
-        |r: &HttpRoute| &r.meta.name,
-        service,
-        port,
-        caller_namespace,
-    )
-    .into_iter()
-    .map(|r| {
-        let mut r = r.clone();
-        r.rules.iter_mut().for_each(|rule| mark(&mut rule.backends));
         r
     })
-    .collect();
-    let grpc: Vec<GrpcRoute> = select(
-        grpc,
-        |r: &GrpcRoute| &r.meta.name,
-        service,
-        port,
-        caller_namespace,
-    )
-    .into_iter()
-    .map(|r| {
-        let mut r = r.clone();
-        r.rules.iter_mut().for_each(|rule| mark(&mut rule.backends));
-        r
-    })
-    .collect();
-    TrafficPolicy {
-        http: http.into(),
-        grpc: grpc.into(),
-    }
+    .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::route::{HttpRule, RouteMeta, RouteSource};
+    use crate::policy::route::{HttpRule, RouteMeta, RouteSource, WeightedBackend};
 
     fn svc(ns: &str, name: &str) -> ServiceName {
         ServiceName::new(ns, name).unwrap()

@@ -10,7 +10,9 @@
 
 use std::sync::Arc;
 
-use weft_core::policy::route::{GrpcRouteTable, HttpFilter, HttpRouteTable, WeightedBackend};
+use weft_core::policy::route::{
+    GrpcRouteTable, HttpFilter, HttpRouteTable, Routed, WeightedBackend,
+};
 use weft_core::policy::traffic::TrafficPolicy;
 use weft_core::{ServiceName, Target};
 
@@ -163,38 +165,33 @@ impl Routes {
             out
         };
         Self {
-            http_splits: policy
-                .http
-                .iter()
-                .map(|r| {
-                    r.rules
-                        .iter()
-                        .enumerate()
-                        .map(|(i, rule)| {
-                            let name = rule.name.clone().unwrap_or_else(|| i.to_string());
-                            split(&r.meta.name, name, &rule.backends)
-                        })
-                        .collect()
-                })
-                .collect(),
-            grpc_splits: policy
-                .grpc
-                .iter()
-                .map(|r| {
-                    r.rules
-                        .iter()
-                        .enumerate()
-                        .map(|(i, rule)| {
-                            let name = rule.name.clone().unwrap_or_else(|| i.to_string());
-                            split(&r.meta.name, name, &rule.backends)
-                        })
-                        .collect()
-                })
-                .collect(),
+            http_splits: splits(&policy.http, &split),
+            grpc_splits: splits(&policy.grpc, &split),
             http: HttpRouteTable::new(policy.http.to_vec()),
             grpc: GrpcRouteTable::new(policy.grpc.to_vec()),
         }
     }
+}
+
+/// The backends of every rule of `routes`, by route and rule; a rule is labelled by its name,
+/// else its index.
+fn splits<R: Routed>(
+    routes: &[R],
+    split: &impl Fn(&str, String, &[WeightedBackend]) -> Split,
+) -> Vec<Vec<Split>> {
+    routes
+        .iter()
+        .map(|r| {
+            r.rule_backends()
+                .into_iter()
+                .enumerate()
+                .map(|(i, (name, backends))| {
+                    let name = name.map_or_else(|| i.to_string(), str::to_string);
+                    split(&r.meta().name, name, backends)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Whether a backend on `port` of the destination's own service is the destination `own`
