@@ -413,3 +413,27 @@ backend_refs = [{ name = "web-v2" }, { name = "ghost" }]
     assert_eq!(ok + failed, 200, "{seen:?}");
     assert!(ok >= 60 && failed >= 60, "about half each: {seen:?}");
 }
+
+/// A backend the mesh policy does not let the caller reach is refused with 403, as a call to
+/// that service itself would be (not with the 503 of a backend without endpoints).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_the_caller_may_not_call_is_refused() {
+    let denied = format!(
+        "{ROUTES}\n[[policy.authorizations]]\nservice = \"web-v2.test\"\nallow = [\"test/web\"]\n"
+    );
+    let c = canary(&denied).await;
+    let http = weft_tests::http_client();
+    let up = upstream(&c.client, "web");
+    // The backend's destination resolves on first use; its denial arrives with its first
+    // answer, so the first request may still wait for it.
+    let _ = get(&http, up, "/app/x", &[("x-version", "2")]).await;
+    let (status, backend, headers, _) = get(&http, up, "/app/x", &[("x-version", "2")]).await;
+    assert_eq!((status, backend.as_str()), (StatusCode::FORBIDDEN, ""));
+    assert!(
+        headers["weft-proxy-error"]
+            .to_str()
+            .unwrap()
+            .contains("denied"),
+        "{headers:?}"
+    );
+}

@@ -173,7 +173,14 @@ fn route(
     };
     let balancer = match backend.map(|b| &b.target) {
         None | Some(BackendTarget::Parent) => dest.http.clone(),
-        Some(BackendTarget::Service(lease)) => lease.http.clone(),
+        Some(BackendTarget::Service(lease)) => {
+            // The backend's own answer counts as the destination's would: a backend the mesh
+            // policy denies this caller is a 403 at once, one with no endpoint a 503.
+            if let Some(e) = super::gate::unroutable(lease) {
+                return Err(e);
+            }
+            lease.http.clone()
+        }
         Some(BackendTarget::Missing(why)) => {
             return Err(HttpError::new(
                 Kind::Internal,
