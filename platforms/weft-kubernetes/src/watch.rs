@@ -52,7 +52,7 @@ pub(crate) async fn run(
     registry: RegistryWriter,
     shutdown: CancellationToken,
 ) {
-    let routes = route_kinds(&platform.client).await;
+    let routes = route_kinds(&platform.client, &shutdown).await;
     let statuses = Arc::new(StatusQueue::default());
     if !routes.is_empty() {
         tokio::spawn(write_statuses(
@@ -138,28 +138,43 @@ pub(crate) async fn run(
 }
 
 /// The route kinds the API server serves (the Gateway API CRDs installed), asked once at
-/// start: without them the mesh's routes come from the mesh file alone.
-async fn route_kinds(client: &kube::Client) -> Vec<Kind> {
-    match client
-        .list_api_group_resources(&format!("{}/{}", routes::GROUP, routes::VERSION))
-        .await
-    {
-        Ok(list) => {
-            let has = |plural: &str| list.resources.iter().any(|r| r.name == plural);
-            let kinds: Vec<Kind> = [
-                ("httproutes", Kind::HttpRoute),
-                ("grpcroutes", Kind::GrpcRoute),
-            ]
-            .into_iter()
-            .filter(|(plural, _)| has(plural))
-            .map(|(_, kind)| kind)
-            .collect();
-            tracing::info!(platform = crate::NAME, kinds = ?kinds, "Gateway API routes watched");
-            kinds
-        }
-        Err(e) => {
-            tracing::info!(platform = crate::NAME, error = %e, "no Gateway API routes (the CRDs are not installed); routes come from the mesh file only");
-            Vec::new()
+/// start, again with backoff while the API server does not answer (its lists would fail
+/// anyway): without them the mesh's routes come from the mesh file alone.
+async fn route_kinds(client: &kube::Client, shutdown: &CancellationToken) -> Vec<Kind> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let asked = client
+            .list_api_group_resources(&format!("{}/{}", routes::GROUP, routes::VERSION))
+            .await;
+        match asked {
+            Ok(list) => {
+                let has = |plural: &str| list.resources.iter().any(|r| r.name == plural);
+                let kinds: Vec<Kind> = [
+                    ("httproutes", Kind::HttpRoute),
+                    ("grpcroutes", Kind::GrpcRoute),
+                ]
+                .into_iter()
+                .filter(|(plural, _)| has(plural))
+                .map(|(_, kind)| kind)
+                .collect();
+                tracing::info!(platform = crate::NAME, kinds = ?kinds, "Gateway API routes watched");
+                return kinds;
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                tracing::info!(
+                    platform = crate::NAME,
+                    "no Gateway API routes (the CRDs are not installed); routes come from the mesh file only"
+                );
+                return Vec::new();
+            }
+            Err(e) => {
+                tracing::warn!(platform = crate::NAME, error = %e, retry_in = ?delay, "could not ask whether the Gateway API is installed");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Vec::new(),
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(MAX_RETRY);
+            }
         }
     }
 }
