@@ -570,4 +570,43 @@ mod tests {
         let (routes, _) = store.translate(exists);
         assert!(routes.http.is_empty());
     }
+
+    /// A route in the caller's namespace bound to a Service in another is a consumer route:
+    /// it applies to callers in its own namespace, in place of the producer's routes.
+    #[test]
+    fn consumer_routes_bind_across_namespaces_for_their_own_callers() {
+        let mut store = RouteStore::default();
+        store.apply(
+            RouteKind::Http,
+            key("producer"),
+            info("2026-01-01T00:00:00Z", 1, canary(10, "web-v2")),
+        );
+        let mut consumer = canary(50, "web-v2");
+        consumer["parentRefs"][0]["namespace"] = json!("shop");
+        consumer["rules"][0]["backendRefs"][0]["namespace"] = json!("shop");
+        consumer["rules"][0]["backendRefs"][1]["namespace"] = json!("shop");
+        store.apply(
+            RouteKind::Http,
+            ("tests".into(), "pinned".into()),
+            info("2026-01-02T00:00:00Z", 1, consumer),
+        );
+        let (routes, _) = store.translate(|_| true);
+        let web = ServiceName::new("shop", "web").unwrap();
+        let policy = |caller: &str| {
+            weft_core::policy::traffic::for_service(
+                routes.http.iter(),
+                routes.grpc.iter(),
+                &web,
+                80,
+                caller,
+                |_| true,
+            )
+        };
+        let names = |p: &weft_core::policy::traffic::TrafficPolicy| -> Vec<String> {
+            p.http.iter().map(|r| r.meta.name.clone()).collect()
+        };
+        assert_eq!(names(&policy("tests")), ["tests/pinned"]);
+        assert_eq!(names(&policy("shop")), ["shop/producer"]);
+        assert_eq!(names(&policy("billing")), ["shop/producer"]);
+    }
 }
