@@ -926,6 +926,61 @@ async fn httproutes_in_the_cluster_apply_to_intercepted_calls() {
     assert_eq!(conditions[1]["status"], "True", "{route}");
 }
 
+/// GAMMA for gRPC on Kubernetes in the lab: a `GRPCRoute` bound to Service `api-grpc` routes an
+/// unmodified gRPC client's calls to the ClusterIP by method, follows an edit of the route, and
+/// answers a method no rule matches with `UNIMPLEMENTED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcroutes_in_the_cluster_route_by_method() {
+    let Some(m) = mesh_via(Via::Kubernetes, "allow", [&[], &[]]).await else {
+        return;
+    };
+    let fake = m._fake.as_ref().unwrap();
+    let route = |service: &str| {
+        serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GRPCRoute",
+            "metadata": {"namespace": "lab", "name": "api-grpc"},
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "api-grpc"}],
+                "rules": [{"matches": [{"method": {"service": service}}],
+                           "backendRefs": [{"name": "api-grpc", "port": 9090}]}],
+            },
+        })
+    };
+    let url = "http://10.96.0.11:9090".to_string();
+    // Bound to the Discovery service only: Identity.Certify matches no rule.
+    fake.apply(route("weft.api.v1.Discovery"));
+    let mut last = Ok(Vec::new());
+    for _ in 0..100 {
+        last = m.grpc_echo(WEB, url.clone(), b"x").await;
+        if last.as_ref().is_err_and(|e| e.contains("not implemented")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        last.as_ref().is_err_and(|e| e.contains("not implemented")),
+        "the GRPCRoute never applied: {last:?}\n{}\n{:?}",
+        m.log("web"),
+        fake.get("GRPCRoute", Some("lab"), "api-grpc")
+    );
+    // The route edited to name Identity: the same call goes through.
+    fake.apply(route("weft.api.v1.Identity"));
+    let mut through = false;
+    for _ in 0..100 {
+        if m.grpc_echo(WEB, url.clone(), b"routed").await.as_deref() == Ok(b"routed".as_slice()) {
+            through = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        through,
+        "the edited GRPCRoute never applied\n{}",
+        m.log("web")
+    );
+}
+
 /// The WEFT lines of the nat table as `save` lists them.
 async fn weft_rules(lab: &Lab, save: &str) -> Vec<String> {
     let out = lab.hosts[0].run(save, &["-t", "nat"]).await;

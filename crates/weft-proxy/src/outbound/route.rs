@@ -124,7 +124,7 @@ fn route(
             Kind::NotFound,
             Who::Caller,
             RetrySafe::No,
-            format!("{}: no route matches {}", dest.target, req.uri().path()),
+            format!("no route matches {}", req.uri().path()),
         ));
     };
     let mut response_headers: Vec<&HeaderModifier> = Vec::new();
@@ -167,7 +167,7 @@ fn route(
                 Kind::Internal,
                 Who::Proxy,
                 RetrySafe::No,
-                format!("{}: every backend of the route has weight 0", dest.target),
+                "every backend of the route has weight 0",
             )
         })?)
     };
@@ -186,7 +186,7 @@ fn route(
                 Kind::Internal,
                 Who::Proxy,
                 RetrySafe::No,
-                format!("{}: {why}", dest.target),
+                why.clone(),
             ));
         }
     };
