@@ -234,3 +234,37 @@ async fn without_the_gateway_api_the_adapter_syncs_and_serves_no_routes() {
         "routes were watched without the CRDs"
     );
 }
+
+/// A route bound to a Service and to a Gateway: the mesh writes its own status entry and
+/// keeps the Gateway controller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_controllers_status_entries_are_kept() {
+    let fake = FakeKube::start().await;
+    add_service(&fake, "web", "10.1.0.1".parse().unwrap());
+    let gateway_entry = json!({
+        "parentRef": {"name": "gw"},
+        "controllerName": "example.net/gateway",
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                        "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+    });
+    let mut route = http_route("both", {
+        let mut spec = canary("web", 0);
+        spec["parentRefs"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "gw"}));
+        spec
+    });
+    route["status"] = json!({"parents": [gateway_entry.clone()]});
+    fake.apply(route);
+    let _run = running(&fake).await;
+    let obj = wait_object(&fake, "HTTPRoute", "both", "the mesh's entry", |o| {
+        o["status"]["parents"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["controllerName"] == "weft.dev/mesh"))
+    })
+    .await;
+    let parents = obj["status"]["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 2, "{obj}");
+    assert!(parents.contains(&gateway_entry), "{obj}");
+}

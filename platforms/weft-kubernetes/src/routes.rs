@@ -15,7 +15,9 @@
 //! - `ResolvedRefs`: `True`/`ResolvedRefs`, or `False`/`BackendNotFound` naming the backends
 //!   that do not exist (they get no traffic if their weight is 0, else 500 for their share).
 //!
-//! A status is written (a merge patch of the status subresource) only when it changes.
+//! A status is written only when it changes: the route is read, the entries of other
+//! controllers (Gateways the route is also bound to) are kept, and the status subresource is
+//! patched at the version read (a conflict starts over).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -48,6 +50,16 @@ macro_rules! route_object {
             pub metadata: ObjectMeta,
             #[serde(default)]
             pub spec: Value,
+            /// Read when writing the mesh's entries beside other controllers' (never
+            /// serialized back whole).
+            #[serde(default, skip_serializing)]
+            pub status: Value,
+        }
+
+        impl StatusOf for $name {
+            fn status(&self) -> &Value {
+                &self.status
+            }
         }
 
         impl Resource for $name {
@@ -81,6 +93,31 @@ macro_rules! route_object {
 
 route_object!(HttpRouteObject, "HTTPRoute", "httproutes");
 route_object!(GrpcRouteObject, "GRPCRoute", "grpcroutes");
+
+/// A route object's status, as read.
+pub(crate) trait StatusOf {
+    fn status(&self) -> &Value;
+}
+
+/// The `status` to write on a route whose current status is `current`: the mesh's entries
+/// (`ours`, `{"parents": [...]}`) beside the entries of other controllers (Gateways bound to
+/// the same route), which are kept as they are.
+pub(crate) fn merged_status(current: &Value, ours: Value) -> Value {
+    let mut parents: Vec<Value> = current
+        .get("parents")
+        .and_then(Value::as_array)
+        .map(|ps| {
+            ps.iter()
+                .filter(|p| p.get("controllerName").and_then(Value::as_str) != Some(CONTROLLER))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(mine) = ours.get("parents").and_then(Value::as_array) {
+        parents.extend(mine.iter().cloned());
+    }
+    json!({ "parents": parents })
+}
 
 /// Which route kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

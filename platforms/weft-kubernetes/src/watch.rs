@@ -218,19 +218,16 @@ async fn write_statuses(
         }
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         for ((kind, (ns, name)), status) in queue.take() {
-            let patch = kube::api::Patch::Merge(serde_json::json!({
-                "status": routes::stamped(status, &now),
-            }));
-            let params = kube::api::PatchParams::default();
+            let status = routes::stamped(status, &now);
             let result = match kind {
-                RouteKind::Http => Api::<HttpRouteObject>::namespaced(client.clone(), &ns)
-                    .patch_status(&name, &params, &patch)
-                    .await
-                    .map(|_| ()),
-                RouteKind::Grpc => Api::<GrpcRouteObject>::namespaced(client.clone(), &ns)
-                    .patch_status(&name, &params, &patch)
-                    .await
-                    .map(|_| ()),
+                RouteKind::Http => {
+                    let api = Api::<HttpRouteObject>::namespaced(client.clone(), &ns);
+                    write_status(&api, &name, status).await
+                }
+                RouteKind::Grpc => {
+                    let api = Api::<GrpcRouteObject>::namespaced(client.clone(), &ns);
+                    write_status(&api, &name, status).await
+                }
             };
             match result {
                 Ok(()) => {
@@ -240,6 +237,37 @@ async fn write_statuses(
                     tracing::warn!(platform = crate::NAME, kind = kind.as_str(), %ns, %name, error = %e, "route status not written")
                 }
             }
+        }
+    }
+}
+
+/// Writes the mesh's status entries on route `name`, keeping other controllers' entries: read
+/// the route, merge, and patch at the version read; a conflict (someone wrote in between)
+/// starts over, a few times.
+async fn write_status<K>(
+    api: &Api<K>,
+    name: &str,
+    ours: serde_json::Value,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource + routes::StatusOf + Clone + serde::de::DeserializeOwned + Debug,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = api.get_status(name).await?;
+        let status = routes::merged_status(current.status(), ours.clone());
+        let patch = kube::api::Patch::Merge(serde_json::json!({
+            "metadata": {"resourceVersion": current.meta().resource_version},
+            "status": status,
+        }));
+        match api
+            .patch_status(name, &kube::api::PatchParams::default(), &patch)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < 5 => continue,
+            Err(e) => return Err(e),
         }
     }
 }
