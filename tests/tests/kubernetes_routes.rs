@@ -268,3 +268,24 @@ async fn other_controllers_status_entries_are_kept() {
     assert_eq!(parents.len(), 2, "{obj}");
     assert!(parents.contains(&gateway_entry), "{obj}");
 }
+
+/// Gateway API CRDs installed after the control plane started are picked up without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crds_installed_later_are_picked_up() {
+    let fake = FakeKube::start().await;
+    fake.set_gateway_api(false);
+    add_service(&fake, "web", "10.1.0.1".parse().unwrap());
+    add_service(&fake, "web-v2", "10.1.0.2".parse().unwrap());
+    let run = running(&fake).await;
+    run.until("web", |s| {
+        s.service(&ServiceName::new("shop", "web").unwrap())
+            .is_some()
+    })
+    .await;
+    fake.set_gateway_api(true);
+    fake.apply(http_route("canary", canary("web-v2", 10)));
+    run.until("the canary, once the CRDs are there", |s| {
+        weights(s, "shop/canary") == Some(vec![90, 10])
+    })
+    .await;
+}

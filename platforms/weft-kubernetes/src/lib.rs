@@ -23,7 +23,8 @@
 //! so a relist never shows a service vanishing and coming back.
 //!
 //! # Routes
-//! Where the API server serves the Gateway API (its CRDs are installed; asked once at start),
+//! Where the API server serves the Gateway API (its CRDs are installed; asked at start, then
+//! every minute while they are not),
 //! the adapter also watches `HTTPRoute` and `GRPCRoute` objects whose `parentRefs` name a
 //! Service (the GAMMA mesh profile), turns them into the mesh's routes beside the mesh file's,
 //! and writes each one's `status.parents` (`Accepted`, `ResolvedRefs`) when it changes (see the

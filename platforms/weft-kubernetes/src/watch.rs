@@ -52,16 +52,19 @@ pub(crate) async fn run(
     registry: RegistryWriter,
     shutdown: CancellationToken,
 ) {
-    let routes = route_kinds(&platform.client, &shutdown).await;
+    let mut routes = route_kinds(&platform.client, &shutdown).await;
     let statuses = Arc::new(StatusQueue::default());
-    if !routes.is_empty() {
-        tokio::spawn(write_statuses(
-            platform.client.clone(),
-            statuses.clone(),
-            shutdown.clone(),
-        ));
-    }
-    let (specs, mut streams) = streams(platform, &routes);
+    tokio::spawn(write_statuses(
+        platform.client.clone(),
+        statuses.clone(),
+        shutdown.clone(),
+    ));
+    let (mut specs, mut streams) = streams(platform, &routes);
+    // Without the Gateway API, ask again now and then: CRDs installed later are picked up
+    // without a restart.
+    let mut recheck = tokio::time::interval(platform.retry_floor * CRD_RECHECK_FLOORS);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    recheck.reset();
     let mut cluster = Cluster::new(platform.trust_domain.clone(), platform.namespaces.clone());
     let mut lists: HashMap<usize, Vec<Object>> = HashMap::new();
     // Streams that have not completed their first list, and those relisting now.
@@ -87,6 +90,19 @@ pub(crate) async fn run(
                     match streams.next().now_or_never() {
                         Some(Some(item)) => step.handle(item),
                         _ => break,
+                    }
+                }
+            }
+            _ = recheck.tick(), if routes.is_empty() => {
+                if let Ok(list) = platform
+                    .client
+                    .list_api_group_resources(&format!("{}/{}", routes::GROUP, routes::VERSION))
+                    .await
+                {
+                    routes = kinds_served(&list);
+                    if !routes.is_empty() {
+                        tracing::info!(platform = crate::NAME, kinds = ?routes, "the Gateway API is installed now; watching its routes");
+                        add_streams(platform, &routes, &mut specs, &mut streams);
                     }
                 }
             }
@@ -137,9 +153,9 @@ pub(crate) async fn run(
     }
 }
 
-/// The route kinds the API server serves (the Gateway API CRDs installed), asked once at
-/// start, again with backoff while the API server does not answer (its lists would fail
-/// anyway): without them the mesh's routes come from the mesh file alone.
+/// The route kinds the API server serves (the Gateway API CRDs installed), asked at start,
+/// again with backoff while the API server does not answer (its lists would fail anyway):
+/// without them the mesh's routes come from the mesh file alone until they are installed.
 async fn route_kinds(client: &kube::Client, shutdown: &CancellationToken) -> Vec<Kind> {
     let mut delay = Duration::from_millis(100);
     loop {
@@ -148,15 +164,7 @@ async fn route_kinds(client: &kube::Client, shutdown: &CancellationToken) -> Vec
             .await;
         match asked {
             Ok(list) => {
-                let has = |plural: &str| list.resources.iter().any(|r| r.name == plural);
-                let kinds: Vec<Kind> = [
-                    ("httproutes", Kind::HttpRoute),
-                    ("grpcroutes", Kind::GrpcRoute),
-                ]
-                .into_iter()
-                .filter(|(plural, _)| has(plural))
-                .map(|(_, kind)| kind)
-                .collect();
+                let kinds = kinds_served(&list);
                 tracing::info!(platform = crate::NAME, kinds = ?kinds, "Gateway API routes watched");
                 return kinds;
             }
@@ -178,6 +186,25 @@ async fn route_kinds(client: &kube::Client, shutdown: &CancellationToken) -> Vec
         }
     }
 }
+
+/// The route kinds an API resource list names.
+fn kinds_served(
+    list: &k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList,
+) -> Vec<Kind> {
+    let has = |plural: &str| list.resources.iter().any(|r| r.name == plural);
+    [
+        ("httproutes", Kind::HttpRoute),
+        ("grpcroutes", Kind::GrpcRoute),
+    ]
+    .into_iter()
+    .filter(|(plural, _)| has(plural))
+    .map(|(_, kind)| kind)
+    .collect()
+}
+
+/// How often, in retry floors (a minute by default), an adapter without the Gateway API asks
+/// again whether it is installed.
+const CRD_RECHECK_FLOORS: u32 = 75;
 
 /// Route statuses waiting to be written; a newer status of a route replaces a pending one.
 #[derive(Debug, Default)]
@@ -337,12 +364,9 @@ fn is_gone(error: &watcher::Error) -> bool {
     }
 }
 
-/// Every watch the settings call for, with the kind and scope of each.
-fn streams(
-    p: &KubernetesPlatform,
-    routes: &[Kind],
-) -> (Vec<(Kind, Scope)>, SelectAll<BoxStream<'static, Item>>) {
-    let scopes: Vec<Scope> = if p.settings.namespaces.is_empty() {
+/// The scopes the settings call for: every namespace, or each one named.
+fn scopes(p: &KubernetesPlatform) -> Vec<Scope> {
+    if p.settings.namespaces.is_empty() {
         vec![Scope::All]
     } else {
         p.settings
@@ -350,58 +374,81 @@ fn streams(
             .iter()
             .map(|ns| Scope::Namespace(ns.clone()))
             .collect()
-    };
+    }
+}
+
+/// Every watch the settings call for, with the kind and scope of each.
+fn streams(
+    p: &KubernetesPlatform,
+    routes: &[Kind],
+) -> (Vec<(Kind, Scope)>, SelectAll<BoxStream<'static, Item>>) {
     let mut specs = Vec::new();
     let mut all = SelectAll::new();
-    for scope in scopes {
-        let kinds = [Kind::Namespace, Kind::Service, Kind::Slice, Kind::Pod];
-        for kind in kinds.into_iter().chain(routes.iter().copied()) {
+    let kinds = [Kind::Namespace, Kind::Service, Kind::Slice, Kind::Pod];
+    let kinds: Vec<Kind> = kinds.into_iter().chain(routes.iter().copied()).collect();
+    add_streams(p, &kinds, &mut specs, &mut all);
+    (specs, all)
+}
+
+/// Adds a watch of each of `kinds` in every scope, numbered after those in `specs`.
+fn add_streams(
+    p: &KubernetesPlatform,
+    kinds: &[Kind],
+    specs: &mut Vec<(Kind, Scope)>,
+    all: &mut SelectAll<BoxStream<'static, Item>>,
+) {
+    for scope in scopes(p) {
+        for kind in kinds {
             let i = specs.len();
-            let client = p.client.clone();
-            let config = watcher::Config::default();
-            let floor = p.retry_floor;
-            let stream = match (&scope, kind) {
-                (Scope::All, Kind::Namespace) => {
-                    watch::<Namespace>(Api::all(client), config, i, floor)
-                }
-                (Scope::Namespace(ns), Kind::Namespace) => watch::<Namespace>(
-                    Api::all(client),
-                    config.fields(&format!("metadata.name={ns}")),
-                    i,
-                    floor,
-                ),
-                (Scope::All, Kind::Service) => watch::<Service>(Api::all(client), config, i, floor),
-                (Scope::Namespace(ns), Kind::Service) => {
-                    watch::<Service>(Api::namespaced(client, ns), config, i, floor)
-                }
-                (Scope::All, Kind::Slice) => {
-                    watch::<EndpointSlice>(Api::all(client), config, i, floor)
-                }
-                (Scope::Namespace(ns), Kind::Slice) => {
-                    watch::<EndpointSlice>(Api::namespaced(client, ns), config, i, floor)
-                }
-                (Scope::All, Kind::Pod) => watch::<Pod>(Api::all(client), config, i, floor),
-                (Scope::Namespace(ns), Kind::Pod) => {
-                    watch::<Pod>(Api::namespaced(client, ns), config, i, floor)
-                }
-                (Scope::All, Kind::HttpRoute) => {
-                    watch::<HttpRouteObject>(Api::all(client), config, i, floor)
-                }
-                (Scope::Namespace(ns), Kind::HttpRoute) => {
-                    watch::<HttpRouteObject>(Api::namespaced(client, ns), config, i, floor)
-                }
-                (Scope::All, Kind::GrpcRoute) => {
-                    watch::<GrpcRouteObject>(Api::all(client), config, i, floor)
-                }
-                (Scope::Namespace(ns), Kind::GrpcRoute) => {
-                    watch::<GrpcRouteObject>(Api::namespaced(client, ns), config, i, floor)
-                }
-            };
-            specs.push((kind, scope.clone()));
-            all.push(stream);
+            all.push(stream_for(p, *kind, &scope, i));
+            specs.push((*kind, scope.clone()));
         }
     }
-    (specs, all)
+}
+
+/// The watch of `kind` in `scope`, its events numbered `i`.
+fn stream_for(
+    p: &KubernetesPlatform,
+    kind: Kind,
+    scope: &Scope,
+    i: usize,
+) -> BoxStream<'static, Item> {
+    let client = p.client.clone();
+    let config = watcher::Config::default();
+    let floor = p.retry_floor;
+    match (scope, kind) {
+        (Scope::All, Kind::Namespace) => watch::<Namespace>(Api::all(client), config, i, floor),
+        (Scope::Namespace(ns), Kind::Namespace) => watch::<Namespace>(
+            Api::all(client),
+            config.fields(&format!("metadata.name={ns}")),
+            i,
+            floor,
+        ),
+        (Scope::All, Kind::Service) => watch::<Service>(Api::all(client), config, i, floor),
+        (Scope::Namespace(ns), Kind::Service) => {
+            watch::<Service>(Api::namespaced(client, ns), config, i, floor)
+        }
+        (Scope::All, Kind::Slice) => watch::<EndpointSlice>(Api::all(client), config, i, floor),
+        (Scope::Namespace(ns), Kind::Slice) => {
+            watch::<EndpointSlice>(Api::namespaced(client, ns), config, i, floor)
+        }
+        (Scope::All, Kind::Pod) => watch::<Pod>(Api::all(client), config, i, floor),
+        (Scope::Namespace(ns), Kind::Pod) => {
+            watch::<Pod>(Api::namespaced(client, ns), config, i, floor)
+        }
+        (Scope::All, Kind::HttpRoute) => {
+            watch::<HttpRouteObject>(Api::all(client), config, i, floor)
+        }
+        (Scope::Namespace(ns), Kind::HttpRoute) => {
+            watch::<HttpRouteObject>(Api::namespaced(client, ns), config, i, floor)
+        }
+        (Scope::All, Kind::GrpcRoute) => {
+            watch::<GrpcRouteObject>(Api::all(client), config, i, floor)
+        }
+        (Scope::Namespace(ns), Kind::GrpcRoute) => {
+            watch::<GrpcRouteObject>(Api::namespaced(client, ns), config, i, floor)
+        }
+    }
 }
 
 /// One kind's watcher, its objects reduced to what the mesh needs as they arrive.
