@@ -171,14 +171,16 @@ fn route(
             )
         })?)
     };
+    // The backend's own answer counts as the destination's would: a backend the mesh policy
+    // denies this caller is a 403, one with no endpoint a 503.
+    let mut other = None;
     let balancer = match backend.map(|b| &b.target) {
         None | Some(BackendTarget::Parent) => dest.http.clone(),
         Some(BackendTarget::Service(lease)) => {
-            // The backend's own answer counts as the destination's would: a backend the mesh
-            // policy denies this caller is a 403 at once, one with no endpoint a 503.
             if let Some(e) = super::gate::unroutable(lease) {
                 return Err(e);
             }
+            other = Some(lease.clone());
             lease.http.clone()
         }
         Some(BackendTarget::Missing(why)) => {
@@ -218,7 +220,17 @@ fn route(
                 if let Some(m) = m {
                     m.no_response(started);
                 }
-                return Err(e);
+                // Its first answer may have come while the request waited for an endpoint.
+                let e = HttpError::from_box(e);
+                if e.kind() == Kind::Unavailable
+                    && let Some(denied) = other
+                        .as_deref()
+                        .and_then(|l| super::gate::unroutable(l))
+                        .filter(|d| d.kind() == Kind::Denied)
+                {
+                    return Err(denied.into());
+                }
+                return Err(e.into());
             }
         };
         for m in &modifiers {
