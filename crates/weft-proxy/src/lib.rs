@@ -14,7 +14,12 @@
 //!   transparent mode every connection it opens (redirected by the rules `weft-proxy init`
 //!   writes, [`transparent`]), detecting HTTP/1.1, HTTP/2 and opaque TCP, balancing with P2C
 //!   over peak-EWMA latency, opening mutual TLS to meshed peers, and passing connections to
-//!   addresses outside the mesh through unchanged ([`outbound`]);
+//!   addresses outside the mesh through unchanged ([`outbound`]); HTTP requests to a service
+//!   with routes are matched, filtered and split between backends as its routes say
+//!   ([`outbound::route`], [`outbound::router`]);
+//! - serves HTTP on both sides through a stack of tower layers whose order each side writes in
+//!   one place ([`outbound::stack`], [`inbound::stack`]); every error on the path is typed
+//!   ([`errors`]) and answered in one place per side;
 //! - serves `/live`, `/ready`, `/metrics` (and `/shutdown` when enabled) on the admin
 //!   listener, and the probes alone on an optional probe listener with slots of its own, where
 //!   platforms send their probes ([`admin`]).
