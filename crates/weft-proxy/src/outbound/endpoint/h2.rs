@@ -1,7 +1,7 @@
 //! The client of a meshed endpoint: one HTTP/2 connection over mutual TLS, opened in
 //! `poll_ready`. An endpoint that refuses connections is never ready, so the balancer routes
 //! around it and no request is lost to it; after a failed attempt it rests, from
-//! [`super::FIRST_REST`] doubling to [`super::MAX_REST`].
+//! 100 ms doubling to 5 s.
 
 use std::future::Future;
 use std::pin::Pin;
