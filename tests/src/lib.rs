@@ -70,6 +70,8 @@ pub struct WorkloadDecl {
     pub meshed: bool,
     /// `ready` (`None`), `serving` or `terminating`.
     pub state: Option<String>,
+    /// The service port it serves (`None`: 80).
+    pub service_port: Option<u16>,
 }
 
 impl WorkloadDecl {
@@ -83,6 +85,7 @@ impl WorkloadDecl {
             protocol: "auto".into(),
             meshed: true,
             state: None,
+            service_port: None,
         }
     }
 
@@ -96,6 +99,7 @@ impl WorkloadDecl {
             protocol: "auto".into(),
             meshed: true,
             state: None,
+            service_port: None,
         }
     }
 
@@ -109,6 +113,7 @@ impl WorkloadDecl {
             protocol: "auto".into(),
             meshed: false,
             state: None,
+            service_port: None,
         }
     }
 
@@ -126,6 +131,9 @@ impl WorkloadDecl {
         if let Some(state) = &self.state {
             s.push_str(&format!("state = \"{state}\"\n"));
         }
+        if let Some(p) = self.service_port {
+            s.push_str(&format!("service_port = {p}\n"));
+        }
         s
     }
 
@@ -142,6 +150,9 @@ impl WorkloadDecl {
         }
         if let Some(state) = &self.state {
             s.push_str(&format!("        state: {state}\n"));
+        }
+        if let Some(p) = self.service_port {
+            s.push_str(&format!("        service_port: {p}\n"));
         }
         s
     }

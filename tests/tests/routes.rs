@@ -437,3 +437,54 @@ async fn a_backend_the_caller_may_not_call_is_refused() {
         "{headers:?}"
     );
 }
+
+/// A route bound to one port of a service applies to that port only (Gateway API's
+/// `parentRefs[].port`, the mesh profile's MeshPorts); the other port is reached as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_bound_to_one_port_leaves_the_others_alone() {
+    const ONE_PORT: &str = r#"
+[[routes.http]]
+name = "web-80"
+namespace = "test"
+parent_refs = [{ name = "web", port = 80 }]
+
+[[routes.http.rules]]
+backend_refs = [{ name = "web-v2" }]
+"#;
+    let v1 = backends::http_echo("web-v1").await;
+    let v81 = backends::http_echo("web-81").await;
+    let v2 = backends::http_echo("web-v2").await;
+    let web = WorkloadDecl::serving("web", "web");
+    let mut web_81 = WorkloadDecl::serving("web-81", "web");
+    web_81.service_port = Some(81);
+    let web_v2 = WorkloadDecl::serving("web-v2", "web-v2");
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(
+        &[web.clone(), web_81.clone(), web_v2.clone(), load.clone()],
+        &format!("{ALLOW_ALL}\n{ONE_PORT}"),
+    )
+    .await;
+    let _s = [
+        mesh.proxy(&web, Some(v1.port()), &[]).await,
+        mesh.proxy(&web_81, Some(v81.port()), &[]).await,
+        mesh.proxy(&web_v2, Some(v2.port()), &[]).await,
+    ];
+    let client = mesh
+        .proxy(&load, None, &["web.test:80", "web.test:81"])
+        .await;
+    let http = weft_tests::http_client();
+    for _ in 0..5 {
+        let (status, backend, _, _) = get(&http, upstream(&client, "web.test:80"), "/", &[]).await;
+        assert_eq!(
+            (status, backend.as_str()),
+            (StatusCode::OK, "web-v2"),
+            "port 80 is routed"
+        );
+        let (status, backend, _, _) = get(&http, upstream(&client, "web.test:81"), "/", &[]).await;
+        assert_eq!(
+            (status, backend.as_str()),
+            (StatusCode::OK, "web-81"),
+            "port 81 is not"
+        );
+    }
+}
