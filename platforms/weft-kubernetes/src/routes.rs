@@ -17,7 +17,8 @@
 //!
 //! A status is written only when it changes: the route is read, the entries of other
 //! controllers (Gateways the route is also bound to) are kept, and the status subresource is
-//! patched at the version read (a conflict starts over).
+//! patched at the version read (a conflict starts over). When a route stops naming any
+//! Service, the mesh takes its entries back.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -235,6 +236,14 @@ impl RouteStore {
             let refs = parent_refs(&info.spec);
             let services: Vec<&ParentRef> = refs.iter().filter(|r| is_service(r)).collect();
             if services.is_empty() {
+                // No longer the mesh's: take back the entries it wrote, once.
+                if self.written.remove(&(*kind, key.clone())).is_some() {
+                    statuses.push(StatusUpdate {
+                        kind: *kind,
+                        key: key.clone(),
+                        status: json!({ "parents": [] }),
+                    });
+                }
                 continue;
             }
             let meta = RouteMeta {
@@ -601,6 +610,21 @@ mod tests {
             condition(&s.status, "Accepted")["reason"],
             "NoMatchingParent"
         );
+
+        // Rebound to a Gateway only: the mesh takes its entries back, once.
+        let mut gateway_only = canary(10, "web-v2");
+        gateway_only["parentRefs"] = json!([{"name": "gw"}]);
+        store.apply(
+            RouteKind::Http,
+            key("older"),
+            info("2026-01-01T00:00:00Z", 3, gateway_only),
+        );
+        let (routes, statuses) = store.translate(exists);
+        assert_eq!(routes.http.len(), 1);
+        let cleared = statuses.iter().find(|s| s.key == key("older")).unwrap();
+        assert_eq!(cleared.status, json!({"parents": []}));
+        let (_, statuses) = store.translate(exists);
+        assert!(statuses.iter().all(|s| s.key != key("older")));
 
         store.delete(RouteKind::Http, &key("older"));
         store.delete(RouteKind::Http, &key("newer"));
