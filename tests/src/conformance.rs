@@ -364,6 +364,37 @@ fn policy_config(
         .unwrap()
 }
 
+/// Starts a proxy beside the harness's workload `name`, presenting the platform's credential
+/// for it (written to a token file in `dir`), fronting `app` if given.
+async fn start_proxy<H: PlatformHarness>(
+    h: &H,
+    control: &weft_control::ControlPlane,
+    dir: &std::path::Path,
+    name: &str,
+    app: Option<u16>,
+    upstreams: &[&str],
+) -> weft_proxy::Proxy {
+    let credential = h.credential(name);
+    let token_file = dir.join(format!("{name}.token"));
+    std::fs::write(&token_file, &credential.token).unwrap();
+    let (_, workload) = credential
+        .workload
+        .as_deref()
+        .unwrap()
+        .split_once('/')
+        .unwrap();
+    weft_proxy::Proxy::start(weft_proxy::ProxyConfig {
+        trust_bundle: Some(control.trust_bundle_file.clone()),
+        namespace: h.namespace().to_string(),
+        platform: credential.platform.clone(),
+        account: credential.account.clone(),
+        token_file,
+        ..crate::loopback_proxy_config(control.grpc_addr, workload, app, upstreams)
+    })
+    .await
+    .unwrap()
+}
+
 /// The callee enforces authorization, on every platform: a control plane runs the adapter,
 /// a proxy runs beside workload `api-1` (service `api`, which a rule opens to `web` only), and
 /// clients holding mesh certificates call that proxy directly, without a proxy of their own.
@@ -393,25 +424,7 @@ pub async fn run_policy<H: PlatformHarness>(mut h: H) {
         addrs(s, &api_name) == [placeholder(10020)]
     })
     .await;
-    let credential = h.credential("api-1");
-    let token_file = dir.path().join("api-1.token");
-    std::fs::write(&token_file, &credential.token).unwrap();
-    let (_, workload) = credential
-        .workload
-        .as_deref()
-        .unwrap()
-        .split_once('/')
-        .unwrap();
-    let proxy = weft_proxy::Proxy::start(weft_proxy::ProxyConfig {
-        trust_bundle: Some(control.trust_bundle_file.clone()),
-        namespace: ns.clone(),
-        platform: credential.platform.clone(),
-        account: credential.account.clone(),
-        token_file,
-        ..crate::loopback_proxy_config(control.grpc_addr, workload, Some(app.port()), &[])
-    })
-    .await
-    .unwrap();
+    let proxy = start_proxy(&h, &control, dir.path(), "api-1", Some(app.port()), &[]).await;
     let inbound = proxy.inbound_addr.unwrap();
     api.servers[0].address = inbound;
     h.set(&[api.clone(), web.clone()]).await;
@@ -557,25 +570,7 @@ pub async fn run_routes<H: PlatformHarness>(mut h: H) {
     .into_iter()
     .enumerate()
     {
-        let credential = h.credential(workload);
-        let token_file = dir.path().join(format!("{workload}.token"));
-        std::fs::write(&token_file, &credential.token).unwrap();
-        let (_, key) = credential
-            .workload
-            .as_deref()
-            .unwrap()
-            .split_once('/')
-            .unwrap();
-        let proxy = weft_proxy::Proxy::start(weft_proxy::ProxyConfig {
-            trust_bundle: Some(control.trust_bundle_file.clone()),
-            namespace: ns.clone(),
-            platform: credential.platform.clone(),
-            account: credential.account.clone(),
-            token_file,
-            ..crate::loopback_proxy_config(control.grpc_addr, key, app, &upstreams)
-        })
-        .await
-        .unwrap();
+        let proxy = start_proxy(&h, &control, dir.path(), workload, app, &upstreams).await;
         // The client has no inbound listener: its workload keeps its placeholder address.
         if let Some(addr) = proxy.inbound_addr {
             workloads[i].servers[0].address = addr;

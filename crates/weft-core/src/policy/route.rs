@@ -530,57 +530,6 @@ fn ordered<'a, M: Clone + 'a, K: Ord>(
     order
 }
 
-/// The HTTP routes of one service port, ordered once for matching.
-#[derive(Clone, Debug, Default)]
-pub struct HttpRouteTable {
-    routes: Vec<HttpRoute>,
-    /// Every match of every rule, most specific first.
-    order: Vec<(RouteMatch, Option<HttpMatch>)>,
-}
-
-impl HttpRouteTable {
-    /// Orders the matches of `routes` (given oldest first) by Gateway API precedence.
-    pub fn new(routes: Vec<HttpRoute>) -> Self {
-        let rules = routes.iter().enumerate().flat_map(|(r, route)| {
-            route
-                .rules
-                .iter()
-                .enumerate()
-                .map(move |(i, rule)| (r, i, rule.matches.as_slice()))
-        });
-        let order = ordered(rules, HttpMatch::precedence, &HttpMatch::default());
-        Self { routes, order }
-    }
-
-    /// The routes, as given.
-    pub fn routes(&self) -> &[HttpRoute] {
-        &self.routes
-    }
-
-    /// Whether there is no route.
-    pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
-    }
-
-    /// The most specific match of `req`, if any.
-    pub fn find(&self, req: &impl RequestView) -> Option<RouteMatch> {
-        self.order
-            .iter()
-            .find(|(_, m)| m.as_ref().is_none_or(|m| m.matches(req)))
-            .map(|(at, _)| *at)
-    }
-
-    /// The rule a match names.
-    pub fn rule(&self, at: RouteMatch) -> Option<&HttpRule> {
-        self.routes.get(at.route)?.rules.get(at.rule)
-    }
-
-    /// The match a match names (none for a rule without matches).
-    pub fn matched(&self, at: RouteMatch) -> Option<&HttpMatch> {
-        self.rule(at)?.matches.get(at.matched)
-    }
-}
-
 /// What a gRPC request must be for a rule to apply.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GrpcMatch {
@@ -639,43 +588,134 @@ pub struct GrpcRoute {
     pub rules: Vec<GrpcRule>,
 }
 
-/// The gRPC routes of one service port, ordered once for matching.
-#[derive(Clone, Debug, Default)]
-pub struct GrpcRouteTable {
-    routes: Vec<GrpcRoute>,
-    order: Vec<(RouteMatch, Option<GrpcMatch>)>,
+/// A match of either kind, as a route table orders and applies it.
+pub trait Matcher: Clone + Default + fmt::Debug {
+    /// Gateway API precedence, smallest first.
+    type Precedence: Ord;
+    /// Whether `req` matches.
+    fn is_match(&self, req: &impl RequestView) -> bool;
+    /// Its precedence.
+    fn rank(&self) -> Self::Precedence;
 }
 
-impl GrpcRouteTable {
+impl Matcher for HttpMatch {
+    type Precedence = (u8, Reverse<usize>, bool, Reverse<usize>, Reverse<usize>);
+    fn is_match(&self, req: &impl RequestView) -> bool {
+        self.matches(req)
+    }
+    fn rank(&self) -> Self::Precedence {
+        self.precedence()
+    }
+}
+
+impl Matcher for GrpcMatch {
+    type Precedence = (Reverse<usize>, Reverse<usize>, Reverse<usize>);
+    fn is_match(&self, req: &impl RequestView) -> bool {
+        self.matches(req)
+    }
+    fn rank(&self) -> Self::Precedence {
+        self.precedence()
+    }
+}
+
+/// A route of either kind, as a route table holds it.
+pub trait TableRoute {
+    /// Its rule type.
+    type Rule;
+    /// Its match type.
+    type Match: Matcher;
+    /// Its rules.
+    fn rules(&self) -> &[Self::Rule];
+    /// A rule's matches.
+    fn matches_of(rule: &Self::Rule) -> &[Self::Match];
+}
+
+impl TableRoute for HttpRoute {
+    type Rule = HttpRule;
+    type Match = HttpMatch;
+    fn rules(&self) -> &[HttpRule] {
+        &self.rules
+    }
+    fn matches_of(rule: &HttpRule) -> &[HttpMatch] {
+        &rule.matches
+    }
+}
+
+impl TableRoute for GrpcRoute {
+    type Rule = GrpcRule;
+    type Match = GrpcMatch;
+    fn rules(&self) -> &[GrpcRule] {
+        &self.rules
+    }
+    fn matches_of(rule: &GrpcRule) -> &[GrpcMatch] {
+        &rule.matches
+    }
+}
+
+/// The routes of one service port, ordered once for matching.
+#[derive(Clone, Debug)]
+pub struct RouteTable<R: TableRoute> {
+    routes: Vec<R>,
+    /// Every match of every rule, most specific first.
+    order: Vec<(RouteMatch, Option<R::Match>)>,
+}
+
+/// The HTTP routes of one service port.
+pub type HttpRouteTable = RouteTable<HttpRoute>;
+/// The gRPC routes of one service port.
+pub type GrpcRouteTable = RouteTable<GrpcRoute>;
+
+impl<R: TableRoute> Default for RouteTable<R> {
+    fn default() -> Self {
+        Self {
+            routes: Vec::new(),
+            order: Vec::new(),
+        }
+    }
+}
+
+impl<R: TableRoute> RouteTable<R> {
     /// Orders the matches of `routes` (given oldest first) by Gateway API precedence.
-    pub fn new(routes: Vec<GrpcRoute>) -> Self {
+    pub fn new(routes: Vec<R>) -> Self {
         let rules = routes.iter().enumerate().flat_map(|(r, route)| {
             route
-                .rules
+                .rules()
                 .iter()
                 .enumerate()
-                .map(move |(i, rule)| (r, i, rule.matches.as_slice()))
+                .map(move |(i, rule)| (r, i, R::matches_of(rule)))
         });
-        let order = ordered(rules, GrpcMatch::precedence, &GrpcMatch::default());
+        let order = ordered(rules, R::Match::rank, &R::Match::default());
         Self { routes, order }
     }
 
     /// The routes, as given.
-    pub fn routes(&self) -> &[GrpcRoute] {
+    pub fn routes(&self) -> &[R] {
         &self.routes
+    }
+
+    /// Whether there is no route.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
     }
 
     /// The most specific match of `req`, if any.
     pub fn find(&self, req: &impl RequestView) -> Option<RouteMatch> {
         self.order
             .iter()
-            .find(|(_, m)| m.as_ref().is_none_or(|m| m.matches(req)))
+            .find(|(_, m)| m.as_ref().is_none_or(|m| m.is_match(req)))
             .map(|(at, _)| *at)
     }
 
     /// The rule a match names.
-    pub fn rule(&self, at: RouteMatch) -> Option<&GrpcRule> {
-        self.routes.get(at.route)?.rules.get(at.rule)
+    pub fn rule(&self, at: RouteMatch) -> Option<&R::Rule> {
+        self.routes.get(at.route)?.rules().get(at.rule)
+    }
+}
+
+impl RouteTable<HttpRoute> {
+    /// The match a match names (none for a rule without matches).
+    pub fn matched(&self, at: RouteMatch) -> Option<&HttpMatch> {
+        self.rule(at)?.matches.get(at.matched)
     }
 }
 
