@@ -457,21 +457,35 @@ pub async fn grpc_backend() -> SocketAddr {
 
 /// [`grpc_backend`] on `addr`.
 pub async fn grpc_backend_at(addr: SocketAddr) -> SocketAddr {
+    grpc_named_at("echo", addr).await
+}
+
+/// [`grpc_backend`] on `addr`, whose `Certify` answers also say who answered (`identity` is
+/// `name`) and what request headers it received (`chain`, one `name: value` each).
+pub async fn grpc_named_at(name: &'static str, addr: SocketAddr) -> SocketAddr {
     #[derive(Debug)]
-    struct Echo;
+    struct Echo(&'static str);
     #[tonic::async_trait]
     impl Identity for Echo {
         async fn certify(
             &self,
             req: tonic::Request<CertifyRequest>,
         ) -> Result<tonic::Response<CertifyResponse>, Status> {
+            let headers = req
+                .metadata()
+                .clone()
+                .into_headers()
+                .iter()
+                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")).into_bytes())
+                .collect();
             let r = req.into_inner();
             if r.csr == b"fail" {
                 return Err(Status::failed_precondition("asked to fail"));
             }
             Ok(tonic::Response::new(CertifyResponse {
-                identity: "echo".into(),
+                identity: self.0.into(),
                 leaf: r.csr,
+                chain: headers,
                 ..Default::default()
             }))
         }
@@ -514,8 +528,8 @@ pub async fn grpc_backend_at(addr: SocketAddr) -> SocketAddr {
     let (l, addr) = listen_at(addr).await;
     tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(IdentityServer::new(Echo))
-            .add_service(DiscoveryServer::new(Echo))
+            .add_service(IdentityServer::new(Echo(name)))
+            .add_service(DiscoveryServer::new(Echo(name)))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
             .await
             .unwrap();

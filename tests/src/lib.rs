@@ -17,6 +17,7 @@ pub mod fake_kube;
 pub mod fake_nomad;
 pub mod jwt;
 pub mod kube_objects;
+pub mod mesh_lab;
 pub mod netns;
 
 use std::collections::BTreeMap;

@@ -12,22 +12,18 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use weft_core::config::ConfigWatcher;
 use weft_tests::backends;
 use weft_tests::fake_kube::FakeKube;
-use weft_tests::kube_objects::{self as k8s, Condition, SliceEndpoint, SvcPort, TokenFor};
-use weft_tests::netns::{LAB_WAIT, Lab, NsRuntime, PROXY_UID, lab_or_skip, proxy_binary};
+use weft_tests::kube_objects::{self as k8s, Condition, SliceEndpoint, SvcPort};
+use weft_tests::mesh_lab::{self, LabPod};
+use weft_tests::netns::{LAB_WAIT, Lab, NsRuntime, lab_or_skip, proxy_binary};
 
 const WEB: usize = 0;
 const API: usize = 1;
 const OUTSIDE: usize = 2;
-const ADMIN: &str = "127.0.0.1:7191";
 const VIP: &str = "10.96.0.10";
 /// The virtual address of `shared`, which web and api both serve (port 80 -> 8085).
 const SHARED_VIP: &str = "10.96.0.12";
@@ -37,26 +33,8 @@ fn any(port: u16) -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], port))
 }
 
-/// The mesh, CA and control-plane sections every lab's config file starts with.
-fn lab_sections(dir: &Path) -> String {
-    format!(
-        r#"[mesh]
-name = "lab"
-trust_domain = "weft.test"
-
-[ca]
-data_dir = "{data}"
-
-[control]
-grpc_addr = "10.231.0.1:7443"
-http_addr = "127.0.0.1:7080"
-"#,
-        data = dir.join("data").display(),
-    )
-}
-
 fn config(dir: &Path, policy: &str, extra: &str) -> String {
-    lab_sections(dir)
+    mesh_lab::lab_sections(dir)
         + extra
         + &format!(
             r#"
@@ -109,7 +87,7 @@ enum Via {
 
 /// The mesh config file of a lab whose workloads are in the fake API server at `kubeconfig`.
 fn kube_config(dir: &Path, kubeconfig: &Path) -> String {
-    lab_sections(dir)
+    mesh_lab::lab_sections(dir)
         + &format!(
             r#"
 [platforms.kubernetes]
@@ -184,9 +162,7 @@ async fn mesh_via(via: Via, policy: &str, init_flags: [&[&str]; 2]) -> Option<Me
 /// A lab whose (local) config file also holds `extra` (routes, say) before its policy.
 async fn mesh_with(via: Via, policy: &str, extra: &str, init_flags: [&[&str]; 2]) -> Option<Mesh> {
     let lab = lab_or_skip(3)?;
-    let dir = tempfile::tempdir().unwrap();
-    // The proxies' user reads its token and the bundle from here.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = mesh_lab::lab_dir();
     let config_path = dir.path().join("mesh.toml");
     let hub = lab.hub.runtime();
     let fake = match via {
@@ -203,24 +179,7 @@ async fn mesh_with(via: Via, policy: &str, extra: &str, init_flags: [&[&str]; 2]
             Some(fake)
         }
     };
-    let path = config_path.clone();
-    let bundle: PathBuf = hub
-        .run(async move {
-            let stop = CancellationToken::new();
-            let loader = weft_control::platforms::loader();
-            let watcher = ConfigWatcher::start(&path, &loader, stop.clone()).unwrap();
-            let platforms = weft_control::platforms::enabled(&watcher).await.unwrap();
-            let control = weft_control::ControlPlane::start(watcher.subscribe(), platforms)
-                .await
-                .unwrap();
-            let bundle = control.trust_bundle_file.clone();
-            tokio::spawn(async move {
-                let _running = (control, watcher, stop);
-                std::future::pending::<()>().await;
-            });
-            bundle
-        })
-        .await;
+    let bundle = mesh_lab::start_control(&hub, dir.path(), &config_path).await;
 
     let rts: Vec<NsRuntime> = lab.hosts.iter().map(|h| h.runtime()).collect();
     rts[API]
@@ -237,66 +196,15 @@ async fn mesh_with(via: Via, policy: &str, extra: &str, init_flags: [&[&str]; 2]
         })
         .await;
 
-    // The data directory is the control plane's own (0700): the proxies get a copy.
-    let shared_bundle = dir.path().join("bundle.pem");
-    std::fs::copy(&bundle, &shared_bundle).unwrap();
-    let bundle = shared_bundle;
-    let bin = proxy_binary();
     let mut proxies = Vec::new();
-    for (host, name, flags) in [(WEB, "web", init_flags[0]), (API, "api", init_flags[1])] {
-        let ns = &lab.hosts[host];
-        let out = ns
-            .command(bin.to_str().unwrap())
-            .arg("init")
-            .args(flags)
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // The proxy's own copies of its credential and the bundle, readable by its user only.
-        let token = dir.path().join(format!("{name}.token"));
-        match &fake {
-            None => {
-                std::fs::copy(dir.path().join("data/tokens/lab").join(name), &token).unwrap();
-            }
-            Some(fake) => {
-                // A projected ServiceAccount token of the pod, as the kubelet would write it.
-                let secret = format!("projected-token-of-{name}");
-                TokenFor::new("lab", name, name).register(fake, &secret);
-                std::fs::write(&token, secret).unwrap();
-            }
-        }
-        std::os::unix::fs::chown(&token, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
-        let platform = match via {
-            Via::Local => "local",
-            Via::Kubernetes => "kubernetes",
+    for (host, name, init_flags) in [(WEB, "web", init_flags[0]), (API, "api", init_flags[1])] {
+        let pod = LabPod {
+            name,
+            namespace: "lab",
+            init_flags,
         };
-        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-        let child = ns
-            .command_as_proxy_user(&bin)
-            .args(["--transparent", "--workload", name, "--namespace", "lab"])
-            .args(["--platform", platform, "--account", name])
-            .args([
-                "--trust-domain",
-                "weft.test",
-                "--control-addr",
-                "10.231.0.1:7443",
-            ])
-            .arg("--trust-bundle")
-            .arg(&bundle)
-            .arg("--token-file")
-            .arg(&token)
-            .args(["--admin-addr", ADMIN])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        proxies.push(child);
+        let ns = &lab.hosts[host];
+        proxies.push(mesh_lab::start_proxy(ns, dir.path(), &bundle, pod, fake.as_ref()).await);
     }
     let mesh = Mesh {
         dir,
@@ -312,55 +220,26 @@ async fn mesh_with(via: Via, policy: &str, extra: &str, init_flags: [&[&str]; 2]
     Some(mesh)
 }
 
-/// GET `path` on the admin listener of host `i`'s proxy: status and body, or `None` while it
-/// does not answer.
-async fn admin(rt: &NsRuntime, path: &'static str) -> Option<(u16, String)> {
-    rt.run(async move {
-        let tcp = tokio::net::TcpStream::connect(ADMIN).await.ok()?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .ok()?;
-        tokio::spawn(conn);
-        let req = http::Request::get(path)
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap();
-        let rsp = send.send_request(req).await.ok()?;
-        let status = rsp.status().as_u16();
-        let body = http_body_util::BodyExt::collect(rsp.into_body())
-            .await
-            .ok()?
-            .to_bytes();
-        Some((status, String::from_utf8_lossy(&body).into_owned()))
-    })
-    .await
-}
-
 impl Mesh {
     fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+        mesh_lab::proxy_log(self.dir.path(), name)
     }
 
     /// Waits until host `i`'s proxy holds a certificate and its settings.
     async fn wait_ready(&self, i: usize) {
-        let deadline = tokio::time::Instant::now() + LAB_WAIT;
-        loop {
-            if let Some((200, _)) = admin(&self.rts[i], "/ready").await {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "proxy of host {i} not ready; web log:\n{}\napi log:\n{}",
+        let logs = || {
+            format!(
+                "web log:\n{}\napi log:\n{}",
                 self.log("web"),
                 self.log("api")
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            )
+        };
+        mesh_lab::wait_ready(&self.rts[i], logs).await;
     }
 
     /// The metrics of host `i`'s proxy.
     async fn metrics(&self, i: usize) -> String {
-        admin(&self.rts[i], "/metrics").await.unwrap().1
+        mesh_lab::admin(&self.rts[i], "/metrics").await.unwrap().1
     }
 
     /// `curl -i` from host `i` (as root, or as the proxy's user), to the end.
@@ -375,23 +254,7 @@ impl Mesh {
         args: &[&str],
         as_proxy_user: bool,
     ) -> Result<String, String> {
-        let ns = &self.lab.hosts[i];
-        let mut cmd = if as_proxy_user {
-            ns.command_as_proxy_user(Path::new("curl"))
-        } else {
-            ns.command("curl")
-        };
-        let out = cmd
-            .args(["-sS", "-i", "--max-time", "10"])
-            .args(args)
-            .output()
-            .await
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        mesh_lab::curl(&self.lab.hosts[i], args, as_proxy_user).await
     }
 
     /// [`Mesh::curl`], which must succeed and be answered by `backend`; the response.
@@ -418,23 +281,8 @@ impl Mesh {
         url: String,
         payload: &'static [u8],
     ) -> Result<Vec<u8>, String> {
-        self.rts[i]
-            .run(async move {
-                let ch = tonic::transport::Endpoint::from_shared(url)
-                    .map_err(|e| e.to_string())?
-                    .connect()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                weft_api::v1::identity_client::IdentityClient::new(ch)
-                    .certify(weft_api::CertifyRequest {
-                        csr: payload.to_vec(),
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|r| r.into_inner().leaf)
-                    .map_err(|e| e.to_string())
-            })
-            .await
+        let mut calls = mesh_lab::grpc_calls(&self.rts[i], url, payload, &[], 1).await;
+        calls.pop().unwrap().map(|echo| echo.payload)
     }
 
     fn edit_policy(&self, policy: &str) {
