@@ -1,13 +1,13 @@
 //! Test hosts in network namespaces that a test makes and removes itself: a hub namespace
-//! holding a bridge (10.231.0.1/24), and hosts joined to it by veth pairs (10.231.0.2, .3,
-//! ...), each with a default route through the hub. Code runs in a namespace either as a
+//! holding a bridge (10.231.0.1/24 and fd00:231::1/64), and hosts joined to it by veth pairs
+//! (10.231.0.2, .3, ... and fd00:231::2, ::3, ...), each with default routes through the hub. Code runs in a namespace either as a
 //! process (`ip netns exec`) or on a thread of this process that entered the namespace
 //! ([`NsRuntime`]): sockets belong to the namespace of the thread that opened them.
 //!
 //! Traffic stays inside these namespaces: nothing is routed to the host's own network.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +18,8 @@ use tokio::sync::oneshot;
 
 /// The hub's address on the bridge.
 pub const HUB: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
+/// The hub's IPv6 address on the bridge.
+pub const HUB6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x231, 0, 0, 0, 0, 0, 1);
 
 /// The user proxies run as in these tests, which `weft-proxy init` exempts (its default).
 pub const PROXY_UID: u32 = 2102;
@@ -207,6 +209,15 @@ impl Lab {
         let hub = Namespace::add(format!("{id}hub"))?;
         hub.ip(&["link", "add", "br0", "type", "bridge"]);
         hub.ip(&["addr", "add", &format!("{HUB}/24"), "dev", "br0"]);
+        hub.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{HUB6}/64"),
+            "dev",
+            "br0",
+            "nodad",
+        ]);
         hub.ip(&["link", "set", "br0", "up"]);
         let mut lab = Self {
             hosts: Vec::new(),
@@ -226,8 +237,12 @@ impl Lab {
                 "dev",
                 "eth0",
             ]);
+            // IPv6 too, usable at once (no duplicate address detection).
+            let v6 = format!("{}/64", Self::addr6(i));
+            host.ip(&["-6", "addr", "add", &v6, "dev", "eth0", "nodad"]);
             host.ip(&["link", "set", "eth0", "up"]);
             host.ip(&["route", "add", "default", "via", &HUB.to_string()]);
+            host.ip(&["-6", "route", "add", "default", "via", &HUB6.to_string()]);
             lab.hosts.push(host);
         }
         Ok(lab)
@@ -237,6 +252,12 @@ impl Lab {
     pub fn addr(i: usize) -> IpAddr {
         let last = u8::try_from(i + 2).expect("a small lab");
         IpAddr::V4(Ipv4Addr::new(10, 231, 0, last))
+    }
+
+    /// The IPv6 address of host `i`: fd00:231::(i + 2).
+    pub fn addr6(i: usize) -> IpAddr {
+        let last = u16::try_from(i + 2).expect("a small lab");
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0x231, 0, 0, 0, 0, 0, last))
     }
 
     /// `addr(i):port`.

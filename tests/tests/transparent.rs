@@ -98,12 +98,19 @@ namespaces = ["lab"]
         )
 }
 
-/// The lab's cluster: pods web and api (each with the proxy), Service api on the virtual
+/// The lab's cluster: pods web and api (each with the proxy, dual-stack), Service api on the virtual
 /// address (80 -> the named port `http`, 8080) and Service api-grpc (9090, gRPC).
 fn kube_objects(fake: &FakeKube) {
     fake.apply(k8s::namespace("lab", Some("enabled")));
-    fake.apply(k8s::pod("lab", "web", "web", true, Lab::addr(WEB)));
-    fake.apply(k8s::pod("lab", "api", "api", true, Lab::addr(API)));
+    for (host, name) in [(WEB, "web"), (API, "api")] {
+        // Dual-stack, as the lab's hosts are.
+        let mut pod = k8s::pod("lab", name, name, true, Lab::addr(host));
+        pod["status"]["podIPs"] = serde_json::json!([
+            {"ip": Lab::addr(host).to_string()},
+            {"ip": Lab::addr6(host).to_string()},
+        ]);
+        fake.apply(pod);
+    }
     let mut http = SvcPort::new("http", 80);
     http.target = serde_json::json!("http");
     fake.apply(k8s::service(
@@ -283,6 +290,37 @@ impl Mesh {
     ) -> Result<Vec<u8>, String> {
         let mut calls = mesh_lab::grpc_calls(&self.rts[i], url, payload, &[], 1).await;
         calls.pop().unwrap().map(|echo| echo.payload)
+    }
+
+    /// Calls `url` (a Service that api and web back) from api until both have answered
+    /// (bounded): every call succeeds, and api's own application (backend `names[0]`) sees
+    /// its proxy's forwards come from `forward_source`.
+    async fn own_and_other(&self, url: &str, names: [&str; 2], forward_source: &str) {
+        let (mut own, mut other) = (0, 0);
+        for _ in 0..200 {
+            let rsp = self
+                .curl_with(API, &["-g", url], false)
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}\n{}", self.log("api")));
+            assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
+            if rsp.contains(&format!("x-backend: {}\r\n", names[0])) {
+                assert!(
+                    rsp.contains(&format!("x-peer: {forward_source}\r\n")),
+                    "{rsp}"
+                );
+                own += 1;
+            } else {
+                assert!(
+                    rsp.contains(&format!("x-backend: {}\r\n", names[1])),
+                    "{rsp}"
+                );
+                other += 1;
+            }
+            if own > 0 && other > 0 {
+                return;
+            }
+        }
+        panic!("own {own}, other {other}");
     }
 
     fn edit_policy(&self, policy: &str) {
@@ -555,25 +593,8 @@ async fn a_pod_reaches_itself_through_a_service_it_backs() {
     // Shared: every call succeeds, and the balancer sends some to this pod itself. The loop
     // ends as soon as both endpoints have answered, and is bounded.
     let url = format!("http://{SHARED_VIP}/shared");
-    let (mut own, mut other) = (0, 0);
-    for _ in 0..200 {
-        let rsp = m
-            .curl(API, &url, false)
-            .await
-            .unwrap_or_else(|e| panic!("{url}: {e}\n{}", m.log("api")));
-        assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
-        if rsp.contains("x-backend: shared-api") {
-            assert!(rsp.contains("x-peer: 127.0.0.6"), "{rsp}");
-            own += 1;
-        } else {
-            assert!(rsp.contains("x-backend: shared-web"), "{rsp}");
-            other += 1;
-        }
-        if own > 0 && other > 0 {
-            break;
-        }
-    }
-    assert!(own > 0 && other > 0, "own {own}, other {other}");
+    m.own_and_other(&url, ["shared-api", "shared-web"], "127.0.0.6")
+        .await;
     let client = m.metrics(API).await;
     assert_eq!(
         metric(
@@ -584,6 +605,94 @@ async fn a_pod_reaches_itself_through_a_service_it_backs() {
         0.0,
         "{client}"
     );
+}
+
+/// The same over IPv6, on Kubernetes with dual-stack pods: api calls Service api6 (an IPv6
+/// ClusterIP) that it alone backs, and Service shared6 that it backs with web. Its proxy's
+/// calls to its own IPv6 address meet its inbound side, which reaches the application from
+/// `::6` (added to the loopback interface by `init`), never `::1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_reaches_itself_through_a_service_it_backs_over_ipv6() {
+    let Some(m) = mesh_via(Via::Kubernetes, "allow", [&[], &[]]).await else {
+        return;
+    };
+    let any6 = |port: u16| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    m.rts[API]
+        .run(async move {
+            backends::http_echo_at("api6", any6(8090)).await;
+            backends::http_echo_at("shared-api6", any6(8095)).await;
+        })
+        .await;
+    m.rts[WEB]
+        .run(async move { backends::http_echo_at("shared-web6", any6(8095)).await })
+        .await;
+    let fake = m._fake.as_ref().unwrap();
+    let endpoint = |host: usize, pod: &str| SliceEndpoint {
+        pod: Some(pod.into()),
+        ip: Lab::addr6(host),
+        condition: Condition::Ready,
+    };
+    for (name, vip, target, endpoints) in [
+        ("api6", "fd00:96::10", 8090, vec![endpoint(API, "api")]),
+        (
+            "shared6",
+            "fd00:96::12",
+            8095,
+            vec![endpoint(API, "api"), endpoint(WEB, "web")],
+        ),
+    ] {
+        let mut http = SvcPort::new("http", 80);
+        http.target = serde_json::json!(target);
+        fake.apply(k8s::service(
+            "lab",
+            name,
+            Some(vip.parse().unwrap()),
+            &[http],
+        ));
+        let slice = format!("{name}-1");
+        fake.apply(k8s::slice(
+            "lab",
+            &slice,
+            name,
+            &[("http", target)],
+            &endpoints,
+        ));
+    }
+
+    // Alone. The Service is new to the control plane: wait (bounded) until it is known.
+    let url = "http://[fd00:96::10]/self";
+    let mut last = String::new();
+    for _ in 0..100 {
+        match m.curl_with(API, &["-g", url], false).await {
+            Ok(rsp) if rsp.starts_with("HTTP/1.1 200") => {
+                last = rsp;
+                break;
+            }
+            Ok(rsp) => last = rsp,
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(last.starts_with("HTTP/1.1 200"), "{last}\n{}", m.log("api"));
+    assert!(last.contains("x-backend: api6"), "{last}");
+    assert!(last.contains("x-peer: ::6\r\n"), "{last}");
+    let server = m.metrics(API).await;
+    assert!(
+        metric(
+            &server,
+            "weft_requests_total",
+            &["direction=\"inbound\"", API_ID]
+        ) >= 1.0,
+        "the call went through the pod's own inbound side: {server}"
+    );
+
+    // Shared: every call succeeds, some reach the pod itself; bounded.
+    m.own_and_other(
+        "http://[fd00:96::12]/shared",
+        ["shared-api6", "shared-web6"],
+        "::6",
+    )
+    .await;
 }
 
 /// Routes bound to `api` (the GAMMA mesh profile, written in the mesh file): a header match, a
@@ -829,6 +938,12 @@ async fn grpcroutes_in_the_cluster_route_by_method() {
     );
 }
 
+/// Whether host 0's loopback interface has the IPv6 forward source (`::6/128`).
+fn lo_has_forward_source(lab: &Lab) -> bool {
+    let out = lab.hosts[0].ip(&["-6", "addr", "show", "dev", "lo"]);
+    String::from_utf8_lossy(&out.stdout).contains("inet6 ::6/128")
+}
+
 /// The WEFT lines of the nat table as `save` lists them.
 async fn weft_rules(lab: &Lab, save: &str) -> Vec<String> {
     let out = lab.hosts[0].run(save, &["-t", "nat"]).await;
@@ -869,10 +984,11 @@ async fn init_twice_leaves_one_rule_set_and_cleanup_leaves_none_on_both_backends
             weft_rules(&lab, saves[0]).await,
             weft_rules(&lab, saves[1]).await,
         ];
-        // Four chains, their rules (IPv4 has two more: the proxy's calls to its own pod go
-        // inbound, the inbound side's forwards from 127.0.0.6 pass), and one jump from each
-        // of PREROUTING and OUTPUT.
-        for (rules, own) in once.iter().zip([9, 7]) {
+        // Four chains, their nine rules (among them: the proxy's calls to its own pod go
+        // inbound, the inbound side's forwards from 127.0.0.6 or ::6 pass), and one jump from
+        // each of PREROUTING and OUTPUT; and ::6 on the loopback interface.
+        assert!(lo_has_forward_source(&lab), "{backend}");
+        for (rules, own) in once.iter().zip([9, 9]) {
             assert_eq!(rules.len(), 4 + own + 2, "{backend}: {rules:#?}");
             let jumps = rules
                 .iter()
@@ -901,6 +1017,7 @@ async fn init_twice_leaves_one_rule_set_and_cleanup_leaves_none_on_both_backends
         for save in saves {
             assert!(weft_rules(&lab, save).await.is_empty(), "{backend}: {save}");
         }
+        assert!(!lo_has_forward_source(&lab), "{backend}");
         // Cleaning up what is not there is not an error.
         assert!(init(cleanup).output().await.unwrap().status.success());
     }

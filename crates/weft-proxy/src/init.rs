@@ -7,14 +7,14 @@
 //!   except those of the proxy's own user (so the proxy's connections never loop back into
 //!   it), those leaving through loopback, the ports in `--skip-outbound-ports` and the
 //!   addresses in `--skip-outbound-cidrs`.
-//! - The proxy reaching its own pod (IPv4): a connection of the proxy's user to one of the
-//!   namespace's own addresses (through loopback, not to 127.0.0.0/8) goes to the inbound
-//!   port like any peer's, unless its port is skipped inbound, so a pod that calls a Service
-//!   it backs meets its own inbound side and policy instead of its plaintext application. The
-//!   inbound side's connections to the application come from [`APP_FORWARD_SOURCE`]
-//!   (127.0.0.6) and pass untouched. Over IPv6 no such source address exists without adding
-//!   one to the loopback interface, so there the proxy's connections to its own pod still go
-//!   straight to the application.
+//! - The proxy reaching its own pod: a connection of the proxy's user to one of the
+//!   namespace's own addresses (through loopback, not to a loopback address) goes to the
+//!   inbound port like any peer's, unless its port is skipped inbound, so a pod that calls a
+//!   Service it backs meets its own inbound side and policy instead of its plaintext
+//!   application. The inbound side's connections to the application come from
+//!   [`APP_FORWARD_SOURCE`] (127.0.0.6) or, over IPv6, [`APP_FORWARD_SOURCE_V6`] (`::6`, which
+//!   `init` adds to `lo`: see [`loopback`]), and pass untouched; the kernel picks the pod's own
+//!   address as the source of the proxy's calls to it, never one of those.
 //!
 //! The rules live in chains of their own (`WEFT_INBOUND`, `WEFT_IN_REDIRECT`, `WEFT_OUTPUT`,
 //! `WEFT_REDIRECT`), written in one `iptables-restore --noflush` transaction that empties
@@ -24,9 +24,11 @@
 //! work: `nft` (the default of current distributions) and `legacy`; `auto` picks the one that
 //! already holds rules in the namespace, else `nft`.
 
+pub mod loopback;
+
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
@@ -46,6 +48,9 @@ pub const REDIRECT_CHAIN: &str = "WEFT_REDIRECT";
 /// address, which go to the inbound port; the application sees this address as the caller's,
 /// never one it might trust as its own host.
 pub const APP_FORWARD_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+/// [`APP_FORWARD_SOURCE`] over IPv6: `::6`, which `init` adds to the loopback interface (IPv6
+/// has no spare loopback block, and `::1` is an address applications trust as their own host).
+pub const APP_FORWARD_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
 /// Our chains, each before those it jumps to (WEFT_OUTPUT jumps to WEFT_INBOUND, for the
 /// proxy's calls to its own pod, and to WEFT_REDIRECT; WEFT_INBOUND to WEFT_IN_REDIRECT):
 /// `--cleanup` drops them in this order, since a chain still referenced cannot go.
@@ -262,6 +267,8 @@ pub enum Step {
         /// The chain.
         chain: &'static str,
     },
+    /// Adds [`APP_FORWARD_SOURCE_V6`] to the loopback interface, or removes it.
+    Loopback(loopback::Change),
 }
 
 /// The tools of one family on one backend.
@@ -313,21 +320,20 @@ impl InitArgs {
             "-A {REDIRECT_CHAIN} -p tcp -j REDIRECT --to-ports {}",
             self.outbound_port
         );
-        if family == Family::V4 {
-            // The proxy reaching its own pod (a Service that this pod backs): its mutual-TLS
-            // connection to the pod's address goes to its own inbound port, as a peer's
-            // would, through the inbound skips. The inbound side forwards to the application
-            // from APP_FORWARD_SOURCE, which the first rule lets through, so nothing loops.
-            let _ = writeln!(
-                out,
-                "-A {OUTPUT_CHAIN} -o lo -s {APP_FORWARD_SOURCE}/32 -j RETURN"
-            );
-            let _ = writeln!(
-                out,
-                "-A {OUTPUT_CHAIN} -o lo ! -d 127.0.0.0/8 -m owner --uid-owner {} -j {INBOUND_CHAIN}",
-                self.proxy_uid
-            );
-        }
+        // The proxy reaching its own pod (a Service that this pod backs): its mutual-TLS
+        // connection to the pod's address goes to its own inbound port, as a peer's would,
+        // through the inbound skips. The inbound side forwards to the application from the
+        // forward source, which the first rule lets through, so nothing loops.
+        let (source, loopback) = match family {
+            Family::V4 => (format!("{APP_FORWARD_SOURCE}/32"), "127.0.0.0/8"),
+            Family::V6 => (format!("{APP_FORWARD_SOURCE_V6}/128"), "::1/128"),
+        };
+        let _ = writeln!(out, "-A {OUTPUT_CHAIN} -o lo -s {source} -j RETURN");
+        let _ = writeln!(
+            out,
+            "-A {OUTPUT_CHAIN} -o lo ! -d {loopback} -m owner --uid-owner {} -j {INBOUND_CHAIN}",
+            self.proxy_uid
+        );
         let _ = writeln!(
             out,
             "-A {OUTPUT_CHAIN} -m owner --uid-owner {} -j RETURN",
@@ -367,7 +373,14 @@ impl InitArgs {
                         chain,
                     });
                 }
+                if family == Family::V6 {
+                    steps.push(Step::Loopback(loopback::Change::Remove));
+                }
             } else {
+                // The forward source exists before the rules that let it through.
+                if family == Family::V6 {
+                    steps.push(Step::Loopback(loopback::Change::Add));
+                }
                 steps.push(Step::Restore {
                     tool: t.restore.clone(),
                     input: self.ruleset(family),
@@ -409,6 +422,7 @@ impl fmt::Display for Step {
                     "if {t} -t nat -S {chain} >/dev/null 2>&1; then {t} -t nat -F {chain} && {t} -t nat -X {chain}; fi"
                 )
             }
+            Step::Loopback(change) => f.write_str(&loopback::as_shell(*change)),
         }
     }
 }
@@ -619,6 +633,7 @@ pub fn execute(step: &Step) -> Result<(), InitError> {
             run(Command::new(tool).args(["-t", "nat", "-F", chain]), None)?;
             run(Command::new(tool).args(["-t", "nat", "-X", chain]), None)
         }
+        Step::Loopback(change) => loopback::apply(*change),
     }
 }
 
@@ -745,6 +760,13 @@ mod tests {
         assert!(v6.contains("-A WEFT_OUTPUT -d fd00::/8 -j RETURN"));
         assert!(!v6.contains("127.0.0"), "no IPv4 address in\n{v6}");
         assert!(!v6.contains("10.9.0.0/16"));
+        // Over IPv6 the forwards come from ::6, and the proxy's calls to its pod turn inbound.
+        let v6_lines: Vec<&str> = v6.lines().collect();
+        let pos6 = |l: &str| v6_lines.iter().position(|x| *x == l).unwrap();
+        let pass = pos6("-A WEFT_OUTPUT -o lo -s ::6/128 -j RETURN");
+        let own =
+            pos6("-A WEFT_OUTPUT -o lo ! -d ::1/128 -m owner --uid-owner 2102 -j WEFT_INBOUND");
+        assert!(pass < own && own < pos6("-A WEFT_OUTPUT -m owner --uid-owner 2102 -j RETURN"));
     }
 
     #[test]
@@ -757,7 +779,7 @@ mod tests {
         let both = [tools("iptables-nft"), tools("ip6tables-nft")];
         let steps = parse(&[]).plan(&both);
         let text: Vec<String> = steps.iter().map(ToString::to_string).collect();
-        assert_eq!(text.len(), 6);
+        assert_eq!(text.len(), 7);
         assert!(text[0].starts_with("/usr/sbin/iptables-nft-restore --noflush <<'EOF'\n*nat\n"));
         assert!(text[0].ends_with("COMMIT\nEOF"));
         assert_eq!(
@@ -765,7 +787,14 @@ mod tests {
             "/usr/sbin/iptables-nft -t nat -C PREROUTING -p tcp -j WEFT_INBOUND 2>/dev/null \
              || /usr/sbin/iptables-nft -t nat -A PREROUTING -p tcp -j WEFT_INBOUND"
         );
-        assert!(text[3].starts_with("/usr/sbin/ip6tables-nft-restore --noflush"));
+        // Over IPv6 the forward source is added first, then the rules that let it through.
+        assert_eq!(text[3], "ip -6 addr replace ::6/128 dev lo nodad");
+        assert!(text[4].starts_with("/usr/sbin/ip6tables-nft-restore --noflush"));
+        let both_cleanup = parse(&["--cleanup"]).plan(&both);
+        assert_eq!(
+            both_cleanup.last().map(ToString::to_string).as_deref(),
+            Some("ip -6 addr del ::6/128 dev lo 2>/dev/null || true")
+        );
         let cleanup = parse(&["--cleanup"]).plan(&both[..1]);
         let text: Vec<String> = cleanup.iter().map(ToString::to_string).collect();
         assert_eq!(

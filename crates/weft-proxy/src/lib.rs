@@ -159,6 +159,18 @@ impl Proxy {
         if let Some(app) = app {
             let l = bind(config.inbound_addr).await?;
             inbound_addr = l.local_addr().ok();
+            // The nat table redirects IPv6 peers to the same port over IPv6: in transparent
+            // mode, an inbound listener on every IPv4 address gets its IPv6 twin.
+            if config.transparent && config.inbound_addr.ip().is_unspecified() {
+                let port = inbound_addr.map_or(config.inbound_addr.port(), |a| a.port());
+                match bind_v6_only((std::net::Ipv6Addr::UNSPECIFIED, port).into()) {
+                    Ok(l6) => {
+                        tokio::spawn(inbound::serve(l6, app, shared.clone()));
+                    }
+                    // A host without IPv6 has no IPv6 peers.
+                    Err(e) => tracing::info!(error = %e, "no IPv6 inbound listener"),
+                }
+            }
             tokio::spawn(inbound::serve(l, app, shared.clone()));
         }
         let mut outbound_addrs = Vec::new();
@@ -249,4 +261,16 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| ProxyError::Bind { addr, source })
+}
+
+/// A listener on the IPv6 address `addr` only, so that it can share its port with a listener
+/// on every IPv4 address.
+fn bind_v6_only(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+    socket.set_only_v6(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }

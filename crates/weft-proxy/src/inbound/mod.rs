@@ -16,10 +16,10 @@
 //! Behind `--app-port`, every connection goes to that port on 127.0.0.1. In transparent mode
 //! each goes to its original destination (the address and port the client dialed, before the
 //! nat table redirected it here), so every port of a multi-port application is served. Those
-//! connections come from 127.0.0.6 ([`crate::init::APP_FORWARD_SOURCE`]) when the original
-//! destination is an IPv4 address of the pod: the nat rules let that source through, while the
-//! proxy's own calls to its pod's address (a Service this pod backs) go to this listener, like
-//! any peer's.
+//! connections come from 127.0.0.6 ([`crate::init::APP_FORWARD_SOURCE`]), or `::6` over IPv6,
+//! when the original destination is an address of the pod: the nat rules let that source
+//! through, while the proxy's own calls to its pod's address (a Service this pod backs) go to
+//! this listener, like any peer's.
 
 pub mod app;
 pub mod authz;
@@ -121,13 +121,14 @@ pub async fn serve(listener: TcpListener, target: AppTarget, shared: Arc<Runtime
     .await;
 }
 
-/// The address a connection to the application at `addr` comes from: 127.0.0.6 for the pod's
-/// own IPv4 addresses (an original destination in transparent mode), which the nat rules of
-/// `weft-proxy init` tell apart from the proxy's calls to its own pod; the system's choice for
-/// loopback (`--app-port`) and IPv6.
+/// The address a connection to the application at `addr` comes from: 127.0.0.6 (`::6` over
+/// IPv6) for the pod's own addresses (an original destination in transparent mode), which the
+/// nat rules of `weft-proxy init` tell apart from the proxy's calls to its own pod; the
+/// system's choice for loopback (`--app-port`).
 fn forward_source(addr: SocketAddr) -> Option<IpAddr> {
     match addr.ip() {
         IpAddr::V4(ip) if !ip.is_loopback() => Some(crate::init::APP_FORWARD_SOURCE.into()),
+        IpAddr::V6(ip) if !ip.is_loopback() => Some(crate::init::APP_FORWARD_SOURCE_V6.into()),
         _ => None,
     }
 }
@@ -354,14 +355,18 @@ mod tests {
 
     use super::*;
 
-    /// Connections to the pod's own IPv4 addresses come from 127.0.0.6, which the nat rules
-    /// let through; loopback (`--app-port`) and IPv6 keep the system's choice.
+    /// Connections to the pod's own addresses come from 127.0.0.6 or `::6`, which the nat
+    /// rules let through; loopback (`--app-port`) keeps the system's choice.
     #[tokio::test]
     async fn the_application_is_reached_from_the_forward_source() {
         let six = Some(IpAddr::from(crate::init::APP_FORWARD_SOURCE));
         assert_eq!(forward_source("10.1.2.3:8080".parse().unwrap()), six);
         assert_eq!(forward_source("127.0.0.1:8080".parse().unwrap()), None);
-        assert_eq!(forward_source("[fd00::1]:8080".parse().unwrap()), None);
+        assert_eq!(
+            forward_source("[fd00::1]:8080".parse().unwrap()),
+            Some(IpAddr::from(crate::init::APP_FORWARD_SOURCE_V6))
+        );
+        assert_eq!(forward_source("[::1]:8080".parse().unwrap()), None);
 
         let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = app.local_addr().unwrap();
