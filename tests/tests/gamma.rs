@@ -951,6 +951,9 @@ async fn mesh_httproute_rewrite_path() {
                 rule("/prefix/rewrite-path-and-modify-headers",
                      json!([prefix("/prefix"), headers])),
                 rule("/strip-prefix", json!([prefix("/")])),
+                rule("/rewrite-host", json!([{"type": "URLRewrite", "urlRewrite": {
+                    "hostname": "one.example.org",
+                    "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/host"}}}])),
             ],
         }),
     );
@@ -992,6 +995,15 @@ async fn mesh_httproute_rewrite_path() {
         );
         assert_eq!(reply.received("x-header-remove"), None, "{}", reply.raw);
     }
+    // Beyond upstream's path tests: the host rewritten with the path.
+    let reply = g.get(&url(ECHO_IP, "/rewrite-host/x"), &[]).await;
+    assert_served(&reply, "echo-v1", "/host/x");
+    assert_eq!(
+        reply.received("host").as_deref(),
+        Some("one.example.org"),
+        "{}",
+        reply.raw
+    );
     // No rule matches a path outside every prefix (segments are whole).
     assert_not_found(&g.get(&url(ECHO_IP, "/prefix/onetwo"), &[]).await);
 }
