@@ -61,7 +61,7 @@ fn canary(v2: &str, weight: u32) -> Value {
         "rules": [{"backendRefs": [
             {"name": "web", "port": 80, "weight": 100 - weight},
             {"name": v2, "port": 80, "weight": weight},
-        ]}],
+        ], "timeouts": {"request": "10s", "backendRequest": "2s"}}],
     })
 }
 
@@ -134,6 +134,13 @@ async fn routes_reach_the_registry_and_say_in_their_status_what_the_mesh_made_of
     let routes = snap.routes();
     let all_http: Vec<_> = routes.iter().flat_map(|r| r.http.iter()).collect();
     assert_eq!(all_http.len(), 1, "the Gateway's route is not the mesh's");
+    // Gateway API timeouts, read by the same types as the mesh file's.
+    let timeouts = all_http[0].route.rules[0].timeouts;
+    assert_eq!(timeouts.request, Some(std::time::Duration::from_secs(10)));
+    assert_eq!(
+        timeouts.backend_request,
+        Some(std::time::Duration::from_secs(2))
+    );
     assert_eq!(
         all_http[0].parents[0].service,
         ServiceName::new("shop", "web").unwrap()

@@ -11,14 +11,15 @@ use weft_core::policy::route::{
     HeaderModifier as CoreHeaderModifier, HttpFilter, HttpMatch as CoreHttpMatch,
     HttpRoute as CoreHttpRoute, HttpRule as CoreHttpRule, PathMatch as CorePathMatch,
     PathModifier as CorePathModifier, Pattern, QueryMatch, RequestRedirect, RouteMeta, RouteSource,
-    UrlRewrite as CoreUrlRewrite, ValueMatch, WeightedBackend,
+    Timeouts, UrlRewrite as CoreUrlRewrite, ValueMatch, WeightedBackend,
 };
 use weft_core::policy::traffic::TrafficPolicy as CoreTrafficPolicy;
 
 use crate::v1::{
     GrpcMatch, GrpcRoute, GrpcRule, Header, HeaderModifier, HttpMatch, HttpRoute, HttpRule,
-    NamedMatch, PathMatch, PathModifier, Redirect, RouteBackend, RouteFilter, ServiceTarget,
-    StringMatch, TrafficPolicy, UrlRewrite, path_match, path_modifier, route_filter, string_match,
+    NamedMatch, PathMatch, PathModifier, Redirect, RouteBackend, RouteFilter, RouteTimeouts,
+    ServiceTarget, StringMatch, TrafficPolicy, UrlRewrite, path_match, path_modifier, route_filter,
+    string_match,
 };
 
 /// Why routes from the control plane cannot be used.
@@ -142,6 +143,24 @@ fn http_match_to_wire(m: &CoreHttpMatch) -> HttpMatch {
     }
 }
 
+fn timeouts_to_wire(t: &Timeouts) -> Option<RouteTimeouts> {
+    let ms = |d: Option<std::time::Duration>| {
+        d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    };
+    (!t.is_empty()).then(|| RouteTimeouts {
+        request_ms: ms(t.request),
+        backend_request_ms: ms(t.backend_request),
+    })
+}
+
+fn timeouts_from_wire(t: Option<&RouteTimeouts>) -> Timeouts {
+    let d = |ms: u64| (ms > 0).then(|| std::time::Duration::from_millis(ms));
+    t.map_or_else(Timeouts::default, |t| Timeouts {
+        request: d(t.request_ms),
+        backend_request: d(t.backend_request_ms),
+    })
+}
+
 /// The wire form of `p`.
 pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
     TrafficPolicy {
@@ -158,6 +177,7 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
                         matches: rule.matches.iter().map(http_match_to_wire).collect(),
                         filters: rule.filters.iter().map(filter_to_wire).collect(),
                         backends: rule.backends.iter().map(backend_to_wire).collect(),
+                        timeouts: timeouts_to_wire(&rule.timeouts),
                     })
                     .collect(),
             })
@@ -187,6 +207,7 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
                             .collect(),
                         filters: rule.filters.iter().map(filter_to_wire).collect(),
                         backends: rule.backends.iter().map(backend_to_wire).collect(),
+                        timeouts: timeouts_to_wire(&rule.timeouts),
                     })
                     .collect(),
             })
@@ -469,6 +490,7 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
                     .collect::<Result<_, _>>()?,
                 filters: filters_from_wire(&format!("{at}.filters"), &rule.filters)?,
                 backends: backends_from_wire(&format!("{at}.backends"), &rule.backends)?,
+                timeouts: timeouts_from_wire(rule.timeouts.as_ref()),
             });
         }
         http.push(CoreHttpRoute {
@@ -507,6 +529,7 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
                 matches,
                 filters: filters_from_wire(&format!("{at}.filters"), &rule.filters)?,
                 backends: backends_from_wire(&format!("{at}.backends"), &rule.backends)?,
+                timeouts: timeouts_from_wire(rule.timeouts.as_ref()),
             });
         }
         grpc.push(CoreGrpcRoute {
@@ -537,7 +560,8 @@ mod tests {
                  "filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "web-v2.demo", "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}},
                              {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-s", "value": "1"}], "add": [{"name": "x-a", "value": "2"}], "remove": ["x-r"]}},
                              {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"remove": ["server"]}}],
-                 "backendRefs": [{"name": "web-v2", "port": 8080, "weight": 9, "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-b", "value": "v2"}]}}]}, {"name": "web", "weight": 1}]},
+                 "backendRefs": [{"name": "web-v2", "port": 8080, "weight": 9, "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-b", "value": "v2"}]}}]}, {"name": "web", "weight": 1}],
+                 "timeouts": {"request": "10s", "backendRequest": "1500ms"}},
                 {"matches": [{"path": {"type": "Exact", "value": "/old"}}, {"path": {"type": "RegularExpression", "value": "/o.d/.*"}}],
                  "filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "hostname": "new.demo", "port": 8443, "statusCode": 301, "path": {"type": "ReplaceFullPath", "replaceFullPath": "/new"}}}]}
             ]
@@ -555,7 +579,7 @@ mod tests {
         let grpc_spec: weft_core::policy::route_spec::GrpcRouteSpec = serde_json::from_value(serde_json::json!({
             "parentRefs": [{"name": "users"}],
             "rules": [{"matches": [{"method": {"type": "RegularExpression", "service": "pkg\\..*", "method": "Get"}, "headers": [{"name": "x-t", "value": "1"}]}],
-                       "backendRefs": [{"name": "users-v2"}]}]
+                       "backendRefs": [{"name": "users-v2"}], "timeouts": {"request": "2s"}}]
         }))
         .unwrap();
         let (_, grpc) = grpc_spec

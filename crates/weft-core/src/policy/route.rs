@@ -22,6 +22,7 @@ use std::cmp::Reverse;
 use std::fmt;
 use std::path::PathBuf;
 
+pub use super::resilience::Timeouts;
 use crate::model::ServiceName;
 
 /// Where a route was written, for located errors and a bounded metric label.
@@ -431,6 +432,8 @@ pub struct HttpRule {
     pub filters: Vec<HttpFilter>,
     /// Where matching requests go; none: to the service the route is bound to.
     pub backends: Vec<WeightedBackend>,
+    /// Its timeouts.
+    pub timeouts: Timeouts,
 }
 
 /// An HTTP route.
@@ -577,6 +580,8 @@ pub struct GrpcRule {
     pub filters: Vec<HttpFilter>,
     /// Where matching requests go; none: to the service the route is bound to.
     pub backends: Vec<WeightedBackend>,
+    /// Its timeouts (a Weft extension: `GRPCRoute` has none).
+    pub timeouts: Timeouts,
 }
 
 /// A gRPC route.

@@ -6,12 +6,15 @@
 //! names the key (`rules[0].matches[1].path.value`) for the caller to place in its file or
 //! object.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
+use super::resilience::{format_duration, parse_duration};
 use super::route::{
     GrpcMatch, GrpcRoute, GrpcRule, HeaderMatch, HeaderModifier, HttpFilter, HttpMatch, HttpRoute,
-    HttpRule, PathMatch, PathModifier, Pattern, QueryMatch, RequestRedirect, RouteMeta, UrlRewrite,
-    ValueMatch, WeightedBackend,
+    HttpRule, PathMatch, PathModifier, Pattern, QueryMatch, RequestRedirect, RouteMeta, Timeouts,
+    UrlRewrite, ValueMatch, WeightedBackend,
 };
 use crate::model::ServiceName;
 
@@ -240,6 +243,60 @@ pub struct HttpRuleSpec {
     /// Backends.
     #[serde(default, alias = "backendRefs")]
     pub backend_refs: Vec<BackendRefSpec>,
+    /// Timeouts.
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsSpec>,
+}
+
+/// `timeouts` of a rule: Gateway API durations (`10s`, `500ms`); `0s` turns one off.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSpec {
+    /// The whole call, every attempt included.
+    #[serde(default)]
+    pub request: Option<String>,
+    /// Each attempt; at most `request`.
+    #[serde(default, alias = "backendRequest")]
+    pub backend_request: Option<String>,
+}
+
+impl TimeoutsSpec {
+    /// Checks the durations (`key` is the spec's own key) and builds the model.
+    pub fn compile(&self, key: &str) -> Result<Timeouts, RouteSpecError> {
+        let read = |what: &str, v: &Option<String>| -> Result<Option<Duration>, RouteSpecError> {
+            match v {
+                None => Ok(None),
+                Some(text) => match parse_duration(text) {
+                    Ok(d) if d.is_zero() => Ok(None),
+                    Ok(d) => Ok(Some(d)),
+                    Err(e) => err(format!("{key}.{what}"), e.to_string()),
+                },
+            }
+        };
+        let t = Timeouts {
+            request: read("request", &self.request)?,
+            backend_request: read("backend_request", &self.backend_request)?,
+        };
+        if let (Some(r), Some(b)) = (t.request, t.backend_request)
+            && b > r
+        {
+            return err(
+                format!("{key}.backend_request"),
+                format!(
+                    "{} is longer than the request timeout ({}): an attempt cannot outlast its call",
+                    format_duration(b),
+                    format_duration(r)
+                ),
+            );
+        }
+        Ok(t)
+    }
+}
+
+fn timeouts(key: &str, spec: Option<&TimeoutsSpec>) -> Result<Timeouts, RouteSpecError> {
+    spec.map_or(Ok(Timeouts::default()), |t| {
+        t.compile(&format!("{key}.timeouts"))
+    })
 }
 
 /// The `spec` of an `HTTPRoute`, or a route of the mesh file.
@@ -301,6 +358,9 @@ pub struct GrpcRuleSpec {
     /// Backends.
     #[serde(default, alias = "backendRefs")]
     pub backend_refs: Vec<BackendRefSpec>,
+    /// Timeouts, as an HTTP rule's (the mesh file's extension: `GRPCRoute` has none).
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsSpec>,
 }
 
 /// The `spec` of a `GRPCRoute`, or a gRPC route of the mesh file.
@@ -762,6 +822,7 @@ impl HttpRouteSpec {
                 matches,
                 filters,
                 backends: backends(&format!("{key}.backend_refs"), &r.backend_refs, namespace)?,
+                timeouts: timeouts(&key, r.timeouts.as_ref())?,
             });
         }
         Ok((parents, HttpRoute { meta, rules }))
@@ -813,6 +874,7 @@ impl GrpcRouteSpec {
                     .collect::<Result<_, _>>()?,
                 filters: filters(&format!("{key}.filters"), &r.filters, Allowed::HeadersOnly)?,
                 backends: backends(&format!("{key}.backend_refs"), &r.backend_refs, namespace)?,
+                timeouts: timeouts(&key, r.timeouts.as_ref())?,
             });
         }
         Ok((parents, GrpcRoute { meta, rules }))
@@ -951,11 +1013,37 @@ mod tests {
                     "requestHeaderModifier": {"set": [{"name": "x", "value": "a\r\nb"}]}}]}),
                 "rules[0].filters[0].request_header_modifier.set[0].value",
             ),
+            (
+                serde_json::json!({"timeouts": {"request": "1.5s"}}),
+                "rules[0].timeouts.request",
+            ),
+            (
+                serde_json::json!({"timeouts": {"request": "1s", "backendRequest": "2s"}}),
+                "rules[0].timeouts.backend_request",
+            ),
         ];
         for (rule, key) in cases {
             let e = one_rule(rule.clone()).unwrap_err();
             assert_eq!(e.key, key, "{rule}: {e}");
         }
+        // Timeouts: 0s turns one off; an attempt may be as long as its call.
+        let r =
+            one_rule(serde_json::json!({"timeouts": {"request": "10s", "backendRequest": "0s"}}))
+                .unwrap();
+        assert_eq!(
+            r.rules[0].timeouts,
+            Timeouts {
+                request: Some(Duration::from_secs(10)),
+                backend_request: None
+            }
+        );
+        let r =
+            one_rule(serde_json::json!({"timeouts": {"request": "1s", "backendRequest": "1s"}}))
+                .unwrap();
+        assert_eq!(
+            r.rules[0].timeouts.backend_request,
+            Some(Duration::from_secs(1))
+        );
         // A weight of 0 beside a weighted backend is fine: that backend gets nothing.
         one_rule(serde_json::json!({"backendRefs": [{"name": "a", "weight": 0}, {"name": "b"}]}))
             .unwrap();

@@ -9,6 +9,8 @@
 //!   the answer.
 //! - Routes, and none matches: 404, `UNIMPLEMENTED` for gRPC.
 //! - The drawn backend does not exist, or every weight is 0: 500.
+//! - The rule's timeouts and a gRPC caller's `grpc-timeout` bound the call
+//!   ([`crate::http::timeout`]): 504, or `DEADLINE_EXCEEDED`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,14 +22,14 @@ use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use tokio::time::Instant;
 use weft_core::policy::route::{
-    HeaderModifier, HttpFilter, PathMatch, RedirectFrom, RequestView, RouteMatch,
+    HeaderModifier, HttpFilter, PathMatch, RedirectFrom, RequestView, RouteMatch, Timeouts,
 };
 
 use super::destination::Lease;
 use super::router::{BackendTarget, Routes, Split};
 use crate::errors::{HttpError, Kind, RetrySafe, Who, is_grpc};
 use crate::http::classify::empty_body;
-use crate::http::{Body, BoxError};
+use crate::http::{Body, BoxError, timeout};
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
@@ -78,7 +80,14 @@ impl tower::Service<Request<Body>> for Route {
     fn call(&mut self, req: Request<Body>) -> BoxFuture {
         let routes = self.dest.routes.borrow().clone();
         if routes.is_empty() {
-            return Box::pin(self.dest.http.clone().dispatch(req));
+            let http = self.dest.http.clone();
+            // A gRPC caller's own deadline holds without routes too.
+            if is_grpc(&req)
+                && let Some(at) = timeout::deadline(&req, true, None)
+            {
+                return Box::pin(timeout::within(at, true, req, |r| http.dispatch(r)));
+            }
+            return Box::pin(http.dispatch(req));
         }
         match route(&routes, &self.dest, req) {
             Ok(fut) => fut,
@@ -87,11 +96,12 @@ impl tower::Service<Request<Body>> for Route {
     }
 }
 
-/// The rule `req` matches, with its filters and backends.
+/// The rule `req` matches, with its filters, backends and timeouts.
 struct Matched<'a> {
     filters: &'a [HttpFilter],
     split: &'a Split,
     path: Option<&'a PathMatch>,
+    timeouts: Timeouts,
 }
 
 fn find<'a>(routes: &'a Routes, req: &Request<Body>) -> Option<Matched<'a>> {
@@ -103,6 +113,7 @@ fn find<'a>(routes: &'a Routes, req: &Request<Body>) -> Option<Matched<'a>> {
             filters: &rule.filters,
             split: routes.grpc_split(at.route, at.rule)?,
             path: None,
+            timeouts: rule.timeouts,
         });
     }
     let at = routes.http.find(&view)?;
@@ -111,6 +122,7 @@ fn find<'a>(routes: &'a Routes, req: &Request<Body>) -> Option<Matched<'a>> {
         filters: &rule.filters,
         split: routes.http_split(at.route, at.rule)?,
         path: routes.http.matched(at).and_then(|m| m.path.as_ref()),
+        timeouts: rule.timeouts,
     })
 }
 
@@ -210,9 +222,14 @@ fn route(
     if let Some(m) = &metrics {
         m.request();
     }
+    let grpc = is_grpc(&req);
+    let deadline = timeout::deadline(&req, grpc, matched.timeouts.first_attempt());
     let started = Instant::now();
     Ok(Box::pin(async move {
-        let rsp = balancer.dispatch(req).await;
+        let rsp = match deadline {
+            Some(at) => timeout::within(at, grpc, req, |r| balancer.dispatch(r)).await,
+            None => balancer.dispatch(req).await,
+        };
         let mut rsp = match (rsp, &metrics) {
             (Ok(rsp), Some(m)) => m.observe(rsp, started),
             (Ok(rsp), None) => rsp,
