@@ -90,16 +90,14 @@ impl Tally {
         self.faults.load(Ordering::SeqCst)
     }
 
-    fn answer(&self, target: Option<&str>) {
+    /// Counts an answer; how many times its target has now been answered.
+    fn answer(&self, target: Option<&str>) -> u32 {
         self.answered.fetch_add(1, Ordering::SeqCst);
-        if let Some(t) = target {
-            *self
-                .targets
-                .lock()
-                .unwrap()
-                .entry(t.to_string())
-                .or_default() += 1;
-        }
+        let Some(t) = target else { return 0 };
+        let mut targets = self.targets.lock().unwrap();
+        let n = targets.entry(t.to_string()).or_default();
+        *n += 1;
+        *n
     }
 
     fn fault(&self) {
@@ -186,6 +184,20 @@ pub async fn http_echo_tallied(name: &'static str) -> (SocketAddr, Arc<Tally>) {
 
 /// [`http_echo_tallied`] on `addr`.
 pub async fn http_echo_at(name: &'static str, addr: SocketAddr) -> (SocketAddr, Arc<Tally>) {
+    echo_failing_at(name, addr, 0).await
+}
+
+/// [`http_echo_tallied`] that answers `503` (with `x-backend`) to the first `fail` requests
+/// for each request target (path and query), after reading each whole.
+pub async fn http_echo_failing(name: &'static str, fail: u32) -> (SocketAddr, Arc<Tally>) {
+    echo_failing_at(name, LOOPBACK_ANY_PORT, fail).await
+}
+
+async fn echo_failing_at(
+    name: &'static str,
+    addr: SocketAddr,
+    fail: u32,
+) -> (SocketAddr, Arc<Tally>) {
     serve_each_tallied_at(addr, move |tcp, tally| async move {
         let peer = tcp
             .peer_addr()
@@ -207,9 +219,11 @@ pub async fn http_echo_at(name: &'static str, addr: SocketAddr) -> (SocketAddr, 
                 out.push('\n');
                 let mut out = out.into_bytes();
                 out.extend_from_slice(&body);
-                tally.answer(parts.uri.path_and_query().map(|p| p.as_str()));
+                let n = tally.answer(parts.uri.path_and_query().map(|p| p.as_str()));
+                let status = if n <= fail { 503 } else { 200 };
                 Ok::<_, Infallible>(
                     Response::builder()
+                        .status(status)
                         .header("x-backend", name)
                         .header("x-peer", peer)
                         .body(Full::new(Bytes::from(out)))

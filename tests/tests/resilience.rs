@@ -1,7 +1,8 @@
 //! Resilience of routed calls, end to end through a real proxy pair on the local platform,
 //! with the routes in the mesh file: request and per-attempt timeouts answer 504 without
-//! closing the caller's connection, and a gRPC caller's `grpc-timeout` is honoured (the
-//! shorter deadline wins) and passed on, reduced to what is left.
+//! closing the caller's connection, a gRPC caller's `grpc-timeout` is honoured (the shorter
+//! deadline wins) and passed on, reduced to what is left; retries mask failures for
+//! idempotent calls only, never replay a body over 64 KiB, and stop when the budget is spent.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
@@ -194,4 +195,136 @@ async fn grpc_deadlines_are_honoured_and_passed_on_reduced() {
         .await
         .unwrap();
     assert_eq!(rsp.status(), StatusCode::OK);
+}
+
+/// Service `flaky` answers 503 to the first two requests for each path and query. Its route
+/// retries 503 twice, or once under `/once`, with a 1 ms backoff.
+const FLAKY_ROUTES: &str = r#"
+[policy]
+default_inbound = "allow"
+
+[[routes.http]]
+name = "flaky"
+namespace = "test"
+parent_refs = [{ name = "flaky" }]
+
+[[routes.http.rules]]
+name = "once"
+matches = [{ path = { type = "PathPrefix", value = "/once" } }]
+retry = { codes = [503], attempts = 1, backoff = "1ms" }
+
+[[routes.http.rules]]
+name = "twice"
+retry = { codes = [503], attempts = 2, backoff = "1ms" }
+"#;
+
+struct Flaky {
+    _mesh: TestMesh,
+    client: weft_proxy::Proxy,
+    tally: std::sync::Arc<backends::Tally>,
+    _server: weft_proxy::Proxy,
+}
+
+async fn flaky() -> Flaky {
+    let (app, tally) = backends::http_echo_failing("flaky", 2).await;
+    let flaky = WorkloadDecl::serving("flaky", "flaky");
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(&[flaky.clone(), load.clone()], FLAKY_ROUTES).await;
+    let server = mesh.proxy(&flaky, Some(app.port()), &[]).await;
+    let client = mesh.proxy(&load, None, &["flaky"]).await;
+    Flaky {
+        _mesh: mesh,
+        client,
+        tally,
+        _server: server,
+    }
+}
+
+impl Flaky {
+    /// One call through the client's proxy: its status.
+    async fn call(&self, method: &str, path: &str, body: Bytes) -> StatusCode {
+        let up = upstream(&self.client, "flaky");
+        let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<http_body_util::Full<Bytes>>();
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{up}{path}"))
+            .header("host", "flaky.test")
+            .body(http_body_util::Full::new(body))
+            .unwrap();
+        let rsp = tokio::time::timeout(WAIT, c.request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        let status = rsp.status();
+        rsp.into_body().collect().await.unwrap();
+        status
+    }
+
+    /// Requests the backend received for `target`.
+    fn received(&self, target: &str) -> u32 {
+        self.tally.targets().get(target).copied().unwrap_or(0)
+    }
+
+    async fn metric(&self, name: &str, rule: &str) -> f64 {
+        let (_, text) = weft_tests::admin_get(self.client.admin_addr, "GET", "/metrics").await;
+        let rule = format!("rule=\"{rule}\"");
+        weft_tests::metric(&text, name, &["route=\"test/flaky\"", &rule])
+    }
+}
+
+/// A GET that fails twice is answered by its third attempt; a POST is not sent again on a
+/// 503; a PUT with a body over 64 KiB goes once, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_mask_failures_for_idempotent_calls_only() {
+    let f = flaky().await;
+    assert_eq!(f.call("GET", "/get", Bytes::new()).await, StatusCode::OK);
+    assert_eq!(f.received("/get"), 3);
+    assert_eq!(f.metric("weft_route_retries_total", "twice").await, 2.0);
+
+    // A PUT (idempotent) with a small body: its body goes again with it.
+    assert_eq!(
+        f.call("PUT", "/put", Bytes::from_static(b"state")).await,
+        StatusCode::OK
+    );
+    assert_eq!(f.received("/put"), 3);
+
+    // A POST may have paid out: not sent again on a status.
+    assert_eq!(
+        f.call("POST", "/pay", Bytes::from_static(b"1 EUR")).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(f.received("/pay"), 1);
+
+    // A body over 64 KiB is not kept for replay: one attempt, and the backend got it whole.
+    let big = Bytes::from(vec![b'x'; 1 << 20]);
+    assert_eq!(
+        f.call("PUT", "/big", big).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(f.received("/big"), 1);
+    assert_eq!(f.metric("weft_route_retries_total", "twice").await, 4.0);
+}
+
+/// Requests that always fail spend the budget (its reserve of 10 a second over 10 s and 20 %
+/// of the requests), after which they go once; each refusal is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stop_when_the_budget_is_spent() {
+    let f = flaky().await;
+    let calls = 300;
+    for i in 0..calls {
+        // Each path fails twice: the first attempt and its one retry both get 503.
+        let status = f.call("GET", &format!("/once/{i}"), Bytes::new()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let retries = f.metric("weft_route_retries_total", "once").await;
+    let refused = f
+        .metric("weft_route_retry_budget_exhausted_total", "once")
+        .await;
+    assert_eq!(retries + refused, f64::from(calls), "every call asked once");
+    // 100 in reserve and 20 % of 300, plus what the seconds this took gave back.
+    assert!((150.0..=250.0).contains(&retries), "{retries} retries");
+    assert!(refused > 0.0);
+    let hits: u32 = (0..calls).map(|i| f.received(&format!("/once/{i}"))).sum();
+    assert_eq!(f64::from(hits), f64::from(calls) + retries);
 }

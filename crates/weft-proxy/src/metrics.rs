@@ -6,6 +6,8 @@
 //! - `weft_route_requests_total{route, rule, backend}`, `weft_route_responses_total{route,
 //!   rule, backend, status_code, classification}`, `weft_route_response_latency_seconds{route,
 //!   rule, backend}`: outbound requests a route sent (redirects are under backend `-`)
+//! - `weft_route_retries_total{route, rule}`, `weft_route_retry_budget_exhausted_total{route,
+//!   rule}`: retries a rule sent, and retries its budget refused
 //! - `weft_tcp_open_connections{direction, peer}`, `weft_tcp_connections_total`,
 //!   `weft_tcp_read_bytes_total`, `weft_tcp_write_bytes_total`
 //! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`,
@@ -80,6 +82,15 @@ pub struct RouteLabels {
     pub backend: String,
 }
 
+/// Labels of a route rule's counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    /// See [`RouteLabels::route`].
+    pub route: String,
+    /// See [`RouteLabels::rule`].
+    pub rule: String,
+}
+
 /// Labels of route response counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteResponseLabels {
@@ -143,6 +154,10 @@ pub struct Metrics {
     pub route_responses: Family<RouteResponseLabels, Counter>,
     /// Latency per route rule and backend.
     pub route_latency: Family<RouteLabels, Histogram>,
+    /// Retries per route rule.
+    pub route_retries: Family<RuleLabels, Counter>,
+    /// Retries refused by a route rule's budget.
+    pub route_retry_budget_exhausted: Family<RuleLabels, Counter>,
     /// Open TCP connections.
     pub tcp_open: Family<TcpLabels, Gauge>,
     /// TCP connections accepted.
@@ -189,6 +204,18 @@ impl Default for Metrics {
             "weft_route_requests",
             "HTTP requests per route rule and backend",
             route_requests.clone(),
+        );
+        let route_retries = Family::<RuleLabels, Counter>::default();
+        let route_retry_budget_exhausted = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "weft_route_retries",
+            "Retries a route rule sent",
+            route_retries.clone(),
+        );
+        registry.register(
+            "weft_route_retry_budget_exhausted",
+            "Retries a route rule's budget refused",
+            route_retry_budget_exhausted.clone(),
         );
         registry.register(
             "weft_route_responses",
@@ -269,6 +296,8 @@ impl Default for Metrics {
             route_requests,
             route_responses,
             route_latency,
+            route_retries,
+            route_retry_budget_exhausted,
             tcp_open,
             tcp_total,
             tcp_read,

@@ -10,16 +10,16 @@ use weft_core::policy::route::{
     GrpcMatch as CoreGrpcMatch, GrpcRoute as CoreGrpcRoute, GrpcRule as CoreGrpcRule, HeaderMatch,
     HeaderModifier as CoreHeaderModifier, HttpFilter, HttpMatch as CoreHttpMatch,
     HttpRoute as CoreHttpRoute, HttpRule as CoreHttpRule, PathMatch as CorePathMatch,
-    PathModifier as CorePathModifier, Pattern, QueryMatch, RequestRedirect, RouteMeta, RouteSource,
-    Timeouts, UrlRewrite as CoreUrlRewrite, ValueMatch, WeightedBackend,
+    PathModifier as CorePathModifier, Pattern, QueryMatch, RequestRedirect, RetryPolicy, RouteMeta,
+    RouteSource, Timeouts, UrlRewrite as CoreUrlRewrite, ValueMatch, WeightedBackend,
 };
 use weft_core::policy::traffic::TrafficPolicy as CoreTrafficPolicy;
 
 use crate::v1::{
     GrpcMatch, GrpcRoute, GrpcRule, Header, HeaderModifier, HttpMatch, HttpRoute, HttpRule,
-    NamedMatch, PathMatch, PathModifier, Redirect, RouteBackend, RouteFilter, RouteTimeouts,
-    ServiceTarget, StringMatch, TrafficPolicy, UrlRewrite, path_match, path_modifier, route_filter,
-    string_match,
+    NamedMatch, PathMatch, PathModifier, Redirect, RouteBackend, RouteFilter, RouteRetry,
+    RouteTimeouts, ServiceTarget, StringMatch, TrafficPolicy, UrlRewrite, path_match,
+    path_modifier, route_filter, string_match,
 };
 
 /// Why routes from the control plane cannot be used.
@@ -161,6 +161,40 @@ fn timeouts_from_wire(t: Option<&RouteTimeouts>) -> Timeouts {
     })
 }
 
+fn retry_to_wire(r: &RetryPolicy) -> RouteRetry {
+    RouteRetry {
+        attempts: r.attempts,
+        codes: r.codes.iter().map(|c| u32::from(*c)).collect(),
+        grpc_codes: r.grpc_codes.iter().map(|c| u32::from(*c)).collect(),
+        backoff_ms: u64::try_from(r.backoff.as_millis()).unwrap_or(u64::MAX),
+        idempotent: r.idempotent,
+    }
+}
+
+fn retry_from_wire(at: &str, r: &RouteRetry) -> Result<RetryPolicy, RouteWireError> {
+    let bad = |what: &str| RouteWireError {
+        at: format!("{at}.{what}"),
+        reason: "out of range".into(),
+    };
+    Ok(RetryPolicy {
+        attempts: r
+            .attempts
+            .min(weft_core::policy::resilience::MAX_RETRY_ATTEMPTS),
+        codes: r
+            .codes
+            .iter()
+            .map(|c| u16::try_from(*c).map_err(|_| bad("codes")))
+            .collect::<Result<_, _>>()?,
+        grpc_codes: r
+            .grpc_codes
+            .iter()
+            .map(|c| u8::try_from(*c).map_err(|_| bad("grpc_codes")))
+            .collect::<Result<_, _>>()?,
+        backoff: std::time::Duration::from_millis(r.backoff_ms.clamp(1, 10_000)),
+        idempotent: r.idempotent,
+    })
+}
+
 /// The wire form of `p`.
 pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
     TrafficPolicy {
@@ -178,6 +212,7 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
                         filters: rule.filters.iter().map(filter_to_wire).collect(),
                         backends: rule.backends.iter().map(backend_to_wire).collect(),
                         timeouts: timeouts_to_wire(&rule.timeouts),
+                        retry: rule.retry.as_ref().map(retry_to_wire),
                     })
                     .collect(),
             })
@@ -208,6 +243,7 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
                         filters: rule.filters.iter().map(filter_to_wire).collect(),
                         backends: rule.backends.iter().map(backend_to_wire).collect(),
                         timeouts: timeouts_to_wire(&rule.timeouts),
+                        retry: rule.retry.as_ref().map(retry_to_wire),
                     })
                     .collect(),
             })
@@ -491,6 +527,11 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
                 filters: filters_from_wire(&format!("{at}.filters"), &rule.filters)?,
                 backends: backends_from_wire(&format!("{at}.backends"), &rule.backends)?,
                 timeouts: timeouts_from_wire(rule.timeouts.as_ref()),
+                retry: rule
+                    .retry
+                    .as_ref()
+                    .map(|r| retry_from_wire(&format!("{at}.retry"), r))
+                    .transpose()?,
             });
         }
         http.push(CoreHttpRoute {
@@ -530,6 +571,11 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
                 filters: filters_from_wire(&format!("{at}.filters"), &rule.filters)?,
                 backends: backends_from_wire(&format!("{at}.backends"), &rule.backends)?,
                 timeouts: timeouts_from_wire(rule.timeouts.as_ref()),
+                retry: rule
+                    .retry
+                    .as_ref()
+                    .map(|r| retry_from_wire(&format!("{at}.retry"), r))
+                    .transpose()?,
             });
         }
         grpc.push(CoreGrpcRoute {
@@ -561,7 +607,8 @@ mod tests {
                              {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-s", "value": "1"}], "add": [{"name": "x-a", "value": "2"}], "remove": ["x-r"]}},
                              {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"remove": ["server"]}}],
                  "backendRefs": [{"name": "web-v2", "port": 8080, "weight": 9, "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-b", "value": "v2"}]}}]}, {"name": "web", "weight": 1}],
-                 "timeouts": {"request": "10s", "backendRequest": "1500ms"}},
+                 "timeouts": {"request": "10s", "backendRequest": "1500ms"},
+                 "retry": {"codes": [502, 503], "attempts": 3, "backoff": "50ms", "idempotent": true}},
                 {"matches": [{"path": {"type": "Exact", "value": "/old"}}, {"path": {"type": "RegularExpression", "value": "/o.d/.*"}}],
                  "filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "hostname": "new.demo", "port": 8443, "statusCode": 301, "path": {"type": "ReplaceFullPath", "replaceFullPath": "/new"}}}]}
             ]
@@ -579,7 +626,8 @@ mod tests {
         let grpc_spec: weft_core::policy::route_spec::GrpcRouteSpec = serde_json::from_value(serde_json::json!({
             "parentRefs": [{"name": "users"}],
             "rules": [{"matches": [{"method": {"type": "RegularExpression", "service": "pkg\\..*", "method": "Get"}, "headers": [{"name": "x-t", "value": "1"}]}],
-                       "backendRefs": [{"name": "users-v2"}], "timeouts": {"request": "2s"}}]
+                       "backendRefs": [{"name": "users-v2"}], "timeouts": {"request": "2s"},
+                       "retry": {"conditions": ["unavailable"], "idempotent": true}}]
         }))
         .unwrap();
         let (_, grpc) = grpc_spec

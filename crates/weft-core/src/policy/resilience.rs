@@ -1,4 +1,5 @@
-//! How a route rule guards its calls: timeouts (Gateway API `HTTPRoute` `timeouts`, GEP-1742).
+//! How a route rule guards its calls: timeouts (Gateway API `HTTPRoute` `timeouts`, GEP-1742)
+//! and retries (`HTTPRoute` rule `retry`, GEP-1731).
 //!
 //! - `request`: the whole call as the caller sees it, from the moment the proxy has the request
 //!   until the response has ended (every attempt included, once retries exist).
@@ -33,6 +34,41 @@ impl Timeouts {
             (a, b) => a.or(b),
         }
     }
+}
+
+/// The gRPC statuses a gRPC rule may retry on, by the names Weft's files use.
+pub const GRPC_RETRY_CONDITIONS: [(&str, u8); 5] = [
+    ("cancelled", 1),
+    ("deadline-exceeded", 4),
+    ("resource-exhausted", 8),
+    ("internal", 13),
+    ("unavailable", 14),
+];
+
+/// Retries after the first attempt when a rule sets `retry` without `attempts`.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+/// The first backoff when a rule sets `retry` without `backoff`; backoffs grow to ten times it.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+/// The most retries a rule may ask for (the retry budget bounds them further).
+pub const MAX_RETRY_ATTEMPTS: u32 = 10;
+
+/// When and how a rule sends a failed call again. Whatever it says, a request the proxy never
+/// sent is sent again; a request the application may have seen goes again only as this
+/// allows: on one of these statuses (or a connection lost after sending), for an idempotent
+/// method or a route marked `idempotent`, within the retry budget.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// HTTP statuses that are retried.
+    pub codes: Vec<u16>,
+    /// gRPC statuses that are retried (gRPC rules).
+    pub grpc_codes: Vec<u8>,
+    /// The first backoff; later ones grow to ten times it, each drawn with full jitter.
+    pub backoff: Duration,
+    /// Whether every call of the rule is safe to send twice (a `POST` that creates nothing, a
+    /// gRPC method without side effects): then all methods are retried.
+    pub idempotent: bool,
 }
 
 /// Why a duration cannot be read.

@@ -22,7 +22,7 @@ use std::cmp::Reverse;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use super::resilience::Timeouts;
+pub use super::resilience::{RetryPolicy, Timeouts};
 use crate::model::ServiceName;
 
 /// Where a route was written, for located errors and a bounded metric label.
@@ -434,6 +434,8 @@ pub struct HttpRule {
     pub backends: Vec<WeightedBackend>,
     /// Its timeouts.
     pub timeouts: Timeouts,
+    /// When failed calls go again.
+    pub retry: Option<RetryPolicy>,
 }
 
 /// An HTTP route.
@@ -449,8 +451,8 @@ pub struct HttpRoute {
 pub trait Routed: Clone {
     /// Name and source.
     fn meta(&self) -> &RouteMeta;
-    /// Each rule's name and backends, in order.
-    fn rule_backends(&self) -> Vec<(Option<&str>, &[WeightedBackend])>;
+    /// Each rule's name, backends and whether it retries, in order.
+    fn rule_backends(&self) -> Vec<(Option<&str>, &[WeightedBackend], bool)>;
     /// Every backend of every rule.
     fn backends_mut(&mut self) -> Vec<&mut WeightedBackend>;
 }
@@ -459,10 +461,10 @@ impl Routed for HttpRoute {
     fn meta(&self) -> &RouteMeta {
         &self.meta
     }
-    fn rule_backends(&self) -> Vec<(Option<&str>, &[WeightedBackend])> {
+    fn rule_backends(&self) -> Vec<(Option<&str>, &[WeightedBackend], bool)> {
         self.rules
             .iter()
-            .map(|r| (r.name.as_deref(), r.backends.as_slice()))
+            .map(|r| (r.name.as_deref(), r.backends.as_slice(), r.retry.is_some()))
             .collect()
     }
     fn backends_mut(&mut self) -> Vec<&mut WeightedBackend> {
@@ -477,10 +479,10 @@ impl Routed for GrpcRoute {
     fn meta(&self) -> &RouteMeta {
         &self.meta
     }
-    fn rule_backends(&self) -> Vec<(Option<&str>, &[WeightedBackend])> {
+    fn rule_backends(&self) -> Vec<(Option<&str>, &[WeightedBackend], bool)> {
         self.rules
             .iter()
-            .map(|r| (r.name.as_deref(), r.backends.as_slice()))
+            .map(|r| (r.name.as_deref(), r.backends.as_slice(), r.retry.is_some()))
             .collect()
     }
     fn backends_mut(&mut self) -> Vec<&mut WeightedBackend> {
@@ -582,6 +584,8 @@ pub struct GrpcRule {
     pub backends: Vec<WeightedBackend>,
     /// Its timeouts (a Weft extension: `GRPCRoute` has none).
     pub timeouts: Timeouts,
+    /// When failed calls go again (a Weft extension too).
+    pub retry: Option<RetryPolicy>,
 }
 
 /// A gRPC route.

@@ -10,11 +10,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::resilience::{format_duration, parse_duration};
+use super::resilience::{
+    DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_BACKOFF, GRPC_RETRY_CONDITIONS, MAX_RETRY_ATTEMPTS,
+    format_duration, parse_duration,
+};
 use super::route::{
     GrpcMatch, GrpcRoute, GrpcRule, HeaderMatch, HeaderModifier, HttpFilter, HttpMatch, HttpRoute,
-    HttpRule, PathMatch, PathModifier, Pattern, QueryMatch, RequestRedirect, RouteMeta, Timeouts,
-    UrlRewrite, ValueMatch, WeightedBackend,
+    HttpRule, PathMatch, PathModifier, Pattern, QueryMatch, RequestRedirect, RetryPolicy,
+    RouteMeta, Timeouts, UrlRewrite, ValueMatch, WeightedBackend,
 };
 use crate::model::ServiceName;
 
@@ -246,6 +249,106 @@ pub struct HttpRuleSpec {
     /// Timeouts.
     #[serde(default)]
     pub timeouts: Option<TimeoutsSpec>,
+    /// Retries.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+}
+
+/// `retry` of a rule: Gateway API's `codes`, `attempts` and `backoff` (GEP-1731), and Weft's
+/// `conditions` (gRPC rules) and `idempotent`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// HTTP statuses to retry on (400 to 599; HTTP rules).
+    #[serde(default)]
+    pub codes: Vec<u16>,
+    /// gRPC statuses to retry on: `cancelled`, `deadline-exceeded`, `internal`,
+    /// `resource-exhausted`, `unavailable` (gRPC rules).
+    #[serde(default)]
+    pub conditions: Vec<String>,
+    /// Retries after the first attempt (default 2, at most 10).
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// The first backoff (default 25ms); later ones grow to ten times it.
+    #[serde(default)]
+    pub backoff: Option<String>,
+    /// Every call of the rule is safe to send twice: retry all methods, not only idempotent
+    /// ones (gRPC calls are `POST`s: a gRPC rule must say this to retry on a status).
+    #[serde(default)]
+    pub idempotent: bool,
+}
+
+impl RetrySpec {
+    /// Checks it (`key` is its own key) for an HTTP rule, or a gRPC rule when `grpc`.
+    pub fn compile(&self, key: &str, grpc: bool) -> Result<RetryPolicy, RouteSpecError> {
+        let attempts = self.attempts.unwrap_or(DEFAULT_RETRY_ATTEMPTS);
+        if attempts > MAX_RETRY_ATTEMPTS {
+            return err(
+                format!("{key}.attempts"),
+                format!("{attempts}: at most {MAX_RETRY_ATTEMPTS}"),
+            );
+        }
+        let backoff = match &self.backoff {
+            None => DEFAULT_RETRY_BACKOFF,
+            Some(text) => match parse_duration(text) {
+                Ok(d) if d >= Duration::from_millis(1) && d <= Duration::from_secs(10) => d,
+                Ok(_) => return err(format!("{key}.backoff"), format!("{text}: from 1ms to 10s")),
+                Err(e) => return err(format!("{key}.backoff"), e.to_string()),
+            },
+        };
+        if grpc && !self.codes.is_empty() {
+            return err(
+                format!("{key}.codes"),
+                "a gRPC rule retries on gRPC statuses: name them in conditions",
+            );
+        }
+        if !grpc && !self.conditions.is_empty() {
+            return err(
+                format!("{key}.conditions"),
+                "an HTTP rule retries on HTTP statuses: list them in codes",
+            );
+        }
+        for (i, c) in self.codes.iter().enumerate() {
+            if !(400..=599).contains(c) {
+                return err(format!("{key}.codes[{i}]"), format!("{c}: from 400 to 599"));
+            }
+        }
+        let mut grpc_codes = Vec::new();
+        for (i, c) in self.conditions.iter().enumerate() {
+            match GRPC_RETRY_CONDITIONS.iter().find(|(name, _)| name == c) {
+                Some((_, code)) => grpc_codes.push(*code),
+                None => {
+                    let names: Vec<&str> = GRPC_RETRY_CONDITIONS.iter().map(|(n, _)| *n).collect();
+                    return err(
+                        format!("{key}.conditions[{i}]"),
+                        format!("{c:?}: expected one of {}", names.join(", ")),
+                    );
+                }
+            }
+        }
+        if grpc && !grpc_codes.is_empty() && !self.idempotent {
+            return err(
+                format!("{key}.idempotent"),
+                "gRPC calls are POSTs, never retried on a status unless the rule says its calls are safe to send twice (idempotent = true)",
+            );
+        }
+        Ok(RetryPolicy {
+            attempts,
+            codes: self.codes.clone(),
+            grpc_codes,
+            backoff,
+            idempotent: self.idempotent,
+        })
+    }
+}
+
+fn retry(
+    key: &str,
+    spec: Option<&RetrySpec>,
+    grpc: bool,
+) -> Result<Option<RetryPolicy>, RouteSpecError> {
+    spec.map(|r| r.compile(&format!("{key}.retry"), grpc))
+        .transpose()
 }
 
 /// `timeouts` of a rule: Gateway API durations (`10s`, `500ms`); `0s` turns one off.
@@ -361,6 +464,9 @@ pub struct GrpcRuleSpec {
     /// Timeouts, as an HTTP rule's (the mesh file's extension: `GRPCRoute` has none).
     #[serde(default)]
     pub timeouts: Option<TimeoutsSpec>,
+    /// Retries on gRPC statuses (the mesh file's extension too).
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
 }
 
 /// The `spec` of a `GRPCRoute`, or a gRPC route of the mesh file.
@@ -823,6 +929,7 @@ impl HttpRouteSpec {
                 filters,
                 backends: backends(&format!("{key}.backend_refs"), &r.backend_refs, namespace)?,
                 timeouts: timeouts(&key, r.timeouts.as_ref())?,
+                retry: retry(&key, r.retry.as_ref(), false)?,
             });
         }
         Ok((parents, HttpRoute { meta, rules }))
@@ -875,6 +982,7 @@ impl GrpcRouteSpec {
                 filters: filters(&format!("{key}.filters"), &r.filters, Allowed::HeadersOnly)?,
                 backends: backends(&format!("{key}.backend_refs"), &r.backend_refs, namespace)?,
                 timeouts: timeouts(&key, r.timeouts.as_ref())?,
+                retry: retry(&key, r.retry.as_ref(), true)?,
             });
         }
         Ok((parents, GrpcRoute { meta, rules }))
@@ -1018,6 +1126,22 @@ mod tests {
                 "rules[0].timeouts.request",
             ),
             (
+                serde_json::json!({"retry": {"codes": [503, 200]}}),
+                "rules[0].retry.codes[1]",
+            ),
+            (
+                serde_json::json!({"retry": {"attempts": 11}}),
+                "rules[0].retry.attempts",
+            ),
+            (
+                serde_json::json!({"retry": {"backoff": "0s"}}),
+                "rules[0].retry.backoff",
+            ),
+            (
+                serde_json::json!({"retry": {"conditions": ["unavailable"]}}),
+                "rules[0].retry.conditions",
+            ),
+            (
                 serde_json::json!({"timeouts": {"request": "1s", "backendRequest": "2s"}}),
                 "rules[0].timeouts.backend_request",
             ),
@@ -1049,6 +1173,41 @@ mod tests {
             .unwrap();
         // Unknown keys are refused by serde, not ignored.
         assert!(serde_json::from_value::<HttpRouteSpec>(serde_json::json!({"rulez": []})).is_err());
+    }
+
+    /// gRPC rules retry on named gRPC statuses, and only when they say their calls are safe
+    /// to send twice; HTTP rules take defaults.
+    #[test]
+    fn retries_are_checked_for_the_kind_of_rule() {
+        let grpc = |retry: serde_json::Value| {
+            let spec: GrpcRouteSpec = serde_json::from_value(serde_json::json!({
+                "parentRefs": [{"name": "users"}], "rules": [{"retry": retry}],
+            }))
+            .unwrap();
+            spec.compile(meta(), "demo").map(|(_, r)| r)
+        };
+        let e = grpc(serde_json::json!({"conditions": ["unavailable"]})).unwrap_err();
+        assert_eq!(e.key, "rules[0].retry.idempotent");
+        let e = grpc(serde_json::json!({"codes": [503], "idempotent": true})).unwrap_err();
+        assert_eq!(e.key, "rules[0].retry.codes");
+        let e =
+            grpc(serde_json::json!({"conditions": ["unknown"], "idempotent": true})).unwrap_err();
+        assert_eq!(e.key, "rules[0].retry.conditions[0]");
+        let r = grpc(serde_json::json!({"conditions": ["unavailable", "internal"], "idempotent": true, "attempts": 3}))
+            .unwrap();
+        let p = r.rules[0].retry.clone().unwrap();
+        assert_eq!((p.grpc_codes, p.attempts), (vec![14, 13], 3));
+        let r = one_rule(serde_json::json!({"retry": {"codes": [503]}})).unwrap();
+        assert_eq!(
+            r.rules[0].retry,
+            Some(RetryPolicy {
+                attempts: DEFAULT_RETRY_ATTEMPTS,
+                codes: vec![503],
+                grpc_codes: vec![],
+                backoff: DEFAULT_RETRY_BACKOFF,
+                idempotent: false,
+            })
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod metered;
 pub mod orig_proto;
 pub mod pool;
 pub mod resend;
+pub mod retry;
 pub mod timeout;
 pub mod upgrade;
 

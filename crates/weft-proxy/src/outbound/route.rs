@@ -11,6 +11,9 @@
 //! - The drawn backend does not exist, or every weight is 0: 500.
 //! - The rule's timeouts and a gRPC caller's `grpc-timeout` bound the call
 //!   ([`crate::http::timeout`]): 504, or `DEADLINE_EXCEEDED`.
+//! - A rule with a retry policy sends failed attempts again ([`crate::http::retry`]), each
+//!   attempt drawing its backend anew; the rule's response header modifiers apply to the
+//!   answer that stands.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,14 +25,15 @@ use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use tokio::time::Instant;
 use weft_core::policy::route::{
-    HeaderModifier, HttpFilter, PathMatch, RedirectFrom, RequestView, RouteMatch, Timeouts,
+    HeaderModifier, HttpFilter, PathMatch, RedirectFrom, RequestView, RetryPolicy, RouteMatch,
+    Timeouts,
 };
 
 use super::destination::Lease;
 use super::router::{BackendTarget, Routes, Split};
 use crate::errors::{HttpError, Kind, RetrySafe, Who, is_grpc};
 use crate::http::classify::empty_body;
-use crate::http::{Body, BoxError, timeout};
+use crate::http::{Body, BoxError, retry, timeout};
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
@@ -96,10 +100,41 @@ impl tower::Service<Request<Body>> for Route {
     }
 }
 
-/// The rule `req` matches, with its filters, backends and timeouts.
+/// Which rule of which table a request matched.
+#[derive(Clone, Copy, Debug)]
+struct RuleAt {
+    grpc: bool,
+    route: usize,
+    rule: usize,
+}
+
+impl RuleAt {
+    fn split(self, routes: &Routes) -> Option<&Split> {
+        if self.grpc {
+            routes.grpc_split(self.route, self.rule)
+        } else {
+            routes.http_split(self.route, self.rule)
+        }
+    }
+
+    fn retry(self, routes: &Routes) -> Option<&RetryPolicy> {
+        let at = RouteMatch {
+            route: self.route,
+            rule: self.rule,
+            matched: 0,
+        };
+        if self.grpc {
+            routes.grpc.rule(at)?.retry.as_ref()
+        } else {
+            routes.http.rule(at)?.retry.as_ref()
+        }
+    }
+}
+
+/// The rule `req` matches, with its filters and timeouts.
 struct Matched<'a> {
+    at: RuleAt,
     filters: &'a [HttpFilter],
-    split: &'a Split,
     path: Option<&'a PathMatch>,
     timeouts: Timeouts,
 }
@@ -110,8 +145,12 @@ fn find<'a>(routes: &'a Routes, req: &Request<Body>) -> Option<Matched<'a>> {
         let at: RouteMatch = routes.grpc.find(&view)?;
         let rule = routes.grpc.rule(at)?;
         return Some(Matched {
+            at: RuleAt {
+                grpc: true,
+                route: at.route,
+                rule: at.rule,
+            },
             filters: &rule.filters,
-            split: routes.grpc_split(at.route, at.rule)?,
             path: None,
             timeouts: rule.timeouts,
         });
@@ -119,8 +158,12 @@ fn find<'a>(routes: &'a Routes, req: &Request<Body>) -> Option<Matched<'a>> {
     let at = routes.http.find(&view)?;
     let rule = routes.http.rule(at)?;
     Some(Matched {
+        at: RuleAt {
+            grpc: false,
+            route: at.route,
+            rule: at.rule,
+        },
         filters: &rule.filters,
-        split: routes.http_split(at.route, at.rule)?,
         path: routes.http.matched(at).and_then(|m| m.path.as_ref()),
         timeouts: rule.timeouts,
     })
@@ -152,7 +195,11 @@ fn route(
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     rsp.headers_mut().insert(LOCATION, v);
                 }
-                if let Some(m) = &matched.split.local_metrics {
+                if let Some(m) = matched
+                    .at
+                    .split(routes)
+                    .and_then(|s| s.local_metrics.as_ref())
+                {
                     m.request();
                     rsp = m.observe(rsp, Instant::now());
                 }
@@ -171,10 +218,48 @@ fn route(
             }
         }
     }
-    let backend = if matched.split.is_parent_only() {
+    let modifiers: Vec<HeaderModifier> = response_headers.into_iter().cloned().collect();
+    let (at, timeouts) = (matched.at, matched.timeouts);
+    let (routes, dest) = (routes.clone(), dest.clone());
+    Ok(Box::pin(async move {
+        let grpc = is_grpc(&req);
+        let send = |req| attempt(&routes, at, &dest, req);
+        let retry = at
+            .retry(&routes)
+            .zip(at.split(&routes).and_then(|s| s.retry.as_ref()));
+        let rsp = match retry {
+            Some((policy, state)) => {
+                let deadline = timeout::deadline(&req, grpc, timeouts.request);
+                let per_try = timeouts.backend_request;
+                retry::run(policy, state, req, grpc, deadline, per_try, send).await
+            }
+            None => match timeout::deadline(&req, grpc, timeouts.first_attempt()) {
+                Some(at) => timeout::within(at, grpc, req, send).await,
+                None => send(req).await,
+            },
+        };
+        let mut rsp = rsp?;
+        for m in &modifiers {
+            modify(rsp.headers_mut(), m);
+        }
+        Ok(rsp)
+    }))
+}
+
+/// One attempt of a routed request: a backend drawn by weight, its filters, and the request
+/// sent to its balancer.
+async fn attempt(
+    routes: &Routes,
+    at: RuleAt,
+    dest: &Arc<Lease>,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, BoxError> {
+    let unknown = || HttpError::new(Kind::Internal, Who::Proxy, RetrySafe::No, "no such rule");
+    let split = at.split(routes).ok_or_else(unknown)?;
+    let backend = if split.is_parent_only() {
         None
     } else {
-        Some(matched.split.pick().ok_or_else(|| {
+        Some(split.pick().ok_or_else(|| {
             HttpError::new(
                 Kind::Internal,
                 Who::Proxy,
@@ -190,20 +275,18 @@ fn route(
         None | Some(BackendTarget::Parent) => dest.http.clone(),
         Some(BackendTarget::Service(lease)) => {
             if let Some(e) = super::gate::unroutable(lease) {
-                return Err(e);
+                return Err(e.into());
             }
             other = Some(lease.clone());
             lease.http.clone()
         }
         Some(BackendTarget::Missing(why)) => {
-            return Err(HttpError::new(
-                Kind::Internal,
-                Who::Proxy,
-                RetrySafe::No,
-                why.clone(),
-            ));
+            return Err(
+                HttpError::new(Kind::Internal, Who::Proxy, RetrySafe::No, why.clone()).into(),
+            );
         }
     };
+    let mut response_headers: Vec<&HeaderModifier> = Vec::new();
     if let Some(b) = backend {
         for f in &b.filters {
             match f {
@@ -215,46 +298,38 @@ fn route(
         }
     }
     let metrics = match backend {
-        Some(b) => b.metrics.clone(),
-        None => matched.split.parent_metrics.clone(),
+        Some(b) => b.metrics.as_ref(),
+        None => split.parent_metrics.as_ref(),
     };
-    let modifiers: Vec<HeaderModifier> = response_headers.into_iter().cloned().collect();
-    if let Some(m) = &metrics {
+    if let Some(m) = metrics {
         m.request();
     }
-    let grpc = is_grpc(&req);
-    let deadline = timeout::deadline(&req, grpc, matched.timeouts.first_attempt());
     let started = Instant::now();
-    Ok(Box::pin(async move {
-        let rsp = match deadline {
-            Some(at) => timeout::within(at, grpc, req, |r| balancer.dispatch(r)).await,
-            None => balancer.dispatch(req).await,
-        };
-        let mut rsp = match (rsp, &metrics) {
-            (Ok(rsp), Some(m)) => m.observe(rsp, started),
-            (Ok(rsp), None) => rsp,
-            (Err(e), m) => {
-                if let Some(m) = m {
-                    m.no_response(started);
-                }
-                // Its first answer may have come while the request waited for an endpoint.
-                let e = HttpError::from_box(e);
-                if e.kind() == Kind::Unavailable
-                    && let Some(denied) = other
-                        .as_deref()
-                        .and_then(|l| super::gate::unroutable(l))
-                        .filter(|d| d.kind() == Kind::Denied)
-                {
-                    return Err(denied.into());
-                }
-                return Err(e.into());
+    let rsp = balancer.dispatch(req).await;
+    let mut rsp = match (rsp, metrics) {
+        (Ok(rsp), Some(m)) => m.observe(rsp, started),
+        (Ok(rsp), None) => rsp,
+        (Err(e), m) => {
+            if let Some(m) = m {
+                m.no_response(started);
             }
-        };
-        for m in &modifiers {
-            modify(rsp.headers_mut(), m);
+            // Its first answer may have come while the request waited for an endpoint.
+            let e = HttpError::from_box(e);
+            if e.kind() == Kind::Unavailable
+                && let Some(denied) = other
+                    .as_deref()
+                    .and_then(|l| super::gate::unroutable(l))
+                    .filter(|d| d.kind() == Kind::Denied)
+            {
+                return Err(denied.into());
+            }
+            return Err(e.into());
         }
-        Ok(rsp)
-    }))
+    };
+    for m in response_headers {
+        modify(rsp.headers_mut(), m);
+    }
+    Ok(rsp)
 }
 
 /// Applies a header modifier: remove, then set, then add.

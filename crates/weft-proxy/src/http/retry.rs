@@ -1,0 +1,694 @@
+//! Retries of a routed call, under the rule's policy and budget.
+//!
+//! - What goes again: a request the proxy never sent, whatever its method; a request the peer
+//!   may have seen (the connection lost after sending, the attempt's own timeout, or an answer
+//!   with one of the rule's statuses, or for gRPC a trailers-only answer with one of its gRPC
+//!   statuses) only for an idempotent method (`GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`,
+//!   `DELETE`) or a rule marked `idempotent`.
+//! - The request body streams to the first attempt as it comes, and what it sent is kept, up
+//!   to [`MAX_REPLAY_BYTES`], so that a later attempt can send it again (and go on reading
+//!   the rest where the first stopped); a longer body is not kept and never retried.
+//! - Between attempts: a backoff from the rule's first backoff growing to ten times it, each
+//!   drawn at random below its bound (full jitter); a `Retry-After` of at most
+//!   [`RETRY_AFTER_CAP`] is waited out, a longer one ends the retries. No retry starts past
+//!   the call's deadline.
+//! - A budget per rule bounds retries to 20 % of its requests plus 10 a second over 10 s, so
+//!   that retries cannot multiply an outage; each retry and each one the budget refused is
+//!   counted.
+//! - Each attempt draws its backend again, so a split's other backend can answer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, RETRY_AFTER};
+use http::{Method, Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+use weft_core::policy::route::RetryPolicy;
+
+use crate::errors::{HttpError, Kind, RetrySafe};
+use crate::http::timeout;
+use crate::http::{Body, BoxError};
+
+/// The longest request body kept for sending again.
+pub const MAX_REPLAY_BYTES: usize = 64 * 1024;
+/// The longest `Retry-After` waited out; a longer one ends the retries.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(1);
+/// The budget's window.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+/// Retries the budget allows a second whatever the requests.
+const BUDGET_MIN_PER_SECOND: u32 = 10;
+/// Retries the budget allows per request.
+const BUDGET_RATIO: f32 = 0.2;
+
+/// A rule's retry budget and counters.
+#[derive(Debug)]
+pub struct RetryState {
+    budget: TpsBudget,
+    retries: Counter,
+    exhausted: Counter,
+}
+
+impl RetryState {
+    /// A full budget, counting into `retries` and `exhausted`.
+    pub fn new(retries: Counter, exhausted: Counter) -> Self {
+        Self {
+            budget: TpsBudget::new(BUDGET_WINDOW, BUDGET_MIN_PER_SECOND, BUDGET_RATIO),
+            retries,
+            exhausted,
+        }
+    }
+}
+
+/// The caller's request body, shared by every attempt: the first attempt streams it as it
+/// comes, and what it read (up to [`MAX_REPLAY_BYTES`]) is kept, so that a later attempt
+/// replays that and goes on reading where the first stopped. Past the limit nothing is kept
+/// and the request may not go again.
+#[derive(Default)]
+struct Shared {
+    /// What has not been read from the caller yet.
+    rest: Option<Body>,
+    /// The data read so far, in order, until it would pass the limit.
+    kept: Vec<Bytes>,
+    kept_bytes: usize,
+    trailers: Option<HeaderMap>,
+    /// Read past the limit: `kept` no longer holds everything.
+    overflow: bool,
+}
+
+/// One attempt's view of the shared body.
+struct ReplayBody {
+    shared: Arc<Mutex<Shared>>,
+    /// The next kept chunk this attempt sends.
+    at: usize,
+    /// Whether this attempt has sent the trailers (the end).
+    ended: bool,
+    hint: SizeHint,
+}
+
+impl ReplayBody {
+    fn new(shared: Arc<Mutex<Shared>>, hint: SizeHint) -> Self {
+        Self {
+            shared,
+            at: 0,
+            ended: false,
+            hint,
+        }
+    }
+}
+
+impl http_body::Body for ReplayBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let this = &mut *self;
+        let mut shared = this.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(chunk) = shared.kept.get(this.at) {
+            this.at += 1;
+            return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
+        }
+        let Some(rest) = shared.rest.as_mut() else {
+            // The caller's body has ended: its trailers, if any, then the end.
+            this.ended = true;
+            return Poll::Ready(shared.trailers.clone().map(|t| Ok(Frame::trailers(t))));
+        };
+        match Pin::new(rest).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                shared.rest = None;
+                this.ended = true;
+                Poll::Ready(shared.trailers.clone().map(|t| Ok(Frame::trailers(t))))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                shared.rest = None;
+                shared.overflow = true;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(chunk) => {
+                    if !shared.overflow && shared.kept_bytes + chunk.len() <= MAX_REPLAY_BYTES {
+                        shared.kept_bytes += chunk.len();
+                        shared.kept.push(chunk.clone());
+                        this.at += 1;
+                    } else {
+                        // Kept no further (what is kept stays within the limit); no other
+                        // attempt will start.
+                        shared.overflow = true;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(chunk))))
+                }
+                Err(frame) => {
+                    shared.rest = None;
+                    this.ended = true;
+                    let trailers = frame.into_trailers().ok();
+                    shared.trailers.clone_from(&trailers);
+                    Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+/// What each attempt's request is made of.
+struct Template {
+    parts: http::request::Parts,
+    body: Arc<Mutex<Shared>>,
+    hint: SizeHint,
+}
+
+impl Template {
+    fn new(req: Request<Body>) -> Self {
+        let (parts, body) = req.into_parts();
+        let hint = body.size_hint();
+        // A body known to be too long is not kept at all.
+        let overflow = hint.lower() > MAX_REPLAY_BYTES as u64;
+        Self {
+            parts,
+            body: Arc::new(Mutex::new(Shared {
+                rest: Some(body),
+                overflow,
+                ..Shared::default()
+            })),
+            hint,
+        }
+    }
+
+    /// Whether another attempt can send the whole body.
+    fn replayable(&self) -> bool {
+        !self
+            .body
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .overflow
+    }
+
+    fn request(&self) -> Request<Body> {
+        let body = ReplayBody::new(self.body.clone(), self.hint);
+        let mut req = Request::new(Body::new(body));
+        *req.method_mut() = self.parts.method.clone();
+        *req.uri_mut() = self.parts.uri.clone();
+        *req.version_mut() = self.parts.version;
+        *req.headers_mut() = self.parts.headers.clone();
+        *req.extensions_mut() = self.parts.extensions.clone();
+        req
+    }
+}
+
+/// Whether `method` may be sent twice by its definition (RFC 9110).
+fn idempotent(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
+/// Whether an attempt's outcome may go again, and how long its answer asked to wait.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Done,
+    Retry(Option<Duration>),
+}
+
+fn verdict(
+    policy: &RetryPolicy,
+    outcome: &Result<Response<Body>, BoxError>,
+    may_repeat: bool,
+    own_timeout: bool,
+) -> Verdict {
+    match outcome {
+        Ok(rsp) => {
+            let status = rsp.status().as_u16();
+            let grpc_status = rsp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u8>().ok());
+            let listed = policy.codes.contains(&status)
+                || grpc_status.is_some_and(|c| policy.grpc_codes.contains(&c));
+            if !(listed && may_repeat) {
+                return Verdict::Done;
+            }
+            let after = rsp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            Verdict::Retry(after)
+        }
+        Err(e) => match e
+            .downcast_ref::<HttpError>()
+            .map(|e| (e.kind(), e.retry_safe()))
+        {
+            Some((_, RetrySafe::NotSent)) => Verdict::Retry(None),
+            Some((_, RetrySafe::IfIdempotent)) if may_repeat => Verdict::Retry(None),
+            // The attempt's own timeout (not the call's): the peer may have seen it.
+            Some((Kind::Timeout, _)) if own_timeout && may_repeat => Verdict::Retry(None),
+            _ => Verdict::Done,
+        },
+    }
+}
+
+/// The wait before retry `n` (from 1): a draw below the rule's backoff doubled `n - 1` times,
+/// at most ten times the backoff; at least what the answer asked for.
+fn backoff(policy: &RetryPolicy, n: u32, asked: Option<Duration>) -> Duration {
+    let cap = policy.backoff * 10;
+    let bound = policy
+        .backoff
+        .saturating_mul(1u32 << (n.saturating_sub(1)).min(16))
+        .min(cap);
+    let nanos = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
+    let drawn = Duration::from_nanos(fastrand::u64(0..=nanos));
+    asked.map_or(drawn, |a| a.max(drawn))
+}
+
+/// Sends `req` through `send` under `policy` and `state` (see the module docs). `deadline`
+/// bounds the whole call and `per_try` each attempt; `grpc` says the call is gRPC.
+pub async fn run<F, Fut>(
+    policy: &RetryPolicy,
+    state: &RetryState,
+    req: Request<Body>,
+    grpc: bool,
+    deadline: Option<Instant>,
+    per_try: Option<Duration>,
+    send: F,
+) -> Result<Response<Body>, BoxError>
+where
+    F: Fn(Request<Body>) -> Fut,
+    Fut: Future<Output = Result<Response<Body>, BoxError>> + Send,
+{
+    state.budget.deposit();
+    let attempt_deadline = |now: Instant| match (deadline, per_try.map(|d| now + d)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let attempt = async |req: Request<Body>| {
+        let at = attempt_deadline(Instant::now());
+        let outcome = match at {
+            Some(at) => timeout::within(at, grpc, req, &send).await,
+            None => send(req).await,
+        };
+        (outcome, at.is_some() && at != deadline)
+    };
+    let template = Template::new(req);
+    let may_repeat = policy.idempotent || idempotent(&template.parts.method);
+    let mut n = 0;
+    loop {
+        let (outcome, own_timeout) = attempt(template.request()).await;
+        if n >= policy.attempts || !template.replayable() {
+            return outcome;
+        }
+        let Verdict::Retry(asked) = verdict(policy, &outcome, may_repeat, own_timeout) else {
+            return outcome;
+        };
+        if asked.is_some_and(|a| a > RETRY_AFTER_CAP) {
+            return outcome;
+        }
+        n += 1;
+        let wait = backoff(policy, n, asked);
+        if deadline.is_some_and(|d| Instant::now() + wait >= d) {
+            return outcome;
+        }
+        if !state.budget.withdraw() {
+            state.exhausted.inc();
+            return outcome;
+        }
+        state.retries.inc();
+        // The failed answer is dropped before the wait: its connection is free again.
+        drop(outcome);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::StatusCode;
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::errors::Who;
+    use crate::http::classify::empty_body;
+
+    fn policy(codes: &[u16], attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            attempts,
+            codes: codes.to_vec(),
+            grpc_codes: vec![14],
+            backoff: Duration::from_millis(25),
+            idempotent: false,
+        }
+    }
+
+    fn state() -> RetryState {
+        RetryState::new(Counter::default(), Counter::default())
+    }
+
+    fn answer(status: u16) -> Result<Response<Body>, BoxError> {
+        let mut rsp = Response::new(empty_body());
+        *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
+        Ok(rsp)
+    }
+
+    type Answer = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+    type Bodies = Arc<std::sync::Mutex<Vec<Bytes>>>;
+
+    /// A backend that fails the first `fail` attempts with `status`, then answers 200; it
+    /// records each attempt's body.
+    fn flaky(
+        fail: usize,
+        status: u16,
+    ) -> (Arc<AtomicUsize>, Bodies, impl Fn(Request<Body>) -> Answer) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let bodies = Bodies::default();
+        let (c, b) = (calls.clone(), bodies.clone());
+        let send = move |req: Request<Body>| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            let b = b.clone();
+            Box::pin(async move {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                b.lock().unwrap().push(body);
+                if n < fail {
+                    answer(status)
+                } else {
+                    answer(200)
+                }
+            }) as Answer
+        };
+        (calls, bodies, send)
+    }
+
+    fn get(body: &'static str) -> Request<Body> {
+        let full = http_body_util::Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e: std::convert::Infallible| match e {});
+        let mut req = Request::new(Body::new(full));
+        *req.method_mut() = Method::GET;
+        req
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn listed_statuses_are_retried_with_the_same_body() {
+        let (calls, bodies, send) = flaky(2, 503);
+        let rsp = run(
+            &policy(&[503], 2),
+            &state(),
+            get("hello"),
+            false,
+            None,
+            None,
+            send,
+        )
+        .await
+        .unwrap();
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert!(bodies.lock().unwrap().iter().all(|b| b == "hello"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_bound_the_retries_and_the_last_answer_stands() {
+        let (calls, _, send) = flaky(10, 503);
+        let rsp = run(
+            &policy(&[503], 2),
+            &state(),
+            get(""),
+            false,
+            None,
+            None,
+            send,
+        )
+        .await
+        .unwrap();
+        assert_eq!(rsp.status(), 503);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_post_is_not_retried_on_a_status_unless_the_rule_says_so() {
+        let post = || {
+            let mut r = get("pay");
+            *r.method_mut() = Method::POST;
+            r
+        };
+        let (calls, _, send) = flaky(1, 503);
+        let rsp = run(
+            &policy(&[503], 2),
+            &state(),
+            post(),
+            false,
+            None,
+            None,
+            send,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (503, 1)
+        );
+        let (calls, _, send) = flaky(1, 503);
+        let mut safe = policy(&[503], 2);
+        safe.idempotent = true;
+        let rsp = run(&safe, &state(), post(), false, None, None, send)
+            .await
+            .unwrap();
+        assert_eq!(
+            (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (200, 2)
+        );
+    }
+
+    /// A POST the proxy never sent (the connection was reset before it went out) goes
+    /// again: nobody can have acted on it.
+    #[tokio::test(start_paused = true)]
+    async fn a_post_never_sent_goes_again() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let send = move |_req: Request<Body>| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    Err(HttpError::unavailable(Who::Peer, "reset before it was sent").into())
+                } else {
+                    answer(200)
+                }
+            }
+        };
+        let mut post = get("pay");
+        *post.method_mut() = Method::POST;
+        let rsp = run(&policy(&[], 2), &state(), post, false, None, None, send)
+            .await
+            .unwrap();
+        assert_eq!(
+            (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (200, 2)
+        );
+    }
+
+    /// The body streams to the first attempt as it comes (a streaming call is not held until
+    /// its end), and a later attempt gets all of it again, trailers included, whether the
+    /// first read some of it or none.
+    #[tokio::test(start_paused = true)]
+    async fn the_body_streams_to_the_first_attempt_and_replays_to_the_next() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(4);
+        let body = Body::new(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+        let t = Template::new(Request::new(body));
+        // An attempt that never read its body (refused before sending).
+        drop(t.request());
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .await
+            .unwrap();
+        let mut first = t.request().into_body();
+        let a = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(a, "a", "before the caller has finished");
+        tx.send(Ok(Frame::data(Bytes::from_static(b"b"))))
+            .await
+            .unwrap();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", "2".parse().unwrap());
+        tx.send(Ok(Frame::trailers(trailers))).await.unwrap();
+        drop(tx);
+        let b = first.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(b, "b");
+        drop(first);
+        assert!(t.replayable());
+        let again = t.request().into_body().collect().await.unwrap();
+        assert_eq!(again.trailers().unwrap()["x-sum"], "2");
+        assert_eq!(again.to_bytes(), "ab");
+    }
+
+    #[test]
+    fn what_may_go_again() {
+        let p = policy(&[503], 2);
+        let err = |retry: RetrySafe| -> Result<Response<Body>, BoxError> {
+            Err(HttpError::new(Kind::BadGateway, Who::Peer, retry, "x").into())
+        };
+        assert_eq!(
+            verdict(&p, &err(RetrySafe::NotSent), false, false),
+            Verdict::Retry(None)
+        );
+        assert_eq!(
+            verdict(&p, &err(RetrySafe::IfIdempotent), false, false),
+            Verdict::Done
+        );
+        assert_eq!(
+            verdict(&p, &err(RetrySafe::IfIdempotent), true, false),
+            Verdict::Retry(None)
+        );
+        assert_eq!(verdict(&p, &err(RetrySafe::No), true, false), Verdict::Done);
+        let timeout: Result<Response<Body>, BoxError> =
+            Err(HttpError::new(Kind::Timeout, Who::Peer, RetrySafe::No, "t").into());
+        assert_eq!(verdict(&p, &timeout, true, true), Verdict::Retry(None));
+        assert_eq!(
+            verdict(&p, &timeout, true, false),
+            Verdict::Done,
+            "the call's own deadline"
+        );
+        assert_eq!(
+            verdict(&p, &answer(500), true, false),
+            Verdict::Done,
+            "not listed"
+        );
+        let mut later = answer(503).unwrap();
+        later
+            .headers_mut()
+            .insert(RETRY_AFTER, "1".parse().unwrap());
+        assert_eq!(
+            verdict(&p, &Ok(later), true, false),
+            Verdict::Retry(Some(Duration::from_secs(1)))
+        );
+        let mut grpc = answer(200).unwrap();
+        grpc.headers_mut()
+            .insert("grpc-status", "14".parse().unwrap());
+        assert_eq!(verdict(&p, &Ok(grpc), true, false), Verdict::Retry(None));
+    }
+
+    #[test]
+    fn backoffs_grow_to_ten_times_the_first_with_jitter() {
+        let p = policy(&[], 10);
+        for n in 1..=10 {
+            let bound =
+                (Duration::from_millis(25) * (1 << (n - 1))).min(Duration::from_millis(250));
+            for _ in 0..50 {
+                assert!(backoff(&p, n, None) <= bound, "retry {n}");
+            }
+        }
+        assert!(backoff(&p, 1, Some(Duration::from_millis(700))) >= Duration::from_millis(700));
+    }
+
+    /// A long Retry-After ends the retries: the server asked not to come back so soon.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_retry_after_ends_the_retries() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let send = move |_req: Request<Body>| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async {
+                let mut rsp = answer(503)?;
+                rsp.headers_mut().insert(RETRY_AFTER, "30".parse().unwrap());
+                Ok(rsp)
+            }
+        };
+        let rsp = run(
+            &policy(&[503], 2),
+            &state(),
+            get(""),
+            false,
+            None,
+            None,
+            send,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (503, 1)
+        );
+    }
+
+    /// A body over the replay limit goes once, whole, and is not retried.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_body_goes_once() {
+        let big = Bytes::from(vec![b'x'; MAX_REPLAY_BYTES + 1]);
+        let (calls, bodies, send) = flaky(1, 503);
+        // Streamed in two chunks, with no length to tell ahead.
+        let chunks = futures_util::stream::iter([
+            Ok::<_, hyper::Error>(Frame::data(big.slice(..1000))),
+            Ok(Frame::data(big.slice(1000..))),
+        ]);
+        let mut req = Request::new(Body::new(http_body_util::StreamBody::new(chunks)));
+        *req.method_mut() = Method::PUT;
+        let rsp = run(&policy(&[503], 2), &state(), req, false, None, None, send)
+            .await
+            .unwrap();
+        assert_eq!(
+            (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (503, 1)
+        );
+        assert_eq!(bodies.lock().unwrap()[0], big);
+    }
+
+    /// The budget allows its reserve and a share of the requests, then counts refusals.
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_stops_retries_and_counts_it() {
+        let s = state();
+        let (calls, _, send) = flaky(usize::MAX, 503);
+        let p = policy(&[503], 1);
+        for _ in 0..200 {
+            run(&p, &s, get(""), false, None, None, &send)
+                .await
+                .unwrap();
+        }
+        let retries = calls.load(Ordering::SeqCst) - 200;
+        // The reserve (10 a second over 10 s) and 20 % of the requests, give or take the
+        // budget's rounding and the seconds the backoffs took.
+        assert!((100..=160).contains(&retries), "{retries}");
+        assert_eq!(s.retries.get() as usize, retries);
+        assert_eq!(s.exhausted.get() as usize, 200 - retries);
+    }
+
+    /// No retry starts past the call's deadline.
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_past_the_deadline() {
+        let (calls, _, send) = flaky(10, 503);
+        let mut p = policy(&[503], 10);
+        p.backoff = Duration::from_millis(100);
+        let deadline = Instant::now() + Duration::from_millis(150);
+        let rsp = run(&p, &state(), get(""), false, Some(deadline), None, send)
+            .await
+            .unwrap();
+        assert_eq!(rsp.status(), 503);
+        assert!(Instant::now() < deadline);
+        assert!(calls.load(Ordering::SeqCst) < 10);
+    }
+}
