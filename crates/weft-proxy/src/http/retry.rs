@@ -406,6 +406,17 @@ mod tests {
         (calls, bodies, send)
     }
 
+    /// [`run`] with a fresh budget and no deadline.
+    async fn once<F, Fut>(p: &RetryPolicy, req: Request<Body>, send: F) -> Response<Body>
+    where
+        F: Fn(Request<Body>) -> Fut,
+        Fut: Future<Output = Result<Response<Body>, BoxError>> + Send,
+    {
+        run(p, &state(), req, false, None, None, send)
+            .await
+            .unwrap()
+    }
+
     fn get(body: &'static str) -> Request<Body> {
         let full = http_body_util::Full::new(Bytes::from_static(body.as_bytes()))
             .map_err(|e: std::convert::Infallible| match e {});
@@ -417,17 +428,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn listed_statuses_are_retried_with_the_same_body() {
         let (calls, bodies, send) = flaky(2, 503);
-        let rsp = run(
-            &policy(&[503], 2),
-            &state(),
-            get("hello"),
-            false,
-            None,
-            None,
-            send,
-        )
-        .await
-        .unwrap();
+        let rsp = once(&policy(&[503], 2), get("hello"), send).await;
         assert_eq!(rsp.status(), 200);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert!(bodies.lock().unwrap().iter().all(|b| b == "hello"));
@@ -436,17 +437,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn attempts_bound_the_retries_and_the_last_answer_stands() {
         let (calls, _, send) = flaky(10, 503);
-        let rsp = run(
-            &policy(&[503], 2),
-            &state(),
-            get(""),
-            false,
-            None,
-            None,
-            send,
-        )
-        .await
-        .unwrap();
+        let rsp = once(&policy(&[503], 2), get(""), send).await;
         assert_eq!(rsp.status(), 503);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
@@ -459,17 +450,7 @@ mod tests {
             r
         };
         let (calls, _, send) = flaky(1, 503);
-        let rsp = run(
-            &policy(&[503], 2),
-            &state(),
-            post(),
-            false,
-            None,
-            None,
-            send,
-        )
-        .await
-        .unwrap();
+        let rsp = once(&policy(&[503], 2), post(), send).await;
         assert_eq!(
             (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
             (503, 1)
@@ -477,9 +458,7 @@ mod tests {
         let (calls, _, send) = flaky(1, 503);
         let mut safe = policy(&[503], 2);
         safe.idempotent = true;
-        let rsp = run(&safe, &state(), post(), false, None, None, send)
-            .await
-            .unwrap();
+        let rsp = once(&safe, post(), send).await;
         assert_eq!(
             (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
             (200, 2)
@@ -504,9 +483,7 @@ mod tests {
         };
         let mut post = get("pay");
         *post.method_mut() = Method::POST;
-        let rsp = run(&policy(&[], 2), &state(), post, false, None, None, send)
-            .await
-            .unwrap();
+        let rsp = once(&policy(&[], 2), post, send).await;
         assert_eq!(
             (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
             (200, 2)
@@ -619,17 +596,7 @@ mod tests {
                 Ok(rsp)
             }
         };
-        let rsp = run(
-            &policy(&[503], 2),
-            &state(),
-            get(""),
-            false,
-            None,
-            None,
-            send,
-        )
-        .await
-        .unwrap();
+        let rsp = once(&policy(&[503], 2), get(""), send).await;
         assert_eq!(
             (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
             (503, 1)
@@ -648,9 +615,7 @@ mod tests {
         ]);
         let mut req = Request::new(Body::new(http_body_util::StreamBody::new(chunks)));
         *req.method_mut() = Method::PUT;
-        let rsp = run(&policy(&[503], 2), &state(), req, false, None, None, send)
-            .await
-            .unwrap();
+        let rsp = once(&policy(&[503], 2), req, send).await;
         assert_eq!(
             (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
             (503, 1)
