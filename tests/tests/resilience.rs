@@ -328,3 +328,92 @@ async fn retries_stop_when_the_budget_is_spent() {
     let hits: u32 = (0..calls).map(|i| f.received(&format!("/once/{i}"))).sum();
     assert_eq!(f64::from(hits), f64::from(calls) + retries);
 }
+
+/// Service `web` (an echo backend) with injected faults: under `/abort`, 503 for half the
+/// attempts of callers in `test/load` only; under `/masked`, 503 for a tenth of the attempts,
+/// which up to five retries mask; under `/slow`, a 5 s delay that a 200 ms timeout cuts.
+const FAULT_ROUTES: &str = r#"
+[policy]
+default_inbound = "allow"
+
+[[routes.http]]
+name = "web"
+namespace = "test"
+parent_refs = [{ name = "web" }]
+
+[[routes.http.rules]]
+name = "abort"
+matches = [{ path = { type = "PathPrefix", value = "/abort" } }]
+fault = { abort = { http_status = 503, percent = 50 }, sources = ["test/load"] }
+
+[[routes.http.rules]]
+name = "masked"
+matches = [{ path = { type = "PathPrefix", value = "/masked" } }]
+fault = { abort = { http_status = 503, percent = 10 } }
+retry = { codes = [503], attempts = 5, backoff = "1ms" }
+
+[[routes.http.rules]]
+name = "slow"
+matches = [{ path = { type = "PathPrefix", value = "/slow" } }]
+fault = { delay = { fixed = "5s" } }
+timeouts = { request = "200ms" }
+"#;
+
+/// Faults land at their share for the callers named and for no one else; retries mask them
+/// within the budget; a timeout cuts an injected delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_hit_the_named_callers_at_their_share_inside_retries_and_timeouts() {
+    let app = backends::http_echo("web").await;
+    let web = WorkloadDecl::serving("web", "web");
+    let load = WorkloadDecl::client("load");
+    let other = WorkloadDecl::client("other");
+    let mesh = TestMesh::start(&[web.clone(), load.clone(), other.clone()], FAULT_ROUTES).await;
+    let _server = mesh.proxy(&web, Some(app.port()), &[]).await;
+    let load = mesh.proxy(&load, None, &["web"]).await;
+    let other = mesh.proxy(&other, None, &["web"]).await;
+    let http = weft_tests::http_client();
+    let statuses = async |proxy: &weft_proxy::Proxy, path: &str, n: usize| {
+        let up = upstream(proxy, "web");
+        let mut out = std::collections::HashMap::<u16, usize>::new();
+        for _ in 0..n {
+            let (status, ..) = weft_tests::get_through(&http, up, path).await;
+            *out.entry(status.as_u16()).or_default() += 1;
+        }
+        out
+    };
+
+    // Half of load's calls, within 8 points over 1,000 (five standard deviations).
+    let seen = statuses(&load, "/abort", 1000).await;
+    let aborted = seen.get(&503).copied().unwrap_or(0);
+    assert!((420..=580).contains(&aborted), "{seen:?}");
+    assert_eq!(
+        aborted + seen.get(&200).copied().unwrap_or(0),
+        1000,
+        "{seen:?}"
+    );
+    // None of another caller's.
+    assert_eq!(statuses(&other, "/abort", 200).await, [(200, 200)].into());
+
+    // A tenth of the attempts fail, and the retries answer every call.
+    assert_eq!(statuses(&load, "/masked", 200).await, [(200, 200)].into());
+    let (_, text) = weft_tests::admin_get(load.admin_addr, "GET", "/metrics").await;
+    let retries = weft_tests::metric(
+        &text,
+        "weft_route_retries_total",
+        &["route=\"test/web\"", "rule=\"masked\""],
+    );
+    assert!(
+        retries > 0.0,
+        "the aborts were injected and masked: {retries}"
+    );
+
+    // The request timeout cuts the 5 s delay.
+    let started = Instant::now();
+    let (status, ..) = weft_tests::get_through(&http, upstream(&load, "web"), "/slow").await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+}

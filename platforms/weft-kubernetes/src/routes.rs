@@ -327,7 +327,7 @@ impl<R: Routed> Kept<'_, R> {
                     b.route
                         .rule_backends()
                         .into_iter()
-                        .flat_map(|(_, backends, _)| backends.iter()),
+                        .flat_map(|r| r.backends.iter()),
                     exists,
                 );
                 self.good.insert(key.clone(), (generation, b.clone()));

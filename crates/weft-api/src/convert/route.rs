@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use weft_core::ServiceName;
+use weft_core::policy::fault::{AbortWith, FaultInjection, Share};
 use weft_core::policy::route::{
     GrpcMatch as CoreGrpcMatch, GrpcRoute as CoreGrpcRoute, GrpcRule as CoreGrpcRule, HeaderMatch,
     HeaderModifier as CoreHeaderModifier, HttpFilter, HttpMatch as CoreHttpMatch,
@@ -17,8 +18,8 @@ use weft_core::policy::traffic::TrafficPolicy as CoreTrafficPolicy;
 
 use crate::v1::{
     GrpcMatch, GrpcRoute, GrpcRule, Header, HeaderModifier, HttpMatch, HttpRoute, HttpRule,
-    NamedMatch, PathMatch, PathModifier, Redirect, RouteBackend, RouteFilter, RouteRetry,
-    RouteTimeouts, ServiceTarget, StringMatch, TrafficPolicy, UrlRewrite, path_match,
+    NamedMatch, PathMatch, PathModifier, Redirect, RouteBackend, RouteFault, RouteFilter,
+    RouteRetry, RouteTimeouts, ServiceTarget, StringMatch, TrafficPolicy, UrlRewrite, path_match,
     path_modifier, route_filter, string_match,
 };
 
@@ -195,6 +196,71 @@ fn retry_from_wire(at: &str, r: &RouteRetry) -> Result<RetryPolicy, RouteWireErr
     })
 }
 
+fn fault_to_wire(f: &FaultInjection) -> RouteFault {
+    let mut out = RouteFault {
+        sources: f.sources.iter().map(ToString::to_string).collect(),
+        ..RouteFault::default()
+    };
+    if let Some((d, share)) = f.delay {
+        out.delay_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        out.delay_millionths = share.millionths();
+    }
+    if let Some((with, share)) = f.abort {
+        match with {
+            AbortWith::Http(s) => out.abort_http_status = u32::from(s),
+            AbortWith::Grpc(c) => out.abort_grpc_status = u32::from(c),
+        }
+        out.abort_millionths = share.millionths();
+    }
+    out
+}
+
+fn fault_from_wire(at: &str, f: &RouteFault) -> Result<FaultInjection, RouteWireError> {
+    let share = |what: &str, m: u32| {
+        Share::from_percent(f64::from(m) / 10_000.0).ok_or_else(|| RouteWireError {
+            at: format!("{at}.{what}"),
+            reason: "over 100 %".into(),
+        })
+    };
+    let delay = (f.delay_millionths > 0)
+        .then(|| {
+            share("delay_millionths", f.delay_millionths)
+                .map(|s| (std::time::Duration::from_millis(f.delay_ms), s))
+        })
+        .transpose()?;
+    let with = match (f.abort_http_status, f.abort_grpc_status) {
+        (0, 0) => None,
+        (s, 0) => Some(AbortWith::Http(u16::try_from(s).unwrap_or(500))),
+        (0, c) => Some(AbortWith::Grpc(u8::try_from(c).unwrap_or(13))),
+        _ => {
+            return bad(&format!("{at}.abort"), "both an HTTP and a gRPC status");
+        }
+    };
+    let abort = match with {
+        Some(w) if f.abort_millionths > 0 => {
+            Some((w, share("abort_millionths", f.abort_millionths)?))
+        }
+        _ => None,
+    };
+    let sources = f
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse()
+                .map_err(|e: weft_core::policy::authz::PatternError| RouteWireError {
+                    at: format!("{at}.sources[{i}]"),
+                    reason: e.to_string(),
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(FaultInjection {
+        delay,
+        abort,
+        sources,
+    })
+}
+
 /// The wire form of `p`.
 pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
     TrafficPolicy {
@@ -213,6 +279,7 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
                         backends: rule.backends.iter().map(backend_to_wire).collect(),
                         timeouts: timeouts_to_wire(&rule.timeouts),
                         retry: rule.retry.as_ref().map(retry_to_wire),
+                        fault: rule.fault.as_ref().map(fault_to_wire),
                     })
                     .collect(),
             })
@@ -244,6 +311,7 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
                         backends: rule.backends.iter().map(backend_to_wire).collect(),
                         timeouts: timeouts_to_wire(&rule.timeouts),
                         retry: rule.retry.as_ref().map(retry_to_wire),
+                        fault: rule.fault.as_ref().map(fault_to_wire),
                     })
                     .collect(),
             })
@@ -532,6 +600,11 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
                     .as_ref()
                     .map(|r| retry_from_wire(&format!("{at}.retry"), r))
                     .transpose()?,
+                fault: rule
+                    .fault
+                    .as_ref()
+                    .map(|f| fault_from_wire(&format!("{at}.fault"), f))
+                    .transpose()?,
             });
         }
         http.push(CoreHttpRoute {
@@ -576,6 +649,11 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
                     .as_ref()
                     .map(|r| retry_from_wire(&format!("{at}.retry"), r))
                     .transpose()?,
+                fault: rule
+                    .fault
+                    .as_ref()
+                    .map(|f| fault_from_wire(&format!("{at}.fault"), f))
+                    .transpose()?,
             });
         }
         grpc.push(CoreGrpcRoute {
@@ -608,7 +686,8 @@ mod tests {
                              {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"remove": ["server"]}}],
                  "backendRefs": [{"name": "web-v2", "port": 8080, "weight": 9, "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-b", "value": "v2"}]}}]}, {"name": "web", "weight": 1}],
                  "timeouts": {"request": "10s", "backendRequest": "1500ms"},
-                 "retry": {"codes": [502, 503], "attempts": 3, "backoff": "50ms", "idempotent": true}},
+                 "retry": {"codes": [502, 503], "attempts": 3, "backoff": "50ms", "idempotent": true},
+                 "fault": {"delay": {"fixed": "1s", "percent": 2.5}, "abort": {"httpStatus": 503, "percent": 1}, "sources": ["shop/*", "spiffe://weft.test/ns/a/sa/b"]}},
                 {"matches": [{"path": {"type": "Exact", "value": "/old"}}, {"path": {"type": "RegularExpression", "value": "/o.d/.*"}}],
                  "filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "hostname": "new.demo", "port": 8443, "statusCode": 301, "path": {"type": "ReplaceFullPath", "replaceFullPath": "/new"}}}]}
             ]
@@ -627,7 +706,8 @@ mod tests {
             "parentRefs": [{"name": "users"}],
             "rules": [{"matches": [{"method": {"type": "RegularExpression", "service": "pkg\\..*", "method": "Get"}, "headers": [{"name": "x-t", "value": "1"}]}],
                        "backendRefs": [{"name": "users-v2"}], "timeouts": {"request": "2s"},
-                       "retry": {"conditions": ["unavailable"], "idempotent": true}}]
+                       "retry": {"conditions": ["unavailable"], "idempotent": true},
+                       "fault": {"abort": {"grpcStatus": "unavailable", "percent": 50}}}]
         }))
         .unwrap();
         let (_, grpc) = grpc_spec

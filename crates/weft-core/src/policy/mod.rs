@@ -1,6 +1,7 @@
 //! The policy engine: pure functions from configuration and identities to decisions.
 
 pub mod authz;
+pub mod fault;
 pub mod resilience;
 pub mod route;
 pub mod route_spec;

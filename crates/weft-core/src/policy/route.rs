@@ -22,6 +22,7 @@ use std::cmp::Reverse;
 use std::fmt;
 use std::path::PathBuf;
 
+pub use super::fault::FaultInjection;
 pub use super::resilience::{RetryPolicy, Timeouts};
 use crate::model::ServiceName;
 
@@ -436,6 +437,8 @@ pub struct HttpRule {
     pub timeouts: Timeouts,
     /// When failed calls go again.
     pub retry: Option<RetryPolicy>,
+    /// Faults to inject.
+    pub fault: Option<FaultInjection>,
 }
 
 /// An HTTP route.
@@ -447,12 +450,25 @@ pub struct HttpRoute {
     pub rules: Vec<HttpRule>,
 }
 
+/// What a proxy builds for each rule of a route, whatever its kind.
+#[derive(Clone, Copy, Debug)]
+pub struct RuleView<'a> {
+    /// Its name.
+    pub name: Option<&'a str>,
+    /// Its backends.
+    pub backends: &'a [WeightedBackend],
+    /// Whether it has a retry policy.
+    pub retries: bool,
+    /// Its faults.
+    pub fault: Option<&'a FaultInjection>,
+}
+
 /// What HTTP and gRPC routes share: a name and rules that send to backends.
 pub trait Routed: Clone {
     /// Name and source.
     fn meta(&self) -> &RouteMeta;
-    /// Each rule's name, backends and whether it retries, in order.
-    fn rule_backends(&self) -> Vec<(Option<&str>, &[WeightedBackend], bool)>;
+    /// Each rule's name, backends, retries and faults, in order.
+    fn rule_backends(&self) -> Vec<RuleView<'_>>;
     /// Every backend of every rule.
     fn backends_mut(&mut self) -> Vec<&mut WeightedBackend>;
 }
@@ -461,10 +477,15 @@ impl Routed for HttpRoute {
     fn meta(&self) -> &RouteMeta {
         &self.meta
     }
-    fn rule_backends(&self) -> Vec<(Option<&str>, &[WeightedBackend], bool)> {
+    fn rule_backends(&self) -> Vec<RuleView<'_>> {
         self.rules
             .iter()
-            .map(|r| (r.name.as_deref(), r.backends.as_slice(), r.retry.is_some()))
+            .map(|r| RuleView {
+                name: r.name.as_deref(),
+                backends: &r.backends,
+                retries: r.retry.is_some(),
+                fault: r.fault.as_ref(),
+            })
             .collect()
     }
     fn backends_mut(&mut self) -> Vec<&mut WeightedBackend> {
@@ -479,10 +500,15 @@ impl Routed for GrpcRoute {
     fn meta(&self) -> &RouteMeta {
         &self.meta
     }
-    fn rule_backends(&self) -> Vec<(Option<&str>, &[WeightedBackend], bool)> {
+    fn rule_backends(&self) -> Vec<RuleView<'_>> {
         self.rules
             .iter()
-            .map(|r| (r.name.as_deref(), r.backends.as_slice(), r.retry.is_some()))
+            .map(|r| RuleView {
+                name: r.name.as_deref(),
+                backends: &r.backends,
+                retries: r.retry.is_some(),
+                fault: r.fault.as_ref(),
+            })
             .collect()
     }
     fn backends_mut(&mut self) -> Vec<&mut WeightedBackend> {
@@ -586,6 +612,8 @@ pub struct GrpcRule {
     pub timeouts: Timeouts,
     /// When failed calls go again (a Weft extension too).
     pub retry: Option<RetryPolicy>,
+    /// Faults to inject.
+    pub fault: Option<FaultInjection>,
 }
 
 /// A gRPC route.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::fault::{AbortWith, FaultInjection, GRPC_STATUS_NAMES, Share};
 use super::resilience::{
     DEFAULT_RETRY_ATTEMPTS, DEFAULT_RETRY_BACKOFF, GRPC_RETRY_CONDITIONS, MAX_RETRY_ATTEMPTS,
     format_duration, parse_duration,
@@ -252,6 +253,131 @@ pub struct HttpRuleSpec {
     /// Retries.
     #[serde(default)]
     pub retry: Option<RetrySpec>,
+    /// Faults to inject (Weft's; on Kubernetes not part of `HTTPRoute`).
+    #[serde(default)]
+    pub fault: Option<FaultSpec>,
+}
+
+/// `fault` of a rule: a delay, an abort or both, each for a share of the attempts, for every
+/// caller or only those `sources` names.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// A delay before sending.
+    #[serde(default)]
+    pub delay: Option<DelaySpec>,
+    /// An answer in place of the backend's.
+    #[serde(default)]
+    pub abort: Option<AbortSpec>,
+    /// The callers it applies to (`<ns>/*`, `<ns>/<name>`, a SPIFFE ID, `*`); none: all.
+    #[serde(default)]
+    pub sources: Vec<String>,
+}
+
+/// `fault.delay`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelaySpec {
+    /// How long (a Gateway API duration, up to 10m).
+    pub fixed: String,
+    /// The share of attempts delayed, in percent (default 100).
+    #[serde(default)]
+    pub percent: Option<f64>,
+}
+
+/// `fault.abort`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbortSpec {
+    /// The HTTP status answered (400 to 599; HTTP rules).
+    #[serde(default, alias = "httpStatus")]
+    pub http_status: Option<u16>,
+    /// The gRPC status answered, by name (`unavailable`, ...; gRPC rules).
+    #[serde(default, alias = "grpcStatus")]
+    pub grpc_status: Option<String>,
+    /// The share of attempts aborted, in percent (default 100).
+    #[serde(default)]
+    pub percent: Option<f64>,
+}
+
+fn share(key: &str, percent: Option<f64>) -> Result<Share, RouteSpecError> {
+    match percent {
+        None => Ok(Share::ALL),
+        Some(p) => Share::from_percent(p).map_or_else(
+            || err(format!("{key}.percent"), format!("{p}: from 0 to 100")),
+            Ok,
+        ),
+    }
+}
+
+impl FaultSpec {
+    /// Checks it (`key` is its own key) for an HTTP rule, or a gRPC rule when `grpc`.
+    pub fn compile(&self, key: &str, grpc: bool) -> Result<FaultInjection, RouteSpecError> {
+        if self.delay.is_none() && self.abort.is_none() {
+            return err(key, "name a delay, an abort or both");
+        }
+        let delay = match &self.delay {
+            None => None,
+            Some(d) => {
+                let at = format!("{key}.delay");
+                let fixed = match parse_duration(&d.fixed) {
+                    Ok(f) if !f.is_zero() && f <= Duration::from_secs(600) => f,
+                    Ok(_) => return err(format!("{at}.fixed"), "from 1ms to 10m"),
+                    Err(e) => return err(format!("{at}.fixed"), e.to_string()),
+                };
+                Some((fixed, share(&at, d.percent)?))
+            }
+        };
+        let abort = match &self.abort {
+            None => None,
+            Some(a) => {
+                let at = format!("{key}.abort");
+                let with = match (grpc, a.http_status, &a.grpc_status) {
+                    (false, Some(s), None) if (400..=599).contains(&s) => AbortWith::Http(s),
+                    (false, Some(s), None) => {
+                        return err(format!("{at}.http_status"), format!("{s}: from 400 to 599"));
+                    }
+                    (true, None, Some(name)) => {
+                        match GRPC_STATUS_NAMES.iter().find(|(n, _)| n == name) {
+                            Some((_, code)) => AbortWith::Grpc(*code),
+                            None => {
+                                return err(
+                                    format!("{at}.grpc_status"),
+                                    format!(
+                                        "{name:?}: a gRPC status name such as unavailable or internal"
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    (false, ..) => return err(at, "an HTTP rule aborts with http_status"),
+                    (true, ..) => return err(at, "a gRPC rule aborts with grpc_status"),
+                };
+                Some((with, share(&at, a.percent)?))
+            }
+        };
+        let mut sources = Vec::with_capacity(self.sources.len());
+        for (i, s) in self.sources.iter().enumerate() {
+            match s.parse() {
+                Ok(m) => sources.push(m),
+                Err(e) => return err(format!("{key}.sources[{i}]"), format!("{e}")),
+            }
+        }
+        Ok(FaultInjection {
+            delay,
+            abort,
+            sources,
+        })
+    }
+}
+
+fn fault(
+    key: &str,
+    spec: Option<&FaultSpec>,
+    grpc: bool,
+) -> Result<Option<FaultInjection>, RouteSpecError> {
+    spec.map(|f| f.compile(&format!("{key}.fault"), grpc))
+        .transpose()
 }
 
 /// `retry` of a rule: Gateway API's `codes`, `attempts` and `backoff` (GEP-1731), and Weft's
@@ -467,6 +593,9 @@ pub struct GrpcRuleSpec {
     /// Retries on gRPC statuses (the mesh file's extension too).
     #[serde(default)]
     pub retry: Option<RetrySpec>,
+    /// Faults to inject (the mesh file's extension too).
+    #[serde(default)]
+    pub fault: Option<FaultSpec>,
 }
 
 /// The `spec` of a `GRPCRoute`, or a gRPC route of the mesh file.
@@ -930,6 +1059,7 @@ impl HttpRouteSpec {
                 backends: backends(&format!("{key}.backend_refs"), &r.backend_refs, namespace)?,
                 timeouts: timeouts(&key, r.timeouts.as_ref())?,
                 retry: retry(&key, r.retry.as_ref(), false)?,
+                fault: fault(&key, r.fault.as_ref(), false)?,
             });
         }
         Ok((parents, HttpRoute { meta, rules }))
@@ -983,6 +1113,7 @@ impl GrpcRouteSpec {
                 backends: backends(&format!("{key}.backend_refs"), &r.backend_refs, namespace)?,
                 timeouts: timeouts(&key, r.timeouts.as_ref())?,
                 retry: retry(&key, r.retry.as_ref(), true)?,
+                fault: fault(&key, r.fault.as_ref(), true)?,
             });
         }
         Ok((parents, GrpcRoute { meta, rules }))
@@ -1141,6 +1272,23 @@ mod tests {
                 serde_json::json!({"retry": {"conditions": ["unavailable"]}}),
                 "rules[0].retry.conditions",
             ),
+            (serde_json::json!({"fault": {}}), "rules[0].fault"),
+            (
+                serde_json::json!({"fault": {"delay": {"fixed": "1s", "percent": 101}}}),
+                "rules[0].fault.delay.percent",
+            ),
+            (
+                serde_json::json!({"fault": {"abort": {"httpStatus": 200}}}),
+                "rules[0].fault.abort.http_status",
+            ),
+            (
+                serde_json::json!({"fault": {"abort": {"grpcStatus": "unavailable"}}}),
+                "rules[0].fault.abort",
+            ),
+            (
+                serde_json::json!({"fault": {"abort": {"httpStatus": 503}, "sources": ["bad pattern"]}}),
+                "rules[0].fault.sources[0]",
+            ),
             (
                 serde_json::json!({"timeouts": {"request": "1s", "backendRequest": "2s"}}),
                 "rules[0].timeouts.backend_request",
@@ -1173,6 +1321,38 @@ mod tests {
             .unwrap();
         // Unknown keys are refused by serde, not ignored.
         assert!(serde_json::from_value::<HttpRouteSpec>(serde_json::json!({"rulez": []})).is_err());
+    }
+
+    /// A fault reads as the model says: a delay and an abort, each with its share, for the
+    /// callers named.
+    #[test]
+    fn faults_are_read_with_their_shares_and_callers() {
+        let r = one_rule(serde_json::json!({"fault": {
+            "delay": {"fixed": "250ms", "percent": 50},
+            "abort": {"httpStatus": 503, "percent": 12.5},
+            "sources": ["shop/*"]}}))
+        .unwrap();
+        let f = r.rules[0].fault.clone().unwrap();
+        assert_eq!(
+            f.delay,
+            Some((
+                Duration::from_millis(250),
+                Share::from_percent(50.0).unwrap()
+            ))
+        );
+        assert_eq!(
+            f.abort,
+            Some((AbortWith::Http(503), Share::from_percent(12.5).unwrap()))
+        );
+        assert_eq!(f.sources, vec!["shop/*".parse().unwrap()]);
+        let spec: GrpcRouteSpec = serde_json::from_value(serde_json::json!({
+            "parentRefs": [{"name": "users"}],
+            "rules": [{"fault": {"abort": {"grpc_status": "unavailable"}}}],
+        }))
+        .unwrap();
+        let (_, g) = spec.compile(meta(), "demo").unwrap();
+        let abort = g.rules[0].fault.as_ref().unwrap().abort;
+        assert_eq!(abort, Some((AbortWith::Grpc(14), Share::ALL)));
     }
 
     /// gRPC rules retry on named gRPC statuses, and only when they say their calls are safe

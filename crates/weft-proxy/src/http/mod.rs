@@ -5,6 +5,7 @@
 //! sending again what a pool connection handed back unsent).
 
 pub mod classify;
+pub mod fault;
 pub mod hop_by_hop;
 pub mod metered;
 pub mod orig_proto;

@@ -14,6 +14,8 @@
 //! - A rule with a retry policy sends failed attempts again ([`crate::http::retry`]), each
 //!   attempt drawing its backend anew; the rule's response header modifiers apply to the
 //!   answer that stands.
+//! - A rule's faults ([`crate::http::fault`]) are drawn for each attempt, inside its retries
+//!   and timeouts: a retry may mask an injected abort, a timeout cuts an injected delay.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,7 +35,7 @@ use super::destination::Lease;
 use super::router::{BackendTarget, Routes, Split};
 use crate::errors::{HttpError, Kind, RetrySafe, Who, is_grpc};
 use crate::http::classify::empty_body;
-use crate::http::{Body, BoxError, retry, timeout};
+use crate::http::{Body, BoxError, fault, retry, timeout};
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
@@ -256,6 +258,20 @@ async fn attempt(
 ) -> Result<Response<Body>, BoxError> {
     let unknown = || HttpError::new(Kind::Internal, Who::Proxy, RetrySafe::No, "no such rule");
     let split = at.split(routes).ok_or_else(unknown)?;
+    if let Some(f) = &split.fault {
+        let injected = fault::decide(f, fault::draw);
+        if let Some(d) = injected.delay {
+            tokio::time::sleep(d).await;
+        }
+        if let Some(with) = injected.abort {
+            let mut rsp = fault::abort_response(with);
+            if let Some(m) = &split.local_metrics {
+                m.request();
+                rsp = m.observe(rsp, Instant::now());
+            }
+            return Ok(rsp);
+        }
+    }
     let backend = if split.is_parent_only() {
         None
     } else {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use weft_core::policy::route::{
-    GrpcRouteTable, HttpFilter, HttpRouteTable, Routed, WeightedBackend,
+    FaultInjection, GrpcRouteTable, HttpFilter, HttpRouteTable, Routed, RuleView,
 };
 use weft_core::policy::traffic::TrafficPolicy;
 use weft_core::{ServiceName, Target};
@@ -56,6 +56,8 @@ pub struct Split {
     pub local_metrics: Option<RequestMetrics>,
     /// The rule's retry budget and counters (used when the rule has a retry policy).
     pub retry: Option<RetryState>,
+    /// The rule's faults, when they apply to this proxy's workload.
+    pub fault: Option<FaultInjection>,
 }
 
 impl Split {
@@ -119,69 +121,76 @@ impl Routes {
         runtime: &Arc<Runtime>,
     ) -> Self {
         let metrics = &runtime.metrics;
-        let split =
-            |route: &str, rule: String, backends: &[WeightedBackend], retries: bool| -> Split {
-                let labels = |backend: String| {
-                    RequestMetrics::for_route(
-                        metrics,
-                        RouteLabels {
-                            route: route.to_string(),
-                            rule: rule.clone(),
-                            backend,
-                        },
-                    )
-                };
-                let mut total = 0u64;
-                let rule_labels = RuleLabels {
-                    route: route.to_string(),
-                    rule: rule.clone(),
-                };
-                let mut out = Split {
-                    parent_metrics: backends.is_empty().then(|| labels(service.to_string())),
-                    local_metrics: Some(labels("-".to_string())),
-                    retry: retries.then(|| {
-                        RetryState::new(
-                            metrics.route_retries.get_or_create(&rule_labels).clone(),
-                            metrics
-                                .route_retry_budget_exhausted
-                                .get_or_create(&rule_labels)
-                                .clone(),
-                        )
-                    }),
-                    ..Split::default()
-                };
-                for b in backends {
-                    let target = if b.missing {
-                        BackendTarget::Missing(format!("backend {} does not exist", b.service))
-                    } else if &b.service == service
-                        && b.port.is_none_or(|p| port_matches(own, p, port))
-                    {
-                        BackendTarget::Parent
-                    } else {
-                        // Without a port: the service's only (or lowest) port.
-                        let t = Target::Service {
-                            name: b.service.clone(),
-                            port: b.port,
-                        };
-                        match runtime.destinations.get(runtime, &t) {
-                            Ok(lease) => BackendTarget::Service(Arc::new(lease)),
-                            Err(e) => BackendTarget::Missing(format!("backend {t}: {e}")),
-                        }
-                    };
-                    total += u64::from(b.weight);
-                    let label = match b.port {
-                        Some(p) => format!("{}:{p}", b.service),
-                        None => b.service.to_string(),
-                    };
-                    out.backends.push(Backend {
-                        target,
-                        filters: b.filters.clone(),
-                        metrics: Some(labels(label)),
-                    });
-                    out.cumulative.push(total);
-                }
-                out
+        // Faults for some callers only apply where this proxy's workload is one of them.
+        let me = runtime.config.identity().ok();
+        let split = |route: &str, rule: String, view: RuleView<'_>| -> Split {
+            let backends = view.backends;
+            let labels = |backend: String| {
+                RequestMetrics::for_route(
+                    metrics,
+                    RouteLabels {
+                        route: route.to_string(),
+                        rule: rule.clone(),
+                        backend,
+                    },
+                )
             };
+            let mut total = 0u64;
+            let rule_labels = RuleLabels {
+                route: route.to_string(),
+                rule: rule.clone(),
+            };
+            let mut out = Split {
+                parent_metrics: backends.is_empty().then(|| labels(service.to_string())),
+                local_metrics: Some(labels("-".to_string())),
+                fault: view
+                    .fault
+                    .filter(|f| {
+                        f.sources.is_empty() || me.as_ref().is_some_and(|id| f.applies_to(id))
+                    })
+                    .cloned(),
+                retry: view.retries.then(|| {
+                    RetryState::new(
+                        metrics.route_retries.get_or_create(&rule_labels).clone(),
+                        metrics
+                            .route_retry_budget_exhausted
+                            .get_or_create(&rule_labels)
+                            .clone(),
+                    )
+                }),
+                ..Split::default()
+            };
+            for b in backends {
+                let target = if b.missing {
+                    BackendTarget::Missing(format!("backend {} does not exist", b.service))
+                } else if &b.service == service && b.port.is_none_or(|p| port_matches(own, p, port))
+                {
+                    BackendTarget::Parent
+                } else {
+                    // Without a port: the service's only (or lowest) port.
+                    let t = Target::Service {
+                        name: b.service.clone(),
+                        port: b.port,
+                    };
+                    match runtime.destinations.get(runtime, &t) {
+                        Ok(lease) => BackendTarget::Service(Arc::new(lease)),
+                        Err(e) => BackendTarget::Missing(format!("backend {t}: {e}")),
+                    }
+                };
+                total += u64::from(b.weight);
+                let label = match b.port {
+                    Some(p) => format!("{}:{p}", b.service),
+                    None => b.service.to_string(),
+                };
+                out.backends.push(Backend {
+                    target,
+                    filters: b.filters.clone(),
+                    metrics: Some(labels(label)),
+                });
+                out.cumulative.push(total);
+            }
+            out
+        };
         Self {
             http_splits: splits(&policy.http, &split),
             grpc_splits: splits(&policy.grpc, &split),
@@ -195,7 +204,7 @@ impl Routes {
 /// else its index.
 fn splits<R: Routed>(
     routes: &[R],
-    split: &impl Fn(&str, String, &[WeightedBackend], bool) -> Split,
+    split: &impl Fn(&str, String, RuleView<'_>) -> Split,
 ) -> Vec<Vec<Split>> {
     routes
         .iter()
@@ -203,9 +212,9 @@ fn splits<R: Routed>(
             r.rule_backends()
                 .into_iter()
                 .enumerate()
-                .map(|(i, (name, backends, retries))| {
-                    let name = name.map_or_else(|| i.to_string(), str::to_string);
-                    split(&r.meta().name, name, backends, retries)
+                .map(|(i, view)| {
+                    let name = view.name.map_or_else(|| i.to_string(), str::to_string);
+                    split(&r.meta().name, name, view)
                 })
                 .collect()
         })
