@@ -151,12 +151,22 @@ fn serve(
     tracker.spawn(async move {
         loop {
             let accepted = tokio::select! {
+                biased;
                 () = stop.cancelled() => break,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
                 Ok((tcp, _)) => {
-                    let cut = lock(&tokens).epoch.child_token();
+                    // Checked under the lock a restart holds while it replaces the tokens: a
+                    // connection accepted as the restart began must not get the next
+                    // generation's token, or the restart would wait for it forever.
+                    let cut = {
+                        let t = lock(&tokens);
+                        if stop.is_cancelled() {
+                            break;
+                        }
+                        t.epoch.child_token()
+                    };
                     connections.spawn(serve_connection(handler.clone(), tcp, cut));
                 }
                 Err(e) => {
