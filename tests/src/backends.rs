@@ -184,19 +184,24 @@ pub async fn http_echo_tallied(name: &'static str) -> (SocketAddr, Arc<Tally>) {
 
 /// [`http_echo_tallied`] on `addr`.
 pub async fn http_echo_at(name: &'static str, addr: SocketAddr) -> (SocketAddr, Arc<Tally>) {
-    echo_failing_at(name, addr, 0).await
+    echo_failing_at(name, addr, 0, 200).await
 }
 
-/// [`http_echo_tallied`] that answers `503` (with `x-backend`) to the first `fail` requests
-/// for each request target (path and query), after reading each whole.
-pub async fn http_echo_failing(name: &'static str, fail: u32) -> (SocketAddr, Arc<Tally>) {
-    echo_failing_at(name, LOOPBACK_ANY_PORT, fail).await
+/// [`http_echo_tallied`] that answers `status` (with `x-backend`) to the first `fail`
+/// requests for each request target (path and query), after reading each whole.
+pub async fn http_echo_failing(
+    name: &'static str,
+    fail: u32,
+    status: u16,
+) -> (SocketAddr, Arc<Tally>) {
+    echo_failing_at(name, LOOPBACK_ANY_PORT, fail, status).await
 }
 
 async fn echo_failing_at(
     name: &'static str,
     addr: SocketAddr,
     fail: u32,
+    failing: u16,
 ) -> (SocketAddr, Arc<Tally>) {
     serve_each_tallied_at(addr, move |tcp, tally| async move {
         let peer = tcp
@@ -220,7 +225,7 @@ async fn echo_failing_at(
                 let mut out = out.into_bytes();
                 out.extend_from_slice(&body);
                 let n = tally.answer(parts.uri.path_and_query().map(|p| p.as_str()));
-                let status = if n <= fail { 503 } else { 200 };
+                let status = if n <= fail { failing } else { 200 };
                 Ok::<_, Infallible>(
                     Response::builder()
                         .status(status)

@@ -197,8 +197,8 @@ async fn grpc_deadlines_are_honoured_and_passed_on_reduced() {
     assert_eq!(rsp.status(), StatusCode::OK);
 }
 
-/// Service `flaky` answers 503 to the first two requests for each path and query. Its route
-/// retries 503 twice, or once under `/once`, with a 1 ms backoff.
+/// Service `flaky` answers 503 (or 429) to the first two requests for each path and query.
+/// Its route retries those twice, or once under `/once`, with a 1 ms backoff.
 const FLAKY_ROUTES: &str = r#"
 [policy]
 default_inbound = "allow"
@@ -211,11 +211,11 @@ parent_refs = [{ name = "flaky" }]
 [[routes.http.rules]]
 name = "once"
 matches = [{ path = { type = "PathPrefix", value = "/once" } }]
-retry = { codes = [503], attempts = 1, backoff = "1ms" }
+retry = { codes = [503, 429], attempts = 1, backoff = "1ms" }
 
 [[routes.http.rules]]
 name = "twice"
-retry = { codes = [503], attempts = 2, backoff = "1ms" }
+retry = { codes = [503, 429], attempts = 2, backoff = "1ms" }
 "#;
 
 struct Flaky {
@@ -225,8 +225,8 @@ struct Flaky {
     _server: weft_proxy::Proxy,
 }
 
-async fn flaky() -> Flaky {
-    let (app, tally) = backends::http_echo_failing("flaky", 2).await;
+async fn flaky(status: u16) -> Flaky {
+    let (app, tally) = backends::http_echo_failing("flaky", 2, status).await;
     let flaky = WorkloadDecl::serving("flaky", "flaky");
     let load = WorkloadDecl::client("load");
     let mesh = TestMesh::start(&[flaky.clone(), load.clone()], FLAKY_ROUTES).await;
@@ -277,7 +277,7 @@ impl Flaky {
 /// 503; a PUT with a body over 64 KiB goes once, whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_mask_failures_for_idempotent_calls_only() {
-    let f = flaky().await;
+    let f = flaky(503).await;
     assert_eq!(f.call("GET", "/get", Bytes::new()).await, StatusCode::OK);
     assert_eq!(f.received("/get"), 3);
     assert_eq!(f.metric("weft_route_retries_total", "twice").await, 2.0);
@@ -307,15 +307,17 @@ async fn retries_mask_failures_for_idempotent_calls_only() {
 }
 
 /// Requests that always fail spend the budget (its reserve of 10 a second over 10 s and 20 %
-/// of the requests), after which they go once; each refusal is counted.
+/// of the requests), after which they go once; each refusal is counted. The failures are
+/// 429s, which failure accrual does not count: it would eject the only endpoint after seven
+/// 5xx in a row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_stop_when_the_budget_is_spent() {
-    let f = flaky().await;
+    let f = flaky(429).await;
     let calls = 300;
     for i in 0..calls {
-        // Each path fails twice: the first attempt and its one retry both get 503.
+        // Each path fails twice: the first attempt and its one retry both get 429.
         let status = f.call("GET", &format!("/once/{i}"), Bytes::new()).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     }
     let retries = f.metric("weft_route_retries_total", "once").await;
     let refused = f
@@ -416,4 +418,59 @@ async fn faults_hit_the_named_callers_at_their_share_inside_retries_and_timeouts
         took >= Duration::from_millis(200) && took < Duration::from_secs(4),
         "{took:?}"
     );
+}
+
+/// `web` splits evenly with `web-v2`, whose one endpoint answers every request with 503.
+const SPLIT_ROUTES: &str = r#"
+[policy]
+default_inbound = "allow"
+
+[[routes.http]]
+name = "web"
+namespace = "test"
+parent_refs = [{ name = "web" }]
+
+[[routes.http.rules]]
+backend_refs = [{ name = "web", weight = 50 }, { name = "web-v2", weight = 50 }]
+"#;
+
+/// Failure accrual: seven 5xx in a row eject web-v2's only endpoint, and the split then
+/// sends web-v2's share to web instead of failing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_backend_whose_endpoints_are_all_ejected_loses_its_share() {
+    let v1 = backends::http_echo("web").await;
+    let (v2, v2_tally) = backends::http_echo_failing("web-v2", u32::MAX, 503).await;
+    let web = WorkloadDecl::serving("web", "web");
+    let web_v2 = WorkloadDecl::serving("web-v2", "web-v2");
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(&[web.clone(), web_v2.clone(), load.clone()], SPLIT_ROUTES).await;
+    let _s1 = mesh.proxy(&web, Some(v1.port()), &[]).await;
+    let _s2 = mesh.proxy(&web_v2, Some(v2.port()), &[]).await;
+    let client = mesh.proxy(&load, None, &["web"]).await;
+    let http = weft_tests::http_client();
+    let up = upstream(&client, "web");
+
+    // Until web-v2 has failed seven times in a row (bounded: half the calls go there).
+    let mut failed = 0;
+    for _ in 0..200 {
+        let (status, ..) = weft_tests::get_through(&http, up, "/").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            failed += 1;
+            if failed == 7 {
+                break;
+            }
+        }
+    }
+    assert_eq!(failed, 7);
+    let reached = v2_tally.answered();
+    // Ejected: every call goes to web. The first penalty lasts at least half a second; should
+    // this loop outlast it on a slow machine, one probe may reach web-v2 and fail.
+    let mut statuses = std::collections::HashMap::<(u16, String), usize>::new();
+    for _ in 0..50 {
+        let (status, backend, _) = weft_tests::get_through(&http, up, "/").await;
+        *statuses.entry((status.as_u16(), backend)).or_default() += 1;
+    }
+    let to_web = statuses.get(&(200, "web".into())).copied().unwrap_or(0);
+    assert!(to_web >= 49, "{statuses:?}");
+    assert!(v2_tally.answered() - reached <= 1, "at most one probe");
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use super::breaker::Health;
 use super::connect::Connector;
 use super::endpoint::{HttpEndpoint, Params, TcpEndpoint, http_endpoint};
 use super::failfast::FailFast;
@@ -148,6 +149,8 @@ pub struct EndpointDiscover<M: MakeEndpoint> {
     current: HashSet<EndpointView>,
     pending: VecDeque<Change<EndpointView, M::Endpoint>>,
     make: M,
+    /// Where the count of endpoints goes (HTTP: failure accrual reads it).
+    health: Option<Arc<Health>>,
 }
 
 impl<M: MakeEndpoint> std::fmt::Debug for EndpointDiscover<M> {
@@ -194,6 +197,9 @@ where
                 ));
             }
             this.current = next;
+            if let Some(h) = &this.health {
+                h.set_endpoints(this.current.len());
+            }
         }
     }
 }
@@ -222,7 +228,8 @@ pub fn http_balancer(
         params: params.clone(),
         target: target.clone(),
     };
-    balancer(dispatch_timeout, target, resolution, make)
+    let health = Some(params.health.clone());
+    balancer(dispatch_timeout, target, resolution, make, health)
 }
 
 /// Builds the TCP balancer of `target`'s destination: latency here is connection set-up time.
@@ -235,7 +242,7 @@ pub fn tcp_balancer(
     let make = MakeTcp {
         connector: params.connector.clone(),
     };
-    balancer(dispatch_timeout, target, resolution, make)
+    balancer(dispatch_timeout, target, resolution, make, None)
 }
 
 /// What metrics call a destination. A service target is named as the proxy was told; an
@@ -259,6 +266,7 @@ fn balancer<M, Req>(
     target: &Target,
     resolution: tokio::sync::watch::Receiver<Resolution>,
     make: M,
+    health: Option<Arc<Health>>,
 ) -> SharedBalancer<Balancer<M, Req>>
 where
     M: MakeEndpoint + Unpin,
@@ -273,6 +281,7 @@ where
         current: HashSet::new(),
         pending: VecDeque::new(),
         make,
+        health,
     };
     let balance = Balance::new(PeakEwmaDiscover::new(
         discover,

@@ -22,6 +22,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use weft_core::Target;
 
 use super::balance::{HttpBalancer, TcpBalancer, http_balancer, metric_label, tcp_balancer};
+use super::breaker::Health;
 use super::connect::Connector;
 use super::endpoint::Params;
 use super::router::Routes;
@@ -40,6 +41,8 @@ pub struct Destination {
     pub routes: watch::Receiver<Arc<Routes>>,
     pub(crate) http: HttpBalancer,
     pub(crate) tcp: TcpBalancer,
+    /// Its endpoints and how many failure accrual has ejected.
+    pub health: Arc<Health>,
     /// Leases held now.
     active: AtomicUsize,
     /// When the last lease was returned.
@@ -173,9 +176,11 @@ impl Destination {
             ),
             drain: shared.drain.clone(),
             metrics: shared.metrics.clone(),
+            health: Arc::default(),
         };
         let wait = shared.config.dispatch_timeout;
         Self {
+            health: params.health.clone(),
             http: http_balancer(&params, wait, &target, resolution.clone()),
             tcp: tcp_balancer(&params, wait, &target, resolution.clone()),
             resolution,

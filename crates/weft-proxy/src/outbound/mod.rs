@@ -11,6 +11,7 @@
 //! through the layers [`stack`] lists, its opaque bytes through [`tcp`].
 
 pub mod balance;
+pub mod breaker;
 pub mod connect;
 pub mod destination;
 pub mod endpoint;

@@ -275,7 +275,7 @@ async fn attempt(
     let backend = if split.is_parent_only() {
         None
     } else {
-        Some(split.pick().ok_or_else(|| {
+        Some(split.pick(dest.health.all_ejected()).ok_or_else(|| {
             HttpError::new(
                 Kind::Internal,
                 Who::Proxy,

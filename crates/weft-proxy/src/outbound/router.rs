@@ -60,14 +60,44 @@ pub struct Split {
     pub fault: Option<FaultInjection>,
 }
 
+impl Backend {
+    /// Whether failure accrual has ejected every endpoint of this backend (`parent`: whether
+    /// it has for the destination itself).
+    fn ejected(&self, parent: bool) -> bool {
+        match &self.target {
+            BackendTarget::Parent => parent,
+            BackendTarget::Service(lease) => lease.health.all_ejected(),
+            BackendTarget::Missing(_) => false,
+        }
+    }
+}
+
 impl Split {
-    /// The backend for a draw, or `None` when every weight is 0 (nothing may be sent).
-    pub fn pick(&self) -> Option<&Backend> {
+    /// The backend for a draw, or `None` when every weight is 0 (nothing may be sent). A
+    /// backend whose endpoints failure accrual has all ejected gets no share while another
+    /// backend can take it (`parent_ejected` says so of the destination itself).
+    pub fn pick(&self, parent_ejected: bool) -> Option<&Backend> {
         let total = *self.cumulative.last()?;
         if total == 0 {
             return None;
         }
-        self.pick_at(fastrand::u64(0..total))
+        let weight =
+            |i: usize| self.cumulative[i] - i.checked_sub(1).map_or(0, |j| self.cumulative[j]);
+        let healthy = |i: &usize| !self.backends[*i].ejected(parent_ejected);
+        let n = self.backends.len();
+        let healthy_total: u64 = (0..n).filter(healthy).map(weight).sum();
+        if healthy_total == 0 || healthy_total == total {
+            return self.pick_at(fastrand::u64(0..total));
+        }
+        let mut at = fastrand::u64(0..healthy_total);
+        for i in (0..n).filter(healthy) {
+            let w = weight(i);
+            if at < w {
+                return self.backends.get(i);
+            }
+            at -= w;
+        }
+        None
     }
 
     /// The backend a draw of `at` (below the total weight) lands on.
@@ -263,7 +293,29 @@ mod tests {
         assert_eq!(name(s.pick_at(89)), "0");
         assert_eq!(name(s.pick_at(90)), "2", "a weight of 0 gets nothing");
         assert_eq!(name(s.pick_at(99)), "2");
-        assert!(split(&[0, 0]).pick().is_none());
-        assert!(split(&[]).pick().is_none());
+        assert!(split(&[0, 0]).pick(false).is_none());
+        assert!(split(&[]).pick(false).is_none());
+    }
+
+    /// A backend whose endpoints are all ejected gets no share while another can take it; if
+    /// none can, the weights stand.
+    #[test]
+    fn an_all_ejected_backend_loses_its_share() {
+        let mut s = split(&[50, 50]);
+        s.backends[0].target = BackendTarget::Parent;
+        for _ in 0..200 {
+            assert_eq!(name(s.pick(true)), "1");
+        }
+        let (mut parent, mut other) = (0, 0);
+        for _ in 0..200 {
+            match name(s.pick(false)).as_str() {
+                "1" => other += 1,
+                _ => parent += 1,
+            }
+        }
+        assert!(parent > 0 && other > 0);
+        let mut lone = split(&[10]);
+        lone.backends[0].target = BackendTarget::Parent;
+        assert!(lone.pick(true).is_some(), "nowhere else to go");
     }
 }

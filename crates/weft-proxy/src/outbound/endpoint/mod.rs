@@ -23,6 +23,7 @@ use http::{Request, Response};
 use tokio::time::Sleep;
 use weft_ca::{ALPN_MESH_HTTP1, ALPN_OPAQUE};
 
+use super::breaker::{Breaker, Health};
 use super::connect::{ConnectError, Connector};
 use crate::discovery::EndpointView;
 use crate::errors::{HttpError, Kind, RetrySafe, Who};
@@ -120,10 +121,12 @@ pub struct Params {
     pub drain: Drain,
     /// The registry.
     pub metrics: Metrics,
+    /// The destination's endpoints and ejections, which each endpoint's breaker counts in.
+    pub health: Arc<Health>,
 }
 
 /// An HTTP endpoint: the whole per-endpoint stack.
-pub type HttpEndpoint = Metered<Endpoint>;
+pub type HttpEndpoint = Breaker<Metered<Endpoint>>;
 
 /// Builds the stack of the endpoint `ep` of `service` (its metric label).
 pub fn http_endpoint(ep: EndpointView, params: &Params, service: String) -> HttpEndpoint {
@@ -144,7 +147,7 @@ pub fn http_endpoint(ep: EndpointView, params: &Params, service: String) -> Http
         )),
         None => Client::Plain(PlainClient::new(&ep, params.connector.timeout())),
     };
-    Metered::new(
+    let metered = Metered::new(
         Endpoint {
             ep,
             connector: params.connector.clone(),
@@ -152,7 +155,8 @@ pub fn http_endpoint(ep: EndpointView, params: &Params, service: String) -> Http
             client,
         },
         metrics,
-    )
+    );
+    Breaker::new(metered, params.health.clone())
 }
 
 #[allow(

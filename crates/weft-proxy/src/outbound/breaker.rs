@@ -1,0 +1,360 @@
+//! Failure accrual per endpoint: after [`FAILURES`] consecutive failures (a connection error or
+//! a 5xx answer) an endpoint is ejected: it takes no requests for a penalty, drawn between half
+//! and all of a bound that starts at [`FIRST_PENALTY`] and doubles with each failed probe up to
+//! [`MAX_PENALTY`]. When the penalty is over, one request probes it: a success brings it back
+//! (and the bound back to its start), a failure ejects it again.
+//!
+//! An ejected endpoint tells the balancer it is not ready, so power-of-two-choices picks among
+//! the others. Each destination counts its endpoints and how many are ejected ([`Health`]): a
+//! route's split gives no share to a backend whose endpoints are all ejected while another
+//! backend can take it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
+
+use http::{Request, Response};
+use tokio::time::{Instant, Sleep};
+
+use crate::http::{Body, BoxError};
+
+/// Consecutive failures that eject an endpoint.
+pub const FAILURES: u32 = 7;
+/// The first penalty's bound.
+pub const FIRST_PENALTY: Duration = Duration::from_secs(1);
+/// The largest penalty's bound.
+pub const MAX_PENALTY: Duration = Duration::from_secs(60);
+
+/// A destination's endpoints, and how many of them are ejected.
+#[derive(Debug, Default)]
+pub struct Health {
+    endpoints: AtomicUsize,
+    ejected: AtomicUsize,
+}
+
+impl Health {
+    /// Whether it has endpoints and every one is ejected.
+    pub fn all_ejected(&self) -> bool {
+        let n = self.endpoints.load(Ordering::Relaxed);
+        n > 0 && self.ejected.load(Ordering::Relaxed) >= n
+    }
+
+    /// Records how many endpoints the destination has now.
+    pub fn set_endpoints(&self, n: usize) {
+        self.endpoints.store(n, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Taking requests.
+    Closed,
+    /// Ejected until then.
+    Open(Instant),
+    /// The penalty is over: the next request probes.
+    HalfOpen,
+    /// The probe is in flight.
+    Probing,
+}
+
+#[derive(Debug)]
+struct State {
+    failures: u32,
+    phase: Phase,
+    /// The bound of the next penalty.
+    penalty: Duration,
+    /// The balancer's task, waiting for the probe's outcome.
+    waiting: Option<Waker>,
+    health: Arc<Health>,
+}
+
+impl State {
+    fn eject(&mut self) {
+        if matches!(self.phase, Phase::Closed) {
+            self.health.ejected.fetch_add(1, Ordering::Relaxed);
+        }
+        let bound = self.penalty;
+        let nanos = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
+        let drawn = Duration::from_nanos(fastrand::u64(nanos / 2..=nanos));
+        self.phase = Phase::Open(Instant::now() + drawn);
+        self.penalty = (bound * 2).min(MAX_PENALTY);
+    }
+
+    /// Counts an outcome of a request sent in `phase`.
+    fn record(&mut self, failed: bool, probe: bool) {
+        if failed {
+            self.failures = self.failures.saturating_add(1);
+            if probe || (self.phase == Phase::Closed && self.failures >= FAILURES) {
+                self.eject();
+            }
+        } else {
+            self.failures = 0;
+            if probe {
+                self.health.ejected.fetch_sub(1, Ordering::Relaxed);
+                self.phase = Phase::Closed;
+                self.penalty = FIRST_PENALTY;
+            }
+        }
+        if probe && let Some(w) = self.waiting.take() {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for State {
+    /// An endpoint removed while ejected is no longer counted.
+    fn drop(&mut self) {
+        if self.phase != Phase::Closed {
+            self.health.ejected.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The layer over one endpoint. See the module docs.
+#[derive(Debug)]
+pub struct Breaker<S> {
+    inner: S,
+    state: Arc<Mutex<State>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Breaker<S> {
+    /// Guards `inner`, counting its ejections in `health`.
+    pub fn new(inner: S, health: Arc<Health>) -> Self {
+        Self {
+            inner,
+            state: Arc::new(Mutex::new(State {
+                failures: 0,
+                phase: Phase::Closed,
+                penalty: FIRST_PENALTY,
+                waiting: None,
+                health,
+            })),
+            sleep: None,
+        }
+    }
+}
+
+impl<S> tower::Service<Request<Body>> for Breaker<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BreakerFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        loop {
+            let mut st = lock(&self.state);
+            match st.phase {
+                Phase::Closed | Phase::HalfOpen => {
+                    drop(st);
+                    return self.inner.poll_ready(cx);
+                }
+                Phase::Probing => {
+                    st.waiting = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Phase::Open(until) => {
+                    if Instant::now() >= until {
+                        st.phase = Phase::HalfOpen;
+                        self.sleep = None;
+                        continue;
+                    }
+                    drop(st);
+                    let sleep = match &mut self.sleep {
+                        Some(s) if s.deadline() == until => s,
+                        slot => slot.insert(Box::pin(tokio::time::sleep_until(until))),
+                    };
+                    ready!(sleep.as_mut().poll(cx));
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let probe = {
+            let mut st = lock(&self.state);
+            let probe = st.phase == Phase::HalfOpen;
+            if probe {
+                st.phase = Phase::Probing;
+            }
+            probe
+        };
+        BreakerFuture {
+            inner: self.inner.call(req),
+            state: Some(self.state.clone()),
+            probe,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Breaker`]'s future: records the outcome.
+    pub struct BreakerFuture<F> {
+        #[pin]
+        inner: F,
+        state: Option<Arc<Mutex<State>>>,
+        probe: bool,
+    }
+
+    impl<F> PinnedDrop for BreakerFuture<F> {
+        // A probe dropped before its outcome (the caller went away) proves nothing: the
+        // endpoint may be probed again at once.
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(state) = this.state.take() && *this.probe {
+                let mut st = lock(&state);
+                if st.phase == Phase::Probing {
+                    st.phase = Phase::HalfOpen;
+                    if let Some(w) = st.waiting.take() {
+                        w.wake();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<F> Future for BreakerFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, BoxError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(this.inner.poll(cx));
+        if let Some(state) = this.state.take() {
+            let failed = match &out {
+                Ok(rsp) => rsp.status().is_server_error(),
+                Err(_) => true,
+            };
+            lock(&state).record(failed, *this.probe);
+        }
+        Poll::Ready(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU16;
+
+    use tower::{Service, ServiceExt};
+
+    use super::*;
+    use crate::http::classify::empty_body;
+
+    /// An endpoint answering with the status its switch holds.
+    #[derive(Clone)]
+    struct Switch(Arc<AtomicU16>);
+
+    impl tower::Service<Request<Body>> for Switch {
+        type Response = Response<Body>;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<Response<Body>, BoxError>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<Body>) -> Self::Future {
+            let mut rsp = Response::new(empty_body());
+            *rsp.status_mut() = http::StatusCode::from_u16(self.0.load(Ordering::SeqCst)).unwrap();
+            std::future::ready(Ok(rsp))
+        }
+    }
+
+    async fn send(b: &mut Breaker<Switch>) -> u16 {
+        let rsp = b.ready().await.unwrap().call(Request::new(empty_body()));
+        rsp.await.unwrap().status().as_u16()
+    }
+
+    fn ready_now(b: &mut Breaker<Switch>) -> bool {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        b.poll_ready(&mut cx).is_ready()
+    }
+
+    /// Seven 5xx in a row eject the endpoint; after the penalty one probe goes, and its
+    /// success brings the endpoint back. A failed probe ejects it again for longer.
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_eject_and_a_probe_brings_back() {
+        let status = Arc::new(AtomicU16::new(500));
+        let health = Arc::new(Health::default());
+        health.set_endpoints(1);
+        let mut b = Breaker::new(Switch(status.clone()), health.clone());
+        for _ in 0..FAILURES {
+            assert_eq!(send(&mut b).await, 500);
+        }
+        assert!(!ready_now(&mut b), "ejected");
+        assert!(health.all_ejected());
+
+        // The first penalty lies between 0.5 and 1 s.
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(!ready_now(&mut b));
+        tokio::time::advance(Duration::from_millis(502)).await;
+        assert!(ready_now(&mut b), "the penalty is over: a probe may go");
+        // The probe fails: ejected again, for 1 to 2 s this time.
+        assert_eq!(send(&mut b).await, 500);
+        assert!(!ready_now(&mut b));
+        tokio::time::advance(Duration::from_millis(990)).await;
+        assert!(!ready_now(&mut b));
+        tokio::time::advance(Duration::from_millis(1020)).await;
+        // The endpoint has recovered: the probe succeeds and it is back for good.
+        status.store(200, Ordering::SeqCst);
+        assert_eq!(send(&mut b).await, 200);
+        assert!(ready_now(&mut b));
+        assert!(!health.all_ejected());
+        // Failures count from zero again: six are not enough.
+        status.store(503, Ordering::SeqCst);
+        for _ in 0..FAILURES - 1 {
+            send(&mut b).await;
+        }
+        assert!(ready_now(&mut b));
+    }
+
+    /// A success between failures resets the count.
+    #[tokio::test(start_paused = true)]
+    async fn only_consecutive_failures_count() {
+        let status = Arc::new(AtomicU16::new(502));
+        let mut b = Breaker::new(Switch(status.clone()), Arc::default());
+        for round in 0..3 {
+            for _ in 0..FAILURES - 1 {
+                send(&mut b).await;
+            }
+            status.store(200, Ordering::SeqCst);
+            send(&mut b).await;
+            status.store(502, Ordering::SeqCst);
+            assert!(ready_now(&mut b), "round {round}");
+        }
+    }
+
+    /// While a probe is out no other request goes; an endpoint removed while ejected is no
+    /// longer counted.
+    #[tokio::test(start_paused = true)]
+    async fn one_probe_at_a_time_and_removal_uncounts() {
+        let status = Arc::new(AtomicU16::new(500));
+        let health = Arc::new(Health::default());
+        health.set_endpoints(2);
+        let mut b = Breaker::new(Switch(status), health.clone());
+        for _ in 0..FAILURES {
+            send(&mut b).await;
+        }
+        assert_eq!(health.ejected.load(Ordering::SeqCst), 1);
+        assert!(!health.all_ejected(), "one of two");
+        tokio::time::advance(MAX_PENALTY).await;
+        assert!(ready_now(&mut b));
+        let probe = b.call(Request::new(empty_body()));
+        assert!(!ready_now(&mut b), "the probe is out");
+        drop(probe);
+        assert!(ready_now(&mut b), "a dropped probe proves nothing");
+        drop(b);
+        assert_eq!(health.ejected.load(Ordering::SeqCst), 0);
+    }
+}
