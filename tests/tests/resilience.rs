@@ -474,3 +474,85 @@ async fn a_split_backend_whose_endpoints_are_all_ejected_loses_its_share() {
     assert!(to_web >= 49, "{statuses:?}");
     assert!(v2_tally.answered() - reached <= 1, "at most one probe");
 }
+
+/// `/held` (which the backend answers only when the test lets it) takes at most two calls
+/// in flight and none waiting.
+const LIMIT_ROUTES: &str = r#"
+[policy]
+default_inbound = "allow"
+
+[[routes.http]]
+name = "web"
+namespace = "test"
+parent_refs = [{ name = "web" }]
+
+[[routes.http.rules]]
+name = "held"
+matches = [{ path = { type = "Exact", value = "/held" } }]
+limits = { max_in_flight = 2 }
+
+[[routes.http.rules]]
+backend_refs = [{ name = "web" }]
+"#;
+
+/// Past its concurrency limit a rule refuses a call at once with 503 and the reason; a place
+/// comes free when a response ends, and other rules are not limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_over_its_concurrency_limit_refuses_at_once() {
+    let (held, release, _arrived) = backends::http_gated("web").await;
+    let web = WorkloadDecl::serving("web", "web");
+    let load = WorkloadDecl::client("load");
+    let mesh = TestMesh::start(&[web.clone(), load.clone()], LIMIT_ROUTES).await;
+    let _server = mesh.proxy(&web, Some(held.port()), &[]).await;
+    let client = mesh.proxy(&load, None, &["web"]).await;
+    let up = upstream(&client, "web");
+    let http = weft_tests::http_client();
+    let in_flight: Vec<_> = (0..2)
+        .map(|_| {
+            let http = http.clone();
+            tokio::spawn(async move { weft_tests::get_through(&http, up, "/held").await.0 })
+        })
+        .collect();
+    // Both calls are out (the rule's metrics count them), held by the backend.
+    weft_tests::wait_metric(
+        client.admin_addr,
+        "weft_route_requests_total",
+        &["route=\"test/web\"", "rule=\"held\""],
+        2.0,
+    )
+    .await;
+    let started = Instant::now();
+    let rsp = http
+        .request(
+            Request::get(format!("http://{up}/held"))
+                .header("host", "web.test")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let reason = rsp.headers()["weft-proxy-error"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("concurrency limit"), "{reason}");
+    assert!(started.elapsed() < Duration::from_secs(5), "at once");
+    // Other rules are not limited.
+    let (status, ..) = weft_tests::get_through(&http, up, "/other").await;
+    assert_eq!(status, StatusCode::OK);
+    // The held calls end: their places come free, and a new call gets one.
+    release.add_permits(3);
+    for call in in_flight {
+        assert_eq!(call.await.unwrap(), StatusCode::OK);
+    }
+    let (status, ..) = weft_tests::get_through(&http, up, "/held").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, text) = weft_tests::admin_get(client.admin_addr, "GET", "/metrics").await;
+    let refused = weft_tests::metric(
+        &text,
+        "weft_route_limited_total",
+        &["route=\"test/web\"", "rule=\"held\""],
+    );
+    assert_eq!(refused, 1.0);
+}

@@ -7,7 +7,8 @@
 //!   rule, backend, status_code, classification}`, `weft_route_response_latency_seconds{route,
 //!   rule, backend}`: outbound requests a route sent (redirects are under backend `-`)
 //! - `weft_route_retries_total{route, rule}`, `weft_route_retry_budget_exhausted_total{route,
-//!   rule}`: retries a rule sent, and retries its budget refused
+//!   rule}`: retries a rule sent, and retries its budget refused;
+//!   `weft_route_limited_total{route, rule}`: calls its concurrency limit refused
 //! - `weft_tcp_open_connections{direction, peer}`, `weft_tcp_connections_total`,
 //!   `weft_tcp_read_bytes_total`, `weft_tcp_write_bytes_total`
 //! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`,
@@ -158,6 +159,8 @@ pub struct Metrics {
     pub route_retries: Family<RuleLabels, Counter>,
     /// Retries refused by a route rule's budget.
     pub route_retry_budget_exhausted: Family<RuleLabels, Counter>,
+    /// Calls refused by a route rule's concurrency limit.
+    pub route_limited: Family<RuleLabels, Counter>,
     /// Open TCP connections.
     pub tcp_open: Family<TcpLabels, Gauge>,
     /// TCP connections accepted.
@@ -216,6 +219,12 @@ impl Default for Metrics {
             "weft_route_retry_budget_exhausted",
             "Retries a route rule's budget refused",
             route_retry_budget_exhausted.clone(),
+        );
+        let route_limited = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "weft_route_limited",
+            "Calls a route rule's concurrency limit refused",
+            route_limited.clone(),
         );
         registry.register(
             "weft_route_responses",
@@ -298,6 +307,7 @@ impl Default for Metrics {
             route_latency,
             route_retries,
             route_retry_budget_exhausted,
+            route_limited,
             tcp_open,
             tcp_total,
             tcp_read,

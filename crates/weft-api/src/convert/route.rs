@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use weft_core::ServiceName;
 use weft_core::policy::fault::{AbortWith, FaultInjection, Share};
+use weft_core::policy::resilience::ConcurrencyLimit;
 use weft_core::policy::route::{
     GrpcMatch as CoreGrpcMatch, GrpcRoute as CoreGrpcRoute, GrpcRule as CoreGrpcRule, HeaderMatch,
     HeaderModifier as CoreHeaderModifier, HttpFilter, HttpMatch as CoreHttpMatch,
@@ -19,8 +20,8 @@ use weft_core::policy::traffic::TrafficPolicy as CoreTrafficPolicy;
 use crate::v1::{
     GrpcMatch, GrpcRoute, GrpcRule, Header, HeaderModifier, HttpMatch, HttpRoute, HttpRule,
     NamedMatch, PathMatch, PathModifier, Redirect, RouteBackend, RouteFault, RouteFilter,
-    RouteRetry, RouteTimeouts, ServiceTarget, StringMatch, TrafficPolicy, UrlRewrite, path_match,
-    path_modifier, route_filter, string_match,
+    RouteLimits, RouteRetry, RouteTimeouts, ServiceTarget, StringMatch, TrafficPolicy, UrlRewrite,
+    path_match, path_modifier, route_filter, string_match,
 };
 
 /// Why routes from the control plane cannot be used.
@@ -280,6 +281,10 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
                         timeouts: timeouts_to_wire(&rule.timeouts),
                         retry: rule.retry.as_ref().map(retry_to_wire),
                         fault: rule.fault.as_ref().map(fault_to_wire),
+                        limits: rule.limit.map(|l| RouteLimits {
+                            max_in_flight: l.max_in_flight,
+                            max_queue: l.max_queue,
+                        }),
                     })
                     .collect(),
             })
@@ -312,6 +317,10 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
                         timeouts: timeouts_to_wire(&rule.timeouts),
                         retry: rule.retry.as_ref().map(retry_to_wire),
                         fault: rule.fault.as_ref().map(fault_to_wire),
+                        limits: rule.limit.map(|l| RouteLimits {
+                            max_in_flight: l.max_in_flight,
+                            max_queue: l.max_queue,
+                        }),
                     })
                     .collect(),
             })
@@ -605,6 +614,14 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
                     .as_ref()
                     .map(|f| fault_from_wire(&format!("{at}.fault"), f))
                     .transpose()?,
+                limit: rule
+                    .limits
+                    .as_ref()
+                    .filter(|l| l.max_in_flight > 0)
+                    .map(|l| ConcurrencyLimit {
+                        max_in_flight: l.max_in_flight,
+                        max_queue: l.max_queue,
+                    }),
             });
         }
         http.push(CoreHttpRoute {
@@ -654,6 +671,14 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
                     .as_ref()
                     .map(|f| fault_from_wire(&format!("{at}.fault"), f))
                     .transpose()?,
+                limit: rule
+                    .limits
+                    .as_ref()
+                    .filter(|l| l.max_in_flight > 0)
+                    .map(|l| ConcurrencyLimit {
+                        max_in_flight: l.max_in_flight,
+                        max_queue: l.max_queue,
+                    }),
             });
         }
         grpc.push(CoreGrpcRoute {
@@ -687,7 +712,8 @@ mod tests {
                  "backendRefs": [{"name": "web-v2", "port": 8080, "weight": 9, "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-b", "value": "v2"}]}}]}, {"name": "web", "weight": 1}],
                  "timeouts": {"request": "10s", "backendRequest": "1500ms"},
                  "retry": {"codes": [502, 503], "attempts": 3, "backoff": "50ms", "idempotent": true},
-                 "fault": {"delay": {"fixed": "1s", "percent": 2.5}, "abort": {"httpStatus": 503, "percent": 1}, "sources": ["shop/*", "spiffe://weft.test/ns/a/sa/b"]}},
+                 "fault": {"delay": {"fixed": "1s", "percent": 2.5}, "abort": {"httpStatus": 503, "percent": 1}, "sources": ["shop/*", "spiffe://weft.test/ns/a/sa/b"]},
+                 "limits": {"maxInFlight": 100, "maxQueue": 10}},
                 {"matches": [{"path": {"type": "Exact", "value": "/old"}}, {"path": {"type": "RegularExpression", "value": "/o.d/.*"}}],
                  "filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "hostname": "new.demo", "port": 8443, "statusCode": 301, "path": {"type": "ReplaceFullPath", "replaceFullPath": "/new"}}}]}
             ]

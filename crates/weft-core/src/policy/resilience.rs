@@ -71,6 +71,16 @@ pub struct RetryPolicy {
     pub idempotent: bool,
 }
 
+/// How many calls of a rule may be in flight at once, and how many more may wait for one of
+/// them to end; past both, a call is refused at once (503) rather than queued without bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConcurrencyLimit {
+    /// Calls in flight (sent, and their response not yet ended).
+    pub max_in_flight: u32,
+    /// Calls waiting for a place.
+    pub max_queue: u32,
+}
+
 /// Why a duration cannot be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(

@@ -23,7 +23,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use super::fault::FaultInjection;
-pub use super::resilience::{RetryPolicy, Timeouts};
+pub use super::resilience::{ConcurrencyLimit, RetryPolicy, Timeouts};
 use crate::model::ServiceName;
 
 /// Where a route was written, for located errors and a bounded metric label.
@@ -439,6 +439,8 @@ pub struct HttpRule {
     pub retry: Option<RetryPolicy>,
     /// Faults to inject.
     pub fault: Option<FaultInjection>,
+    /// Calls in flight and waiting.
+    pub limit: Option<ConcurrencyLimit>,
 }
 
 /// An HTTP route.
@@ -461,6 +463,8 @@ pub struct RuleView<'a> {
     pub retries: bool,
     /// Its faults.
     pub fault: Option<&'a FaultInjection>,
+    /// Its concurrency limit.
+    pub limit: Option<ConcurrencyLimit>,
 }
 
 /// What HTTP and gRPC routes share: a name and rules that send to backends.
@@ -485,6 +489,7 @@ impl Routed for HttpRoute {
                 backends: &r.backends,
                 retries: r.retry.is_some(),
                 fault: r.fault.as_ref(),
+                limit: r.limit,
             })
             .collect()
     }
@@ -508,6 +513,7 @@ impl Routed for GrpcRoute {
                 backends: &r.backends,
                 retries: r.retry.is_some(),
                 fault: r.fault.as_ref(),
+                limit: r.limit,
             })
             .collect()
     }
@@ -614,6 +620,8 @@ pub struct GrpcRule {
     pub retry: Option<RetryPolicy>,
     /// Faults to inject.
     pub fault: Option<FaultInjection>,
+    /// Calls in flight and waiting.
+    pub limit: Option<ConcurrencyLimit>,
 }
 
 /// A gRPC route.

@@ -16,9 +16,9 @@ use super::resilience::{
     format_duration, parse_duration,
 };
 use super::route::{
-    GrpcMatch, GrpcRoute, GrpcRule, HeaderMatch, HeaderModifier, HttpFilter, HttpMatch, HttpRoute,
-    HttpRule, PathMatch, PathModifier, Pattern, QueryMatch, RequestRedirect, RetryPolicy,
-    RouteMeta, Timeouts, UrlRewrite, ValueMatch, WeightedBackend,
+    ConcurrencyLimit, GrpcMatch, GrpcRoute, GrpcRule, HeaderMatch, HeaderModifier, HttpFilter,
+    HttpMatch, HttpRoute, HttpRule, PathMatch, PathModifier, Pattern, QueryMatch, RequestRedirect,
+    RetryPolicy, RouteMeta, Timeouts, UrlRewrite, ValueMatch, WeightedBackend,
 };
 use crate::model::ServiceName;
 
@@ -256,6 +256,35 @@ pub struct HttpRuleSpec {
     /// Faults to inject (Weft's; on Kubernetes not part of `HTTPRoute`).
     #[serde(default)]
     pub fault: Option<FaultSpec>,
+    /// Calls in flight and waiting (Weft's too).
+    #[serde(default)]
+    pub limits: Option<LimitsSpec>,
+}
+
+/// `limits` of a rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Calls in flight at once (at least 1).
+    #[serde(alias = "maxInFlight")]
+    pub max_in_flight: u32,
+    /// Calls that may wait for a place (default 0: refused at once).
+    #[serde(default, alias = "maxQueue")]
+    pub max_queue: u32,
+}
+
+fn limits(
+    key: &str,
+    spec: Option<&LimitsSpec>,
+) -> Result<Option<ConcurrencyLimit>, RouteSpecError> {
+    let Some(l) = spec else { return Ok(None) };
+    if l.max_in_flight == 0 {
+        return err(format!("{key}.limits.max_in_flight"), "at least 1");
+    }
+    Ok(Some(ConcurrencyLimit {
+        max_in_flight: l.max_in_flight,
+        max_queue: l.max_queue,
+    }))
 }
 
 /// `fault` of a rule: a delay, an abort or both, each for a share of the attempts, for every
@@ -596,6 +625,9 @@ pub struct GrpcRuleSpec {
     /// Faults to inject (the mesh file's extension too).
     #[serde(default)]
     pub fault: Option<FaultSpec>,
+    /// Calls in flight and waiting (the mesh file's extension too).
+    #[serde(default)]
+    pub limits: Option<LimitsSpec>,
 }
 
 /// The `spec` of a `GRPCRoute`, or a gRPC route of the mesh file.
@@ -1060,6 +1092,7 @@ impl HttpRouteSpec {
                 timeouts: timeouts(&key, r.timeouts.as_ref())?,
                 retry: retry(&key, r.retry.as_ref(), false)?,
                 fault: fault(&key, r.fault.as_ref(), false)?,
+                limit: limits(&key, r.limits.as_ref())?,
             });
         }
         Ok((parents, HttpRoute { meta, rules }))
@@ -1114,6 +1147,7 @@ impl GrpcRouteSpec {
                 timeouts: timeouts(&key, r.timeouts.as_ref())?,
                 retry: retry(&key, r.retry.as_ref(), true)?,
                 fault: fault(&key, r.fault.as_ref(), true)?,
+                limit: limits(&key, r.limits.as_ref())?,
             });
         }
         Ok((parents, GrpcRoute { meta, rules }))
@@ -1273,6 +1307,10 @@ mod tests {
                 "rules[0].retry.conditions",
             ),
             (serde_json::json!({"fault": {}}), "rules[0].fault"),
+            (
+                serde_json::json!({"limits": {"maxInFlight": 0}}),
+                "rules[0].limits.max_in_flight",
+            ),
             (
                 serde_json::json!({"fault": {"delay": {"fixed": "1s", "percent": 101}}}),
                 "rules[0].fault.delay.percent",

@@ -7,6 +7,7 @@
 pub mod classify;
 pub mod fault;
 pub mod hop_by_hop;
+pub mod limit;
 pub mod metered;
 pub mod orig_proto;
 pub mod pool;

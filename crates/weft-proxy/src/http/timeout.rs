@@ -113,7 +113,8 @@ where
     }
 }
 
-fn timed_out() -> HttpError {
+/// The error of a call whose deadline passed.
+pub fn timed_out() -> HttpError {
     HttpError::new(
         Kind::Timeout,
         Who::Peer,

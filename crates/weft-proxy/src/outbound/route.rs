@@ -16,6 +16,8 @@
 //!   answer that stands.
 //! - A rule's faults ([`crate::http::fault`]) are drawn for each attempt, inside its retries
 //!   and timeouts: a retry may mask an injected abort, a timeout cuts an injected delay.
+//! - A rule's concurrency limit ([`crate::http::limit`]) holds a place for each call, from
+//!   before its first attempt until its response has ended.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +37,7 @@ use super::destination::Lease;
 use super::router::{BackendTarget, Routes, Split};
 use crate::errors::{HttpError, Kind, RetrySafe, Who, is_grpc};
 use crate::http::classify::empty_body;
-use crate::http::{Body, BoxError, fault, retry, timeout};
+use crate::http::{Body, BoxError, fault, limit, retry, timeout};
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
@@ -225,6 +227,18 @@ fn route(
     let (routes, dest) = (routes.clone(), dest.clone());
     Ok(Box::pin(async move {
         let grpc = is_grpc(&req);
+        // A place under the rule's concurrency limit, waited for within the call's deadline.
+        let limiter = at.split(&routes).and_then(|s| s.limiter.as_ref());
+        let place = match limiter {
+            None => None,
+            Some(l) => match timeout::deadline(&req, grpc, timeouts.request) {
+                None => Some(l.enter().await?),
+                Some(d) => match tokio::time::timeout_at(d, l.enter()).await {
+                    Ok(place) => Some(place?),
+                    Err(_) => return Err(timeout::timed_out().into()),
+                },
+            },
+        };
         let send = |req| attempt(&routes, at, &dest, req);
         let retry = at
             .retry(&routes)
@@ -244,7 +258,10 @@ fn route(
         for m in &modifiers {
             modify(rsp.headers_mut(), m);
         }
-        Ok(rsp)
+        Ok(match place {
+            Some(p) => limit::hold(rsp, p),
+            None => rsp,
+        })
     }))
 }
 

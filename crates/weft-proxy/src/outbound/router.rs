@@ -18,6 +18,7 @@ use weft_core::{ServiceName, Target};
 
 use super::destination::Lease;
 use crate::Runtime;
+use crate::http::limit::Limiter;
 use crate::http::retry::RetryState;
 use crate::metrics::{RequestMetrics, RouteLabels, RuleLabels};
 
@@ -58,6 +59,8 @@ pub struct Split {
     pub retry: Option<RetryState>,
     /// The rule's faults, when they apply to this proxy's workload.
     pub fault: Option<FaultInjection>,
+    /// The rule's concurrency limit.
+    pub limiter: Option<Limiter>,
 }
 
 impl Backend {
@@ -179,6 +182,9 @@ impl Routes {
                         f.sources.is_empty() || me.as_ref().is_some_and(|id| f.applies_to(id))
                     })
                     .cloned(),
+                limiter: view.limit.map(|l| {
+                    Limiter::new(l, metrics.route_limited.get_or_create(&rule_labels).clone())
+                }),
                 retry: view.retries.then(|| {
                     RetryState::new(
                         metrics.route_retries.get_or_create(&rule_labels).clone(),
