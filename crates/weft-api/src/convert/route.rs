@@ -197,6 +197,20 @@ fn retry_from_wire(at: &str, r: &RouteRetry) -> Result<RetryPolicy, RouteWireErr
     })
 }
 
+fn limit_to_wire(l: ConcurrencyLimit) -> RouteLimits {
+    RouteLimits {
+        max_in_flight: l.max_in_flight,
+        max_queue: l.max_queue,
+    }
+}
+
+fn limit_from_wire(l: Option<&RouteLimits>) -> Option<ConcurrencyLimit> {
+    l.filter(|l| l.max_in_flight > 0).map(|l| ConcurrencyLimit {
+        max_in_flight: l.max_in_flight,
+        max_queue: l.max_queue,
+    })
+}
+
 fn fault_to_wire(f: &FaultInjection) -> RouteFault {
     let mut out = RouteFault {
         sources: f.sources.iter().map(ToString::to_string).collect(),
@@ -281,10 +295,7 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
                         timeouts: timeouts_to_wire(&rule.timeouts),
                         retry: rule.retry.as_ref().map(retry_to_wire),
                         fault: rule.fault.as_ref().map(fault_to_wire),
-                        limits: rule.limit.map(|l| RouteLimits {
-                            max_in_flight: l.max_in_flight,
-                            max_queue: l.max_queue,
-                        }),
+                        limits: rule.limit.map(limit_to_wire),
                     })
                     .collect(),
             })
@@ -317,10 +328,7 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
                         timeouts: timeouts_to_wire(&rule.timeouts),
                         retry: rule.retry.as_ref().map(retry_to_wire),
                         fault: rule.fault.as_ref().map(fault_to_wire),
-                        limits: rule.limit.map(|l| RouteLimits {
-                            max_in_flight: l.max_in_flight,
-                            max_queue: l.max_queue,
-                        }),
+                        limits: rule.limit.map(limit_to_wire),
                     })
                     .collect(),
             })
@@ -614,14 +622,7 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
                     .as_ref()
                     .map(|f| fault_from_wire(&format!("{at}.fault"), f))
                     .transpose()?,
-                limit: rule
-                    .limits
-                    .as_ref()
-                    .filter(|l| l.max_in_flight > 0)
-                    .map(|l| ConcurrencyLimit {
-                        max_in_flight: l.max_in_flight,
-                        max_queue: l.max_queue,
-                    }),
+                limit: limit_from_wire(rule.limits.as_ref()),
             });
         }
         http.push(CoreHttpRoute {
@@ -671,14 +672,7 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
                     .as_ref()
                     .map(|f| fault_from_wire(&format!("{at}.fault"), f))
                     .transpose()?,
-                limit: rule
-                    .limits
-                    .as_ref()
-                    .filter(|l| l.max_in_flight > 0)
-                    .map(|l| ConcurrencyLimit {
-                        max_in_flight: l.max_in_flight,
-                        max_queue: l.max_queue,
-                    }),
+                limit: limit_from_wire(rule.limits.as_ref()),
             });
         }
         grpc.push(CoreGrpcRoute {
