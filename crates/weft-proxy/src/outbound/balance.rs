@@ -121,7 +121,13 @@ pub struct MakeHttp {
 impl MakeEndpoint for MakeHttp {
     type Endpoint = HttpEndpoint;
     fn make(&self, ep: EndpointView, resolution: &Resolution) -> HttpEndpoint {
-        http_endpoint(ep, &self.params, metric_label(&self.target, resolution))
+        let in_mesh = matches!(resolution, Resolution::Resolved(_));
+        http_endpoint(
+            ep,
+            &self.params,
+            metric_label(&self.target, resolution),
+            in_mesh,
+        )
     }
 }
 

@@ -123,11 +123,15 @@ pub struct Breaker<S> {
     inner: S,
     state: Arc<Mutex<State>>,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Whether failures count: not for an address outside the mesh, whose answers the
+    /// application gets as they are.
+    accrue: bool,
 }
 
 impl<S> Breaker<S> {
-    /// Guards `inner`, counting its ejections in `health`.
-    pub fn new(inner: S, health: Arc<Health>) -> Self {
+    /// Guards `inner`, counting its ejections in `health`; with `accrue` false, only passes
+    /// requests through.
+    pub fn new(inner: S, health: Arc<Health>, accrue: bool) -> Self {
         Self {
             inner,
             state: Arc::new(Mutex::new(State {
@@ -138,6 +142,7 @@ impl<S> Breaker<S> {
                 health,
             })),
             sleep: None,
+            accrue,
         }
     }
 }
@@ -151,6 +156,9 @@ where
     type Future = BreakerFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if !self.accrue {
+            return self.inner.poll_ready(cx);
+        }
         loop {
             let mut st = lock(&self.state);
             match st.phase {
@@ -180,6 +188,13 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        if !self.accrue {
+            return BreakerFuture {
+                inner: self.inner.call(req),
+                state: None,
+                probe: false,
+            };
+        }
         let probe = {
             let mut st = lock(&self.state);
             let probe = st.phase == Phase::HalfOpen;
@@ -288,7 +303,7 @@ mod tests {
         let status = Arc::new(AtomicU16::new(500));
         let health = Arc::new(Health::default());
         health.set_endpoints(1);
-        let mut b = Breaker::new(Switch(status.clone()), health.clone());
+        let mut b = Breaker::new(Switch(status.clone()), health.clone(), true);
         for _ in 0..FAILURES {
             assert_eq!(send(&mut b).await, 500);
         }
@@ -319,11 +334,22 @@ mod tests {
         assert!(ready_now(&mut b));
     }
 
+    /// Outside the mesh nothing is counted: the application gets every answer.
+    #[tokio::test(start_paused = true)]
+    async fn an_address_outside_the_mesh_is_never_ejected() {
+        let status = Arc::new(AtomicU16::new(500));
+        let mut b = Breaker::new(Switch(status), Arc::default(), false);
+        for _ in 0..FAILURES * 3 {
+            assert_eq!(send(&mut b).await, 500);
+        }
+        assert!(ready_now(&mut b));
+    }
+
     /// A success between failures resets the count.
     #[tokio::test(start_paused = true)]
     async fn only_consecutive_failures_count() {
         let status = Arc::new(AtomicU16::new(502));
-        let mut b = Breaker::new(Switch(status.clone()), Arc::default());
+        let mut b = Breaker::new(Switch(status.clone()), Arc::default(), true);
         for round in 0..3 {
             for _ in 0..FAILURES - 1 {
                 send(&mut b).await;
@@ -342,7 +368,7 @@ mod tests {
         let status = Arc::new(AtomicU16::new(500));
         let health = Arc::new(Health::default());
         health.set_endpoints(2);
-        let mut b = Breaker::new(Switch(status), health.clone());
+        let mut b = Breaker::new(Switch(status), health.clone(), true);
         for _ in 0..FAILURES {
             send(&mut b).await;
         }

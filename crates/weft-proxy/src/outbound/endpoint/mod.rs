@@ -128,8 +128,14 @@ pub struct Params {
 /// An HTTP endpoint: the whole per-endpoint stack.
 pub type HttpEndpoint = Breaker<Metered<Endpoint>>;
 
-/// Builds the stack of the endpoint `ep` of `service` (its metric label).
-pub fn http_endpoint(ep: EndpointView, params: &Params, service: String) -> HttpEndpoint {
+/// Builds the stack of the endpoint `ep` of `service` (its metric label); `in_mesh` says
+/// whether failure accrual guards it (not an address outside the mesh).
+pub fn http_endpoint(
+    ep: EndpointView,
+    params: &Params,
+    service: String,
+    in_mesh: bool,
+) -> HttpEndpoint {
     let labels = RequestLabels {
         direction: Direction::outbound,
         service,
@@ -156,7 +162,7 @@ pub fn http_endpoint(ep: EndpointView, params: &Params, service: String) -> Http
         },
         metrics,
     );
-    Breaker::new(metered, params.health.clone())
+    Breaker::new(metered, params.health.clone(), in_mesh)
 }
 
 #[allow(
