@@ -556,3 +556,87 @@ async fn a_rule_over_its_concurrency_limit_refuses_at_once() {
     );
     assert_eq!(refused, 1.0);
 }
+
+/// `web` admits `load`, `load2` and `batch` (not `intruder`) at one request a minute with a
+/// burst of 3, per identity; `batch` has a burst of 6 of its own.
+const RATE_POLICY: &str = r#"
+[policy]
+default_inbound = "deny"
+
+[[policy.authorizations]]
+service = "web.test"
+allow = ["test/load", "test/load2", "test/batch"]
+
+[[policy.rate_limits]]
+service = "web.test"
+requests_per_second = 0.0166
+burst = 3
+per_identity = true
+
+[[policy.rate_limits.overrides]]
+clients = "test/batch"
+requests_per_second = 0.0166
+burst = 6
+"#;
+
+/// A server's rate limit: a burst, then 429 with `Retry-After`; a bucket per identity, an
+/// override's own; and a client that authorization refuses spends no tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_rate_limits_hold_per_identity_after_authorization() {
+    let app = backends::http_echo("web").await;
+    let web = WorkloadDecl::serving("web", "web");
+    let names = ["load", "load2", "batch", "intruder"];
+    let clients: Vec<WorkloadDecl> = names.iter().map(|n| WorkloadDecl::client(n)).collect();
+    let mut all = vec![web.clone()];
+    all.extend(clients.iter().cloned());
+    let mesh = TestMesh::start(&all, RATE_POLICY).await;
+    let server = mesh.proxy(&web, Some(app.port()), &[]).await;
+    let mut proxies = Vec::new();
+    for c in &clients {
+        proxies.push(mesh.proxy(c, None, &["web"]).await);
+    }
+    let http = weft_tests::http_client();
+    let call = async |i: usize| {
+        let up = upstream(&proxies[i], "web");
+        let rsp = http
+            .request(
+                Request::get(format!("http://{up}/"))
+                    .header("host", "web.test")
+                    .body(Empty::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let after = rsp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+        (rsp.status().as_u16(), after)
+    };
+    let (load, load2, batch, intruder) = (0, 1, 2, 3);
+
+    // Refused by authorization: no token spent.
+    for _ in 0..5 {
+        assert_eq!(call(intruder).await.0, 403);
+    }
+    for _ in 0..3 {
+        assert_eq!(call(load).await, (200, None));
+    }
+    let (status, after) = call(load).await;
+    assert_eq!(status, 429);
+    assert!(after.is_some_and(|s| s >= 50), "{after:?}");
+    // Another identity has a bucket of its own; the override's is larger.
+    for _ in 0..3 {
+        assert_eq!(call(load2).await.0, 200);
+    }
+    assert_eq!(call(load2).await.0, 429);
+    for _ in 0..6 {
+        assert_eq!(call(batch).await.0, 200);
+    }
+    assert_eq!(call(batch).await.0, 429);
+    let (_, text) = weft_tests::admin_get(server.admin_addr, "GET", "/metrics").await;
+    assert_eq!(
+        weft_tests::metric(&text, "weft_inbound_rate_limited_total", &[]),
+        3.0
+    );
+}

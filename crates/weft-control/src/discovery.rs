@@ -34,6 +34,7 @@ use weft_api::{
 };
 use weft_core::config::MeshConfig;
 use weft_core::model::check_name;
+use weft_core::policy::ratelimit;
 use weft_core::policy::traffic::for_service;
 use weft_core::policy::{Decision, InboundPolicy as Policy};
 use weft_core::{
@@ -297,6 +298,7 @@ pub fn proxy_settings(
         Policy {
             default: Decision::Deny,
             allow: Vec::new(),
+            rate_limit: None,
         }
     } else {
         let none: [&weft_core::ServiceName; 0] = [];
@@ -307,7 +309,10 @@ pub fn proxy_settings(
         .map(|(port, (protocol, services))| ServerPolicy {
             port: u32::from(port),
             policy: Some(policy_to_wire(
-                &Policy::for_server(default, rules, &services),
+                &Policy {
+                    rate_limit: ratelimit::for_server(&cfg.rate_limit_rules, &services),
+                    ..Policy::for_server(default, rules, &services)
+                },
                 protocol,
             )),
         })

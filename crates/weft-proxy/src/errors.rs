@@ -107,6 +107,8 @@ pub struct HttpError {
     reason: String,
     /// Whether the request metrics of an endpoint already counted it.
     counted: bool,
+    /// When the caller may try again (a rate limit's `Retry-After`).
+    retry_after: Option<std::time::Duration>,
 }
 
 impl HttpError {
@@ -118,7 +120,14 @@ impl HttpError {
             retry,
             reason: reason.into(),
             counted: false,
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the caller to wait `after` before trying again.
+    pub fn retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 
     /// The mesh policy refuses the call.
@@ -236,6 +245,12 @@ pub fn respond(error: &HttpError, grpc: bool, trusted: bool) -> Response<Body> {
         && let Ok(v) = HeaderValue::from_str(reason)
     {
         rsp.headers_mut().insert(PROXY_ERROR, v);
+    }
+    if let Some(after) = error.retry_after {
+        // Whole seconds, rounded up: never sooner than the limit allows.
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        rsp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
     if !error.counted {
         rsp.extensions_mut().insert(Uncounted);

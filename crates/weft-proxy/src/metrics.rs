@@ -12,6 +12,7 @@
 //! - `weft_tcp_open_connections{direction, peer}`, `weft_tcp_connections_total`,
 //!   `weft_tcp_read_bytes_total`, `weft_tcp_write_bytes_total`
 //! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`,
+//!   `weft_inbound_rate_limited_total`,
 //!   `weft_inbound_policy_invalid_total`, `weft_outbound_refused_total{reason}`,
 //!   `weft_outbound_policy_invalid_total`
 //! - `weft_admin_connections_refused_total{listener, reason}` (`admin` or `probe`; `full` or
@@ -173,6 +174,8 @@ pub struct Metrics {
     pub tls_rejected: Family<RejectLabels, Counter>,
     /// Inbound connections or requests refused by authorization.
     pub authz_denied: Family<DenyLabels, Counter>,
+    /// Inbound requests refused by a server's rate limit.
+    pub inbound_rate_limited: Counter,
     /// Snapshots whose inbound policy could not be used (the proxy then denies every client).
     pub policy_invalid: Counter,
     /// Outbound connections refused before any destination was chosen.
@@ -277,6 +280,12 @@ impl Default for Metrics {
             "Inbound connections or requests refused by authorization policy",
             authz_denied.clone(),
         );
+        let inbound_rate_limited = Counter::default();
+        registry.register(
+            "weft_inbound_rate_limited",
+            "Inbound requests refused by a server's rate limit",
+            inbound_rate_limited.clone(),
+        );
         registry.register(
             "weft_inbound_policy_invalid",
             "Settings whose inbound policy could not be used; the clients it governs are denied",
@@ -314,6 +323,7 @@ impl Default for Metrics {
             tcp_write,
             tls_rejected,
             authz_denied,
+            inbound_rate_limited,
             policy_invalid,
             outbound_refused,
             outbound_policy_invalid,

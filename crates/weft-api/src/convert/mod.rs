@@ -8,6 +8,7 @@ pub mod route;
 
 use std::net::SocketAddr;
 
+use weft_core::policy::ratelimit::{LocalRateLimit as CoreRateLimit, Rate as CoreRate};
 use weft_core::policy::{Decision as CoreDecision, IdentityMatch, InboundPolicy as CorePolicy};
 use weft_core::{
     Endpoint as CoreEndpoint, EndpointState as CoreState, Identity, Protocol as CoreProtocol,
@@ -17,8 +18,8 @@ use weft_core::{
 use crate::v1::identity_pattern::{Account, AnyIdentity, Pattern, Unauthenticated};
 use crate::v1::resolve_request::Target as WireTarget;
 use crate::v1::{
-    Decision, Endpoint, EndpointState, IdentityPattern, InboundPolicy, Protocol, ResolveRequest,
-    ServiceTarget,
+    Decision, Endpoint, EndpointState, IdentityPattern, InboundPolicy, LocalRateLimit, Protocol,
+    Rate, RateOverride, ResolveRequest, ServiceTarget,
 };
 
 /// Why a policy from the control plane cannot be used.
@@ -39,6 +40,9 @@ pub enum PolicyError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The rate limit has no rate, a rate at or below zero, or no burst.
+    #[error("a rate limit this proxy cannot read")]
+    BadRateLimit,
 }
 
 /// Why an endpoint or a target from the network cannot be used.
@@ -103,6 +107,7 @@ pub fn policy_to_wire(p: &CorePolicy, protocol: CoreProtocol) -> InboundPolicy {
         default_decision: decision_to_wire(p.default) as i32,
         allow: p.allow.iter().map(pattern_to_wire).collect(),
         protocol: protocol_to_wire(protocol) as i32,
+        rate_limit: p.rate_limit.as_ref().map(rate_limit_to_wire),
     }
 }
 
@@ -238,30 +243,92 @@ pub fn policy_from_wire(p: &InboundPolicy) -> Result<CorePolicy, PolicyError> {
     };
     let mut allow = Vec::with_capacity(p.allow.len());
     for (index, entry) in p.allow.iter().enumerate() {
-        let bad = |reason: String| PolicyError::BadPattern { index, reason };
-        let m = match &entry.pattern {
-            None => return Err(PolicyError::EmptyPattern(index)),
-            Some(Pattern::Any(_)) => IdentityMatch::Any,
-            Some(Pattern::Unauthenticated(_)) => IdentityMatch::Unauthenticated,
-            Some(Pattern::Namespace(ns)) => {
-                weft_core::model::check_name(ns).map_err(|e| bad(e.to_string()))?;
-                IdentityMatch::Namespace(ns.clone())
-            }
-            Some(Pattern::Account(a)) => {
-                weft_core::model::check_name(&a.namespace).map_err(|e| bad(e.to_string()))?;
-                weft_core::model::check_name(&a.name).map_err(|e| bad(e.to_string()))?;
-                IdentityMatch::Account {
-                    namespace: a.namespace.clone(),
-                    name: a.name.clone(),
-                }
-            }
-            Some(Pattern::SpiffeId(id)) => weft_core::Identity::parse_spiffe(id)
-                .map(IdentityMatch::Exact)
-                .map_err(|e| bad(e.to_string()))?,
-        };
-        allow.push(m);
+        allow.push(pattern_from_wire(index, entry)?);
     }
-    Ok(CorePolicy { default, allow })
+    let rate_limit = p
+        .rate_limit
+        .as_ref()
+        .map(rate_limit_from_wire)
+        .transpose()?;
+    Ok(CorePolicy {
+        default,
+        allow,
+        rate_limit,
+    })
+}
+
+fn rate_from_wire(r: Option<&Rate>) -> Result<CoreRate, PolicyError> {
+    match r {
+        Some(r) if r.per_second > 0.0 && r.per_second.is_finite() && r.burst > 0 => Ok(CoreRate {
+            per_second: r.per_second,
+            burst: r.burst,
+        }),
+        _ => Err(PolicyError::BadRateLimit),
+    }
+}
+
+fn rate_limit_from_wire(l: &LocalRateLimit) -> Result<CoreRateLimit, PolicyError> {
+    let mut overrides = Vec::with_capacity(l.overrides.len());
+    for (index, o) in l.overrides.iter().enumerate() {
+        let clients = o.clients.as_ref().ok_or(PolicyError::BadRateLimit)?;
+        overrides.push((
+            pattern_from_wire(index, clients)?,
+            rate_from_wire(o.rate.as_ref())?,
+        ));
+    }
+    Ok(CoreRateLimit {
+        rate: rate_from_wire(l.rate.as_ref())?,
+        per_identity: l.per_identity,
+        overrides,
+    })
+}
+
+fn rate_to_wire(r: CoreRate) -> Rate {
+    Rate {
+        per_second: r.per_second,
+        burst: r.burst,
+    }
+}
+
+fn rate_limit_to_wire(l: &CoreRateLimit) -> LocalRateLimit {
+    LocalRateLimit {
+        rate: Some(rate_to_wire(l.rate)),
+        per_identity: l.per_identity,
+        overrides: l
+            .overrides
+            .iter()
+            .map(|(m, r)| RateOverride {
+                clients: Some(pattern_to_wire(m)),
+                rate: Some(rate_to_wire(*r)),
+            })
+            .collect(),
+    }
+}
+
+/// Reads one identity pattern (entry `index` of its list).
+fn pattern_from_wire(index: usize, entry: &IdentityPattern) -> Result<IdentityMatch, PolicyError> {
+    let bad = |reason: String| PolicyError::BadPattern { index, reason };
+    let m = match &entry.pattern {
+        None => return Err(PolicyError::EmptyPattern(index)),
+        Some(Pattern::Any(_)) => IdentityMatch::Any,
+        Some(Pattern::Unauthenticated(_)) => IdentityMatch::Unauthenticated,
+        Some(Pattern::Namespace(ns)) => {
+            weft_core::model::check_name(ns).map_err(|e| bad(e.to_string()))?;
+            IdentityMatch::Namespace(ns.clone())
+        }
+        Some(Pattern::Account(a)) => {
+            weft_core::model::check_name(&a.namespace).map_err(|e| bad(e.to_string()))?;
+            weft_core::model::check_name(&a.name).map_err(|e| bad(e.to_string()))?;
+            IdentityMatch::Account {
+                namespace: a.namespace.clone(),
+                name: a.name.clone(),
+            }
+        }
+        Some(Pattern::SpiffeId(id)) => weft_core::Identity::parse_spiffe(id)
+            .map(IdentityMatch::Exact)
+            .map_err(|e| bad(e.to_string()))?,
+    };
+    Ok(m)
 }
 
 #[cfg(test)]
@@ -273,6 +340,7 @@ mod tests {
             default_decision: default,
             allow,
             protocol: 0,
+            rate_limit: None,
         }
     }
 
@@ -287,9 +355,32 @@ mod tests {
                 "spiffe://weft.test/ns/demo/sa/load".parse().unwrap(),
                 "unauthenticated".parse().unwrap(),
             ],
+            rate_limit: Some(CoreRateLimit {
+                rate: CoreRate {
+                    per_second: 0.5,
+                    burst: 3,
+                },
+                per_identity: true,
+                overrides: vec![(
+                    "jobs/*".parse().unwrap(),
+                    CoreRate {
+                        per_second: 100.0,
+                        burst: 200,
+                    },
+                )],
+            }),
         };
         let back = policy_from_wire(&policy_to_wire(&core, CoreProtocol::Grpc)).unwrap();
         assert_eq!(back, core);
+        // A rate a proxy cannot use denies, like any unreadable policy.
+        let mut bad = policy_to_wire(&core, CoreProtocol::Grpc);
+        if let Some(l) = bad.rate_limit.as_mut() {
+            l.rate = Some(Rate {
+                per_second: -1.0,
+                burst: 1,
+            });
+        }
+        assert_eq!(policy_from_wire(&bad), Err(PolicyError::BadRateLimit));
         for default in [
             CoreDecision::Allow,
             CoreDecision::Deny,
@@ -298,6 +389,7 @@ mod tests {
             let core = CorePolicy {
                 default,
                 allow: Vec::new(),
+                rate_limit: None,
             };
             let back = policy_from_wire(&policy_to_wire(&core, CoreProtocol::Auto)).unwrap();
             assert_eq!(back, core);

@@ -830,6 +830,40 @@ policy:
         assert_ne!(cfg, same);
     }
 
+    /// Rate limits are checked with the key at fault; a good one defaults its burst to one
+    /// second's worth.
+    #[test]
+    fn rate_limits_are_checked_and_located() {
+        let limit = |rest: &str| {
+            format!("{GOOD}\n[[policy.rate_limits]]\nservice = \"api.demo\"\n{rest}\n")
+        };
+        for (entry, key) in [
+            (
+                "requests_per_second = 0.0",
+                "policy.rate_limits[0].requests_per_second",
+            ),
+            (
+                "requests_per_second = -1.0",
+                "policy.rate_limits[0].requests_per_second",
+            ),
+            (
+                "requests_per_second = 5.0\nburst = 0",
+                "policy.rate_limits[0].burst",
+            ),
+            (
+                "requests_per_second = 5.0\n[[policy.rate_limits.overrides]]\nclients = \"bad pattern\"\nrequests_per_second = 1.0",
+                "policy.rate_limits[0].overrides[0].clients",
+            ),
+        ] {
+            let e = err(&limit(entry));
+            assert_eq!(e.key.as_deref(), Some(key), "{entry}: {e}");
+            assert!(e.line.is_some(), "{e}");
+        }
+        let cfg = load_toml(&limit("requests_per_second = 2.5")).unwrap();
+        let limit = &cfg.rate_limit_rules[0].limit;
+        assert_eq!((limit.rate.per_second, limit.rate.burst), (2.5, 3));
+    }
+
     #[test]
     fn foreign_trust_domain_patterns_are_warned_about() {
         let text = format!(

@@ -37,6 +37,9 @@ pub struct MeshConfig {
     /// Authorization rules, parsed and checked from `policy.authorizations`.
     #[serde(skip)]
     pub authorization_rules: Vec<AuthorizationRule>,
+    /// Rate limits, parsed and checked from `policy.rate_limits`.
+    #[serde(skip)]
+    pub rate_limit_rules: Vec<crate::policy::ratelimit::RateLimitRule>,
     /// HTTP routes, checked and built from `routes.http`, in file order.
     #[serde(skip)]
     pub http_routes: Vec<Bound<HttpRoute>>,
@@ -159,7 +162,7 @@ pub struct ControlLimits {
 }
 
 /// `[policy]`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicySection {
     /// What a workload that no authorization names accepts from mesh clients.
@@ -168,6 +171,41 @@ pub struct PolicySection {
     /// `[[policy.authorizations]]`: per-service allow lists.
     #[serde(default)]
     pub authorizations: Vec<AuthorizationEntry>,
+    /// `[[policy.rate_limits]]`: per-service inbound rate limits.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitEntry>,
+}
+
+/// `[[policy.rate_limits]]`: the rate at which each server of a service admits requests.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitEntry {
+    /// The service, as `name.namespace` (or `name` in namespace `default`).
+    pub service: String,
+    /// Requests per second (fractions allowed).
+    pub requests_per_second: f64,
+    /// Requests at once (default: one second's worth, at least 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Whether each client identity has a bucket of its own (default: one for all).
+    #[serde(default)]
+    pub per_identity: bool,
+    /// Rates of their own for some clients, each with a bucket of its own.
+    #[serde(default)]
+    pub overrides: Vec<RateOverrideEntry>,
+}
+
+/// `[[policy.rate_limits.overrides]]`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateOverrideEntry {
+    /// The clients: `ns/*`, `ns/name`, a SPIFFE ID or `*`.
+    pub clients: String,
+    /// Requests per second.
+    pub requests_per_second: f64,
+    /// Requests at once.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// `[routes]`: the mesh file's routes, with the fields of Gateway API `HTTPRoute` and

@@ -6,6 +6,7 @@ use super::load::DataHome;
 use super::platforms::{Invalid, Ports};
 use super::schema::MeshConfig;
 use crate::model::{ServiceName, check_name};
+use crate::policy::ratelimit::{LocalRateLimit, Rate, RateLimitRule};
 use crate::policy::route::{RouteMeta, RouteSource};
 use crate::policy::route_spec::{Bound, RouteSpecError};
 use crate::policy::{AuthorizationRule, IdentityMatch};
@@ -67,8 +68,67 @@ pub(super) fn validate(
         rules.push(AuthorizationRule { service, from });
     }
     cfg.authorization_rules = rules;
+    cfg.rate_limit_rules = rate_limits(cfg)?;
     validate_routes(cfg)?;
     Ok(ports)
+}
+
+/// A rate from the file: above zero and finite, a burst of at least one (by default one
+/// second's worth).
+fn rate(key: &str, per_second: f64, burst: Option<u32>) -> Result<Rate, Invalid> {
+    if !(per_second > 0.0 && per_second.is_finite()) {
+        return Err((
+            format!("{key}.requests_per_second"),
+            format!("{per_second}: a number of requests above zero"),
+        ));
+    }
+    let burst = match burst {
+        Some(0) => return Err((format!("{key}.burst"), "at least 1".into())),
+        Some(b) => b,
+        // One second's worth: a whole number at least 1, and within u32 for any finite rate.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "clamped to 1..=u32::MAX first"
+        )]
+        None => per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32,
+    };
+    Ok(Rate { per_second, burst })
+}
+
+fn rate_limits(cfg: &MeshConfig) -> Result<Vec<RateLimitRule>, Invalid> {
+    let mut out = Vec::new();
+    for (i, entry) in cfg.policy.rate_limits.iter().enumerate() {
+        let key = format!("policy.rate_limits[{i}]");
+        let service = ServiceName::parse(&entry.service, "default")
+            .map_err(|e| (format!("{key}.service"), e.to_string()))?;
+        if out.iter().any(|r: &RateLimitRule| r.service == service) {
+            return Err((
+                format!("{key}.service"),
+                format!("{service} has a rate limit already"),
+            ));
+        }
+        let mut overrides = Vec::new();
+        for (j, o) in entry.overrides.iter().enumerate() {
+            let at = format!("{key}.overrides[{j}]");
+            let m: IdentityMatch =
+                o.clients
+                    .parse()
+                    .map_err(|e: crate::policy::authz::PatternError| {
+                        (format!("{at}.clients"), e.to_string())
+                    })?;
+            overrides.push((m, rate(&at, o.requests_per_second, o.burst)?));
+        }
+        out.push(RateLimitRule {
+            service,
+            limit: LocalRateLimit {
+                rate: rate(&key, entry.requests_per_second, entry.burst)?,
+                per_identity: entry.per_identity,
+                overrides,
+            },
+        });
+    }
+    Ok(out)
 }
 
 fn validate_ca(cfg: &MeshConfig) -> Result<(), Invalid> {

@@ -67,12 +67,14 @@ pub struct AuthorizationRule {
 }
 
 /// The inbound policy of one server (a workload's port), as the proxy enforces it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct InboundPolicy {
     /// What happens to a client that `allow` does not name.
     pub default: Decision,
     /// Identities allowed whatever `default` says.
     pub allow: Vec<IdentityMatch>,
+    /// The rate at which allowed clients' requests are admitted; none: no limit.
+    pub rate_limit: Option<super::ratelimit::LocalRateLimit>,
 }
 
 /// The error for an identity pattern that cannot be parsed.
@@ -156,6 +158,7 @@ impl InboundPolicy {
         let mut policy = Self {
             default: Decision::Deny,
             allow: Vec::new(),
+            rate_limit: None,
         };
         for service in services {
             any = true;

@@ -2,6 +2,7 @@
 
 pub mod authz;
 pub mod fault;
+pub mod ratelimit;
 pub mod resilience;
 pub mod route;
 pub mod route_spec;

@@ -116,6 +116,7 @@ fn deny_all() -> InboundPolicy {
     InboundPolicy {
         default: Decision::Deny,
         allow: Vec::new(),
+        rate_limit: None,
     }
 }
 
@@ -198,6 +199,7 @@ mod tests {
             default_decision: default,
             allow,
             protocol: 0,
+            rate_limit: None,
         }
     }
 

@@ -8,6 +8,7 @@
 use std::future::{Ready, ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::future::Either;
 use http::{Request, Response};
@@ -15,22 +16,42 @@ use weft_core::Identity;
 use weft_core::policy::Decision;
 
 use super::UNAUTHENTICATED;
+use super::ratelimit::RateLimits;
 use crate::errors::HttpError;
 use crate::http::{Body, BoxError};
 use crate::metrics::{DenyLabels, Metrics};
 use crate::runtime::SettingsWatch;
 
-/// The policies, and the counter of what they deny.
+/// The policies, the counter of what they deny, and the servers' rate-limit buckets.
 #[derive(Clone, Debug)]
 pub struct Authorizer {
     settings: SettingsWatch,
     metrics: Metrics,
+    limits: Arc<RateLimits>,
 }
 
 impl Authorizer {
     /// Decides by the policies in `settings`, counting denials in `metrics`.
     pub fn new(settings: SettingsWatch, metrics: Metrics) -> Self {
-        Self { settings, metrics }
+        let limits = Arc::new(RateLimits::new(metrics.inbound_rate_limited.clone()));
+        Self {
+            settings,
+            metrics,
+            limits,
+        }
+    }
+
+    /// Admits a request of `client` under the rate limit of the server on `port`, if it has
+    /// one, or says how long until it would be admitted.
+    pub fn rate_limit(&self, client: Option<&Identity>, port: u16) -> Result<(), Duration> {
+        let settings = self.settings.borrow();
+        match settings
+            .as_ref()
+            .and_then(|s| s.policy(port).rate_limit.as_ref())
+        {
+            None => Ok(()),
+            Some(limit) => self.limits.admit(port, limit, client),
+        }
     }
 
     /// What the policy of the server on `port` says of `client` (`None`: a client without a
@@ -136,6 +157,7 @@ mod tests {
             default: InboundPolicy {
                 default: Decision::Deny,
                 allow: vec![allowed.parse::<IdentityMatch>().unwrap()],
+                rate_limit: None,
             },
             ..ProxySettings::default()
         }))

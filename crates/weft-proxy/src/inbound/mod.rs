@@ -23,6 +23,7 @@
 
 pub mod app;
 pub mod authz;
+pub mod ratelimit;
 pub mod stack;
 pub mod tls;
 

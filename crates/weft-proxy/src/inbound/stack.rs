@@ -9,13 +9,16 @@
 //!    again, before anything looks at it.
 //! 3. [`Strip`]: hop-by-hop headers, from the request and from the response.
 //! 4. [`Authorize`]: the server's policy, again for each request.
-//! 5. [`Metered`]: the connection's request metrics (peer label: the client's identity).
-//! 6. [`App`]: the application's pool, or an upgrade's own connection.
+//! 5. [`Limit`]: the server's rate limit, after authorization so that a client it refuses
+//!    spends no tokens (429, `RESOURCE_EXHAUSTED`).
+//! 6. [`Metered`]: the connection's request metrics (peer label: the client's identity).
+//! 7. [`App`]: the application's pool, or an upgrade's own connection.
 
 use std::sync::Arc;
 
 use super::app::App;
 use super::authz::{Authorize, Caller};
+use super::ratelimit::Limit;
 use crate::errors::Respond;
 use crate::http::hop_by_hop::Strip;
 use crate::http::metered::Metered;
@@ -23,13 +26,14 @@ use crate::http::orig_proto::Downgrade;
 use crate::metrics::RequestMetrics;
 
 /// The stack an admitted connection serves its requests with.
-pub type Http = Respond<Downgrade<Strip<Authorize<Metered<App>>>>>;
+pub type Http = Respond<Downgrade<Strip<Authorize<Limit<Metered<App>>>>>>;
 
 /// Builds the stack for one connection of `caller`; `mesh_peer` says whether errors may
 /// carry their reasons.
 pub fn http(caller: Arc<Caller>, mesh_peer: bool, metrics: RequestMetrics, app: App) -> Http {
     let metered = Metered::new(app, metrics);
-    let authorize = Authorize::new(metered, caller);
+    let limit = Limit::new(metered, caller.clone());
+    let authorize = Authorize::new(limit, caller);
     let strip = Strip::new(authorize);
     let downgrade = Downgrade::new(strip);
     Respond::new(downgrade, mesh_peer)
