@@ -864,6 +864,39 @@ policy:
         assert_eq!((limit.rate.per_second, limit.rate.burst), (2.5, 3));
     }
 
+    /// Faults other settings make pointless are warned about, at their keys.
+    #[test]
+    fn pointless_faults_are_warned_about() {
+        let text = format!(
+            "{GOOD}\n[[routes.http]]\nname = \"web\"\nparent_refs = [{{ name = \"web\" }}]\n\
+             [[routes.http.rules]]\n\
+             fault = {{ delay = {{ fixed = \"2s\" }}, sources = [\"spiffe://other.test/ns/a/sa/b\"] }}\n\
+             timeouts = {{ request = \"1s\" }}\n\
+             [[routes.http.rules]]\n\
+             matches = [{{ path = {{ value = \"/x\" }} }}]\n\
+             fault = {{ abort = {{ http_status = 503, percent = 10 }}, delay = {{ fixed = \"1ms\", percent = 0 }} }}\n\
+             retry = {{ codes = [503], attempts = 3 }}\n"
+        );
+        let cfg = load_toml(&text).unwrap();
+        let keys: Vec<&str> = cfg.warnings.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "routes.http[0].rules[0].fault.delay.fixed",
+                "routes.http[0].rules[0].fault.sources[0]",
+                "routes.http[0].rules[1].fault.delay.percent",
+                "routes.http[0].rules[1].fault.abort",
+            ],
+            "{:?}",
+            cfg.warnings
+        );
+        assert!(
+            cfg.warnings.iter().all(|w| w.line.is_some()),
+            "{:?}",
+            cfg.warnings
+        );
+    }
+
     #[test]
     fn foreign_trust_domain_patterns_are_warned_about() {
         let text = format!(

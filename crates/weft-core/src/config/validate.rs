@@ -70,6 +70,7 @@ pub(super) fn validate(
     cfg.authorization_rules = rules;
     cfg.rate_limit_rules = rate_limits(cfg)?;
     validate_routes(cfg)?;
+    warn_pointless_faults(cfg, warnings);
     Ok(ports)
 }
 
@@ -129,6 +130,90 @@ fn rate_limits(cfg: &MeshConfig) -> Result<Vec<RateLimitRule>, Invalid> {
         });
     }
     Ok(out)
+}
+
+/// Warns of faults that other settings make pointless: a share of 0, a delay that the rule's
+/// own timeout always cuts before the backend is called, an abort its retries almost always
+/// mask, callers that cannot exist.
+fn warn_pointless_faults(cfg: &MeshConfig, warnings: &mut Vec<Invalid>) {
+    use crate::policy::fault::{AbortWith, FaultInjection, Share};
+    use crate::policy::route::{RetryPolicy, Timeouts};
+    let mut check = |key: String, f: &FaultInjection, t: &Timeouts, retry: Option<&RetryPolicy>| {
+        if let Some((d, share)) = f.delay {
+            if share == Share::default() {
+                warnings.push((format!("{key}.delay.percent"), "0: never injected".into()));
+            }
+            if let Some(limit) = t.first_attempt().filter(|l| *l <= d && share == Share::ALL) {
+                warnings.push((
+                    format!("{key}.delay.fixed"),
+                    format!(
+                        "every attempt waits {d:?}, and the rule's timeout ({limit:?}) ends it first: the backend is never called"
+                    ),
+                ));
+            }
+        }
+        if let Some((with, share)) = f.abort {
+            if share == Share::default() {
+                warnings.push((format!("{key}.abort.percent"), "0: never injected".into()));
+            }
+            let retried = retry.filter(|r| match with {
+                AbortWith::Http(s) => r.codes.contains(&s),
+                AbortWith::Grpc(c) => r.grpc_codes.contains(&c),
+            });
+            if let Some(r) = retried {
+                let p = f64::from(share.millionths()) / 1e6;
+                let seen = p.powi(
+                    i32::try_from(r.attempts)
+                        .unwrap_or(i32::MAX)
+                        .saturating_add(1),
+                );
+                if seen < 0.01 {
+                    warnings.push((
+                        format!("{key}.abort"),
+                        format!(
+                            "the rule retries this status {} times: a caller sees the abort only when every attempt is aborted ({:.4} % of calls)",
+                            r.attempts,
+                            seen * 100.0
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, m) in f.sources.iter().enumerate() {
+            if let crate::policy::IdentityMatch::Exact(id) = m
+                && id.trust_domain() != &cfg.mesh.trust_domain
+            {
+                warnings.push((
+                    format!("{key}.sources[{i}]"),
+                    format!("{id} is not in mesh.trust_domain: no caller can match it"),
+                ));
+            }
+        }
+    };
+    for (i, b) in cfg.http_routes.iter().enumerate() {
+        for (j, r) in b.route.rules.iter().enumerate() {
+            if let Some(f) = &r.fault {
+                check(
+                    format!("routes.http[{i}].rules[{j}].fault"),
+                    f,
+                    &r.timeouts,
+                    r.retry.as_ref(),
+                );
+            }
+        }
+    }
+    for (i, b) in cfg.grpc_routes.iter().enumerate() {
+        for (j, r) in b.route.rules.iter().enumerate() {
+            if let Some(f) = &r.fault {
+                check(
+                    format!("routes.grpc[{i}].rules[{j}].fault"),
+                    f,
+                    &r.timeouts,
+                    r.retry.as_ref(),
+                );
+            }
+        }
+    }
 }
 
 fn validate_ca(cfg: &MeshConfig) -> Result<(), Invalid> {
