@@ -517,7 +517,7 @@ pub async fn run_policy<H: PlatformHarness>(mut h: H) {
 /// adapter with routes for service `api` (a header rule and a path rule with a rewrite to
 /// `api-v2`, and a 50/50 split of the rest), proxies run beside `api-1` (service `api`),
 /// `api-2` (service `api-v2`) and a client `web`, and the client's requests go where the
-/// routes say.
+/// routes say; a request timeout cuts an injected delay, and retries mask injected aborts.
 pub async fn run_routes<H: PlatformHarness>(mut h: H) {
     crate::trace_init();
     let ns = h.namespace().to_string();
@@ -534,6 +534,15 @@ pub async fn run_routes<H: PlatformHarness>(mut h: H) {
          matches = [{{ path = {{ type = \"PathPrefix\", value = \"/v2\" }} }}]\n\
          filters = [{{ type = \"URLRewrite\", url_rewrite = {{ path = {{ type = \"ReplacePrefixMatch\", replace_prefix_match = \"/\" }} }} }}]\n\
          backend_refs = [{{ name = \"api-v2\" }}]\n\
+         [[routes.http.rules]]\n\
+         matches = [{{ path = {{ type = \"PathPrefix\", value = \"/slow\" }} }}]\n\
+         fault = {{ delay = {{ fixed = \"5s\" }} }}\n\
+         timeouts = {{ request = \"200ms\" }}\n\
+         [[routes.http.rules]]\n\
+         matches = [{{ path = {{ type = \"PathPrefix\", value = \"/flaky\" }} }}]\n\
+         fault = {{ abort = {{ http_status = 503, percent = 20 }} }}\n\
+         retry = {{ codes = [503], attempts = 9, backoff = \"1ms\" }}\n\
+         backend_refs = [{{ name = \"api\" }}]\n\
          [[routes.http.rules]]\n\
          backend_refs = [{{ name = \"api\", weight = 50 }}, {{ name = \"api-v2\", weight = 50 }}]\n",
         data = dir.path().join("data").display(),
@@ -624,4 +633,19 @@ pub async fn run_routes<H: PlatformHarness>(mut h: H) {
         "the split: {seen:?}"
     );
     assert!(seen.values().all(|n| *n >= 50), "50/50 over 200: {seen:?}");
+
+    // Resilience from the same file: a timeout cuts an injected delay; retries mask injected
+    // aborts (a fifth of the attempts; a call fails only if all ten are aborted: 1 in 10^7).
+    let status = async |path: &str| {
+        let req = http::Request::get(format!("http://{up}{path}")).header("host", "api.test");
+        let rsp = client
+            .request(req.body(http_body_util::Empty::new()).unwrap())
+            .await
+            .unwrap();
+        rsp.status().as_u16()
+    };
+    assert_eq!(status("/slow").await, 504, "the timeout cut the delay");
+    for _ in 0..50 {
+        assert_eq!(status("/flaky").await, 200, "the retries masked the aborts");
+    }
 }

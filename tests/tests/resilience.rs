@@ -333,7 +333,8 @@ async fn retries_stop_when_the_budget_is_spent() {
 
 /// Service `web` (an echo backend) with injected faults: under `/abort`, 503 for half the
 /// attempts of callers in `test/load` only; under `/masked`, 503 for a tenth of the attempts,
-/// which up to five retries mask; under `/slow`, a 5 s delay that a 200 ms timeout cuts.
+/// which up to eight retries mask (a call fails 1 in 10^9); under `/slow`, a 5 s delay that
+/// a 200 ms timeout cuts.
 const FAULT_ROUTES: &str = r#"
 [policy]
 default_inbound = "allow"
@@ -352,7 +353,7 @@ fault = { abort = { http_status = 503, percent = 50 }, sources = ["test/load"] }
 name = "masked"
 matches = [{ path = { type = "PathPrefix", value = "/masked" } }]
 fault = { abort = { http_status = 503, percent = 10 } }
-retry = { codes = [503], attempts = 5, backoff = "1ms" }
+retry = { codes = [503], attempts = 8, backoff = "1ms" }
 
 [[routes.http.rules]]
 name = "slow"
