@@ -559,7 +559,7 @@ async fn a_rule_over_its_concurrency_limit_refuses_at_once() {
 }
 
 /// `web` admits `load`, `load2` and `batch` (not `intruder`) at one request a minute with a
-/// burst of 3, per identity; `batch` has a burst of 6 of its own.
+/// burst of 3, in one bucket for all; `batch` has a bucket of its own, with a burst of 6.
 const RATE_POLICY: &str = r#"
 [policy]
 default_inbound = "deny"
@@ -572,7 +572,6 @@ allow = ["test/load", "test/load2", "test/batch"]
 service = "web.test"
 requests_per_second = 0.0166
 burst = 3
-per_identity = true
 
 [[policy.rate_limits.overrides]]
 clients = "test/batch"
@@ -580,10 +579,11 @@ requests_per_second = 0.0166
 burst = 6
 "#;
 
-/// A server's rate limit: a burst, then 429 with `Retry-After`; a bucket per identity, an
-/// override's own; and a client that authorization refuses spends no tokens.
+/// A server's rate limit: a burst, then 429 with `Retry-After`, in one bucket that clients on
+/// different connections share; an override's bucket of its own; and a client that
+/// authorization refuses spends no tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inbound_rate_limits_hold_per_identity_after_authorization() {
+async fn inbound_rate_limits_are_the_servers_and_apply_after_authorization() {
     let app = backends::http_echo("web").await;
     let web = WorkloadDecl::serving("web", "web");
     let names = ["load", "load2", "batch", "intruder"];
@@ -596,10 +596,11 @@ async fn inbound_rate_limits_hold_per_identity_after_authorization() {
     for c in &clients {
         proxies.push(mesh.proxy(c, None, &["web"]).await);
     }
-    let http = weft_tests::http_client();
+    // A new client, and so a new connection, for every call: buckets are the server's, not a
+    // connection's.
     let call = async |i: usize| {
         let up = upstream(&proxies[i], "web");
-        let rsp = http
+        let rsp = weft_tests::http_client()
             .request(
                 Request::get(format!("http://{up}/"))
                     .header("host", "web.test")
@@ -620,17 +621,17 @@ async fn inbound_rate_limits_hold_per_identity_after_authorization() {
     for _ in 0..5 {
         assert_eq!(call(intruder).await.0, 403);
     }
-    for _ in 0..3 {
-        assert_eq!(call(load).await, (200, None));
+    // Two calls of load and one of load2, each through its own proxy and connection, spend
+    // the shared burst.
+    for i in [load, load2, load] {
+        assert_eq!(call(i).await, (200, None));
     }
-    let (status, after) = call(load).await;
-    assert_eq!(status, 429);
-    assert!(after.is_some_and(|s| s >= 50), "{after:?}");
-    // Another identity has a bucket of its own; the override's is larger.
-    for _ in 0..3 {
-        assert_eq!(call(load2).await.0, 200);
+    for i in [load, load2] {
+        let (status, after) = call(i).await;
+        assert_eq!(status, 429);
+        assert!(after.is_some_and(|s| s >= 50), "{after:?}");
     }
-    assert_eq!(call(load2).await.0, 429);
+    // The override's bucket is its own, and larger.
     for _ in 0..6 {
         assert_eq!(call(batch).await.0, 200);
     }

@@ -105,6 +105,9 @@ impl Proxy {
             settings,
             destinations: outbound::destination::Destinations::new(config.max_destinations),
             control: Default::default(),
+            rate_limits: Arc::new(inbound::ratelimit::RateLimits::new(
+                metrics.inbound_rate_limited.clone(),
+            )),
             metrics,
             drain: runtime::Drain::default(),
             renew: tokio::sync::Notify::new(),

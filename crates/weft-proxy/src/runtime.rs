@@ -71,4 +71,6 @@ pub struct Runtime {
     pub drain: Drain,
     /// Wakes the identity loop to renew the certificate now.
     pub renew: tokio::sync::Notify,
+    /// The inbound servers' rate-limit buckets, shared by every connection.
+    pub rate_limits: Arc<crate::inbound::ratelimit::RateLimits>,
 }

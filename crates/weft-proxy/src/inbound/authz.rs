@@ -31,9 +31,9 @@ pub struct Authorizer {
 }
 
 impl Authorizer {
-    /// Decides by the policies in `settings`, counting denials in `metrics`.
-    pub fn new(settings: SettingsWatch, metrics: Metrics) -> Self {
-        let limits = Arc::new(RateLimits::new(metrics.inbound_rate_limited.clone()));
+    /// Decides by the policies in `settings`, counting denials in `metrics`, with the
+    /// proxy's rate-limit buckets `limits`.
+    pub fn new(settings: SettingsWatch, metrics: Metrics, limits: Arc<RateLimits>) -> Self {
         Self {
             settings,
             metrics,
@@ -169,7 +169,7 @@ mod tests {
         id: &str,
     ) -> Arc<Caller> {
         Arc::new(Caller {
-            authorizer: Authorizer::new(settings.subscribe(), metrics.clone()),
+            authorizer: Authorizer::new(settings.subscribe(), metrics.clone(), Arc::default()),
             client: Some(Arc::new(id.parse().unwrap())),
             server_port: 8080,
         })

@@ -258,7 +258,11 @@ impl Inbound {
     /// clients; what it speaks is then detected as on the outbound side.
     async fn outsider(self, mut tcp: TcpStream, first: BytesMut, opener: Opener) {
         // Counted once, as a refused handshake, not also as an authorization denial.
-        let authorizer = Authorizer::new(self.shared.settings.clone(), self.shared.metrics.clone());
+        let authorizer = Authorizer::new(
+            self.shared.settings.clone(),
+            self.shared.metrics.clone(),
+            self.shared.rate_limits.clone(),
+        );
         if authorizer.decide(None, self.server_port) != Decision::Allow {
             let (reason, detail) = match opener {
                 Opener::OtherTls => (
@@ -308,7 +312,11 @@ impl Inbound {
         // not admit is closed before it can send a byte to the application or hold an HTTP
         // connection open. HTTP requests are checked again one by one, so a policy edit
         // applies to connections already open.
-        let authorizer = Authorizer::new(shared.settings.clone(), shared.metrics.clone());
+        let authorizer = Authorizer::new(
+            shared.settings.clone(),
+            shared.metrics.clone(),
+            shared.rate_limits.clone(),
+        );
         if authorizer.authorize(client.as_deref(), server_port) != Decision::Allow {
             return;
         }
