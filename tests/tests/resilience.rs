@@ -642,3 +642,35 @@ async fn inbound_rate_limits_are_the_servers_and_apply_after_authorization() {
         3.0
     );
 }
+
+/// A server under `audit` admits what `allow` would, and counts (and logs) each client a
+/// `deny` would have refused, so a tightening can be tried without refusing anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_admits_and_counts_what_a_deny_would_refuse() {
+    let app = backends::http_echo("web").await;
+    let web = WorkloadDecl::serving("web", "web");
+    let load = WorkloadDecl::client("load");
+    let other = WorkloadDecl::client("other");
+    let policy = "[policy]\ndefault_inbound = \"audit\"\n\n[[policy.authorizations]]\n\
+                  service = \"web.test\"\nallow = [\"test/load\"]\n";
+    let mesh = TestMesh::start(&[web.clone(), load.clone(), other.clone()], policy).await;
+    let server = mesh.proxy(&web, Some(app.port()), &[]).await;
+    let load = mesh.proxy(&load, None, &["web"]).await;
+    let other = mesh.proxy(&other, None, &["web"]).await;
+    let http = weft_tests::http_client();
+    for p in [&load, &other] {
+        let (status, backend, _) = weft_tests::get_through(&http, upstream(p, "web"), "/").await;
+        assert_eq!((status, backend.as_str()), (StatusCode::OK, "web"));
+    }
+    let (_, text) = weft_tests::admin_get(server.admin_addr, "GET", "/metrics").await;
+    let audited = |who: &str| {
+        let label = format!("client=\"spiffe://weft.test/ns/test/sa/{who}\"");
+        weft_tests::metric(&text, "weft_inbound_authz_audited_total", &[&label])
+    };
+    assert!(audited("other") >= 1.0, "{text}");
+    assert_eq!(audited("load"), 0.0, "named: plainly allowed");
+    assert_eq!(
+        weft_tests::metric(&text, "weft_inbound_authz_denied_total", &[]),
+        0.0
+    );
+}

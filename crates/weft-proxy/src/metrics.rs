@@ -12,7 +12,7 @@
 //! - `weft_tcp_open_connections{direction, peer}`, `weft_tcp_connections_total`,
 //!   `weft_tcp_read_bytes_total`, `weft_tcp_write_bytes_total`
 //! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`,
-//!   `weft_inbound_rate_limited_total`,
+//!   `weft_inbound_authz_audited_total{client}`, `weft_inbound_rate_limited_total`,
 //!   `weft_inbound_policy_invalid_total`, `weft_outbound_refused_total{reason}`,
 //!   `weft_outbound_policy_invalid_total`
 //! - `weft_admin_connections_refused_total{listener, reason}` (`admin` or `probe`; `full` or
@@ -176,6 +176,9 @@ pub struct Metrics {
     pub authz_denied: Family<DenyLabels, Counter>,
     /// Inbound requests refused by a server's rate limit.
     pub inbound_rate_limited: Counter,
+    /// Inbound connections or requests let through by an `audit` policy that a deny would
+    /// have refused.
+    pub authz_audited: Family<DenyLabels, Counter>,
     /// Snapshots whose inbound policy could not be used (the proxy then denies every client).
     pub policy_invalid: Counter,
     /// Outbound connections refused before any destination was chosen.
@@ -280,6 +283,12 @@ impl Default for Metrics {
             "Inbound connections or requests refused by authorization policy",
             authz_denied.clone(),
         );
+        let authz_audited = Family::<DenyLabels, Counter>::default();
+        registry.register(
+            "weft_inbound_authz_audited",
+            "Inbound connections or requests an audit policy let through that a deny would refuse",
+            authz_audited.clone(),
+        );
         let inbound_rate_limited = Counter::default();
         registry.register(
             "weft_inbound_rate_limited",
@@ -324,6 +333,7 @@ impl Default for Metrics {
             tls_rejected,
             authz_denied,
             inbound_rate_limited,
+            authz_audited,
             policy_invalid,
             outbound_refused,
             outbound_policy_invalid,

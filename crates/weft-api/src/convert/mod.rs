@@ -70,6 +70,7 @@ pub fn decision_to_wire(d: CoreDecision) -> Decision {
         CoreDecision::Allow => Decision::Allow,
         CoreDecision::Deny => Decision::Deny,
         CoreDecision::AllowUnauthenticated => Decision::AllowUnauthenticated,
+        CoreDecision::Audit => Decision::Audit,
     }
 }
 
@@ -237,6 +238,7 @@ pub fn policy_from_wire(p: &InboundPolicy) -> Result<CorePolicy, PolicyError> {
         Ok(Decision::Allow) => CoreDecision::Allow,
         Ok(Decision::Deny) => CoreDecision::Deny,
         Ok(Decision::AllowUnauthenticated) => CoreDecision::AllowUnauthenticated,
+        Ok(Decision::Audit) => CoreDecision::Audit,
         Ok(Decision::Unspecified) | Err(_) => {
             return Err(PolicyError::UnknownDefault(p.default_decision));
         }
@@ -385,6 +387,7 @@ mod tests {
             CoreDecision::Allow,
             CoreDecision::Deny,
             CoreDecision::AllowUnauthenticated,
+            CoreDecision::Audit,
         ] {
             let core = CorePolicy {
                 default,
@@ -398,7 +401,7 @@ mod tests {
 
     #[test]
     fn unknown_default_is_refused() {
-        for d in [0, 4, 77, -1] {
+        for d in [0, 5, 77, -1] {
             assert_eq!(
                 policy_from_wire(&wire(d, vec![])),
                 Err(PolicyError::UnknownDefault(d))

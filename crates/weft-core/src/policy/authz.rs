@@ -10,8 +10,10 @@ use crate::model::{Identity, ServiceName, check_name};
 /// An authorization outcome, and what a server admits by default.
 ///
 /// As a default, `allow` admits every client with a mesh identity and
-/// `allow-unauthenticated` also admits clients outside the mesh (plaintext); as an outcome
-/// only `allow` and `deny` occur.
+/// `allow-unauthenticated` also admits clients outside the mesh (plaintext); `audit` admits
+/// what `allow` admits, but the clients a `deny` would refuse come out as `audit`, to be
+/// logged and counted: a tightening can be tried without refusing anyone. As an outcome only
+/// `allow`, `deny` and `audit` (admitted) occur.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
@@ -23,16 +25,25 @@ pub enum Decision {
     /// As a default: any client, with or without a mesh identity.
     #[serde(rename = "allow-unauthenticated")]
     AllowUnauthenticated,
+    /// As a default: what `allow` admits, noting those a `deny` would refuse. As an outcome:
+    /// admitted, where `deny` would have refused.
+    Audit,
 }
 
 impl Decision {
-    /// How much a default admits: deny < allow < allow-unauthenticated.
+    /// How much a default admits: deny < audit < allow < allow-unauthenticated.
     fn rank(self) -> u8 {
         match self {
             Decision::Deny => 0,
-            Decision::Allow => 1,
-            Decision::AllowUnauthenticated => 2,
+            Decision::Audit => 1,
+            Decision::Allow => 2,
+            Decision::AllowUnauthenticated => 3,
         }
+    }
+
+    /// Whether the client is let through (`allow`, or `audit`).
+    pub fn admits(self) -> bool {
+        self != Decision::Deny
     }
 }
 
@@ -155,8 +166,14 @@ impl InboundPolicy {
         services: impl IntoIterator<Item = &'a ServiceName>,
     ) -> Self {
         let mut any = false;
+        // Under audit, what a rule's allow list does not name is audited, not refused.
+        let floor = if default == Decision::Audit {
+            Decision::Audit
+        } else {
+            Decision::Deny
+        };
         let mut policy = Self {
-            default: Decision::Deny,
+            default: floor,
             allow: Vec::new(),
             rate_limit: None,
         };
@@ -194,10 +211,11 @@ impl InboundPolicy {
 
     /// Decides on a client that proved `client` over mutual TLS.
     pub fn authorize(&self, client: &Identity) -> Decision {
-        if self.default != Decision::Deny || self.allow.iter().any(|m| m.matches(client)) {
-            Decision::Allow
-        } else {
-            Decision::Deny
+        let named = || self.allow.iter().any(|m| m.matches(client));
+        match self.default {
+            Decision::Deny if !named() => Decision::Deny,
+            Decision::Audit if !named() => Decision::Audit,
+            _ => Decision::Allow,
         }
     }
 
@@ -220,6 +238,32 @@ mod tests {
 
     fn id(ns: &str, name: &str) -> Identity {
         Identity::new(TrustDomain::new("weft.test").unwrap(), ns, name).unwrap()
+    }
+
+    /// Audit admits what allow admits, and names those deny would refuse; plaintext clients
+    /// stay out as under allow.
+    #[test]
+    fn audit_admits_and_names_what_deny_would_refuse() {
+        let p = InboundPolicy {
+            default: Decision::Audit,
+            allow: vec!["shop/*".parse().unwrap()],
+            rate_limit: None,
+        };
+        assert_eq!(p.authorize(&id("shop", "web")), Decision::Allow);
+        assert_eq!(p.authorize(&id("jobs", "batch")), Decision::Audit);
+        assert!(Decision::Audit.admits() && !Decision::Deny.admits());
+        assert_eq!(p.authorize_unauthenticated(), Decision::Deny);
+        let d: Decision = serde_json::from_value(serde_json::json!("audit")).unwrap();
+        assert_eq!(d, Decision::Audit);
+        // As the mesh's default, a service a rule names audits the rest of the clients.
+        let web = ServiceName::new("shop", "web").unwrap();
+        let rules = [AuthorizationRule {
+            service: web.clone(),
+            from: vec!["shop/*".parse().unwrap()],
+        }];
+        let p = InboundPolicy::for_service(Decision::Audit, &rules, &web);
+        assert_eq!(p.authorize(&id("jobs", "batch")), Decision::Audit);
+        assert_eq!(p.authorize(&id("shop", "api")), Decision::Allow);
     }
 
     #[test]

@@ -65,17 +65,22 @@ impl Authorizer {
         }
     }
 
-    /// Applies the policy of the server on `port` to `client`, counting a denial.
+    /// Applies the policy of the server on `port` to `client`, counting a denial, and under
+    /// `audit` a client a denial would have refused (it is let through).
     pub fn authorize(&self, client: Option<&Identity>, port: u16) -> Decision {
         let decision = self.decide(client, port);
+        let family = match decision {
+            Decision::Deny => &self.metrics.authz_denied,
+            Decision::Audit => &self.metrics.authz_audited,
+            Decision::Allow | Decision::AllowUnauthenticated => return decision,
+        };
+        let who = client.map_or_else(|| UNAUTHENTICATED.to_string(), Identity::spiffe_id);
         if decision == Decision::Deny {
-            let who = client.map_or_else(|| UNAUTHENTICATED.to_string(), Identity::spiffe_id);
             tracing::info!(client = %who, port, "inbound denied by policy");
-            self.metrics
-                .authz_denied
-                .get_or_create(&DenyLabels { client: who })
-                .inc();
+        } else {
+            tracing::info!(client = %who, port, "inbound audit: a deny would refuse this client");
         }
+        family.get_or_create(&DenyLabels { client: who }).inc();
         decision
     }
 }
@@ -119,7 +124,11 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let c = &self.caller;
-        if c.authorizer.authorize(c.client.as_deref(), c.server_port) == Decision::Deny {
+        if !c
+            .authorizer
+            .authorize(c.client.as_deref(), c.server_port)
+            .admits()
+        {
             let who = c.client.as_deref().map_or_else(
                 || "a client without a mesh identity".to_string(),
                 |c| c.to_string(),

@@ -38,7 +38,6 @@ use tokio_rustls::TlsAcceptor;
 use weft_ca::tls::peer_identity;
 use weft_ca::{ALPN_MESH_H2, ALPN_MESH_HTTP1};
 use weft_core::Identity;
-use weft_core::policy::Decision;
 
 use crate::Runtime;
 use crate::detect::{Detected, Opener, detect_from, sniff_opener};
@@ -263,7 +262,7 @@ impl Inbound {
             self.shared.metrics.clone(),
             self.shared.rate_limits.clone(),
         );
-        if authorizer.decide(None, self.server_port) != Decision::Allow {
+        if !authorizer.decide(None, self.server_port).admits() {
             let (reason, detail) = match opener {
                 Opener::OtherTls => (
                     "not_mesh_tls",
@@ -317,7 +316,10 @@ impl Inbound {
             shared.metrics.clone(),
             shared.rate_limits.clone(),
         );
-        if authorizer.authorize(client.as_deref(), server_port) != Decision::Allow {
+        if !authorizer
+            .authorize(client.as_deref(), server_port)
+            .admits()
+        {
             return;
         }
         if version == Detected::Opaque {
