@@ -517,7 +517,8 @@ pub async fn run_policy<H: PlatformHarness>(mut h: H) {
 /// adapter with routes for service `api` (a header rule and a path rule with a rewrite to
 /// `api-v2`, and a 50/50 split of the rest), proxies run beside `api-1` (service `api`),
 /// `api-2` (service `api-v2`) and a client `web`, and the client's requests go where the
-/// routes say; a request timeout cuts an injected delay, and retries mask injected aborts.
+/// routes say; a request timeout cuts an injected delay, retries mask injected aborts, and
+/// gRPC calls go by method.
 pub async fn run_routes<H: PlatformHarness>(mut h: H) {
     crate::trace_init();
     let ns = h.namespace().to_string();
@@ -544,7 +545,11 @@ pub async fn run_routes<H: PlatformHarness>(mut h: H) {
          retry = {{ codes = [503], attempts = 9, backoff = \"1ms\" }}\n\
          backend_refs = [{{ name = \"api\" }}]\n\
          [[routes.http.rules]]\n\
-         backend_refs = [{{ name = \"api\", weight = 50 }}, {{ name = \"api-v2\", weight = 50 }}]\n",
+         backend_refs = [{{ name = \"api\", weight = 50 }}, {{ name = \"api-v2\", weight = 50 }}]\n\
+         [[routes.grpc]]\nname = \"api-grpc\"\nnamespace = \"{ns}\"\nparent_refs = [{{ name = \"api\" }}]\n\
+         [[routes.grpc.rules]]\n\
+         matches = [{{ method = {{ service = \"pkg.Users\", method = \"Get\" }} }}]\n\
+         backend_refs = [{{ name = \"api-v2\" }}]\n",
         data = dir.path().join("data").display(),
     );
     let config = weft_core::config::Loader::new()
@@ -648,4 +653,33 @@ pub async fn run_routes<H: PlatformHarness>(mut h: H) {
     for _ in 0..50 {
         assert_eq!(status("/flaky").await, 200, "the retries masked the aborts");
     }
+
+    // gRPC calls (HTTP/2, application/grpc) go by method: Get to api-v2, and a method no
+    // rule names is UNIMPLEMENTED.
+    let tcp = tokio::net::TcpStream::connect(up).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut call = async |method: &str| {
+        let req = http::Request::post(format!("http://api.test/pkg.Users/{method}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        h2.ready().await.unwrap();
+        let rsp = h2.send_request(req).await.unwrap();
+        let header = |name: &str| {
+            rsp.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        (header("x-backend"), header("grpc-status"))
+    };
+    assert_eq!(call("Get").await.0, "api-v2", "the gRPC method rule");
+    assert_eq!(call("List").await, (String::new(), "12".to_string()));
 }
