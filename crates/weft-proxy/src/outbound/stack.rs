@@ -8,16 +8,20 @@
 //!    gRPC callers), with the reason for the application, which is trusted.
 //! 3. [`Strip`]: hop-by-hop headers, from the request and from the response.
 //! 4. [`Gate`]: the destination gate (denied, not in the mesh, no ready endpoint).
-//! 5. [`Route`]: the destination's routes ([`super::router`]): a redirect, filters, and the
-//!    backend drawn by weight; without routes, the destination itself.
+//! 5. [`Route`]: the destination's routes ([`super::router`]): a redirect, filters, then per
+//!    matched rule its concurrency limit ([`crate::http::limit`]), the call's deadline
+//!    ([`crate::http::timeout`]) and retries ([`crate::http::retry`]), and per attempt the
+//!    injected faults ([`crate::http::fault`]) and the backend drawn by weight; without
+//!    routes, the destination itself (within a gRPC caller's deadline).
 //!
 //! Per destination, or per backend (shared by every connection to it):
 //! 6. the balancer ([`super::balance`]): [`super::failfast::FailFast`], then P2C over
 //!    peak-EWMA latency across the endpoints.
 //!
 //! Per endpoint ([`super::endpoint`]):
-//! 7. [`crate::http::metered::Metered`]: the endpoint's request metrics;
-//! 8. the client: upgrades on a connection of their own; meshed endpoints
+//! 7. [`super::breaker::Breaker`]: failure accrual (ejection after consecutive failures);
+//! 8. [`crate::http::metered::Metered`]: the endpoint's request metrics;
+//! 9. the client: upgrades on a connection of their own; meshed endpoints
 //!    [`crate::http::orig_proto::Upgrade`] then HTTP/2 over mutual TLS; others a plaintext pool.
 
 use std::sync::Arc;
