@@ -21,14 +21,6 @@ use weft_tests::{TestMesh, WAIT, WorkloadDecl, backends, upstream};
 /// the echo backend within 1 s; gRPC calls to `pkg.Held` rewritten to `/held`, with no
 /// timeout of their own; everything else without a timeout.
 const ROUTES: &str = r#"
-[policy]
-default_inbound = "allow"
-
-[[routes.http]]
-name = "web"
-namespace = "test"
-parent_refs = [{ name = "web" }]
-
 [[routes.http.rules]]
 matches = [{ path = { type = "Exact", value = "/held" } }]
 timeouts = { request = "300ms" }
@@ -51,6 +43,15 @@ timeouts = { request = "1s" }
 backend_refs = [{ name = "web" }]
 "#;
 
+/// A mesh file that admits every mesh client and gives service `service` (namespace `test`)
+/// one HTTP route, named after it, with `rules` (`[[routes.http.rules]]` tables).
+fn routes_of(service: &str, rules: &str) -> String {
+    format!(
+        "[policy]\ndefault_inbound = \"allow\"\n\n[[routes.http]]\nname = \"{service}\"\n\
+         namespace = \"test\"\nparent_refs = [{{ name = \"{service}\" }}]\n{rules}"
+    )
+}
+
 struct Lab {
     _mesh: TestMesh,
     client: weft_proxy::Proxy,
@@ -63,7 +64,11 @@ async fn lab() -> Lab {
     let web = WorkloadDecl::serving("web", "web");
     let echo_decl = WorkloadDecl::serving("echo", "echo");
     let load = WorkloadDecl::client("load");
-    let mesh = TestMesh::start(&[web.clone(), echo_decl.clone(), load.clone()], ROUTES).await;
+    let mesh = TestMesh::start(
+        &[web.clone(), echo_decl.clone(), load.clone()],
+        &routes_of("web", ROUTES),
+    )
+    .await;
     let s1 = mesh.proxy(&web, Some(held.port()), &[]).await;
     let s2 = mesh.proxy(&echo_decl, Some(echo.port()), &[]).await;
     let client = mesh.proxy(&load, None, &["web"]).await;
@@ -200,14 +205,6 @@ async fn grpc_deadlines_are_honoured_and_passed_on_reduced() {
 /// Service `flaky` answers 503 (or 429) to the first two requests for each path and query.
 /// Its route retries those twice, or once under `/once`, with a 1 ms backoff.
 const FLAKY_ROUTES: &str = r#"
-[policy]
-default_inbound = "allow"
-
-[[routes.http]]
-name = "flaky"
-namespace = "test"
-parent_refs = [{ name = "flaky" }]
-
 [[routes.http.rules]]
 name = "once"
 matches = [{ path = { type = "PathPrefix", value = "/once" } }]
@@ -229,7 +226,11 @@ async fn flaky(status: u16) -> Flaky {
     let (app, tally) = backends::http_echo_failing("flaky", 2, status).await;
     let flaky = WorkloadDecl::serving("flaky", "flaky");
     let load = WorkloadDecl::client("load");
-    let mesh = TestMesh::start(&[flaky.clone(), load.clone()], FLAKY_ROUTES).await;
+    let mesh = TestMesh::start(
+        &[flaky.clone(), load.clone()],
+        &routes_of("flaky", FLAKY_ROUTES),
+    )
+    .await;
     let server = mesh.proxy(&flaky, Some(app.port()), &[]).await;
     let client = mesh.proxy(&load, None, &["flaky"]).await;
     Flaky {
@@ -336,14 +337,6 @@ async fn retries_stop_when_the_budget_is_spent() {
 /// which up to eight retries mask (a call fails 1 in 10^9); under `/slow`, a 5 s delay that
 /// a 200 ms timeout cuts.
 const FAULT_ROUTES: &str = r#"
-[policy]
-default_inbound = "allow"
-
-[[routes.http]]
-name = "web"
-namespace = "test"
-parent_refs = [{ name = "web" }]
-
 [[routes.http.rules]]
 name = "abort"
 matches = [{ path = { type = "PathPrefix", value = "/abort" } }]
@@ -370,7 +363,11 @@ async fn faults_hit_the_named_callers_at_their_share_inside_retries_and_timeouts
     let web = WorkloadDecl::serving("web", "web");
     let load = WorkloadDecl::client("load");
     let other = WorkloadDecl::client("other");
-    let mesh = TestMesh::start(&[web.clone(), load.clone(), other.clone()], FAULT_ROUTES).await;
+    let mesh = TestMesh::start(
+        &[web.clone(), load.clone(), other.clone()],
+        &routes_of("web", FAULT_ROUTES),
+    )
+    .await;
     let _server = mesh.proxy(&web, Some(app.port()), &[]).await;
     let load = mesh.proxy(&load, None, &["web"]).await;
     let other = mesh.proxy(&other, None, &["web"]).await;
@@ -423,14 +420,6 @@ async fn faults_hit_the_named_callers_at_their_share_inside_retries_and_timeouts
 
 /// `web` splits evenly with `web-v2`, whose one endpoint answers every request with 503.
 const SPLIT_ROUTES: &str = r#"
-[policy]
-default_inbound = "allow"
-
-[[routes.http]]
-name = "web"
-namespace = "test"
-parent_refs = [{ name = "web" }]
-
 [[routes.http.rules]]
 backend_refs = [{ name = "web", weight = 50 }, { name = "web-v2", weight = 50 }]
 "#;
@@ -444,7 +433,11 @@ async fn a_split_backend_whose_endpoints_are_all_ejected_loses_its_share() {
     let web = WorkloadDecl::serving("web", "web");
     let web_v2 = WorkloadDecl::serving("web-v2", "web-v2");
     let load = WorkloadDecl::client("load");
-    let mesh = TestMesh::start(&[web.clone(), web_v2.clone(), load.clone()], SPLIT_ROUTES).await;
+    let mesh = TestMesh::start(
+        &[web.clone(), web_v2.clone(), load.clone()],
+        &routes_of("web", SPLIT_ROUTES),
+    )
+    .await;
     let _s1 = mesh.proxy(&web, Some(v1.port()), &[]).await;
     let _s2 = mesh.proxy(&web_v2, Some(v2.port()), &[]).await;
     let client = mesh.proxy(&load, None, &["web"]).await;
@@ -479,14 +472,6 @@ async fn a_split_backend_whose_endpoints_are_all_ejected_loses_its_share() {
 /// `/held` (which the backend answers only when the test lets it) takes at most two calls
 /// in flight and none waiting.
 const LIMIT_ROUTES: &str = r#"
-[policy]
-default_inbound = "allow"
-
-[[routes.http]]
-name = "web"
-namespace = "test"
-parent_refs = [{ name = "web" }]
-
 [[routes.http.rules]]
 name = "held"
 matches = [{ path = { type = "Exact", value = "/held" } }]
@@ -503,7 +488,11 @@ async fn a_rule_over_its_concurrency_limit_refuses_at_once() {
     let (held, release, _arrived) = backends::http_gated("web").await;
     let web = WorkloadDecl::serving("web", "web");
     let load = WorkloadDecl::client("load");
-    let mesh = TestMesh::start(&[web.clone(), load.clone()], LIMIT_ROUTES).await;
+    let mesh = TestMesh::start(
+        &[web.clone(), load.clone()],
+        &routes_of("web", LIMIT_ROUTES),
+    )
+    .await;
     let _server = mesh.proxy(&web, Some(held.port()), &[]).await;
     let client = mesh.proxy(&load, None, &["web"]).await;
     let up = upstream(&client, "web");

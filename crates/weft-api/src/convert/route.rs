@@ -197,6 +197,36 @@ fn retry_from_wire(at: &str, r: &RouteRetry) -> Result<RetryPolicy, RouteWireErr
     })
 }
 
+/// What HTTP and gRPC rules carry beyond matches, filters and backends.
+struct Guards {
+    timeouts: Timeouts,
+    retry: Option<RetryPolicy>,
+    fault: Option<FaultInjection>,
+    limit: Option<ConcurrencyLimit>,
+}
+
+impl Guards {
+    /// Reads them from the rule at `at`.
+    fn from_wire(
+        at: &str,
+        timeouts: Option<&RouteTimeouts>,
+        retry: Option<&RouteRetry>,
+        fault: Option<&RouteFault>,
+        limits: Option<&RouteLimits>,
+    ) -> Result<Self, RouteWireError> {
+        Ok(Self {
+            timeouts: timeouts_from_wire(timeouts),
+            retry: retry
+                .map(|r| retry_from_wire(&format!("{at}.retry"), r))
+                .transpose()?,
+            fault: fault
+                .map(|f| fault_from_wire(&format!("{at}.fault"), f))
+                .transpose()?,
+            limit: limit_from_wire(limits),
+        })
+    }
+}
+
 fn limit_to_wire(l: ConcurrencyLimit) -> RouteLimits {
     RouteLimits {
         max_in_flight: l.max_in_flight,
@@ -601,6 +631,13 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
         let mut rules = Vec::with_capacity(r.rules.len());
         for (j, rule) in r.rules.iter().enumerate() {
             let at = format!("http[{i}].rules[{j}]");
+            let guards = Guards::from_wire(
+                &at,
+                rule.timeouts.as_ref(),
+                rule.retry.as_ref(),
+                rule.fault.as_ref(),
+                rule.limits.as_ref(),
+            )?;
             rules.push(CoreHttpRule {
                 name: rule_name(&rule.name),
                 matches: rule
@@ -611,18 +648,10 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
                     .collect::<Result<_, _>>()?,
                 filters: filters_from_wire(&format!("{at}.filters"), &rule.filters)?,
                 backends: backends_from_wire(&format!("{at}.backends"), &rule.backends)?,
-                timeouts: timeouts_from_wire(rule.timeouts.as_ref()),
-                retry: rule
-                    .retry
-                    .as_ref()
-                    .map(|r| retry_from_wire(&format!("{at}.retry"), r))
-                    .transpose()?,
-                fault: rule
-                    .fault
-                    .as_ref()
-                    .map(|f| fault_from_wire(&format!("{at}.fault"), f))
-                    .transpose()?,
-                limit: limit_from_wire(rule.limits.as_ref()),
+                timeouts: guards.timeouts,
+                retry: guards.retry,
+                fault: guards.fault,
+                limit: guards.limit,
             });
         }
         http.push(CoreHttpRoute {
@@ -656,23 +685,22 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
                     })
                 })
                 .collect::<Result<_, RouteWireError>>()?;
+            let guards = Guards::from_wire(
+                &at,
+                rule.timeouts.as_ref(),
+                rule.retry.as_ref(),
+                rule.fault.as_ref(),
+                rule.limits.as_ref(),
+            )?;
             rules.push(CoreGrpcRule {
                 name: rule_name(&rule.name),
                 matches,
                 filters: filters_from_wire(&format!("{at}.filters"), &rule.filters)?,
                 backends: backends_from_wire(&format!("{at}.backends"), &rule.backends)?,
-                timeouts: timeouts_from_wire(rule.timeouts.as_ref()),
-                retry: rule
-                    .retry
-                    .as_ref()
-                    .map(|r| retry_from_wire(&format!("{at}.retry"), r))
-                    .transpose()?,
-                fault: rule
-                    .fault
-                    .as_ref()
-                    .map(|f| fault_from_wire(&format!("{at}.fault"), f))
-                    .transpose()?,
-                limit: limit_from_wire(rule.limits.as_ref()),
+                timeouts: guards.timeouts,
+                retry: guards.retry,
+                fault: guards.fault,
+                limit: guards.limit,
             });
         }
         grpc.push(CoreGrpcRoute {
