@@ -8,6 +8,8 @@
 #   weft plain + 20 route rules  as weft plain, the service with 20 routes of mixed matches (exact,
 #               prefix, regular expression, header), the request matching the last in precedence
 #   weft plain + split      as weft plain, the service split 90/10 between two backend services
+#   weft mTLS + policy      as weft mTLS, to a service whose route has a timeout and a retry and
+#               whose server has an inbound rate limit (high enough never to refuse)
 #   nginx       wrk -> nginx reverse proxy (1 worker) -> backend
 # The backend is an nginx worker answering "ok". Then IDLE_CONNS (1000) idle client connections
 # are held against the proxy pair to measure memory per connection, and memory IDLE_AFTER (60)
@@ -55,6 +57,7 @@ SRV_IN=$(free_port); CLI_IN=$(free_port); PLAIN_UP=$(free_port); MTLS_UP=$(free_
 ADMIN_A=$(free_port); ADMIN_B=$(free_port)
 H2_BACKEND=$(free_port); H2_IN=$(free_port); H2_UP=$(free_port); ADMIN_C=$(free_port)
 ROUTED_UP=$(free_port); SPLIT_UP=$(free_port)
+GUARD_IN=$(free_port); GUARD_UP=$(free_port); ADMIN_G=$(free_port)
 # The routed and split services' backends: nginx on ports of their own (a local workload has an
 # address of its own), pinned with the first backend.
 ROUTED_BACKEND=$(free_port); SPLIT_A=$(free_port); SPLIT_B=$(free_port)
@@ -125,6 +128,11 @@ namespace = "bench"
 service = "h2"
 port = $H2_IN
 [[platforms.local.workloads]]
+name = "guard"
+namespace = "bench"
+service = "guarded"
+port = $GUARD_IN
+[[platforms.local.workloads]]
 name = "routed"
 namespace = "bench"
 service = "routed"
@@ -149,6 +157,17 @@ parent_refs = [{ name = "split-a" }]
 [[routes.http.rules]]
 backend_refs = [{ name = "split-a", weight = 90 }, { name = "split-b", weight = 10 }]
 [[routes.http]]
+name = "guarded"
+namespace = "bench"
+parent_refs = [{ name = "guarded" }]
+[[routes.http.rules]]
+timeouts = { request = "10s", backend_request = "5s" }
+retry = { codes = [503], attempts = 2 }
+[[policy.rate_limits]]
+service = "guarded.bench"
+requests_per_second = 100000000
+burst = 100000000
+[[routes.http]]
 name = "routed"
 namespace = "bench"
 parent_refs = [{ name = "routed" }]
@@ -171,12 +190,13 @@ rule() { printf '[[routes.http.rules]]\nmatches = [{ %s }]\nbackend_refs = [{ na
 taskset -c 1 "$BIN/weft-control" --config "$WORK/mesh.toml" > "$WORK/control.log" 2>&1 &
 PIDS+=($!)
 TOKENS="$WORK/data/tokens/bench"
-for _ in $(seq 100); do [ -f "$TOKENS/client" ] && [ -f "$TOKENS/server" ] && [ -f "$TOKENS/h2server" ] && [ -f "$WORK/data/trust-bundle.pem" ] && break; sleep 0.1; done
+for _ in $(seq 100); do [ -f "$TOKENS/client" ] && [ -f "$TOKENS/server" ] && [ -f "$TOKENS/h2server" ] && [ -f "$TOKENS/guard" ] && [ -f "$WORK/data/trust-bundle.pem" ] && break; sleep 0.1; done
 common=(--control-addr "127.0.0.1:$GRPC" --trust-domain weft.bench --trust-bundle "$WORK/data/trust-bundle.pem"
         --namespace bench)
 RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/client" --workload client --inbound-addr "127.0.0.1:$CLI_IN" \
   --admin-addr "127.0.0.1:$ADMIN_A" --upstream "plain=127.0.0.1:$PLAIN_UP" --upstream "meshed=127.0.0.1:$MTLS_UP" \
   --upstream "h2=127.0.0.1:$H2_UP" --upstream "routed=127.0.0.1:$ROUTED_UP" --upstream "split-a=127.0.0.1:$SPLIT_UP" \
+  --upstream "guarded=127.0.0.1:$GUARD_UP" \
   > "$WORK/client.log" 2>&1 &
 PROXY_A=$!; PIDS+=($PROXY_A)
 RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/server" --workload server --inbound-addr "127.0.0.1:$SRV_IN" \
@@ -185,7 +205,10 @@ PROXY_B=$!; PIDS+=($PROXY_B)
 RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/h2server" --workload h2server --inbound-addr "127.0.0.1:$H2_IN" \
   --app-port "$H2_BACKEND" --admin-addr "127.0.0.1:$ADMIN_C" > "$WORK/h2server.log" 2>&1 &
 PIDS+=($!)
-for a in $ADMIN_A $ADMIN_B $ADMIN_C; do
+RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/guard" --workload guard --inbound-addr "127.0.0.1:$GUARD_IN" \
+  --app-port "$BACKEND" --admin-addr "127.0.0.1:$ADMIN_G" > "$WORK/guard.log" 2>&1 &
+PROXY_G=$!; PIDS+=($PROXY_G)
+for a in $ADMIN_A $ADMIN_B $ADMIN_C $ADMIN_G; do
   for _ in $(seq 200); do curl -sf "127.0.0.1:$a/ready" >/dev/null && break; sleep 0.1; done
   curl -sf "127.0.0.1:$a/ready" >/dev/null || { echo "proxy on admin $a not ready"; cat "$WORK"/*.log; exit 1; }
 done
@@ -203,8 +226,9 @@ measure() { # name url pids...
   local before=0; [ $# -gt 0 ] && before=$(cpu_ticks "$@")
   local perf_pid=""
   if [ -n "${PERF_RECORD:-}" ] && [ "$PERF_RECORD" = "$name" ] && [ $# -gt 0 ]; then
-    # Profile this path: PERF_RECORD="weft plain (1 proxy)" tests/bench/run.sh
-    perf record -F 999 -g -o "$OUT/perf.data" -p "$(echo "$@" | tr ' ' ',')" -- sleep "$DURATION" 2>/dev/null &
+    # Profile this path: PERF_RECORD="weft plain (1 proxy)" tests/bench/run.sh; PERF_EVENT picks
+    # the event (cycles:u: the proxies' own code, without the kernel's share).
+    perf record -F 999 -g ${PERF_EVENT:+-e "$PERF_EVENT"} -o "$OUT/perf.data" -p "$(echo "$@" | tr ' ' ',')" -- sleep "$DURATION" 2>/dev/null &
     perf_pid=$!
   fi
   taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url" > "$WORK/wrk.out"
@@ -266,6 +290,7 @@ if [ "${BENCH_ONLY:-}" != "memory" ]; then
   measure "weft mTLS (2 proxies)" "http://127.0.0.1:$MTLS_UP/" $PROXY_A $PROXY_B
   measure "weft plain + 20 route rules" "http://127.0.0.1:$ROUTED_UP/bench/x" $PROXY_A
   measure "weft plain + split 90/10" "http://127.0.0.1:$SPLIT_UP/" $PROXY_A
+  measure "weft mTLS + policy" "http://127.0.0.1:$GUARD_UP/" $PROXY_A $PROXY_G
   # shellcheck disable=SC2046
   measure "nginx reverse proxy" "http://127.0.0.1:$NGINX_PROXY/" $(nginx_proxy_workers)
 fi

@@ -1,7 +1,9 @@
 """The Helm chart, checked by Helm's own library (helm-python-sdk) and the Kubernetes 1.33
 schemas (kubernetes-validate): lint, values schema, rendering of each documented variation,
-every rendered object validated strictly, and the mesh config file it renders accepted by
-`weft check`. `weft install` renders the same chart without Helm: for each variation its
+every rendered object validated strictly, the mesh config file it renders accepted by
+`weft check`, Weft's CRDs typed and described throughout and taking the objects users write,
+and the ClusterRole granting no more than the adapter needs, in weft.dev exactly the CRDs'
+resources. `weft install` renders the same chart without Helm: for each variation its
 output is validated the same way and must equal Helm's, once generated secrets are set aside.
 
 Usage: check_chart.py PATH/TO/weft
@@ -150,6 +152,174 @@ def check_generated_root(weft, objects, origin):
             fail(f"the control plane did not start on the root {origin} generates: {log}")
 
 
+CRDS = {
+    "authorizationpolicies.weft.dev": "AuthorizationPolicy",
+    "ratelimitpolicies.weft.dev": "RateLimitPolicy",
+    "backendpolicies.weft.dev": "BackendPolicy",
+    "routepolicies.weft.dev": "RoutePolicy",
+}
+
+
+def schema_gaps(schema, at):
+    """Where a CRD's schema leaves a field untyped, undescribed or open to unknown fields."""
+    gaps = []
+    if "type" not in schema:
+        gaps.append(f"{at}: no type")
+    if "description" not in schema:
+        gaps.append(f"{at}: no description")
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        gaps.append(f"{at}: x-kubernetes-preserve-unknown-fields")
+    for key, sub in schema.get("properties", {}).items():
+        gaps += schema_gaps(sub, f"{at}.{key}")
+    if "items" in schema:
+        gaps += schema_gaps(schema["items"], f"{at}[]")
+    if schema.get("type") == "object" and "properties" not in schema:
+        gaps.append(f"{at}: an object without properties")
+    return gaps
+
+
+def check_crds(name, objects, rules):
+    """Weft's CRDs are rendered, with typed and described schemas, a status subresource and
+    standard conditions, and the ClusterRole grants exactly their resources in weft.dev."""
+    crds = {c["metadata"]["name"]: c for c in by_kind(objects, "CustomResourceDefinition")}
+    if sorted(crds) != sorted(CRDS):
+        fail(f"{name}: CRDs {sorted(crds)}, not {sorted(CRDS)}")
+        return
+    labels = by_kind(objects, "ClusterRole")[0]["metadata"]["labels"]
+    plurals = set()
+    for crd_name, crd in crds.items():
+        spec = crd["spec"]
+        names = spec["names"]
+        plurals.add(names["plural"])
+        if crd["metadata"].get("labels") != labels:
+            fail(f"{name}: {crd_name} is labelled {crd['metadata'].get('labels')}, not {labels}")
+        if (spec["group"], names["kind"], spec["scope"], names.get("categories")) != (
+            "weft.dev",
+            CRDS[crd_name],
+            "Namespaced",
+            ["weft"],
+        ):
+            fail(f"{name}: {crd_name}: group, kind, scope or categories")
+        if f"{names['plural']}.{spec['group']}" != crd_name:
+            fail(f"{name}: {crd_name} is not named {names['plural']}.{spec['group']}")
+        versions = spec["versions"]
+        if [(v["name"], v["served"], v["storage"]) for v in versions] != [("v1alpha1", True, True)]:
+            fail(f"{name}: {crd_name} versions {[v['name'] for v in versions]}")
+            continue
+        version = versions[0]
+        if version.get("subresources") != {"status": {}}:
+            fail(f"{name}: {crd_name} subresources {version.get('subresources')}")
+        columns = [c["name"] for c in version.get("additionalPrinterColumns", [])]
+        # What it applies to first (a RoutePolicy's route and rule), Accepted and Age last.
+        first = "Route" if names["kind"] == "RoutePolicy" else "Service"
+        if columns[0] != first or columns[-2:] != ["Accepted", "Age"]:
+            fail(f"{name}: {crd_name} printer columns {columns}")
+        schema = version["schema"]["openAPIV3Schema"]
+        if "spec" not in schema.get("required", []):
+            fail(f"{name}: {crd_name} does not require spec")
+        for part in ("spec", "status"):
+            for gap in schema_gaps(schema["properties"][part], part):
+                fail(f"{name}: {crd_name}: {gap}")
+        conditions = schema["properties"]["status"]["properties"]["conditions"]
+        if (conditions.get("x-kubernetes-list-type"), conditions.get("x-kubernetes-list-map-keys")) != ("map", ["type"]):
+            fail(f"{name}: {crd_name}: status.conditions is not a list map keyed by type")
+        if sorted(conditions["items"]["properties"]) != sorted(
+            ["type", "status", "reason", "message", "observedGeneration", "lastTransitionTime"]
+        ):
+            fail(f"{name}: {crd_name}: conditions are not metav1.Conditions")
+    granted = {
+        x.split("/")[0] for r in rules if "weft.dev" in r["apiGroups"] for x in r["resources"]
+    }
+    if granted != plurals:
+        fail(f"{name}: the ClusterRole grants {sorted(granted)} in weft.dev, the CRDs are {sorted(plurals)}")
+
+
+def check_crd_examples(objects):
+    """Objects as users write them pass the CRDs' schemas (read as the API server reads them,
+    an OpenAPI v3.0 exclusiveMinimum being a flag on minimum), and mistakes do not."""
+    import jsonschema
+
+    schemas = {
+        c["spec"]["names"]["kind"]: c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        for c in by_kind(objects, "CustomResourceDefinition")
+    }
+    meta = {"apiVersion": "weft.dev/v1alpha1", "metadata": {"name": "x", "namespace": "shop"}}
+    good = {
+        "reads": ("AuthorizationPolicy", {
+            "service": "api",
+            "from": ["shop/web", "spiffe://weft.local/*"],
+            "to": [
+                {"port": 8080, "method": "GET", "path": {"type": "PathPrefix", "value": "/v1"}},
+                {"headers": [{"name": "x-tenant", "value": "a|b", "type": "RegularExpression"}]},
+                {"grpc": {"service": "shop.Catalog"}},
+            ],
+        }),
+        "an audited deny": ("AuthorizationPolicy", {"service": "api.shop", "action": "deny", "mode": "audit"}),
+        "the older allow": ("AuthorizationPolicy", {"service": "api", "allow": ["*"]}),
+        "a fractional rate": ("RateLimitPolicy", {
+            "service": "api.shop",
+            "requestsPerSecond": 0.5,
+            "burst": 2,
+            "perIdentity": True,
+            "overrides": [{"clients": "jobs/*", "requestsPerSecond": 10}],
+        }),
+        "a backend policy": ("BackendPolicy", {
+            "service": "api",
+            "retryBudget": {"percent": 10, "minRetriesPerSecond": 1, "interval": "30s"},
+            "failureAccrual": {"consecutiveFailures": 3, "firstPenalty": "500ms", "maxPenalty": "30s"},
+            "limits": {"maxInFlight": 100, "maxQueue": 10},
+        }),
+        "a route policy": ("RoutePolicy", {
+            "targetRef": {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "web", "sectionName": "slow"},
+            "timeouts": {"request": "10s", "backendRequest": "2s"},
+            "retry": {"codes": [503], "attempts": 3, "backoff": "50ms", "idempotent": True},
+            "fault": {"delay": {"fixed": "200ms", "percent": 10.5}, "abort": {"httpStatus": 503, "percent": 1},
+                      "sources": ["shop/*"]},
+            "limits": {"maxInFlight": 10, "maxQueue": 5},
+        }),
+        "a gRPC route policy": ("RoutePolicy", {
+            "targetRef": {"kind": "GRPCRoute", "name": "users"},
+            "retry": {"conditions": ["unavailable"], "idempotent": True},
+            "fault": {"abort": {"grpcStatus": "unavailable", "percent": 5}},
+        }),
+        "a route's rate": ("RateLimitPolicy", {
+            "service": "api",
+            "requestsPerSecond": 5,
+            "to": [{"path": {"type": "PathPrefix", "value": "/export"}, "method": "GET"}],
+        }),
+    }
+    bad = {
+        "no service": ("AuthorizationPolicy", {"from": ["*"]}),
+        "an unknown action": ("AuthorizationPolicy", {"service": "api", "action": "maybe"}),
+        "an empty from": ("AuthorizationPolicy", {"service": "api", "from": []}),
+        "port 0": ("AuthorizationPolicy", {"service": "api", "to": [{"port": 0}]}),
+        "a header without a value": ("AuthorizationPolicy", {"service": "api", "to": [{"headers": [{"name": "a"}]}]}),
+        "a path type of another API": ("AuthorizationPolicy", {"service": "api", "to": [{"path": {"type": "Prefix"}}]}),
+        "no rate": ("RateLimitPolicy", {"service": "api"}),
+        "a budget over 100 %": ("BackendPolicy", {"service": "api", "retryBudget": {"percent": 101}}),
+        "a route policy without a target": ("RoutePolicy", {"limits": {"maxInFlight": 1}}),
+        "a route policy on a Gateway": ("RoutePolicy", {"targetRef": {"kind": "Gateway", "name": "gw"}}),
+        "a limit of 0": ("BackendPolicy", {"service": "api", "limits": {"maxInFlight": 0}}),
+        "a rate of 0": ("RateLimitPolicy", {"service": "api", "requestsPerSecond": 0}),
+        "a burst of 0": ("RateLimitPolicy", {"service": "api", "requestsPerSecond": 1, "burst": 0}),
+        "an override without clients": ("RateLimitPolicy", {"service": "api", "requestsPerSecond": 1, "overrides": [{"requestsPerSecond": 1}]}),
+    }
+    status = {"conditions": [{
+        "type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+        "observedGeneration": 1, "lastTransitionTime": "2025-01-01T00:00:00Z",
+    }]}
+    for what, (kind, spec) in good.items():
+        obj = {**meta, "kind": kind, "spec": spec, "status": status}
+        errors = list(jsonschema.Draft4Validator(schemas[kind]).iter_errors(obj))
+        if errors:
+            fail(f"the {kind} CRD refuses {what}: {errors[0].message}")
+    for what, (kind, spec) in bad.items():
+        obj = {**meta, "kind": kind, "spec": spec}
+        if jsonschema.Draft4Validator(schemas[kind]).is_valid(obj):
+            fail(f"the {kind} CRD accepts {what}")
+    print(f"ok   the CRDs take {len(good)} objects as users write them and refuse {len(bad)} mistakes")
+
+
 def main():
     weft = sys.argv[1]
     chart = helm_python.Chart.load(str(CHART))
@@ -226,22 +396,28 @@ def main():
         if 'probe_addr = "0.0.0.0:7081"' not in config:
             fail(f"{name}: mesh.toml does not open the probe listener on 7081")
         rules = by_kind(objects, "ClusterRole")[0]["rules"]
-        # Writes only to the status of Gateway API routes; everything else is read, plus
-        # creating TokenReviews.
+        # Writes only to the status of Gateway API routes and of Weft's own policies;
+        # everything else is read, plus creating TokenReviews.
         status_rules = [r for r in rules if all(x.endswith("/status") for x in r["resources"])]
         other_rules = [r for r in rules if r not in status_rules]
         verbs = sorted({v for r in other_rules for v in r["verbs"]})
         if verbs != ["create", "get", "list", "watch"]:
             fail(f"{name}: the ClusterRole grants {verbs}")
         status_verbs = sorted({v for r in status_rules for v in r["verbs"]})
-        status_resources = sorted({x for r in status_rules for x in r["resources"]})
+        status_resources = sorted({(g, x) for r in status_rules for g in r["apiGroups"] for x in r["resources"]})
         if status_verbs != ["patch", "update"] or status_resources != [
-            "grpcroutes/status",
-            "httproutes/status",
+            ("gateway.networking.k8s.io", "grpcroutes/status"),
+            ("gateway.networking.k8s.io", "httproutes/status"),
+            ("weft.dev", "authorizationpolicies/status"),
+            ("weft.dev", "backendpolicies/status"),
+            ("weft.dev", "ratelimitpolicies/status"),
+            ("weft.dev", "routepolicies/status"),
         ]:
             fail(f"{name}: the ClusterRole writes {status_verbs} on {status_resources}")
+        check_crds(name, objects, rules)
         print(f"ok   {name}: {len(objects)} objects, the same from weft install")
 
+    check_crd_examples(render(chart, {}))
     check_generated_root(weft, render(chart, {}), "Helm")
     installed, error = weft_install(weft, {})
     if error:

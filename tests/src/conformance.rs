@@ -102,6 +102,12 @@ pub trait PlatformHarness: Send {
     fn reports_not_ready(&self) -> bool {
         true
     }
+    /// Writes policies as the platform's own objects (on Kubernetes, Weft's CRDs and Gateway
+    /// API routes): each `(kind, name, spec)`, the spec in the objects' camelCase. False where the platform has no such objects
+    /// and policies come from the mesh file alone.
+    async fn set_policies(&mut self, _objects: &[(&str, &str, serde_json::Value)]) -> bool {
+        false
+    }
 }
 
 /// Waits until the registry satisfies `f`.
@@ -479,9 +485,9 @@ pub async fn run_policy<H: PlatformHarness>(mut h: H) {
         config_tx.send_replace(Arc::new(policy_config(dir.path(), &ns, &["web", "web-2"])));
         let web2 = weft_core::Identity::parse_spiffe(&id("web-2")).unwrap();
         wait_settings("the edited rule on the not-ready workload's port", &|s| {
-            s.servers
-                .get(&port)
-                .is_some_and(|p| p.policy.authorize(&web2) == weft_core::policy::Decision::Allow)
+            s.servers.get(&port).is_some_and(|p| {
+                p.policy.on_connection(Some(&web2)) == weft_core::policy::Decision::Allow
+            })
         })
         .await;
         assert_eq!(
@@ -682,4 +688,192 @@ pub async fn run_routes<H: PlatformHarness>(mut h: H) {
     };
     assert_eq!(call("Get").await.0, "api-v2", "the gRPC method rule");
     assert_eq!(call("List").await, (String::new(), "12".to_string()));
+}
+
+/// Policies apply the same on every platform, from the platform's own objects where it has
+/// them (Kubernetes) and from the mesh file elsewhere: a deny rule on a path of service `api`
+/// refuses its callers there with 403; a backend policy's concurrency limit of one call makes
+/// the caller's proxy refuse a second call while the first is held; and a route's rate limit
+/// with an override for the client's identity answers 429 once its burst is spent (a denied
+/// request spends no tokens, nor does a request to another path).
+pub async fn run_inbound_policies<H: PlatformHarness>(mut h: H) {
+    crate::trace_init();
+    let ns = h.namespace().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let authz = serde_json::json!({
+        "service": "api",
+        "action": "deny",
+        "to": [{"path": {"type": "PathPrefix", "value": "/secret"}}],
+    });
+    let limit = serde_json::json!({
+        "service": "api",
+        "requestsPerSecond": 1000,
+        "overrides": [{"clients": format!("{ns}/web"), "requestsPerSecond": 0.001, "burst": 3}],
+        "to": [{"path": {"type": "PathPrefix", "value": "/open"}}],
+    });
+    let backend = serde_json::json!({"service": "api", "limits": {"maxInFlight": 1}});
+    // Routes with a timeout and a retry (Gateway API's keys), and the faults they meet (on
+    // Kubernetes, RoutePolicies on the HTTPRoute's named rules).
+    let route = serde_json::json!({
+        "parentRefs": [{"group": "", "kind": "Service", "name": "api"}],
+        "rules": [
+            {"name": "slow", "matches": [{"path": {"type": "PathPrefix", "value": "/slow"}}],
+             "timeouts": {"request": "200ms"}},
+            {"name": "flaky", "matches": [{"path": {"type": "PathPrefix", "value": "/flaky"}}],
+             "retry": {"codes": [503], "attempts": 9, "backoff": "1ms"}},
+            {"name": "rest"},
+        ],
+    });
+    let target = |rule: &str| {
+        serde_json::json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                           "name": "api-routes", "sectionName": rule})
+    };
+    let objects = h
+        .set_policies(&[
+            ("AuthorizationPolicy", "no-secret", authz),
+            ("RateLimitPolicy", "api-limit", limit),
+            ("BackendPolicy", "api-backend", backend),
+            ("HTTPRoute", "api-routes", route),
+            (
+                "RoutePolicy",
+                "slow-delay",
+                serde_json::json!({"targetRef": target("slow"), "fault": {"delay": {"fixed": "5s"}}}),
+            ),
+            (
+                "RoutePolicy",
+                "flaky-abort",
+                serde_json::json!({"targetRef": target("flaky"),
+                                   "fault": {"abort": {"httpStatus": 503, "percent": 20}}}),
+            ),
+        ])
+        .await;
+    let in_file = if objects {
+        String::new()
+    } else {
+        format!(
+            "[[policy.authorizations]]\nname = \"no-secret\"\nservice = \"api.{ns}\"\naction = \"deny\"\n\
+             to = [{{ path = {{ type = \"PathPrefix\", value = \"/secret\" }} }}]\n\
+             [[policy.rate_limits]]\nservice = \"api.{ns}\"\nrequests_per_second = 1000\n\
+             overrides = [{{ clients = \"{ns}/web\", requests_per_second = 0.001, burst = 3 }}]\n\
+             to = [{{ path = {{ type = \"PathPrefix\", value = \"/open\" }} }}]\n\
+             [[policy.backends]]\nservice = \"api.{ns}\"\nlimits = {{ max_in_flight = 1 }}\n\
+             [[routes.http]]\nname = \"api-routes\"\nnamespace = \"{ns}\"\nparent_refs = [{{ name = \"api\" }}]\n\
+             [[routes.http.rules]]\nname = \"slow\"\n\
+             matches = [{{ path = {{ type = \"PathPrefix\", value = \"/slow\" }} }}]\n\
+             timeouts = {{ request = \"200ms\" }}\nfault = {{ delay = {{ fixed = \"5s\" }} }}\n\
+             [[routes.http.rules]]\nname = \"flaky\"\n\
+             matches = [{{ path = {{ type = \"PathPrefix\", value = \"/flaky\" }} }}]\n\
+             retry = {{ codes = [503], attempts = 9, backoff = \"1ms\" }}\n\
+             fault = {{ abort = {{ http_status = 503, percent = 20 }} }}\n\
+             [[routes.http.rules]]\nname = \"rest\"\n"
+        )
+    };
+    let text = format!(
+        "[mesh]\nname = \"policies\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{data}\"\n\
+         [control]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n\
+         [policy]\ndefault_inbound = \"allow\"\n{in_file}",
+        data = dir.path().join("data").display(),
+    );
+    let config = weft_core::config::Loader::new()
+        .load_str(&text, &dir.path().join("mesh.toml"))
+        .unwrap();
+    let (_config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config));
+    let control = weft_control::ControlPlane::start(config_rx, vec![h.platform()])
+        .await
+        .unwrap();
+    let (app, release, arrived) = crate::backends::http_gated("api").await;
+    let placeholder = |port: u16| -> SocketAddr { ([127, 0, 0, 1], port).into() };
+    let mut workloads = vec![
+        WorkloadSpec::new("api-1", "api", placeholder(10040)),
+        WorkloadSpec::new("web", "web", placeholder(10041)),
+    ];
+    h.set(&workloads).await;
+    let name = |s: &str| ServiceName::new(&ns, s).unwrap();
+    until(&control.registry, "the workloads declared", |s| {
+        ["api", "web"]
+            .iter()
+            .all(|n| !addrs(s, &name(n)).is_empty())
+    })
+    .await;
+    let server = start_proxy(&h, &control, dir.path(), "api-1", Some(app.port()), &[]).await;
+    let client = start_proxy(&h, &control, dir.path(), "web", None, &["api"]).await;
+    workloads[0].servers[0].address = server.inbound_addr.unwrap();
+    h.set(&workloads).await;
+    crate::wait_ready(&server).await;
+    crate::wait_ready(&client).await;
+    // Both policies are in the server's settings before any call spends a token.
+    let port = server.inbound_addr.unwrap().port();
+    let mut settings = server.shared().settings.clone();
+    tokio::time::timeout(
+        WAIT,
+        settings.wait_for(|s| {
+            s.as_ref()
+                .and_then(|s| s.servers.get(&port))
+                .is_some_and(|p| {
+                    !p.policy.rate_limits.is_empty()
+                        && p.policy
+                            .rules
+                            .iter()
+                            .any(|r| r.name.ends_with("/no-secret"))
+                })
+        }),
+    )
+    .await
+    .expect("the policies never reached the server's proxy")
+    .unwrap();
+
+    let up = crate::upstream(&client, "api");
+    let http = crate::http_client();
+    // The whole answer is read: the service's one place comes free when the caller's proxy
+    // has read the response to its end, before the caller sees that end.
+    let status = async |path: &str| {
+        let req = http::Request::get(format!("http://{up}{path}")).header("host", "api.test");
+        let rsp = http
+            .request(req.body(http_body_util::Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let status = rsp.status().as_u16();
+        let _ = http_body_util::BodyExt::collect(rsp.into_body()).await;
+        status
+    };
+    for _ in 0..3 {
+        assert_eq!(status("/secret/x").await, 403, "the deny rule");
+    }
+    // The backend policy reached the caller's proxy: one call in flight at a time.
+    let held = {
+        let (http, up) = (http.clone(), up);
+        tokio::spawn(async move { crate::get_through(&http, up, "/held").await.0 })
+    };
+    tokio::time::timeout(WAIT, arrived.notified())
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, async {
+        while status("/probe").await != 503 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the service's concurrency limit never applied");
+    release.add_permits(1);
+    assert_eq!(held.await.unwrap(), http::StatusCode::OK);
+    for i in 0..3 {
+        assert_eq!(status("/open").await, 200, "call {i} within the burst");
+    }
+    assert_eq!(status("/open").await, 429, "the override's burst is spent");
+
+    // The route's timeout cuts the injected delay (once the routes are in force), and its
+    // retries mask the injected aborts (a fifth of the attempts; a call fails only if all ten
+    // are aborted: 1 in 10^7).
+    tokio::time::timeout(WAIT, async {
+        while status("/slow").await != 504 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the route's timeout and fault never applied");
+    for _ in 0..30 {
+        assert_eq!(status("/flaky").await, 200, "the retries masked the aborts");
+    }
+    drop((client, server));
+    control.shutdown().await;
 }

@@ -6,26 +6,33 @@
 //! authentication, TokenReview and legacy discovery.
 //!
 //! The store holds Namespaces, Pods, Services, EndpointSlices, Secrets, ConfigMaps,
-//! ServiceAccounts, Deployments and MutatingWebhookConfigurations, and the Gateway API's
-//! HTTPRoutes and GRPCRoutes (`gateway.networking.k8s.io/v1`, served as the Gateway API's
-//! CustomResourceDefinitions are). It changes only through [`FakeKube::apply`] and
-//! [`FakeKube::delete`] (the server answers `get`, `list` and `watch`, and refuses writes with
-//! 405), with one exception: the routes' `status` subresource takes PATCHes, as a controller
-//! writes what it made of a route. What a test does to the server itself (expire or cut
-//! watches, restart) mirrors what a real control plane does to clients.
+//! ServiceAccounts, Deployments and MutatingWebhookConfigurations; the Gateway API's
+//! HTTPRoutes and GRPCRoutes (`gateway.networking.k8s.io/v1`); and Weft's own
+//! AuthorizationPolicies, RateLimitPolicies, BackendPolicies and RoutePolicies
+//! (`weft.dev/v1alpha1`, namespaced, in the
+//! category `weft`). The last four are custom resources, served as their
+//! CustomResourceDefinitions are. Each group is served at one version only (`v1`, and
+//! `v1alpha1` for `weft.dev`): paths, discovery and the `apiVersion` of objects, lists and
+//! watch events name it, and a path with any other version answers 404. The store changes
+//! only through [`FakeKube::apply`] and [`FakeKube::delete`] (the server answers `get`, `list`
+//! and `watch`, and refuses writes with 405), with one exception: the custom resources'
+//! `status` subresource takes PATCHes, as a controller writes what it made of a route or a
+//! policy. What a test does to the server itself (expire or cut watches, restart) mirrors what
+//! a real control plane does to clients.
 //!
-//! The routes behave as custom resources with a status subresource: they carry
-//! `metadata.generation` (1 on create, one more whenever something outside `metadata` and
-//! `status` changes), and `PATCH .../{name}/status` (a JSON merge patch, or a server-side apply
-//! patch) changes only `.status`: it ignores every other field, as the real subresource does,
-//! keeps the generation, and answers 409 Conflict when it names a `metadata.resourceVersion`
-//! other than the object's. A patch that changes nothing writes nothing (no new
-//! resourceVersion, no watch event), as on a real server; [`FakeKube::status_patches`] counts
-//! every accepted one, so that a test can tell that a controller does not rewrite an unchanged
-//! status. A dry run (`dryRun=All`) answers what the patch would make and stores nothing.
-//! [`FakeKube::set_gateway_api`] uninstalls (and reinstalls) the Gateway API: while it
-//! is uninstalled the group is absent from discovery and every path under
-//! `/apis/gateway.networking.k8s.io` answers 404 NotFound, as for a group with no CRDs.
+//! The custom resources have a status subresource: they carry `metadata.generation` (1 on
+//! create, one more whenever something outside `metadata` and `status` changes), and
+//! `PATCH .../{name}/status` (a JSON merge patch, or a server-side apply patch) changes only
+//! `.status`: it ignores every other field, as the real subresource does, keeps the
+//! generation, and answers 409 Conflict when it names a `metadata.resourceVersion` other than
+//! the object's. A patch that changes nothing writes nothing (no new resourceVersion, no watch
+//! event), as on a real server; [`FakeKube::status_patches`] counts every accepted one, so
+//! that a test can tell that a controller does not rewrite an unchanged status. A dry run
+//! (`dryRun=All`) answers what the patch would make and stores nothing.
+//! [`FakeKube::set_gateway_api`] uninstalls (and reinstalls) the Gateway API, and
+//! [`FakeKube::set_weft_crds`] Weft's CRDs: while a group is uninstalled it is absent from
+//! discovery and every path under `/apis/{group}` answers 404 NotFound, as for a group with
+//! no CRDs. Both are installed when the server starts.
 //!
 //! Access reviews (SubjectAccessReview, SelfSubjectAccessReview) allow everything except what
 //! [`FakeKube::deny_access`] names, and [`FakeKube::forbid_access_reviews`] makes creating a
@@ -36,13 +43,14 @@
 //! may do everything; access reviews only answer), aggregated discovery, protobuf, HTTP/2 and
 //! TLS. A resourceVersion from the future is refused at once where the real server first
 //! waits a few seconds for its cache. The generation of the built-in kinds is not kept. The
-//! routes' schema is not validated, and only their `v1` is served. Status PATCHes take a JSON
-//! merge patch (RFC 7386) or a server-side apply patch written as JSON; a server-side apply
-//! patch is merged into `.status` as a merge patch would be, with no field ownership (no
-//! `managedFields`, no conflicts between managers, and fields the manager stops naming are
-//! kept); JSON patches (RFC 6902) are answered 415 as other media types are. Uninstalling the
-//! Gateway API ends the open watches of routes cleanly, as removing a CRD does, but hides the
-//! stored routes instead of deleting them: reinstalling shows them again.
+//! custom resources' schema is not validated, and none has a second version to convert to.
+//! Status PATCHes take a JSON merge patch (RFC 7386) or a server-side apply patch written as
+//! JSON; a server-side apply patch is merged into `.status` as a merge patch would be, with no
+//! field ownership (no `managedFields`, no conflicts between managers, and fields the manager
+//! stops naming are kept); JSON patches (RFC 6902) are answered 415 as other media types are.
+//! Uninstalling a group of CRDs ends the open watches of its kinds cleanly, as removing a CRD
+//! does, but hides the stored objects instead of deleting them: reinstalling shows them
+//! again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -84,8 +92,6 @@ const REQUEST_LOG: usize = 100_000;
 const MAX_BODY: usize = 3 * 1024 * 1024;
 /// The annotation on the bookmark that ends a streaming list's initial events.
 const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
-/// The Gateway API's group, served as its CustomResourceDefinitions are, while installed.
-const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 /// The media type of a JSON merge patch (RFC 7386).
 const MERGE_PATCH: &str = "application/merge-patch+json";
 /// The media type of a server-side apply patch.
@@ -185,8 +191,9 @@ struct State {
     reviews_forbidden: bool,
     /// [`FakeKube::set_version`]: the `major` and `minor` that `/version` answers.
     version: (String, String),
-    /// [`FakeKube::set_gateway_api`]: whether the Gateway API's group is served.
-    gateway_api: bool,
+    /// [`FakeKube::set_gateway_api`] and [`FakeKube::set_weft_crds`]: which groups of
+    /// custom resources are served.
+    crds: Crds,
     /// [`FakeKube::status_patches`]: the status PATCHes accepted.
     status_patches: usize,
 }
@@ -240,8 +247,8 @@ struct Resource {
     kind: &'static str,
     plural: &'static str,
     singular: &'static str,
-    /// Empty for the core group.
-    group: &'static str,
+    /// Its API group, which also says the one version it is served at.
+    group: &'static Group,
     namespaced: bool,
     short_names: &'static [&'static str],
     /// Field-selector labels besides `metadata.name` and `metadata.namespace`.
@@ -249,7 +256,7 @@ struct Resource {
     /// Served as a CustomResourceDefinition with a status subresource: the CRD verbs in
     /// discovery, `metadata.generation`, and PATCHes of `.../{name}/status`.
     custom: bool,
-    /// The categories discovery lists (`kubectl get gateway-api`).
+    /// The categories discovery lists (`kubectl get gateway-api`, `kubectl get weft`).
     categories: &'static [&'static str],
 }
 
@@ -259,18 +266,74 @@ struct Review {
     kind: &'static str,
     plural: &'static str,
     singular: &'static str,
-    group: &'static str,
+    group: &'static Group,
 }
 
-/// The only version of every group served.
-const VERSION: &str = "v1";
+/// An API group and the one version of it the server serves.
+#[derive(Debug)]
+struct Group {
+    /// Empty for the core group.
+    name: &'static str,
+    version: &'static str,
+}
 
-static RESOURCES: [Resource; 11] = [
+/// Which groups of custom resources are installed (served), as their
+/// CustomResourceDefinitions are.
+#[derive(Clone, Copy, Debug)]
+struct Crds {
+    /// [`FakeKube::set_gateway_api`]: the Gateway API's group.
+    gateway_api: bool,
+    /// [`FakeKube::set_weft_crds`]: Weft's own group.
+    weft: bool,
+}
+
+/// The core group: `/api/v1`.
+static CORE_GROUP: Group = Group {
+    name: "",
+    version: "v1",
+};
+/// `apps/v1`: Deployments.
+static APPS_GROUP: Group = Group {
+    name: "apps",
+    version: "v1",
+};
+/// `discovery.k8s.io/v1`: EndpointSlices.
+static DISCOVERY_GROUP: Group = Group {
+    name: "discovery.k8s.io",
+    version: "v1",
+};
+/// `admissionregistration.k8s.io/v1`: MutatingWebhookConfigurations.
+static ADMISSION_GROUP: Group = Group {
+    name: "admissionregistration.k8s.io",
+    version: "v1",
+};
+/// `authentication.k8s.io/v1`: TokenReviews.
+static AUTHENTICATION_GROUP: Group = Group {
+    name: "authentication.k8s.io",
+    version: "v1",
+};
+/// `authorization.k8s.io/v1`: the access reviews.
+static AUTHORIZATION_GROUP: Group = Group {
+    name: "authorization.k8s.io",
+    version: "v1",
+};
+/// The Gateway API's group, served as its CustomResourceDefinitions are, while installed.
+static GATEWAY_GROUP: Group = Group {
+    name: "gateway.networking.k8s.io",
+    version: "v1",
+};
+/// Weft's own group, served as its CustomResourceDefinitions are, while installed.
+static WEFT_GROUP: Group = Group {
+    name: "weft.dev",
+    version: "v1alpha1",
+};
+
+static RESOURCES: [Resource; 15] = [
     Resource {
         kind: "Namespace",
         plural: "namespaces",
         singular: "namespace",
-        group: "",
+        group: &CORE_GROUP,
         namespaced: false,
         short_names: &["ns"],
         fields: &["status.phase"],
@@ -281,7 +344,7 @@ static RESOURCES: [Resource; 11] = [
         kind: "Pod",
         plural: "pods",
         singular: "pod",
-        group: "",
+        group: &CORE_GROUP,
         namespaced: true,
         short_names: &["po"],
         fields: &[
@@ -301,7 +364,7 @@ static RESOURCES: [Resource; 11] = [
         kind: "Service",
         plural: "services",
         singular: "service",
-        group: "",
+        group: &CORE_GROUP,
         namespaced: true,
         short_names: &["svc"],
         fields: &["spec.clusterIP", "spec.type"],
@@ -312,7 +375,7 @@ static RESOURCES: [Resource; 11] = [
         kind: "Secret",
         plural: "secrets",
         singular: "secret",
-        group: "",
+        group: &CORE_GROUP,
         namespaced: true,
         short_names: &[],
         fields: &["type"],
@@ -323,7 +386,7 @@ static RESOURCES: [Resource; 11] = [
         kind: "ConfigMap",
         plural: "configmaps",
         singular: "configmap",
-        group: "",
+        group: &CORE_GROUP,
         namespaced: true,
         short_names: &["cm"],
         fields: &[],
@@ -334,7 +397,7 @@ static RESOURCES: [Resource; 11] = [
         kind: "EndpointSlice",
         plural: "endpointslices",
         singular: "endpointslice",
-        group: "discovery.k8s.io",
+        group: &DISCOVERY_GROUP,
         namespaced: true,
         short_names: &[],
         fields: &[],
@@ -345,7 +408,7 @@ static RESOURCES: [Resource; 11] = [
         kind: "ServiceAccount",
         plural: "serviceaccounts",
         singular: "serviceaccount",
-        group: "",
+        group: &CORE_GROUP,
         namespaced: true,
         short_names: &["sa"],
         fields: &[],
@@ -356,7 +419,7 @@ static RESOURCES: [Resource; 11] = [
         kind: "Deployment",
         plural: "deployments",
         singular: "deployment",
-        group: "apps",
+        group: &APPS_GROUP,
         namespaced: true,
         short_names: &["deploy"],
         fields: &[],
@@ -367,7 +430,7 @@ static RESOURCES: [Resource; 11] = [
         kind: "MutatingWebhookConfiguration",
         plural: "mutatingwebhookconfigurations",
         singular: "mutatingwebhookconfiguration",
-        group: "admissionregistration.k8s.io",
+        group: &ADMISSION_GROUP,
         namespaced: false,
         short_names: &[],
         fields: &[],
@@ -378,7 +441,7 @@ static RESOURCES: [Resource; 11] = [
         kind: "HTTPRoute",
         plural: "httproutes",
         singular: "httproute",
-        group: GATEWAY_GROUP,
+        group: &GATEWAY_GROUP,
         namespaced: true,
         short_names: &[],
         fields: &[],
@@ -389,12 +452,56 @@ static RESOURCES: [Resource; 11] = [
         kind: "GRPCRoute",
         plural: "grpcroutes",
         singular: "grpcroute",
-        group: GATEWAY_GROUP,
+        group: &GATEWAY_GROUP,
         namespaced: true,
         short_names: &[],
         fields: &[],
         custom: true,
         categories: &["gateway-api"],
+    },
+    Resource {
+        kind: "AuthorizationPolicy",
+        plural: "authorizationpolicies",
+        singular: "authorizationpolicy",
+        group: &WEFT_GROUP,
+        namespaced: true,
+        short_names: &["authz"],
+        fields: &[],
+        custom: true,
+        categories: &["weft"],
+    },
+    Resource {
+        kind: "RateLimitPolicy",
+        plural: "ratelimitpolicies",
+        singular: "ratelimitpolicy",
+        group: &WEFT_GROUP,
+        namespaced: true,
+        short_names: &[],
+        fields: &[],
+        custom: true,
+        categories: &["weft"],
+    },
+    Resource {
+        kind: "BackendPolicy",
+        plural: "backendpolicies",
+        singular: "backendpolicy",
+        group: &WEFT_GROUP,
+        namespaced: true,
+        short_names: &[],
+        fields: &[],
+        custom: true,
+        categories: &["weft"],
+    },
+    Resource {
+        kind: "RoutePolicy",
+        plural: "routepolicies",
+        singular: "routepolicy",
+        group: &WEFT_GROUP,
+        namespaced: true,
+        short_names: &[],
+        fields: &[],
+        custom: true,
+        categories: &["weft"],
     },
 ];
 
@@ -403,30 +510,30 @@ static REVIEWS: [Review; 3] = [
         kind: "TokenReview",
         plural: "tokenreviews",
         singular: "tokenreview",
-        group: "authentication.k8s.io",
+        group: &AUTHENTICATION_GROUP,
     },
     Review {
         kind: "SelfSubjectAccessReview",
         plural: "selfsubjectaccessreviews",
         singular: "selfsubjectaccessreview",
-        group: "authorization.k8s.io",
+        group: &AUTHORIZATION_GROUP,
     },
     Review {
         kind: "SubjectAccessReview",
         plural: "subjectaccessreviews",
         singular: "subjectaccessreview",
-        group: "authorization.k8s.io",
+        group: &AUTHORIZATION_GROUP,
     },
 ];
 
-/// The named API groups built in, as `/apis` lists them (before the Gateway API's, while it
-/// is installed).
-static GROUPS: [&str; 5] = [
-    "apps",
-    "discovery.k8s.io",
-    "admissionregistration.k8s.io",
-    "authentication.k8s.io",
-    "authorization.k8s.io",
+/// The named API groups built in, as `/apis` lists them (before the Gateway API's and
+/// Weft's, while they are installed).
+static GROUPS: [&Group; 5] = [
+    &APPS_GROUP,
+    &DISCOVERY_GROUP,
+    &ADMISSION_GROUP,
+    &AUTHENTICATION_GROUP,
+    &AUTHORIZATION_GROUP,
 ];
 
 /// What a request path names.
@@ -438,9 +545,9 @@ enum Route {
     /// `/apis`.
     Groups,
     /// `/apis/{group}`.
-    Group(&'static str),
-    /// `/api/v1` (group "") or `/apis/{group}/v1`.
-    Resources(&'static str),
+    Group(&'static Group),
+    /// `/api/v1` (the core group) or `/apis/{group}/{version}`.
+    Resources(&'static Group),
     Collection {
         res: &'static Resource,
         namespace: Option<String>,
@@ -577,12 +684,18 @@ impl FakeKube {
     /// (kept on replace) and a creationTimestamp (kept on replace), tells the watches
     /// (ADDED or MODIFIED), and returns the new resourceVersion.
     ///
-    /// An HTTPRoute or GRPCRoute also gets its `metadata.generation`: 1 when created, one
-    /// more when the replacement changes anything outside `metadata` and `status` (its
-    /// `spec`), the same otherwise. A replacement without a `status` keeps the stored one, as
-    /// an update of a custom resource with a status subresource does; one with a `status`
-    /// sets it. Routes are stored (and [`FakeKube::get`] finds them) even while the Gateway
-    /// API is uninstalled; the API server shows them once it is installed again.
+    /// The `apiVersion` stored is the one the server serves for the kind (as
+    /// `weft.dev/v1alpha1`), whatever the object says.
+    ///
+    /// A custom resource (an HTTPRoute, GRPCRoute, AuthorizationPolicy, RateLimitPolicy,
+    /// BackendPolicy or RoutePolicy)
+    /// also gets its `metadata.generation`: 1 when created, one more when the replacement
+    /// changes anything outside `metadata` and `status` (its `spec`), the same otherwise. A
+    /// replacement without a `status` keeps the stored one, as an update of a custom resource
+    /// with a status subresource does; one with a `status` sets it. Custom resources are
+    /// stored (and [`FakeKube::get`] finds them) even while their group is uninstalled
+    /// ([`FakeKube::set_gateway_api`], [`FakeKube::set_weft_crds`]); the API server shows
+    /// them once it is installed again.
     ///
     /// Panics on an object of a kind the server does not store, or without a name, or with a
     /// namespace that does not fit its kind: those are mistakes in the test.
@@ -694,6 +807,35 @@ impl FakeKube {
             .get(res.kind)
             .and_then(|m| m.get(&key))
             .cloned()
+    }
+
+    /// Waits (up to [`crate::WAIT`]) until the object `kind` `namespace`/`name` exists and
+    /// satisfies `f`, and returns it; fails the test naming `what` otherwise.
+    pub async fn wait_object(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        what: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
+        tokio::time::timeout(crate::WAIT, async {
+            loop {
+                if let Some(obj) = self.get(kind, Some(namespace), name)
+                    && f(&obj)
+                {
+                    return obj;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{kind} {namespace}/{name}: {what}: {:?}",
+                self.get(kind, Some(namespace), name)
+            )
+        })
     }
 
     /// Caps the page size of lists that ask for pages (`limit`): a page holds at most
@@ -811,9 +953,25 @@ impl FakeKube {
     /// stored routes stay (hidden) and show again once it is reinstalled.
     pub fn set_gateway_api(&self, installed: bool) {
         let mut st = self.inner.state();
-        st.gateway_api = installed;
+        st.crds.gateway_api = installed;
         if !installed {
-            let ended = st.take_watches_of(GATEWAY_GROUP);
+            let ended = st.take_watches_of(&GATEWAY_GROUP);
+            drop(st);
+            drop(ended);
+        }
+    }
+
+    /// Installs or uninstalls Weft's own CustomResourceDefinitions, AuthorizationPolicy,
+    /// RateLimitPolicy, BackendPolicy and RoutePolicy of `weft.dev/v1alpha1` (installed when the server starts).
+    /// Uninstalled, `weft.dev` is absent from `/apis` and every path under `/apis/weft.dev`
+    /// answers 404 NotFound, as for a group with no CRDs; uninstalling ends the open watches
+    /// of those kinds cleanly, as removing a CRD does. The stored objects stay (hidden) and
+    /// show again once they are reinstalled.
+    pub fn set_weft_crds(&self, installed: bool) {
+        let mut st = self.inner.state();
+        st.crds.weft = installed;
+        if !installed {
+            let ended = st.take_watches_of(&WEFT_GROUP);
             drop(st);
             drop(ended);
         }
@@ -897,7 +1055,10 @@ impl State {
             denied: Vec::new(),
             reviews_forbidden: false,
             version: ("1".to_owned(), "33".to_owned()),
-            gateway_api: true,
+            crds: Crds {
+                gateway_api: true,
+                weft: true,
+            },
             status_patches: 0,
         }
     }
@@ -990,10 +1151,10 @@ impl State {
     }
 
     /// Forgets the watches of the kinds of API `group`; the caller ends them.
-    fn take_watches_of(&mut self, group: &str) -> Vec<Watch> {
+    fn take_watches_of(&mut self, group: &Group) -> Vec<Watch> {
         let (ended, kept): (Vec<Watch>, Vec<Watch>) = std::mem::take(&mut self.watches)
             .into_iter()
-            .partition(|w| w.filter.res.group == group);
+            .partition(|w| w.filter.res.group.name == group.name);
         self.watches = kept;
         if !ended.is_empty() {
             self.publish();
@@ -1539,10 +1700,10 @@ impl ApiError {
 
     fn not_found(res: &Resource, name: &str) -> Self {
         let mut details = json!({ "name": name, "kind": res.plural });
-        if !res.group.is_empty()
+        if !res.group.name.is_empty()
             && let Some(d) = details.as_object_mut()
         {
-            d.insert("group".into(), Value::String(res.group.into()));
+            d.insert("group".into(), Value::String(res.group.name.into()));
         }
         Self {
             details: Some(details),
@@ -1557,10 +1718,10 @@ impl ApiError {
     /// A write whose resourceVersion precondition no longer holds.
     fn conflict(res: &Resource, name: &str) -> Self {
         let mut details = json!({ "name": name, "kind": res.plural });
-        if !res.group.is_empty()
+        if !res.group.name.is_empty()
             && let Some(d) = details.as_object_mut()
         {
-            d.insert("group".into(), Value::String(res.group.into()));
+            d.insert("group".into(), Value::String(res.group.name.into()));
         }
         Self {
             details: Some(details),
@@ -1608,14 +1769,14 @@ impl ApiError {
     /// What RBAC answers a `user` who may not create `review`s.
     fn forbidden(review: &Review, user: &str) -> Self {
         Self {
-            details: Some(json!({ "group": review.group, "kind": review.plural })),
+            details: Some(json!({ "group": review.group.name, "kind": review.plural })),
             ..Self::new(
                 StatusCode::FORBIDDEN,
                 "Forbidden",
                 format!(
                     "{}.{} is forbidden: User {user:?} cannot create resource {:?} in API group \
                      {:?} at the cluster scope",
-                    review.plural, review.group, review.plural, review.group
+                    review.plural, review.group.name, review.plural, review.group.name
                 ),
             )
         }
@@ -1691,19 +1852,38 @@ impl ApiError {
     }
 }
 
-// === impl Resource, Review ===
+// === impl Group, Resource, Review ===
+
+impl Group {
+    /// `v1` for the core group, `apps/v1`, `weft.dev/v1alpha1`.
+    fn group_version(&self) -> String {
+        if self.name.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.name, self.version)
+        }
+    }
+
+    /// Its entry in `/apis` (and the body of `/apis/{group}`, with the type fields): its one
+    /// version, preferred.
+    fn discovery(&self) -> Value {
+        let gv = json!({ "groupVersion": self.group_version(), "version": self.version });
+        json!({ "name": self.name, "versions": [gv.clone()], "preferredVersion": gv })
+    }
+}
 
 impl Resource {
+    /// `v1`, `apps/v1`, `weft.dev/v1alpha1`: its group's served version.
     fn api_version(&self) -> String {
-        group_version(self.group)
+        self.group.group_version()
     }
 
     /// The resource as errors name it: `pods`, `deployments.apps`.
     fn qualified(&self) -> String {
-        if self.group.is_empty() {
+        if self.group.name.is_empty() {
             self.plural.to_owned()
         } else {
-            format!("{}.{}", self.plural, self.group)
+            format!("{}.{}", self.plural, self.group.name)
         }
     }
 
@@ -1747,6 +1927,11 @@ impl Resource {
 }
 
 impl Review {
+    /// `authentication.k8s.io/v1`: its group's served version.
+    fn api_version(&self) -> String {
+        self.group.group_version()
+    }
+
     fn discovery(&self) -> Value {
         json!({
             "name": self.plural,
@@ -1847,8 +2032,8 @@ async fn handle(
     if !authorized(req.headers()) {
         return ApiError::unauthorized().response();
     }
-    let gateway_api = inner.state().gateway_api;
-    let Some(route) = route(&path, gateway_api) else {
+    let crds = inner.state().crds;
+    let Some(route) = route(&path, crds) else {
         return ApiError::no_such_path().response();
     };
     let get = method == Method::GET;
@@ -1903,7 +2088,7 @@ async fn handle(
             StatusCode::OK,
             &json!({
                 "kind": "APIVersions",
-                "versions": [VERSION],
+                "versions": [CORE_GROUP.version],
                 "serverAddressByClientCIDRs": [
                     { "clientCIDR": "0.0.0.0/0", "serverAddress": inner.addr.to_string() }
                 ],
@@ -1914,11 +2099,11 @@ async fn handle(
             &json!({
                 "kind": "APIGroupList",
                 "apiVersion": "v1",
-                "groups": served_groups(gateway_api).map(group_discovery).collect::<Vec<_>>(),
+                "groups": served_groups(crds).map(Group::discovery).collect::<Vec<_>>(),
             }),
         ),
         Route::Group(group) if get => {
-            let mut doc = group_discovery(group);
+            let mut doc = group.discovery();
             if let Some(o) = doc.as_object_mut() {
                 o.insert("kind".into(), Value::String("APIGroup".into()));
                 o.insert("apiVersion".into(), Value::String("v1".into()));
@@ -1928,21 +2113,21 @@ async fn handle(
         Route::Resources(group) if get => {
             let resources: Vec<Value> = RESOURCES
                 .iter()
-                .filter(|r| r.group == group)
+                .filter(|r| r.group.name == group.name)
                 .flat_map(Resource::discovery)
                 .chain(
                     REVIEWS
                         .iter()
-                        .filter(|r| r.group == group)
+                        .filter(|r| r.group.name == group.name)
                         .map(Review::discovery),
                 )
                 .collect();
             let mut doc = json!({
                 "kind": "APIResourceList",
-                "groupVersion": group_version(group),
+                "groupVersion": group.group_version(),
                 "resources": resources,
             });
-            if !group.is_empty()
+            if !group.name.is_empty()
                 && let Some(o) = doc.as_object_mut()
             {
                 o.insert("apiVersion".into(), Value::String("v1".into()));
@@ -2160,7 +2345,7 @@ async fn handle_review(inner: &Arc<Inner>, review: &Review, body: Incoming) -> R
     let Ok(obj @ Value::Object(_)) = serde_json::from_slice::<Value>(&bytes) else {
         return ApiError::bad_request("the request body is not a JSON object").response();
     };
-    let api_version = group_version(review.group);
+    let api_version = review.api_version();
     if obj["kind"] != review.kind || obj["apiVersion"] != api_version.as_str() {
         return ApiError::bad_request(format!(
             "the object provided is not a {api_version} {}",
@@ -2191,38 +2376,42 @@ fn authorized(headers: &HeaderMap) -> bool {
         })
 }
 
-/// What `path` names; `gateway_api` is whether the Gateway API is installed.
-fn route(path: &str, gateway_api: bool) -> Option<Route> {
+/// What `path` names; `crds` is which groups of custom resources are installed. A group is
+/// served at its one version only: any other answers 404.
+fn route(path: &str, crds: Crds) -> Option<Route> {
     let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
     if segments.iter().any(|s| s.is_empty()) {
         return None;
     }
-    let known = |group: &str| served_groups(gateway_api).find(|g| *g == group);
+    let known = |group: &str| served_groups(crds).find(|g| g.name == group);
+    let known_at = |group: &str, version: &str| known(group).filter(|g| g.version == version);
     match segments.as_slice() {
         ["version"] => Some(Route::Version),
         ["healthz" | "livez" | "readyz"] => Some(Route::Health),
         ["api"] => Some(Route::CoreVersions),
         ["apis"] => Some(Route::Groups),
-        ["api", VERSION] => Some(Route::Resources("")),
+        ["api", version] if *version == CORE_GROUP.version => Some(Route::Resources(&CORE_GROUP)),
         ["apis", group] => known(group).map(Route::Group),
-        ["apis", group, VERSION] => known(group).map(Route::Resources),
-        ["api", VERSION, rest @ ..] => resource_route("", rest),
-        ["apis", group, VERSION, rest @ ..] => resource_route(known(group)?, rest),
+        ["apis", group, version] => known_at(group, version).map(Route::Resources),
+        ["api", version, rest @ ..] if *version == CORE_GROUP.version => {
+            resource_route(&CORE_GROUP, rest)
+        }
+        ["apis", group, version, rest @ ..] => resource_route(known_at(group, version)?, rest),
         _ => None,
     }
 }
 
-fn resource_route(group: &'static str, rest: &[&str]) -> Option<Route> {
+fn resource_route(group: &'static Group, rest: &[&str]) -> Option<Route> {
     let find = |plural: &str| {
         RESOURCES
             .iter()
-            .find(|r| r.group == group && r.plural == plural)
+            .find(|r| r.group.name == group.name && r.plural == plural)
     };
     match rest {
         [plural] => {
             if let Some(review) = REVIEWS
                 .iter()
-                .find(|r| r.group == group && r.plural == *plural)
+                .find(|r| r.group.name == group.name && r.plural == *plural)
             {
                 return Some(Route::Review(review));
             }
@@ -2263,37 +2452,26 @@ fn resource_route(group: &'static str, rest: &[&str]) -> Option<Route> {
 }
 
 /// The named groups served, in the order `/apis` lists them: the built-in ones, then the
-/// Gateway API's while it is installed.
-fn served_groups(gateway_api: bool) -> impl Iterator<Item = &'static str> {
+/// Gateway API's and Weft's while they are installed.
+fn served_groups(crds: Crds) -> impl Iterator<Item = &'static Group> {
     GROUPS
         .iter()
         .copied()
-        .chain(gateway_api.then_some(GATEWAY_GROUP))
+        .chain(crds.gateway_api.then_some(&GATEWAY_GROUP))
+        .chain(crds.weft.then_some(&WEFT_GROUP))
 }
 
 fn resource_by_kind(kind: &str) -> Option<&'static Resource> {
     RESOURCES.iter().find(|r| r.kind == kind)
 }
 
-fn group_version(group: &str) -> String {
-    if group.is_empty() {
-        VERSION.to_owned()
-    } else {
-        format!("{group}/{VERSION}")
-    }
-}
-
-fn group_discovery(group: &str) -> Value {
-    let gv = json!({ "groupVersion": group_version(group), "version": VERSION });
-    json!({ "name": group, "versions": [gv.clone()], "preferredVersion": gv })
-}
-
 /// The storageVersionHash discovery gives a custom resource: the first 8 bytes of the SHA-256
-/// of `group/version/kind`, in standard base64.
-fn storage_version_hash(group: &str, kind: &str) -> String {
+/// of `group/version/kind` (its group's served version, which is also the one stored), in
+/// standard base64.
+fn storage_version_hash(group: &Group, kind: &str) -> String {
     let digest = ring::digest::digest(
         &ring::digest::SHA256,
-        format!("{group}/{VERSION}/{kind}").as_bytes(),
+        format!("{}/{}/{kind}", group.name, group.version).as_bytes(),
     );
     let prefix = digest.as_ref().get(..8).unwrap_or_default();
     base64::engine::general_purpose::STANDARD.encode(prefix)

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use weft_core::EndpointState;
 use weft_core::platform::{Credential, Platform};
 use weft_kubernetes::{KubernetesPlatform, KubernetesSettings};
-use weft_tests::conformance::{PlatformHarness, WorkloadSpec, run_all, run_policy, run_routes};
+use weft_tests::conformance::{
+    PlatformHarness, WorkloadSpec, run_all, run_inbound_policies, run_policy, run_routes,
+};
 use weft_tests::fake_kube::FakeKube;
 use weft_tests::kube_objects::{self as k8s, Condition, SliceEndpoint, SvcPort, TokenFor};
 
@@ -135,6 +137,23 @@ impl PlatformHarness for KubeHarness {
         self.platform.clone()
     }
 
+    /// Weft's CRDs (and Gateway API routes), in the harness's namespace.
+    async fn set_policies(&mut self, objects: &[(&str, &str, Value)]) -> bool {
+        for (kind, name, spec) in objects {
+            let api_version = match *kind {
+                "HTTPRoute" | "GRPCRoute" => "gateway.networking.k8s.io/v1",
+                _ => "weft.dev/v1alpha1",
+            };
+            self.fake.apply(json!({
+                "apiVersion": api_version,
+                "kind": kind,
+                "metadata": {"namespace": NS, "name": name},
+                "spec": spec,
+            }));
+        }
+        true
+    }
+
     fn namespace(&self) -> &str {
         NS
     }
@@ -213,4 +232,9 @@ async fn the_kubernetes_workloads_proxy_enforces_its_rules_when_called_directly(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_files_routes_apply_on_the_kubernetes_platform() {
     run_routes(KubeHarness::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_policies() {
+    run_inbound_policies(KubeHarness::start().await).await;
 }

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 use weft_core::config::ConfigWatcher;
 use weft_core::platform::{Credential, Platform};
-use weft_tests::conformance::{PlatformHarness, WorkloadSpec, run_all, run_policy, run_routes};
+use weft_tests::conformance::{
+    PlatformHarness, WorkloadSpec, run_all, run_inbound_policies, run_policy, run_routes,
+};
 
 struct LocalHarness {
     dir: tempfile::TempDir,
@@ -150,4 +152,9 @@ async fn the_local_workloads_proxy_enforces_its_rules_when_called_directly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_files_routes_apply_on_the_local_platform() {
     run_routes(LocalHarness::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_policies() {
+    run_inbound_policies(LocalHarness::start()).await;
 }

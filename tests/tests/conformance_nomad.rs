@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use weft_core::TrustDomain;
 use weft_core::platform::{Credential, Platform};
 use weft_nomad::{NomadPlatform, NomadSettings};
-use weft_tests::conformance::{PlatformHarness, WorkloadSpec, run_all, run_policy, run_routes};
+use weft_tests::conformance::{
+    PlatformHarness, WorkloadSpec, run_all, run_inbound_policies, run_policy, run_routes,
+};
 use weft_tests::fake_nomad::{FakeNomad, ServiceRegistration};
 use weft_tests::jwt::{Claims, TestKey};
 
@@ -206,4 +208,9 @@ async fn the_nomad_workloads_proxy_enforces_its_rules_when_called_directly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_files_routes_apply_on_the_nomad_platform() {
     run_routes(NomadHarness::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_policies() {
+    run_inbound_policies(NomadHarness::start().await).await;
 }

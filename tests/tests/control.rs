@@ -148,8 +148,9 @@ async fn each_proxy_resolves_only_the_services_it_may_reach() {
         weft_tests::WAIT,
         settings.wait_for(|s| {
             s.as_ref().is_some_and(|s| {
-                s.policy(port).authorize(&id("web")) == weft_core::policy::Decision::Allow
-                    && s.policy(port).authorize(&id("load")) == weft_core::policy::Decision::Deny
+                s.policy(port).on_connection(Some(&id("web"))) == weft_core::policy::Decision::Allow
+                    && s.policy(port).on_connection(Some(&id("load")))
+                        == weft_core::policy::Decision::Deny
             })
         }),
     )

@@ -69,8 +69,7 @@ async fn the_reason_reaches_mesh_peers_but_not_clients_outside_the_mesh() {
         WAIT,
         settings.wait_for(|s| {
             s.as_ref().is_some_and(|s| {
-                s.policy(inbound.port()).authorize_unauthenticated()
-                    == weft_core::policy::Decision::Allow
+                s.policy(inbound.port()).on_connection(None) == weft_core::policy::Decision::Allow
             })
         }),
     )

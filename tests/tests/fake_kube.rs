@@ -1,7 +1,8 @@
 //! The fake Kubernetes API server against the real `kube` client: paged lists, the runtime
 //! watcher through its list, watch, expiry, cut connections and a server restart, bookmarks,
-//! streaming lists, TokenReview, access reviews, discovery and refusals, and the Gateway API's
-//! routes with their status subresource, generation, and the switch that uninstalls them.
+//! streaming lists, TokenReview, access reviews, discovery and refusals, and the custom
+//! resources (the Gateway API's routes, Weft's `weft.dev/v1alpha1` policies) with their status
+//! subresource, generation, and the switches that uninstall them.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
@@ -1273,4 +1274,313 @@ async fn gateway_api_uninstalled_is_not_found() {
     assert_eq!(list.items[0].name_any(), "web");
     let discovery = kube::Discovery::new(client).run().await.unwrap();
     assert!(discovery.has_group(GATEWAY));
+}
+
+/// Weft's own group.
+const WEFT: &str = "weft.dev";
+
+/// The dynamic type of Weft's `kind` (AuthorizationPolicy, RateLimitPolicy) of `plural`.
+fn weft_type(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(WEFT, "v1alpha1", kind), plural)
+}
+
+/// An AuthorizationPolicy allowing `from` to reach Service `api`.
+fn authorization_policy(ns: &str, name: &str, from: &str) -> Value {
+    json!({
+        "apiVersion": "weft.dev/v1alpha1",
+        "kind": "AuthorizationPolicy",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": { "service": "api", "action": "allow", "from": [from] },
+    })
+}
+
+/// A policy's status as the adapter writes it.
+fn policy_accepted(generation: i64) -> Value {
+    json!({
+        "conditions": [{
+            "type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+            "observedGeneration": generation,
+            "lastTransitionTime": "2025-01-01T00:00:00Z",
+        }],
+    })
+}
+
+#[tokio::test]
+async fn weft_policies_at_v1alpha1_with_status_and_the_switch_that_uninstalls_them() {
+    let fake = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_for(&fake, dir.path()).await;
+    let authz = weft_type("AuthorizationPolicy", "authorizationpolicies");
+
+    // Discovery: the group at v1alpha1 only, both kinds with their status subresources.
+    let groups = client.list_api_groups().await.unwrap();
+    let group = groups.groups.iter().find(|g| g.name == WEFT).unwrap();
+    let versions: Vec<&str> = group
+        .versions
+        .iter()
+        .map(|v| v.group_version.as_str())
+        .collect();
+    assert_eq!(versions, ["weft.dev/v1alpha1"]);
+    assert_eq!(
+        group.preferred_version.as_ref().unwrap().version,
+        "v1alpha1"
+    );
+    let resources = client
+        .list_api_group_resources("weft.dev/v1alpha1")
+        .await
+        .unwrap();
+    assert_eq!(resources.group_version, "weft.dev/v1alpha1");
+    let names: Vec<&str> = resources
+        .resources
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "authorizationpolicies",
+            "authorizationpolicies/status",
+            "ratelimitpolicies",
+            "ratelimitpolicies/status",
+            "backendpolicies",
+            "backendpolicies/status",
+            "routepolicies",
+            "routepolicies/status"
+        ]
+    );
+    for r in &resources.resources {
+        assert!(r.namespaced, "{}", r.name);
+        if r.name.ends_with("/status") {
+            assert_eq!(r.verbs, ["get", "patch", "update"], "{}", r.name);
+        } else {
+            assert!(r.verbs.iter().any(|v| v == "watch"), "{}", r.name);
+            assert_eq!(r.categories.as_deref(), Some(&["weft".to_owned()][..]));
+            assert!(r.storage_version_hash.is_some(), "{}", r.name);
+        }
+    }
+    let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
+    for (kind, plural, singular) in [
+        (
+            "AuthorizationPolicy",
+            "authorizationpolicies",
+            "authorizationpolicy",
+        ),
+        ("RateLimitPolicy", "ratelimitpolicies", "ratelimitpolicy"),
+    ] {
+        let gvk = GroupVersionKind::gvk(WEFT, "v1alpha1", kind);
+        let (ar, caps) = discovery.resolve_gvk(&gvk).unwrap();
+        assert_eq!(
+            (ar.plural.as_str(), ar.api_version.as_str()),
+            (plural, "weft.dev/v1alpha1")
+        );
+        assert!(caps.supports_operation(kube::discovery::verbs::WATCH));
+        assert!(
+            discovery
+                .resolve_gvk(&GroupVersionKind::gvk(WEFT, "v1", kind))
+                .is_none()
+        );
+        let entry = resources.resources.iter().find(|r| r.kind == kind).unwrap();
+        assert_eq!(entry.singular_name, singular);
+    }
+    // Another version of the group is no path at all.
+    for path in [
+        "/apis/weft.dev/v1",
+        "/apis/weft.dev/v1/namespaces/a/authorizationpolicies",
+        "/apis/weft.dev/v1beta1/namespaces/a/ratelimitpolicies",
+    ] {
+        let req = http::Request::get(path).body(Vec::new()).unwrap();
+        let status = api_error(client.request_text(req).await);
+        assert_eq!(
+            (status.code, status.reason.as_str()),
+            (404, "NotFound"),
+            "{path}"
+        );
+    }
+
+    // The runtime watcher lists, then watches, and sees an applied policy, at v1alpha1.
+    let in_a: Api<DynamicObject> = Api::namespaced_with(client.clone(), "a", &authz);
+    let w = watcher(in_a.clone(), watcher::Config::default());
+    let mut w = pin!(w);
+    assert!(matches!(next_ok(&mut w).await, watcher::Event::Init));
+    assert!(matches!(next_ok(&mut w).await, watcher::Event::InitDone));
+    // Applied after the list: the watch (from the list's resourceVersion) brings it.
+    fake.apply(authorization_policy(
+        "a",
+        "web",
+        "spiffe://cluster.local/ns/a/sa/web",
+    ));
+    let watcher::Event::Apply(seen) = next_ok(&mut w).await else {
+        panic!("expected the applied policy")
+    };
+    assert_eq!(seen.name_any(), "web");
+    assert_eq!(seen.metadata.generation, Some(1));
+    let path = "/apis/weft.dev/v1alpha1/namespaces/a/authorizationpolicies";
+    let requests = fake.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path == path && !r.query.contains("watch=true"))
+            && requests
+                .iter()
+                .any(|r| r.path == path && r.query.contains("watch=true")),
+        "a list and a watch: {requests:?}"
+    );
+    assert_eq!(
+        seen.types.as_ref().map(|t| t.api_version.as_str()),
+        Some("weft.dev/v1alpha1")
+    );
+    let list = in_a.list(&ListParams::default()).await.unwrap();
+    assert_eq!(
+        (list.types.api_version.as_str(), list.types.kind.as_str()),
+        ("weft.dev/v1alpha1", "AuthorizationPolicyList")
+    );
+    assert_eq!(list.items.len(), 1);
+    let spec = list.items[0].data["spec"].clone();
+    assert_eq!(
+        fake.get("AuthorizationPolicy", Some("a"), "web").unwrap()["apiVersion"],
+        "weft.dev/v1alpha1"
+    );
+
+    // A status merge PATCH changes only the status and keeps the generation; the watcher
+    // sees it.
+    let patch = json!({
+        "status": policy_accepted(1),
+        "spec": { "service": "other" },
+        "metadata": { "labels": { "sneaked": "in" } },
+    });
+    let patched = in_a
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert_eq!(patched.data["status"], policy_accepted(1));
+    assert_eq!(patched.data["spec"], spec);
+    assert!(patched.labels().is_empty());
+    assert_eq!(patched.metadata.generation, Some(1));
+    let watcher::Event::Apply(seen) = next_ok(&mut w).await else {
+        panic!("expected the patched policy")
+    };
+    assert_eq!(seen.data["status"], policy_accepted(1));
+    assert_eq!(seen.resource_version(), patched.resource_version());
+    assert_eq!(fake.status_patches(), 1);
+    // A server-side apply patch names the group's version.
+    let applied = in_a
+        .patch_status(
+            "web",
+            &PatchParams::apply("weft-test"),
+            &Patch::Apply(json!({
+                "apiVersion": "weft.dev/v1alpha1", "kind": "AuthorizationPolicy",
+                "status": policy_accepted(1),
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.resource_version(), patched.resource_version());
+    assert_eq!(fake.status_patches(), 2);
+
+    // A spec change makes a new generation and keeps the status.
+    fake.apply(authorization_policy(
+        "a",
+        "web",
+        "spiffe://cluster.local/ns/b/sa/*",
+    ));
+    let watcher::Event::Apply(seen) = next_ok(&mut w).await else {
+        panic!("expected the changed policy")
+    };
+    assert_eq!(seen.metadata.generation, Some(2));
+    assert_eq!(
+        seen.data["spec"]["from"][0],
+        "spiffe://cluster.local/ns/b/sa/*"
+    );
+    assert_eq!(seen.data["status"], policy_accepted(1));
+    let got = in_a.get_status("web").await.unwrap();
+    assert_eq!(got.metadata.generation, Some(2));
+
+    // A RateLimitPolicy is served the same way.
+    fake.apply(json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "RateLimitPolicy",
+        "metadata": { "name": "api", "namespace": "a" },
+        "spec": { "service": "api", "requestsPerSecond": 100 },
+    }));
+    let limits: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "a",
+        &weft_type("RateLimitPolicy", "ratelimitpolicies"),
+    );
+    let limit = limits.get("api").await.unwrap();
+    assert_eq!(limit.metadata.generation, Some(1));
+    let status = api_error(
+        limits
+            .patch_status(
+                "nope",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": policy_accepted(1) })),
+            )
+            .await,
+    );
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    assert_eq!(
+        status.message,
+        "ratelimitpolicies.weft.dev \"nope\" not found"
+    );
+
+    // Uninstalled: the watch ends cleanly (the watcher's next step is to watch again, which
+    // is refused, where a cut stream would fail first), the group is gone from discovery,
+    // and everything under it is 404; the Gateway API stays.
+    fake.set_weft_crds(false);
+    match next(&mut w).await {
+        Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) => {
+            assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+        }
+        other => panic!("expected the watch to end and not start again, got {other:?}"),
+    }
+    let status = api_error(in_a.list(&ListParams::default()).await);
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    let status = api_error(in_a.get("web").await);
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    let status = api_error(
+        in_a.patch_status(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": policy_accepted(2) })),
+        )
+        .await,
+    );
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    for path in ["/apis/weft.dev", "/apis/weft.dev/v1alpha1"] {
+        let req = http::Request::get(path).body(Vec::new()).unwrap();
+        let status = api_error(client.request_text(req).await);
+        assert_eq!(
+            (status.code, status.reason.as_str()),
+            (404, "NotFound"),
+            "{path}"
+        );
+    }
+    let groups = client.list_api_groups().await.unwrap();
+    assert!(groups.groups.iter().all(|g| g.name != WEFT));
+    let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
+    assert!(!discovery.has_group(WEFT));
+    assert!(discovery.has_group(GATEWAY));
+    assert_eq!(fake.status_patches(), 2);
+    // Stored all the same.
+    assert!(fake.get("AuthorizationPolicy", Some("a"), "web").is_some());
+
+    // Reinstalled: the policy shows again, status and generation as they were, and the
+    // watcher resumes and sees the next change.
+    fake.set_weft_crds(true);
+    let list = in_a.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert_eq!(list.items[0].name_any(), "web");
+    assert_eq!(list.items[0].metadata.generation, Some(2));
+    assert_eq!(list.items[0].data["status"], policy_accepted(1));
+    fake.apply(authorization_policy(
+        "a",
+        "web",
+        "spiffe://cluster.local/ns/c/sa/*",
+    ));
+    let watcher::Event::Apply(seen) = next_ok(&mut w).await else {
+        panic!("expected the policy changed after the reinstall")
+    };
+    assert_eq!(seen.metadata.generation, Some(3));
+    let discovery = kube::Discovery::new(client).run().await.unwrap();
+    assert!(discovery.has_group(WEFT));
 }

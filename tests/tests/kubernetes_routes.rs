@@ -12,7 +12,6 @@ use std::net::IpAddr;
 use serde_json::{Value, json};
 use weft_core::ServiceName;
 use weft_kubernetes::{KubernetesPlatform, KubernetesSettings};
-use weft_tests::WAIT;
 use weft_tests::fake_kube::FakeKube;
 use weft_tests::kube_objects::{self as k8s, Condition, SliceEndpoint, SvcPort};
 
@@ -74,28 +73,6 @@ fn condition(obj: &Value, kind: &str) -> Option<Value> {
         .cloned()
 }
 
-/// Waits until the route `kind`/`name` satisfies `f` in the fake's store.
-async fn wait_object(
-    fake: &FakeKube,
-    kind: &str,
-    name: &str,
-    what: &str,
-    f: impl Fn(&Value) -> bool,
-) -> Value {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(obj) = fake.get(kind, Some("shop"), name)
-                && f(&obj)
-            {
-                return obj;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{name}: {what}: {:?}", fake.get(kind, Some("shop"), name)))
-}
-
 fn weights(s: &weft_core::RegistrySnapshot, route: &str) -> Option<Vec<u32>> {
     s.routes()
         .iter()
@@ -147,10 +124,11 @@ async fn routes_reach_the_registry_and_say_in_their_status_what_the_mesh_made_of
     );
     assert_eq!(routes.iter().flat_map(|r| r.grpc.iter()).count(), 1);
 
-    let obj = wait_object(&fake, "HTTPRoute", "canary", "accepted", |o| {
-        condition(o, "Accepted").is_some_and(|c| c["status"] == "True")
-    })
-    .await;
+    let obj = fake
+        .wait_object("HTTPRoute", "shop", "canary", "accepted", |o| {
+            condition(o, "Accepted").is_some_and(|c| c["status"] == "True")
+        })
+        .await;
     let parent = &obj["status"]["parents"][0];
     assert_eq!(parent["controllerName"], "weft.dev/mesh");
     assert_eq!(parent["parentRef"]["name"], "web");
@@ -161,7 +139,7 @@ async fn routes_reach_the_registry_and_say_in_their_status_what_the_mesh_made_of
     );
     assert!(condition(&obj, "Accepted").unwrap()["lastTransitionTime"].is_string());
     assert!(fake.get("HTTPRoute", Some("shop"), "ingress").unwrap()["status"].is_null());
-    wait_object(&fake, "GRPCRoute", "users", "accepted", |o| {
+    fake.wait_object("GRPCRoute", "shop", "users", "accepted", |o| {
         condition(o, "Accepted").is_some_and(|c| c["status"] == "True")
     })
     .await;
@@ -180,10 +158,11 @@ async fn routes_reach_the_registry_and_say_in_their_status_what_the_mesh_made_of
     let mut bad = canary("web-v2", 50);
     bad["rules"][0]["matches"] = json!([{"path": {"type": "RegularExpression", "value": "(("}}]);
     fake.apply(http_route("canary", bad));
-    let obj = wait_object(&fake, "HTTPRoute", "canary", "refused", |o| {
-        condition(o, "Accepted").is_some_and(|c| c["status"] == "False")
-    })
-    .await;
+    let obj = fake
+        .wait_object("HTTPRoute", "shop", "canary", "refused", |o| {
+            condition(o, "Accepted").is_some_and(|c| c["status"] == "False")
+        })
+        .await;
     let accepted = condition(&obj, "Accepted").unwrap();
     assert_eq!(accepted["reason"], "UnsupportedValue");
     assert!(
@@ -204,10 +183,11 @@ async fn routes_reach_the_registry_and_say_in_their_status_what_the_mesh_made_of
 
     // A backend that does not exist: accepted, its refs not resolved.
     fake.apply(http_route("canary", canary("ghost", 20)));
-    let obj = wait_object(&fake, "HTTPRoute", "canary", "backend not found", |o| {
-        condition(o, "ResolvedRefs").is_some_and(|c| c["reason"] == "BackendNotFound")
-    })
-    .await;
+    let obj = fake
+        .wait_object("HTTPRoute", "shop", "canary", "backend not found", |o| {
+            condition(o, "ResolvedRefs").is_some_and(|c| c["reason"] == "BackendNotFound")
+        })
+        .await;
     assert_eq!(condition(&obj, "Accepted").unwrap()["status"], "True");
     run.until("the new weights", |s| {
         weights(s, "shop/canary") == Some(vec![80, 20])
@@ -265,12 +245,13 @@ async fn other_controllers_status_entries_are_kept() {
     route["status"] = json!({"parents": [gateway_entry.clone()]});
     fake.apply(route);
     let _run = running(&fake).await;
-    let obj = wait_object(&fake, "HTTPRoute", "both", "the mesh's entry", |o| {
-        o["status"]["parents"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|p| p["controllerName"] == "weft.dev/mesh"))
-    })
-    .await;
+    let obj = fake
+        .wait_object("HTTPRoute", "shop", "both", "the mesh's entry", |o| {
+            o["status"]["parents"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["controllerName"] == "weft.dev/mesh"))
+        })
+        .await;
     let parents = obj["status"]["parents"].as_array().unwrap();
     assert_eq!(parents.len(), 2, "{obj}");
     assert!(parents.contains(&gateway_entry), "{obj}");

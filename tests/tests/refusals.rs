@@ -351,7 +351,7 @@ async fn wait_plaintext_policy(proxy: &Proxy, port: u16, admits: bool) {
         WAIT,
         settings.wait_for(|s| {
             s.as_ref()
-                .is_some_and(|s| s.policy(port).authorize_unauthenticated() == want)
+                .is_some_and(|s| s.policy(port).on_connection(None) == want)
         }),
     )
     .await

@@ -424,6 +424,29 @@ const SPLIT_ROUTES: &str = r#"
 backend_refs = [{ name = "web", weight = 50 }, { name = "web-v2", weight = 50 }]
 "#;
 
+/// Calls `/` through the split at `up` until `n` calls have failed with 503 (half the calls go
+/// to the failing backend; bounded at 200 calls).
+async fn split_until_failed(
+    http: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Empty<Bytes>,
+    >,
+    up: std::net::SocketAddr,
+    n: usize,
+) {
+    let mut failed = 0;
+    for _ in 0..200 {
+        let (status, ..) = weft_tests::get_through(http, up, "/").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            failed += 1;
+            if failed == n {
+                return;
+            }
+        }
+    }
+    panic!("only {failed} of {n} failures in 200 calls");
+}
+
 /// Failure accrual: seven 5xx in a row eject web-v2's only endpoint, and the split then
 /// sends web-v2's share to web instead of failing it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,17 +468,7 @@ async fn a_split_backend_whose_endpoints_are_all_ejected_loses_its_share() {
     let up = upstream(&client, "web");
 
     // Until web-v2 has failed seven times in a row (bounded: half the calls go there).
-    let mut failed = 0;
-    for _ in 0..200 {
-        let (status, ..) = weft_tests::get_through(&http, up, "/").await;
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            failed += 1;
-            if failed == 7 {
-                break;
-            }
-        }
-    }
-    assert_eq!(failed, 7);
+    split_until_failed(&http, up, 7).await;
     let reached = v2_tally.answered();
     // Ejected: every call goes to web. The first penalty lasts at least half a second; should
     // this loop outlast it on a slow machine, one probe may reach web-v2 and fail.
@@ -661,5 +674,186 @@ async fn audit_admits_and_counts_what_a_deny_would_refuse() {
     assert_eq!(
         weft_tests::metric(&text, "weft_inbound_authz_denied_total", &[]),
         0.0
+    );
+}
+
+/// A route's rate limit (a limit with `to`) applies to the requests it matches, however
+/// their path is spelled, and to no others; per identity, each client has its own bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_rate_limit_applies_to_its_requests_only() {
+    let app = backends::http_echo("web").await;
+    let web = WorkloadDecl::serving("web", "web");
+    let load = WorkloadDecl::client("load");
+    let load2 = WorkloadDecl::client("load2");
+    let policy = "[policy]\ndefault_inbound = \"allow\"\n\n[[policy.rate_limits]]\n\
+                  service = \"web.test\"\nrequests_per_second = 0.0166\nburst = 2\n\
+                  per_identity = true\n\
+                  to = [{ path = { type = \"PathPrefix\", value = \"/export\" } }]\n";
+    let mesh = TestMesh::start(&[web.clone(), load.clone(), load2.clone()], policy).await;
+    let server = mesh.proxy(&web, Some(app.port()), &[]).await;
+    let load = mesh.proxy(&load, None, &["web"]).await;
+    let load2 = mesh.proxy(&load2, None, &["web"]).await;
+    let http = weft_tests::http_client();
+    let status = async |p: &weft_proxy::Proxy, path: &str| {
+        weft_tests::get_through(&http, upstream(p, "web"), path)
+            .await
+            .0
+    };
+    for path in ["/export/a", "/export"] {
+        assert_eq!(status(&load, path).await, StatusCode::OK, "{path}");
+    }
+    for path in ["/export/b", "//export", "/x/../export"] {
+        assert_eq!(
+            status(&load, path).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{path}"
+        );
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            status(&load, "/other").await,
+            StatusCode::OK,
+            "not the route"
+        );
+    }
+    assert_eq!(
+        status(&load2, "/export").await,
+        StatusCode::OK,
+        "load2's bucket"
+    );
+    let (_, text) = weft_tests::admin_get(server.admin_addr, "GET", "/metrics").await;
+    assert_eq!(
+        weft_tests::metric(&text, "weft_inbound_rate_limited_total", &[]),
+        3.0
+    );
+}
+
+/// A service's backend policy: its concurrency limit bounds every call to it from a caller's
+/// proxy, routes or not (past it, 503 at once with the reason, counted by service), and a
+/// place comes free when a response ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_concurrency_limit_bounds_every_call_to_it() {
+    let (held, release, arrived) = backends::http_gated("web").await;
+    let web = WorkloadDecl::serving("web", "web");
+    let load = WorkloadDecl::client("load");
+    let policy = "[policy]\ndefault_inbound = \"allow\"\n\n[[policy.backends]]\n\
+                  service = \"web.test\"\nlimits = { max_in_flight = 1 }\n";
+    let mesh = TestMesh::start(&[web.clone(), load.clone()], policy).await;
+    let _server = mesh.proxy(&web, Some(held.port()), &[]).await;
+    let client = mesh.proxy(&load, None, &["web"]).await;
+    let http = weft_tests::http_client();
+    let up = upstream(&client, "web");
+    let first = {
+        let http = http.clone();
+        tokio::spawn(async move { weft_tests::get_through(&http, up, "/held").await.0 })
+    };
+    tokio::time::timeout(WAIT, arrived.notified())
+        .await
+        .unwrap();
+    let rsp = http
+        .request(
+            Request::get(format!("http://{up}/other"))
+                .header("host", "web.test")
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let reason = rsp.headers()["weft-proxy-error"].to_str().unwrap();
+    assert!(reason.contains("service's concurrency limit"), "{reason}");
+    release.add_permits(1);
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    let (status, ..) = weft_tests::get_through(&http, up, "/other").await;
+    assert_eq!(status, StatusCode::OK, "the place came free");
+    let (_, text) = weft_tests::admin_get(client.admin_addr, "GET", "/metrics").await;
+    assert_eq!(
+        weft_tests::metric(
+            &text,
+            "weft_service_limited_total",
+            &["service=\"web.test\""]
+        ),
+        1.0
+    );
+}
+
+/// A service's backend policy sets its failure accrual: two 5xx in a row eject web-v2's only
+/// endpoint (not seven), and the split sends its share to web.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_backend_policy_sets_its_failure_accrual() {
+    let v1 = backends::http_echo("web").await;
+    let (v2, v2_tally) = backends::http_echo_failing("web-v2", u32::MAX, 503).await;
+    let web = WorkloadDecl::serving("web", "web");
+    let web_v2 = WorkloadDecl::serving("web-v2", "web-v2");
+    let load = WorkloadDecl::client("load");
+    let policy = format!(
+        "{}\n[[policy.backends]]\nservice = \"web-v2.test\"\n\
+         failure_accrual = {{ consecutive_failures = 2, first_penalty = \"30s\" }}\n",
+        routes_of("web", SPLIT_ROUTES)
+    );
+    let mesh = TestMesh::start(&[web.clone(), web_v2.clone(), load.clone()], &policy).await;
+    let _s1 = mesh.proxy(&web, Some(v1.port()), &[]).await;
+    let _s2 = mesh.proxy(&web_v2, Some(v2.port()), &[]).await;
+    let client = mesh.proxy(&load, None, &["web"]).await;
+    let http = weft_tests::http_client();
+    let up = upstream(&client, "web");
+    split_until_failed(&http, up, 2).await;
+    // Ejected for at least 15 s: every call goes to web, and none reaches web-v2.
+    let reached = v2_tally.answered();
+    for _ in 0..50 {
+        let (status, backend, _) = weft_tests::get_through(&http, up, "/").await;
+        assert_eq!((status.as_u16(), backend.as_str()), (200, "web"));
+    }
+    assert_eq!(v2_tally.answered(), reached);
+}
+
+/// A retry goes to another endpoint where one is ready: of web's two endpoints one always
+/// answers 503 (failure accrual is off, so it stays in rotation), and with one retry every
+/// call succeeds, while without retries about half fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_goes_to_another_endpoint() {
+    let good = backends::http_echo("good").await;
+    let (bad, bad_tally) = backends::http_echo_failing("bad", u32::MAX, 503).await;
+    let web_a = WorkloadDecl::serving("web-a", "web");
+    let web_b = WorkloadDecl::serving("web-b", "web");
+    let load = WorkloadDecl::client("load");
+    let policy = format!(
+        "{}\n[[policy.backends]]\nservice = \"web.test\"\n\
+         failure_accrual = {{ consecutive_failures = 0 }}\n",
+        routes_of(
+            "web",
+            "[[routes.http.rules]]\nname = \"retried\"\n\
+             matches = [{ path = { type = \"PathPrefix\", value = \"/retried\" } }]\n\
+             retry = { codes = [503], attempts = 1, backoff = \"1ms\" }\n\
+             [[routes.http.rules]]\n"
+        )
+    );
+    let mesh = TestMesh::start(&[web_a.clone(), web_b.clone(), load.clone()], &policy).await;
+    let _a = mesh.proxy(&web_a, Some(good.port()), &[]).await;
+    let _b = mesh.proxy(&web_b, Some(bad.port()), &[]).await;
+    let client = mesh.proxy(&load, None, &["web"]).await;
+    let http = weft_tests::http_client();
+    let up = upstream(&client, "web");
+    // Both endpoints are in rotation: calls without retries fail about half the time.
+    let mut failed = 0;
+    for _ in 0..100 {
+        let (status, ..) = weft_tests::get_through(&http, up, "/plain").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            failed += 1;
+        }
+    }
+    assert!((10..=90).contains(&failed), "{failed} of 100 failed");
+    let before = bad_tally.answered();
+    for i in 0..100 {
+        let (status, backend, _) = weft_tests::get_through(&http, up, "/retried").await;
+        assert_eq!(
+            (status, backend.as_str()),
+            (StatusCode::OK, "good"),
+            "call {i}"
+        );
+    }
+    assert!(
+        bad_tally.answered() > before,
+        "some first attempts went to the bad endpoint"
     );
 }

@@ -39,9 +39,10 @@ const VALUES_HA: &str = include_str!("../../../deploy-k8s/weft/values-ha.yaml");
 const SCHEMA: &str = include_str!("../../../deploy-k8s/weft/values.schema.json");
 
 /// Every file of the chart's `templates/` (a test keeps this list equal to the directory).
-const TEMPLATES: [(&str, &str); 9] = [
+const TEMPLATES: [(&str, &str); 10] = [
     chart_file!("templates/_helpers.tpl"),
     chart_file!("templates/configmap.yaml"),
+    chart_file!("templates/crds.yaml"),
     chart_file!("templates/deployment.yaml"),
     chart_file!("templates/pdb.yaml"),
     chart_file!("templates/rbac.yaml"),
@@ -52,12 +53,13 @@ const TEMPLATES: [(&str, &str); 9] = [
 ];
 
 /// The order Helm installs kinds in; `kubectl apply` creates objects in the order given.
-const KIND_ORDER: [&str; 12] = [
+const KIND_ORDER: [&str; 13] = [
     "Namespace",
     "PodDisruptionBudget",
     "ServiceAccount",
     "Secret",
     "ConfigMap",
+    "CustomResourceDefinition",
     "ClusterRole",
     "ClusterRoleBinding",
     "Role",
@@ -795,6 +797,10 @@ mod tests {
                 "Secret",
                 "Secret",
                 "ConfigMap",
+                "CustomResourceDefinition",
+                "CustomResourceDefinition",
+                "CustomResourceDefinition",
+                "CustomResourceDefinition",
                 "ClusterRole",
                 "ClusterRoleBinding",
                 "Service",
@@ -805,6 +811,7 @@ mod tests {
         for o in &objs[1..] {
             if o["kind"] != "ClusterRole"
                 && o["kind"] != "ClusterRoleBinding"
+                && o["kind"] != "CustomResourceDefinition"
                 && o["kind"] != "MutatingWebhookConfiguration"
             {
                 assert_eq!(o["metadata"]["namespace"], "mesh-system", "{o}");
@@ -824,10 +831,10 @@ mod tests {
             "{config}"
         );
         assert!(config.contains("namespaces = []"), "{config}");
-        let resources = &objs[8]["spec"]["template"]["spec"]["containers"][0]["resources"];
+        let resources = &objs[12]["spec"]["template"]["spec"]["containers"][0]["resources"];
         assert_eq!(resources["requests"]["cpu"], "100m");
-        assert_eq!(objs[8]["spec"]["replicas"], 1);
-        let rollout = objs[8]["spec"]["template"]["metadata"]["annotations"]["weft.dev/rollout"]
+        assert_eq!(objs[12]["spec"]["replicas"], 1);
+        let rollout = objs[12]["spec"]["template"]["metadata"]["annotations"]["weft.dev/rollout"]
             .as_str()
             .unwrap();
         assert!(rollout.len() == 8 && rollout.bytes().all(|b| b.is_ascii_alphanumeric()));

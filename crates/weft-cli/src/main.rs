@@ -1,5 +1,6 @@
 //! `weft`: the command-line interface.
 
+mod authz;
 mod dev;
 mod kube_check;
 
@@ -89,6 +90,49 @@ enum Command {
         #[arg(long)]
         ha: bool,
     },
+    /// Explain an authorization decision without sending traffic: which rule decides a
+    /// request of a client to a service, where it was written, and why; against a mesh file
+    /// (`--config`) or a running control plane (`--control`).
+    Authz {
+        /// The client: `<namespace>/<name>`, a SPIFFE ID, or `unauthenticated`.
+        #[arg(long)]
+        from: String,
+        /// The service called: `name.namespace`.
+        #[arg(long)]
+        to: String,
+        /// The port the workload serves on; without it, rules with port conditions are left
+        /// out.
+        #[arg(long)]
+        port: Option<u16>,
+        /// The method (default GET, or POST with --grpc).
+        #[arg(long)]
+        method: Option<String>,
+        /// The path (default /).
+        #[arg(long, conflicts_with = "grpc")]
+        path: Option<String>,
+        /// A gRPC call: `package.Service/Method`.
+        #[arg(long)]
+        grpc: Option<String>,
+        /// A request header, `name: value` (repeatable).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// Decide a TCP connection instead of an HTTP request.
+        #[arg(long, conflicts_with_all = ["path", "grpc", "method", "headers"])]
+        tcp: bool,
+        /// A mesh config file holding the rules.
+        #[arg(long, required_unless_present = "control", conflicts_with = "control")]
+        config: Option<PathBuf>,
+        /// A running control plane's HTTP listener (`host:port`).
+        #[arg(long)]
+        control: Option<std::net::SocketAddr>,
+        /// The file with the control plane's HTTP token (`<data_dir>/http-token`), when its
+        /// listener is not on loopback.
+        #[arg(long, requires = "control")]
+        token_file: Option<PathBuf>,
+        /// `text` or `json`.
+        #[arg(long, short = 'o', default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
     /// Check a mesh config file and print what is wrong with it; without a file, check the
     /// control plane installed in a Kubernetes cluster (one line per check, exit status 1 if
     /// any fails).
@@ -125,6 +169,45 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Dev { config, interval } => dev::run(config, interval).await,
+        Command::Authz {
+            from,
+            to,
+            port,
+            method,
+            path,
+            grpc,
+            headers,
+            tcp,
+            config,
+            control,
+            token_file,
+            output,
+        } => {
+            let headers = headers
+                .iter()
+                .map(|h| {
+                    h.split_once(':')
+                        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+                        .ok_or_else(|| anyhow::anyhow!("--header {h:?}: expected name: value"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let question = weft_core::policy::authz::ExplainRequest {
+                from,
+                service: to,
+                port,
+                method,
+                path,
+                grpc,
+                headers,
+                tcp,
+            };
+            let source = match (config, control) {
+                (Some(file), _) => authz::Source::File(file),
+                (None, Some(addr)) => authz::Source::Control { addr, token_file },
+                (None, None) => anyhow::bail!("give --config or --control"),
+            };
+            authz::run(source, question, output == "json").await
+        }
         Command::Check {
             config: Some(config),
             ..

@@ -1,10 +1,11 @@
-//! The control plane's HTTP listener: `/live`, `/ready`, `/metrics`, `/api/state`; and the
+//! The control plane's HTTP listener: `/live`, `/ready`, `/metrics`, `/api/state`,
+//! `/api/authz` (`POST` a question, get the authorization decision explained); and the
 //! optional probe listener (`control.probe_addr`): `/live` and `/ready` alone, with connection
 //! slots of its own, so the kubelet's probes (the Helm chart sends them there) get through
 //! whatever other clients do to the HTTP listener.
 //!
 //! `/api/state` shows the whole topology, so the listener binds loopback by default; bound to
-//! any other address, `/metrics` and `/api/state` require `Authorization: Bearer <token>` with
+//! any other address, `/metrics`, `/api/state` and `/api/authz` require `Authorization: Bearer <token>` with
 //! the token the control plane keeps in `<data_dir>/http-token` (0600). The probes stay open.
 //!
 //! Platforms probe them, so no client may take all of one. Like the proxy's admin listener each
@@ -22,12 +23,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weft_core::listener::{Activity, ConnectionLimits};
+use weft_core::policy::authz::{ExplainRequest, explain};
 use weft_core::private_fs::{self, PrivateFsError};
 
 pub use weft_core::listener::{IDLE_TIMEOUT, MAX_PER_ADDRESS};
@@ -103,9 +105,13 @@ pub(crate) async fn serve(
             let io = TokioIo::new(activity.track(tcp));
             let answers = activity.clone();
             // Every answer is computed at once; marking it keeps the idle clock honest all the same.
-            let svc = hyper::service::service_fn(move |req| {
-                let _answering = answers.answering();
-                std::future::ready(Ok::<_, Infallible>(handle(&state, endpoints, req)))
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let answering = answers.answering();
+                let state = state.clone();
+                async move {
+                    let _answering = answering;
+                    Ok::<_, Infallible>(respond(&state, endpoints, req).await)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -152,6 +158,81 @@ fn authorized<B>(state: &State, req: &Request<B>) -> bool {
             == 0
 }
 
+/// The largest `/api/authz` question read.
+const MAX_QUESTION: usize = 64 * 1024;
+
+/// Answers `req`, reading the body of a `/api/authz` question first.
+async fn respond(
+    state: &State,
+    endpoints: Endpoints,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if endpoints == Endpoints::Http && req.uri().path() == "/api/authz" {
+        if !authorized(state, &req) {
+            return unauthorized();
+        }
+        if req.method() != http::Method::POST {
+            return plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST a question as JSON\n".into(),
+            );
+        }
+        let body = http_body_util::Limited::new(req.into_body(), MAX_QUESTION);
+        let bytes = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("unreadable question: {e}\n"),
+                );
+            }
+        };
+        return api_authz(state, &bytes);
+    }
+    handle(state, endpoints, req)
+}
+
+fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    plain(
+        StatusCode::UNAUTHORIZED,
+        "send Authorization: Bearer <token from <data_dir>/http-token>\n".into(),
+    )
+}
+
+/// `/api/authz`: explains the decision the mesh's rules make on the question in `body` (a
+/// JSON [`ExplainRequest`]), without sending traffic.
+fn api_authz(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
+    let question: ExplainRequest = match serde_json::from_slice(body) {
+        Ok(q) => q,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("bad question: {e}\n")),
+    };
+    let cfg = state.config.borrow().clone();
+    let registry = state.registry.snapshot();
+    match explain(
+        cfg.policy.default_inbound,
+        &crate::discovery::authorizations(&cfg, &registry),
+        &cfg.mesh.trust_domain,
+        &question,
+    ) {
+        Ok(answer) => Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(
+                serde_json::to_string(&answer).unwrap_or_default(),
+            )))
+            .unwrap_or_default(),
+        Err(e) => plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
 fn handle(state: &State, endpoints: Endpoints, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: String, ctype: &'static str| {
         Response::builder()
@@ -165,11 +246,7 @@ fn handle(state: &State, endpoints: Endpoints, req: Request<Incoming>) -> Respon
         return text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain");
     }
     if matches!(path, "/metrics" | "/api/state") && !authorized(state, &req) {
-        return text(
-            StatusCode::UNAUTHORIZED,
-            "send Authorization: Bearer <token from <data_dir>/http-token>\n".into(),
-            "text/plain",
-        );
+        return unauthorized();
     }
     match path {
         "/live" => text(StatusCode::OK, "live\n".into(), "text/plain"),

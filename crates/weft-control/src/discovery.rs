@@ -13,6 +13,7 @@
 //! hold only so many of each kind (`[control.limits]`, shared by every proxy of that
 //! identity); beyond them a new stream is refused with RESOURCE_EXHAUSTED.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -34,9 +35,9 @@ use weft_api::{
 };
 use weft_core::config::MeshConfig;
 use weft_core::model::check_name;
-use weft_core::policy::ratelimit;
-use weft_core::policy::traffic::for_service;
+use weft_core::policy::traffic::{SourcePolicies, for_service};
 use weft_core::policy::{Decision, InboundPolicy as Policy};
+use weft_core::policy::{backend, ratelimit};
 use weft_core::{
     AddressKind, EndpointState, Identity, Protocol, RegistrySnapshot, Target, Topic, TopicWatch,
     WorkloadKey, WorkloadRef,
@@ -109,9 +110,26 @@ pub fn answer(
     let Some(service_port) = service_port else {
         return Answer::NotInMesh;
     };
-    let policy = Policy::for_service(cfg.policy.default_inbound, &cfg.authorization_rules, &name);
-    let meshed = service_port.endpoints.iter().any(|e| e.meshed);
-    if meshed && policy.authorize(identity) == Decision::Deny {
+    // Refused when no server of the service could admit any request of the caller.
+    let mut ports: Vec<u16> = service_port
+        .endpoints
+        .iter()
+        .filter(|e| e.meshed)
+        .map(|e| e.address.port())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let refused = !ports.is_empty()
+        && ports.iter().all(|&port| {
+            let policy = Policy::for_server(
+                cfg.policy.default_inbound,
+                &authorizations(cfg, registry),
+                [&name],
+                port,
+            );
+            !policy.on_connection(Some(identity)).admits()
+        });
+    if refused {
         // The target as the caller gave it: an address does not learn the service's name.
         return Answer::Denied(format!("{identity} may not call {target}"));
     }
@@ -139,14 +157,16 @@ pub fn answer(
             .grpc_routes
             .iter()
             .chain(platform.iter().flat_map(|r| r.grpc.iter()));
-        traffic_to_wire(&for_service(
+        let mut policy = for_service(
             http,
             grpc,
             &name,
             service_port.port,
             identity.namespace(),
             |s| registry.service(s).is_some(),
-        ))
+        );
+        policy.backend = backend::for_service(&backends(cfg, registry), &name);
+        traffic_to_wire(&policy)
     };
     Answer::Resolved {
         meta: ServiceMeta {
@@ -242,6 +262,48 @@ fn changes(mut upserted: Vec<Endpoint>, mut removed: Vec<String>) -> Vec<Update>
     out
 }
 
+/// The policies of one kind in force: the mesh file's (`file`), then each platform's objects'
+/// (`of`), borrowed when no platform has any.
+fn in_force<'a, T: Clone>(
+    file: &'a [T],
+    registry: &RegistrySnapshot,
+    of: impl Fn(&SourcePolicies) -> &[T],
+) -> Cow<'a, [T]> {
+    let platforms = registry.policies();
+    if platforms.iter().all(|p| of(p).is_empty()) {
+        return Cow::Borrowed(file);
+    }
+    let mut all = file.to_vec();
+    all.extend(platforms.iter().flat_map(|p| of(p).iter().cloned()));
+    Cow::Owned(all)
+}
+
+/// The authorization rules in force: the mesh file's, then each platform's objects'.
+pub fn authorizations<'a>(
+    cfg: &'a MeshConfig,
+    registry: &RegistrySnapshot,
+) -> Cow<'a, [weft_core::policy::AuthorizationRule]> {
+    in_force(&cfg.authorization_rules, registry, |p| &p.authorizations)
+}
+
+/// The rate limits in force: the mesh file's, then each platform's objects'; for a service
+/// both limit for every request, the first.
+pub fn rate_limits<'a>(
+    cfg: &'a MeshConfig,
+    registry: &RegistrySnapshot,
+) -> Cow<'a, [ratelimit::RateLimitRule]> {
+    in_force(&cfg.rate_limit_rules, registry, |p| &p.rate_limits)
+}
+
+/// The backend policies in force: the mesh file's, then each platform's objects'; for a
+/// service several name, the first.
+pub fn backends<'a>(
+    cfg: &'a MeshConfig,
+    registry: &RegistrySnapshot,
+) -> Cow<'a, [backend::BackendRule]> {
+    in_force(&cfg.backend_rules, registry, |p| &p.backends)
+}
+
 /// The settings of the proxy proving `identity` beside `workload`: the policy of each port its
 /// workload serves, the policy of any other port, and the trust bundle.
 ///
@@ -263,7 +325,8 @@ pub fn proxy_settings(
     bundle: &weft_ca::TrustBundle,
 ) -> Result<ProxySettings, Status> {
     let default = cfg.policy.default_inbound;
-    let rules = &cfg.authorization_rules;
+    let rules = &authorizations(cfg, registry);
+    let limits = rate_limits(cfg, registry);
     // Port -> (protocol, services).
     let mut ports: BTreeMap<u16, (Protocol, Vec<weft_core::ServiceName>)> = BTreeMap::new();
     let refs = sources.iter().map(|source| WorkloadRef {
@@ -297,12 +360,12 @@ pub fn proxy_settings(
     let default_policy = if ports.is_empty() {
         Policy {
             default: Decision::Deny,
-            allow: Vec::new(),
-            rate_limit: None,
+            rules: Vec::new(),
+            rate_limits: Vec::new(),
         }
     } else {
         let none: [&weft_core::ServiceName; 0] = [];
-        Policy::for_server(default, rules, none)
+        Policy::for_server(default, rules, none, 0)
     };
     let servers = ports
         .into_iter()
@@ -310,8 +373,8 @@ pub fn proxy_settings(
             port: u32::from(port),
             policy: Some(policy_to_wire(
                 &Policy {
-                    rate_limit: ratelimit::for_server(&cfg.rate_limit_rules, &services),
-                    ..Policy::for_server(default, rules, &services)
+                    rate_limits: ratelimit::for_server(&limits, &services, port),
+                    ..Policy::for_server(default, rules, &services, port)
                 },
                 protocol,
             )),

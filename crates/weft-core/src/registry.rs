@@ -26,7 +26,7 @@ use imbl::{OrdMap, OrdSet};
 use tokio::sync::watch;
 
 use crate::model::{AddressKind, Service, ServiceName, WorkloadKey};
-use crate::policy::traffic::SourceRoutes;
+use crate::policy::traffic::{SourcePolicies, SourceRoutes};
 
 /// The registry. Cheap to clone; all clones share one state.
 #[derive(Clone, Debug)]
@@ -48,6 +48,8 @@ pub struct RegistrySnapshot {
     workloads: OrdMap<WorkloadRef, OrdSet<ServerRef>>,
     /// Each source's routes (platform objects such as Gateway API routes).
     routes: OrdMap<Arc<str>, Arc<SourceRoutes>>,
+    /// Each source's inbound policies (platform objects such as Weft's CRDs).
+    policies: OrdMap<Arc<str>, Arc<SourcePolicies>>,
 }
 
 /// A service port that an address leads to.
@@ -367,6 +369,46 @@ impl RegistryWriter {
         });
     }
 
+    /// Replaces this source's inbound policies. The services they name (before or after)
+    /// wake their followers, and so do the workloads that serve them, whose proxies'
+    /// settings carry the policies.
+    pub fn replace_policies(&self, policies: SourcePolicies) {
+        let policies = Arc::new(policies);
+        self.registry.tx.send_if_modified(|snap| {
+            let old = snap.policies.get(&self.source).cloned().unwrap_or_default();
+            if *old == *policies {
+                return false;
+            }
+            let mut named: HashSet<ServiceName> = HashSet::new();
+            for p in [&old, &policies] {
+                named.extend(p.services().cloned());
+            }
+            let mut touched = HashSet::new();
+            for name in named {
+                for service in snap.sources.values().filter_map(|s| s.get(&name)) {
+                    for port in &service.ports {
+                        for e in &port.endpoints {
+                            if let Some(w) = &e.workload {
+                                touched.insert(Topic::Workload(w.clone()));
+                            }
+                        }
+                    }
+                }
+                touched.insert(Topic::Service(name));
+            }
+            let mut next = (**snap).clone();
+            if policies.is_empty() {
+                next.policies.remove(&self.source);
+            } else {
+                next.policies.insert(self.source.clone(), policies.clone());
+            }
+            next.version += 1;
+            *snap = Arc::new(next);
+            self.registry.topics.notify(&touched);
+            true
+        });
+    }
+
     /// Removes one service; removing an unknown one is not an error.
     pub fn remove(&self, name: &ServiceName) {
         self.modify(|current| match current.get(name) {
@@ -533,6 +575,11 @@ impl RegistrySnapshot {
     /// Every source's routes, by source name.
     pub fn routes(&self) -> Vec<&Arc<SourceRoutes>> {
         self.routes.values().collect()
+    }
+
+    /// Every source's inbound policies, by source name.
+    pub fn policies(&self) -> Vec<&Arc<SourcePolicies>> {
+        self.policies.values().collect()
     }
 
     /// How many endpoints the registry holds, over every source.

@@ -8,7 +8,8 @@
 //!   rule, backend}`: outbound requests a route sent (redirects are under backend `-`)
 //! - `weft_route_retries_total{route, rule}`, `weft_route_retry_budget_exhausted_total{route,
 //!   rule}`: retries a rule sent, and retries its budget refused;
-//!   `weft_route_limited_total{route, rule}`: calls its concurrency limit refused
+//!   `weft_route_limited_total{route, rule}`: calls its concurrency limit refused;
+//!   `weft_service_limited_total{service}`: calls a service's concurrency limit refused
 //! - `weft_tcp_open_connections{direction, peer}`, `weft_tcp_connections_total`,
 //!   `weft_tcp_read_bytes_total`, `weft_tcp_write_bytes_total`
 //! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`,
@@ -133,11 +134,21 @@ pub struct AdminRefusedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a destination service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// The service, `name.namespace`.
+    pub service: String,
+}
+
 /// Labels of authorization denials.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DenyLabels {
     /// The client's identity.
     pub client: String,
+    /// The rule that decided (`default`: the server's default), from the control plane's
+    /// policy: a bounded set.
+    pub rule: String,
 }
 
 /// Every metric of one proxy.
@@ -162,6 +173,8 @@ pub struct Metrics {
     pub route_retry_budget_exhausted: Family<RuleLabels, Counter>,
     /// Calls refused by a route rule's concurrency limit.
     pub route_limited: Family<RuleLabels, Counter>,
+    /// Calls a service's concurrency limit refused.
+    pub service_limited: Family<ServiceLabels, Counter>,
     /// Open TCP connections.
     pub tcp_open: Family<TcpLabels, Gauge>,
     /// TCP connections accepted.
@@ -225,6 +238,12 @@ impl Default for Metrics {
             "weft_route_retry_budget_exhausted",
             "Retries a route rule's budget refused",
             route_retry_budget_exhausted.clone(),
+        );
+        let service_limited = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "weft_service_limited",
+            "Calls to a service its concurrency limit refused, by the caller's proxy",
+            service_limited.clone(),
         );
         let route_limited = Family::<RuleLabels, Counter>::default();
         registry.register(
@@ -326,6 +345,7 @@ impl Default for Metrics {
             route_retries,
             route_retry_budget_exhausted,
             route_limited,
+            service_limited,
             tcp_open,
             tcp_total,
             tcp_read,

@@ -659,9 +659,10 @@ const fn permission(verb: &'static str, group: &'static str, resource: &'static 
 }
 
 /// What the Kubernetes adapter does with the API: watch (list, then watch) namespaces,
-/// Services, pods, EndpointSlices and Gateway API routes, get the pod of a proxy that attests,
-/// and review its token. (It also writes the routes' status subresource.)
-pub const CONTROL_PLANE_PERMISSIONS: [Permission; 14] = [
+/// Services, pods, EndpointSlices, Gateway API routes and Weft's policy objects, get the pod
+/// of a proxy that attests, and review its token. (It also writes the routes' and the policy
+/// objects' status subresource.)
+pub const CONTROL_PLANE_PERMISSIONS: [Permission; 22] = [
     permission("list", "", "namespaces"),
     permission("watch", "", "namespaces"),
     permission("list", "", "services"),
@@ -676,6 +677,14 @@ pub const CONTROL_PLANE_PERMISSIONS: [Permission; 14] = [
     permission("watch", "gateway.networking.k8s.io", "httproutes"),
     permission("list", "gateway.networking.k8s.io", "grpcroutes"),
     permission("watch", "gateway.networking.k8s.io", "grpcroutes"),
+    permission("list", "weft.dev", "authorizationpolicies"),
+    permission("watch", "weft.dev", "authorizationpolicies"),
+    permission("list", "weft.dev", "ratelimitpolicies"),
+    permission("watch", "weft.dev", "ratelimitpolicies"),
+    permission("list", "weft.dev", "backendpolicies"),
+    permission("watch", "weft.dev", "backendpolicies"),
+    permission("list", "weft.dev", "routepolicies"),
+    permission("watch", "weft.dev", "routepolicies"),
 ];
 
 /// The SubjectAccessReview asking whether the control plane's ServiceAccount in `ns` may do

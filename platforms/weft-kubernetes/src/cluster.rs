@@ -8,8 +8,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1 as core;
-use weft_core::policy::traffic::SourceRoutes;
+use weft_core::policy::traffic::{SourcePolicies, SourceRoutes};
 
+use crate::policies::{
+    AuthorizationPolicyObject, BackendPolicyObject, PolicyKind, PolicyStatus, PolicyStore,
+    RateLimitPolicyObject, RoutePolicyObject,
+};
 use crate::routes::{
     GrpcRouteObject, HttpRouteObject, RouteInfo, RouteKind, RouteStore, StatusUpdate,
 };
@@ -103,6 +107,10 @@ pub(crate) enum Kind {
     Pod,
     HttpRoute,
     GrpcRoute,
+    AuthorizationPolicy,
+    RateLimitPolicy,
+    BackendPolicy,
+    RoutePolicy,
 }
 
 impl Kind {
@@ -114,6 +122,20 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::RateLimitPolicy => "RateLimitPolicy",
+            Kind::BackendPolicy => "BackendPolicy",
+            Kind::RoutePolicy => "RoutePolicy",
+        }
+    }
+
+    /// The policy kind this is, if it is one.
+    fn policy(self) -> Option<PolicyKind> {
+        match self {
+            Kind::AuthorizationPolicy => Some(PolicyKind::Authorization),
+            Kind::RateLimitPolicy => Some(PolicyKind::RateLimit),
+            Kind::BackendPolicy => Some(PolicyKind::Backend),
+            _ => None,
         }
     }
 
@@ -122,6 +144,7 @@ impl Kind {
         match self {
             Kind::HttpRoute => Some(RouteKind::Http),
             Kind::GrpcRoute => Some(RouteKind::Grpc),
+            Kind::RoutePolicy => Some(RouteKind::Policy),
             _ => None,
         }
     }
@@ -135,6 +158,7 @@ pub(crate) enum Object {
     Slice(Key, SliceInfo),
     Pod(Key, PodInfo),
     Route(RouteKind, Key, RouteInfo),
+    Policy(PolicyKind, Key, RouteInfo),
 }
 
 impl Object {
@@ -146,6 +170,10 @@ impl Object {
             Object::Pod(..) => Kind::Pod,
             Object::Route(RouteKind::Http, ..) => Kind::HttpRoute,
             Object::Route(RouteKind::Grpc, ..) => Kind::GrpcRoute,
+            Object::Route(RouteKind::Policy, ..) => Kind::RoutePolicy,
+            Object::Policy(PolicyKind::Authorization, ..) => Kind::AuthorizationPolicy,
+            Object::Policy(PolicyKind::RateLimit, ..) => Kind::RateLimitPolicy,
+            Object::Policy(PolicyKind::Backend, ..) => Kind::BackendPolicy,
         }
     }
 
@@ -153,7 +181,7 @@ impl Object {
         match self {
             Object::Namespace(name, _) => (String::new(), name.clone()),
             Object::Service(k, _) | Object::Slice(k, _) | Object::Pod(k, _) => k.clone(),
-            Object::Route(_, k, _) => k.clone(),
+            Object::Route(_, k, _) | Object::Policy(_, k, _) => k.clone(),
         }
     }
 }
@@ -183,6 +211,46 @@ impl From<&GrpcRouteObject> for Object {
             RouteKind::Grpc,
             key_of(&r.metadata),
             RouteInfo::of(&r.metadata, &r.spec),
+        )
+    }
+}
+
+impl From<&AuthorizationPolicyObject> for Object {
+    fn from(p: &AuthorizationPolicyObject) -> Self {
+        Object::Policy(
+            PolicyKind::Authorization,
+            key_of(&p.metadata),
+            RouteInfo::of(&p.metadata, &p.spec),
+        )
+    }
+}
+
+impl From<&RoutePolicyObject> for Object {
+    fn from(p: &RoutePolicyObject) -> Self {
+        Object::Route(
+            RouteKind::Policy,
+            key_of(&p.metadata),
+            RouteInfo::of(&p.metadata, &p.spec),
+        )
+    }
+}
+
+impl From<&BackendPolicyObject> for Object {
+    fn from(p: &BackendPolicyObject) -> Self {
+        Object::Policy(
+            PolicyKind::Backend,
+            key_of(&p.metadata),
+            RouteInfo::of(&p.metadata, &p.spec),
+        )
+    }
+}
+
+impl From<&RateLimitPolicyObject> for Object {
+    fn from(p: &RateLimitPolicyObject) -> Self {
+        Object::Policy(
+            PolicyKind::RateLimit,
+            key_of(&p.metadata),
+            RouteInfo::of(&p.metadata, &p.spec),
         )
     }
 }
@@ -439,6 +507,8 @@ pub(crate) struct Cluster {
     dirty: BTreeSet<Key>,
     /// Gateway API routes.
     routes: RouteStore,
+    /// Weft's policy objects.
+    policies: PolicyStore,
 }
 
 impl Cluster {
@@ -454,6 +524,7 @@ impl Cluster {
             services_of_pod: HashMap::new(),
             dirty: BTreeSet::new(),
             routes: RouteStore::default(),
+            policies: PolicyStore::default(),
         }
     }
 
@@ -476,6 +547,7 @@ impl Cluster {
                 }
             }
             Object::Route(kind, key, info) => self.routes.apply(kind, key, info),
+            Object::Policy(kind, key, info) => self.policies.apply(kind, key, info),
             Object::Slice(key, info) => {
                 if self.slices.get(&key) != Some(&info) {
                     self.remove_slice(&key);
@@ -509,6 +581,10 @@ impl Cluster {
             }
             Kind::HttpRoute => self.routes.delete(RouteKind::Http, key),
             Kind::GrpcRoute => self.routes.delete(RouteKind::Grpc, key),
+            Kind::RoutePolicy => self.routes.delete(RouteKind::Policy, key),
+            Kind::AuthorizationPolicy => self.policies.delete(PolicyKind::Authorization, key),
+            Kind::RateLimitPolicy => self.policies.delete(PolicyKind::RateLimit, key),
+            Kind::BackendPolicy => self.policies.delete(PolicyKind::Backend, key),
             Kind::Slice => self.remove_slice(key),
             Kind::Pod => {
                 if self.pods.remove(key).is_some() {
@@ -541,9 +617,13 @@ impl Cluster {
             Kind::Service => self.services.keys().cloned().collect(),
             Kind::Slice => self.slices.keys().cloned().collect(),
             Kind::Pod => self.pods.keys().cloned().collect(),
-            Kind::HttpRoute | Kind::GrpcRoute => kind
+            Kind::HttpRoute | Kind::GrpcRoute | Kind::RoutePolicy => kind
                 .route()
                 .map(|k| self.routes.keys(k))
+                .unwrap_or_default(),
+            Kind::AuthorizationPolicy | Kind::RateLimitPolicy | Kind::BackendPolicy => kind
+                .policy()
+                .map(|k| self.policies.keys(k))
                 .unwrap_or_default(),
         };
         let gone: Vec<Key> = known
@@ -650,6 +730,14 @@ impl Cluster {
                 .get(&(name.namespace.clone(), name.name.clone()))
                 .is_some_and(|s| !s.external_name)
         }))
+    }
+
+    /// The policies to serve and the statuses to write, if they changed since the last call.
+    pub(crate) fn take_policies(&mut self) -> Option<(SourcePolicies, Vec<PolicyStatus>)> {
+        if !self.policies.dirty {
+            return None;
+        }
+        Some(self.policies.translate())
     }
 
     /// Every service, as for a full sync; clears the stale set.

@@ -51,6 +51,7 @@ pub mod check;
 mod cluster;
 pub mod config;
 pub mod inject;
+mod policies;
 mod routes;
 mod watch;
 pub mod webhook;

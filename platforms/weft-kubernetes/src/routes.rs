@@ -8,6 +8,11 @@
 //! API orders ties. Parent references to anything but a Service (a Gateway) are another
 //! controller's business: a route with no Service parent is left alone, status included.
 //!
+//! Weft's `RoutePolicy` objects (`weft.dev/v1alpha1`) add to a route the rule keys Gateway
+//! API lacks (timeouts for gRPC, retry conditions, faults, limits;
+//! [`weft_core::policy::route_policy`]): each is applied, oldest first, to the translated
+//! route it targets, and says in its `Accepted` condition whether it found it.
+//!
 //! Each route's `status.parents` says, per Service parent, what the mesh made of it:
 //! - `Accepted`: `True`/`Accepted`; `False`/`UnsupportedValue` with the key at fault when the
 //!   spec cannot be used (the route's last good version stays in force); `False`/
@@ -31,10 +36,12 @@ use weft_core::ServiceName;
 use weft_core::policy::route::{
     GrpcRoute, HttpRoute, RouteMeta, RouteSource, Routed, WeightedBackend,
 };
+use weft_core::policy::route_policy::{RouteKindRef, RoutePolicySpec};
 use weft_core::policy::route_spec::{Bound, GrpcRouteSpec, HttpRouteSpec, ParentRef};
 use weft_core::policy::traffic::SourceRoutes;
 
 use crate::cluster::Key;
+use crate::policies::accepted_status;
 
 /// The API group of the route kinds.
 pub const GROUP: &str = "gateway.networking.k8s.io";
@@ -43,16 +50,17 @@ pub const VERSION: &str = "v1";
 /// What the mesh writes as `controllerName` in route statuses.
 pub const CONTROLLER: &str = "weft.dev/mesh";
 
-macro_rules! route_object {
-    ($name:ident, $kind:literal, $plural:literal) => {
+/// A custom resource as the adapter reads it (metadata, spec, and the status it writes),
+/// of `$group`/`$version`.
+macro_rules! custom_object {
+    ($name:ident, $kind:literal, $plural:literal, $group:expr, $version:expr, $api_version:literal) => {
         #[doc = concat!("A `", $kind, "` as the adapter reads it: metadata and spec.")]
         #[derive(Clone, Debug, Default, Deserialize, Serialize)]
         pub(crate) struct $name {
             pub metadata: ObjectMeta,
             #[serde(default)]
             pub spec: Value,
-            /// Read when writing the mesh's entries beside other controllers' (never
-            /// serialized back whole).
+            /// Read when writing the mesh's status (never serialized back whole).
             #[serde(default, skip_serializing)]
             pub status: Value,
         }
@@ -71,13 +79,13 @@ macro_rules! route_object {
                 Cow::Borrowed($kind)
             }
             fn group(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed(GROUP)
+                Cow::Borrowed($group)
             }
             fn version(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed(VERSION)
+                Cow::Borrowed($version)
             }
             fn api_version(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed("gateway.networking.k8s.io/v1")
+                Cow::Borrowed($api_version)
             }
             fn plural(_: &()) -> Cow<'_, str> {
                 Cow::Borrowed($plural)
@@ -92,8 +100,24 @@ macro_rules! route_object {
     };
 }
 
-route_object!(HttpRouteObject, "HTTPRoute", "httproutes");
-route_object!(GrpcRouteObject, "GRPCRoute", "grpcroutes");
+pub(crate) use custom_object;
+
+custom_object!(
+    HttpRouteObject,
+    "HTTPRoute",
+    "httproutes",
+    GROUP,
+    VERSION,
+    "gateway.networking.k8s.io/v1"
+);
+custom_object!(
+    GrpcRouteObject,
+    "GRPCRoute",
+    "grpcroutes",
+    GROUP,
+    VERSION,
+    "gateway.networking.k8s.io/v1"
+);
 
 /// A route object's status, as read.
 pub(crate) trait StatusOf {
@@ -120,11 +144,12 @@ pub(crate) fn merged_status(current: &Value, ours: Value) -> Value {
     json!({ "parents": parents })
 }
 
-/// Which route kind.
+/// Which route kind, or Weft's `RoutePolicy`, which adds rule keys to a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum RouteKind {
     Http,
     Grpc,
+    Policy,
 }
 
 impl RouteKind {
@@ -132,6 +157,7 @@ impl RouteKind {
         match self {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Policy => "RoutePolicy",
         }
     }
 }
@@ -207,6 +233,7 @@ impl RouteStore {
             RouteKind::Grpc => {
                 self.last_good_grpc.remove(key);
             }
+            RouteKind::Policy => {}
         }
         self.written.remove(&(kind, key.clone()));
     }
@@ -228,6 +255,9 @@ impl RouteStore {
         let mut order: Vec<(&(RouteKind, Key), &RouteInfo)> = self.objects.iter().collect();
         // Oldest first, then by namespace and name.
         order.sort_by(|(a, ai), (b, bi)| (&ai.created, &a.1).cmp(&(&bi.created, &b.1)));
+        let (policies, order): (Vec<_>, Vec<_>) = order
+            .into_iter()
+            .partition(|((kind, _), _)| *kind == RouteKind::Policy);
         let mut out = SourceRoutes::default();
         let mut statuses = Vec::new();
         let mut good_http = HashMap::new();
@@ -277,6 +307,8 @@ impl RouteStore {
                     };
                     kept.place(t, key, info.generation, &exists)
                 }
+                // Set apart above.
+                RouteKind::Policy => continue,
             };
             let status = status(
                 &services,
@@ -297,7 +329,63 @@ impl RouteStore {
         }
         self.last_good_http = good_http;
         self.last_good_grpc = good_grpc;
+        // Weft's RoutePolicies, oldest first: each sets its keys on the rules it targets.
+        for ((kind, key), info) in policies {
+            let status = accepted_status(info.generation, &apply_policy(&mut out, key, info));
+            if self.written.get(&(*kind, key.clone())) != Some(&status) {
+                self.written.insert((*kind, key.clone()), status.clone());
+                statuses.push(StatusUpdate {
+                    kind: *kind,
+                    key: key.clone(),
+                    status,
+                });
+            }
+        }
         (out, statuses)
+    }
+}
+
+/// Applies the `RoutePolicy` `key` to the route it targets in `out`, or says why not
+/// (`Invalid`, `TargetNotFound`).
+fn apply_policy(
+    out: &mut SourceRoutes,
+    key: &Key,
+    info: &RouteInfo,
+) -> Result<(), (&'static str, String)> {
+    let policy = serde_json::from_value::<RoutePolicySpec>(info.spec.clone())
+        .map_err(|e| ("Invalid", format!("spec: {e}")))?
+        .compile()
+        .map_err(|e| ("Invalid", format!("spec.{e}")))?;
+    let name = format!("{}/{}", key.0, policy.route);
+    let applied = match policy.kind {
+        RouteKindRef::Http => out
+            .http
+            .iter_mut()
+            .find(|b| b.route.meta.name == name)
+            .map(|b| policy.apply_http(&mut b.route)),
+        RouteKindRef::Grpc => out
+            .grpc
+            .iter_mut()
+            .find(|b| b.route.meta.name == name)
+            .map(|b| policy.apply_grpc(&mut b.route)),
+    };
+    let kind = match policy.kind {
+        RouteKindRef::Http => "HTTPRoute",
+        RouteKindRef::Grpc => "GRPCRoute",
+    };
+    match applied {
+        Some(true) => Ok(()),
+        Some(false) => Err((
+            "TargetNotFound",
+            format!(
+                "{kind} {name} has no rule named {}",
+                policy.rule.as_deref().unwrap_or_default()
+            ),
+        )),
+        None => Err((
+            "TargetNotFound",
+            format!("no {kind} {name} bound to a Service"),
+        )),
     }
 }
 
@@ -467,8 +555,14 @@ fn status(
     json!({ "parents": entries })
 }
 
-/// Adds `lastTransitionTime` (now) to every condition of `status`, as the API requires.
+/// Adds `lastTransitionTime` (now) to every condition of `status` (a route's, under its
+/// parents; a policy object's, at the top), as the API requires.
 pub(crate) fn stamped(mut status: Value, now: &str) -> Value {
+    if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+        for c in conditions {
+            c["lastTransitionTime"] = json!(now);
+        }
+    }
     if let Some(parents) = status.get_mut("parents").and_then(Value::as_array_mut) {
         for p in parents {
             if let Some(conditions) = p.get_mut("conditions").and_then(Value::as_array_mut) {

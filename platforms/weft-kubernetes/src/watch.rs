@@ -21,6 +21,10 @@ use tokio_util::sync::CancellationToken;
 use weft_core::RegistryWriter;
 
 use crate::cluster::{Cluster, Key, Kind, Object, Scope};
+use crate::policies::{
+    self, AuthorizationPolicyObject, BackendPolicyObject, PolicyKind, PolicyStatus,
+    RateLimitPolicyObject, RoutePolicyObject,
+};
 use crate::routes::{self, GrpcRouteObject, HttpRouteObject, RouteKind, StatusUpdate};
 use crate::{KubernetesPlatform, RELIST_HOLD};
 
@@ -52,16 +56,18 @@ pub(crate) async fn run(
     registry: RegistryWriter,
     shutdown: CancellationToken,
 ) {
-    let mut routes = route_kinds(&platform.client, &shutdown).await;
+    let mut routes = group_kinds(&platform.client, &ROUTE_GROUP, &shutdown).await;
+    let mut policies = group_kinds(&platform.client, &POLICY_GROUP, &shutdown).await;
     let statuses = Arc::new(StatusQueue::default());
     tokio::spawn(write_statuses(
         platform.client.clone(),
         statuses.clone(),
         shutdown.clone(),
     ));
-    let (mut specs, mut streams) = streams(platform, &routes);
-    // Without the Gateway API, ask again now and then: CRDs installed later are picked up
-    // without a restart.
+    let custom: Vec<Kind> = routes.iter().chain(&policies).copied().collect();
+    let (mut specs, mut streams) = streams(platform, &custom);
+    // Without the Gateway API or Weft's CRDs, ask again now and then: CRDs installed later
+    // are picked up without a restart.
     let mut recheck = tokio::time::interval(platform.retry_floor * CRD_RECHECK_FLOORS);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     recheck.reset();
@@ -93,16 +99,21 @@ pub(crate) async fn run(
                     }
                 }
             }
-            _ = recheck.tick(), if routes.is_empty() => {
-                if let Ok(list) = platform
-                    .client
-                    .list_api_group_resources(&format!("{}/{}", routes::GROUP, routes::VERSION))
-                    .await
-                {
-                    routes = kinds_served(&list);
-                    if !routes.is_empty() {
-                        tracing::info!(platform = crate::NAME, kinds = ?routes, "the Gateway API is installed now; watching its routes");
-                        add_streams(platform, &routes, &mut specs, &mut streams);
+            _ = recheck.tick(), if routes.is_empty() || policies.is_empty() => {
+                for (group, kinds) in [(&ROUTE_GROUP, &mut routes), (&POLICY_GROUP, &mut policies)] {
+                    if !kinds.is_empty() {
+                        continue;
+                    }
+                    if let Ok(list) = platform
+                        .client
+                        .list_api_group_resources(&group.api_version())
+                        .await
+                    {
+                        *kinds = group.served(&list);
+                        if !kinds.is_empty() {
+                            tracing::info!(platform = crate::NAME, kinds = ?kinds, "{} installed now; watching it", group.what);
+                            add_streams(platform, kinds, &mut specs, &mut streams);
+                        }
                     }
                 }
             }
@@ -124,10 +135,15 @@ pub(crate) async fn run(
                     services = services.len(),
                     "initial list complete"
                 );
-                // Routes first: a reader that sees the source synced sees its routes too.
+                // Routes and policies first: a reader that sees the source synced sees them
+                // too.
                 if let Some((routes, updates)) = cluster.take_routes() {
                     registry.replace_routes(routes);
-                    statuses.push(updates);
+                    statuses.push(updates.into_iter().map(Into::into).collect());
+                }
+                if let Some((policies, updates)) = cluster.take_policies() {
+                    registry.replace_policies(policies);
+                    statuses.push(updates.into_iter().map(Into::into).collect());
                 }
                 registry.replace_all(services);
                 synced = true;
@@ -148,35 +164,96 @@ pub(crate) async fn run(
         }
         if let Some((routes, updates)) = cluster.take_routes() {
             registry.replace_routes(routes);
-            statuses.push(updates);
+            statuses.push(updates.into_iter().map(Into::into).collect());
+        }
+        if let Some((policies, updates)) = cluster.take_policies() {
+            registry.replace_policies(policies);
+            statuses.push(updates.into_iter().map(Into::into).collect());
         }
     }
 }
 
-/// The route kinds the API server serves (the Gateway API CRDs installed), asked at start,
-/// again with backoff while the API server does not answer (its lists would fail anyway):
-/// without them the mesh's routes come from the mesh file alone until they are installed.
-async fn route_kinds(client: &kube::Client, shutdown: &CancellationToken) -> Vec<Kind> {
+/// A group of custom kinds the adapter watches when the API server serves them.
+struct Group {
+    /// `group/version`.
+    group: &'static str,
+    version: &'static str,
+    /// What it is, for logs.
+    what: &'static str,
+    /// The kinds, by plural.
+    kinds: &'static [(&'static str, Kind)],
+}
+
+/// The Gateway API's route kinds.
+const ROUTE_GROUP: Group = Group {
+    group: routes::GROUP,
+    version: routes::VERSION,
+    what: "the Gateway API",
+    kinds: &[
+        ("httproutes", Kind::HttpRoute),
+        ("grpcroutes", Kind::GrpcRoute),
+    ],
+};
+
+/// Weft's policy kinds.
+const POLICY_GROUP: Group = Group {
+    group: policies::GROUP,
+    version: policies::VERSION,
+    what: "Weft's policy CRDs",
+    kinds: &[
+        ("authorizationpolicies", Kind::AuthorizationPolicy),
+        ("ratelimitpolicies", Kind::RateLimitPolicy),
+        ("backendpolicies", Kind::BackendPolicy),
+        ("routepolicies", Kind::RoutePolicy),
+    ],
+};
+
+impl Group {
+    fn api_version(&self) -> String {
+        format!("{}/{}", self.group, self.version)
+    }
+
+    /// The kinds an API resource list names.
+    fn served(
+        &self,
+        list: &k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList,
+    ) -> Vec<Kind> {
+        let has = |plural: &str| list.resources.iter().any(|r| r.name == plural);
+        self.kinds
+            .iter()
+            .filter(|(plural, _)| has(plural))
+            .map(|(_, kind)| *kind)
+            .collect()
+    }
+}
+
+/// The kinds of `group` the API server serves (their CRDs installed), asked at start, again
+/// with backoff while the API server does not answer (its lists would fail anyway): without
+/// them the mesh's routes and policies come from the mesh file alone until they are
+/// installed.
+async fn group_kinds(
+    client: &kube::Client,
+    group: &Group,
+    shutdown: &CancellationToken,
+) -> Vec<Kind> {
     let mut delay = Duration::from_millis(100);
     loop {
-        let asked = client
-            .list_api_group_resources(&format!("{}/{}", routes::GROUP, routes::VERSION))
-            .await;
-        match asked {
+        match client.list_api_group_resources(&group.api_version()).await {
             Ok(list) => {
-                let kinds = kinds_served(&list);
-                tracing::info!(platform = crate::NAME, kinds = ?kinds, "Gateway API routes watched");
+                let kinds = group.served(&list);
+                tracing::info!(platform = crate::NAME, kinds = ?kinds, "{} watched", group.what);
                 return kinds;
             }
             Err(kube::Error::Api(status)) if status.code == 404 => {
                 tracing::info!(
                     platform = crate::NAME,
-                    "no Gateway API routes (the CRDs are not installed); routes come from the mesh file only"
+                    "{} not installed; the mesh file alone says what they would",
+                    group.what
                 );
                 return Vec::new();
             }
             Err(e) => {
-                tracing::warn!(platform = crate::NAME, error = %e, retry_in = ?delay, "could not ask whether the Gateway API is installed");
+                tracing::warn!(platform = crate::NAME, error = %e, retry_in = ?delay, "could not ask whether {} is installed", group.what);
                 tokio::select! {
                     () = shutdown.cancelled() => return Vec::new(),
                     () = tokio::time::sleep(delay) => {}
@@ -187,34 +264,56 @@ async fn route_kinds(client: &kube::Client, shutdown: &CancellationToken) -> Vec
     }
 }
 
-/// The route kinds an API resource list names.
-fn kinds_served(
-    list: &k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList,
-) -> Vec<Kind> {
-    let has = |plural: &str| list.resources.iter().any(|r| r.name == plural);
-    [
-        ("httproutes", Kind::HttpRoute),
-        ("grpcroutes", Kind::GrpcRoute),
-    ]
-    .into_iter()
-    .filter(|(plural, _)| has(plural))
-    .map(|(_, kind)| kind)
-    .collect()
-}
-
 /// How often, in retry floors (a minute by default), an adapter without the Gateway API asks
 /// again whether it is installed.
 const CRD_RECHECK_FLOORS: u32 = 75;
 
-/// Route statuses waiting to be written; a newer status of a route replaces a pending one.
+/// A status to write on a route or a policy object.
+struct Pending {
+    kind: Kind,
+    key: Key,
+    status: serde_json::Value,
+}
+
+impl From<StatusUpdate> for Pending {
+    fn from(u: StatusUpdate) -> Self {
+        let kind = match u.kind {
+            RouteKind::Http => Kind::HttpRoute,
+            RouteKind::Grpc => Kind::GrpcRoute,
+            RouteKind::Policy => Kind::RoutePolicy,
+        };
+        Self {
+            kind,
+            key: u.key,
+            status: u.status,
+        }
+    }
+}
+
+impl From<PolicyStatus> for Pending {
+    fn from(u: PolicyStatus) -> Self {
+        let kind = match u.kind {
+            PolicyKind::Authorization => Kind::AuthorizationPolicy,
+            PolicyKind::RateLimit => Kind::RateLimitPolicy,
+            PolicyKind::Backend => Kind::BackendPolicy,
+        };
+        Self {
+            kind,
+            key: u.key,
+            status: u.status,
+        }
+    }
+}
+
+/// Statuses waiting to be written; a newer status of an object replaces a pending one.
 #[derive(Debug, Default)]
 struct StatusQueue {
-    pending: Mutex<BTreeMap<(RouteKind, Key), serde_json::Value>>,
+    pending: Mutex<BTreeMap<(Kind, Key), serde_json::Value>>,
     ready: tokio::sync::Notify,
 }
 
 impl StatusQueue {
-    fn push(&self, updates: Vec<StatusUpdate>) {
+    fn push(&self, updates: Vec<Pending>) {
         if updates.is_empty() {
             return;
         }
@@ -226,7 +325,7 @@ impl StatusQueue {
         self.ready.notify_one();
     }
 
-    fn take(&self) -> BTreeMap<(RouteKind, Key), serde_json::Value> {
+    fn take(&self) -> BTreeMap<(Kind, Key), serde_json::Value> {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
@@ -246,35 +345,55 @@ async fn write_statuses(
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         for ((kind, (ns, name)), status) in queue.take() {
             let status = routes::stamped(status, &now);
+            let c = client.clone();
             let result = match kind {
-                RouteKind::Http => {
-                    let api = Api::<HttpRouteObject>::namespaced(client.clone(), &ns);
-                    write_status(&api, &name, status).await
+                Kind::HttpRoute => {
+                    let api = Api::<HttpRouteObject>::namespaced(c, &ns);
+                    write_status(&api, &name, status, routes::merged_status).await
                 }
-                RouteKind::Grpc => {
-                    let api = Api::<GrpcRouteObject>::namespaced(client.clone(), &ns);
-                    write_status(&api, &name, status).await
+                Kind::GrpcRoute => {
+                    let api = Api::<GrpcRouteObject>::namespaced(c, &ns);
+                    write_status(&api, &name, status, routes::merged_status).await
                 }
+                Kind::AuthorizationPolicy => {
+                    let api = Api::<AuthorizationPolicyObject>::namespaced(c, &ns);
+                    write_status(&api, &name, status, |_, ours| ours).await
+                }
+                Kind::RateLimitPolicy => {
+                    let api = Api::<RateLimitPolicyObject>::namespaced(c, &ns);
+                    write_status(&api, &name, status, |_, ours| ours).await
+                }
+                Kind::BackendPolicy => {
+                    let api = Api::<BackendPolicyObject>::namespaced(c, &ns);
+                    write_status(&api, &name, status, |_, ours| ours).await
+                }
+                Kind::RoutePolicy => {
+                    let api = Api::<RoutePolicyObject>::namespaced(c, &ns);
+                    write_status(&api, &name, status, |_, ours| ours).await
+                }
+                Kind::Namespace | Kind::Service | Kind::Slice | Kind::Pod => continue,
             };
             match result {
                 Ok(()) => {
-                    tracing::debug!(platform = crate::NAME, kind = kind.as_str(), %ns, %name, "route status written")
+                    tracing::debug!(platform = crate::NAME, kind = kind.as_str(), %ns, %name, "status written")
                 }
                 Err(e) => {
-                    tracing::warn!(platform = crate::NAME, kind = kind.as_str(), %ns, %name, error = %e, "route status not written")
+                    tracing::warn!(platform = crate::NAME, kind = kind.as_str(), %ns, %name, error = %e, "status not written")
                 }
             }
         }
     }
 }
 
-/// Writes the mesh's status entries on route `name`, keeping other controllers' entries: read
-/// the route, merge, and patch at the version read; a conflict (someone wrote in between)
-/// starts over, a few times.
+/// Writes the mesh's status on object `name`, `merge`d with what it holds (a route keeps other
+/// controllers' entries; a policy object's status is the mesh's alone): read the object,
+/// merge, and patch at the version read; a conflict (someone wrote in between) starts over,
+/// a few times.
 async fn write_status<K>(
     api: &Api<K>,
     name: &str,
     ours: serde_json::Value,
+    merge: fn(&serde_json::Value, serde_json::Value) -> serde_json::Value,
 ) -> Result<(), kube::Error>
 where
     K: kube::Resource + routes::StatusOf + Clone + serde::de::DeserializeOwned + Debug,
@@ -283,7 +402,7 @@ where
     loop {
         attempt += 1;
         let current = api.get_status(name).await?;
-        let status = routes::merged_status(current.status(), ours.clone());
+        let status = merge(current.status(), ours.clone());
         let patch = kube::api::Patch::Merge(serde_json::json!({
             "metadata": {"resourceVersion": current.meta().resource_version},
             "status": status,
@@ -380,12 +499,12 @@ fn scopes(p: &KubernetesPlatform) -> Vec<Scope> {
 /// Every watch the settings call for, with the kind and scope of each.
 fn streams(
     p: &KubernetesPlatform,
-    routes: &[Kind],
+    custom: &[Kind],
 ) -> (Vec<(Kind, Scope)>, SelectAll<BoxStream<'static, Item>>) {
     let mut specs = Vec::new();
     let mut all = SelectAll::new();
     let kinds = [Kind::Namespace, Kind::Service, Kind::Slice, Kind::Pod];
-    let kinds: Vec<Kind> = kinds.into_iter().chain(routes.iter().copied()).collect();
+    let kinds: Vec<Kind> = kinds.into_iter().chain(custom.iter().copied()).collect();
     add_streams(p, &kinds, &mut specs, &mut all);
     (specs, all)
 }
@@ -447,6 +566,30 @@ fn stream_for(
         }
         (Scope::Namespace(ns), Kind::GrpcRoute) => {
             watch::<GrpcRouteObject>(Api::namespaced(client, ns), config, i, floor)
+        }
+        (Scope::All, Kind::AuthorizationPolicy) => {
+            watch::<AuthorizationPolicyObject>(Api::all(client), config, i, floor)
+        }
+        (Scope::Namespace(ns), Kind::AuthorizationPolicy) => {
+            watch::<AuthorizationPolicyObject>(Api::namespaced(client, ns), config, i, floor)
+        }
+        (Scope::All, Kind::RateLimitPolicy) => {
+            watch::<RateLimitPolicyObject>(Api::all(client), config, i, floor)
+        }
+        (Scope::Namespace(ns), Kind::RateLimitPolicy) => {
+            watch::<RateLimitPolicyObject>(Api::namespaced(client, ns), config, i, floor)
+        }
+        (Scope::All, Kind::BackendPolicy) => {
+            watch::<BackendPolicyObject>(Api::all(client), config, i, floor)
+        }
+        (Scope::Namespace(ns), Kind::BackendPolicy) => {
+            watch::<BackendPolicyObject>(Api::namespaced(client, ns), config, i, floor)
+        }
+        (Scope::All, Kind::RoutePolicy) => {
+            watch::<RoutePolicyObject>(Api::all(client), config, i, floor)
+        }
+        (Scope::Namespace(ns), Kind::RoutePolicy) => {
+            watch::<RoutePolicyObject>(Api::namespaced(client, ns), config, i, floor)
         }
     }
 }

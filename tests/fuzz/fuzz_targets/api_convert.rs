@@ -96,7 +96,7 @@ fuzz_target!(|data: &[u8]| {
                 // A policy that does not read denies every client; never a parser's default.
                 assert!(read.policy_error.is_some());
                 assert_eq!(read.default.default, Decision::Deny);
-                assert!(read.default.allow.is_empty());
+                assert!(read.default.rules.is_empty());
             }
         }
     }

@@ -8,7 +8,13 @@ pub mod route;
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
 use weft_core::policy::ratelimit::{LocalRateLimit as CoreRateLimit, Rate as CoreRate};
+
+use weft_core::policy::authz::{
+    Action, AuthorizationRule as CoreRule, RequestMatch as CoreRequestMatch,
+};
+use weft_core::policy::route::RouteSource;
 use weft_core::policy::{Decision as CoreDecision, IdentityMatch, InboundPolicy as CorePolicy};
 use weft_core::{
     Endpoint as CoreEndpoint, EndpointState as CoreState, Identity, Protocol as CoreProtocol,
@@ -18,8 +24,9 @@ use weft_core::{
 use crate::v1::identity_pattern::{Account, AnyIdentity, Pattern, Unauthenticated};
 use crate::v1::resolve_request::Target as WireTarget;
 use crate::v1::{
-    Decision, Endpoint, EndpointState, IdentityPattern, InboundPolicy, LocalRateLimit, Protocol,
-    Rate, RateOverride, ResolveRequest, ServiceTarget,
+    AuthorizationRule, Decision, Endpoint, EndpointState, IdentityPattern, InboundPolicy,
+    LocalRateLimit, Protocol, Rate, RateOverride, RequestMatch, ResolveRequest, RuleAction,
+    ServiceTarget,
 };
 
 /// Why a policy from the control plane cannot be used.
@@ -28,15 +35,27 @@ pub enum PolicyError {
     /// The default decision is unset or a value this build does not know.
     #[error("unknown default decision {0}")]
     UnknownDefault(i32),
-    /// An allow entry has no pattern set (a newer control plane may use a case this proxy does
-    /// not know).
-    #[error("allow[{0}] has no pattern this proxy understands")]
-    EmptyPattern(usize),
-    /// An allow entry names an invalid namespace, account or SPIFFE ID.
-    #[error("allow[{index}]: {reason}")]
+    /// An identity pattern has no case set (a newer control plane may use a case this proxy
+    /// does not know).
+    #[error("{at} has no pattern this proxy understands")]
+    EmptyPattern {
+        /// Where: `rules[2].from[0]`.
+        at: String,
+    },
+    /// An identity pattern names an invalid namespace, account or SPIFFE ID.
+    #[error("{at}: {reason}")]
     BadPattern {
-        /// Which entry.
-        index: usize,
+        /// Where.
+        at: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A rule without a name, without clients, with an unknown action, or with a match this
+    /// proxy cannot read.
+    #[error("{at}: {reason}")]
+    BadRule {
+        /// Where.
+        at: String,
         /// What is wrong with it.
         reason: String,
     },
@@ -96,6 +115,7 @@ pub fn pattern_to_wire(m: &IdentityMatch) -> IdentityPattern {
             name: name.clone(),
         }),
         IdentityMatch::Exact(id) => Pattern::SpiffeId(id.spiffe_id()),
+        IdentityMatch::TrustDomain(td) => Pattern::TrustDomain(td.to_string()),
     };
     IdentityPattern {
         pattern: Some(pattern),
@@ -106,9 +126,25 @@ pub fn pattern_to_wire(m: &IdentityMatch) -> IdentityPattern {
 pub fn policy_to_wire(p: &CorePolicy, protocol: CoreProtocol) -> InboundPolicy {
     InboundPolicy {
         default_decision: decision_to_wire(p.default) as i32,
-        allow: p.allow.iter().map(pattern_to_wire).collect(),
         protocol: protocol_to_wire(protocol) as i32,
-        rate_limit: p.rate_limit.as_ref().map(rate_limit_to_wire),
+        rate_limits: p.rate_limits.iter().map(rate_limit_to_wire).collect(),
+        rules: p.rules.iter().map(|r| rule_to_wire(r)).collect(),
+    }
+}
+
+/// The wire form of an authorization rule.
+pub fn rule_to_wire(r: &CoreRule) -> AuthorizationRule {
+    AuthorizationRule {
+        name: r.name.clone(),
+        service_namespace: r.service.namespace.clone(),
+        service_name: r.service.name.clone(),
+        action: match r.action {
+            Action::Allow => RuleAction::Allow,
+            Action::Deny => RuleAction::Deny,
+        } as i32,
+        audit: r.audit,
+        from: r.from.iter().map(pattern_to_wire).collect(),
+        to: matches_to_wire(&r.to),
     }
 }
 
@@ -243,19 +279,97 @@ pub fn policy_from_wire(p: &InboundPolicy) -> Result<CorePolicy, PolicyError> {
             return Err(PolicyError::UnknownDefault(p.default_decision));
         }
     };
-    let mut allow = Vec::with_capacity(p.allow.len());
-    for (index, entry) in p.allow.iter().enumerate() {
-        allow.push(pattern_from_wire(index, entry)?);
+    let mut rules = Vec::with_capacity(p.rules.len());
+    for (index, r) in p.rules.iter().enumerate() {
+        rules.push(Arc::new(rule_from_wire(&format!("rules[{index}]"), r)?));
     }
-    let rate_limit = p
-        .rate_limit
-        .as_ref()
-        .map(rate_limit_from_wire)
-        .transpose()?;
+    let mut rate_limits = Vec::with_capacity(p.rate_limits.len());
+    for (index, l) in p.rate_limits.iter().enumerate() {
+        rate_limits.push(rate_limit_from_wire(&format!("rate_limits[{index}]"), l)?);
+    }
     Ok(CorePolicy {
         default,
-        allow,
-        rate_limit,
+        rules,
+        rate_limits,
+    })
+}
+
+/// Reads the request matches of a rule or a limit found `at`.
+fn matches_from_wire(
+    at: &str,
+    list: &[RequestMatch],
+) -> Result<Vec<CoreRequestMatch>, PolicyError> {
+    let mut to = Vec::with_capacity(list.len());
+    for (i, m) in list.iter().enumerate() {
+        let at = format!("{at}.to[{i}]");
+        let wire = |e: route::RouteWireError| PolicyError::BadRule {
+            at: at.clone(),
+            reason: e.to_string(),
+        };
+        to.push(CoreRequestMatch {
+            port: None,
+            http: m
+                .http
+                .as_ref()
+                .map(|h| route::http_match_from_wire(&at, h))
+                .transpose()
+                .map_err(wire)?,
+            grpc: m
+                .grpc
+                .as_ref()
+                .map(|g| route::grpc_match_from_wire(&at, g))
+                .transpose()
+                .map_err(wire)?,
+        });
+    }
+    Ok(to)
+}
+
+fn matches_to_wire(list: &[CoreRequestMatch]) -> Vec<RequestMatch> {
+    list.iter()
+        .map(|m| RequestMatch {
+            http: m.http.as_ref().map(route::http_match_to_wire),
+            grpc: m.grpc.as_ref().map(route::grpc_match_to_wire),
+        })
+        .collect()
+}
+
+/// Reads one authorization rule found `at`.
+fn rule_from_wire(at: &str, r: &AuthorizationRule) -> Result<CoreRule, PolicyError> {
+    let bad = |reason: &str| PolicyError::BadRule {
+        at: at.to_string(),
+        reason: reason.to_string(),
+    };
+    let action = match RuleAction::try_from(r.action) {
+        Ok(RuleAction::Allow) => Action::Allow,
+        Ok(RuleAction::Deny) => Action::Deny,
+        Ok(RuleAction::Unspecified) | Err(_) => {
+            return Err(bad("an action this proxy does not know"));
+        }
+    };
+    if r.name.is_empty() {
+        return Err(bad("no name"));
+    }
+    if r.from.is_empty() {
+        return Err(bad("no clients"));
+    }
+    let from = r
+        .from
+        .iter()
+        .enumerate()
+        .map(|(i, p)| pattern_from_wire(&format!("{at}.from[{i}]"), p))
+        .collect::<Result<_, _>>()?;
+    let to = matches_from_wire(at, &r.to)?;
+    let service = weft_core::ServiceName::new(&r.service_namespace, &r.service_name)
+        .map_err(|_| bad("no service"))?;
+    Ok(CoreRule {
+        name: r.name.clone(),
+        source: RouteSource::ControlPlane,
+        service,
+        action,
+        audit: r.audit,
+        from,
+        to,
     })
 }
 
@@ -269,12 +383,12 @@ fn rate_from_wire(r: Option<&Rate>) -> Result<CoreRate, PolicyError> {
     }
 }
 
-fn rate_limit_from_wire(l: &LocalRateLimit) -> Result<CoreRateLimit, PolicyError> {
+fn rate_limit_from_wire(at: &str, l: &LocalRateLimit) -> Result<CoreRateLimit, PolicyError> {
     let mut overrides = Vec::with_capacity(l.overrides.len());
     for (index, o) in l.overrides.iter().enumerate() {
         let clients = o.clients.as_ref().ok_or(PolicyError::BadRateLimit)?;
         overrides.push((
-            pattern_from_wire(index, clients)?,
+            pattern_from_wire(&format!("{at}.overrides[{index}]"), clients)?,
             rate_from_wire(o.rate.as_ref())?,
         ));
     }
@@ -282,6 +396,7 @@ fn rate_limit_from_wire(l: &LocalRateLimit) -> Result<CoreRateLimit, PolicyError
         rate: rate_from_wire(l.rate.as_ref())?,
         per_identity: l.per_identity,
         overrides,
+        to: matches_from_wire(at, &l.to)?,
     })
 }
 
@@ -304,14 +419,20 @@ fn rate_limit_to_wire(l: &CoreRateLimit) -> LocalRateLimit {
                 rate: Some(rate_to_wire(*r)),
             })
             .collect(),
+        to: matches_to_wire(&l.to),
     }
 }
 
-/// Reads one identity pattern (entry `index` of its list).
-fn pattern_from_wire(index: usize, entry: &IdentityPattern) -> Result<IdentityMatch, PolicyError> {
-    let bad = |reason: String| PolicyError::BadPattern { index, reason };
+/// Reads one identity pattern, found `at`.
+fn pattern_from_wire(at: &str, entry: &IdentityPattern) -> Result<IdentityMatch, PolicyError> {
+    let bad = |reason: String| PolicyError::BadPattern {
+        at: at.to_string(),
+        reason,
+    };
     let m = match &entry.pattern {
-        None => return Err(PolicyError::EmptyPattern(index)),
+        None => {
+            return Err(PolicyError::EmptyPattern { at: at.to_string() });
+        }
         Some(Pattern::Any(_)) => IdentityMatch::Any,
         Some(Pattern::Unauthenticated(_)) => IdentityMatch::Unauthenticated,
         Some(Pattern::Namespace(ns)) => {
@@ -329,6 +450,9 @@ fn pattern_from_wire(index: usize, entry: &IdentityPattern) -> Result<IdentityMa
         Some(Pattern::SpiffeId(id)) => weft_core::Identity::parse_spiffe(id)
             .map(IdentityMatch::Exact)
             .map_err(|e| bad(e.to_string()))?,
+        Some(Pattern::TrustDomain(td)) => weft_core::TrustDomain::new(td.as_str())
+            .map(IdentityMatch::TrustDomain)
+            .map_err(|e| bad(e.to_string()))?,
     };
     Ok(m)
 }
@@ -337,27 +461,67 @@ fn pattern_from_wire(index: usize, entry: &IdentityPattern) -> Result<IdentityMa
 mod tests {
     use super::*;
 
-    fn wire(default: i32, allow: Vec<IdentityPattern>) -> InboundPolicy {
+    /// A policy whose one allow rule names `from`.
+    fn wire(default: i32, from: Vec<IdentityPattern>) -> InboundPolicy {
+        let mut rule = rule_to_wire(&CoreRule::allow(
+            ServiceName::new("demo", "api").unwrap(),
+            vec![IdentityMatch::Any],
+        ));
+        rule.from = from;
         InboundPolicy {
             default_decision: default,
-            allow,
             protocol: 0,
-            rate_limit: None,
+            rate_limits: Vec::new(),
+            rules: vec![rule],
         }
+    }
+
+    fn core_rules() -> Vec<Arc<CoreRule>> {
+        use weft_core::policy::route::{GrpcMatch, HttpMatch, PathMatch, ValueMatch};
+        let api = ServiceName::new("demo", "api").unwrap();
+        let mut deny = CoreRule::allow(api.clone(), vec!["unauthenticated".parse().unwrap()]);
+        deny.name = "demo/no-admin".into();
+        deny.action = Action::Deny;
+        deny.audit = true;
+        deny.to = vec![
+            CoreRequestMatch {
+                http: Some(HttpMatch {
+                    path: Some(PathMatch::prefix("/admin")),
+                    method: Some("POST".into()),
+                    ..HttpMatch::default()
+                }),
+                ..CoreRequestMatch::default()
+            },
+            CoreRequestMatch {
+                grpc: Some(GrpcMatch {
+                    service: Some(ValueMatch::Exact("demo.Admin".into())),
+                    ..GrpcMatch::default()
+                }),
+                ..CoreRequestMatch::default()
+            },
+        ];
+        vec![
+            Arc::new(CoreRule::allow(
+                api,
+                vec![
+                    "*".parse().unwrap(),
+                    "demo/*".parse().unwrap(),
+                    "demo/web".parse().unwrap(),
+                    "spiffe://weft.test/ns/demo/sa/load".parse().unwrap(),
+                    "spiffe://weft.test/*".parse().unwrap(),
+                    "unauthenticated".parse().unwrap(),
+                ],
+            )),
+            Arc::new(deny),
+        ]
     }
 
     #[test]
     fn round_trip() {
         let core = CorePolicy {
             default: CoreDecision::Deny,
-            allow: vec![
-                "*".parse().unwrap(),
-                "demo/*".parse().unwrap(),
-                "demo/web".parse().unwrap(),
-                "spiffe://weft.test/ns/demo/sa/load".parse().unwrap(),
-                "unauthenticated".parse().unwrap(),
-            ],
-            rate_limit: Some(CoreRateLimit {
+            rules: core_rules(),
+            rate_limits: vec![CoreRateLimit {
                 rate: CoreRate {
                     per_second: 0.5,
                     burst: 3,
@@ -370,13 +534,14 @@ mod tests {
                         burst: 200,
                     },
                 )],
-            }),
+                to: core_rules()[1].to.clone(),
+            }],
         };
         let back = policy_from_wire(&policy_to_wire(&core, CoreProtocol::Grpc)).unwrap();
         assert_eq!(back, core);
         // A rate a proxy cannot use denies, like any unreadable policy.
         let mut bad = policy_to_wire(&core, CoreProtocol::Grpc);
-        if let Some(l) = bad.rate_limit.as_mut() {
+        if let Some(l) = bad.rate_limits.first_mut() {
             l.rate = Some(Rate {
                 per_second: -1.0,
                 burst: 1,
@@ -391,8 +556,8 @@ mod tests {
         ] {
             let core = CorePolicy {
                 default,
-                allow: Vec::new(),
-                rate_limit: None,
+                rules: Vec::new(),
+                rate_limits: Vec::new(),
             };
             let back = policy_from_wire(&policy_to_wire(&core, CoreProtocol::Auto)).unwrap();
             assert_eq!(back, core);
@@ -409,17 +574,56 @@ mod tests {
         }
     }
 
+    /// A rule the proxy cannot fully read makes the whole policy unusable.
+    #[test]
+    fn unreadable_rules_are_refused() {
+        let good = || {
+            policy_to_wire(
+                &CorePolicy {
+                    default: CoreDecision::Allow,
+                    rules: core_rules(),
+                    rate_limits: Vec::new(),
+                },
+                CoreProtocol::Auto,
+            )
+        };
+        type Break = fn(&mut AuthorizationRule);
+        let breaks: [(&str, Break); 6] = [
+            ("unknown action", |r| r.action = 9),
+            ("no action", |r| r.action = 0),
+            ("no clients", |r| r.from.clear()),
+            ("no name", |r| r.name.clear()),
+            ("no service", |r| r.service_name.clear()),
+            ("bad match", |r| {
+                if let Some(h) = r.to[0].http.as_mut() {
+                    h.method = "get".into();
+                }
+            }),
+        ];
+        for (what, f) in breaks {
+            let mut p = good();
+            f(&mut p.rules[1]);
+            assert!(
+                matches!(policy_from_wire(&p), Err(PolicyError::BadRule { .. })),
+                "{what} accepted"
+            );
+        }
+    }
+
     #[test]
     fn unreadable_patterns_are_refused() {
         let empty = IdentityPattern { pattern: None };
         assert_eq!(
             policy_from_wire(&wire(Decision::Allow as i32, vec![empty])),
-            Err(PolicyError::EmptyPattern(0))
+            Err(PolicyError::EmptyPattern {
+                at: "rules[0].from[0]".into()
+            })
         );
         for bad in [
             Pattern::Namespace("Not-A-Name".into()),
             Pattern::Namespace(String::new()),
             Pattern::SpiffeId("spiffe://weft.test/ns/a".into()),
+            Pattern::TrustDomain("Bad Domain".into()),
             Pattern::Account(Account {
                 namespace: "demo".into(),
                 name: "a/b".into(),
@@ -437,7 +641,7 @@ mod tests {
             assert!(
                 matches!(
                     policy_from_wire(&p),
-                    Err(PolicyError::BadPattern { index: 1, .. })
+                    Err(PolicyError::BadPattern { ref at, .. }) if at == "rules[0].from[1]"
                 ),
                 "{bad:?} accepted"
             );

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use weft_core::ServiceName;
+use weft_core::policy::backend::BackendPolicy;
 use weft_core::policy::fault::{AbortWith, FaultInjection, Share};
 use weft_core::policy::resilience::ConcurrencyLimit;
 use weft_core::policy::route::{
@@ -17,6 +18,7 @@ use weft_core::policy::route::{
 };
 use weft_core::policy::traffic::TrafficPolicy as CoreTrafficPolicy;
 
+use crate::v1::BackendPolicy as WireBackendPolicy;
 use crate::v1::{
     GrpcMatch, GrpcRoute, GrpcRule, Header, HeaderModifier, HttpMatch, HttpRoute, HttpRule,
     NamedMatch, PathMatch, PathModifier, Redirect, RouteBackend, RouteFault, RouteFilter,
@@ -122,7 +124,7 @@ fn named_to_wire(name: &str, m: &ValueMatch) -> NamedMatch {
     }
 }
 
-fn http_match_to_wire(m: &CoreHttpMatch) -> HttpMatch {
+pub(crate) fn http_match_to_wire(m: &CoreHttpMatch) -> HttpMatch {
     HttpMatch {
         path: m.path.as_ref().map(|p| PathMatch {
             kind: Some(match p {
@@ -141,6 +143,18 @@ fn http_match_to_wire(m: &CoreHttpMatch) -> HttpMatch {
             .query
             .iter()
             .map(|q| named_to_wire(&q.name, &q.value))
+            .collect(),
+    }
+}
+
+pub(crate) fn grpc_match_to_wire(m: &CoreGrpcMatch) -> GrpcMatch {
+    GrpcMatch {
+        service: m.service.as_ref().map(string_match_to_wire),
+        method: m.method.as_ref().map(string_match_to_wire),
+        headers: m
+            .headers
+            .iter()
+            .map(|h| named_to_wire(&h.name, &h.value))
             .collect(),
     }
 }
@@ -340,19 +354,7 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
                     .iter()
                     .map(|rule| GrpcRule {
                         name: rule.name.clone().unwrap_or_default(),
-                        matches: rule
-                            .matches
-                            .iter()
-                            .map(|m| GrpcMatch {
-                                service: m.service.as_ref().map(string_match_to_wire),
-                                method: m.method.as_ref().map(string_match_to_wire),
-                                headers: m
-                                    .headers
-                                    .iter()
-                                    .map(|h| named_to_wire(&h.name, &h.value))
-                                    .collect(),
-                            })
-                            .collect(),
+                        matches: rule.matches.iter().map(grpc_match_to_wire).collect(),
                         filters: rule.filters.iter().map(filter_to_wire).collect(),
                         backends: rule.backends.iter().map(backend_to_wire).collect(),
                         timeouts: timeouts_to_wire(&rule.timeouts),
@@ -363,7 +365,46 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
                     .collect(),
             })
             .collect(),
+        backend: Some(backend_policy_to_wire(&p.backend)),
     }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn backend_policy_to_wire(b: &BackendPolicy) -> WireBackendPolicy {
+    WireBackendPolicy {
+        retry_percent: b.retry_budget.percent,
+        retry_min_per_second: b.retry_budget.min_per_second,
+        retry_window_ms: millis(b.retry_budget.window),
+        accrual_failures: b.failure_accrual.consecutive_failures,
+        accrual_first_penalty_ms: millis(b.failure_accrual.first_penalty),
+        accrual_max_penalty_ms: millis(b.failure_accrual.max_penalty),
+        limits: b.limit.map(limit_to_wire),
+    }
+}
+
+/// Reads a backend policy; a value out of range reads as its default.
+fn backend_policy_from_wire(b: Option<&WireBackendPolicy>) -> BackendPolicy {
+    use std::time::Duration;
+    let mut out = BackendPolicy::default();
+    let Some(b) = b else { return out };
+    if b.retry_percent <= 100 {
+        out.retry_budget.percent = b.retry_percent;
+    }
+    out.retry_budget.min_per_second = b.retry_min_per_second;
+    if (1_000..=60_000).contains(&b.retry_window_ms) {
+        out.retry_budget.window = Duration::from_millis(b.retry_window_ms);
+    }
+    out.failure_accrual.consecutive_failures = b.accrual_failures;
+    let (first, max) = (b.accrual_first_penalty_ms, b.accrual_max_penalty_ms);
+    if first >= 1 && first <= max && max <= 3_600_000 {
+        out.failure_accrual.first_penalty = Duration::from_millis(first);
+        out.failure_accrual.max_penalty = Duration::from_millis(max);
+    }
+    out.limit = limit_from_wire(b.limits.as_ref());
+    out
 }
 
 // === wire -> core ===
@@ -576,7 +617,10 @@ fn header_matches(at: &str, list: &[NamedMatch]) -> Result<Vec<HeaderMatch>, Rou
         .collect()
 }
 
-fn http_match_from_wire(at: &str, m: &HttpMatch) -> Result<CoreHttpMatch, RouteWireError> {
+pub(crate) fn http_match_from_wire(
+    at: &str,
+    m: &HttpMatch,
+) -> Result<CoreHttpMatch, RouteWireError> {
     let path = match m.path.as_ref().map(|p| p.kind.as_ref()) {
         None => None,
         Some(Some(path_match::Kind::Exact(v))) => Some(CorePathMatch::Exact(path_from_wire(
@@ -610,6 +654,25 @@ fn http_match_from_wire(at: &str, m: &HttpMatch) -> Result<CoreHttpMatch, RouteW
             .into_iter()
             .map(|(name, value)| QueryMatch { name, value })
             .collect(),
+    })
+}
+
+pub(crate) fn grpc_match_from_wire(
+    at: &str,
+    m: &GrpcMatch,
+) -> Result<CoreGrpcMatch, RouteWireError> {
+    Ok(CoreGrpcMatch {
+        service: m
+            .service
+            .as_ref()
+            .map(|s| string_match_from_wire(&format!("{at}.service"), Some(s)))
+            .transpose()?,
+        method: m
+            .method
+            .as_ref()
+            .map(|s| string_match_from_wire(&format!("{at}.method"), Some(s)))
+            .transpose()?,
+        headers: header_matches(&format!("{at}.headers"), &m.headers)?,
     })
 }
 
@@ -668,22 +731,7 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
                 .matches
                 .iter()
                 .enumerate()
-                .map(|(k, m)| {
-                    let at = format!("{at}.matches[{k}]");
-                    Ok(CoreGrpcMatch {
-                        service: m
-                            .service
-                            .as_ref()
-                            .map(|s| string_match_from_wire(&format!("{at}.service"), Some(s)))
-                            .transpose()?,
-                        method: m
-                            .method
-                            .as_ref()
-                            .map(|s| string_match_from_wire(&format!("{at}.method"), Some(s)))
-                            .transpose()?,
-                        headers: header_matches(&format!("{at}.headers"), &m.headers)?,
-                    })
-                })
+                .map(|(k, m)| grpc_match_from_wire(&format!("{at}.matches[{k}]"), m))
                 .collect::<Result<_, RouteWireError>>()?;
             let guards = Guards::from_wire(
                 &at,
@@ -711,6 +759,7 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
     Ok(CoreTrafficPolicy {
         http: Arc::from(http),
         grpc: Arc::from(grpc),
+        backend: backend_policy_from_wire(p.backend.as_ref()),
     })
 }
 
@@ -770,6 +819,22 @@ mod tests {
         let mut policy = CoreTrafficPolicy {
             http: Arc::from(vec![route]),
             grpc: Arc::from(vec![grpc]),
+            backend: BackendPolicy {
+                retry_budget: weft_core::policy::backend::RetryBudget {
+                    percent: 5,
+                    min_per_second: 1,
+                    window: std::time::Duration::from_secs(30),
+                },
+                failure_accrual: weft_core::policy::backend::FailureAccrual {
+                    consecutive_failures: 0,
+                    first_penalty: std::time::Duration::from_millis(10),
+                    max_penalty: std::time::Duration::from_secs(2),
+                },
+                limit: Some(ConcurrencyLimit {
+                    max_in_flight: 4,
+                    max_queue: 1,
+                }),
+            },
         };
         let mut http = policy.http.to_vec();
         http[0].rules[0].backends[1].missing = true;
@@ -790,6 +855,7 @@ mod tests {
                 }],
             }],
             grpc: vec![],
+            backend: None,
         };
         let regex = rule(HttpMatch {
             path: Some(PathMatch {
@@ -830,10 +896,40 @@ mod tests {
                 }],
             }],
             grpc: vec![],
+            backend: None,
         };
         assert_eq!(
             traffic_from_wire(&redirect).unwrap_err().at,
             "http[0].rules[0].filters[0].status"
         );
+    }
+
+    /// A backend policy out of range reads as the defaults, never as no protection.
+    #[test]
+    fn backend_values_out_of_range_read_as_defaults() {
+        let wire = WireBackendPolicy {
+            retry_percent: 500,
+            retry_min_per_second: 3,
+            retry_window_ms: 10,
+            accrual_failures: 4,
+            accrual_first_penalty_ms: 5_000,
+            accrual_max_penalty_ms: 1_000,
+            limits: Some(RouteLimits {
+                max_in_flight: 0,
+                max_queue: 9,
+            }),
+        };
+        let b = backend_policy_from_wire(Some(&wire));
+        let d = BackendPolicy::default();
+        assert_eq!(b.retry_budget.percent, d.retry_budget.percent);
+        assert_eq!(b.retry_budget.window, d.retry_budget.window);
+        assert_eq!(b.retry_budget.min_per_second, 3);
+        assert_eq!(b.failure_accrual.consecutive_failures, 4);
+        assert_eq!(
+            b.failure_accrual.first_penalty,
+            d.failure_accrual.first_penalty
+        );
+        assert_eq!(b.limit, None);
+        assert_eq!(backend_policy_from_wire(None), d);
     }
 }

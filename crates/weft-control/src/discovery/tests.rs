@@ -112,10 +112,10 @@ fn a_denied_target_reveals_nothing() {
     reg.writer("a")
         .upsert(api(vec![ep(1, EndpointState::Ready)]));
     let snap = reg.snapshot();
-    let cfg = config(vec![AuthorizationRule {
-        service: ServiceName::new("demo", "api").unwrap(),
-        from: vec!["demo/web".parse().unwrap()],
-    }]);
+    let cfg = config(vec![AuthorizationRule::allow(
+        ServiceName::new("demo", "api").unwrap(),
+        vec!["demo/web".parse().unwrap()],
+    )]);
     for target in ["api.demo", "10.96.0.1:80", "127.0.0.1:1"] {
         let t = Target::parse(target, "x").unwrap();
         assert!(matches!(
@@ -286,14 +286,14 @@ fn workloads_sharing_an_identity_keep_their_own_policies() {
     w.upsert(service("billing", endpoint("billing-1", 1)));
     w.upsert(service("catalog", endpoint("catalog-1", 2)));
     let cfg = config(vec![
-        AuthorizationRule {
-            service: ServiceName::new("demo", "billing").unwrap(),
-            from: vec!["demo/checkout".parse().unwrap()],
-        },
-        AuthorizationRule {
-            service: ServiceName::new("demo", "catalog").unwrap(),
-            from: vec!["demo/web".parse().unwrap()],
-        },
+        AuthorizationRule::allow(
+            ServiceName::new("demo", "billing").unwrap(),
+            vec!["demo/checkout".parse().unwrap()],
+        ),
+        AuthorizationRule::allow(
+            ServiceName::new("demo", "catalog").unwrap(),
+            vec!["demo/web".parse().unwrap()],
+        ),
     ]);
     let bundle = weft_ca::TrustBundle::new(Vec::new());
     let sources = [Arc::from("a")];
@@ -308,10 +308,13 @@ fn workloads_sharing_an_identity_keep_their_own_policies() {
     };
     let billing = settings("billing-1");
     let catalog = settings("catalog-1");
-    assert_eq!(billing.authorize(&id("checkout")), Decision::Allow);
-    assert_eq!(billing.authorize(&id("web")), Decision::Deny);
-    assert_eq!(catalog.authorize(&id("web")), Decision::Allow);
-    assert_eq!(catalog.authorize(&id("checkout")), Decision::Deny);
+    assert_eq!(
+        billing.on_connection(Some(&id("checkout"))),
+        Decision::Allow
+    );
+    assert_eq!(billing.on_connection(Some(&id("web"))), Decision::Deny);
+    assert_eq!(catalog.on_connection(Some(&id("web"))), Decision::Allow);
+    assert_eq!(catalog.on_connection(Some(&id("checkout"))), Decision::Deny);
 
     // A proxy claiming a workload certified as someone else is refused.
     let wl = WorkloadKey {
@@ -363,10 +366,10 @@ fn policies_of(
 }
 
 fn only_web() -> MeshConfig {
-    config(vec![AuthorizationRule {
-        service: ServiceName::new("demo", "api").unwrap(),
-        from: vec!["demo/web".parse().unwrap()],
-    }])
+    config(vec![AuthorizationRule::allow(
+        ServiceName::new("demo", "api").unwrap(),
+        vec!["demo/web".parse().unwrap()],
+    )])
 }
 
 #[test]
@@ -381,10 +384,13 @@ fn a_workload_that_is_not_ready_keeps_its_rules_and_gets_no_traffic() {
     // authenticated identity) would let every workload in.
     let (server, default) = policies_of(&reg, &cfg, &["a"], "api-2", 2);
     let server = server.expect("the not-ready workload's port has its rule");
-    assert_eq!(server.authorize(&id("web")), Decision::Allow);
-    assert_eq!(server.authorize(&id("intruder")), Decision::Deny);
+    assert_eq!(server.on_connection(Some(&id("web"))), Decision::Allow);
+    assert_eq!(server.on_connection(Some(&id("intruder"))), Decision::Deny);
     // Its other ports get the mesh default: the workload is known.
-    assert_eq!(default.authorize(&id("intruder")), Decision::Allow);
+    assert_eq!(
+        default.on_connection(Some(&id("intruder"))),
+        Decision::Allow
+    );
     // Callers never hear of it: not by service, not by its own address.
     let a = answer(
         &id("web"),
@@ -413,9 +419,9 @@ fn a_workload_no_source_knows_denies_every_client() {
     for (sources, name) in [(&["b"][..], "api-1"), (&["a"][..], "api-9")] {
         let (server, default) = policies_of(&reg, &cfg, sources, name, 1);
         assert!(server.is_none());
-        assert_eq!(default.authorize(&id("web")), Decision::Deny);
-        assert_eq!(default.authorize(&id("intruder")), Decision::Deny);
-        assert_eq!(default.authorize_unauthenticated(), Decision::Deny);
+        assert_eq!(default.on_connection(Some(&id("web"))), Decision::Deny);
+        assert_eq!(default.on_connection(Some(&id("intruder"))), Decision::Deny);
+        assert_eq!(default.on_connection(None), Decision::Deny);
     }
 }
 
@@ -429,8 +435,8 @@ fn a_workload_is_found_in_every_source_its_platform_names() {
         .upsert(api(vec![ep(1, EndpointState::Ready)]));
     let (server, _) = policies_of(&reg, &cfg, &["nomad", "consul"], "api-1", 1);
     let server = server.expect("the Consul registration's rule");
-    assert_eq!(server.authorize(&id("intruder")), Decision::Deny);
-    assert_eq!(server.authorize(&id("web")), Decision::Allow);
+    assert_eq!(server.on_connection(Some(&id("intruder"))), Decision::Deny);
+    assert_eq!(server.on_connection(Some(&id("web"))), Decision::Allow);
 }
 
 /// A config whose routes split `api.demo` between `api` and `api-v2` by `v1`/`v2` weights.

@@ -185,7 +185,7 @@ impl Loader {
         let mut warnings = Vec::new();
         let mut ports = validate::validate(&mut cfg, data_home, &mut warnings)
             .map_err(|(key, msg)| err_at(Some(key), msg, None))?;
-        // Each route names the file and the line of its section.
+        // Each route and rule names the file and the line of its section.
         let sources = cfg
             .http_routes
             .iter_mut()
@@ -197,7 +197,22 @@ impl Loader {
                     .enumerate()
                     .map(|(i, r)| (format!("routes.grpc[{i}]"), &mut r.route.meta.source)),
             );
-        for (key, source) in sources {
+        let rules = cfg
+            .authorization_rules
+            .iter_mut()
+            .enumerate()
+            .map(|(i, r)| (format!("policy.authorizations[{i}]"), &mut r.source));
+        let limits = cfg
+            .rate_limit_rules
+            .iter_mut()
+            .enumerate()
+            .map(|(i, r)| (format!("policy.rate_limits[{i}]"), &mut r.source));
+        let backends = cfg
+            .backend_rules
+            .iter_mut()
+            .enumerate()
+            .map(|(i, r)| (format!("policy.backends[{i}]"), &mut r.source));
+        for (key, source) in sources.chain(rules).chain(limits).chain(backends) {
             *source = crate::policy::route::RouteSource::MeshFile {
                 path: path.to_path_buf(),
                 line: locate(text, format, &key),

@@ -37,6 +37,9 @@ pub struct MeshConfig {
     /// Authorization rules, parsed and checked from `policy.authorizations`.
     #[serde(skip)]
     pub authorization_rules: Vec<AuthorizationRule>,
+    /// Backend policies, parsed and checked from `policy.backends`.
+    #[serde(skip)]
+    pub backend_rules: Vec<crate::policy::backend::BackendRule>,
     /// Rate limits, parsed and checked from `policy.rate_limits`.
     #[serde(skip)]
     pub rate_limit_rules: Vec<crate::policy::ratelimit::RateLimitRule>,
@@ -168,44 +171,16 @@ pub struct PolicySection {
     /// What a workload that no authorization names accepts from mesh clients.
     #[serde(default)]
     pub default_inbound: Decision,
-    /// `[[policy.authorizations]]`: per-service allow lists.
+    /// `[[policy.authorizations]]`: allow and deny rules per service.
     #[serde(default)]
     pub authorizations: Vec<AuthorizationEntry>,
     /// `[[policy.rate_limits]]`: per-service inbound rate limits.
     #[serde(default)]
-    pub rate_limits: Vec<RateLimitEntry>,
-}
-
-/// `[[policy.rate_limits]]`: the rate at which each server of a service admits requests.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitEntry {
-    /// The service, as `name.namespace` (or `name` in namespace `default`).
-    pub service: String,
-    /// Requests per second (fractions allowed).
-    pub requests_per_second: f64,
-    /// Requests at once (default: one second's worth, at least 1).
+    pub rate_limits: Vec<crate::policy::ratelimit::RateLimitSpec>,
+    /// `[[policy.backends]]`: what callers apply to every call to a service (retry budget,
+    /// failure accrual, concurrency limit).
     #[serde(default)]
-    pub burst: Option<u32>,
-    /// Whether each client identity has a bucket of its own (default: one for all).
-    #[serde(default)]
-    pub per_identity: bool,
-    /// Rates of their own for some clients, each with a bucket of its own.
-    #[serde(default)]
-    pub overrides: Vec<RateOverrideEntry>,
-}
-
-/// `[[policy.rate_limits.overrides]]`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateOverrideEntry {
-    /// The clients: `ns/*`, `ns/name`, a SPIFFE ID or `*`.
-    pub clients: String,
-    /// Requests per second.
-    pub requests_per_second: f64,
-    /// Requests at once.
-    #[serde(default)]
-    pub burst: Option<u32>,
+    pub backends: Vec<crate::policy::backend::BackendPolicySpec>,
 }
 
 /// `[routes]`: the mesh file's routes, with the fields of Gateway API `HTTPRoute` and
@@ -235,14 +210,17 @@ pub struct MeshRoute<S> {
     pub spec: S,
 }
 
-/// `[[policy.authorizations]]`.
+/// `[[policy.authorizations]]`: an authorization rule, with the keys of an
+/// `AuthorizationPolicy` spec beside its name.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AuthorizationEntry {
-    /// The service, as `name.namespace` (or `name` in namespace `default`).
-    pub service: String,
-    /// Identity patterns allowed to call it: `*`, `ns/*`, `ns/name`, or a SPIFFE ID.
-    pub allow: Vec<String>,
+    /// Its name, unique among the rules of its service's namespace (default:
+    /// `<service>-<index>`); the rule's label in logs and metrics is `namespace/name`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The rule.
+    #[serde(flatten)]
+    pub spec: crate::policy::authz_spec::AuthorizationSpec,
 }
 
 // === defaults ===

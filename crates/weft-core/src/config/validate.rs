@@ -6,7 +6,7 @@ use super::load::DataHome;
 use super::platforms::{Invalid, Ports};
 use super::schema::MeshConfig;
 use crate::model::{ServiceName, check_name};
-use crate::policy::ratelimit::{LocalRateLimit, Rate, RateLimitRule};
+use crate::policy::ratelimit::RateLimitRule;
 use crate::policy::route::{RouteMeta, RouteSource};
 use crate::policy::route_spec::{Bound, RouteSpecError};
 use crate::policy::{AuthorizationRule, IdentityMatch};
@@ -29,105 +29,131 @@ pub(super) fn validate(
     })?);
     let mut ports = Ports::default();
     validate_control(cfg, &mut ports)?;
-    let mut rules = Vec::new();
-    for (i, entry) in cfg.policy.authorizations.iter().enumerate() {
-        let key = format!("policy.authorizations[{i}]");
-        let service = ServiceName::parse(&entry.service, "default")
-            .map_err(|e| (format!("{key}.service"), e.to_string()))?;
-        if entry.allow.is_empty() {
-            return Err((
-                format!("{key}.allow"),
-                "empty allow list: list identities, or use policy.default_inbound".into(),
-            ));
-        }
-        let mut from = Vec::new();
-        for (j, pattern) in entry.allow.iter().enumerate() {
-            let m: IdentityMatch =
-                pattern
-                    .parse()
-                    .map_err(|e: crate::policy::authz::PatternError| {
-                        (format!("{key}.allow[{j}]"), e.to_string())
-                    })?;
-            // The CA only issues identities in the mesh's trust domain, so a SPIFFE ID from
-            // another domain can never match a client: the rule silently allows nobody.
-            if let IdentityMatch::Exact(id) = &m
-                && id.trust_domain() != &cfg.mesh.trust_domain
-            {
-                warnings.push((
-                    format!("{key}.allow[{j}]"),
-                    format!(
-                        "{pattern} is in trust domain {}, not in mesh.trust_domain {}: \
-                         no identity of this mesh can match it",
-                        id.trust_domain(),
-                        cfg.mesh.trust_domain
-                    ),
-                ));
-            }
-            from.push(m);
-        }
-        rules.push(AuthorizationRule { service, from });
-    }
+    let rules = authorizations(cfg, warnings)?;
     cfg.authorization_rules = rules;
     cfg.rate_limit_rules = rate_limits(cfg)?;
+    cfg.backend_rules = backends(cfg)?;
     validate_routes(cfg)?;
     warn_pointless_faults(cfg, warnings);
     Ok(ports)
 }
 
-/// A rate from the file: above zero and finite, a burst of at least one (by default one
-/// second's worth).
-fn rate(key: &str, per_second: f64, burst: Option<u32>) -> Result<Rate, Invalid> {
-    if !(per_second > 0.0 && per_second.is_finite()) {
-        return Err((
-            format!("{key}.requests_per_second"),
-            format!("{per_second}: a number of requests above zero"),
-        ));
+/// The rules of `[[policy.authorizations]]`, with warnings for patterns no client of this
+/// mesh can match.
+fn authorizations(
+    cfg: &MeshConfig,
+    warnings: &mut Vec<Invalid>,
+) -> Result<Vec<AuthorizationRule>, Invalid> {
+    let mut rules: Vec<AuthorizationRule> = Vec::new();
+    for (i, entry) in cfg.policy.authorizations.iter().enumerate() {
+        let key = format!("policy.authorizations[{i}]");
+        let service = ServiceName::parse(&entry.spec.service, "default")
+            .map_err(|e| (format!("{key}.service"), e.to_string()))?;
+        let name = match &entry.name {
+            Some(n) => {
+                check_name(n).map_err(|e| (format!("{key}.name"), e.to_string()))?;
+                n.clone()
+            }
+            None => format!("{}-{i}", service.name),
+        };
+        let label = format!("{}/{name}", service.namespace);
+        if rules.iter().any(|r| r.name == label) {
+            return Err((format!("{key}.name"), format!("a second rule {label}")));
+        }
+        let rule = entry
+            .spec
+            .compile(label, in_file(), "default")
+            .map_err(|e| (format!("{key}.{}", e.key), e.message))?;
+        // The CA only issues identities in the mesh's trust domain, so a pattern of another
+        // domain can never match a client: the rule silently matches nobody.
+        let field = if entry.spec.allow.is_some() {
+            "allow"
+        } else {
+            "from"
+        };
+        for (j, m) in rule.from.iter().enumerate() {
+            let domain = match m {
+                IdentityMatch::Exact(id) => id.trust_domain(),
+                IdentityMatch::TrustDomain(td) => td,
+                _ => continue,
+            };
+            if domain != &cfg.mesh.trust_domain {
+                warnings.push((
+                    format!("{key}.{field}[{j}]"),
+                    format!(
+                        "{m} is in trust domain {domain}, not in mesh.trust_domain {}: \
+                         no identity of this mesh can match it",
+                        cfg.mesh.trust_domain
+                    ),
+                ));
+            }
+        }
+        rules.push(rule);
     }
-    let burst = match burst {
-        Some(0) => return Err((format!("{key}.burst"), "at least 1".into())),
-        Some(b) => b,
-        // One second's worth: a whole number at least 1, and within u32 for any finite rate.
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            reason = "clamped to 1..=u32::MAX first"
-        )]
-        None => per_second.ceil().clamp(1.0, f64::from(u32::MAX)) as u32,
-    };
-    Ok(Rate { per_second, burst })
+    Ok(rules)
+}
+
+/// Where an entry of the mesh file was written; the loader fills in the file and the line.
+fn in_file() -> RouteSource {
+    RouteSource::MeshFile {
+        path: std::path::PathBuf::new(),
+        line: None,
+    }
+}
+
+/// The entries of `section`, each compiled with its key (`policy.backends[2]`); an error names
+/// the entry's key and the key within it.
+fn compiled<S, R>(
+    section: &str,
+    entries: &[S],
+    compile: impl Fn(&S, RouteSource) -> Result<R, RouteSpecError>,
+) -> Result<Vec<(String, R)>, Invalid> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let key = format!("{section}[{i}]");
+            let rule =
+                compile(entry, in_file()).map_err(|e| (format!("{key}.{}", e.key), e.message))?;
+            Ok((key, rule))
+        })
+        .collect()
+}
+
+fn backends(cfg: &MeshConfig) -> Result<Vec<crate::policy::backend::BackendRule>, Invalid> {
+    let mut out: Vec<crate::policy::backend::BackendRule> = Vec::new();
+    for (key, rule) in compiled("policy.backends", &cfg.policy.backends, |e, source| {
+        e.compile(source, "default")
+    })? {
+        if out.iter().any(|r| r.service == rule.service) {
+            return Err((
+                format!("{key}.service"),
+                format!("{} has a backend policy already", rule.service),
+            ));
+        }
+        out.push(rule);
+    }
+    Ok(out)
 }
 
 fn rate_limits(cfg: &MeshConfig) -> Result<Vec<RateLimitRule>, Invalid> {
-    let mut out = Vec::new();
-    for (i, entry) in cfg.policy.rate_limits.iter().enumerate() {
-        let key = format!("policy.rate_limits[{i}]");
-        let service = ServiceName::parse(&entry.service, "default")
-            .map_err(|e| (format!("{key}.service"), e.to_string()))?;
-        if out.iter().any(|r: &RateLimitRule| r.service == service) {
+    let mut out: Vec<RateLimitRule> = Vec::new();
+    for (key, rule) in compiled(
+        "policy.rate_limits",
+        &cfg.policy.rate_limits,
+        |e, source| e.compile(source, "default"),
+    )? {
+        let whole = |r: &RateLimitRule| r.limit.to.is_empty();
+        if whole(&rule) && out.iter().any(|r| r.service == rule.service && whole(r)) {
             return Err((
                 format!("{key}.service"),
-                format!("{service} has a rate limit already"),
+                format!(
+                    "{} has a rate limit for every request already (give this one `to` to limit some requests)",
+                    rule.service
+                ),
             ));
         }
-        let mut overrides = Vec::new();
-        for (j, o) in entry.overrides.iter().enumerate() {
-            let at = format!("{key}.overrides[{j}]");
-            let m: IdentityMatch =
-                o.clients
-                    .parse()
-                    .map_err(|e: crate::policy::authz::PatternError| {
-                        (format!("{at}.clients"), e.to_string())
-                    })?;
-            overrides.push((m, rate(&at, o.requests_per_second, o.burst)?));
-        }
-        out.push(RateLimitRule {
-            service,
-            limit: LocalRateLimit {
-                rate: rate(&key, entry.requests_per_second, entry.burst)?,
-                per_identity: entry.per_identity,
-                overrides,
-            },
-        });
+        out.push(rule);
     }
     Ok(out)
 }
@@ -350,10 +376,7 @@ fn validate_routes(cfg: &mut MeshConfig) -> Result<(), Invalid> {
         check_name(namespace).map_err(|e| (format!("{key}.namespace"), e.to_string()))?;
         Ok(RouteMeta {
             name: format!("{namespace}/{name}"),
-            source: RouteSource::MeshFile {
-                path: std::path::PathBuf::new(),
-                line: None,
-            },
+            source: in_file(),
         })
     }
     let located = |kind: &'static str, i: usize| {

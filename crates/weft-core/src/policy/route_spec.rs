@@ -32,7 +32,10 @@ pub struct RouteSpecError {
     pub message: String,
 }
 
-fn err<T>(key: impl Into<String>, message: impl Into<String>) -> Result<T, RouteSpecError> {
+pub(super) fn err<T>(
+    key: impl Into<String>,
+    message: impl Into<String>,
+) -> Result<T, RouteSpecError> {
     Err(RouteSpecError {
         key: key.into(),
         message: message.into(),
@@ -273,7 +276,7 @@ pub struct LimitsSpec {
     pub max_queue: u32,
 }
 
-fn limits(
+pub(super) fn limits(
     key: &str,
     spec: Option<&LimitsSpec>,
 ) -> Result<Option<ConcurrencyLimit>, RouteSpecError> {
@@ -756,7 +759,7 @@ fn path_value(key: &str, value: &str) -> Result<String, RouteSpecError> {
     Ok(value.to_string())
 }
 
-fn http_match(key: &str, spec: &HttpMatchSpec) -> Result<HttpMatch, RouteSpecError> {
+pub(super) fn http_match(key: &str, spec: &HttpMatchSpec) -> Result<HttpMatch, RouteSpecError> {
     let path = match &spec.path {
         None => None,
         Some(p) => {
@@ -1099,7 +1102,7 @@ impl HttpRouteSpec {
     }
 }
 
-fn grpc_match(key: &str, spec: &GrpcMatchSpec) -> Result<GrpcMatch, RouteSpecError> {
+pub(super) fn grpc_match(key: &str, spec: &GrpcMatchSpec) -> Result<GrpcMatch, RouteSpecError> {
     let (service, method) = match &spec.method {
         None => (None, None),
         Some(m) => {

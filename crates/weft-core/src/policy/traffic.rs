@@ -13,13 +13,15 @@ use super::route_spec::{Bound, Parent};
 use crate::model::ServiceName;
 
 /// The routes of one service port for one caller, in precedence order of their sources
-/// (oldest first).
+/// (oldest first), and the service's backend policy.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrafficPolicy {
     /// HTTP routes.
     pub http: Arc<[HttpRoute]>,
     /// gRPC routes.
     pub grpc: Arc<[GrpcRoute]>,
+    /// What the caller applies to every call to the service.
+    pub backend: super::backend::BackendPolicy,
 }
 
 impl TrafficPolicy {
@@ -37,6 +39,33 @@ pub struct SourceRoutes {
     pub http: Vec<Bound<HttpRoute>>,
     /// gRPC routes.
     pub grpc: Vec<Bound<GrpcRoute>>,
+}
+
+/// The inbound policies one source (a platform adapter) reports, from its objects.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SourcePolicies {
+    /// Authorization rules.
+    pub authorizations: Vec<super::authz::AuthorizationRule>,
+    /// Rate limits: at most one per service for every request, any number for routes.
+    pub rate_limits: Vec<super::ratelimit::RateLimitRule>,
+    /// Backend policies, at most one per service.
+    pub backends: Vec<super::backend::BackendRule>,
+}
+
+impl SourcePolicies {
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.authorizations.is_empty() && self.rate_limits.is_empty() && self.backends.is_empty()
+    }
+
+    /// Every service a policy names (with repeats).
+    pub fn services(&self) -> impl Iterator<Item = &ServiceName> {
+        self.authorizations
+            .iter()
+            .map(|r| &r.service)
+            .chain(self.rate_limits.iter().map(|r| &r.service))
+            .chain(self.backends.iter().map(|r| &r.service))
+    }
 }
 
 impl SourceRoutes {
@@ -105,6 +134,7 @@ pub fn for_service<'a>(
     TrafficPolicy {
         http: picked(http, service, port, caller_namespace, &exists).into(),
         grpc: picked(grpc, service, port, caller_namespace, &exists).into(),
+        backend: super::backend::BackendPolicy::default(),
     }
 }
 

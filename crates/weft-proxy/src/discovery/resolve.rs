@@ -19,6 +19,7 @@ use weft_core::{EndpointState, Identity, Protocol, ServiceName, Target};
 
 use crate::Runtime;
 use crate::control::ControlError;
+use crate::outbound::breaker::Health;
 use crate::outbound::router::Routes;
 
 /// What a destination resolves to, as far as this proxy knows.
@@ -230,18 +231,19 @@ fn routes_to_build(
     }
 }
 
-/// Keeps `tx` holding what `target` resolves to, and `routes` its compiled routes, until
-/// `stop`. Routes that cannot be read leave the last good ones in force, and are logged and
-/// counted; the stream goes on.
+/// Keeps `tx` holding what `target` resolves to, and `routes` its compiled routes (with the
+/// service's failure accrual set on the destination's `health`), until `stop`. Routes that
+/// cannot be read leave the last good ones in force, and are logged and counted; the stream
+/// goes on.
 pub async fn follow(
     shared: Arc<Runtime>,
     target: Target,
     tx: watch::Sender<Resolution>,
-    routes: watch::Sender<Arc<Routes>>,
+    (routes, health): (watch::Sender<Arc<Routes>>, Arc<Health>),
     stop: CancellationToken,
 ) {
     let request = target_to_wire(&target);
-    let (runtime, routes) = (&shared, &routes);
+    let (runtime, routes, health) = (&shared, &routes, &health);
     let (shared, tx, request, target) = (&shared, &tx, &request, &target);
     super::follow_with_backoff(shared, &stop, target, false, |channel| async move {
         let mut heard = false;
@@ -267,6 +269,7 @@ pub async fn follow(
                     routes_to_build(policy, &next, target, &runtime.metrics)
                 {
                     tracing::debug!(%target, http = policy.http.len(), grpc = policy.grpc.len(), "routes compiled");
+                    health.set_accrual(&policy.backend.failure_accrual);
                     let compiled = Routes::build(&policy, target, &service, port, runtime);
                     routes.send_replace(Arc::new(compiled));
                 }

@@ -115,8 +115,8 @@ pub fn from_wire(s: weft_api::ProxySettings) -> ProxySettings {
 fn deny_all() -> InboundPolicy {
     InboundPolicy {
         default: Decision::Deny,
-        allow: Vec::new(),
-        rate_limit: None,
+        rules: Vec::new(),
+        rate_limits: Vec::new(),
     }
 }
 
@@ -191,15 +191,26 @@ mod tests {
     use super::*;
     use weft_api::convert::pattern_to_wire;
     use weft_api::{Decision as WireDecision, IdentityPattern};
-    use weft_core::policy::IdentityMatch;
+    use weft_core::policy::{AuthorizationRule, IdentityMatch};
     use weft_core::{Identity, TrustDomain};
 
+    /// A policy with one allow rule for `allow`, if it names anyone.
     fn wire(default: i32, allow: Vec<IdentityPattern>) -> weft_api::InboundPolicy {
+        let rules = if allow.is_empty() {
+            Vec::new()
+        } else {
+            let mut rule = weft_api::convert::rule_to_wire(&AuthorizationRule::allow(
+                weft_core::ServiceName::new("demo", "api").unwrap(),
+                vec![IdentityMatch::Any],
+            ));
+            rule.from = allow;
+            vec![rule]
+        };
         weft_api::InboundPolicy {
             default_decision: default,
-            allow,
             protocol: 0,
-            rate_limit: None,
+            rate_limits: Vec::new(),
+            rules,
         }
     }
 
@@ -229,9 +240,15 @@ mod tests {
                 vec![pattern_to_wire(&IdentityMatch::Namespace("prod".into()))],
             )),
         );
-        assert_eq!(s.policy(7143).authorize(&client()), Decision::Deny);
+        assert_eq!(
+            s.policy(7143).on_connection(Some(&client())),
+            Decision::Deny
+        );
         // Another port gets the default.
-        assert_eq!(s.policy(8080).authorize(&client()), Decision::Allow);
+        assert_eq!(
+            s.policy(8080).on_connection(Some(&client())),
+            Decision::Allow
+        );
         assert_eq!(s.policy_error, None);
         assert_eq!(m.policy_invalid.get(), 0);
     }
@@ -258,7 +275,7 @@ mod tests {
         {
             let s = accept(&m, msg);
             assert_eq!(
-                s.policy(7143).authorize(&client()),
+                s.policy(7143).on_connection(Some(&client())),
                 Decision::Deny,
                 "case {n}"
             );
@@ -268,6 +285,6 @@ mod tests {
         let mut no_default = settings(wire(WireDecision::Allow as i32, Vec::new()));
         no_default.default_policy = None;
         let s = accept(&m, no_default);
-        assert_eq!(s.policy(1).authorize(&client()), Decision::Deny);
+        assert_eq!(s.policy(1).on_connection(Some(&client())), Decision::Deny);
     }
 }

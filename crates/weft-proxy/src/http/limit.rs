@@ -1,4 +1,5 @@
-//! A route rule's concurrency limit: at most so many calls in flight (from the moment they
+//! A concurrency limit, of a route rule or of a whole destination service: at most so many
+//! calls in flight (from the moment they
 //! are let through until their response has ended), and at most so many more waiting for a
 //! place; past both a call is refused at once with 503 and the reason, rather than queued
 //! without bound. A waiting call still counts against its own deadline.
@@ -18,13 +19,15 @@ use weft_core::policy::route::ConcurrencyLimit;
 use crate::errors::{HttpError, Who};
 use crate::http::Body;
 
-/// One rule's places.
+/// One rule's or service's places.
 #[derive(Debug)]
 pub struct Limiter {
     places: Arc<Semaphore>,
     waiting: AtomicUsize,
     limit: ConcurrencyLimit,
     refused: Counter,
+    /// What the limit is of, for the reason: `route`, `service`.
+    of: &'static str,
 }
 
 /// Takes a waiting place back when its call stops waiting, however it stops.
@@ -37,14 +40,16 @@ impl Drop for Waiting<'_> {
 }
 
 impl Limiter {
-    /// The places `limit` gives, counting refusals in `refused`.
-    pub fn new(limit: ConcurrencyLimit, refused: Counter) -> Self {
+    /// The places `limit` gives, the limit of a route or a service (`of`), counting
+    /// refusals in `refused`.
+    pub fn new(limit: ConcurrencyLimit, refused: Counter, of: &'static str) -> Self {
         let n = usize::try_from(limit.max_in_flight).unwrap_or(usize::MAX);
         Self {
             places: Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))),
             waiting: AtomicUsize::new(0),
             limit,
             refused,
+            of,
         }
     }
 
@@ -62,31 +67,33 @@ impl Limiter {
             return Err(HttpError::unavailable(
                 Who::Proxy,
                 format!(
-                    "over the route's concurrency limit: {} calls in flight and {} waiting",
-                    self.limit.max_in_flight, self.limit.max_queue
+                    "over the {}'s concurrency limit: {} calls in flight and {} waiting",
+                    self.of, self.limit.max_in_flight, self.limit.max_queue
                 ),
             ));
         }
         // The semaphore is never closed.
-        self.places.clone().acquire_owned().await.map_err(|_| {
-            HttpError::unavailable(Who::Proxy, "the route's concurrency limit is gone")
-        })
+        self.places
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| HttpError::unavailable(Who::Proxy, "the concurrency limit is gone"))
     }
 }
 
-/// `rsp`, holding `place` until its body has ended (or is dropped).
+/// `rsp`, holding `place` until its body has ended (or is dropped): the place comes free as
+/// soon as the last frame has been read, before it is written on, so a caller that has seen
+/// the whole response finds the place free.
 pub fn hold(rsp: Response<Body>, place: OwnedSemaphorePermit) -> Response<Body> {
     rsp.map(|inner| {
-        Body::new(Held {
-            inner,
-            _place: place,
-        })
+        let place = (!http_body::Body::is_end_stream(&inner)).then_some(place);
+        Body::new(Held { inner, place })
     })
 }
 
 struct Held {
     inner: Body,
-    _place: OwnedSemaphorePermit,
+    place: Option<OwnedSemaphorePermit>,
 }
 
 impl http_body::Body for Held {
@@ -97,7 +104,16 @@ impl http_body::Body for Held {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        let ended = match &frame {
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => http_body::Body::is_end_stream(&self.inner),
+            Poll::Pending => false,
+        };
+        if ended {
+            self.place = None;
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -124,6 +140,7 @@ mod tests {
                 max_queue,
             },
             Counter::default(),
+            "route",
         )
     }
 

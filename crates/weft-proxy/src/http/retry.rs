@@ -12,10 +12,14 @@
 //!   drawn at random below its bound (full jitter); a `Retry-After` of at most
 //!   [`RETRY_AFTER_CAP`] is waited out, a longer one ends the retries. No retry starts past
 //!   the call's deadline.
-//! - A budget per rule bounds retries to 20 % of its requests plus 10 a second over 10 s, so
-//!   that retries cannot multiply an outage; each retry and each one the budget refused is
-//!   counted.
-//! - Each attempt draws its backend again, so a split's other backend can answer.
+//! - A budget per destination service, which every rule of its routes draws on, bounds
+//!   retries to a share of its requests plus a floor a second over a window (by default 20 %
+//!   plus 10 a second over 10 s; the service's backend policy may say otherwise), so that
+//!   retries cannot multiply an outage; each retry and each one the budget refused is counted
+//!   under its rule.
+//! - Each attempt draws its backend again, so a split's other backend can answer, and within
+//!   a backend the balancer leaves out the endpoint the previous attempt went to while another
+//!   is ready ([`crate::outbound::p2c`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +34,7 @@ use http_body::{Body as _, Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
+use weft_core::policy::backend::RetryBudget;
 use weft_core::policy::route::RetryPolicy;
 
 use crate::errors::{HttpError, Kind, RetrySafe};
@@ -40,26 +45,26 @@ use crate::http::{Body, BoxError};
 pub const MAX_REPLAY_BYTES: usize = 64 * 1024;
 /// The longest `Retry-After` waited out; a longer one ends the retries.
 pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(1);
-/// The budget's window.
-const BUDGET_WINDOW: Duration = Duration::from_secs(10);
-/// Retries the budget allows a second whatever the requests.
-const BUDGET_MIN_PER_SECOND: u32 = 10;
-/// Retries the budget allows per request.
-const BUDGET_RATIO: f32 = 0.2;
+/// A budget as `budget` says it.
+pub fn budget(budget: &RetryBudget) -> Arc<TpsBudget> {
+    #[allow(clippy::cast_precision_loss, reason = "at most 100")]
+    let ratio = budget.percent.min(100) as f32 / 100.0;
+    Arc::new(TpsBudget::new(budget.window, budget.min_per_second, ratio))
+}
 
-/// A rule's retry budget and counters.
+/// A rule's share of its destination's retry budget, and its counters.
 #[derive(Debug)]
 pub struct RetryState {
-    budget: TpsBudget,
+    budget: Arc<TpsBudget>,
     retries: Counter,
     exhausted: Counter,
 }
 
 impl RetryState {
-    /// A full budget, counting into `retries` and `exhausted`.
-    pub fn new(retries: Counter, exhausted: Counter) -> Self {
+    /// Draws on `budget`, counting into `retries` and `exhausted`.
+    pub fn new(budget: Arc<TpsBudget>, retries: Counter, exhausted: Counter) -> Self {
         Self {
-            budget: TpsBudget::new(BUDGET_WINDOW, BUDGET_MIN_PER_SECOND, BUDGET_RATIO),
+            budget,
             retries,
             exhausted,
         }
@@ -316,6 +321,11 @@ where
         };
         (outcome, at.is_some() && at != deadline)
     };
+    // Every attempt shares one record of where the last went, so a retry goes to another
+    // endpoint where one is ready.
+    let mut req = req;
+    req.extensions_mut()
+        .insert(crate::outbound::p2c::Attempted::default());
     let template = Template::new(req);
     let may_repeat = policy.idempotent || idempotent(&template.parts.method);
     let mut n = 0;
@@ -369,7 +379,11 @@ mod tests {
     }
 
     fn state() -> RetryState {
-        RetryState::new(Counter::default(), Counter::default())
+        RetryState::new(
+            budget(&RetryBudget::default()),
+            Counter::default(),
+            Counter::default(),
+        )
     }
 
     fn answer(status: u16) -> Result<Response<Body>, BoxError> {
@@ -640,6 +654,23 @@ mod tests {
         assert!((100..=160).contains(&retries), "{retries}");
         assert_eq!(s.retries.get() as usize, retries);
         assert_eq!(s.exhausted.get() as usize, 200 - retries);
+
+        // A tighter budget (no floor, 5 %), shared by two rules: their retries add up.
+        let tight = budget(&RetryBudget {
+            percent: 5,
+            min_per_second: 0,
+            window: Duration::from_secs(10),
+        });
+        let a = RetryState::new(tight.clone(), Counter::default(), Counter::default());
+        let b = RetryState::new(tight, Counter::default(), Counter::default());
+        let (calls, _, send) = flaky(usize::MAX, 503);
+        for i in 0..200 {
+            let s = if i % 2 == 0 { &a } else { &b };
+            run(&p, s, get(""), false, None, None, &send).await.unwrap();
+        }
+        let retries = calls.load(Ordering::SeqCst) - 200;
+        assert!((5..=12).contains(&retries), "{retries}");
+        assert_eq!((a.retries.get() + b.retries.get()) as usize, retries);
     }
 
     /// No retry starts past the call's deadline.

@@ -1,9 +1,13 @@
 //! Authorization on the inbound side: the policy of the server (the port the client dialed)
-//! decides on the client's identity, or on its lack of one. A connection is decided once when
-//! it is admitted ([`Authorizer::authorize`]), and each of its HTTP requests again by the
-//! [`Authorize`] layer, so a policy edit applies to connections already open. Without settings
-//! the policy is unknown and every client is denied. Denials are logged and counted in
-//! `weft_inbound_authz_denied_total`.
+//! decides on the client's identity, or its lack of one, and on each request
+//! ([`weft_core::policy::authz`] says in which order rules apply). A connection is decided
+//! once when it is admitted ([`Authorizer::authorize`]): opaque TCP in full, an HTTP
+//! connection on whether any of its requests could be admitted. Each HTTP request is then
+//! decided by the [`Authorize`] layer on its method, path and headers, by the policy in force
+//! when it comes, so an edit applies to connections already open. Without settings the policy
+//! is unknown and every client is denied. Denials are logged and counted in
+//! `weft_inbound_authz_denied_total`, audited requests in `weft_inbound_authz_audited_total`,
+//! each with the rule that decided (`default` for the server's default).
 
 use std::future::{Ready, ready};
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use futures_util::future::Either;
 use http::{Request, Response};
 use weft_core::Identity;
 use weft_core::policy::Decision;
+use weft_core::policy::authz::{AuthzView, NoHttp, Request as Facts};
 
 use super::UNAUTHENTICATED;
 use super::ratelimit::RateLimits;
@@ -30,6 +35,35 @@ pub struct Authorizer {
     limits: Arc<RateLimits>,
 }
 
+/// A decision, with the rule that made it when it is not a plain allow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The decision.
+    pub decision: Decision,
+    /// The rule's label (`default` for the server's default); empty for an allow.
+    pub rule: String,
+}
+
+/// An HTTP request as the authorization matchers see it.
+struct View<'a, B>(&'a Request<B>);
+
+impl<B> AuthzView for View<'_, B> {
+    fn method(&self) -> &str {
+        self.0.method().as_str()
+    }
+    fn path(&self) -> &str {
+        self.0.uri().path()
+    }
+    fn header_values(&self, name: &str) -> Vec<Option<&str>> {
+        self.0
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().ok())
+            .collect()
+    }
+}
+
 impl Authorizer {
     /// Decides by the policies in `settings`, counting denials in `metrics`, with the
     /// proxy's rate-limit buckets `limits`.
@@ -41,47 +75,104 @@ impl Authorizer {
         }
     }
 
-    /// Admits a request of `client` under the rate limit of the server on `port`, if it has
-    /// one, or says how long until it would be admitted.
-    pub fn rate_limit(&self, client: Option<&Identity>, port: u16) -> Result<(), Duration> {
+    /// Admits a request `req` of `client` under the rate limits of the server on `port` that
+    /// apply to it, or says how long until it would be admitted.
+    pub fn rate_limit<B>(
+        &self,
+        client: Option<&Identity>,
+        port: u16,
+        req: &Request<B>,
+    ) -> Result<(), Duration> {
         let settings = self.settings.borrow();
-        match settings
-            .as_ref()
-            .and_then(|s| s.policy(port).rate_limit.as_ref())
-        {
-            None => Ok(()),
-            Some(limit) => self.limits.admit(port, limit, client),
+        let Some(settings) = settings.as_ref() else {
+            return Ok(());
+        };
+        let view = View(req);
+        for (i, limit) in settings.policy(port).rate_limits.iter().enumerate() {
+            if limit.applies_to(&view) {
+                self.limits.admit((port, i), limit, client)?;
+            }
         }
+        Ok(())
     }
 
     /// What the policy of the server on `port` says of `client` (`None`: a client without a
-    /// mesh identity), without counting it.
-    pub fn decide(&self, client: Option<&Identity>, port: u16) -> Decision {
-        match (self.settings.borrow().as_ref(), client) {
-            (Some(settings), Some(client)) => settings.policy(port).authorize(client),
-            (Some(settings), None) => settings.policy(port).authorize_unauthenticated(),
+    /// mesh identity) and `req`, without counting it.
+    pub fn decide<R: AuthzView>(
+        &self,
+        client: Option<&Identity>,
+        port: u16,
+        req: Facts<'_, R>,
+    ) -> Outcome {
+        let settings = self.settings.borrow();
+        let Some(settings) = settings.as_ref() else {
             // Without settings the policy is unknown: fail closed.
-            (None, _) => Decision::Deny,
+            return Outcome {
+                decision: Decision::Deny,
+                rule: "no_policy".to_string(),
+            };
+        };
+        let v = settings.policy(port).decide(client, req);
+        let rule = if v.decision == Decision::Allow {
+            String::new()
+        } else {
+            v.rule_label().to_string()
+        };
+        Outcome {
+            decision: v.decision,
+            rule,
         }
     }
 
-    /// Applies the policy of the server on `port` to `client`, counting a denial, and under
-    /// `audit` a client a denial would have refused (it is let through).
-    pub fn authorize(&self, client: Option<&Identity>, port: u16) -> Decision {
-        let decision = self.decide(client, port);
-        let family = match decision {
+    /// Applies the policy of the server on `port` to a connection of `client`, opaque or
+    /// carrying HTTP, counting a denial.
+    pub fn authorize(&self, client: Option<&Identity>, port: u16, opaque: bool) -> Decision {
+        let facts = if opaque {
+            Facts::<NoHttp>::Opaque
+        } else {
+            Facts::Connection
+        };
+        self.count::<()>(client, port, None, self.decide(client, port, facts))
+    }
+
+    /// Applies the policy of the server on `port` to a request of `client`, counting a
+    /// denial or an audit.
+    fn authorize_request<B>(
+        &self,
+        client: Option<&Identity>,
+        port: u16,
+        req: &Request<B>,
+    ) -> Decision {
+        let outcome = self.decide(client, port, Facts::Http(&View(req)));
+        self.count(client, port, Some(req), outcome)
+    }
+
+    fn count<B>(
+        &self,
+        client: Option<&Identity>,
+        port: u16,
+        req: Option<&Request<B>>,
+        outcome: Outcome,
+    ) -> Decision {
+        let family = match outcome.decision {
             Decision::Deny => &self.metrics.authz_denied,
             Decision::Audit => &self.metrics.authz_audited,
-            Decision::Allow | Decision::AllowUnauthenticated => return decision,
+            Decision::Allow | Decision::AllowUnauthenticated => return outcome.decision,
         };
         let who = client.map_or_else(|| UNAUTHENTICATED.to_string(), Identity::spiffe_id);
-        if decision == Decision::Deny {
-            tracing::info!(client = %who, port, "inbound denied by policy");
+        let (method, path) = req.map_or(("", ""), |r| (r.method().as_str(), r.uri().path()));
+        if outcome.decision == Decision::Deny {
+            tracing::info!(client = %who, port, rule = %outcome.rule, method, path, "inbound denied by policy");
         } else {
-            tracing::info!(client = %who, port, "inbound audit: a deny would refuse this client");
+            tracing::info!(client = %who, port, rule = %outcome.rule, method, path, "inbound audit: enforcing the rule would refuse this");
         }
-        family.get_or_create(&DenyLabels { client: who }).inc();
-        decision
+        family
+            .get_or_create(&DenyLabels {
+                client: who,
+                rule: outcome.rule,
+            })
+            .inc();
+        outcome.decision
     }
 }
 
@@ -126,14 +217,14 @@ where
         let c = &self.caller;
         if !c
             .authorizer
-            .authorize(c.client.as_deref(), c.server_port)
+            .authorize_request(c.client.as_deref(), c.server_port, &req)
             .admits()
         {
             let who = c.client.as_deref().map_or_else(
                 || "a client without a mesh identity".to_string(),
                 |c| c.to_string(),
             );
-            let e = HttpError::denied(format!("{who} is not authorized to call this workload"));
+            let e = HttpError::denied(format!("{who} is not authorized to make this request"));
             return Either::Left(ready(Err(e.into())));
         }
         Either::Right(self.inner.call(req))
@@ -144,7 +235,7 @@ where
 mod tests {
     use tokio::sync::watch;
     use tower::ServiceExt;
-    use weft_core::policy::{IdentityMatch, InboundPolicy};
+    use weft_core::policy::{AuthorizationRule, IdentityMatch, InboundPolicy};
 
     use super::*;
     use crate::discovery::ProxySettings;
@@ -165,8 +256,11 @@ mod tests {
         Some(Arc::new(ProxySettings {
             default: InboundPolicy {
                 default: Decision::Deny,
-                allow: vec![allowed.parse::<IdentityMatch>().unwrap()],
-                rate_limit: None,
+                rules: vec![Arc::new(AuthorizationRule::allow(
+                    weft_core::ServiceName::new("demo", "api").unwrap(),
+                    vec![allowed.parse::<IdentityMatch>().unwrap()],
+                ))],
+                rate_limits: Vec::new(),
             },
             ..ProxySettings::default()
         }))
@@ -217,11 +311,13 @@ mod tests {
             .unwrap_err();
         assert!(HttpError::from_box(e).reason().contains(web));
         let text = metrics.encode();
-        assert!(
-            text.contains(&format!(
-                "weft_inbound_authz_denied_total{{client=\"{web}\"}} 2"
-            )),
-            "{text}"
-        );
+        for rule in ["no_policy", "default"] {
+            assert!(
+                text.contains(&format!(
+                    "weft_inbound_authz_denied_total{{client=\"{web}\",rule=\"{rule}\"}} 1"
+                )),
+                "{text}"
+            );
+        }
     }
 }

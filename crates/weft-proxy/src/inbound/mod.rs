@@ -38,6 +38,7 @@ use tokio_rustls::TlsAcceptor;
 use weft_ca::tls::peer_identity;
 use weft_ca::{ALPN_MESH_H2, ALPN_MESH_HTTP1};
 use weft_core::Identity;
+use weft_core::policy::authz::{NoHttp, Request as Facts};
 
 use crate::Runtime;
 use crate::detect::{Detected, Opener, detect_from, sniff_opener};
@@ -262,7 +263,11 @@ impl Inbound {
             self.shared.metrics.clone(),
             self.shared.rate_limits.clone(),
         );
-        if !authorizer.decide(None, self.server_port).admits() {
+        let admits = authorizer
+            .decide(None, self.server_port, Facts::<NoHttp>::Connection)
+            .decision
+            .admits();
+        if !admits {
             let (reason, detail) = match opener {
                 Opener::OtherTls => (
                     "not_mesh_tls",
@@ -316,13 +321,14 @@ impl Inbound {
             shared.metrics.clone(),
             shared.rate_limits.clone(),
         );
+        let opaque = version == Detected::Opaque;
         if !authorizer
-            .authorize(client.as_deref(), server_port)
+            .authorize(client.as_deref(), server_port, opaque)
             .admits()
         {
             return;
         }
-        if version == Detected::Opaque {
+        if opaque {
             Box::pin(forward_opaque(io, app_addr)).await;
             return;
         }

@@ -1,7 +1,8 @@
-//! Local rate limits on the inbound side: each server (port) whose policy carries a
-//! [`LocalRateLimit`] admits requests at its rate with its burst, in one bucket for all clients
-//! or one per client identity (clients without an identity share one), and clients an
-//! override matches at their own rate in buckets of their own. A request over the limit is
+//! Local rate limits on the inbound side: each server (port) admits the requests each of its
+//! [`LocalRateLimit`]s applies to (all of them, or a route's) at its rate with its burst, in
+//! one bucket for all clients or one per client identity (clients without an identity share
+//! one), and clients an override matches at their own rate in buckets of their own. A request
+//! spends a token of every limit that applies to it. A request over the limit is
 //! answered 429 with `Retry-After` (`RESOURCE_EXHAUSTED` for gRPC) and counted in
 //! `weft_inbound_rate_limited_total`. The layer sits after authorization: a client it refuses
 //! spends no tokens. Buckets live as long as their server's limit is unchanged; an edit starts
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::future::Either;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use http::{Request, Response};
 use prometheus_client::metrics::counter::Counter;
 use weft_core::Identity;
@@ -31,9 +32,6 @@ use crate::http::{Body, BoxError};
 /// Keys held before the buckets that are full again are dropped.
 pub const TIDY_AT: usize = 4096;
 
-/// The key of a client in a bucket shared by all.
-const ALL: &str = "*";
-
 fn quota(r: Rate) -> Quota {
     let period = Duration::from_secs_f64(1.0 / r.per_second).max(Duration::from_nanos(1));
     let burst = NonZeroU32::new(r.burst).unwrap_or(NonZeroU32::MIN);
@@ -43,6 +41,9 @@ fn quota(r: Rate) -> Quota {
 /// One server's buckets, for the limit they were made for.
 struct Buckets {
     limit: LocalRateLimit,
+    /// The one bucket of every client, when clients do not have their own.
+    shared: DefaultDirectRateLimiter,
+    /// A bucket per client, when they have their own.
     base: DefaultKeyedRateLimiter<String>,
     overrides: Vec<DefaultKeyedRateLimiter<String>>,
 }
@@ -51,6 +52,7 @@ impl Buckets {
     fn new(limit: &LocalRateLimit) -> Self {
         Self {
             limit: limit.clone(),
+            shared: DefaultDirectRateLimiter::direct(quota(limit.rate)),
             base: DefaultKeyedRateLimiter::keyed(quota(limit.rate)),
             overrides: limit
                 .overrides
@@ -65,24 +67,27 @@ impl Buckets {
         let key = || client.map_or_else(|| "unauthenticated".to_string(), Identity::spiffe_id);
         let over =
             client.and_then(|id| self.limit.overrides.iter().position(|(m, _)| m.matches(id)));
-        let (bucket, key) = match over {
-            Some(i) => (&self.overrides[i], key()),
-            None if self.limit.per_identity => (&self.base, key()),
-            None => (&self.base, ALL.to_string()),
+        let wait = |not_until: governor::NotUntil<_>| {
+            not_until.wait_time_from(DefaultClock::default().now())
+        };
+        let bucket = match over {
+            Some(i) => &self.overrides[i],
+            None if self.limit.per_identity => &self.base,
+            // One bucket for all: no key to build or look up.
+            None => return self.shared.check().map_err(wait),
         };
         if bucket.len() > TIDY_AT {
             bucket.retain_recent();
         }
-        bucket
-            .check_key(&key)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        bucket.check_key(&key()).map_err(wait)
     }
 }
 
-/// Every server's buckets, shared by all connections.
+/// Every server's buckets, shared by all connections, by port and the limit's place in the
+/// server's list.
 #[derive(Default)]
 pub struct RateLimits {
-    servers: Mutex<HashMap<u16, Arc<Buckets>>>,
+    servers: Mutex<HashMap<(u16, usize), Arc<Buckets>>>,
     limited: Counter,
 }
 
@@ -101,18 +106,18 @@ impl RateLimits {
         }
     }
 
-    /// Admits a request of `client` on the server on `port` whose limit is `limit`, or says
-    /// how long until it would be admitted.
+    /// Admits a request of `client` under `limit`, the limit `at` (port, place) of a server, or
+    /// says how long until it would be admitted.
     pub fn admit(
         &self,
-        port: u16,
+        at: (u16, usize),
         limit: &LocalRateLimit,
         client: Option<&Identity>,
     ) -> Result<(), Duration> {
         let buckets = {
             let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
             let entry = servers
-                .entry(port)
+                .entry(at)
                 .or_insert_with(|| Arc::new(Buckets::new(limit)));
             if &entry.limit != limit {
                 *entry = Arc::new(Buckets::new(limit));
@@ -155,7 +160,10 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let c = &self.caller;
-        if let Err(after) = c.authorizer.rate_limit(c.client.as_deref(), c.server_port) {
+        if let Err(after) = c
+            .authorizer
+            .rate_limit(c.client.as_deref(), c.server_port, &req)
+        {
             let e = HttpError::new(
                 Kind::RateLimited,
                 Who::Caller,
@@ -192,15 +200,16 @@ mod tests {
             rate: rate(1.0 / 60.0, 3),
             per_identity: false,
             overrides: vec![("jobs/*".parse().unwrap(), rate(1.0 / 60.0, 1))],
+            to: Vec::new(),
         };
         for _ in 0..3 {
-            limits.admit(80, &shared, Some(&web)).unwrap();
+            limits.admit((80, 0), &shared, Some(&web)).unwrap();
         }
-        let wait = limits.admit(80, &shared, None).unwrap_err();
+        let wait = limits.admit((80, 0), &shared, None).unwrap_err();
         assert!(wait > Duration::from_secs(50), "{wait:?}");
         // The override's bucket is its own.
-        limits.admit(80, &shared, Some(&batch)).unwrap();
-        assert!(limits.admit(80, &shared, Some(&batch)).is_err());
+        limits.admit((80, 0), &shared, Some(&batch)).unwrap();
+        assert!(limits.admit((80, 0), &shared, Some(&batch)).is_err());
         assert_eq!(limits.limited.get(), 2);
         // Per identity: web's bucket is not the unauthenticated clients'.
         let per = LocalRateLimit {
@@ -208,11 +217,11 @@ mod tests {
             ..shared.clone()
         };
         for _ in 0..3 {
-            limits.admit(80, &per, Some(&web)).unwrap();
+            limits.admit((80, 0), &per, Some(&web)).unwrap();
         }
-        assert!(limits.admit(80, &per, Some(&web)).is_err());
-        limits.admit(80, &per, None).unwrap();
+        assert!(limits.admit((80, 0), &per, Some(&web)).is_err());
+        limits.admit((80, 0), &per, None).unwrap();
         // Another port has buckets of its own.
-        limits.admit(81, &per, Some(&web)).unwrap();
+        limits.admit((81, 0), &per, Some(&web)).unwrap();
     }
 }

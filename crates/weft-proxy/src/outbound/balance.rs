@@ -1,5 +1,6 @@
-//! Balancing across a destination's endpoints: tower's power-of-two-choices over peak-EWMA
-//! latency, fed by the destination's resolution. One balancer per destination and protocol,
+//! Balancing across a destination's endpoints: power-of-two-choices over peak-EWMA latency
+//! ([`super::p2c`], which steers retries to another endpoint), fed by the destination's
+//! resolution. One balancer per destination and protocol,
 //! shared by every connection to it.
 //!
 //! Sharing goes through an async mutex rather than tower's buffer: a request takes the lock,
@@ -19,12 +20,12 @@ use super::breaker::Health;
 use super::connect::Connector;
 use super::endpoint::{HttpEndpoint, Params, TcpEndpoint, http_endpoint};
 use super::failfast::FailFast;
+use super::p2c::{Balance, Steer};
 use crate::discovery::{EndpointView, Resolution};
 use crate::http::{Body, BoxError};
 use futures_util::Stream;
 use http::Request;
 use tokio_stream::wrappers::WatchStream;
-use tower::balance::p2c::Balance;
 use tower::discover::Change;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
 use tower::{Service, ServiceExt};
@@ -60,13 +61,16 @@ impl<S> SharedBalancer<S> {
         }
     }
 
-    /// Sends `req` to the best ready endpoint.
+    /// Sends `req` to the best ready endpoint (another than its previous attempt's, where
+    /// one is ready).
     pub async fn dispatch<Req>(self, req: Req) -> Result<S::Response, BoxError>
     where
-        S: Service<Req, Error = BoxError>,
+        S: Service<Req, Error = BoxError> + Avoid,
+        Req: Steer,
     {
         let response = {
             let mut svc = self.inner.lock().await;
+            svc.avoid(req.attempted().and_then(super::p2c::Attempted::last));
             svc.ready().await?;
             svc.call(req)
         };
@@ -78,9 +82,9 @@ impl<S> SharedBalancer<S> {
 /// happens under the lock, bounded by fail-fast), each call one dispatch.
 impl<S, Req> tower::Service<Req> for SharedBalancer<S>
 where
-    S: Service<Req, Error = BoxError> + Send + 'static,
+    S: Service<Req, Error = BoxError> + Avoid + Send + 'static,
     S::Future: Send,
-    Req: Send + 'static,
+    Req: Steer + Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -92,6 +96,26 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         Box::pin(self.clone().dispatch(req))
+    }
+}
+
+/// A balancer that can leave an endpoint out of its next pick.
+pub trait Avoid {
+    /// Leaves the endpoint at `addr` out of the next pick while another is ready.
+    fn avoid(&mut self, addr: Option<SocketAddr>);
+}
+
+impl<D, Req> Avoid for FailFast<Balance<D, Req>>
+where
+    D: tower::discover::Discover + Unpin,
+    D::Key: std::hash::Hash + Clone + super::p2c::Located,
+    D::Error: Into<BoxError>,
+    D::Service: Service<Req> + tower::load::Load,
+    <D::Service as tower::load::Load>::Metric: PartialOrd,
+    <D::Service as Service<Req>>::Error: Into<BoxError>,
+{
+    fn avoid(&mut self, addr: Option<SocketAddr>) {
+        self.get_mut().avoid(addr);
     }
 }
 

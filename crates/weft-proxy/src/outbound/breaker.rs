@@ -1,8 +1,11 @@
-//! Failure accrual per endpoint: after [`FAILURES`] consecutive failures (a connection error or
-//! a 5xx answer) an endpoint is ejected: it takes no requests for a penalty, drawn between half
-//! and all of a bound that starts at [`FIRST_PENALTY`] and doubles with each failed probe up to
-//! [`MAX_PENALTY`]. When the penalty is over, one request probes it: a success brings it back
-//! (and the bound back to its start), a failure ejects it again.
+//! Failure accrual per endpoint: after so many consecutive failures (a connection error or a
+//! 5xx answer; [`FAILURES`] by default) an endpoint is ejected: it takes no requests for a
+//! penalty, drawn between half and all of a bound that starts at the first penalty
+//! ([`FIRST_PENALTY`]) and doubles with each failed probe up to the largest
+//! ([`MAX_PENALTY`]). When the penalty is over, one request probes it: a success brings it
+//! back (and the bound back to its start), a failure ejects it again. The destination
+//! service's backend policy may set the three, or turn accrual off (0 failures); its
+//! endpoints read them from the destination's [`Health`], so an edit applies at once.
 //!
 //! An ejected endpoint tells the balancer it is not ready, so power-of-two-choices picks among
 //! the others. Each destination counts its endpoints and how many are ejected ([`Health`]): a
@@ -11,13 +14,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use http::{Request, Response};
 use tokio::time::{Instant, Sleep};
+
+use weft_core::policy::backend::FailureAccrual;
 
 use crate::http::{Body, BoxError};
 
@@ -28,14 +33,60 @@ pub const FIRST_PENALTY: Duration = Duration::from_secs(1);
 /// The largest penalty's bound.
 pub const MAX_PENALTY: Duration = Duration::from_secs(60);
 
-/// A destination's endpoints, and how many of them are ejected.
-#[derive(Debug, Default)]
+/// A destination's endpoints, how many of them are ejected, and when they are.
+#[derive(Debug)]
 pub struct Health {
     endpoints: AtomicUsize,
     ejected: AtomicUsize,
+    /// Consecutive failures that eject; 0: never.
+    failures: AtomicU32,
+    /// The first and the largest penalty's bounds, in nanoseconds.
+    first_penalty: AtomicU64,
+    max_penalty: AtomicU64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        let h = Self {
+            endpoints: AtomicUsize::new(0),
+            ejected: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+            first_penalty: AtomicU64::new(0),
+            max_penalty: AtomicU64::new(0),
+        };
+        h.set_accrual(&FailureAccrual::default());
+        h
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Health {
+    /// Sets when the destination's endpoints are ejected.
+    pub fn set_accrual(&self, a: &FailureAccrual) {
+        self.failures
+            .store(a.consecutive_failures, Ordering::Relaxed);
+        self.first_penalty
+            .store(nanos(a.first_penalty), Ordering::Relaxed);
+        self.max_penalty
+            .store(nanos(a.max_penalty), Ordering::Relaxed);
+    }
+
+    /// Consecutive failures that eject; 0: never.
+    fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn first_penalty(&self) -> Duration {
+        Duration::from_nanos(self.first_penalty.load(Ordering::Relaxed))
+    }
+
+    fn max_penalty(&self) -> Duration {
+        Duration::from_nanos(self.max_penalty.load(Ordering::Relaxed))
+    }
+
     /// Whether it has endpoints and every one is ejected.
     pub fn all_ejected(&self) -> bool {
         let n = self.endpoints.load(Ordering::Relaxed);
@@ -80,14 +131,16 @@ impl State {
         let nanos = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
         let drawn = Duration::from_nanos(fastrand::u64(nanos / 2..=nanos));
         self.phase = Phase::Open(Instant::now() + drawn);
-        self.penalty = (bound * 2).min(MAX_PENALTY);
+        self.penalty = (bound * 2).min(self.health.max_penalty());
     }
 
     /// Counts an outcome of a request sent in `phase`.
     fn record(&mut self, failed: bool, probe: bool) {
         if failed {
             self.failures = self.failures.saturating_add(1);
-            if probe || (self.phase == Phase::Closed && self.failures >= FAILURES) {
+            let threshold = self.health.failures();
+            let trips = threshold > 0 && self.failures >= threshold;
+            if probe || (self.phase == Phase::Closed && trips) {
                 self.eject();
             }
         } else {
@@ -95,7 +148,7 @@ impl State {
             if probe {
                 self.health.ejected.fetch_sub(1, Ordering::Relaxed);
                 self.phase = Phase::Closed;
-                self.penalty = FIRST_PENALTY;
+                self.penalty = self.health.first_penalty();
             }
         }
         if probe && let Some(w) = self.waiting.take() {
@@ -137,7 +190,7 @@ impl<S> Breaker<S> {
             state: Arc::new(Mutex::new(State {
                 failures: 0,
                 phase: Phase::Closed,
-                penalty: FIRST_PENALTY,
+                penalty: health.first_penalty(),
                 waiting: None,
                 health,
             })),
@@ -294,6 +347,45 @@ mod tests {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         b.poll_ready(&mut cx).is_ready()
+    }
+
+    /// The destination's backend policy sets the threshold and the penalties, read at once by
+    /// its endpoints; 0 failures turns accrual off.
+    #[tokio::test(start_paused = true)]
+    async fn the_backend_policy_sets_when_and_for_how_long() {
+        let status = Arc::new(AtomicU16::new(500));
+        let health = Arc::new(Health::default());
+        health.set_endpoints(1);
+        health.set_accrual(&FailureAccrual {
+            consecutive_failures: 2,
+            first_penalty: Duration::from_millis(100),
+            max_penalty: Duration::from_millis(150),
+        });
+        let mut b = Breaker::new(Switch(status.clone()), health.clone(), true);
+        for _ in 0..2 {
+            assert_eq!(send(&mut b).await, 500);
+        }
+        assert!(!ready_now(&mut b), "ejected after two");
+        tokio::time::advance(Duration::from_millis(101)).await;
+        assert!(ready_now(&mut b), "the first penalty is at most 100 ms");
+        // A failed probe: the bound doubles, but not past 150 ms.
+        assert_eq!(send(&mut b).await, 500);
+        tokio::time::advance(Duration::from_millis(151)).await;
+        assert!(ready_now(&mut b), "the largest penalty is 150 ms");
+        status.store(200, Ordering::SeqCst);
+        assert_eq!(send(&mut b).await, 200);
+        assert!(!health.all_ejected());
+
+        // Off: no number of failures ejects.
+        health.set_accrual(&FailureAccrual {
+            consecutive_failures: 0,
+            ..FailureAccrual::default()
+        });
+        status.store(503, Ordering::SeqCst);
+        for _ in 0..FAILURES * 3 {
+            assert_eq!(send(&mut b).await, 503);
+        }
+        assert!(ready_now(&mut b), "never ejected");
     }
 
     /// Seven 5xx in a row eject the endpoint; after the penalty one probe goes, and its

@@ -161,11 +161,12 @@ impl Destination {
         let (tx, resolution) = watch::channel(Resolution::Pending);
         let (routes_tx, routes) = watch::channel(Arc::new(Routes::default()));
         let stop = CancellationToken::new();
+        let health: Arc<Health> = Arc::default();
         tokio::spawn(resolve::follow(
             shared.clone(),
             target.clone(),
             tx,
-            routes_tx,
+            (routes_tx, health.clone()),
             stop.clone(),
         ));
         let params = Params {
@@ -176,7 +177,7 @@ impl Destination {
             ),
             drain: shared.drain.clone(),
             metrics: shared.metrics.clone(),
-            health: Arc::default(),
+            health,
         };
         let wait = shared.config.dispatch_timeout;
         Self {

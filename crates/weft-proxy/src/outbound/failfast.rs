@@ -48,6 +48,11 @@ impl<S> FailFast<S> {
             failing: false,
         }
     }
+
+    /// The wrapped service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
 }
 
 impl<S, Req> tower::Service<Req> for FailFast<S>

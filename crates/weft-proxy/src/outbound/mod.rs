@@ -17,6 +17,7 @@ pub mod destination;
 pub mod endpoint;
 pub mod failfast;
 pub mod gate;
+pub mod p2c;
 pub mod route;
 pub mod router;
 pub mod stack;

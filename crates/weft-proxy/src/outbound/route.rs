@@ -87,6 +87,29 @@ impl tower::Service<Request<Body>> for Route {
 
     fn call(&mut self, req: Request<Body>) -> BoxFuture {
         let routes = self.dest.routes.borrow().clone();
+        if routes.limiter.is_some() {
+            // A place under the service's concurrency limit first, held until the response
+            // has ended.
+            let mut this = self.clone();
+            return Box::pin(async move {
+                let place = match routes.limiter.as_ref() {
+                    Some(l) => Some(l.enter().await?),
+                    None => None,
+                };
+                let rsp = this.unlimited(routes, req).await?;
+                Ok(match place {
+                    Some(p) => limit::hold(rsp, p),
+                    None => rsp,
+                })
+            });
+        }
+        self.unlimited(routes, req)
+    }
+}
+
+impl Route {
+    /// Routes `req` by `routes`, once any service limit has let it through.
+    fn unlimited(&mut self, routes: Arc<Routes>, req: Request<Body>) -> BoxFuture {
         if routes.is_empty() {
             let http = self.dest.http.clone();
             // A gRPC caller's own deadline holds without routes too.

@@ -19,8 +19,8 @@ use weft_core::{ServiceName, Target};
 use super::destination::Lease;
 use crate::Runtime;
 use crate::http::limit::Limiter;
-use crate::http::retry::RetryState;
-use crate::metrics::{RequestMetrics, RouteLabels, RuleLabels};
+use crate::http::retry::{self, RetryState};
+use crate::metrics::{RequestMetrics, RouteLabels, RuleLabels, ServiceLabels};
 
 /// Where a rule's share of requests goes.
 #[derive(Debug)]
@@ -126,6 +126,8 @@ pub struct Routes {
     http_splits: Vec<Vec<Split>>,
     /// Backends of each gRPC rule, by route and rule.
     grpc_splits: Vec<Vec<Split>>,
+    /// The service's concurrency limit, over every call to it from this proxy.
+    pub limiter: Option<Limiter>,
 }
 
 impl Routes {
@@ -154,6 +156,8 @@ impl Routes {
         runtime: &Arc<Runtime>,
     ) -> Self {
         let metrics = &runtime.metrics;
+        // One budget for every rule's retries to the service.
+        let budget = retry::budget(&policy.backend.retry_budget);
         // Faults for some callers only apply where this proxy's workload is one of them.
         let me = runtime.config.identity().ok();
         let split = |route: &str, rule: String, view: RuleView<'_>| -> Split {
@@ -183,10 +187,15 @@ impl Routes {
                     })
                     .cloned(),
                 limiter: view.limit.map(|l| {
-                    Limiter::new(l, metrics.route_limited.get_or_create(&rule_labels).clone())
+                    Limiter::new(
+                        l,
+                        metrics.route_limited.get_or_create(&rule_labels).clone(),
+                        "route",
+                    )
                 }),
                 retry: view.retries.then(|| {
                     RetryState::new(
+                        budget.clone(),
                         metrics.route_retries.get_or_create(&rule_labels).clone(),
                         metrics
                             .route_retry_budget_exhausted
@@ -227,11 +236,22 @@ impl Routes {
             }
             out
         };
+        let limiter = policy.backend.limit.map(|l| {
+            let labels = ServiceLabels {
+                service: service.to_string(),
+            };
+            Limiter::new(
+                l,
+                metrics.service_limited.get_or_create(&labels).clone(),
+                "service",
+            )
+        });
         Self {
             http_splits: splits(&policy.http, &split),
             grpc_splits: splits(&policy.grpc, &split),
             http: HttpRouteTable::new(policy.http.to_vec()),
             grpc: GrpcRouteTable::new(policy.grpc.to_vec()),
+            limiter,
         }
     }
 }

@@ -143,6 +143,7 @@ fn unreadable_routes_keep_the_last_good_ones_and_are_counted() {
             }],
         }],
         grpc: vec![],
+        backend: None,
     };
     let update = |p: Wire| weft_api::ResolveUpdate {
         update: Some(Update::Policy(p)),
