@@ -16,7 +16,13 @@
 # seconds after they close. Writes markdown tables to stdout and to target/bench/results.md.
 # Traffic stays on 127.0.0.1; each run is bounded by DURATION, the idle hold and IDLE_AFTER.
 #
-# Usage: [BENCH_ONLY=memory] [IDLE_CONNS=N] [IDLE_AFTER=S] tests/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
+# INSN=1 runs the proxies under callgrind instead and reports the instructions each proxy path
+# executes per request (summed over the proxies of the path, all threads), counted between a
+# reset and a dump of callgrind's counters around each measurement: unlike CPU time on a shared
+# machine it varies little from run to run, so it can tell a few per cent apart. Latency and
+# RSS mean nothing under callgrind; the nginx, memory and HTTP/2 parts are skipped.
+#
+# Usage: [BENCH_ONLY=memory] [IDLE_CONNS=N] [IDLE_AFTER=S] [INSN=1] tests/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${1:-10}
@@ -41,6 +47,7 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v taskset >/dev/null || need+=(util-linux)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
+[ -n "${INSN:-}" ] && { command -v callgrind_control >/dev/null || need+=(valgrind); }
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
@@ -95,6 +102,14 @@ nginx_conf split-b "$SPLIT_B" 10 'location / { return 200 "ok\n"; }'
 # connection after 1000 streams, which a proxy must absorb without failing requests.
 nginx_conf h2backend "$H2_BACKEND" 10 'location / { return 200 "ok\n"; }' http2
 nginx_conf proxy "$NGINX_PROXY" 01 'location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+
+# Under INSN, each proxy runs in callgrind (same process, so $! is still the proxy's pid).
+WRAP=()
+READY_TRIES=200
+if [ -n "${INSN:-}" ]; then
+  WRAP=(valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" --dump-line=no)
+  READY_TRIES=1200
+fi
 
 # --- weft: control plane and two proxies -----------------------------------------------------
 cat > "$WORK/mesh.toml" <<TOML
@@ -193,23 +208,23 @@ TOKENS="$WORK/data/tokens/bench"
 for _ in $(seq 100); do [ -f "$TOKENS/client" ] && [ -f "$TOKENS/server" ] && [ -f "$TOKENS/h2server" ] && [ -f "$TOKENS/guard" ] && [ -f "$WORK/data/trust-bundle.pem" ] && break; sleep 0.1; done
 common=(--control-addr "127.0.0.1:$GRPC" --trust-domain weft.bench --trust-bundle "$WORK/data/trust-bundle.pem"
         --namespace bench)
-RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/client" --workload client --inbound-addr "127.0.0.1:$CLI_IN" \
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/client" --workload client --inbound-addr "127.0.0.1:$CLI_IN" \
   --admin-addr "127.0.0.1:$ADMIN_A" --upstream "plain=127.0.0.1:$PLAIN_UP" --upstream "meshed=127.0.0.1:$MTLS_UP" \
   --upstream "h2=127.0.0.1:$H2_UP" --upstream "routed=127.0.0.1:$ROUTED_UP" --upstream "split-a=127.0.0.1:$SPLIT_UP" \
   --upstream "guarded=127.0.0.1:$GUARD_UP" \
   > "$WORK/client.log" 2>&1 &
 PROXY_A=$!; PIDS+=($PROXY_A)
-RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/server" --workload server --inbound-addr "127.0.0.1:$SRV_IN" \
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/server" --workload server --inbound-addr "127.0.0.1:$SRV_IN" \
   --app-port "$BACKEND" --admin-addr "127.0.0.1:$ADMIN_B" > "$WORK/server.log" 2>&1 &
 PROXY_B=$!; PIDS+=($PROXY_B)
-RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/h2server" --workload h2server --inbound-addr "127.0.0.1:$H2_IN" \
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/h2server" --workload h2server --inbound-addr "127.0.0.1:$H2_IN" \
   --app-port "$H2_BACKEND" --admin-addr "127.0.0.1:$ADMIN_C" > "$WORK/h2server.log" 2>&1 &
 PIDS+=($!)
-RUST_LOG=warn taskset -c 0 "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/guard" --workload guard --inbound-addr "127.0.0.1:$GUARD_IN" \
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/guard" --workload guard --inbound-addr "127.0.0.1:$GUARD_IN" \
   --app-port "$BACKEND" --admin-addr "127.0.0.1:$ADMIN_G" > "$WORK/guard.log" 2>&1 &
 PROXY_G=$!; PIDS+=($PROXY_G)
 for a in $ADMIN_A $ADMIN_B $ADMIN_C $ADMIN_G; do
-  for _ in $(seq 200); do curl -sf "127.0.0.1:$a/ready" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq "$READY_TRIES"); do curl -sf "127.0.0.1:$a/ready" >/dev/null && break; sleep 0.1; done
   curl -sf "127.0.0.1:$a/ready" >/dev/null || { echo "proxy on admin $a not ready"; cat "$WORK"/*.log; exit 1; }
 done
 
@@ -219,11 +234,28 @@ cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/
 hwm_kb() { local m=0; for p in "$@"; do v=$(awk '/VmHWM/ {print $2}' "/proc/$p/status"); m=$((m + v)); done; echo $m; }
 nginx_proxy_workers() { pgrep -P "$(cat "$WORK/nginx-proxy.pid")" | tr '\n' ' '; }
 
+# The instructions $1 executed since its counters were last reset: a dump, read once written,
+# and kept as $OUT/callgrind/$2.$1 for callgrind_annotate.
+callgrind_ir() {
+  local before; before=$(ls "$WORK"/cg."$1".* 2>/dev/null | wc -l)
+  callgrind_control -d "$1" >/dev/null 2>&1
+  local f
+  for _ in $(seq 100); do
+    f=$(ls -t "$WORK"/cg."$1".* 2>/dev/null | head -1)
+    [ "$(ls "$WORK"/cg."$1".* 2>/dev/null | wc -l)" -gt "$before" ] && grep -q '^totals:' "$f" && break
+    sleep 0.1
+  done
+  mkdir -p "$OUT/callgrind"
+  cp "$f" "$OUT/callgrind/$2.$1"
+  awk '/^totals:/ {print $2}' "$f"
+}
+
 rows=()
 measure() { # name url pids...
   local name=$1 url=$2; shift 2
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s "$url" >/dev/null   # warm-up
   local before=0; [ $# -gt 0 ] && before=$(cpu_ticks "$@")
+  if [ -n "${INSN:-}" ]; then for p in "$@"; do callgrind_control -z "$p" >/dev/null 2>&1; done; fi
   local perf_pid=""
   if [ -n "${PERF_RECORD:-}" ] && [ "$PERF_RECORD" = "$name" ] && [ $# -gt 0 ]; then
     # Profile this path: PERF_RECORD="weft plain (1 proxy)" tests/bench/run.sh; PERF_EVENT picks
@@ -234,7 +266,8 @@ measure() { # name url pids...
   taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url" > "$WORK/wrk.out"
   [ -n "$perf_pid" ] && wait "$perf_pid"
   local after=0; [ $# -gt 0 ] && after=$(cpu_ticks "$@")
-  local reqs rps p50 p99 cpu_us rss
+  local reqs rps p50 p99 cpu_us rss insn=0
+  if [ -n "${INSN:-}" ]; then for p in "$@"; do insn=$((insn + $(callgrind_ir "$p" "$(echo "$name" | tr -c 'a-zA-Z0-9\n' _)"))); done; fi
   reqs=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
   rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
   p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.out")
@@ -246,7 +279,11 @@ measure() { # name url pids...
   else
     cpu_us="-"; rss="-"
   fi
-  rows+=("$name|$rps|$p50|$p99|$cpu_us|$rss")
+  if [ -n "${INSN:-}" ]; then
+    rows+=("$name|$rps|$(python3 -c "print(round($insn / $reqs / 1000, 2))")")
+  else
+    rows+=("$name|$rps|$p50|$p99|$cpu_us|$rss")
+  fi
 }
 
 # --- memory per idle client connection --------------------------------------------------------
@@ -284,6 +321,22 @@ measure_idle() {
   memory_rows+=("server proxy|$(mib "$b0")|$(mib "$b1")|$(per "$b0" "$b1")|$(mib "$b2")|$(python3 -c "print(round(100 * ($b2 - $b0) / $b0))")")
 }
 
+if [ -n "${INSN:-}" ]; then
+  measure "weft plain (1 proxy)" "http://127.0.0.1:$PLAIN_UP/" $PROXY_A
+  measure "weft mTLS (2 proxies)" "http://127.0.0.1:$MTLS_UP/" $PROXY_A $PROXY_B
+  measure "weft plain + 20 route rules" "http://127.0.0.1:$ROUTED_UP/bench/x" $PROXY_A
+  measure "weft plain + split 90/10" "http://127.0.0.1:$SPLIT_UP/" $PROXY_A
+  measure "weft mTLS + policy" "http://127.0.0.1:$GUARD_UP/" $PROXY_A $PROXY_G
+  {
+    echo "Instructions per request under callgrind (wrk -t1 -c$CONNS -d${DURATION}s, HTTP/1.1 keep-alive),"
+    echo "summed over the path's proxies, all threads; thousands."
+    echo
+    echo "| path | req/s (under callgrind) | proxy instructions/req (k) |"
+    echo "|---|---|---|"
+    for r in "${rows[@]}"; do echo "|${r}|"; done
+  } | tee "$OUT/insn.md"
+  exit 0
+fi
 if [ "${BENCH_ONLY:-}" != "memory" ]; then
   measure "direct" "http://127.0.0.1:$BACKEND/"
   measure "weft plain (1 proxy)" "http://127.0.0.1:$PLAIN_UP/" $PROXY_A

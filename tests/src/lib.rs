@@ -472,17 +472,7 @@ impl TestMesh {
         // Ready means the proxy holds settings, not yet those that name its new port: until
         // they do, that port has the default policy.
         if let (true, Some(inbound)) = (serves, proxy.inbound_addr) {
-            let mut settings = proxy.shared().settings.clone();
-            tokio::time::timeout(
-                WAIT,
-                settings.wait_for(|s| {
-                    s.as_ref()
-                        .is_some_and(|s| s.servers.contains_key(&inbound.port()))
-                }),
-            )
-            .await
-            .expect("the proxy's settings name its inbound port")
-            .unwrap();
+            wait_serving(&proxy, inbound.port()).await;
         }
         proxy
     }
@@ -654,6 +644,21 @@ pub async fn plaintext_get(addr: SocketAddr) -> String {
 }
 
 /// Waits until `proxy` holds a certificate and its settings.
+/// Waits until `proxy`'s settings name `port` as a server of its workload. Until they do, a
+/// proxy denies every client on that port (the policy of a server it does not know), so a
+/// test that makes a workload serve must wait for this as well as for its callers to
+/// resolve it.
+pub async fn wait_serving(proxy: &Proxy, port: u16) {
+    let mut settings = proxy.shared().settings.clone();
+    tokio::time::timeout(
+        WAIT,
+        settings.wait_for(|s| s.as_ref().is_some_and(|s| s.servers.contains_key(&port))),
+    )
+    .await
+    .expect("the proxy's settings name the port it serves")
+    .unwrap();
+}
+
 pub async fn wait_ready(proxy: &Proxy) {
     let shared = proxy.shared();
     let mut c = shared.credentials.clone();

@@ -82,14 +82,7 @@ impl Handover {
         let port = self.mesh.port_of("api-2");
         // api-2's own proxy must know it now serves `api` before it admits anyone: a workload
         // whose servers its proxy does not know denies every client.
-        let mut settings = self.servers[1].shared().settings.clone();
-        tokio::time::timeout(
-            WAIT,
-            settings.wait_for(|s| s.as_ref().is_some_and(|s| s.servers.contains_key(&port))),
-        )
-        .await
-        .expect("api-2's proxy learns that it serves api")
-        .unwrap();
+        weft_tests::wait_serving(&self.servers[1], port).await;
         wait_resolved(&self.load_proxy, "api", |s| usable_ports(s) == [port]).await;
     }
 }

@@ -33,7 +33,7 @@ async fn a_yaml_mesh_file_runs_the_mesh_and_its_edits_apply() {
         Some("yaml")
     );
     let _p1 = mesh.proxy(&api1, Some(one.port()), &[]).await;
-    let _p2 = mesh.proxy(&api2, Some(two.port()), &[]).await;
+    let p2 = mesh.proxy(&api2, Some(two.port()), &[]).await;
     let lp = mesh.proxy(&load, None, &["api"]).await;
     let ip = mesh.proxy(&intruder, None, &["api"]).await;
 
@@ -58,6 +58,8 @@ async fn a_yaml_mesh_file_runs_the_mesh_and_its_edits_apply() {
     mesh.set_workloads(&[moved1, moved2, load.clone(), intruder.clone()])
         .await;
     let port = mesh.port_of("api-2");
+    // api-2's proxy must know that it serves api before it admits load.
+    weft_tests::wait_serving(&p2, port).await;
     wait_resolved(&lp, "api", |s| usable_ports(s) == [port]).await;
     assert_eq!(
         get(upstream(&lp, "api")).await,

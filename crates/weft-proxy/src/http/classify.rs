@@ -15,10 +15,14 @@ pub fn is_failure<B>(rsp: &Response<B>) -> bool {
     rsp.status().is_server_error() || grpc_failed(rsp.headers())
 }
 
+/// The header (or trailer) a gRPC status is sent in; a constant, so that a lookup does not
+/// parse the name each time.
+pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// Whether `headers` (a response's, or its trailers) carry a gRPC status other than OK.
 pub fn grpc_failed(headers: &HeaderMap) -> bool {
     headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .is_some_and(|v| v.as_bytes() != b"0")
 }
 

@@ -38,6 +38,7 @@ use weft_core::policy::backend::RetryBudget;
 use weft_core::policy::route::RetryPolicy;
 
 use crate::errors::{HttpError, Kind, RetrySafe};
+use crate::http::classify::GRPC_STATUS;
 use crate::http::timeout;
 use crate::http::{Body, BoxError};
 
@@ -178,7 +179,9 @@ impl http_body::Body for ReplayBody {
 /// What each attempt's request is made of.
 struct Template {
     parts: http::request::Parts,
-    body: Arc<Mutex<Shared>>,
+    /// The shared body; `None` for a request without one (most `GET`s), whose attempts are
+    /// sent without a body too, so that each still goes as one frame with its end.
+    body: Option<Arc<Mutex<Shared>>>,
     hint: SizeHint,
 }
 
@@ -186,31 +189,39 @@ impl Template {
     fn new(req: Request<Body>) -> Self {
         let (parts, body) = req.into_parts();
         let hint = body.size_hint();
+        if body.is_end_stream() {
+            return Self {
+                parts,
+                body: None,
+                hint,
+            };
+        }
         // A body known to be too long is not kept at all.
         let overflow = hint.lower() > MAX_REPLAY_BYTES as u64;
         Self {
             parts,
-            body: Arc::new(Mutex::new(Shared {
+            body: Some(Arc::new(Mutex::new(Shared {
                 rest: Some(body),
                 overflow,
                 ..Shared::default()
-            })),
+            }))),
             hint,
         }
     }
 
     /// Whether another attempt can send the whole body.
     fn replayable(&self) -> bool {
-        !self
-            .body
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .overflow
+        self.body
+            .as_ref()
+            .is_none_or(|b| !b.lock().unwrap_or_else(PoisonError::into_inner).overflow)
     }
 
     fn request(&self) -> Request<Body> {
-        let body = ReplayBody::new(self.body.clone(), self.hint);
-        let mut req = Request::new(Body::new(body));
+        let body = match &self.body {
+            Some(shared) => Body::new(ReplayBody::new(shared.clone(), self.hint)),
+            None => crate::http::classify::empty_body(),
+        };
+        let mut req = Request::new(body);
         *req.method_mut() = self.parts.method.clone();
         *req.uri_mut() = self.parts.uri.clone();
         *req.version_mut() = self.parts.version;
@@ -249,13 +260,14 @@ fn verdict(
     match outcome {
         Ok(rsp) => {
             let status = rsp.status().as_u16();
-            let grpc_status = rsp
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u8>().ok());
             let listed = policy.codes.contains(&status)
-                || grpc_status.is_some_and(|c| policy.grpc_codes.contains(&c));
+                || (!policy.grpc_codes.is_empty()
+                    && rsp
+                        .headers()
+                        .get(GRPC_STATUS)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u8>().ok())
+                        .is_some_and(|c| policy.grpc_codes.contains(&c)));
             if !(listed && may_repeat) {
                 return Verdict::Done;
             }
@@ -295,64 +307,68 @@ fn backoff(policy: &RetryPolicy, n: u32, asked: Option<Duration>) -> Duration {
 
 /// Sends `req` through `send` under `policy` and `state` (see the module docs). `deadline`
 /// bounds the whole call and `per_try` each attempt; `grpc` says the call is gRPC.
-pub async fn run<F, Fut>(
-    policy: &RetryPolicy,
-    state: &RetryState,
-    req: Request<Body>,
+///
+/// The budget deposit and the request's template are made at once; the returned future
+/// holds the template and one attempt at a time (an `async` block with the attempt written
+/// inline: an `async fn`, or an async closure per attempt, would hold copies of both).
+pub fn run<'a, F, Fut>(
+    policy: &'a RetryPolicy,
+    state: &'a RetryState,
+    mut req: Request<Body>,
     grpc: bool,
     deadline: Option<Instant>,
     per_try: Option<Duration>,
     send: F,
-) -> Result<Response<Body>, BoxError>
+) -> impl Future<Output = Result<Response<Body>, BoxError>> + 'a
 where
-    F: Fn(Request<Body>) -> Fut,
+    F: Fn(Request<Body>) -> Fut + 'a,
     Fut: Future<Output = Result<Response<Body>, BoxError>> + Send,
 {
+    use futures_util::future::Either;
     state.budget.deposit();
-    let attempt_deadline = |now: Instant| match (deadline, per_try.map(|d| now + d)) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let attempt = async |req: Request<Body>| {
-        let at = attempt_deadline(Instant::now());
-        let outcome = match at {
-            Some(at) => timeout::within(at, grpc, req, &send).await,
-            None => send(req).await,
-        };
-        (outcome, at.is_some() && at != deadline)
-    };
     // Every attempt shares one record of where the last went, so a retry goes to another
     // endpoint where one is ready.
-    let mut req = req;
     req.extensions_mut()
         .insert(crate::outbound::p2c::Attempted::default());
     let template = Template::new(req);
     let may_repeat = policy.idempotent || idempotent(&template.parts.method);
-    let mut n = 0;
-    loop {
-        let (outcome, own_timeout) = attempt(template.request()).await;
-        if n >= policy.attempts || !template.replayable() {
-            return outcome;
+    async move {
+        let mut n = 0;
+        loop {
+            let at = match (deadline, per_try.map(|d| Instant::now() + d)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let req = template.request();
+            let outcome = match at {
+                Some(at) => Either::Left(timeout::within(at, grpc, req, &send)),
+                None => Either::Right(send(req)),
+            }
+            .await;
+            let own_timeout = at.is_some() && at != deadline;
+            if n >= policy.attempts || !template.replayable() {
+                return outcome;
+            }
+            let Verdict::Retry(asked) = verdict(policy, &outcome, may_repeat, own_timeout) else {
+                return outcome;
+            };
+            if asked.is_some_and(|a| a > RETRY_AFTER_CAP) {
+                return outcome;
+            }
+            n += 1;
+            let wait = backoff(policy, n, asked);
+            if deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                return outcome;
+            }
+            if !state.budget.withdraw() {
+                state.exhausted.inc();
+                return outcome;
+            }
+            state.retries.inc();
+            // The failed answer is dropped before the wait: its connection is free again.
+            drop(outcome);
+            tokio::time::sleep(wait).await;
         }
-        let Verdict::Retry(asked) = verdict(policy, &outcome, may_repeat, own_timeout) else {
-            return outcome;
-        };
-        if asked.is_some_and(|a| a > RETRY_AFTER_CAP) {
-            return outcome;
-        }
-        n += 1;
-        let wait = backoff(policy, n, asked);
-        if deadline.is_some_and(|d| Instant::now() + wait >= d) {
-            return outcome;
-        }
-        if !state.budget.withdraw() {
-            state.exhausted.inc();
-            return outcome;
-        }
-        state.retries.inc();
-        // The failed answer is dropped before the wait: its connection is free again.
-        drop(outcome);
-        tokio::time::sleep(wait).await;
     }
 }
 
@@ -446,6 +462,32 @@ mod tests {
         assert_eq!(rsp.status(), 200);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert!(bodies.lock().unwrap().iter().all(|b| b == "hello"));
+    }
+
+    /// A request without a body goes, each time, with a body that has ended before it is
+    /// read, so that HTTP/2 sends it as one HEADERS frame with END_STREAM, as without retries.
+    #[tokio::test(start_paused = true)]
+    async fn a_bodiless_request_goes_again_without_a_body() {
+        let ended = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (e, c) = (ended.clone(), calls.clone());
+        let send = move |req: Request<Body>| {
+            e.lock().unwrap().push(req.body().is_end_stream());
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(answer(if n == 0 { 503 } else { 200 }))
+        };
+        let rsp = once(&policy(&[503], 2), get(""), send).await;
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(*ended.lock().unwrap(), [true, true]);
+        // A body that has not ended is kept for replay, and is not at its end before it is read.
+        let ended2 = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let e = ended2.clone();
+        let send = move |req: Request<Body>| {
+            e.lock().unwrap().push(req.body().is_end_stream());
+            std::future::ready(answer(200))
+        };
+        once(&policy(&[503], 2), get("x"), send).await;
+        assert_eq!(*ended2.lock().unwrap(), [false]);
     }
 
     #[tokio::test(start_paused = true)]

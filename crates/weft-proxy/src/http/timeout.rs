@@ -98,19 +98,34 @@ pub fn within<F>(
 where
     F: Future<Output = Result<Response<Body>, BoxError>> + Send,
 {
+    stamp(&mut req, deadline, grpc);
+    bound(deadline, grpc, send(req))
+}
+
+/// Tells a gRPC server the time left before `deadline`, in `grpc-timeout`.
+pub fn stamp(req: &mut Request<Body>, deadline: Instant, grpc: bool) {
     if grpc {
         let left = deadline.saturating_duration_since(Instant::now());
         req.headers_mut()
             .insert(GRPC_TIMEOUT, encode_grpc_timeout(left));
     }
-    let fut = send(req);
-    async move {
-        match tokio::time::timeout_at(deadline, fut).await {
-            Ok(Ok(rsp)) if grpc => Ok(rsp.map(|b| boxed(GrpcDeadline::new(b, deadline)))),
-            Ok(r) => r,
-            Err(_) => Err(timed_out().into()),
-        }
-    }
+}
+
+/// Bounds `sent`, a request [`stamp`]ed and sent, by `deadline`.
+pub fn bound<F>(
+    deadline: Instant,
+    grpc: bool,
+    sent: F,
+) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send
+where
+    F: Future<Output = Result<Response<Body>, BoxError>> + Send,
+{
+    // A combinator rather than an `async` block, which would hold the sent future twice.
+    futures_util::FutureExt::map(tokio::time::timeout_at(deadline, sent), move |r| match r {
+        Ok(Ok(rsp)) if grpc => Ok(rsp.map(|b| boxed(GrpcDeadline::new(b, deadline)))),
+        Ok(r) => r,
+        Err(_) => Err(timed_out().into()),
+    })
 }
 
 /// The error of a call whose deadline passed.

@@ -63,18 +63,30 @@ impl<S> SharedBalancer<S> {
 
     /// Sends `req` to the best ready endpoint (another than its previous attempt's, where
     /// one is ready).
-    pub async fn dispatch<Req>(self, req: Req) -> Result<S::Response, BoxError>
+    ///
+    /// A plain function returning an `async` block rather than an `async fn`: the block uses
+    /// `req` where it was captured, where an `async fn` would keep a second copy of it.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn's future holds its arguments twice"
+    )]
+    pub fn dispatch<Req>(
+        self,
+        req: Req,
+    ) -> impl std::future::Future<Output = Result<S::Response, BoxError>>
     where
         S: Service<Req, Error = BoxError> + Avoid,
         Req: Steer,
     {
-        let response = {
-            let mut svc = self.inner.lock().await;
-            svc.avoid(req.attempted().and_then(super::p2c::Attempted::last));
-            svc.ready().await?;
-            svc.call(req)
-        };
-        response.await
+        async move {
+            let response = {
+                let mut svc = self.inner.lock().await;
+                svc.avoid(req.attempted().and_then(super::p2c::Attempted::last));
+                svc.ready().await?;
+                svc.call(req)
+            };
+            response.await
+        }
     }
 }
 

@@ -28,6 +28,7 @@ use http::header::{HOST, HeaderName, HeaderValue, LOCATION};
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use tokio::time::Instant;
+use weft_core::policy::fault::AbortWith;
 use weft_core::policy::route::{
     HeaderModifier, HttpFilter, PathMatch, RedirectFrom, RequestView, RetryPolicy, RouteMatch,
     Timeouts,
@@ -247,9 +248,32 @@ fn route(
     }
     let modifiers: Vec<HeaderModifier> = response_headers.into_iter().cloned().collect();
     let (at, timeouts) = (matched.at, matched.timeouts);
+    let grpc = is_grpc(&req);
+    let limited = at.split(routes).is_some_and(|s| s.limiter.is_some());
+    if !limited && at.retry(routes).is_none() {
+        // One attempt, within the rule's deadline if it has one: one box, no `async` block.
+        use futures_util::FutureExt;
+        use futures_util::future::Either;
+        let call = match timeout::deadline(&req, grpc, timeouts.first_attempt()) {
+            Some(d) => {
+                timeout::stamp(&mut req, d, grpc);
+                Either::Left(timeout::bound(d, grpc, attempt(routes, at, dest, req)))
+            }
+            None => Either::Right(attempt(routes, at, dest, req)),
+        };
+        if modifiers.is_empty() {
+            return Ok(Box::pin(call));
+        }
+        return Ok(Box::pin(call.map(move |rsp| {
+            let mut rsp = rsp?;
+            for m in &modifiers {
+                modify(rsp.headers_mut(), m);
+            }
+            Ok(rsp)
+        })));
+    }
     let (routes, dest) = (routes.clone(), dest.clone());
     Ok(Box::pin(async move {
-        let grpc = is_grpc(&req);
         // A place under the rule's concurrency limit, waited for within the call's deadline.
         let limiter = at.split(&routes).and_then(|s| s.limiter.as_ref());
         let place = match limiter {
@@ -288,41 +312,85 @@ fn route(
     }))
 }
 
-/// One attempt of a routed request: a backend drawn by weight, its filters, and the request
-/// sent to its balancer.
-async fn attempt(
-    routes: &Routes,
+/// One attempt of a routed request: the rule's faults, a backend drawn by weight, its
+/// filters, and the request sent to its balancer.
+///
+/// All but the sending happens here, before the returned future is first polled, and the
+/// future holds only the balancer's dispatch and what the answer needs: an attempt is nested
+/// in the retry and deadline futures, which move it whole, so its size counts several times.
+fn attempt(
+    routes: &Arc<Routes>,
     at: RuleAt,
     dest: &Arc<Lease>,
-    mut req: Request<Body>,
-) -> Result<Response<Body>, BoxError> {
-    let unknown = || HttpError::new(Kind::Internal, Who::Proxy, RetrySafe::No, "no such rule");
-    let split = at.split(routes).ok_or_else(unknown)?;
+    req: Request<Body>,
+) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + 'static {
+    use futures_util::future::Either;
+    let Some(split) = at.split(routes) else {
+        let e = HttpError::new(Kind::Internal, Who::Proxy, RetrySafe::No, "no such rule");
+        return Either::Left(std::future::ready(Err(e.into())));
+    };
     if let Some(f) = &split.fault {
         let injected = fault::decide(f, fault::draw);
         if let Some(d) = injected.delay {
-            tokio::time::sleep(d).await;
+            // Rare, and boxed so that it does not grow every attempt: the delay, then the
+            // abort or the backend.
+            let (routes, dest) = (routes.clone(), dest.clone());
+            let delayed: BoxFuture = Box::pin(async move {
+                tokio::time::sleep(d).await;
+                match (injected.abort, at.split(&routes)) {
+                    (Some(with), Some(split)) => Ok(aborted(split, with)),
+                    (_, Some(split)) => to_backend(split, &dest, req).await,
+                    (_, None) => Err(HttpError::new(
+                        Kind::Internal,
+                        Who::Proxy,
+                        RetrySafe::No,
+                        "no such rule",
+                    )
+                    .into()),
+                }
+            });
+            return Either::Right(Either::Right(delayed));
         }
         if let Some(with) = injected.abort {
-            let mut rsp = fault::abort_response(with);
-            if let Some(m) = &split.local_metrics {
-                m.request();
-                rsp = m.observe(rsp, Instant::now());
-            }
-            return Ok(rsp);
+            return Either::Left(std::future::ready(Ok(aborted(split, with))));
         }
     }
+    Either::Right(Either::Left(to_backend(split, dest, req)))
+}
+
+/// The answer of an injected abort, counted as the rule's own.
+fn aborted(split: &Split, with: AbortWith) -> Response<Body> {
+    let mut rsp = fault::abort_response(with);
+    if let Some(m) = &split.local_metrics {
+        m.request();
+        rsp = m.observe(rsp, Instant::now());
+    }
+    rsp
+}
+
+/// Sends `req` to a backend of `split` drawn by weight, after its filters.
+fn to_backend(
+    split: &Split,
+    dest: &Arc<Lease>,
+    mut req: Request<Body>,
+) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + 'static {
+    use futures_util::FutureExt;
+    use futures_util::future::Either;
+    let failed = |e: HttpError| Either::Left(std::future::ready(Err(e.into())));
     let backend = if split.is_parent_only() {
         None
     } else {
-        Some(split.pick(dest.health.all_ejected()).ok_or_else(|| {
-            HttpError::new(
-                Kind::Internal,
-                Who::Proxy,
-                RetrySafe::No,
-                "every backend of the route has weight 0",
-            )
-        })?)
+        match split.pick(dest.health.all_ejected()) {
+            Some(b) => Some(b),
+            None => {
+                return failed(HttpError::new(
+                    Kind::Internal,
+                    Who::Proxy,
+                    RetrySafe::No,
+                    "every backend of the route has weight 0",
+                ));
+            }
+        }
     };
     // The backend's own answer counts as the destination's would: a backend the mesh policy
     // denies this caller is a 403, one with no endpoint a 503.
@@ -331,61 +399,65 @@ async fn attempt(
         None | Some(BackendTarget::Parent) => dest.http.clone(),
         Some(BackendTarget::Service(lease)) => {
             if let Some(e) = super::gate::unroutable(lease) {
-                return Err(e.into());
+                return failed(e);
             }
             other = Some(lease.clone());
             lease.http.clone()
         }
         Some(BackendTarget::Missing(why)) => {
-            return Err(
-                HttpError::new(Kind::Internal, Who::Proxy, RetrySafe::No, why.clone()).into(),
-            );
+            return failed(HttpError::new(
+                Kind::Internal,
+                Who::Proxy,
+                RetrySafe::No,
+                why.clone(),
+            ));
         }
     };
-    let mut response_headers: Vec<&HeaderModifier> = Vec::new();
+    let mut response_headers: Vec<HeaderModifier> = Vec::new();
     if let Some(b) = backend {
         for f in &b.filters {
             match f {
                 HttpFilter::RequestHeaders(m) => modify(req.headers_mut(), m),
-                HttpFilter::ResponseHeaders(m) => response_headers.push(m),
+                HttpFilter::ResponseHeaders(m) => response_headers.push(m.clone()),
                 // Only header modifiers are accepted on backends.
                 HttpFilter::Rewrite(_) | HttpFilter::Redirect(_) => {}
             }
         }
     }
     let metrics = match backend {
-        Some(b) => b.metrics.as_ref(),
-        None => split.parent_metrics.as_ref(),
+        Some(b) => b.metrics.clone(),
+        None => split.parent_metrics.clone(),
     };
-    if let Some(m) = metrics {
+    if let Some(m) = &metrics {
         m.request();
     }
     let started = Instant::now();
-    let rsp = balancer.dispatch(req).await;
-    let mut rsp = match (rsp, metrics) {
-        (Ok(rsp), Some(m)) => m.observe(rsp, started),
-        (Ok(rsp), None) => rsp,
-        (Err(e), m) => {
-            if let Some(m) = m {
-                m.no_response(started);
+    Either::Right(balancer.dispatch(req).map(move |rsp| {
+        let mut rsp = match (rsp, metrics) {
+            (Ok(rsp), Some(m)) => m.observe(rsp, started),
+            (Ok(rsp), None) => rsp,
+            (Err(e), m) => {
+                if let Some(m) = m {
+                    m.no_response(started);
+                }
+                // Its first answer may have come while the request waited for an endpoint.
+                let e = HttpError::from_box(e);
+                if e.kind() == Kind::Unavailable
+                    && let Some(denied) = other
+                        .as_deref()
+                        .and_then(|l| super::gate::unroutable(l))
+                        .filter(|d| d.kind() == Kind::Denied)
+                {
+                    return Err(denied.into());
+                }
+                return Err(e.into());
             }
-            // Its first answer may have come while the request waited for an endpoint.
-            let e = HttpError::from_box(e);
-            if e.kind() == Kind::Unavailable
-                && let Some(denied) = other
-                    .as_deref()
-                    .and_then(|l| super::gate::unroutable(l))
-                    .filter(|d| d.kind() == Kind::Denied)
-            {
-                return Err(denied.into());
-            }
-            return Err(e.into());
+        };
+        for m in &response_headers {
+            modify(rsp.headers_mut(), m);
         }
-    };
-    for m in response_headers {
-        modify(rsp.headers_mut(), m);
-    }
-    Ok(rsp)
+        Ok(rsp)
+    }))
 }
 
 /// Applies a header modifier: remove, then set, then add.
