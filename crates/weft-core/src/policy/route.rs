@@ -459,8 +459,8 @@ pub struct RuleView<'a> {
     pub name: Option<&'a str>,
     /// Its backends.
     pub backends: &'a [WeightedBackend],
-    /// Whether it has a retry policy.
-    pub retries: bool,
+    /// Its retry policy.
+    pub retry: Option<&'a RetryPolicy>,
     /// Its faults.
     pub fault: Option<&'a FaultInjection>,
     /// Its concurrency limit.
@@ -487,7 +487,7 @@ impl Routed for HttpRoute {
             .map(|r| RuleView {
                 name: r.name.as_deref(),
                 backends: &r.backends,
-                retries: r.retry.is_some(),
+                retry: r.retry.as_ref(),
                 fault: r.fault.as_ref(),
                 limit: r.limit,
             })
@@ -511,7 +511,7 @@ impl Routed for GrpcRoute {
             .map(|r| RuleView {
                 name: r.name.as_deref(),
                 backends: &r.backends,
-                retries: r.retry.is_some(),
+                retry: r.retry.as_ref(),
                 fault: r.fault.as_ref(),
                 limit: r.limit,
             })

@@ -41,6 +41,7 @@ use crate::errors::{HttpError, Kind, RetrySafe};
 use crate::http::classify::GRPC_STATUS;
 use crate::http::timeout;
 use crate::http::{Body, BoxError};
+use crate::outbound::p2c::Attempted;
 
 /// The longest request body kept for sending again.
 pub const MAX_REPLAY_BYTES: usize = 64 * 1024;
@@ -53,22 +54,29 @@ pub fn budget(budget: &RetryBudget) -> Arc<TpsBudget> {
     Arc::new(TpsBudget::new(budget.window, budget.min_per_second, ratio))
 }
 
-/// A rule's share of its destination's retry budget, and its counters.
+/// A rule's retry policy, its share of its destination's retry budget, and its counters.
 #[derive(Debug)]
 pub struct RetryState {
+    policy: RetryPolicy,
     budget: Arc<TpsBudget>,
     retries: Counter,
     exhausted: Counter,
 }
 
 impl RetryState {
-    /// Draws on `budget`, counting into `retries` and `exhausted`.
-    pub fn new(budget: Arc<TpsBudget>, retries: Counter, exhausted: Counter) -> Self {
-        Self {
+    /// Retries under `policy`, drawing on `budget`, counting into `retries` and `exhausted`.
+    pub fn new(
+        policy: RetryPolicy,
+        budget: Arc<TpsBudget>,
+        retries: Counter,
+        exhausted: Counter,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            policy,
             budget,
             retries,
             exhausted,
-        }
+        })
     }
 }
 
@@ -225,8 +233,16 @@ impl Template {
         *req.method_mut() = self.parts.method.clone();
         *req.uri_mut() = self.parts.uri.clone();
         *req.version_mut() = self.parts.version;
-        *req.headers_mut() = self.parts.headers.clone();
-        *req.extensions_mut() = self.parts.extensions.clone();
+        // Room for the headers the layers below add (a clone would be full, and the first
+        // insert would reallocate it).
+        let headers = req.headers_mut();
+        headers.reserve(self.parts.headers.len() + 4);
+        for (name, value) in &self.parts.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        if !self.parts.extensions.is_empty() {
+            *req.extensions_mut() = self.parts.extensions.clone();
+        }
         req
     }
 }
@@ -305,34 +321,34 @@ fn backoff(policy: &RetryPolicy, n: u32, asked: Option<Duration>) -> Duration {
     asked.map_or(drawn, |a| a.max(drawn))
 }
 
-/// Sends `req` through `send` under `policy` and `state` (see the module docs). `deadline`
-/// bounds the whole call and `per_try` each attempt; `grpc` says the call is gRPC.
+/// Sends `req` through `send` under `state`'s policy and budget (see the module docs).
+/// `deadline` bounds the whole call and `per_try` each attempt; `grpc` says the call is gRPC.
 ///
-/// The budget deposit and the request's template are made at once; the returned future
-/// holds the template and one attempt at a time (an `async` block with the attempt written
-/// inline: an `async fn`, or an async closure per attempt, would hold copies of both).
-pub fn run<'a, F, Fut>(
-    policy: &'a RetryPolicy,
-    state: &'a RetryState,
-    mut req: Request<Body>,
+/// The budget deposit and the request's template are made at once; the returned future owns
+/// what it uses and holds the template and one attempt at a time (an `async` block with the
+/// attempt written inline: an `async fn`, or an async closure per attempt, would hold copies
+/// of both).
+pub fn run<F, Fut>(
+    state: Arc<RetryState>,
+    req: Request<Body>,
     grpc: bool,
     deadline: Option<Instant>,
     per_try: Option<Duration>,
     send: F,
-) -> impl Future<Output = Result<Response<Body>, BoxError>> + 'a
+) -> impl Future<Output = Result<Response<Body>, BoxError>>
 where
-    F: Fn(Request<Body>) -> Fut + 'a,
+    F: Fn(Request<Body>, &Attempted) -> Fut,
     Fut: Future<Output = Result<Response<Body>, BoxError>> + Send,
 {
     use futures_util::future::Either;
     state.budget.deposit();
     // Every attempt shares one record of where the last went, so a retry goes to another
     // endpoint where one is ready.
-    req.extensions_mut()
-        .insert(crate::outbound::p2c::Attempted::default());
+    let attempts = Attempted::default();
     let template = Template::new(req);
-    let may_repeat = policy.idempotent || idempotent(&template.parts.method);
+    let may_repeat = state.policy.idempotent || idempotent(&template.parts.method);
     async move {
+        let policy = &state.policy;
         let mut n = 0;
         loop {
             let at = match (deadline, per_try.map(|d| Instant::now() + d)) {
@@ -341,8 +357,8 @@ where
             };
             let req = template.request();
             let outcome = match at {
-                Some(at) => Either::Left(timeout::within(at, grpc, req, &send)),
-                None => Either::Right(send(req)),
+                Some(at) => Either::Left(timeout::within(at, grpc, req, |r| send(r, &attempts))),
+                None => Either::Right(send(req, &attempts)),
             }
             .await;
             let own_timeout = at.is_some() && at != deadline;
@@ -394,8 +410,9 @@ mod tests {
         }
     }
 
-    fn state() -> RetryState {
+    fn state(p: &RetryPolicy) -> Arc<RetryState> {
         RetryState::new(
+            p.clone(),
             budget(&RetryBudget::default()),
             Counter::default(),
             Counter::default(),
@@ -442,9 +459,11 @@ mod tests {
         F: Fn(Request<Body>) -> Fut,
         Fut: Future<Output = Result<Response<Body>, BoxError>> + Send,
     {
-        run(p, &state(), req, false, None, None, send)
-            .await
-            .unwrap()
+        run(state(p), req, false, None, None, move |r, _: &Attempted| {
+            send(r)
+        })
+        .await
+        .unwrap()
     }
 
     fn get(body: &'static str) -> Request<Body> {
@@ -462,6 +481,34 @@ mod tests {
         assert_eq!(rsp.status(), 200);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert!(bodies.lock().unwrap().iter().all(|b| b == "hello"));
+    }
+
+    /// Each attempt carries the caller's method, URI and headers, repeated values in order.
+    #[tokio::test(start_paused = true)]
+    async fn each_attempt_has_the_callers_head() {
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = heads.clone();
+        let send = move |req: Request<Body>| {
+            let (parts, _) = req.into_parts();
+            let mut h = h.lock().unwrap();
+            h.push((parts.method, parts.uri, parts.headers));
+            std::future::ready(answer(if h.len() == 1 { 503 } else { 200 }))
+        };
+        let mut req = get("");
+        *req.uri_mut() = "/a?b=c".parse().unwrap();
+        req.headers_mut().append("x-many", "1".parse().unwrap());
+        req.headers_mut().append("x-one", "only".parse().unwrap());
+        req.headers_mut().append("x-many", "2".parse().unwrap());
+        let original = req.headers().clone();
+        once(&policy(&[503], 2), req, send).await;
+        let heads = heads.lock().unwrap();
+        assert_eq!(heads.len(), 2);
+        for (method, uri, headers) in heads.iter() {
+            assert_eq!((method, uri.to_string().as_str()), (&Method::GET, "/a?b=c"));
+            assert_eq!(headers, &original);
+            let many: Vec<_> = headers.get_all("x-many").iter().collect();
+            assert_eq!(many, ["1", "2"]);
+        }
     }
 
     /// A request without a body goes, each time, with a body that has ended before it is
@@ -682,13 +729,15 @@ mod tests {
     /// The budget allows its reserve and a share of the requests, then counts refusals.
     #[tokio::test(start_paused = true)]
     async fn the_budget_stops_retries_and_counts_it() {
-        let s = state();
-        let (calls, _, send) = flaky(usize::MAX, 503);
         let p = policy(&[503], 1);
+        let s = state(&p);
+        let (calls, _, send) = flaky(usize::MAX, 503);
         for _ in 0..200 {
-            run(&p, &s, get(""), false, None, None, &send)
-                .await
-                .unwrap();
+            run(s.clone(), get(""), false, None, None, |r, _: &Attempted| {
+                send(r)
+            })
+            .await
+            .unwrap();
         }
         let retries = calls.load(Ordering::SeqCst) - 200;
         // The reserve (10 a second over 10 s) and 20 % of the requests, give or take the
@@ -703,12 +752,21 @@ mod tests {
             min_per_second: 0,
             window: Duration::from_secs(10),
         });
-        let a = RetryState::new(tight.clone(), Counter::default(), Counter::default());
-        let b = RetryState::new(tight, Counter::default(), Counter::default());
+        let a = RetryState::new(
+            p.clone(),
+            tight.clone(),
+            Counter::default(),
+            Counter::default(),
+        );
+        let b = RetryState::new(p.clone(), tight, Counter::default(), Counter::default());
         let (calls, _, send) = flaky(usize::MAX, 503);
         for i in 0..200 {
             let s = if i % 2 == 0 { &a } else { &b };
-            run(&p, s, get(""), false, None, None, &send).await.unwrap();
+            run(s.clone(), get(""), false, None, None, |r, _: &Attempted| {
+                send(r)
+            })
+            .await
+            .unwrap();
         }
         let retries = calls.load(Ordering::SeqCst) - 200;
         assert!((5..=12).contains(&retries), "{retries}");
@@ -722,9 +780,16 @@ mod tests {
         let mut p = policy(&[503], 10);
         p.backoff = Duration::from_millis(100);
         let deadline = Instant::now() + Duration::from_millis(150);
-        let rsp = run(&p, &state(), get(""), false, Some(deadline), None, send)
-            .await
-            .unwrap();
+        let rsp = run(
+            state(&p),
+            get(""),
+            false,
+            Some(deadline),
+            None,
+            move |r, _: &Attempted| send(r),
+        )
+        .await
+        .unwrap();
         assert_eq!(rsp.status(), 503);
         assert!(Instant::now() < deadline);
         assert!(calls.load(Ordering::SeqCst) < 10);

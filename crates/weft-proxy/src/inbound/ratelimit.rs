@@ -11,7 +11,6 @@
 //! Buckets are keyed by identities the mesh issued (or `unauthenticated`), so a peer cannot
 //! grow them at will; past [`TIDY_AT`] keys the full ones are dropped.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -84,10 +83,11 @@ impl Buckets {
 }
 
 /// Every server's buckets, shared by all connections, by port and the limit's place in the
-/// server's list.
+/// server's list. A proxy has few servers and limits, so they are found by a scan, cheaper
+/// per request than hashing the key.
 #[derive(Default)]
 pub struct RateLimits {
-    servers: Mutex<HashMap<(u16, usize), Arc<Buckets>>>,
+    servers: Mutex<Vec<((u16, usize), Buckets)>>,
     limited: Counter,
 }
 
@@ -114,17 +114,22 @@ impl RateLimits {
         limit: &LocalRateLimit,
         client: Option<&Identity>,
     ) -> Result<(), Duration> {
-        let buckets = {
+        let verdict = {
             let mut servers = self.servers.lock().unwrap_or_else(PoisonError::into_inner);
-            let entry = servers
-                .entry(at)
-                .or_insert_with(|| Arc::new(Buckets::new(limit)));
-            if &entry.limit != limit {
-                *entry = Arc::new(Buckets::new(limit));
-            }
-            entry.clone()
+            let i = match servers.iter().position(|(k, _)| *k == at) {
+                Some(i) => {
+                    if &servers[i].1.limit != limit {
+                        servers[i].1 = Buckets::new(limit);
+                    }
+                    i
+                }
+                None => {
+                    servers.push((at, Buckets::new(limit)));
+                    servers.len() - 1
+                }
+            };
+            servers[i].1.take(client)
         };
-        let verdict = buckets.take(client);
         if verdict.is_err() {
             self.limited.inc();
         }

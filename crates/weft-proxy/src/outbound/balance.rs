@@ -20,7 +20,7 @@ use super::breaker::Health;
 use super::connect::Connector;
 use super::endpoint::{HttpEndpoint, Params, TcpEndpoint, http_endpoint};
 use super::failfast::FailFast;
-use super::p2c::{Balance, Steer};
+use super::p2c::{Attempted, Balance};
 use crate::discovery::{EndpointView, Resolution};
 use crate::http::{Body, BoxError};
 use futures_util::Stream;
@@ -61,8 +61,8 @@ impl<S> SharedBalancer<S> {
         }
     }
 
-    /// Sends `req` to the best ready endpoint (another than its previous attempt's, where
-    /// one is ready).
+    /// Sends `req` to the best ready endpoint; for an attempt of a call that may be retried
+    /// (`attempts`), another than its previous attempt's where one is ready.
     ///
     /// A plain function returning an `async` block rather than an `async fn`: the block uses
     /// `req` where it was captured, where an `async fn` would keep a second copy of it.
@@ -73,15 +73,15 @@ impl<S> SharedBalancer<S> {
     pub fn dispatch<Req>(
         self,
         req: Req,
+        attempts: Option<Attempted>,
     ) -> impl std::future::Future<Output = Result<S::Response, BoxError>>
     where
         S: Service<Req, Error = BoxError> + Avoid,
-        Req: Steer,
     {
         async move {
             let response = {
                 let mut svc = self.inner.lock().await;
-                svc.avoid(req.attempted().and_then(super::p2c::Attempted::last));
+                svc.avoid(attempts.as_ref());
                 svc.ready().await?;
                 svc.call(req)
             };
@@ -96,7 +96,7 @@ impl<S, Req> tower::Service<Req> for SharedBalancer<S>
 where
     S: Service<Req, Error = BoxError> + Avoid + Send + 'static,
     S::Future: Send,
-    Req: Steer + Send + 'static,
+    Req: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -107,14 +107,14 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        Box::pin(self.clone().dispatch(req))
+        Box::pin(self.clone().dispatch(req, None))
     }
 }
 
 /// A balancer that can leave an endpoint out of its next pick.
 pub trait Avoid {
-    /// Leaves the endpoint at `addr` out of the next pick while another is ready.
-    fn avoid(&mut self, addr: Option<SocketAddr>);
+    /// Readies the next pick for an attempt of `attempts` (see [`Balance::avoid`]).
+    fn avoid(&mut self, attempts: Option<&Attempted>);
 }
 
 impl<D, Req> Avoid for FailFast<Balance<D, Req>>
@@ -126,8 +126,8 @@ where
     <D::Service as tower::load::Load>::Metric: PartialOrd,
     <D::Service as Service<Req>>::Error: Into<BoxError>,
 {
-    fn avoid(&mut self, addr: Option<SocketAddr>) {
-        self.get_mut().avoid(addr);
+    fn avoid(&mut self, attempts: Option<&Attempted>) {
+        self.get_mut().avoid(attempts);
     }
 }
 

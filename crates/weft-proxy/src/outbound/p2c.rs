@@ -43,24 +43,6 @@ impl Attempted {
     }
 }
 
-/// What the balancer may read of a call: the attempts it is one of.
-pub trait Steer {
-    /// The call's shared record of its attempts, if it may be retried.
-    fn attempted(&self) -> Option<&Attempted>;
-}
-
-impl<B> Steer for http::Request<B> {
-    fn attempted(&self) -> Option<&Attempted> {
-        self.extensions().get::<Attempted>()
-    }
-}
-
-impl Steer for () {
-    fn attempted(&self) -> Option<&Attempted> {
-        None
-    }
-}
-
 /// An endpoint key: where it is.
 pub trait Located {
     /// The endpoint's address.
@@ -84,6 +66,8 @@ where
     ready_index: Option<usize>,
     /// The endpoint the next pick leaves out while another is ready.
     avoid: Option<SocketAddr>,
+    /// The attempts of the call the next pick is for, which learn where it went.
+    attempts: Option<Attempted>,
     _req: PhantomData<fn(Req)>,
 }
 
@@ -115,12 +99,17 @@ where
             services: ReadyCache::default(),
             ready_index: None,
             avoid: None,
+            attempts: None,
             _req: PhantomData,
         }
     }
 
-    /// Leaves `addr` out of the next pick while another endpoint is ready.
-    pub fn avoid(&mut self, addr: Option<SocketAddr>) {
+    /// Readies the next pick for one attempt of a call that may be retried (`attempts`; `None`
+    /// for any other): it leaves out where the last attempt went while another endpoint is
+    /// ready, and records where it goes.
+    pub fn avoid(&mut self, attempts: Option<&Attempted>) {
+        let addr = attempts.and_then(Attempted::last);
+        self.attempts = attempts.cloned();
         self.avoid = addr;
         if let (Some(a), Some(i)) = (addr, self.ready_index)
             && self.services.ready_len() > 1
@@ -204,7 +193,6 @@ where
     D::Service: Service<Req> + Load,
     <D::Service as Load>::Metric: PartialOrd,
     <D::Service as Service<Req>>::Error: Into<BoxError>,
-    Req: Steer,
 {
     type Response = <D::Service as Service<Req>>::Response;
     type Error = BoxError;
@@ -243,7 +231,7 @@ where
             return Either::Left(ready(Err("balancer called before it was ready".into())));
         };
         self.avoid = None;
-        if let (Some(a), Some(addr)) = (req.attempted(), self.address_at(index)) {
+        if let (Some(a), Some(addr)) = (self.attempts.take(), self.address_at(index)) {
             a.record(addr);
         }
         Either::Right(
@@ -304,11 +292,11 @@ mod tests {
             impl Discover<Key = EndpointView, Service = Fixed, Error = BoxError> + Unpin,
             Request<()>,
         >,
-        req: Request<()>,
+        attempts: Option<&Attempted>,
     ) -> SocketAddr {
-        b.avoid(req.attempted().and_then(Attempted::last));
+        b.avoid(attempts);
         poll_fn(|cx| b.poll_ready(cx)).await.unwrap();
-        b.call(req).await.unwrap()
+        b.call(Request::new(())).await.unwrap()
     }
 
     /// Two endpoints, one always less loaded: p2c takes it, except for a retry whose previous
@@ -320,21 +308,15 @@ mod tests {
         let light = SocketAddr::from(([127, 0, 0, 1], 1));
         let heavy = SocketAddr::from(([127, 0, 0, 1], 2));
         for _ in 0..20 {
-            assert_eq!(send(&mut b, Request::new(())).await, light);
+            assert_eq!(send(&mut b, None).await, light);
         }
         let attempts = Attempted::default();
-        let mut req = Request::new(());
-        req.extensions_mut().insert(attempts.clone());
-        assert_eq!(send(&mut b, req).await, light);
+        assert_eq!(send(&mut b, Some(&attempts)).await, light);
         assert_eq!(attempts.last(), Some(light));
         for _ in 0..5 {
-            let mut req = Request::new(());
-            req.extensions_mut().insert(attempts.clone());
             // Each attempt leaves out where the one before went.
-            assert_eq!(send(&mut b, req).await, heavy);
-            let mut req = Request::new(());
-            req.extensions_mut().insert(attempts.clone());
-            assert_eq!(send(&mut b, req).await, light);
+            assert_eq!(send(&mut b, Some(&attempts)).await, heavy);
+            assert_eq!(send(&mut b, Some(&attempts)).await, light);
         }
 
         let changes: Vec<Result<_, BoxError>> = vec![Ok(endpoint(3, 1))];
@@ -342,9 +324,7 @@ mod tests {
         let only = SocketAddr::from(([127, 0, 0, 1], 3));
         let attempts = Attempted::default();
         for _ in 0..2 {
-            let mut req = Request::new(());
-            req.extensions_mut().insert(attempts.clone());
-            assert_eq!(send(&mut one, req).await, only);
+            assert_eq!(send(&mut one, Some(&attempts)).await, only);
         }
     }
 }

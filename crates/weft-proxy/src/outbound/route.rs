@@ -30,15 +30,16 @@ use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use tokio::time::Instant;
 use weft_core::policy::fault::AbortWith;
 use weft_core::policy::route::{
-    HeaderModifier, HttpFilter, PathMatch, RedirectFrom, RequestView, RetryPolicy, RouteMatch,
-    Timeouts,
+    HeaderModifier, HttpFilter, PathMatch, RedirectFrom, RequestView, RouteMatch, Timeouts,
 };
 
 use super::destination::Lease;
+use super::p2c::Attempted;
 use super::router::{BackendTarget, Routes, Split};
 use crate::errors::{HttpError, Kind, RetrySafe, Who, is_grpc};
 use crate::http::classify::empty_body;
-use crate::http::{Body, BoxError, fault, limit, retry, timeout};
+use crate::http::retry::{self, RetryState};
+use crate::http::{Body, BoxError, fault, limit, timeout};
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
@@ -117,9 +118,9 @@ impl Route {
             if is_grpc(&req)
                 && let Some(at) = timeout::deadline(&req, true, None)
             {
-                return Box::pin(timeout::within(at, true, req, |r| http.dispatch(r)));
+                return Box::pin(timeout::within(at, true, req, |r| http.dispatch(r, None)));
             }
-            return Box::pin(http.dispatch(req));
+            return Box::pin(http.dispatch(req, None));
         }
         match route(&routes, &self.dest, req) {
             Ok(fut) => fut,
@@ -144,19 +145,6 @@ impl RuleAt {
             routes.http_split(self.route, self.rule)
         }
     }
-
-    fn retry(self, routes: &Routes) -> Option<&RetryPolicy> {
-        let at = RouteMatch {
-            route: self.route,
-            rule: self.rule,
-            matched: 0,
-        };
-        if self.grpc {
-            routes.grpc.rule(at)?.retry.as_ref()
-        } else {
-            routes.http.rule(at)?.retry.as_ref()
-        }
-    }
 }
 
 /// The rule `req` matches, with its filters and timeouts.
@@ -169,7 +157,7 @@ struct Matched<'a> {
 
 fn find<'a>(routes: &'a Routes, req: &Request<Body>) -> Option<Matched<'a>> {
     let view = View(req);
-    if is_grpc(req) && !routes.grpc.routes().is_empty() {
+    if !routes.grpc.routes().is_empty() && is_grpc(req) {
         let at: RouteMatch = routes.grpc.find(&view)?;
         let rule = routes.grpc.rule(at)?;
         return Some(Matched {
@@ -249,22 +237,15 @@ fn route(
     let modifiers: Vec<HeaderModifier> = response_headers.into_iter().cloned().collect();
     let (at, timeouts) = (matched.at, matched.timeouts);
     let grpc = is_grpc(&req);
-    let limited = at.split(routes).is_some_and(|s| s.limiter.is_some());
-    if !limited && at.retry(routes).is_none() {
-        // One attempt, within the rule's deadline if it has one: one box, no `async` block.
-        use futures_util::FutureExt;
-        use futures_util::future::Either;
-        let call = match timeout::deadline(&req, grpc, timeouts.first_attempt()) {
-            Some(d) => {
-                timeout::stamp(&mut req, d, grpc);
-                Either::Left(timeout::bound(d, grpc, attempt(routes, at, dest, req)))
-            }
-            None => Either::Right(attempt(routes, at, dest, req)),
-        };
+    let split = at.split(routes);
+    let retry = split.and_then(|s| s.retry.clone());
+    if split.is_none_or(|s| s.limiter.is_none()) {
+        // No limit to wait for: the call is one future in one box, no `async` block.
+        let call = call(routes, at, dest, retry, timeouts, grpc, req);
         if modifiers.is_empty() {
             return Ok(Box::pin(call));
         }
-        return Ok(Box::pin(call.map(move |rsp| {
+        return Ok(Box::pin(futures_util::FutureExt::map(call, move |rsp| {
             let mut rsp = rsp?;
             for m in &modifiers {
                 modify(rsp.headers_mut(), m);
@@ -275,8 +256,7 @@ fn route(
     let (routes, dest) = (routes.clone(), dest.clone());
     Ok(Box::pin(async move {
         // A place under the rule's concurrency limit, waited for within the call's deadline.
-        let limiter = at.split(&routes).and_then(|s| s.limiter.as_ref());
-        let place = match limiter {
+        let place = match at.split(&routes).and_then(|s| s.limiter.as_ref()) {
             None => None,
             Some(l) => match timeout::deadline(&req, grpc, timeouts.request) {
                 None => Some(l.enter().await?),
@@ -286,22 +266,7 @@ fn route(
                 },
             },
         };
-        let send = |req| attempt(&routes, at, &dest, req);
-        let retry = at
-            .retry(&routes)
-            .zip(at.split(&routes).and_then(|s| s.retry.as_ref()));
-        let rsp = match retry {
-            Some((policy, state)) => {
-                let deadline = timeout::deadline(&req, grpc, timeouts.request);
-                let per_try = timeouts.backend_request;
-                retry::run(policy, state, req, grpc, deadline, per_try, send).await
-            }
-            None => match timeout::deadline(&req, grpc, timeouts.first_attempt()) {
-                Some(at) => timeout::within(at, grpc, req, send).await,
-                None => send(req).await,
-            },
-        };
-        let mut rsp = rsp?;
+        let mut rsp = call(&routes, at, &dest, retry, timeouts, grpc, req).await?;
         for m in &modifiers {
             modify(rsp.headers_mut(), m);
         }
@@ -310,6 +275,46 @@ fn route(
             None => rsp,
         })
     }))
+}
+
+/// A routed call: its attempts under the rule's retry policy (`retry`), or its one attempt,
+/// within the rule's deadlines.
+fn call(
+    routes: &Arc<Routes>,
+    at: RuleAt,
+    dest: &Arc<Lease>,
+    retry: Option<Arc<RetryState>>,
+    timeouts: Timeouts,
+    grpc: bool,
+    mut req: Request<Body>,
+) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + use<> {
+    use futures_util::future::Either;
+    if let Some(state) = retry {
+        let deadline = timeout::deadline(&req, grpc, timeouts.request);
+        let (routes, dest) = (routes.clone(), dest.clone());
+        let send = move |r, attempts: &Attempted| attempt(&routes, at, &dest, r, Some(attempts));
+        return Either::Left(retry::run(
+            state,
+            req,
+            grpc,
+            deadline,
+            timeouts.backend_request,
+            send,
+        ));
+    }
+    Either::Right(
+        match timeout::deadline(&req, grpc, timeouts.first_attempt()) {
+            Some(d) => {
+                timeout::stamp(&mut req, d, grpc);
+                Either::Left(timeout::bound(
+                    d,
+                    grpc,
+                    attempt(routes, at, dest, req, None),
+                ))
+            }
+            None => Either::Right(attempt(routes, at, dest, req, None)),
+        },
+    )
 }
 
 /// One attempt of a routed request: the rule's faults, a backend drawn by weight, its
@@ -323,7 +328,8 @@ fn attempt(
     at: RuleAt,
     dest: &Arc<Lease>,
     req: Request<Body>,
-) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + 'static {
+    attempts: Option<&Attempted>,
+) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + use<> {
     use futures_util::future::Either;
     let Some(split) = at.split(routes) else {
         let e = HttpError::new(Kind::Internal, Who::Proxy, RetrySafe::No, "no such rule");
@@ -334,12 +340,12 @@ fn attempt(
         if let Some(d) = injected.delay {
             // Rare, and boxed so that it does not grow every attempt: the delay, then the
             // abort or the backend.
-            let (routes, dest) = (routes.clone(), dest.clone());
+            let (routes, dest, attempts) = (routes.clone(), dest.clone(), attempts.cloned());
             let delayed: BoxFuture = Box::pin(async move {
                 tokio::time::sleep(d).await;
                 match (injected.abort, at.split(&routes)) {
                     (Some(with), Some(split)) => Ok(aborted(split, with)),
-                    (_, Some(split)) => to_backend(split, &dest, req).await,
+                    (_, Some(split)) => to_backend(split, &dest, req, attempts.as_ref()).await,
                     (_, None) => Err(HttpError::new(
                         Kind::Internal,
                         Who::Proxy,
@@ -355,7 +361,7 @@ fn attempt(
             return Either::Left(std::future::ready(Ok(aborted(split, with))));
         }
     }
-    Either::Right(Either::Left(to_backend(split, dest, req)))
+    Either::Right(Either::Left(to_backend(split, dest, req, attempts)))
 }
 
 /// The answer of an injected abort, counted as the rule's own.
@@ -373,7 +379,8 @@ fn to_backend(
     split: &Split,
     dest: &Arc<Lease>,
     mut req: Request<Body>,
-) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + 'static {
+    attempts: Option<&Attempted>,
+) -> impl Future<Output = Result<Response<Body>, BoxError>> + Send + use<> {
     use futures_util::FutureExt;
     use futures_util::future::Either;
     let failed = |e: HttpError| Either::Left(std::future::ready(Err(e.into())));
@@ -432,7 +439,7 @@ fn to_backend(
         m.request();
     }
     let started = Instant::now();
-    Either::Right(balancer.dispatch(req).map(move |rsp| {
+    Either::Right(balancer.dispatch(req, attempts.cloned()).map(move |rsp| {
         let mut rsp = match (rsp, metrics) {
             (Ok(rsp), Some(m)) => m.observe(rsp, started),
             (Ok(rsp), None) => rsp,

@@ -55,8 +55,8 @@ pub struct Split {
     pub parent_metrics: Option<RequestMetrics>,
     /// The rule's metrics for what the proxy answers itself (redirects), backend `-`.
     pub local_metrics: Option<RequestMetrics>,
-    /// The rule's retry budget and counters (used when the rule has a retry policy).
-    pub retry: Option<RetryState>,
+    /// The rule's retry policy, budget and counters, when it has a retry policy.
+    pub retry: Option<Arc<RetryState>>,
     /// The rule's faults, when they apply to this proxy's workload.
     pub fault: Option<FaultInjection>,
     /// The rule's concurrency limit.
@@ -193,8 +193,9 @@ impl Routes {
                         "route",
                     )
                 }),
-                retry: view.retries.then(|| {
+                retry: view.retry.map(|policy| {
                     RetryState::new(
+                        policy.clone(),
                         budget.clone(),
                         metrics.route_retries.get_or_create(&rule_labels).clone(),
                         metrics

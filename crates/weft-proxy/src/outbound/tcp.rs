@@ -20,7 +20,7 @@ where
         return;
     }
     for attempt in 1..=TCP_CONNECT_ATTEMPTS {
-        match dest.tcp.clone().dispatch(()).await {
+        match dest.tcp.clone().dispatch((), None).await {
             Ok((mut peer, ep)) => {
                 let peer_id = ep
                     .identity
