@@ -58,16 +58,38 @@ cargo build --release --locked -q -p weft-proxy -p weft-control
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 BIN=target/release
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-BACKEND=$(free_port); NGINX_PROXY=$(free_port); GRPC=$(free_port); HTTP=$(free_port)
-SRV_IN=$(free_port); CLI_IN=$(free_port); PLAIN_UP=$(free_port); MTLS_UP=$(free_port)
-ADMIN_A=$(free_port); ADMIN_B=$(free_port)
-H2_BACKEND=$(free_port); H2_IN=$(free_port); H2_UP=$(free_port); ADMIN_C=$(free_port)
-ROUTED_UP=$(free_port); SPLIT_UP=$(free_port)
-GUARD_IN=$(free_port); GUARD_UP=$(free_port); ADMIN_G=$(free_port)
+# Listening ports: distinct, free now, and below the kernel's ephemeral range, so that no
+# outgoing connection of the run (a proxy to a backend, to the control plane) can take one
+# between now and its listener's bind (ports from bind(0) come from that range and could).
+PORTS=($(python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+picked = []
+for port in random.sample(range(10000, min(low, 32768)), 200):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        picked.append(port)
+    except OSError:
+        pass
+    finally:
+        s.close()
+    if len(picked) == 40:
+        break
+print(" ".join(map(str, picked)))
+PY
+))
+PORT_I=0
+next_port() { printf -v "$1" '%s' "${PORTS[$PORT_I]}"; PORT_I=$((PORT_I + 1)); }
+next_port BACKEND; next_port NGINX_PROXY; next_port GRPC; next_port HTTP
+next_port SRV_IN; next_port CLI_IN; next_port PLAIN_UP; next_port MTLS_UP
+next_port ADMIN_A; next_port ADMIN_B
+next_port H2_BACKEND; next_port H2_IN; next_port H2_UP; next_port ADMIN_C
+next_port ROUTED_UP; next_port SPLIT_UP
+next_port GUARD_IN; next_port GUARD_UP; next_port ADMIN_G
 # The routed and split services' backends: nginx on ports of their own (a local workload has an
 # address of its own), pinned with the first backend.
-ROUTED_BACKEND=$(free_port); SPLIT_A=$(free_port); SPLIT_B=$(free_port)
+next_port ROUTED_BACKEND; next_port SPLIT_A; next_port SPLIT_B
 
 # --- backend and nginx reverse proxy ---------------------------------------------------------
 nginx_conf() { # name port worker-core body [listen-options]

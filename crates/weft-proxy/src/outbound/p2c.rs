@@ -3,10 +3,12 @@
 //!
 //! Endpoints come from a [`Discover`] stream and wait in tower's [`ReadyCache`] until they
 //! are ready. A pick draws two ready endpoints at random and takes the one with the lower
-//! load (peak-EWMA latency, from the layer below). A call that carries [`Attempted`] (every
-//! attempt of a retried call shares one) records the endpoint it went to; the next attempt's
-//! pick leaves that endpoint out while another is ready, so a retry goes to another endpoint
-//! where one exists, and to the same one only when it is the only one ready.
+//! load (peak-EWMA latency, from the layer below). An attempt of a call that may be retried
+//! is announced with the call's [`Attempted`] (every attempt shares one) before its pick
+//! ([`Balance::avoid`]; it travels beside the request rather than in its extensions, which
+//! would cost a map per attempt): the pick records where it went, and the next attempt's pick
+//! leaves that endpoint out while another is ready, so a retry goes to another endpoint where
+//! one exists, and to the same one only when it is the only one ready.
 
 use std::hash::Hash;
 use std::marker::PhantomData;
