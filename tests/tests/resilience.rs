@@ -1,6 +1,6 @@
 //! Resilience of routed calls, end to end through a real proxy pair on the local platform,
 //! with the routes in the mesh file: request and per-attempt timeouts answer 504 without
-//! closing the caller's connection, a gRPC caller's `grpc-timeout` is honoured (the shorter
+//! closing the caller's connection and cut a response body that stalls, a gRPC caller's `grpc-timeout` is honoured (the shorter
 //! deadline wins) and passed on, reduced to what is left; retries mask failures for
 //! idempotent calls only, never replay a body over 64 KiB, and stop when the budget is spent.
 
@@ -856,4 +856,69 @@ async fn a_retry_goes_to_another_endpoint() {
         bad_tally.answered() > before,
         "some first attempts went to the bad endpoint"
     );
+}
+
+/// A response that has begun is cut at the rule's deadline too: the backend sends its head
+/// and part of a body, then stalls; the HTTP/1 caller gets the head, and its body fails once
+/// the 300 ms request timeout has passed (the connection closed: HTTP/1 has no other way to
+/// say a body is cut short), instead of waiting for as long as the backend stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_that_stalls_is_cut_at_the_deadline() {
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stalled.local_addr().unwrap();
+    let (hold_tx, hold_rx) = tokio::sync::watch::channel(());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = stalled.accept().await else {
+                return;
+            };
+            let mut hold = hold_rx.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 4096];
+                let mut read = Vec::new();
+                while !read.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npart";
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                // Stalls until the test ends.
+                let _ = hold.changed().await;
+            });
+        }
+    });
+    let slow = WorkloadDecl::serving("slow", "slow");
+    let load = WorkloadDecl::client("load");
+    let rules = "[[routes.http.rules]]\ntimeouts = { request = \"300ms\" }\n";
+    let mesh = TestMesh::start(&[slow.clone(), load.clone()], &routes_of("slow", rules)).await;
+    let _server = mesh.proxy(&slow, Some(addr.port()), &[]).await;
+    let client = mesh.proxy(&load, None, &["slow"]).await;
+    let tcp = TcpStream::connect(upstream(&client, "slow")).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send.ready().await.unwrap();
+    let started = Instant::now();
+    let req = Request::get("/")
+        .header("host", "slow.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let rsp = tokio::time::timeout(WAIT, send.send_request(req))
+        .await
+        .expect("the head arrives")
+        .unwrap();
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let body = tokio::time::timeout(WAIT, rsp.into_body().collect())
+        .await
+        .expect("the body ends at the deadline, not when the backend would");
+    let took = started.elapsed();
+    assert!(body.is_err(), "a body cut short must fail: {body:?}");
+    assert!(took >= Duration::from_millis(300), "cut after {took:?}");
+    drop(hold_tx);
 }

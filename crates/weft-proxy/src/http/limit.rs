@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weft_core::policy::route::ConcurrencyLimit;
 
 use crate::errors::{HttpError, Who};
-use crate::http::Body;
+use crate::http::{Body, BoxError};
 
 /// One rule's or service's places.
 #[derive(Debug)]
@@ -98,12 +98,12 @@ struct Held {
 
 impl http_body::Body for Held {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
         let ended = match &frame {
             Poll::Ready(None | Some(Err(_))) => true,

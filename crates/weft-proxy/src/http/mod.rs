@@ -24,8 +24,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 
 pub use pool::{PlainPool, PoolError, PoolLimits};
 
-/// The body type every proxied message carries.
-pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+/// The body type every proxied message carries. Its error is ours to make, so that the proxy
+/// can fail a body halfway (a deadline that passes mid-response resets the stream).
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Boxed errors on the data path; the stacks' errors are [`crate::errors::HttpError`]s.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -40,9 +41,10 @@ pub const PROXY_ERROR: HeaderName = HeaderName::from_static("weft-proxy-error");
 /// Wraps any body into [`Body`].
 pub fn boxed<B>(body: B) -> Body
 where
-    B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
-    UnsyncBoxBody::new(body)
+    UnsyncBoxBody::new(http_body_util::BodyExt::map_err(body, Into::into))
 }
 
 /// Whether the request asks to take the connection over (WebSocket and other HTTP/1.1

@@ -119,12 +119,12 @@ impl ReplayBody {
 
 impl http_body::Body for ReplayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.ended {
             return Poll::Ready(None);
         }
@@ -598,7 +598,7 @@ mod tests {
     /// first read some of it or none.
     #[tokio::test(start_paused = true)]
     async fn the_body_streams_to_the_first_attempt_and_replays_to_the_next() {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(4);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
         let body = Body::new(http_body_util::StreamBody::new(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         ));
@@ -713,7 +713,7 @@ mod tests {
         let (calls, bodies, send) = flaky(1, 503);
         // Streamed in two chunks, with no length to tell ahead.
         let chunks = futures_util::stream::iter([
-            Ok::<_, hyper::Error>(Frame::data(big.slice(..1000))),
+            Ok::<_, BoxError>(Frame::data(big.slice(..1000))),
             Ok(Frame::data(big.slice(1000..))),
         ]);
         let mut req = Request::new(Body::new(http_body_util::StreamBody::new(chunks)));

@@ -5,10 +5,11 @@
 //!   with [`Kind::Timeout`] (504, or `DEADLINE_EXCEEDED` for gRPC) and the request to the
 //!   backend is dropped (its stream reset, or its pooled connection closed), while the
 //!   caller's own connection stays open for its next request.
-//! - A gRPC response that has begun is bounded too: at the deadline its stream ends with the
+//! - A response that has begun is bounded too. A gRPC one ends at the deadline with the
 //!   trailers `grpc-status: 4` (`DEADLINE_EXCEEDED`), which is how a gRPC client learns its
-//!   call timed out. A plain HTTP response that has begun streams to its end: its body cannot
-//!   be failed cleanly halfway.
+//!   call timed out; a plain HTTP one fails there, so an HTTP/2 caller sees its stream reset
+//!   and an HTTP/1 caller its connection closed (the only way to tell it the body is cut
+//!   short). The timer is armed only if the body has to wait for data.
 //! - A gRPC request goes on with `grpc-timeout` set to what is left of the deadline, so the
 //!   server knows when its answer stops mattering.
 
@@ -24,7 +25,7 @@ use http_body::{Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::errors::{HttpError, Kind, RetrySafe, Who};
-use crate::http::{Body, BoxError, boxed};
+use crate::http::{Body, BoxError};
 
 /// The header a gRPC caller states its deadline in.
 pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -122,7 +123,8 @@ where
 {
     // A combinator rather than an `async` block, which would hold the sent future twice.
     futures_util::FutureExt::map(tokio::time::timeout_at(deadline, sent), move |r| match r {
-        Ok(Ok(rsp)) if grpc => Ok(rsp.map(|b| boxed(GrpcDeadline::new(b, deadline)))),
+        Ok(Ok(rsp)) if http_body::Body::is_end_stream(rsp.body()) => Ok(rsp),
+        Ok(Ok(rsp)) => Ok(rsp.map(|b| Body::new(Deadline::new(b, deadline, grpc)))),
         Ok(r) => r,
         Err(_) => Err(timed_out().into()),
     })
@@ -138,31 +140,37 @@ pub fn timed_out() -> HttpError {
     )
 }
 
-/// A gRPC response body that ends with `DEADLINE_EXCEEDED` trailers at the deadline.
-struct GrpcDeadline {
+/// A response body cut at the deadline: with `DEADLINE_EXCEEDED` trailers for gRPC, with an
+/// error otherwise.
+struct Deadline {
     inner: Body,
-    sleep: Pin<Box<Sleep>>,
+    deadline: Instant,
+    /// Made the first time the body waits for data.
+    sleep: Option<Pin<Box<Sleep>>>,
+    grpc: bool,
     ended: bool,
 }
 
-impl GrpcDeadline {
-    fn new(inner: Body, deadline: Instant) -> Self {
+impl Deadline {
+    fn new(inner: Body, deadline: Instant, grpc: bool) -> Self {
         Self {
             inner,
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
+            sleep: None,
+            grpc,
             ended: false,
         }
     }
 }
 
-impl http_body::Body for GrpcDeadline {
+impl http_body::Body for Deadline {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.ended {
             return Poll::Ready(None);
         }
@@ -175,12 +183,19 @@ impl http_body::Body for GrpcDeadline {
             }
             return Poll::Ready(frame);
         }
-        if self.sleep.as_mut().poll(cx).is_pending() {
+        let deadline = self.deadline;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
         // Dropping the rest of the response resets the backend's stream.
         self.ended = true;
         self.inner = crate::http::classify::empty_body();
+        if !self.grpc {
+            return Poll::Ready(Some(Err(timed_out().into())));
+        }
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("4"));
         trailers.insert(
@@ -290,7 +305,7 @@ mod tests {
     async fn a_begun_grpc_response_ends_with_deadline_exceeded() {
         let at = Instant::now() + Duration::from_millis(300);
         let (tx, body) = {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(4);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
             let stream =
                 http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
             (tx, Body::new(stream))
