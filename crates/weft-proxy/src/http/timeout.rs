@@ -206,11 +206,13 @@ impl http_body::Body for Deadline {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended
+        self.ended || self.inner.is_end_stream()
     }
 
+    /// The backend's: a body that reaches its end is the backend's whole body (one cut short
+    /// fails, or for gRPC ends in trailers, which the hint does not count).
     fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
+        self.inner.size_hint()
     }
 }
 
