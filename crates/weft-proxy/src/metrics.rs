@@ -35,7 +35,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::http::classify::{grpc_failed, is_failure};
-use crate::http::{Body, BoxError, boxed};
+use crate::http::{Body, BoxError};
 
 /// Inbound (peers to the local app) or outbound (the local app to peers).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -469,7 +469,7 @@ impl RequestMetrics {
         let (parts, body) = rsp.into_parts();
         Response::from_parts(
             parts,
-            boxed(MeteredBody {
+            Body::new(MeteredBody {
                 inner: body,
                 outcome: Some((self.clone(), status, failed)),
             }),

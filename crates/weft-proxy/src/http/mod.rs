@@ -38,7 +38,9 @@ pub const ORIG_PROTO: HeaderName = HeaderName::from_static("weft-orig-proto");
 /// Names the proxy error behind a synthetic response (only to trusted callers).
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("weft-proxy-error");
 
-/// Wraps any body into [`Body`].
+/// Wraps a body whose error is not ours (hyper's `Incoming`, say) into [`Body`], mapping its
+/// error; a body whose error already is [`BoxError`] goes in with `Body::new`, without the
+/// mapping layer.
 pub fn boxed<B>(body: B) -> Body
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,

@@ -194,7 +194,13 @@ impl http_body::Body for Deadline {
         self.ended = true;
         self.inner = crate::http::classify::empty_body();
         if !self.grpc {
-            return Poll::Ready(Some(Err(timed_out().into())));
+            let cut = HttpError::new(
+                Kind::Timeout,
+                Who::Peer,
+                RetrySafe::No,
+                "the response body did not end before the deadline",
+            );
+            return Poll::Ready(Some(Err(cut.into())));
         }
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("4"));
