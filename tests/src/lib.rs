@@ -525,6 +525,7 @@ pub fn loopback_proxy_config(
         drain_timeout: Duration::from_secs(5),
         resolve_idle_timeout: Duration::from_secs(60),
         log_json: false,
+        access_log: None,
     }
 }
 

@@ -13,10 +13,10 @@ pub mod v1 {
 }
 
 pub use v1::{
-    CertifyRequest, CertifyResponse, Credential, Decision, Denied, Endpoint, EndpointChanges,
-    EndpointState, IdentityPattern, InboundPolicy, NotInMesh, Protocol, ProxyRequest,
-    ProxySettings, ResolveRequest, ResolveUpdate, Resolved, ServerPolicy, ServiceMeta,
-    ServiceTarget, TrafficPolicy,
+    AccessLogFormat, CertifyRequest, CertifyResponse, Credential, Decision, Denied, Endpoint,
+    EndpointChanges, EndpointState, IdentityPattern, InboundPolicy, NotInMesh, Observability,
+    Protocol, ProxyRequest, ProxySettings, ResolveRequest, ResolveUpdate, Resolved, ServerPolicy,
+    ServiceMeta, ServiceTarget, TrafficPolicy,
 };
 
 /// What a proxy announces it can read on its Resolve streams: the `policy` update.

@@ -166,6 +166,7 @@ pub fn answer(
             |s| registry.service(s).is_some(),
         );
         policy.backend = backend::for_service(&backends(cfg, registry), &name);
+        policy.trace_starts = route_trace_starts(cfg, &policy);
         traffic_to_wire(&policy)
     };
     Answer::Resolved {
@@ -367,6 +368,14 @@ pub fn proxy_settings(
         let none: [&weft_core::ServiceName; 0] = [];
         Policy::for_server(default, rules, none, 0)
     };
+    let mut served: Vec<weft_core::ServiceName> = Vec::new();
+    for (_, services) in ports.values() {
+        for s in services {
+            if !served.contains(s) {
+                served.push(s.clone());
+            }
+        }
+    }
     let servers = ports
         .into_iter()
         .map(|(port, (protocol, services))| ServerPolicy {
@@ -385,7 +394,68 @@ pub fn proxy_settings(
         servers,
         default_policy: Some(policy_to_wire(&default_policy, Protocol::Auto)),
         trust_bundle: bundle.roots().iter().map(|r| r.to_vec()).collect(),
+        observability: Some(observability(cfg, workload, &served)),
     })
+}
+
+/// The routes of `policy` whose matching requests the caller starts traces for.
+fn route_trace_starts(
+    cfg: &MeshConfig,
+    policy: &weft_core::policy::traffic::TrafficPolicy,
+) -> Vec<(String, u32)> {
+    let names = policy
+        .http
+        .iter()
+        .map(|r| &r.meta.name)
+        .chain(policy.grpc.iter().map(|r| &r.meta.name));
+    names
+        .filter_map(|n| {
+            let share = cfg.observability.route_trace_start(n)?;
+            Some((n.clone(), millionths(share)))
+        })
+        .collect()
+}
+
+/// A share from 0 to 1 in millionths.
+fn millionths(share: f64) -> u32 {
+    // Validation keeps shares within 0..=1; the clamp keeps a bad one from wrapping.
+    (share.clamp(0.0, 1.0) * 1e6).round() as u32
+}
+
+/// What `workload`'s proxy is told about spans and access logs.
+fn observability(
+    cfg: &MeshConfig,
+    workload: &WorkloadKey,
+    services: &[weft_core::ServiceName],
+) -> weft_api::Observability {
+    use weft_core::observability::{AccessLogFormat as Format, WorkloadView};
+    let o = &cfg.observability;
+    let view = WorkloadView {
+        key: workload,
+        services,
+    };
+    let access_log = match o.access_log(view) {
+        Format::Off => weft_api::AccessLogFormat::Off,
+        Format::Common => weft_api::AccessLogFormat::Common,
+        Format::Json => weft_api::AccessLogFormat::Json,
+    };
+    let Some(collector) = &o.tracing.collector else {
+        return weft_api::Observability {
+            access_log: access_log.into(),
+            ..Default::default()
+        };
+    };
+    let service_name = services
+        .first()
+        .map_or_else(|| workload.name.clone(), |s| s.name.clone());
+    weft_api::Observability {
+        trace_collector: collector.clone(),
+        trace_collector_identity: o.tracing.collector_identity.clone().unwrap_or_default(),
+        trace_buffer: u32::try_from(o.tracing.buffer).unwrap_or(u32::MAX),
+        trace_start_millionths: millionths(o.trace_start(view)),
+        access_log: access_log.into(),
+        service_name,
+    }
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<ResolveUpdate, Status>> + Send>>;

@@ -127,6 +127,16 @@ pub struct ProxyConfig {
     /// Log as JSON lines.
     #[arg(long, env = "WEFT_PROXY_LOG_JSON")]
     pub log_json: bool,
+    /// The access log: `common`, `json` or `off`; wins over the mesh file's
+    /// `[[observability.access_log]]` (the injectors set it from a pod's `weft.dev/access-log`
+    /// annotation or a Nomad task's `weft.access_log` meta). Unset: the mesh file decides.
+    #[arg(long, env = "WEFT_PROXY_ACCESS_LOG", value_parser = access_log_format)]
+    pub access_log: Option<weft_core::observability::AccessLogFormat>,
+}
+
+fn access_log_format(s: &str) -> Result<weft_core::observability::AccessLogFormat, String> {
+    weft_core::observability::AccessLogFormat::parse(s)
+        .ok_or_else(|| format!("{s:?}: expected common, json or off"))
 }
 
 /// Where the control plane is: an address, or a DNS name and a port.

@@ -20,6 +20,9 @@
 //! - serves HTTP on both sides through a stack of tower layers whose order each side writes in
 //!   one place ([`outbound::stack`], [`inbound::stack`]); every error on the path is typed
 //!   ([`errors`]) and answered in one place per side;
+//! - records spans of sampled requests (continuing W3C and B3 contexts, starting traces where
+//!   the mesh says), exports them over OTLP/gRPC, and writes an access log where asked
+//!   ([`observe`]);
 //! - serves `/live`, `/ready`, `/metrics` (and `/shutdown` when enabled) on the admin
 //!   listener, and the probes alone on an optional probe listener with slots of its own, where
 //!   platforms send their probes ([`admin`]).
@@ -37,6 +40,7 @@ pub mod inbound;
 pub mod init;
 pub mod io;
 pub mod metrics;
+pub mod observe;
 pub mod outbound;
 pub mod runtime;
 pub mod server;
@@ -94,13 +98,31 @@ impl Proxy {
     /// once; inbound connections wait for the first certificate, outbound requests for their
     /// destination's first answer.
     pub async fn start(config: ProxyConfig) -> Result<Self, ProxyError> {
+        Self::start_with_access_log(config, tokio::io::stderr()).await
+    }
+
+    /// As [`Proxy::start`], with the access log (when one is on) written to `log` instead of
+    /// stderr.
+    pub async fn start_with_access_log<W>(config: ProxyConfig, log: W) -> Result<Self, ProxyError>
+    where
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         config.check().map_err(ProxyError::Config)?;
         let stop_background = CancellationToken::new();
         let metrics = metrics::Metrics::default();
         let (cred_tx, credentials) = watch::channel(None);
         let (settings_tx, settings) = watch::channel(None);
+        let observer = Arc::new(observe::Observer::new(
+            credentials.clone(),
+            metrics.spans.clone(),
+            observe::access_log::AccessLog::to_writer(log, metrics.access_log_dropped.clone()),
+            config.access_log,
+            config.namespace.clone(),
+            config.workload.clone(),
+        ));
         let shared = Arc::new(Runtime {
             config: config.clone(),
+            observer,
             credentials,
             settings,
             destinations: outbound::destination::Destinations::new(config.max_destinations),

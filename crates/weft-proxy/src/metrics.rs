@@ -18,6 +18,11 @@
 //!   `weft_outbound_policy_invalid_total`
 //! - `weft_admin_connections_refused_total{listener, reason}` (`admin` or `probe`; `full` or
 //!   `per_address`)
+//! - `weft_trace_spans_total{outcome}` (`exported`, `dropped`: the export buffer was full,
+//!   `failed`: the collector refused or did not answer), `weft_access_log_dropped_total`
+//!
+//! The latency histograms carry, per bucket, an exemplar with the `trace_id` of the last
+//! sampled request that fell in it (OpenMetrics), so a slow bucket leads to a trace.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -29,9 +34,9 @@ use http::Response;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::http::classify::{grpc_failed, is_failure};
@@ -151,6 +156,27 @@ pub struct DenyLabels {
     pub rule: String,
 }
 
+/// The exemplar of a latency bucket: the trace of a sampled request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    /// The trace ID, 32 hex digits.
+    pub trace_id: String,
+}
+
+/// A latency histogram with exemplars.
+pub type LatencyHistogram = HistogramWithExemplars<TraceExemplar>;
+
+fn latency_histogram() -> LatencyHistogram {
+    HistogramWithExemplars::new(latency_buckets())
+}
+
+/// Labels of span counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanLabels {
+    /// `exported`, `dropped` or `failed`.
+    pub outcome: &'static str,
+}
+
 /// Every metric of one proxy.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -160,13 +186,13 @@ pub struct Metrics {
     /// Responses.
     pub responses: Family<ResponseLabels, Counter>,
     /// Latency to response headers.
-    pub latency: Family<RequestLabels, Histogram>,
+    pub latency: Family<RequestLabels, LatencyHistogram>,
     /// Requests per route rule and backend.
     pub route_requests: Family<RouteLabels, Counter>,
     /// Responses per route rule and backend.
     pub route_responses: Family<RouteResponseLabels, Counter>,
     /// Latency per route rule and backend.
-    pub route_latency: Family<RouteLabels, Histogram>,
+    pub route_latency: Family<RouteLabels, LatencyHistogram>,
     /// Retries per route rule.
     pub route_retries: Family<RuleLabels, Counter>,
     /// Retries refused by a route rule's budget.
@@ -200,6 +226,10 @@ pub struct Metrics {
     pub outbound_policy_invalid: Counter,
     /// Connections the admin or probe listener closed on accept, over its bounds.
     pub admin_refused: Family<AdminRefusedLabels, Counter>,
+    /// What became of the spans.
+    pub spans: crate::observe::export::SpanCounters,
+    /// Access log lines dropped because the writer was behind.
+    pub access_log_dropped: Counter,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -214,13 +244,13 @@ impl Default for Metrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let responses = Family::<ResponseLabels, Counter>::default();
-        let latency = Family::<RequestLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(latency_buckets())) as fn() -> Histogram,
+        let latency = Family::<RequestLabels, LatencyHistogram>::new_with_constructor(
+            latency_histogram as fn() -> LatencyHistogram,
         );
         let route_requests = Family::<RouteLabels, Counter>::default();
         let route_responses = Family::<RouteResponseLabels, Counter>::default();
-        let route_latency = Family::<RouteLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(latency_buckets())) as fn() -> Histogram,
+        let route_latency = Family::<RouteLabels, LatencyHistogram>::new_with_constructor(
+            latency_histogram as fn() -> LatencyHistogram,
         );
         registry.register(
             "weft_route_requests",
@@ -334,8 +364,28 @@ impl Default for Metrics {
             "Connections the admin or probe listener closed on accept: it was full, or the client's address held its share",
             admin_refused.clone(),
         );
+        let span_family = Family::<SpanLabels, Counter>::default();
+        registry.register(
+            "weft_trace_spans",
+            "Spans this proxy recorded, by what became of them: exported, dropped (the export buffer was full) or failed (the collector refused or did not answer)",
+            span_family.clone(),
+        );
+        let outcome = |outcome| span_family.get_or_create(&SpanLabels { outcome }).clone();
+        let spans = crate::observe::export::SpanCounters {
+            exported: outcome("exported"),
+            dropped: outcome("dropped"),
+            failed: outcome("failed"),
+        };
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "weft_access_log_dropped",
+            "Access log lines dropped because stderr was behind",
+            access_log_dropped.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            spans,
+            access_log_dropped,
             requests,
             responses,
             latency,
@@ -388,8 +438,10 @@ impl Metrics {
 pub struct RequestMetrics(Arc<Handles>);
 
 struct Handles {
+    /// The peer label (empty for route metrics).
+    peer: Arc<str>,
     requests: Counter,
-    latency: Histogram,
+    latency: LatencyHistogram,
     responses: Mutex<Vec<ResponseCounter>>,
     /// Makes the response counter of a status (`None`: no response) and classification.
     make: Box<dyn Fn(Option<u16>, bool) -> Counter + Send + Sync>,
@@ -417,6 +469,7 @@ impl RequestMetrics {
     pub fn new(metrics: &Metrics, labels: RequestLabels) -> Self {
         let family = metrics.responses.clone();
         Self(Arc::new(Handles {
+            peer: Arc::from(labels.peer.as_str()),
             requests: metrics.requests.get_or_create(&labels).clone(),
             latency: metrics.latency.get_or_create(&labels).clone(),
             responses: Mutex::default(),
@@ -438,6 +491,7 @@ impl RequestMetrics {
     pub fn for_route(metrics: &Metrics, labels: RouteLabels) -> Self {
         let family = metrics.route_responses.clone();
         Self(Arc::new(Handles {
+            peer: Arc::from(""),
             requests: metrics.route_requests.get_or_create(&labels).clone(),
             latency: metrics.route_latency.get_or_create(&labels).clone(),
             responses: Mutex::default(),
@@ -455,6 +509,11 @@ impl RequestMetrics {
         }))
     }
 
+    /// The peer these requests go to or come from (its SPIFFE ID, or `-`).
+    pub fn peer(&self) -> &Arc<str> {
+        &self.0.peer
+    }
+
     /// Counts a request.
     pub fn request(&self) {
         self.0.requests.inc();
@@ -463,7 +522,20 @@ impl RequestMetrics {
     /// Records a response: its latency now, its outcome once the body has ended, so that a
     /// gRPC error status sent in trailers counts as a failure.
     pub fn observe(&self, rsp: Response<Body>, started: tokio::time::Instant) -> Response<Body> {
-        self.0.latency.observe(started.elapsed().as_secs_f64());
+        self.observe_traced(rsp, started, None)
+    }
+
+    /// As [`Self::observe`], for a request of the trace `trace` (the bucket's exemplar).
+    pub fn observe_traced(
+        &self,
+        rsp: Response<Body>,
+        started: tokio::time::Instant,
+        trace: Option<crate::observe::context::TraceId>,
+    ) -> Response<Body> {
+        let exemplar = trace.map(|t| TraceExemplar { trace_id: t.hex() });
+        self.0
+            .latency
+            .observe(started.elapsed().as_secs_f64(), exemplar, None);
         let status = rsp.status().as_u16();
         let failed = is_failure(&rsp);
         let (parts, body) = rsp.into_parts();
@@ -478,7 +550,9 @@ impl RequestMetrics {
 
     /// Records a request that got no response.
     pub fn no_response(&self, started: tokio::time::Instant) {
-        self.0.latency.observe(started.elapsed().as_secs_f64());
+        self.0
+            .latency
+            .observe(started.elapsed().as_secs_f64(), None, None);
         self.count_response(None, true);
     }
 

@@ -73,4 +73,6 @@ pub struct Runtime {
     pub renew: tokio::sync::Notify,
     /// The inbound servers' rate-limit buckets, shared by every connection.
     pub rate_limits: Arc<crate::inbound::ratelimit::RateLimits>,
+    /// Spans and the access log.
+    pub observer: Arc<crate::observe::Observer>,
 }

@@ -328,6 +328,7 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
             .iter()
             .map(|r| HttpRoute {
                 name: r.meta.name.clone(),
+                trace_start_millionths: trace_start(p, &r.meta.name),
                 rules: r
                     .rules
                     .iter()
@@ -349,6 +350,7 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
             .iter()
             .map(|r| GrpcRoute {
                 name: r.meta.name.clone(),
+                trace_start_millionths: trace_start(p, &r.meta.name),
                 rules: r
                     .rules
                     .iter()
@@ -367,6 +369,14 @@ pub fn traffic_to_wire(p: &CoreTrafficPolicy) -> TrafficPolicy {
             .collect(),
         backend: Some(backend_policy_to_wire(&p.backend)),
     }
+}
+
+/// The share of the route `name`'s requests that `p`'s caller starts traces for, if it has one.
+fn trace_start(p: &CoreTrafficPolicy, name: &str) -> Option<u32> {
+    p.trace_starts
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, m)| (*m).min(1_000_000))
 }
 
 fn millis(d: std::time::Duration) -> u64 {
@@ -689,6 +699,14 @@ fn rule_name(n: &str) -> Option<String> {
 
 /// The routes `p` carries, or why they cannot be used.
 pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWireError> {
+    // A share above the whole reads as the whole.
+    let trace_starts = p
+        .http
+        .iter()
+        .map(|r| (&r.name, r.trace_start_millionths))
+        .chain(p.grpc.iter().map(|r| (&r.name, r.trace_start_millionths)))
+        .filter_map(|(n, m)| Some((n.clone(), m?.min(1_000_000))))
+        .collect();
     let mut http = Vec::with_capacity(p.http.len());
     for (i, r) in p.http.iter().enumerate() {
         let mut rules = Vec::with_capacity(r.rules.len());
@@ -760,6 +778,7 @@ pub fn traffic_from_wire(p: &TrafficPolicy) -> Result<CoreTrafficPolicy, RouteWi
         http: Arc::from(http),
         grpc: Arc::from(grpc),
         backend: backend_policy_from_wire(p.backend.as_ref()),
+        trace_starts,
     })
 }
 
@@ -819,6 +838,7 @@ mod tests {
         let mut policy = CoreTrafficPolicy {
             http: Arc::from(vec![route]),
             grpc: Arc::from(vec![grpc]),
+            trace_starts: vec![("demo/users".into(), 250_000)],
             backend: BackendPolicy {
                 retry_budget: weft_core::policy::backend::RetryBudget {
                     percent: 5,
@@ -849,6 +869,7 @@ mod tests {
         let rule = |m: HttpMatch| TrafficPolicy {
             http: vec![HttpRoute {
                 name: "demo/r".into(),
+                trace_start_millionths: None,
                 rules: vec![HttpRule {
                     matches: vec![m],
                     ..HttpRule::default()
@@ -885,6 +906,7 @@ mod tests {
         let redirect = TrafficPolicy {
             http: vec![HttpRoute {
                 name: "demo/r".into(),
+                trace_start_millionths: None,
                 rules: vec![HttpRule {
                     filters: vec![RouteFilter {
                         filter: Some(route_filter::Filter::Redirect(Redirect {

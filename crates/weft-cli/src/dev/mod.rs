@@ -328,5 +328,6 @@ fn proxy_config(
         drain_timeout: Duration::from_secs(5),
         resolve_idle_timeout: Duration::from_secs(60),
         log_json: false,
+        access_log: None,
     }
 }

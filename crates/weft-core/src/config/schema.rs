@@ -31,6 +31,9 @@ pub struct MeshConfig {
     /// `[[routes.http]]`, `[[routes.grpc]]`: routes bound to services.
     #[serde(default)]
     pub routes: RoutesSection,
+    /// `[observability]`: span export, where traces start, access logs.
+    #[serde(default)]
+    pub observability: crate::observability::ObservabilitySection,
     /// `[platforms.*]`: one section per platform adapter, owned and checked by that adapter.
     #[serde(default)]
     pub platforms: Platforms,

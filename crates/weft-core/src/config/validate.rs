@@ -35,6 +35,7 @@ pub(super) fn validate(
     cfg.backend_rules = backends(cfg)?;
     validate_routes(cfg)?;
     warn_pointless_faults(cfg, warnings);
+    cfg.observability.validate(warnings)?;
     Ok(ports)
 }
 

@@ -22,6 +22,9 @@ pub struct TrafficPolicy {
     pub grpc: Arc<[GrpcRoute]>,
     /// What the caller applies to every call to the service.
     pub backend: super::backend::BackendPolicy,
+    /// The routes (by `namespace/name`) whose matching requests the caller starts traces for,
+    /// with the share, in millionths, of those that carry no trace context.
+    pub trace_starts: Vec<(String, u32)>,
 }
 
 impl TrafficPolicy {
@@ -135,6 +138,7 @@ pub fn for_service<'a>(
         http: picked(http, service, port, caller_namespace, &exists).into(),
         grpc: picked(grpc, service, port, caller_namespace, &exists).into(),
         backend: super::backend::BackendPolicy::default(),
+        trace_starts: Vec::new(),
     }
 }
 

@@ -27,6 +27,8 @@ pub struct ProxySettings {
     pub policy_error: Option<PolicyError>,
     /// The roots the mesh trusts now (several while a root is rotated).
     pub trust_bundle: Option<TrustBundle>,
+    /// Where spans go, where traces start, the access log.
+    pub observability: crate::observe::Settings,
 }
 
 /// One server's settings.
@@ -109,6 +111,48 @@ pub fn from_wire(s: weft_api::ProxySettings) -> ProxySettings {
         default,
         policy_error: error,
         trust_bundle,
+        observability: observability_from_wire(s.observability.as_ref()),
+    }
+}
+
+/// The observability settings of a message. A collector or identity that does not read turns
+/// tracing off (and says so): spans are never sent anywhere but where the mesh said.
+fn observability_from_wire(o: Option<&weft_api::Observability>) -> crate::observe::Settings {
+    use weft_api::AccessLogFormat as Wire;
+    use weft_core::observability::AccessLogFormat;
+    let Some(o) = o else {
+        return crate::observe::Settings::default();
+    };
+    let access_log = match Wire::try_from(o.access_log) {
+        Ok(Wire::Common) => AccessLogFormat::Common,
+        Ok(Wire::Json) => AccessLogFormat::Json,
+        Ok(Wire::Off) | Err(_) => AccessLogFormat::Off,
+    };
+    let identity = if o.trace_collector_identity.is_empty() {
+        Ok(None)
+    } else {
+        weft_core::Identity::parse_spiffe(&o.trace_collector_identity).map(Some)
+    };
+    let collector = match identity {
+        _ if o.trace_collector.is_empty() => None,
+        Ok(identity) => Some(crate::observe::export::Collector {
+            address: o.trace_collector.clone(),
+            identity,
+            buffer: match o.trace_buffer {
+                0 => 2048,
+                n => (n as usize).min(weft_core::observability::MAX_TRACE_BUFFER),
+            },
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "the trace collector's identity does not read; no spans are exported");
+            None
+        }
+    };
+    crate::observe::Settings {
+        collector,
+        start_millionths: o.trace_start_millionths.min(1_000_000),
+        access_log,
+        service: o.service_name.clone(),
     }
 }
 
@@ -152,6 +196,7 @@ pub async fn run(
                 heard = true;
                 let settings = accept(&shared.metrics, msg);
                 tracing::debug!(servers = settings.servers.len(), "settings");
+                shared.observer.configure(&settings.observability);
                 tx.send_replace(Some(Arc::new(settings)));
             }
             Ok::<_, tonic::Status>(())
@@ -176,6 +221,7 @@ pub async fn run(
                     e.message()
                 ))),
                 trust_bundle: bundle,
+                observability: crate::observe::Settings::default(),
             })));
         }
         super::StreamEnd {
@@ -223,6 +269,7 @@ mod tests {
             }],
             default_policy: Some(wire(WireDecision::Allow as i32, Vec::new())),
             trust_bundle: Vec::new(),
+            observability: None,
         }
     }
 

@@ -42,10 +42,15 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         self.metrics.request();
+        if let Some(notes) = crate::observe::notes(&req) {
+            notes.peer(self.metrics.peer());
+        }
+        let trace = crate::observe::trace_id(&req);
         MeteredFuture {
             inner: self.inner.call(req),
             metrics: Some(self.metrics.clone()),
             started: Instant::now(),
+            trace,
         }
     }
 }
@@ -57,6 +62,7 @@ pin_project_lite::pin_project! {
         inner: F,
         metrics: Option<RequestMetrics>,
         started: Instant,
+        trace: Option<crate::observe::context::TraceId>,
     }
 }
 
@@ -73,7 +79,7 @@ where
             return Poll::Ready(result);
         };
         Poll::Ready(match result {
-            Ok(rsp) => Ok(metrics.observe(rsp, *this.started)),
+            Ok(rsp) => Ok(metrics.observe_traced(rsp, *this.started, *this.trace)),
             Err(e) => {
                 metrics.no_response(*this.started);
                 Err(HttpError::from_box(e).counted().into())

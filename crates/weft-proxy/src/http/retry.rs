@@ -347,6 +347,12 @@ where
     let attempts = Attempted::default();
     let template = Template::new(req);
     let may_repeat = state.policy.idempotent || idempotent(&template.parts.method);
+    // A traced call gets a span per attempt, its children.
+    let traced = template
+        .parts
+        .extensions
+        .get::<crate::observe::Current>()
+        .cloned();
     async move {
         let policy = &state.policy;
         let mut n = 0;
@@ -355,12 +361,16 @@ where
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let req = template.request();
+            let mut req = template.request();
+            let span = traced.as_ref().map(|t| t.attempt(&mut req, n));
             let outcome = match at {
                 Some(at) => Either::Left(timeout::within(at, grpc, req, |r| send(r, &attempts))),
                 None => Either::Right(send(req, &attempts)),
             }
             .await;
+            if let Some(span) = span {
+                span.end(&outcome);
+            }
             let own_timeout = at.is_some() && at != deadline;
             if n >= policy.attempts || !template.replayable() {
                 return outcome;

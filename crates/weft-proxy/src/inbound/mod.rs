@@ -347,7 +347,14 @@ impl Inbound {
             server_port,
         });
         let app = app::App::new(app_addr, self.apps.pool(app_addr), shared.drain.clone());
-        let svc = stack::http(caller, mesh_peer, metrics, app);
+        let svc = stack::http(
+            caller,
+            mesh_peer,
+            metrics,
+            app,
+            &shared.observer,
+            self.remote,
+        );
         Box::pin(serve_http(io, version, svc, &shared.drain)).await;
     }
 }

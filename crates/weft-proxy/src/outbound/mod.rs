@@ -138,7 +138,7 @@ pub async fn handle(
         // Boxed, so the connection's task holds only the state of the path it takes.
         Detected::Opaque => Box::pin(tcp::forward_tcp(io, &dest)).await,
         Detected::Http1 | Detected::Http2 => {
-            let svc = stack::http(dest, &shared.metrics);
+            let svc = stack::http(dest, &shared.metrics, &shared.observer, client);
             Box::pin(serve_http(io, detected, svc, &shared.drain)).await;
         }
     }

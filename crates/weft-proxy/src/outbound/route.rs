@@ -185,6 +185,15 @@ fn find<'a>(routes: &'a Routes, req: &Request<Body>) -> Option<Matched<'a>> {
     })
 }
 
+/// Of the requests like `req` that carry no trace context, the share (in millionths) its
+/// route says the caller starts a trace for, if its route says.
+pub fn trace_start(routes: &Routes, req: &Request<Body>) -> Option<u32> {
+    if !routes.starts_traces {
+        return None;
+    }
+    find(routes, req)?.at.split(routes)?.trace_start
+}
+
 fn route(
     routes: &Arc<Routes>,
     dest: &Arc<Lease>,
@@ -198,6 +207,11 @@ fn route(
             format!("no route matches {}", req.uri().path()),
         ));
     };
+    if let Some(notes) = crate::observe::notes(&req)
+        && let Some(split) = matched.at.split(routes)
+    {
+        notes.route(&split.route);
+    }
     let mut response_headers: Vec<&HeaderModifier> = Vec::new();
     for f in matched.filters {
         match f {
@@ -420,6 +434,11 @@ fn to_backend(
             ));
         }
     };
+    if let Some(b) = backend
+        && let Some(notes) = crate::observe::notes(&req)
+    {
+        notes.backend(&b.label);
+    }
     let mut response_headers: Vec<HeaderModifier> = Vec::new();
     if let Some(b) = backend {
         for f in &b.filters {
@@ -439,9 +458,10 @@ fn to_backend(
         m.request();
     }
     let started = Instant::now();
+    let trace = crate::observe::trace_id(&req);
     Either::Right(balancer.dispatch(req, attempts.cloned()).map(move |rsp| {
         let mut rsp = match (rsp, metrics) {
-            (Ok(rsp), Some(m)) => m.observe(rsp, started),
+            (Ok(rsp), Some(m)) => m.observe_traced(rsp, started, trace),
             (Ok(rsp), None) => rsp,
             (Err(e), m) => {
                 if let Some(m) = m {

@@ -43,6 +43,8 @@ pub struct Backend {
     pub filters: Vec<HttpFilter>,
     /// The rule's metrics for this backend.
     pub metrics: Option<RequestMetrics>,
+    /// Its name in spans and logs (`name.namespace`, with `:port` when the rule names one).
+    pub label: Arc<str>,
 }
 
 /// A rule's backends and their cumulative weights.
@@ -61,6 +63,11 @@ pub struct Split {
     pub fault: Option<FaultInjection>,
     /// The rule's concurrency limit.
     pub limiter: Option<Limiter>,
+    /// The route's name, `namespace/name`.
+    pub route: Arc<str>,
+    /// Of its matching requests without a trace context, the share the caller starts a trace
+    /// for, in millionths, when the mesh says so for this route.
+    pub trace_start: Option<u32>,
 }
 
 impl Backend {
@@ -128,6 +135,8 @@ pub struct Routes {
     grpc_splits: Vec<Vec<Split>>,
     /// The service's concurrency limit, over every call to it from this proxy.
     pub limiter: Option<Limiter>,
+    /// Whether any route says to start traces (only then is a request matched twice).
+    pub starts_traces: bool,
 }
 
 impl Routes {
@@ -178,6 +187,12 @@ impl Routes {
                 rule: rule.clone(),
             };
             let mut out = Split {
+                route: Arc::from(route),
+                trace_start: policy
+                    .trace_starts
+                    .iter()
+                    .find(|(n, _)| n == route)
+                    .map(|(_, m)| *m),
                 parent_metrics: backends.is_empty().then(|| labels(service.to_string())),
                 local_metrics: Some(labels("-".to_string())),
                 fault: view
@@ -231,7 +246,8 @@ impl Routes {
                 out.backends.push(Backend {
                     target,
                     filters: b.filters.clone(),
-                    metrics: Some(labels(label)),
+                    metrics: Some(labels(label.clone())),
+                    label: Arc::from(label),
                 });
                 out.cumulative.push(total);
             }
@@ -253,6 +269,7 @@ impl Routes {
             http: HttpRouteTable::new(policy.http.to_vec()),
             grpc: GrpcRouteTable::new(policy.grpc.to_vec()),
             limiter,
+            starts_traces: !policy.trace_starts.is_empty(),
         }
     }
 }
@@ -300,6 +317,7 @@ mod tests {
                 target: BackendTarget::Missing(i.to_string()),
                 filters: vec![],
                 metrics: None,
+                label: Arc::from(i.to_string()),
             });
             s.cumulative.push(total);
         }

@@ -132,6 +132,7 @@ fn unreadable_routes_keep_the_last_good_ones_and_are_counted() {
     let with_regex = |re: &str| Wire {
         http: vec![HttpRoute {
             name: "demo/r".into(),
+            trace_start_millionths: None,
             rules: vec![HttpRule {
                 matches: vec![HttpMatch {
                     path: Some(PathMatch {
