@@ -101,6 +101,16 @@ job "report" {
           EOT
       }
 
+      # The access log, where the job, group or task sets meta { weft_access_log = "json" }
+      # ("common", "json" or "off"); without it the mesh file decides.
+      template {
+        destination = "local/weft-access-log.env"
+        env         = true
+        data        = <<-EOT
+          {{ with env "NOMAD_META_weft_access_log" }}WEFT_PROXY_ACCESS_LOG={{ . }}{{ end }}
+          EOT
+      }
+
       resources {
         cpu    = 50
         memory = 128

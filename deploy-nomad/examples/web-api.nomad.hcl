@@ -135,6 +135,16 @@ job "web-api" {
           EOT
       }
 
+      # The access log, where the job, group or task sets meta { weft_access_log = "json" }
+      # ("common", "json" or "off"); without it the mesh file decides.
+      template {
+        destination = "local/weft-access-log.env"
+        env         = true
+        data        = <<-EOT
+          {{ with env "NOMAD_META_weft_access_log" }}WEFT_PROXY_ACCESS_LOG={{ . }}{{ end }}
+          EOT
+      }
+
       resources {
         cpu    = 50
         memory = 128
@@ -242,6 +252,16 @@ job "web-api" {
         env         = true
         data        = <<-EOT
           {{ range nomadService 1 (env "NOMAD_ALLOC_ID") "weft-control-grpc" }}WEFT_PROXY_CONTROL_ADDR={{ .Address }}:{{ .Port }}{{ end }}
+          EOT
+      }
+
+      # The access log, where the job, group or task sets meta { weft_access_log = "json" }
+      # ("common", "json" or "off"); without it the mesh file decides.
+      template {
+        destination = "local/weft-access-log.env"
+        env         = true
+        data        = <<-EOT
+          {{ with env "NOMAD_META_weft_access_log" }}WEFT_PROXY_ACCESS_LOG={{ . }}{{ end }}
           EOT
       }
 

@@ -12,7 +12,8 @@
 //! - the task `weft-proxy`: a prestart sidecar running as the uid `weft-proxy init` exempts,
 //!   with a workload identity for the audience `weft` written to `secrets/nomad_weft.jwt`, the
 //!   mesh's roots rendered from the Nomad Variable `nomad/jobs` and the control plane's address
-//!   from the Nomad service `weft-control-grpc`;
+//!   from the Nomad service `weft-control-grpc`, and its access log format from the meta key
+//!   `weft_access_log` of the job, group or task, where one is set;
 //! - in transparent mode (the default) the task `weft-init`, a prestart task that writes the nat
 //!   rules once (NET_ADMIN and NET_RAW) and exits.
 
@@ -730,6 +731,16 @@ task "{PROXY_TASK}" {{
     env         = true
     data        = <<-EOT
       {{{{ range nomadService 1 (env "NOMAD_ALLOC_ID") "weft-control-grpc" }}}}WEFT_PROXY_CONTROL_ADDR={{{{ .Address }}}}:{{{{ .Port }}}}{{{{ end }}}}
+      EOT
+  }}
+
+  # The access log, where the job, group or task sets meta {{ weft_access_log = "json" }}
+  # ("common", "json" or "off"); without it the mesh file decides.
+  template {{
+    destination = "local/weft-access-log.env"
+    env         = true
+    data        = <<-EOT
+      {{{{ with env "NOMAD_META_weft_access_log" }}}}WEFT_PROXY_ACCESS_LOG={{{{ . }}}}{{{{ end }}}}
       EOT
   }}
 

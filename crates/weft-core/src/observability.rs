@@ -73,7 +73,7 @@ pub struct TraceStart {
 
 /// `[[observability.access_log]]`: the workloads whose proxies log every request, and how.
 /// The first entry that matches a workload counts. A pod's `weft.dev/access-log` annotation,
-/// or a Nomad task's `weft.access_log` meta, wins over the mesh file.
+/// or the meta key `weft_access_log` of a Nomad job, group or task, wins over the mesh file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogEntry {

@@ -129,7 +129,8 @@ pub struct ProxyConfig {
     pub log_json: bool,
     /// The access log: `common`, `json` or `off`; wins over the mesh file's
     /// `[[observability.access_log]]` (the injectors set it from a pod's `weft.dev/access-log`
-    /// annotation or a Nomad task's `weft.access_log` meta). Unset: the mesh file decides.
+    /// annotation or a Nomad job, group or task's `weft_access_log` meta key). Unset: the mesh
+    /// file decides.
     #[arg(long, env = "WEFT_PROXY_ACCESS_LOG", value_parser = access_log_format)]
     pub access_log: Option<weft_core::observability::AccessLogFormat>,
 }

@@ -24,7 +24,9 @@
 //! scrape) cannot make the kubelet's probes fail.
 //!
 //! It honours the pod annotations `weft.dev/skip-inbound-ports` and
-//! `weft.dev/skip-outbound-ports` (ports or ranges, `22,8000-8010`), which bypass the proxy.
+//! `weft.dev/skip-outbound-ports` (ports or ranges, `22,8000-8010`), which bypass the proxy,
+//! and `weft.dev/access-log` (`common`, `json`, `off`), which wins over the mesh file's
+//! access log settings.
 //! The proxy's probe and admin ports are always skipped inbound, so the kubelet reaches the
 //! probes and a metrics scraper the metrics.
 
@@ -41,6 +43,9 @@ pub const VERSION_ANNOTATION: &str = "weft.dev/proxy-version";
 pub const SKIP_INBOUND_ANNOTATION: &str = "weft.dev/skip-inbound-ports";
 /// Outbound ports (and ranges) that bypass the proxy.
 pub const SKIP_OUTBOUND_ANNOTATION: &str = "weft.dev/skip-outbound-ports";
+/// The pod annotation that turns the proxy's access log on (`common`, `json`) or off (`off`),
+/// whatever the mesh file says.
+pub const ACCESS_LOG_ANNOTATION: &str = "weft.dev/access-log";
 /// The label of the control plane's own pods, which are never injected.
 pub const CONTROL_PLANE_LABEL: &str = "weft.dev/control-plane";
 
@@ -255,6 +260,17 @@ impl Injector {
             Some(v) => port_list(SKIP_OUTBOUND_ANNOTATION, v)?,
             None => Vec::new(),
         };
+        let access_log = match annotation(ACCESS_LOG_ANNOTATION) {
+            None => None,
+            Some(v) => Some(
+                weft_core::observability::AccessLogFormat::parse(v).ok_or_else(|| {
+                    InjectError::Annotation {
+                        annotation: ACCESS_LOG_ANNOTATION,
+                        reason: format!("{v:?} is none of common, json, off"),
+                    }
+                })?,
+            ),
+        };
 
         let init = self.init_container(&skip_in, &skip_out);
         let spec = template["spec"]
@@ -264,7 +280,7 @@ impl Injector {
             Some(Value::Array(containers)) => self.rewrite_probes(containers),
             _ => serde_json::Map::new(),
         };
-        let proxy = self.proxy_container(&probes);
+        let proxy = self.proxy_container(&probes, access_log);
         let list =
             |spec: &mut serde_json::Map<String, Value>, key: &str| -> Result<(), InjectError> {
                 match spec.get(key) {
@@ -446,7 +462,11 @@ impl Injector {
         originals
     }
 
-    fn proxy_container(&self, probes: &serde_json::Map<String, Value>) -> Value {
+    fn proxy_container(
+        &self,
+        probes: &serde_json::Map<String, Value>,
+        access_log: Option<weft_core::observability::AccessLogFormat>,
+    ) -> Value {
         let s = &self.settings;
         let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
         let mut env = vec![
@@ -466,6 +486,9 @@ impl Injector {
             json!({"name": "WEFT_PROXY_LOG_JSON", "value": "true"}),
             json!({"name": "RUST_LOG", "value": s.log_level}),
         ];
+        if let Some(format) = access_log {
+            env.push(json!({"name": "WEFT_PROXY_ACCESS_LOG", "value": format.as_str()}));
+        }
         if !probes.is_empty() {
             env.push(json!({"name": "WEFT_PROXY_APP_PROBES", "value": Value::Object(probes.clone()).to_string()}));
         }

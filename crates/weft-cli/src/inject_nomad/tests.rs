@@ -155,7 +155,11 @@ fn transparent_mode_adds_the_init_task_the_sidecar_and_the_tag() {
             .collect();
         assert_eq!(
             destinations,
-            ["secrets/weft-trust-bundle.pem", "local/weft-control.env"]
+            [
+                "secrets/weft-trust-bundle.pem",
+                "local/weft-control.env",
+                "local/weft-access-log.env"
+            ]
         );
         let init = task(g, INIT_TASK).unwrap();
         let lifecycle = init.body.get_blocks("lifecycle").next().unwrap();

@@ -317,6 +317,28 @@ fn bad_port_annotations_are_refused_with_their_name() {
 }
 
 #[test]
+fn the_access_log_annotation_reaches_the_proxy_and_a_bad_one_is_refused() {
+    let mut doc = deployment(json!({"weft.dev/access-log": "json"}));
+    injector().inject_manifest(&mut doc).unwrap();
+    let proxy = &doc["spec"]["template"]["spec"]["initContainers"][1];
+    assert_eq!(env(proxy, "WEFT_PROXY_ACCESS_LOG")["value"], "json");
+    let mut quiet = deployment(json!({}));
+    injector().inject_manifest(&mut quiet).unwrap();
+    let proxy = &quiet["spec"]["template"]["spec"]["initContainers"][1];
+    assert!(
+        proxy["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["name"] != "WEFT_PROXY_ACCESS_LOG"),
+        "without the annotation the mesh file decides"
+    );
+    let mut bad = deployment(json!({"weft.dev/access-log": "loud"}));
+    let err = injector().inject_manifest(&mut bad).unwrap_err();
+    assert!(err.to_string().contains("weft.dev/access-log"), "{err}");
+}
+
+#[test]
 fn http_https_tcp_and_grpc_probes_go_through_the_proxys_probe_port() {
     let mut pod = json!({
         "kind": "Pod", "metadata": {"name": "p"},
