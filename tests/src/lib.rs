@@ -526,6 +526,7 @@ pub fn loopback_proxy_config(
         resolve_idle_timeout: Duration::from_secs(60),
         log_json: false,
         access_log: None,
+        tap_addr: None,
     }
 }
 

@@ -14,9 +14,10 @@ pub mod v1 {
 
 pub use v1::{
     AccessLogFormat, CertifyRequest, CertifyResponse, Credential, Decision, Denied, Endpoint,
-    EndpointChanges, EndpointState, IdentityPattern, InboundPolicy, NotInMesh, Observability,
-    Protocol, ProxyRequest, ProxySettings, ResolveRequest, ResolveUpdate, Resolved, ServerPolicy,
-    ServiceMeta, ServiceTarget, TrafficPolicy,
+    EndpointChanges, EndpointState, IdentityPattern, InboundPolicy, Label, MetricSample, NotInMesh,
+    Observability, Protocol, ProxyRequest, ProxySettings, ResolveRequest, ResolveUpdate, Resolved,
+    ServerPolicy, ServiceMeta, ServiceTarget, TapEvent, TapRequest, TelemetryAck, TelemetryReport,
+    TrafficPolicy,
 };
 
 /// What a proxy announces it can read on its Resolve streams: the `policy` update.

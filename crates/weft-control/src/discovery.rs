@@ -442,6 +442,7 @@ fn observability(
     let Some(collector) = &o.tracing.collector else {
         return weft_api::Observability {
             access_log: access_log.into(),
+            tap_clients: o.tap.clients.clone(),
             ..Default::default()
         };
     };
@@ -455,6 +456,7 @@ fn observability(
         trace_start_millionths: millionths(o.trace_start(view)),
         access_log: access_log.into(),
         service_name,
+        tap_clients: o.tap.clients.clone(),
     }
 }
 

@@ -24,6 +24,19 @@ pub struct ObservabilitySection {
     /// `[[observability.access_log]]`: the workloads whose proxies log each request.
     #[serde(default)]
     pub access_log: Vec<AccessLogEntry>,
+    /// `[observability.tap]`: who may watch requests live.
+    #[serde(default)]
+    pub tap: TapSection,
+}
+
+/// `[observability.tap]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TapSection {
+    /// SPIFFE IDs that may tap every proxy directly, besides the control plane (which serves
+    /// `weft tap` and the dashboard).
+    #[serde(default)]
+    pub clients: Vec<String>,
 }
 
 /// `[observability.tracing]`.
@@ -264,6 +277,10 @@ impl ObservabilitySection {
                     "no observability.tracing.collector is set: no trace is recorded".into(),
                 ));
             }
+        }
+        for (i, c) in self.tap.clients.iter().enumerate() {
+            Identity::parse_spiffe(c)
+                .map_err(|e| (format!("observability.tap.clients[{i}]"), e.to_string()))?;
         }
         for (i, e) in self.access_log.iter().enumerate() {
             let key = format!("observability.access_log[{i}]");

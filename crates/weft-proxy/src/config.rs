@@ -105,6 +105,10 @@ pub struct ProxyConfig {
     /// pods: `0.0.0.0:7192`).
     #[arg(long, env = "WEFT_PROXY_PROBE_ADDR")]
     pub probe_addr: Option<SocketAddr>,
+    /// The tap listener: `Tap.Watch` over mutual TLS, for the control plane (and the
+    /// identities the mesh allows) to watch requests live. None: no tap.
+    #[arg(long, env = "WEFT_PROXY_TAP_ADDR")]
+    pub tap_addr: Option<SocketAddr>,
     /// The application's own health probes, which the admin and probe listeners run at
     /// `/app-health/<name>` on the kubelet's behalf (JSON; the sidecar injector writes it).
     #[arg(long, env = "WEFT_PROXY_APP_PROBES", value_parser = crate::app_probe::parse)]

@@ -45,6 +45,7 @@ pub mod outbound;
 pub mod runtime;
 pub mod server;
 pub mod splice;
+pub mod tap;
 pub mod transparent;
 
 use std::net::SocketAddr;
@@ -82,6 +83,8 @@ pub struct Proxy {
     pub admin_addr: SocketAddr,
     /// The probe listener's address, if there is one.
     pub probe_addr: Option<SocketAddr>,
+    /// The tap listener's address, if there is one.
+    pub tap_addr: Option<SocketAddr>,
     /// The inbound listener's address, if it fronts an app.
     pub inbound_addr: Option<SocketAddr>,
     /// The upstream listeners, by service.
@@ -175,6 +178,12 @@ impl Proxy {
             ));
         }
 
+        let mut tap_addr = None;
+        if let Some(addr) = config.tap_addr {
+            let l = bind(addr).await?;
+            tap_addr = l.local_addr().ok();
+            tokio::spawn(tap::serve(l, shared.clone()));
+        }
         let mut inbound_addr = None;
         let app = match config.app_port {
             Some(port) => Some(inbound::AppTarget::Port(port)),
@@ -228,6 +237,7 @@ impl Proxy {
         Ok(Self {
             admin_addr,
             probe_addr,
+            tap_addr,
             inbound_addr,
             upstream_addrs,
             outbound_addrs,

@@ -329,5 +329,6 @@ fn proxy_config(
         resolve_idle_timeout: Duration::from_secs(60),
         log_json: false,
         access_log: None,
+        tap_addr: None,
     }
 }

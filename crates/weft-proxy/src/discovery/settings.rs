@@ -153,6 +153,7 @@ fn observability_from_wire(o: Option<&weft_api::Observability>) -> crate::observ
         start_millionths: o.trace_start_millionths.min(1_000_000),
         access_log,
         service: o.service_name.clone(),
+        tap_clients: o.tap_clients.clone(),
     }
 }
 

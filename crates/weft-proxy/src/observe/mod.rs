@@ -21,6 +21,7 @@ pub mod access_log;
 pub mod context;
 pub mod export;
 pub mod span;
+pub mod tap;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,6 +61,8 @@ pub struct Settings {
     pub access_log: AccessLogFormat,
     /// The `service.name` of the proxy's spans.
     pub service: String,
+    /// Who may tap the proxy besides the control plane.
+    pub tap_clients: Vec<String>,
 }
 
 /// What is on now.
@@ -83,6 +86,10 @@ pub struct Observer {
     log: AccessLog,
     namespace: String,
     instance: String,
+    /// The live taps.
+    pub taps: tap::Taps,
+    /// Who may tap besides the control plane.
+    tap_clients: RwLock<Vec<String>>,
 }
 
 impl Observer {
@@ -104,6 +111,8 @@ impl Observer {
             log,
             namespace,
             instance,
+            taps: tap::Taps::default(),
+            tap_clients: RwLock::default(),
         };
         this.configure(&Settings::default());
         this
@@ -120,6 +129,10 @@ impl Observer {
             }
             (Some(c), _) => Some(self.spawn(c, &s.service)),
         };
+        *self
+            .tap_clients
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = s.tap_clients.clone();
         let access_log = self.flag.unwrap_or(s.access_log);
         let on = if exporter.is_some() { TRACING } else { 0 }
             | if access_log == AccessLogFormat::Off {
@@ -133,6 +146,23 @@ impl Observer {
             access_log,
         });
         self.on.store(on, Ordering::Release);
+    }
+
+    /// Whether `caller` may tap this proxy: the control plane of its trust domain, or an
+    /// identity the mesh names.
+    pub fn may_tap(&self, caller: &weft_core::Identity) -> bool {
+        let Some(creds) = self.credentials.borrow().clone() else {
+            return false;
+        };
+        let own = creds.identity().trust_domain();
+        if *caller == weft_core::Identity::control_plane(own) {
+            return true;
+        }
+        let id = caller.spiffe_id();
+        self.tap_clients
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&id)
     }
 
     fn spawn(&self, c: &Collector, service: &str) -> (Collector, String, Arc<Exporter>) {
@@ -156,7 +186,7 @@ impl Observer {
     }
 
     fn current(&self) -> Option<Arc<Active>> {
-        if self.on.load(Ordering::Acquire) == 0 {
+        if self.on.load(Ordering::Acquire) == 0 && !self.taps.any() {
             return None;
         }
         Some(
@@ -426,7 +456,8 @@ where
             }
         }
         let logged = active.access_log != AccessLogFormat::Off;
-        if traced.is_none() && !logged {
+        let tapped = self.observer.taps.any();
+        if traced.is_none() && !logged && !tapped {
             return Either::Left(self.inner.call(req));
         }
         let notes = Arc::new(Notes::default());
@@ -462,6 +493,17 @@ where
             started_at: SystemTime::now(),
             log: logged.then_some(active.access_log),
             observer: self.observer.clone(),
+            tap_headers: if tapped {
+                tap::HEADERS
+                    .iter()
+                    .filter_map(|h| {
+                        let v = req.headers().get(*h)?.to_str().ok()?;
+                        Some((*h, v.chars().take(256).collect()))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         };
         let fut = self.inner.call(req);
         Either::Right(Box::pin(futures_util::FutureExt::map(
@@ -521,6 +563,8 @@ struct Record {
     started_at: SystemTime,
     log: Option<AccessLogFormat>,
     observer: Arc<Observer>,
+    /// The allowlisted request headers, when a tap was open.
+    tap_headers: Vec<(&'static str, String)>,
 }
 
 /// The response head, as the record needs it.
@@ -549,6 +593,9 @@ impl Record {
         {
             exporter.send(self.span(ctx, span, head, &notes, failed));
         }
+        if self.observer.taps.any() {
+            self.tap(head, &notes, duration);
+        }
         if let Some(format) = self.log {
             self.observer.log.write(
                 format,
@@ -574,6 +621,83 @@ impl Record {
                     peer_identity: notes.peer.as_deref(),
                 },
             );
+        }
+    }
+
+    /// Offers the request to the open taps.
+    fn tap(&self, head: Option<Head>, notes: &NotesInner, duration: std::time::Duration) {
+        let workload = format!("{}/{}", self.observer.namespace, self.observer.instance);
+        let own = self
+            .observer
+            .credentials
+            .borrow()
+            .as_ref()
+            .map(|c| c.identity().spiffe_id());
+        let (source, destination_identity, destination) = match self.direction {
+            Direction::inbound => (
+                self.client.as_deref().map(str::to_string),
+                own,
+                workload.clone(),
+            ),
+            Direction::outbound => (
+                own,
+                notes
+                    .peer
+                    .as_deref()
+                    .filter(|p| *p != "-")
+                    .map(str::to_string),
+                self.service.as_deref().unwrap_or_default().to_string(),
+            ),
+        };
+        let seen = tap::Seen {
+            method: self.method.as_str(),
+            path: &self.path,
+            authority: &self.authority,
+            source: source.as_deref(),
+            destination: &destination,
+        };
+        let at = self
+            .started_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        for w in self.observer.taps.open() {
+            w.offer(&seen, || weft_api::TapEvent {
+                at_unix_ms: at,
+                direction: match self.direction {
+                    Direction::inbound => "inbound",
+                    Direction::outbound => "outbound",
+                }
+                .into(),
+                method: self.method.to_string(),
+                path: self.path.clone(),
+                authority: self.authority.clone(),
+                status: head.map_or(0, |h| u32::from(h.status)),
+                grpc_status: head
+                    .and_then(|h| h.grpc)
+                    .and_then(|g| i32::try_from(g).ok())
+                    .unwrap_or(-1),
+                latency_ms: duration.as_secs_f64() * 1e3,
+                source_identity: source.clone().unwrap_or_default(),
+                destination_identity: destination_identity.clone().unwrap_or_default(),
+                destination: destination.clone(),
+                route: notes.route.as_deref().unwrap_or_default().to_string(),
+                backend: notes.backend.as_deref().unwrap_or_default().to_string(),
+                headers: self
+                    .tap_headers
+                    .iter()
+                    .map(|(k, v)| weft_api::Label {
+                        name: (*k).to_string(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+                mtls: match self.direction {
+                    Direction::inbound => self.client.is_some(),
+                    Direction::outbound => destination_identity.is_some(),
+                },
+                workload: workload.clone(),
+                dropped: 0,
+                trace_id: self.traced.map(|(c, _)| c.trace.hex()).unwrap_or_default(),
+            });
         }
     }
 
