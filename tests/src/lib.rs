@@ -527,6 +527,7 @@ pub fn loopback_proxy_config(
         log_json: false,
         access_log: None,
         tap_addr: None,
+        report_interval: Duration::from_secs(1),
     }
 }
 

@@ -3,6 +3,7 @@
 mod authz;
 mod dev;
 mod kube_check;
+mod viz;
 
 use weft_cli::{inject, install};
 
@@ -133,6 +134,63 @@ enum Command {
         #[arg(long, short = 'o', default_value = "text", value_parser = ["text", "json"])]
         output: String,
     },
+    /// Golden metrics (success rate, requests a second, latency percentiles, connections) by
+    /// workload, service or route, over the last minute, from a running control plane.
+    Stat {
+        /// `workload`, `service` or `route`.
+        #[arg(default_value = "workload", value_parser = ["workload", "service", "route"])]
+        by: String,
+        /// Only requests from this client (`namespace/account` or a SPIFFE ID); for routes,
+        /// from this caller.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only this workload (`namespace/name`), service (`name.namespace`) or route
+        /// (`namespace/name`).
+        #[arg(long)]
+        to: Option<String>,
+        /// `text` or `json`.
+        #[arg(long, short = 'o', default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+        #[command(flatten)]
+        control: viz::Control,
+    },
+    /// Who calls whom: each client identity and the workloads it calls, whether over mutual
+    /// TLS, with success rate, rate and latency.
+    Edges {
+        /// Only calls from this client (`namespace/account`, a SPIFFE ID, or a workload).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only calls to this workload (`namespace/name`) or identity.
+        #[arg(long)]
+        to: Option<String>,
+        /// `text` or `json`.
+        #[arg(long, short = 'o', default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+        #[command(flatten)]
+        control: viz::Control,
+    },
+    /// Watch requests live: one line per request (heads only), from the proxies the filter
+    /// selects.
+    Tap {
+        #[command(flatten)]
+        filter: viz::TapArgs,
+        /// `text` or `json`.
+        #[arg(long, short = 'o', default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+        #[command(flatten)]
+        control: viz::Control,
+    },
+    /// A live table of the requests tap sees, by source, destination, method and path,
+    /// sorted by count.
+    Top {
+        #[command(flatten)]
+        filter: viz::TapArgs,
+        /// How often to redraw.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        every: std::time::Duration,
+        #[command(flatten)]
+        control: viz::Control,
+    },
     /// Check a mesh config file and print what is wrong with it; without a file, check the
     /// control plane installed in a Kubernetes cluster (one line per check, exit status 1 if
     /// any fails).
@@ -208,6 +266,40 @@ async fn main() -> anyhow::Result<()> {
             };
             authz::run(source, question, output == "json").await
         }
+        Command::Stat {
+            by,
+            from,
+            to,
+            output,
+            control,
+        } => {
+            viz::stat(
+                &control,
+                &viz::StatArgs {
+                    by,
+                    from,
+                    to,
+                    json: output == "json",
+                },
+            )
+            .await
+        }
+        Command::Edges {
+            from,
+            to,
+            output,
+            control,
+        } => viz::edges(&control, from.as_deref(), to.as_deref(), output == "json").await,
+        Command::Tap {
+            filter,
+            output,
+            control,
+        } => viz::tap(&control, &filter, output == "json").await,
+        Command::Top {
+            filter,
+            every,
+            control,
+        } => viz::top(&control, &filter, every).await,
         Command::Check {
             config: Some(config),
             ..

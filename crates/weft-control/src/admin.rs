@@ -1,5 +1,7 @@
 //! The control plane's HTTP listener: `/live`, `/ready`, `/metrics`, `/api/state`,
-//! `/api/authz` (`POST` a question, get the authorization decision explained); and the
+//! `/api/authz` (`POST` a question, get the authorization decision explained), `/api/stat`
+//! (`?by=workload|service|route&from=&to=`) and `/api/edges` (`?from=&to=`), the golden
+//! metrics of [`crate::stats`]; and the
 //! optional probe listener (`control.probe_addr`): `/live` and `/ready` alone, with connection
 //! slots of its own, so the kubelet's probes (the Helm chart sends them there) get through
 //! whatever other clients do to the HTTP listener.
@@ -109,8 +111,12 @@ pub(crate) async fn serve(
                 let answering = answers.answering();
                 let state = state.clone();
                 async move {
+                    if endpoints == Endpoints::Http && req.uri().path() == "/api/tap" {
+                        // The answer streams: the connection is busy until it ends.
+                        return Ok::<_, Infallible>(api_tap(&state, &req, answering));
+                    }
                     let _answering = answering;
-                    Ok::<_, Infallible>(respond(&state, endpoints, req).await)
+                    Ok::<_, Infallible>(respond(&state, endpoints, req).await.map(BodyExt::boxed))
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -136,6 +142,57 @@ pub(crate) fn ensure_http_token(path: &Path) -> Result<String, PrivateFsError> {
     let token = private_fs::ensure_token(path)?;
     tracing::info!(file = %path.display(), "the HTTP listener is not on loopback: /metrics and /api/state require the token in this file");
     Ok(token)
+}
+
+/// `/api/tap`: the events of the proxies the query selects, as JSON lines ([`crate::tap`]).
+fn api_tap<B>(
+    state: &Arc<State>,
+    req: &Request<B>,
+    hold: impl Send + Sync + 'static,
+) -> Response<http_body_util::combinators::BoxBody<Bytes, Infallible>> {
+    if !authorized(state, req) {
+        return unauthorized().map(BodyExt::boxed);
+    }
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let arg = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+    };
+    let number = |name: &str| arg(name).map(|v| v.parse::<u64>());
+    let (rate, max) = match (number("rate"), number("max")) {
+        (Some(Err(_)), _) | (_, Some(Err(_))) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "rate and max are whole numbers\n".into(),
+            )
+            .map(BodyExt::boxed);
+        }
+        (rate, max) => (
+            rate.and_then(Result::ok)
+                .map_or(0, |r| u32::try_from(r).unwrap_or(u32::MAX)),
+            max.and_then(Result::ok),
+        ),
+    };
+    crate::tap::relay(
+        state,
+        crate::tap::Query {
+            to: arg("to"),
+            from: arg("from"),
+            method: arg("method"),
+            path: arg("path"),
+            authority: arg("authority"),
+            rate,
+            max,
+        },
+        hold,
+    )
 }
 
 /// Whether `req` carries the token, when one is required.
@@ -245,9 +302,21 @@ fn handle(state: &State, endpoints: Endpoints, req: Request<Incoming>) -> Respon
     if endpoints == Endpoints::Probes && !matches!(path, "/live" | "/ready") {
         return text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain");
     }
-    if matches!(path, "/metrics" | "/api/state") && !authorized(state, &req) {
+    if (path == "/metrics" || path.starts_with("/api/")) && !authorized(state, &req) {
         return unauthorized();
     }
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let arg = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
     match path {
         "/live" => text(StatusCode::OK, "live\n".into(), "text/plain"),
         "/ready" => match state.not_ready_because() {
@@ -264,6 +333,37 @@ fn handle(state: &State, endpoints: Endpoints, req: Request<Incoming>) -> Respon
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         "/api/state" => text(StatusCode::OK, api_state(state), "application/json"),
+        "/api/stat" => {
+            let by = match arg("by").unwrap_or("workload") {
+                "workload" => crate::stats::By::Workload,
+                "service" => crate::stats::By::Service,
+                "route" => crate::stats::By::Route,
+                other => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("by={other:?}: expected workload, service or route\n"),
+                        "text/plain",
+                    );
+                }
+            };
+            let rows = crate::stats::stat(
+                &state.telemetry.proxies(),
+                &state.registry.snapshot(),
+                by,
+                arg("from"),
+                arg("to"),
+            );
+            let body = serde_json::json!({
+                "window_seconds": crate::telemetry::WINDOW.as_secs(),
+                "rows": rows,
+            });
+            text(StatusCode::OK, body.to_string(), "application/json")
+        }
+        "/api/edges" => {
+            let rows = crate::stats::edges(&state.telemetry.proxies(), arg("from"), arg("to"));
+            let body = serde_json::json!({ "edges": rows });
+            text(StatusCode::OK, body.to_string(), "application/json")
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
     }
 }

@@ -24,6 +24,9 @@ mod identity;
 mod limits;
 mod metrics;
 pub mod platforms;
+pub mod stats;
+mod tap;
+pub mod telemetry;
 mod transport;
 mod upkeep;
 
@@ -114,6 +117,10 @@ pub(crate) struct State {
     /// The bearer token `/api/state` and `/metrics` require when the HTTP listener is not on
     /// loopback.
     pub(crate) http_token: Option<String>,
+    /// The proxies' traffic reports.
+    pub(crate) telemetry: telemetry::Store,
+    /// The control plane's current certificate, which it also taps proxies with.
+    pub(crate) serving: watch::Receiver<Arc<weft_ca::TlsCredentials>>,
 }
 
 // === impl State ===
@@ -221,7 +228,10 @@ impl ControlPlane {
         };
         let shutdown = CancellationToken::new();
         let registry = Registry::new();
+        let (serving_tx, serving) = watch::channel(tls);
         let state = Arc::new(State {
+            telemetry: telemetry::Store::default(),
+            serving: serving.clone(),
             ca,
             config,
             registry: registry.clone(),
@@ -241,7 +251,6 @@ impl ControlPlane {
             let writer = registry.writer(platform.name());
             tasks.push(tokio::spawn(supervise(platform, writer, shutdown.clone())));
         }
-        let (serving_tx, serving) = watch::channel(tls);
         state.metrics.set_intermediate(
             state.ca.intermediate_not_after(),
             state.ca.can_renew_intermediate(),

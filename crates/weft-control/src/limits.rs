@@ -45,6 +45,8 @@ pub(crate) struct CallerLimits {
     pub(crate) resolve_streams: Arc<PerKey<Identity>>,
     /// Proxy streams per identity.
     pub(crate) proxy_streams: Arc<PerKey<Identity>>,
+    /// Telemetry streams per identity (one per proxy, as Proxy streams: the same bound).
+    pub(crate) telemetry_streams: Arc<PerKey<Identity>>,
     /// Certify calls without a client certificate, per client address.
     pub(crate) certify_by_address: RateLimiter<IpAddr>,
     /// Certify calls presenting a certificate, per identity.
@@ -105,6 +107,7 @@ impl CallerLimits {
             connections: PerKey::new(limits.connections_per_identity),
             resolve_streams: PerKey::new(limits.resolve_streams_per_identity),
             proxy_streams: PerKey::new(limits.proxy_streams_per_identity),
+            telemetry_streams: PerKey::new(limits.proxy_streams_per_identity),
             certify_by_address: RateLimiter::new(
                 limits.certify_rate_per_address,
                 limits.certify_burst_per_address,

@@ -289,8 +289,14 @@ pub(crate) async fn serve_grpc(
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(
-            DiscoveryServer::new(DiscoveryService(state))
+            DiscoveryServer::new(DiscoveryService(state.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            weft_api::v1::telemetry_server::TelemetryServer::new(
+                crate::telemetry::TelemetryService(state),
+            )
+            .max_decoding_message_size(MAX_TELEMETRY_BYTES),
         )
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown.cancelled())
         .await;
@@ -301,6 +307,9 @@ pub(crate) async fn serve_grpc(
         tracing::error!(error = %e, "gRPC server failed");
     }
 }
+
+/// The largest telemetry report read: the proxy's samples, at most 20,000 of them.
+const MAX_TELEMETRY_BYTES: usize = 8 * 1024 * 1024;
 
 /// Reads the HTTP/2 preface within `timeout`; `None` (the connection dropped, and counted)
 /// when it does not come or is something else.

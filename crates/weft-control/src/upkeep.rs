@@ -132,7 +132,12 @@ mod tests {
                 .unwrap(),
         );
         let (_tx, config) = watch::channel(cfg.clone());
+        let own = weft_core::Identity::control_plane(&cfg.mesh.trust_domain);
+        let (_serving_tx, serving) =
+            watch::channel(crate::transport::server_credentials(&ca, &own).unwrap());
         State {
+            telemetry: Default::default(),
+            serving,
             ca,
             config,
             registry: weft_core::Registry::new(),

@@ -109,6 +109,10 @@ pub struct ProxyConfig {
     /// identities the mesh allows) to watch requests live. None: no tap.
     #[arg(long, env = "WEFT_PROXY_TAP_ADDR")]
     pub tap_addr: Option<SocketAddr>,
+    /// How often the proxy reports its traffic counters to the control plane (for `weft stat`
+    /// and the dashboard).
+    #[arg(long, env = "WEFT_PROXY_REPORT_INTERVAL", default_value = "5s", value_parser = humantime_duration)]
+    pub report_interval: Duration,
     /// The application's own health probes, which the admin and probe listeners run at
     /// `/app-health/<name>` on the kubelet's behalf (JSON; the sidecar injector writes it).
     #[arg(long, env = "WEFT_PROXY_APP_PROBES", value_parser = crate::app_probe::parse)]

@@ -46,6 +46,7 @@ pub mod runtime;
 pub mod server;
 pub mod splice;
 pub mod tap;
+pub mod telemetry;
 pub mod transparent;
 
 use std::net::SocketAddr;
@@ -184,6 +185,12 @@ impl Proxy {
             tap_addr = l.local_addr().ok();
             tokio::spawn(tap::serve(l, shared.clone()));
         }
+        tokio::spawn(telemetry::run(
+            shared.clone(),
+            tap_addr,
+            config.report_interval,
+            stop_background.clone(),
+        ));
         let mut inbound_addr = None;
         let app = match config.app_port {
             Some(port) => Some(inbound::AppTarget::Port(port)),

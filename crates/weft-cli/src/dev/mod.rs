@@ -330,5 +330,6 @@ fn proxy_config(
         log_json: false,
         access_log: None,
         tap_addr: None,
+        report_interval: Duration::from_secs(1),
     }
 }

@@ -1,0 +1,506 @@
+//! `weft stat`, `weft edges`, `weft tap` and `weft top`: what a running control plane knows of
+//! the mesh's traffic, read from its HTTP listener (`/api/stat`, `/api/edges`, `/api/tap`).
+//! The control plane keeps a short window of every proxy's counters and relays taps from the
+//! proxies, so none of these needs Prometheus.
+//!
+//! Long-running commands (`tap`, `top`) redraw in place on a terminal and print lines
+//! otherwise.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// Where the control plane's HTTP listener is.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Control {
+    /// The control plane's HTTP listener, `host:port` (`weft dev`: 127.0.0.1:7080).
+    #[arg(long, env = "WEFT_CONTROL_HTTP", default_value = "127.0.0.1:7080")]
+    pub control: SocketAddr,
+    /// The file with the control plane's HTTP token (`<data_dir>/http-token`), when its
+    /// listener is not on loopback.
+    #[arg(long, env = "WEFT_CONTROL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// A request to the control plane: its head sent, the response's head received.
+async fn get(control: &Control, path_and_query: &str) -> anyhow::Result<hyper::body::Incoming> {
+    let addr = control.control;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the control plane at {addr}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    let mut req = http::Request::get(path_and_query).header(http::header::HOST, addr.to_string());
+    if let Some(file) = &control.token_file {
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the token in {}", file.display()))?;
+        req = req.header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token.trim()),
+        );
+    }
+    let rsp = send.send_request(req.body(Empty::<Bytes>::new())?).await?;
+    let status = rsp.status();
+    if !status.is_success() {
+        let bytes = rsp.into_body().collect().await?.to_bytes();
+        bail!(
+            "the control plane answered {status}: {}",
+            String::from_utf8_lossy(&bytes).trim()
+        );
+    }
+    Ok(rsp.into_body())
+}
+
+async fn get_json(control: &Control, path_and_query: &str) -> anyhow::Result<Value> {
+    let body = get(control, path_and_query).await?;
+    let bytes = body.collect().await?.to_bytes();
+    serde_json::from_slice(&bytes).context("reading the control plane's answer")
+}
+
+/// `?a=x&b=y` of the parameters that are set.
+fn query(params: &[(&str, Option<&str>)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        if let Some(v) = v {
+            q.append_pair(k, v);
+        }
+    }
+    let q = q.finish();
+    if q.is_empty() { q } else { format!("?{q}") }
+}
+
+/// The arguments of `weft stat`.
+#[derive(Clone, Debug)]
+pub struct StatArgs {
+    /// `workload`, `service` or `route`.
+    pub by: String,
+    /// Only clients (workloads, services) or callers (routes) this names.
+    pub from: Option<String>,
+    /// Only the row this names.
+    pub to: Option<String>,
+    /// JSON instead of a table.
+    pub json: bool,
+}
+
+/// `weft stat`.
+pub async fn stat(control: &Control, a: &StatArgs) -> anyhow::Result<()> {
+    let v = get_json(
+        control,
+        &format!(
+            "/api/stat{}",
+            query(&[
+                ("by", Some(&a.by)),
+                ("from", a.from.as_deref()),
+                ("to", a.to.as_deref())
+            ])
+        ),
+    )
+    .await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print!("{}", stat_table(&v, &a.by));
+    Ok(())
+}
+
+fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+fn ms(v: &Value, key: &str) -> String {
+    num(v, key).map_or("-".into(), |x| format!("{x:.1}ms"))
+}
+
+fn pct(v: &Value) -> String {
+    num(v, "success_rate").map_or("-".into(), |x| format!("{:.2}%", x * 100.0))
+}
+
+fn rps(v: &Value) -> String {
+    num(v, "rps").map_or("-".into(), |x| format!("{x:.1}"))
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &mut dyn Iterator<Item = String>| {
+        let cells: Vec<String> = cells.collect();
+        let n = cells.len();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i + 1 == n {
+                out.push_str(&c);
+            } else {
+                let _ = write!(out, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push('\n');
+    };
+    line(&mut out, &mut header.iter().map(|h| h.to_string()));
+    for r in rows {
+        line(&mut out, &mut r.iter().cloned());
+    }
+    out
+}
+
+fn stat_table(v: &Value, by: &str) -> String {
+    let rows: Vec<Vec<String>> = v["rows"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    let mut name = r["name"].as_str().unwrap_or_default().to_string();
+                    if let Some(b) = r["backend"].as_str() {
+                        let _ = write!(name, " -> {b}");
+                    }
+                    let mut cells = vec![
+                        name,
+                        r["proxies"].as_u64().unwrap_or(0).to_string(),
+                        pct(r),
+                        rps(r),
+                        ms(r, "p50_ms"),
+                        ms(r, "p95_ms"),
+                        ms(r, "p99_ms"),
+                        r["requests"].as_u64().unwrap_or(0).to_string(),
+                    ];
+                    if by == "route" {
+                        cells.push(format!("{}", num(r, "retries").unwrap_or(0.0)));
+                        cells.push(format!("{}", num(r, "timeouts").unwrap_or(0.0)));
+                    } else {
+                        cells.push(format!("{}", num(r, "tcp_connections").unwrap_or(0.0)));
+                        cells.push(format!("{}", num(r, "denied").unwrap_or(0.0)));
+                    }
+                    cells
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let last = if by == "route" {
+        ["RETRIES", "TIMEOUTS"]
+    } else {
+        ["TCP_CONN", "DENIED"]
+    };
+    let first = match by {
+        "route" => "ROUTE",
+        "service" => "SERVICE",
+        _ => "WORKLOAD",
+    };
+    table(
+        &[
+            first, "PROXIES", "SUCCESS", "RPS", "P50", "P95", "P99", "REQUESTS", last[0], last[1],
+        ],
+        &rows,
+    )
+}
+
+/// `weft edges`.
+pub async fn edges(
+    control: &Control,
+    from: Option<&str>,
+    to: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let v = get_json(
+        control,
+        &format!("/api/edges{}", query(&[("from", from), ("to", to)])),
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["edges"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    let from = match r["from_workloads"].as_array().filter(|w| !w.is_empty()) {
+                        Some(w) => w
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        None => r["from"].as_str().unwrap_or("-").to_string(),
+                    };
+                    vec![
+                        from,
+                        r["to"].as_str().unwrap_or("-").to_string(),
+                        if r["mtls"].as_bool() == Some(true) {
+                            "yes"
+                        } else {
+                            "no"
+                        }
+                        .into(),
+                        pct(r),
+                        rps(r),
+                        ms(r, "p99_ms"),
+                        r["from"].as_str().unwrap_or("-").to_string(),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    print!(
+        "{}",
+        table(
+            &[
+                "FROM",
+                "TO",
+                "MTLS",
+                "SUCCESS",
+                "RPS",
+                "P99",
+                "CLIENT_IDENTITY"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+/// The filters of `weft tap` and `weft top`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TapArgs {
+    /// Requests to this service (`name.namespace`) or workload (`namespace/name`).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Requests from this identity (`namespace/account`, a SPIFFE ID or a prefix of one).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only this method.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Only paths starting with this.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Only this authority.
+    #[arg(long)]
+    pub authority: Option<String>,
+    /// Events a second at most, per proxy tapped (default 100).
+    #[arg(long)]
+    pub rate: Option<u32>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub max: Option<u64>,
+}
+
+impl TapArgs {
+    fn path(&self) -> String {
+        let rate = self.rate.map(|r| r.to_string());
+        let max = self.max.map(|m| m.to_string());
+        format!(
+            "/api/tap{}",
+            query(&[
+                ("to", self.to.as_deref()),
+                ("from", self.from.as_deref()),
+                ("method", self.method.as_deref()),
+                ("path", self.path.as_deref()),
+                ("authority", self.authority.as_deref()),
+                ("rate", rate.as_deref()),
+                ("max", max.as_deref()),
+            ])
+        )
+    }
+}
+
+/// Reads the tap's JSON lines, calling `each` with every event until the stream ends or
+/// `each` says to stop.
+async fn events(
+    control: &Control,
+    args: &TapArgs,
+    mut each: impl FnMut(Value) -> bool,
+) -> anyhow::Result<()> {
+    let mut body = get(control, &args.path()).await?;
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        pending.extend_from_slice(data);
+        while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=i).collect();
+            let Ok(v) = serde_json::from_slice::<Value>(&line) else {
+                continue;
+            };
+            if !each(v) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One event as a line of `weft tap`.
+pub fn tap_line(e: &Value) -> String {
+    let s = |k: &str| e[k].as_str().unwrap_or_default();
+    let status = match e["status"].as_u64() {
+        Some(0) | None => "-".to_string(),
+        Some(n) => n.to_string(),
+    };
+    let grpc = match e["grpc_status"].as_i64() {
+        Some(g) if g >= 0 => format!(" grpc-status={g}"),
+        _ => String::new(),
+    };
+    let mut line = format!(
+        "{} {} {} {}{} {} {:.2}ms src={} dst={} mtls={}",
+        s("direction"),
+        s("method"),
+        s("authority"),
+        s("path"),
+        grpc,
+        status,
+        e["latency_ms"].as_f64().unwrap_or(0.0),
+        if s("source_identity").is_empty() {
+            "-"
+        } else {
+            s("source_identity")
+        },
+        if s("destination_identity").is_empty() {
+            s("destination")
+        } else {
+            s("destination_identity")
+        },
+        e["mtls"].as_bool().unwrap_or(false),
+    );
+    for k in ["route", "backend", "trace_id"] {
+        if !s(k).is_empty() {
+            let _ = write!(line, " {k}={}", s(k));
+        }
+    }
+    line
+}
+
+/// `weft tap`: one line per request as it happens (JSON with `json`).
+pub async fn tap(control: &Control, args: &TapArgs, json: bool) -> anyhow::Result<()> {
+    events(control, args, |e| {
+        if json {
+            println!("{e}");
+        } else {
+            println!("{}", tap_line(&e));
+        }
+        true
+    })
+    .await
+}
+
+/// One row of `weft top`.
+#[derive(Debug, Default, Clone)]
+struct TopRow {
+    count: u64,
+    failures: u64,
+    best: f64,
+    worst: f64,
+    last: f64,
+}
+
+/// `weft top`: a live table of the requests tap sees, by source, destination, method and
+/// path, sorted by count; redrawn every `every` on a terminal, printed every `every`
+/// otherwise.
+pub async fn top(control: &Control, args: &TapArgs, every: Duration) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    let terminal = std::io::stdout().is_terminal();
+    let rows: std::sync::Arc<std::sync::Mutex<HashMap<[String; 4], TopRow>>> =
+        std::sync::Arc::default();
+    let render = {
+        let rows = rows.clone();
+        move || {
+            let rows = rows.lock().unwrap_or_else(|p| p.into_inner());
+            let mut list: Vec<(&[String; 4], &TopRow)> = rows.iter().collect();
+            list.sort_by(|a, b| b.1.count.cmp(&a.1.count).then_with(|| a.0.cmp(b.0)));
+            let cells: Vec<Vec<String>> = list
+                .into_iter()
+                .take(40)
+                .map(|(k, r)| {
+                    vec![
+                        k[0].clone(),
+                        k[1].clone(),
+                        k[2].clone(),
+                        k[3].clone(),
+                        r.count.to_string(),
+                        format!("{:.1}ms", r.best),
+                        format!("{:.1}ms", r.worst),
+                        format!("{:.1}ms", r.last),
+                        format!(
+                            "{:.2}%",
+                            100.0 * (r.count - r.failures) as f64 / r.count.max(1) as f64
+                        ),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "SOURCE",
+                    "DESTINATION",
+                    "METHOD",
+                    "PATH",
+                    "COUNT",
+                    "BEST",
+                    "WORST",
+                    "LAST",
+                    "SUCCESS",
+                ],
+                &cells,
+            )
+        }
+    };
+    let printer = {
+        let render = render.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let t = render();
+                if terminal {
+                    // Home and clear, then the table.
+                    print!("\x1b[H\x1b[2J{t}");
+                } else {
+                    println!("{t}");
+                }
+            }
+        })
+    };
+    let result = events(control, args, |e| {
+        let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+        let source = if s("source_identity").is_empty() {
+            "-".into()
+        } else {
+            s("source_identity")
+        };
+        let key = [source, s("destination"), s("method"), s("path")];
+        let latency = e["latency_ms"].as_f64().unwrap_or(0.0);
+        let status = e["status"].as_u64().unwrap_or(0);
+        let grpc = e["grpc_status"].as_i64().unwrap_or(-1);
+        let failed = status == 0 || status >= 500 || grpc > 0;
+        let mut rows = rows.lock().unwrap_or_else(|p| p.into_inner());
+        let r = rows.entry(key).or_insert_with(|| TopRow {
+            best: latency,
+            ..TopRow::default()
+        });
+        r.count += 1;
+        r.failures += u64::from(failed);
+        r.best = r.best.min(latency);
+        r.worst = r.worst.max(latency);
+        r.last = latency;
+        true
+    })
+    .await;
+    printer.abort();
+    // What was seen, once more, when the stream ends (with --max, or the control plane went).
+    print!("{}", render());
+    result
+}

@@ -1,0 +1,313 @@
+//! `/api/tap`: the control plane taps the proxies a filter selects (over mutual TLS, as its
+//! own identity, which every proxy allows) and streams their events to the HTTP client as
+//! JSON lines, for `weft tap`, `weft top` and the dashboard.
+//!
+//! - `to`: a service (`name.namespace`) or workload (`namespace/name`): the proxies of those
+//!   workloads, for the requests they receive. Otherwise every reporting proxy with a tap
+//!   listener, at most [`MAX_PROXIES_TAPPED`], for the requests they carry either way.
+//! - `from`: a client identity (`namespace/account`, a SPIFFE ID, or a prefix of one).
+//! - `method`, `path` (a prefix), `authority`; `rate`: events a second per proxy (default
+//!   100, at most 1,000); `max`: the stream ends after that many events.
+//!
+//! At most [`MAX_TAPS`] taps run at once. A tap ends when its client goes away, at `max`,
+//! or when the control plane stops.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use weft_api::v1::tap_client::TapClient;
+use weft_api::{TapEvent, TapRequest};
+use weft_core::Identity;
+
+use crate::State;
+use crate::telemetry::ProxyView;
+
+/// Proxies one tap follows at most.
+pub const MAX_PROXIES_TAPPED: usize = 64;
+/// Taps running at once at most.
+pub const MAX_TAPS: usize = 16;
+
+/// Taps running now.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// What the client asked for.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Query {
+    pub(crate) to: Option<String>,
+    pub(crate) from: Option<String>,
+    pub(crate) method: Option<String>,
+    pub(crate) path: Option<String>,
+    pub(crate) authority: Option<String>,
+    pub(crate) rate: u32,
+    pub(crate) max: Option<u64>,
+}
+
+/// A source filter as the proxies read it: a SPIFFE ID prefix.
+fn source_prefix(from: &str, trust_domain: &str) -> String {
+    if from.starts_with("spiffe://") {
+        return from.to_string();
+    }
+    match from.split_once('/') {
+        Some((ns, name)) if !name.is_empty() => {
+            format!("spiffe://{trust_domain}/ns/{ns}/sa/{name}")
+        }
+        _ => format!("spiffe://{trust_domain}/ns/{}/", from.trim_end_matches('/')),
+    }
+}
+
+/// The proxies to tap, each with the destination its events must have.
+fn chosen(state: &State, q: &Query) -> Vec<(ProxyView, String)> {
+    let proxies: Vec<ProxyView> = state
+        .telemetry
+        .proxies()
+        .into_iter()
+        .filter(|p| p.live && p.tap_addr.is_some())
+        .collect();
+    let Some(to) = &q.to else {
+        return proxies
+            .into_iter()
+            .take(MAX_PROXIES_TAPPED)
+            .map(|p| (p, String::new()))
+            .collect();
+    };
+    let registry = state.registry.snapshot();
+    // The workloads serving the service `to` names, if it names one.
+    let mut workloads: Vec<String> = Vec::new();
+    if let Ok(name) = weft_core::ServiceName::parse(to, "default")
+        && to.contains('.')
+        && let Some(service) = registry.service(&name)
+    {
+        for port in &service.ports {
+            for e in &port.endpoints {
+                if let Some(w) = &e.workload {
+                    workloads.push(format!("{}/{}", w.namespace, w.name));
+                }
+            }
+        }
+    } else {
+        workloads.push(to.clone());
+    }
+    proxies
+        .into_iter()
+        .filter(|p| workloads.contains(&p.workload))
+        .take(MAX_PROXIES_TAPPED)
+        .map(|p| {
+            let w = p.workload.clone();
+            (p, w)
+        })
+        .collect()
+}
+
+/// The streaming answer to `/api/tap`; `hold` is kept while it streams (it keeps the
+/// connection from counting as idle).
+pub(crate) fn relay(
+    state: &Arc<State>,
+    q: Query,
+    hold: impl Send + Sync + 'static,
+) -> Response<BoxBody<Bytes, Infallible>> {
+    let error = |status: StatusCode, text: String| {
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, "text/plain")
+            .body(http_body_util::Full::new(Bytes::from(text)).boxed())
+            .unwrap_or_default()
+    };
+    let proxies = chosen(state, &q);
+    if proxies.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no reporting proxy with a tap listener matches\n".into(),
+        );
+    }
+    if RUNNING.fetch_add(1, Ordering::AcqRel) >= MAX_TAPS {
+        RUNNING.fetch_sub(1, Ordering::AcqRel);
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_TAPS} taps are running already\n"),
+        );
+    }
+    let trust_domain = state.config.borrow().mesh.trust_domain.as_str().to_string();
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let creds = state.serving.borrow().clone();
+    let stop = state.shutdown.clone();
+    let mut tasks = Vec::new();
+    for (proxy, destination) in proxies {
+        let request = TapRequest {
+            method: q.method.clone().unwrap_or_default(),
+            path_prefix: q.path.clone().unwrap_or_default(),
+            authority: q.authority.clone().unwrap_or_default(),
+            source: q
+                .from
+                .as_deref()
+                .map(|f| source_prefix(f, &trust_domain))
+                .unwrap_or_default(),
+            destination,
+            max_per_second: q.rate,
+        };
+        let (tx, creds) = (tx.clone(), creds.clone());
+        tasks.push(tokio::spawn(async move {
+            let Some(addr) = proxy.tap_addr else {
+                return;
+            };
+            if let Err(e) = follow(addr, &proxy.identity, &creds, request, &tx).await {
+                tracing::info!(proxy = %proxy.workload, error = %e, "tap of a proxy ended");
+            }
+        }));
+    }
+    drop(tx);
+    let max = q.max;
+    let body_stream = async_stream(rx, max, tasks, stop, hold);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(body_stream)
+        .unwrap_or_default()
+}
+
+/// The body: the events' lines until `max`, the end of every tap, or a stop; the proxies'
+/// taps are aborted when it is dropped.
+fn async_stream(
+    rx: mpsc::Receiver<Bytes>,
+    max: Option<u64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: tokio_util::sync::CancellationToken,
+    hold: impl Send + Sync + 'static,
+) -> BoxBody<Bytes, Infallible> {
+    struct Guard<H> {
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+        _hold: H,
+    }
+    impl<H> Drop for Guard<H> {
+        fn drop(&mut self) {
+            for t in &self.tasks {
+                t.abort();
+            }
+            RUNNING.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let guard = Guard { tasks, _hold: hold };
+    let stream = futures_util::stream::unfold(
+        (rx, 0u64, guard, stop),
+        move |(mut rx, n, guard, stop)| async move {
+            if max.is_some_and(|m| n >= m) {
+                return None;
+            }
+            let line = tokio::select! {
+                line = rx.recv() => line?,
+                () = stop.cancelled() => return None,
+            };
+            Some((
+                Ok::<_, Infallible>(Frame::data(line)),
+                (rx, n + 1, guard, stop),
+            ))
+        },
+    );
+    BoxBody::new(http_body_util::StreamBody::new(stream))
+}
+
+/// Follows one proxy's tap, sending each event as a JSON line.
+async fn follow(
+    addr: SocketAddr,
+    identity: &Identity,
+    creds: &weft_ca::TlsCredentials,
+    request: TapRequest,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<(), FollowError> {
+    let tls =
+        tokio_rustls::TlsConnector::from(creds.client_config(identity, weft_ca::ALPN_MESH_H2));
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let tls = tls.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let _ = tcp.set_nodelay(true);
+            let io = tls.connect(weft_ca::tls::server_name(), tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(io))
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_static("http://proxy-tap")
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| FollowError(e.to_string()))?;
+    let mut events = TapClient::new(channel)
+        .watch(request)
+        .await
+        .map_err(|e| FollowError(e.message().to_string()))?
+        .into_inner();
+    while let Some(e) = events
+        .message()
+        .await
+        .map_err(|e| FollowError(e.message().to_string()))?
+    {
+        let mut line = event_json(&e).to_string();
+        line.push('\n');
+        if tx.send(Bytes::from(line)).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// A tap event as JSON.
+pub fn event_json(e: &TapEvent) -> serde_json::Value {
+    let headers: serde_json::Map<String, serde_json::Value> = e
+        .headers
+        .iter()
+        .map(|h| (h.name.clone(), h.value.clone().into()))
+        .collect();
+    serde_json::json!({
+        "at_unix_ms": e.at_unix_ms,
+        "direction": e.direction,
+        "method": e.method,
+        "path": e.path,
+        "authority": e.authority,
+        "status": e.status,
+        "grpc_status": e.grpc_status,
+        "latency_ms": e.latency_ms,
+        "source_identity": e.source_identity,
+        "destination_identity": e.destination_identity,
+        "destination": e.destination,
+        "route": e.route,
+        "backend": e.backend,
+        "headers": headers,
+        "mtls": e.mtls,
+        "workload": e.workload,
+        "dropped": e.dropped,
+        "trace_id": e.trace_id,
+    })
+}
+
+/// Why following a proxy's tap ended, in words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct FollowError(String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_become_identity_prefixes() {
+        assert_eq!(
+            source_prefix("shop/web", "weft.test"),
+            "spiffe://weft.test/ns/shop/sa/web"
+        );
+        assert_eq!(
+            source_prefix("shop", "weft.test"),
+            "spiffe://weft.test/ns/shop/"
+        );
+        assert_eq!(
+            source_prefix("spiffe://weft.test/ns/a/sa/b", "x"),
+            "spiffe://weft.test/ns/a/sa/b"
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! `Telemetry.Report`: the proxies' traffic counters, kept for a short window per proxy so
+//! that `weft stat`, `weft edges`, `weft routes` and the dashboard answer without Prometheus
+//! ([`crate::stats`] computes what they show).
+//!
+//! Memory is bounded: at most [`MAX_PROXIES`] reporting proxies (and per identity as many
+//! streams as `control.limits.proxy_streams_per_identity`), [`MAX_SAMPLES`] samples per
+//! report (more are cut), and per proxy the reports of the last [`WINDOW`], at most
+//! [`MAX_SNAPSHOTS`] of them (the latest, and before it reports at least [`MIN_GAP`] apart). A
+//! proxy's window is dropped [`WINDOW`] after its stream ends.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::{Request, Response, Status, Streaming};
+use weft_api::v1::telemetry_server::Telemetry;
+use weft_api::{MetricSample, TelemetryAck, TelemetryReport};
+use weft_core::Identity;
+
+use crate::State;
+use crate::transport::PeerInfo;
+
+/// How far back the window reaches.
+pub const WINDOW: Duration = Duration::from_secs(60);
+/// Reports kept per proxy at most.
+pub const MAX_SNAPSHOTS: usize = 16;
+/// The least time between two reports kept (besides the latest).
+pub const MIN_GAP: Duration = Duration::from_millis(500);
+/// Proxies reporting at once at most.
+pub const MAX_PROXIES: usize = 100_000;
+/// Samples kept per report at most.
+pub const MAX_SAMPLES: usize = 20_000;
+
+/// One report's samples, when it came.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// When it came.
+    pub at: Instant,
+    /// Its samples.
+    pub samples: Arc<Vec<MetricSample>>,
+}
+
+/// One proxy's window.
+#[derive(Debug)]
+struct Window {
+    identity: Identity,
+    workload: String,
+    platform: String,
+    tap_addr: Option<SocketAddr>,
+    snapshots: VecDeque<Snapshot>,
+    ended: Option<Instant>,
+}
+
+/// What the stats see of one proxy.
+#[derive(Clone, Debug)]
+pub struct ProxyView {
+    /// The identity its certificate proves.
+    pub identity: Identity,
+    /// Its workload, `namespace/name`.
+    pub workload: String,
+    /// Its platform.
+    pub platform: String,
+    /// Where it serves tap, if it does.
+    pub tap_addr: Option<SocketAddr>,
+    /// Its oldest report in the window (none: only one report so far).
+    pub first: Option<Snapshot>,
+    /// Its latest report.
+    pub last: Snapshot,
+    /// Whether its stream is still open.
+    pub live: bool,
+}
+
+/// Every proxy's window.
+#[derive(Debug, Default)]
+pub struct Store {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next: u64,
+    windows: HashMap<u64, Window>,
+}
+
+impl Store {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A window for a new stream of `identity`; none when [`MAX_PROXIES`] are reporting.
+    fn open(&self, identity: Identity) -> Option<u64> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner
+            .windows
+            .retain(|_, w| w.ended.is_none_or(|e| now.duration_since(e) < WINDOW));
+        if inner.windows.len() >= MAX_PROXIES {
+            return None;
+        }
+        inner.next += 1;
+        let id = inner.next;
+        inner.windows.insert(
+            id,
+            Window {
+                identity,
+                workload: String::new(),
+                platform: String::new(),
+                tap_addr: None,
+                snapshots: VecDeque::new(),
+                ended: None,
+            },
+        );
+        Some(id)
+    }
+
+    /// Records a report of stream `id`, whose connection came from `remote`.
+    fn record(&self, id: u64, remote: SocketAddr, mut report: TelemetryReport) {
+        let now = Instant::now();
+        report.samples.truncate(MAX_SAMPLES);
+        let mut inner = self.lock();
+        let Some(w) = inner.windows.get_mut(&id) else {
+            return;
+        };
+        w.workload = report.workload;
+        w.platform = report.platform;
+        // A listener on every address is reached at the address the proxy called from.
+        w.tap_addr =
+            report
+                .tap_addr
+                .parse::<SocketAddr>()
+                .ok()
+                .map(|a| match a.ip().is_unspecified() {
+                    true => SocketAddr::new(remote.ip(), a.port()),
+                    false => a,
+                });
+        let snapshot = Snapshot {
+            at: now,
+            samples: Arc::new(report.samples),
+        };
+        // The latest report always counts; the one before it stays only if it came at least
+        // MIN_GAP after its own predecessor, so the reports kept are that far apart.
+        let n = w.snapshots.len();
+        if n >= 2 && w.snapshots[n - 1].at.duration_since(w.snapshots[n - 2].at) < MIN_GAP {
+            w.snapshots.pop_back();
+        }
+        w.snapshots.push_back(snapshot);
+        while w.snapshots.len() > MAX_SNAPSHOTS
+            || w.snapshots.len() > 2
+                && w.snapshots
+                    .front()
+                    .is_some_and(|s| now.duration_since(s.at) > WINDOW)
+        {
+            w.snapshots.pop_front();
+        }
+    }
+
+    fn close(&self, id: u64) {
+        if let Some(w) = self.lock().windows.get_mut(&id) {
+            w.ended = Some(Instant::now());
+        }
+    }
+
+    /// Every proxy that has reported within the window.
+    pub fn proxies(&self) -> Vec<ProxyView> {
+        let now = Instant::now();
+        let inner = self.lock();
+        inner
+            .windows
+            .values()
+            .filter(|w| w.ended.is_none_or(|e| now.duration_since(e) < WINDOW))
+            .filter_map(|w| {
+                let last = w.snapshots.back()?.clone();
+                let first = (w.snapshots.len() > 1)
+                    .then(|| w.snapshots.front().cloned())
+                    .flatten();
+                Some(ProxyView {
+                    identity: w.identity.clone(),
+                    workload: w.workload.clone(),
+                    platform: w.platform.clone(),
+                    tap_addr: w.tap_addr,
+                    first,
+                    last,
+                    live: w.ended.is_none(),
+                })
+            })
+            .collect()
+    }
+
+    /// Samples held, over every window (for the control plane's own metrics and bench).
+    pub fn samples_held(&self) -> usize {
+        self.lock()
+            .windows
+            .values()
+            .flat_map(|w| &w.snapshots)
+            .map(|s| s.samples.len())
+            .sum()
+    }
+}
+
+/// The Telemetry service.
+#[derive(Debug)]
+pub(crate) struct TelemetryService(pub(crate) Arc<State>);
+
+#[tonic::async_trait]
+impl Telemetry for TelemetryService {
+    async fn report(
+        &self,
+        request: Request<Streaming<TelemetryReport>>,
+    ) -> Result<Response<TelemetryAck>, Status> {
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .cloned()
+            .ok_or_else(|| Status::internal("connection without peer information"))?;
+        let identity = peer
+            .identity
+            .ok_or_else(|| Status::unauthenticated("Report needs the proxy's mesh certificate"))?;
+        let _permit = self
+            .0
+            .limits
+            .telemetry_streams
+            .try_acquire(&identity)
+            .ok_or_else(|| {
+                tracing::info!(%identity, "Report stream refused: the identity holds its bound");
+                Status::resource_exhausted(format!(
+                    "{identity} holds as many Report streams as it may hold Proxy streams (control.limits)"
+                ))
+            })?;
+        let store = &self.0.telemetry;
+        let id = store
+            .open(identity)
+            .ok_or_else(|| Status::resource_exhausted("too many proxies are reporting"))?;
+        let mut stream = request.into_inner();
+        let result = loop {
+            match stream.message().await {
+                Ok(Some(report)) => store.record(id, peer.remote, report),
+                Ok(None) => break Ok(Response::new(TelemetryAck {})),
+                Err(e) => break Err(e),
+            }
+        };
+        store.close(id);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(n: f64) -> TelemetryReport {
+        TelemetryReport {
+            workload: "shop/web-1".into(),
+            platform: "local".into(),
+            tap_addr: "0.0.0.0:7193".into(),
+            samples: vec![MetricSample {
+                name: "weft_requests_total".into(),
+                labels: vec![],
+                value: n,
+            }],
+        }
+    }
+
+    fn id() -> Identity {
+        Identity::parse_spiffe("spiffe://weft.test/ns/shop/sa/web").unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_keeps_the_last_minute_at_a_bounded_size() {
+        let store = Store::default();
+        let s = store.open(id()).unwrap();
+        let remote: SocketAddr = "10.1.2.3:40000".parse().unwrap();
+        store.record(s, remote, report(1.0));
+        let only = &store.proxies()[0];
+        assert!(only.first.is_none(), "one report gives no window yet");
+        assert_eq!(only.tap_addr, Some("10.1.2.3:7193".parse().unwrap()));
+        for n in 2..100 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            store.record(s, remote, report(f64::from(n)));
+        }
+        let v = &store.proxies()[0];
+        assert_eq!(v.last.samples[0].value, 99.0);
+        assert_eq!(
+            v.first.as_ref().unwrap().samples[0].value,
+            84.0,
+            "at most {MAX_SNAPSHOTS} reports"
+        );
+        // Reports too close together replace each other, the latest always counting.
+        store.record(s, remote, report(100.0));
+        store.record(s, remote, report(101.0));
+        assert_eq!(store.samples_held(), MAX_SNAPSHOTS);
+        assert_eq!(store.proxies()[0].last.samples[0].value, 101.0);
+        // An ended stream's window goes once it is a window old.
+        store.close(s);
+        assert_eq!(store.proxies().len(), 1);
+        tokio::time::advance(WINDOW + Duration::from_secs(1)).await;
+        assert!(store.proxies().is_empty());
+        assert!(store.open(id()).is_some());
+        assert_eq!(store.lock().windows.len(), 1, "the old window was swept");
+    }
+}
