@@ -3,13 +3,17 @@ schemas (kubernetes-validate): lint, values schema, rendering of each documented
 every rendered object validated strictly, the mesh config file it renders accepted by
 `weft check`, Weft's CRDs typed and described throughout and taking the objects users write,
 and the ClusterRole granting no more than the adapter needs, in weft.dev exactly the CRDs'
-resources. `weft install` renders the same chart without Helm: for each variation its
-output is validated the same way and must equal Helm's, once generated secrets are set aside.
+resources. The Prometheus Operator's ServiceMonitor and PodMonitor, off by default, are checked
+against what they scrape: the control plane's Service port and the token its replicas read, and
+the admin port `weft inject` gives the proxy. `weft install` renders the same chart without
+Helm: for each variation its output is validated the same way and must equal Helm's, once
+generated secrets are set aside.
 
 Usage: check_chart.py PATH/TO/weft
 """
 
 import copy
+import json
 import pathlib
 import subprocess
 import sys
@@ -234,6 +238,123 @@ def check_crds(name, objects, rules):
         fail(f"{name}: the ClusterRole grants {sorted(granted)} in weft.dev, the CRDs are {sorted(plurals)}")
 
 
+MONITORING = "monitoring.coreos.com/v1"
+
+
+def injected_admin_port(weft):
+    """The name and number of the admin port `weft inject` gives the proxy, and the address its
+    admin listener takes (WEFT_PROXY_ADMIN_ADDR); None when it cannot be found."""
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": 8080}]}]},
+            },
+        },
+    }
+    with tempfile.TemporaryDirectory() as d:
+        d = pathlib.Path(d)
+        r = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-days", "1", "-subj", "/CN=weft root", "-keyout", str(d / "root.key"), "-out", str(d / "root.pem")],
+            capture_output=True, text=True,
+        )
+        if r.returncode != 0:
+            fail(f"openssl could not make a trust bundle for weft inject: {r.stderr}")
+            return None
+        (d / "web.yaml").write_text(json.dumps(deployment))
+        r = subprocess.run([weft, "inject", str(d / "web.yaml"), "--trust-bundle", str(d / "root.pem")],
+                           capture_output=True, text=True)
+    if r.returncode != 0:
+        fail(f"weft inject failed: {r.stderr}")
+        return None
+    pod = yaml.safe_load(r.stdout)["spec"]["template"]["spec"]
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        if c["name"] == "weft-proxy":
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            for p in c.get("ports", []):
+                if p.get("name") == "weft-admin":
+                    return p["name"], p["containerPort"], env.get("WEFT_PROXY_ADMIN_ADDR")
+    fail("weft inject gave the proxy no port named weft-admin")
+    return None
+
+
+def check_monitors(name, objects, values, admin_port):
+    """The ServiceMonitor and PodMonitor are there exactly when asked for, and scrape what
+    exists: the control plane's Service port that reaches its HTTP listener, with the token its
+    replicas read; the proxies' admin port as injection names it, on all addresses."""
+    metrics = values["metrics"]
+    monitors = [o for _, o in objects if o.get("apiVersion") == MONITORING]
+    kinds = sorted(o["kind"] for o in monitors)
+    want = sorted(k for k, on in (("ServiceMonitor", metrics["serviceMonitor"]["enabled"]),
+                                  ("PodMonitor", metrics["podMonitor"]["enabled"])) if on)
+    if kinds != want:
+        fail(f"{name}: monitoring objects {kinds}, not {want}")
+    for m in monitors:
+        if m["metadata"].get("namespace") != NAMESPACE:
+            fail(f"{name}: {m['kind']} in namespace {m['metadata'].get('namespace')}")
+        extra = metrics["serviceMonitor" if m["kind"] == "ServiceMonitor" else "podMonitor"]["labels"]
+        labels = m["metadata"].get("labels", {})
+        if any(labels.get(k) != v for k, v in extra.items()):
+            fail(f"{name}: {m['kind']} labels {labels} lack {extra}")
+        if set(m["spec"]) - {"selector", "namespaceSelector", "endpoints", "podMetricsEndpoints"}:
+            fail(f"{name}: {m['kind']} spec has {sorted(m['spec'])}")
+
+    deployment = by_kind(objects, "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    mounts = {v["mountPath"]: v for v in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    token = mounts.get("/var/lib/weft/http-token")
+    config = by_kind(objects, "ConfigMap")[0]["data"]["mesh.toml"]
+    if 'data_dir = "/var/lib/weft"' not in config or mounts.get("/var/lib/weft", {}).get("name") != "data":
+        fail(f"{name}: the control plane's data_dir is no longer /var/lib/weft, where the token is mounted")
+    if metrics["tokenSecret"]:
+        secret = volumes.get(token["name"], {}).get("secret", {}) if token else {}
+        if not token or token.get("subPath") != "token" or secret.get("secretName") != metrics["tokenSecret"]:
+            fail(f"{name}: the key token of {metrics['tokenSecret']} is not mounted at /var/lib/weft/http-token: {token}, {secret}")
+    elif token:
+        fail(f"{name}: a token is mounted without metrics.tokenSecret")
+
+    for sm in (m for m in monitors if m["kind"] == "ServiceMonitor"):
+        services = [s for s in by_kind(objects, "Service")
+                    if all(s["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())]
+        if [s["metadata"]["name"] for s in services] != ["weft-control"]:
+            fail(f"{name}: the ServiceMonitor selects Services {[s['metadata']['name'] for s in services]}")
+            continue
+        if sm["spec"].get("namespaceSelector") != {"matchNames": [NAMESPACE]}:
+            fail(f"{name}: the ServiceMonitor looks in {sm['spec'].get('namespaceSelector')}")
+        ports = {p["name"]: p for p in services[0]["spec"]["ports"]}
+        container_ports = {p["name"]: p["containerPort"] for p in pod["containers"][0]["ports"]}
+        (endpoint,) = sm["spec"]["endpoints"]
+        port = ports.get(endpoint.get("port"), {})
+        if container_ports.get(port.get("targetPort")) != 7080 or 'http_addr = "0.0.0.0:7080"' not in config:
+            fail(f"{name}: the ServiceMonitor's port {endpoint.get('port')} does not reach the HTTP listener (7080)")
+        auth = endpoint.get("authorization", {})
+        if (endpoint.get("path"), endpoint.get("interval")) != ("/metrics", metrics["serviceMonitor"]["interval"]):
+            fail(f"{name}: the ServiceMonitor scrapes {endpoint.get('path')} every {endpoint.get('interval')}")
+        if auth != {"type": "Bearer", "credentials": {"name": metrics["tokenSecret"], "key": "token"}}:
+            fail(f"{name}: the ServiceMonitor presents {auth}, not the key token of {metrics['tokenSecret']}")
+
+    for pm in (m for m in monitors if m["kind"] == "PodMonitor"):
+        namespaces = values["mesh"]["namespaces"]
+        want = {"matchNames": namespaces} if namespaces else {"any": True}
+        if pm["spec"].get("namespaceSelector") != want:
+            fail(f"{name}: the PodMonitor looks in {pm['spec'].get('namespaceSelector')}, not {want}")
+        if pm["spec"].get("selector") != {}:
+            fail(f"{name}: the PodMonitor selects {pm['spec'].get('selector')}; injected pods carry no label of their own")
+        (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+        if (endpoint.get("path"), endpoint.get("interval")) != ("/metrics", metrics["podMonitor"]["interval"]):
+            fail(f"{name}: the PodMonitor scrapes {endpoint.get('path')} every {endpoint.get('interval')}")
+        if admin_port is not None:
+            port_name, number, addr = admin_port
+            if endpoint.get("port") != port_name or addr != f"0.0.0.0:{number}":
+                fail(f"{name}: the PodMonitor scrapes port {endpoint.get('port')}; injected proxies serve /metrics on {port_name} ({addr})")
+
+
 def check_crd_examples(objects):
     """Objects as users write them pass the CRDs' schemas (read as the API server reads them,
     an OpenAPI v3.0 exclusiveMinimum being a flag on minimum), and mistakes do not."""
@@ -341,7 +462,18 @@ def main():
         "two namespaces, deny by default": {"mesh": {"namespaces": ["shop", "pay"], "defaultInbound": "deny"}},
         "webhook failurePolicy Fail": {"webhook": {"failurePolicy": "Fail"}},
         "no anti-affinity": {"controlPlane": {"antiAffinity": "none", "nodeSelector": {"pool": "system"}}},
+        "ServiceMonitor and PodMonitor": {"metrics": {
+            "tokenSecret": "weft-http-token",
+            "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "monitoring"}},
+            "podMonitor": {"enabled": True, "labels": {"release": "monitoring"}},
+        }},
+        "PodMonitor of two namespaces": {
+            "mesh": {"namespaces": ["shop", "pay"]},
+            "metrics": {"podMonitor": {"enabled": True}},
+        },
+        "shared HTTP token, no monitor": {"metrics": {"tokenSecret": "weft-http-token"}},
     }
+    admin_port = injected_admin_port(weft)
     for name, over in variations.items():
         values = merge(defaults, over)
         try:
@@ -355,6 +487,9 @@ def main():
             fail(f"{name}: weft install failed: {error}")
             installed = []
         for path, obj in objects + installed:
+            if obj.get("apiVersion") == MONITORING:
+                # Not a Kubernetes schema: check_monitors reads them.
+                continue
             try:
                 kubernetes_validate.validate(obj, KUBERNETES, strict=True)
             except kubernetes_validate.ValidationError as e:
@@ -415,6 +550,7 @@ def main():
         ]:
             fail(f"{name}: the ClusterRole writes {status_verbs} on {status_resources}")
         check_crds(name, objects, rules)
+        check_monitors(name, objects, values, admin_port)
         print(f"ok   {name}: {len(objects)} objects, the same from weft install")
 
     check_crd_examples(render(chart, {}))
@@ -436,6 +572,8 @@ def main():
         "unknown key": {"mesh": {"trust_domain": "x"}},
         "bad failurePolicy": {"webhook": {"failurePolicy": "Maybe"}},
         "zero replicas": {"controlPlane": {"replicas": 0}},
+        "a ServiceMonitor without the token": {"metrics": {"serviceMonitor": {"enabled": True}}},
+        "a scrape interval without unit": {"metrics": {"podMonitor": {"interval": "30"}}},
     }.items():
         try:
             chart.validate_schema(bad)

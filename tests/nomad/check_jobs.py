@@ -7,7 +7,10 @@ port label a service, check or task names declared by the group's network; every
 task writing a file of its own. The control plane's job is checked too: its services and
 checks, its templates and identity, and its mesh config file, which `weft check` must accept
 and on which the control plane must start with a root made by the command the job's comment
-gives.
+gives. So is the Prometheus job: not meshed, its files where its flags read them, and its scrape
+configuration's relabelling played on sample registrations (a meshed group tagged as its header
+says is scraped at its admin port, nothing else is; the control plane's http service is), with
+the proxy flags its header tells operators to add checked against `weft-proxy --help`.
 
 Usage: check_jobs.py PATH/TO/weft
 """
@@ -368,6 +371,196 @@ def start_control(binary, name, mesh, d):
         fail(f"{name}: the control plane did not start on its mesh file: {log}")
 
 
+def mini_yaml(text):
+    """The block-style YAML of a Prometheus configuration as Python values: mappings, "- "
+    sequences, [a, b] lists, quoted and plain scalars, comments. No YAML library is in this
+    check's environment, and the configuration uses no more than this."""
+    lines = []
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        lines.append((len(raw) - len(raw.lstrip(" ")), stripped))
+
+    def scalar(s):
+        s = s.strip()
+        if s.startswith("[") and s.endswith("]"):
+            return [scalar(x) for x in s[1:-1].split(",") if x.strip()]
+        if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'":
+            return s[1:-1].replace('\\\\', '\\') if s[0] == '"' else s[1:-1]
+        if s == "{}":
+            return {}
+        return s
+
+    def block(i, indent):
+        """The value whose lines start at lines[i] with this indentation; (value, next i)."""
+        if lines[i][1].startswith("- "):
+            items = []
+            while i < len(lines) and lines[i][0] == indent and lines[i][1].startswith("- "):
+                rest = lines[i][1][2:]
+                if ":" in rest and not rest.startswith(("[", '"', "'")):
+                    # A mapping that starts on the dash's line, at the column after "- ".
+                    lines[i] = (indent + 2, rest)
+                    value, i = block(i, indent + 2)
+                else:
+                    value, i = scalar(rest), i + 1
+                items.append(value)
+            return items, i
+        mapping = {}
+        while i < len(lines) and lines[i][0] == indent and not lines[i][1].startswith("- "):
+            key, _, rest = lines[i][1].partition(":")
+            i += 1
+            if rest.strip():
+                mapping[key.strip()] = scalar(rest)
+            elif i < len(lines) and lines[i][0] > indent:
+                mapping[key.strip()], i = block(i, lines[i][0])
+            elif i < len(lines) and lines[i][0] == indent and lines[i][1].startswith("- "):
+                mapping[key.strip()], i = block(i, indent)
+            else:
+                mapping[key.strip()] = None
+        return mapping, i
+
+    value, end = block(0, lines[0][0])
+    if end != len(lines):
+        raise ValueError(f"cannot read the line {lines[end][1]!r}")
+    return value
+
+
+def relabel(rules, labels):
+    """Prometheus's relabelling (keep, drop and replace, regexes anchored at both ends) of one
+    target: its labels, or None when it is dropped."""
+    labels = dict(labels)
+    for rule in rules:
+        value = rule.get("separator", ";").join(labels.get(l, "") for l in rule.get("source_labels", []))
+        regex = re.compile(rule.get("regex", "(.*)"))
+        action = rule.get("action", "replace")
+        m = regex.fullmatch(value)
+        if action == "keep" and not m:
+            return None
+        if action == "drop" and m:
+            return None
+        if action == "replace" and m:
+            out = re.sub(r"\$(\d+)|\$\{(\d+)\}", lambda g: m.group(int(g.group(1) or g.group(2))) or "",
+                         rule.get("replacement", "$1"))
+            if out:
+                labels[rule["target_label"]] = out
+            else:
+                labels.pop(rule["target_label"], None)
+    return labels
+
+
+def check_prometheus(binary, doc, text):
+    """The Prometheus job: not meshed; its configuration and the files it reads rendered where
+    its flags and settings read them; its relabelling keeps the proxies that its header's steps
+    expose, at their admin port, and the control plane's http service; the proxy flags the
+    header names exist."""
+    name = "prometheus.nomad.hcl"
+    before = len(failures)
+    (jname, job), = labelled(doc, "job")
+    (gname, group), = labelled(job, "group")
+    if any("weft" in s.get("tags", []) for s in blocks(group, "service")):
+        fail(f"{name}: Prometheus must not be meshed: it scrapes the proxies' admin ports in plaintext")
+    (tname, task), = labelled(group, "task")
+    args = (one(task, "config") or {}).get("args", [])
+    templates = {t.get("destination"): heredoc(t.get("data", "")) for t in blocks(task, "template")}
+    config_file = next((a.split("=", 1)[1] for a in args if a.startswith("--config.file=")), None)
+    if config_file is None or config_file.lstrip("/") not in templates:
+        fail(f"{name}: --config.file {config_file} is not rendered by a template ({sorted(templates)})")
+        return
+    if "--enable-feature=exemplar-storage" not in args:
+        fail(f"{name}: without --enable-feature=exemplar-storage the dashboards' exemplars are not stored")
+    # Consul-template's parts, rendered as Nomad would on this machine.
+    rendered = templates[config_file.lstrip("/")].replace('{{ env "attr.unique.network.ip-address" }}', "10.0.0.1")
+    if "{{" in rendered or "${" in rendered:
+        fail(f"{name}: the configuration has template parts this check does not render:\n{rendered}")
+        return
+    try:
+        config = mini_yaml(rendered)
+    except (ValueError, IndexError) as e:
+        fail(f"{name}: its Prometheus configuration cannot be read: {e}")
+        return
+    jobs = {j["job_name"]: j for j in config.get("scrape_configs", [])}
+    if not {"weft-proxies", "weft-control"} <= set(jobs):
+        fail(f"{name}: scrape jobs {sorted(jobs)} lack weft-proxies or weft-control")
+        return
+    identity = one(task, "identity") or {}
+    for jn, j in jobs.items():
+        files = [sd.get("authorization", {}).get("credentials_file") for sd in j.get("nomad_sd_configs") or []]
+        files.append((j.get("authorization") or {}).get("credentials_file"))
+        for f in filter(None, files):
+            if f == "/secrets/nomad_token":
+                if identity.get("file") is not True:
+                    fail(f"{name}: {jn} reads /secrets/nomad_token, but the task's identity is not written to a file")
+            elif f.lstrip("/") not in templates:
+                fail(f"{name}: {jn} reads {f}, which no template renders")
+        for sd in j.get("nomad_sd_configs") or []:
+            if sd.get("server") != "http://10.0.0.1:4646":
+                fail(f"{name}: {jn} asks {sd.get('server')}, not the node's Nomad agent")
+
+    # The header's steps for a meshed group, as an operator would follow them.
+    header = "\n".join(l for l in text.splitlines() if l.startswith("#"))
+    port = re.search(r'port "(\w+)" \{ to = (\d+) \}', header)
+    tag = re.search(r'"(weft-admin=)\$\{NOMAD_HOST_PORT_(\w+)\}"', header)
+    if not port or not tag or port.group(1) != tag.group(2):
+        fail(f"{name}: the header's port label and the tag's NOMAD_HOST_PORT_ variable differ: {port and port.group(1)}, {tag and tag.group(2)}")
+        return
+    admin_port = port.group(2)
+    proxy = pathlib.Path(binary).with_name("weft-proxy")
+    if proxy.exists():
+        help_text = weft(str(proxy), "--help").stdout
+        init_help = weft(str(proxy), "init", "--help").stdout
+        for flag_text in ("--admin-addr", "WEFT_PROXY_ADMIN_ADDR", f"127.0.0.1:{admin_port}"):
+            if flag_text not in help_text or flag_text not in header:
+                fail(f"{name}: the header names {flag_text!r}; weft-proxy --help has it: {flag_text in help_text}")
+        if f'"--admin-addr", "0.0.0.0:{admin_port}"' not in header:
+            fail(f"{name}: the header does not set --admin-addr to 0.0.0.0:{admin_port}")
+        if "--skip-inbound-ports" not in init_help or f'"--skip-inbound-ports", "{admin_port}"' not in header:
+            fail(f"{name}: the header's --skip-inbound-ports {admin_port} is not weft-proxy init's")
+    else:
+        print(f"skip {name}: no weft-proxy beside {binary} to check the header's flags with")
+
+    alloc = "3f2a9c1e-7b4d-4e8a-9c2f-1a2b3c4d5e6f"
+    def registration(service, tags, port):
+        return {
+            "__address__": f"10.0.0.7:{port}",
+            "__meta_nomad_address": "10.0.0.7",
+            "__meta_nomad_namespace": "shop",
+            "__meta_nomad_service": service,
+            "__meta_nomad_service_id": f"_nomad-task-{alloc}-group-{service}-{service}-http",
+            "__meta_nomad_tags": "," + ",".join(tags) + ",",
+        }
+    admin_tag = f"{tag.group(1)}23456"
+    proxies = jobs["weft-proxies"].get("relabel_configs", [])
+    scraped = relabel(proxies, registration("web", ["weft", "weft-inbound=31001", admin_tag], 31000))
+    want = {"__address__": "10.0.0.7:23456", "namespace": "shop", "alloc": alloc}
+    if scraped is None or any(scraped.get(k) != v for k, v in want.items()):
+        fail(f"{name}: a meshed group tagged as the header says is scraped as {scraped}, not at {want}")
+    elif set(scraped) - set(registration("web", [], 0)) - {"namespace", "alloc"}:
+        fail(f"{name}: the proxies' targets get labels {sorted(set(scraped))}; one per service would scrape a proxy once per service")
+    for what, reg in {
+        "a meshed group without the admin tag": registration("api", ["v1", "weft"], 31002),
+        "an unmeshed service with the admin tag": registration("db", [admin_tag], 31003),
+        "an unmeshed service whose tags only look alike": registration("db", ["weft-inbound=1", "weftish", admin_tag + "x"], 31004),
+    }.items():
+        if relabel(proxies, reg) is not None:
+            fail(f"{name}: the weft-proxies job scrapes {what}")
+
+    control_doc = parse((DEPLOY / "weft-control.nomad.hcl").read_text(), "weft-control.nomad.hcl")
+    (_, cjob), = labelled(control_doc, "job")
+    (_, cgroup), = labelled(cjob, "group")
+    cports = dict(labelled(one(cgroup, "network") or {}, "port"))
+    http_services = [s.get("name") for s in blocks(cgroup, "service") if cports.get(s.get("port"), {}).get("to") == 7080]
+    control = jobs["weft-control"].get("relabel_configs", [])
+    kept = [s.get("name") for s in blocks(cgroup, "service")
+            if relabel(control, registration(s.get("name"), [], 7080)) is not None]
+    if kept != http_services or len(kept) != 1:
+        fail(f"{name}: the weft-control job scrapes the services {kept}; the control plane's HTTP listener is {http_services}")
+    if not (jobs["weft-control"].get("authorization") or {}).get("credentials_file"):
+        fail(f"{name}: the weft-control job presents no token; the control plane's /metrics requires one")
+    if len(failures) == before:
+        ok(f"{name}: scrapes the proxies its header exposes, at their admin port, and the control plane's {kept[0]}")
+
+
 def main():
     binary = sys.argv[1]
     files = sorted(DEPLOY.rglob("*.hcl"))
@@ -393,6 +586,10 @@ def main():
             if meshed:
                 fail(f"{rel}: the control plane is not meshed")
             check_control(binary, doc)
+        elif path.name == "prometheus.nomad.hcl":
+            if meshed:
+                fail(f"{rel}: Prometheus is not meshed")
+            check_prometheus(binary, doc, text)
         elif meshed == 0:
             fail(f"{rel}: no meshed group")
         else:

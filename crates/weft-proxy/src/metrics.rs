@@ -12,8 +12,8 @@
 //!   `weft_service_limited_total{service}`: calls a service's concurrency limit refused
 //! - `weft_tcp_open_connections{direction, peer}`, `weft_tcp_connections_total`,
 //!   `weft_tcp_read_bytes_total`, `weft_tcp_write_bytes_total`
-//! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client}`,
-//!   `weft_inbound_authz_audited_total{client}`, `weft_inbound_rate_limited_total`,
+//! - `weft_inbound_tls_rejected_total{reason}`, `weft_inbound_authz_denied_total{client, rule}`,
+//!   `weft_inbound_authz_audited_total{client, rule}`, `weft_inbound_rate_limited_total`,
 //!   `weft_inbound_policy_invalid_total`, `weft_outbound_refused_total{reason}`,
 //!   `weft_outbound_policy_invalid_total`
 //! - `weft_admin_connections_refused_total{listener, reason}` (`admin` or `probe`; `full` or
