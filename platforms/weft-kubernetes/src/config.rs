@@ -150,6 +150,7 @@ impl PlatformSettings for KubernetesSettings {
             ("inject.outbound_port", i.outbound_port),
             ("inject.admin_port", i.admin_port),
             ("inject.probe_port", i.probe_port),
+            ("inject.tap_port", i.tap_port),
         ];
         for (n, (key, port)) in ports.iter().enumerate() {
             if *port == 0 {

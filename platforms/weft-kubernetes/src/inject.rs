@@ -78,6 +78,9 @@ pub struct InjectSettings {
     /// The proxy's probe port (`/live`, `/ready`, `/app-health/...`), where the kubelet probes
     /// the proxy and, through it, the application.
     pub probe_port: u16,
+    /// The proxy's tap port (`Tap.Watch` over mutual TLS), where the control plane watches
+    /// requests live for `weft tap` and the dashboard.
+    pub tap_port: u16,
     /// The lifetime asked for the projected token; the kubelet refreshes it before it ends.
     pub token_expiration_seconds: u32,
     /// The proxy's CPU request.
@@ -102,6 +105,7 @@ impl Default for InjectSettings {
             outbound_port: 7140,
             admin_port: 7191,
             probe_port: 7192,
+            tap_port: 7193,
             token_expiration_seconds: 3600,
             proxy_cpu_request: "10m".into(),
             proxy_memory_request: "32Mi".into(),
@@ -252,7 +256,11 @@ impl Injector {
         let annotations = template["metadata"]["annotations"].clone();
         let annotation = |name: &'static str| annotations.get(name).and_then(Value::as_str);
         let s = &self.settings;
-        let mut skip_in = vec![s.probe_port.to_string(), s.admin_port.to_string()];
+        let mut skip_in = vec![
+            s.probe_port.to_string(),
+            s.admin_port.to_string(),
+            s.tap_port.to_string(),
+        ];
         if let Some(v) = annotation(SKIP_INBOUND_ANNOTATION) {
             skip_in.extend(port_list(SKIP_INBOUND_ANNOTATION, v)?);
         }
@@ -483,6 +491,7 @@ impl Injector {
             json!({"name": "WEFT_PROXY_OUTBOUND_ADDR", "value": format!("127.0.0.1:{}", s.outbound_port)}),
             json!({"name": "WEFT_PROXY_ADMIN_ADDR", "value": format!("0.0.0.0:{}", s.admin_port)}),
             json!({"name": "WEFT_PROXY_PROBE_ADDR", "value": format!("0.0.0.0:{}", s.probe_port)}),
+            json!({"name": "WEFT_PROXY_TAP_ADDR", "value": format!("0.0.0.0:{}", s.tap_port)}),
             json!({"name": "WEFT_PROXY_LOG_JSON", "value": "true"}),
             json!({"name": "RUST_LOG", "value": s.log_level}),
         ];
@@ -510,6 +519,7 @@ impl Injector {
                 {"name": "weft-inbound", "containerPort": s.inbound_port, "protocol": "TCP"},
                 {"name": "weft-admin", "containerPort": s.admin_port, "protocol": "TCP"},
                 {"name": "weft-probe", "containerPort": s.probe_port, "protocol": "TCP"},
+                {"name": "weft-tap", "containerPort": s.tap_port, "protocol": "TCP"},
             ],
             // The application starts once the proxy holds a certificate: two minutes at most.
             "startupProbe": probe("/ready", 1, 120),

@@ -329,7 +329,8 @@ fn proxy_config(
         resolve_idle_timeout: Duration::from_secs(60),
         log_json: false,
         access_log: None,
-        tap_addr: None,
+        // Any free port: the proxy tells the control plane which.
+        tap_addr: Some(([127, 0, 0, 1], 0).into()),
         report_interval: Duration::from_secs(1),
     }
 }

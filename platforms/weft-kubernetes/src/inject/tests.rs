@@ -75,7 +75,7 @@ fn a_deployment_gets_the_init_container_and_a_native_sidecar() {
             "--outbound-port",
             "7140",
             "--skip-inbound-ports",
-            "7192,7191,22,9000-9010",
+            "7192,7191,7193,22,9000-9010",
             "--skip-outbound-ports",
             "5432"
         ])
@@ -101,12 +101,14 @@ fn a_deployment_gets_the_init_container_and_a_native_sidecar() {
     }
     assert_eq!(env(proxy, "WEFT_PROXY_PROBE_ADDR")["value"], "0.0.0.0:7192");
     assert_eq!(env(proxy, "WEFT_PROXY_ADMIN_ADDR")["value"], "0.0.0.0:7191");
+    assert_eq!(env(proxy, "WEFT_PROXY_TAP_ADDR")["value"], "0.0.0.0:7193");
     assert_eq!(
         proxy["ports"],
         json!([
             {"name": "weft-inbound", "containerPort": 7143, "protocol": "TCP"},
             {"name": "weft-admin", "containerPort": 7191, "protocol": "TCP"},
             {"name": "weft-probe", "containerPort": 7192, "protocol": "TCP"},
+            {"name": "weft-tap", "containerPort": 7193, "protocol": "TCP"},
         ])
     );
     assert_eq!(proxy["securityContext"]["runAsUser"], 2102);
