@@ -219,6 +219,23 @@ async fn stat_and_edges_agree_with_the_proxies_own_counters() {
             .any(|l| l.starts_with("test/load") && l.contains("test/web") && l.contains(" yes ")),
         "{out}"
     );
+
+    // What callers apply to web, with the route's traffic.
+    let (ok, out) = weft(&["routes", "web.test", "--control", &control, "-o", "json"]).await;
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let route = &v["routes"][0];
+    assert_eq!(route["name"], "test/web");
+    assert_eq!(route["rules"][0]["matches"][0], "path /api*");
+    assert_eq!(route["rules"][0]["backends"][0]["service"], "web.test");
+    assert_eq!(route["stats"][0]["requests"], 15);
+    assert_eq!(v["backend_policy"]["retry_budget"]["percent"], 20);
+    let (ok, out) = weft(&["routes", "web.test", "--control", &control]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("HTTP route test/web"), "{out}");
+    assert!(out.contains("rule 0: path /api* -> web.test (weight 1)"), "{out}");
+    let (ok, out) = weft(&["routes", "nothing.test", "--control", &control]).await;
+    assert!(!ok && out.contains("no service nothing.test"), "{out}");
     let _ = &lab.mesh;
 }
 

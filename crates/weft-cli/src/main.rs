@@ -169,6 +169,20 @@ enum Command {
         #[command(flatten)]
         control: viz::Control,
     },
+    /// The routes, backends and policy a caller's proxy applies to a service right now, with
+    /// each route's traffic.
+    Routes {
+        /// The service, `name.namespace`.
+        service: String,
+        /// The caller's namespace (default the service's own).
+        #[arg(long)]
+        from: Option<String>,
+        /// `text` or `json`.
+        #[arg(long, short = 'o', default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+        #[command(flatten)]
+        control: viz::Control,
+    },
     /// Watch requests live: one line per request (heads only), from the proxies the filter
     /// selects.
     Tap {
@@ -290,6 +304,12 @@ async fn main() -> anyhow::Result<()> {
             output,
             control,
         } => viz::edges(&control, from.as_deref(), to.as_deref(), output == "json").await,
+        Command::Routes {
+            service,
+            from,
+            output,
+            control,
+        } => viz::routes(&control, &service, from.as_deref(), output == "json").await,
         Command::Tap {
             filter,
             output,

@@ -271,6 +271,164 @@ pub async fn edges(
     Ok(())
 }
 
+/// `weft routes`: what a caller in `from` (default the service's namespace) applies to
+/// `service` now: its routes with their rules, backends and guards, each route's traffic, and
+/// the service's backend policy.
+pub async fn routes(
+    control: &Control,
+    service: &str,
+    from: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let v = get_json(
+        control,
+        &format!(
+            "/api/routes{}",
+            query(&[("service", Some(service)), ("from", from)])
+        ),
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print!("{}", routes_text(&v));
+    Ok(())
+}
+
+fn routes_text(v: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} port {}, as callers in namespace {} see it",
+        v["service"].as_str().unwrap_or("-"),
+        v["port"],
+        v["caller_namespace"].as_str().unwrap_or("-")
+    );
+    let routes = v["routes"].as_array().cloned().unwrap_or_default();
+    if routes.is_empty() {
+        out.push_str("no routes: requests go to the service itself\n");
+    }
+    for r in &routes {
+        let _ = writeln!(
+            out,
+            "\n{} route {} ({})",
+            r["kind"].as_str().unwrap_or("http").to_uppercase(),
+            r["name"].as_str().unwrap_or("-"),
+            r["source"].as_str().unwrap_or("-")
+        );
+        if let Some(share) = r["trace_start"].as_f64() {
+            let _ = writeln!(
+                out,
+                "  starts traces for {:.1} % of requests",
+                share * 100.0
+            );
+        }
+        for (i, rule) in r["rules"].as_array().into_iter().flatten().enumerate() {
+            let name = rule["name"].as_str().map_or(i.to_string(), str::to_string);
+            let matches: Vec<&str> = rule["matches"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let backends: Vec<String> = rule["backends"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    format!(
+                        "{} (weight {}){}",
+                        b["service"].as_str().unwrap_or("-"),
+                        b["weight"],
+                        if b["missing"] == true {
+                            ", missing"
+                        } else {
+                            ""
+                        }
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "  rule {name}: {} -> {}",
+                if matches.is_empty() {
+                    "any".to_string()
+                } else {
+                    matches.join(" | ")
+                },
+                if backends.is_empty() {
+                    "the service".to_string()
+                } else {
+                    backends.join(", ")
+                }
+            );
+            let mut guards = Vec::new();
+            if let Some(t) = rule["timeout_ms"].as_u64() {
+                guards.push(format!("timeout {t}ms"));
+            }
+            if let Some(t) = rule["per_try_timeout_ms"].as_u64() {
+                guards.push(format!("per try {t}ms"));
+            }
+            if let Some(retry) = rule["retry"].as_object() {
+                guards.push(format!(
+                    "retry {}x on {}",
+                    retry["attempts"], retry["codes"]
+                ));
+            }
+            if rule["fault"] == true {
+                guards.push("faults".into());
+            }
+            if let Some(l) = rule["limit"].as_object() {
+                guards.push(format!("limit {} in flight", l["max_in_flight"]));
+            }
+            if !guards.is_empty() {
+                let _ = writeln!(out, "    {}", guards.join(", "));
+            }
+        }
+        let stats: Vec<Vec<String>> = r["stats"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                vec![
+                    format!("    {}", s["backend"].as_str().unwrap_or("(rule)")),
+                    pct(s),
+                    rps(s),
+                    ms(s, "p99_ms"),
+                    s["requests"].as_u64().unwrap_or(0).to_string(),
+                    format!("{}", num(s, "retries").unwrap_or(0.0)),
+                ]
+            })
+            .collect();
+        if !stats.is_empty() {
+            out.push_str(&table(
+                &[
+                    "    BACKEND",
+                    "SUCCESS",
+                    "RPS",
+                    "P99",
+                    "REQUESTS",
+                    "RETRIES",
+                ],
+                &stats,
+            ));
+        }
+    }
+    let b = &v["backend_policy"];
+    let _ = writeln!(
+        out,
+        "\nbackend policy: retry budget {} % + {}/s over {} ms; ejection after {} failures ({}..{} ms)",
+        b["retry_budget"]["percent"],
+        b["retry_budget"]["min_per_second"],
+        b["retry_budget"]["window_ms"],
+        b["failure_accrual"]["consecutive_failures"],
+        b["failure_accrual"]["first_penalty_ms"],
+        b["failure_accrual"]["max_penalty_ms"],
+    );
+    out
+}
+
 /// The filters of `weft tap` and `weft top`.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct TapArgs {

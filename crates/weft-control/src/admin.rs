@@ -1,7 +1,8 @@
 //! The control plane's HTTP listener: `/live`, `/ready`, `/metrics`, `/api/state`,
 //! `/api/authz` (`POST` a question, get the authorization decision explained), `/api/stat`
 //! (`?by=workload|service|route&from=&to=`) and `/api/edges` (`?from=&to=`), the golden
-//! metrics of [`crate::stats`]; and the
+//! metrics of [`crate::stats`], `/api/routes` (`?service=&from=`, what a caller applies to a
+//! service) and `/api/tap` (live requests, [`crate::tap`]); and the
 //! optional probe listener (`control.probe_addr`): `/live` and `/ready` alone, with connection
 //! slots of its own, so the kubelet's probes (the Helm chart sends them there) get through
 //! whatever other clients do to the HTTP listener.
@@ -358,6 +359,25 @@ fn handle(state: &State, endpoints: Endpoints, req: Request<Incoming>) -> Respon
                 "rows": rows,
             });
             text(StatusCode::OK, body.to_string(), "application/json")
+        }
+        "/api/routes" => {
+            let port = match arg("port").map(str::parse::<u16>) {
+                Some(Err(_)) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "port: not a port\n".into(),
+                        "text/plain",
+                    );
+                }
+                p => p.and_then(Result::ok),
+            };
+            match crate::routes_view::answer(state, arg("service"), arg("from"), port) {
+                Ok(v) => text(StatusCode::OK, v.to_string(), "application/json"),
+                Err(e @ crate::routes_view::RoutesError::Unknown(_)) => {
+                    text(StatusCode::NOT_FOUND, format!("{e}\n"), "text/plain")
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n"), "text/plain"),
+            }
         }
         "/api/edges" => {
             let rows = crate::stats::edges(&state.telemetry.proxies(), arg("from"), arg("to"));

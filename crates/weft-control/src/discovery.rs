@@ -147,27 +147,13 @@ pub fn answer(
     let policy = if only.is_some() {
         TrafficPolicy::default()
     } else {
-        // The mesh file's routes first, then each platform's.
-        let platform = registry.routes();
-        let http = cfg
-            .http_routes
-            .iter()
-            .chain(platform.iter().flat_map(|r| r.http.iter()));
-        let grpc = cfg
-            .grpc_routes
-            .iter()
-            .chain(platform.iter().flat_map(|r| r.grpc.iter()));
-        let mut policy = for_service(
-            http,
-            grpc,
+        traffic_to_wire(&traffic_policy(
+            cfg,
+            registry,
             &name,
             service_port.port,
             identity.namespace(),
-            |s| registry.service(s).is_some(),
-        );
-        policy.backend = backend::for_service(&backends(cfg, registry), &name);
-        policy.trace_starts = route_trace_starts(cfg, &policy);
-        traffic_to_wire(&policy)
+        ))
     };
     Answer::Resolved {
         meta: ServiceMeta {
@@ -396,6 +382,33 @@ pub fn proxy_settings(
         trust_bundle: bundle.roots().iter().map(|r| r.to_vec()).collect(),
         observability: Some(observability(cfg, workload, &served)),
     })
+}
+
+/// What a caller in `caller_namespace` applies to `name`'s `port`: the routes that bind
+/// (the mesh file's first, then each platform's), the service's backend policy, and where
+/// its routes start traces.
+pub(crate) fn traffic_policy(
+    cfg: &MeshConfig,
+    registry: &RegistrySnapshot,
+    name: &weft_core::ServiceName,
+    port: u16,
+    caller_namespace: &str,
+) -> weft_core::policy::traffic::TrafficPolicy {
+    let platform = registry.routes();
+    let http = cfg
+        .http_routes
+        .iter()
+        .chain(platform.iter().flat_map(|r| r.http.iter()));
+    let grpc = cfg
+        .grpc_routes
+        .iter()
+        .chain(platform.iter().flat_map(|r| r.grpc.iter()));
+    let mut policy = for_service(http, grpc, name, port, caller_namespace, |s| {
+        registry.service(s).is_some()
+    });
+    policy.backend = backend::for_service(&backends(cfg, registry), name);
+    policy.trace_starts = route_trace_starts(cfg, &policy);
+    policy
 }
 
 /// The routes of `policy` whose matching requests the caller starts traces for.

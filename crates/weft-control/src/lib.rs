@@ -24,6 +24,7 @@ mod identity;
 mod limits;
 mod metrics;
 pub mod platforms;
+mod routes_view;
 pub mod stats;
 mod tap;
 pub mod telemetry;
