@@ -552,6 +552,10 @@ async fn access_log_lines_parse() {
     assert_eq!(v["path"], "/logged", "no query string");
     assert_eq!(v["status"], 200);
     assert_eq!(v["client_identity"], LOAD_ID);
+    assert_eq!(
+        v["protocol"], "HTTP/1.1",
+        "as the client sent it, not as carried"
+    );
     assert_eq!(v["trace_id"], TRACE);
     assert!(v["response_bytes"].as_u64().unwrap() > 0);
     assert!(v["duration_ms"].as_f64().unwrap() >= v["first_byte_ms"].as_f64().unwrap());
@@ -571,6 +575,21 @@ async fn access_log_lines_parse() {
         &format!("trace_id={TRACE}"),
     ] {
         assert!(line.split(' ').any(|w| w == field), "{field} in {line}");
+    }
+    // A request nobody traces is logged with what the layers below learnt all the same.
+    let (status, _) = get(up, "/untraced", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    loop {
+        let line = tokio::time::timeout(WAIT, lab.load_log.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if line.contains("/untraced") {
+            assert!(line.contains(&format!(" peer={WEB_ID}")), "{line}");
+            assert!(!line.contains("trace_id="), "{line}");
+            break;
+        }
     }
 }
 

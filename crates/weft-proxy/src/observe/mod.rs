@@ -265,9 +265,9 @@ impl Notes {
     }
 }
 
-/// Notes where the request is traced or logged; cheap to call on every request.
+/// Notes where the request is traced, logged or tapped; cheap to call on every request.
 pub fn notes<B>(req: &Request<B>) -> Option<&Arc<Notes>> {
-    req.extensions().get::<Current>().map(|c| &c.notes)
+    req.extensions().get::<Arc<Notes>>()
 }
 
 /// The trace ID of a sampled request, for exemplars.
@@ -461,6 +461,7 @@ where
             return Either::Left(self.inner.call(req));
         }
         let notes = Arc::new(Notes::default());
+        req.extensions_mut().insert(notes.clone());
         if let Some((ctx, span)) = traced {
             req.extensions_mut().insert(Current {
                 trace: ctx.trace,
@@ -475,7 +476,7 @@ where
             method: req.method().clone(),
             path: req.uri().path().to_string(),
             authority: authority(&req),
-            version: req.version(),
+            version: original_version(&req),
             grpc: crate::errors::is_grpc(&req),
             remote: self.remote,
             client: match &self.side {
@@ -529,6 +530,16 @@ where
                 }
             },
         )))
+    }
+}
+
+/// The version the client sent: an HTTP/1 request another proxy carried over HTTP/2 says
+/// which it was.
+fn original_version(req: &Request<Body>) -> http::Version {
+    match req.headers().get(crate::http::ORIG_PROTO) {
+        Some(v) if v == "HTTP/1.0" => http::Version::HTTP_10,
+        Some(_) => http::Version::HTTP_11,
+        None => req.version(),
     }
 }
 
