@@ -233,7 +233,10 @@ async fn stat_and_edges_agree_with_the_proxies_own_counters() {
     let (ok, out) = weft(&["routes", "web.test", "--control", &control]).await;
     assert!(ok, "{out}");
     assert!(out.contains("HTTP route test/web"), "{out}");
-    assert!(out.contains("rule 0: path /api* -> web.test (weight 1)"), "{out}");
+    assert!(
+        out.contains("rule 0: path /api* -> web.test (weight 1)"),
+        "{out}"
+    );
     let (ok, out) = weft(&["routes", "nothing.test", "--control", &control]).await;
     assert!(!ok && out.contains("no service nothing.test"), "{out}");
     let _ = &lab.mesh;
