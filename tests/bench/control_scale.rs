@@ -104,6 +104,12 @@ struct Args {
     /// How long after the last change subscribers may still receive changes, in seconds.
     #[arg(long, default_value_t = 5.0)]
     drain: f64,
+    /// After the changes: how long every simulated proxy sends `Telemetry.Report`s (one
+    /// every 10 s, the control plane's spacing, so that its window fills), in seconds; 0
+    /// skips it. Each report is what a real proxy's /metrics shows for its followed services
+    /// and three callers.
+    #[arg(long, default_value_t = 65.0)]
+    telemetry: f64,
     /// Certify calls in flight at once (the control plane refuses more than 64 anonymous ones).
     #[arg(long, default_value_t = 32)]
     certify_concurrency: usize,
@@ -629,6 +635,29 @@ async fn parent(args: Args) -> anyhow::Result<()> {
         .unwrap_or(0.0)
         - updates_before;
 
+    // Telemetry: every proxy reports for a window's worth of time.
+    let mut telemetry = None;
+    if args.telemetry > 0.0 {
+        let before = sample(me, ticks)?;
+        to_child.write_all(b"report\n").await?;
+        let wait = args.setup() + Duration::from_secs_f64(args.telemetry);
+        let f = expect_line(&mut from_child, "reported", wait).await?;
+        let (reports, samples): (u64, u64) = (field(&f, 1)?, field(&f, 2)?);
+        let after = sample(me, ticks)?;
+        let metrics = control_metrics(control.http_addr).await;
+        let series = resolve_metric(&metrics, "weft_control_telemetry_series").unwrap_or(0.0);
+        let values = resolve_metric(&metrics, "weft_control_telemetry_values").unwrap_or(0.0);
+        eprintln!("telemetry: {reports} reports of {samples} samples each");
+        telemetry = Some(Telemetry {
+            reports,
+            samples,
+            series,
+            values,
+            rss_before: before.rss,
+            rss_after: after.rss,
+        });
+    }
+
     // What the client saw.
     to_child.write_all(b"stop\n").await?;
     let mut seen: HashMap<(u32, String), Seen> = HashMap::new();
@@ -730,9 +759,20 @@ async fn parent(args: Args) -> anyhow::Result<()> {
         last,
         first,
         client: summary,
+        telemetry,
     };
     print!("{}", report.markdown());
     Ok(())
+}
+
+/// What the telemetry phase measured.
+struct Telemetry {
+    reports: u64,
+    samples: u64,
+    series: f64,
+    values: f64,
+    rss_before: u64,
+    rss_after: u64,
 }
 
 /// Everything the report shows.
@@ -765,6 +805,8 @@ struct Report<'a> {
     /// Change to last subscriber, and to first, in microseconds, sorted.
     last: Vec<u64>,
     first: Vec<u64>,
+    /// The telemetry phase, if it ran.
+    telemetry: Option<Telemetry>,
     client: Value,
 }
 
@@ -904,6 +946,22 @@ impl Report<'_> {
         }
         row("client CPU per change, net of idle", client_net, "", None);
 
+        if let Some(t) = &self.telemetry {
+            let per_proxy = t.rss_after.saturating_sub(t.rss_before) as f64 / f64::from(a.proxies);
+            row(
+                "telemetry window per proxy (RSS after the reports - before)",
+                format!(
+                    "{:.1} KB ({} reports of {} samples; {:.0} series and {:.0} values held)",
+                    per_proxy / 1e3,
+                    t.reports,
+                    t.samples,
+                    t.series,
+                    t.values
+                ),
+                "",
+                None,
+            );
+        }
         let registry = filled.saturating_sub(started);
         row(
             "registry memory (RSS filled - RSS started)",
@@ -1189,6 +1247,112 @@ fn parent_words() -> mpsc::UnboundedReceiver<String> {
     rx
 }
 
+/// A proxy's /metrics after `round` rounds of traffic to its followed `services` from three
+/// callers, as the samples it reports.
+fn proxy_samples(p: u32, services: &[u32], round: u64) -> Vec<weft_api::MetricSample> {
+    use weft_proxy::metrics::{Direction, Metrics, RequestLabels, ResponseLabels, TcpLabels};
+    let m = Metrics::default();
+    let peer = |s: u32| format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/svc-{s}");
+    let n = round + 1;
+    for &s in services {
+        let labels = RequestLabels {
+            direction: Direction::outbound,
+            service: format!("svc-{s}.{NAMESPACE}"),
+            peer: peer(s),
+        };
+        m.requests.get_or_create(&labels).inc_by(100 * n);
+        for (status, class, count) in [("200", "success", 99 * n), ("503", "failure", n)] {
+            m.responses
+                .get_or_create(&ResponseLabels {
+                    direction: labels.direction,
+                    service: labels.service.clone(),
+                    peer: labels.peer.clone(),
+                    status_code: status.into(),
+                    classification: class.into(),
+                })
+                .inc_by(count);
+        }
+        let h = m.latency.get_or_create(&labels);
+        for i in 0..(10 * n) {
+            h.observe(0.0005 * (1 + i % 20) as f64, None, None);
+        }
+    }
+    for caller in 0..3u32 {
+        let labels = RequestLabels {
+            direction: Direction::inbound,
+            service: format!("{NAMESPACE}/proxy-{p}"),
+            peer: peer(caller),
+        };
+        m.requests.get_or_create(&labels).inc_by(50 * n);
+        m.latency.get_or_create(&labels).observe(0.001, None, None);
+        let tcp = TcpLabels {
+            direction: Direction::inbound,
+            peer: peer(caller),
+        };
+        m.tcp_read.get_or_create(&tcp).inc_by(1000 * n);
+        m.tcp_write.get_or_create(&tcp).inc_by(5000 * n);
+    }
+    weft_proxy::telemetry::parse(&m.encode())
+}
+
+/// Every proxy reports every 10 s for `--telemetry` seconds on its own connection; the
+/// reports sent and the samples in each of the first proxy's.
+async fn report_telemetry(channels: &[(u32, Channel)], args: &Args) -> anyhow::Result<(u64, u64)> {
+    use weft_api::v1::telemetry_client::TelemetryClient;
+    let rounds = (args.telemetry / 10.0).ceil().max(1.0) as u64;
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = JoinSet::new();
+    for (p, ch) in channels {
+        let (p, ch, sent) = (*p, ch.clone(), sent.clone());
+        let services: Vec<u32> = (0..args.streams_per_proxy)
+            .map(|k| args.subscription(p, k))
+            .collect();
+        tasks.spawn(async move {
+            let (tx, rx) = mpsc::channel(1);
+            let mut client = TelemetryClient::new(ch);
+            let call = tokio::spawn(async move {
+                client
+                    .report(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+            });
+            for round in 0..rounds {
+                let report = weft_api::TelemetryReport {
+                    workload: format!("{NAMESPACE}/proxy-{p}"),
+                    platform: PLATFORM.into(),
+                    tap_addr: String::new(),
+                    samples: proxy_samples(p, &services, round),
+                };
+                if tx.send(report).await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                if round + 1 < rounds {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            }
+            // The last report in, the stream stays open (as a proxy's would) until the end.
+            drop(tx);
+            let _ = call.await;
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    let bound = Duration::from_secs(rounds * 10 + 30);
+    let t = Instant::now();
+    while let Some(r) = tokio::time::timeout(bound.saturating_sub(t.elapsed()), tasks.join_next())
+        .await
+        .context("reports took too long")?
+    {
+        r??;
+    }
+    let first = channels.first().map_or(0, |(p, _)| {
+        let services: Vec<u32> = (0..args.streams_per_proxy)
+            .map(|k| args.subscription(*p, k))
+            .collect();
+        proxy_samples(*p, &services, 0).len() as u64
+    });
+    Ok((sent.load(Ordering::Relaxed), first))
+}
+
 async fn client(args: Args) -> anyhow::Result<()> {
     let addr = args.control_addr.context("--control-addr")?;
     let bundle_file = args.trust_bundle.clone().context("--trust-bundle")?;
@@ -1325,7 +1489,12 @@ async fn client(args: Args) -> anyhow::Result<()> {
     // Follow until the parent says stop (bounded by the phases it runs, plus slack).
     let bound =
         args.setup() + Duration::from_secs_f64(args.baseline() + args.duration + args.drain + 60.0);
-    let word = tokio::time::timeout(bound, input.recv()).await;
+    let mut word = tokio::time::timeout(bound, input.recv()).await;
+    if matches!(&word, Ok(Some(w)) if w == "report") {
+        let (reports, samples) = report_telemetry(&channels, &args).await?;
+        println!("reported {reports} {samples}");
+        word = tokio::time::timeout(bound, input.recv()).await;
+    }
     if !matches!(&word, Ok(Some(w)) if w == "stop") {
         tracing::warn!(?word, "no stop from the parent; reporting anyway");
     }

@@ -82,6 +82,10 @@ pub struct ControlMetrics {
     pub attest_refused: Family<AttestLabels, Counter>,
     /// Open Discovery streams, by kind (`resolve`, `proxy`).
     pub streams: Family<StreamLabels, Gauge>,
+    /// Series the telemetry windows hold, over every proxy.
+    pub telemetry_series: Gauge,
+    /// Values the telemetry windows hold, over every proxy and report.
+    pub telemetry_values: Gauge,
     /// Updates sent on Discovery streams, by kind.
     pub updates: Family<StreamLabels, Counter>,
     /// Resolve calls answered "denied".
@@ -175,6 +179,18 @@ impl Default for ControlMetrics {
             "Open Discovery streams, by kind (resolve, proxy)",
             streams.clone(),
         );
+        let telemetry_series = Gauge::default();
+        let telemetry_values = Gauge::default();
+        registry.register(
+            "weft_control_telemetry_series",
+            "Series the proxies' telemetry windows hold (names and labels, once per proxy)",
+            telemetry_series.clone(),
+        );
+        registry.register(
+            "weft_control_telemetry_values",
+            "Values the proxies' telemetry windows hold (one per series and report kept)",
+            telemetry_values.clone(),
+        );
         registry.register(
             "weft_control_discovery_updates",
             "Updates sent on Discovery streams, by kind",
@@ -186,6 +202,8 @@ impl Default for ControlMetrics {
             denied.clone(),
         );
         Self {
+            telemetry_series,
+            telemetry_values,
             registry,
             certify,
             attest_refused,

@@ -108,31 +108,15 @@ fn label<'a>(s: &'a MetricSample, name: &str) -> Option<&'a str> {
         .map(|l| l.value.as_str())
 }
 
-/// The key of a series: its name and labels.
-fn key(s: &MetricSample) -> String {
-    let mut k = s.name.clone();
-    for l in &s.labels {
-        k.push('\u{1f}');
-        k.push_str(&l.name);
-        k.push('=');
-        k.push_str(&l.value);
-    }
-    k
-}
-
-/// A proxy's samples with, for each, its increase over the window (none without a window).
+/// A proxy's series with, for each, its total and its increase over the window (none
+/// without a window).
 struct Series<'a> {
     view: &'a ProxyView,
-    first: Option<HashMap<String, f64>>,
 }
 
 impl<'a> Series<'a> {
     fn new(view: &'a ProxyView) -> Self {
-        let first = view
-            .first
-            .as_ref()
-            .map(|f| f.samples.iter().map(|s| (key(s), s.value)).collect());
-        Self { view, first }
+        Self { view }
     }
 
     fn window_secs(&self) -> Option<f64> {
@@ -141,18 +125,17 @@ impl<'a> Series<'a> {
         (dt > 0.0).then_some(dt)
     }
 
-    /// Each sample with its total and its increase (a counter that went back restarted).
+    /// Each series with its total and its increase (a counter that went back restarted).
     fn each(&self) -> impl Iterator<Item = (&'a MetricSample, f64, Option<f64>)> + '_ {
-        self.view.last.samples.iter().map(move |s| {
-            let delta = self.first.as_ref().map(|f| {
-                let before = f.get(&key(s)).copied().unwrap_or(0.0);
-                if s.value >= before {
-                    s.value - before
-                } else {
-                    s.value
-                }
+        let last = &self.view.last.values;
+        let first = self.view.first.as_ref().map(|f| &f.values);
+        self.view.series.iter().enumerate().map(move |(i, s)| {
+            let now = last.get(i).copied().unwrap_or(0.0);
+            let delta = first.map(|f| {
+                let before = f.get(i).copied().unwrap_or(0.0);
+                if now >= before { now - before } else { now }
             });
-            (s, s.value, delta)
+            (s, now, delta)
         })
     }
 }

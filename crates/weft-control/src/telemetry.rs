@@ -3,10 +3,11 @@
 //! ([`crate::stats`] computes what they show).
 //!
 //! Memory is bounded: at most [`MAX_PROXIES`] reporting proxies (and per identity as many
-//! streams as `control.limits.proxy_streams_per_identity`), [`MAX_SAMPLES`] samples per
-//! report (more are cut), and per proxy the reports of the last [`WINDOW`], at most
-//! [`MAX_SNAPSHOTS`] of them (the latest, and before it reports at least [`MIN_GAP`] apart). A
-//! proxy's window is dropped [`WINDOW`] after its stream ends.
+//! streams as `control.limits.proxy_streams_per_identity`), [`MAX_SAMPLES`] series per proxy
+//! (more are left out), and per proxy the values of the last [`WINDOW`]'s reports, at most
+//! [`MAX_SNAPSHOTS`] of them (the latest, and before it reports at least [`MIN_GAP`] apart).
+//! A proxy's series (names and labels) are kept once, and each report adds only its values.
+//! A proxy's window is dropped [`WINDOW`] after its stream ends.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -25,22 +26,26 @@ use crate::transport::PeerInfo;
 /// How far back the window reaches.
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// Reports kept per proxy at most.
-pub const MAX_SNAPSHOTS: usize = 16;
+pub const MAX_SNAPSHOTS: usize = 7;
 /// The least time between two reports kept (besides the latest).
-pub const MIN_GAP: Duration = Duration::from_millis(500);
+pub const MIN_GAP: Duration = Duration::from_secs(10);
 /// Proxies reporting at once at most.
 pub const MAX_PROXIES: usize = 100_000;
-/// Samples kept per report at most.
+/// Series kept per proxy at most.
 pub const MAX_SAMPLES: usize = 20_000;
 
-/// One report's samples, when it came.
+/// One report's values, when it came: `values[i]` is series `i`'s (series that appeared
+/// later have none).
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     /// When it came.
     pub at: Instant,
-    /// Its samples.
-    pub samples: Arc<Vec<MetricSample>>,
+    /// Its values, by series.
+    pub values: Arc<[f64]>,
 }
+
+/// A series: a sample's name and labels (its value is unused).
+pub type Series = MetricSample;
 
 /// One proxy's window.
 #[derive(Debug)]
@@ -49,8 +54,24 @@ struct Window {
     workload: String,
     platform: String,
     tap_addr: Option<SocketAddr>,
+    /// Every series the proxy reported, in the order they first came.
+    series: Arc<Vec<Series>>,
+    /// A series' index, by its name and labels.
+    index: HashMap<String, usize>,
     snapshots: VecDeque<Snapshot>,
     ended: Option<Instant>,
+}
+
+/// A sample's name and labels, as one string.
+pub fn series_key(s: &MetricSample) -> String {
+    let mut k = s.name.clone();
+    for l in &s.labels {
+        k.push('\u{1f}');
+        k.push_str(&l.name);
+        k.push('=');
+        k.push_str(&l.value);
+    }
+    k
 }
 
 /// What the stats see of one proxy.
@@ -64,6 +85,8 @@ pub struct ProxyView {
     pub platform: String,
     /// Where it serves tap, if it does.
     pub tap_addr: Option<SocketAddr>,
+    /// Its series.
+    pub series: Arc<Vec<Series>>,
     /// Its oldest report in the window (none: only one report so far).
     pub first: Option<Snapshot>,
     /// Its latest report.
@@ -108,6 +131,8 @@ impl Store {
                 workload: String::new(),
                 platform: String::new(),
                 tap_addr: None,
+                series: Arc::default(),
+                index: HashMap::new(),
                 snapshots: VecDeque::new(),
                 ended: None,
             },
@@ -116,15 +141,18 @@ impl Store {
     }
 
     /// Records a report of stream `id`, whose connection came from `remote`.
-    fn record(&self, id: u64, remote: SocketAddr, mut report: TelemetryReport) {
+    fn record(&self, id: u64, remote: SocketAddr, report: TelemetryReport) {
         let now = Instant::now();
-        report.samples.truncate(MAX_SAMPLES);
         let mut inner = self.lock();
         let Some(w) = inner.windows.get_mut(&id) else {
             return;
         };
-        w.workload = report.workload;
-        w.platform = report.platform;
+        if w.workload != report.workload {
+            w.workload = report.workload;
+        }
+        if w.platform != report.platform {
+            w.platform = report.platform;
+        }
         // A listener on every address is reached at the address the proxy called from.
         w.tap_addr =
             report
@@ -135,9 +163,29 @@ impl Store {
                     true => SocketAddr::new(remote.ip(), a.port()),
                     false => a,
                 });
+        // Values by series; series new to this proxy get an index, up to the bound.
+        let mut values = vec![0.0; w.series.len()];
+        for sample in report.samples {
+            let key = series_key(&sample);
+            let i = match w.index.get(&key) {
+                Some(&i) => i,
+                None if w.series.len() < MAX_SAMPLES => {
+                    let i = w.series.len();
+                    w.index.insert(key, i);
+                    Arc::make_mut(&mut w.series).push(MetricSample {
+                        value: 0.0,
+                        ..sample.clone()
+                    });
+                    values.push(0.0);
+                    i
+                }
+                None => continue,
+            };
+            values[i] = sample.value;
+        }
         let snapshot = Snapshot {
             at: now,
-            samples: Arc::new(report.samples),
+            values: Arc::from(values),
         };
         // The latest report always counts; the one before it stays only if it came at least
         // MIN_GAP after its own predecessor, so the reports kept are that far apart.
@@ -180,6 +228,7 @@ impl Store {
                     workload: w.workload.clone(),
                     platform: w.platform.clone(),
                     tap_addr: w.tap_addr,
+                    series: w.series.clone(),
                     first,
                     last,
                     live: w.ended.is_none(),
@@ -188,14 +237,17 @@ impl Store {
             .collect()
     }
 
-    /// Samples held, over every window (for the control plane's own metrics and bench).
-    pub fn samples_held(&self) -> usize {
-        self.lock()
+    /// Series and values held, over every window.
+    pub fn held(&self) -> (usize, usize) {
+        let inner = self.lock();
+        let series = inner.windows.values().map(|w| w.series.len()).sum();
+        let values = inner
             .windows
             .values()
             .flat_map(|w| &w.snapshots)
-            .map(|s| s.samples.len())
-            .sum()
+            .map(|s| s.values.len())
+            .sum();
+        (series, values)
     }
 }
 
@@ -280,17 +332,18 @@ mod tests {
             store.record(s, remote, report(f64::from(n)));
         }
         let v = &store.proxies()[0];
-        assert_eq!(v.last.samples[0].value, 99.0);
+        assert_eq!(v.last.values[0], 99.0);
         assert_eq!(
-            v.first.as_ref().unwrap().samples[0].value,
-            84.0,
-            "at most {MAX_SNAPSHOTS} reports"
+            v.first.as_ref().unwrap().values[0],
+            41.0,
+            "reports ten seconds apart (1, 11, ... 91), the last {MAX_SNAPSHOTS} of them with the latest"
         );
+        assert_eq!(store.held(), (1, MAX_SNAPSHOTS));
         // Reports too close together replace each other, the latest always counting.
         store.record(s, remote, report(100.0));
         store.record(s, remote, report(101.0));
-        assert_eq!(store.samples_held(), MAX_SNAPSHOTS);
-        assert_eq!(store.proxies()[0].last.samples[0].value, 101.0);
+        assert_eq!(store.held(), (1, MAX_SNAPSHOTS));
+        assert_eq!(store.proxies()[0].last.values[0], 101.0);
         // An ended stream's window goes once it is a window old.
         store.close(s);
         assert_eq!(store.proxies().len(), 1);
