@@ -205,6 +205,19 @@ enum Command {
         #[command(flatten)]
         control: viz::Control,
     },
+    /// Open the control plane's dashboard: the mesh at a glance, each service's routes,
+    /// endpoints, rules and callers, the topology, live tap and certificates. Prints its
+    /// address and opens it with xdg-open when there is a display. With --token-file (a control
+    /// plane not on loopback) it serves a forwarder on 127.0.0.1 that adds the token, and opens
+    /// that, until Ctrl-C. Kubernetes port-forwarding is out of scope: run `kubectl
+    /// port-forward` to the control plane's HTTP port yourself and point --control there.
+    Dashboard {
+        /// Print the address only; do not start a browser.
+        #[arg(long)]
+        no_browser: bool,
+        #[command(flatten)]
+        control: viz::Control,
+    },
     /// Check a mesh config file and print what is wrong with it; without a file, check the
     /// control plane installed in a Kubernetes cluster (one line per check, exit status 1 if
     /// any fails).
@@ -320,6 +333,10 @@ async fn main() -> anyhow::Result<()> {
             every,
             control,
         } => viz::top(&control, &filter, every).await,
+        Command::Dashboard {
+            no_browser,
+            control,
+        } => viz::dashboard(&control, !no_browser).await,
         Command::Check {
             config: Some(config),
             ..

@@ -1,7 +1,9 @@
 //! `weft stat`, `weft edges`, `weft tap` and `weft top`: what a running control plane knows of
 //! the mesh's traffic, read from its HTTP listener (`/api/stat`, `/api/edges`, `/api/tap`).
 //! The control plane keeps a short window of every proxy's counters and relays taps from the
-//! proxies, so none of these needs Prometheus.
+//! proxies, so none of these needs Prometheus. `weft dashboard` opens the control plane's own
+//! dashboard (`/dashboard`) in a browser, through a local forwarder that adds the token when
+//! the listener is not on loopback.
 //!
 //! Long-running commands (`tap`, `top`) redraw in place on a terminal and print lines
 //! otherwise.
@@ -661,4 +663,466 @@ pub async fn top(control: &Control, args: &TapArgs, every: Duration) -> anyhow::
     // What was seen, once more, when the stream ends (with --max, or the control plane went).
     print!("{}", render());
     result
+}
+
+/// `weft dashboard`: prints the address of the control plane's dashboard and opens it in a
+/// browser when there is a display (and `browser`). With a token file (a control plane not on
+/// loopback) it serves a [`DashboardForwarder`] on 127.0.0.1 and points at it instead, until
+/// interrupted.
+pub async fn dashboard(control: &Control, browser: bool) -> anyhow::Result<()> {
+    let Some(file) = &control.token_file else {
+        let url = format!("http://{}/dashboard", control.control);
+        println!("Weft dashboard: {url}");
+        if !control.control.ip().is_loopback() {
+            println!(
+                "The control plane is not on loopback: it asks for its token; pass --token-file \
+                 <data_dir>/http-token to reach it through a local forwarder."
+            );
+        }
+        if browser {
+            open_in_browser(&url).await;
+        }
+        return Ok(());
+    };
+    let token = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the token in {}", file.display()))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let forwarder =
+        DashboardForwarder::start(control.control, token.trim().to_string(), stop.clone()).await?;
+    println!("Weft dashboard: {}", forwarder.url);
+    println!(
+        "Forwarding {} to the control plane at {} with its token; Ctrl-C stops.",
+        forwarder.addr, control.control
+    );
+    if browser {
+        open_in_browser(&forwarder.url).await;
+    }
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    stop.cancel();
+    forwarder.task.await.context("the forwarder failed")?;
+    Ok(())
+}
+
+/// Opens `url` with `xdg-open` when there is a display; says so when there is none, or when
+/// it cannot be started. Never fails: the address is printed already.
+async fn open_in_browser(url: &str) {
+    let display = ["DISPLAY", "WAYLAND_DISPLAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|d| !d.is_empty()));
+    if !display {
+        println!("No display: open the address above in a browser.");
+        return;
+    }
+    match tokio::process::Command::new("xdg-open")
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(mut child) => {
+            // xdg-open hands the address to the browser and exits; reap it.
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+        }
+        Err(e) => println!("Could not run xdg-open ({e}): open the address above in a browser."),
+    }
+}
+
+/// Connections the forwarder holds at once at most (a browser opens six or so per site).
+const FORWARDER_CONNECTIONS: usize = 64;
+/// The cookie that proves a browser was handed the forwarder's address.
+const FORWARDER_COOKIE: &str = "weft-dashboard";
+
+type ForwardBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// A forwarder on 127.0.0.1 (a port the OS picks) to the dashboard of a control plane that
+/// asks for its token: it adds `Authorization: Bearer <token>` to each request and streams the
+/// answer back as it comes (server-sent events pass through).
+///
+/// Anyone on the machine can reach a loopback port, and any web page can make a browser send
+/// requests there, so the forwarder serves only the browser that opened its address: that
+/// address carries a random key, which it trades for a cookie (`HttpOnly`, `SameSite=Strict`),
+/// and every other request must bring that cookie and name the forwarder itself as `Host`
+/// (so a name rebound to 127.0.0.1 gets nothing). It forwards `GET` and `HEAD` under
+/// `/dashboard` alone, never the token-protected API beside it.
+#[derive(Debug)]
+pub struct DashboardForwarder {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The address to open: it sets the cookie and leads to the dashboard.
+    pub url: String,
+    /// The task serving it, until the stop token given to [`DashboardForwarder::start`].
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl DashboardForwarder {
+    /// Listens on 127.0.0.1 and forwards to the control plane's HTTP listener at `control`
+    /// with `token`, until `stop`.
+    pub async fn start(
+        control: SocketAddr,
+        token: String,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("listening on 127.0.0.1")?;
+        let addr = listener.local_addr()?;
+        let key = random_key()?;
+        let url = format!("http://{addr}/open/{key}");
+        let shared = std::sync::Arc::new(ForwarderState {
+            control,
+            token,
+            key,
+            addr,
+        });
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(FORWARDER_CONNECTIONS));
+        let task = tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "forwarder accept failed");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    },
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!("forwarder connection over its bound; closed");
+                    continue;
+                };
+                let shared = shared.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let svc = hyper::service::service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, std::convert::Infallible>(shared.answer(req).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        () = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, url, task })
+    }
+}
+
+/// 32 random bytes, hex.
+fn random_key() -> anyhow::Result<String> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("no randomness for the forwarder's key"))?;
+    Ok(bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    }))
+}
+
+/// `a == b`, in time that depends on their lengths alone.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// What each connection of the forwarder shares.
+#[derive(Debug)]
+struct ForwarderState {
+    control: SocketAddr,
+    token: String,
+    key: String,
+    addr: SocketAddr,
+}
+
+impl ForwarderState {
+    /// Answers one request of the browser.
+    async fn answer<B>(&self, req: http::Request<B>) -> http::Response<ForwardBody> {
+        let local = |status: http::StatusCode, text: &str| {
+            let body = http_body_util::Full::new(Bytes::from(text.to_string()))
+                .map_err(|never| match never {})
+                .boxed();
+            let mut rsp = http::Response::new(body);
+            *rsp.status_mut() = status;
+            rsp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            rsp
+        };
+        // The forwarder's own name, by address or as localhost: nothing rebound to it.
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        let port = self.addr.port();
+        if host != self.addr.to_string() && host != format!("localhost:{port}") {
+            return local(http::StatusCode::FORBIDDEN, "not this forwarder\n");
+        }
+        if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+            return local(http::StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        }
+        let path = req.uri().path();
+        if let Some(key) = path.strip_prefix("/open/") {
+            if !same(key, &self.key) {
+                return local(
+                    http::StatusCode::FORBIDDEN,
+                    "not the key of this forwarder\n",
+                );
+            }
+            let mut rsp = local(http::StatusCode::SEE_OTHER, "to the dashboard\n");
+            rsp.headers_mut().insert(
+                http::header::LOCATION,
+                http::HeaderValue::from_static("/dashboard"),
+            );
+            if let Ok(cookie) = http::HeaderValue::from_str(&format!(
+                "{FORWARDER_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+                self.key
+            )) {
+                rsp.headers_mut().insert(http::header::SET_COOKIE, cookie);
+            }
+            return rsp;
+        }
+        let cookie_ok = req
+            .headers()
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .any(|(name, value)| name == FORWARDER_COOKIE && same(value, &self.key));
+        if !cookie_ok {
+            return local(
+                http::StatusCode::FORBIDDEN,
+                "open the address `weft dashboard` printed\n",
+            );
+        }
+        if path != "/dashboard" && !path.starts_with("/dashboard/") {
+            return local(
+                http::StatusCode::NOT_FOUND,
+                "only the dashboard is forwarded\n",
+            );
+        }
+        match self.forward(&req).await {
+            Ok(rsp) => rsp,
+            Err(e) => local(
+                http::StatusCode::BAD_GATEWAY,
+                &format!("the control plane at {}: {e:#}\n", self.control),
+            ),
+        }
+    }
+
+    /// Sends `req`'s head to the control plane with the token, and streams its answer back.
+    async fn forward<B>(
+        &self,
+        req: &http::Request<B>,
+    ) -> anyhow::Result<http::Response<ForwardBody>> {
+        let tcp = tokio::net::TcpStream::connect(self.control)
+            .await
+            .context("connecting")?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        // The connection serves this one request and ends with its answer's body (or when
+        // the browser goes away and the body is dropped).
+        tokio::spawn(conn);
+        let target = req
+            .uri()
+            .path_and_query()
+            .map_or("/dashboard", |p| p.as_str());
+        let mut out = http::Request::builder()
+            .method(req.method())
+            .uri(target)
+            .header(http::header::HOST, self.control.to_string())
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", self.token),
+            );
+        // What the dashboard reads of a request, and never the cookie that holds the key.
+        for name in [
+            http::header::ACCEPT,
+            http::header::ACCEPT_LANGUAGE,
+            http::header::CACHE_CONTROL,
+            http::HeaderName::from_static("last-event-id"),
+        ] {
+            if let Some(v) = req.headers().get(&name) {
+                out = out.header(name, v);
+            }
+        }
+        let rsp = send.send_request(out.body(Empty::<Bytes>::new())?).await?;
+        Ok(rsp.map(BodyExt::boxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in control plane: answers `/dashboard/events` with two events some time apart
+    /// when the token is right, 401 otherwise; every request's head is sent on `heads`.
+    async fn control_plane(
+        token: &'static str,
+    ) -> (
+        SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<http::request::Parts>,
+    ) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, heads) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let tx = tx.clone();
+                            async move {
+                                let (parts, _) = req.into_parts();
+                                let ok = parts.headers.get(http::header::AUTHORIZATION)
+                                    == Some(
+                                        &http::HeaderValue::from_str(&format!("Bearer {token}"))
+                                            .unwrap(),
+                                    );
+                                let _ = tx.send(parts);
+                                let (frames, body) = tokio::sync::mpsc::channel::<
+                                    Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+                                >(4);
+                                let status = if ok { 200 } else { 401 };
+                                tokio::spawn(async move {
+                                    if ok {
+                                        let _ = frames
+                                            .send(Ok(hyper::body::Frame::data(Bytes::from(
+                                                "data: one\n\n",
+                                            ))))
+                                            .await;
+                                        tokio::time::sleep(Duration::from_millis(200)).await;
+                                        let _ = frames
+                                            .send(Ok(hyper::body::Frame::data(Bytes::from(
+                                                "data: two\n\n",
+                                            ))))
+                                            .await;
+                                    }
+                                });
+                                let body = http_body_util::StreamBody::new(
+                                    tokio_stream::wrappers::ReceiverStream::new(body),
+                                );
+                                Ok::<_, std::convert::Infallible>(
+                                    http::Response::builder().status(status).body(body).unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, heads)
+    }
+
+    async fn get(
+        addr: SocketAddr,
+        path: &str,
+        host: &str,
+        cookie: Option<&str>,
+    ) -> http::Response<hyper::body::Incoming> {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut req = http::Request::get(path).header(http::header::HOST, host);
+        if let Some(c) = cookie {
+            req = req.header(http::header::COOKIE, c);
+        }
+        send.send_request(req.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_forwarder_adds_the_token_for_the_browser_that_opened_it_alone() {
+        let (control, mut heads) = control_plane("sesame").await;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let fwd = DashboardForwarder::start(control, "sesame".into(), stop.clone())
+            .await
+            .unwrap();
+        assert!(fwd.addr.ip().is_loopback());
+        let host = fwd.addr.to_string();
+        let path = fwd.url.strip_prefix(&format!("http://{host}")).unwrap();
+
+        // The address printed trades its key for a cookie.
+        let rsp = get(fwd.addr, path, &host, None).await;
+        assert_eq!(rsp.status(), 303);
+        assert_eq!(rsp.headers()[http::header::LOCATION], "/dashboard");
+        let cookie = rsp.headers()[http::header::SET_COOKIE].to_str().unwrap();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+        let cookie = cookie.split(';').next().unwrap().to_string();
+
+        // With it, requests go through with the token, and events stream as they come.
+        let rsp = get(
+            fwd.addr,
+            "/dashboard/events?view=overview",
+            &host,
+            Some(&cookie),
+        )
+        .await;
+        assert_eq!(rsp.status(), 200);
+        let head = heads.recv().await.unwrap();
+        assert_eq!(head.uri, "/dashboard/events?view=overview");
+        assert_eq!(head.headers[http::header::AUTHORIZATION], "Bearer sesame");
+        assert!(
+            head.headers.get(http::header::COOKIE).is_none(),
+            "the key stays here"
+        );
+        let mut body = rsp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(
+            &first[..],
+            b"data: one\n\n",
+            "the first event before the second exists"
+        );
+        let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&second[..], b"data: two\n\n");
+
+        // Without the cookie, with a wrong key, another Host, or outside the dashboard: no.
+        for (path, host, cookie, status) in [
+            ("/dashboard", host.clone(), None, 403),
+            ("/dashboard", host.clone(), Some("weft-dashboard=00"), 403),
+            ("/open/00", host.clone(), None, 403),
+            (
+                "/dashboard",
+                format!("evil.example:{}", fwd.addr.port()),
+                Some(cookie.as_str()),
+                403,
+            ),
+            ("/api/state", host.clone(), Some(cookie.as_str()), 404),
+            ("/metrics", host.clone(), Some(cookie.as_str()), 404),
+        ] {
+            let rsp = get(fwd.addr, path, &host, cookie).await;
+            assert_eq!(rsp.status(), status, "{path} {host} {cookie:?}");
+        }
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), fwd.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }

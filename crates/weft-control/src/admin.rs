@@ -2,13 +2,14 @@
 //! `/api/authz` (`POST` a question, get the authorization decision explained), `/api/stat`
 //! (`?by=workload|service|route&from=&to=`) and `/api/edges` (`?from=&to=`), the golden
 //! metrics of [`crate::stats`], `/api/routes` (`?service=&from=`, what a caller applies to a
-//! service) and `/api/tap` (live requests, [`crate::tap`]); and the
+//! service), `/api/tap` (live requests, [`crate::tap`]) and the dashboard under `/dashboard`
+//! ([`crate::dashboard`]); and the
 //! optional probe listener (`control.probe_addr`): `/live` and `/ready` alone, with connection
 //! slots of its own, so the kubelet's probes (the Helm chart sends them there) get through
 //! whatever other clients do to the HTTP listener.
 //!
 //! `/api/state` shows the whole topology, so the listener binds loopback by default; bound to
-//! any other address, `/metrics`, `/api/state` and `/api/authz` require `Authorization: Bearer <token>` with
+//! any other address, `/metrics`, `/api/*` and `/dashboard` require `Authorization: Bearer <token>` with
 //! the token the control plane keeps in `<data_dir>/http-token` (0600). The probes stay open.
 //!
 //! Platforms probe them, so no client may take all of one. Like the proxy's admin listener each
@@ -49,7 +50,7 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Endpoints {
-    /// Everything: `/live`, `/ready`, `/metrics`, `/api/state`.
+    /// Everything: `/live`, `/ready`, `/metrics`, `/api/*`, `/dashboard`.
     Http,
     /// `/live` and `/ready` only.
     Probes,
@@ -115,6 +116,12 @@ pub(crate) async fn serve(
                     if endpoints == Endpoints::Http && req.uri().path() == "/api/tap" {
                         // The answer streams: the connection is busy until it ends.
                         return Ok::<_, Infallible>(api_tap(&state, &req, answering));
+                    }
+                    if endpoints == Endpoints::Http && crate::dashboard::serves(req.uri().path()) {
+                        // Live views stream too, and hold `answering` while they do.
+                        return Ok::<_, Infallible>(crate::dashboard::respond(
+                            &state, &req, answering,
+                        ));
                     }
                     let _answering = answering;
                     Ok::<_, Infallible>(respond(&state, endpoints, req).await.map(BodyExt::boxed))
@@ -197,7 +204,7 @@ fn api_tap<B>(
 }
 
 /// Whether `req` carries the token, when one is required.
-fn authorized<B>(state: &State, req: &Request<B>) -> bool {
+pub(crate) fn authorized<B>(state: &State, req: &Request<B>) -> bool {
     let Some(token) = &state.http_token else {
         return true;
     };
@@ -330,7 +337,13 @@ fn handle(state: &State, endpoints: Endpoints, req: Request<Incoming>) -> Respon
         },
         "/metrics" => text(
             StatusCode::OK,
-            state.metrics.encode(),
+            {
+                let (series, values) = state.telemetry.held();
+                let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+                state.metrics.telemetry_series.set(gauge(series));
+                state.metrics.telemetry_values.set(gauge(values));
+                state.metrics.encode()
+            },
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         "/api/state" => text(StatusCode::OK, api_state(state), "application/json"),

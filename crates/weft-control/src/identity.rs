@@ -145,6 +145,7 @@ impl IdentityApi for IdentityService {
             Status::invalid_argument(e.to_string())
         })?;
         count("issued");
+        self.0.leaves.record(&identity, leaf.not_after);
         tracing::info!(%identity, "certificate issued");
         Ok(Response::new(CertifyResponse {
             identity: identity.spiffe_id(),

@@ -8,9 +8,10 @@
 //!   caller may hold or ask (`[control.limits]`: connections and streams per identity, Certify
 //!   calls per client address and per identity), and platform answers to Certify are cached
 //!   (a credential presented again costs the platform nothing until its answer expires);
-//! - HTTP (`control.http_addr`, default 127.0.0.1:7080): `/live`, `/ready`, `/metrics` and
-//!   `/api/state`. Bound to anything but loopback, `/metrics` and `/api/state` require the
-//!   bearer token in `<data_dir>/http-token`;
+//! - HTTP (`control.http_addr`, default 127.0.0.1:7080): `/live`, `/ready`, `/metrics`,
+//!   `/api/state` and the other views of [`admin`], and the built-in dashboard under
+//!   `/dashboard` ([`dashboard`]). Bound to anything but loopback, all but `/live` and `/ready`
+//!   require the bearer token in `<data_dir>/http-token`;
 //! - optionally probes (`control.probe_addr`): `/live` and `/ready` alone, on connection slots
 //!   of their own ([`admin`]).
 //!
@@ -19,8 +20,10 @@
 
 pub mod admin;
 mod attestation;
+pub mod dashboard;
 pub mod discovery;
 mod identity;
+mod leaf_ledger;
 mod limits;
 mod metrics;
 pub mod platforms;
@@ -122,6 +125,10 @@ pub(crate) struct State {
     pub(crate) telemetry: telemetry::Store,
     /// The control plane's current certificate, which it also taps proxies with.
     pub(crate) serving: watch::Receiver<Arc<weft_ca::TlsCredentials>>,
+    /// The latest leaf issued to each identity, for the dashboard.
+    pub(crate) leaves: leaf_ledger::LeafLedger,
+    /// Bounds the dashboard's live streams open at once.
+    pub(crate) dashboard_streams: Arc<tokio::sync::Semaphore>,
 }
 
 // === impl State ===
@@ -163,6 +170,47 @@ impl State {
             out.push("control");
         }
         out
+    }
+}
+
+#[cfg(test)]
+impl State {
+    /// A state for unit tests: trust domain `weft.test`, no platform, an empty registry, and
+    /// `http_token` required on the HTTP listener if given.
+    #[allow(clippy::unwrap_used, reason = "test support")]
+    pub(crate) fn for_tests(ca: CertificateAuthority, http_token: Option<String>) -> Self {
+        let dir = std::env::temp_dir();
+        let text = format!(
+            "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n",
+            dir.display()
+        );
+        let cfg = Arc::new(
+            weft_core::config::Loader::new()
+                .load_str(&text, std::path::Path::new("m.toml"))
+                .unwrap(),
+        );
+        let (_tx, config) = watch::channel(cfg.clone());
+        let own = Identity::control_plane(&cfg.mesh.trust_domain);
+        let (_serving_tx, serving) =
+            watch::channel(transport::server_credentials(&ca, &own).unwrap());
+        State {
+            telemetry: Default::default(),
+            serving,
+            leaves: Default::default(),
+            dashboard_streams: Arc::new(tokio::sync::Semaphore::new(dashboard::MAX_STREAMS)),
+            ca,
+            config,
+            registry: Registry::new(),
+            platforms: Vec::new(),
+            metrics: ControlMetrics::default(),
+            shutdown: CancellationToken::new(),
+            anonymous_certify: Arc::new(tokio::sync::Semaphore::new(1)),
+            limits: limits::CallerLimits::new(&cfg.control.limits),
+            attestations: Default::default(),
+            grpc_serving: Default::default(),
+            started_with: cfg,
+            http_token,
+        }
     }
 }
 
@@ -233,6 +281,8 @@ impl ControlPlane {
         let state = Arc::new(State {
             telemetry: telemetry::Store::default(),
             serving: serving.clone(),
+            leaves: leaf_ledger::LeafLedger::default(),
+            dashboard_streams: Arc::new(tokio::sync::Semaphore::new(dashboard::MAX_STREAMS)),
             ca,
             config,
             registry: registry.clone(),

@@ -1,6 +1,7 @@
 //! `/api/tap`: the control plane taps the proxies a filter selects (over mutual TLS, as its
 //! own identity, which every proxy allows) and streams their events to the HTTP client as
-//! JSON lines, for `weft tap`, `weft top` and the dashboard.
+//! JSON lines, for `weft tap` and `weft top`; the dashboard takes the merged events of
+//! [`start`] and sends them on as server-sent events.
 //!
 //! - `to`: a service (`name.namespace`) or workload (`namespace/name`): the proxies of those
 //!   workloads, for the requests they receive. Otherwise every reporting proxy with a tap
@@ -107,39 +108,68 @@ fn chosen(state: &State, q: &Query) -> Vec<(ProxyView, String)> {
         .collect()
 }
 
-/// The streaming answer to `/api/tap`; `hold` is kept while it streams (it keeps the
-/// connection from counting as idle).
-pub(crate) fn relay(
-    state: &Arc<State>,
-    q: Query,
-    hold: impl Send + Sync + 'static,
-) -> Response<BoxBody<Bytes, Infallible>> {
-    let error = |status: StatusCode, text: String| {
-        Response::builder()
-            .status(status)
-            .header(http::header::CONTENT_TYPE, "text/plain")
-            .body(http_body_util::Full::new(Bytes::from(text)).boxed())
-            .unwrap_or_default()
-    };
-    let proxies = chosen(state, &q);
+/// Why a tap could not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TapRefused {
+    /// No live proxy with a tap listener matches the query.
+    #[error("no reporting proxy with a tap listener matches")]
+    NoProxy,
+    /// [`MAX_TAPS`] taps are running already.
+    #[error("{MAX_TAPS} taps are running already")]
+    TooMany,
+}
+
+/// A running tap: the events of the proxies it follows, merged. It ends when every proxy's
+/// tap has ended or the control plane stops; dropping it stops following the proxies.
+#[derive(Debug)]
+pub(crate) struct Tap {
+    rx: mpsc::Receiver<TapEvent>,
+    stop: tokio_util::sync::CancellationToken,
+    _running: Running,
+}
+
+/// One of the [`MAX_TAPS`] taps, with the tasks following its proxies: aborted and counted
+/// out when dropped.
+#[derive(Debug)]
+struct Running {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        RUNNING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// === impl Tap ===
+
+impl Tap {
+    /// The next event; none once the tap has ended.
+    pub(crate) async fn next(&mut self) -> Option<TapEvent> {
+        tokio::select! {
+            e = self.rx.recv() => e,
+            () = self.stop.cancelled() => None,
+        }
+    }
+}
+
+/// Starts tapping the proxies `q` selects, within [`MAX_TAPS`] and [`MAX_PROXIES_TAPPED`].
+pub(crate) fn start(state: &Arc<State>, q: &Query) -> Result<Tap, TapRefused> {
+    let proxies = chosen(state, q);
     if proxies.is_empty() {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no reporting proxy with a tap listener matches\n".into(),
-        );
+        return Err(TapRefused::NoProxy);
     }
     if RUNNING.fetch_add(1, Ordering::AcqRel) >= MAX_TAPS {
         RUNNING.fetch_sub(1, Ordering::AcqRel);
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("{MAX_TAPS} taps are running already\n"),
-        );
+        return Err(TapRefused::TooMany);
     }
+    let mut running = Running { tasks: Vec::new() };
     let trust_domain = state.config.borrow().mesh.trust_domain.as_str().to_string();
-    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let (tx, rx) = mpsc::channel::<TapEvent>(256);
     let creds = state.serving.borrow().clone();
-    let stop = state.shutdown.clone();
-    let mut tasks = Vec::new();
     for (proxy, destination) in proxies {
         let request = TapRequest {
             method: q.method.clone().unwrap_or_default(),
@@ -154,7 +184,7 @@ pub(crate) fn relay(
             max_per_second: q.rate,
         };
         let (tx, creds) = (tx.clone(), creds.clone());
-        tasks.push(tokio::spawn(async move {
+        running.tasks.push(tokio::spawn(async move {
             let Some(addr) = proxy.tap_addr else {
                 return;
             };
@@ -163,64 +193,70 @@ pub(crate) fn relay(
             }
         }));
     }
-    drop(tx);
-    let max = q.max;
-    let body_stream = async_stream(rx, max, tasks, stop, hold);
+    Ok(Tap {
+        rx,
+        stop: state.shutdown.clone(),
+        _running: running,
+    })
+}
+
+/// The streaming answer to `/api/tap`; `hold` is kept while it streams (it keeps the
+/// connection from counting as idle).
+pub(crate) fn relay(
+    state: &Arc<State>,
+    q: Query,
+    hold: impl Send + Sync + 'static,
+) -> Response<BoxBody<Bytes, Infallible>> {
+    let error = |status: StatusCode, text: String| {
+        Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, "text/plain")
+            .body(http_body_util::Full::new(Bytes::from(text)).boxed())
+            .unwrap_or_default()
+    };
+    let tap = match start(state, &q) {
+        Ok(tap) => tap,
+        Err(e @ TapRefused::NoProxy) => return error(StatusCode::NOT_FOUND, format!("{e}\n")),
+        Err(e @ TapRefused::TooMany) => {
+            return error(StatusCode::TOO_MANY_REQUESTS, format!("{e}\n"));
+        }
+    };
     Response::builder()
         .status(StatusCode::OK)
         .header(http::header::CONTENT_TYPE, "application/x-ndjson")
-        .body(body_stream)
+        .body(json_lines(tap, q.max, hold))
         .unwrap_or_default()
 }
 
-/// The body: the events' lines until `max`, the end of every tap, or a stop; the proxies'
-/// taps are aborted when it is dropped.
-fn async_stream(
-    rx: mpsc::Receiver<Bytes>,
+/// The body: the events' lines until `max` or the end of the tap.
+fn json_lines(
+    tap: Tap,
     max: Option<u64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    stop: tokio_util::sync::CancellationToken,
     hold: impl Send + Sync + 'static,
 ) -> BoxBody<Bytes, Infallible> {
-    struct Guard<H> {
-        tasks: Vec<tokio::task::JoinHandle<()>>,
-        _hold: H,
-    }
-    impl<H> Drop for Guard<H> {
-        fn drop(&mut self) {
-            for t in &self.tasks {
-                t.abort();
-            }
-            RUNNING.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-    let guard = Guard { tasks, _hold: hold };
-    let stream = futures_util::stream::unfold(
-        (rx, 0u64, guard, stop),
-        move |(mut rx, n, guard, stop)| async move {
+    let stream =
+        futures_util::stream::unfold((tap, 0u64, hold), move |(mut tap, n, hold)| async move {
             if max.is_some_and(|m| n >= m) {
                 return None;
             }
-            let line = tokio::select! {
-                line = rx.recv() => line?,
-                () = stop.cancelled() => return None,
-            };
+            let event = tap.next().await?;
+            let mut line = event_json(&event).to_string();
+            line.push('\n');
             Some((
-                Ok::<_, Infallible>(Frame::data(line)),
-                (rx, n + 1, guard, stop),
+                Ok::<_, Infallible>(Frame::data(Bytes::from(line))),
+                (tap, n + 1, hold),
             ))
-        },
-    );
+        });
     BoxBody::new(http_body_util::StreamBody::new(stream))
 }
 
-/// Follows one proxy's tap, sending each event as a JSON line.
+/// Follows one proxy's tap, sending on each event.
 async fn follow(
     addr: SocketAddr,
     identity: &Identity,
     creds: &weft_ca::TlsCredentials,
     request: TapRequest,
-    tx: &mpsc::Sender<Bytes>,
+    tx: &mpsc::Sender<TapEvent>,
 ) -> Result<(), FollowError> {
     let tls =
         tokio_rustls::TlsConnector::from(creds.client_config(identity, weft_ca::ALPN_MESH_H2));
@@ -248,9 +284,7 @@ async fn follow(
         .await
         .map_err(|e| FollowError(e.message().to_string()))?
     {
-        let mut line = event_json(&e).to_string();
-        line.push('\n');
-        if tx.send(Bytes::from(line)).await.is_err() {
+        if tx.send(e).await.is_err() {
             return Ok(());
         }
     }

@@ -121,36 +121,7 @@ mod tests {
     const DAY: Duration = Duration::from_secs(86_400);
 
     fn state(ca: CertificateAuthority) -> State {
-        let dir = std::env::temp_dir();
-        let text = format!(
-            "[mesh]\nname = \"t\"\ntrust_domain = \"weft.test\"\n[ca]\ndata_dir = \"{}\"\n",
-            dir.display()
-        );
-        let cfg = Arc::new(
-            weft_core::config::Loader::new()
-                .load_str(&text, std::path::Path::new("m.toml"))
-                .unwrap(),
-        );
-        let (_tx, config) = watch::channel(cfg.clone());
-        let own = weft_core::Identity::control_plane(&cfg.mesh.trust_domain);
-        let (_serving_tx, serving) =
-            watch::channel(crate::transport::server_credentials(&ca, &own).unwrap());
-        State {
-            telemetry: Default::default(),
-            serving,
-            ca,
-            config,
-            registry: weft_core::Registry::new(),
-            platforms: Vec::new(),
-            metrics: crate::ControlMetrics::default(),
-            shutdown: CancellationToken::new(),
-            anonymous_certify: Arc::new(tokio::sync::Semaphore::new(1)),
-            limits: crate::limits::CallerLimits::new(&cfg.control.limits),
-            attestations: Default::default(),
-            grpc_serving: Default::default(),
-            started_with: cfg,
-            http_token: None,
-        }
+        State::for_tests(ca, None)
     }
 
     fn ca_ending_in(days: u64, keep_root_key: bool) -> CertificateAuthority {
