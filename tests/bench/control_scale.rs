@@ -412,6 +412,13 @@ struct Seen {
 }
 
 /// A gauge or counter of the control plane's resolve streams, from its /metrics text.
+/// The value of the metric `name`, which has no labels.
+fn plain_metric(text: &str, name: &str) -> Option<f64> {
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
 fn resolve_metric(text: &str, name: &str) -> Option<f64> {
     let prefix = format!("{name}{{kind=\"resolve\"}} ");
     text.lines()
@@ -642,11 +649,11 @@ async fn parent(args: Args) -> anyhow::Result<()> {
         to_child.write_all(b"report\n").await?;
         let wait = args.setup() + Duration::from_secs_f64(args.telemetry);
         let f = expect_line(&mut from_child, "reported", wait).await?;
-        let (reports, samples): (u64, u64) = (field(&f, 1)?, field(&f, 2)?);
+        let (reports, samples): (u64, u64) = (field(&f, 0)?, field(&f, 1)?);
         let after = sample(me, ticks)?;
         let metrics = control_metrics(control.http_addr).await;
-        let series = resolve_metric(&metrics, "weft_control_telemetry_series").unwrap_or(0.0);
-        let values = resolve_metric(&metrics, "weft_control_telemetry_values").unwrap_or(0.0);
+        let series = plain_metric(&metrics, "weft_control_telemetry_series").unwrap_or(0.0);
+        let values = plain_metric(&metrics, "weft_control_telemetry_values").unwrap_or(0.0);
         eprintln!("telemetry: {reports} reports of {samples} samples each");
         telemetry = Some(Telemetry {
             reports,

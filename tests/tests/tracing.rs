@@ -552,6 +552,10 @@ async fn access_log_lines_parse() {
     assert_eq!(v["path"], "/logged", "no query string");
     assert_eq!(v["status"], 200);
     assert_eq!(v["client_identity"], LOAD_ID);
+    assert!(
+        v.get("peer_identity").is_none(),
+        "inbound, the client is the peer"
+    );
     assert_eq!(
         v["protocol"], "HTTP/1.1",
         "as the client sent it, not as carried"

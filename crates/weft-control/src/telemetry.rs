@@ -4,7 +4,7 @@
 //!
 //! Memory is bounded: at most [`MAX_PROXIES`] reporting proxies (and per identity as many
 //! streams as `control.limits.proxy_streams_per_identity`), [`MAX_SAMPLES`] series per proxy
-//! (more are left out), and per proxy the values of the last [`WINDOW`]'s reports, at most
+//! whose names and labels take at most [`MAX_SERIES_BYTES`] (more are left out), and per proxy the values of the last [`WINDOW`]'s reports, at most
 //! [`MAX_SNAPSHOTS`] of them (the latest, and before it reports at least [`MIN_GAP`] apart).
 //! A proxy's series (names and labels) are kept once, and each report adds only its values.
 //! A proxy's window is dropped [`WINDOW`] after its stream ends.
@@ -32,7 +32,10 @@ pub const MIN_GAP: Duration = Duration::from_secs(10);
 /// Proxies reporting at once at most.
 pub const MAX_PROXIES: usize = 100_000;
 /// Series kept per proxy at most.
-pub const MAX_SAMPLES: usize = 20_000;
+pub const MAX_SAMPLES: usize = 5_000;
+/// Bytes of series names and labels kept per proxy at most: what a peer sends cannot grow
+/// the control plane's memory past the bounds, however long its labels.
+pub const MAX_SERIES_BYTES: usize = 256 * 1024;
 
 /// One report's values, when it came: `values[i]` is series `i`'s (series that appeared
 /// later have none).
@@ -58,6 +61,8 @@ struct Window {
     series: Arc<Vec<Series>>,
     /// A series' index, by its name and labels.
     index: HashMap<String, usize>,
+    /// Bytes of the series' names and labels.
+    series_bytes: usize,
     snapshots: VecDeque<Snapshot>,
     ended: Option<Instant>,
 }
@@ -133,6 +138,7 @@ impl Store {
                 tap_addr: None,
                 series: Arc::default(),
                 index: HashMap::new(),
+                series_bytes: 0,
                 snapshots: VecDeque::new(),
                 ended: None,
             },
@@ -169,7 +175,12 @@ impl Store {
             let key = series_key(&sample);
             let i = match w.index.get(&key) {
                 Some(&i) => i,
-                None if w.series.len() < MAX_SAMPLES => {
+                None if w.series.len() < MAX_SAMPLES
+                    && w.series_bytes + 2 * key.len() <= MAX_SERIES_BYTES =>
+                {
+                    // The key is held twice: in the index and, as name and labels, in the
+                    // series.
+                    w.series_bytes += 2 * key.len();
                     let i = w.series.len();
                     w.index.insert(key, i);
                     Arc::make_mut(&mut w.series).push(MetricSample {
@@ -316,6 +327,37 @@ mod tests {
 
     fn id() -> Identity {
         Identity::parse_spiffe("spiffe://weft.test/ns/shop/sa/web").unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_labels_cannot_grow_a_window_past_its_budget() {
+        let store = Store::default();
+        let s = store.open(id()).unwrap();
+        let remote: SocketAddr = "10.1.2.3:40000".parse().unwrap();
+        let long = "x".repeat(10_000);
+        let samples = (0..100)
+            .map(|i| MetricSample {
+                name: format!("weft_requests_total{i}"),
+                labels: vec![weft_api::Label {
+                    name: "peer".into(),
+                    value: long.clone(),
+                }],
+                value: 1.0,
+            })
+            .collect();
+        store.record(
+            s,
+            remote,
+            TelemetryReport {
+                samples,
+                ..report(0.0)
+            },
+        );
+        let (series, _) = store.held();
+        assert!(
+            series < 100 && series * 2 * 10_000 <= MAX_SERIES_BYTES,
+            "{series}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

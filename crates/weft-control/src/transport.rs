@@ -308,8 +308,8 @@ pub(crate) async fn serve_grpc(
     }
 }
 
-/// The largest telemetry report read: the proxy's samples, at most 20,000 of them.
-const MAX_TELEMETRY_BYTES: usize = 8 * 1024 * 1024;
+/// The largest telemetry report read (a proxy's samples; a real one is tens of kilobytes).
+const MAX_TELEMETRY_BYTES: usize = 2 * 1024 * 1024;
 
 /// Reads the HTTP/2 preface within `timeout`; `None` (the connection dropped, and counted)
 /// when it does not come or is something else.

@@ -18,8 +18,9 @@ use crate::Runtime;
 use crate::control::ControlError;
 use crate::discovery::{StreamEnd, follow_with_backoff};
 
-/// The most samples one report carries; the rest wait for the proxy to talk to fewer peers.
-pub const MAX_SAMPLES: usize = 20_000;
+/// The most samples one report carries (the control plane keeps at most 5,000 series per
+/// proxy); the rest wait for the proxy to talk to fewer peers.
+pub const MAX_SAMPLES: usize = 5_000;
 
 /// Reports until `stop`.
 pub async fn run(

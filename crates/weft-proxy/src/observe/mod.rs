@@ -629,7 +629,11 @@ impl Record {
                     route: notes.route.as_deref(),
                     service: self.service.as_deref(),
                     backend: notes.backend.as_deref(),
-                    peer_identity: notes.peer.as_deref(),
+                    // Inbound, the peer is the client, named above.
+                    peer_identity: match self.direction {
+                        Direction::outbound => notes.peer.as_deref(),
+                        Direction::inbound => None,
+                    },
                 },
             );
         }
