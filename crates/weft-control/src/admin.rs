@@ -161,18 +161,8 @@ fn api_tap<B>(
     if !authorized(state, req) {
         return unauthorized().map(BodyExt::boxed);
     }
-    let query: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let arg = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .filter(|v| !v.is_empty())
-    };
+    let query = Query::of(req);
+    let arg = |name: &str| query.get(name).map(str::to_string);
     let number = |name: &str| arg(name).map(|v| v.parse::<u64>());
     let (rate, max) = match (number("rate"), number("max")) {
         (Some(Err(_)), _) | (_, Some(Err(_))) => {
@@ -201,6 +191,29 @@ fn api_tap<B>(
         },
         hold,
     )
+}
+
+/// A request's query parameters, decoded.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn of<B>(req: &Request<B>) -> Self {
+        Self(
+            req.uri()
+                .query()
+                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// The first value of `name`, unless it is empty.
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
 }
 
 /// Whether `req` carries the token, when one is required.
@@ -313,18 +326,8 @@ fn handle(state: &State, endpoints: Endpoints, req: Request<Incoming>) -> Respon
     if (path == "/metrics" || path.starts_with("/api/")) && !authorized(state, &req) {
         return unauthorized();
     }
-    let query: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let arg = |name: &str| {
-        query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
+    let query = Query::of(&req);
+    let arg = |name: &str| query.get(name);
     match path {
         "/live" => text(StatusCode::OK, "live\n".into(), "text/plain"),
         "/ready" => match state.not_ready_because() {

@@ -62,24 +62,53 @@ fn filters(list: &[HttpFilter]) -> Value {
         .collect()
 }
 
-fn guards(
-    timeouts: &weft_core::policy::resilience::Timeouts,
-    retry: Option<&weft_core::policy::resilience::RetryPolicy>,
+/// What a rule shows, whatever its kind.
+struct Rule<'a> {
+    name: &'a Option<String>,
+    matches: Vec<String>,
+    filters: &'a [HttpFilter],
+    backends: &'a [WeightedBackend],
+    timeouts: &'a weft_core::policy::resilience::Timeouts,
+    retry: Option<&'a weft_core::policy::resilience::RetryPolicy>,
     fault: bool,
-    limit: Option<&weft_core::policy::resilience::ConcurrencyLimit>,
+    limit: Option<&'a weft_core::policy::resilience::ConcurrencyLimit>,
+}
+
+/// A route as JSON: its kind, name, source, trace share, rules and traffic.
+fn route_json(
+    kind: &str,
+    meta: &weft_core::policy::route::RouteMeta,
+    rules: Vec<Value>,
+    policy: &TrafficPolicy,
+    stats: Value,
 ) -> Value {
     json!({
-        "timeout_ms": millis(timeouts.request),
-        "per_try_timeout_ms": millis(timeouts.backend_request),
-        "retry": retry.map(|r| json!({
+        "kind": kind,
+        "name": meta.name,
+        "source": meta.source.to_string(),
+        "trace_start": trace_start(policy, &meta.name),
+        "rules": rules,
+        "stats": stats,
+    })
+}
+
+fn rule_json(r: Rule<'_>) -> Value {
+    json!({
+        "name": r.name,
+        "matches": r.matches,
+        "filters": filters(r.filters),
+        "backends": backends(r.backends),
+        "timeout_ms": millis(r.timeouts.request),
+        "per_try_timeout_ms": millis(r.timeouts.backend_request),
+        "retry": r.retry.map(|r| json!({
             "attempts": r.attempts,
             "codes": r.codes,
             "grpc_codes": r.grpc_codes,
             "backoff_ms": r.backoff.as_millis() as u64,
             "idempotent": r.idempotent,
         })),
-        "fault": fault,
-        "limit": limit.map(|l| json!({"max_in_flight": l.max_in_flight, "max_queue": l.max_queue})),
+        "fault": r.fault,
+        "limit": r.limit.map(|l| json!({"max_in_flight": l.max_in_flight, "max_queue": l.max_queue})),
     })
 }
 
@@ -127,27 +156,25 @@ fn routes_json(policy: &TrafficPolicy, stats: &[StatRow]) -> Value {
                         }
                     })
                     .collect();
-                let mut v = guards(
-                    &rule.timeouts,
-                    rule.retry.as_ref(),
-                    rule.fault.is_some(),
-                    rule.limit.as_ref(),
-                );
-                v["name"] = json!(rule.name);
-                v["matches"] = json!(matches);
-                v["filters"] = filters(&rule.filters);
-                v["backends"] = backends(&rule.backends);
-                v
+                rule_json(Rule {
+                    name: &rule.name,
+                    matches,
+                    filters: &rule.filters,
+                    backends: &rule.backends,
+                    timeouts: &rule.timeouts,
+                    retry: rule.retry.as_ref(),
+                    fault: rule.fault.is_some(),
+                    limit: rule.limit.as_ref(),
+                })
             })
             .collect();
-        out.push(json!({
-            "kind": "http",
-            "name": r.meta.name,
-            "source": r.meta.source.to_string(),
-            "trace_start": trace_start(policy, &r.meta.name),
-            "rules": rules,
-            "stats": stats_of(&r.meta.name),
-        }));
+        out.push(route_json(
+            "http",
+            &r.meta,
+            rules,
+            policy,
+            stats_of(&r.meta.name),
+        ));
     }
     for r in policy.grpc.iter() {
         let rules: Vec<Value> = r
@@ -163,27 +190,25 @@ fn routes_json(policy: &TrafficPolicy, stats: &[StatRow]) -> Value {
                         format!("{s}/{me}")
                     })
                     .collect();
-                let mut v = guards(
-                    &rule.timeouts,
-                    rule.retry.as_ref(),
-                    rule.fault.is_some(),
-                    rule.limit.as_ref(),
-                );
-                v["name"] = json!(rule.name);
-                v["matches"] = json!(matches);
-                v["filters"] = filters(&rule.filters);
-                v["backends"] = backends(&rule.backends);
-                v
+                rule_json(Rule {
+                    name: &rule.name,
+                    matches,
+                    filters: &rule.filters,
+                    backends: &rule.backends,
+                    timeouts: &rule.timeouts,
+                    retry: rule.retry.as_ref(),
+                    fault: rule.fault.is_some(),
+                    limit: rule.limit.as_ref(),
+                })
             })
             .collect();
-        out.push(json!({
-            "kind": "grpc",
-            "name": r.meta.name,
-            "source": r.meta.source.to_string(),
-            "trace_start": trace_start(policy, &r.meta.name),
-            "rules": rules,
-            "stats": stats_of(&r.meta.name),
-        }));
+        out.push(route_json(
+            "grpc",
+            &r.meta,
+            rules,
+            policy,
+            stats_of(&r.meta.name),
+        ));
     }
     Value::Array(out)
 }
