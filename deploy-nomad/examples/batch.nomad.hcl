@@ -22,6 +22,7 @@ job "report" {
   group "report" {
     network {
       mode = "bridge"
+      port "weft_tap" { to = 7193 } # weft inject: the proxy's tap listener (mutual TLS, for the control plane)
     }
 
     service {
@@ -77,6 +78,8 @@ job "report" {
           "--account", "report",
           "--trust-domain", "weft.local",
           "--trust-bundle", "${NOMAD_SECRETS_DIR}/weft-trust-bundle.pem",
+          "--tap-addr", "0.0.0.0:7193",
+          "--tap-advertise", "${NOMAD_HOST_ADDR_weft_tap}",
           "--upstream", "api=127.0.0.1:9001",
           "--log-json",
         ]

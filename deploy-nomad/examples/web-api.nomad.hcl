@@ -34,6 +34,7 @@ job "web-api" {
       port "http" {
         to = 8080
       }
+      port "weft_tap" { to = 7193 } # weft inject: the proxy's tap listener (mutual TLS, for the control plane)
     }
 
     service {
@@ -72,7 +73,7 @@ job "web-api" {
       config {
         image      = "ghcr.io/weft-mesh/weft-proxy:0.1.0"
         entrypoint = ["weft-proxy"]
-        args       = ["init", "--proxy-uid", "2102", "--inbound-port", "7143", "--outbound-port", "7140"]
+        args       = ["init", "--proxy-uid", "2102", "--inbound-port", "7143", "--outbound-port", "7140", "--skip-inbound-ports", "7193"]
         cap_add    = ["NET_ADMIN", "NET_RAW"]
       }
 
@@ -111,6 +112,8 @@ job "web-api" {
           "--account", "api",
           "--trust-domain", "weft.local",
           "--trust-bundle", "${NOMAD_SECRETS_DIR}/weft-trust-bundle.pem",
+          "--tap-addr", "0.0.0.0:7193",
+          "--tap-advertise", "${NOMAD_HOST_ADDR_weft_tap}",
           "--transparent",
           "--log-json",
         ]
@@ -159,6 +162,7 @@ job "web-api" {
         to = 8080
       }
       port "weft" { to = 7143 } # weft inject: the proxy's inbound listener
+      port "weft_tap" { to = 7193 } # weft inject: the proxy's tap listener (mutual TLS, for the control plane)
     }
 
     service {
@@ -230,6 +234,8 @@ job "web-api" {
           "--account", "web",
           "--trust-domain", "weft.local",
           "--trust-bundle", "${NOMAD_SECRETS_DIR}/weft-trust-bundle.pem",
+          "--tap-addr", "0.0.0.0:7193",
+          "--tap-advertise", "${NOMAD_HOST_ADDR_weft_tap}",
           "--app-port", "${NOMAD_PORT_http}",
           "--upstream", "api=127.0.0.1:9001",
           "--log-json",

@@ -528,6 +528,7 @@ pub fn loopback_proxy_config(
         access_log: None,
         tap_addr: None,
         report_interval: Duration::from_secs(1),
+        tap_advertise: None,
     }
 }
 

@@ -12,7 +12,8 @@
 //! - the task `weft-proxy`: a prestart sidecar running as the uid `weft-proxy init` exempts,
 //!   with a workload identity for the audience `weft` written to `secrets/nomad_weft.jwt`, the
 //!   mesh's roots rendered from the Nomad Variable `nomad/jobs` and the control plane's address
-//!   from the Nomad service `weft-control-grpc`, and its access log format from the meta key
+//!   from the Nomad service `weft-control-grpc`, its tap listener on the group port
+//!   `weft_tap` (7193 inside, which interception leaves alone), and its access log format from the meta key
 //!   `weft_access_log` of the job, group or task, where one is set;
 //! - in transparent mode (the default) the task `weft-init`, a prestart task that writes the nat
 //!   rules once (NET_ADMIN and NET_RAW) and exits.
@@ -39,6 +40,10 @@ pub const ACCOUNT_TAG: &str = "weft-account=";
 pub const INBOUND_TAG: &str = "weft-inbound=";
 /// The group port label of the proxy's inbound listener, in explicit mode.
 pub const INBOUND_PORT_LABEL: &str = "weft";
+/// The group port label of the proxy's tap listener, which the control plane dials.
+pub const TAP_PORT_LABEL: &str = "weft_tap";
+/// The proxy's tap listener port inside the group's network.
+pub const TAP_PORT: u16 = 7193;
 /// The workload identity the proxy presents (`secrets/nomad_<name>.jwt`).
 pub const IDENTITY_NAME: &str = "weft";
 /// The audience of that identity.
@@ -461,6 +466,14 @@ fn plan_group<'a>(
             _ => p.as_number().map(|n| n.to_string()),
         }
     };
+    if labels.iter().any(|l| l == TAP_PORT_LABEL) {
+        refuse(
+            span(group).start,
+            format!(
+                "the network already has a port labelled {TAP_PORT_LABEL:?}, which weft inject adds for the proxy's tap listener"
+            ),
+        );
+    }
     let mut app_port = None;
     if opts.explicit {
         if labels.iter().any(|l| l == INBOUND_PORT_LABEL) {
@@ -500,7 +513,8 @@ fn plan_group<'a>(
     // Health checks reach the group through its network like any client: in transparent mode
     // a check on a service's port meets the proxy, which refuses clients outside the mesh
     // unless policy allows them. A check on a port of its own is left out of interception.
-    let mut skip_inbound = Vec::new();
+    // The proxy's tap listener is reached at its own port, never through interception.
+    let mut skip_inbound = vec![TAP_PORT.to_string()];
     let mut warnings = Vec::new();
     if !opts.explicit {
         let service_port_text: Vec<&str> = service_ports
@@ -578,21 +592,20 @@ impl GroupPlan<'_> {
         };
         let mut tags = vec![format!("\"{MESH_TAG}\"")];
         tags.extend(self.account_tag.clone());
+        // The proxy's ports in the group's network, added in one place.
+        let mut ports = Vec::new();
         if opts.explicit && self.app_port.is_some() {
             tags.push(format!(
                 "\"{INBOUND_TAG}${{NOMAD_HOST_PORT_{INBOUND_PORT_LABEL}}}\""
             ));
-            append_to_block(
-                src,
-                self.network,
-                &format!(
-                    "port \"{INBOUND_PORT_LABEL}\" {{ to = {INBOUND_PORT} }} # weft inject: the proxy's inbound listener"
-                ),
-                false,
-                eol,
-                edits,
-            );
+            ports.push(format!(
+                "port \"{INBOUND_PORT_LABEL}\" {{ to = {INBOUND_PORT} }} # weft inject: the proxy's inbound listener"
+            ));
         }
+        ports.push(format!(
+            "port \"{TAP_PORT_LABEL}\" {{ to = {TAP_PORT} }} # weft inject: the proxy's tap listener (mutual TLS, for the control plane)"
+        ));
+        append_to_block(src, self.network, &ports.join("\n"), false, eol, edits);
         for s in &self.services {
             add_tags(src, s, &tags, eol, edits);
         }
@@ -671,6 +684,12 @@ task "{INIT_TASK}" {{
             (
                 "--trust-bundle",
                 "\"${NOMAD_SECRETS_DIR}/weft-trust-bundle.pem\"".to_string(),
+            ),
+            // Tap: listened for inside the group's network, dialled at the host's mapping.
+            ("--tap-addr", quote(&format!("0.0.0.0:{TAP_PORT}"))),
+            (
+                "--tap-advertise",
+                format!("\"${{NOMAD_HOST_ADDR_{TAP_PORT_LABEL}}}\""),
             ),
         ];
         if opts.explicit {

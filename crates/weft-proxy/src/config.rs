@@ -109,6 +109,10 @@ pub struct ProxyConfig {
     /// identities the mesh allows) to watch requests live. None: no tap.
     #[arg(long, env = "WEFT_PROXY_TAP_ADDR")]
     pub tap_addr: Option<SocketAddr>,
+    /// Where the control plane reaches the tap listener, when that is not its own address (a
+    /// port the platform maps, such as Nomad's `${NOMAD_HOST_ADDR_weft_tap}`).
+    #[arg(long, env = "WEFT_PROXY_TAP_ADVERTISE")]
+    pub tap_advertise: Option<SocketAddr>,
     /// How often the proxy reports its traffic counters to the control plane (for `weft stat`
     /// and the dashboard).
     #[arg(long, env = "WEFT_PROXY_REPORT_INTERVAL", default_value = "5s", value_parser = humantime_duration)]

@@ -187,7 +187,7 @@ impl Proxy {
         }
         tokio::spawn(telemetry::run(
             shared.clone(),
-            tap_addr,
+            config.tap_advertise.or(tap_addr),
             config.report_interval,
             stop_background.clone(),
         ));

@@ -332,5 +332,6 @@ fn proxy_config(
         // Any free port: the proxy tells the control plane which.
         tap_addr: Some(([127, 0, 0, 1], 0).into()),
         report_interval: Duration::from_secs(1),
+        tap_advertise: None,
     }
 }

@@ -148,6 +148,12 @@ fn transparent_mode_adds_the_init_task_the_sidecar_and_the_tag() {
             Some("${NOMAD_SECRETS_DIR}/nomad_weft.jwt")
         );
         assert!(args.contains(&"--transparent".to_string()), "{args:?}");
+        // Tap listens inside the group and is dialled at the host's mapping of weft_tap.
+        assert_eq!(flag("--tap-addr").as_deref(), Some("0.0.0.0:7193"));
+        assert_eq!(
+            flag("--tap-advertise").as_deref(),
+            Some("${NOMAD_HOST_ADDR_weft_tap}")
+        );
         let destinations: Vec<&str> = proxy
             .body
             .get_blocks("template")
@@ -286,7 +292,7 @@ fn a_check_on_a_port_of_its_own_is_left_out_of_interception() {
     let out = ok(PLAIN, &opts());
     assert!(
         out.text.contains(
-            r#"args       = ["init", "--proxy-uid", "2102", "--inbound-port", "7143", "--outbound-port", "7140", "--skip-inbound-ports", "${NOMAD_PORT_health}"]"#
+            r#"args       = ["init", "--proxy-uid", "2102", "--inbound-port", "7143", "--outbound-port", "7140", "--skip-inbound-ports", "7193,${NOMAD_PORT_health}"]"#
         ),
         "{}",
         out.text
@@ -356,7 +362,7 @@ fn a_network_block_on_one_line_gets_the_inbound_port_on_a_line_of_its_own() {
     let out = ok(&text, &explicit(&[]));
     assert!(
         out.text.contains(
-            "    network { \n      mode = \"bridge\" \n      port \"weft\" { to = 7143 } # weft inject: the proxy's inbound listener\n    }"
+            "    network { \n      mode = \"bridge\" \n      port \"weft\" { to = 7143 } # weft inject: the proxy's inbound listener\n      port \"weft_tap\" { to = 7193 } # weft inject: the proxy's tap listener (mutual TLS, for the control plane)\n    }"
         ),
         "{}",
         out.text
