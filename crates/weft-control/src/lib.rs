@@ -123,6 +123,8 @@ pub(crate) struct State {
     pub(crate) http_token: Option<String>,
     /// The proxies' traffic reports.
     pub(crate) telemetry: telemetry::Store,
+    /// Taps running now (at most [`tap::MAX_TAPS`]).
+    pub(crate) taps_running: Arc<std::sync::atomic::AtomicUsize>,
     /// The control plane's current certificate, which it also taps proxies with.
     pub(crate) serving: watch::Receiver<Arc<weft_ca::TlsCredentials>>,
     /// The latest leaf issued to each identity, for the dashboard.
@@ -195,6 +197,7 @@ impl State {
             watch::channel(transport::server_credentials(&ca, &own).unwrap());
         State {
             telemetry: Default::default(),
+            taps_running: Arc::default(),
             serving,
             leaves: Default::default(),
             dashboard_streams: Arc::new(tokio::sync::Semaphore::new(dashboard::MAX_STREAMS)),
@@ -280,6 +283,7 @@ impl ControlPlane {
         let (serving_tx, serving) = watch::channel(tls);
         let state = Arc::new(State {
             telemetry: telemetry::Store::default(),
+            taps_running: Arc::default(),
             serving: serving.clone(),
             leaves: leaf_ledger::LeafLedger::default(),
             dashboard_streams: Arc::new(tokio::sync::Semaphore::new(dashboard::MAX_STREAMS)),

@@ -37,9 +37,6 @@ pub const MAX_PROXIES_TAPPED: usize = 64;
 /// Taps running at once at most.
 pub const MAX_TAPS: usize = 16;
 
-/// Taps running now.
-static RUNNING: AtomicUsize = AtomicUsize::new(0);
-
 /// What the client asked for.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Query {
@@ -133,6 +130,8 @@ pub(crate) struct Tap {
 #[derive(Debug)]
 struct Running {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The control plane's count of taps running.
+    count: Arc<AtomicUsize>,
 }
 
 impl Drop for Running {
@@ -140,7 +139,7 @@ impl Drop for Running {
         for t in &self.tasks {
             t.abort();
         }
-        RUNNING.fetch_sub(1, Ordering::AcqRel);
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -162,11 +161,15 @@ pub(crate) fn start(state: &Arc<State>, q: &Query) -> Result<Tap, TapRefused> {
     if proxies.is_empty() {
         return Err(TapRefused::NoProxy);
     }
-    if RUNNING.fetch_add(1, Ordering::AcqRel) >= MAX_TAPS {
-        RUNNING.fetch_sub(1, Ordering::AcqRel);
+    let count = state.taps_running.clone();
+    if count.fetch_add(1, Ordering::AcqRel) >= MAX_TAPS {
+        count.fetch_sub(1, Ordering::AcqRel);
         return Err(TapRefused::TooMany);
     }
-    let mut running = Running { tasks: Vec::new() };
+    let mut running = Running {
+        tasks: Vec::new(),
+        count,
+    };
     let trust_domain = state.config.borrow().mesh.trust_domain.as_str().to_string();
     let (tx, rx) = mpsc::channel::<TapEvent>(256);
     let creds = state.serving.borrow().clone();
