@@ -159,16 +159,7 @@ impl Store {
         if w.platform != report.platform {
             w.platform = report.platform;
         }
-        // A listener on every address is reached at the address the proxy called from.
-        w.tap_addr =
-            report
-                .tap_addr
-                .parse::<SocketAddr>()
-                .ok()
-                .map(|a| match a.ip().is_unspecified() {
-                    true => SocketAddr::new(remote.ip(), a.port()),
-                    false => a,
-                });
+        w.tap_addr = tap_addr(&report.tap_addr, remote);
         // Values by series; series new to this proxy get an index, up to the bound.
         let mut values = vec![0.0; w.series.len()];
         for sample in report.samples {
@@ -262,6 +253,22 @@ impl Store {
     }
 }
 
+/// Where the control plane dials a proxy's tap: the address it reports, which must be the one
+/// it called from (a listener on every address is reached there). Any other is ignored: the
+/// control plane never dials, on a proxy's word, an address that proxy does not hold.
+fn tap_addr(reported: &str, remote: SocketAddr) -> Option<SocketAddr> {
+    let a: SocketAddr = reported.parse().ok()?;
+    let from = remote.ip().to_canonical();
+    if a.ip().is_unspecified() {
+        return Some(SocketAddr::new(from, a.port()));
+    }
+    if a.ip().to_canonical() != from {
+        tracing::debug!(reported, %remote, "a proxy reported a tap address other than its own; ignored");
+        return None;
+    }
+    Some(a)
+}
+
 /// The Telemetry service.
 #[derive(Debug)]
 pub(crate) struct TelemetryService(pub(crate) Arc<State>);
@@ -327,6 +334,28 @@ mod tests {
 
     fn id() -> Identity {
         Identity::parse_spiffe("spiffe://weft.test/ns/shop/sa/web").unwrap()
+    }
+
+    #[test]
+    fn a_tap_address_must_be_the_proxys_own() {
+        let remote: SocketAddr = "10.1.2.3:40000".parse().unwrap();
+        let own = tap_addr("10.1.2.3:7193", remote);
+        assert_eq!(own, Some("10.1.2.3:7193".parse().unwrap()));
+        assert_eq!(
+            tap_addr("0.0.0.0:7193", remote),
+            Some("10.1.2.3:7193".parse().unwrap())
+        );
+        assert_eq!(
+            tap_addr("192.0.2.9:22", remote),
+            None,
+            "another host's port"
+        );
+        assert_eq!(tap_addr("", remote), None);
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:40000".parse().unwrap();
+        assert_eq!(
+            tap_addr("10.1.2.3:7193", mapped),
+            Some("10.1.2.3:7193".parse().unwrap())
+        );
     }
 
     #[tokio::test(start_paused = true)]
