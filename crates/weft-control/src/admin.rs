@@ -196,14 +196,17 @@ fn api_tap<B>(
 /// A request's query parameters, decoded.
 struct Query(Vec<(String, String)>);
 
+/// The decoded query parameters of `req`, in order.
+pub(crate) fn query_pairs<B>(req: &Request<B>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
 impl Query {
     fn of<B>(req: &Request<B>) -> Self {
-        Self(
-            req.uri()
-                .query()
-                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-                .unwrap_or_default(),
-        )
+        Self(query_pairs(req))
     }
 
     /// The first value of `name`, unless it is empty.

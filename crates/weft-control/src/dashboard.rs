@@ -236,12 +236,7 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     fn of<B>(req: &Request<B>) -> Self {
-        Self(
-            req.uri()
-                .query()
-                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-                .unwrap_or_default(),
-        )
+        Self(crate::admin::query_pairs(req))
     }
 
     /// The parameter `name`, trimmed and cut to [`MAX_PARAM`] characters; none if empty.

@@ -106,14 +106,27 @@ impl tower::Service<http::Uri> for Connector {
 
 /// Connects to the first address of `addr` that answers, looking a name up again each time.
 async fn connect(addr: &crate::config::ControlAddr) -> std::io::Result<TcpStream> {
+    connect_first(addr.resolve().await?, addr).await
+}
+
+/// Connects to the first of `addrs` that answers; `what` names them in the error when none
+/// does.
+pub(crate) async fn connect_first<I>(
+    addrs: I,
+    what: &(dyn std::fmt::Display + Sync),
+) -> std::io::Result<TcpStream>
+where
+    I: IntoIterator<Item = std::net::SocketAddr>,
+    I::IntoIter: Send,
+{
     let mut last = None;
-    for a in addr.resolve().await? {
+    for a in addrs {
         match TcpStream::connect(a).await {
             Ok(tcp) => return Ok(tcp),
             Err(e) => last = Some(e),
         }
     }
-    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr} has no address"))))
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{what} has no address"))))
 }
 
 fn endpoint(config: &ProxyConfig, tls: Arc<ClientConfig>) -> (Endpoint, Connector) {

@@ -219,22 +219,8 @@ impl tower::Service<http::Uri> for Connector {
     fn call(&mut self, _: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let mut last = None;
-            let mut tcp = None;
-            for a in tokio::net::lookup_host(&*this.address).await? {
-                match TcpStream::connect(a).await {
-                    Ok(t) => {
-                        tcp = Some(t);
-                        break;
-                    }
-                    Err(e) => last = Some(e),
-                }
-            }
-            let tcp = tcp.ok_or_else(|| {
-                last.unwrap_or_else(|| {
-                    std::io::Error::other(format!("{} has no address", this.address))
-                })
-            })?;
+            let addrs = tokio::net::lookup_host(&*this.address).await?;
+            let tcp = crate::control::connect_first(addrs, &this.address).await?;
             let _ = tcp.set_nodelay(true);
             let Some(identity) = &this.identity else {
                 return Ok(TokioIo::new(Either::Left(tcp)));
