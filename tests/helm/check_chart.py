@@ -130,6 +130,7 @@ def check_generated_root(weft, objects, origin):
             .replace("0.0.0.0:7443", "127.0.0.1:0")
             .replace("0.0.0.0:7080", "127.0.0.1:0")
             .replace("0.0.0.0:7081", "127.0.0.1:0")
+            .replace("127.0.0.1:7082", "127.0.0.1:0")
         )
         (d / "mesh.toml").write_text(config)
         p = subprocess.Popen(
@@ -530,6 +531,16 @@ def main():
                 fail(f"{name}: {probe} is on port {port}, not the probe listener's 7081")
         if 'probe_addr = "0.0.0.0:7081"' not in config:
             fail(f"{name}: mesh.toml does not open the probe listener on 7081")
+        # `weft stat --kubernetes` port-forwards to 7082, the listener that asks no token: on
+        # loopback inside the pod, and never a port that a Service or the pod's address exposes.
+        if 'local_http_addr = "127.0.0.1:7082"' not in config:
+            fail(f"{name}: mesh.toml does not open the loopback HTTP listener on 127.0.0.1:7082")
+        if 7082 in port_of.values():
+            fail(f"{name}: the control plane's container declares port 7082, which must stay inside the pod")
+        for service in by_kind(objects, "Service"):
+            targets = [p.get("targetPort") for p in service["spec"]["ports"]]
+            if 7082 in targets or any(port_of.get(t) == 7082 for t in targets):
+                fail(f"{name}: Service {service['metadata']['name']} reaches port 7082")
         rules = by_kind(objects, "ClusterRole")[0]["rules"]
         # Writes only to the status of Gateway API routes and of Weft's own policies;
         # everything else is read, plus creating TokenReviews.

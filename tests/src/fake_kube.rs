@@ -38,6 +38,19 @@
 //! [`FakeKube::deny_access`] names, and [`FakeKube::forbid_access_reviews`] makes creating a
 //! SubjectAccessReview itself forbidden, as for a caller without that permission.
 //!
+//! Pods have the `portforward` subresource as a client reaches it over WebSocket
+//! (`GET .../pods/{name}/portforward?ports=P`, upgraded with the subprotocol
+//! `v4.channel.k8s.io`, the kubelet's binary channel protocol): for the i-th port asked,
+//! channel 2i carries its bytes both ways and channel 2i+1 its error, every binary message
+//! starts with its channel's number, and the server's first message on each channel is the
+//! port, 2 bytes little-endian. Each port is one TCP connection to the address the test gave
+//! with [`FakeKube::set_pod_port`], as the kubelet dials the pod's loopback; one it cannot dial
+//! gets its reason on its error channel, and once every port is done the server closes the
+//! WebSocket. The request is authorized as Kubernetes 1.35 authorizes a WebSocket upgrade:
+//! `get` and `create` of `pods/portforward` ([`FakeKube::deny_access`] with the resource
+//! `pods/portforward` denies either, 403); a pod that does not exist is 404, one not
+//! scheduled to a node 400. SPDY, the other transport, is not served.
+//!
 //! Not modelled: writes through the API other than status PATCHes, finalizers and
 //! deletionTimestamp, the cascade of a Namespace's deletion, admission and RBAC (the one token
 //! may do everything; access reviews only answer), aggregated discovery, protobuf, HTTP/2 and
@@ -62,15 +75,24 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use futures_util::{SinkExt, StreamExt};
+use http::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_TYPE, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT,
+    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Map, Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -79,7 +101,7 @@ use crate::fake_http::percent_decode;
 /// The bearer token every request must carry.
 const ADMIN_TOKEN: &str = "fake-admin-token";
 /// The user [`ADMIN_TOKEN`] authenticates as.
-const ADMIN_USER: &str = "fake-admin";
+pub const ADMIN_USER: &str = "fake-admin";
 /// The resourceVersion of the empty store; the first write gets the next one.
 const FIRST_RV: u64 = 1;
 /// How many changes the server remembers for watches that resume and for paged lists.
@@ -196,6 +218,8 @@ struct State {
     crds: Crds,
     /// [`FakeKube::status_patches`]: the status PATCHes accepted.
     status_patches: usize,
+    /// [`FakeKube::set_pod_port`]: where a port-forward to `(namespace, pod, port)` connects.
+    pod_ports: HashMap<(String, String, u16), SocketAddr>,
 }
 
 /// One write to the store.
@@ -564,6 +588,11 @@ enum Route {
         namespace: Option<String>,
         name: String,
     },
+    /// `/api/v1/namespaces/{namespace}/pods/{name}/portforward`.
+    PortForward {
+        namespace: String,
+        name: String,
+    },
 }
 
 /// The query parameters of a list or watch.
@@ -923,9 +952,11 @@ impl FakeKube {
         *serving = serve(&self.inner, listener, self.root.child_token());
     }
 
-    /// Makes SubjectAccessReviews asking whether `user` may `verb` the `resource` (plural) of
-    /// API `group` (empty for the core group) answer `allowed: false`, with a reason, in any
-    /// namespace. Everything else stays allowed.
+    /// Makes SubjectAccessReviews asking whether `user` may `verb` the `resource` (plural,
+    /// or `plural/subresource`) of API `group` (empty for the core group) answer
+    /// `allowed: false`, with a reason, in any namespace. For the client's own user
+    /// (`ADMIN_USER`) and `pods/portforward`, the port-forward itself is refused 403.
+    /// Everything else stays allowed.
     pub fn deny_access(&self, user: &str, verb: &str, group: &str, resource: &str) {
         self.inner.state().denied.push((
             user.to_owned(),
@@ -981,6 +1012,16 @@ impl FakeKube {
     /// nothing included; dry runs are not counted.
     pub fn status_patches(&self) -> usize {
         self.inner.state().status_patches
+    }
+
+    /// Makes a port-forward to `port` of pod `namespace`/`pod` connect to `target`, as the
+    /// kubelet connects to that port on the pod's loopback. A port not set refuses, as a port
+    /// nothing listens on does.
+    pub fn set_pod_port(&self, namespace: &str, pod: &str, port: u16, target: SocketAddr) {
+        self.inner
+            .state()
+            .pod_ports
+            .insert((namespace.to_owned(), pod.to_owned(), port), target);
     }
 
     /// Makes TokenReview know `token`.
@@ -1060,6 +1101,7 @@ impl State {
                 weft: true,
             },
             status_patches: 0,
+            pod_ports: HashMap::new(),
         }
     }
 
@@ -1461,7 +1503,12 @@ impl State {
             .and_then(Value::as_str)
             .unwrap_or(ADMIN_USER)
             .to_owned();
-        let asked = (user, attr("verb"), attr("group"), attr("resource"));
+        // A subresource is named as RBAC rules name it: `pods/portforward`.
+        let resource = match attr("subresource") {
+            sub if sub.is_empty() => attr("resource"),
+            sub => format!("{}/{sub}", attr("resource")),
+        };
+        let asked = (user, attr("verb"), attr("group"), resource);
         let status = if self.denied.contains(&asked) {
             json!({ "allowed": false, "reason": "no RBAC policy matched" })
         } else {
@@ -1782,6 +1829,22 @@ impl ApiError {
         }
     }
 
+    /// What RBAC answers the caller when it may not `verb` the subresource `resource` (as
+    /// `pods/portforward`) of pod `name` in `namespace`.
+    fn forbidden_pod_subresource(verb: &str, resource: &str, namespace: &str, name: &str) -> Self {
+        Self {
+            details: Some(json!({ "name": name, "kind": "pods" })),
+            ..Self::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "pods {name:?} is forbidden: User {ADMIN_USER:?} cannot {verb} resource \
+                     {resource:?} in API group \"\" in the namespace {namespace:?}"
+                ),
+            )
+        }
+    }
+
     fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -1908,6 +1971,16 @@ impl Resource {
         if !self.categories.is_empty() {
             entry.insert("categories".into(), json!(self.categories));
         }
+        if self.kind == "Pod" {
+            let portforward = json!({
+                "name": "pods/portforward",
+                "singularName": "",
+                "namespaced": true,
+                "kind": "PodPortForwardOptions",
+                "verbs": ["create", "get"],
+            });
+            return vec![Value::Object(entry), portforward];
+        }
         if !self.custom {
             return vec![Value::Object(entry)];
         }
@@ -2008,7 +2081,8 @@ async fn serve_connection(inner: Arc<Inner>, tcp: TcpStream, cut: CancellationTo
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(tcp), service);
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
     tokio::select! {
         biased;
         () = cut.cancelled() => {}
@@ -2019,7 +2093,7 @@ async fn serve_connection(inner: Arc<Inner>, tcp: TcpStream, cut: CancellationTo
 async fn handle(
     inner: &Arc<Inner>,
     conn: &CancellationToken,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -2078,6 +2152,9 @@ async fn handle(
                 .to_owned();
             let target = (res, namespace, name);
             patch_status(inner, target, &content_type, &query, req.into_body()).await
+        }
+        Route::PortForward { namespace, name } if get => {
+            port_forward(inner, conn, &namespace, &name, &query, &mut req)
         }
         Route::Version if get => {
             let (major, minor) = inner.state().version.clone();
@@ -2366,6 +2443,326 @@ async fn handle_review(inner: &Arc<Inner>, review: &Review, body: Incoming) -> R
     }
 }
 
+// === port-forward ===
+
+/// The one subprotocol a port-forward's WebSocket speaks: the kubelet's binary channel
+/// protocol, version 4.
+const PORT_FORWARD_PROTOCOL: &str = "v4.channel.k8s.io";
+/// The most bytes one data message carries from a pod's port.
+const PORT_FORWARD_CHUNK: usize = 32 * 1024;
+/// How long the server waits for the client's answer to its closing message.
+const PORT_FORWARD_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// One port of a port-forward: the port asked for, and where the test said it leads.
+type ForwardedPort = (u16, Option<SocketAddr>);
+
+/// `GET /api/v1/namespaces/{ns}/pods/{name}/portforward?ports=...`: checked in the real
+/// server's order (authorization, the pod, the query, the WebSocket handshake), then answered
+/// 101 Switching Protocols and relayed by [`relay_ports`] once the connection is upgraded.
+fn port_forward(
+    inner: &Arc<Inner>,
+    conn: &CancellationToken,
+    namespace: &str,
+    name: &str,
+    query: &str,
+    req: &mut Request<Incoming>,
+) -> Response<Body> {
+    let checked = check_port_forward(inner, namespace, name, query, req.headers());
+    let (ports, uid, accept, protocol) = match checked {
+        Ok(c) => c,
+        Err(e) => return e.response(),
+    };
+    let upgrade = hyper::upgrade::on(&mut *req);
+    let pod = format!("{namespace}/{name}");
+    tokio::spawn(relay_ports(upgrade, conn.clone(), pod, uid, ports));
+    let mut rsp = Response::new(full(Bytes::new()));
+    *rsp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = rsp.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = protocol {
+        headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    rsp
+}
+
+/// The checks of a port-forward request. Answers its ports with where each leads, the pod's
+/// UID, the `Sec-WebSocket-Accept` of its key and the subprotocol chosen (none when the client
+/// offered none: the kubelet then speaks the binary protocol unversioned).
+#[allow(clippy::type_complexity, reason = "one private call site")]
+fn check_port_forward(
+    inner: &Arc<Inner>,
+    namespace: &str,
+    name: &str,
+    query: &str,
+    headers: &HeaderMap,
+) -> Result<(Vec<ForwardedPort>, String, String, Option<&'static str>), ApiError> {
+    let st = inner.state();
+    // A WebSocket upgrade is a GET, which RBAC reads as `get`; Kubernetes 1.35 asks for
+    // `create` as well, as for the SPDY transport's POST.
+    for verb in ["get", "create"] {
+        let asked = (
+            ADMIN_USER.to_owned(),
+            verb.to_owned(),
+            String::new(),
+            "pods/portforward".to_owned(),
+        );
+        if st.denied.contains(&asked) {
+            return Err(ApiError::forbidden_pod_subresource(
+                verb,
+                "pods/portforward",
+                namespace,
+                name,
+            ));
+        }
+    }
+    let pods = resource_by_kind("Pod").ok_or_else(ApiError::no_such_path)?;
+    let pod = st
+        .objects
+        .get(pods.kind)
+        .and_then(|m| m.get(&object_key(Some(namespace), name)))
+        .ok_or_else(|| ApiError::not_found(pods, name))?;
+    if pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    }
+    let uid = pod
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let mut ports = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if percent_decode(k) != "ports" {
+            continue;
+        }
+        for p in percent_decode(v).split(',') {
+            match p.trim().parse::<u16>() {
+                Ok(port) if port > 0 => ports.push(port),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "ports: {p:?} is not a port number between 1 and 65535"
+                    )));
+                }
+            }
+        }
+    }
+    if ports.is_empty() {
+        return Err(ApiError::bad_request(
+            "at least one port must be given in ports",
+        ));
+    }
+    // Two channels a port, each numbered by one byte.
+    if ports.len() > 127 {
+        return Err(ApiError::bad_request("at most 127 ports at once"));
+    }
+    let targets = ports
+        .into_iter()
+        .map(|port| {
+            let key = (namespace.to_owned(), name.to_owned(), port);
+            (port, st.pod_ports.get(&key).copied())
+        })
+        .collect();
+    drop(st);
+    let header = |h: &http::header::HeaderName| {
+        headers
+            .get_all(h)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let is_upgrade = header(&UPGRADE).eq_ignore_ascii_case("websocket")
+        && header(&CONNECTION)
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let key = header(&SEC_WEBSOCKET_KEY);
+    if !is_upgrade || key.is_empty() || header(&SEC_WEBSOCKET_VERSION) != "13" {
+        return Err(ApiError::bad_request(
+            "Upgrade request required: this server forwards ports over WebSocket only",
+        ));
+    }
+    let offered = header(&SEC_WEBSOCKET_PROTOCOL);
+    let offered: Vec<&str> = offered
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let protocol = if offered.is_empty() {
+        None
+    } else if offered.contains(&PORT_FORWARD_PROTOCOL) {
+        Some(PORT_FORWARD_PROTOCOL)
+    } else {
+        return Err(ApiError::bad_request(format!(
+            "unable to upgrade: none of the subprotocols {offered:?} is {PORT_FORWARD_PROTOCOL}"
+        )));
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    Ok((targets, uid, accept, protocol))
+}
+
+/// Relays the channels of an upgraded port-forward until every port is done, the client goes
+/// or the connection is cut.
+async fn relay_ports(
+    upgrade: hyper::upgrade::OnUpgrade,
+    cut: CancellationToken,
+    pod: String,
+    uid: String,
+    ports: Vec<ForwardedPort>,
+) {
+    let upgraded = tokio::select! {
+        () = cut.cancelled() => return,
+        upgraded = upgrade => match upgraded {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "fake API server: the port-forward was not upgraded");
+                return;
+            }
+        },
+    };
+    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+    tokio::select! {
+        () = cut.cancelled() => {}
+        () = relay_channels(ws, &pod, &uid, ports) => {}
+    }
+}
+
+/// The kubelet's side of the channel protocol: each port's number first on both its
+/// channels, then its bytes both ways (or its error), then the closing message.
+async fn relay_channels<S>(
+    mut ws: WebSocketStream<S>,
+    pod: &str,
+    uid: &str,
+    ports: Vec<ForwardedPort>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let channel =
+        |i: usize, error: bool| u8::try_from(2 * i + usize::from(error)).unwrap_or(u8::MAX);
+    let message = |channel: u8, bytes: &[u8]| {
+        let mut m = Vec::with_capacity(bytes.len() + 1);
+        m.push(channel);
+        m.extend_from_slice(bytes);
+        Message::binary(m)
+    };
+    for (i, (port, _)) in ports.iter().enumerate() {
+        for error in [false, true] {
+            if ws
+                .send(message(channel(i, error), &port.to_le_bytes()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+    let (from_ports, mut from_pod) = mpsc::channel::<(u8, Bytes)>(16);
+    let mut to_pod = Vec::with_capacity(ports.len());
+    for (i, (port, target)) in ports.into_iter().enumerate() {
+        let dialed = match target {
+            Some(addr) => TcpStream::connect(addr).await.map_err(|e| e.to_string()),
+            None => Err("connect: connection refused".to_owned()),
+        };
+        match dialed {
+            Ok(tcp) => {
+                let (read, write) = tcp.into_split();
+                to_pod.push(Some(write));
+                tokio::spawn(read_port(read, channel(i, false), from_ports.clone()));
+            }
+            Err(why) => {
+                to_pod.push(None);
+                let text = format!(
+                    "error forwarding port {port} to pod {pod}, uid {uid}: failed to connect to \
+                     localhost:{port} inside the pod's network namespace: {why}"
+                );
+                if ws
+                    .send(message(channel(i, true), text.as_bytes()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+    // Once every reader is done (or none started), the receiver ends.
+    drop(from_ports);
+    loop {
+        tokio::select! {
+            out = from_pod.recv() => match out {
+                Some((ch, bytes)) => {
+                    if ws.send(message(ch, &bytes)).await.is_err() {
+                        return;
+                    }
+                }
+                None => break,
+            },
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    // Bytes for a port on its data channel; the error channels are the server's.
+                    let Some((&ch, data)) = b.split_first() else { continue };
+                    let slot = to_pod.get_mut(usize::from(ch / 2)).filter(|_| ch % 2 == 0);
+                    if let Some(writer @ Some(_)) = slot
+                        && let Some(w) = writer.as_mut()
+                        && w.write_all(data).await.is_err()
+                    {
+                        *writer = None;
+                    }
+                }
+                Some(Ok(Message::Close(_))) => {
+                    // The client is done with every port: the pods' ends see their peer go,
+                    // and reading on sends the answer tungstenite queued for the client.
+                    drop(to_pod);
+                    let _ = tokio::time::timeout(PORT_FORWARD_CLOSE_WAIT, async {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    })
+                    .await;
+                    return;
+                }
+                Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    // Every port is done: close, and give the client a moment to answer.
+    drop(to_pod);
+    if ws.close(None).await.is_ok() {
+        let _ = tokio::time::timeout(PORT_FORWARD_CLOSE_WAIT, async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+    }
+}
+
+/// Reads a pod's port until it ends, for the data channel `channel`.
+async fn read_port(
+    mut read: tokio::net::tcp::OwnedReadHalf,
+    channel: u8,
+    out: mpsc::Sender<(u8, Bytes)>,
+) {
+    let mut buf = vec![0u8; PORT_FORWARD_CHUNK];
+    loop {
+        match read.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+                if out.send((channel, chunk)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 fn authorized(headers: &HeaderMap) -> bool {
     headers
         .get(AUTHORIZATION)
@@ -2442,6 +2839,12 @@ fn resource_route(group: &'static Group, rest: &[&str]) -> Option<Route> {
             namespace: None,
             name: (*name).to_owned(),
         }),
+        ["namespaces", ns, "pods", name, "portforward"] if group.name.is_empty() => {
+            Some(Route::PortForward {
+                namespace: (*ns).to_owned(),
+                name: (*name).to_owned(),
+            })
+        }
         ["namespaces", ns, plural, name, "status"] => Some(Route::Status {
             res: find(plural).filter(|r| r.custom && r.namespaced)?,
             namespace: Some((*ns).to_owned()),

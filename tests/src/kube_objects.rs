@@ -478,6 +478,26 @@ pub fn meshed_pod(ns: &str, name: &str, account: &str, ready: bool, ip: IpAddr) 
     pod
 }
 
+/// A control-plane pod as the chart's Deployment makes it, scheduled to a node, `Ready` or
+/// not.
+pub fn control_pod(ns: &str, name: &str, ready: bool, ip: IpAddr) -> Value {
+    let mut pod = pod(ns, name, "weft-control", false, ip);
+    pod["metadata"]["labels"] = json!({
+        "app.kubernetes.io/name": "weft",
+        "app.kubernetes.io/component": "control-plane",
+        "app.kubernetes.io/instance": "weft",
+        "weft.dev/control-plane": "true",
+    });
+    pod["spec"]["nodeName"] = json!("node-1");
+    pod["spec"]["containers"][0]["name"] = json!("weft-control");
+    let status = if ready { "True" } else { "False" };
+    pod["status"]["conditions"] = json!([
+        {"type": "PodScheduled", "status": "True"},
+        {"type": "Ready", "status": status},
+    ]);
+    pod
+}
+
 /// A healthy control plane in a namespace as the chart installs it, with the certificates it
 /// was made with, and a namespace of meshed pods.
 #[derive(Debug)]

@@ -176,6 +176,8 @@ struct FileState {
     /// which has to happen on the address the running proxies know.
     grpc_port: u16,
     ca_extra: String,
+    /// Extra lines of the `[control]` table (TOML only).
+    control_extra: String,
     /// Ports of workloads declared without one.
     ports: BTreeMap<String, u16>,
     /// Sockets holding the ports given to workloads that no proxy listens for yet.
@@ -188,9 +190,10 @@ impl FileState {
         let grpc = self.grpc_port;
         let mut s = match format {
             Format::Toml => format!(
-                "[mesh]\nname = \"test\"\ntrust_domain = \"weft.test\"\n\n[ca]\ndata_dir = \"{}\"\n{}\n\n[control]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:0\"\n\n{policy}\n\n[platforms.local]\n",
+                "[mesh]\nname = \"test\"\ntrust_domain = \"weft.test\"\n\n[ca]\ndata_dir = \"{}\"\n{}\n\n[control]\ngrpc_addr = \"127.0.0.1:{grpc}\"\nhttp_addr = \"127.0.0.1:0\"\n{}\n\n{policy}\n\n[platforms.local]\n",
                 data.display(),
                 self.ca_extra,
+                self.control_extra,
             ),
             Format::Yaml => {
                 let ca_extra: String = self.ca_extra.lines().map(|l| format!("  {l}\n")).collect();
@@ -268,17 +271,49 @@ impl TestMesh {
         policy: &str,
         ca_extra: &str,
     ) -> Self {
+        Self::start_file(
+            format,
+            workloads,
+            policy,
+            FileState {
+                ca_extra: ca_extra.to_string(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Like [`TestMesh::start`], with `control_extra` as extra lines of the `[control]` table.
+    pub async fn start_with_control(
+        workloads: &[WorkloadDecl],
+        policy: &str,
+        control_extra: &str,
+    ) -> Self {
+        Self::start_file(
+            Format::Toml,
+            workloads,
+            policy,
+            FileState {
+                control_extra: control_extra.to_string(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    async fn start_file(
+        format: Format,
+        workloads: &[WorkloadDecl],
+        policy: &str,
+        mut file: FileState,
+    ) -> Self {
         trace_init();
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join(match format {
             Format::Toml => "mesh.toml",
             Format::Yaml => "mesh.yaml",
         });
-        let mut file = FileState {
-            workloads: workloads.to_vec(),
-            ca_extra: ca_extra.to_string(),
-            ..Default::default()
-        };
+        file.workloads = workloads.to_vec();
         std::fs::write(&config_path, file.render(format, dir.path(), policy)).unwrap();
         let stop = CancellationToken::new();
         let watcher = ConfigWatcher::start(

@@ -2,7 +2,8 @@
 //! watcher through its list, watch, expiry, cut connections and a server restart, bookmarks,
 //! streaming lists, TokenReview, access reviews, discovery and refusals, and the custom
 //! resources (the Gateway API's routes, Weft's `weft.dev/v1alpha1` policies) with their status
-//! subresource, generation, and the switches that uninstall them.
+//! subresource, generation, and the switches that uninstall them; a pod's port-forward over
+//! WebSocket.
 
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
@@ -1583,4 +1584,109 @@ async fn weft_policies_at_v1alpha1_with_status_and_the_switch_that_uninstalls_th
     assert_eq!(seen.metadata.generation, Some(3));
     let discovery = kube::Discovery::new(client).run().await.unwrap();
     assert!(discovery.has_group(WEFT));
+}
+
+/// An echo server on loopback that answers each line it reads with `tag` and the line.
+async fn echo(tag: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (read, mut write) = tcp.into_split();
+                let mut lines = tokio::io::BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let answer = format!("{tag}:{line}\n");
+                    if write.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn port_forward_relays_each_port_and_reports_errors_on_its_channel() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let fake = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_for(&fake, dir.path()).await;
+    let pods: Api<Pod> = Api::namespaced(client, "ns");
+    let mut scheduled = pod("ns", "p", None);
+    scheduled["spec"]["nodeName"] = json!("node-1");
+    fake.apply(scheduled);
+    fake.apply(pod("ns", "pending", None));
+    fake.set_pod_port("ns", "p", 80, echo("eighty").await);
+    fake.set_pod_port("ns", "p", 81, echo("eighty-one").await);
+
+    // Two ports over one WebSocket, each with its own bytes.
+    let mut forward = timeout(WAIT, pods.portforward("p", &[80, 81]))
+        .await
+        .unwrap()
+        .unwrap();
+    for (port, tag) in [(80, "eighty"), (81, "eighty-one")] {
+        let io = forward.take_stream(port).unwrap();
+        let (read, mut write) = tokio::io::split(io);
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        for n in 0..3 {
+            write
+                .write_all(format!("hello {n}\n").as_bytes())
+                .await
+                .unwrap();
+            let line = timeout(WAIT, lines.next_line()).await.unwrap().unwrap();
+            assert_eq!(line.as_deref(), Some(format!("{tag}:hello {n}").as_str()));
+        }
+        // A large write arrives whole, in the server's chunks.
+        let big = "x".repeat(100_000);
+        write
+            .write_all(format!("{big}\n").as_bytes())
+            .await
+            .unwrap();
+        let line = timeout(WAIT, lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(line.len(), tag.len() + 1 + big.len());
+    }
+    // Every stream taken and dropped: the forward closes.
+    timeout(WAIT, forward.join()).await.unwrap().unwrap();
+
+    // A port nothing listens on: its error channel says so.
+    let mut forward = pods.portforward("p", &[82]).await.unwrap();
+    let error = forward.take_error(82).unwrap();
+    let reason = timeout(WAIT, error).await.unwrap().unwrap();
+    assert!(
+        reason.contains("error forwarding port 82 to pod ns/p")
+            && reason.contains("connection refused"),
+        "{reason}"
+    );
+
+    // A pod that does not exist, one not scheduled: as the API server answers.
+    let status = |e: kube::Error| match e {
+        kube::Error::Api(s) => (s.code, s.message),
+        other => panic!("{other}"),
+    };
+    let (code, _) = status(pods.portforward("absent", &[80]).await.err().unwrap());
+    assert_eq!(code, 404);
+    let (code, msg) = status(pods.portforward("pending", &[80]).await.err().unwrap());
+    assert_eq!(code, 400);
+    assert!(msg.contains("does not have a host assigned"), "{msg}");
+
+    // Without the permission: 403, before anything else is looked at.
+    fake.deny_access(
+        weft_tests::fake_kube::ADMIN_USER,
+        "get",
+        "",
+        "pods/portforward",
+    );
+    let (code, msg) = status(pods.portforward("absent", &[80]).await.err().unwrap());
+    assert_eq!(code, 403);
+    assert!(msg.contains("pods/portforward"), "{msg}");
 }

@@ -152,7 +152,7 @@ enum Command {
         #[arg(long, short = 'o', default_value = "text", value_parser = ["text", "json"])]
         output: String,
         #[command(flatten)]
-        control: viz::Control,
+        control: viz::ControlArgs,
     },
     /// Who calls whom: each client identity and the workloads it calls, whether over mutual
     /// TLS, with success rate, rate and latency.
@@ -167,7 +167,7 @@ enum Command {
         #[arg(long, short = 'o', default_value = "text", value_parser = ["text", "json"])]
         output: String,
         #[command(flatten)]
-        control: viz::Control,
+        control: viz::ControlArgs,
     },
     /// The routes, backends and policy a caller's proxy applies to a service right now, with
     /// each route's traffic.
@@ -181,7 +181,7 @@ enum Command {
         #[arg(long, short = 'o', default_value = "text", value_parser = ["text", "json"])]
         output: String,
         #[command(flatten)]
-        control: viz::Control,
+        control: viz::ControlArgs,
     },
     /// Watch requests live: one line per request (heads only), from the proxies the filter
     /// selects.
@@ -192,7 +192,7 @@ enum Command {
         #[arg(long, short = 'o', default_value = "text", value_parser = ["text", "json"])]
         output: String,
         #[command(flatten)]
-        control: viz::Control,
+        control: viz::ControlArgs,
     },
     /// A live table of the requests tap sees, by source, destination, method and path,
     /// sorted by count.
@@ -203,20 +203,20 @@ enum Command {
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         every: std::time::Duration,
         #[command(flatten)]
-        control: viz::Control,
+        control: viz::ControlArgs,
     },
     /// Open the control plane's dashboard: the mesh at a glance, each service's routes,
     /// endpoints, rules and callers, the topology, live tap and certificates. Prints its
     /// address and opens it with xdg-open when there is a display. With --token-file (a control
     /// plane not on loopback) it serves a forwarder on 127.0.0.1 that adds the token, and opens
-    /// that, until Ctrl-C. Kubernetes port-forwarding is out of scope: run `kubectl
-    /// port-forward` to the control plane's HTTP port yourself and point --control there.
+    /// that, until Ctrl-C; with --kubernetes it does the same through the API server's
+    /// port-forward.
     Dashboard {
         /// Print the address only; do not start a browser.
         #[arg(long)]
         no_browser: bool,
         #[command(flatten)]
-        control: viz::Control,
+        control: viz::ControlArgs,
     },
     /// Check a mesh config file and print what is wrong with it; without a file, check the
     /// control plane installed in a Kubernetes cluster (one line per check, exit status 1 if
@@ -301,7 +301,7 @@ async fn main() -> anyhow::Result<()> {
             control,
         } => {
             viz::stat(
-                &control,
+                &control.reach().await?,
                 &viz::StatArgs {
                     by,
                     from,
@@ -316,27 +316,43 @@ async fn main() -> anyhow::Result<()> {
             to,
             output,
             control,
-        } => viz::edges(&control, from.as_deref(), to.as_deref(), output == "json").await,
+        } => {
+            viz::edges(
+                &control.reach().await?,
+                from.as_deref(),
+                to.as_deref(),
+                output == "json",
+            )
+            .await
+        }
         Command::Routes {
             service,
             from,
             output,
             control,
-        } => viz::routes(&control, &service, from.as_deref(), output == "json").await,
+        } => {
+            viz::routes(
+                &control.reach().await?,
+                &service,
+                from.as_deref(),
+                output == "json",
+            )
+            .await
+        }
         Command::Tap {
             filter,
             output,
             control,
-        } => viz::tap(&control, &filter, output == "json").await,
+        } => viz::tap(&control.reach().await?, &filter, output == "json").await,
         Command::Top {
             filter,
             every,
             control,
-        } => viz::top(&control, &filter, every).await,
+        } => viz::top(&control.reach().await?, &filter, every).await,
         Command::Dashboard {
             no_browser,
             control,
-        } => viz::dashboard(&control, !no_browser).await,
+        } => viz::dashboard(&control.reach().await?, !no_browser).await,
         Command::Check {
             config: Some(config),
             ..

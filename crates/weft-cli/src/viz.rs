@@ -20,36 +20,180 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-/// Where the control plane's HTTP listener is.
+/// Where the control plane's HTTP listener is, as the command line names it.
 #[derive(Clone, Debug, clap::Args)]
-pub struct Control {
-    /// The control plane's HTTP listener, `host:port` (`weft dev`: 127.0.0.1:7080).
+pub struct ControlArgs {
+    /// The control plane's HTTP listener, `host:port` (`weft dev`: 127.0.0.1:7080; a Nomad
+    /// job: the address of its `http` port).
     #[arg(long, env = "WEFT_CONTROL_HTTP", default_value = "127.0.0.1:7080")]
     pub control: SocketAddr,
     /// The file with the control plane's HTTP token (`<data_dir>/http-token`), when its
     /// listener is not on loopback.
-    #[arg(long, env = "WEFT_CONTROL_TOKEN_FILE")]
+    #[arg(long, env = "WEFT_CONTROL_TOKEN_FILE", conflicts_with = "kubernetes")]
     pub token_file: Option<PathBuf>,
+    /// Reach the control plane installed in a Kubernetes cluster through the API server's
+    /// port-forward, as `kubectl port-forward` does (the kubeconfig user needs
+    /// `pods/portforward` in its namespace): each connection goes to the loopback listener
+    /// inside a Ready control-plane pod (127.0.0.1:7082), which asks no token. --control is
+    /// not used.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// With --kubernetes: the kubeconfig file; default `KUBECONFIG`, `~/.kube/config`, or
+    /// in-cluster.
+    #[arg(long, requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: the kubeconfig context; default its current context.
+    #[arg(long, requires = "kubernetes")]
+    pub kube_context: Option<String>,
+    /// With --kubernetes: the namespace the control plane is installed in.
+    #[arg(long, default_value = weft_kubernetes::check::DEFAULT_NAMESPACE,
+          value_parser = crate::kube_check::namespace_arg)]
+    pub kube_namespace: String,
+}
+
+impl ControlArgs {
+    /// Finds the control plane: reads the token, or (with --kubernetes) finds a Ready
+    /// control-plane pod to forward to.
+    pub async fn reach(&self) -> anyhow::Result<Control> {
+        if !self.kubernetes {
+            let token = match &self.token_file {
+                Some(file) => Some(
+                    std::fs::read_to_string(file)
+                        .with_context(|| format!("reading the token in {}", file.display()))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            return Ok(Control {
+                dial: Dial::Tcp(self.control),
+                token,
+            });
+        }
+        let pod = weft_kubernetes::forward::PodPort::control_plane(
+            self.kubeconfig.as_deref(),
+            self.kube_context.as_deref(),
+            &self.kube_namespace,
+            weft_kubernetes::forward::CONTROL_LOCAL_HTTP_PORT,
+        )
+        .await?;
+        Ok(Control {
+            dial: Dial::Pod(Box::new(pod)),
+            token: None,
+        })
+    }
+}
+
+/// A control plane's HTTP listener, found: how to open a connection to it and the token it
+/// asks for.
+#[derive(Clone, Debug)]
+pub struct Control {
+    dial: Dial,
+    token: Option<String>,
+}
+
+/// How a connection to the control plane is opened.
+#[derive(Clone, Debug)]
+enum Dial {
+    /// TCP to its HTTP listener.
+    Tcp(SocketAddr),
+    /// A port-forward through the Kubernetes API server to its pod's loopback listener.
+    Pod(Box<weft_kubernetes::forward::PodPort>),
+}
+
+/// A connection to the control plane.
+type Io = tokio_util::either::Either<tokio::net::TcpStream, tokio::io::DuplexStream>;
+
+/// Why a port-forwarded connection broke, as the kubelet said it.
+type Why = std::pin::Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+
+/// How long a failed request waits for the kubelet's reason.
+const WHY_WAIT: Duration = Duration::from_secs(2);
+
+impl Control {
+    /// A control plane reached over TCP at `addr`, with `token` when it asks for one.
+    #[cfg(test)]
+    fn tcp(addr: SocketAddr, token: Option<String>) -> Self {
+        Self {
+            dial: Dial::Tcp(addr),
+            token,
+        }
+    }
+
+    /// How messages name it.
+    fn name(&self) -> String {
+        match &self.dial {
+            Dial::Tcp(addr) => addr.to_string(),
+            Dial::Pod(pod) => format!("pod {} (port-forward)", pod.pod()),
+        }
+    }
+
+    /// The `Host` of requests to it.
+    fn host(&self) -> String {
+        match &self.dial {
+            Dial::Tcp(addr) => addr.to_string(),
+            Dial::Pod(pod) => format!("127.0.0.1:{}", pod.port()),
+        }
+    }
+
+    /// Opens a connection.
+    async fn connect(&self) -> anyhow::Result<(Io, Option<Why>)> {
+        match &self.dial {
+            Dial::Tcp(addr) => {
+                let tcp = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .with_context(|| format!("connecting to the control plane at {addr}"))?;
+                Ok((Io::Left(tcp), None))
+            }
+            Dial::Pod(pod) => {
+                let forwarded = pod.connect().await.with_context(|| {
+                    format!("port-forwarding to the control plane's pod {}", pod.pod())
+                })?;
+                Ok((Io::Right(forwarded.io), Some(forwarded.error)))
+            }
+        }
+    }
+
+    /// Sends `req` on a connection of its own; answers the response's head, the connection
+    /// ending with its body.
+    async fn send<B>(
+        &self,
+        req: http::Request<B>,
+    ) -> anyhow::Result<http::Response<hyper::body::Incoming>>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (io, why) = self.connect().await?;
+        let sent = async {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+            tokio::spawn(conn);
+            send.send_request(req).await
+        }
+        .await;
+        match sent {
+            Ok(rsp) => Ok(rsp),
+            Err(e) => {
+                // Through a port-forward, the kubelet says why the port could not be reached.
+                if let Some(why) = why
+                    && let Ok(Some(reason)) = tokio::time::timeout(WHY_WAIT, why).await
+                {
+                    bail!("the control plane at {}: {reason}", self.name());
+                }
+                Err(anyhow::Error::new(e).context(format!("the control plane at {}", self.name())))
+            }
+        }
+    }
 }
 
 /// A request to the control plane: its head sent, the response's head received.
 async fn get(control: &Control, path_and_query: &str) -> anyhow::Result<hyper::body::Incoming> {
-    let addr = control.control;
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to the control plane at {addr}"))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    let mut req = http::Request::get(path_and_query).header(http::header::HOST, addr.to_string());
-    if let Some(file) = &control.token_file {
-        let token = std::fs::read_to_string(file)
-            .with_context(|| format!("reading the token in {}", file.display()))?;
-        req = req.header(
-            http::header::AUTHORIZATION,
-            format!("Bearer {}", token.trim()),
-        );
+    let mut req = http::Request::get(path_and_query).header(http::header::HOST, control.host());
+    if let Some(token) = &control.token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    let rsp = send.send_request(req.body(Empty::<Bytes>::new())?).await?;
+    let rsp = control.send(req.body(Empty::<Bytes>::new())?).await?;
     let status = rsp.status();
     if !status.is_success() {
         let bytes = rsp.into_body().collect().await?.to_bytes();
@@ -666,14 +810,14 @@ pub async fn top(control: &Control, args: &TapArgs, every: Duration) -> anyhow::
 }
 
 /// `weft dashboard`: prints the address of the control plane's dashboard and opens it in a
-/// browser when there is a display (and `browser`). With a token file (a control plane not on
-/// loopback) it serves a [`DashboardForwarder`] on 127.0.0.1 and points at it instead, until
-/// interrupted.
+/// browser when there is a display (and `browser`). For a control plane that asks for its
+/// token, or one reached through a Kubernetes port-forward, it serves a [`DashboardForwarder`]
+/// on 127.0.0.1 and points at it instead, until interrupted.
 pub async fn dashboard(control: &Control, browser: bool) -> anyhow::Result<()> {
-    let Some(file) = &control.token_file else {
-        let url = format!("http://{}/dashboard", control.control);
+    if let (Dial::Tcp(addr), None) = (&control.dial, &control.token) {
+        let url = format!("http://{addr}/dashboard");
         println!("Weft dashboard: {url}");
-        if !control.control.ip().is_loopback() {
+        if !addr.ip().is_loopback() {
             println!(
                 "The control plane is not on loopback: it asks for its token; pass --token-file \
                  <data_dir>/http-token to reach it through a local forwarder."
@@ -683,16 +827,19 @@ pub async fn dashboard(control: &Control, browser: bool) -> anyhow::Result<()> {
             open_in_browser(&url).await;
         }
         return Ok(());
-    };
-    let token = std::fs::read_to_string(file)
-        .with_context(|| format!("reading the token in {}", file.display()))?;
+    }
     let stop = tokio_util::sync::CancellationToken::new();
-    let forwarder =
-        DashboardForwarder::start(control.control, token.trim().to_string(), stop.clone()).await?;
+    let forwarder = DashboardForwarder::start(control.clone(), stop.clone()).await?;
     println!("Weft dashboard: {}", forwarder.url);
+    let how = if control.token.is_some() {
+        " with its token"
+    } else {
+        ""
+    };
     println!(
-        "Forwarding {} to the control plane at {} with its token; Ctrl-C stops.",
-        forwarder.addr, control.control
+        "Forwarding {} to the control plane at {}{how}; Ctrl-C stops.",
+        forwarder.addr,
+        control.name()
     );
     if browser {
         open_in_browser(&forwarder.url).await;
@@ -740,8 +887,10 @@ const FORWARDER_COOKIE: &str = "weft-dashboard";
 type ForwardBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 /// A forwarder on 127.0.0.1 (a port the OS picks) to the dashboard of a control plane that
-/// asks for its token: it adds `Authorization: Bearer <token>` to each request and streams the
-/// answer back as it comes (server-sent events pass through).
+/// asks for its token, or that only a Kubernetes port-forward reaches: it adds
+/// `Authorization: Bearer <token>` (when there is one) to each request, sends it on a
+/// connection of its own ([`Control`]) and streams the answer back as it comes (server-sent
+/// events pass through).
 ///
 /// Anyone on the machine can reach a loopback port, and any web page can make a browser send
 /// requests there, so the forwarder serves only the browser that opened its address: that
@@ -760,11 +909,9 @@ pub struct DashboardForwarder {
 }
 
 impl DashboardForwarder {
-    /// Listens on 127.0.0.1 and forwards to the control plane's HTTP listener at `control`
-    /// with `token`, until `stop`.
+    /// Listens on 127.0.0.1 and forwards to the control plane `control`, until `stop`.
     pub async fn start(
-        control: SocketAddr,
-        token: String,
+        control: Control,
         stop: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
@@ -773,12 +920,7 @@ impl DashboardForwarder {
         let addr = listener.local_addr()?;
         let key = random_key()?;
         let url = format!("http://{addr}/open/{key}");
-        let shared = std::sync::Arc::new(ForwarderState {
-            control,
-            token,
-            key,
-            addr,
-        });
+        let shared = std::sync::Arc::new(ForwarderState { control, key, addr });
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(FORWARDER_CONNECTIONS));
         let task = tokio::spawn(async move {
             loop {
@@ -843,8 +985,7 @@ fn same(a: &str, b: &str) -> bool {
 /// What each connection of the forwarder shares.
 #[derive(Debug)]
 struct ForwarderState {
-    control: SocketAddr,
-    token: String,
+    control: Control,
     key: String,
     addr: SocketAddr,
 }
@@ -920,10 +1061,7 @@ impl ForwarderState {
         }
         match self.forward(&req).await {
             Ok(rsp) => rsp,
-            Err(e) => local(
-                http::StatusCode::BAD_GATEWAY,
-                &format!("the control plane at {}: {e:#}\n", self.control),
-            ),
+            Err(e) => local(http::StatusCode::BAD_GATEWAY, &format!("{e:#}\n")),
         }
     }
 
@@ -932,13 +1070,6 @@ impl ForwarderState {
         &self,
         req: &http::Request<B>,
     ) -> anyhow::Result<http::Response<ForwardBody>> {
-        let tcp = tokio::net::TcpStream::connect(self.control)
-            .await
-            .context("connecting")?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        // The connection serves this one request and ends with its answer's body (or when
-        // the browser goes away and the body is dropped).
-        tokio::spawn(conn);
         let target = req
             .uri()
             .path_and_query()
@@ -946,11 +1077,10 @@ impl ForwarderState {
         let mut out = http::Request::builder()
             .method(req.method())
             .uri(target)
-            .header(http::header::HOST, self.control.to_string())
-            .header(
-                http::header::AUTHORIZATION,
-                format!("Bearer {}", self.token),
-            );
+            .header(http::header::HOST, self.control.host());
+        if let Some(token) = &self.control.token {
+            out = out.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         // What the dashboard reads of a request, and never the cookie that holds the key.
         for name in [
             http::header::ACCEPT,
@@ -962,7 +1092,9 @@ impl ForwarderState {
                 out = out.header(name, v);
             }
         }
-        let rsp = send.send_request(out.body(Empty::<Bytes>::new())?).await?;
+        // The connection serves this one request and ends with its answer's body (or when
+        // the browser goes away and the body is dropped).
+        let rsp = self.control.send(out.body(Empty::<Bytes>::new())?).await?;
         Ok(rsp.map(BodyExt::boxed))
     }
 }
@@ -1061,9 +1193,10 @@ mod tests {
     async fn the_forwarder_adds_the_token_for_the_browser_that_opened_it_alone() {
         let (control, mut heads) = control_plane("sesame").await;
         let stop = tokio_util::sync::CancellationToken::new();
-        let fwd = DashboardForwarder::start(control, "sesame".into(), stop.clone())
-            .await
-            .unwrap();
+        let fwd =
+            DashboardForwarder::start(Control::tcp(control, Some("sesame".into())), stop.clone())
+                .await
+                .unwrap();
         assert!(fwd.addr.ip().is_loopback());
         let host = fwd.addr.to_string();
         let path = fwd.url.strip_prefix(&format!("http://{host}")).unwrap();

@@ -11,6 +11,9 @@
 //! `/api/state` shows the whole topology, so the listener binds loopback by default; bound to
 //! any other address, `/metrics`, `/api/*` and `/dashboard` require `Authorization: Bearer <token>` with
 //! the token the control plane keeps in `<data_dir>/http-token` (0600). The probes stay open.
+//! The optional `control.local_http_addr` serves the same without the token, on loopback only
+//! (the config refuses anything else): on Kubernetes the pod's own network namespace, which
+//! only its containers and the API server's port-forward reach (`weft stat --kubernetes`).
 //!
 //! Platforms probe them, so no client may take all of one. Like the proxy's admin listener each
 //! has the bounds of [`weft_core::listener`]: at most [`MAX_CONNECTIONS`] connections, at most
@@ -52,17 +55,31 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) enum Endpoints {
     /// Everything: `/live`, `/ready`, `/metrics`, `/api/*`, `/dashboard`.
     Http,
+    /// Everything, as [`Endpoints::Http`], with no token asked: the loopback-only listener of
+    /// `control.local_http_addr` (the config refuses any other address).
+    LocalHttp,
     /// `/live` and `/ready` only.
     Probes,
 }
+
+/// Marks the requests of the [`Endpoints::LocalHttp`] listener, so that every handler's
+/// [`authorized`] waives the token for them alone.
+#[derive(Clone, Copy, Debug)]
+struct Loopback;
 
 impl Endpoints {
     /// The `listener` label of this listener's metrics.
     fn label(self) -> &'static str {
         match self {
             Endpoints::Http => "http",
+            Endpoints::LocalHttp => "local_http",
             Endpoints::Probes => "probe",
         }
+    }
+
+    /// Whether it serves the API and the dashboard, not the probes alone.
+    fn serves_api(self) -> bool {
+        matches!(self, Endpoints::Http | Endpoints::LocalHttp)
     }
 }
 
@@ -109,15 +126,18 @@ pub(crate) async fn serve(
             let io = TokioIo::new(activity.track(tcp));
             let answers = activity.clone();
             // Every answer is computed at once; marking it keeps the idle clock honest all the same.
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let answering = answers.answering();
                 let state = state.clone();
+                if endpoints == Endpoints::LocalHttp {
+                    req.extensions_mut().insert(Loopback);
+                }
                 async move {
-                    if endpoints == Endpoints::Http && req.uri().path() == "/api/tap" {
+                    if endpoints.serves_api() && req.uri().path() == "/api/tap" {
                         // The answer streams: the connection is busy until it ends.
                         return Ok::<_, Infallible>(api_tap(&state, &req, answering));
                     }
-                    if endpoints == Endpoints::Http && crate::dashboard::serves(req.uri().path()) {
+                    if endpoints.serves_api() && crate::dashboard::serves(req.uri().path()) {
                         // Live views stream too, and hold `answering` while they do.
                         return Ok::<_, Infallible>(crate::dashboard::respond(
                             &state, &req, answering,
@@ -219,8 +239,12 @@ impl Query {
     }
 }
 
-/// Whether `req` carries the token, when one is required.
+/// Whether `req` carries the token, when one is required: on the HTTP listener off loopback,
+/// never on the loopback-only `control.local_http_addr`.
 pub(crate) fn authorized<B>(state: &State, req: &Request<B>) -> bool {
+    if req.extensions().get::<Loopback>().is_some() {
+        return true;
+    }
     let Some(token) = &state.http_token else {
         return true;
     };
@@ -248,7 +272,7 @@ async fn respond(
     endpoints: Endpoints,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    if endpoints == Endpoints::Http && req.uri().path() == "/api/authz" {
+    if endpoints.serves_api() && req.uri().path() == "/api/authz" {
         if !authorized(state, &req) {
             return unauthorized();
         }

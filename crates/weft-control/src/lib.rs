@@ -12,6 +12,8 @@
 //!   `/api/state` and the other views of [`admin`], and the built-in dashboard under
 //!   `/dashboard` ([`dashboard`]). Bound to anything but loopback, all but `/live` and `/ready`
 //!   require the bearer token in `<data_dir>/http-token`;
+//! - optionally the same HTTP API on loopback without the token (`control.local_http_addr`;
+//!   on Kubernetes the API server's port-forward reaches it, [`admin`]);
 //! - optionally probes (`control.probe_addr`): `/live` and `/ready` alone, on connection slots
 //!   of their own ([`admin`]).
 //!
@@ -89,6 +91,8 @@ pub struct ControlPlane {
     pub http_addr: SocketAddr,
     /// Where the probe listener listens, if there is one.
     pub probe_addr: Option<SocketAddr>,
+    /// Where the loopback HTTP listener without a token listens, if there is one.
+    pub local_http_addr: Option<SocketAddr>,
     /// The registry the platforms feed.
     pub registry: Registry,
     /// The trust bundle file proxies start from.
@@ -272,6 +276,15 @@ impl ControlPlane {
             None => None,
         };
         let probe_addr = probes.as_ref().map(|(_, a)| *a);
+        let local_http = match cfg.control.local_http_addr {
+            Some(addr) => {
+                let l = bind(addr).await?;
+                let bound = local_addr(&l, addr)?;
+                Some((l, bound))
+            }
+            None => None,
+        };
+        let local_http_addr = local_http.as_ref().map(|(_, a)| *a);
 
         let http_token = if cfg.control.http_addr.ip().is_loopback() {
             None
@@ -330,17 +343,26 @@ impl ControlPlane {
                 shutdown.clone(),
             )));
         }
+        if let Some((l, _)) = local_http {
+            tasks.push(tokio::spawn(admin::serve(
+                l,
+                admin::Endpoints::LocalHttp,
+                state.clone(),
+                shutdown.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(admin::serve(
             http,
             admin::Endpoints::Http,
             state,
             shutdown.clone(),
         )));
-        tracing::info!(%grpc_addr, %http_addr, probe_addr = ?probe_addr, bundle = %trust_bundle_file.display(), "control plane started");
+        tracing::info!(%grpc_addr, %http_addr, probe_addr = ?probe_addr, local_http_addr = ?local_http_addr, bundle = %trust_bundle_file.display(), "control plane started");
         Ok(Self {
             grpc_addr,
             http_addr,
             probe_addr,
+            local_http_addr,
             registry,
             trust_bundle_file,
             shutdown,

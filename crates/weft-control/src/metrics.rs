@@ -43,7 +43,7 @@ pub struct ConnectionCloseLabels {
 /// Labels of `weft_control_http_connections_refused_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpRefusedLabels {
-    /// `http` or `probe`.
+    /// `http`, `local_http` or `probe`.
     pub listener: &'static str,
     /// `full` or `per_address` ([`weft_core::listener::Refusal`]).
     pub reason: &'static str,

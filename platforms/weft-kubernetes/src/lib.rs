@@ -35,6 +35,11 @@
 //! configured one). The adapter asks the API server with a TokenReview for that audience and
 //! accepts only a bound ServiceAccount token (`system:serviceaccount:<ns>:<sa>`, with its pod's
 //! name and uid) whose pod exists, has that uid, and runs that ServiceAccount.
+//!
+//! # For the CLI
+//! [`check`] runs `weft check` against a cluster; [`forward`] reaches the control plane's
+//! loopback HTTP listener through the API server's `pods/portforward`, for `weft stat
+//! --kubernetes` and its siblings.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +55,7 @@ mod attest;
 pub mod check;
 mod cluster;
 pub mod config;
+pub mod forward;
 pub mod inject;
 mod policies;
 mod routes;

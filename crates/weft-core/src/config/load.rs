@@ -809,6 +809,61 @@ policy:
     }
 
     #[test]
+    fn the_local_http_listener_is_on_loopback_only() {
+        // GOOD ends at line 8; `[control]` is line 9, the key line 10.
+        let local = |addr: &str| format!("{GOOD}\n[control]\nlocal_http_addr = \"{addr}\"\n");
+        for addr in [
+            "127.0.0.1:7082",
+            "[::1]:7082",
+            "127.0.0.2:7082",
+            "127.0.0.1:0",
+        ] {
+            let cfg = load_toml(&local(addr)).unwrap();
+            assert_eq!(
+                cfg.control.local_http_addr,
+                Some(addr.parse().unwrap()),
+                "{addr}"
+            );
+        }
+        assert_eq!(load_toml(GOOD).unwrap().control.local_http_addr, None);
+        for addr in ["0.0.0.0:7082", "[::]:7082", "10.1.2.3:7082"] {
+            let e = err(&local(addr));
+            assert_eq!(e.key.as_deref(), Some("control.local_http_addr"), "{e}");
+            assert_eq!(e.line, Some(10), "{e}");
+            assert!(e.message.contains("is not a loopback address"), "{e}");
+            assert!(e.to_string().starts_with("mesh.toml:10: "), "{e}");
+        }
+        // It claims its port like the other listeners: not the HTTP listener's, nor one the
+        // probe listener takes on every address.
+        let e = err(&format!(
+            "{GOOD}\n[control]\nhttp_addr = \"127.0.0.1:7600\"\nlocal_http_addr = \"127.0.0.1:7600\"\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("control.local_http_addr"), "{e}");
+        assert!(
+            e.message.contains("already used by control.http_addr"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{GOOD}\n[control]\nprobe_addr = \"0.0.0.0:7081\"\nlocal_http_addr = \"127.0.0.1:7081\"\n"
+        ));
+        assert!(
+            e.message
+                .contains("already used by control.probe_addr (0.0.0.0:7081)"),
+            "{e}"
+        );
+        // And no workload may take it.
+        let e = err(&format!(
+            "{GOOD}\n[control]\nlocal_http_addr = \"127.0.0.1:7143\"\n"
+        ));
+        assert_eq!(e.key.as_deref(), Some("platforms.toy.port"), "{e}");
+        assert!(
+            e.message
+                .contains("already used by control.local_http_addr"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn platform_sections_belong_to_their_adapter() {
         let cfg = load_toml(GOOD).unwrap();
         assert_eq!(cfg.platforms.get::<Toy>().unwrap().port, 7143);

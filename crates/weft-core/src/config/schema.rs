@@ -123,6 +123,12 @@ pub struct ControlSection {
     /// platform probes (the Helm chart's kubelet probes); none when absent.
     #[serde(default)]
     pub probe_addr: Option<SocketAddr>,
+    /// A second listener for the HTTP API, on a loopback address only, where no token is
+    /// asked: only what shares the host's (or the pod's) network namespace reaches it, which on
+    /// Kubernetes means the pod's containers and the API server's port-forward (the
+    /// `pods/portforward` permission), as `weft stat --kubernetes` uses it. None when absent.
+    #[serde(default)]
+    pub local_http_addr: Option<SocketAddr>,
     /// `[control.limits]`: what one caller may hold or ask of the gRPC API.
     #[serde(default)]
     pub limits: ControlLimits,
@@ -293,6 +299,7 @@ impl Default for ControlSection {
             grpc_addr: default_grpc_addr(),
             http_addr: default_http_addr(),
             probe_addr: None,
+            local_http_addr: None,
             limits: ControlLimits::default(),
         }
     }

@@ -320,6 +320,21 @@ fn validate_control(cfg: &MeshConfig, ports: &mut Ports) -> Result<(), Invalid> 
     {
         ports.claim(probes.ip(), probes.port(), "control.probe_addr".into())?;
     }
+    if let Some(local) = cfg.control.local_http_addr {
+        // It asks no token: loopback keeps it to the host's (the pod's) own network namespace.
+        if !local.ip().is_loopback() {
+            return Err((
+                "control.local_http_addr".into(),
+                format!(
+                    "{local} is not a loopback address: this listener asks no token, so it must \
+                     be on 127.0.0.1 or ::1 (http_addr is the one other hosts reach)"
+                ),
+            ));
+        }
+        if local.port() != 0 {
+            ports.claim(local.ip(), local.port(), "control.local_http_addr".into())?;
+        }
+    }
     validate_limits(&cfg.control.limits)
 }
 
