@@ -1,7 +1,7 @@
 # prometheus: a Prometheus that scrapes the Weft mesh on Nomad. It finds Nomad's native services
 # through Nomad's API (nomad_sd_configs) and scrapes
-# - the proxy of each meshed group (services tagged weft) that exposes its admin port, as said
-#   below: its /metrics, the golden metrics the dashboards in configs/grafana/ read;
+# - the proxy of each meshed group (services tagged weft) at its admin port, which weft inject
+#   exposes (below): its /metrics, the golden metrics the dashboards in configs/grafana/ read;
 # - the control plane (the service weft-control-http of deploy-nomad/weft-control.nomad.hcl),
 #   whose /metrics needs the token of its HTTP listener.
 # Prometheus itself is not meshed: it dials the admin ports in plaintext, as they serve.
@@ -27,26 +27,14 @@
 # 4. Run it:
 #      nomad job run deploy-nomad/prometheus.nomad.hcl
 #
-# What a meshed group needs before its proxy can be scraped. The proxy serves /metrics on its
-# admin listener, which listens on 127.0.0.1:7191 inside the group's network namespace unless
-# told otherwise: nothing outside the group reaches it, and `weft inject --platform nomad` leaves
-# it so. For each meshed group to scrape, add:
-#   a. a port of the group's network mapped to the admin port:
-#        port "weft_admin" { to = 7191 }
-#   b. the admin listener on every address of the group's network namespace, in the weft-proxy
-#      task's args:
-#        "--admin-addr", "0.0.0.0:7191",
-#      (or env { WEFT_PROXY_ADMIN_ADDR = "0.0.0.0:7191" });
-#   c. in a transparent group (one with the weft-init task), the admin port left out of
-#      interception, or the nat rules hand the scrape to the proxy's inbound listener, which
-#      expects mutual TLS: add "--skip-inbound-ports", "7191" to weft-init's args (or append
-#      7191 to the list it has, comma-separated);
-#   d. a tag on the group's service saying where that port is on the node (a registration holds
-#      an address and one port, the service's; the mesh ignores tags it does not know):
-#        tags = [..., "weft-admin=${NOMAD_HOST_PORT_weft_admin}"]
-# Then anything that reaches that port of the node can read the proxy's metrics (peer
-# identities, service names and counts; no secrets), as on Kubernetes, where injected pods open
-# the admin port on the pod's address. A group without the tag is not scraped.
+# The proxies: `weft inject --platform nomad` gives each meshed group a port "weft_admin"
+# (7191 inside, left out of interception) where the proxy's admin listener serves /metrics, and
+# tags the group's services with weft-admin=<that port on the node>; this job scrapes every
+# instance tagged weft and weft-admin=. Anything that reaches that port of the node can read the
+# proxy's metrics (peer identities, service names and counts; no secrets) and its probes, as on
+# Kubernetes, where injected pods open the admin port on the pod's address; admin actions stay
+# off unless a proxy is started with them. A group injected before the port existed is not
+# scraped until it is injected again.
 #
 # Exemplars (the trace of a sampled request in each latency bucket, shown by the dashboards'
 # latency panels) are stored because of --enable-feature=exemplar-storage below.
@@ -141,8 +129,8 @@ job "prometheus" {
               static_configs:
                 - targets: ["localhost:9090"]
 
-            # The proxies of meshed groups that expose their admin port (see this file's
-            # header): instances tagged weft and weft-admin=<node port>.
+            # The proxies of meshed groups, at the admin port weft inject exposes (see this
+            # file's header): instances tagged weft and weft-admin=<node port>.
             - job_name: weft-proxies
               metrics_path: /metrics
               nomad_sd_configs:

@@ -23,12 +23,13 @@ job "report" {
     network {
       mode = "bridge"
       port "weft_tap" { to = 7193 } # weft inject: the proxy's tap listener (mutual TLS, for the control plane)
+      port "weft_admin" { to = 7191 } # weft inject: the proxy's admin listener (/metrics and probes, for Prometheus)
     }
 
     service {
       name     = "report"
       provider = "nomad"
-      tags     = ["weft"]
+      tags     = ["weft", "weft-admin=${NOMAD_HOST_PORT_weft_admin}"]
     }
 
     task "report" {
@@ -78,6 +79,7 @@ job "report" {
           "--account", "report",
           "--trust-domain", "weft.local",
           "--trust-bundle", "${NOMAD_SECRETS_DIR}/weft-trust-bundle.pem",
+          "--admin-addr", "0.0.0.0:7191",
           "--tap-addr", "0.0.0.0:7193",
           "--tap-advertise", "${NOMAD_HOST_ADDR_weft_tap}",
           "--upstream", "api=127.0.0.1:9001",

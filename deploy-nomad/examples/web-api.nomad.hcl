@@ -35,13 +35,14 @@ job "web-api" {
         to = 8080
       }
       port "weft_tap" { to = 7193 } # weft inject: the proxy's tap listener (mutual TLS, for the control plane)
+      port "weft_admin" { to = 7191 } # weft inject: the proxy's admin listener (/metrics and probes, for Prometheus)
     }
 
     service {
       name     = "api"
       provider = "nomad"
       port     = "http"
-      tags     = ["v1", "weft"]
+      tags     = ["v1", "weft", "weft-admin=${NOMAD_HOST_PORT_weft_admin}"]
     }
 
     task "api" {
@@ -73,7 +74,7 @@ job "web-api" {
       config {
         image      = "ghcr.io/weft-mesh/weft-proxy:0.1.0"
         entrypoint = ["weft-proxy"]
-        args       = ["init", "--proxy-uid", "2102", "--inbound-port", "7143", "--outbound-port", "7140", "--skip-inbound-ports", "7193"]
+        args       = ["init", "--proxy-uid", "2102", "--inbound-port", "7143", "--outbound-port", "7140", "--skip-inbound-ports", "7193,7191"]
         cap_add    = ["NET_ADMIN", "NET_RAW"]
       }
 
@@ -112,6 +113,7 @@ job "web-api" {
           "--account", "api",
           "--trust-domain", "weft.local",
           "--trust-bundle", "${NOMAD_SECRETS_DIR}/weft-trust-bundle.pem",
+          "--admin-addr", "0.0.0.0:7191",
           "--tap-addr", "0.0.0.0:7193",
           "--tap-advertise", "${NOMAD_HOST_ADDR_weft_tap}",
           "--transparent",
@@ -163,13 +165,14 @@ job "web-api" {
       }
       port "weft" { to = 7143 } # weft inject: the proxy's inbound listener
       port "weft_tap" { to = 7193 } # weft inject: the proxy's tap listener (mutual TLS, for the control plane)
+      port "weft_admin" { to = 7191 } # weft inject: the proxy's admin listener (/metrics and probes, for Prometheus)
     }
 
     service {
       name     = "web"
       provider = "nomad"
       port     = "http"
-      tags     = ["weft", "weft-inbound=${NOMAD_HOST_PORT_weft}"]
+      tags     = ["weft", "weft-admin=${NOMAD_HOST_PORT_weft_admin}", "weft-inbound=${NOMAD_HOST_PORT_weft}"]
 
       check {
         type     = "http"
@@ -234,6 +237,7 @@ job "web-api" {
           "--account", "web",
           "--trust-domain", "weft.local",
           "--trust-bundle", "${NOMAD_SECRETS_DIR}/weft-trust-bundle.pem",
+          "--admin-addr", "0.0.0.0:7191",
           "--tap-addr", "0.0.0.0:7193",
           "--tap-advertise", "${NOMAD_HOST_ADDR_weft_tap}",
           "--app-port", "${NOMAD_PORT_http}",

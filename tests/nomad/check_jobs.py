@@ -8,9 +8,9 @@ task writing a file of its own. The control plane's job is checked too: its serv
 checks, its templates and identity, and its mesh config file, which `weft check` must accept
 and on which the control plane must start with a root made by the command the job's comment
 gives. So is the Prometheus job: not meshed, its files where its flags read them, and its scrape
-configuration's relabelling played on sample registrations (a meshed group tagged as its header
-says is scraped at its admin port, nothing else is; the control plane's http service is), with
-the proxy flags its header tells operators to add checked against `weft-proxy --help`.
+configuration's relabelling played on sample registrations (a group tagged as `weft inject`
+tags the example jobs is scraped at its admin port, nothing else is; the control plane's http
+service is), and the example jobs' admin ports, flags and tags checked against each other.
 
 Usage: check_jobs.py PATH/TO/weft
 """
@@ -451,9 +451,9 @@ def relabel(rules, labels):
 
 def check_prometheus(binary, doc, text):
     """The Prometheus job: not meshed; its configuration and the files it reads rendered where
-    its flags and settings read them; its relabelling keeps the proxies that its header's steps
-    expose, at their admin port, and the control plane's http service; the proxy flags the
-    header names exist."""
+    its flags and settings read them; its relabelling keeps the proxies that `weft inject`
+    exposes (read off the example jobs, which are its output), at their admin port, and the
+    control plane's http service."""
     name = "prometheus.nomad.hcl"
     before = len(failures)
     (jname, job), = labelled(doc, "job")
@@ -497,27 +497,44 @@ def check_prometheus(binary, doc, text):
             if sd.get("server") != "http://10.0.0.1:4646":
                 fail(f"{name}: {jn} asks {sd.get('server')}, not the node's Nomad agent")
 
-    # The header's steps for a meshed group, as an operator would follow them.
-    header = "\n".join(l for l in text.splitlines() if l.startswith("#"))
-    port = re.search(r'port "(\w+)" \{ to = (\d+) \}', header)
-    tag = re.search(r'"(weft-admin=)\$\{NOMAD_HOST_PORT_(\w+)\}"', header)
-    if not port or not tag or port.group(1) != tag.group(2):
-        fail(f"{name}: the header's port label and the tag's NOMAD_HOST_PORT_ variable differ: {port and port.group(1)}, {tag and tag.group(2)}")
-        return
-    admin_port = port.group(2)
+    # What `weft inject` gives a meshed group (the examples are its output): a group port for
+    # the proxy's admin listener, the listener on that port's target inside the group, the port
+    # left out of interception, and a tag on each service naming the port's host mapping.
+    example = DEPLOY / "examples" / "web-api.nomad.hcl"
+    edoc = parse(example.read_text(), str(example.relative_to(ROOT)))
+    (_, ejob), = labelled(edoc, "job")
+    admin_tags = set()
+    for gname_, egroup in labelled(ejob, "group"):
+        where = f"{example.name}, group {gname_}"
+        eports = dict(labelled(one(egroup, "network") or {}, "port"))
+        tasks = dict(labelled(egroup, "task"))
+        proxy_args = (one(tasks.get("weft-proxy", {}), "config") or {}).get("args", [])
+        admin_addr = next((proxy_args[i + 1] for i, a in enumerate(proxy_args[:-1]) if a == "--admin-addr"), None)
+        tags = [t for s in blocks(egroup, "service") for t in s.get("tags", []) if t.startswith("weft-admin=")]
+        m = re.fullmatch(r"weft-admin=\$\{NOMAD_HOST_PORT_(\w+)\}", tags[0]) if tags else None
+        if not m or len(tags) != len(blocks(egroup, "service")):
+            fail(f"{where}: each service needs a weft-admin=${{NOMAD_HOST_PORT_<label>}} tag; tags {tags}")
+            continue
+        label = m.group(1)
+        target = str(eports.get(label, {}).get("to"))
+        if admin_addr != f"0.0.0.0:{target}":
+            fail(f"{where}: the tag names port {label} (to {target}), the proxy's --admin-addr is {admin_addr}")
+        init_args = (one(tasks.get("weft-init", {}), "config") or {}).get("args", [])
+        skipped = next((init_args[i + 1] for i, a in enumerate(init_args[:-1]) if a == "--skip-inbound-ports"), "")
+        if "weft-init" in tasks and target not in skipped.split(","):
+            fail(f"{where}: the admin port {target} is not left out of interception (--skip-inbound-ports {skipped!r})")
+        admin_tags.add(tags[0])
     proxy = pathlib.Path(binary).with_name("weft-proxy")
     if proxy.exists():
         help_text = weft(str(proxy), "--help").stdout
-        init_help = weft(str(proxy), "init", "--help").stdout
-        for flag_text in ("--admin-addr", "WEFT_PROXY_ADMIN_ADDR", f"127.0.0.1:{admin_port}"):
-            if flag_text not in help_text or flag_text not in header:
-                fail(f"{name}: the header names {flag_text!r}; weft-proxy --help has it: {flag_text in help_text}")
-        if f'"--admin-addr", "0.0.0.0:{admin_port}"' not in header:
-            fail(f"{name}: the header does not set --admin-addr to 0.0.0.0:{admin_port}")
-        if "--skip-inbound-ports" not in init_help or f'"--skip-inbound-ports", "{admin_port}"' not in header:
-            fail(f"{name}: the header's --skip-inbound-ports {admin_port} is not weft-proxy init's")
+        if "--admin-addr" not in help_text:
+            fail(f"{name}: weft-proxy --help has no --admin-addr")
     else:
-        print(f"skip {name}: no weft-proxy beside {binary} to check the header's flags with")
+        print(f"skip {name}: no weft-proxy beside {binary} to check the proxy's flags with")
+    if len(admin_tags) != 1:
+        fail(f"{name}: the injected groups' admin tags differ or are missing: {sorted(admin_tags)}")
+        return
+    admin_tag = re.sub(r"\$\{[^}]*\}", "23456", admin_tags.pop())
 
     alloc = "3f2a9c1e-7b4d-4e8a-9c2f-1a2b3c4d5e6f"
     def registration(service, tags, port):
@@ -529,12 +546,11 @@ def check_prometheus(binary, doc, text):
             "__meta_nomad_service_id": f"_nomad-task-{alloc}-group-{service}-{service}-http",
             "__meta_nomad_tags": "," + ",".join(tags) + ",",
         }
-    admin_tag = f"{tag.group(1)}23456"
     proxies = jobs["weft-proxies"].get("relabel_configs", [])
     scraped = relabel(proxies, registration("web", ["weft", "weft-inbound=31001", admin_tag], 31000))
     want = {"__address__": "10.0.0.7:23456", "namespace": "shop", "alloc": alloc}
     if scraped is None or any(scraped.get(k) != v for k, v in want.items()):
-        fail(f"{name}: a meshed group tagged as the header says is scraped as {scraped}, not at {want}")
+        fail(f"{name}: a group tagged as weft inject tags it is scraped as {scraped}, not at {want}")
     elif set(scraped) - set(registration("web", [], 0)) - {"namespace", "alloc"}:
         fail(f"{name}: the proxies' targets get labels {sorted(set(scraped))}; one per service would scrape a proxy once per service")
     for what, reg in {
@@ -558,7 +574,7 @@ def check_prometheus(binary, doc, text):
     if not (jobs["weft-control"].get("authorization") or {}).get("credentials_file"):
         fail(f"{name}: the weft-control job presents no token; the control plane's /metrics requires one")
     if len(failures) == before:
-        ok(f"{name}: scrapes the proxies its header exposes, at their admin port, and the control plane's {kept[0]}")
+        ok(f"{name}: scrapes the proxies weft inject exposes, at their admin port, and the control plane's {kept[0]}")
 
 
 def main():

@@ -8,7 +8,10 @@
 //! A meshed group (one with a group-level `service` and a bridge network) gets:
 //! - the `weft` tag on each of its services (and, in explicit mode, `weft-inbound=` with the
 //!   host port of the group's new `weft` port, where peers reach the proxy's inbound listener;
-//!   in a group of several services, `weft-account=` with the one identity its proxy has);
+//!   in a group of several services, `weft-account=` with the one identity its proxy has), and
+//!   `weft-admin=` with the host port of the group's new `weft_admin` port, where Prometheus
+//!   scrapes the proxy's `/metrics` (7191 inside, left out of interception, as the admin port
+//!   of an injected pod is on its address);
 //! - the task `weft-proxy`: a prestart sidecar running as the uid `weft-proxy init` exempts,
 //!   with a workload identity for the audience `weft` written to `secrets/nomad_weft.jwt`, the
 //!   mesh's roots rendered from the Nomad Variable `nomad/jobs` and the control plane's address
@@ -44,6 +47,14 @@ pub const INBOUND_PORT_LABEL: &str = "weft";
 pub const TAP_PORT_LABEL: &str = "weft_tap";
 /// The proxy's tap listener port inside the group's network.
 pub const TAP_PORT: u16 = 7193;
+/// The group port label of the proxy's admin listener (`/metrics`, probes), which Prometheus
+/// scrapes.
+pub const ADMIN_PORT_LABEL: &str = "weft_admin";
+/// The proxy's admin listener port inside the group's network.
+pub const ADMIN_PORT: u16 = 7191;
+/// The tag prefix that says at which host port the proxy's admin listener is; the mesh
+/// ignores it, Prometheus's service discovery reads it.
+pub const ADMIN_TAG: &str = "weft-admin=";
 /// The workload identity the proxy presents (`secrets/nomad_<name>.jwt`).
 pub const IDENTITY_NAME: &str = "weft";
 /// The audience of that identity.
@@ -466,13 +477,18 @@ fn plan_group<'a>(
             _ => p.as_number().map(|n| n.to_string()),
         }
     };
-    if labels.iter().any(|l| l == TAP_PORT_LABEL) {
-        refuse(
-            span(group).start,
-            format!(
-                "the network already has a port labelled {TAP_PORT_LABEL:?}, which weft inject adds for the proxy's tap listener"
-            ),
-        );
+    for (label, what) in [
+        (TAP_PORT_LABEL, "tap listener"),
+        (ADMIN_PORT_LABEL, "admin listener"),
+    ] {
+        if labels.iter().any(|l| l == label) {
+            refuse(
+                span(group).start,
+                format!(
+                    "the network already has a port labelled {label:?}, which weft inject adds for the proxy's {what}"
+                ),
+            );
+        }
     }
     let mut app_port = None;
     if opts.explicit {
@@ -513,8 +529,9 @@ fn plan_group<'a>(
     // Health checks reach the group through its network like any client: in transparent mode
     // a check on a service's port meets the proxy, which refuses clients outside the mesh
     // unless policy allows them. A check on a port of its own is left out of interception.
-    // The proxy's tap listener is reached at its own port, never through interception.
-    let mut skip_inbound = vec![TAP_PORT.to_string()];
+    // The proxy's tap and admin listeners are reached at their own ports, never through
+    // interception.
+    let mut skip_inbound = vec![TAP_PORT.to_string(), ADMIN_PORT.to_string()];
     let mut warnings = Vec::new();
     if !opts.explicit {
         let service_port_text: Vec<&str> = service_ports
@@ -592,6 +609,9 @@ impl GroupPlan<'_> {
         };
         let mut tags = vec![format!("\"{MESH_TAG}\"")];
         tags.extend(self.account_tag.clone());
+        tags.push(format!(
+            "\"{ADMIN_TAG}${{NOMAD_HOST_PORT_{ADMIN_PORT_LABEL}}}\""
+        ));
         // The proxy's ports in the group's network, added in one place.
         let mut ports = Vec::new();
         if opts.explicit && self.app_port.is_some() {
@@ -604,6 +624,9 @@ impl GroupPlan<'_> {
         }
         ports.push(format!(
             "port \"{TAP_PORT_LABEL}\" {{ to = {TAP_PORT} }} # weft inject: the proxy's tap listener (mutual TLS, for the control plane)"
+        ));
+        ports.push(format!(
+            "port \"{ADMIN_PORT_LABEL}\" {{ to = {ADMIN_PORT} }} # weft inject: the proxy's admin listener (/metrics and probes, for Prometheus)"
         ));
         append_to_block(src, self.network, &ports.join("\n"), false, eol, edits);
         for s in &self.services {
@@ -685,6 +708,8 @@ task "{INIT_TASK}" {{
                 "--trust-bundle",
                 "\"${NOMAD_SECRETS_DIR}/weft-trust-bundle.pem\"".to_string(),
             ),
+            // Metrics and probes on every address of the group's network, for the port above.
+            ("--admin-addr", quote(&format!("0.0.0.0:{ADMIN_PORT}"))),
             // Tap: listened for inside the group's network, dialled at the host's mapping.
             ("--tap-addr", quote(&format!("0.0.0.0:{TAP_PORT}"))),
             (

@@ -148,8 +148,24 @@ fn transparent_mode_adds_the_init_task_the_sidecar_and_the_tag() {
             Some("${NOMAD_SECRETS_DIR}/nomad_weft.jwt")
         );
         assert!(args.contains(&"--transparent".to_string()), "{args:?}");
-        // Tap listens inside the group and is dialled at the host's mapping of weft_tap.
+        // Tap listens inside the group and is dialled at the host's mapping of weft_tap; the
+        // admin listener too, for Prometheus, at the mapping the service's tag names.
         assert_eq!(flag("--tap-addr").as_deref(), Some("0.0.0.0:7193"));
+        assert_eq!(flag("--admin-addr").as_deref(), Some("0.0.0.0:7191"));
+        for s in g.body.get_blocks("service") {
+            let tags = strings(attr(&s.body, "tags").unwrap(), &out.text);
+            assert!(
+                tags.contains(&"weft-admin=${NOMAD_HOST_PORT_weft_admin}".to_string()),
+                "{tags:?}"
+            );
+        }
+        let network = g.body.get_blocks("network").next().unwrap();
+        let port_labels: Vec<&str> = network
+            .body
+            .get_blocks("port")
+            .filter_map(|p| p.labels.first().map(|l| l.as_str()))
+            .collect();
+        assert!(port_labels.contains(&"weft_admin"), "{port_labels:?}");
         assert_eq!(
             flag("--tap-advertise").as_deref(),
             Some("${NOMAD_HOST_ADDR_weft_tap}")
@@ -236,7 +252,14 @@ fn explicit_mode_adds_the_inbound_port_and_its_tag_and_no_init_task() {
     );
     let service = g.body.get_blocks("service").next().unwrap();
     let tags = strings(attr(&service.body, "tags").unwrap(), &out.text);
-    assert_eq!(tags, ["weft", "weft-inbound=${NOMAD_HOST_PORT_weft}"]);
+    assert_eq!(
+        tags,
+        [
+            "weft",
+            "weft-admin=${NOMAD_HOST_PORT_weft_admin}",
+            "weft-inbound=${NOMAD_HOST_PORT_weft}"
+        ]
+    );
     let proxy = task(g, PROXY_TASK).unwrap();
     let config = proxy.body.get_blocks("config").next().unwrap();
     let args = strings(attr(&config.body, "args").unwrap(), &out.text);
@@ -255,7 +278,9 @@ fn explicit_mode_adds_the_inbound_port_and_its_tag_and_no_init_task() {
     // The api group's tags list keeps its element and gets the new ones after it.
     assert!(
         out.text
-            .contains("tags     = [\"v1\", \"weft\", \"weft-inbound=${NOMAD_HOST_PORT_weft}\"]")
+            .contains("tags     = [\"v1\", \"weft\", \"weft-admin=${NOMAD_HOST_PORT_weft_admin}\", \"weft-inbound=${NOMAD_HOST_PORT_weft}\"]"),
+        "{}",
+        out.text
     );
 }
 
@@ -292,7 +317,7 @@ fn a_check_on_a_port_of_its_own_is_left_out_of_interception() {
     let out = ok(PLAIN, &opts());
     assert!(
         out.text.contains(
-            r#"args       = ["init", "--proxy-uid", "2102", "--inbound-port", "7143", "--outbound-port", "7140", "--skip-inbound-ports", "7193,${NOMAD_PORT_health}"]"#
+            r#"args       = ["init", "--proxy-uid", "2102", "--inbound-port", "7143", "--outbound-port", "7140", "--skip-inbound-ports", "7193,7191,${NOMAD_PORT_health}"]"#
         ),
         "{}",
         out.text
@@ -306,11 +331,31 @@ fn a_check_on_a_port_of_its_own_is_left_out_of_interception() {
     // line, whose comment stays where it was.
     assert!(
         out.text
-            .contains("      port = \"http\"\n      tags = [\"weft\"]\n      check {"),
+            .contains("      port = \"http\"\n      tags = [\"weft\", \"weft-admin=${NOMAD_HOST_PORT_weft_admin}\"]\n      check {"),
         "{}",
         out.text
     );
     assert!(out.text.contains("name = \"cart\" # the identity\n"));
+}
+
+#[test]
+fn a_network_that_already_has_the_proxys_ports_is_refused() {
+    for (label, what) in [
+        ("weft_tap", "tap listener"),
+        ("weft_admin", "admin listener"),
+    ] {
+        let text = PLAIN.replace(
+            "      port \"health\" { to = 8081 }\n",
+            &format!(
+                "      port \"health\" {{ to = 8081 }}\n      port \"{label}\" {{ to = 9000 }}\n"
+            ),
+        );
+        let err = refused(&text, &opts());
+        assert!(
+            err.contains(&format!("port labelled \"{label}\"")) && err.contains(what),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -321,25 +366,27 @@ fn tags_are_added_to_whatever_form_the_list_has() {
             &format!("      port = \"http\"\n      tags = {tags}\n      check"),
         )
     };
+    // Each gets "weft" and the admin port's tag, `A`.
     let cases = [
-        ("[]", "tags = [\"weft\"]"),
-        ("[ ]", "tags = [\"weft\" ]"),
-        ("[\"a\"]", "tags = [\"a\", \"weft\"]"),
-        ("[\"a\",]", "tags = [\"a\", \"weft\",]"),
-        ("[\"weft\", \"a\"]", "tags = [\"weft\", \"a\"]"),
+        ("[]", "tags = [\"weft\", A]"),
+        ("[ ]", "tags = [\"weft\", A ]"),
+        ("[\"a\"]", "tags = [\"a\", \"weft\", A]"),
+        ("[\"a\",]", "tags = [\"a\", \"weft\", A,]"),
+        ("[\"weft\", \"a\"]", "tags = [\"weft\", \"a\", A]"),
         (
             "[\n        \"a\",\n        \"b\", # last\n      ]",
-            "tags = [\n        \"a\",\n        \"b\",\n        \"weft\", # last\n      ]",
+            "tags = [\n        \"a\",\n        \"b\",\n        \"weft\",\n        A, # last\n      ]",
         ),
         (
             "[\n        \"a\"\n      ]",
-            "tags = [\n        \"a\",\n        \"weft\"\n      ]",
+            "tags = [\n        \"a\",\n        \"weft\",\n        A\n      ]",
         ),
-        ("var.tags", "tags = concat(var.tags, [\"weft\"])"),
+        ("var.tags", "tags = concat(var.tags, [\"weft\", A])"),
     ];
     for (tags, want) in cases {
         let out = ok(&with_tags(tags), &opts());
-        assert!(out.text.contains(want), "{tags}: {}", out.text);
+        let want = want.replace('A', "\"weft-admin=${NOMAD_HOST_PORT_weft_admin}\"");
+        assert!(out.text.contains(&want), "{tags}: {}", out.text);
     }
     // Explicit mode's inbound tag is not added twice either.
     let out = ok(
@@ -347,8 +394,11 @@ fn tags_are_added_to_whatever_form_the_list_has() {
         &explicit(&[]),
     );
     assert!(
+        out.text.contains(
+            "tags = [\"weft\", \"weft-inbound=${NOMAD_HOST_PORT_weft}\", \"weft-admin=${NOMAD_HOST_PORT_weft_admin}\"]\n"
+        ),
+        "{}",
         out.text
-            .contains("tags = [\"weft\", \"weft-inbound=${NOMAD_HOST_PORT_weft}\"]\n")
     );
 }
 
@@ -362,7 +412,7 @@ fn a_network_block_on_one_line_gets_the_inbound_port_on_a_line_of_its_own() {
     let out = ok(&text, &explicit(&[]));
     assert!(
         out.text.contains(
-            "    network { \n      mode = \"bridge\" \n      port \"weft\" { to = 7143 } # weft inject: the proxy's inbound listener\n      port \"weft_tap\" { to = 7193 } # weft inject: the proxy's tap listener (mutual TLS, for the control plane)\n    }"
+            "    network { \n      mode = \"bridge\" \n      port \"weft\" { to = 7143 } # weft inject: the proxy's inbound listener\n      port \"weft_tap\" { to = 7193 } # weft inject: the proxy's tap listener (mutual TLS, for the control plane)\n      port \"weft_admin\" { to = 7191 } # weft inject: the proxy's admin listener (/metrics and probes, for Prometheus)\n    }"
         ),
         "{}",
         out.text
@@ -461,13 +511,13 @@ fn what_cannot_be_meshed_is_refused_naming_the_group_and_line() {
     assert!(out.report[0].ends_with("/sa/cart"), "{:?}", out.report);
     assert!(
         out.text
-            .contains("      tags = [\"weft\", \"weft-account=cart\"]\n      check {"),
+            .contains("      tags = [\"weft\", \"weft-account=cart\", \"weft-admin=${NOMAD_HOST_PORT_weft_admin}\"]\n      check {"),
         "{}",
         out.text
     );
     assert!(
         out.text.contains(
-            "      port = \"health\"\n      tags = [\"weft\", \"weft-account=cart\"]\n    }"
+            "      port = \"health\"\n      tags = [\"weft\", \"weft-account=cart\", \"weft-admin=${NOMAD_HOST_PORT_weft_admin}\"]\n    }"
         ),
         "{}",
         out.text
@@ -494,8 +544,9 @@ fn what_cannot_be_meshed_is_refused_naming_the_group_and_line() {
         out.text
     );
     assert!(
-        out.text
-            .contains("tags = [\"weft-account=shop\", \"weft\"]"),
+        out.text.contains(
+            "tags = [\"weft-account=shop\", \"weft\", \"weft-admin=${NOMAD_HOST_PORT_weft_admin}\"]"
+        ),
         "{}",
         out.text
     );
