@@ -19,10 +19,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-use weft_api::MetricSample;
 use weft_core::RegistrySnapshot;
 
-use crate::telemetry::ProxyView;
+use crate::telemetry::{ProxyView, Series as TelemetrySeries};
 
 /// What a stat row is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -101,13 +100,6 @@ pub struct EdgeRow {
     pub golden: Golden,
 }
 
-fn label<'a>(s: &'a MetricSample, name: &str) -> Option<&'a str> {
-    s.labels
-        .iter()
-        .find(|l| l.name == name)
-        .map(|l| l.value.as_str())
-}
-
 /// A proxy's series with, for each, its total and its increase over the window (none
 /// without a window).
 struct Series<'a> {
@@ -126,7 +118,7 @@ impl<'a> Series<'a> {
     }
 
     /// Each series with its total and its increase (a counter that went back restarted).
-    fn each(&self) -> impl Iterator<Item = (&'a MetricSample, f64, Option<f64>)> + '_ {
+    fn each(&self) -> impl Iterator<Item = (&'a TelemetrySeries, f64, Option<f64>)> + '_ {
         let last = &self.view.last.values;
         let first = self.view.first.as_ref().map(|f| &f.values);
         self.view.series.iter().enumerate().map(move |(i, s)| {
@@ -257,28 +249,28 @@ fn names(pattern: &str, identity: Option<&str>, names: &[&str]) -> bool {
 /// Adds a proxy's inbound series to `acc`, counting only clients `from` names.
 fn add_inbound(acc: &mut Acc, series: &Series<'_>, from: Option<&str>) {
     let secs = series.window_secs();
-    let peer_ok = |s: &MetricSample| {
+    let peer_ok = |s: &TelemetrySeries| {
         from.is_none_or(|f| {
-            let peer = label(s, "peer").unwrap_or("-");
+            let peer = s.label("peer").unwrap_or("-");
             names(f, Some(peer), &[])
         })
     };
     acc.proxies += 1;
     for (s, total, delta) in series.each() {
-        if label(s, "direction") != Some("inbound") && !s.name.starts_with("weft_inbound_") {
+        if s.label("direction") != Some("inbound") && !s.name().starts_with("weft_inbound_") {
             continue;
         }
-        match s.name.as_str() {
+        match s.name() {
             "weft_requests_total" if peer_ok(s) => acc.add_requests(total, delta, secs),
             "weft_responses_total" if peer_ok(s) => {
-                let failed = label(s, "classification") == Some("failure");
+                let failed = s.label("classification") == Some("failure");
                 acc.add_response(failed, total, delta);
-                if label(s, "status_code") == Some("504") {
+                if s.label("status_code") == Some("504") {
                     acc.timeouts += total;
                 }
             }
             "weft_response_latency_seconds_bucket" if peer_ok(s) => {
-                if let Some(le) = label(s, "le") {
+                if let Some(le) = s.label("le") {
                     acc.add_bucket(le, total, delta);
                 }
             }
@@ -380,17 +372,17 @@ fn add_routes(rows: &mut RouteRows, series: &Series<'_>) {
     let secs = series.window_secs();
     let mut seen: Vec<(String, Option<String>)> = Vec::new();
     for (s, total, delta) in series.each() {
-        let Some(route) = label(s, "route") else {
+        let Some(route) = s.label("route") else {
             continue;
         };
-        let backend = label(s, "backend").map(str::to_string);
+        let backend = s.label("backend").map(str::to_string);
         fn row<'r>(rows: &'r mut RouteRows, route: &str, backend: Option<String>) -> &'r mut Acc {
             &mut rows
                 .entry((route.to_string(), backend))
                 .or_insert_with(|| (Acc::default(), String::new()))
                 .0
         }
-        match s.name.as_str() {
+        match s.name() {
             "weft_route_requests_total" => {
                 let k = (route.to_string(), backend.clone());
                 let acc = row(rows, route, backend);
@@ -401,8 +393,8 @@ fn add_routes(rows: &mut RouteRows, series: &Series<'_>) {
                 acc.add_requests(total, delta, secs);
             }
             "weft_route_responses_total" => {
-                let failed = label(s, "classification") == Some("failure");
-                let timeout = label(s, "status_code") == Some("504");
+                let failed = s.label("classification") == Some("failure");
+                let timeout = s.label("status_code") == Some("504");
                 let acc = row(rows, route, backend);
                 acc.add_response(failed, total, delta);
                 if timeout {
@@ -410,7 +402,7 @@ fn add_routes(rows: &mut RouteRows, series: &Series<'_>) {
                 }
             }
             "weft_route_response_latency_seconds_bucket" => {
-                if let Some(le) = label(s, "le") {
+                if let Some(le) = s.label("le") {
                     row(rows, route, backend).add_bucket(le, total, delta);
                 }
             }
@@ -437,8 +429,8 @@ pub fn edges(proxies: &[ProxyView], from: Option<&str>, to: Option<&str>) -> Vec
         let secs = series.window_secs();
         let own = p.identity.spiffe_id();
         for (s, total, delta) in series.each() {
-            let peer = label(s, "peer").unwrap_or("-");
-            let (k, inbound) = match label(s, "direction") {
+            let peer = s.label("peer").unwrap_or("-");
+            let (k, inbound) = match s.label("direction") {
                 Some("inbound") => (
                     (
                         peer.to_string(),
@@ -450,21 +442,21 @@ pub fn edges(proxies: &[ProxyView], from: Option<&str>, to: Option<&str>) -> Vec
                 ),
                 // Calls to destinations without a proxy: no other report tells of them.
                 Some("outbound") if peer == "-" => {
-                    let service = label(s, "service").unwrap_or("-").to_string();
+                    let service = s.label("service").unwrap_or("-").to_string();
                     ((own.clone(), service, String::new(), false), false)
                 }
                 _ => continue,
             };
             let _ = inbound;
             let acc = rows.entry(k).or_default();
-            match s.name.as_str() {
+            match s.name() {
                 "weft_requests_total" => acc.add_requests(total, delta, secs),
                 "weft_responses_total" => {
-                    let failed = label(s, "classification") == Some("failure");
+                    let failed = s.label("classification") == Some("failure");
                     acc.add_response(failed, total, delta);
                 }
                 "weft_response_latency_seconds_bucket" => {
-                    if let Some(le) = label(s, "le") {
+                    if let Some(le) = s.label("le") {
                         acc.add_bucket(le, total, delta);
                     }
                 }

@@ -8,8 +8,15 @@
 //! [`MAX_SNAPSHOTS`] of them (the latest, and before it reports at least [`MIN_GAP`] apart).
 //! A proxy's series (names and labels) are kept once, and each report adds only its values.
 //! A proxy's window is dropped [`WINDOW`] after its stream ends.
+//!
+//! What a window costs: the strings of names and labels are shared by every series and proxy
+//! that uses them (replicas of one workload report the same label values, every proxy the
+//! same label names), so a series is a few pointers; a report's samples find their series by
+//! a hash of name and labels, without building a key; each report kept is one `f64` per
+//! series.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -47,8 +54,89 @@ pub struct Snapshot {
     pub values: Arc<[f64]>,
 }
 
-/// A series: a sample's name and labels (its value is unused).
-pub type Series = MetricSample;
+/// A series: a sample's name and labels, their strings shared (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Series {
+    name: Arc<str>,
+    labels: Box<[(Arc<str>, Arc<str>)]>,
+}
+
+impl Series {
+    /// The metric's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The value of the label `name`, if the series has it.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
+    }
+
+    /// Whether `s` is a sample of this series.
+    fn is(&self, s: &MetricSample) -> bool {
+        *self.name == s.name
+            && self.labels.len() == s.labels.len()
+            && self
+                .labels
+                .iter()
+                .zip(&s.labels)
+                .all(|((n, v), l)| **n == l.name && **v == l.value)
+    }
+
+    fn of(strings: &mut Strings, s: &MetricSample) -> Self {
+        Self {
+            name: strings.intern(&s.name),
+            labels: s
+                .labels
+                .iter()
+                .map(|l| (strings.intern(&l.name), strings.intern(&l.value)))
+                .collect(),
+        }
+    }
+}
+
+/// What a new series counts against its proxy's [`MAX_SERIES_BYTES`]: its strings as if none
+/// were shared, and the pointers that hold them.
+fn series_cost(s: &MetricSample) -> usize {
+    const POINTERS: usize = 2 * std::mem::size_of::<Arc<str>>();
+    s.name.len()
+        + POINTERS
+        + s.labels
+            .iter()
+            .map(|l| l.name.len() + l.value.len() + POINTERS)
+            .sum::<usize>()
+}
+
+/// The strings of every window's series, each held once.
+#[derive(Debug, Default)]
+struct Strings {
+    set: HashSet<Arc<str>>,
+    /// The size at which strings no series holds any more are swept (twice what was left at
+    /// the last sweep), so that sweeping costs O(1) a string.
+    sweep_at: usize,
+}
+
+impl Strings {
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.set.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.set.insert(a.clone());
+        a
+    }
+
+    /// Drops the strings only the set holds, once the set has doubled since the last sweep.
+    fn sweep_if_grown(&mut self) {
+        if self.set.len() > self.sweep_at {
+            self.set.retain(|a| Arc::strong_count(a) > 1);
+            self.sweep_at = (2 * self.set.len()).max(1024);
+        }
+    }
+}
 
 /// One proxy's window.
 #[derive(Debug)]
@@ -59,24 +147,12 @@ struct Window {
     tap_addr: Option<SocketAddr>,
     /// Every series the proxy reported, in the order they first came.
     series: Arc<Vec<Series>>,
-    /// A series' index, by its name and labels.
-    index: HashMap<String, usize>,
-    /// Bytes of the series' names and labels.
+    /// A series' index, by the hash of its name and labels ([`sample_hash`]).
+    index: HashMap<u64, u32>,
+    /// What the series count against [`MAX_SERIES_BYTES`] ([`series_cost`]).
     series_bytes: usize,
     snapshots: VecDeque<Snapshot>,
     ended: Option<Instant>,
-}
-
-/// A sample's name and labels, as one string.
-pub fn series_key(s: &MetricSample) -> String {
-    let mut k = s.name.clone();
-    for l in &s.labels {
-        k.push('\u{1f}');
-        k.push_str(&l.name);
-        k.push('=');
-        k.push_str(&l.value);
-    }
-    k
 }
 
 /// What the stats see of one proxy.
@@ -110,6 +186,21 @@ pub struct Store {
 struct Inner {
     next: u64,
     windows: HashMap<u64, Window>,
+    strings: Strings,
+    /// Keyed per process, so that no peer can choose samples whose hashes collide.
+    hasher: RandomState,
+}
+
+/// The hash of a sample's name and labels (a `str` hashes with its end marked, so no two
+/// different lists of strings hash the same input).
+fn sample_hash(hasher: &RandomState, s: &MetricSample) -> u64 {
+    let mut h = hasher.build_hasher();
+    s.name.hash(&mut h);
+    for l in &s.labels {
+        l.name.hash(&mut h);
+        l.value.hash(&mut h);
+    }
+    h.finish()
 }
 
 impl Store {
@@ -149,7 +240,8 @@ impl Store {
     /// Records a report of stream `id`, whose connection came from `remote`.
     fn record(&self, id: u64, remote: SocketAddr, report: TelemetryReport) {
         let now = Instant::now();
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let Some(w) = inner.windows.get_mut(&id) else {
             return;
         };
@@ -162,22 +254,20 @@ impl Store {
         w.tap_addr = tap_addr(&report.tap_addr, remote);
         // Values by series; series new to this proxy get an index, up to the bound.
         let mut values = vec![0.0; w.series.len()];
-        for sample in report.samples {
-            let key = series_key(&sample);
-            let i = match w.index.get(&key) {
-                Some(&i) => i,
+        for sample in &report.samples {
+            let hash = sample_hash(&inner.hasher, sample);
+            let i = match w.index.get(&hash) {
+                Some(&i) if w.series[i as usize].is(sample) => i as usize,
+                // Another series with the same hash: left out (2^-64 odds, and the hasher is
+                // keyed per process).
+                Some(_) => continue,
                 None if w.series.len() < MAX_SAMPLES
-                    && w.series_bytes + 2 * key.len() <= MAX_SERIES_BYTES =>
+                    && w.series_bytes + series_cost(sample) <= MAX_SERIES_BYTES =>
                 {
-                    // The key is held twice: in the index and, as name and labels, in the
-                    // series.
-                    w.series_bytes += 2 * key.len();
+                    w.series_bytes += series_cost(sample);
                     let i = w.series.len();
-                    w.index.insert(key, i);
-                    Arc::make_mut(&mut w.series).push(MetricSample {
-                        value: 0.0,
-                        ..sample.clone()
-                    });
+                    w.index.insert(hash, i as u32);
+                    Arc::make_mut(&mut w.series).push(Series::of(&mut inner.strings, sample));
                     values.push(0.0);
                     i
                 }
@@ -204,6 +294,7 @@ impl Store {
         {
             w.snapshots.pop_front();
         }
+        inner.strings.sweep_if_grown();
     }
 
     fn close(&self, id: u64) {
@@ -384,7 +475,7 @@ mod tests {
         );
         let (series, _) = store.held();
         assert!(
-            series < 100 && series * 2 * 10_000 <= MAX_SERIES_BYTES,
+            series < 100 && series * 10_000 <= MAX_SERIES_BYTES,
             "{series}"
         );
     }
