@@ -908,6 +908,44 @@ pub fn weft_binary() -> PathBuf {
     workspace_binary("weft", "weft-cli")
 }
 
+/// The real `weft` run with `args` (killed when dropped), and the lines of its stdout.
+pub fn weft_lines(
+    args: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(weft_binary())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    (child, tokio::io::BufReader::new(stdout).lines())
+}
+
+/// `weft dashboard --no-browser` with `args`, and the address it printed (it runs until
+/// dropped; its later lines are read and dropped).
+pub async fn weft_dashboard(args: &[&str]) -> (tokio::process::Child, String) {
+    let mut all = vec!["dashboard", "--no-browser"];
+    all.extend_from_slice(args);
+    let (child, mut lines) = weft_lines(&all);
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let url = first
+        .strip_prefix("Weft dashboard: ")
+        .expect(&first)
+        .to_string();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
 /// A control plane as `weft-control --config` starts one: from a mesh file in `dir` with the
 /// trust domain `weft.test`, its CA in `dir/data`, its listeners on loopback, and `sections`
 /// (policy, platforms) after those. It runs the adapters the file enables; cancel the token

@@ -501,27 +501,11 @@ async fn weft_dashboard_forwards_to_a_control_plane_off_loopback() {
     let http: SocketAddr = ([127, 0, 0, 1], control.http_addr.port()).into();
     assert_eq!(admin_get(http, "GET", "/dashboard").await.0, 401);
 
-    let mut weft = tokio::process::Command::new(weft_tests::weft_binary())
-        .args(["dashboard", "--no-browser", "--control", &http.to_string()])
-        .arg("--token-file")
-        .arg(dir.path().join("http-token"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(weft.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let url = first
-        .strip_prefix("Weft dashboard: ")
-        .expect(&first)
-        .to_string();
+    let token_file = dir.path().join("http-token").display().to_string();
+    let (mut weft, url) =
+        weft_tests::weft_dashboard(&["--control", &http.to_string(), "--token-file", &token_file])
+            .await;
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     with_browser(|b| async move {
         b.client.goto(&url).await.unwrap();

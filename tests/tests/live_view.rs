@@ -7,14 +7,12 @@
 #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use serde_json::Value;
-use tokio::io::AsyncBufReadExt;
 use weft_tests::{TestMesh, WAIT, WorkloadDecl, admin_get, backends, metric, upstream};
 
 const LOAD_ID: &str = "spiffe://weft.test/ns/test/sa/load";
@@ -264,25 +262,19 @@ async fn weft_tap_and_top_show_requests_as_they_happen() {
     )
     .await;
 
-    let mut tap = tokio::process::Command::new(weft_tests::weft_binary())
-        .args([
-            "tap",
-            "--control",
-            &control,
-            "--to",
-            "web.test",
-            "--path",
-            "/api",
-            "--max",
-            "3",
-            "-o",
-            "json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(tap.stdout.take().unwrap()).lines();
+    let (mut tap, mut lines) = weft_tests::weft_lines(&[
+        "tap",
+        "--control",
+        &control,
+        "--to",
+        "web.test",
+        "--path",
+        "/api",
+        "--max",
+        "3",
+        "-o",
+        "json",
+    ]);
     // Traffic until the tap has seen three requests: it starts at some point in it.
     let traffic = tokio::spawn(async move {
         for i in 0..400 {
@@ -415,14 +407,9 @@ async fn the_cli_reaches_a_control_plane_in_kubernetes_through_port_forward() {
     );
 
     // A tap streams through the forward as requests happen.
-    let mut tap = tokio::process::Command::new(weft_tests::weft_binary())
-        .args(["tap", "--to", "web.test", "--max", "2", "-o", "json"])
-        .args(kube_args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(tap.stdout.take().unwrap()).lines();
+    let mut args = vec!["tap", "--to", "web.test", "--max", "2", "-o", "json"];
+    args.extend(kube_args);
+    let (mut tap, mut lines) = weft_tests::weft_lines(&args);
     let traffic = tokio::spawn(async move {
         for i in 0..400 {
             send(up, &format!("/api/tapped/{i}")).await;
@@ -450,24 +437,7 @@ async fn the_cli_reaches_a_control_plane_in_kubernetes_through_port_forward() {
     assert!(status.success(), "--max ends the tap");
 
     // The dashboard: a local forwarder that only the browser handed its address may use.
-    let mut dash = tokio::process::Command::new(weft_tests::weft_binary())
-        .args(["dashboard", "--no-browser"])
-        .args(kube_args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(dash.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(WAIT, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let url = first
-        .strip_prefix("Weft dashboard: ")
-        .expect(&first)
-        .to_owned();
+    let (mut dash, url) = weft_tests::weft_dashboard(&kube_args).await;
     let rest = url.strip_prefix("http://").unwrap();
     let (host, open) = rest.split_once('/').unwrap();
     let addr: SocketAddr = host.parse().unwrap();

@@ -411,10 +411,13 @@ async fn faults_hit_the_named_callers_at_their_share_inside_retries_and_timeouts
     let started = Instant::now();
     let (status, ..) = weft_tests::get_through(&http, upstream(&load, "web"), "/slow").await;
     let took = started.elapsed();
-    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    // Both in one message: a 200 after 5 s (the deadline missed) and a quick 200 (the rule
+    // not applied) are different failures.
     assert!(
-        took >= Duration::from_millis(200) && took < Duration::from_secs(4),
-        "{took:?}"
+        status == StatusCode::GATEWAY_TIMEOUT
+            && took >= Duration::from_millis(200)
+            && took < Duration::from_secs(4),
+        "{status} after {took:?}"
     );
 }
 

@@ -267,23 +267,9 @@ impl ControlPlane {
         let http = bind(cfg.control.http_addr).await?;
         let grpc_addr = local_addr(&grpc, cfg.control.grpc_addr)?;
         let http_addr = local_addr(&http, cfg.control.http_addr)?;
-        let probes = match cfg.control.probe_addr {
-            Some(addr) => {
-                let l = bind(addr).await?;
-                let bound = local_addr(&l, addr)?;
-                Some((l, bound))
-            }
-            None => None,
-        };
+        let probes = bind_optional(cfg.control.probe_addr).await?;
         let probe_addr = probes.as_ref().map(|(_, a)| *a);
-        let local_http = match cfg.control.local_http_addr {
-            Some(addr) => {
-                let l = bind(addr).await?;
-                let bound = local_addr(&l, addr)?;
-                Some((l, bound))
-            }
-            None => None,
-        };
+        let local_http = bind_optional(cfg.control.local_http_addr).await?;
         let local_http_addr = local_http.as_ref().map(|(_, a)| *a);
 
         let http_token = if cfg.control.http_addr.ip().is_loopback() {
@@ -425,6 +411,18 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ControlError>
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ControlError::Bind { addr, source })
+}
+
+/// A listener on `addr` and the address it got, when there is an `addr`.
+async fn bind_optional(
+    addr: Option<SocketAddr>,
+) -> Result<Option<(tokio::net::TcpListener, SocketAddr)>, ControlError> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let l = bind(addr).await?;
+    let bound = local_addr(&l, addr)?;
+    Ok(Some((l, bound)))
 }
 
 fn local_addr(l: &tokio::net::TcpListener, addr: SocketAddr) -> Result<SocketAddr, ControlError> {
