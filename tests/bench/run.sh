@@ -10,7 +10,16 @@
 #   weft plain + split      as weft plain, the service split 90/10 between two backend services
 #   weft mTLS + policy      as weft mTLS, to a service whose route has a timeout and a retry and
 #               whose server has an inbound rate limit (high enough never to refuse)
+#   weft plain + access log  as weft plain, through a proxy of its own whose workload the mesh
+#               file gives a common-format access log (written to a file under the run's
+#               directory; the script checks it has a line per request)
+#   weft mTLS + tracing 100 %  as weft mTLS, from a client proxy of its own that starts a trace
+#               for every request: both proxies record a span per request and export them over
+#               OTLP/gRPC to a receiver on core 1 (tests/bench/otlp_sink.rs)
 #   nginx       wrk -> nginx reverse proxy (1 worker) -> backend
+# With the two observability cases the mesh names a collector, so every proxy of the run looks
+# for a trace context in each request; OBSERVE=0 leaves them and the collector out, which
+# measures the other paths with observability off.
 # The backend is an nginx worker answering "ok". Then IDLE_CONNS (1000) idle client connections
 # are held against the proxy pair to measure memory per connection, and memory IDLE_AFTER (60)
 # seconds after they close. Writes markdown tables to stdout and to target/bench/results.md.
@@ -22,7 +31,7 @@
 # machine it varies little from run to run, so it can tell a few per cent apart. Latency and
 # RSS mean nothing under callgrind; the nginx, memory and HTTP/2 parts are skipped.
 #
-# Usage: [BENCH_ONLY=memory] [IDLE_CONNS=N] [IDLE_AFTER=S] [INSN=1] tests/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
+# Usage: [BENCH_ONLY=memory] [IDLE_CONNS=N] [IDLE_AFTER=S] [INSN=1] [OBSERVE=0] tests/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${1:-10}
@@ -54,7 +63,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
+OBSERVE=${OBSERVE:-1}
 cargo build --release --locked -q -p weft-proxy -p weft-control
+[ "$OBSERVE" = 1 ] && cargo build --release --locked -q -p weft-tests --bin otlp-sink
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 BIN=target/release
 
@@ -90,6 +101,9 @@ next_port GUARD_IN; next_port GUARD_UP; next_port ADMIN_G
 # The routed and split services' backends: nginx on ports of their own (a local workload has an
 # address of its own), pinned with the first backend.
 next_port ROUTED_BACKEND; next_port SPLIT_A; next_port SPLIT_B
+# The observability cases: the logging client proxy, the tracing client proxy, the receiver.
+next_port LOG_IN; next_port LOG_UP; next_port ADMIN_L
+next_port TRACE_IN; next_port TRACE_UP; next_port ADMIN_T; next_port OTLP
 
 # --- backend and nginx reverse proxy ---------------------------------------------------------
 nginx_conf() { # name port worker-core body [listen-options]
@@ -209,6 +223,31 @@ name = "routed"
 namespace = "bench"
 parent_refs = [{ name = "routed" }]
 TOML
+if [ "$OBSERVE" = 1 ]; then
+  cat >> "$WORK/mesh.toml" <<TOML
+[[platforms.local.workloads]]
+name = "logger"
+namespace = "bench"
+port = $LOG_IN
+[[platforms.local.workloads]]
+name = "tracer"
+namespace = "bench"
+port = $TRACE_IN
+[observability.tracing]
+collector = "127.0.0.1:$OTLP"
+[[observability.tracing.start]]
+namespace = "bench"
+workload = "tracer"
+sampling = 1.0
+[[observability.access_log]]
+namespace = "bench"
+workload = "logger"
+format = "common"
+TOML
+  # SIGTERM makes it print the spans it received (sink_done).
+  taskset -c 1 "$BIN/otlp-sink" "127.0.0.1:$OTLP" > "$WORK/otlp.count" 2>&1 &
+  OTLP_SINK=$!; PIDS+=($OTLP_SINK)
+fi
 # 19 rules the benchmark's requests (GET /bench/x, no extra header) do not match, then the one
 # they do: exact paths, longer prefixes, a header on the same prefix (more specific, so checked
 # first) and regular expressions (less specific than any prefix), 20 rules in all.
@@ -227,7 +266,12 @@ rule() { printf '[[routes.http.rules]]\nmatches = [{ %s }]\nbackend_refs = [{ na
 taskset -c 1 "$BIN/weft-control" --config "$WORK/mesh.toml" > "$WORK/control.log" 2>&1 &
 PIDS+=($!)
 TOKENS="$WORK/data/tokens/bench"
-for _ in $(seq 100); do [ -f "$TOKENS/client" ] && [ -f "$TOKENS/server" ] && [ -f "$TOKENS/h2server" ] && [ -f "$TOKENS/guard" ] && [ -f "$WORK/data/trust-bundle.pem" ] && break; sleep 0.1; done
+tokens_ready() {
+  for w in client server h2server guard; do [ -f "$TOKENS/$w" ] || return 1; done
+  if [ "$OBSERVE" = 1 ]; then for w in logger tracer; do [ -f "$TOKENS/$w" ] || return 1; done; fi
+  [ -f "$WORK/data/trust-bundle.pem" ]
+}
+for _ in $(seq 100); do tokens_ready && break; sleep 0.1; done
 common=(--control-addr "127.0.0.1:$GRPC" --trust-domain weft.bench --trust-bundle "$WORK/data/trust-bundle.pem"
         --namespace bench)
 RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/client" --workload client --inbound-addr "127.0.0.1:$CLI_IN" \
@@ -245,7 +289,18 @@ PIDS+=($!)
 RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/guard" --workload guard --inbound-addr "127.0.0.1:$GUARD_IN" \
   --app-port "$BACKEND" --admin-addr "127.0.0.1:$ADMIN_G" > "$WORK/guard.log" 2>&1 &
 PROXY_G=$!; PIDS+=($PROXY_G)
-for a in $ADMIN_A $ADMIN_B $ADMIN_C $ADMIN_G; do
+ADMINS=($ADMIN_A $ADMIN_B $ADMIN_C $ADMIN_G)
+if [ "$OBSERVE" = 1 ]; then
+  # The access log goes to stderr with the proxy's own (warn-level) log lines.
+  RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/logger" --workload logger --inbound-addr "127.0.0.1:$LOG_IN" \
+    --admin-addr "127.0.0.1:$ADMIN_L" --upstream "plain=127.0.0.1:$LOG_UP" > "$WORK/logger.log" 2>&1 &
+  PROXY_L=$!; PIDS+=($PROXY_L)
+  RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/tracer" --workload tracer --inbound-addr "127.0.0.1:$TRACE_IN" \
+    --admin-addr "127.0.0.1:$ADMIN_T" --upstream "meshed=127.0.0.1:$TRACE_UP" > "$WORK/tracer.log" 2>&1 &
+  PROXY_T=$!; PIDS+=($PROXY_T)
+  ADMINS+=($ADMIN_L $ADMIN_T)
+fi
+for a in "${ADMINS[@]}"; do
   for _ in $(seq "$READY_TRIES"); do curl -sf "127.0.0.1:$a/ready" >/dev/null && break; sleep 0.1; done
   curl -sf "127.0.0.1:$a/ready" >/dev/null || { echo "proxy on admin $a not ready"; cat "$WORK"/*.log; exit 1; }
 done
@@ -343,12 +398,52 @@ measure_idle() {
   memory_rows+=("server proxy|$(mib "$b0")|$(mib "$b1")|$(per "$b0" "$b1")|$(mib "$b2")|$(python3 -c "print(round(100 * ($b2 - $b0) / $b0))")")
 }
 
+# The observability cases (OBSERVE=1): a line per request in the access log, and every traced
+# request's two spans (client and server side) exported or counted as dropped.
+observe_notes=()
+spans_of() { # admin-port outcome
+  curl -s "127.0.0.1:$1/metrics" | awk -v o="outcome=\"$2\"" 'index($0, "weft_trace_spans_total{") == 1 && index($0, o) {s += $2} END {print s + 0}'
+}
+measure_observed() {
+  [ "$OBSERVE" = 1 ] || return 0
+  local lines0 lines1
+  lines0=$(grep -c '" [0-9][0-9][0-9] ' "$WORK/logger.log" || true)
+  measure "weft plain + access log" "http://127.0.0.1:$LOG_UP/" $PROXY_L
+  lines1=$(grep -c '" [0-9][0-9][0-9] ' "$WORK/logger.log" || true)
+  local logged=$((lines1 - lines0)) asked
+  asked=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
+  observe_notes+=("access log: $logged lines for $asked requests (and the warm-up's before them)")
+  [ "$logged" -ge "$asked" ] || { echo "the access log has $logged lines for $asked requests"; exit 1; }
+  measure "weft mTLS + tracing 100 %" "http://127.0.0.1:$TRACE_UP/" $PROXY_T $PROXY_B
+  # Exports go out within a second of a batch filling or ageing; wait for the last one.
+  local exported dropped failed
+  for _ in $(seq 50); do
+    exported=$(( $(spans_of "$ADMIN_T" exported) + $(spans_of "$ADMIN_B" exported) ))
+    sleep 0.2
+    [ "$exported" = $(( $(spans_of "$ADMIN_T" exported) + $(spans_of "$ADMIN_B" exported) )) ] && break
+  done
+  dropped=$(( $(spans_of "$ADMIN_T" dropped) + $(spans_of "$ADMIN_B" dropped) ))
+  failed=$(( $(spans_of "$ADMIN_T" failed) + $(spans_of "$ADMIN_B" failed) ))
+  asked=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
+  observe_notes+=("tracing: $exported spans exported, $dropped dropped, $failed failed to export, for $asked requests (two spans each, and the warm-up's)")
+  [ "$exported" -gt 0 ] || { echo "no span was exported"; cat "$WORK/tracer.log"; exit 1; }
+}
+# Stops the receiver, which prints what it received, and notes the count.
+sink_done() {
+  [ "$OBSERVE" = 1 ] || return 0
+  kill -TERM "$OTLP_SINK" 2>/dev/null || true
+  wait "$OTLP_SINK" || true
+  observe_notes+=("the OTLP receiver counted $(cat "$WORK/otlp.count") spans")
+}
+
 if [ -n "${INSN:-}" ]; then
   measure "weft plain (1 proxy)" "http://127.0.0.1:$PLAIN_UP/" $PROXY_A
   measure "weft mTLS (2 proxies)" "http://127.0.0.1:$MTLS_UP/" $PROXY_A $PROXY_B
   measure "weft plain + 20 route rules" "http://127.0.0.1:$ROUTED_UP/bench/x" $PROXY_A
   measure "weft plain + split 90/10" "http://127.0.0.1:$SPLIT_UP/" $PROXY_A
   measure "weft mTLS + policy" "http://127.0.0.1:$GUARD_UP/" $PROXY_A $PROXY_G
+  measure_observed
+  sink_done
   {
     echo "Instructions per request under callgrind (wrk -t1 -c$CONNS -d${DURATION}s, HTTP/1.1 keep-alive),"
     echo "summed over the path's proxies, all threads; thousands."
@@ -356,6 +451,8 @@ if [ -n "${INSN:-}" ]; then
     echo "| path | req/s (under callgrind) | proxy instructions/req (k) |"
     echo "|---|---|---|"
     for r in "${rows[@]}"; do echo "|${r}|"; done
+    echo
+    for n in "${observe_notes[@]}"; do echo "$n"; done
   } | tee "$OUT/insn.md"
   exit 0
 fi
@@ -366,6 +463,7 @@ if [ "${BENCH_ONLY:-}" != "memory" ]; then
   measure "weft plain + 20 route rules" "http://127.0.0.1:$ROUTED_UP/bench/x" $PROXY_A
   measure "weft plain + split 90/10" "http://127.0.0.1:$SPLIT_UP/" $PROXY_A
   measure "weft mTLS + policy" "http://127.0.0.1:$GUARD_UP/" $PROXY_A $PROXY_G
+  measure_observed
   # shellcheck disable=SC2046
   measure "nginx reverse proxy" "http://127.0.0.1:$NGINX_PROXY/" $(nginx_proxy_workers)
 fi
@@ -378,6 +476,7 @@ h2_ok=$(awk '/^status codes:/ {print $3}' "$WORK/h2load.out")
 h2_failed=$(awk '/^requests:/ {for (i = 1; i <= NF; i++) if ($i ~ /^failed/) print $(i - 1)}' "$WORK/h2load.out")
 h2_other=$(awk '/^status codes:/ {print $5 + $7 + $9}' "$WORK/h2load.out")
 
+sink_done
 {
   echo "wrk -t1 -c$CONNS -d${DURATION}s, HTTP/1.1 keep-alive; proxies pinned to core 0, wrk and backend to core 1."
   echo "CPU/req and RSS are the proxies' own (both proxies summed for the mTLS pair; RSS is peak, VmHWM)."
@@ -395,4 +494,6 @@ h2_other=$(awk '/^status codes:/ {print $5 + $7 + $9}' "$WORK/h2load.out")
   echo
   echo "h2load -n $H2_REQUESTS -c 10 -m 10 through the proxy pair to an nginx HTTP/2 backend (GOAWAY"
   echo "after every 1000 streams): ${h2_ok:-?} answered 2xx, ${h2_other:-?} other statuses, ${h2_failed:-?} failed."
+  echo
+  for n in "${observe_notes[@]}"; do echo "$n"; done
 } | tee "$OUT/results.md"

@@ -170,8 +170,8 @@ struct Lab {
     collector: Collector,
     load: weft_proxy::Proxy,
     starter: weft_proxy::Proxy,
-    web_log: tokio::io::Lines<tokio::io::BufReader<tokio::io::DuplexStream>>,
-    load_log: tokio::io::Lines<tokio::io::BufReader<tokio::io::DuplexStream>>,
+    web_log: tokio::io::Lines<tokio::io::BufReader<tokio::net::UnixStream>>,
+    load_log: tokio::io::Lines<tokio::io::BufReader<tokio::net::UnixStream>>,
     _web: weft_proxy::Proxy,
 }
 
@@ -186,14 +186,14 @@ async fn lab(extra: &str) -> Lab {
         &mesh_file(collector_addr, extra),
     )
     .await;
-    let (web_out, web_in) = tokio::io::duplex(1 << 16);
+    let (web_out, web_in) = log_pipe();
     let web_proxy = start_logged(
         &mesh,
         mesh.proxy_config(&web, Some(app.port()), &[]),
         web_out,
     )
     .await;
-    let (load_out, load_in) = tokio::io::duplex(1 << 16);
+    let (load_out, load_in) = log_pipe();
     let mut load_cfg = mesh.proxy_config(&load, None, &["web"]);
     // The flag wins over the mesh file, which says nothing of `load`.
     load_cfg.access_log = Some(weft_core::observability::AccessLogFormat::Common);
@@ -210,11 +210,19 @@ async fn lab(extra: &str) -> Lab {
     }
 }
 
+/// A socket pair for an access log: the end its writer thread writes to (blocking, as
+/// stderr), and the end the test reads.
+fn log_pipe() -> (std::os::unix::net::UnixStream, tokio::net::UnixStream) {
+    let (out, test_end) = std::os::unix::net::UnixStream::pair().unwrap();
+    test_end.set_nonblocking(true).unwrap();
+    (out, tokio::net::UnixStream::from_std(test_end).unwrap())
+}
+
 /// Starts a proxy as [`TestMesh::start_proxy`] does, with its access log written to `log`.
 async fn start_logged(
     mesh: &TestMesh,
     cfg: weft_proxy::ProxyConfig,
-    log: tokio::io::DuplexStream,
+    log: std::os::unix::net::UnixStream,
 ) -> weft_proxy::Proxy {
     let name = cfg.workload.clone();
     let proxy = weft_proxy::Proxy::start_with_access_log(cfg, log)

@@ -102,14 +102,14 @@ impl Proxy {
     /// once; inbound connections wait for the first certificate, outbound requests for their
     /// destination's first answer.
     pub async fn start(config: ProxyConfig) -> Result<Self, ProxyError> {
-        Self::start_with_access_log(config, tokio::io::stderr()).await
+        Self::start_with_access_log(config, std::io::stderr()).await
     }
 
     /// As [`Proxy::start`], with the access log (when one is on) written to `log` instead of
     /// stderr.
     pub async fn start_with_access_log<W>(config: ProxyConfig, log: W) -> Result<Self, ProxyError>
     where
-        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+        W: std::io::Write + Send + 'static,
     {
         config.check().map_err(ProxyError::Config)?;
         let stop_background = CancellationToken::new();

@@ -4,6 +4,11 @@
 //! queue is full the line is dropped and counted (`weft_access_log_dropped_total`), so a slow
 //! stderr never slows traffic down.
 //!
+//! The writer is a thread of its own, since a write to stderr blocks. While lines keep coming
+//! it takes what the queue holds every [`GATHER`] and writes it at once, so that no request
+//! wakes it and a busy proxy makes one write call per interval; when an interval brings
+//! nothing it waits on the queue again, so an idle proxy never wakes for it.
+//!
 //! - `common`: Apache's common log format, then the mesh's fields as `key=value`:
 //!   `10.0.0.7 - spiffe://mesh.local/ns/shop/sa/web [2026-12-07T04:57:01.123Z] "GET /cart
 //!   HTTP/1.1" 200 512 direction=inbound duration_ms=1.234 ...`
@@ -13,7 +18,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use weft_core::observability::AccessLogFormat;
 
@@ -22,6 +26,12 @@ use crate::metrics::Direction;
 
 /// Lines waiting to be written at most.
 pub const QUEUE: usize = 4096;
+
+/// How long the writer gathers lines before each write while they keep coming.
+pub const GATHER: Duration = Duration::from_millis(10);
+
+/// Bytes gathered at most before a write.
+const WRITE_AT: usize = 256 * 1024;
 
 /// One request, as its log line tells it.
 #[derive(Debug)]
@@ -74,13 +84,19 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// A log that writes to `out` (stderr) from a task of its own.
+    /// A log that writes to `out` (stderr) from a thread of its own.
     pub fn to_writer<W>(out: W, dropped: Counter) -> Self
     where
-        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+        W: std::io::Write + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_lines(rx, out));
+        let spawned = std::thread::Builder::new()
+            .name("weft-access-log".into())
+            .spawn(move || write_lines(rx, out));
+        if let Err(e) = spawned {
+            // The queue's receiver went with the closure: every line is dropped and counted.
+            tracing::warn!(error = %e, "no thread for the access log; its lines are dropped");
+        }
         Self { tx, dropped }
     }
 
@@ -97,20 +113,53 @@ impl AccessLog {
     }
 }
 
-async fn write_lines<W>(mut rx: mpsc::Receiver<String>, out: W)
-where
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    let mut out = tokio::io::BufWriter::new(out);
-    let mut lines = Vec::with_capacity(64);
-    while rx.recv_many(&mut lines, 64).await > 0 {
-        for l in lines.drain(..) {
-            if out.write_all(l.as_bytes()).await.is_err() {
+/// The writer thread: see the module docs. Ends when every sender is gone or `out` fails.
+fn write_lines<W: std::io::Write>(mut rx: mpsc::Receiver<String>, mut out: W) {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    // Quiet: wait for a line, woken by its sender.
+    while let Some(first) = rx.blocking_recv() {
+        buf.extend_from_slice(first.as_bytes());
+        // Busy: gather for an interval without being woken, then write; until an interval
+        // brings nothing.
+        loop {
+            std::thread::sleep(GATHER);
+            let (gathered, open) = drain(&mut rx, &mut buf, &mut out);
+            if out.write_all(&buf).and_then(|()| out.flush()).is_err() {
                 return;
             }
+            buf.clear();
+            if !open {
+                return;
+            }
+            if !gathered {
+                break;
+            }
         }
-        if out.flush().await.is_err() {
-            return;
+    }
+}
+
+/// Moves what the queue holds into `buf`, writing it out whenever it reaches [`WRITE_AT`].
+/// Answers whether any line came, and whether the queue still has senders.
+fn drain<W: std::io::Write>(
+    rx: &mut mpsc::Receiver<String>,
+    buf: &mut Vec<u8>,
+    out: &mut W,
+) -> (bool, bool) {
+    let mut gathered = false;
+    loop {
+        match rx.try_recv() {
+            Ok(line) => {
+                gathered = true;
+                buf.extend_from_slice(line.as_bytes());
+                if buf.len() >= WRITE_AT {
+                    if out.write_all(buf).is_err() {
+                        return (gathered, false);
+                    }
+                    buf.clear();
+                }
+            }
+            Err(mpsc::error::TryRecvError::Empty) => return (gathered, true),
+            Err(mpsc::error::TryRecvError::Disconnected) => return (gathered, false),
         }
     }
 }
@@ -134,44 +183,69 @@ fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// A value for `key=value`: `-` when empty, and nothing that could break the line apart.
-fn word(s: &str) -> String {
+/// Appends a value for `key=value`: `-` when empty, and nothing that could break the line
+/// apart (whitespace, controls and quotes become `_`).
+fn push_word(l: &mut String, s: &str) {
     if s.is_empty() {
-        return "-".into();
+        l.push('-');
+    } else if !s.chars().any(breaks_line) {
+        l.push_str(s);
+    } else {
+        l.extend(s.chars().map(|c| if breaks_line(c) { '_' } else { c }));
     }
-    s.chars()
-        .map(|c| {
-            if c.is_whitespace() || c.is_control() || c == '"' {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect()
+}
+
+fn breaks_line(c: char) -> bool {
+    c.is_whitespace() || c.is_control() || c == '"'
+}
+
+/// Appends `d` in milliseconds to the microsecond, as [`millis`] prints it (no trailing
+/// zeros), with integer arithmetic.
+fn push_millis(l: &mut String, d: Duration) {
+    use std::fmt::Write as _;
+    let us = d.as_nanos().saturating_add(500) / 1_000;
+    let (whole, mut frac) = (us / 1_000, us % 1_000);
+    let _ = write!(l, "{whole}");
+    if frac > 0 {
+        let mut digits = 3;
+        while frac % 10 == 0 {
+            frac /= 10;
+            digits -= 1;
+        }
+        let _ = write!(l, ".{frac:0digits$}");
+    }
 }
 
 fn common(e: &Entry<'_>) -> String {
     use std::fmt::Write as _;
-    let mut l = format!(
-        "{} - {} [{}] \"{} {} {}\" {} {}",
-        e.client_addr.ip(),
-        word(e.client_identity.unwrap_or("")),
-        humantime::format_rfc3339_millis(e.at),
-        word(e.method),
-        word(e.path),
-        version(e.version),
-        e.status.map_or_else(|| "-".to_string(), |s| s.to_string()),
-        e.response_bytes,
-    );
+    let mut l = String::with_capacity(256);
+    let _ = write!(l, "{} - ", e.client_addr.ip());
+    push_word(&mut l, e.client_identity.unwrap_or(""));
+    let _ = write!(l, " [{}] \"", humantime::format_rfc3339_millis(e.at));
+    push_word(&mut l, e.method);
+    l.push(' ');
+    push_word(&mut l, e.path);
+    l.push(' ');
+    l.push_str(version(e.version));
+    l.push_str("\" ");
+    match e.status {
+        Some(s) => {
+            let _ = write!(l, "{s}");
+        }
+        None => l.push('-'),
+    }
     let _ = write!(
         l,
-        " direction={} authority={} duration_ms={}",
-        direction(e.direction),
-        word(e.authority),
-        millis(e.duration)
+        " {} direction={} authority=",
+        e.response_bytes,
+        direction(e.direction)
     );
+    push_word(&mut l, e.authority);
+    l.push_str(" duration_ms=");
+    push_millis(&mut l, e.duration);
     if let Some(d) = e.first_byte {
-        let _ = write!(l, " first_byte_ms={}", millis(d));
+        l.push_str(" first_byte_ms=");
+        push_millis(&mut l, d);
     }
     if let Some(n) = e.request_bytes {
         let _ = write!(l, " request_bytes={n}");
@@ -186,7 +260,10 @@ fn common(e: &Entry<'_>) -> String {
         ("peer", e.peer_identity),
     ] {
         if let Some(v) = v {
-            let _ = write!(l, " {k}={}", word(v));
+            l.push(' ');
+            l.push_str(k);
+            l.push('=');
+            push_word(&mut l, v);
         }
     }
     if let Some(t) = e.trace_id {
@@ -264,6 +341,18 @@ mod tests {
     }
 
     #[test]
+    fn milliseconds_print_alike_in_both_formats() {
+        for us in [0, 1, 10, 100, 900, 1_000, 1_234, 1_230, 20_000, 123_456_789] {
+            for extra_ns in [0, 499, 500] {
+                let d = Duration::from_nanos(us * 1_000 + extra_ns);
+                let mut l = String::new();
+                push_millis(&mut l, d);
+                assert_eq!(l, millis(d).to_string(), "{d:?}");
+            }
+        }
+    }
+
+    #[test]
     fn json_lines_parse() {
         let l = json(&entry());
         let v: serde_json::Value = serde_json::from_str(&l).expect("JSON");
@@ -273,15 +362,66 @@ mod tests {
         assert!(v.get("route").is_none());
     }
 
-    #[tokio::test]
-    async fn a_full_queue_drops_and_counts() {
-        // A writer that never takes a byte: the queue fills and the rest are dropped.
-        let (w, _r) = tokio::io::duplex(1);
+    /// A writer whose every write waits until the test ends (its sender is dropped).
+    struct Stuck(std::sync::mpsc::Receiver<()>);
+
+    impl std::io::Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        // A writer that never takes a byte: the thread holds what it gathered before its write
+        // (at most WRITE_AT bytes and a line), the queue fills, and the rest are dropped.
+        let (_release, stuck) = std::sync::mpsc::channel();
         let dropped = Counter::default();
-        let log = AccessLog::to_writer(w, dropped.clone());
-        for _ in 0..QUEUE + 200 {
+        let log = AccessLog::to_writer(Stuck(stuck), dropped.clone());
+        let per_line = common(&entry()).len();
+        let held = QUEUE + WRITE_AT / per_line + 2;
+        let sent = 2 * held;
+        for _ in 0..sent {
             log.write(AccessLogFormat::Common, entry());
         }
-        assert!(dropped.get() >= 100, "dropped {}", dropped.get());
+        let kept = sent - usize::try_from(dropped.get()).unwrap();
+        assert!(kept <= held, "kept {kept} of {sent}");
+    }
+
+    #[test]
+    fn lines_are_written_in_order_and_the_thread_ends_with_the_log() {
+        let (out_tx, out_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        struct Collect(std::sync::mpsc::Sender<Vec<u8>>);
+        impl std::io::Write for Collect {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                let _ = self.0.send(b.to_vec());
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let dropped = Counter::default();
+        let log = AccessLog::to_writer(Collect(out_tx), dropped.clone());
+        for status in 200..300 {
+            let mut e = entry();
+            e.status = Some(status);
+            log.write(AccessLogFormat::Common, e);
+        }
+        drop(log);
+        // The thread writes what it gathered and ends, which closes the channel.
+        let written: Vec<u8> = out_rx.iter().flatten().collect();
+        let text = String::from_utf8(written).unwrap();
+        let statuses: Vec<u16> = text
+            .lines()
+            .map(|l| l.split("\" ").nth(1).unwrap()[..3].parse().unwrap())
+            .collect();
+        assert_eq!(statuses, (200..300).collect::<Vec<_>>());
+        assert_eq!(dropped.get(), 0);
     }
 }
