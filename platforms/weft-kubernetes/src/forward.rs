@@ -78,7 +78,7 @@ impl PodPort {
         )
         .await
         .map_err(|_| {
-            KubernetesError::Config(format!(
+            KubernetesError::Forward(format!(
                 "{server} did not list the pods of {namespace} within {CONNECT_TIMEOUT:?}"
             ))
         })??;
@@ -90,7 +90,7 @@ impl PodPort {
             .collect();
         ready.sort();
         let Some(pod) = ready.into_iter().next() else {
-            return Err(KubernetesError::Config(format!(
+            return Err(KubernetesError::Forward(format!(
                 "{server}: no Ready control-plane pod in namespace {namespace} ({} pods \
                  labelled {CONTROL_PLANE_PODS}); is Weft installed there? `weft check` tells",
                 list.items.len()
@@ -118,7 +118,7 @@ impl PodPort {
         )
         .await
         .map_err(|_| {
-            KubernetesError::Config(format!(
+            KubernetesError::Forward(format!(
                 "no port-forward to {} within {CONNECT_TIMEOUT:?}",
                 self.pod
             ))
@@ -128,7 +128,7 @@ impl PodPort {
             forward.take_error(self.port),
         ) else {
             // Both are there once for each port asked.
-            return Err(KubernetesError::Config(format!(
+            return Err(KubernetesError::Forward(format!(
                 "the port-forward to {} has no stream for port {}",
                 self.pod, self.port
             )));

@@ -118,6 +118,9 @@ pub enum KubernetesError {
     /// The client could not be built from the configuration.
     #[error("Kubernetes client: {0}")]
     Client(#[from] kube::Error),
+    /// A pod's port could not be reached through the API server ([`forward`]).
+    #[error("{0}")]
+    Forward(String),
 }
 
 /// Finds the client configuration as every Kubernetes tool does: `kubeconfig` (with `context`,
