@@ -138,11 +138,27 @@ pub async fn start_proxy(
         .arg("--token-file")
         .arg(&token)
         .args(["--admin-addr", LAB_ADMIN])
+        // Every other proxy on one worker thread, as a sidecar limited to a CPU runs, the
+        // others on two: traffic crosses both.
+        .args(["--workers", workers()])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap()
+}
+
+/// `--workers` for the next proxy [`start_proxy`] starts: 1 and 2 in turn.
+fn workers() -> &'static str {
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if STARTED
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .is_multiple_of(2)
+    {
+        "1"
+    } else {
+        "2"
+    }
 }
 
 /// The log of the proxy of workload `name` started by [`start_proxy`] with `dir`.

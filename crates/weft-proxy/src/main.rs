@@ -1,9 +1,30 @@
 //! `weft-proxy`: the sidecar, as a pod's native sidecar, a Nomad task sidecar or a process.
 
 use std::io::IsTerminal;
+use std::num::NonZeroUsize;
 
 use clap::Parser;
 use weft_proxy::{Proxy, ProxyConfig};
+
+/// The most threads a proxy serves traffic on unless told otherwise (`--workers`).
+const DEFAULT_WORKERS_AT_MOST: usize = 2;
+
+/// The proxy's flags, and how many threads serve its traffic.
+#[derive(Debug, Parser)]
+#[command(
+    name = "weft-proxy",
+    version,
+    about = "Weft sidecar proxy.",
+    after_help = "Transparent mode: `weft-proxy init --help` writes the nat-table rules it needs."
+)]
+struct Cli {
+    #[command(flatten)]
+    config: ProxyConfig,
+    /// Threads that serve traffic. Default: the CPUs the process may use (its affinity and its
+    /// cgroup's CPU quota, so a pod's CPU limit), at most 2.
+    #[arg(long, env = "WEFT_PROXY_WORKERS")]
+    workers: Option<NonZeroUsize>,
+}
 
 /// jemalloc instead of the system allocator: with its background thread it hands memory back to
 /// the system seconds after a burst of connections ends, where glibc's allocator kept the
@@ -43,9 +64,28 @@ fn init() -> anyhow::Result<()> {
     }
 }
 
-#[tokio::main]
-async fn proxy() -> anyhow::Result<()> {
-    let config = ProxyConfig::parse();
+fn proxy() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let workers = cli.workers.map_or_else(default_workers, NonZeroUsize::get);
+    // The multi-thread scheduler even with one worker: the current-thread one measured no
+    // better (user-space instructions per request within a few per cent either way, in
+    // `INSN=1 tests/bench/run.sh`, whose pinned proxies have one worker).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(cli.config, workers))
+}
+
+/// The CPUs this process may use (std reads its affinity and its cgroup's quota), at most
+/// [`DEFAULT_WORKERS_AT_MOST`]: a sidecar on a 64-core node must not start 64 threads.
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, NonZeroUsize::get)
+        .min(DEFAULT_WORKERS_AT_MOST)
+}
+
+async fn serve(config: ProxyConfig, workers: usize) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr, leaving stdout to the program's output, and are coloured only on a
@@ -75,6 +115,7 @@ async fn proxy() -> anyhow::Result<()> {
     // start-up line is logged must drain the proxy, not kill it.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tracing::debug!(workers, "runtime");
     let proxy = Proxy::start(config).await?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
