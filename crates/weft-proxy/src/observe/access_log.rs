@@ -4,7 +4,8 @@
 //! queue is full the line is dropped and counted (`weft_access_log_dropped_total`), so a slow
 //! stderr never slows traffic down.
 //!
-//! The writer is a thread of its own, since a write to stderr blocks. While lines keep coming
+//! The writer is a thread of its own, since a write to stderr blocks, started with the first
+//! line (a proxy that logs nothing has none). While lines keep coming
 //! it takes what the queue holds every [`GATHER`] and writes it at once, so that no request
 //! wakes it and a busy proxy makes one write call per interval; when an interval brings
 //! nothing it waits on the queue again, so an idle proxy never wakes for it.
@@ -15,6 +16,7 @@
 //! - `json`: one object per line with the same fields.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
@@ -76,28 +78,67 @@ pub struct Entry<'a> {
     pub peer_identity: Option<&'a str>,
 }
 
-/// The queue to the writer task.
+/// The queue to the writer thread, which starts with the first line: a proxy that logs
+/// nothing (the default) has no thread for it.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
-    tx: mpsc::Sender<String>,
+    writer: Arc<Writer>,
     dropped: Counter,
 }
 
+/// The writer thread's queue once it has started, and until then what it will write to.
+struct Writer {
+    tx: OnceLock<mpsc::Sender<String>>,
+    out: Mutex<Option<Box<dyn std::io::Write + Send>>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("started", &self.tx.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Starts the thread; answers its queue.
+    fn start(&self) -> mpsc::Sender<String> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let out = self
+            .out
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        // `start` runs once (in a `OnceLock`), so `out` is there.
+        if let Some(out) = out {
+            let spawned = std::thread::Builder::new()
+                .name("weft-access-log".into())
+                .spawn(move || write_lines(rx, out));
+            if let Err(e) = spawned {
+                // The queue's receiver went with the closure: every line is dropped and
+                // counted.
+                tracing::warn!(error = %e, "no thread for the access log; its lines are dropped");
+            }
+        }
+        tx
+    }
+}
+
 impl AccessLog {
-    /// A log that writes to `out` (stderr) from a thread of its own.
+    /// A log that writes to `out` (stderr) from a thread of its own, started with the first
+    /// line.
     pub fn to_writer<W>(out: W, dropped: Counter) -> Self
     where
         W: std::io::Write + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let spawned = std::thread::Builder::new()
-            .name("weft-access-log".into())
-            .spawn(move || write_lines(rx, out));
-        if let Err(e) = spawned {
-            // The queue's receiver went with the closure: every line is dropped and counted.
-            tracing::warn!(error = %e, "no thread for the access log; its lines are dropped");
+        let writer = Writer {
+            tx: OnceLock::new(),
+            out: Mutex::new(Some(Box::new(out))),
+        };
+        Self {
+            writer: Arc::new(writer),
+            dropped,
         }
-        Self { tx, dropped }
     }
 
     /// Hands `entry`'s line over, or drops and counts it if the queue is full.
@@ -107,9 +148,16 @@ impl AccessLog {
             AccessLogFormat::Common => common(&entry),
             AccessLogFormat::Json => json(&entry),
         };
-        if self.tx.try_send(line).is_err() {
+        let tx = self.writer.tx.get_or_init(|| self.writer.start());
+        if tx.try_send(line).is_err() {
             self.dropped.inc();
         }
+    }
+
+    /// Whether the writer thread has started.
+    #[cfg(test)]
+    fn started(&self) -> bool {
+        self.writer.tx.get().is_some()
     }
 }
 
@@ -408,12 +456,21 @@ mod tests {
         }
         let dropped = Counter::default();
         let log = AccessLog::to_writer(Collect(out_tx), dropped.clone());
+        // Nothing logged, no thread; `off` logs nothing.
+        assert!(!log.started());
+        log.write(AccessLogFormat::Off, entry());
+        assert!(!log.started());
+        // A clone (each stack holds one) writes to the same thread.
+        let other = log.clone();
         for status in 200..300 {
             let mut e = entry();
             e.status = Some(status);
-            log.write(AccessLogFormat::Common, e);
+            let by = if status % 2 == 0 { &log } else { &other };
+            by.write(AccessLogFormat::Common, e);
         }
+        assert!(other.started());
         drop(log);
+        drop(other);
         // The thread writes what it gathered and ends, which closes the channel.
         let written: Vec<u8> = out_rx.iter().flatten().collect();
         let text = String::from_utf8(written).unwrap();
@@ -421,6 +478,7 @@ mod tests {
             .lines()
             .map(|l| l.split("\" ").nth(1).unwrap()[..3].parse().unwrap())
             .collect();
+        // In order, and the thread ended with the last clone (the channel closed).
         assert_eq!(statuses, (200..300).collect::<Vec<_>>());
         assert_eq!(dropped.get(), 0);
     }
