@@ -68,8 +68,8 @@ fn proxy() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let workers = cli.workers.map_or_else(default_workers, NonZeroUsize::get);
     // The multi-thread scheduler even with one worker: the current-thread one measured no
-    // better (user-space instructions per request within a few per cent either way, in
-    // `INSN=1 tests/bench/run.sh`, whose pinned proxies have one worker).
+    // better (user-space instructions per request from 4 % fewer to 7 % more across the
+    // paths of `INSN=1 tests/bench/run.sh`, whose pinned proxies have one worker).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
