@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use weft_core::policy::authz::{ExplainRequest, Explanation, decision_name, explain};
 
 /// Where the rules come from.
@@ -59,24 +58,16 @@ async fn ask(
     token_file: Option<PathBuf>,
     question: &ExplainRequest,
 ) -> anyhow::Result<Explanation> {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to the control plane at {addr}"))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    let mut req = http::Request::post("/api/authz")
-        .header(http::header::HOST, addr.to_string())
+    let token = token_file
+        .as_deref()
+        .map(crate::viz::read_token)
+        .transpose()?;
+    let control = crate::viz::Control::tcp(addr, token);
+    let req = control
+        .request(http::Method::POST, "/api/authz")
         .header(http::header::CONTENT_TYPE, "application/json");
-    if let Some(file) = token_file {
-        let token = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading the token in {}", file.display()))?;
-        req = req.header(
-            http::header::AUTHORIZATION,
-            format!("Bearer {}", token.trim()),
-        );
-    }
     let body = Full::new(Bytes::from(serde_json::to_vec(question)?));
-    let rsp = send.send_request(req.body(body)?).await?;
+    let rsp = control.send(req.body(body)?).await?;
     let status = rsp.status();
     let bytes = rsp.into_body().collect().await?.to_bytes();
     if !status.is_success() {

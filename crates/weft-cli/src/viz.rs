@@ -56,19 +56,8 @@ impl ControlArgs {
     /// control-plane pod to forward to.
     pub async fn reach(&self) -> anyhow::Result<Control> {
         if !self.kubernetes {
-            let token = match &self.token_file {
-                Some(file) => Some(
-                    std::fs::read_to_string(file)
-                        .with_context(|| format!("reading the token in {}", file.display()))?
-                        .trim()
-                        .to_owned(),
-                ),
-                None => None,
-            };
-            return Ok(Control {
-                dial: Dial::Tcp(self.control),
-                token,
-            });
+            let token = self.token_file.as_deref().map(read_token).transpose()?;
+            return Ok(Control::tcp(self.control, token));
         }
         let pod = weft_kubernetes::forward::PodPort::control_plane(
             self.kubeconfig.as_deref(),
@@ -82,6 +71,13 @@ impl ControlArgs {
             token: None,
         })
     }
+}
+
+/// The token in `file` (`<data_dir>/http-token`).
+pub fn read_token(file: &std::path::Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the token in {}", file.display()))?;
+    Ok(token.trim().to_owned())
 }
 
 /// A control plane's HTTP listener, found: how to open a connection to it and the token it
@@ -112,8 +108,7 @@ const WHY_WAIT: Duration = Duration::from_secs(2);
 
 impl Control {
     /// A control plane reached over TCP at `addr`, with `token` when it asks for one.
-    #[cfg(test)]
-    fn tcp(addr: SocketAddr, token: Option<String>) -> Self {
+    pub fn tcp(addr: SocketAddr, token: Option<String>) -> Self {
         Self {
             dial: Dial::Tcp(addr),
             token,
@@ -128,11 +123,19 @@ impl Control {
         }
     }
 
-    /// The `Host` of requests to it.
-    fn host(&self) -> String {
-        match &self.dial {
+    /// A request to it: `Host` and, when it asks for one, the token.
+    pub fn request(&self, method: http::Method, path_and_query: &str) -> http::request::Builder {
+        let host = match &self.dial {
             Dial::Tcp(addr) => addr.to_string(),
             Dial::Pod(pod) => format!("127.0.0.1:{}", pod.port()),
+        };
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(http::header::HOST, host);
+        match &self.token {
+            Some(token) => req.header(http::header::AUTHORIZATION, format!("Bearer {token}")),
+            None => req,
         }
     }
 
@@ -156,7 +159,7 @@ impl Control {
 
     /// Sends `req` on a connection of its own; answers the response's head, the connection
     /// ending with its body.
-    async fn send<B>(
+    pub async fn send<B>(
         &self,
         req: http::Request<B>,
     ) -> anyhow::Result<http::Response<hyper::body::Incoming>>
@@ -189,10 +192,7 @@ impl Control {
 
 /// A request to the control plane: its head sent, the response's head received.
 async fn get(control: &Control, path_and_query: &str) -> anyhow::Result<hyper::body::Incoming> {
-    let mut req = http::Request::get(path_and_query).header(http::header::HOST, control.host());
-    if let Some(token) = &control.token {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
+    let req = control.request(http::Method::GET, path_and_query);
     let rsp = control.send(req.body(Empty::<Bytes>::new())?).await?;
     let status = rsp.status();
     if !status.is_success() {
@@ -1074,13 +1074,7 @@ impl ForwarderState {
             .uri()
             .path_and_query()
             .map_or("/dashboard", |p| p.as_str());
-        let mut out = http::Request::builder()
-            .method(req.method())
-            .uri(target)
-            .header(http::header::HOST, self.control.host());
-        if let Some(token) = &self.control.token {
-            out = out.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
+        let mut out = self.control.request(req.method().clone(), target);
         // What the dashboard reads of a request, and never the cookie that holds the key.
         for name in [
             http::header::ACCEPT,
