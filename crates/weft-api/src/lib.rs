@@ -4,6 +4,7 @@
 //! The messages and services are generated from `proto/weft.proto` at build time (protox
 //! compiles the protos, so no `protoc` is required).
 
+pub mod codec;
 pub mod convert;
 
 /// Version 1 of the API.

@@ -22,8 +22,7 @@ use std::sync::Arc;
 use futures_util::Stream;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use weft_api::convert::route::traffic_to_wire;
 use weft_api::convert::{endpoint_to_wire, policy_to_wire, protocol_to_wire, target_from_wire};
@@ -51,9 +50,6 @@ use crate::transport::PeerInfo;
 /// Endpoints per message: a service of any size is sent in messages well under the gRPC
 /// message limit (about 100 bytes an endpoint).
 pub const ENDPOINTS_PER_MESSAGE: usize = 1000;
-
-/// Updates queued per stream before the stream waits for the proxy to read.
-const STREAM_QUEUE: usize = 4;
 
 /// The Discovery service.
 #[derive(Debug, Clone)]
@@ -94,7 +90,7 @@ pub fn answer(
         Target::Address(addr) => match registry.lookup_address(*addr).next() {
             None => return Answer::NotInMesh,
             Some(r) => (
-                r.service.clone(),
+                weft_core::ServiceName::clone(&r.service),
                 Some(r.port),
                 (r.kind == AddressKind::Endpoint).then_some(*addr),
             ),
@@ -340,7 +336,7 @@ pub fn proxy_settings(
                 .entry(server.address.port())
                 .or_insert_with(|| (port.protocol, Vec::new()));
             if !entry.1.contains(&server.service) {
-                entry.1.push(server.service.clone());
+                entry.1.push(weft_core::ServiceName::clone(&server.service));
             }
         }
     }
@@ -509,14 +505,14 @@ impl Discovery for DiscoveryService {
             .iter()
             .any(|c| c == weft_api::CAPABILITY_TRAFFIC_POLICY);
         let slot = stream_slot(&self.0, &identity, Limit::IdentityResolveStreams)?;
-        let state = self.0.clone();
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        tokio::spawn(async move {
-            let _slot = slot;
-            tracing::debug!(%identity, %remote, %target, "resolving");
-            follow_target(&state, &identity, &target, reads_policy, tx).await;
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        tracing::debug!(%identity, %remote, %target, "resolving");
+        Ok(Response::new(follow_target(
+            self.0.clone(),
+            identity,
+            target,
+            reads_policy,
+            slot,
+        )))
     }
 
     async fn proxy(
@@ -549,15 +545,15 @@ impl Discovery for DiscoveryService {
         })?;
         let workload = key;
         let slot = stream_slot(&self.0, &identity, Limit::IdentityProxyStreams)?;
-        let state = self.0.clone();
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        tokio::spawn(async move {
-            let _slot = slot;
-            tracing::info!(%identity, %remote, %workload, "proxy following its settings");
-            follow_settings(&state, &identity, &workload, &sources, tx).await;
-            tracing::info!(%identity, %remote, "proxy stopped following its settings");
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        tracing::info!(%identity, %remote, %workload, "proxy following its settings");
+        Ok(Response::new(follow_settings(
+            self.0.clone(),
+            identity,
+            workload,
+            sources,
+            slot,
+            remote,
+        )))
     }
 }
 
@@ -591,26 +587,23 @@ fn workload_sources(state: &State, name: &str) -> Option<Vec<Arc<str>>> {
         .map(|p| p.workload_sources().into_iter().map(Arc::from).collect())
 }
 
-/// One Discovery stream's inputs and output: the registry topic and the config it follows,
-/// the channel to the proxy, and its metrics (open while this lives, updates sent).
-struct Follow<'a, T> {
+/// One Discovery stream's inputs and metrics (open while this lives, updates sent).
+///
+/// A stream is the response body itself, computed as the transport polls it: no task or queue
+/// of its own, so an idle stream costs its state and little else. When the proxy goes away,
+/// the transport drops the body, and with it this.
+struct Follow<'a> {
     state: &'a State,
-    tx: mpsc::Sender<Result<T, Status>>,
     changed: TopicWatch,
     config: watch::Receiver<Arc<MeshConfig>>,
     open: Gauge,
     sent: Counter,
 }
 
-impl<'a, T> Follow<'a, T> {
+impl<'a> Follow<'a> {
     /// Follows `topic` for a stream of `kind`, once every platform has completed its first
-    /// full sync; `None` if the proxy went away or the control plane stopped meanwhile.
-    async fn start(
-        state: &'a State,
-        topic: Topic,
-        kind: &'static str,
-        tx: mpsc::Sender<Result<T, Status>>,
-    ) -> Option<Self> {
+    /// full sync; `None` if the control plane stopped meanwhile.
+    async fn start(state: &'a State, topic: Topic, kind: &'static str) -> Option<Self> {
         let labels = StreamLabels { kind };
         let open = state.metrics.streams.get_or_create(&labels).clone();
         open.inc();
@@ -621,7 +614,6 @@ impl<'a, T> Follow<'a, T> {
             config: state.config.clone(),
             sent: state.metrics.updates.get_or_create(&labels).clone(),
             open,
-            tx,
         };
         let names: Vec<String> = state
             .platforms
@@ -631,7 +623,6 @@ impl<'a, T> Follow<'a, T> {
         tokio::select! {
             _ = state.registry.wait_synced(&names) => Some(follow),
             _ = state.shutdown.cancelled() => None,
-            _ = follow.tx.closed() => None,
         }
     }
 
@@ -643,109 +634,117 @@ impl<'a, T> Follow<'a, T> {
         )
     }
 
-    /// Sends one message; false once the proxy has gone away.
-    async fn send(&self, item: Result<T, Status>) -> bool {
-        let counted = item.is_ok();
-        let delivered = self.tx.send(item).await.is_ok();
-        if delivered && counted {
-            self.sent.inc();
-        }
-        delivered
-    }
-
     /// Waits for a change of the topic or the config; false when the stream should end.
     async fn next_change(&mut self) -> bool {
         tokio::select! {
             _ = self.state.shutdown.cancelled() => false,
-            _ = self.tx.closed() => false,
             _ = self.changed.changed() => true,
             r = self.config.changed() => r.is_ok(),
         }
     }
 }
 
-impl<T> Drop for Follow<'_, T> {
+impl Drop for Follow<'_> {
     fn drop(&mut self) {
         self.open.dec();
     }
 }
 
-/// Sends the target's state, then its changes, until the proxy goes away or the control plane
-/// stops.
-async fn follow_target(
-    state: &State,
-    identity: &Identity,
-    target: &Target,
+/// The target's state, then its changes, until the proxy goes away or the control plane stops.
+fn follow_target(
+    state: Arc<State>,
+    identity: Identity,
+    target: Target,
     reads_policy: bool,
-    tx: mpsc::Sender<Result<ResolveUpdate, Status>>,
-) {
-    let topic = match target {
-        Target::Service { name, .. } => Topic::Service(name.clone()),
-        // Every change of a service touches all of its addresses.
-        Target::Address(addr) => Topic::Address(*addr),
-    };
-    let Some(mut follow) = Follow::start(state, topic, "resolve", tx).await else {
-        return;
-    };
-    let mut last: Option<Answer> = None;
-    loop {
-        let (reg, cfg) = follow.inputs();
-        let next = answer(identity, &reg, &cfg, target);
-        if matches!(next, Answer::Denied(_)) && !matches!(last, Some(Answer::Denied(_))) {
-            state.metrics.denied.inc();
-            tracing::info!(%identity, %target, "resolve denied by policy");
-        }
-        for u in updates_for(last.as_ref(), &next, reads_policy) {
-            if !follow.send(Ok(u)).await {
+    slot: KeyPermit<Identity>,
+) -> UpdateStream {
+    Box::pin(async_stream::stream! {
+        let _slot = slot;
+        let topic = match &target {
+            Target::Service { name, .. } => Topic::Service(name.clone()),
+            // Every change of a service touches all of its addresses.
+            Target::Address(addr) => Topic::Address(*addr),
+        };
+        let Some(mut follow) = Follow::start(&state, topic, "resolve").await else {
+            return;
+        };
+        let mut last: Option<Answer> = None;
+        loop {
+            let (reg, cfg) = follow.inputs();
+            let next = answer(&identity, &reg, &cfg, &target);
+            if matches!(next, Answer::Denied(_)) && !matches!(last, Some(Answer::Denied(_))) {
+                state.metrics.denied.inc();
+                tracing::info!(%identity, %target, "resolve denied by policy");
+            }
+            for u in updates_for(last.as_ref(), &next, reads_policy) {
+                follow.sent.inc();
+                yield Ok(u);
+            }
+            last = Some(next);
+            if !follow.next_change().await {
                 return;
             }
         }
-        last = Some(next);
-        if !follow.next_change().await {
-            return;
-        }
-    }
+    })
 }
 
-/// Sends the proxy's settings, then again whenever they change.
-async fn follow_settings(
-    state: &State,
-    identity: &Identity,
-    workload: &WorkloadKey,
-    sources: &[Arc<str>],
-    tx: mpsc::Sender<Result<ProxySettings, Status>>,
-) {
-    let topic = Topic::Workload(workload.clone());
-    let Some(mut follow) = Follow::start(state, topic, "proxy", tx).await else {
-        return;
-    };
-    let mut last: Option<ProxySettings> = None;
-    loop {
-        let (reg, cfg) = follow.inputs();
-        match proxy_settings(
-            identity,
-            workload,
-            sources,
-            &reg,
-            &cfg,
-            state.ca.trust_bundle(),
-        ) {
-            Err(status) => {
-                tracing::warn!(%identity, %workload, reason = status.message(), "proxy settings refused");
-                follow.send(Err(status)).await;
-                return;
-            }
-            Ok(next) if last.as_ref() != Some(&next) => {
-                if !follow.send(Ok(next.clone())).await {
+/// The proxy's settings, then again whenever they change.
+fn follow_settings(
+    state: Arc<State>,
+    identity: Identity,
+    workload: WorkloadKey,
+    sources: Vec<Arc<str>>,
+    slot: KeyPermit<Identity>,
+    remote: SocketAddr,
+) -> SettingsStream {
+    Box::pin(async_stream::stream! {
+        let _slot = slot;
+        // Logged when the stream ends, however it ends (the proxy going away drops it).
+        let _stopped = Stopped { identity: &identity, remote };
+        let topic = Topic::Workload(workload.clone());
+        let Some(mut follow) = Follow::start(&state, topic, "proxy").await else {
+            return;
+        };
+        let mut last: Option<ProxySettings> = None;
+        loop {
+            let (reg, cfg) = follow.inputs();
+            match proxy_settings(
+                &identity,
+                &workload,
+                &sources,
+                &reg,
+                &cfg,
+                state.ca.trust_bundle(),
+            ) {
+                Err(status) => {
+                    tracing::warn!(%identity, %workload, reason = status.message(), "proxy settings refused");
+                    yield Err(status);
                     return;
                 }
-                last = Some(next);
+                Ok(next) if last.as_ref() != Some(&next) => {
+                    follow.sent.inc();
+                    yield Ok(next.clone());
+                    last = Some(next);
+                }
+                Ok(_) => {}
             }
-            Ok(_) => {}
+            if !follow.next_change().await {
+                return;
+            }
         }
-        if !follow.next_change().await {
-            return;
-        }
+    })
+}
+
+/// Logs the end of a proxy's settings stream.
+struct Stopped<'a> {
+    identity: &'a Identity,
+    remote: SocketAddr,
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let (identity, remote) = (self.identity, self.remote);
+        tracing::info!(%identity, %remote, "proxy stopped following its settings");
     }
 }
 

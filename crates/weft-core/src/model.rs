@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,8 +37,14 @@ pub enum ModelError {
 pub struct TrustDomain(String);
 
 /// A workload identity: `spiffe://<trust-domain>/ns/<namespace>/sa/<name>` on every platform.
+///
+/// Cheap to clone: the parts are shared, so the endpoints of a workload (often hundreds of
+/// them in a registry) hold one copy.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Identity {
+pub struct Identity(Arc<IdentityParts>);
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct IdentityParts {
     trust_domain: TrustDomain,
     namespace: String,
     name: String,
@@ -232,11 +239,11 @@ impl Identity {
         let name = name.into();
         check_name(&namespace)?;
         check_name(&name)?;
-        Ok(Self {
+        Ok(Self(Arc::new(IdentityParts {
             trust_domain,
             namespace,
             name,
-        })
+        })))
     }
 
     /// Parses `spiffe://<trust-domain>/ns/<namespace>/sa/<name>`.
@@ -260,34 +267,39 @@ impl Identity {
 
     /// The control plane's identity in `trust_domain`; proxies accept no other server.
     pub fn control_plane(trust_domain: &TrustDomain) -> Self {
-        Self {
+        Self(Arc::new(IdentityParts {
             trust_domain: trust_domain.clone(),
             namespace: CONTROL_NAMESPACE.to_string(),
             name: CONTROL_ACCOUNT.to_string(),
-        }
+        }))
     }
 
     /// The SPIFFE ID as a URI string.
     pub fn spiffe_id(&self) -> String {
         format!(
             "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.name
+            self.0.trust_domain, self.0.namespace, self.0.name
         )
     }
 
     /// The trust domain.
     pub fn trust_domain(&self) -> &TrustDomain {
-        &self.trust_domain
+        &self.0.trust_domain
     }
 
     /// The namespace.
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.0.namespace
     }
 
     /// The account name (Kubernetes ServiceAccount, Nomad service identity, local workload).
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
+    }
+
+    /// Whether `other` is this identity's clone, sharing its parts (not merely equal).
+    pub fn shares_parts_with(&self, other: &Identity) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 

@@ -22,10 +22,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use imbl::{OrdMap, OrdSet};
+use imbl::OrdMap;
 use tokio::sync::watch;
 
-use crate::model::{AddressKind, Service, ServiceName, WorkloadKey};
+use crate::model::{AddressKind, Identity, Service, ServiceName, WorkloadKey};
 use crate::policy::traffic::{SourcePolicies, SourceRoutes};
 
 /// The registry. Cheap to clone; all clones share one state.
@@ -43,9 +43,9 @@ pub struct RegistrySnapshot {
     /// Each source's services.
     sources: OrdMap<Arc<str>, OrdMap<ServiceName, Arc<Service>>>,
     /// Which service ports each address leads to.
-    addresses: OrdMap<SocketAddr, OrdSet<AddressRef>>,
+    addresses: OrdMap<SocketAddr, SmallSet<AddressRef>>,
     /// Which service ports each workload serves, and at which endpoint address.
-    workloads: OrdMap<WorkloadRef, OrdSet<ServerRef>>,
+    workloads: OrdMap<WorkloadRef, SmallSet<ServerRef>>,
     /// Each source's routes (platform objects such as Gateway API routes).
     routes: OrdMap<Arc<str>, Arc<SourceRoutes>>,
     /// Each source's inbound policies (platform objects such as Weft's CRDs).
@@ -57,8 +57,8 @@ pub struct RegistrySnapshot {
 pub struct AddressRef {
     /// Virtual addresses sort first: they win over an endpoint address that is also listed.
     pub kind: AddressKind,
-    /// The service.
-    pub service: ServiceName,
+    /// The service (shared by the entries of one write).
+    pub service: Arc<ServiceName>,
     /// Its port.
     pub port: u16,
     /// The source that reported it.
@@ -79,11 +79,18 @@ pub struct WorkloadRef {
 pub struct ServerRef {
     /// The endpoint's address; its port is the workload's server port.
     pub address: SocketAddr,
-    /// The service.
-    pub service: ServiceName,
+    /// The service (shared by the entries of one write).
+    pub service: Arc<ServiceName>,
     /// The service port.
     pub port: u16,
 }
+
+/// An index entry's set: sorted, shared between snapshots, and one allocation of exactly its
+/// members. Most addresses lead to one service port and most workloads serve one, where a
+/// persistent set would allocate a node with room for sixteen; changing a set copies it, which
+/// costs little at these sizes.
+#[derive(Clone, Debug)]
+struct SmallSet<T>(Arc<[T]>);
 
 /// What a reader can follow without following the whole registry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -419,7 +426,8 @@ impl RegistryWriter {
 
     /// Sorts ports and endpoints, and drops what the registry cannot serve, with a warning
     /// naming it: a second port of the same number, a second endpoint at the same address, a
-    /// meshed endpoint without the identity clients must check.
+    /// meshed endpoint without the identity clients must check. Endpoints with equal
+    /// identities end up sharing one.
     fn normalize(&self, mut s: Service) -> Service {
         let source = &*self.source;
         s.ports.sort_by_key(|p| p.port);
@@ -449,6 +457,17 @@ impl RegistryWriter {
         }
         s.virtual_ips.sort();
         s.virtual_ips.dedup();
+        let mut identities: HashSet<Identity> = HashSet::new();
+        for p in &mut s.ports {
+            for id in p.endpoints.iter_mut().filter_map(|e| e.identity.as_mut()) {
+                match identities.get(id) {
+                    Some(shared) => *id = shared.clone(),
+                    None => {
+                        identities.insert(id.clone());
+                    }
+                }
+            }
+        }
         s
     }
 
@@ -472,18 +491,11 @@ impl RegistryWriter {
             let mut next = (**snap).clone();
             let mut services = current.clone();
             for (name, old, new) in changes {
-                if let Some(old) = &old {
-                    next.unindex(&self.source, old, &mut touched);
-                }
+                next.reindex(&self.source, old.as_deref(), new.as_deref(), &mut touched);
                 match new {
-                    Some(new) => {
-                        next.index(&self.source, &new, &mut touched);
-                        services.insert(name.clone(), new);
-                    }
-                    None => {
-                        services.remove(&name);
-                    }
-                }
+                    Some(new) => services.insert(name.clone(), new),
+                    None => services.remove(&name),
+                };
                 touched.insert(Topic::Service(name));
             }
             next.sources.insert(self.source.clone(), services);
@@ -592,35 +604,113 @@ impl RegistrySnapshot {
             .sum()
     }
 
-    fn index(&mut self, source: &Arc<str>, s: &Service, touched: &mut HashSet<Topic>) {
-        for (addr, entry) in address_refs(source, s) {
-            self.addresses.entry(addr).or_default().insert(entry);
-            touched.insert(Topic::Address(addr));
+    /// Moves a service's index entries from what `old` declared to what `new` declares,
+    /// touching only the entries that differ (a moved endpoint changes two, not every one of
+    /// the service), and marks every address and workload of either as touched: what they
+    /// lead to includes the service.
+    fn reindex(
+        &mut self,
+        source: &Arc<str>,
+        old: Option<&Service>,
+        new: Option<&Service>,
+        touched: &mut HashSet<Topic>,
+    ) {
+        let Some(name) = old.or(new).map(|s| Arc::new(s.name.clone())) else {
+            return;
+        };
+        let addresses = |s: Option<&Service>| -> BTreeSet<(SocketAddr, AddressRef)> {
+            s.into_iter()
+                .flat_map(|s| address_refs(source, &name, s))
+                .collect()
+        };
+        let (was, is) = (addresses(old), addresses(new));
+        for (addr, entry) in was.difference(&is) {
+            remove_from(&mut self.addresses, addr, entry);
         }
-        for (wl, server) in workload_refs(source, s) {
-            self.workloads.entry(wl.clone()).or_default().insert(server);
-            touched.insert(Topic::Workload(wl.key));
+        for (addr, entry) in is.difference(&was) {
+            insert_into(&mut self.addresses, *addr, entry);
+        }
+        touched.extend(was.into_iter().chain(is).map(|(a, _)| Topic::Address(a)));
+
+        let servers = |s: Option<&Service>| -> BTreeSet<(WorkloadRef, ServerRef)> {
+            s.into_iter()
+                .flat_map(|s| workload_refs(source, &name, s))
+                .collect()
+        };
+        let (was, is) = (servers(old), servers(new));
+        for (wl, server) in was.difference(&is) {
+            remove_from(&mut self.workloads, wl, server);
+        }
+        for (wl, server) in is.difference(&was) {
+            insert_into(&mut self.workloads, wl.clone(), server);
+        }
+        touched.extend(
+            was.into_iter()
+                .chain(is)
+                .map(|(wl, _)| Topic::Workload(wl.key)),
+        );
+    }
+}
+
+fn insert_into<K: Ord + Clone, T: Ord + Clone>(
+    index: &mut OrdMap<K, SmallSet<T>>,
+    key: K,
+    entry: &T,
+) {
+    match index.get_mut(&key) {
+        Some(set) => *set = set.with(entry),
+        None => {
+            index.insert(key, SmallSet(Arc::from([entry.clone()])));
+        }
+    }
+}
+
+fn remove_from<K: Ord + Clone, T: Ord + Clone>(
+    index: &mut OrdMap<K, SmallSet<T>>,
+    key: &K,
+    entry: &T,
+) {
+    if let Some(set) = index.get_mut(key) {
+        match set.without(entry) {
+            Some(rest) => *set = rest,
+            None => {
+                index.remove(key);
+            }
+        }
+    }
+}
+
+// === impl SmallSet ===
+
+impl<T: Ord + Clone> SmallSet<T> {
+    fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+
+    /// The set with `entry` added.
+    fn with(&self, entry: &T) -> Self {
+        match self.0.binary_search(entry) {
+            Ok(_) => self.clone(),
+            Err(at) => {
+                let mut v = Vec::with_capacity(self.0.len() + 1);
+                v.extend_from_slice(&self.0[..at]);
+                v.push(entry.clone());
+                v.extend_from_slice(&self.0[at..]);
+                Self(v.into())
+            }
         }
     }
 
-    fn unindex(&mut self, source: &Arc<str>, s: &Service, touched: &mut HashSet<Topic>) {
-        for (addr, entry) in address_refs(source, s) {
-            if let Some(set) = self.addresses.get_mut(&addr) {
-                set.remove(&entry);
-                if set.is_empty() {
-                    self.addresses.remove(&addr);
-                }
+    /// The set without `entry`, or `None` when nothing is left.
+    fn without(&self, entry: &T) -> Option<Self> {
+        match self.0.binary_search(entry) {
+            Ok(_) if self.0.len() == 1 => None,
+            Ok(at) => {
+                let mut v = self.0.to_vec();
+                v.remove(at);
+                Some(Self(v.into()))
             }
-            touched.insert(Topic::Address(addr));
-        }
-        for (wl, server) in workload_refs(source, s) {
-            if let Some(set) = self.workloads.get_mut(&wl) {
-                set.remove(&server);
-                if set.is_empty() {
-                    self.workloads.remove(&wl);
-                }
-            }
-            touched.insert(Topic::Workload(wl.key));
+            Err(_) => Some(self.clone()),
         }
     }
 }
@@ -628,6 +718,7 @@ impl RegistrySnapshot {
 /// Every address that leads to a port of a service, with the index entry it gets.
 fn address_refs<'a>(
     source: &'a Arc<str>,
+    name: &'a Arc<ServiceName>,
     s: &'a Service,
 ) -> impl Iterator<Item = (SocketAddr, AddressRef)> + 'a {
     s.addresses().map(move |(addr, port, kind)| {
@@ -635,7 +726,7 @@ fn address_refs<'a>(
             addr,
             AddressRef {
                 kind,
-                service: s.name.clone(),
+                service: name.clone(),
                 port,
                 source: source.clone(),
             },
@@ -646,6 +737,7 @@ fn address_refs<'a>(
 /// The workloads behind a service's endpoints, each with the server it provides.
 fn workload_refs<'a>(
     source: &'a Arc<str>,
+    name: &'a Arc<ServiceName>,
     s: &'a Service,
 ) -> impl Iterator<Item = (WorkloadRef, ServerRef)> + 'a {
     s.ports.iter().flat_map(move |p| {
@@ -658,7 +750,7 @@ fn workload_refs<'a>(
                 },
                 ServerRef {
                     address: e.address,
-                    service: s.name.clone(),
+                    service: name.clone(),
                     port: p.port,
                 },
             ))

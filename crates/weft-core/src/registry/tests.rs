@@ -443,3 +443,94 @@ async fn routes_wake_the_services_they_bind_to() {
     w.replace_routes(SourceRoutes::default());
     assert!(reg.snapshot().routes().is_empty());
 }
+
+/// Every index entry of `snap`, in a form two snapshots can be compared by.
+fn index_entries(snap: &RegistrySnapshot) -> Vec<String> {
+    let mut out: Vec<String> = snap
+        .addresses
+        .iter()
+        .flat_map(|(a, set)| set.iter().map(move |r| format!("address {a} -> {r:?}")))
+        .collect();
+    out.extend(
+        snap.workloads
+            .iter()
+            .flat_map(|(w, set)| set.iter().map(move |r| format!("workload {w:?} -> {r:?}"))),
+    );
+    out
+}
+
+#[test]
+fn changes_leave_the_indexes_as_a_fresh_fill_would() {
+    let vip: IpAddr = [10, 96, 0, 10].into();
+    let mut api = service("api", 80, vec![endpoint("one", 1), endpoint("two", 2)]);
+    api.virtual_ips = vec![vip];
+    // The same workload serves a second service, at one of the same addresses.
+    let mut web = service("web", 80, vec![endpoint("two", 2), endpoint("three", 3)]);
+    let reg = Registry::new();
+    let w = reg.writer("a");
+    w.upsert(api.clone());
+    w.upsert(web.clone());
+
+    // An endpoint moves, one is added, the virtual address changes, a port is added.
+    api.ports[0].endpoints[0] = endpoint("one", 11);
+    api.ports[0].endpoints.push(endpoint("four", 4));
+    api.virtual_ips = vec![[10, 96, 0, 11].into()];
+    web.ports.push(ServicePort {
+        port: 81,
+        name: None,
+        protocol: Protocol::Http1,
+        endpoints: vec![endpoint("three", 3)],
+    });
+    w.upsert(api.clone());
+    w.upsert(web.clone());
+    // A service goes away and comes back smaller.
+    w.remove(&svc("web"));
+    web.ports.remove(0);
+    w.upsert(web.clone());
+
+    let fresh = Registry::new();
+    fresh.writer("a").replace_all([api, web]);
+    let (changed, fresh) = (reg.snapshot(), fresh.snapshot());
+    assert_eq!(index_entries(&changed), index_entries(&fresh));
+    // Spot checks, so that two empty indexes cannot pass.
+    assert_eq!(
+        changed.lookup_address(([127, 0, 0, 1], 1).into()).count(),
+        0
+    );
+    assert_eq!(
+        changed.lookup_address(([127, 0, 0, 1], 11).into()).count(),
+        1
+    );
+    assert_eq!(changed.lookup_address((vip, 80).into()).count(), 0);
+    let three = WorkloadRef {
+        source: Arc::from("a"),
+        key: WorkloadKey {
+            namespace: "demo".into(),
+            name: "three".into(),
+        },
+    };
+    let served: Vec<_> = changed.servers_of(&three).map(|s| s.port).collect();
+    assert_eq!(served, [81]);
+}
+
+#[test]
+fn endpoints_with_equal_identities_share_one() {
+    let reg = Registry::new();
+    let mut two = endpoint("one", 2);
+    // Built separately, equal in content.
+    two.identity =
+        Some(Identity::new(TrustDomain::new("weft.test").unwrap(), "demo", "one").unwrap());
+    reg.writer("a").upsert(service(
+        "api",
+        80,
+        vec![endpoint("one", 1), two, endpoint("other", 3)],
+    ));
+    let api = reg.snapshot().service(&svc("api")).unwrap();
+    let ids: Vec<_> = api.ports[0]
+        .endpoints
+        .iter()
+        .map(|e| e.identity.clone().unwrap())
+        .collect();
+    assert!(ids[0].shares_parts_with(&ids[1]));
+    assert!(!ids[0].shares_parts_with(&ids[2]));
+}
