@@ -17,6 +17,19 @@
 #               for every request: both proxies record a span per request and export them over
 #               OTLP/gRPC to a receiver on core 1 (tests/bench/otlp_sink.rs)
 #   nginx       wrk -> nginx reverse proxy (1 worker) -> backend
+# and, with h2load (h2c, prior knowledge) in place of wrk, the same for HTTP/2 and for gRPC:
+#   h2 direct       h2load -> HTTP/2 backend (nginx answering "ok")
+#   h2 weft plain   h2load -> weft-proxy (outbound, unmeshed endpoint declared http2) -> backend
+#   h2 weft mTLS    h2load -> weft-proxy -> mutual TLS -> weft-proxy -> backend
+#   h2 nginx        h2load -> nginx (1 worker, grpc_pass: its proxy_pass speaks only HTTP/1.x
+#                   to an upstream) -> backend
+#   grpc direct, grpc weft plain, grpc weft mTLS, grpc nginx  the same paths (the endpoint
+#                   declared grpc) to a gRPC backend (tests/bench/grpc_backend.rs), with unary
+#                   calls: POST, content-type application/grpc, te: trailers, one small message
+# The HTTP/2 and gRPC cases have proxies of their own (a client and a server proxy each), so
+# that their peak RSS is theirs; a case fails the run if h2load counts a failed request or a
+# status other than 2xx, or, for gRPC, an answer without its message or a weft proxy counts a
+# failure (a grpc-status other than 0).
 # With the two observability cases the mesh names a collector, so every proxy of the run looks
 # for a trace context in each request; OBSERVE=0 leaves them and the collector out, which
 # measures the other paths with observability off.
@@ -24,14 +37,21 @@
 # are held against the proxy pair to measure memory per connection, and memory IDLE_AFTER (60)
 # seconds after they close. Writes markdown tables to stdout and to target/bench/results.md.
 # Traffic stays on 127.0.0.1; each run is bounded by DURATION, the idle hold and IDLE_AFTER.
+# Then h2load sends H2_REQUESTS through the proxy pair to an nginx HTTP/2 backend that sends
+# GOAWAY after every 1000 streams, which must cost no request.
 #
 # INSN=1 runs the proxies under callgrind instead and reports the instructions each proxy path
 # executes per request (summed over the proxies of the path, all threads), counted between a
 # reset and a dump of callgrind's counters around each measurement: unlike CPU time on a shared
 # machine it varies little from run to run, so it can tell a few per cent apart. Latency and
-# RSS mean nothing under callgrind; the nginx, memory and HTTP/2 parts are skipped.
+# RSS mean nothing under callgrind; the direct and nginx cases, memory and the GOAWAY check
+# are skipped, the weft HTTP/2 and gRPC cases are counted.
 #
-# Usage: [BENCH_ONLY=memory] [IDLE_CONNS=N] [IDLE_AFTER=S] [INSN=1] [OBSERVE=0] tests/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
+# BENCH_ONLY=memory runs only the idle-connection part (and the GOAWAY check); BENCH_ONLY=h2
+# only the HTTP/2 and gRPC cases (and the GOAWAY check). H2_STREAMS (10) is h2load's
+# concurrent streams per connection, H2_REQUESTS (20000) the GOAWAY check's requests.
+#
+# Usage: [BENCH_ONLY=memory|h2] [IDLE_CONNS=N] [IDLE_AFTER=S] [INSN=1] [OBSERVE=0] [H2_STREAMS=N] tests/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${1:-10}
@@ -65,7 +85,9 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 OBSERVE=${OBSERVE:-1}
 cargo build --release --locked -q -p weft-proxy -p weft-control
-[ "$OBSERVE" = 1 ] && cargo build --release --locked -q -p weft-tests --bin otlp-sink
+bench_bins=(--bin grpc-backend)
+[ "$OBSERVE" = 1 ] && bench_bins+=(--bin otlp-sink)
+cargo build --release --locked -q -p weft-tests "${bench_bins[@]}"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 BIN=target/release
 
@@ -85,7 +107,7 @@ for port in random.sample(range(10000, min(low, 32768)), 200):
         pass
     finally:
         s.close()
-    if len(picked) == 40:
+    if len(picked) == 60:
         break
 print(" ".join(map(str, picked)))
 PY
@@ -104,9 +126,15 @@ next_port ROUTED_BACKEND; next_port SPLIT_A; next_port SPLIT_B
 # The observability cases: the logging client proxy, the tracing client proxy, the receiver.
 next_port LOG_IN; next_port LOG_UP; next_port ADMIN_L
 next_port TRACE_IN; next_port TRACE_UP; next_port ADMIN_T; next_port OTLP
+# The HTTP/2 and gRPC cases: for each protocol its backend, its nginx proxy, a client proxy
+# (inbound, plain and meshed upstream listeners, admin) and a server proxy (inbound, admin).
+next_port H2_APP; next_port H2_NGINX; next_port H2C_IN; next_port H2P_UP; next_port H2M_UP; next_port ADMIN_H2C
+next_port H2S_IN; next_port ADMIN_H2S
+next_port GRPC_APP; next_port GRPC_NGINX; next_port GC_IN; next_port GP_UP; next_port GM_UP; next_port ADMIN_GC
+next_port GS_IN; next_port ADMIN_GS
 
 # --- backend and nginx reverse proxy ---------------------------------------------------------
-nginx_conf() { # name port worker-core body [listen-options]
+nginx_conf() { # name port worker-core body [listen-options] [http-level directives]
   cat > "$WORK/nginx-$1.conf" <<NGX
 worker_processes 1;
 worker_cpu_affinity $3;
@@ -122,6 +150,7 @@ http {
   uwsgi_temp_path $WORK/$1-uwsgi;
   scgi_temp_path $WORK/$1-scgi;
   upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; }
+  ${6:-}
   server {
     listen 127.0.0.1:$2 ${5:-};
     $4
@@ -138,6 +167,26 @@ nginx_conf split-b "$SPLIT_B" 10 'location / { return 200 "ok\n"; }'
 # connection after 1000 streams, which a proxy must absorb without failing requests.
 nginx_conf h2backend "$H2_BACKEND" 10 'location / { return 200 "ok\n"; }' http2
 nginx_conf proxy "$NGINX_PROXY" 01 'location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+# The HTTP/2 cases' backend: nginx answering "ok" over h2c. Unlike the GOAWAY check's backend
+# it keeps a connection for the whole run (no GOAWAY after 1000 streams), and it lets a client
+# open 1024 streams on one connection where nginx's default is 128: weft carries all of a
+# case's streams on one connection to it, nginx on as many connections as streams (below).
+nginx_conf h2app "$H2_APP" 10 'keepalive_requests 1000000000; http2_max_concurrent_streams 1024; location / { return 200 "ok\n"; }' http2
+# The gRPC cases' backend: the standard health service's unary Check, served by tonic on one
+# thread (tests/bench/grpc_backend.rs); it prints on SIGTERM how many calls it answered.
+taskset -c 1 "$BIN/grpc-backend" serve "127.0.0.1:$GRPC_APP" > "$WORK/grpc-backend.count" 2>&1 &
+GRPC_BACKEND=$!; PIDS+=($GRPC_BACKEND)
+# nginx proxying HTTP/2 and gRPC: its proxy_pass speaks only HTTP/1.x to an upstream, so both
+# use grpc_pass, which speaks HTTP/2 (h2c here) to the backend and carries plain HTTP/2 requests
+# as well as gRPC calls. It sends one stream per upstream connection (no multiplexing); the
+# upstream keeps up to 1024 of them idle, each for any number of requests. The clients'
+# connections too last the whole run: nginx sends GOAWAY after 1000 streams by default, and
+# h2load, timing the run, does not reconnect after one (its connection's share stops there).
+nginx_upstream() { # name port
+  echo "upstream $1 { server 127.0.0.1:$2; keepalive 1024; keepalive_requests 1000000000; }"
+}
+nginx_conf h2proxy "$H2_NGINX" 01 'keepalive_requests 1000000000; location / { grpc_pass grpc://h2app; }' http2 "$(nginx_upstream h2app "$H2_APP")"
+nginx_conf grpcproxy "$GRPC_NGINX" 01 'keepalive_requests 1000000000; location / { grpc_pass grpc://grpcapp; }' http2 "$(nginx_upstream grpcapp "$GRPC_APP")"
 
 # Under INSN, each proxy runs in callgrind (same process, so $! is still the proxy's pid).
 WRAP=()
@@ -201,6 +250,40 @@ namespace = "bench"
 service = "split-b"
 port = $SPLIT_B
 meshed = false
+[[platforms.local.workloads]]
+name = "h2app"
+namespace = "bench"
+service = "h2app"
+port = $H2_APP
+meshed = false
+protocol = "http2"
+[[platforms.local.workloads]]
+name = "h2meshed"
+namespace = "bench"
+service = "h2meshed"
+port = $H2S_IN
+protocol = "http2"
+[[platforms.local.workloads]]
+name = "h2client"
+namespace = "bench"
+port = $H2C_IN
+[[platforms.local.workloads]]
+name = "grpcapp"
+namespace = "bench"
+service = "grpcapp"
+port = $GRPC_APP
+meshed = false
+protocol = "grpc"
+[[platforms.local.workloads]]
+name = "grpcmeshed"
+namespace = "bench"
+service = "grpcmeshed"
+port = $GS_IN
+protocol = "grpc"
+[[platforms.local.workloads]]
+name = "grpcclient"
+namespace = "bench"
+port = $GC_IN
 [[routes.http]]
 name = "split"
 namespace = "bench"
@@ -267,7 +350,7 @@ taskset -c 1 "$BIN/weft-control" --config "$WORK/mesh.toml" > "$WORK/control.log
 PIDS+=($!)
 TOKENS="$WORK/data/tokens/bench"
 tokens_ready() {
-  for w in client server h2server guard; do [ -f "$TOKENS/$w" ] || return 1; done
+  for w in client server h2server guard h2client h2meshed grpcclient grpcmeshed; do [ -f "$TOKENS/$w" ] || return 1; done
   if [ "$OBSERVE" = 1 ]; then for w in logger tracer; do [ -f "$TOKENS/$w" ] || return 1; done; fi
   [ -f "$WORK/data/trust-bundle.pem" ]
 }
@@ -290,6 +373,24 @@ RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token
   --app-port "$BACKEND" --admin-addr "127.0.0.1:$ADMIN_G" > "$WORK/guard.log" 2>&1 &
 PROXY_G=$!; PIDS+=($PROXY_G)
 ADMINS=($ADMIN_A $ADMIN_B $ADMIN_C $ADMIN_G)
+# The HTTP/2 and gRPC cases' proxies: for each protocol a client proxy with an upstream
+# listener to the unmeshed backend (the plain hop) and one to the meshed service, and that
+# service's server proxy in front of the same backend.
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/h2client" --workload h2client --inbound-addr "127.0.0.1:$H2C_IN" \
+  --admin-addr "127.0.0.1:$ADMIN_H2C" --upstream "h2app=127.0.0.1:$H2P_UP" --upstream "h2meshed=127.0.0.1:$H2M_UP" > "$WORK/h2client.log" 2>&1 &
+PROXY_H2C=$!; PIDS+=($PROXY_H2C)
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/h2meshed" --workload h2meshed --inbound-addr "127.0.0.1:$H2S_IN" \
+  --app-port "$H2_APP" --admin-addr "127.0.0.1:$ADMIN_H2S" > "$WORK/h2meshed.log" 2>&1 &
+PROXY_H2S=$!; PIDS+=($PROXY_H2S)
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/grpcclient" --workload grpcclient --inbound-addr "127.0.0.1:$GC_IN" \
+  --admin-addr "127.0.0.1:$ADMIN_GC" --upstream "grpcapp=127.0.0.1:$GP_UP" --upstream "grpcmeshed=127.0.0.1:$GM_UP" > "$WORK/grpcclient.log" 2>&1 &
+PROXY_GC=$!; PIDS+=($PROXY_GC)
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/grpcmeshed" --workload grpcmeshed --inbound-addr "127.0.0.1:$GS_IN" \
+  --app-port "$GRPC_APP" --admin-addr "127.0.0.1:$ADMIN_GS" > "$WORK/grpcmeshed.log" 2>&1 &
+PROXY_GS=$!; PIDS+=($PROXY_GS)
+ADMINS+=($ADMIN_H2C $ADMIN_H2S $ADMIN_GC $ADMIN_GS)
+# Where each of them counts its responses, for the failure check of the HTTP/2 and gRPC cases.
+declare -A ADMIN_OF=([$PROXY_H2C]=$ADMIN_H2C [$PROXY_H2S]=$ADMIN_H2S [$PROXY_GC]=$ADMIN_GC [$PROXY_GS]=$ADMIN_GS)
 if [ "$OBSERVE" = 1 ]; then
   # The access log goes to stderr with the proxy's own (warn-level) log lines.
   RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/logger" --workload logger --inbound-addr "127.0.0.1:$LOG_IN" \
@@ -309,7 +410,7 @@ done
 ticks=$(getconf CLK_TCK)
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 hwm_kb() { local m=0; for p in "$@"; do v=$(awk '/VmHWM/ {print $2}' "/proc/$p/status"); m=$((m + v)); done; echo $m; }
-nginx_proxy_workers() { pgrep -P "$(cat "$WORK/nginx-proxy.pid")" | tr '\n' ' '; }
+nginx_workers() { pgrep -P "$(cat "$WORK/nginx-$1.pid")" | tr '\n' ' '; }
 
 # The instructions $1 executed since its counters were last reset: a dump, read once written,
 # and kept as $OUT/callgrind/$2.$1 for callgrind_annotate.
@@ -361,6 +462,151 @@ measure() { # name url pids...
   else
     rows+=("$name|$rps|$p50|$p99|$cpu_us|$rss")
   fi
+}
+
+# --- HTTP/2 and gRPC -------------------------------------------------------------------------
+# h2load over h2c (prior knowledge), one thread, CONNS connections of H2_STREAMS concurrent
+# streams each, for DURATION seconds after a 2-second warm-up run, pinned to core 1. A gRPC case
+# makes unary calls: POST with content-type application/grpc and te: trailers, the body one
+# length-prefixed message (a HealthCheckRequest naming the service "bench"). p50 and p99 come
+# from h2load's per-request log (its summary has only mean and deviation), which costs h2load a
+# write per request on core 1; it is left out under callgrind.
+H2_STREAMS=${H2_STREAMS:-10}
+GRPC_PATH=/grpc.health.v1.Health/Check
+printf '\x00\x00\x00\x00\x07\x0a\x05bench' > "$WORK/grpc-request.bin"
+# The answer's DATA: one length-prefixed message, 5 + 2 bytes (status SERVING). An error from a
+# proxy or the backend is a trailers-only response, without it.
+GRPC_ANSWER_BYTES=7
+h2_rows=()
+h2_notes=()
+# The number before WORD in the summary lines of h2load's output (requests, status codes,
+# traffic), first match: "2016350" of "traffic: ... (2016350) data".
+h2_figure() { # word file
+  awk -v w="$1" '/^(requests|status codes|traffic):/ { for (i = 2; i <= NF; i++) { f = $i; sub(/,$/, "", f)
+    if (f == w) { v = $(i - 1); gsub(/[(),]/, "", v); print v; exit } } }' "$2"
+}
+# Responses the weft proxies among the pids classed as failures (an error status, a gRPC
+# status other than 0 in the trailers, a body that failed), summed.
+weft_failures() { # pids...
+  local n=0 p
+  for p in "$@"; do
+    [ -n "${ADMIN_OF[$p]:-}" ] || continue
+    n=$((n + $(curl -s "127.0.0.1:${ADMIN_OF[$p]}/metrics" \
+      | awk 'index($0, "weft_responses_total{") == 1 && index($0, "classification=\"failure\"") {s += $NF} END {print s + 0}')))
+  done
+  echo $n
+}
+# Fails the run unless every request h2load finished in FILE succeeded with a 2xx, no status
+# other than 2xx arrived (h2load counts a status as its headers arrive, so a request still
+# open when the duration ended may have one), and, for gRPC, the calls carried their answers
+# (DATA of GRPC_ANSWER_BYTES per finished call, at most that per started one).
+h2_check() { # name kind file
+  local done succeeded failed other started data
+  done=$(h2_figure done "$3"); succeeded=$(h2_figure succeeded "$3"); failed=$(h2_figure failed "$3")
+  other=$(( $(h2_figure 3xx "$3") + $(h2_figure 4xx "$3") + $(h2_figure 5xx "$3") ))
+  started=$(h2_figure started "$3"); data=$(h2_figure data "$3")
+  if [ "${done:-0}" = 0 ] || [ "$failed" != 0 ] || [ "$succeeded" != "$done" ] || [ "$other" != 0 ]; then
+    echo "$1: h2load counted failures:"; cat "$3"; exit 1
+  fi
+  if [ "$2" = grpc ] && { [ "$data" -lt $((done * GRPC_ANSWER_BYTES)) ] || [ "$data" -gt $((started * GRPC_ANSWER_BYTES)) ]; }; then
+    echo "$1: $data bytes of answers for $done calls: some came without their message"; cat "$3"; exit 1
+  fi
+}
+# p50 and p99 of an h2load log, in wrk's units.
+h2_latency() { # log
+  python3 - "$1" <<'PY'
+import sys
+t = sorted(int(line.split("\t")[2]) for line in open(sys.argv[1]))
+def us(v):
+    return f"{v:.2f}us" if v < 1000 else f"{v / 1000:.2f}ms"
+print(us(t[len(t) // 2]), us(t[min(len(t) - 1, len(t) * 99 // 100)]))
+PY
+}
+measure_h2() { # name kind(h2|grpc) url pids...
+  local name=$1 kind=$2 url=$3; shift 3
+  local args=(-t1 -c"$CONNS" -m"$H2_STREAMS")
+  [ "$kind" = grpc ] && args+=(-d "$WORK/grpc-request.bin" -H "content-type: application/grpc" -H "te: trailers")
+  taskset -c 1 h2load "${args[@]}" -D 2 "$url" > "$WORK/h2case-warm.out" 2>&1 || true   # warm-up
+  h2_check "$name (warm-up)" "$kind" "$WORK/h2case-warm.out"
+  local failures0; failures0=$(weft_failures "$@")
+  local before=0; [ $# -gt 0 ] && before=$(cpu_ticks "$@")
+  if [ -n "${INSN:-}" ]; then for p in "$@"; do callgrind_control -z "$p" >/dev/null 2>&1; done; fi
+  local log=()
+  rm -f "$WORK/h2case.log"
+  if [ -z "${INSN:-}" ]; then log=(--log-file="$WORK/h2case.log"); fi
+  taskset -c 1 h2load "${args[@]}" -D "$DURATION" "${log[@]}" "$url" > "$WORK/h2case.out" 2>&1 || true
+  local after=0; [ $# -gt 0 ] && after=$(cpu_ticks "$@")
+  local insn=0
+  if [ -n "${INSN:-}" ]; then for p in "$@"; do insn=$((insn + $(callgrind_ir "$p" "$(echo "$name" | tr -c 'a-zA-Z0-9\n' _)"))); done; fi
+  h2_check "$name" "$kind" "$WORK/h2case.out"
+  local failures=$(( $(weft_failures "$@") - failures0 ))
+  [ "$failures" = 0 ] || { echo "$name: the weft proxies counted $failures failed responses"; exit 1; }
+  local reqs rps cpu_us rss
+  reqs=$(h2_figure done "$WORK/h2case.out")
+  rps=$(awk '/^finished in/ {print $4}' "$WORK/h2case.out")
+  if [ $# -gt 0 ]; then
+    cpu_us=$(python3 -c "print(round(($after - $before) / $ticks * 1e6 / $reqs, 1))")
+    rss=$(python3 -c "print(round($(hwm_kb "$@") / 1024, 1))")
+  else
+    cpu_us="-"; rss="-"
+  fi
+  if [ -n "${INSN:-}" ]; then
+    h2_rows+=("$name|$rps|$(python3 -c "print(round($insn / $reqs / 1000, 2))")")
+  else
+    local p50 p99
+    read -r p50 p99 < <(h2_latency "$WORK/h2case.log")
+    h2_rows+=("$name|$rps|$p50|$p99|$cpu_us|$rss")
+  fi
+}
+# Each gRPC path answers one call made with a real gRPC client (tonic's, which reads the
+# message and the trailers' status), before h2load, which looks at neither, measures it.
+grpc_check() { # url
+  "$BIN/grpc-backend" check "$1" || { echo "gRPC check through $1 failed"; cat "$WORK"/grpc*.log; exit 1; }
+}
+# The HTTP/2 and gRPC cases; under callgrind only weft's.
+measure_h2_cases() {
+  local p
+  if [ -z "${INSN:-}" ]; then
+    measure_h2 "h2 direct" h2 "http://127.0.0.1:$H2_APP/"
+  fi
+  measure_h2 "h2 weft plain" h2 "http://127.0.0.1:$H2P_UP/" $PROXY_H2C
+  measure_h2 "h2 weft mTLS" h2 "http://127.0.0.1:$H2M_UP/" $PROXY_H2C $PROXY_H2S
+  if [ -z "${INSN:-}" ]; then
+    # shellcheck disable=SC2046
+    measure_h2 "h2 nginx" h2 "http://127.0.0.1:$H2_NGINX/" $(nginx_workers h2proxy)
+  fi
+  for p in $GRPC_APP $GP_UP $GM_UP $GRPC_NGINX; do grpc_check "http://127.0.0.1:$p"; done
+  if [ -z "${INSN:-}" ]; then
+    measure_h2 "grpc direct" grpc "http://127.0.0.1:$GRPC_APP$GRPC_PATH"
+  fi
+  measure_h2 "grpc weft plain" grpc "http://127.0.0.1:$GP_UP$GRPC_PATH" $PROXY_GC
+  measure_h2 "grpc weft mTLS" grpc "http://127.0.0.1:$GM_UP$GRPC_PATH" $PROXY_GC $PROXY_GS
+  if [ -z "${INSN:-}" ]; then
+    # shellcheck disable=SC2046
+    measure_h2 "grpc nginx" grpc "http://127.0.0.1:$GRPC_NGINX$GRPC_PATH" $(nginx_workers grpcproxy)
+  fi
+}
+# The table's rows with their ratios to the nginx case of the same protocol in this run.
+h2_table_rows() {
+  printf '%s\n' "${h2_rows[@]}" | python3 -c '
+import sys
+rows = [line.rstrip("\n").split("|") for line in sys.stdin if line.strip()]
+nginx = {r[0].split()[0]: r for r in rows if r[0].endswith(" nginx")}
+def ratio(a, b):
+    try:
+        return f"{float(a) / float(b):.2f}"
+    except (ValueError, ZeroDivisionError):
+        return "-"
+for r in rows:
+    n = nginx.get(r[0].split()[0])
+    print("|" + "|".join(r + [ratio(r[1], n[1]) if n else "-", ratio(r[4], n[4]) if n else "-"]) + "|")
+'
+}
+# Stops the gRPC backend, which prints how many calls it answered, and notes the count.
+grpc_backend_done() {
+  kill -TERM "$GRPC_BACKEND" 2>/dev/null || true
+  wait "$GRPC_BACKEND" || true
+  h2_notes+=("the gRPC backend answered $(cat "$WORK/grpc-backend.count") calls (the checks, warm-ups and measurements)")
 }
 
 # --- memory per idle client connection --------------------------------------------------------
@@ -443,7 +689,9 @@ if [ -n "${INSN:-}" ]; then
   measure "weft plain + split 90/10" "http://127.0.0.1:$SPLIT_UP/" $PROXY_A
   measure "weft mTLS + policy" "http://127.0.0.1:$GUARD_UP/" $PROXY_A $PROXY_G
   measure_observed
+  measure_h2_cases
   sink_done
+  grpc_backend_done
   {
     echo "Instructions per request under callgrind (wrk -t1 -c$CONNS -d${DURATION}s, HTTP/1.1 keep-alive),"
     echo "summed over the path's proxies, all threads; thousands."
@@ -452,11 +700,17 @@ if [ -n "${INSN:-}" ]; then
     echo "|---|---|---|"
     for r in "${rows[@]}"; do echo "|${r}|"; done
     echo
-    for n in "${observe_notes[@]}"; do echo "$n"; done
+    echo "The same for HTTP/2 and gRPC (h2load -t1 -c$CONNS -m$H2_STREAMS -D ${DURATION}s, h2c; gRPC: unary calls)."
+    echo
+    echo "| path | req/s (under callgrind) | proxy instructions/req (k) |"
+    echo "|---|---|---|"
+    for r in "${h2_rows[@]}"; do echo "|${r}|"; done
+    echo
+    for n in "${observe_notes[@]}" "${h2_notes[@]}"; do echo "$n"; done
   } | tee "$OUT/insn.md"
   exit 0
 fi
-if [ "${BENCH_ONLY:-}" != "memory" ]; then
+if [ "${BENCH_ONLY:-}" != "memory" ] && [ "${BENCH_ONLY:-}" != "h2" ]; then
   measure "direct" "http://127.0.0.1:$BACKEND/"
   measure "weft plain (1 proxy)" "http://127.0.0.1:$PLAIN_UP/" $PROXY_A
   measure "weft mTLS (2 proxies)" "http://127.0.0.1:$MTLS_UP/" $PROXY_A $PROXY_B
@@ -465,9 +719,14 @@ if [ "${BENCH_ONLY:-}" != "memory" ]; then
   measure "weft mTLS + policy" "http://127.0.0.1:$GUARD_UP/" $PROXY_A $PROXY_G
   measure_observed
   # shellcheck disable=SC2046
-  measure "nginx reverse proxy" "http://127.0.0.1:$NGINX_PROXY/" $(nginx_proxy_workers)
+  measure "nginx reverse proxy" "http://127.0.0.1:$NGINX_PROXY/" $(nginx_workers proxy)
 fi
-measure_idle
+if [ "${BENCH_ONLY:-}" != "memory" ]; then
+  measure_h2_cases
+fi
+if [ "${BENCH_ONLY:-}" != "h2" ]; then
+  measure_idle
+fi
 
 # --- HTTP/2 through the mesh to nginx, GOAWAY every 1000 streams ------------------------------
 H2_REQUESTS=${H2_REQUESTS:-20000}
@@ -477,23 +736,38 @@ h2_failed=$(awk '/^requests:/ {for (i = 1; i <= NF; i++) if ($i ~ /^failed/) pri
 h2_other=$(awk '/^status codes:/ {print $5 + $7 + $9}' "$WORK/h2load.out")
 
 sink_done
+grpc_backend_done
 {
-  echo "wrk -t1 -c$CONNS -d${DURATION}s, HTTP/1.1 keep-alive; proxies pinned to core 0, wrk and backend to core 1."
-  echo "CPU/req and RSS are the proxies' own (both proxies summed for the mTLS pair; RSS is peak, VmHWM)."
-  echo
-  echo "| path | req/s | p50 | p99 | proxy CPU/req (us) | proxy peak RSS (MiB) |"
-  echo "|---|---|---|---|---|---|"
-  for r in "${rows[@]}"; do echo "|${r}|"; done
-  echo
-  echo "$IDLE_CONNS idle client connections (opaque forwards over mTLS after detection), RSS in MiB;"
-  echo "'after' is ${IDLE_AFTER}s after they closed, as a change from idle."
-  echo
-  echo "| proxy | idle | held | KiB per connection | after | after vs idle (%) |"
-  echo "|---|---|---|---|---|---|"
-  for r in "${memory_rows[@]}"; do echo "|${r}|"; done
-  echo
+  if [ ${#rows[@]} -gt 0 ]; then
+    echo "wrk -t1 -c$CONNS -d${DURATION}s, HTTP/1.1 keep-alive; proxies pinned to core 0, wrk and backend to core 1."
+    echo "CPU/req and RSS are the proxies' own (both proxies summed for the mTLS pair; RSS is peak, VmHWM)."
+    echo
+    echo "| path | req/s | p50 | p99 | proxy CPU/req (us) | proxy peak RSS (MiB) |"
+    echo "|---|---|---|---|---|---|"
+    for r in "${rows[@]}"; do echo "|${r}|"; done
+    echo
+  fi
+  if [ ${#h2_rows[@]} -gt 0 ]; then
+    echo "HTTP/2 and gRPC: h2load -t1 -c$CONNS -m$H2_STREAMS -D ${DURATION}s over h2c (prior knowledge); gRPC: unary"
+    echo "calls. Pinned as above; p50/p99 from h2load's per-request log; ratios to the nginx case of"
+    echo "the same protocol in this run (nginx proxies with grpc_pass)."
+    echo
+    echo "| path | req/s | p50 | p99 | proxy CPU/req (us) | proxy peak RSS (MiB) | req/s vs nginx | CPU/req vs nginx |"
+    echo "|---|---|---|---|---|---|---|---|"
+    h2_table_rows
+    echo
+  fi
+  if [ ${#memory_rows[@]} -gt 0 ]; then
+    echo "$IDLE_CONNS idle client connections (opaque forwards over mTLS after detection), RSS in MiB;"
+    echo "'after' is ${IDLE_AFTER}s after they closed, as a change from idle."
+    echo
+    echo "| proxy | idle | held | KiB per connection | after | after vs idle (%) |"
+    echo "|---|---|---|---|---|---|"
+    for r in "${memory_rows[@]}"; do echo "|${r}|"; done
+    echo
+  fi
   echo "h2load -n $H2_REQUESTS -c 10 -m 10 through the proxy pair to an nginx HTTP/2 backend (GOAWAY"
   echo "after every 1000 streams): ${h2_ok:-?} answered 2xx, ${h2_other:-?} other statuses, ${h2_failed:-?} failed."
   echo
-  for n in "${observe_notes[@]}"; do echo "$n"; done
+  for n in "${observe_notes[@]}" "${h2_notes[@]}"; do echo "$n"; done
 } | tee "$OUT/results.md"
