@@ -5,7 +5,7 @@
 # Discovery.Resolve streams), and 100 registry changes per second for 20 s after an idle
 # baseline of 20 s. Reports change-to-last-subscriber latency (p50, p99), the control plane's
 # RSS per open stream and CPU per change, against the targets (p99 < 1 s, at most
-# 100 KB per stream). Writes the markdown report to stdout and to target/bench/control-scale.md;
+# 10 KB per stream). Writes the markdown report to stdout and to target/bench/control-scale.md;
 # progress goes to stderr. Traffic stays on 127.0.0.1; the run takes under a minute at the
 # defaults and stops by itself.
 #

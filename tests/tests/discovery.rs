@@ -103,6 +103,27 @@ async fn endpoint_changes_reach_an_open_stream_as_deltas() {
         panic!("not a delta");
     };
     assert_eq!((c.upserted, c.removed), (vec![], vec![gone]));
+
+    // Streams waiting for the next change hold no registry snapshot: each one held would keep
+    // alive every node that later versions replace, so memory would grow with every change.
+    // Only the registry's own reference and this one remain, once any stream still working
+    // (the proxy's settings stream is woken by the same changes) is done.
+    let registry = &mesh.control.as_ref().unwrap().registry;
+    let held = tokio::time::timeout(WAIT, async {
+        loop {
+            let refs = Arc::strong_count(&registry.snapshot());
+            if refs == 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        held.is_ok(),
+        "idle streams hold the snapshot: {} references",
+        Arc::strong_count(&registry.snapshot())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

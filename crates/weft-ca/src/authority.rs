@@ -605,6 +605,21 @@ impl CertificateAuthority {
         self.issue(proven, &[], &key)
     }
 
+    /// As [`sign_csr`](Self::sign_csr), for a request already checked: the control plane reads
+    /// the request once, before attestation, and signs what it read.
+    pub fn sign_checked(&self, csr: &CheckedCsr, proven: &Identity) -> Result<IssuedLeaf, CaError> {
+        if proven.namespace() == CONTROL_NAMESPACE {
+            return Err(CaError::ReservedIdentity(proven.to_string()));
+        }
+        if csr.identity != *proven {
+            return Err(CaError::IdentityMismatch {
+                requested: csr.identity.to_string(),
+                proven: proven.to_string(),
+            });
+        }
+        self.issue(proven, &[], &csr.key)
+    }
+
     /// Issues the control plane's own serving certificate: the identity
     /// [`Identity::control_plane`] of this CA's trust domain, plus `dns_names`, over a key the
     /// caller holds. This is the only way to obtain a certificate in the control plane's
@@ -686,26 +701,57 @@ impl rcgen::PublicKeyData for P256PublicKey {
     }
 }
 
-/// The identity a CSR asks for, once the CSR has passed every check [`sign_csr`] makes of
-/// it (a P-256 key, its own signature, exactly one name, and that name a SPIFFE ID). The
-/// control plane reads it before attesting, so a junk request costs no call to
-/// a platform, and tells the platform which account the proxy asks for.
+/// A certificate signing request that passed every check [`sign_csr`] makes of one (a P-256
+/// key, its own signature, exactly one name, and that name a SPIFFE ID), with the identity it
+/// asks for. The control plane reads it before attesting, so a junk request costs no call to
+/// a platform, and tells the platform which account the proxy asks for; then it signs it with
+/// [`sign_checked`] without reading it again.
 ///
 /// [`sign_csr`]: CertificateAuthority::sign_csr
-pub fn csr_identity(csr_der: &[u8]) -> Result<Identity, CaError> {
-    let (_, requested) = parse_csr(csr_der)?;
-    match requested.as_slice() {
-        [one] => Identity::parse_spiffe(one).map_err(|_| {
-            CaError::BadCsr(format!(
-                "it asks for {:?}, which is not a mesh SPIFFE ID",
-                weft_core::platform::clip(one, 120)
-            ))
-        }),
-        _ => Err(CaError::BadCsr(format!(
-            "it asks for {} names; a mesh CSR asks for exactly one SPIFFE ID",
-            requested.len()
-        ))),
+/// [`sign_checked`]: CertificateAuthority::sign_checked
+pub struct CheckedCsr {
+    key: P256PublicKey,
+    identity: Identity,
+}
+
+impl std::fmt::Debug for CheckedCsr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedCsr")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
     }
+}
+
+impl CheckedCsr {
+    /// Reads and checks a DER request.
+    pub fn parse(csr_der: &[u8]) -> Result<Self, CaError> {
+        let (key, requested) = parse_csr(csr_der)?;
+        let identity = match requested.as_slice() {
+            [one] => Identity::parse_spiffe(one).map_err(|_| {
+                CaError::BadCsr(format!(
+                    "it asks for {:?}, which is not a mesh SPIFFE ID",
+                    weft_core::platform::clip(one, 120)
+                ))
+            })?,
+            _ => {
+                return Err(CaError::BadCsr(format!(
+                    "it asks for {} names; a mesh CSR asks for exactly one SPIFFE ID",
+                    requested.len()
+                )));
+            }
+        };
+        Ok(Self { key, identity })
+    }
+
+    /// The identity the request asks for.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+}
+
+/// The identity a CSR asks for, once it has passed [`CheckedCsr::parse`].
+pub fn csr_identity(csr_der: &[u8]) -> Result<Identity, CaError> {
+    CheckedCsr::parse(csr_der).map(|c| c.identity)
 }
 
 /// Parses a DER CSR and checks, in order: that its SubjectPublicKeyInfo is an EC key on

@@ -8,7 +8,9 @@ pub mod authority;
 pub mod identity;
 pub mod tls;
 
-pub use authority::{CaError, CertificateAuthority, IssuedLeaf, TrustBundle, csr_identity};
+pub use authority::{
+    CaError, CertificateAuthority, CheckedCsr, IssuedLeaf, TrustBundle, csr_identity,
+};
 pub use identity::{IdentityError, LeafKey, identity_of_cert};
 pub use tls::{
     ALPN_H2, ALPN_MESH_H2, ALPN_MESH_HTTP1, ALPN_MESH_PREFIX, ALPN_OPAQUE, TlsCredentials,

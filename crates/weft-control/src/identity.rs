@@ -84,7 +84,7 @@ impl IdentityApi for IdentityService {
         // TokenReview or key-set fetch. The name it asks for tells platforms whose workloads
         // may run under several accounts which one the proxy wants; the CA signs it only if
         // attestation proves exactly that identity.
-        let requested = weft_ca::csr_identity(&req.csr).map_err(|e| {
+        let csr = weft_ca::CheckedCsr::parse(&req.csr).map_err(|e| {
             count("csr_rejected");
             tracing::warn!(platform = label, error = %e, "CSR rejected before attestation");
             Status::invalid_argument(e.to_string())
@@ -122,7 +122,7 @@ impl IdentityApi for IdentityService {
             platform: cred.platform.clone(),
             token: cred.token,
             workload: (!cred.workload.is_empty()).then_some(cred.workload),
-            account: Some(requested.name().to_string()),
+            account: Some(csr.identity().name().to_string()),
         };
         let (outcome, source) = self
             .0
@@ -139,7 +139,7 @@ impl IdentityApi for IdentityService {
                 _ => Status::permission_denied(e.to_string()),
             }
         })?;
-        let leaf = self.0.ca.sign_csr(&req.csr, &identity).map_err(|e| {
+        let leaf = self.0.ca.sign_checked(&csr, &identity).map_err(|e| {
             count("csr_rejected");
             tracing::warn!(%identity, error = %e, "CSR rejected");
             Status::invalid_argument(e.to_string())

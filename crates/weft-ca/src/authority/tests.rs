@@ -92,6 +92,36 @@ fn csr_for_another_identity_is_refused() {
 }
 
 #[test]
+fn a_checked_csr_is_signed_only_for_the_identity_it_asks_for() {
+    let ca = CertificateAuthority::generate_ephemeral(&td(), Duration::from_secs(3600)).unwrap();
+    let key = LeafKey::generate().unwrap();
+    let web = id("web");
+    let csr = CheckedCsr::parse(&key.csr(&web).unwrap()).unwrap();
+    assert_eq!(csr.identity(), &web);
+    let leaf = ca.sign_checked(&csr, &web).unwrap();
+    verify_with_webpki(&leaf, ca.trust_bundle());
+    assert_eq!(identity_of_cert(&leaf.leaf).unwrap(), web);
+
+    // Attestation proved another identity than the request asks for.
+    let err = ca.sign_checked(&csr, &id("admin")).unwrap_err();
+    assert!(matches!(err, CaError::IdentityMismatch { .. }), "{err}");
+    // The control plane's namespace is refused whatever the request and attestation say.
+    let reserved = Identity::new(td(), weft_core::model::CONTROL_NAMESPACE, "helper").unwrap();
+    let csr = CheckedCsr::parse(&key.csr(&reserved).unwrap()).unwrap();
+    let err = ca.sign_checked(&csr, &reserved).unwrap_err();
+    assert!(matches!(err, CaError::ReservedIdentity(_)), "{err}");
+    // Another trust domain's identity.
+    let foreign = Identity::new(TrustDomain::new("evil.test").unwrap(), "demo", "web").unwrap();
+    let csr = CheckedCsr::parse(&key.csr(&foreign).unwrap()).unwrap();
+    let err = ca.sign_checked(&csr, &foreign).unwrap_err();
+    assert!(matches!(err, CaError::ForeignTrustDomain(..)), "{err}");
+    assert!(matches!(
+        CheckedCsr::parse(b"not a csr"),
+        Err(CaError::BadCsr(_))
+    ));
+}
+
+#[test]
 fn generated_ca_persists_with_private_permissions() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("ca");
