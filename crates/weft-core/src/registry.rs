@@ -624,12 +624,7 @@ impl RegistrySnapshot {
                 .collect()
         };
         let (was, is) = (addresses(old), addresses(new));
-        for (addr, entry) in was.difference(&is) {
-            remove_from(&mut self.addresses, addr, entry);
-        }
-        for (addr, entry) in is.difference(&was) {
-            insert_into(&mut self.addresses, *addr, entry);
-        }
+        move_entries(&mut self.addresses, &was, &is);
         touched.extend(was.into_iter().chain(is).map(|(a, _)| Topic::Address(a)));
 
         let servers = |s: Option<&Service>| -> BTreeSet<(WorkloadRef, ServerRef)> {
@@ -638,17 +633,26 @@ impl RegistrySnapshot {
                 .collect()
         };
         let (was, is) = (servers(old), servers(new));
-        for (wl, server) in was.difference(&is) {
-            remove_from(&mut self.workloads, wl, server);
-        }
-        for (wl, server) in is.difference(&was) {
-            insert_into(&mut self.workloads, wl.clone(), server);
-        }
+        move_entries(&mut self.workloads, &was, &is);
         touched.extend(
             was.into_iter()
                 .chain(is)
                 .map(|(wl, _)| Topic::Workload(wl.key)),
         );
+    }
+}
+
+/// Takes the entries only in `was` out of `index` and puts those only in `is` in.
+fn move_entries<K: Ord + Clone, T: Ord + Clone>(
+    index: &mut OrdMap<K, SmallSet<T>>,
+    was: &BTreeSet<(K, T)>,
+    is: &BTreeSet<(K, T)>,
+) {
+    for (key, entry) in was.difference(is) {
+        remove_from(index, key, entry);
+    }
+    for (key, entry) in is.difference(was) {
+        insert_into(index, key.clone(), entry);
     }
 }
 
