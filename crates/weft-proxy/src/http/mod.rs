@@ -26,7 +26,16 @@ pub use pool::{PlainPool, PoolError, PoolLimits};
 
 /// The body type every proxied message carries. Its error is ours to make, so that the proxy
 /// can fail a body halfway (a deadline that passes mid-response resets the stream).
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+///
+/// A body as hyper hands it over (a request the proxy received, a response from upstream) is
+/// held as it is; any other body is boxed. Most requests cross the proxy with hyper's bodies
+/// only, so they cost no allocation for their bodies.
+pub struct Body(BodyKind);
+
+enum BodyKind {
+    Incoming(hyper::body::Incoming),
+    Boxed(UnsyncBoxBody<Bytes, BoxError>),
+}
 
 /// Boxed errors on the data path; the stacks' errors are [`crate::errors::HttpError`]s.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -38,15 +47,78 @@ pub const ORIG_PROTO: HeaderName = HeaderName::from_static("weft-orig-proto");
 /// Names the proxy error behind a synthetic response (only to trusted callers).
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("weft-proxy-error");
 
-/// Wraps a body whose error is not ours (hyper's `Incoming`, say) into [`Body`], mapping its
-/// error; a body whose error already is [`BoxError`] goes in with `Body::new`, without the
-/// mapping layer.
+/// Wraps a body whose error is not ours into [`Body`], boxed, mapping its error; a body whose
+/// error already is [`BoxError`] goes in with [`Body::new`], without the mapping layer, and
+/// hyper's own with [`Body::incoming`], without a box.
 pub fn boxed<B>(body: B) -> Body
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    UnsyncBoxBody::new(http_body_util::BodyExt::map_err(body, Into::into))
+    Body::new(http_body_util::BodyExt::map_err(body, Into::into))
+}
+
+impl Body {
+    /// Boxes `body`.
+    pub fn new<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
+    {
+        Self(BodyKind::Boxed(UnsyncBoxBody::new(body)))
+    }
+
+    /// Holds a body from hyper as it is.
+    pub fn incoming(body: hyper::body::Incoming) -> Self {
+        Self(BodyKind::Incoming(body))
+    }
+}
+
+impl Default for Body {
+    /// An empty body (no allocation: the empty body is of size zero).
+    fn default() -> Self {
+        Self(BodyKind::Boxed(UnsyncBoxBody::default()))
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            BodyKind::Incoming(b) => f.debug_tuple("Body").field(b).finish(),
+            BodyKind::Boxed(_) => f.write_str("Body(boxed)"),
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        // Both kinds are Unpin.
+        match &mut self.get_mut().0 {
+            BodyKind::Incoming(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(Into::into))),
+            BodyKind::Boxed(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            BodyKind::Incoming(b) => b.is_end_stream(),
+            BodyKind::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.0 {
+            BodyKind::Incoming(b) => b.size_hint(),
+            BodyKind::Boxed(b) => b.size_hint(),
+        }
+    }
 }
 
 /// Whether the request asks to take the connection over (WebSocket and other HTTP/1.1

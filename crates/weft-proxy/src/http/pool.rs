@@ -131,8 +131,9 @@ pub enum PoolError {
 pub enum TrySendError {
     /// The application cannot have seen the request: here it is, to go again.
     NotSent {
-        /// The request, ready for its next attempt.
-        request: Request<Body>,
+        /// The request, ready for its next attempt (boxed: this is the rare outcome, and it
+        /// would otherwise make every attempt's result as large as a request).
+        request: Box<Request<Body>>,
         /// Why it came back.
         cause: hyper::Error,
     },
@@ -326,7 +327,7 @@ impl PlainPool {
                         not_h2: None,
                     });
                     Err(TrySendError::NotSent {
-                        request: unsent,
+                        request: Box::new(unsent),
                         cause: e.into_error(),
                     })
                 }
@@ -392,7 +393,7 @@ impl PlainPool {
             }
         };
         let mut e = match sent {
-            Ok(rsp) => return Ok(rsp.map(boxed)),
+            Ok(rsp) => return Ok(rsp.map(Body::incoming)),
             Err(e) => e,
         };
         let refusal = refusal(e.error());
@@ -420,7 +421,7 @@ impl PlainPool {
                     not_h2: (refusal != Some(Refusal::Stream)).then_some(number),
                 });
                 Err(TrySendError::NotSent {
-                    request: again,
+                    request: Box::new(again),
                     cause: e.into_error(),
                 })
             }
