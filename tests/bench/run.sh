@@ -617,10 +617,14 @@ grpc_backend_done() {
 IDLE_CONNS=${IDLE_CONNS:-1000}
 IDLE_AFTER=${IDLE_AFTER:-60}
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# RSS split into anonymous memory (the proxy's own) and file-backed pages (the binary's and the
+# libraries' code and read-only data, shared with every process that maps the same files).
+rss_split() { awk '/RssAnon/ {a = $2} /RssFile/ {f = $2} END {printf "%.1f + %.1f", a / 1024, f / 1024}' "/proc/$1/status"; }
 memory_rows=()
 measure_idle() {
-  local a0 b0 a1 b1 a2 b2
+  local a0 b0 a1 b1 a2 b2 sa sb
   a0=$(rss_kb $PROXY_A); b0=$(rss_kb $PROXY_B)
+  sa=$(rss_split $PROXY_A); sb=$(rss_split $PROXY_B)
   mkfifo "$WORK/idle.fifo"
   python3 tests/bench/idle.py "127.0.0.1:$MTLS_UP" "$IDLE_CONNS" 8 > "$WORK/idle.fifo" &
   local idle_pid=$!
@@ -640,8 +644,8 @@ measure_idle() {
   fi
   per() { python3 -c "print(round(($2 - $1) / $IDLE_CONNS, 1))"; }
   mib() { python3 -c "print(round($1 / 1024, 1))"; }
-  memory_rows+=("client proxy|$(mib "$a0")|$(mib "$a1")|$(per "$a0" "$a1")|$(mib "$a2")|$(python3 -c "print(round(100 * ($a2 - $a0) / $a0))")")
-  memory_rows+=("server proxy|$(mib "$b0")|$(mib "$b1")|$(per "$b0" "$b1")|$(mib "$b2")|$(python3 -c "print(round(100 * ($b2 - $b0) / $b0))")")
+  memory_rows+=("client proxy|$(mib "$a0")|$sa|$(mib "$a1")|$(per "$a0" "$a1")|$(mib "$a2")|$(python3 -c "print(round(100 * ($a2 - $a0) / $a0))")")
+  memory_rows+=("server proxy|$(mib "$b0")|$sb|$(mib "$b1")|$(per "$b0" "$b1")|$(mib "$b2")|$(python3 -c "print(round(100 * ($b2 - $b0) / $b0))")")
 }
 
 # The observability cases (OBSERVE=1): a line per request in the access log, and every traced
@@ -761,8 +765,8 @@ grpc_backend_done
     echo "$IDLE_CONNS idle client connections (opaque forwards over mTLS after detection), RSS in MiB;"
     echo "'after' is ${IDLE_AFTER}s after they closed, as a change from idle."
     echo
-    echo "| proxy | idle | held | KiB per connection | after | after vs idle (%) |"
-    echo "|---|---|---|---|---|---|"
+    echo "| proxy | idle | idle: anonymous + file-backed | held | KiB per connection | after | after vs idle (%) |"
+    echo "|---|---|---|---|---|---|---|"
     for r in "${memory_rows[@]}"; do echo "|${r}|"; done
     echo
   fi
