@@ -165,4 +165,56 @@ mod tests {
         );
         assert!(count(&metrics, "weft_requests_total").ends_with(" 2"));
     }
+
+    /// A body carries its first two meters itself and boxes itself for a third; each meter
+    /// counts the response exactly once, at its end, or as its head said when dropped unread.
+    #[tokio::test]
+    async fn every_meter_of_a_body_counts_it_once() {
+        let metrics = Metrics::default();
+        let meters: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|s| {
+                RequestMetrics::new(
+                    &metrics,
+                    RequestLabels {
+                        direction: Direction::outbound,
+                        service: format!("{s}.demo:80"),
+                        peer: "-".into(),
+                    },
+                )
+            })
+            .collect();
+        let started = tokio::time::Instant::now();
+        let mut rsp = Response::new(Body::new(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"ok"))
+                .map_err(|e: std::convert::Infallible| match e {}),
+        ));
+        for m in &meters {
+            rsp = m.observe(rsp, started);
+        }
+        assert_eq!(count(&metrics, "weft_responses_total"), "");
+        let body = rsp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+        let counted = count(&metrics, "weft_responses_total");
+        for s in ["a", "b", "c"] {
+            assert!(
+                counted.contains(&format!(
+                    "service=\"{s}.demo:80\",peer=\"-\",status_code=\"200\",classification=\"success\"}} 1"
+                )),
+                "{s}: {counted}"
+            );
+        }
+
+        // Dropped unread: counted as the head said (a 503 is a failure), once.
+        let mut rsp = Response::new(Body::default());
+        *rsp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        drop(meters[0].observe(rsp, started));
+        let counted = count(&metrics, "weft_responses_total");
+        assert!(
+            counted.contains(
+                "service=\"a.demo:80\",peer=\"-\",status_code=\"503\",classification=\"failure\"} 1"
+            ),
+            "{counted}"
+        );
+    }
 }

@@ -318,7 +318,7 @@ impl PlainPool {
         match sent {
             Ok(rsp) => {
                 let conn = send.map(|send| (send, self.inner.clone()));
-                Ok(rsp.map(|body| boxed(CheckIn { body, conn })))
+                Ok(rsp.map(|body| Body::pooled(CheckIn { body, conn })))
             }
             Err(mut e) => match e.take_message() {
                 Some(mut unsent) => {
@@ -684,7 +684,7 @@ impl Head {
 /// A response body that checks its connection back in once it has ended. A body dropped
 /// before its end takes the connection with it: hyper closes a connection whose response was
 /// not read to the end.
-struct CheckIn {
+pub(crate) struct CheckIn {
     body: Incoming,
     conn: Option<(http1::SendRequest<Body>, Arc<Inner>)>,
 }
