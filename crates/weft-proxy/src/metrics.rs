@@ -24,7 +24,11 @@
 //! The latency histograms carry, per bucket, an exemplar with the `trace_id` of the last
 //! sampled request that fell in it (OpenMetrics), so a slow bucket leads to a trace.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 
 use http::Response;
 
@@ -35,8 +39,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::http::Body;
-use crate::http::classify::is_failure;
+use crate::http::classify::{grpc_failed, is_failure};
+use crate::http::{Body, BoxError};
 
 /// Inbound (peers to the local app) or outbound (the local app to peers).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -534,12 +538,14 @@ impl RequestMetrics {
             .observe(started.elapsed().as_secs_f64(), exemplar, None);
         let status = rsp.status().as_u16();
         let failed = is_failure(&rsp);
-        let meter = Meter {
-            metrics: self.clone(),
-            status,
-            failed,
-        };
-        rsp.map(|body| body.metered(meter))
+        let (parts, body) = rsp.into_parts();
+        Response::from_parts(
+            parts,
+            Body::new(MeteredBody {
+                inner: body,
+                outcome: Some((self.clone(), status, failed)),
+            }),
+        )
     }
 
     /// Records a request that got no response.
@@ -563,21 +569,58 @@ impl RequestMetrics {
     }
 }
 
-/// A response's outcome, counted once when its body ends ([`Body::metered`]): a failure if
-/// the head said so, if the trailers carry a gRPC error status, or if the body failed. A body
-/// dropped early counts as its head said.
-pub(crate) struct Meter {
-    metrics: RequestMetrics,
-    status: u16,
-    /// Whether the head already said failure.
-    failed: bool,
+/// A response body that counts its response once it has ended: a failure if the head said so,
+/// if its trailers carry a gRPC error status, or if the body failed. A body dropped early
+/// counts as its head said.
+struct MeteredBody {
+    inner: Body,
+    /// The handles, the status, and whether the head already said failure; taken at the end.
+    outcome: Option<(RequestMetrics, u16, bool)>,
 }
 
-impl Meter {
-    /// Counts the response.
-    pub(crate) fn finish(self, failed_later: bool) {
-        self.metrics
-            .count_response(Some(self.status), self.failed || failed_later);
+impl MeteredBody {
+    fn finish(&mut self, failed_later: bool) {
+        if let Some((metrics, status, failed)) = self.outcome.take() {
+            metrics.count_response(Some(status), failed || failed_later);
+        }
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let failed = grpc_failed(trailers);
+                    self.finish(failed);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.finish(true),
+            Poll::Ready(None) => self.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -15,7 +15,7 @@ use tower::ServiceExt;
 use tower::util::Oneshot;
 
 use crate::detect::Detected;
-use crate::http::Body;
+use crate::http::{Body, boxed};
 use crate::runtime::Drain;
 
 /// Accepts connections until the proxy drains; each accepted connection runs on the tracker.
@@ -57,7 +57,7 @@ where
     type Future = Oneshot<S, Request<Body>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.0.clone().oneshot(req.map(Body::incoming))
+        self.0.clone().oneshot(req.map(boxed))
     }
 }
 

@@ -26,22 +26,7 @@ pub use pool::{PlainPool, PoolError, PoolLimits};
 
 /// The body type every proxied message carries. Its error is ours to make, so that the proxy
 /// can fail a body halfway (a deadline that passes mid-response resets the stream).
-///
-/// A body as hyper hands it over (a request the proxy received, a response from upstream, a
-/// response on a pooled connection to the application) is held as it is; any other body is
-/// boxed. A response's metrics ([`crate::metrics::Meter`], up to two: the route's and the
-/// server's) ride along and count it when it ends. Most requests cross the proxy with hyper's
-/// bodies only, so they cost no allocation for their bodies.
-pub struct Body {
-    kind: BodyKind,
-    meters: [Option<crate::metrics::Meter>; 2],
-}
-
-enum BodyKind {
-    Incoming(hyper::body::Incoming),
-    Pooled(pool::CheckIn),
-    Boxed(UnsyncBoxBody<Bytes, BoxError>),
-}
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Boxed errors on the data path; the stacks' errors are [`crate::errors::HttpError`]s.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -53,138 +38,15 @@ pub const ORIG_PROTO: HeaderName = HeaderName::from_static("weft-orig-proto");
 /// Names the proxy error behind a synthetic response (only to trusted callers).
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("weft-proxy-error");
 
-/// Wraps a body whose error is not ours into [`Body`], boxed, mapping its error; a body whose
-/// error already is [`BoxError`] goes in with [`Body::new`], without the mapping layer, and
-/// hyper's own with [`Body::incoming`], without a box.
+/// Wraps a body whose error is not ours (hyper's `Incoming`, say) into [`Body`], mapping its
+/// error; a body whose error already is [`BoxError`] goes in with `Body::new`, without the
+/// mapping layer.
 pub fn boxed<B>(body: B) -> Body
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    Body::new(http_body_util::BodyExt::map_err(body, Into::into))
-}
-
-impl Body {
-    /// Boxes `body`.
-    pub fn new<B>(body: B) -> Self
-    where
-        B: http_body::Body<Data = Bytes, Error = BoxError> + Send + 'static,
-    {
-        Self::of(BodyKind::Boxed(UnsyncBoxBody::new(body)))
-    }
-
-    /// Holds a body from hyper as it is.
-    pub fn incoming(body: hyper::body::Incoming) -> Self {
-        Self::of(BodyKind::Incoming(body))
-    }
-
-    /// Holds a pooled connection's response body as it is.
-    pub(crate) fn pooled(body: pool::CheckIn) -> Self {
-        Self::of(BodyKind::Pooled(body))
-    }
-
-    fn of(kind: BodyKind) -> Self {
-        Self {
-            kind,
-            meters: [None, None],
-        }
-    }
-
-    /// The body, counted by `meter` when it ends (or is dropped). A third meter boxes the body
-    /// with its first two.
-    pub(crate) fn metered(mut self, meter: crate::metrics::Meter) -> Self {
-        if let Some(slot) = self.meters.iter_mut().find(|m| m.is_none()) {
-            *slot = Some(meter);
-            return self;
-        }
-        let mut outer = Self::new(self);
-        outer.meters[0] = Some(meter);
-        outer
-    }
-
-    /// Counts the response with every meter, once.
-    fn finish(&mut self, failed_later: bool) {
-        for meter in self.meters.iter_mut().filter_map(Option::take) {
-            meter.finish(failed_later);
-        }
-    }
-}
-
-impl Drop for Body {
-    /// A body dropped before its end counts as its head said.
-    fn drop(&mut self) {
-        self.finish(false);
-    }
-}
-
-impl Default for Body {
-    /// An empty body (no allocation: the empty body is of size zero).
-    fn default() -> Self {
-        Self::of(BodyKind::Boxed(UnsyncBoxBody::default()))
-    }
-}
-
-impl std::fmt::Debug for Body {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.kind {
-            BodyKind::Incoming(b) => f.debug_tuple("Body").field(b).finish(),
-            BodyKind::Pooled(_) => f.write_str("Body(pooled)"),
-            BodyKind::Boxed(_) => f.write_str("Body(boxed)"),
-        }
-    }
-}
-
-impl http_body::Body for Body {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        use std::task::Poll;
-        // Every kind is Unpin.
-        let this = self.get_mut();
-        let polled = match &mut this.kind {
-            BodyKind::Incoming(b) => std::pin::Pin::new(b)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|r| r.map_err(Into::into))),
-            BodyKind::Pooled(b) => std::pin::Pin::new(b)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|r| r.map_err(Into::into))),
-            BodyKind::Boxed(b) => std::pin::Pin::new(b).poll_frame(cx),
-        };
-        if this.meters.iter().any(Option::is_some) {
-            match &polled {
-                // A gRPC error status in the trailers makes the response a failure.
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(trailers) = frame.trailers_ref() {
-                        this.finish(classify::grpc_failed(trailers));
-                    }
-                }
-                Poll::Ready(Some(Err(_))) => this.finish(true),
-                Poll::Ready(None) => this.finish(false),
-                Poll::Pending => {}
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            BodyKind::Incoming(b) => b.is_end_stream(),
-            BodyKind::Pooled(b) => b.is_end_stream(),
-            BodyKind::Boxed(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match &self.kind {
-            BodyKind::Incoming(b) => b.size_hint(),
-            BodyKind::Pooled(b) => b.size_hint(),
-            BodyKind::Boxed(b) => b.size_hint(),
-        }
-    }
+    UnsyncBoxBody::new(http_body_util::BodyExt::map_err(body, Into::into))
 }
 
 /// Whether the request asks to take the connection over (WebSocket and other HTTP/1.1

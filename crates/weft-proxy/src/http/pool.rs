@@ -131,9 +131,8 @@ pub enum PoolError {
 pub enum TrySendError {
     /// The application cannot have seen the request: here it is, to go again.
     NotSent {
-        /// The request, ready for its next attempt (boxed: this is the rare outcome, and it
-        /// would otherwise make every attempt's result as large as a request).
-        request: Box<Request<Body>>,
+        /// The request, ready for its next attempt.
+        request: Request<Body>,
         /// Why it came back.
         cause: hyper::Error,
     },
@@ -318,7 +317,7 @@ impl PlainPool {
         match sent {
             Ok(rsp) => {
                 let conn = send.map(|send| (send, self.inner.clone()));
-                Ok(rsp.map(|body| Body::pooled(CheckIn { body, conn })))
+                Ok(rsp.map(|body| boxed(CheckIn { body, conn })))
             }
             Err(mut e) => match e.take_message() {
                 Some(mut unsent) => {
@@ -327,7 +326,7 @@ impl PlainPool {
                         not_h2: None,
                     });
                     Err(TrySendError::NotSent {
-                        request: Box::new(unsent),
+                        request: unsent,
                         cause: e.into_error(),
                     })
                 }
@@ -393,7 +392,7 @@ impl PlainPool {
             }
         };
         let mut e = match sent {
-            Ok(rsp) => return Ok(rsp.map(Body::incoming)),
+            Ok(rsp) => return Ok(rsp.map(boxed)),
             Err(e) => e,
         };
         let refusal = refusal(e.error());
@@ -421,7 +420,7 @@ impl PlainPool {
                     not_h2: (refusal != Some(Refusal::Stream)).then_some(number),
                 });
                 Err(TrySendError::NotSent {
-                    request: Box::new(again),
+                    request: again,
                     cause: e.into_error(),
                 })
             }
@@ -684,7 +683,7 @@ impl Head {
 /// A response body that checks its connection back in once it has ended. A body dropped
 /// before its end takes the connection with it: hyper closes a connection whose response was
 /// not read to the end.
-pub(crate) struct CheckIn {
+struct CheckIn {
     body: Incoming,
     conn: Option<(http1::SendRequest<Body>, Arc<Inner>)>,
 }

@@ -18,7 +18,7 @@ pub async fn send(pool: &PlainPool, mut req: Request<Body>) -> Result<Response<B
             Err(TrySendError::Failed(e)) => return Err(e),
             Err(TrySendError::NotSent { request, cause }) if attempts <= RETRIES => {
                 tracing::debug!(addr = %pool.addr(), error = %cause, attempts, "request not sent; sending it again");
-                req = *request;
+                req = request;
             }
             Err(TrySendError::NotSent { cause, .. }) => {
                 return Err(PoolError::NotSent {
@@ -80,7 +80,7 @@ mod tests {
         let (addr, seen) = refusing(1).await;
         let pool = PlainPool::new(addr, PoolLimits::default());
         let again = match pool.try_send(get()).await {
-            Err(TrySendError::NotSent { request, .. }) => *request,
+            Err(TrySendError::NotSent { request, .. }) => request,
             other => panic!("not handed back: {other:?}"),
         };
         assert_eq!(again.uri(), "http://app.test/");

@@ -6,7 +6,7 @@ use http::{Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::{Body, BoxError};
+use super::{Body, BoxError, boxed};
 use crate::runtime::Drain;
 
 /// Once both sides of an upgrade have switched protocols, copies bytes between them until
@@ -54,5 +54,5 @@ where
             None => return Err("the client connection cannot be upgraded".into()),
         }
     }
-    Ok(rsp.map(Body::incoming))
+    Ok(rsp.map(boxed))
 }

@@ -17,7 +17,7 @@ use weft_ca::ALPN_MESH_H2;
 use super::{FIRST_REST, MAX_REST};
 use crate::discovery::EndpointView;
 use crate::errors::{HttpError, Kind, RetrySafe, Who};
-use crate::http::{Body, BoxError};
+use crate::http::{Body, BoxError, boxed};
 use crate::outbound::connect::Connector;
 
 type Connecting = Pin<Box<dyn Future<Output = Result<SendRequest<Body>, BoxError>> + Send>>;
@@ -130,7 +130,7 @@ impl tower::Service<Request<Body>> for H2Client {
         let addr = self.ep.address;
         Box::pin(async move {
             match sent.await {
-                Ok(rsp) => Ok(rsp.map(Body::incoming)),
+                Ok(rsp) => Ok(rsp.map(boxed)),
                 Err(mut e) => {
                     // Handed back: the connection closed before it took the request.
                     let unsent = e.take_message().is_some();
