@@ -224,14 +224,31 @@ pub fn updates(last: Option<&Answer>, next: &Answer) -> Vec<ResolveUpdate> {
 
 /// [`updates_since`] what was sent of `last`.
 pub fn updates_for(last: Option<&Answer>, next: &Answer, reads_policy: bool) -> Vec<ResolveUpdate> {
-    updates_since(last.map(Sent::of).as_ref(), next, reads_policy)
+    updates_since(last.map(Sent::of).as_ref(), next, reads_policy).0
 }
 
 /// The updates that take a proxy that last heard `last` to `next`: nothing when nothing
 /// changed, endpoint changes when only endpoints changed, the routes alone when only they
 /// changed (to a proxy that reads `policy` updates: `reads_policy`), else the whole new state.
 /// Large endpoint sets are split into messages of at most [`ENDPOINTS_PER_MESSAGE`] endpoints.
-pub fn updates_since(last: Option<&Sent>, next: &Answer, reads_policy: bool) -> Vec<ResolveUpdate> {
+/// Also returns what to keep of `next` once sent, its endpoints' fingerprints computed once for
+/// both.
+pub fn updates_since(
+    last: Option<&Sent>,
+    next: &Answer,
+    reads_policy: bool,
+) -> (Vec<ResolveUpdate>, Sent) {
+    let sent = Sent::of(next);
+    (changes_since(last, next, &sent, reads_policy), sent)
+}
+
+/// The updates of [`updates_since`]; `sent` is what is kept of `next`.
+fn changes_since(
+    last: Option<&Sent>,
+    next: &Answer,
+    sent: &Sent,
+    reads_policy: bool,
+) -> Vec<ResolveUpdate> {
     let wrap = |u| ResolveUpdate { update: Some(u) };
     match (last, next) {
         (Some(Sent::NotInMesh), Answer::NotInMesh) => Vec::new(),
@@ -253,10 +270,17 @@ pub fn updates_since(last: Option<&Sent>, next: &Answer, reads_policy: bool) -> 
                     .ok()
                     .map(|i| old[i].1)
             };
+            // `sent` lists `next`'s endpoints in the same (address) order, with their
+            // fingerprints (what is kept of a resolved answer is always `Sent::Resolved`).
+            let now: &[(SocketAddr, u64)] = match sent {
+                Sent::Resolved { endpoints, .. } => endpoints,
+                _ => &[],
+            };
             let upserted: Vec<_> = endpoints
-                .iter()
-                .filter(|(addr, e)| was(addr) != Some(fingerprint(e)))
-                .map(|(_, e)| e.clone())
+                .values()
+                .zip(now)
+                .filter(|(_, (addr, print))| was(addr) != Some(*print))
+                .map(|(e, _)| e.clone())
                 .collect();
             let removed: Vec<_> = old
                 .iter()
@@ -746,8 +770,8 @@ fn follow_target(
                 state.metrics.denied.inc();
                 tracing::info!(%identity, %target, "resolve denied by policy");
             }
-            let updates = updates_since(last.as_ref(), &next, reads_policy);
-            last = Some(Sent::of(&next));
+            let (updates, sent) = updates_since(last.as_ref(), &next, reads_policy);
+            last = Some(sent);
             drop(next);
             for u in updates {
                 follow.sent.inc();
