@@ -47,11 +47,18 @@
 # RSS mean nothing under callgrind; the direct and nginx cases, memory and the GOAWAY check
 # are skipped, the weft HTTP/2 and gRPC cases are counted.
 #
+# ORDER=FILE runs as INSN=1 and writes to FILE the functions the proxies ran, hottest first, as
+# the link order of the proxy's release image (see configs/images/build-proxy.sh).
+#
+# SYSCALLS=1 also counts, with perf stat, the system calls and context switches per request of
+# each HTTP/1.1 path's processes (nginx's workers for nginx).
+#
 # BENCH_ONLY=memory runs only the idle-connection part (and the GOAWAY check); BENCH_ONLY=h2
-# only the HTTP/2 and gRPC cases (and the GOAWAY check). H2_STREAMS (10) is h2load's
+# only the HTTP/2 and gRPC cases (and the GOAWAY check), BENCH_ONLY=h1 only the HTTP/1.1 cases
+# (and the GOAWAY check). H2_STREAMS (10) is h2load's
 # concurrent streams per connection, H2_REQUESTS (20000) the GOAWAY check's requests.
 #
-# Usage: [BENCH_ONLY=memory|h2] [IDLE_CONNS=N] [IDLE_AFTER=S] [INSN=1] [OBSERVE=0] [H2_STREAMS=N] tests/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
+# Usage: [BENCH_ONLY=memory|h2|h1] [IDLE_CONNS=N] [IDLE_AFTER=S] [INSN=1] [ORDER=FILE] [SYSCALLS=1] [OBSERVE=0] [H2_STREAMS=N] tests/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${1:-10}
@@ -84,12 +91,16 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 OBSERVE=${OBSERVE:-1}
-cargo build --release --locked -q -p weft-proxy -p weft-control
+# The proxy as its image ships it (static, in its link order), the control plane as released.
+SHIPPED_PROXY=$(configs/images/build-proxy.sh -q)
+cargo build --release --locked -q -p weft-control
 bench_bins=(--bin grpc-backend)
 [ "$OBSERVE" = 1 ] && bench_bins+=(--bin otlp-sink)
 cargo build --release --locked -q -p weft-tests "${bench_bins[@]}"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 BIN=target/release
+# PROXY_BIN runs another build of the proxy (a variant built in a target directory of its own).
+PROXY_BIN=${PROXY_BIN:-$SHIPPED_PROXY}
 
 # Listening ports: distinct, free now, and below the kernel's ephemeral range, so that no
 # outgoing connection of the run (a proxy to a backend, to the control plane) can take one
@@ -191,8 +202,13 @@ nginx_conf grpcproxy "$GRPC_NGINX" 01 'keepalive_requests 1000000000; location /
 # Under INSN, each proxy runs in callgrind (same process, so $! is still the proxy's pid).
 WRAP=()
 READY_TRIES=200
+# Before each measurement its proxies' counters are zeroed, or under ORDER dumped, so that
+# every function they ran from their start is in some dump.
+CALLGRIND_MARK=-z
+if [ -n "${ORDER:-}" ]; then INSN=1; CALLGRIND_MARK=-d; fi
 if [ -n "${INSN:-}" ]; then
   WRAP=(valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" --dump-line=no)
+  [ -n "${ORDER:-}" ] && WRAP+=(--demangle=no --compress-strings=no)
   READY_TRIES=1200
 fi
 
@@ -357,35 +373,35 @@ tokens_ready() {
 for _ in $(seq 100); do tokens_ready && break; sleep 0.1; done
 common=(--control-addr "127.0.0.1:$GRPC" --trust-domain weft.bench --trust-bundle "$WORK/data/trust-bundle.pem"
         --namespace bench)
-RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/client" --workload client --inbound-addr "127.0.0.1:$CLI_IN" \
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/client" --workload client --inbound-addr "127.0.0.1:$CLI_IN" \
   --admin-addr "127.0.0.1:$ADMIN_A" --upstream "plain=127.0.0.1:$PLAIN_UP" --upstream "meshed=127.0.0.1:$MTLS_UP" \
   --upstream "h2=127.0.0.1:$H2_UP" --upstream "routed=127.0.0.1:$ROUTED_UP" --upstream "split-a=127.0.0.1:$SPLIT_UP" \
   --upstream "guarded=127.0.0.1:$GUARD_UP" \
   > "$WORK/client.log" 2>&1 &
 PROXY_A=$!; PIDS+=($PROXY_A)
-RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/server" --workload server --inbound-addr "127.0.0.1:$SRV_IN" \
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/server" --workload server --inbound-addr "127.0.0.1:$SRV_IN" \
   --app-port "$BACKEND" --admin-addr "127.0.0.1:$ADMIN_B" > "$WORK/server.log" 2>&1 &
 PROXY_B=$!; PIDS+=($PROXY_B)
-RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/h2server" --workload h2server --inbound-addr "127.0.0.1:$H2_IN" \
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/h2server" --workload h2server --inbound-addr "127.0.0.1:$H2_IN" \
   --app-port "$H2_BACKEND" --admin-addr "127.0.0.1:$ADMIN_C" > "$WORK/h2server.log" 2>&1 &
 PIDS+=($!)
-RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/guard" --workload guard --inbound-addr "127.0.0.1:$GUARD_IN" \
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/guard" --workload guard --inbound-addr "127.0.0.1:$GUARD_IN" \
   --app-port "$BACKEND" --admin-addr "127.0.0.1:$ADMIN_G" > "$WORK/guard.log" 2>&1 &
 PROXY_G=$!; PIDS+=($PROXY_G)
 ADMINS=($ADMIN_A $ADMIN_B $ADMIN_C $ADMIN_G)
 # The HTTP/2 and gRPC cases' proxies: for each protocol a client proxy with an upstream
 # listener to the unmeshed backend (the plain hop) and one to the meshed service, and that
 # service's server proxy in front of the same backend.
-RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/h2client" --workload h2client --inbound-addr "127.0.0.1:$H2C_IN" \
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/h2client" --workload h2client --inbound-addr "127.0.0.1:$H2C_IN" \
   --admin-addr "127.0.0.1:$ADMIN_H2C" --upstream "h2app=127.0.0.1:$H2P_UP" --upstream "h2meshed=127.0.0.1:$H2M_UP" > "$WORK/h2client.log" 2>&1 &
 PROXY_H2C=$!; PIDS+=($PROXY_H2C)
-RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/h2meshed" --workload h2meshed --inbound-addr "127.0.0.1:$H2S_IN" \
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/h2meshed" --workload h2meshed --inbound-addr "127.0.0.1:$H2S_IN" \
   --app-port "$H2_APP" --admin-addr "127.0.0.1:$ADMIN_H2S" > "$WORK/h2meshed.log" 2>&1 &
 PROXY_H2S=$!; PIDS+=($PROXY_H2S)
-RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/grpcclient" --workload grpcclient --inbound-addr "127.0.0.1:$GC_IN" \
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/grpcclient" --workload grpcclient --inbound-addr "127.0.0.1:$GC_IN" \
   --admin-addr "127.0.0.1:$ADMIN_GC" --upstream "grpcapp=127.0.0.1:$GP_UP" --upstream "grpcmeshed=127.0.0.1:$GM_UP" > "$WORK/grpcclient.log" 2>&1 &
 PROXY_GC=$!; PIDS+=($PROXY_GC)
-RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/grpcmeshed" --workload grpcmeshed --inbound-addr "127.0.0.1:$GS_IN" \
+RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/grpcmeshed" --workload grpcmeshed --inbound-addr "127.0.0.1:$GS_IN" \
   --app-port "$GRPC_APP" --admin-addr "127.0.0.1:$ADMIN_GS" > "$WORK/grpcmeshed.log" 2>&1 &
 PROXY_GS=$!; PIDS+=($PROXY_GS)
 ADMINS+=($ADMIN_H2C $ADMIN_H2S $ADMIN_GC $ADMIN_GS)
@@ -393,10 +409,10 @@ ADMINS+=($ADMIN_H2C $ADMIN_H2S $ADMIN_GC $ADMIN_GS)
 declare -A ADMIN_OF=([$PROXY_H2C]=$ADMIN_H2C [$PROXY_H2S]=$ADMIN_H2S [$PROXY_GC]=$ADMIN_GC [$PROXY_GS]=$ADMIN_GS)
 if [ "$OBSERVE" = 1 ]; then
   # The access log goes to stderr with the proxy's own (warn-level) log lines.
-  RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/logger" --workload logger --inbound-addr "127.0.0.1:$LOG_IN" \
+  RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/logger" --workload logger --inbound-addr "127.0.0.1:$LOG_IN" \
     --admin-addr "127.0.0.1:$ADMIN_L" --upstream "plain=127.0.0.1:$LOG_UP" > "$WORK/logger.log" 2>&1 &
   PROXY_L=$!; PIDS+=($PROXY_L)
-  RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$BIN/weft-proxy" "${common[@]}" --token-file "$TOKENS/tracer" --workload tracer --inbound-addr "127.0.0.1:$TRACE_IN" \
+  RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/tracer" --workload tracer --inbound-addr "127.0.0.1:$TRACE_IN" \
     --admin-addr "127.0.0.1:$ADMIN_T" --upstream "meshed=127.0.0.1:$TRACE_UP" > "$WORK/tracer.log" 2>&1 &
   PROXY_T=$!; PIDS+=($PROXY_T)
   ADMINS+=($ADMIN_L $ADMIN_T)
@@ -408,6 +424,7 @@ done
 
 # --- measurement ----------------------------------------------------------------------------
 ticks=$(getconf CLK_TCK)
+user_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14}' "/proc/$p/stat"))); done; echo $t; }
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 hwm_kb() { local m=0; for p in "$@"; do v=$(awk '/VmHWM/ {print $2}' "/proc/$p/status"); m=$((m + v)); done; echo $m; }
 nginx_workers() { pgrep -P "$(cat "$WORK/nginx-$1.pid")" | tr '\n' ' '; }
@@ -429,11 +446,12 @@ callgrind_ir() {
 }
 
 rows=()
+syscall_rows=()
 measure() { # name url pids...
   local name=$1 url=$2; shift 2
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s "$url" >/dev/null   # warm-up
-  local before=0; [ $# -gt 0 ] && before=$(cpu_ticks "$@")
-  if [ -n "${INSN:-}" ]; then for p in "$@"; do callgrind_control -z "$p" >/dev/null 2>&1; done; fi
+  local before=0 user_before=0; [ $# -gt 0 ] && before=$(cpu_ticks "$@") && user_before=$(user_ticks "$@")
+  if [ -n "${INSN:-}" ]; then for p in "$@"; do callgrind_control "$CALLGRIND_MARK" "$p" >/dev/null 2>&1; done; fi
   local perf_pid=""
   if [ -n "${PERF_RECORD:-}" ] && [ "$PERF_RECORD" = "$name" ] && [ $# -gt 0 ]; then
     # Profile this path: PERF_RECORD="weft plain (1 proxy)" tests/bench/run.sh; PERF_EVENT picks
@@ -441,9 +459,16 @@ measure() { # name url pids...
     perf record -F 999 -g ${PERF_EVENT:+-e "$PERF_EVENT"} -o "$OUT/perf.data" -p "$(echo "$@" | tr ' ' ',')" -- sleep "$DURATION" 2>/dev/null &
     perf_pid=$!
   fi
+  local stat_pid=""
+  if [ -n "${SYSCALLS:-}" ] && [ $# -gt 0 ]; then
+    # System calls and context switches of the path's processes while wrk runs (all threads).
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches,page-faults -o "$WORK/stat.out" -p "$(echo "$@" | tr ' ' ',')" -- sleep "$DURATION" &
+    stat_pid=$!
+  fi
   taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url" > "$WORK/wrk.out"
   [ -n "$perf_pid" ] && wait "$perf_pid"
-  local after=0; [ $# -gt 0 ] && after=$(cpu_ticks "$@")
+  [ -n "$stat_pid" ] && wait "$stat_pid"
+  local after=0 user_after=0; [ $# -gt 0 ] && after=$(cpu_ticks "$@") && user_after=$(user_ticks "$@")
   local reqs rps p50 p99 cpu_us rss insn=0
   if [ -n "${INSN:-}" ]; then for p in "$@"; do insn=$((insn + $(callgrind_ir "$p" "$(echo "$name" | tr -c 'a-zA-Z0-9\n' _)"))); done; fi
   reqs=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
@@ -456,6 +481,16 @@ measure() { # name url pids...
     rss=$(python3 -c "print(round($(hwm_kb "$@") / 1024, 1))")
   else
     cpu_us="-"; rss="-"
+  fi
+  if [ -n "$stat_pid" ]; then
+    local calls switches faults
+    calls=$(awk -F, '$3 == "raw_syscalls:sys_enter" {print $1}' "$WORK/stat.out")
+    switches=$(awk -F, '$3 == "context-switches" {print $1}' "$WORK/stat.out")
+    faults=$(awk -F, '$3 == "page-faults" {print $1}' "$WORK/stat.out")
+    syscall_rows+=("$name|$(python3 -c "print(round($calls / $reqs, 2))")|$(python3 -c "print(round($switches / $reqs, 2))")|$(python3 -c "print(round($faults / $reqs, 3))")|$(python3 -c "
+u = ($user_after - $user_before) / $ticks * 1e6 / $reqs
+t = ($after - $before) / $ticks * 1e6 / $reqs
+print(f'{u:.1f} + {t - u:.1f}')")")
   fi
   if [ -n "${INSN:-}" ]; then
     rows+=("$name|$rps|$(python3 -c "print(round($insn / $reqs / 1000, 2))")")
@@ -529,13 +564,13 @@ measure_h2() { # name kind(h2|grpc) url pids...
   taskset -c 1 h2load "${args[@]}" -D 2 "$url" > "$WORK/h2case-warm.out" 2>&1 || true   # warm-up
   h2_check "$name (warm-up)" "$kind" "$WORK/h2case-warm.out"
   local failures0; failures0=$(weft_failures "$@")
-  local before=0; [ $# -gt 0 ] && before=$(cpu_ticks "$@")
-  if [ -n "${INSN:-}" ]; then for p in "$@"; do callgrind_control -z "$p" >/dev/null 2>&1; done; fi
+  local before=0 user_before=0; [ $# -gt 0 ] && before=$(cpu_ticks "$@") && user_before=$(user_ticks "$@")
+  if [ -n "${INSN:-}" ]; then for p in "$@"; do callgrind_control "$CALLGRIND_MARK" "$p" >/dev/null 2>&1; done; fi
   local log=()
   rm -f "$WORK/h2case.log"
   if [ -z "${INSN:-}" ]; then log=(--log-file="$WORK/h2case.log"); fi
   taskset -c 1 h2load "${args[@]}" -D "$DURATION" "${log[@]}" "$url" > "$WORK/h2case.out" 2>&1 || true
-  local after=0; [ $# -gt 0 ] && after=$(cpu_ticks "$@")
+  local after=0 user_after=0; [ $# -gt 0 ] && after=$(cpu_ticks "$@") && user_after=$(user_ticks "$@")
   local insn=0
   if [ -n "${INSN:-}" ]; then for p in "$@"; do insn=$((insn + $(callgrind_ir "$p" "$(echo "$name" | tr -c 'a-zA-Z0-9\n' _)"))); done; fi
   h2_check "$name" "$kind" "$WORK/h2case.out"
@@ -625,6 +660,7 @@ measure_idle() {
   local a0 b0 a1 b1 a2 b2 sa sb
   a0=$(rss_kb $PROXY_A); b0=$(rss_kb $PROXY_B)
   sa=$(rss_split $PROXY_A); sb=$(rss_split $PROXY_B)
+  cp "/proc/$PROXY_A/smaps" "$OUT/smaps-client-idle.txt"
   mkfifo "$WORK/idle.fifo"
   python3 tests/bench/idle.py "127.0.0.1:$MTLS_UP" "$IDLE_CONNS" 8 > "$WORK/idle.fifo" &
   local idle_pid=$!
@@ -712,6 +748,16 @@ if [ -n "${INSN:-}" ]; then
     echo
     for n in "${observe_notes[@]}" "${h2_notes[@]}"; do echo "$n"; done
   } | tee "$OUT/insn.md"
+  if [ -n "${ORDER:-}" ]; then
+    # What every proxy ran since it started, in one last dump each, then the link order.
+    for p in "${PIDS[@]}"; do
+      compgen -G "$WORK/cg.$p.*" >/dev/null || continue   # not a proxy, or not measured
+      n=$(compgen -G "$WORK/cg.$p.*" | wc -l)
+      callgrind_control -d "$p" >/dev/null 2>&1
+      for _ in $(seq 100); do [ "$(compgen -G "$WORK/cg.$p.*" | wc -l)" -gt "$n" ] && break; sleep 0.1; done
+    done
+    python3 tests/bench/link_order.py "$ORDER" "$WORK"/cg.*
+  fi
   exit 0
 fi
 if [ "${BENCH_ONLY:-}" != "memory" ] && [ "${BENCH_ONLY:-}" != "h2" ]; then
@@ -725,10 +771,10 @@ if [ "${BENCH_ONLY:-}" != "memory" ] && [ "${BENCH_ONLY:-}" != "h2" ]; then
   # shellcheck disable=SC2046
   measure "nginx reverse proxy" "http://127.0.0.1:$NGINX_PROXY/" $(nginx_workers proxy)
 fi
-if [ "${BENCH_ONLY:-}" != "memory" ]; then
+if [ "${BENCH_ONLY:-}" != "memory" ] && [ "${BENCH_ONLY:-}" != "h1" ]; then
   measure_h2_cases
 fi
-if [ "${BENCH_ONLY:-}" != "h2" ]; then
+if [ "${BENCH_ONLY:-}" != "h2" ] && [ "${BENCH_ONLY:-}" != "h1" ]; then
   measure_idle
 fi
 
@@ -749,6 +795,15 @@ grpc_backend_done
     echo "| path | req/s | p50 | p99 | proxy CPU/req (us) | proxy peak RSS (MiB) |"
     echo "|---|---|---|---|---|---|"
     for r in "${rows[@]}"; do echo "|${r}|"; done
+    echo
+  fi
+  if [ ${#syscall_rows[@]} -gt 0 ]; then
+    echo "System calls, context switches and page faults per request (perf stat, the path's processes, all threads),"
+    echo "and the CPU time per request split into user and system time (us)."
+    echo
+    echo "| path | system calls/req | context switches/req | page faults/req | CPU/req: user + system |"
+    echo "|---|---|---|---|---|"
+    for r in "${syscall_rows[@]}"; do echo "|${r}|"; done
     echo
   fi
   if [ ${#h2_rows[@]} -gt 0 ]; then
