@@ -673,6 +673,7 @@ measure_idle() {
   wait "$idle_pid"
   sleep "$IDLE_AFTER"
   a2=$(rss_kb $PROXY_A); b2=$(rss_kb $PROXY_B)
+  local sa2 sb2; sa2=$(rss_split $PROXY_A); sb2=$(rss_split $PROXY_B)
   if [ -n "${IDLE_DEBUG:-}" ]; then
     curl -s "127.0.0.1:$ADMIN_A/metrics" | grep -E "^weft_tcp_open" >&2
     curl -s "127.0.0.1:$ADMIN_B/metrics" | grep -E "^weft_tcp_open" >&2
@@ -680,8 +681,8 @@ measure_idle() {
   fi
   per() { python3 -c "print(round(($2 - $1) / $IDLE_CONNS, 1))"; }
   mib() { python3 -c "print(round($1 / 1024, 1))"; }
-  memory_rows+=("client proxy|$(mib "$a0")|$sa|$(mib "$a1")|$(per "$a0" "$a1")|$(mib "$a2")|$(python3 -c "print(round(100 * ($a2 - $a0) / $a0))")")
-  memory_rows+=("server proxy|$(mib "$b0")|$sb|$(mib "$b1")|$(per "$b0" "$b1")|$(mib "$b2")|$(python3 -c "print(round(100 * ($b2 - $b0) / $b0))")")
+  memory_rows+=("client proxy|$(mib "$a0")|$sa|$(mib "$a1")|$(per "$a0" "$a1")|$(mib "$a2")|$sa2|$(python3 -c "print(round(100 * ($a2 - $a0) / $a0))")")
+  memory_rows+=("server proxy|$(mib "$b0")|$sb|$(mib "$b1")|$(per "$b0" "$b1")|$(mib "$b2")|$sb2|$(python3 -c "print(round(100 * ($b2 - $b0) / $b0))")")
 }
 
 # The observability cases (OBSERVE=1): a line per request in the access log, and every traced
@@ -820,8 +821,8 @@ grpc_backend_done
     echo "$IDLE_CONNS idle client connections (opaque forwards over mTLS after detection), RSS in MiB;"
     echo "'after' is ${IDLE_AFTER}s after they closed, as a change from idle."
     echo
-    echo "| proxy | idle | idle: anonymous + file-backed | held | KiB per connection | after | after vs idle (%) |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| proxy | idle | idle: anonymous + file-backed | held | KiB per connection | after | after: anonymous + file-backed | after vs idle (%) |"
+    echo "|---|---|---|---|---|---|---|---|"
     for r in "${memory_rows[@]}"; do echo "|${r}|"; done
     echo
   fi
