@@ -50,6 +50,9 @@
 # ORDER=FILE runs as INSN=1 and writes to FILE the functions the proxies ran, hottest first, as
 # the link order of the proxy's release image (see configs/images/build-proxy.sh).
 #
+# DHAT=1 runs the memory part only, its client and server proxy under valgrind's DHAT, and
+# keeps their heap profiles in target/bench/dhat.<pid>.json.
+#
 # SYSCALLS=1 also counts, with perf stat, the system calls and context switches per request of
 # each HTTP/1.1 path's processes (nginx's workers for nginx).
 #
@@ -58,7 +61,7 @@
 # (and the GOAWAY check). H2_STREAMS (10) is h2load's
 # concurrent streams per connection, H2_REQUESTS (20000) the GOAWAY check's requests.
 #
-# Usage: [BENCH_ONLY=memory|h2|h1] [IDLE_CONNS=N] [IDLE_AFTER=S] [INSN=1] [ORDER=FILE] [SYSCALLS=1] [OBSERVE=0] [H2_STREAMS=N] tests/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
+# Usage: [BENCH_ONLY=memory|h2|h1] [IDLE_CONNS=N] [IDLE_AFTER=S] [INSN=1] [ORDER=FILE] [DHAT=1] [SYSCALLS=1] [OBSERVE=0] [H2_STREAMS=N] tests/bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${1:-10}
@@ -101,6 +104,11 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 BIN=target/release
 # PROXY_BIN runs another build of the proxy (a variant built in a target directory of its own).
 PROXY_BIN=${PROXY_BIN:-$SHIPPED_PROXY}
+if [ -n "${DHAT:-}" ]; then
+  # DHAT sees the system allocator's calls only, in a dynamically linked binary.
+  CARGO_TARGET_DIR=target/dhat cargo build --release --locked -q -p weft-proxy --no-default-features
+  PROXY_BIN=target/dhat/release/weft-proxy
+fi
 
 # Listening ports: distinct, free now, and below the kernel's ephemeral range, so that no
 # outgoing connection of the run (a proxy to a backend, to the control plane) can take one
@@ -210,6 +218,14 @@ if [ -n "${INSN:-}" ]; then
   WRAP=(valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" --dump-line=no)
   [ -n "${ORDER:-}" ] && WRAP+=(--demangle=no --compress-strings=no)
   READY_TRIES=1200
+fi
+# The memory part's client and server proxy: wrapped as the others, or under DHAT (DHAT=1, the
+# memory part only), for where the heap is at its peak, every idle connection held, by site.
+MEMWRAP=("${WRAP[@]}")
+if [ -n "${DHAT:-}" ]; then
+  BENCH_ONLY=memory
+  READY_TRIES=1200
+  MEMWRAP=(valgrind --tool=dhat --dhat-out-file="$PWD/$OUT/dhat.%p.json")
 fi
 
 # --- weft: control plane and two proxies -----------------------------------------------------
@@ -373,13 +389,13 @@ tokens_ready() {
 for _ in $(seq 100); do tokens_ready && break; sleep 0.1; done
 common=(--control-addr "127.0.0.1:$GRPC" --trust-domain weft.bench --trust-bundle "$WORK/data/trust-bundle.pem"
         --namespace bench)
-RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/client" --workload client --inbound-addr "127.0.0.1:$CLI_IN" \
+RUST_LOG=warn taskset -c 0 "${MEMWRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/client" --workload client --inbound-addr "127.0.0.1:$CLI_IN" \
   --admin-addr "127.0.0.1:$ADMIN_A" --upstream "plain=127.0.0.1:$PLAIN_UP" --upstream "meshed=127.0.0.1:$MTLS_UP" \
   --upstream "h2=127.0.0.1:$H2_UP" --upstream "routed=127.0.0.1:$ROUTED_UP" --upstream "split-a=127.0.0.1:$SPLIT_UP" \
   --upstream "guarded=127.0.0.1:$GUARD_UP" \
   > "$WORK/client.log" 2>&1 &
 PROXY_A=$!; PIDS+=($PROXY_A)
-RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/server" --workload server --inbound-addr "127.0.0.1:$SRV_IN" \
+RUST_LOG=warn taskset -c 0 "${MEMWRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/server" --workload server --inbound-addr "127.0.0.1:$SRV_IN" \
   --app-port "$BACKEND" --admin-addr "127.0.0.1:$ADMIN_B" > "$WORK/server.log" 2>&1 &
 PROXY_B=$!; PIDS+=($PROXY_B)
 RUST_LOG=warn taskset -c 0 "${WRAP[@]}" "$PROXY_BIN" "${common[@]}" --token-file "$TOKENS/h2server" --workload h2server --inbound-addr "127.0.0.1:$H2_IN" \
@@ -777,6 +793,12 @@ if [ "${BENCH_ONLY:-}" != "memory" ] && [ "${BENCH_ONLY:-}" != "h1" ]; then
 fi
 if [ "${BENCH_ONLY:-}" != "h2" ] && [ "${BENCH_ONLY:-}" != "h1" ]; then
   measure_idle
+fi
+if [ -n "${DHAT:-}" ]; then
+  kill "$PROXY_A" "$PROXY_B"
+  wait "$PROXY_A" "$PROXY_B" || true
+  echo "DHAT profiles (open in valgrind's dh_view.html): $OUT/dhat.$PROXY_A.json (client proxy), $OUT/dhat.$PROXY_B.json (server proxy)"
+  exit 0
 fi
 
 # --- HTTP/2 through the mesh to nginx, GOAWAY every 1000 streams ------------------------------

@@ -30,6 +30,7 @@ struct Cli {
 /// the system seconds after a burst of connections ends, where glibc's allocator kept the
 /// whole peak resident (measured with `tests/bench/run.sh`: RSS stayed at 3-4x idle after 1,000
 /// idle connections closed; with jemalloc it returns to within about 15-25 % of idle).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -107,6 +108,7 @@ async fn serve(config: ProxyConfig, workers: usize) -> anyhow::Result<()> {
     }
     // Without its background thread jemalloc purges freed pages only when the process
     // allocates again, so an idle proxy would keep a past peak resident.
+    #[cfg(feature = "jemalloc")]
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         tracing::warn!(error = %e, "cannot start jemalloc's background purging");
     }

@@ -35,6 +35,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use weft_ca::tls::peer_identity;
 use weft_ca::{ALPN_MESH_H2, ALPN_MESH_HTTP1};
 use weft_core::Identity;
@@ -186,7 +187,17 @@ async fn handle(mut tcp: TcpStream, remote: SocketAddr, apps: Arc<Apps>, shared:
         shared,
     };
     match opener {
-        Opener::MeshPeer => Box::pin(conn.mesh_peer(tcp, first)).await,
+        Opener::MeshPeer => {
+            // Two boxes, one after the other: the handshake's state (the TLS acceptor's, over a
+            // kilobyte) is freed once it is done, instead of sizing the box an accepted
+            // connection keeps for its whole life.
+            let Some((tls, version, client)) = Box::pin(conn.mesh_handshake(tcp, first)).await
+            else {
+                return;
+            };
+            let peer = client.spiffe_id();
+            Box::pin(conn.serve(tls, version, Some(Arc::new(client)), peer)).await
+        }
         Opener::Plaintext | Opener::OtherTls => Box::pin(conn.outsider(tcp, first, opener)).await,
     }
 }
@@ -201,8 +212,13 @@ struct Inbound {
 }
 
 impl Inbound {
-    /// A mesh peer: mutual TLS, then the client's identity decides.
-    async fn mesh_peer(self, tcp: TcpStream, first: BytesMut) {
+    /// A mesh peer's mutual TLS handshake: the TLS stream, what it carries and the client's
+    /// identity, or `None` once the connection is refused.
+    async fn mesh_handshake(
+        &self,
+        tcp: TcpStream,
+        first: BytesMut,
+    ) -> Option<(Box<TlsStream<PrefixedIo<TcpStream>>>, Detected, Identity)> {
         let shared = &self.shared;
         let Some(creds) = shared.credentials.borrow().clone() else {
             reject(
@@ -211,7 +227,7 @@ impl Inbound {
                 "no_certificate_yet",
                 &"this proxy has no certificate yet",
             );
-            return;
+            return None;
         };
         let acceptor = TlsAcceptor::from(creds.server_config());
         let io = PrefixedIo::new(first.freeze(), tcp);
@@ -219,7 +235,7 @@ impl Inbound {
             Ok(Ok(tls)) => Box::new(tls),
             Ok(Err(e)) => {
                 reject(shared, self.remote, tls_failure_reason(&e), &e);
-                return;
+                return None;
             }
             Err(_) => {
                 reject(
@@ -228,7 +244,7 @@ impl Inbound {
                     "handshake_timeout",
                     &"no handshake in time",
                 );
-                return;
+                return None;
             }
         };
         let (_, conn) = tls.get_ref();
@@ -239,19 +255,18 @@ impl Inbound {
                 "no_identity",
                 &"client certificate carries no SPIFFE ID",
             );
-            return;
+            return None;
         };
         if client.trust_domain() != creds.identity().trust_domain() {
             reject(shared, self.remote, "foreign_trust_domain", &client);
-            return;
+            return None;
         }
         let version = match conn.alpn_protocol() {
             Some(ALPN_MESH_H2) => Detected::Http2,
             Some(ALPN_MESH_HTTP1) => Detected::Http1,
             _ => Detected::Opaque,
         };
-        let peer = client.spiffe_id();
-        self.serve(tls, version, Some(Arc::new(client)), peer).await;
+        Some((tls, version, client))
     }
 
     /// A client outside the mesh: admitted only where the policy allows unauthenticated
