@@ -53,8 +53,12 @@
 # DHAT=1 runs the memory part only, its client and server proxy under valgrind's DHAT, and
 # keeps their heap profiles in target/bench/dhat.<pid>.json.
 #
-# SYSCALLS=1 also counts, with perf stat, the system calls and context switches per request of
-# each HTTP/1.1 path's processes (nginx's workers for nginx).
+# SYSCALLS=1 also counts, with perf stat, the system calls, context switches and page faults
+# per request of each HTTP/1.1 path's processes (nginx's workers for nginx), and splits their
+# CPU time per request into user and system time.
+#
+# The memory part keeps the client proxy's /proc/<pid>/smaps at idle in
+# target/bench/smaps-client-idle.txt.
 #
 # BENCH_ONLY=memory runs only the idle-connection part (and the GOAWAY check); BENCH_ONLY=h2
 # only the HTTP/2 and gRPC cases (and the GOAWAY check), BENCH_ONLY=h1 only the HTTP/1.1 cases
@@ -580,13 +584,13 @@ measure_h2() { # name kind(h2|grpc) url pids...
   taskset -c 1 h2load "${args[@]}" -D 2 "$url" > "$WORK/h2case-warm.out" 2>&1 || true   # warm-up
   h2_check "$name (warm-up)" "$kind" "$WORK/h2case-warm.out"
   local failures0; failures0=$(weft_failures "$@")
-  local before=0 user_before=0; [ $# -gt 0 ] && before=$(cpu_ticks "$@") && user_before=$(user_ticks "$@")
+  local before=0; [ $# -gt 0 ] && before=$(cpu_ticks "$@")
   if [ -n "${INSN:-}" ]; then for p in "$@"; do callgrind_control "$CALLGRIND_MARK" "$p" >/dev/null 2>&1; done; fi
   local log=()
   rm -f "$WORK/h2case.log"
   if [ -z "${INSN:-}" ]; then log=(--log-file="$WORK/h2case.log"); fi
   taskset -c 1 h2load "${args[@]}" -D "$DURATION" "${log[@]}" "$url" > "$WORK/h2case.out" 2>&1 || true
-  local after=0 user_after=0; [ $# -gt 0 ] && after=$(cpu_ticks "$@") && user_after=$(user_ticks "$@")
+  local after=0; [ $# -gt 0 ] && after=$(cpu_ticks "$@")
   local insn=0
   if [ -n "${INSN:-}" ]; then for p in "$@"; do insn=$((insn + $(callgrind_ir "$p" "$(echo "$name" | tr -c 'a-zA-Z0-9\n' _)"))); done; fi
   h2_check "$name" "$kind" "$WORK/h2case.out"
