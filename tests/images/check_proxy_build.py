@@ -6,7 +6,7 @@ Usage: python3 tests/images/check_proxy_build.py BINARY
   library (readelf);
 - its relative relocations packed (a .relr.dyn section, and next to no .rela.dyn);
 - laid out in the link order: most of the functions configs/images/weft-proxy.order names are
-  in the binary, and in .text they come first, in the order's sequence (nm);
+  in the binary, at addresses that rise in the order's sequence (nm);
 - in a root without any library (when run as root: a chroot, as user 65532), it starts, and
   it finds its control plane by a name in /etc/hosts and by a name only a DNS server knows, and
   connects there: glibc's `files` and `dns` sources work in the static binary.
