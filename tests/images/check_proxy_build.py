@@ -18,7 +18,6 @@ import os
 import pathlib
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -27,27 +26,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import check_images as images  # noqa: E402  (its runtime set-up, DNS server and connect check)
 
 ORDER = ROOT / "configs" / "images" / "weft-proxy.order"
-failed = False
-
-
-def ok(msg):
-    print(f"ok   {msg}")
-
-
-def fail(msg):
-    global failed
-    failed = True
-    print(f"FAIL {msg}")
-
-
-def run(argv):
-    return subprocess.run(argv, capture_output=True, text=True, check=False)
-
-
-def version():
-    text = (ROOT / "Cargo.toml").read_text()
-    m = re.search(r'^\[workspace\.package\][^\[]*?^version\s*=\s*"([^"]+)"', text, re.M | re.S)
-    return m.group(1) if m else "?"
+# The images check's reporting and helpers.
+ok, fail, run = images.ok, images.fail, images.run
 
 
 def check_static(binary):
@@ -101,12 +81,12 @@ def check_order(binary):
 
 
 def check_starts(binary):
-    want = f"weft-proxy {version()}"
+    want = f"weft-proxy {images.cargo_package()['version']}"
     r = run([binary, "--version"])
     if r.stdout.strip() != want:
         fail(f"{binary} --version says {r.stdout.strip() or r.stderr.strip()!r}, not {want!r}")
         return
-    if run(["id", "-u"]).stdout.strip() != "0":
+    if os.geteuid() != 0:
         ok(f"starts ({want}); not root, so not tried in an empty root")
         return
     with tempfile.TemporaryDirectory(prefix="weft-static.") as work:
@@ -146,7 +126,7 @@ def main():
     check_relocations(binary)
     check_order(binary)
     check_starts(binary)
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if images.failures else 0)
 
 
 if __name__ == "__main__":
