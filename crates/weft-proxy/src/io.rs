@@ -31,7 +31,7 @@ pub enum PeerIo {
     /// Plain TCP.
     Plain(CountingIo<TcpStream>),
     /// TLS we initiated.
-    Client(Box<CountingIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+    Client(Box<CountingIo<crate::tls::ClientTls<TcpStream>>>),
 }
 
 /// A stream that first yields bytes already read from it.

@@ -17,6 +17,8 @@
 //!   addresses outside the mesh through unchanged ([`outbound`]); HTTP requests to a service
 //!   with routes are matched, filtered and split between backends as its routes say
 //!   ([`outbound::route`], [`outbound::router`]);
+//! - speaks mutual TLS with other proxies through streams on rustls's unbuffered API, which
+//!   hold no buffers while a connection is idle ([`tls`]);
 //! - serves HTTP on both sides through a stack of tower layers whose order each side writes in
 //!   one place ([`outbound::stack`], [`inbound::stack`]); every error on the path is typed
 //!   ([`errors`]) and answered in one place per side;
@@ -47,6 +49,7 @@ pub mod server;
 pub mod splice;
 pub mod tap;
 pub mod telemetry;
+pub mod tls;
 pub mod transparent;
 
 use std::net::SocketAddr;

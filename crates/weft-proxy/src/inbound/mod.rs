@@ -34,8 +34,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use weft_ca::tls::peer_identity;
 use weft_ca::{ALPN_MESH_H2, ALPN_MESH_HTTP1};
 use weft_core::Identity;
@@ -47,6 +45,7 @@ use crate::http::{PlainPool, PoolLimits};
 use crate::io::{CountingIo, PrefixedIo};
 use crate::metrics::{Direction, RejectLabels, RequestLabels, RequestMetrics, TcpLabels};
 use crate::server::{accept_loop, serve_http};
+use crate::tls::ServerTls;
 use authz::{Authorizer, Caller};
 use tls::tls_failure_reason;
 
@@ -218,7 +217,7 @@ impl Inbound {
         &self,
         tcp: TcpStream,
         first: BytesMut,
-    ) -> Option<(Box<TlsStream<PrefixedIo<TcpStream>>>, Detected, Identity)> {
+    ) -> Option<(Box<ServerTls<PrefixedIo<TcpStream>>>, Detected, Identity)> {
         let shared = &self.shared;
         let Some(creds) = shared.credentials.borrow().clone() else {
             reject(
@@ -229,9 +228,9 @@ impl Inbound {
             );
             return None;
         };
-        let acceptor = TlsAcceptor::from(creds.server_config());
         let io = PrefixedIo::new(first.freeze(), tcp);
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+        let handshake = crate::tls::accept(creds.server_config(), io);
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
             Ok(Ok(tls)) => Box::new(tls),
             Ok(Err(e)) => {
                 reject(shared, self.remote, tls_failure_reason(&e), &e);

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use crate::discovery::EndpointView;
 use crate::io::{CountingIo, PeerIo};
@@ -93,10 +92,13 @@ impl Connector {
             .borrow()
             .clone()
             .ok_or(ConnectError::NoCertificate)?;
-        let connector = TlsConnector::from(creds.client_config(identity, alpn));
         let tls = tokio::time::timeout(
             self.timeout,
-            connector.connect(weft_ca::tls::server_name(), tcp),
+            crate::tls::connect(
+                creds.client_config(identity, alpn),
+                weft_ca::tls::server_name(),
+                tcp,
+            ),
         )
         .await
         .map_err(|_| ConnectError::Timeout(addr))?
