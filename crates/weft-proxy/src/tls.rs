@@ -737,9 +737,31 @@ mod tests {
         assert_eq!(client.read(&mut one).await.unwrap(), 0);
     }
 
+    /// Sends `data` from `client` to `server`, which echoes it to its end; the client closes
+    /// its side first, so both half-closes are crossed.
+    async fn echo<C, S>(mut client: C, mut server: S, data: &[u8])
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let echo = tokio::spawn(async move {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            server.write_all(&got).await.unwrap();
+            server.shutdown().await.unwrap();
+        });
+        client.write_all(data).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert!(back == data, "the echo came back changed");
+        echo.await.unwrap();
+    }
+
     #[tokio::test]
     async fn interoperates_with_the_buffered_streams() {
         let mesh = mesh();
+        let data = payload(200_000, 1);
 
         // This client, tokio-rustls's server.
         let (c, s) = tcp_pair().await;
@@ -748,23 +770,7 @@ mod tests {
             connect(mesh.client_config(), weft_ca::tls::server_name(), c),
             acceptor.accept(s),
         );
-        let (mut client, mut server) = (client.unwrap(), server.unwrap());
-        let data = payload(200_000, 1);
-        let (sent, echo) = (
-            data.clone(),
-            tokio::spawn(async move {
-                let mut got = vec![0; 200_000];
-                server.read_exact(&mut got).await.unwrap();
-                server.write_all(&got).await.unwrap();
-                server.shutdown().await.unwrap();
-            }),
-        );
-        client.write_all(&sent).await.unwrap();
-        client.flush().await.unwrap();
-        let mut back = Vec::new();
-        client.read_to_end(&mut back).await.unwrap();
-        assert!(back == data);
-        echo.await.unwrap();
+        echo(client.unwrap(), server.unwrap(), &data).await;
 
         // tokio-rustls's client, this server.
         let (c, s) = tcp_pair().await;
@@ -773,19 +779,7 @@ mod tests {
             connector.connect(weft_ca::tls::server_name(), c),
             accept(mesh.server.server_config(), s),
         );
-        let (mut client, mut server) = (client.unwrap(), server.unwrap());
-        let echo = tokio::spawn(async move {
-            let mut got = Vec::new();
-            server.read_to_end(&mut got).await.unwrap();
-            server.write_all(&got).await.unwrap();
-            server.shutdown().await.unwrap();
-        });
-        client.write_all(&data).await.unwrap();
-        client.shutdown().await.unwrap();
-        let mut back = Vec::new();
-        client.read_to_end(&mut back).await.unwrap();
-        assert!(back == data);
-        echo.await.unwrap();
+        echo(client.unwrap(), server.unwrap(), &data).await;
     }
 
     #[tokio::test]
