@@ -155,18 +155,24 @@ fn tls_error(e: rustls::Error) -> io::Error {
 }
 
 /// Writes records into `out` after what it holds, growing it as `write` says it needs.
+/// `write` gets the room for the records and, past it, `scratch` bytes of its own.
 fn append<E>(
     out: &mut Vec<u8>,
     estimate: usize,
-    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    scratch: usize,
+    mut write: impl FnMut(&mut [u8], &mut [u8]) -> Result<usize, E>,
     needs: impl Fn(&E) -> Option<usize>,
 ) -> Result<(), E> {
-    reuse(out);
+    if out.capacity() == 0 {
+        // The thread's spare, if it has one.
+        *out = SPARE_WRITE.take();
+    }
     let start = out.len();
     let mut room = estimate;
     loop {
-        out.resize(start + room, 0);
-        match write(&mut out[start..]) {
+        out.resize(start + room + scratch, 0);
+        let (records, scratch) = out.split_at_mut(start + room);
+        match write(&mut records[start..], scratch) {
             Ok(n) => {
                 out.truncate(start + n);
                 return Ok(());
@@ -179,13 +185,6 @@ fn append<E>(
                 }
             },
         }
-    }
-}
-
-/// Gives `out` the thread's spare write buffer if it has none.
-fn reuse(out: &mut Vec<u8>) {
-    if out.capacity() == 0 {
-        *out = SPARE_WRITE.take();
     }
 }
 
@@ -208,34 +207,24 @@ fn seal(
         && first.len() >= len
     {
         let data = &first[..len];
-        return append(out, sealed_len(len), |o| encrypt(data, o), encrypt_needs);
+        return append(
+            out,
+            sealed_len(len),
+            0,
+            |o, _| encrypt(data, o),
+            encrypt_needs,
+        );
     }
-    reuse(out);
-    let start = out.len();
-    let mut room = sealed_len(len);
-    loop {
-        out.resize(start + room + len, 0);
-        let (records, plain) = out.split_at_mut(start + room);
+    let gather = |records: &mut [u8], plain: &mut [u8]| {
         let mut at = 0;
         for buf in bufs {
             let n = buf.len().min(len - at);
             plain[at..at + n].copy_from_slice(&buf[..n]);
             at += n;
         }
-        match encrypt(plain, &mut records[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(e) => match encrypt_needs(&e) {
-                Some(required) if required > room => room = required,
-                _ => {
-                    out.truncate(start);
-                    return Err(e);
-                }
-            },
-        }
-    }
+        encrypt(plain, records)
+    };
+    append(out, sealed_len(len), len, gather, encrypt_needs)
 }
 
 fn encrypt_needs(e: &EncryptError) -> Option<usize> {
@@ -373,7 +362,8 @@ where
             Ok(ConnectionState::EncodeTlsData(mut record)) => append(
                 outgoing,
                 512,
-                |out| record.encode(out),
+                0,
+                |out, _| record.encode(out),
                 |e| match e {
                     EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
                         Some(*required_size)
@@ -399,7 +389,8 @@ where
                     sealed = append(
                         outgoing,
                         sealed_len(2),
-                        |out| traffic.queue_close_notify(out),
+                        0,
+                        |out, _| traffic.queue_close_notify(out),
                         encrypt_needs,
                     );
                 }
