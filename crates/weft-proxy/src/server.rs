@@ -61,6 +61,10 @@ where
     }
 }
 
+/// Streams one HTTP/2 connection may have open at once (hyper's default, stated here because
+/// the next limit follows it).
+const MAX_CONCURRENT_STREAMS: u32 = 200;
+
 /// Serves HTTP on a connection of known version with the stack `svc` until the connection
 /// closes or the proxy drains (then in-flight requests finish and the connection closes
 /// gracefully).
@@ -75,9 +79,18 @@ where
 {
     let io = TokioIo::new(io);
     let svc = Hyper(svc);
+    // An HTTP/2 peer may reset streams the server has not taken up yet; past a limit, h2 takes
+    // that for the rapid-reset attack and ends the connection (GOAWAY), failing every other
+    // stream on it. A proxy multiplexes many clients on one connection, and one client that
+    // goes away cancels all of its requests at once, so the limit is the streams a connection
+    // may have open (h2's default, 20, failed the other clients' requests when one client
+    // dropped more than 20 in flight). Resets of streams the server has taken up are still
+    // bounded by h2's own limit.
     let result = if version == Detected::Http2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_pending_accept_reset_streams(MAX_CONCURRENT_STREAMS as usize)
             .serve_connection(io, svc);
         tokio::pin!(conn);
         tokio::select! {
@@ -103,5 +116,52 @@ where
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn answer(_req: Request<Body>) -> Result<Response<Body>, Infallible> {
+        let body = Empty::<Bytes>::new().map_err(|e| match e {});
+        Ok(Response::new(body.boxed_unsync()))
+    }
+
+    #[tokio::test]
+    async fn a_peer_cancelling_many_streams_at_once_keeps_its_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let drain = Drain::default();
+            serve_http(tcp, Detected::Http2, tower::service_fn(answer), &drain).await;
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        let conn = tokio::spawn(conn);
+        // 100 requests opened and cancelled before the connection task runs again, so that
+        // their HEADERS and RST_STREAM frames reach the server together, before it takes any
+        // of them up.
+        let mut client = client.ready().await.unwrap();
+        for _ in 0..100 {
+            let req = Request::get("http://api/").body(()).unwrap();
+            let (response, _) = client.send_request(req, true).unwrap();
+            drop(response);
+        }
+        // The connection still serves.
+        let mut client = client.ready().await.unwrap();
+        let req = Request::get("http://api/").body(()).unwrap();
+        let (response, _) = client.send_request(req, true).unwrap();
+        let response = response
+            .await
+            .expect("the connection outlived the cancellations");
+        assert_eq!(response.status(), 200);
+        drop(client);
+        conn.abort();
     }
 }
