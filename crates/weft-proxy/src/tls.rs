@@ -852,7 +852,10 @@ mod tests {
     async fn an_endless_handshake_message_is_refused_not_buffered() {
         let mesh = mesh();
         let (mut c, s) = tcp_pair().await;
-        // A ClientHello announcing 16 MiB, then full handshake records of filler.
+        // A ClientHello announcing 16 MiB, then full handshake records of filler. rustls refuses
+        // a handshake message over 64 KiB as soon as it reads the length, before the stream's
+        // own bound (`MAX_INCOMING`, a backstop for what rustls asks it to keep) is reached;
+        // either way the server must fail the handshake instead of reading on.
         let flood = async move {
             let mut record = vec![22, 3, 1, 0x40, 0x00];
             record.extend_from_slice(&[1, 0xff, 0xff, 0xff]);
