@@ -8,7 +8,8 @@ the binary as entrypoint, PATH, the org.opencontainers.image.* labels) and gzip-
 layers, bottom first:
 
 1. base: the dynamic loader and exactly the shared libraries `ldd` lists for the binary (none
-   for weft-proxy as configs/images/build-proxy.sh builds it, statically), copied from this
+   for the binaries as configs/images/build-proxy.sh and build-control.sh build them,
+   statically; a binary linked against shared libraries gets them here), copied from this
    machine with the symlinks on their paths (a merged-/usr Debian gives `lib -> usr/lib`);
    their Debian packages' copyright files; /etc/passwd and /etc/group (root, and nonroot 65532,
    whose home is /nonexistent); /etc/nsswitch.conf (passwd and group from files, hosts from
@@ -35,13 +36,15 @@ unset), modes normalised (0755 for directories and executables, 0644 for other f
 the same digests.
 
 Usage:
-  python3 configs/images/oci_layout.py [--bin-dir DIR] [--proxy-bin FILE] [--out DIR] [IMAGE...]
+  python3 configs/images/oci_layout.py [--bin-dir DIR] [--control-bin FILE] [--proxy-bin FILE]
+                                       [--out DIR] [IMAGE...]
       Writes DIR/<image>/ (default target/images/) for each IMAGE (default both) from the
-      binaries in --bin-dir, replacing an earlier layout there. Without --bin-dir, weft-control
-      comes from target/release/ and weft-proxy from configs/images/build-proxy.sh's build
-      (target/<host>/sidecar/, or --proxy-bin).
+      binaries in --bin-dir, replacing an earlier layout there. Without --bin-dir, the binaries
+      are those configs/images/build-control.sh and build-proxy.sh build (target/<host>/release/
+      and target/<host>/sidecar/), or --control-bin and --proxy-bin.
       Push with: skopeo copy oci:target/images/weft-proxy:<version> docker://ghcr.io/weft-mesh/weft-proxy:<version>
-  python3 configs/images/oci_layout.py --rootfs DIR [--bin-dir DIR] [--proxy-bin FILE] [IMAGE...]
+  python3 configs/images/oci_layout.py --rootfs DIR [--bin-dir DIR] [--control-bin FILE]
+                                       [--proxy-bin FILE] [IMAGE...]
       Writes each image's files, all layers applied, to DIR/<image>/ instead (the Containerfile
       copies them onto `scratch`); the config is then the Containerfile's.
 
@@ -485,26 +488,31 @@ def workspace_version():
         return tomllib.load(f)["workspace"]["package"]["version"]
 
 
-def binary_path(name, bin_dir, proxy_bin):
-    """Where `name`'s binary is: the proxy as configs/images/build-proxy.sh builds it (static,
-    laid out for a small resident set), the control plane as the release profile does."""
-    if name == "weft-proxy" and proxy_bin:
-        return proxy_bin
+# How each image's binary ships: the script that builds it and the profile it builds in, under
+# target/<host>/ (both are static; see configs/images/static.sh).
+SHIPPED = {
+    "weft-control": ("configs/images/build-control.sh", "release"),
+    "weft-proxy": ("configs/images/build-proxy.sh", "sidecar"),
+}
+
+
+def binary_path(name, bin_dir, given):
+    """Where `name`'s binary is: `given` (--control-bin, --proxy-bin), else in `bin_dir`, else
+    where its build script (SHIPPED) puts it."""
+    if given:
+        return given
     if bin_dir:
         return os.path.join(bin_dir, name)
-    if name == "weft-proxy":
-        r = run(["rustc", "-vV"], "find the host's target triple")
-        host = re.search(r"^host: (\S+)$", r.stdout, re.M)
-        if r.returncode != 0 or not host:
-            raise BuildError(f"rustc -vV names no host: {r.stderr.strip()}")
-        return str(ROOT / "target" / host.group(1) / "sidecar" / name)
-    return str(ROOT / "target" / "release" / name)
+    r = run(["rustc", "-vV"], "find the host's target triple")
+    host = re.search(r"^host: (\S+)$", r.stdout, re.M)
+    if r.returncode != 0 or not host:
+        raise BuildError(f"rustc -vV names no host: {r.stderr.strip()}")
+    return str(ROOT / "target" / host.group(1) / SHIPPED[name][1] / name)
 
 
 def check_binary(binary, name, version):
     if not os.path.isfile(binary):
-        how = "configs/images/build-proxy.sh" if name == "weft-proxy" else "cargo build --release --locked -p weft-control"
-        raise BuildError(f"{binary} not found: build it first ({how})")
+        raise BuildError(f"{binary} not found: build it first ({SHIPPED[name][0]})")
     r = run([binary, "--version"], f"ask {name} its version")
     if r.returncode != 0 or r.stdout.strip() != f"{name} {version}":
         raise BuildError(
@@ -520,9 +528,10 @@ def main():
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="weft-control, weft-proxy (default: both)")
     parser.add_argument(
         "--bin-dir",
-        help="where the binaries are (default: weft-control in target/release, weft-proxy where "
-        "configs/images/build-proxy.sh puts it)",
+        help="where the binaries are (default: where configs/images/build-control.sh and "
+        "build-proxy.sh put them)",
     )
+    parser.add_argument("--control-bin", help="weft-control's binary (default: in --bin-dir when given)")
     parser.add_argument("--proxy-bin", help="weft-proxy's binary (default: in --bin-dir when given)")
     parser.add_argument(
         "--out", default=str(ROOT / "target" / "images"), help="where the layouts go (default target/images)"
@@ -541,7 +550,8 @@ def main():
         version = workspace_version()
         with tempfile.TemporaryDirectory(prefix="weft-images.") as workdir:
             for name in images:
-                binary = binary_path(name, args.bin_dir, args.proxy_bin)
+                given = args.proxy_bin if name == "weft-proxy" else args.control_bin
+                binary = binary_path(name, args.bin_dir, given)
                 check_binary(binary, name, version)
                 base = base_tree(binary)
                 trees = [("base: loader, libraries, /etc, /tmp", base)]

@@ -1,7 +1,7 @@
 """Weft's container images (configs/images/): builds the OCI layouts of weft-control and
-weft-proxy with configs/images/oci_layout.py from the binaries in BIN_DIR (tests/run passes its
-debug binaries, to stay fast; the sizes in the README's Images section are measured from release
-binaries with the same builder), then checks them with tools of their own:
+weft-proxy with configs/images/oci_layout.py from the binaries as they ship (tests/run passes
+what configs/images/build-control.sh and build-proxy.sh print), then checks them with tools of
+their own:
 
 - a second build of weft-proxy gives the same files, byte for byte (reproducible), and both
   images share one base layer;
@@ -12,23 +12,27 @@ binaries with the same builder), then checks them with tools of their own:
 - umoci unpacks it (checking each layer's digest and diff_id) into a runtime bundle whose
   config.json runs the entrypoint as 65532:65532;
 - the unpacked root filesystem: owned by root, nothing writable by others but /tmp (1777), no
-  setuid file, no shell, no CA certificates; the base layer holds exactly the libraries `ldd`
-  lists for the binary; the binary has no debug sections but keeps its symbols;
+  setuid file, no shell, no CA certificates; each binary is a static position-independent
+  executable (no program interpreter, no shared library needed) with its relative relocations
+  packed, and the base layer holds no library; the binary has no debug sections but keeps its
+  symbols;
 - as root, inside that root filesystem (chroot, with the /dev/null, /proc, /etc/hosts and
   /etc/resolv.conf a container runtime provides): each binary prints its version as user
-  65532; weft-proxy, as 65532, resolves its control plane's name from /etc/hosts and, through
-  a DNS server this check runs on 127.53.0.1:53, by DNS, and connects to it; and in network
+  65532; as 65532, weft-control resolves its Nomad API's name and weft-proxy its control
+  plane's from /etc/hosts and, through a DNS server this check runs on 127.53.0.1:53, by DNS,
+  and each connects there (weft-control's root filesystem holds no library at all, so this is
+  glibc's static `files` and `dns` sources at work); and in network
   namespaces of their own, `weft-proxy init` writes and removes its rules with the image's
   iptables, on the nft and the legacy backend;
-- configs/images/Containerfile declares the same user, entrypoint, environment and labels, its
-  Rust image is Cargo.toml's rust-version and its VERSION Cargo.toml's version; the Helm chart
+- configs/images/Containerfile builds both binaries with the same scripts and declares the
+  same user, entrypoint, environment and labels, its Rust image is Cargo.toml's rust-version and its VERSION Cargo.toml's version; the Helm chart
   and the Nomad jobs name the images with that version.
 
-Everything it makes goes under <target>/images-check/ (BIN_DIR's parent) and is removed at the
-end. Without root the chroot and namespace checks are skipped, each with a line. Exits 1, naming
-each problem, when a check fails.
+Everything it makes goes under images-check/ beside WEFT_CONTROL's directory and is removed at
+the end. Without root the chroot and namespace checks are skipped, each with a line. Exits 1,
+naming each problem, when a check fails.
 
-Usage: python3 tests/images/check_images.py BIN_DIR
+Usage: python3 tests/images/check_images.py WEFT_CONTROL WEFT_PROXY
 """
 
 import hashlib
@@ -57,8 +61,10 @@ USER = "65532:65532"
 SOURCE = "https://github.com/weft-mesh/weft"
 SHELLS = {"sh", "bash", "dash", "ash", "zsh", "busybox", "toybox"}
 DNS_ADDR = "127.53.0.1"
-HOSTS_NAME = "control.hosts.weft.test"
-DNS_NAME = "control.dns.weft.test"
+# The names the binaries are given to reach a server this check runs: one in /etc/hosts, one only
+# its DNS server knows.
+HOSTS_NAME = "peer.hosts.weft.test"
+DNS_NAME = "peer.dns.weft.test"
 
 failures = []
 passed = []
@@ -226,24 +232,14 @@ def check_rootfs(name, rootfs, layout, binary, is_root):
     else:
         ok(f"{name}: the root filesystem is root's, only /tmp is writable, no setuid file, no shell, no CA certificates")
 
-    # The base layer: exactly the loader and the libraries ldd lists, with /etc, /tmp and the
-    # libraries' copyright files.
-    r = run(["ldd", binary])
-    wanted = set()
-    for line in r.stdout.splitlines():
-        m = re.match(r"^\s*(?:\S+ => )?(/\S+) \(0x[0-9a-f]+\)$", line)
-        if m:
-            wanted.add(os.path.realpath(m.group(1)).lstrip("/"))
+    # Static, so the base layer holds no library: only /etc, /tmp and nothing under usr/share/doc.
+    check_static(name, binary)
     base = layer_paths(layout, base_layer(layout))
-    files = {p for p, m in base.items() if m.isfile()}
-    libraries = {p for p in files if not p.startswith("etc/") and not re.match(r"^usr/share/doc/[^/]+/copyright$", p)}
-    if r.returncode != 0 or not wanted:
-        fail(f"{name}: ldd {binary}: {r.stdout.strip()} {r.stderr.strip()}")
-    elif libraries != wanted:
-        fail(f"{name}: the base layer's libraries {sorted(libraries)} are not what ldd lists for the binary: "
-             f"{sorted(wanted)}")
+    files = sorted(p for p, m in base.items() if m.isfile() and not p.startswith("etc/"))
+    if files:
+        fail(f"{name}: the base layer of a static binary holds files besides /etc: {files}")
     else:
-        ok(f"{name}: the base layer holds exactly the {len(wanted)} files ldd lists for the binary (loader included)")
+        ok(f"{name}: the base layer holds no library, only /etc and /tmp")
 
     # DWARF sections (.debug_gdb_scripts, which the program loads, is not debug info).
     dwarf = re.compile(r"\.debug_(?:info|line|line_str|str|abbrev|aranges|ranges|rnglists|loc|loclists)\b")
@@ -255,6 +251,29 @@ def check_rootfs(name, rootfs, layout, binary, is_root):
         fail(f"{name}: the binary in the image should have no DWARF sections (has {found}) and keep .symtab")
     else:
         ok(f"{name}: the binary in the image is stripped of debug info and keeps its symbol table")
+
+
+def check_static(name, binary):
+    """A static position-independent executable that needs no shared library, its relative
+    relocations packed (readelf)."""
+    headers = run(["readelf", "-lW", binary]).stdout
+    kind = re.search(r"Elf file type is (\w+)", headers)
+    needed = [l for l in run(["readelf", "-dW", binary]).stdout.splitlines() if "(NEEDED)" in l]
+    if "INTERP" in headers or not kind or kind.group(1) != "DYN" or needed:
+        fail(f"{name}: {binary} is not a static PIE (type {kind.group(1) if kind else '?'}, "
+             f"interpreter: {'INTERP' in headers}, needs {needed})")
+    else:
+        ok(f"{name}: a static position-independent executable: no program interpreter, no shared library")
+    sections = {}
+    for line in run(["readelf", "-SW", binary]).stdout.splitlines():
+        m = re.match(r"\s*\[\s*\d+\]\s+(\S+)\s+\S+\s+[0-9a-f]+\s+[0-9a-f]+\s+([0-9a-f]+)", line)
+        if m:
+            sections[m.group(1)] = int(m.group(2), 16)
+    relr, rela = sections.get(".relr.dyn", 0), sections.get(".rela.dyn", 0)
+    if relr == 0 or rela > 64 * 1024:
+        fail(f"{name}: relative relocations not packed: .relr.dyn {relr} bytes, .rela.dyn {rela} bytes")
+    else:
+        ok(f"{name}: relative relocations packed: .relr.dyn {relr} bytes, .rela.dyn {rela} bytes")
 
 
 def blob(layout, digest):
@@ -348,16 +367,34 @@ class DnsServer:
             s.close()
 
 
-def proxy_reaches(rootfs, host):
-    """Runs the image's weft-proxy as 65532 in `rootfs` with its control plane at host:<a port
-    this check listens on>; True once it connects, else what it logged."""
+# Logged when a name did not resolve (the port listens, so the binary connects otherwise): no
+# need to wait for the retries.
+UNRESOLVED = {"weft-proxy": "cannot obtain a certificate", "weft-control": "dns error"}
+
+
+def reaches(name, rootfs, host):
+    """Runs `name` as 65532 in `rootfs` with the server it calls first at host:<a port this
+    check listens on> (weft-proxy's control plane; weft-control's Nomad API, from a mesh config
+    file written to the root's /tmp); True once it connects, else what it logged."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     port = listener.getsockname()[1]
-    argv = ["chroot", "--userspec=65532:65532", str(rootfs), "/usr/local/bin/weft-proxy",
-            "--workload", "image-check", "--token-file", "/tmp/token", "--trust-bundle", "/tmp/roots.pem",
-            "--control-addr", f"{host}:{port}", "--admin-addr", "127.0.0.1:0"]
+    argv = ["chroot", "--userspec=65532:65532", str(rootfs), f"/usr/local/bin/{name}"]
+    if name == "weft-proxy":
+        argv += ["--workload", "image-check", "--token-file", "/tmp/token", "--trust-bundle", "/tmp/roots.pem",
+                 "--control-addr", f"{host}:{port}", "--admin-addr", "127.0.0.1:0"]
+    else:
+        data = pathlib.Path(rootfs, "tmp/ca")
+        shutil.rmtree(data, ignore_errors=True)
+        config = pathlib.Path(rootfs, "tmp/mesh.toml")
+        config.write_text(
+            '[mesh]\nname = "image-check"\ntrust_domain = "weft.test"\n[ca]\ndata_dir = "/tmp/ca"\n'
+            '[control]\ngrpc_addr = "127.0.0.1:0"\nhttp_addr = "127.0.0.1:0"\n'
+            f'[platforms.nomad]\nenabled = true\naddress = "http://{host}:{port}"\n'
+        )
+        os.chmod(config, 0o644)
+        argv += ["--config", "/tmp/mesh.toml"]
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log = ""
     deadline = time.monotonic() + 20
@@ -373,9 +410,7 @@ def proxy_reaches(rootfs, host):
                 if not line:
                     return f"it exited ({p.wait()}) without connecting: {log.strip()}"
                 log += line
-                # Logged when the name did not resolve (the port listens, so it connects
-                # otherwise): no need to wait for the retries.
-                if "cannot obtain a certificate" in line:
+                if UNRESOLVED[name] in line:
                     return line.strip()
         return f"no connection within 20 s: {log.strip()}"
     finally:
@@ -390,31 +425,31 @@ def check_inside(name, rootfs, version):
         fail(f"{name}: chroot as 65532: {name} --version gave {r.returncode}: {r.stdout.strip()} {r.stderr.strip()}")
     else:
         ok(f"{name}: starts in its root filesystem as 65532 and says {r.stdout.strip()}")
-    if name != "weft-proxy":
-        return
     try:
         dns = DnsServer(DNS_NAME)
     except OSError as e:
-        fail(f"weft-proxy: cannot run the check's DNS server on {DNS_ADDR}:53: {e}")
+        fail(f"{name}: cannot run the check's DNS server on {DNS_ADDR}:53: {e}")
         return
     try:
-        result = proxy_reaches(rootfs, HOSTS_NAME)
+        result = reaches(name, rootfs, HOSTS_NAME)
         if result is not True:
-            fail(f"weft-proxy: {HOSTS_NAME} (in the image's /etc/hosts): {result}")
+            fail(f"{name}: {HOSTS_NAME} (in the image's /etc/hosts): {result}")
         elif any(q[0] == HOSTS_NAME for q in dns.questions):
-            fail(f"weft-proxy: {HOSTS_NAME} was asked of DNS though /etc/hosts has it: {dns.questions}")
+            fail(f"{name}: {HOSTS_NAME} was asked of DNS though /etc/hosts has it: {dns.questions}")
         else:
-            ok(f"weft-proxy: as 65532 in its root filesystem, finds {HOSTS_NAME} in /etc/hosts and connects there")
-        result = proxy_reaches(rootfs, DNS_NAME)
+            ok(f"{name}: as 65532 in its root filesystem, finds {HOSTS_NAME} in /etc/hosts and connects there")
+        result = reaches(name, rootfs, DNS_NAME)
         if result is not True:
-            fail(f"weft-proxy: {DNS_NAME} (from the DNS server at {DNS_ADDR}): {result}; questions {dns.questions}")
+            fail(f"{name}: {DNS_NAME} (from the DNS server at {DNS_ADDR}): {result}; questions {dns.questions}")
         elif (DNS_NAME, 1) not in dns.questions:
-            fail(f"weft-proxy: connected, but the DNS server was not asked for {DNS_NAME}: {dns.questions}")
+            fail(f"{name}: connected, but the DNS server was not asked for {DNS_NAME}: {dns.questions}")
         else:
-            ok(f"weft-proxy: as 65532 in its root filesystem, resolves {DNS_NAME} by DNS and connects there")
+            ok(f"{name}: as 65532 in its root filesystem, resolves {DNS_NAME} by DNS and connects there")
     finally:
         dns.close()
 
+    if name != "weft-proxy":
+        return
     if run(["unshare", "--net", "true"]).returncode != 0:
         skip("weft-proxy init in the image: this machine forbids network namespaces")
         return
@@ -491,6 +526,9 @@ def check_containerfile(configs, package):
     build_runs = " ".join(rest for word, rest in stages.get("build", []) if word == "RUN")
     if "configs/images/oci_layout.py --rootfs /rootfs" not in build_runs:
         problems.append("the build stage does not write the files with oci_layout.py --rootfs /rootfs")
+    for script in ("configs/images/build-control.sh", "configs/images/build-proxy.sh"):
+        if script not in build_runs:
+            problems.append(f"the build stage does not build with {script}, as the images ship")
     for name in IMAGES:
         if froms.get(name) != "scratch":
             problems.append(f"stage {name} starts from {froms.get(name)}, not scratch")
@@ -521,7 +559,7 @@ def check_containerfile(configs, package):
         fail("configs/images/Containerfile: " + "; ".join(problems))
     else:
         ok(f"configs/images/Containerfile: rust:{args['RUST_VERSION']}, version {args['VERSION']}, "
-           "and per image the layouts' user, entrypoint, env and labels")
+           "both binaries built as they ship, and per image the layouts' user, entrypoint, env and labels")
 
 
 def check_deployments(version):
@@ -551,16 +589,17 @@ def check_deployments(version):
         ok(f"the Helm chart and {named} image references in deploy-nomad/ name these images at {version}")
 
 
-def check_all(bin_dir, work, package, is_root, started):
+def check_all(binaries, work, package, is_root, started):
     version = package["version"]
-    r = run([sys.executable, str(BUILD), "--bin-dir", str(bin_dir), "--out", str(work / "a")])
+    given = ["--control-bin", binaries["weft-control"], "--proxy-bin", binaries["weft-proxy"]]
+    r = run([sys.executable, str(BUILD), *given, "--out", str(work / "a")])
     if r.returncode != 0:
-        fail(f"oci_layout.py --bin-dir {bin_dir}: {r.stderr.strip()}")
+        fail(f"oci_layout.py {' '.join(given)}: {r.stderr.strip()}")
         return
     for line in r.stdout.splitlines():
         print(f"     {line}")
-    ok(f"oci_layout.py builds both layouts from {bin_dir} in {time.monotonic() - started:.1f} s")
-    r = run([sys.executable, str(BUILD), "--bin-dir", str(bin_dir), "--out", str(work / "b"), "weft-proxy"])
+    ok(f"oci_layout.py builds both layouts in {time.monotonic() - started:.1f} s")
+    r = run([sys.executable, str(BUILD), *given, "--out", str(work / "b"), "weft-proxy"])
     first, second = tree_digest(work / "a" / "weft-proxy"), tree_digest(work / "b" / "weft-proxy")
     if r.returncode != 0 or first != second:
         fail(f"weft-proxy: a second build differs: {r.stderr.strip()} {sorted(set(first.items()) ^ set(second.items()))}")
@@ -582,7 +621,7 @@ def check_all(bin_dir, work, package, is_root, started):
             configs[name] = config
         if rootfs is None:
             continue
-        check_rootfs(name, rootfs, layout, str(bin_dir / name), is_root)
+        check_rootfs(name, rootfs, layout, binaries[name], is_root)
         if not is_root:
             skip(f"{name}: starting it inside its root filesystem needs root (chroot)")
             continue
@@ -598,17 +637,17 @@ def check_all(bin_dir, work, package, is_root, started):
 
 
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) != 3:
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
         sys.exit(2)
-    bin_dir = pathlib.Path(sys.argv[1]).resolve()
-    work = bin_dir.parent / "images-check"
+    binaries = {name: str(pathlib.Path(path).resolve()) for name, path in zip(IMAGES, sys.argv[1:])}
+    work = pathlib.Path(binaries["weft-control"]).parent / "images-check"
     started = time.monotonic()
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     try:
-        check_all(bin_dir, work, cargo_package(), os.geteuid() == 0, started)
+        check_all(binaries, work, cargo_package(), os.geteuid() == 0, started)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"images: {len(passed)} passed, {len(failures)} failed ({time.monotonic() - started:.0f} s)")
