@@ -101,6 +101,13 @@ impl TlsCredentials {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())?;
         server.alpn_protocols = server_alpn.iter().map(|p| p.to_vec()).collect();
+        // Resumption by stateless tickets: the session (the client's certificate chain among
+        // it) travels to the client encrypted under a key of this config, rotated every six
+        // hours, instead of a server-side cache that keeps 256 sessions of about a kilobyte
+        // each for as long as the config lives. A new config (renewal, a new trust bundle)
+        // has a new key, so earlier tickets then fall back to a full handshake.
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.ticketer = rustls::crypto::ring::Ticketer::new()?;
         Ok(Self {
             identity,
             not_after: leaf.not_after,

@@ -29,10 +29,90 @@ struct Cli {
 /// jemalloc instead of the system allocator: with its background thread it hands memory back to
 /// the system seconds after a burst of connections ends, where glibc's allocator kept the
 /// whole peak resident (measured with `tests/bench/run.sh`: RSS stayed at 3-4x idle after 1,000
-/// idle connections closed; with jemalloc it returns to within about 15-25 % of idle).
+/// idle connections closed; with jemalloc and [`idle_trim`] it returns to within 10 % of idle).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Hands an idle worker's cache of freed objects back to jemalloc.
+///
+/// jemalloc keeps each thread's recently freed objects in a cache of its own and trims it only
+/// as the thread allocates again, so a worker that goes idle after a burst keeps up to a MiB
+/// of them, and the pages under them stay resident. A worker trims its cache when it parks,
+/// if it allocated enough since its last trim and that was at least [`idle_trim::EVERY`] ago:
+/// under load a worker parks often, and this keeps trimming to once a second, away from the
+/// request path. A worker whose last park came too soon after a trim is woken by
+/// [`idle_trim::tick`] and trims at its next park. The tick wakes the worker that waits on the
+/// runtime's driver; with two workers the other keeps its cache until work comes. Measured in
+/// the README (Performance, "Back to idle after load").
+#[cfg(feature = "jemalloc")]
+mod idle_trim {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+
+    use tikv_jemalloc_ctl::{Access, AsName, thread::ThreadLocal};
+
+    /// At most one trim per worker this often.
+    pub const EVERY: Duration = Duration::from_secs(1);
+    /// How often an idle proxy wakes a worker, to trim what its last park left.
+    const TICK: Duration = Duration::from_secs(5);
+    /// Bytes a worker must have allocated since its last trim to trim again: none while idle.
+    const AFTER_BYTES: u64 = 64 << 10;
+
+    /// The thread's jemalloc counter of bytes it allocated, and where its cache is switched.
+    struct Trim {
+        allocated: ThreadLocal<u64>,
+        enabled: tikv_jemalloc_ctl::Mib<[usize; 3]>,
+        /// The counter and the time at the last trim.
+        last: Cell<(u64, Instant)>,
+    }
+
+    thread_local! {
+        static TRIM: Option<Trim> = {
+            let allocated = tikv_jemalloc_ctl::thread::allocatedp::read().ok();
+            let enabled = b"thread.tcache.enabled\0".name().mib().ok();
+            allocated.zip(enabled).map(|(allocated, enabled)| Trim {
+                last: Cell::new((allocated.get(), Instant::now())),
+                allocated,
+                enabled,
+            })
+        };
+    }
+
+    /// The runtime's park hook.
+    pub fn on_park() {
+        TRIM.with(|trim| {
+            let Some(trim) = trim else { return };
+            let allocated = trim.allocated.get();
+            let (at_last, when) = trim.last.get();
+            if allocated.wrapping_sub(at_last) < AFTER_BYTES {
+                return;
+            }
+            let now = Instant::now();
+            if now.duration_since(when) < EVERY {
+                return;
+            }
+            // Switching the cache off flushes it; switching it back on starts it empty.
+            let flushed = trim
+                .enabled
+                .write(false)
+                .and_then(|()| trim.enabled.write(true));
+            if let Err(e) = flushed {
+                tracing::debug!(error = %e, "cannot trim the thread's allocation cache");
+            }
+            trim.last.set((trim.allocated.get(), now));
+        });
+    }
+
+    /// Wakes a worker every [`TICK`], so that one idle since a burst parks again and trims.
+    pub async fn tick() {
+        let mut every = tokio::time::interval(TICK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+        }
+    }
+}
 
 fn main() -> anyhow::Result<()> {
     // `weft-proxy init ...` writes the interception rules and exits; anything else runs the
@@ -71,10 +151,11 @@ fn proxy() -> anyhow::Result<()> {
     // The multi-thread scheduler even with one worker: the current-thread one measured no
     // better (user-space instructions per request from 4 % fewer to 7 % more across the
     // paths of `INSN=1 tests/bench/run.sh`, whose pinned proxies have one worker).
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.worker_threads(workers).enable_all();
+    #[cfg(feature = "jemalloc")]
+    runtime.on_thread_park(idle_trim::on_park);
+    let runtime = runtime.build()?;
     runtime.block_on(serve(cli.config, workers))
 }
 
@@ -112,6 +193,8 @@ async fn serve(config: ProxyConfig, workers: usize) -> anyhow::Result<()> {
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         tracing::warn!(error = %e, "cannot start jemalloc's background purging");
     }
+    #[cfg(feature = "jemalloc")]
+    tokio::spawn(idle_trim::tick());
     let grace = config.drain_timeout;
     // The handlers go in before the listeners open: a SIGTERM that comes as soon as the
     // start-up line is logged must drain the proxy, not kill it.

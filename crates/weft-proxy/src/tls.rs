@@ -728,6 +728,31 @@ mod tests {
         assert_eq!(client.read(&mut one).await.unwrap(), 0);
     }
 
+    /// A client proxy that connected once resumes its next connection from a ticket. The
+    /// server stores no session (its config cannot cache one), so the ticket alone carries it,
+    /// and the resumed connection still names the client, which inbound policy needs.
+    #[tokio::test]
+    async fn a_second_connection_resumes_from_a_ticket_and_still_names_the_client() {
+        let mesh = mesh();
+        let server_config = mesh.server.server_config();
+        assert!(!server_config.session_storage.can_cache());
+        let client_config = mesh.client_config();
+        for want in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed] {
+            let (c, s) = tcp_pair().await;
+            let (client, server) = tokio::join!(
+                connect(client_config.clone(), weft_ca::tls::server_name(), c),
+                accept(server_config.clone(), s),
+            );
+            let (client, server) = (client.unwrap(), server.unwrap());
+            assert_eq!(server.get_ref().1.handshake_kind(), Some(want));
+            assert_eq!(client.get_ref().1.handshake_kind(), Some(want));
+            let peer = weft_ca::tls::peer_identity(server.get_ref().1.peer_certificates());
+            assert_eq!(peer.as_ref(), Some(mesh.client.identity()), "{want:?}");
+            // The client reads the server's tickets with the echo.
+            echo(client, server, b"tickets").await;
+        }
+    }
+
     /// Sends `data` from `client` to `server`, which echoes it to its end; the client closes
     /// its side first, so both half-closes are crossed.
     async fn echo<C, S>(mut client: C, mut server: S, data: &[u8])
