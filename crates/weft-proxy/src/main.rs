@@ -63,8 +63,9 @@ mod idle_trim {
     struct Trim {
         allocated: ThreadLocal<u64>,
         enabled: tikv_jemalloc_ctl::Mib<[usize; 3]>,
-        /// The counter and the time at the last trim.
-        last: Cell<(u64, Instant)>,
+        /// The counter at the last trim (or when the thread first parked) and the time of
+        /// that trim, if any: a worker's first trim need not wait.
+        last: Cell<(u64, Option<Instant>)>,
     }
 
     thread_local! {
@@ -72,7 +73,7 @@ mod idle_trim {
             let allocated = tikv_jemalloc_ctl::thread::allocatedp::read().ok();
             let enabled = b"thread.tcache.enabled\0".name().mib().ok();
             allocated.zip(enabled).map(|(allocated, enabled)| Trim {
-                last: Cell::new((allocated.get(), Instant::now())),
+                last: Cell::new((allocated.get(), None)),
                 allocated,
                 enabled,
             })
@@ -89,7 +90,9 @@ mod idle_trim {
                 return;
             }
             let now = Instant::now();
-            if now.duration_since(when) < EVERY {
+            if let Some(when) = when
+                && now.duration_since(when) < EVERY
+            {
                 return;
             }
             // Switching the cache off flushes it; switching it back on starts it empty.
@@ -100,7 +103,7 @@ mod idle_trim {
             if let Err(e) = flushed {
                 tracing::debug!(error = %e, "cannot trim the thread's allocation cache");
             }
-            trim.last.set((trim.allocated.get(), now));
+            trim.last.set((trim.allocated.get(), Some(now)));
         });
     }
 
@@ -110,6 +113,51 @@ mod idle_trim {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Bytes the arenas count as handed out: objects in a thread's cache among them, so
+        /// it falls by what a trim gives back.
+        fn handed_out() -> usize {
+            tikv_jemalloc_ctl::epoch::advance().unwrap();
+            tikv_jemalloc_ctl::stats::allocated::read().unwrap()
+        }
+
+        /// Allocates objects of several small sizes, then frees them all: the thread's cache
+        /// keeps many of them.
+        fn burst() {
+            let held: Vec<Vec<u8>> = (0..64)
+                .flat_map(|_| [32, 64, 128, 256, 512].map(Vec::<u8>::with_capacity))
+                .collect();
+            drop(std::hint::black_box(held));
+        }
+
+        /// A park after a burst hands the thread's cache back; another burst and park within
+        /// [`EVERY`] does not, so a busy worker trims at most once a second.
+        #[test]
+        fn a_park_after_a_burst_trims_the_cache_once_a_second_at_most() {
+            on_park();
+            for _ in 0..4 {
+                burst();
+            }
+            let before = handed_out();
+            on_park();
+            let returned = before.saturating_sub(handed_out());
+            for _ in 0..4 {
+                burst();
+            }
+            let before = handed_out();
+            on_park();
+            let again = before.saturating_sub(handed_out());
+            assert!(returned >= 16 << 10, "the trim gave back {returned} bytes");
+            assert!(
+                again < returned / 8,
+                "a second trim within a second gave back {again} bytes"
+            );
         }
     }
 }
