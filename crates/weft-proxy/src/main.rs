@@ -82,7 +82,8 @@ mod idle_trim {
 
     /// The runtime's park hook.
     pub fn on_park() {
-        TRIM.with(|trim| {
+        // A thread whose locals are already gone (it is ending) has nothing to trim.
+        let _ = TRIM.try_with(|trim| {
             let Some(trim) = trim else { return };
             let allocated = trim.allocated.get();
             let (at_last, when) = trim.last.get();
